@@ -1,0 +1,2 @@
+//! Placeholder; the switch helper writes the real benchmark.
+fn main() {}

@@ -1,0 +1,150 @@
+//! Output helpers: aligned tables, docker-style id truncation, JSON printing.
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Length of a truncated id, as docker prints them.
+pub const SHORT_ID_LEN: usize = 12;
+
+/// Spaces between columns (docker's tabwriter uses a padding of 3).
+const GAP: usize = 3;
+
+/// `id` cut to [`SHORT_ID_LEN`] characters unless `no_trunc`.
+pub fn short_id(id: &str, no_trunc: bool) -> &str {
+    if no_trunc {
+        return id;
+    }
+    match id.char_indices().nth(SHORT_ID_LEN) {
+        Some((i, _)) => &id[..i],
+        None => id,
+    }
+}
+
+/// Render a table: a header row and the rows, left-aligned, each column padded to
+/// its widest cell plus a gap; no trailing spaces. Every line ends with `\n`.
+pub fn table<S: AsRef<str>>(headers: &[&str], rows: &[Vec<S>]) -> String {
+    let cols = headers.len();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.as_ref().chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut s = String::new();
+        for (i, cell) in cells.take(cols).enumerate() {
+            s.push_str(cell);
+            if i + 1 < cols {
+                let pad = widths[i] - cell.chars().count() + GAP;
+                s.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    };
+    line(&mut headers.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(AsRef::as_ref));
+    }
+    out
+}
+
+/// Pretty JSON with a 4-space indent, as `docker inspect` prints it.
+pub fn pretty_json<T: Serialize>(v: &T) -> String {
+    let mut buf = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
+    match v.serialize(&mut ser) {
+        Ok(()) => String::from_utf8_lossy(&buf).into_owned(),
+        // Serializing a `Value` cannot fail; keep a readable fallback anyway.
+        Err(e) => format!("\"<unprintable: {e}>\""),
+    }
+}
+
+/// `v[key]` as a string ("" if missing or not a string).
+pub fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+/// `v[key]` as an integer's decimal text ("" if missing), keeping floats readable.
+pub fn num_of(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// `{"a": "1", "b": "2"}` as `a=1,b=2` (docker's format for labels).
+pub fn kv_list(v: &Value) -> String {
+    match v.as_object() {
+        Some(o) => o
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k}={s}"),
+                other => format!("{k}={other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ids_are_truncated_to_12() {
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert_eq!(short_id(id, false), "0123456789ab");
+        assert_eq!(short_id(id, true), id);
+        assert_eq!(short_id("abc", false), "abc");
+        assert_eq!(short_id("", false), "");
+        assert_eq!(short_id("0123456789ab", false), "0123456789ab");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(
+            &["NETWORK ID", "NAME", "DRIVER", "SCOPE"],
+            &[
+                vec!["0123456789ab", "n1", "bridge", "local"],
+                vec!["ba9876543210", "a-longer-name", "bridge", "local"],
+            ],
+        );
+        assert_eq!(
+            t,
+            "NETWORK ID     NAME            DRIVER   SCOPE\n\
+             0123456789ab   n1              bridge   local\n\
+             ba9876543210   a-longer-name   bridge   local\n"
+        );
+    }
+
+    #[test]
+    fn table_without_rows_and_trailing_empty_cells() {
+        assert_eq!(table::<&str>(&["A", "B"], &[]), "A   B\n");
+        let t = table(&["SANDBOX ID", "NAME", "NETWORKS"], &[vec!["x", "sb", ""]]);
+        assert_eq!(t, "SANDBOX ID   NAME   NETWORKS\nx            sb\n");
+    }
+
+    #[test]
+    fn pretty_json_uses_four_spaces() {
+        assert_eq!(pretty_json(&json!([{"a": 1}])), "[\n    {\n        \"a\": 1\n    }\n]");
+        assert_eq!(pretty_json(&json!([])), "[]");
+    }
+
+    #[test]
+    fn field_helpers() {
+        let v = json!({"s": "x", "n": 3, "f": 1.5, "l": {"a": "1", "b": "2"}});
+        assert_eq!(str_of(&v, "s"), "x");
+        assert_eq!(str_of(&v, "n"), "");
+        assert_eq!(str_of(&v, "missing"), "");
+        assert_eq!(num_of(&v, "n"), "3");
+        assert_eq!(num_of(&v, "missing"), "");
+        assert_eq!(kv_list(&v["l"]), "a=1,b=2");
+        assert_eq!(kv_list(&Value::Null), "");
+    }
+}

@@ -1,0 +1,107 @@
+//! The engine's error type.
+//!
+//! Contract: every fallible engine operation returns [`Error`]; each variant names
+//! what was being done and keeps the cause. [`Error::status`] is the *one* place
+//! where errors are mapped to HTTP status codes (the API layer uses nothing else).
+//! Messages are written for the user: what is wrong and, where useful, what to do.
+
+use crate::ipam::IpamError;
+
+/// Errors of the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed or asks for something impossible (HTTP 400).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A name, id or prefix matches more than one object (HTTP 400).
+    #[error("{kind} {what} is ambiguous ({count} matches found based on ID prefix)")]
+    Ambiguous {
+        /// "network" or "sandbox".
+        kind: &'static str,
+        /// What the caller asked for.
+        what: String,
+        /// How many objects matched.
+        count: usize,
+    },
+    /// The object does not exist (HTTP 404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the current state (HTTP 409): duplicate name,
+    /// address in use, network in use, already connected.
+    #[error("{0}")]
+    Conflict(String),
+    /// An address-management request failed.
+    #[error("{op}: {source}")]
+    Ipam {
+        /// The operation, e.g. "allocate address on network net1".
+        op: String,
+        /// The cause.
+        #[source]
+        source: IpamError,
+    },
+    /// An OS call (namespace, tap device) failed (HTTP 500).
+    #[error("{op}: {source}")]
+    Os {
+        /// The operation, e.g. "create tap eth0 in sandbox sb1".
+        op: String,
+        /// The cause.
+        #[source]
+        source: tapnet_sandbox::Error,
+    },
+    /// The datapath refused or could not be reached (HTTP 500).
+    #[error("{op}: {source}")]
+    Datapath {
+        /// The operation, e.g. "attach eth0 of sb1 to network net1".
+        op: String,
+        /// The cause.
+        #[source]
+        source: tapnet_switch::runtime::Error,
+    },
+    /// A blocking task panicked or was cancelled (HTTP 500).
+    #[error("{op}: background task failed: {message}")]
+    Task {
+        /// The operation.
+        op: String,
+        /// What the runtime said.
+        message: String,
+    },
+}
+
+/// Result alias for the engine.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// The HTTP status code this error maps to (the single mapping point).
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::InvalidRequest(_) | Error::Ambiguous { .. } => 400,
+            Error::NotFound(_) => 404,
+            Error::Conflict(_) => 409,
+            Error::Ipam { source, .. } => match source {
+                IpamError::InvalidSubnet(_)
+                | IpamError::InvalidGateway(_)
+                | IpamError::NotInSubnet { .. }
+                | IpamError::Reserved { .. } => 400,
+                IpamError::InUse { .. } | IpamError::Overlap { .. } => 409,
+                IpamError::PoolsExhausted | IpamError::Exhausted { .. } => 503,
+                IpamError::UnknownPool(_) => 500,
+            },
+            Error::Os { .. } | Error::Datapath { .. } | Error::Task { .. } => 500,
+        }
+    }
+
+    /// Wrap a sandbox error with the operation it belongs to.
+    pub fn os(op: impl Into<String>, source: tapnet_sandbox::Error) -> Error {
+        Error::Os { op: op.into(), source }
+    }
+
+    /// Wrap a datapath error with the operation it belongs to.
+    pub fn datapath(op: impl Into<String>, source: tapnet_switch::runtime::Error) -> Error {
+        Error::Datapath { op: op.into(), source }
+    }
+
+    /// Wrap an IPAM error with the operation it belongs to.
+    pub fn ipam(op: impl Into<String>, source: IpamError) -> Error {
+        Error::Ipam { op: op.into(), source }
+    }
+}

@@ -1,0 +1,546 @@
+//! Minimal synchronous rtnetlink client.
+//!
+//! Contract:
+//! * A [`Handle`] talks to the network namespace of the thread that created it (a
+//!   netlink socket binds to its creator's namespace for its whole life), so create it
+//!   inside [`crate::netns::Netns::run`] to act on a sandbox.
+//! * Every request is sent with `NLM_F_REQUEST|NLM_F_ACK` (plus `NLM_F_CREATE|NLM_F_EXCL`
+//!   for additions) and the call blocks until the kernel's ack or error for that
+//!   request's sequence number; dumps read until `NLMSG_DONE`. Messages for other
+//!   sequence numbers are skipped.
+//! * A refusal becomes [`Error::Netlink`] naming the operation, with the errno text and,
+//!   when the kernel supplies one, its extended-ack message.
+//!
+//! Only what tapnet needs is here: links (lookup, dump, up, MTU, MAC, txqueuelen,
+//! delete), IPv4/IPv6 addresses, and the IPv4 default route.
+
+use crate::{Error, Result};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_EXCL, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::protocols::NETLINK_ROUTE;
+use netlink_sys::{Socket, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// `NLMSGERR_ATTR_MSG` from `linux/netlink.h`: the extended-ack error string.
+const NLMSGERR_ATTR_MSG: u16 = 1;
+/// `NLM_F_CAPPED` from `linux/netlink.h`: the echoed request in an error is only its header.
+const NLM_F_CAPPED: u16 = netlink_packet_core::NLM_F_CAPPED;
+/// `NLM_F_ACK_TLVS` from `linux/netlink.h`: extended-ack TLVs follow the echoed request.
+const NLM_F_ACK_TLVS: u16 = netlink_packet_core::NLM_F_ACK_TLVS;
+/// Length of a `struct nlmsghdr`.
+const NLMSG_HDRLEN: usize = 16;
+
+/// One link as reported by an `RTM_GETLINK` dump.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// MTU, if reported.
+    pub mtu: Option<u32>,
+    /// Hardware address, if reported (6 bytes for Ethernet-like links).
+    pub mac: Option<Vec<u8>>,
+    /// `txqueuelen`, if reported.
+    pub txqueuelen: Option<u32>,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+}
+
+/// A synchronous rtnetlink connection bound to the creating thread's network namespace.
+#[derive(Debug)]
+pub struct Handle {
+    socket: Socket,
+    seq: u32,
+}
+
+fn os_err(op: impl Into<String>, source: std::io::Error) -> Error {
+    Error::Os {
+        op: op.into(),
+        source,
+    }
+}
+
+fn nl_err(op: &str, message: impl Into<String>) -> Error {
+    Error::Netlink {
+        op: op.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Extract the extended-ack message (`NLMSGERR_ATTR_MSG`) from the bytes that follow
+/// the errno in an `NLMSG_ERROR` payload. `flags` are the error message's own flags.
+fn ext_ack_message(flags: u16, echoed: &[u8]) -> Option<String> {
+    if flags & NLM_F_ACK_TLVS == 0 {
+        return None;
+    }
+    let skip = if flags & NLM_F_CAPPED != 0 {
+        NLMSG_HDRLEN
+    } else {
+        let len = echoed.get(0..4)?;
+        let len = u32::from_ne_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        len.checked_add(3)? & !3
+    };
+    let mut tlvs = echoed.get(skip..)?;
+    while tlvs.len() >= 4 {
+        let len = u16::from_ne_bytes([tlvs[0], tlvs[1]]) as usize;
+        let kind = u16::from_ne_bytes([tlvs[2], tlvs[3]]) & netlink_packet_core::NLA_TYPE_MASK;
+        if len < 4 || len > tlvs.len() {
+            return None;
+        }
+        if kind == NLMSGERR_ATTR_MSG {
+            let value = &tlvs[4..len];
+            let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+            return Some(String::from_utf8_lossy(&value[..end]).into_owned());
+        }
+        let advance = (len + 3) & !3;
+        tlvs = tlvs.get(advance..)?;
+    }
+    None
+}
+
+/// Describe an `NLMSG_ERROR` code (negative errno) plus optional extended ack.
+fn describe_errno(code: i32, ext: Option<String>) -> String {
+    let io = std::io::Error::from_raw_os_error(code.abs());
+    match ext {
+        Some(m) if !m.is_empty() => format!("{io} ({m})"),
+        _ => io.to_string(),
+    }
+}
+
+/// What a request expects back.
+enum Expect {
+    /// Just the ack.
+    Ack,
+    /// A dump: every inner message until `NLMSG_DONE`.
+    Dump,
+    /// A single answer (a `GET` without `NLM_F_DUMP`), then the ack.
+    One,
+}
+
+/// The errno of a failed request, kept apart so callers can react to a specific one.
+struct Refused {
+    errno: i32,
+    message: String,
+}
+
+impl Handle {
+    /// Open a `NETLINK_ROUTE` socket in the current thread's network namespace.
+    pub fn new() -> Result<Handle> {
+        let mut socket =
+            Socket::new(NETLINK_ROUTE).map_err(|e| os_err("open NETLINK_ROUTE socket", e))?;
+        socket
+            .bind_auto()
+            .map_err(|e| os_err("bind NETLINK_ROUTE socket", e))?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(|e| os_err("connect NETLINK_ROUTE socket", e))?;
+        // Best effort: richer error text and short acks. Older kernels may refuse.
+        let _ = socket.set_ext_ack(true);
+        let _ = socket.set_cap_ack(true);
+        Ok(Handle { socket, seq: 0 })
+    }
+
+    /// Send `msg` and collect the answer. `Err(Ok(refused))` is a kernel refusal.
+    fn request(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        expect: Expect,
+    ) -> Result<std::result::Result<Vec<RouteNetlinkMessage>, Refused>> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        packet.finalize();
+        let mut buf = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        self.socket
+            .send(&buf, 0)
+            .map_err(|e| os_err(format!("netlink send ({op})"), e))?;
+
+        let mut answers = Vec::new();
+        loop {
+            let (data, _) = self
+                .socket
+                .recv_from_full()
+                .map_err(|e| os_err(format!("netlink receive ({op})"), e))?;
+            let mut offset = 0usize;
+            while offset + NLMSG_HDRLEN <= data.len() {
+                let rest = &data[offset..];
+                let len =
+                    u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                if len < NLMSG_HDRLEN || len > rest.len() {
+                    return Err(nl_err(op, format!("malformed reply (length {len})")));
+                }
+                let raw = &rest[..len];
+                offset += (len + 3) & !3;
+                let msg_seq = u32::from_ne_bytes([raw[8], raw[9], raw[10], raw[11]]);
+                if msg_seq != seq {
+                    continue;
+                }
+                let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw)
+                    .map_err(|e| nl_err(op, format!("unparseable reply: {e}")))?;
+                let msg_flags = parsed.header.flags;
+                match parsed.payload {
+                    NetlinkPayload::Error(e) => {
+                        return Ok(match e.code {
+                            None => Ok(answers),
+                            Some(code) => Err(Refused {
+                                errno: code.get().abs(),
+                                message: describe_errno(
+                                    code.get(),
+                                    ext_ack_message(msg_flags, &e.header),
+                                ),
+                            }),
+                        });
+                    }
+                    NetlinkPayload::Done(_) => {
+                        if matches!(expect, Expect::Dump) {
+                            return Ok(Ok(answers));
+                        }
+                    }
+                    NetlinkPayload::InnerMessage(inner) => {
+                        answers.push(inner);
+                        if matches!(expect, Expect::One) && flags & NLM_F_ACK == 0 {
+                            return Ok(Ok(answers));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// A request that must be acked; a refusal becomes [`Error::Netlink`].
+    fn ack(&mut self, op: &str, msg: RouteNetlinkMessage, extra_flags: u16) -> Result<()> {
+        match self.request(op, msg, NLM_F_REQUEST | NLM_F_ACK | extra_flags, Expect::Ack)? {
+            Ok(_) => Ok(()),
+            Err(r) => Err(nl_err(op, r.message)),
+        }
+    }
+
+    /// A dump request.
+    fn dump(&mut self, op: &str, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>> {
+        match self.request(op, msg, NLM_F_REQUEST | NLM_F_DUMP, Expect::Dump)? {
+            Ok(v) => Ok(v),
+            Err(r) => Err(nl_err(op, r.message)),
+        }
+    }
+
+    /// The interface index of `name`, or `None` if there is no such link.
+    pub fn link_index(&mut self, name: &str) -> Result<Option<u32>> {
+        let op = format!("get link {name}");
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(
+            &op,
+            RouteNetlinkMessage::GetLink(msg),
+            NLM_F_REQUEST,
+            Expect::One,
+        )? {
+            Ok(answers) => {
+                for a in answers {
+                    if let RouteNetlinkMessage::NewLink(l) = a {
+                        return Ok(Some(l.header.index));
+                    }
+                }
+                Err(nl_err(&op, "no link in reply"))
+            }
+            Err(r) if r.errno == libc::ENODEV => Ok(None),
+            Err(r) => Err(nl_err(&op, r.message)),
+        }
+    }
+
+    /// All links in the namespace.
+    pub fn links(&mut self) -> Result<Vec<Link>> {
+        let answers = self.dump(
+            "list links",
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        )?;
+        let mut links = Vec::new();
+        for a in answers {
+            let RouteNetlinkMessage::NewLink(l) = a else {
+                continue;
+            };
+            let mut link = Link {
+                index: l.header.index,
+                name: String::new(),
+                mtu: None,
+                mac: None,
+                txqueuelen: None,
+                up: l.header.flags.contains(LinkFlags::Up),
+            };
+            for attr in l.attributes {
+                match attr {
+                    LinkAttribute::IfName(n) => link.name = n,
+                    LinkAttribute::Mtu(m) => link.mtu = Some(m),
+                    LinkAttribute::Address(a) => link.mac = Some(a),
+                    LinkAttribute::TxQueueLen(q) => link.txqueuelen = Some(q),
+                    _ => {}
+                }
+            }
+            links.push(link);
+        }
+        Ok(links)
+    }
+
+    fn set_link(&mut self, op: &str, index: u32, f: impl FnOnce(&mut LinkMessage)) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        f(&mut msg);
+        self.ack(op, RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    /// Bring link `index` administratively up.
+    pub fn set_up(&mut self, index: u32) -> Result<()> {
+        self.set_link(&format!("set link {index} up"), index, |m| {
+            m.header.flags = LinkFlags::Up;
+            m.header.change_mask = LinkFlags::Up;
+        })
+    }
+
+    /// Bring link `index` administratively down.
+    pub fn set_down(&mut self, index: u32) -> Result<()> {
+        self.set_link(&format!("set link {index} down"), index, |m| {
+            m.header.flags = LinkFlags::empty();
+            m.header.change_mask = LinkFlags::Up;
+        })
+    }
+
+    /// Set the MTU of link `index`.
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
+        self.set_link(&format!("set mtu {mtu} on link {index}"), index, |m| {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+        })
+    }
+
+    /// Set the hardware address of link `index`.
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> Result<()> {
+        let op = format!("set address {} on link {index}", format_mac(&mac));
+        self.set_link(&op, index, |m| {
+            m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        })
+    }
+
+    /// Set the `txqueuelen` of link `index`.
+    pub fn set_txqueuelen(&mut self, index: u32, qlen: u32) -> Result<()> {
+        self.set_link(&format!("set txqueuelen {qlen} on link {index}"), index, |m| {
+            m.attributes.push(LinkAttribute::TxQueueLen(qlen));
+        })
+    }
+
+    /// Delete link `index`.
+    pub fn delete_link(&mut self, index: u32) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        self.ack(
+            &format!("delete link {index}"),
+            RouteNetlinkMessage::DelLink(msg),
+            0,
+        )
+    }
+
+    /// Add `addr/prefix_len` to link `index` (with the broadcast address for IPv4).
+    pub fn add_address_v4(&mut self, index: u32, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
+        let op = format!("add address {addr}/{prefix_len} to link {index}");
+        if prefix_len > 32 {
+            return Err(Error::Invalid(format!("{op}: prefix length out of range")));
+        }
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.prefix_len = prefix_len;
+        msg.header.scope = AddressScope::Universe;
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(IpAddr::V4(addr)));
+        msg.attributes.push(AddressAttribute::Address(IpAddr::V4(addr)));
+        if prefix_len < 31 {
+            let host_mask = u32::MAX >> prefix_len;
+            let brd = Ipv4Addr::from(u32::from(addr) | host_mask);
+            msg.attributes.push(AddressAttribute::Broadcast(brd));
+        }
+        self.ack(
+            &op,
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Add `addr/prefix_len` to link `index` (IPv6).
+    pub fn add_address_v6(&mut self, index: u32, addr: Ipv6Addr, prefix_len: u8) -> Result<()> {
+        let op = format!("add address {addr}/{prefix_len} to link {index}");
+        if prefix_len > 128 {
+            return Err(Error::Invalid(format!("{op}: prefix length out of range")));
+        }
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet6;
+        msg.header.prefix_len = prefix_len;
+        msg.header.scope = AddressScope::Universe;
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(IpAddr::V6(addr)));
+        msg.attributes.push(AddressAttribute::Address(IpAddr::V6(addr)));
+        self.ack(
+            &op,
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// IPv4 addresses (with prefix length) of link `index`.
+    pub fn addresses_v4(&mut self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+        let mut req = AddressMessage::default();
+        req.header.family = AddressFamily::Inet;
+        let answers = self.dump("list addresses", RouteNetlinkMessage::GetAddress(req))?;
+        let mut out = Vec::new();
+        for a in answers {
+            let RouteNetlinkMessage::NewAddress(m) = a else {
+                continue;
+            };
+            if m.header.index != index || m.header.family != AddressFamily::Inet {
+                continue;
+            }
+            let local = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            let addr = local.or_else(|| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                    _ => None,
+                })
+            });
+            if let Some(ip) = addr {
+                out.push((ip, m.header.prefix_len));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Add `default via gateway` (table main, proto boot, scope universe), optionally
+    /// pinned to link `oif`.
+    pub fn add_default_route_v4(&mut self, gateway: Ipv4Addr, oif: Option<u32>) -> Result<()> {
+        let op = format!("add default route via {gateway}");
+        let mut msg = RouteMessage::default();
+        msg.header = default_v4_header();
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+        if let Some(oif) = oif {
+            msg.attributes.push(RouteAttribute::Oif(oif));
+        }
+        self.ack(
+            &op,
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Whether the main table has an IPv4 default route.
+    pub fn has_default_route_v4(&mut self) -> Result<bool> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet;
+        let answers = self.dump("list routes", RouteNetlinkMessage::GetRoute(req))?;
+        Ok(answers.iter().any(|a| match a {
+            RouteNetlinkMessage::NewRoute(r) => {
+                let table = r
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        RouteAttribute::Table(t) => Some(*t),
+                        _ => None,
+                    })
+                    .unwrap_or(u32::from(r.header.table));
+                r.header.address_family == AddressFamily::Inet
+                    && r.header.destination_prefix_length == 0
+                    && table == u32::from(RouteHeader::RT_TABLE_MAIN)
+                    && r.header.kind == RouteType::Unicast
+            }
+            _ => false,
+        }))
+    }
+}
+
+fn default_v4_header() -> RouteHeader {
+    RouteHeader {
+        address_family: AddressFamily::Inet,
+        destination_prefix_length: 0,
+        table: RouteHeader::RT_TABLE_MAIN,
+        protocol: RouteProtocol::Boot,
+        scope: RouteScope::Universe,
+        kind: RouteType::Unicast,
+        ..RouteHeader::default()
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_formatting() {
+        assert_eq!(format_mac(&[0x02, 0, 0xab, 1, 2, 0xff]), "02:00:ab:01:02:ff");
+    }
+
+    #[test]
+    fn ext_ack_capped() {
+        // errno already stripped: echoed nlmsghdr (16 bytes), then a MSG TLV.
+        let mut echoed = vec![0u8; 16];
+        let text = b"Invalid prefix\0";
+        let len = (4 + text.len()) as u16;
+        echoed.extend_from_slice(&len.to_ne_bytes());
+        echoed.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
+        echoed.extend_from_slice(text);
+        let m = ext_ack_message(NLM_F_CAPPED | NLM_F_ACK_TLVS, &echoed);
+        assert_eq!(m.as_deref(), Some("Invalid prefix"));
+        assert_eq!(ext_ack_message(NLM_F_CAPPED, &echoed), None);
+    }
+
+    #[test]
+    fn ext_ack_uncapped_and_truncated() {
+        // echoed request of 20 bytes (length field says 20), then TLV.
+        let mut echoed = 20u32.to_ne_bytes().to_vec();
+        echoed.resize(20, 0);
+        echoed.extend_from_slice(&8u16.to_ne_bytes());
+        echoed.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
+        echoed.extend_from_slice(b"bad\0");
+        assert_eq!(
+            ext_ack_message(NLM_F_ACK_TLVS, &echoed).as_deref(),
+            Some("bad")
+        );
+        // Garbage never panics.
+        assert_eq!(ext_ack_message(NLM_F_ACK_TLVS, &[0xff; 3]), None);
+        assert_eq!(ext_ack_message(NLM_F_ACK_TLVS, &[0xff; 40]), None);
+    }
+
+    #[test]
+    fn errno_text() {
+        let s = describe_errno(-libc::EEXIST, Some("already there".into()));
+        assert!(s.contains("File exists") && s.contains("already there"), "{s}");
+    }
+
+    #[test]
+    fn default_route_header() {
+        let h = default_v4_header();
+        assert_eq!(h.table, 254);
+        assert_eq!(h.protocol, RouteProtocol::Boot);
+    }
+}

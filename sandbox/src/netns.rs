@@ -1,0 +1,199 @@
+//! Network namespaces.
+//!
+//! Contract:
+//! * [`Netns::create`] makes a fresh namespace on a short-lived helper thread (only that
+//!   thread ever changes namespace) and keeps it alive by bind-mounting its nsfs file at
+//!   the given path; nothing is left behind if it fails.
+//! * [`Netns::open`] adopts any path that refers to a network namespace and refuses
+//!   anything else with "not a network namespace: PATH".
+//! * [`Netns::run`] runs a closure on a fresh scoped thread that has entered the
+//!   namespace; the caller's thread (e.g. a tokio worker) is never moved.
+//! * [`NetnsGuard`] enters a namespace on the current thread and always returns on drop;
+//!   if returning fails the process aborts rather than leave a thread stranded.
+//! * [`Netns::destroy`] detaches the bind mount and removes the file; already-gone is Ok.
+
+use crate::{Error, Result};
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// The current thread's network namespace file.
+const THREAD_SELF_NET: &str = "/proc/thread-self/ns/net";
+
+fn os_err(op: impl Into<String>, source: impl Into<io::Error>) -> Error {
+    Error::Os {
+        op: op.into(),
+        source: source.into(),
+    }
+}
+
+/// Check that `file` (opened from `path`) is a network namespace.
+fn check_netns(file: &File, path: &Path) -> Result<()> {
+    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd's inode; `file`
+    // is a valid open fd for the duration of the call.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), libc::NS_GET_NSTYPE) };
+    if kind == libc::CLONE_NEWNET {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "not a network namespace: {}",
+            path.display()
+        )))
+    }
+}
+
+/// An open network namespace (an fd on its nsfs file) and the path it came from.
+#[derive(Debug)]
+pub struct Netns {
+    path: PathBuf,
+    file: File,
+}
+
+impl Netns {
+    /// Create a new network namespace and keep it alive with a bind mount of its
+    /// nsfs file at `path` (parent directories are created; `path` must not exist).
+    pub fn create(path: &Path) -> Result<Netns> {
+        if let Some(parent) = path.parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| os_err(format!("create directory {}", parent.display()), e))?;
+            }
+        }
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| os_err(format!("create netns mount point {}", path.display()), e))?;
+
+        let made = std::thread::scope(|s| {
+            s.spawn(|| -> Result<()> {
+                unshare(CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| os_err("unshare(CLONE_NEWNET)", e))?;
+                mount(
+                    Some(THREAD_SELF_NET),
+                    path,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(|e| os_err(format!("bind-mount netns at {}", path.display()), e))
+            })
+            .join()
+            .unwrap_or_else(|_| Err(Error::Invalid("netns creation thread panicked".into())))
+        });
+        let opened = made.and_then(|()| Netns::open(path));
+        match opened {
+            Ok(ns) => Ok(ns),
+            Err(e) => {
+                let _ = umount2(path, MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_file(path);
+                Err(e)
+            }
+        }
+    }
+
+    /// Adopt an existing namespace by path (`/proc/PID/ns/net`, `/run/netns/NAME`, a
+    /// bind mount). Fails with a clear error if the path is not a network namespace.
+    pub fn open(path: &Path) -> Result<Netns> {
+        let file = File::open(path)
+            .map_err(|e| os_err(format!("open netns {}", path.display()), e))?;
+        check_netns(&file, path)?;
+        Ok(Netns {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// The path this namespace was created at or opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open nsfs file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Run `f` on a fresh thread that has entered this namespace; returns its result.
+    /// The calling thread's namespace is never touched. A panic in `f` is propagated.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        std::thread::scope(|s| {
+            let joined = s
+                .spawn(|| -> Result<T> {
+                    let _guard = NetnsGuard::enter(self)?;
+                    Ok(f())
+                })
+                .join();
+            match joined {
+                Ok(r) => r,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
+    }
+
+    /// Unmount and delete the bind mount at `path` (for namespaces tapnet created).
+    pub fn destroy(path: &Path) -> Result<()> {
+        match umount2(path, MntFlags::MNT_DETACH) {
+            // EINVAL: exists but is not a mount point; ENOENT: already gone.
+            Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(os_err(format!("unmount netns {}", path.display()), e)),
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(os_err(format!("remove netns file {}", path.display()), e)),
+        }
+    }
+}
+
+/// RAII guard: while alive, the current thread is in another network namespace;
+/// on drop it returns to the namespace it came from (and aborts the process if it
+/// cannot, since a thread stranded in the wrong namespace is worse than a crash).
+pub struct NetnsGuard {
+    /// The namespace to return to.
+    original: File,
+    /// Namespaces are per thread: the guard must be dropped on the thread that made it.
+    _not_send: PhantomData<*const ()>,
+}
+
+impl std::fmt::Debug for NetnsGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetnsGuard").finish_non_exhaustive()
+    }
+}
+
+impl NetnsGuard {
+    /// Enter `ns` on the current thread.
+    pub fn enter(ns: &Netns) -> Result<NetnsGuard> {
+        let original = File::open(THREAD_SELF_NET)
+            .map_err(|e| os_err(format!("open {THREAD_SELF_NET}"), e))?;
+        setns(ns.file(), CloneFlags::CLONE_NEWNET)
+            .map_err(|e| os_err(format!("enter netns {}", ns.path().display()), e))?;
+        Ok(NetnsGuard {
+            original,
+            _not_send: PhantomData,
+        })
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        if let Err(e) = setns(&self.original, CloneFlags::CLONE_NEWNET) {
+            eprintln!("tapnet-sandbox: cannot return to the original network namespace: {e}; aborting");
+            std::process::abort();
+        }
+    }
+}
+
+/// Move the current (single-threaded, about-to-exec) process into the namespace at
+/// `path`. Used by `tapnet exec` right before `exec`.
+pub fn enter_for_exec(path: &Path) -> Result<()> {
+    let ns = Netns::open(path)?;
+    setns(ns.file(), CloneFlags::CLONE_NEWNET)
+        .map_err(|e| os_err(format!("enter netns {}", path.display()), e))
+}

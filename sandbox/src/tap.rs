@@ -1,0 +1,358 @@
+//! Tap devices.
+//!
+//! Contract:
+//! * A [`Tap`] is a non-blocking fd on a persistent `IFF_TAP|IFF_NO_PI|IFF_VNET_HDR`
+//!   device living in a sandbox's namespace. Every frame read or written starts with a
+//!   10-byte virtio-net header; offloads CSUM|TSO4|TSO6 (and USO4|USO6 where the kernel
+//!   has them) are on, so reads may return GSO super-frames of up to 64 KiB.
+//! * [`Tap::create`] does all its OS work on a thread inside the namespace (via
+//!   [`Netns::run`]); the fd it returns works from any thread afterwards. It refuses a
+//!   taken name before touching anything, and on any later failure it clears
+//!   persistence and closes the fd, so the device vanishes (nothing half-made remains).
+//! * Dropping a [`Tap`] only closes the fd: the device persists (daemon restart, then
+//!   [`Tap::reopen`]). [`Tap::destroy`] removes it.
+
+use crate::netlink::Handle;
+use crate::netns::Netns;
+use crate::{Error, Result};
+use std::collections::HashSet;
+use std::fs::OpenOptions;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+/// Size of the virtio-net header tapnet uses (`struct virtio_net_hdr`, no `num_buffers`).
+pub const VNET_HDR_LEN: usize = 10;
+
+/// Path of the tun/tap clone device.
+const TUN_DEVICE: &str = "/dev/net/tun";
+
+/// How to create and configure a tap inside a sandbox.
+#[derive(Clone, Debug)]
+pub struct TapConfig {
+    /// Interface name inside the namespace (`eth0`, `eth1`, ...).
+    pub name: String,
+    /// MAC address.
+    pub mac: [u8; 6],
+    /// MTU (default 1500).
+    pub mtu: u32,
+    /// `txqueuelen` (tapnet uses 10000 so a TCP window never overflows the ring).
+    pub txqueuelen: u32,
+    /// IPv4 address and prefix length.
+    pub ipv4: Option<(Ipv4Addr, u8)>,
+    /// Default route via this gateway (only added if the namespace has no default route yet).
+    pub gateway_v4: Option<Ipv4Addr>,
+}
+
+/// An open tap device (daemon side). Non-blocking. Frames read/written carry a
+/// 10-byte virtio-net header. Offloads CSUM|TSO4|TSO6 are on, so reads may return
+/// GSO super-frames of up to 64 KiB. The device is persistent: it outlives this fd.
+#[derive(Debug)]
+pub struct Tap {
+    fd: OwnedFd,
+    name: String,
+    ifindex: u32,
+}
+
+fn os_err(op: impl Into<String>, source: io::Error) -> Error {
+    Error::Os {
+        op: op.into(),
+        source,
+    }
+}
+
+/// Check an interface name the way the kernel's `dev_valid_name` does.
+pub fn validate_ifname(name: &str) -> Result<()> {
+    let bad = name.is_empty()
+        || name.len() >= libc::IFNAMSIZ
+        || name == "."
+        || name == ".."
+        || name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace());
+    if bad {
+        Err(Error::Invalid(format!("invalid interface name {name:?}")))
+    } else {
+        Ok(())
+    }
+}
+
+/// `TUNSETIFF` with `flags` for `name` on `fd`.
+fn tun_set_iff(fd: &OwnedFd, name: &str, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: `ifreq` is plain old data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // The name was validated shorter than IFNAMSIZ, so it stays NUL-terminated.
+    // The flags are a c_short in the kernel ABI; every IFF_* tun flag fits.
+    ifr.ifr_ifru.ifru_flags = flags as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes a `struct ifreq` through the pointer, which
+    // points to a live, properly sized `ifreq`; `fd` is open.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut ifr) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `TUNSETPERSIST` on or off.
+fn tun_set_persist(fd: &OwnedFd, on: bool) -> io::Result<()> {
+    // SAFETY: TUNSETPERSIST takes its argument by value; `fd` is an open tun fd.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETPERSIST, libc::c_ulong::from(on)) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Set the vnet header size and the offloads. Returns the offload flags in effect.
+fn tun_setup_offloads(fd: &OwnedFd, name: &str) -> Result<libc::c_uint> {
+    let hdr_len = VNET_HDR_LEN as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads an `int` through the pointer, which points to a
+    // live local; `fd` is an attached tun fd.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETVNETHDRSZ, &hdr_len) };
+    if rc < 0 {
+        return Err(os_err(
+            format!("TUNSETVNETHDRSZ {VNET_HDR_LEN} on {name}"),
+            io::Error::last_os_error(),
+        ));
+    }
+    let base = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+    let with_uso = base | libc::TUN_F_USO4 | libc::TUN_F_USO6;
+    for flags in [with_uso, base] {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value; `fd` is an attached tun fd.
+        let rc = unsafe {
+            libc::ioctl(
+                fd.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                libc::c_ulong::from(flags),
+            )
+        };
+        if rc == 0 {
+            return Ok(flags);
+        }
+        let err = io::Error::last_os_error();
+        // Kernels without USO refuse unknown bits with EINVAL: retry without them.
+        if flags == base || err.raw_os_error() != Some(libc::EINVAL) {
+            return Err(os_err(format!("TUNSETOFFLOAD on {name}"), err));
+        }
+    }
+    Err(Error::Invalid(format!("TUNSETOFFLOAD on {name}: no offloads accepted")))
+}
+
+/// Open `/dev/net/tun` non-blocking and close-on-exec (std adds `O_CLOEXEC`).
+fn open_tun() -> Result<OwnedFd> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(TUN_DEVICE)
+        .map_err(|e| os_err(format!("open {TUN_DEVICE}"), e))?;
+    Ok(OwnedFd::from(file))
+}
+
+const TAP_FLAGS: libc::c_int = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+
+/// Everything after `TUNSETIFF` in [`Tap::create`]; run inside the namespace.
+fn configure(fd: &OwnedFd, nl: &mut Handle, cfg: &TapConfig) -> Result<u32> {
+    let name = cfg.name.as_str();
+    tun_setup_offloads(fd, name)?;
+    tun_set_persist(fd, true).map_err(|e| os_err(format!("TUNSETPERSIST 1 on {name}"), e))?;
+    let index = nl
+        .link_index(name)?
+        .ok_or_else(|| Error::Invalid(format!("tap {name} vanished right after creation")))?;
+    nl.set_mac(index, cfg.mac)?;
+    nl.set_mtu(index, cfg.mtu)?;
+    nl.set_txqueuelen(index, cfg.txqueuelen)?;
+    if let Some(lo) = nl.link_index("lo")? {
+        nl.set_up(lo)?;
+    }
+    if let Some((addr, len)) = cfg.ipv4 {
+        nl.add_address_v4(index, addr, len)?;
+    }
+    nl.set_up(index)?;
+    if let Some(gw) = cfg.gateway_v4 {
+        if !nl.has_default_route_v4()? {
+            nl.add_default_route_v4(gw, Some(index))?;
+        }
+    }
+    Ok(index)
+}
+
+impl Tap {
+    /// Create a persistent tap named `cfg.name` inside `ns`, set MAC, MTU, txqueuelen,
+    /// address, bring `lo` and the tap up, add the default route. On any failure the
+    /// tap is removed again (nothing half-made is left).
+    pub fn create(ns: &Netns, cfg: &TapConfig) -> Result<Tap> {
+        validate_ifname(&cfg.name)?;
+        ns.run(|| -> Result<Tap> {
+            let name = cfg.name.as_str();
+            let mut nl = Handle::new()?;
+            if nl.link_index(name)?.is_some() {
+                return Err(Error::Invalid(format!(
+                    "interface {name} already exists in {}",
+                    ns.path().display()
+                )));
+            }
+            let fd = open_tun()?;
+            // IFF_TUN_EXCL closes the race with someone creating the name meanwhile.
+            tun_set_iff(&fd, name, TAP_FLAGS | libc::IFF_TUN_EXCL).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EBUSY) {
+                    Error::Invalid(format!(
+                        "interface {name} already exists in {}",
+                        ns.path().display()
+                    ))
+                } else {
+                    os_err(format!("TUNSETIFF {name}"), e)
+                }
+            })?;
+            match configure(&fd, &mut nl, cfg) {
+                Ok(ifindex) => Ok(Tap {
+                    fd,
+                    name: name.to_string(),
+                    ifindex,
+                }),
+                Err(e) => {
+                    if let Err(pe) = tun_set_persist(&fd, false) {
+                        tracing::warn!(tap = name, error = %pe, "TUNSETPERSIST 0 during cleanup failed");
+                    }
+                    drop(fd);
+                    Err(e)
+                }
+            }
+        })?
+    }
+
+    /// Re-attach to an existing persistent tap named `name` in `ns` (daemon restart).
+    pub fn reopen(ns: &Netns, name: &str) -> Result<Tap> {
+        validate_ifname(name)?;
+        ns.run(|| -> Result<Tap> {
+            let mut nl = Handle::new()?;
+            let Some(ifindex) = nl.link_index(name)? else {
+                return Err(Error::Invalid(format!(
+                    "no interface {name} in {}",
+                    ns.path().display()
+                )));
+            };
+            let fd = open_tun()?;
+            tun_set_iff(&fd, name, TAP_FLAGS).map_err(|e| {
+                os_err(
+                    format!(
+                        "TUNSETIFF {name} (reattach to existing tap in {})",
+                        ns.path().display()
+                    ),
+                    e,
+                )
+            })?;
+            tun_setup_offloads(&fd, name)?;
+            Ok(Tap {
+                fd,
+                name: name.to_string(),
+                ifindex,
+            })
+        })?
+    }
+
+    /// Interface name inside the namespace.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Interface index inside the namespace.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Read one frame (vnet header + Ethernet); `WouldBlock` when empty.
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: the pointer and length describe `buf`, which is valid for writes of
+        // `buf.len()` bytes for the whole call; `fd` is open.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Write one frame (vnet header + Ethernet).
+    pub fn write(&self, frame: &[u8]) -> io::Result<usize> {
+        // SAFETY: the pointer and length describe `frame`, which is valid for reads of
+        // `frame.len()` bytes for the whole call; `fd` is open.
+        let n = unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Clear persistence and close: the device disappears from its namespace.
+    pub fn destroy(self) -> Result<()> {
+        tun_set_persist(&self.fd, false)
+            .map_err(|e| os_err(format!("TUNSETPERSIST 0 on {}", self.name), e))?;
+        drop(self.fd);
+        Ok(())
+    }
+}
+
+impl AsRawFd for Tap {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// The first `prefix<N>` (N = 0, 1, ...) not in `taken`.
+fn first_free(prefix: &str, taken: &HashSet<String>) -> Result<String> {
+    for n in 0u32.. {
+        let candidate = format!("{prefix}{n}");
+        validate_ifname(&candidate)?;
+        if !taken.contains(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Err(Error::Invalid(format!("no free interface name with prefix {prefix:?}")))
+}
+
+/// The first free `prefix<N>` interface name in `ns` (`eth0`, `eth1`, ...).
+pub fn next_free_name(ns: &Netns, prefix: &str) -> Result<String> {
+    let taken: HashSet<String> = link_names(ns)?.into_iter().collect();
+    first_free(prefix, &taken)
+}
+
+/// Names of all links in `ns` (for inspection and tests).
+pub fn link_names(ns: &Netns) -> Result<Vec<String>> {
+    ns.run(|| -> Result<Vec<String>> {
+        let mut nl = Handle::new()?;
+        Ok(nl.links()?.into_iter().map(|l| l.name).collect())
+    })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ifname_validation() {
+        assert!(validate_ifname("eth0").is_ok());
+        assert!(validate_ifname("a23456789012345").is_ok());
+        assert!(validate_ifname("a234567890123456").is_err());
+        assert!(validate_ifname("").is_err());
+        assert!(validate_ifname("a/b").is_err());
+        assert!(validate_ifname("a b").is_err());
+        assert!(validate_ifname("..").is_err());
+        assert!(validate_ifname("a:1").is_err());
+    }
+
+    #[test]
+    fn first_free_name() {
+        let taken: HashSet<String> = ["lo", "eth0", "eth2"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(first_free("eth", &taken).ok().as_deref(), Some("eth1"));
+        assert_eq!(first_free("net", &taken).ok().as_deref(), Some("net0"));
+        assert!(first_free("abcdefghijklmnopq", &taken).is_err());
+    }
+}

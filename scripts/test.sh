@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install what tapnet's tests need on a fresh Debian machine, then run every check:
+# formatting, clippy, unit tests, and the namespace integration tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v ping >/dev/null || need+=(iputils-ping)
+command -v curl >/dev/null || need+=(curl)
+command -v unshare >/dev/null || need+=(util-linux)
+command -v iperf3 >/dev/null || need+=(iperf3)
+[ -x /usr/bin/python3 ] || command -v python3 >/dev/null || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing: ${need[*]}"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# The integration tests drive the real binaries.
+cargo build --workspace --bins
+cargo test --workspace
+# The benchmarks compile and run one iteration each (figures: docs/benchmarks.md).
+cargo bench -p tapnet-benches --bench switch_decide -- --test

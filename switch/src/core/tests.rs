@@ -1,0 +1,436 @@
+//! Unit tests of the pure core, plus an in-memory multi-port harness.
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use std::collections::VecDeque;
+
+const A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+const B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+const C: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0c];
+const BCAST: [u8; 6] = [0xff; 6];
+const MCAST: [u8; 6] = [0x01, 0x00, 0x5e, 0, 0, 1];
+
+/// An Ethernet frame carrying `payload_len` bytes of `ethertype` payload.
+fn frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload_len: usize) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload_len);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.resize(14 + payload_len, 0x45);
+    f
+}
+
+fn ip(dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    frame(dst, src, 0x0800, 64)
+}
+
+fn sw() -> Switch {
+    Switch::new(SwitchConfig::default())
+}
+
+fn entry_port(s: &Switch, mac: [u8; 6]) -> Option<PortId> {
+    s.fdb().iter().find(|e| e.mac == MacAddr(mac)).map(|e| e.port)
+}
+
+#[test]
+fn mac_pack_round_trip_and_display() {
+    let m = MacAddr([0x02, 0x42, 0xac, 0x11, 0x00, 0x02]);
+    assert_eq!(m.to_u64(), 0x0242_ac11_0002);
+    assert_eq!(MacAddr::from_u64(m.to_u64()), m);
+    assert_eq!(m.to_string(), "02:42:ac:11:00:02");
+    assert_eq!(format!("{m:?}"), "02:42:ac:11:00:02");
+    assert!(MacAddr::BROADCAST.is_multicast());
+    assert!(MacAddr(MCAST).is_multicast());
+    assert!(!m.is_multicast());
+    assert!(MacAddr::default().is_zero());
+}
+
+#[test]
+fn drop_reason_names_and_indexes() {
+    for (i, r) in DropReason::ALL.iter().enumerate() {
+        assert_eq!(*r as usize, i);
+        assert!(!r.name().is_empty());
+    }
+    assert_eq!(DropReason::SameSegment.name(), "same_segment");
+}
+
+#[test]
+fn learns_source_and_floods_unknown() {
+    let mut s = sw();
+    assert_eq!(s.decide(&ip(B, A), 1, 10), Action::Flood { except: 1 });
+    assert_eq!(
+        s.fdb(),
+        vec![FdbEntry { mac: MacAddr(A), port: 1, last_seen_ms: 10 }]
+    );
+}
+
+#[test]
+fn unicast_to_learned_port() {
+    let mut s = sw();
+    s.decide(&ip(B, A), 1, 0);
+    assert_eq!(s.decide(&ip(A, B), 2, 1), Action::Unicast(1));
+    assert_eq!(s.decide(&ip(B, A), 1, 2), Action::Unicast(2));
+    assert_eq!(s.fdb_len(), 2);
+}
+
+#[test]
+fn broadcast_and_multicast_flood_even_when_known() {
+    let mut s = sw();
+    s.decide(&ip(B, A), 1, 0);
+    s.decide(&ip(A, B), 2, 0);
+    assert_eq!(s.decide(&ip(BCAST, A), 1, 1), Action::Flood { except: 1 });
+    assert_eq!(s.decide(&ip(MCAST, B), 2, 1), Action::Flood { except: 2 });
+    assert_eq!(s.decide(&frame(BCAST, C, 0x0806, 28), 3, 1), Action::Flood { except: 3 });
+    assert_eq!(entry_port(&s, C), Some(3));
+}
+
+#[test]
+fn same_segment_drop() {
+    let mut s = sw();
+    s.decide(&ip(BCAST, A), 1, 0);
+    s.decide(&ip(BCAST, B), 1, 0);
+    assert_eq!(s.decide(&ip(B, A), 1, 1), Action::Drop(DropReason::SameSegment));
+    // A frame addressed to its own sender is the same segment too.
+    assert_eq!(s.decide(&ip(A, A), 1, 1), Action::Drop(DropReason::SameSegment));
+}
+
+#[test]
+fn ageing_on_lookup_and_expire() {
+    let mut s = Switch::new(SwitchConfig { ageing_ms: 1000, fdb_limit: 16 });
+    s.decide(&ip(BCAST, A), 1, 0);
+    // Exactly at the ageing time the entry is still valid.
+    assert_eq!(s.decide(&ip(A, B), 2, 1000), Action::Unicast(1));
+    // One ms later it is stale: flood, and the entry is gone.
+    assert_eq!(s.decide(&ip(A, B), 2, 1001), Action::Flood { except: 2 });
+    assert_eq!(entry_port(&s, A), None);
+    assert_eq!(entry_port(&s, B), Some(2));
+
+    // expire() removes only stale entries.
+    s.decide(&ip(BCAST, C), 3, 1500);
+    s.expire(2001);
+    assert_eq!(entry_port(&s, B), Some(2));
+    s.expire(2002);
+    assert_eq!(entry_port(&s, B), None);
+    assert_eq!(entry_port(&s, C), Some(3));
+    s.expire(10_000);
+    assert!(s.fdb().is_empty());
+}
+
+#[test]
+fn traffic_refreshes_entries() {
+    let mut s = Switch::new(SwitchConfig { ageing_ms: 100, fdb_limit: 16 });
+    for t in (0..1000).step_by(50) {
+        s.decide(&ip(BCAST, A), 1, t);
+    }
+    assert_eq!(s.decide(&ip(A, B), 2, 1000), Action::Unicast(1));
+    assert_eq!(s.fdb()[0].last_seen_ms, 950);
+}
+
+#[test]
+fn clock_going_backwards_does_not_expire() {
+    let mut s = Switch::new(SwitchConfig { ageing_ms: 100, fdb_limit: 16 });
+    s.decide(&ip(BCAST, A), 1, 500);
+    assert_eq!(s.decide(&ip(A, B), 2, 0), Action::Unicast(1));
+    s.expire(0);
+    assert_eq!(entry_port(&s, A), Some(1));
+}
+
+#[test]
+fn moving_mac_follows_last_port() {
+    let mut s = sw();
+    s.decide(&ip(BCAST, A), 1, 0);
+    s.decide(&ip(BCAST, B), 2, 0);
+    assert_eq!(s.decide(&ip(A, B), 2, 1), Action::Unicast(1));
+    s.decide(&ip(BCAST, A), 3, 2);
+    assert_eq!(s.decide(&ip(A, B), 2, 3), Action::Unicast(3));
+    assert_eq!(s.fdb_len(), 2);
+    assert_eq!(s.fdb()[0], FdbEntry { mac: MacAddr(A), port: 3, last_seen_ms: 2 });
+}
+
+#[test]
+fn fdb_limit_not_learned_counted_still_forwarded() {
+    let mut s = Switch::new(SwitchConfig { ageing_ms: 1000, fdb_limit: 2 });
+    s.decide(&ip(BCAST, A), 1, 0);
+    s.decide(&ip(BCAST, B), 2, 0);
+    assert_eq!(s.counters(), SwitchCounters::default());
+    // New source, table full: still forwarded (to a known destination here).
+    assert_eq!(s.decide(&ip(A, C), 3, 1), Action::Unicast(1));
+    // ... and flooded when the destination is unknown.
+    assert_eq!(s.decide(&ip(BCAST, C), 3, 1), Action::Flood { except: 3 });
+    assert_eq!(s.counters().fdb_limit_hits, 2);
+    assert_eq!(entry_port(&s, C), None);
+    // Nobody learned C, so frames to it flood.
+    assert_eq!(s.decide(&ip(C, A), 1, 2), Action::Flood { except: 1 });
+    // Known MACs still refresh and move at the limit.
+    s.decide(&ip(BCAST, A), 4, 3);
+    assert_eq!(entry_port(&s, A), Some(4));
+    assert_eq!(s.counters().fdb_limit_hits, 2);
+    // After expiry there is room again.
+    s.expire(1003);
+    s.decide(&ip(BCAST, C), 3, 1003);
+    assert_eq!(entry_port(&s, C), Some(3));
+}
+
+#[test]
+fn fdb_limit_zero_never_learns() {
+    let mut s = Switch::new(SwitchConfig { ageing_ms: 1000, fdb_limit: 0 });
+    assert_eq!(s.decide(&ip(B, A), 1, 0), Action::Flood { except: 1 });
+    assert_eq!(s.fdb_len(), 0);
+    assert_eq!(s.counters().fdb_limit_hits, 1);
+}
+
+#[test]
+fn forget_port_removes_only_that_port() {
+    let mut s = sw();
+    s.decide(&ip(BCAST, A), 1, 0);
+    s.decide(&ip(BCAST, B), 2, 0);
+    s.decide(&ip(BCAST, C), 1, 0);
+    s.forget_port(1);
+    assert_eq!(s.fdb(), vec![FdbEntry { mac: MacAddr(B), port: 2, last_seen_ms: 0 }]);
+    assert_eq!(s.decide(&ip(A, B), 2, 1), Action::Flood { except: 2 });
+    s.forget_port(99);
+    assert_eq!(s.fdb_len(), 1);
+}
+
+#[test]
+fn truncated_ethernet() {
+    let mut s = sw();
+    let f = ip(B, A);
+    for len in 0..14 {
+        assert_eq!(s.decide(&f[..len], 1, 0), Action::Drop(DropReason::Truncated), "len {len}");
+    }
+    assert_eq!(s.fdb_len(), 0, "malformed frames teach nothing");
+}
+
+#[test]
+fn bad_source_mac() {
+    let mut s = sw();
+    for src in [BCAST, MCAST, [0; 6], [0x03, 0, 0, 0, 0, 1]] {
+        assert_eq!(s.decide(&ip(B, src), 1, 0), Action::Drop(DropReason::BadSourceMac));
+    }
+    assert_eq!(s.fdb_len(), 0);
+}
+
+#[test]
+fn truncated_l3_headers() {
+    let mut s = sw();
+    for (et, min) in [(0x0800u16, 20usize), (0x86dd, 40), (0x0806, 28)] {
+        for len in 0..min {
+            assert_eq!(
+                s.decide(&frame(B, A, et, len), 1, 0),
+                Action::Drop(DropReason::Truncated),
+                "ethertype {et:#06x} payload {len}"
+            );
+        }
+        assert_eq!(s.decide(&frame(B, A, et, min), 1, 0), Action::Flood { except: 1 });
+    }
+    // Other ethertypes have no minimum.
+    assert_eq!(s.decide(&frame(B, A, 0x88cc, 0), 1, 0), Action::Flood { except: 1 });
+}
+
+/// An 802.1Q-tagged frame: outer 0x8100, TCI, inner ethertype, payload.
+fn tagged(inner: u16, payload_len: usize) -> Vec<u8> {
+    let mut f = frame(B, A, 0x8100, 0);
+    f.extend_from_slice(&[0x00, 0x05]); // TCI: VLAN 5
+    f.extend_from_slice(&inner.to_be_bytes());
+    f.resize(18 + payload_len, 0);
+    f
+}
+
+#[test]
+fn vlan_tagged_frames() {
+    let mut s = sw();
+    // Tag cut short.
+    let t = tagged(0x0800, 20);
+    for len in 14..18 {
+        assert_eq!(s.decide(&t[..len], 1, 0), Action::Drop(DropReason::Truncated));
+    }
+    // Inner L3 length is checked after the tag.
+    assert_eq!(s.decide(&tagged(0x0800, 19), 1, 0), Action::Drop(DropReason::Truncated));
+    assert_eq!(s.decide(&tagged(0x86dd, 39), 1, 0), Action::Drop(DropReason::Truncated));
+    assert_eq!(s.decide(&tagged(0x0806, 27), 1, 0), Action::Drop(DropReason::Truncated));
+    assert_eq!(s.decide(&tagged(0x0800, 20), 1, 0), Action::Flood { except: 1 });
+    assert_eq!(s.decide(&tagged(0x9000, 0), 1, 0), Action::Flood { except: 1 });
+}
+
+#[test]
+fn never_panics_on_arbitrary_bytes() {
+    // A small deterministic xorshift over lengths and contents.
+    let mut s = Switch::new(SwitchConfig { ageing_ms: 5, fdb_limit: 64 });
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..20_000u64 {
+        let len = (next() % 80) as usize;
+        let mut f: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if len >= 14 && i % 3 == 0 {
+            f[12..14].copy_from_slice(&[[0x08, 0x00], [0x86, 0xdd], [0x08, 0x06], [0x81, 0x00]][i as usize % 4]);
+        }
+        let _ = s.decide(&f, (next() % 8) as PortId, i);
+        let _ = check_vnet_hdr(&f, (next() % 100) as usize);
+        if i % 1000 == 0 {
+            s.expire(i);
+        }
+    }
+    assert!(s.fdb_len() <= 64);
+}
+
+/// A virtio-net header from its fields.
+fn vnet(flags: u8, gso_type: u8, gso_size: u16, csum_start: u16, csum_offset: u16) -> [u8; 10] {
+    let mut h = [0u8; 10];
+    h[0] = flags;
+    h[1] = gso_type;
+    h[2..4].copy_from_slice(&54u16.to_le_bytes());
+    h[4..6].copy_from_slice(&gso_size.to_le_bytes());
+    h[6..8].copy_from_slice(&csum_start.to_le_bytes());
+    h[8..10].copy_from_slice(&csum_offset.to_le_bytes());
+    h
+}
+
+#[test]
+fn vnet_hdr_plain_and_gso_types() {
+    assert_eq!(check_vnet_hdr(&[0; 10], 60), Ok(()));
+    assert_eq!(check_vnet_hdr(&[0; 10], 0), Ok(()));
+    for t in [1u8, 3, 4, 5] {
+        assert_eq!(check_vnet_hdr(&vnet(0, t, 1448, 0, 0), 65_000), Ok(()), "gso {t}");
+        assert_eq!(check_vnet_hdr(&vnet(0, t | 0x80, 1448, 0, 0), 65_000), Ok(()), "gso {t}|ecn");
+    }
+    assert_eq!(check_vnet_hdr(&vnet(0, 0x80, 0, 0, 0), 60), Ok(()));
+    // Longer slices: only the first 10 bytes count.
+    let mut long = vnet(0, 1, 1448, 0, 0).to_vec();
+    long.extend_from_slice(&[0xff; 20]);
+    assert_eq!(check_vnet_hdr(&long, 100), Ok(()));
+}
+
+#[test]
+fn vnet_hdr_bad_gso() {
+    for t in [2u8, 6, 7, 0x40, 0x7f, 0xff, 0x82] {
+        assert_eq!(check_vnet_hdr(&vnet(0, t, 1448, 0, 0), 1500), Err(DropReason::BadVnetHdr), "gso {t:#x}");
+    }
+    // GSO without a segment size.
+    assert_eq!(check_vnet_hdr(&vnet(0, 1, 0, 0, 0), 1500), Err(DropReason::BadVnetHdr));
+}
+
+#[test]
+fn vnet_hdr_csum_bounds() {
+    // TCP over IPv4: csum_start 34, csum_offset 16 → field at 50..52.
+    assert_eq!(check_vnet_hdr(&vnet(1, 0, 0, 34, 16), 52), Ok(()));
+    assert_eq!(check_vnet_hdr(&vnet(1, 0, 0, 34, 16), 51), Err(DropReason::BadVnetHdr));
+    assert_eq!(check_vnet_hdr(&vnet(1, 0, 0, 0xffff, 0xffff), 65_536), Err(DropReason::BadVnetHdr));
+    // Without NEEDS_CSUM the offsets are not looked at.
+    assert_eq!(check_vnet_hdr(&vnet(2, 0, 0, 0xffff, 0xffff), 60), Ok(()));
+}
+
+#[test]
+fn vnet_hdr_short() {
+    for len in 0..10 {
+        assert_eq!(check_vnet_hdr(&[0; 10][..len], 60), Err(DropReason::Truncated));
+    }
+}
+
+/// In-memory harness: ports are queues, a "wire" step moves every queued frame
+/// through the switch to the egress queues.
+struct Harness {
+    sw: Switch,
+    now: u64,
+    /// Per port: frames the host sent into the switch.
+    ingress: Vec<VecDeque<Vec<u8>>>,
+    /// Per port: frames the switch delivered.
+    egress: Vec<Vec<Vec<u8>>>,
+    drops: Vec<(PortId, DropReason)>,
+}
+
+impl Harness {
+    fn new(ports: usize) -> Harness {
+        Harness {
+            sw: sw(),
+            now: 0,
+            ingress: vec![VecDeque::new(); ports],
+            egress: vec![Vec::new(); ports],
+            drops: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, port: usize, f: Vec<u8>) {
+        self.ingress[port].push_back(f);
+    }
+
+    fn run(&mut self) {
+        for p in 0..self.ingress.len() {
+            while let Some(f) = self.ingress[p].pop_front() {
+                match self.sw.decide(&f, p as PortId, self.now) {
+                    Action::Drop(r) => self.drops.push((p as PortId, r)),
+                    Action::Unicast(q) => self.egress[q as usize].push(f),
+                    Action::Flood { except } => {
+                        for q in 0..self.egress.len() {
+                            if q as PortId != except {
+                                self.egress[q].push(f.clone());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.now += 1;
+    }
+
+    fn take(&mut self, port: usize) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.egress[port])
+    }
+}
+
+#[test]
+fn harness_arp_then_unicast_conversation() {
+    let mut h = Harness::new(3);
+    // A on port 0 ARPs for B.
+    let req = frame(BCAST, A, 0x0806, 28);
+    h.send(0, req.clone());
+    h.run();
+    assert!(h.take(0).is_empty());
+    assert_eq!(h.take(1), vec![req.clone()]);
+    assert_eq!(h.take(2), vec![req]);
+    // B on port 1 answers with unicast: only port 0 gets it.
+    let rep = frame(A, B, 0x0806, 28);
+    h.send(1, rep.clone());
+    h.run();
+    assert_eq!(h.take(0), vec![rep]);
+    assert!(h.take(1).is_empty());
+    assert!(h.take(2).is_empty());
+    // Now IP both ways is unicast; C on port 2 sees nothing.
+    for _ in 0..10 {
+        h.send(0, ip(B, A));
+        h.send(1, ip(A, B));
+    }
+    h.run();
+    assert_eq!(h.take(0).len(), 10);
+    assert_eq!(h.take(1).len(), 10);
+    assert!(h.take(2).is_empty());
+    // Garbage from C is dropped and does not disturb the others.
+    h.send(2, vec![0; 5]);
+    h.send(2, ip(A, BCAST));
+    h.send(0, ip(B, A));
+    h.run();
+    assert_eq!(h.drops, vec![(2, DropReason::Truncated), (2, DropReason::BadSourceMac)]);
+    assert_eq!(h.take(1).len(), 1);
+    assert!(h.take(2).is_empty());
+}
+
+#[test]
+fn harness_port_removal_reverts_to_flooding() {
+    let mut h = Harness::new(3);
+    h.send(0, ip(BCAST, A));
+    h.send(1, ip(BCAST, B));
+    h.run();
+    h.take(0);
+    h.take(1);
+    h.take(2);
+    h.sw.forget_port(1);
+    h.send(0, ip(B, A));
+    h.run();
+    assert_eq!(h.take(1).len(), 1);
+    assert_eq!(h.take(2).len(), 1, "B unknown again: flooded");
+}
