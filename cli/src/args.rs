@@ -12,7 +12,12 @@ pub const DEFAULT_HOST: &str = "unix:///run/tapnet/tapnet.sock";
 
 /// `tapnet`: manage tapnet networks and sandboxes.
 #[derive(Debug, Parser)]
-#[command(name = "tapnet", version, about = "Manage tapnet networks and sandboxes", propagate_version = true)]
+#[command(
+    name = "tapnet",
+    version,
+    about = "Manage tapnet networks and sandboxes",
+    propagate_version = true
+)]
 pub struct Cli {
     /// Daemon socket to connect to, e.g. unix:///run/tapnet/tapnet.sock.
     #[arg(
@@ -39,6 +44,7 @@ pub enum Command {
     #[command(subcommand)]
     Sandbox(SandboxCmd),
     /// Run a command inside a sandbox's network namespace.
+    #[command(override_usage = "tapnet exec [OPTIONS] SANDBOX [--] CMD [ARGS...]")]
     Exec(ExecArgs),
 }
 
@@ -269,8 +275,22 @@ mod tests {
     #[test]
     fn network_create_full() {
         let NetworkCmd::Create(c) = network(&[
-            "create", "-d", "bridge", "--subnet", "10.10.0.0/24", "--gateway", "10.10.0.1",
-            "--label", "a=b", "--label", "c=", "-o", "mtu=1500", "--opt", "x=y=z", "net1",
+            "create",
+            "-d",
+            "bridge",
+            "--subnet",
+            "10.10.0.0/24",
+            "--gateway",
+            "10.10.0.1",
+            "--label",
+            "a=b",
+            "--label",
+            "c=",
+            "-o",
+            "mtu=1500",
+            "--opt",
+            "x=y=z",
+            "net1",
         ]) else {
             panic!("not create")
         };
@@ -301,8 +321,20 @@ mod tests {
         assert!(parse(&["network", "create", "--label", "novalue", "n"]).is_err());
         assert!(parse(&["network", "create", "--label", "=v", "n"]).is_err());
         assert!(parse(&["network", "create", "-o", "x", "n"]).is_err());
-        assert!(parse(&["network", "create", "--gateway", "10.0.0.1", "n"]).is_err(), "gateway needs subnet");
-        assert!(parse(&["network", "create", "--subnet", "10.0.0.0/24", "--gateway", "nope", "n"]).is_err());
+        assert!(
+            parse(&["network", "create", "--gateway", "10.0.0.1", "n"]).is_err(),
+            "gateway needs subnet"
+        );
+        assert!(parse(&[
+            "network",
+            "create",
+            "--subnet",
+            "10.0.0.0/24",
+            "--gateway",
+            "nope",
+            "n"
+        ])
+        .is_err());
     }
 
     #[test]
@@ -317,7 +349,9 @@ mod tests {
 
     #[test]
     fn network_ls() {
-        let NetworkCmd::Ls(l) = network(&["ls"]) else { panic!() };
+        let NetworkCmd::Ls(l) = network(&["ls"]) else {
+            panic!()
+        };
         assert!(!l.quiet && !l.no_trunc);
         assert_eq!(l.format, ListFormat::Table);
         let NetworkCmd::Ls(l) = network(&["list", "-q", "--no-trunc", "--format", "json"]) else {
@@ -330,14 +364,22 @@ mod tests {
 
     #[test]
     fn network_inspect_rm() {
-        let NetworkCmd::Inspect(i) = network(&["inspect", "a", "b"]) else { panic!() };
+        let NetworkCmd::Inspect(i) = network(&["inspect", "a", "b"]) else {
+            panic!()
+        };
         assert_eq!(i.targets, ["a", "b"]);
-        let NetworkCmd::Inspect(i) = network(&["inspect", "--format", "json", "a"]) else { panic!() };
+        let NetworkCmd::Inspect(i) = network(&["inspect", "--format", "json", "a"]) else {
+            panic!()
+        };
         assert_eq!(i.format, InspectFormat::Json);
         assert!(parse(&["network", "inspect"]).is_err());
-        let NetworkCmd::Rm(r) = network(&["rm", "a", "b"]) else { panic!() };
+        let NetworkCmd::Rm(r) = network(&["rm", "a", "b"]) else {
+            panic!()
+        };
         assert_eq!(r.targets, ["a", "b"]);
-        let NetworkCmd::Rm(r) = network(&["remove", "a"]) else { panic!() };
+        let NetworkCmd::Rm(r) = network(&["remove", "a"]) else {
+            panic!()
+        };
         assert_eq!(r.targets, ["a"]);
         assert!(parse(&["network", "rm"]).is_err());
     }
@@ -347,33 +389,50 @@ mod tests {
         let NetworkCmd::Connect(c) = network(&["connect", "--ip", "10.0.0.5", "net", "sb"]) else {
             panic!()
         };
-        assert_eq!((c.ip, c.network.as_str(), c.sandbox.as_str()), (Some(Ipv4Addr::new(10, 0, 0, 5)), "net", "sb"));
-        let NetworkCmd::Connect(c) = network(&["connect", "net", "sb"]) else { panic!() };
+        assert_eq!(
+            (c.ip, c.network.as_str(), c.sandbox.as_str()),
+            (Some(Ipv4Addr::new(10, 0, 0, 5)), "net", "sb")
+        );
+        let NetworkCmd::Connect(c) = network(&["connect", "net", "sb"]) else {
+            panic!()
+        };
         assert_eq!(c.ip, None);
         assert!(parse(&["network", "connect", "--ip", "10.0.0.300", "net", "sb"]).is_err());
         assert!(parse(&["network", "connect", "net"]).is_err());
 
-        let NetworkCmd::Disconnect(d) = network(&["disconnect", "-f", "net", "sb"]) else { panic!() };
+        let NetworkCmd::Disconnect(d) = network(&["disconnect", "-f", "net", "sb"]) else {
+            panic!()
+        };
         assert!(d.force);
         assert_eq!((d.network.as_str(), d.sandbox.as_str()), ("net", "sb"));
-        let NetworkCmd::Disconnect(d) = network(&["disconnect", "net", "sb"]) else { panic!() };
+        let NetworkCmd::Disconnect(d) = network(&["disconnect", "net", "sb"]) else {
+            panic!()
+        };
         assert!(!d.force);
     }
 
     #[test]
     fn network_stats_fdb() {
-        let NetworkCmd::Stats(s) = network(&["stats", "net"]) else { panic!() };
+        let NetworkCmd::Stats(s) = network(&["stats", "net"]) else {
+            panic!()
+        };
         assert_eq!((s.network.as_str(), s.format), ("net", ListFormat::Table));
-        let NetworkCmd::Stats(s) = network(&["stats", "net", "--format", "json"]) else { panic!() };
+        let NetworkCmd::Stats(s) = network(&["stats", "net", "--format", "json"]) else {
+            panic!()
+        };
         assert_eq!(s.format, ListFormat::Json);
-        let NetworkCmd::Fdb(f) = network(&["fdb", "--no-trunc", "net"]) else { panic!() };
+        let NetworkCmd::Fdb(f) = network(&["fdb", "--no-trunc", "net"]) else {
+            panic!()
+        };
         assert!(f.no_trunc);
         assert!(parse(&["network", "fdb"]).is_err());
     }
 
     #[test]
     fn sandbox_commands() {
-        let SandboxCmd::Create(c) = sandbox(&["create", "sb1"]) else { panic!() };
+        let SandboxCmd::Create(c) = sandbox(&["create", "sb1"]) else {
+            panic!()
+        };
         assert_eq!((c.name.as_str(), c.netns), ("sb1", None));
         let SandboxCmd::Create(c) = sandbox(&["create", "--netns", "/proc/1/ns/net", "sb1"]) else {
             panic!()
@@ -383,9 +442,13 @@ mod tests {
             panic!()
         };
         assert!(l.quiet && l.no_trunc && l.format == ListFormat::Json);
-        let SandboxCmd::Inspect(i) = sandbox(&["inspect", "a", "b"]) else { panic!() };
+        let SandboxCmd::Inspect(i) = sandbox(&["inspect", "a", "b"]) else {
+            panic!()
+        };
         assert_eq!(i.targets, ["a", "b"]);
-        let SandboxCmd::Rm(r) = sandbox(&["rm", "a"]) else { panic!() };
+        let SandboxCmd::Rm(r) = sandbox(&["rm", "a"]) else {
+            panic!()
+        };
         assert_eq!(r.targets, ["a"]);
         assert!(parse(&["sandbox", "create"]).is_err());
         assert!(parse(&["sandbox", "rm"]).is_err());
@@ -406,6 +469,9 @@ mod tests {
         let e = exec(&["-H", "unix:///x", "exec", "sb", "--", "ls", "-H", "--help"]);
         assert_eq!(e.cmd, ["ls", "-H", "--help"]);
         assert!(parse(&["exec", "sb"]).is_err(), "a command is required");
-        assert!(parse(&["exec", "sb", "--"]).is_err(), "a command is required");
+        assert!(
+            parse(&["exec", "sb", "--"]).is_err(),
+            "a command is required"
+        );
     }
 }

@@ -37,7 +37,7 @@ pub fn table<S: AsRef<str>>(headers: &[&str], rows: &[Vec<S>]) -> String {
             s.push_str(cell);
             if i + 1 < cols {
                 let pad = widths[i] - cell.chars().count() + GAP;
-                s.extend(std::iter::repeat_n(' ', pad));
+                s.push_str(&" ".repeat(pad));
             }
         }
         out.push_str(s.trim_end());
@@ -132,7 +132,10 @@ mod tests {
 
     #[test]
     fn pretty_json_uses_four_spaces() {
-        assert_eq!(pretty_json(&json!([{"a": 1}])), "[\n    {\n        \"a\": 1\n    }\n]");
+        assert_eq!(
+            pretty_json(&json!([{"a": 1}])),
+            "[\n    {\n        \"a\": 1\n    }\n]"
+        );
         assert_eq!(pretty_json(&json!([])), "[]");
     }
 

@@ -16,14 +16,13 @@
 
 use crate::{Error, Result};
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-    RouteType,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
@@ -180,8 +179,7 @@ impl Handle {
             let mut offset = 0usize;
             while offset + NLMSG_HDRLEN <= data.len() {
                 let rest = &data[offset..];
-                let len =
-                    u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
                 if len < NLMSG_HDRLEN || len > rest.len() {
                     return Err(nl_err(op, format!("malformed reply (length {len})")));
                 }
@@ -226,7 +224,12 @@ impl Handle {
 
     /// A request that must be acked; a refusal becomes [`Error::Netlink`].
     fn ack(&mut self, op: &str, msg: RouteNetlinkMessage, extra_flags: u16) -> Result<()> {
-        match self.request(op, msg, NLM_F_REQUEST | NLM_F_ACK | extra_flags, Expect::Ack)? {
+        match self.request(
+            op,
+            msg,
+            NLM_F_REQUEST | NLM_F_ACK | extra_flags,
+            Expect::Ack,
+        )? {
             Ok(_) => Ok(()),
             Err(r) => Err(nl_err(op, r.message)),
         }
@@ -337,9 +340,13 @@ impl Handle {
 
     /// Set the `txqueuelen` of link `index`.
     pub fn set_txqueuelen(&mut self, index: u32, qlen: u32) -> Result<()> {
-        self.set_link(&format!("set txqueuelen {qlen} on link {index}"), index, |m| {
-            m.attributes.push(LinkAttribute::TxQueueLen(qlen));
-        })
+        self.set_link(
+            &format!("set txqueuelen {qlen} on link {index}"),
+            index,
+            |m| {
+                m.attributes.push(LinkAttribute::TxQueueLen(qlen));
+            },
+        )
     }
 
     /// Delete link `index`.
@@ -364,8 +371,10 @@ impl Handle {
         msg.header.prefix_len = prefix_len;
         msg.header.scope = AddressScope::Universe;
         msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(IpAddr::V4(addr)));
-        msg.attributes.push(AddressAttribute::Address(IpAddr::V4(addr)));
+        msg.attributes
+            .push(AddressAttribute::Local(IpAddr::V4(addr)));
+        msg.attributes
+            .push(AddressAttribute::Address(IpAddr::V4(addr)));
         if prefix_len < 31 {
             let host_mask = u32::MAX >> prefix_len;
             let brd = Ipv4Addr::from(u32::from(addr) | host_mask);
@@ -389,8 +398,10 @@ impl Handle {
         msg.header.prefix_len = prefix_len;
         msg.header.scope = AddressScope::Universe;
         msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(IpAddr::V6(addr)));
-        msg.attributes.push(AddressAttribute::Address(IpAddr::V6(addr)));
+        msg.attributes
+            .push(AddressAttribute::Local(IpAddr::V6(addr)));
+        msg.attributes
+            .push(AddressAttribute::Address(IpAddr::V6(addr)));
         self.ack(
             &op,
             RouteNetlinkMessage::NewAddress(msg),
@@ -497,7 +508,10 @@ mod tests {
 
     #[test]
     fn mac_formatting() {
-        assert_eq!(format_mac(&[0x02, 0, 0xab, 1, 2, 0xff]), "02:00:ab:01:02:ff");
+        assert_eq!(
+            format_mac(&[0x02, 0, 0xab, 1, 2, 0xff]),
+            "02:00:ab:01:02:ff"
+        );
     }
 
     #[test]
@@ -534,7 +548,10 @@ mod tests {
     #[test]
     fn errno_text() {
         let s = describe_errno(-libc::EEXIST, Some("already there".into()));
-        assert!(s.contains("File exists") && s.contains("already there"), "{s}");
+        assert!(
+            s.contains("File exists") && s.contains("already there"),
+            "{s}"
+        );
     }
 
     #[test]

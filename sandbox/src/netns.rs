@@ -100,8 +100,8 @@ impl Netns {
     /// Adopt an existing namespace by path (`/proc/PID/ns/net`, `/run/netns/NAME`, a
     /// bind mount). Fails with a clear error if the path is not a network namespace.
     pub fn open(path: &Path) -> Result<Netns> {
-        let file = File::open(path)
-            .map_err(|e| os_err(format!("open netns {}", path.display()), e))?;
+        let file =
+            File::open(path).map_err(|e| os_err(format!("open netns {}", path.display()), e))?;
         check_netns(&file, path)?;
         Ok(Netns {
             path: path.to_path_buf(),
@@ -184,7 +184,9 @@ impl NetnsGuard {
 impl Drop for NetnsGuard {
     fn drop(&mut self) {
         if let Err(e) = setns(&self.original, CloneFlags::CLONE_NEWNET) {
-            eprintln!("tapnet-sandbox: cannot return to the original network namespace: {e}; aborting");
+            eprintln!(
+                "tapnet-sandbox: cannot return to the original network namespace: {e}; aborting"
+            );
             std::process::abort();
         }
     }

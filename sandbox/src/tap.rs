@@ -53,6 +53,7 @@ pub struct Tap {
     fd: OwnedFd,
     name: String,
     ifindex: u32,
+    offloads: libc::c_uint,
 }
 
 fn os_err(op: impl Into<String>, source: io::Error) -> Error {
@@ -141,7 +142,9 @@ fn tun_setup_offloads(fd: &OwnedFd, name: &str) -> Result<libc::c_uint> {
             return Err(os_err(format!("TUNSETOFFLOAD on {name}"), err));
         }
     }
-    Err(Error::Invalid(format!("TUNSETOFFLOAD on {name}: no offloads accepted")))
+    Err(Error::Invalid(format!(
+        "TUNSETOFFLOAD on {name}: no offloads accepted"
+    )))
 }
 
 /// Open `/dev/net/tun` non-blocking and close-on-exec (std adds `O_CLOEXEC`).
@@ -158,29 +161,44 @@ fn open_tun() -> Result<OwnedFd> {
 const TAP_FLAGS: libc::c_int = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
 
 /// Everything after `TUNSETIFF` in [`Tap::create`]; run inside the namespace.
-fn configure(fd: &OwnedFd, nl: &mut Handle, cfg: &TapConfig) -> Result<u32> {
+fn configure(fd: &OwnedFd, nl: &mut Handle, cfg: &TapConfig) -> Result<(u32, libc::c_uint)> {
     let name = cfg.name.as_str();
-    tun_setup_offloads(fd, name)?;
+    let offloads = tun_setup_offloads(fd, name)?;
     tun_set_persist(fd, true).map_err(|e| os_err(format!("TUNSETPERSIST 1 on {name}"), e))?;
     let index = nl
         .link_index(name)?
         .ok_or_else(|| Error::Invalid(format!("tap {name} vanished right after creation")))?;
-    nl.set_mac(index, cfg.mac)?;
-    nl.set_mtu(index, cfg.mtu)?;
-    nl.set_txqueuelen(index, cfg.txqueuelen)?;
+    let on_tap = |e: Error| name_link(e, index, name);
+    nl.set_mac(index, cfg.mac).map_err(on_tap)?;
+    nl.set_mtu(index, cfg.mtu).map_err(on_tap)?;
+    nl.set_txqueuelen(index, cfg.txqueuelen).map_err(on_tap)?;
     if let Some(lo) = nl.link_index("lo")? {
-        nl.set_up(lo)?;
+        nl.set_up(lo).map_err(|e| name_link(e, lo, "lo"))?;
     }
     if let Some((addr, len)) = cfg.ipv4 {
-        nl.add_address_v4(index, addr, len)?;
+        nl.add_address_v4(index, addr, len).map_err(on_tap)?;
     }
-    nl.set_up(index)?;
+    nl.set_up(index).map_err(on_tap)?;
     if let Some(gw) = cfg.gateway_v4 {
         if !nl.has_default_route_v4()? {
-            nl.add_default_route_v4(gw, Some(index))?;
+            nl.add_default_route_v4(gw, Some(index)).map_err(on_tap)?;
         }
     }
-    Ok(index)
+    Ok((index, offloads))
+}
+
+/// Say which interface "link N" in a netlink error is.
+fn name_link(e: Error, index: u32, name: &str) -> Error {
+    let link = format!("link {index}");
+    let named = format!("{name} (link {index})");
+    match e {
+        Error::Netlink { op, message } => Error::Netlink {
+            op: op.replace(&link, &named),
+            message,
+        },
+        Error::Invalid(m) => Error::Invalid(m.replace(&link, &named)),
+        other => other,
+    }
 }
 
 impl Tap {
@@ -211,10 +229,11 @@ impl Tap {
                 }
             })?;
             match configure(&fd, &mut nl, cfg) {
-                Ok(ifindex) => Ok(Tap {
+                Ok((ifindex, offloads)) => Ok(Tap {
                     fd,
                     name: name.to_string(),
                     ifindex,
+                    offloads,
                 }),
                 Err(e) => {
                     if let Err(pe) = tun_set_persist(&fd, false) {
@@ -248,11 +267,12 @@ impl Tap {
                     e,
                 )
             })?;
-            tun_setup_offloads(&fd, name)?;
+            let offloads = tun_setup_offloads(&fd, name)?;
             Ok(Tap {
                 fd,
                 name: name.to_string(),
                 ifindex,
+                offloads,
             })
         })?
     }
@@ -265,6 +285,12 @@ impl Tap {
     /// Interface index inside the namespace.
     pub fn ifindex(&self) -> u32 {
         self.ifindex
+    }
+
+    /// The `TUN_F_*` offload bits the kernel accepted: always `CSUM|TSO4|TSO6`, plus
+    /// `USO4|USO6` on kernels that have UDP segmentation offload for tap (6.2+).
+    pub fn offloads(&self) -> u32 {
+        self.offloads
     }
 
     /// Read one frame (vnet header + Ethernet); `WouldBlock` when empty.
@@ -315,7 +341,9 @@ fn first_free(prefix: &str, taken: &HashSet<String>) -> Result<String> {
             return Ok(candidate);
         }
     }
-    Err(Error::Invalid(format!("no free interface name with prefix {prefix:?}")))
+    Err(Error::Invalid(format!(
+        "no free interface name with prefix {prefix:?}"
+    )))
 }
 
 /// The first free `prefix<N>` interface name in `ns` (`eth0`, `eth1`, ...).
@@ -350,7 +378,10 @@ mod tests {
 
     #[test]
     fn first_free_name() {
-        let taken: HashSet<String> = ["lo", "eth0", "eth2"].iter().map(|s| s.to_string()).collect();
+        let taken: HashSet<String> = ["lo", "eth0", "eth2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(first_free("eth", &taken).ok().as_deref(), Some("eth1"));
         assert_eq!(first_free("net", &taken).ok().as_deref(), Some("net0"));
         assert!(first_free("abcdefghijklmnopq", &taken).is_err());

@@ -29,7 +29,11 @@ pub struct MacAddr(pub [u8; 6]);
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 impl fmt::Debug for MacAddr {
@@ -102,7 +106,10 @@ pub struct SwitchConfig {
 
 impl Default for SwitchConfig {
     fn default() -> Self {
-        SwitchConfig { ageing_ms: 300_000, fdb_limit: 8192 }
+        SwitchConfig {
+            ageing_ms: 300_000,
+            fdb_limit: 8192,
+        }
     }
 }
 
@@ -181,7 +188,16 @@ fn l3_min_len(ethertype: u16) -> usize {
 #[inline(always)]
 fn pack(m: &[u8; 14], at: usize) -> u64 {
     // `at` is 0 or 6: a constant after inlining, so these indexes are checked at compile time.
-    u64::from_be_bytes([0, 0, m[at], m[at + 1], m[at + 2], m[at + 3], m[at + 4], m[at + 5]])
+    u64::from_be_bytes([
+        0,
+        0,
+        m[at],
+        m[at + 1],
+        m[at + 2],
+        m[at + 3],
+        m[at + 4],
+        m[at + 5],
+    ])
 }
 
 /// Group bit of a packed MAC (the I/G bit of its first octet).
@@ -256,7 +272,11 @@ pub struct Switch {
 impl Switch {
     /// A switch with an empty FDB.
     pub fn new(config: SwitchConfig) -> Switch {
-        Switch { config, fdb: FxHashMap::default(), counters: SwitchCounters::default() }
+        Switch {
+            config,
+            fdb: FxHashMap::default(),
+            counters: SwitchCounters::default(),
+        }
     }
 
     /// The configuration this switch was built with.
@@ -320,7 +340,13 @@ impl Switch {
         } else if self.fdb.len() >= self.config.fdb_limit {
             self.counters.fdb_limit_hits += 1;
         } else {
-            self.fdb.insert(src, Entry { port, last_seen_ms: now_ms });
+            self.fdb.insert(
+                src,
+                Entry {
+                    port,
+                    last_seen_ms: now_ms,
+                },
+            );
         }
     }
 
@@ -332,7 +358,8 @@ impl Switch {
     /// Remove entries older than the ageing time.
     pub fn expire(&mut self, now_ms: u64) {
         let ageing = self.config.ageing_ms;
-        self.fdb.retain(|_, e| now_ms.saturating_sub(e.last_seen_ms) <= ageing);
+        self.fdb
+            .retain(|_, e| now_ms.saturating_sub(e.last_seen_ms) <= ageing);
     }
 
     /// Snapshot of the FDB, sorted by MAC.

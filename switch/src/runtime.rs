@@ -1,10 +1,44 @@
-//! Datapath runtime. SKELETON: signatures are the contract; bodies to be written.
+//! Datapath runtime: worker threads that move frames between ports.
+//!
+//! Contract:
+//!
+//! * [`Datapath::start`] spawns N workers, each owning a `mio::Poll`, a `mio::Waker` and
+//!   the receiving end of a command channel. A network (its [`Switch`] and all its ports)
+//!   lives entirely on one worker, picked round-robin, so the hot path takes no locks.
+//! * The control plane talks to a network through a [`NetworkHandle`]: every call sends a
+//!   command with a one-shot reply channel, wakes the worker and waits for the answer.
+//!   A worker that has stopped answers [`Error::WorkerGone`].
+//! * Ports are [`FrameIo`]s, registered edge-triggered for readability. A worker keeps a
+//!   ready list and serves ready ports round-robin, at most [`BATCH`] frames per port per
+//!   turn; a port leaves the list only when its `recv` says `WouldBlock`.
+//! * Per frame: the virtio-net header is checked ([`check_vnet_hdr`]), the Ethernet frame
+//!   goes through [`Switch::decide`] with `now_ms` read once per poll turn from a
+//!   monotonic clock started with the worker, and the frame is written *unchanged*
+//!   (header included: no segmentation, no checksumming) to the egress port(s). A failed
+//!   write is counted as [`DropReason::TxError`] on the egress port and never buffered.
+//!   Every second the worker ages out FDB entries.
+//! * Counters are atomics with a single writer (the worker); readers use [`PortStats`].
+//!   rx counts every frame read (dropped ones too), tx every frame written; byte counts
+//!   exclude the vnet header.
+//! * Frame contents never make a worker panic. A port whose `recv` fails with anything
+//!   but `WouldBlock`/`Interrupted` (or returns 0, end of stream) is deregistered from
+//!   the poll and logged, and stays in the table until the control plane removes it.
 
-use crate::core::{DropReason, FdbEntry, PortId, SwitchConfig, SwitchCounters};
+use crate::core::{
+    check_vnet_hdr, Action, DropReason, FdbEntry, PortId, Switch, SwitchConfig, SwitchCounters,
+};
+use crate::VNET_HDR_LEN;
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use rustc_hash::FxHashMap;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::AtomicU64;
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// A port's frame I/O. Frames carry a [`crate::VNET_HDR_LEN`]-byte virtio-net
 /// header in front of the Ethernet frame. The fd must be non-blocking; it is
@@ -49,7 +83,21 @@ pub struct PortStatsSnapshot {
 impl PortStats {
     /// Copy the counters out.
     pub fn snapshot(&self) -> PortStatsSnapshot {
-        todo!("switch helper")
+        PortStatsSnapshot {
+            rx_packets: self.rx_packets.load(Ordering::Relaxed),
+            rx_bytes: self.rx_bytes.load(Ordering::Relaxed),
+            tx_packets: self.tx_packets.load(Ordering::Relaxed),
+            tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
+            drops: DropReason::ALL
+                .iter()
+                .map(|&r| (r, self.drops[r as usize].load(Ordering::Relaxed)))
+                .collect(),
+        }
+    }
+
+    /// Drops charged to this port for `reason`.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].load(Ordering::Relaxed)
     }
 }
 
@@ -73,55 +121,621 @@ pub enum Error {
     NoSuchPort(PortId),
 }
 
+/// Frames read from one port per turn before the worker moves to the next ready port.
+pub const BATCH: usize = 64;
+/// Size of each worker's receive buffer: a 64 KiB GSO super-frame plus headers.
+pub const RECV_BUF_LEN: usize = 65536 + 2048;
+/// How often, in milliseconds, a worker ages out FDB entries.
+const EXPIRE_EVERY_MS: u64 = 1000;
+/// The waker's token; port tokens are slab indexes and never reach it.
+const WAKER: Token = Token(usize::MAX);
+
+/// Add to a counter that only the worker writes (a plain load + store, no locked op).
+#[inline(always)]
+fn bump(c: &AtomicU64, by: u64) {
+    c.store(
+        c.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
+}
+
+type Reply<T> = Sender<Result<T, Error>>;
+
+/// Control-plane requests to a worker.
+enum Command {
+    AddNetwork {
+        net: u64,
+        config: SwitchConfig,
+        reply: Reply<()>,
+    },
+    RemoveNetwork {
+        net: u64,
+        reply: Reply<()>,
+    },
+    AddPort {
+        net: u64,
+        io: Box<dyn FrameIo>,
+        reply: Reply<(PortId, Arc<PortStats>)>,
+    },
+    RemovePort {
+        net: u64,
+        port: PortId,
+        reply: Reply<Box<dyn FrameIo>>,
+    },
+    Fdb {
+        net: u64,
+        reply: Reply<Vec<FdbEntry>>,
+    },
+    Counters {
+        net: u64,
+        reply: Reply<SwitchCounters>,
+    },
+    Shutdown,
+}
+
+/// Send a command built around a fresh reply channel, wake the worker, wait for the answer.
+fn call<T>(
+    tx: &Sender<Command>,
+    waker: &Waker,
+    make: impl FnOnce(Reply<T>) -> Command,
+) -> Result<T, Error> {
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    tx.send(make(reply)).map_err(|_| Error::WorkerGone)?;
+    waker.wake().map_err(|source| Error::Io {
+        op: "wake datapath worker",
+        source,
+    })?;
+    answer.recv().map_err(|_| Error::WorkerGone)?
+}
+
 /// The datapath: N worker threads, each with its own `mio::Poll`.
 pub struct Datapath {
-    _private: (),
+    workers: Vec<WorkerHandle>,
+    next_worker: AtomicUsize,
+    next_net: AtomicU64,
+}
+
+/// The control plane's side of one worker.
+struct WorkerHandle {
+    tx: Sender<Command>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Datapath {
     /// Start `workers` worker threads (0 = one per core).
     pub fn start(workers: usize) -> Result<Datapath, Error> {
-        let _ = workers;
-        todo!("switch helper")
+        let n = match workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        // Built incrementally: on error, dropping `dp` stops the workers already started.
+        let mut dp = Datapath {
+            workers: Vec::with_capacity(n),
+            next_worker: AtomicUsize::new(0),
+            next_net: AtomicU64::new(0),
+        };
+        for i in 0..n {
+            let poll = Poll::new().map_err(|source| Error::Io {
+                op: "create poll",
+                source,
+            })?;
+            let waker =
+                Arc::new(
+                    Waker::new(poll.registry(), WAKER).map_err(|source| Error::Io {
+                        op: "create waker",
+                        source,
+                    })?,
+                );
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let worker = Worker::new(poll, rx);
+            let thread = std::thread::Builder::new()
+                .name(format!("tapnet-dp{i}"))
+                .spawn(move || worker.run())
+                .map_err(|source| Error::Io {
+                    op: "spawn datapath worker",
+                    source,
+                })?;
+            dp.workers.push(WorkerHandle {
+                tx,
+                waker,
+                thread: Some(thread),
+            });
+        }
+        Ok(dp)
     }
+
+    /// Number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
     /// Create a switch for a network on one of the workers (picked round-robin).
     pub fn add_network(&self, config: SwitchConfig) -> Result<NetworkHandle, Error> {
-        let _ = config;
-        todo!("switch helper")
+        let i = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len().max(1);
+        let w = self.workers.get(i).ok_or(Error::WorkerGone)?;
+        let net = self.next_net.fetch_add(1, Ordering::Relaxed);
+        call(&w.tx, &w.waker, |reply| Command::AddNetwork {
+            net,
+            config,
+            reply,
+        })?;
+        Ok(NetworkHandle {
+            tx: w.tx.clone(),
+            waker: Arc::clone(&w.waker),
+            net,
+        })
     }
+
     /// Stop all workers and join them. Ports' `FrameIo`s are dropped.
     pub fn shutdown(self) {
-        todo!("switch helper")
+        // Drop does the work.
+    }
+
+    fn stop(&mut self) {
+        for w in &self.workers {
+            // A worker that is already gone needs no telling.
+            let _ = w.tx.send(Command::Shutdown);
+            let _ = w.waker.wake();
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                if t.join().is_err() {
+                    tracing::error!("datapath worker panicked");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
 /// Control-plane handle to one network's switch. Dropping it does not remove the
 /// network; call [`NetworkHandle::remove`].
 pub struct NetworkHandle {
-    _private: (),
+    tx: Sender<Command>,
+    waker: Arc<Waker>,
+    net: u64,
 }
 
 impl NetworkHandle {
     /// Attach a port; returns its id and its live counters.
     pub fn add_port(&self, io: Box<dyn FrameIo>) -> Result<(PortId, Arc<PortStats>), Error> {
-        let _ = io;
-        todo!("switch helper")
+        let net = self.net;
+        call(&self.tx, &self.waker, |reply| Command::AddPort {
+            net,
+            io,
+            reply,
+        })
     }
     /// Detach a port, forgetting its FDB entries; hands the `FrameIo` back to the caller.
     pub fn remove_port(&self, port: PortId) -> Result<Box<dyn FrameIo>, Error> {
-        let _ = port;
-        todo!("switch helper")
+        let net = self.net;
+        call(&self.tx, &self.waker, |reply| Command::RemovePort {
+            net,
+            port,
+            reply,
+        })
     }
     /// Snapshot of this network's FDB.
     pub fn fdb(&self) -> Result<Vec<FdbEntry>, Error> {
-        todo!("switch helper")
+        let net = self.net;
+        call(&self.tx, &self.waker, |reply| Command::Fdb { net, reply })
     }
     /// Switch-level counters.
     pub fn counters(&self) -> Result<SwitchCounters, Error> {
-        todo!("switch helper")
+        let net = self.net;
+        call(&self.tx, &self.waker, |reply| Command::Counters {
+            net,
+            reply,
+        })
     }
     /// Remove the network from its worker (all ports must have been removed; any left are dropped).
     pub fn remove(self) -> Result<(), Error> {
-        todo!("switch helper")
+        let net = self.net;
+        call(&self.tx, &self.waker, |reply| Command::RemoveNetwork {
+            net,
+            reply,
+        })
+    }
+}
+
+/// A port as the worker holds it.
+struct Port {
+    id: PortId,
+    io: Box<dyn FrameIo>,
+    stats: Arc<PortStats>,
+    token: usize,
+    /// False once the port's `recv` failed for good and it left the poll.
+    registered: bool,
+}
+
+impl Port {
+    /// Write one whole frame (vnet header included), counting the outcome on this port.
+    #[inline]
+    fn send(&mut self, frame: &[u8]) {
+        loop {
+            match self.io.send(frame) {
+                Ok(_) => {
+                    bump(&self.stats.tx_packets, 1);
+                    bump(
+                        &self.stats.tx_bytes,
+                        frame.len().saturating_sub(VNET_HDR_LEN) as u64,
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => bump(&self.stats.drops[DropReason::TxError as usize], 1),
+            }
+            return;
+        }
+    }
+}
+
+/// One network on its worker: the switch and its ports, sorted by id.
+struct Network {
+    switch: Switch,
+    ports: Vec<Port>,
+    next_port: PortId,
+}
+
+impl Network {
+    fn index_of(&self, id: PortId) -> Option<usize> {
+        self.ports.binary_search_by_key(&id, |p| p.id).ok()
+    }
+
+    /// Switch one frame (vnet header + Ethernet frame) received on `self.ports[i]`.
+    #[inline]
+    fn forward(&mut self, i: usize, frame: &[u8], now_ms: u64) {
+        let Some(ingress) = self.ports.get(i) else {
+            return;
+        };
+        let stats = &ingress.stats;
+        bump(&stats.rx_packets, 1);
+        bump(
+            &stats.rx_bytes,
+            frame.len().saturating_sub(VNET_HDR_LEN) as u64,
+        );
+        let action = match frame.split_at_checked(VNET_HDR_LEN) {
+            None => Action::Drop(DropReason::Truncated),
+            Some((hdr, eth)) => match check_vnet_hdr(hdr, eth.len()) {
+                Err(r) => Action::Drop(r),
+                Ok(()) => self.switch.decide(eth, ingress.id, now_ms),
+            },
+        };
+        match action {
+            Action::Drop(r) => bump(&stats.drops[r as usize], 1),
+            Action::Unicast(p) => {
+                if let Some(j) = self.index_of(p) {
+                    if let Some(port) = self.ports.get_mut(j) {
+                        port.send(frame);
+                    }
+                }
+            }
+            Action::Flood { except } => {
+                for port in self.ports.iter_mut().filter(|p| p.id != except) {
+                    port.send(frame);
+                }
+            }
+        }
+    }
+}
+
+/// Which port a poll token stands for.
+struct Slot {
+    net: u64,
+    port: PortId,
+    /// On the ready list.
+    ready: bool,
+}
+
+/// One worker thread's state. Everything here is touched by that thread only.
+struct Worker {
+    poll: Poll,
+    rx: Receiver<Command>,
+    networks: FxHashMap<u64, Network>,
+    /// Token → port; `None` slots are on `free`.
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    /// Tokens of ports that may have frames queued, served round-robin.
+    ready: Vec<usize>,
+    /// Scratch for the next turn's ready list (kept to reuse its allocation).
+    still_ready: Vec<usize>,
+    buf: Box<[u8]>,
+    start: Instant,
+}
+
+impl Worker {
+    fn new(poll: Poll, rx: Receiver<Command>) -> Worker {
+        Worker {
+            poll,
+            rx,
+            networks: FxHashMap::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            ready: Vec::new(),
+            still_ready: Vec::new(),
+            buf: vec![0u8; RECV_BUF_LEN].into_boxed_slice(),
+            start: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut last_expire = 0;
+        loop {
+            let timeout = if self.ready.is_empty() {
+                Duration::from_millis(EXPIRE_EVERY_MS)
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "datapath worker: poll failed; stopping");
+                    return;
+                }
+            }
+            for ev in events.iter() {
+                if ev.token() != WAKER {
+                    self.mark_ready(ev.token().0);
+                }
+            }
+            if !self.drain_commands() {
+                return;
+            }
+            let now = self.now_ms();
+            if now.saturating_sub(last_expire) >= EXPIRE_EVERY_MS {
+                for net in self.networks.values_mut() {
+                    net.switch.expire(now);
+                }
+                last_expire = now;
+            }
+            self.serve_ready(now);
+        }
+    }
+
+    fn mark_ready(&mut self, token: usize) {
+        if let Some(Some(slot)) = self.slots.get_mut(token) {
+            if !slot.ready {
+                slot.ready = true;
+                self.ready.push(token);
+            }
+        }
+    }
+
+    /// One round-robin turn over the ready ports.
+    fn serve_ready(&mut self, now_ms: u64) {
+        let mut turn = std::mem::take(&mut self.ready);
+        for &token in &turn {
+            if self.serve_port(token, now_ms) {
+                self.still_ready.push(token);
+            } else if let Some(Some(slot)) = self.slots.get_mut(token) {
+                slot.ready = false;
+            }
+        }
+        turn.clear();
+        self.ready = std::mem::replace(&mut self.still_ready, turn);
+    }
+
+    /// Read and switch up to [`BATCH`] frames from one port. True if it may have more.
+    fn serve_port(&mut self, token: usize, now_ms: u64) -> bool {
+        let Some(Some(slot)) = self.slots.get(token) else {
+            return false;
+        };
+        let (net_id, port_id) = (slot.net, slot.port);
+        let Some(net) = self.networks.get_mut(&net_id) else {
+            return false;
+        };
+        let Some(i) = net.index_of(port_id) else {
+            return false;
+        };
+        for _ in 0..BATCH {
+            let Some(port) = net.ports.get_mut(i) else {
+                return false;
+            };
+            if !port.registered {
+                return false;
+            }
+            let n = match port.io.recv(&mut self.buf) {
+                Ok(0) => {
+                    // End of stream (a datagram peer closed); a tap never reads 0.
+                    let e = io::Error::from(io::ErrorKind::UnexpectedEof);
+                    retire_port(&self.poll, net_id, port, &e);
+                    return false;
+                }
+                Ok(n) => n.min(self.buf.len()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    retire_port(&self.poll, net_id, port, &e);
+                    return false;
+                }
+            };
+            if let Some(frame) = self.buf.get(..n) {
+                net.forward(i, frame, now_ms);
+            }
+        }
+        true
+    }
+
+    /// Handle queued commands. False when the worker must stop.
+    fn drain_commands(&mut self) -> bool {
+        loop {
+            match self.rx.try_recv() {
+                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return false,
+                Ok(cmd) => self.handle(cmd),
+                Err(TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        // Reply errors mean the caller stopped waiting; nothing to do about it.
+        match cmd {
+            Command::AddNetwork { net, config, reply } => {
+                self.networks.insert(
+                    net,
+                    Network {
+                        switch: Switch::new(config),
+                        ports: Vec::new(),
+                        next_port: 0,
+                    },
+                );
+                let _ = reply.send(Ok(()));
+            }
+            Command::RemoveNetwork { net, reply } => {
+                if let Some(network) = self.networks.remove(&net) {
+                    for port in &network.ports {
+                        self.release(port);
+                    }
+                }
+                let _ = reply.send(Ok(()));
+            }
+            Command::AddPort { net, io, reply } => {
+                let _ = reply.send(self.add_port(net, io));
+            }
+            Command::RemovePort { net, port, reply } => {
+                let _ = reply.send(self.remove_port(net, port));
+            }
+            Command::Fdb { net, reply } => {
+                let r = self
+                    .networks
+                    .get(&net)
+                    .map(|n| n.switch.fdb())
+                    .ok_or(Error::WorkerGone);
+                let _ = reply.send(r);
+            }
+            Command::Counters { net, reply } => {
+                let r = self
+                    .networks
+                    .get(&net)
+                    .map(|n| n.switch.counters())
+                    .ok_or(Error::WorkerGone);
+                let _ = reply.send(r);
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn add_port(
+        &mut self,
+        net_id: u64,
+        io: Box<dyn FrameIo>,
+    ) -> Result<(PortId, Arc<PortStats>), Error> {
+        let net = self.networks.get_mut(&net_id).ok_or(Error::WorkerGone)?;
+        let token = match self.free.pop() {
+            Some(t) => t,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        let fd = io.as_raw_fd();
+        if let Err(source) =
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&fd), Token(token), Interest::READABLE)
+        {
+            self.free.push(token);
+            return Err(Error::Io {
+                op: "register port with poll",
+                source,
+            });
+        }
+        let id = net.next_port;
+        net.next_port = net.next_port.wrapping_add(1);
+        let stats = Arc::new(PortStats::default());
+        net.ports.push(Port {
+            id,
+            io,
+            stats: Arc::clone(&stats),
+            token,
+            registered: true,
+        });
+        if let Some(slot) = self.slots.get_mut(token) {
+            *slot = Some(Slot {
+                net: net_id,
+                port: id,
+                ready: false,
+            });
+        }
+        // Frames may already be queued; one read finds out.
+        self.mark_ready(token);
+        Ok((id, stats))
+    }
+
+    fn remove_port(&mut self, net_id: u64, id: PortId) -> Result<Box<dyn FrameIo>, Error> {
+        let net = self.networks.get_mut(&net_id).ok_or(Error::WorkerGone)?;
+        let i = net.index_of(id).ok_or(Error::NoSuchPort(id))?;
+        let port = net.ports.remove(i);
+        net.switch.forget_port(id);
+        self.release(&port);
+        Ok(port.io)
+    }
+
+    /// Take a port out of the poll, the token slab and the ready list.
+    fn release(&mut self, port: &Port) {
+        if port.registered {
+            let fd = port.io.as_raw_fd();
+            if let Err(e) = self.poll.registry().deregister(&mut SourceFd(&fd)) {
+                tracing::debug!(port = port.id, error = %e, "deregister port");
+            }
+        }
+        if let Some(slot) = self.slots.get_mut(port.token) {
+            *slot = None;
+            self.free.push(port.token);
+        }
+        self.ready.retain(|&t| t != port.token);
+    }
+}
+
+/// Deregister a port whose reads fail for good; it stays in the table until removed.
+fn retire_port(poll: &Poll, net: u64, port: &mut Port, e: &io::Error) {
+    tracing::warn!(network = net, port = port.id, error = %e, "port read failed; port stopped");
+    let fd = port.io.as_raw_fd();
+    if let Err(e) = poll.registry().deregister(&mut SourceFd(&fd)) {
+        tracing::debug!(port = port.id, error = %e, "deregister failed port");
+    }
+    port.registered = false;
+}
+
+/// A [`FrameIo`] over a non-blocking Unix datagram socket, one datagram per frame.
+/// Used by tests and to join switches in-process; a zero-length read is end of stream.
+pub struct DatagramPort(UnixDatagram);
+
+impl DatagramPort {
+    /// Wrap `sock`, switching it to non-blocking mode.
+    pub fn new(sock: UnixDatagram) -> io::Result<DatagramPort> {
+        sock.set_nonblocking(true)?;
+        Ok(DatagramPort(sock))
+    }
+
+    /// A connected pair: the port end (non-blocking) and the peer end (blocking), which
+    /// plays the host side of a tap.
+    pub fn pair() -> io::Result<(DatagramPort, UnixDatagram)> {
+        let (a, b) = UnixDatagram::pair()?;
+        Ok((DatagramPort::new(a)?, b))
+    }
+}
+
+impl AsRawFd for DatagramPort {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl FrameIo for DatagramPort {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.recv(buf)
+    }
+    fn send(&mut self, frame: &[u8]) -> io::Result<usize> {
+        self.0.send(frame)
     }
 }

@@ -29,7 +29,10 @@ fn sw() -> Switch {
 }
 
 fn entry_port(s: &Switch, mac: [u8; 6]) -> Option<PortId> {
-    s.fdb().iter().find(|e| e.mac == MacAddr(mac)).map(|e| e.port)
+    s.fdb()
+        .iter()
+        .find(|e| e.mac == MacAddr(mac))
+        .map(|e| e.port)
 }
 
 #[test]
@@ -60,7 +63,11 @@ fn learns_source_and_floods_unknown() {
     assert_eq!(s.decide(&ip(B, A), 1, 10), Action::Flood { except: 1 });
     assert_eq!(
         s.fdb(),
-        vec![FdbEntry { mac: MacAddr(A), port: 1, last_seen_ms: 10 }]
+        vec![FdbEntry {
+            mac: MacAddr(A),
+            port: 1,
+            last_seen_ms: 10
+        }]
     );
 }
 
@@ -80,7 +87,10 @@ fn broadcast_and_multicast_flood_even_when_known() {
     s.decide(&ip(A, B), 2, 0);
     assert_eq!(s.decide(&ip(BCAST, A), 1, 1), Action::Flood { except: 1 });
     assert_eq!(s.decide(&ip(MCAST, B), 2, 1), Action::Flood { except: 2 });
-    assert_eq!(s.decide(&frame(BCAST, C, 0x0806, 28), 3, 1), Action::Flood { except: 3 });
+    assert_eq!(
+        s.decide(&frame(BCAST, C, 0x0806, 28), 3, 1),
+        Action::Flood { except: 3 }
+    );
     assert_eq!(entry_port(&s, C), Some(3));
 }
 
@@ -89,14 +99,23 @@ fn same_segment_drop() {
     let mut s = sw();
     s.decide(&ip(BCAST, A), 1, 0);
     s.decide(&ip(BCAST, B), 1, 0);
-    assert_eq!(s.decide(&ip(B, A), 1, 1), Action::Drop(DropReason::SameSegment));
+    assert_eq!(
+        s.decide(&ip(B, A), 1, 1),
+        Action::Drop(DropReason::SameSegment)
+    );
     // A frame addressed to its own sender is the same segment too.
-    assert_eq!(s.decide(&ip(A, A), 1, 1), Action::Drop(DropReason::SameSegment));
+    assert_eq!(
+        s.decide(&ip(A, A), 1, 1),
+        Action::Drop(DropReason::SameSegment)
+    );
 }
 
 #[test]
 fn ageing_on_lookup_and_expire() {
-    let mut s = Switch::new(SwitchConfig { ageing_ms: 1000, fdb_limit: 16 });
+    let mut s = Switch::new(SwitchConfig {
+        ageing_ms: 1000,
+        fdb_limit: 16,
+    });
     s.decide(&ip(BCAST, A), 1, 0);
     // Exactly at the ageing time the entry is still valid.
     assert_eq!(s.decide(&ip(A, B), 2, 1000), Action::Unicast(1));
@@ -118,7 +137,10 @@ fn ageing_on_lookup_and_expire() {
 
 #[test]
 fn traffic_refreshes_entries() {
-    let mut s = Switch::new(SwitchConfig { ageing_ms: 100, fdb_limit: 16 });
+    let mut s = Switch::new(SwitchConfig {
+        ageing_ms: 100,
+        fdb_limit: 16,
+    });
     for t in (0..1000).step_by(50) {
         s.decide(&ip(BCAST, A), 1, t);
     }
@@ -128,7 +150,10 @@ fn traffic_refreshes_entries() {
 
 #[test]
 fn clock_going_backwards_does_not_expire() {
-    let mut s = Switch::new(SwitchConfig { ageing_ms: 100, fdb_limit: 16 });
+    let mut s = Switch::new(SwitchConfig {
+        ageing_ms: 100,
+        fdb_limit: 16,
+    });
     s.decide(&ip(BCAST, A), 1, 500);
     assert_eq!(s.decide(&ip(A, B), 2, 0), Action::Unicast(1));
     s.expire(0);
@@ -144,12 +169,22 @@ fn moving_mac_follows_last_port() {
     s.decide(&ip(BCAST, A), 3, 2);
     assert_eq!(s.decide(&ip(A, B), 2, 3), Action::Unicast(3));
     assert_eq!(s.fdb_len(), 2);
-    assert_eq!(s.fdb()[0], FdbEntry { mac: MacAddr(A), port: 3, last_seen_ms: 2 });
+    assert_eq!(
+        s.fdb()[0],
+        FdbEntry {
+            mac: MacAddr(A),
+            port: 3,
+            last_seen_ms: 2
+        }
+    );
 }
 
 #[test]
 fn fdb_limit_not_learned_counted_still_forwarded() {
-    let mut s = Switch::new(SwitchConfig { ageing_ms: 1000, fdb_limit: 2 });
+    let mut s = Switch::new(SwitchConfig {
+        ageing_ms: 1000,
+        fdb_limit: 2,
+    });
     s.decide(&ip(BCAST, A), 1, 0);
     s.decide(&ip(BCAST, B), 2, 0);
     assert_eq!(s.counters(), SwitchCounters::default());
@@ -173,7 +208,10 @@ fn fdb_limit_not_learned_counted_still_forwarded() {
 
 #[test]
 fn fdb_limit_zero_never_learns() {
-    let mut s = Switch::new(SwitchConfig { ageing_ms: 1000, fdb_limit: 0 });
+    let mut s = Switch::new(SwitchConfig {
+        ageing_ms: 1000,
+        fdb_limit: 0,
+    });
     assert_eq!(s.decide(&ip(B, A), 1, 0), Action::Flood { except: 1 });
     assert_eq!(s.fdb_len(), 0);
     assert_eq!(s.counters().fdb_limit_hits, 1);
@@ -186,7 +224,14 @@ fn forget_port_removes_only_that_port() {
     s.decide(&ip(BCAST, B), 2, 0);
     s.decide(&ip(BCAST, C), 1, 0);
     s.forget_port(1);
-    assert_eq!(s.fdb(), vec![FdbEntry { mac: MacAddr(B), port: 2, last_seen_ms: 0 }]);
+    assert_eq!(
+        s.fdb(),
+        vec![FdbEntry {
+            mac: MacAddr(B),
+            port: 2,
+            last_seen_ms: 0
+        }]
+    );
     assert_eq!(s.decide(&ip(A, B), 2, 1), Action::Flood { except: 2 });
     s.forget_port(99);
     assert_eq!(s.fdb_len(), 1);
@@ -197,7 +242,11 @@ fn truncated_ethernet() {
     let mut s = sw();
     let f = ip(B, A);
     for len in 0..14 {
-        assert_eq!(s.decide(&f[..len], 1, 0), Action::Drop(DropReason::Truncated), "len {len}");
+        assert_eq!(
+            s.decide(&f[..len], 1, 0),
+            Action::Drop(DropReason::Truncated),
+            "len {len}"
+        );
     }
     assert_eq!(s.fdb_len(), 0, "malformed frames teach nothing");
 }
@@ -206,7 +255,10 @@ fn truncated_ethernet() {
 fn bad_source_mac() {
     let mut s = sw();
     for src in [BCAST, MCAST, [0; 6], [0x03, 0, 0, 0, 0, 1]] {
-        assert_eq!(s.decide(&ip(B, src), 1, 0), Action::Drop(DropReason::BadSourceMac));
+        assert_eq!(
+            s.decide(&ip(B, src), 1, 0),
+            Action::Drop(DropReason::BadSourceMac)
+        );
     }
     assert_eq!(s.fdb_len(), 0);
 }
@@ -222,10 +274,16 @@ fn truncated_l3_headers() {
                 "ethertype {et:#06x} payload {len}"
             );
         }
-        assert_eq!(s.decide(&frame(B, A, et, min), 1, 0), Action::Flood { except: 1 });
+        assert_eq!(
+            s.decide(&frame(B, A, et, min), 1, 0),
+            Action::Flood { except: 1 }
+        );
     }
     // Other ethertypes have no minimum.
-    assert_eq!(s.decide(&frame(B, A, 0x88cc, 0), 1, 0), Action::Flood { except: 1 });
+    assert_eq!(
+        s.decide(&frame(B, A, 0x88cc, 0), 1, 0),
+        Action::Flood { except: 1 }
+    );
 }
 
 /// An 802.1Q-tagged frame: outer 0x8100, TCI, inner ethertype, payload.
@@ -243,20 +301,41 @@ fn vlan_tagged_frames() {
     // Tag cut short.
     let t = tagged(0x0800, 20);
     for len in 14..18 {
-        assert_eq!(s.decide(&t[..len], 1, 0), Action::Drop(DropReason::Truncated));
+        assert_eq!(
+            s.decide(&t[..len], 1, 0),
+            Action::Drop(DropReason::Truncated)
+        );
     }
     // Inner L3 length is checked after the tag.
-    assert_eq!(s.decide(&tagged(0x0800, 19), 1, 0), Action::Drop(DropReason::Truncated));
-    assert_eq!(s.decide(&tagged(0x86dd, 39), 1, 0), Action::Drop(DropReason::Truncated));
-    assert_eq!(s.decide(&tagged(0x0806, 27), 1, 0), Action::Drop(DropReason::Truncated));
-    assert_eq!(s.decide(&tagged(0x0800, 20), 1, 0), Action::Flood { except: 1 });
-    assert_eq!(s.decide(&tagged(0x9000, 0), 1, 0), Action::Flood { except: 1 });
+    assert_eq!(
+        s.decide(&tagged(0x0800, 19), 1, 0),
+        Action::Drop(DropReason::Truncated)
+    );
+    assert_eq!(
+        s.decide(&tagged(0x86dd, 39), 1, 0),
+        Action::Drop(DropReason::Truncated)
+    );
+    assert_eq!(
+        s.decide(&tagged(0x0806, 27), 1, 0),
+        Action::Drop(DropReason::Truncated)
+    );
+    assert_eq!(
+        s.decide(&tagged(0x0800, 20), 1, 0),
+        Action::Flood { except: 1 }
+    );
+    assert_eq!(
+        s.decide(&tagged(0x9000, 0), 1, 0),
+        Action::Flood { except: 1 }
+    );
 }
 
 #[test]
 fn never_panics_on_arbitrary_bytes() {
     // A small deterministic xorshift over lengths and contents.
-    let mut s = Switch::new(SwitchConfig { ageing_ms: 5, fdb_limit: 64 });
+    let mut s = Switch::new(SwitchConfig {
+        ageing_ms: 5,
+        fdb_limit: 64,
+    });
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = || {
         x ^= x << 13;
@@ -268,7 +347,9 @@ fn never_panics_on_arbitrary_bytes() {
         let len = (next() % 80) as usize;
         let mut f: Vec<u8> = (0..len).map(|_| next() as u8).collect();
         if len >= 14 && i % 3 == 0 {
-            f[12..14].copy_from_slice(&[[0x08, 0x00], [0x86, 0xdd], [0x08, 0x06], [0x81, 0x00]][i as usize % 4]);
+            f[12..14].copy_from_slice(
+                &[[0x08, 0x00], [0x86, 0xdd], [0x08, 0x06], [0x81, 0x00]][i as usize % 4],
+            );
         }
         let _ = s.decide(&f, (next() % 8) as PortId, i);
         let _ = check_vnet_hdr(&f, (next() % 100) as usize);
@@ -296,8 +377,16 @@ fn vnet_hdr_plain_and_gso_types() {
     assert_eq!(check_vnet_hdr(&[0; 10], 60), Ok(()));
     assert_eq!(check_vnet_hdr(&[0; 10], 0), Ok(()));
     for t in [1u8, 3, 4, 5] {
-        assert_eq!(check_vnet_hdr(&vnet(0, t, 1448, 0, 0), 65_000), Ok(()), "gso {t}");
-        assert_eq!(check_vnet_hdr(&vnet(0, t | 0x80, 1448, 0, 0), 65_000), Ok(()), "gso {t}|ecn");
+        assert_eq!(
+            check_vnet_hdr(&vnet(0, t, 1448, 0, 0), 65_000),
+            Ok(()),
+            "gso {t}"
+        );
+        assert_eq!(
+            check_vnet_hdr(&vnet(0, t | 0x80, 1448, 0, 0), 65_000),
+            Ok(()),
+            "gso {t}|ecn"
+        );
     }
     assert_eq!(check_vnet_hdr(&vnet(0, 0x80, 0, 0, 0), 60), Ok(()));
     // Longer slices: only the first 10 bytes count.
@@ -309,18 +398,31 @@ fn vnet_hdr_plain_and_gso_types() {
 #[test]
 fn vnet_hdr_bad_gso() {
     for t in [2u8, 6, 7, 0x40, 0x7f, 0xff, 0x82] {
-        assert_eq!(check_vnet_hdr(&vnet(0, t, 1448, 0, 0), 1500), Err(DropReason::BadVnetHdr), "gso {t:#x}");
+        assert_eq!(
+            check_vnet_hdr(&vnet(0, t, 1448, 0, 0), 1500),
+            Err(DropReason::BadVnetHdr),
+            "gso {t:#x}"
+        );
     }
     // GSO without a segment size.
-    assert_eq!(check_vnet_hdr(&vnet(0, 1, 0, 0, 0), 1500), Err(DropReason::BadVnetHdr));
+    assert_eq!(
+        check_vnet_hdr(&vnet(0, 1, 0, 0, 0), 1500),
+        Err(DropReason::BadVnetHdr)
+    );
 }
 
 #[test]
 fn vnet_hdr_csum_bounds() {
     // TCP over IPv4: csum_start 34, csum_offset 16 → field at 50..52.
     assert_eq!(check_vnet_hdr(&vnet(1, 0, 0, 34, 16), 52), Ok(()));
-    assert_eq!(check_vnet_hdr(&vnet(1, 0, 0, 34, 16), 51), Err(DropReason::BadVnetHdr));
-    assert_eq!(check_vnet_hdr(&vnet(1, 0, 0, 0xffff, 0xffff), 65_536), Err(DropReason::BadVnetHdr));
+    assert_eq!(
+        check_vnet_hdr(&vnet(1, 0, 0, 34, 16), 51),
+        Err(DropReason::BadVnetHdr)
+    );
+    assert_eq!(
+        check_vnet_hdr(&vnet(1, 0, 0, 0xffff, 0xffff), 65_536),
+        Err(DropReason::BadVnetHdr)
+    );
     // Without NEEDS_CSUM the offsets are not looked at.
     assert_eq!(check_vnet_hdr(&vnet(2, 0, 0, 0xffff, 0xffff), 60), Ok(()));
 }
@@ -328,7 +430,10 @@ fn vnet_hdr_csum_bounds() {
 #[test]
 fn vnet_hdr_short() {
     for len in 0..10 {
-        assert_eq!(check_vnet_hdr(&[0; 10][..len], 60), Err(DropReason::Truncated));
+        assert_eq!(
+            check_vnet_hdr(&[0; 10][..len], 60),
+            Err(DropReason::Truncated)
+        );
     }
 }
 
@@ -414,7 +519,10 @@ fn harness_arp_then_unicast_conversation() {
     h.send(2, ip(A, BCAST));
     h.send(0, ip(B, A));
     h.run();
-    assert_eq!(h.drops, vec![(2, DropReason::Truncated), (2, DropReason::BadSourceMac)]);
+    assert_eq!(
+        h.drops,
+        vec![(2, DropReason::Truncated), (2, DropReason::BadSourceMac)]
+    );
     assert_eq!(h.take(1).len(), 1);
     assert!(h.take(2).is_empty());
 }

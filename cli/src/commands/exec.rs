@@ -1,0 +1,135 @@
+//! `tapnet exec SANDBOX [--] CMD [ARGS...]`: run a command in a sandbox's namespace.
+//!
+//! The sandbox's namespace path comes from the daemon; then the tokio runtime is
+//! dropped so the process is single-threaded, the process enters the namespace
+//! ([`tapnet_sandbox::netns::enter_for_exec`]) and replaces itself with CMD, so the
+//! exit status is CMD's. Like docker: 127 if CMD is not found, 126 if it cannot run.
+
+use super::{runtime, Exit};
+use crate::args::ExecArgs;
+use crate::client::{seg, Client};
+use crate::output::str_of;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Look up the sandbox, enter its namespace and exec the command. Returns only on failure.
+pub fn run(client: &Client, args: ExecArgs) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let netns = rt.block_on(netns_path(client, &args.sandbox))?;
+    // No runtime, no threads: setns(CLONE_NEWNET) then applies to the whole process.
+    drop(rt);
+
+    if let Err(e) = tapnet_sandbox::netns::enter_for_exec(&netns) {
+        let hint = match &e {
+            tapnet_sandbox::Error::Os { source, .. }
+                if source.kind() == io::ErrorKind::PermissionDenied =>
+            {
+                " (entering a network namespace needs CAP_SYS_ADMIN; run as root)"
+            }
+            _ => "",
+        };
+        anyhow::bail!(
+            "cannot enter the network namespace of sandbox {} at {}: {e}{hint}",
+            args.sandbox,
+            netns.display()
+        );
+    }
+
+    let (prog, rest) = args
+        .cmd
+        .split_first()
+        .ok_or_else(|| anyhow::anyhow!("no command given"))?;
+    let err = Command::new(prog).args(rest).exec();
+    let (message, code) = exec_failure(prog, &err);
+    eprintln!("{message}");
+    Err(Exit(code).into())
+}
+
+/// `GET /sandboxes/{id}` → its `NetnsPath`.
+async fn netns_path(client: &Client, sandbox: &str) -> anyhow::Result<PathBuf> {
+    let (_, v) = client.get(&format!("/sandboxes/{}", seg(sandbox))).await?;
+    match str_of(&v, "NetnsPath") {
+        "" => anyhow::bail!("the daemon gave no NetnsPath for sandbox {sandbox}"),
+        p => Ok(PathBuf::from(p)),
+    }
+}
+
+/// The message and exit code for a failed exec of `prog`, docker style.
+pub fn exec_failure(prog: &str, err: &io::Error) -> (String, u8) {
+    match err.kind() {
+        io::ErrorKind::NotFound if prog.contains('/') => (
+            format!("tapnet: exec: \"{prog}\": stat {prog}: no such file or directory"),
+            127,
+        ),
+        io::ErrorKind::NotFound => (
+            format!("tapnet: exec: \"{prog}\": executable file not found in $PATH"),
+            127,
+        ),
+        io::ErrorKind::PermissionDenied => {
+            (format!("tapnet: exec: \"{prog}\": permission denied"), 126)
+        }
+        _ => (format!("tapnet: exec: \"{prog}\": {err}"), 126),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::client::tests::{fake_daemon, rt};
+
+    #[test]
+    fn exec_failures_map_to_docker_codes() {
+        let nf = io::Error::from(io::ErrorKind::NotFound);
+        let (m, c) = exec_failure("nosuchcmd", &nf);
+        assert_eq!(c, 127);
+        assert_eq!(
+            m,
+            "tapnet: exec: \"nosuchcmd\": executable file not found in $PATH"
+        );
+        let (m, c) = exec_failure("/x/y", &nf);
+        assert_eq!(c, 127);
+        assert!(m.contains("no such file or directory"), "{m}");
+        let (_, c) = exec_failure(
+            "/etc/passwd",
+            &io::Error::from(io::ErrorKind::PermissionDenied),
+        );
+        assert_eq!(c, 126);
+    }
+
+    #[test]
+    fn real_exec_error_of_missing_command_is_not_found() {
+        // What `exec` would report, checked with spawn (which fails the same way).
+        let err = Command::new("tapnet-no-such-command-xyz")
+            .spawn()
+            .unwrap_err();
+        assert_eq!(exec_failure("tapnet-no-such-command-xyz", &err).1, 127);
+    }
+
+    #[test]
+    fn netns_path_from_sandbox_object() {
+        rt().block_on(async {
+            let d = fake_daemon(vec![
+                (
+                    200,
+                    r#"{"Id":"a","Name":"sb","NetnsPath":"/run/tapnet/netns/a"}"#,
+                ),
+                (200, r#"{"Id":"a","Name":"sb"}"#),
+                (404, r#"{"message":"no such sandbox: zz"}"#),
+            ]);
+            assert_eq!(
+                netns_path(&d.client, "sb").await.unwrap(),
+                PathBuf::from("/run/tapnet/netns/a")
+            );
+            assert!(netns_path(&d.client, "sb").await.is_err());
+            let e = netns_path(&d.client, "zz").await.unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "Error response from daemon: no such sandbox: zz"
+            );
+            assert_eq!(d.seen.lock().unwrap()[0].path, "/sandboxes/sb");
+        });
+    }
+}

@@ -1,0 +1,183 @@
+//! The commands: dispatch, the shared `inspect`/`rm` loops, and exit-code plumbing.
+//!
+//! Commands write to an [`Out`] (stdout/stderr in the binary, buffers in tests).
+//! Errors that were already printed (e.g. one of several `rm` targets failed) are
+//! returned as [`Exit`] so that `main` only sets the exit code.
+
+pub mod exec;
+pub mod network;
+pub mod sandbox;
+
+use crate::args::{Cli, Command};
+use crate::client::{seg, Client, ClientError};
+use crate::output::pretty_json;
+use std::fmt;
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+/// Exit with this code; whatever went wrong has already been printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit(pub u8);
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// Where a command prints: results to `out`, per-item errors and warnings to `err`.
+pub struct Out<'a> {
+    /// Standard output.
+    pub out: &'a mut dyn Write,
+    /// Standard error.
+    pub err: &'a mut dyn Write,
+}
+
+/// A current-thread tokio runtime: the CLI never needs more, and `exec` relies on
+/// there being no other threads once it is dropped.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::from_host(&cli.host)?;
+    if let Command::Exec(args) = cli.command {
+        return exec::run(&client, args);
+    }
+    let rt = runtime()?;
+    let mut stdout = io::stdout().lock();
+    let mut stderr = io::stderr().lock();
+    let mut o = Out {
+        out: &mut stdout,
+        err: &mut stderr,
+    };
+    let res = rt.block_on(async {
+        match cli.command {
+            Command::Network(cmd) => network::run(&client, cmd, &mut o).await,
+            Command::Sandbox(cmd) => sandbox::run(&client, cmd, &mut o).await,
+            Command::Exec(_) => Ok(()),
+        }
+    });
+    o.out.flush()?;
+    res
+}
+
+/// Turn a command's result into the process exit code, printing the error if any.
+pub fn report(result: anyhow::Result<()>) -> ExitCode {
+    let Err(e) = result else {
+        return ExitCode::SUCCESS;
+    };
+    if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
+        return ExitCode::from(*code);
+    }
+    // `tapnet network ls | head -1`: the reader went away, nothing to report.
+    if e.downcast_ref::<io::Error>()
+        .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("{e:#}");
+    ExitCode::FAILURE
+}
+
+/// `GET {base}/{target}` for each target; print the found objects as a pretty JSON
+/// array and each failure to stderr. Fails with [`Exit`]`(1)` if any target failed.
+pub async fn inspect_each(
+    c: &Client,
+    base: &str,
+    targets: &[String],
+    o: &mut Out<'_>,
+) -> anyhow::Result<()> {
+    let mut found = Vec::with_capacity(targets.len());
+    let mut failed = false;
+    for t in targets {
+        match c.get(&format!("{base}/{}", seg(t))).await {
+            Ok((_, v)) => found.push(v),
+            Err(e @ ClientError::Daemon { .. }) => {
+                writeln!(o.err, "{e}")?;
+                failed = true;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    writeln!(o.out, "{}", pretty_json(&found))?;
+    if failed {
+        return Err(Exit(1).into());
+    }
+    Ok(())
+}
+
+/// `DELETE {base}/{target}` for each target, printing each removed target as given
+/// and each failure to stderr. Fails with [`Exit`]`(1)` if any target failed.
+pub async fn remove_each(
+    c: &Client,
+    base: &str,
+    targets: &[String],
+    o: &mut Out<'_>,
+) -> anyhow::Result<()> {
+    let mut failed = false;
+    for t in targets {
+        match c.delete(&format!("{base}/{}", seg(t))).await {
+            Ok(_) => writeln!(o.out, "{t}")?,
+            Err(e @ ClientError::Daemon { .. }) => {
+                writeln!(o.err, "{e}")?;
+                failed = true;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if failed {
+        return Err(Exit(1).into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Captured output of one command run.
+    #[derive(Default)]
+    pub struct Captured {
+        pub out: Vec<u8>,
+        pub err: Vec<u8>,
+    }
+
+    impl Captured {
+        pub fn out(&self) -> String {
+            String::from_utf8(self.out.clone()).unwrap()
+        }
+        pub fn err(&self) -> String {
+            String::from_utf8(self.err.clone()).unwrap()
+        }
+        pub fn term(&mut self) -> Out<'_> {
+            Out {
+                out: &mut self.out,
+                err: &mut self.err,
+            }
+        }
+    }
+
+    /// The exit code `main` would use for this result.
+    pub fn exit_code(r: &anyhow::Result<()>) -> Option<u8> {
+        match r {
+            Ok(()) => Some(0),
+            Err(e) => e.downcast_ref::<Exit>().map(|x| x.0),
+        }
+    }
+
+    #[test]
+    fn report_maps_results_to_exit_codes() {
+        assert_eq!(report(Ok(())), ExitCode::SUCCESS);
+        assert_eq!(report(Err(Exit(127).into())), ExitCode::from(127));
+        assert_eq!(report(Err(anyhow::anyhow!("x"))), ExitCode::FAILURE);
+        let pipe = io::Error::from(io::ErrorKind::BrokenPipe);
+        assert_eq!(report(Err(pipe.into())), ExitCode::SUCCESS);
+    }
+}

@@ -1,0 +1,472 @@
+//! `tapnet network ...`: create, ls, inspect, rm, connect, disconnect, stats, fdb.
+
+use super::{inspect_each, remove_each, Out};
+use crate::args::{
+    ConnectArgs, DisconnectArgs, ListArgs, ListFormat, NetworkCmd, NetworkCreate, SwitchArgs,
+};
+use crate::client::{seg, Client, ClientError};
+use crate::output::{kv_list, num_of, short_id, str_of, table};
+use serde_json::{json, Map, Value};
+
+/// Run one `network` subcommand.
+pub async fn run(c: &Client, cmd: NetworkCmd, o: &mut Out<'_>) -> anyhow::Result<()> {
+    match cmd {
+        NetworkCmd::Create(a) => create(c, &a, o).await,
+        NetworkCmd::Ls(a) => ls(c, &a, o).await,
+        NetworkCmd::Inspect(a) => inspect_each(c, "/networks", &a.targets, o).await,
+        NetworkCmd::Rm(a) => remove_each(c, "/networks", &a.targets, o).await,
+        NetworkCmd::Connect(a) => connect(c, &a).await,
+        NetworkCmd::Disconnect(a) => disconnect(c, &a).await,
+        NetworkCmd::Stats(a) => stats(c, &a, o).await,
+        NetworkCmd::Fdb(a) => fdb(c, &a, o).await,
+    }
+}
+
+fn object(pairs: &[(String, String)]) -> Value {
+    Value::Object(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+/// The `POST /networks/create` body for `network create`.
+pub fn create_body(a: &NetworkCreate) -> Value {
+    let mut ipam = json!({"Driver": "default", "Config": []});
+    if let Some(subnet) = &a.subnet {
+        let mut cfg = json!({"Subnet": subnet});
+        if let Some(gw) = a.gateway {
+            cfg["Gateway"] = Value::String(gw.to_string());
+        }
+        ipam["Config"] = json!([cfg]);
+    }
+    json!({
+        "Name": a.name,
+        "Driver": a.driver,
+        "IPAM": ipam,
+        "Options": object(&a.opts),
+        "Labels": object(&a.labels),
+    })
+}
+
+async fn create(c: &Client, a: &NetworkCreate, o: &mut Out<'_>) -> anyhow::Result<()> {
+    let (_, v) = c.post("/networks/create", &create_body(a)).await?;
+    let warning = str_of(&v, "Warning");
+    if !warning.is_empty() {
+        writeln!(o.err, "WARNING: {warning}")?;
+    }
+    writeln!(o.out, "{}", str_of(&v, "Id"))?;
+    Ok(())
+}
+
+/// The array the daemon answered, or a protocol error naming what was expected.
+pub fn array(v: Value, what: &str) -> Result<Vec<Value>, ClientError> {
+    match v {
+        Value::Array(a) => Ok(a),
+        other => Err(ClientError::Protocol(format!(
+            "expected a list of {what}, got {other}"
+        ))),
+    }
+}
+
+/// What `network ls` prints for these networks (as listed by `GET /networks`).
+pub fn ls_output(mut nets: Vec<Value>, a: &ListArgs) -> String {
+    nets.sort_by(|x, y| str_of(x, "Name").cmp(str_of(y, "Name")));
+    let id = |n: &Value| short_id(str_of(n, "Id"), a.no_trunc).to_string();
+    if a.quiet {
+        return nets.iter().map(|n| id(n) + "\n").collect();
+    }
+    match a.format {
+        ListFormat::Table => {
+            let rows: Vec<Vec<String>> = nets
+                .iter()
+                .map(|n| {
+                    vec![
+                        id(n),
+                        str_of(n, "Name").to_string(),
+                        str_of(n, "Driver").to_string(),
+                        str_of(n, "Scope").to_string(),
+                    ]
+                })
+                .collect();
+            table(&["NETWORK ID", "NAME", "DRIVER", "SCOPE"], &rows)
+        }
+        ListFormat::Json => nets
+            .iter()
+            .map(|n| {
+                let flag = |k: &str| {
+                    n.get(k)
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false)
+                        .to_string()
+                };
+                json!({
+                    "CreatedAt": str_of(n, "Created"),
+                    "Driver": str_of(n, "Driver"),
+                    "ID": id(n),
+                    "IPv6": flag("EnableIPv6"),
+                    "Internal": flag("Internal"),
+                    "Labels": kv_list(&n["Labels"]),
+                    "Name": str_of(n, "Name"),
+                    "Scope": str_of(n, "Scope"),
+                })
+                .to_string()
+                    + "\n"
+            })
+            .collect(),
+    }
+}
+
+async fn ls(c: &Client, a: &ListArgs, o: &mut Out<'_>) -> anyhow::Result<()> {
+    let (_, v) = c.get("/networks").await?;
+    write!(o.out, "{}", ls_output(array(v, "networks")?, a))?;
+    Ok(())
+}
+
+async fn connect(c: &Client, a: &ConnectArgs) -> anyhow::Result<()> {
+    let mut body = json!({"Container": a.sandbox, "EndpointConfig": {}});
+    if let Some(ip) = a.ip {
+        body["EndpointConfig"] = json!({"IPAMConfig": {"IPv4Address": ip.to_string()}});
+    }
+    c.post(&format!("/networks/{}/connect", seg(&a.network)), &body)
+        .await?;
+    Ok(())
+}
+
+async fn disconnect(c: &Client, a: &DisconnectArgs) -> anyhow::Result<()> {
+    let body = json!({"Container": a.sandbox, "Force": a.force});
+    c.post(&format!("/networks/{}/disconnect", seg(&a.network)), &body)
+        .await?;
+    Ok(())
+}
+
+/// Sum of a port's drop counters (`Drops` is an object of counters).
+fn drops(port: &Value) -> u64 {
+    port.get("Drops")
+        .and_then(Value::as_object)
+        .map_or(0, |d| d.values().filter_map(Value::as_u64).sum())
+}
+
+/// What `network stats` prints for a `GET /networks/{id}/stats` answer.
+pub fn stats_output(stats: &Value, a: &SwitchArgs) -> String {
+    if a.format == ListFormat::Json {
+        return stats.to_string() + "\n";
+    }
+    let ports = stats
+        .get("Ports")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    let rows: Vec<Vec<String>> = ports
+        .iter()
+        .map(|p| {
+            vec![
+                short_id(str_of(p, "EndpointID"), a.no_trunc).to_string(),
+                str_of(p, "Sandbox").to_string(),
+                str_of(p, "Interface").to_string(),
+                num_of(p, "RxPackets"),
+                num_of(p, "RxBytes"),
+                num_of(p, "TxPackets"),
+                num_of(p, "TxBytes"),
+                drops(p).to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ENDPOINT", "SANDBOX", "IFACE", "RX-PKTS", "RX-BYTES", "TX-PKTS", "TX-BYTES", "DROPS",
+        ],
+        &rows,
+    )
+}
+
+async fn stats(c: &Client, a: &SwitchArgs, o: &mut Out<'_>) -> anyhow::Result<()> {
+    let (_, v) = c
+        .get(&format!("/networks/{}/stats", seg(&a.network)))
+        .await?;
+    write!(o.out, "{}", stats_output(&v, a))?;
+    Ok(())
+}
+
+/// What `network fdb` prints for a `GET /networks/{id}/fdb` answer.
+pub fn fdb_output(mut entries: Vec<Value>, a: &SwitchArgs) -> String {
+    entries.sort_by(|x, y| {
+        let port = |v: &Value| v.get("Port").and_then(Value::as_u64).unwrap_or(u64::MAX);
+        port(x)
+            .cmp(&port(y))
+            .then_with(|| str_of(x, "MacAddress").cmp(str_of(y, "MacAddress")))
+    });
+    if a.format == ListFormat::Json {
+        return entries.iter().map(|e| e.to_string() + "\n").collect();
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let age = e
+                .get("AgeSeconds")
+                .and_then(Value::as_f64)
+                .map_or_else(String::new, |s| format!("{s:.1}s"));
+            vec![
+                str_of(e, "MacAddress").to_string(),
+                num_of(e, "Port"),
+                short_id(str_of(e, "EndpointID"), a.no_trunc).to_string(),
+                age,
+            ]
+        })
+        .collect();
+    table(&["MAC", "PORT", "ENDPOINT", "AGE"], &rows)
+}
+
+async fn fdb(c: &Client, a: &SwitchArgs, o: &mut Out<'_>) -> anyhow::Result<()> {
+    let (_, v) = c.get(&format!("/networks/{}/fdb", seg(&a.network))).await?;
+    write!(o.out, "{}", fdb_output(array(v, "fdb entries")?, a))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+    use crate::args::{Cli, Command};
+    use crate::client::tests::{fake_daemon, rt};
+    use crate::commands::tests::{exit_code, Captured};
+    use clap::Parser;
+
+    const ID1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const ID2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn cmd(args: &[&str]) -> NetworkCmd {
+        let argv = ["tapnet", "network"].iter().chain(args).copied();
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Network(n) => n,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn list_args(args: &[&str]) -> ListArgs {
+        match cmd(&[&["ls"], args].concat()) {
+            NetworkCmd::Ls(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn switch_args(args: &[&str]) -> SwitchArgs {
+        match cmd(&[&["stats"], args, &["net"]].concat()) {
+            NetworkCmd::Stats(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn nets() -> Vec<Value> {
+        vec![
+            json!({"Name": "zeta", "Id": ID2, "Driver": "bridge", "Scope": "local",
+                   "Created": "2026-11-23T14:00:00Z", "EnableIPv6": false, "Internal": false,
+                   "Labels": {"team": "a"}}),
+            json!({"Name": "alpha", "Id": ID1, "Driver": "bridge", "Scope": "local",
+                   "Created": "2026-11-23T13:00:00Z", "Labels": {}}),
+        ]
+    }
+
+    #[test]
+    fn create_body_matches_the_api() {
+        let NetworkCmd::Create(a) = cmd(&[
+            "create",
+            "--subnet",
+            "10.10.0.0/24",
+            "--gateway",
+            "10.10.0.1",
+            "--label",
+            "a=b",
+            "-o",
+            "mtu=9000",
+            "net1",
+        ]) else {
+            panic!()
+        };
+        assert_eq!(
+            create_body(&a),
+            json!({"Name": "net1", "Driver": "bridge",
+                   "IPAM": {"Driver": "default",
+                            "Config": [{"Subnet": "10.10.0.0/24", "Gateway": "10.10.0.1"}]},
+                   "Options": {"mtu": "9000"}, "Labels": {"a": "b"}})
+        );
+        let NetworkCmd::Create(a) = cmd(&["create", "n"]) else {
+            panic!()
+        };
+        let b = create_body(&a);
+        assert_eq!(b["IPAM"]["Config"], json!([]));
+        assert_eq!(b["Options"], json!({}));
+        let NetworkCmd::Create(a) = cmd(&["create", "--subnet", "10.0.0.0/8", "n"]) else {
+            panic!()
+        };
+        assert_eq!(
+            create_body(&a)["IPAM"]["Config"],
+            json!([{"Subnet": "10.0.0.0/8"}])
+        );
+    }
+
+    #[test]
+    fn ls_table_sorted_and_truncated() {
+        assert_eq!(
+            ls_output(nets(), &list_args(&[])),
+            "NETWORK ID     NAME    DRIVER   SCOPE\n\
+             111111111111   alpha   bridge   local\n\
+             222222222222   zeta    bridge   local\n"
+        );
+        assert_eq!(
+            ls_output(nets(), &list_args(&["-q"])),
+            "111111111111\n222222222222\n"
+        );
+        assert_eq!(
+            ls_output(nets(), &list_args(&["-q", "--no-trunc"])),
+            format!("{ID1}\n{ID2}\n")
+        );
+        assert_eq!(
+            ls_output(vec![], &list_args(&[])),
+            "NETWORK ID   NAME   DRIVER   SCOPE\n"
+        );
+    }
+
+    #[test]
+    fn ls_json_one_object_per_line() {
+        let out = ls_output(nets(), &list_args(&["--format", "json"]));
+        let lines: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(
+            lines[1],
+            json!({"CreatedAt": "2026-11-23T14:00:00Z", "Driver": "bridge", "ID": "222222222222",
+                   "IPv6": "false", "Internal": "false", "Labels": "team=a", "Name": "zeta",
+                   "Scope": "local"})
+        );
+    }
+
+    #[test]
+    fn stats_table_and_json() {
+        let s = json!({"Network": ID1, "FdbEntries": 2, "FdbLimitHits": 0, "Ports": [
+            {"EndpointID": ID1, "Sandbox": "sb1", "Interface": "eth0", "Port": 0,
+             "RxPackets": 10, "RxBytes": 980, "TxPackets": 9, "TxBytes": 882,
+             "Drops": {"truncated": 1, "bad_source_mac": 2, "bad_vnet_hdr": 0, "same_segment": 0, "tx_error": 0}}]});
+        assert_eq!(
+            stats_output(&s, &switch_args(&[])),
+            "ENDPOINT       SANDBOX   IFACE   RX-PKTS   RX-BYTES   TX-PKTS   TX-BYTES   DROPS\n\
+             111111111111   sb1       eth0    10        980        9         882        3\n"
+        );
+        let out = stats_output(&s, &switch_args(&["--format", "json"]));
+        assert_eq!(out.lines().count(), 1);
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), s);
+    }
+
+    #[test]
+    fn fdb_table() {
+        let entries = vec![
+            json!({"MacAddress": "02:42:0a:0a:00:03", "Port": 1, "EndpointID": ID2, "AgeSeconds": 12.34}),
+            json!({"MacAddress": "02:42:0a:0a:00:02", "Port": 0, "EndpointID": ID1, "AgeSeconds": 1.5}),
+        ];
+        assert_eq!(
+            fdb_output(entries, &switch_args(&[])),
+            "MAC                 PORT   ENDPOINT       AGE\n\
+             02:42:0a:0a:00:02   0      111111111111   1.5s\n\
+             02:42:0a:0a:00:03   1      222222222222   12.3s\n"
+        );
+    }
+
+    #[test]
+    fn create_prints_id_and_warning() {
+        rt().block_on(async {
+            let d = fake_daemon(vec![(201, r#"{"Id":"abc","Warning":"careful"}"#)]);
+            let mut cap = Captured::default();
+            run(&d.client, cmd(&["create", "n"]), &mut cap.term())
+                .await
+                .unwrap();
+            assert_eq!(cap.out(), "abc\n");
+            assert_eq!(cap.err(), "WARNING: careful\n");
+            let seen = d.seen.lock().unwrap();
+            assert_eq!(seen[0].path, "/networks/create");
+            assert_eq!(seen[0].body["Name"], "n");
+        });
+    }
+
+    #[test]
+    fn connect_and_disconnect_bodies() {
+        rt().block_on(async {
+            let d = fake_daemon(vec![(200, ""), (200, ""), (200, "")]);
+            let mut cap = Captured::default();
+            run(&d.client, cmd(&["connect", "--ip", "10.0.0.5", "net 1", "sb"]), &mut cap.term())
+                .await
+                .unwrap();
+            run(&d.client, cmd(&["connect", "net", "sb"]), &mut cap.term()).await.unwrap();
+            run(&d.client, cmd(&["disconnect", "-f", "net", "sb"]), &mut cap.term())
+                .await
+                .unwrap();
+            assert_eq!(cap.out(), "");
+            let seen = d.seen.lock().unwrap();
+            assert_eq!(seen[0].path, "/networks/net%201/connect");
+            assert_eq!(
+                seen[0].body,
+                json!({"Container": "sb", "EndpointConfig": {"IPAMConfig": {"IPv4Address": "10.0.0.5"}}})
+            );
+            assert_eq!(seen[1].body, json!({"Container": "sb", "EndpointConfig": {}}));
+            assert_eq!(seen[2].path, "/networks/net/disconnect");
+            assert_eq!(seen[2].body, json!({"Container": "sb", "Force": true}));
+        });
+    }
+
+    #[test]
+    fn rm_reports_each_failure_and_exits_1() {
+        rt().block_on(async {
+            let d = fake_daemon(vec![
+                (204, ""),
+                (409, r#"{"message":"network b has active endpoints"}"#),
+                (204, ""),
+            ]);
+            let mut cap = Captured::default();
+            let r = run(&d.client, cmd(&["rm", "a", "b", "c"]), &mut cap.term()).await;
+            assert_eq!(exit_code(&r), Some(1));
+            assert_eq!(cap.out(), "a\nc\n");
+            assert_eq!(
+                cap.err(),
+                "Error response from daemon: network b has active endpoints\n"
+            );
+            assert_eq!(d.seen.lock().unwrap()[1].method, "DELETE");
+        });
+    }
+
+    #[test]
+    fn inspect_prints_array_and_errors() {
+        rt().block_on(async {
+            let d = fake_daemon(vec![
+                (200, r#"{"Name":"a","Id":"1"}"#),
+                (404, r#"{"message":"network x not found"}"#),
+            ]);
+            let mut cap = Captured::default();
+            let r = run(&d.client, cmd(&["inspect", "a", "x"]), &mut cap.term()).await;
+            assert_eq!(exit_code(&r), Some(1));
+            assert_eq!(
+                cap.out(),
+                "[\n    {\n        \"Id\": \"1\",\n        \"Name\": \"a\"\n    }\n]\n"
+            );
+            assert_eq!(
+                cap.err(),
+                "Error response from daemon: network x not found\n"
+            );
+        });
+    }
+
+    #[test]
+    fn daemon_error_on_single_target_command_is_an_error() {
+        rt().block_on(async {
+            let d = fake_daemon(vec![(404, r#"{"message":"network nope not found"}"#)]);
+            let mut cap = Captured::default();
+            let e = run(&d.client, cmd(&["stats", "nope"]), &mut cap.term())
+                .await
+                .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "Error response from daemon: network nope not found"
+            );
+        });
+    }
+}
