@@ -92,16 +92,25 @@ impl Error {
 
     /// Wrap a sandbox error with the operation it belongs to.
     pub fn os(op: impl Into<String>, source: tapnet_sandbox::Error) -> Error {
-        Error::Os { op: op.into(), source }
+        Error::Os {
+            op: op.into(),
+            source,
+        }
     }
 
     /// Wrap a datapath error with the operation it belongs to.
     pub fn datapath(op: impl Into<String>, source: tapnet_switch::runtime::Error) -> Error {
-        Error::Datapath { op: op.into(), source }
+        Error::Datapath {
+            op: op.into(),
+            source,
+        }
     }
 
     /// Wrap an IPAM error with the operation it belongs to.
     pub fn ipam(op: impl Into<String>, source: IpamError) -> Error {
-        Error::Ipam { op: op.into(), source }
+        Error::Ipam {
+            op: op.into(),
+            source,
+        }
     }
 }

@@ -209,7 +209,9 @@ impl SubnetAllocator {
             }
         }
         if candidate > hi || lo > hi {
-            return Err(IpamError::Exhausted { subnet: self.pool.subnet });
+            return Err(IpamError::Exhausted {
+                subnet: self.pool.subnet,
+            });
         }
         self.used.insert(candidate);
         Ok(Ipv4Addr::from(candidate))
@@ -243,7 +245,10 @@ impl DefaultIpam {
 
     /// An IPAM with custom default pools (tests, `--default-address-pool` later).
     pub fn with_default_pools(defaults: Vec<Ipv4Net>) -> DefaultIpam {
-        DefaultIpam { defaults, pools: BTreeMap::new() }
+        DefaultIpam {
+            defaults,
+            pools: BTreeMap::new(),
+        }
     }
 
     fn overlapping(&self, subnet: &Ipv4Net) -> Option<Ipv4Net> {
@@ -301,13 +306,20 @@ impl Ipam for DefaultIpam {
                 )));
             }
         }
-        let pool = Pool { subnet, gateway, ip_range: req.ip_range };
+        let pool = Pool {
+            subnet,
+            gateway,
+            ip_range: req.ip_range,
+        };
         self.pools.insert(subnet, SubnetAllocator::new(pool));
         Ok(pool)
     }
 
     fn release_pool(&mut self, subnet: Ipv4Net) -> Result<(), IpamError> {
-        self.pools.remove(&subnet).map(|_| ()).ok_or(IpamError::UnknownPool(subnet))
+        self.pools
+            .remove(&subnet)
+            .map(|_| ())
+            .ok_or(IpamError::UnknownPool(subnet))
     }
 
     fn request_address(
@@ -315,16 +327,23 @@ impl Ipam for DefaultIpam {
         subnet: Ipv4Net,
         want: Option<Ipv4Addr>,
     ) -> Result<Ipv4Addr, IpamError> {
-        self.pools.get_mut(&subnet).ok_or(IpamError::UnknownPool(subnet))?.allocate(want)
+        self.pools
+            .get_mut(&subnet)
+            .ok_or(IpamError::UnknownPool(subnet))?
+            .allocate(want)
     }
 
     fn release_address(&mut self, subnet: Ipv4Net, addr: Ipv4Addr) -> Result<(), IpamError> {
-        self.pools.get_mut(&subnet).ok_or(IpamError::UnknownPool(subnet))?.release(addr);
+        self.pools
+            .get_mut(&subnet)
+            .ok_or(IpamError::UnknownPool(subnet))?
+            .release(addr);
         Ok(())
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -359,15 +378,24 @@ mod tests {
     #[test]
     fn default_pools_skip_overlapping_user_subnets() {
         let mut ipam = DefaultIpam::new();
-        let req = PoolRequest { subnet: Some(net("172.18.5.0/24")), ..Default::default() };
+        let req = PoolRequest {
+            subnet: Some(net("172.18.5.0/24")),
+            ..Default::default()
+        };
         ipam.request_pool(&req).unwrap();
         let p = ipam.request_pool(&PoolRequest::default()).unwrap();
         assert_eq!(p.subnet, net("172.19.0.0/16"));
         // And a user subnet overlapping a pool in use is refused.
-        let req = PoolRequest { subnet: Some(net("172.19.0.0/24")), ..Default::default() };
+        let req = PoolRequest {
+            subnet: Some(net("172.19.0.0/24")),
+            ..Default::default()
+        };
         assert_eq!(
             ipam.request_pool(&req),
-            Err(IpamError::Overlap { subnet: net("172.19.0.0/24"), other: net("172.19.0.0/16") })
+            Err(IpamError::Overlap {
+                subnet: net("172.19.0.0/24"),
+                other: net("172.19.0.0/16")
+            })
         );
         // Releasing makes it available again.
         ipam.release_pool(net("172.18.5.0/24")).unwrap();
@@ -379,8 +407,13 @@ mod tests {
     fn pools_exhausted() {
         let mut ipam = DefaultIpam::with_default_pools(vec![net("10.0.0.0/24")]);
         ipam.request_pool(&PoolRequest::default()).unwrap();
-        assert_eq!(ipam.request_pool(&PoolRequest::default()), Err(IpamError::PoolsExhausted));
-        assert!(IpamError::PoolsExhausted.to_string().contains("explicit subnet"));
+        assert_eq!(
+            ipam.request_pool(&PoolRequest::default()),
+            Err(IpamError::PoolsExhausted)
+        );
+        assert!(IpamError::PoolsExhausted
+            .to_string()
+            .contains("explicit subnet"));
     }
 
     #[test]
@@ -396,22 +429,40 @@ mod tests {
     #[test]
     fn subnet_and_gateway_validation() {
         let mut ipam = DefaultIpam::new();
-        let bad = PoolRequest { subnet: Some(net("10.0.0.5/24")), ..Default::default() };
-        assert!(matches!(ipam.request_pool(&bad), Err(IpamError::InvalidSubnet(_))));
-        let small = PoolRequest { subnet: Some(net("10.0.0.0/31")), ..Default::default() };
-        assert!(matches!(ipam.request_pool(&small), Err(IpamError::InvalidSubnet(_))));
+        let bad = PoolRequest {
+            subnet: Some(net("10.0.0.5/24")),
+            ..Default::default()
+        };
+        assert!(matches!(
+            ipam.request_pool(&bad),
+            Err(IpamError::InvalidSubnet(_))
+        ));
+        let small = PoolRequest {
+            subnet: Some(net("10.0.0.0/31")),
+            ..Default::default()
+        };
+        assert!(matches!(
+            ipam.request_pool(&small),
+            Err(IpamError::InvalidSubnet(_))
+        ));
         let gw_out = PoolRequest {
             subnet: Some(net("10.0.0.0/24")),
             gateway: Some(ip("10.0.1.1")),
             ..Default::default()
         };
-        assert!(matches!(ipam.request_pool(&gw_out), Err(IpamError::InvalidGateway(_))));
+        assert!(matches!(
+            ipam.request_pool(&gw_out),
+            Err(IpamError::InvalidGateway(_))
+        ));
         let gw_bcast = PoolRequest {
             subnet: Some(net("10.0.0.0/24")),
             gateway: Some(ip("10.0.0.255")),
             ..Default::default()
         };
-        assert!(matches!(ipam.request_pool(&gw_bcast), Err(IpamError::InvalidGateway(_))));
+        assert!(matches!(
+            ipam.request_pool(&gw_bcast),
+            Err(IpamError::InvalidGateway(_))
+        ));
         // Nothing was reserved by the failures.
         let ok = PoolRequest {
             subnet: Some(net("10.0.0.0/24")),
@@ -425,27 +476,44 @@ mod tests {
     fn lowest_free_static_and_release() {
         let mut ipam = DefaultIpam::new();
         let s = net("10.10.0.0/24");
-        ipam.request_pool(&PoolRequest { subnet: Some(s), ..Default::default() }).unwrap();
+        ipam.request_pool(&PoolRequest {
+            subnet: Some(s),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(ipam.request_address(s, None).unwrap(), ip("10.10.0.2"));
-        assert_eq!(ipam.request_address(s, Some(ip("10.10.0.5"))).unwrap(), ip("10.10.0.5"));
+        assert_eq!(
+            ipam.request_address(s, Some(ip("10.10.0.5"))).unwrap(),
+            ip("10.10.0.5")
+        );
         assert_eq!(ipam.request_address(s, None).unwrap(), ip("10.10.0.3"));
         assert_eq!(ipam.request_address(s, None).unwrap(), ip("10.10.0.4"));
         assert_eq!(ipam.request_address(s, None).unwrap(), ip("10.10.0.6"));
         assert_eq!(
             ipam.request_address(s, Some(ip("10.10.0.5"))),
-            Err(IpamError::InUse { addr: ip("10.10.0.5") })
+            Err(IpamError::InUse {
+                addr: ip("10.10.0.5")
+            })
         );
         assert_eq!(
             ipam.request_address(s, Some(ip("10.10.0.1"))),
-            Err(IpamError::InUse { addr: ip("10.10.0.1") })
+            Err(IpamError::InUse {
+                addr: ip("10.10.0.1")
+            })
         );
         assert_eq!(
             ipam.request_address(s, Some(ip("10.10.1.5"))),
-            Err(IpamError::NotInSubnet { addr: ip("10.10.1.5"), subnet: s })
+            Err(IpamError::NotInSubnet {
+                addr: ip("10.10.1.5"),
+                subnet: s
+            })
         );
         assert_eq!(
             ipam.request_address(s, Some(ip("10.10.0.255"))),
-            Err(IpamError::Reserved { addr: ip("10.10.0.255"), subnet: s })
+            Err(IpamError::Reserved {
+                addr: ip("10.10.0.255"),
+                subnet: s
+            })
         );
         ipam.release_address(s, ip("10.10.0.3")).unwrap();
         assert_eq!(ipam.request_address(s, None).unwrap(), ip("10.10.0.3"));
@@ -458,7 +526,11 @@ mod tests {
     fn exhaustion_says_so() {
         let mut ipam = DefaultIpam::new();
         let s = net("10.0.0.0/30");
-        ipam.request_pool(&PoolRequest { subnet: Some(s), ..Default::default() }).unwrap();
+        ipam.request_pool(&PoolRequest {
+            subnet: Some(s),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(ipam.request_address(s, None).unwrap(), ip("10.0.0.2"));
         let err = ipam.request_address(s, None).unwrap_err();
         assert_eq!(err, IpamError::Exhausted { subnet: s });
@@ -478,14 +550,20 @@ mod tests {
         };
         ipam.request_pool(&req).unwrap();
         assert_eq!(ipam.request_address(s, None).unwrap(), ip("10.0.0.128"));
-        assert_eq!(ipam.request_address(s, Some(ip("10.0.0.9"))).unwrap(), ip("10.0.0.9"));
+        assert_eq!(
+            ipam.request_address(s, Some(ip("10.0.0.9"))).unwrap(),
+            ip("10.0.0.9")
+        );
     }
 
     #[test]
     fn unknown_pool() {
         let mut ipam = DefaultIpam::new();
         let s = net("10.0.0.0/24");
-        assert_eq!(ipam.request_address(s, None), Err(IpamError::UnknownPool(s)));
+        assert_eq!(
+            ipam.request_address(s, None),
+            Err(IpamError::UnknownPool(s))
+        );
         assert_eq!(ipam.release_pool(s), Err(IpamError::UnknownPool(s)));
     }
 }

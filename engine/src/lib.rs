@@ -1,1 +1,20 @@
-//! tapnet-engine
+//! tapnet-engine: the control plane of tapnet.
+//!
+//! * [`model`]: the CNM objects as data (`Network`, `Endpoint`, `Sandbox`) and the
+//!   [`model::Store`] that holds them; id/name/prefix lookup.
+//! * [`ipam`]: the `Ipam` trait and the default pools/allocator.
+//! * [`driver`]: the `Driver` trait, its registry, and the `bridge` driver.
+//! * [`controller`]: the CNM `NetworkController`, serializing every mutation.
+//! * [`api`]: the Docker-compatible HTTP API on a unix socket (`docs/api.md`).
+//! * [`error`]: the error enum and its single mapping to HTTP status codes.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod controller;
+pub mod driver;
+pub mod error;
+pub mod ipam;
+pub mod model;
+
+pub use controller::Controller;
+pub use error::{Error, Result};

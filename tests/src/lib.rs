@@ -38,7 +38,14 @@ pub fn in_namespace(name: &str, body: impl FnOnce(&mut Env)) {
     }
     let exe = std::env::current_exe().expect("current test executable");
     let out = Command::new("unshare")
-        .args(["--user", "--map-root-user", "--net", "--mount", "--propagation", "private"])
+        .args([
+            "--user",
+            "--map-root-user",
+            "--net",
+            "--mount",
+            "--propagation",
+            "private",
+        ])
         .arg(&exe)
         .args(["--exact", name, "--nocapture", "--test-threads", "1"])
         .env(INNER_ENV, name)
@@ -54,7 +61,9 @@ pub fn in_namespace(name: &str, body: impl FnOnce(&mut Env)) {
                  enabled? sysctl kernel.unprivileged_userns_clone / user.max_user_namespaces):\n{stderr}"
             );
         }
-        panic!("test {name} failed inside its namespace:\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
+        panic!(
+            "test {name} failed inside its namespace:\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        );
     }
     // The inner run must really have run the test: libtest prints "1 passed".
     assert!(
@@ -93,11 +102,16 @@ impl Env {
             .args(["-t", "tmpfs", "tapnet-test", "/tmp"])
             .status()
             .expect("run mount");
-        assert!(status.success(), "cannot mount a tmpfs over /tmp in the test namespace");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs over /tmp in the test namespace"
+        );
         let root = PathBuf::from("/tmp/tapnet");
         std::fs::create_dir_all(&root).unwrap();
         // Loopback up in the test's own namespace (the "host" of this test).
-        let _ = Command::new("ip").args(["link", "set", "lo", "up"]).status();
+        let _ = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status();
         let mut env = Env {
             socket: root.join("run/tapnet.sock"),
             log: root.join("tapnetd.log"),
@@ -246,7 +260,9 @@ impl Env {
 
     /// Create a bridge network with `subnet`; returns its id.
     pub fn network(&self, name: &str, subnet: &str) -> String {
-        self.ok(&["network", "create", "--subnet", subnet, name]).trim().to_string()
+        self.ok(&["network", "create", "--subnet", subnet, name])
+            .trim()
+            .to_string()
     }
 
     /// Connect `sandbox` to `network`; returns its IPv4 address (no prefix).
@@ -280,7 +296,10 @@ impl Env {
     /// `ping -c count` from a sandbox; true if every echo was answered.
     pub fn ping(&self, sandbox: &str, ip: &str, count: u32) -> bool {
         let c = count.to_string();
-        let out = self.exec(sandbox, &["ping", "-n", "-q", "-c", &c, "-i", "0.2", "-W", "2", ip]);
+        let out = self.exec(
+            sandbox,
+            &["ping", "-n", "-q", "-c", &c, "-i", "0.2", "-W", "2", ip],
+        );
         out.status.success()
     }
 

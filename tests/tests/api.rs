@@ -15,12 +15,18 @@ fn rejects(env: &Env, method: &str, path: &str, body: Option<&str>, code: u16, n
     let before = state(env);
     let (got, v) = env.api(method, path, body);
     assert_eq!(got, code, "{method} {path} {body:?} -> {got} {v}");
-    let msg = v["message"].as_str().unwrap_or_else(|| panic!("no message in {v}"));
+    let msg = v["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message in {v}"));
     assert!(
         msg.to_lowercase().contains(&needle.to_lowercase()),
         "{method} {path}: message {msg:?} does not mention {needle:?}"
     );
-    assert_eq!(state(env), before, "state changed after rejected {method} {path} {body:?}");
+    assert_eq!(
+        state(env),
+        before,
+        "state changed after rejected {method} {path} {body:?}"
+    );
 }
 
 #[test]
@@ -38,7 +44,10 @@ fn network_inspect_has_docker_shape() {
         assert_eq!(net["Driver"], "bridge");
         assert_eq!(net["IPAM"]["Config"][0]["Subnet"], "10.70.0.0/24");
         assert_eq!(net["IPAM"]["Config"][0]["Gateway"], "10.70.0.1");
-        assert!(net["Options"].is_object() && net["Labels"].is_object(), "{net}");
+        assert!(
+            net["Options"].is_object() && net["Labels"].is_object(),
+            "{net}"
+        );
         let containers = net["Containers"].as_object().unwrap();
         assert_eq!(containers.len(), 1);
         let c = containers.values().next().unwrap();
@@ -53,10 +62,16 @@ fn network_inspect_has_docker_shape() {
         env.ok(&["network", "create", "auto"]);
         let auto = env.get("/networks/auto");
         let subnet = auto["IPAM"]["Config"][0]["Subnet"].as_str().unwrap();
-        assert!(subnet.starts_with("172.") || subnet.starts_with("192.168."), "{subnet}");
+        assert!(
+            subnet.starts_with("172.") || subnet.starts_with("192.168."),
+            "{subnet}"
+        );
         // ls shows both; -q prints ids only.
         let ls = env.ok(&["network", "ls"]);
-        assert!(ls.contains("net1") && ls.contains("auto") && ls.contains("bridge"), "{ls}");
+        assert!(
+            ls.contains("net1") && ls.contains("auto") && ls.contains("bridge"),
+            "{ls}"
+        );
         let q = env.ok(&["network", "ls", "-q"]);
         assert_eq!(q.lines().count(), 2, "{q}");
         // ping and version answer.
@@ -99,27 +114,94 @@ fn bad_input_gets_4xx_and_changes_nothing() {
             env,
             "POST",
             create,
-            Some(r#"{"Name":"n2","IPAM":{"Config":[{"Subnet":"10.81.0.0/24","Gateway":"10.99.0.1"}]}}"#),
+            Some(
+                r#"{"Name":"n2","IPAM":{"Config":[{"Subnet":"10.81.0.0/24","Gateway":"10.99.0.1"}]}}"#,
+            ),
             400,
             "gateway",
         );
         rejects(env, "POST", create, Some(r#"{"Name":"net1"}"#), 409, "net1");
-        rejects(env, "POST", create, Some(r#"{"Name":"n3","Driver":"nosuch"}"#), 400, "nosuch");
+        rejects(
+            env,
+            "POST",
+            create,
+            Some(r#"{"Name":"n3","Driver":"nosuch"}"#),
+            404,
+            "nosuch",
+        );
         rejects(env, "POST", "/sandboxes", Some(r#"{"Name":"a"}"#), 409, "a");
         rejects(env, "GET", "/networks/nosuchnet", None, 404, "nosuchnet");
         rejects(env, "GET", "/sandboxes/nosuchsb", None, 404, "nosuchsb");
-        rejects(env, "POST", "/networks/nosuchnet/connect", Some(r#"{"Container":"b"}"#), 404, "nosuchnet");
-        rejects(env, "POST", "/networks/net1/connect", Some(r#"{"Container":"nosuchsb"}"#), 404, "nosuchsb");
+        rejects(
+            env,
+            "POST",
+            "/networks/nosuchnet/connect",
+            Some(r#"{"Container":"b"}"#),
+            404,
+            "nosuchnet",
+        );
+        rejects(
+            env,
+            "POST",
+            "/networks/net1/connect",
+            Some(r#"{"Container":"nosuchsb"}"#),
+            404,
+            "nosuchsb",
+        );
         let ip = |addr: &str| {
-            format!(r#"{{"Container":"b","EndpointConfig":{{"IPAMConfig":{{"IPv4Address":"{addr}"}}}}}}"#)
+            format!(
+                r#"{{"Container":"b","EndpointConfig":{{"IPAMConfig":{{"IPv4Address":"{addr}"}}}}}}"#
+            )
         };
-        rejects(env, "POST", "/networks/net1/connect", Some(&ip("10.99.0.5")), 400, "10.99.0.5");
-        rejects(env, "POST", "/networks/net1/connect", Some(&ip("10.80.0.2")), 409, "10.80.0.2");
-        rejects(env, "POST", "/networks/net1/connect", Some(&ip("10.80.0.1")), 409, "10.80.0.1");
-        rejects(env, "POST", "/networks/net1/connect", Some(&ip("not-an-ip")), 400, "not-an-ip");
-        rejects(env, "POST", "/networks/net1/connect", Some(r#"{"Container":"a"}"#), 409, "a");
+        rejects(
+            env,
+            "POST",
+            "/networks/net1/connect",
+            Some(&ip("10.99.0.5")),
+            400,
+            "10.99.0.5",
+        );
+        rejects(
+            env,
+            "POST",
+            "/networks/net1/connect",
+            Some(&ip("10.80.0.2")),
+            409,
+            "10.80.0.2",
+        );
+        rejects(
+            env,
+            "POST",
+            "/networks/net1/connect",
+            Some(&ip("10.80.0.1")),
+            409,
+            "10.80.0.1",
+        );
+        rejects(
+            env,
+            "POST",
+            "/networks/net1/connect",
+            Some(&ip("not-an-ip")),
+            400,
+            "not-an-ip",
+        );
+        rejects(
+            env,
+            "POST",
+            "/networks/net1/connect",
+            Some(r#"{"Container":"a"}"#),
+            409,
+            "a",
+        );
         rejects(env, "DELETE", "/networks/net1", None, 409, "net1");
-        rejects(env, "POST", "/networks/net1/disconnect", Some(r#"{"Container":"b"}"#), 404, "b");
+        rejects(
+            env,
+            "POST",
+            "/networks/net1/disconnect",
+            Some(r#"{"Container":"b"}"#),
+            404,
+            "b",
+        );
         // b has no tap after the failed connects.
         let out = env.exec("b", &["ip", "-o", "link"]);
         assert!(!String::from_utf8_lossy(&out.stdout).contains("eth0"));

@@ -22,8 +22,14 @@ fn two_sandboxes_ping_both_ways() {
         // The traffic went through the switch: both ports counted it.
         let pa = env.port_stats("net1", "a");
         let pb = env.port_stats("net1", "b");
-        assert!(n(&pa, "RxPackets") >= 6 && n(&pb, "RxPackets") >= 6, "{pa} {pb}");
-        assert!(n(&pa, "TxPackets") >= 6 && n(&pb, "TxPackets") >= 6, "{pa} {pb}");
+        assert!(
+            n(&pa, "RxPackets") >= 6 && n(&pb, "RxPackets") >= 6,
+            "{pa} {pb}"
+        );
+        assert!(
+            n(&pa, "TxPackets") >= 6 && n(&pb, "TxPackets") >= 6,
+            "{pa} {pb}"
+        );
         // The interface inside the sandbox is eth0 with Docker's MAC scheme.
         let out = env.exec("a", &["ip", "-o", "link", "show", "eth0"]);
         let text = String::from_utf8_lossy(&out.stdout);
@@ -74,15 +80,24 @@ print(n)
             cap.join().unwrap()
         });
         assert!(capture.status.success(), "{capture:?}");
-        let seen: u32 = String::from_utf8_lossy(&capture.stdout).trim().parse().unwrap();
-        assert_eq!(seen, 0, "c's tap saw {seen} ICMP frames of the a<->b conversation");
+        let seen: u32 = String::from_utf8_lossy(&capture.stdout)
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            seen, 0,
+            "c's tap saw {seen} ICMP frames of the a<->b conversation"
+        );
         let after = env.port_stats("net1", "c");
         let b_stats = env.port_stats("net1", "b");
         assert!(n(&b_stats, "TxPackets") >= 12, "b got the pings: {b_stats}");
         // c may have received nothing of it: its egress counter must not have moved by
         // the 20 ICMP frames of the conversation (allow a couple of ARP/ND floods).
         let delta = n(&after, "TxPackets") - n(&before, "TxPackets");
-        assert!(delta <= 4, "c's port sent {delta} frames during a<->b unicast");
+        assert!(
+            delta <= 4,
+            "c's port sent {delta} frames during a<->b unicast"
+        );
         // The FDB knows a and b.
         let fdb = env.get("/networks/net1/fdb");
         assert!(fdb.as_array().unwrap().len() >= 2, "{fdb}");
@@ -103,16 +118,36 @@ fn networks_are_isolated() {
         let ip_r2 = env.ip_of("red", "r2");
         assert!(env.ping("r1", &ip_r2, 2));
         // Broadcast and unknown unicast in red.
-        let _ = env.exec("r1", &["ping", "-b", "-c", "3", "-i", "0.2", "-W", "1", "10.30.0.255"]);
+        let _ = env.exec(
+            "r1",
+            &[
+                "ping",
+                "-b",
+                "-c",
+                "3",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                "10.30.0.255",
+            ],
+        );
         // r1 cannot reach b1 (different network; the gateway does not route).
         assert!(!env.ping("r1", &ip_b1, 2), "red reached blue");
         let b1 = env.port_stats("blue", "b1");
-        assert_eq!(n(&b1, "TxPackets"), 0, "blue's only port was sent frames: {b1}");
+        assert_eq!(
+            n(&b1, "TxPackets"),
+            0,
+            "blue's only port was sent frames: {b1}"
+        );
         // Blue's switch never learned a red MAC.
         let fdb = env.get("/networks/blue/fdb");
         for e in fdb.as_array().unwrap() {
             let mac = e["MacAddress"].as_str().unwrap();
-            assert!(!mac.starts_with("02:42:0a:1e"), "red MAC {mac} in blue's FDB");
+            assert!(
+                !mac.starts_with("02:42:0a:1e"),
+                "red MAC {mac} in blue's FDB"
+            );
         }
     });
 }
@@ -129,10 +164,17 @@ fn disconnect_removes_tap_and_stops_traffic() {
         env.ok(&["network", "disconnect", "net1", "b"]);
         let out = env.exec("b", &["ip", "-o", "link"]);
         let links = String::from_utf8_lossy(&out.stdout);
-        assert!(!links.contains("eth0"), "eth0 still in b after disconnect: {links}");
+        assert!(
+            !links.contains("eth0"),
+            "eth0 still in b after disconnect: {links}"
+        );
         assert!(!env.ping("a", &ip_b, 2), "traffic still reaches b");
         let inspect = env.get("/networks/net1");
-        assert_eq!(inspect["Containers"].as_object().unwrap().len(), 1, "{inspect}");
+        assert_eq!(
+            inspect["Containers"].as_object().unwrap().len(),
+            1,
+            "{inspect}"
+        );
         // The address was freed: the next connect gets it again.
         env.sandbox("c");
         assert_eq!(env.connect("net1", "c"), ip_b);
@@ -155,7 +197,10 @@ fn bulk_tcp_transfer_arrives_intact() {
         let ns_a = Netns::open(&env.netns_path("a")).unwrap();
         let ns_b = Netns::open(&env.netns_path("b")).unwrap();
         // Sockets belong to the namespace they are created in.
-        let listener = ns_b.run(|| TcpListener::bind("0.0.0.0:5001")).unwrap().unwrap();
+        let listener = ns_b
+            .run(|| TcpListener::bind("0.0.0.0:5001"))
+            .unwrap()
+            .unwrap();
         let receiver = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
             let mut got = 0usize;
@@ -198,7 +243,10 @@ fn bulk_tcp_transfer_arrives_intact() {
         let pa = env.port_stats("net1", "a");
         let frames = n(&pa, "RxPackets");
         assert!(n(&pa, "RxBytes") >= TOTAL as u64, "{pa}");
-        assert!(frames < (TOTAL / 1448) as u64, "no GSO super-frames seen: {pa}");
+        assert!(
+            frames < (TOTAL / 1448) as u64,
+            "no GSO super-frames seen: {pa}"
+        );
     });
 }
 

@@ -1,0 +1,925 @@
+//! The HTTP API (see `docs/api.md`, the contract).
+//!
+//! Contract: Docker-compatible network endpoints plus tapnet's `/sandboxes`,
+//! `/networks/{id}/stats` and `/networks/{id}/fdb`, served over a unix socket.
+//! Every path may carry a `/v{major}.{minor}` prefix. Every error answer is
+//! `{"message": ...}` with the status from [`Error::status`]; request bodies are
+//! limited to [`BODY_LIMIT`] bytes (413 above). Handlers only parse and shape JSON;
+//! the [`Controller`] does the work.
+
+use crate::controller::{Controller, NetworkCreate};
+use crate::driver::{FdbRow, NetworkReport};
+use crate::error::Error;
+use crate::model::{format_mac, Network, Sandbox, Store};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ipnet::{IpNet, Ipv4Net};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The Docker Engine API version tapnet speaks.
+pub const API_VERSION: &str = "1.41";
+/// The oldest API version clients may ask for.
+pub const MIN_API_VERSION: &str = "1.12";
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 1 << 20;
+
+/// An error answer: status + `{"message": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The message.
+    pub message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> ApiError {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(error = %e, "request failed");
+        }
+        ApiError {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The `{"message": ...}` error body.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// What is wrong.
+    pub message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                message: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// A JSON body whose rejections are `{"message"}` answers (400, 413).
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
+            let status = rej.status();
+            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("request body too large: the limit is {BODY_LIMIT} bytes")
+            } else {
+                format!("cannot read request body: {}", rej.body_text())
+            };
+            ApiError { status, message }
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parse a request body; an empty body is read as `{}`.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON in request body: {e}")))
+}
+
+// ---------------------------------------------------------------- request bodies
+
+/// `POST /networks/create` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkCreateBody {
+    /// Network name.
+    pub name: String,
+    /// Driver (default `bridge`).
+    pub driver: Option<String>,
+    /// IPAM settings.
+    #[serde(rename = "IPAM")]
+    pub ipam: Option<IpamBody>,
+    /// Driver options.
+    pub options: Option<BTreeMap<String, String>>,
+    /// Labels.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Internal network.
+    pub internal: Option<bool>,
+    /// Attachable.
+    pub attachable: Option<bool>,
+    /// IPv6.
+    #[serde(rename = "EnableIPv6")]
+    pub enable_ipv6: Option<bool>,
+}
+
+/// The `IPAM` object.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct IpamBody {
+    /// IPAM driver.
+    pub driver: Option<String>,
+    /// Pools.
+    pub config: Option<Vec<IpamConfigBody>>,
+    /// IPAM options.
+    pub options: Option<BTreeMap<String, String>>,
+}
+
+/// One `IPAM.Config` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct IpamConfigBody {
+    /// CIDR.
+    pub subnet: Option<String>,
+    /// Gateway address.
+    pub gateway: Option<String>,
+    /// Dynamic range CIDR.
+    #[serde(rename = "IPRange")]
+    pub ip_range: Option<String>,
+}
+
+/// `POST /networks/{id}/connect` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ConnectBody {
+    /// Sandbox name or id.
+    pub container: String,
+    /// Endpoint settings.
+    pub endpoint_config: Option<EndpointConfigBody>,
+}
+
+/// `EndpointConfig`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct EndpointConfigBody {
+    /// Static addresses.
+    #[serde(rename = "IPAMConfig")]
+    pub ipam_config: Option<EndpointIpamBody>,
+}
+
+/// `EndpointConfig.IPAMConfig`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct EndpointIpamBody {
+    /// Static IPv4 address.
+    #[serde(rename = "IPv4Address")]
+    pub ipv4_address: Option<String>,
+    /// Static IPv6 address.
+    #[serde(rename = "IPv6Address")]
+    pub ipv6_address: Option<String>,
+}
+
+/// `POST /networks/{id}/disconnect` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DisconnectBody {
+    /// Sandbox name or id.
+    pub container: String,
+    /// Remove the endpoint even if the data plane cannot be cleaned.
+    pub force: bool,
+}
+
+/// `POST /sandboxes` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct SandboxCreateBody {
+    /// Sandbox name (default: the id's first 12 characters).
+    pub name: Option<String>,
+    /// Adopt this namespace instead of creating one.
+    pub netns_path: Option<String>,
+}
+
+fn non_empty(s: &Option<String>) -> Option<&str> {
+    s.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// Validate a `POST /networks/create` body into a [`NetworkCreate`].
+pub fn network_create_request(body: NetworkCreateBody) -> ApiResult<NetworkCreate> {
+    if body.name.is_empty() {
+        return Err(ApiError::bad_request("network name is required (\"Name\")"));
+    }
+    let mut req = NetworkCreate {
+        name: body.name,
+        driver: body.driver.unwrap_or_default(),
+        options: body.options.unwrap_or_default(),
+        labels: body.labels.unwrap_or_default(),
+        internal: body.internal.unwrap_or(false),
+        attachable: body.attachable.unwrap_or(false),
+        enable_ipv6: body.enable_ipv6.unwrap_or(false),
+        ..NetworkCreate::default()
+    };
+    if let Some(ipam) = body.ipam {
+        req.ipam_driver = ipam.driver.unwrap_or_default();
+        req.ipam_options = ipam.options.unwrap_or_default();
+        let mut v4 = Vec::new();
+        for cfg in ipam.config.unwrap_or_default() {
+            let Some(subnet) = non_empty(&cfg.subnet) else {
+                if non_empty(&cfg.gateway).is_some() || non_empty(&cfg.ip_range).is_some() {
+                    return Err(ApiError::bad_request(
+                        "an IPAM config with a Gateway or IPRange needs a Subnet",
+                    ));
+                }
+                continue;
+            };
+            let subnet: IpNet = subnet.parse().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "invalid subnet {subnet:?}: give a CIDR such as 10.10.0.0/24"
+                ))
+            })?;
+            let IpNet::V4(subnet) = subnet else {
+                return Err(ApiError::bad_request(format!(
+                    "IPv6 subnet {subnet} is not supported yet"
+                )));
+            };
+            let gateway = non_empty(&cfg.gateway)
+                .map(|g| {
+                    g.parse::<Ipv4Addr>().map_err(|_| {
+                        ApiError::bad_request(format!(
+                            "invalid gateway {g:?}: give an IPv4 address"
+                        ))
+                    })
+                })
+                .transpose()?;
+            let ip_range = non_empty(&cfg.ip_range)
+                .map(|r| {
+                    r.parse::<Ipv4Net>().map_err(|_| {
+                        ApiError::bad_request(format!("invalid IPRange {r:?}: give an IPv4 CIDR"))
+                    })
+                })
+                .transpose()?;
+            v4.push((subnet, gateway, ip_range));
+        }
+        match v4.as_slice() {
+            [] => {}
+            [(subnet, gateway, ip_range)] => {
+                req.subnet = Some(*subnet);
+                req.gateway = *gateway;
+                req.ip_range = *ip_range;
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "only one IPv4 subnet per network is supported",
+                ))
+            }
+        }
+    }
+    Ok(req)
+}
+
+/// Validate a connect body: (sandbox, static IPv4).
+pub fn connect_request(body: ConnectBody) -> ApiResult<(String, Option<Ipv4Addr>)> {
+    if body.container.is_empty() {
+        return Err(ApiError::bad_request(
+            "\"Container\" (a sandbox name or id) is required",
+        ));
+    }
+    let ipam = body.endpoint_config.and_then(|c| c.ipam_config);
+    let mut ipv4 = None;
+    if let Some(ipam) = ipam {
+        if non_empty(&ipam.ipv6_address).is_some() {
+            return Err(ApiError::bad_request(
+                "IPv6 addresses are not supported yet",
+            ));
+        }
+        if let Some(a) = non_empty(&ipam.ipv4_address) {
+            match a.parse::<IpAddr>() {
+                Ok(IpAddr::V4(v4)) => ipv4 = Some(v4),
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "invalid IPv4Address {a:?}: give an IPv4 address such as 10.10.0.5"
+                    )))
+                }
+            }
+        }
+    }
+    Ok((body.container, ipv4))
+}
+
+// ---------------------------------------------------------------- response bodies
+
+/// `201` answer of `POST /networks/create`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateNetworkResponse {
+    /// New network's id.
+    pub id: String,
+    /// Always empty.
+    pub warning: String,
+}
+
+/// `201` answer of `POST /sandboxes`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateSandboxResponse {
+    /// New sandbox's id.
+    pub id: String,
+}
+
+/// Docker's network object.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkResource {
+    /// Name.
+    pub name: String,
+    /// Id.
+    pub id: String,
+    /// Creation time.
+    pub created: String,
+    /// Scope.
+    pub scope: String,
+    /// Driver.
+    pub driver: String,
+    /// IPv6.
+    #[serde(rename = "EnableIPv6")]
+    pub enable_ipv6: bool,
+    /// Internal.
+    pub internal: bool,
+    /// Attachable.
+    pub attachable: bool,
+    /// IPAM.
+    #[serde(rename = "IPAM")]
+    pub ipam: IpamResource,
+    /// Endpoints by sandbox id.
+    pub containers: BTreeMap<String, ContainerResource>,
+    /// Driver options.
+    pub options: BTreeMap<String, String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `IPAM` of a network object.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamResource {
+    /// Driver.
+    pub driver: String,
+    /// Options.
+    pub options: BTreeMap<String, String>,
+    /// Pools.
+    pub config: Vec<IpamConfigResource>,
+}
+
+/// One pool of a network object.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamConfigResource {
+    /// CIDR.
+    pub subnet: String,
+    /// Gateway.
+    pub gateway: String,
+    /// Dynamic range, when set.
+    #[serde(rename = "IPRange", skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
+}
+
+/// One entry of a network's `Containers`.
+#[derive(Debug, Serialize)]
+pub struct ContainerResource {
+    /// Sandbox name.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// Endpoint id.
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    /// MAC.
+    #[serde(rename = "MacAddress")]
+    pub mac_address: String,
+    /// `a.b.c.d/len`.
+    #[serde(rename = "IPv4Address")]
+    pub ipv4_address: String,
+    /// Empty (no IPv6 yet).
+    #[serde(rename = "IPv6Address")]
+    pub ipv6_address: String,
+}
+
+/// tapnet's sandbox object.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SandboxResource {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Namespace path.
+    pub netns_path: String,
+    /// Created by tapnet.
+    pub owned: bool,
+    /// Creation time.
+    pub created: String,
+    /// Endpoints by network name.
+    pub endpoints: BTreeMap<String, SandboxEndpointResource>,
+}
+
+/// One entry of a sandbox's `Endpoints`.
+#[derive(Debug, Serialize)]
+pub struct SandboxEndpointResource {
+    /// Network id.
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    /// Endpoint id.
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    /// Interface name in the sandbox.
+    #[serde(rename = "Interface")]
+    pub interface: String,
+    /// MAC.
+    #[serde(rename = "MacAddress")]
+    pub mac_address: String,
+    /// `a.b.c.d/len`.
+    #[serde(rename = "IPv4Address")]
+    pub ipv4_address: String,
+    /// Gateway.
+    #[serde(rename = "Gateway")]
+    pub gateway: String,
+}
+
+/// `GET /networks/{id}/stats` answer.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StatsResource {
+    /// Network id.
+    pub network: String,
+    /// Learned MACs.
+    pub fdb_entries: usize,
+    /// MACs not learned because the FDB was full.
+    pub fdb_limit_hits: u64,
+    /// Per-port counters.
+    pub ports: Vec<PortStatsResource>,
+}
+
+/// One port in [`StatsResource`].
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PortStatsResource {
+    /// Endpoint id.
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    /// Sandbox name.
+    pub sandbox: String,
+    /// Interface name.
+    pub interface: String,
+    /// Switch port id.
+    pub port: u32,
+    /// Frames received from the port.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Frames sent to the port.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Drops by reason name.
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// One row of `GET /networks/{id}/fdb`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FdbResource {
+    /// MAC.
+    pub mac_address: String,
+    /// Port.
+    pub port: u32,
+    /// Endpoint id (empty for a port that is not an endpoint).
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    /// Seconds since last seen.
+    pub age_seconds: f64,
+}
+
+/// Shape a network for the API.
+pub fn network_resource(net: &Network, store: &Store) -> NetworkResource {
+    let containers = net
+        .endpoints
+        .values()
+        .map(|e| {
+            let name = store
+                .sandboxes
+                .get(&e.sandbox_id)
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            (
+                e.sandbox_id.clone(),
+                ContainerResource {
+                    name,
+                    endpoint_id: e.id.clone(),
+                    mac_address: format_mac(&e.mac),
+                    ipv4_address: format!("{}/{}", e.ipv4, e.prefix_len),
+                    ipv6_address: String::new(),
+                },
+            )
+        })
+        .collect();
+    NetworkResource {
+        name: net.name.clone(),
+        id: net.id.clone(),
+        created: net.created.clone(),
+        scope: net.scope.clone(),
+        driver: net.driver.clone(),
+        enable_ipv6: net.enable_ipv6,
+        internal: net.internal,
+        attachable: net.attachable,
+        ipam: IpamResource {
+            driver: net.ipam_driver.clone(),
+            options: net.ipam_options.clone(),
+            config: vec![IpamConfigResource {
+                subnet: net.subnet.to_string(),
+                gateway: net.gateway.to_string(),
+                ip_range: net.ip_range.map(|r| r.to_string()),
+            }],
+        },
+        containers,
+        options: net.options.clone(),
+        labels: net.labels.clone(),
+    }
+}
+
+/// Shape a sandbox for the API.
+pub fn sandbox_resource(sb: &Sandbox, store: &Store) -> SandboxResource {
+    let endpoints = store
+        .endpoints_of_sandbox(&sb.id)
+        .into_iter()
+        .map(|(n, e)| {
+            (
+                n.name.clone(),
+                SandboxEndpointResource {
+                    network_id: n.id.clone(),
+                    endpoint_id: e.id.clone(),
+                    interface: e.interface.clone(),
+                    mac_address: format_mac(&e.mac),
+                    ipv4_address: format!("{}/{}", e.ipv4, e.prefix_len),
+                    gateway: n.gateway.to_string(),
+                },
+            )
+        })
+        .collect();
+    SandboxResource {
+        id: sb.id.clone(),
+        name: sb.name.clone(),
+        netns_path: sb.netns_path.display().to_string(),
+        owned: sb.owned,
+        created: sb.created.clone(),
+        endpoints,
+    }
+}
+
+/// Shape a network's counters for the API.
+pub fn stats_resource(net: &Network, report: &NetworkReport, store: &Store) -> StatsResource {
+    let ports = report
+        .ports
+        .iter()
+        .map(|p| {
+            let ep = net.endpoints.get(&p.endpoint_id);
+            let sandbox = ep
+                .and_then(|e| store.sandboxes.get(&e.sandbox_id))
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            PortStatsResource {
+                endpoint_id: p.endpoint_id.clone(),
+                sandbox,
+                interface: ep.map(|e| e.interface.clone()).unwrap_or_default(),
+                port: p.port,
+                rx_packets: p.stats.rx_packets,
+                rx_bytes: p.stats.rx_bytes,
+                tx_packets: p.stats.tx_packets,
+                tx_bytes: p.stats.tx_bytes,
+                drops: p
+                    .stats
+                    .drops
+                    .iter()
+                    .map(|(r, n)| (r.name().to_string(), *n))
+                    .collect(),
+            }
+        })
+        .collect();
+    StatsResource {
+        network: net.id.clone(),
+        fdb_entries: report.fdb_entries,
+        fdb_limit_hits: report.fdb_limit_hits,
+        ports,
+    }
+}
+
+fn fdb_resource(rows: &[FdbRow]) -> Vec<FdbResource> {
+    rows.iter()
+        .map(|r| FdbResource {
+            mac_address: r.mac.to_string(),
+            port: r.port,
+            endpoint_id: r.endpoint_id.clone().unwrap_or_default(),
+            age_seconds: r.age_seconds,
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- handlers
+
+type Ctl = State<Arc<Controller>>;
+
+async fn ping() -> Response {
+    let mut r = "OK".into_response();
+    r.headers_mut().insert(
+        "Cache-Control",
+        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+    );
+    r
+}
+
+fn docker_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    }
+}
+
+async fn version() -> Response {
+    let version = env!("CARGO_PKG_VERSION");
+    Json(serde_json::json!({
+        "Platform": {"Name": "tapnet"},
+        "Components": [{"Name": "tapnetd", "Version": version, "Details": {"ApiVersion": API_VERSION}}],
+        "Version": version,
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
+        "Os": "linux",
+        "Arch": docker_arch(),
+    }))
+    .into_response()
+}
+
+async fn network_create(
+    State(ctl): Ctl,
+    JsonBody(body): JsonBody<NetworkCreateBody>,
+) -> ApiResult<Response> {
+    let req = network_create_request(body)?;
+    let id = ctl.create_network(req).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreateNetworkResponse {
+            id,
+            warning: String::new(),
+        }),
+    )
+        .into_response())
+}
+
+async fn network_list(State(ctl): Ctl) -> Json<Vec<NetworkResource>> {
+    let store = ctl.snapshot().await;
+    let mut nets: Vec<&Network> = store.networks.values().collect();
+    nets.sort_by(|a, b| a.created.cmp(&b.created).then(a.name.cmp(&b.name)));
+    Json(
+        nets.into_iter()
+            .map(|n| network_resource(n, &store))
+            .collect(),
+    )
+}
+
+async fn network_inspect(
+    State(ctl): Ctl,
+    Path(id): Path<String>,
+) -> ApiResult<Json<NetworkResource>> {
+    let store = ctl.snapshot().await;
+    let nid = store.resolve_network(&id)?;
+    let net = store
+        .networks
+        .get(&nid)
+        .ok_or_else(|| Error::NotFound(format!("network {id} not found")))?;
+    Ok(Json(network_resource(net, &store)))
+}
+
+async fn network_delete(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    ctl.delete_network(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn network_connect(
+    State(ctl): Ctl,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ConnectBody>,
+) -> ApiResult<StatusCode> {
+    let (sandbox, ipv4) = connect_request(body)?;
+    ctl.connect(&id, &sandbox, ipv4).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn network_disconnect(
+    State(ctl): Ctl,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<DisconnectBody>,
+) -> ApiResult<StatusCode> {
+    if body.container.is_empty() {
+        return Err(ApiError::bad_request(
+            "\"Container\" (a sandbox name or id) is required",
+        ));
+    }
+    ctl.disconnect(&id, &body.container, body.force).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn network_prune(State(ctl): Ctl) -> ApiResult<Json<serde_json::Value>> {
+    let store = ctl.snapshot().await;
+    let mut deleted = Vec::new();
+    for net in store.networks.values().filter(|n| n.endpoints.is_empty()) {
+        match ctl.delete_network(&net.id).await {
+            Ok(()) => deleted.push(net.name.clone()),
+            Err(e) => tracing::warn!(network = %net.name, error = %e, "prune: not removed"),
+        }
+    }
+    Ok(Json(serde_json::json!({ "NetworksDeleted": deleted })))
+}
+
+async fn network_stats(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Json<StatsResource>> {
+    let (net, report) = ctl.network_report(&id).await?;
+    let store = ctl.snapshot().await;
+    Ok(Json(stats_resource(&net, &report, &store)))
+}
+
+async fn network_fdb(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Json<Vec<FdbResource>>> {
+    let rows = ctl.network_fdb(&id).await?;
+    Ok(Json(fdb_resource(&rows)))
+}
+
+async fn sandbox_create(
+    State(ctl): Ctl,
+    JsonBody(body): JsonBody<SandboxCreateBody>,
+) -> ApiResult<Response> {
+    let path = non_empty(&body.netns_path).map(PathBuf::from);
+    let id = ctl.create_sandbox(body.name, path).await?;
+    Ok((StatusCode::CREATED, Json(CreateSandboxResponse { id })).into_response())
+}
+
+async fn sandbox_list(State(ctl): Ctl) -> Json<Vec<SandboxResource>> {
+    let store = ctl.snapshot().await;
+    let mut sbs: Vec<&Sandbox> = store.sandboxes.values().collect();
+    sbs.sort_by(|a, b| a.created.cmp(&b.created).then(a.name.cmp(&b.name)));
+    Json(
+        sbs.into_iter()
+            .map(|s| sandbox_resource(s, &store))
+            .collect(),
+    )
+}
+
+async fn sandbox_inspect(
+    State(ctl): Ctl,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SandboxResource>> {
+    let store = ctl.snapshot().await;
+    let sid = store.resolve_sandbox(&id)?;
+    let sb = store
+        .sandboxes
+        .get(&sid)
+        .ok_or_else(|| Error::NotFound(format!("sandbox {id} not found")))?;
+    Ok(Json(sandbox_resource(sb, &store)))
+}
+
+async fn sandbox_delete(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    ctl.delete_sandbox(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn not_found_fallback(uri: Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: format!("page not found: {}", uri.path()),
+    }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: "method not allowed".into(),
+    }
+}
+
+/// Strip a `/v{major}.{minor}` prefix from a path, if there is one.
+pub fn strip_version(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v")?;
+    let end = rest.find('/').unwrap_or(rest.len());
+    let (ver, tail) = rest.split_at(end);
+    let mut parts = ver.split('.');
+    let valid = match (parts.next(), parts.next(), parts.next()) {
+        (Some(a), Some(b), None) => {
+            !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())
+        }
+        _ => false,
+    };
+    if !valid {
+        return None;
+    }
+    Some(if tail.is_empty() { "/" } else { tail })
+}
+
+async fn rewrite_and_tag(mut req: Request, next: axum::middleware::Next) -> Response {
+    if let Some(stripped) = strip_version(req.uri().path()) {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{stripped}?{q}"),
+            None => stripped.to_string(),
+        };
+        let mut parts = req.uri().clone().into_parts();
+        if let Ok(p) = pq.parse() {
+            parts.path_and_query = Some(p);
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert("Api-Version", HeaderValue::from_static(API_VERSION));
+    h.insert("Ostype", HeaderValue::from_static("linux"));
+    h.insert("Server", HeaderValue::from_static("tapnetd"));
+    resp
+}
+
+/// The API router over a controller.
+pub fn router(ctl: Arc<Controller>) -> Router {
+    let api = Router::new()
+        .route("/_ping", get(ping))
+        .route("/version", get(version))
+        .route("/networks", get(network_list))
+        .route("/networks/create", post(network_create))
+        .route("/networks/prune", post(network_prune))
+        .route(
+            "/networks/{id}",
+            get(network_inspect).delete(network_delete),
+        )
+        .route("/networks/{id}/connect", post(network_connect))
+        .route("/networks/{id}/disconnect", post(network_disconnect))
+        .route("/networks/{id}/stats", get(network_stats))
+        .route("/networks/{id}/fdb", get(network_fdb))
+        .route("/sandboxes", get(sandbox_list).post(sandbox_create))
+        .route(
+            "/sandboxes/{id}",
+            get(sandbox_inspect).delete(sandbox_delete),
+        )
+        .fallback(not_found_fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(ctl);
+    // The outer router rewrites the URI before the inner one routes it.
+    Router::new()
+        .fallback_service(api)
+        .layer(axum::middleware::from_fn(rewrite_and_tag))
+}
+
+/// Serve `router` on a unix socket at `path` until `shutdown` completes: removes a
+/// stale socket file, creates parent directories, sets mode 0660.
+pub async fn serve_unix(
+    path: &std::path::Path,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ))
+        }
+        Err(_) => {}
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    tracing::info!(socket = %path.display(), "API listening");
+    tokio::select! {
+        r = async { axum::serve(listener, router).await } => r,
+        () = shutdown => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,653 @@
+//! API tests against a controller with a fake driver (no privileges needed).
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use crate::driver::{Driver, DriverRegistry};
+use crate::ipam::DefaultIpam;
+use crate::model::Endpoint;
+use axum::body::Body;
+use axum::http::Method;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use tapnet_sandbox::netns::Netns;
+use tower::ServiceExt;
+
+#[derive(Default)]
+struct FakeDriver {
+    fail_join: AtomicBool,
+    networks: AtomicUsize,
+    joined: AtomicUsize,
+}
+
+impl Driver for FakeDriver {
+    fn name(&self) -> &str {
+        "bridge"
+    }
+    fn validate_options(&self, options: &BTreeMap<String, String>) -> crate::Result<()> {
+        if let Some(v) = options.get(crate::model::MTU_OPTION) {
+            crate::model::parse_mtu(v)?;
+        }
+        Ok(())
+    }
+    fn create_network(&self, _network: &Network) -> crate::Result<()> {
+        self.networks.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn delete_network(&self, _network_id: &str) -> crate::Result<()> {
+        self.networks.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn join(&self, _: &Network, _: &Endpoint, _: &Netns, _: &str) -> crate::Result<String> {
+        if self.fail_join.load(Ordering::SeqCst) {
+            return Err(Error::Os {
+                op: "create tap eth0 in sandbox".into(),
+                source: tapnet_sandbox::Error::Invalid("injected failure".into()),
+            });
+        }
+        let n = self.joined.fetch_add(1, Ordering::SeqCst);
+        Ok(format!("eth{n}"))
+    }
+    fn leave(&self, _: &str, _: &str) -> crate::Result<()> {
+        self.joined.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+struct Harness {
+    router: Router,
+    driver: Arc<FakeDriver>,
+}
+
+fn harness() -> Harness {
+    let driver = Arc::new(FakeDriver::default());
+    let mut reg = DriverRegistry::new();
+    reg.register(driver.clone());
+    let ctl = Controller::new(
+        reg,
+        Box::new(DefaultIpam::new()),
+        std::path::Path::new("/nonexistent"),
+    );
+    Harness {
+        router: router(Arc::new(ctl)),
+        driver,
+    }
+}
+
+impl Harness {
+    async fn call(&self, method: Method, uri: &str, body: &str) -> (StatusCode, serde_json::Value) {
+        let (status, bytes, _) = self.raw(method, uri, body.as_bytes().to_vec()).await;
+        let v = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&bytes).into())
+            })
+        };
+        (status, v)
+    }
+
+    async fn raw(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Vec<u8>, axum::http::HeaderMap) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, bytes.to_vec(), headers)
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, serde_json::Value) {
+        self.call(Method::GET, uri, "").await
+    }
+    async fn post(&self, uri: &str, body: &str) -> (StatusCode, serde_json::Value) {
+        self.call(Method::POST, uri, body).await
+    }
+    async fn delete(&self, uri: &str) -> (StatusCode, serde_json::Value) {
+        self.call(Method::DELETE, uri, "").await
+    }
+
+    async fn net1(&self) -> String {
+        let (s, v) = self
+            .post(
+                "/networks/create",
+                r#"{"Name":"net1","IPAM":{"Config":[{"Subnet":"10.10.0.0/24","Gateway":"10.10.0.1"}]}}"#,
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["Id"].as_str().unwrap().to_string()
+    }
+
+    /// A sandbox adopting our own namespace (works unprivileged).
+    async fn sandbox(&self, name: &str) -> String {
+        let body = format!(r#"{{"Name":"{name}","NetnsPath":"/proc/self/ns/net"}}"#);
+        let (s, v) = self.post("/sandboxes", &body).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["Id"].as_str().unwrap().to_string()
+    }
+}
+
+fn message(v: &serde_json::Value) -> &str {
+    v["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message in {v}"))
+}
+
+fn keys(v: &serde_json::Value) -> Vec<&str> {
+    let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    k.sort();
+    k
+}
+
+#[tokio::test]
+async fn ping_and_version_with_prefix() {
+    let h = harness();
+    for uri in ["/_ping", "/v1.41/_ping", "/v1.24/_ping"] {
+        let (s, body, headers) = h.raw(Method::GET, uri, vec![]).await;
+        assert_eq!(s, StatusCode::OK, "{uri}");
+        assert_eq!(body, b"OK");
+        assert_eq!(headers["api-version"], "1.41");
+    }
+    let (s, v) = h.get("/v1.41/version").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["ApiVersion"], "1.41");
+    assert_eq!(v["MinAPIVersion"], "1.12");
+    assert_eq!(v["Os"], "linux");
+    let (s, v) = h.get("/nope").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(message(&v).contains("page not found"));
+    let (s, _) = h.get("/vx.y/_ping").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[test]
+fn version_prefix_parsing() {
+    assert_eq!(strip_version("/v1.41/networks"), Some("/networks"));
+    assert_eq!(strip_version("/v1.41"), Some("/"));
+    assert_eq!(strip_version("/v1/networks"), None);
+    assert_eq!(strip_version("/version"), None);
+    assert_eq!(strip_version("/v1.x/networks"), None);
+    assert_eq!(strip_version("/networks"), None);
+}
+
+#[tokio::test]
+async fn network_shape_matches_docs() {
+    let h = harness();
+    let id = h.net1().await;
+    assert!(crate::model::is_full_id(&id));
+    let sb = h.sandbox("sb1").await;
+    let (s, _) = h
+        .post(
+            &format!("/networks/{}/connect", &id[..8]),
+            r#"{"Container":"sb1"}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = h.get("/v1.41/networks/net1").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        keys(&v),
+        [
+            "Attachable",
+            "Containers",
+            "Created",
+            "Driver",
+            "EnableIPv6",
+            "IPAM",
+            "Id",
+            "Internal",
+            "Labels",
+            "Name",
+            "Options",
+            "Scope"
+        ]
+    );
+    assert_eq!(keys(&v["IPAM"]), ["Config", "Driver", "Options"]);
+    assert_eq!(v["IPAM"]["Config"][0]["Subnet"], "10.10.0.0/24");
+    assert_eq!(v["IPAM"]["Config"][0]["Gateway"], "10.10.0.1");
+    assert_eq!(v["Scope"], "local");
+    assert_eq!(v["Driver"], "bridge");
+    let c = &v["Containers"][&sb];
+    assert_eq!(
+        keys(c),
+        [
+            "EndpointID",
+            "IPv4Address",
+            "IPv6Address",
+            "MacAddress",
+            "Name"
+        ]
+    );
+    assert_eq!(c["Name"], "sb1");
+    assert_eq!(c["IPv4Address"], "10.10.0.2/24");
+    assert_eq!(c["MacAddress"], "02:42:0a:0a:00:02");
+    let created = v["Created"].as_str().unwrap();
+    assert!(created.ends_with('Z') && created.len() == 20, "{created}");
+
+    let (s, v) = h.get("/sandboxes/sb1").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        keys(&v),
+        ["Created", "Endpoints", "Id", "Name", "NetnsPath", "Owned"]
+    );
+    assert_eq!(v["Owned"], false);
+    assert_eq!(v["NetnsPath"], "/proc/self/ns/net");
+    let e = &v["Endpoints"]["net1"];
+    assert_eq!(
+        keys(e),
+        [
+            "EndpointID",
+            "Gateway",
+            "IPv4Address",
+            "Interface",
+            "MacAddress",
+            "NetworkID"
+        ]
+    );
+    assert_eq!(e["NetworkID"], id.as_str());
+    assert_eq!(e["Interface"], "eth0");
+    assert_eq!(e["Gateway"], "10.10.0.1");
+
+    let (s, v) = h.get("/networks").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    let (s, v) = h.get("/networks/net1/stats").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(keys(&v), ["FdbEntries", "FdbLimitHits", "Network", "Ports"]);
+    let (s, v) = h.get("/networks/net1/fdb").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(v.as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn default_pool_and_defaults() {
+    let h = harness();
+    let (s, v) = h.post("/networks/create", r#"{"Name":"a"}"#).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["Warning"], "");
+    let (_, v) = h.get("/networks/a").await;
+    assert_eq!(v["IPAM"]["Config"][0]["Subnet"], "172.18.0.0/16");
+    assert_eq!(v["IPAM"]["Config"][0]["Gateway"], "172.18.0.1");
+    assert_eq!(v["IPAM"]["Driver"], "default");
+    // Docker CLI style body with nulls and extra fields.
+    let (s, v) = h
+        .post(
+            "/networks/create",
+            r#"{"Name":"b","CheckDuplicate":true,"Driver":"bridge","Scope":"","EnableIPv6":false,
+                "IPAM":{"Driver":"default","Options":{},"Config":[]},"Internal":false,
+                "Attachable":false,"Ingress":false,"ConfigOnly":false,"ConfigFrom":null,
+                "Options":{},"Labels":null}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (_, v) = h.get("/networks/b").await;
+    assert_eq!(v["IPAM"]["Config"][0]["Subnet"], "172.19.0.0/16");
+}
+
+#[tokio::test]
+async fn create_validation_status_codes() {
+    let h = harness();
+    let cases: &[(&str, StatusCode, &str)] = &[
+        ("{", StatusCode::BAD_REQUEST, "invalid JSON"),
+        (r#"{"Name": 5}"#, StatusCode::BAD_REQUEST, "invalid JSON"),
+        (
+            r#"{"Name":"x","Labels":{"a":1}}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid JSON",
+        ),
+        (r#"{}"#, StatusCode::BAD_REQUEST, "name is required"),
+        (
+            r#"{"Name":"bad name"}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid network name",
+        ),
+        (
+            r#"{"Name":"x","IPAM":{"Config":[{"Subnet":"10.0.0.0/33"}]}}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid subnet",
+        ),
+        (
+            r#"{"Name":"x","IPAM":{"Config":[{"Subnet":"banana"}]}}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid subnet",
+        ),
+        (
+            r#"{"Name":"x","IPAM":{"Config":[{"Subnet":"10.0.0.7/24"}]}}"#,
+            StatusCode::BAD_REQUEST,
+            "host bits",
+        ),
+        (
+            r#"{"Name":"x","IPAM":{"Config":[{"Subnet":"10.0.0.0/24","Gateway":"10.0.1.1"}]}}"#,
+            StatusCode::BAD_REQUEST,
+            "not in subnet",
+        ),
+        (
+            r#"{"Name":"x","IPAM":{"Config":[{"Subnet":"10.0.0.0/24","Gateway":"nope"}]}}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid gateway",
+        ),
+        (
+            r#"{"Name":"x","Driver":"weird"}"#,
+            StatusCode::NOT_FOUND,
+            "plugin \"weird\" not found",
+        ),
+        (
+            r#"{"Name":"x","IPAM":{"Driver":"other"}}"#,
+            StatusCode::NOT_FOUND,
+            "plugin \"other\" not found",
+        ),
+        (
+            r#"{"Name":"x","Options":{"com.docker.network.driver.mtu":"big"}}"#,
+            StatusCode::BAD_REQUEST,
+            "mtu",
+        ),
+    ];
+    for (body, status, text) in cases {
+        let (s, v) = h.post("/networks/create", body).await;
+        assert_eq!(s, *status, "{body}: {v}");
+        assert!(message(&v).contains(text), "{body}: {v}");
+    }
+    // A failed request changed nothing.
+    let (_, v) = h.get("/networks").await;
+    assert_eq!(v, serde_json::json!([]));
+    assert_eq!(h.driver.networks.load(Ordering::SeqCst), 0);
+
+    h.net1().await;
+    let (s, v) = h.post("/networks/create", r#"{"Name":"net1"}"#).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(message(&v).contains("already exists"));
+    let (s, v) = h
+        .post(
+            "/networks/create",
+            r#"{"Name":"net2","IPAM":{"Config":[{"Subnet":"10.10.0.128/25"}]}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(message(&v).contains("overlaps"));
+}
+
+#[tokio::test]
+async fn body_limit_is_413_json() {
+    let h = harness();
+    let big = format!(
+        r#"{{"Name":"x","Labels":{{"a":"{}"}}}}"#,
+        "y".repeat(BODY_LIMIT + 10)
+    );
+    let (s, bytes, _) = h
+        .raw(Method::POST, "/networks/create", big.into_bytes())
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert!(message(&v).contains("too large"));
+}
+
+#[tokio::test]
+async fn lookups_404_and_ambiguity() {
+    let h = harness();
+    for uri in [
+        "/networks/nope",
+        "/sandboxes/nope",
+        "/networks/nope/stats",
+        "/networks/nope/fdb",
+    ] {
+        let (s, v) = h.get(uri).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{uri}");
+        assert!(message(&v).contains("nope not found"), "{v}");
+    }
+    let (s, _) = h.delete("/networks/nope").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = h.delete("/sandboxes/nope").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // Make two networks whose ids share a prefix: with 16 networks two must share
+    // their first hex digit.
+    let mut ids = Vec::new();
+    for i in 0..17 {
+        let (s, v) = h
+            .post("/networks/create", &format!(r#"{{"Name":"n{i}"}}"#))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        ids.push(v["Id"].as_str().unwrap().to_string());
+    }
+    let first = ids
+        .iter()
+        .map(|i| &i[..1])
+        .find(|p| ids.iter().filter(|i| i.starts_with(*p)).count() > 1)
+        .unwrap();
+    let (s, v) = h.get(&format!("/networks/{first}")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(message(&v).contains("ambiguous"), "{v}");
+    let (s, v) = h.get(&format!("/networks/{}", &ids[3][..20])).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["Name"], "n3");
+}
+
+#[tokio::test]
+async fn connect_errors_and_rollback() {
+    let h = harness();
+    h.net1().await;
+    h.sandbox("sb1").await;
+    h.sandbox("sb2").await;
+    let (s, v) = h
+        .post(
+            "/sandboxes",
+            r#"{"Name":"sb1","NetnsPath":"/proc/self/ns/net"}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, v) = h
+        .post("/sandboxes", r#"{"Name":"x","NetnsPath":"relative"}"#)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+
+    let cases: &[(&str, &str, StatusCode, &str)] = &[
+        (
+            "nonet",
+            r#"{"Container":"sb1"}"#,
+            StatusCode::NOT_FOUND,
+            "network nonet not found",
+        ),
+        (
+            "net1",
+            r#"{"Container":"nosb"}"#,
+            StatusCode::NOT_FOUND,
+            "sandbox nosb not found",
+        ),
+        ("net1", r#"{}"#, StatusCode::BAD_REQUEST, "Container"),
+        (
+            "net1",
+            r#"{"Container":7}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid JSON",
+        ),
+        (
+            "net1",
+            r#"{"Container":"sb1","EndpointConfig":{"IPAMConfig":{"IPv4Address":"10.9.0.5"}}}"#,
+            StatusCode::BAD_REQUEST,
+            "not in subnet",
+        ),
+        (
+            "net1",
+            r#"{"Container":"sb1","EndpointConfig":{"IPAMConfig":{"IPv4Address":"zzz"}}}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid IPv4Address",
+        ),
+        (
+            "net1",
+            r#"{"Container":"sb1","EndpointConfig":{"IPAMConfig":{"IPv4Address":"10.10.0.1"}}}"#,
+            StatusCode::CONFLICT,
+            "in use",
+        ),
+    ];
+    for (net, body, status, text) in cases {
+        let (s, v) = h.post(&format!("/networks/{net}/connect"), body).await;
+        assert_eq!(s, *status, "{body}: {v}");
+        assert!(message(&v).contains(text), "{body}: {v}");
+    }
+
+    // A failing join releases the address.
+    h.driver.fail_join.store(true, Ordering::SeqCst);
+    let static5 =
+        r#"{"Container":"sb1","EndpointConfig":{"IPAMConfig":{"IPv4Address":"10.10.0.5"}}}"#;
+    let (s, v) = h.post("/networks/net1/connect", static5).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    assert!(message(&v).contains("injected failure"));
+    h.driver.fail_join.store(false, Ordering::SeqCst);
+    let (_, v) = h.get("/networks/net1").await;
+    assert_eq!(v["Containers"], serde_json::json!({}));
+
+    let (s, v) = h.post("/networks/net1/connect", static5).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = h
+        .post("/networks/net1/connect", r#"{"Container":"sb1"}"#)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(message(&v).contains("already connected"), "{v}");
+    let sb2_static5 = static5.replace("sb1", "sb2");
+    let (s, v) = h.post("/networks/net1/connect", &sb2_static5).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, _) = h
+        .post("/networks/net1/connect", r#"{"Container":"sb2"}"#)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = h.get("/sandboxes/sb2").await;
+    assert_eq!(v["Endpoints"]["net1"]["IPv4Address"], "10.10.0.2/24");
+
+    let (s, v) = h.delete("/networks/net1").await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(
+        message(&v),
+        "network net1 has active endpoints (sb1, sb2); disconnect them first"
+    );
+
+    let (s, v) = h
+        .post("/networks/net1/disconnect", r#"{"Container":"sb1"}"#)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = h
+        .post("/networks/net1/disconnect", r#"{"Container":"sb1"}"#)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert!(message(&v).contains("not connected"));
+    // The address is free again.
+    let (s, _) = h.post("/networks/net1/connect", static5).await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Removing a sandbox disconnects it everywhere.
+    let (s, _) = h.delete("/sandboxes/sb1").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = h.delete("/sandboxes/sb2").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(h.driver.joined.load(Ordering::SeqCst), 0);
+    let (s, _) = h.delete("/networks/net1").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(h.driver.networks.load(Ordering::SeqCst), 0);
+    let (_, v) = h.get("/sandboxes").await;
+    assert_eq!(v, serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn prune_removes_unused_networks() {
+    let h = harness();
+    h.net1().await;
+    h.sandbox("sb1").await;
+    let (s, _) = h
+        .post("/networks/net1/connect", r#"{"Container":"sb1"}"#)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = h.post("/networks/create", r#"{"Name":"idle"}"#).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v) = h.post("/networks/prune", "").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["NetworksDeleted"], serde_json::json!(["idle"]));
+}
+
+#[tokio::test]
+async fn head_ping_and_method_not_allowed() {
+    let h = harness();
+    let (s, _, headers) = h.raw(Method::HEAD, "/_ping", vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(headers["api-version"], "1.41");
+    let (s, v) = h.call(Method::PUT, "/networks", "").await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(message(&v).contains("method not allowed"));
+}
+
+#[tokio::test]
+async fn address_exhaustion_is_503_and_says_so() {
+    let h = harness();
+    let (s, _) = h
+        .post(
+            "/networks/create",
+            r#"{"Name":"tiny","IPAM":{"Config":[{"Subnet":"10.0.0.0/30"}]}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    h.sandbox("a").await;
+    h.sandbox("b").await;
+    let (s, v) = h
+        .post("/networks/tiny/connect", r#"{"Container":"a"}"#)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = h
+        .post("/networks/tiny/connect", r#"{"Container":"b"}"#)
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(message(&v).contains("no available addresses"), "{v}");
+}
+
+#[test]
+fn error_status_mapping() {
+    use crate::ipam::IpamError;
+    let ip = Ipv4Addr::new(10, 0, 0, 1);
+    let net: Ipv4Net = "10.0.0.0/24".parse().unwrap();
+    let cases = [
+        (Error::InvalidRequest("x".into()), 400),
+        (Error::NotFound("x".into()), 404),
+        (Error::Conflict("x".into()), 409),
+        (
+            Error::ipam(
+                "op",
+                IpamError::NotInSubnet {
+                    addr: ip,
+                    subnet: net,
+                },
+            ),
+            400,
+        ),
+        (Error::ipam("op", IpamError::InUse { addr: ip }), 409),
+        (
+            Error::ipam(
+                "op",
+                IpamError::Overlap {
+                    subnet: net,
+                    other: net,
+                },
+            ),
+            409,
+        ),
+        (Error::ipam("op", IpamError::Exhausted { subnet: net }), 503),
+        (Error::ipam("op", IpamError::PoolsExhausted), 503),
+        (
+            Error::os("op", tapnet_sandbox::Error::Invalid("x".into())),
+            500,
+        ),
+    ];
+    for (e, status) in cases {
+        assert_eq!(e.status(), status, "{e}");
+        assert_eq!(ApiError::from(e).status.as_u16(), status);
+    }
+    let e = Error::ipam("connect sb1 to network n", IpamError::InUse { addr: ip });
+    assert_eq!(
+        e.to_string(),
+        "connect sb1 to network n: address 10.0.0.1 is already in use"
+    );
+}

@@ -1,0 +1,309 @@
+//! The CNM model as plain data, and the [`Store`] that holds it.
+//!
+//! Contract: these types are what the engine persists (they are `serde` types with
+//! no live handles in them); runtime handles (open namespaces, switch ports) live in
+//! the [`crate::controller`] and drivers, keyed by the ids here. The [`Store`] is the
+//! seam for persistence: today it is in memory, later each mutation becomes one
+//! transaction. Lookups accept a full id, a name, or a unique id prefix, in that
+//! order, as Docker does.
+
+use crate::error::{Error, Result};
+use ipnet::Ipv4Net;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A new random id: 64 lowercase hex characters.
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `s` looks like a full id.
+pub fn is_full_id(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The current time as RFC 3339 UTC (`2026-11-23T14:00:00Z`).
+pub fn now_rfc3339() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    rfc3339(secs)
+}
+
+/// Format seconds since the epoch as RFC 3339 UTC.
+pub fn rfc3339(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+/// The MAC tapnet gives an endpoint: `02:42:` + the IPv4 address bytes.
+pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0x42, o[0], o[1], o[2], o[3]]
+}
+
+/// Format a MAC as `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A network (CNM `Network`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    /// 64-hex id.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Driver name (`bridge`).
+    pub driver: String,
+    /// Creation time, RFC 3339.
+    pub created: String,
+    /// `local` or `global`.
+    pub scope: String,
+    /// No outside connectivity.
+    pub internal: bool,
+    /// Attachable (swarm compatibility; recorded only).
+    pub attachable: bool,
+    /// IPv6 requested (not yet supported; recorded only).
+    pub enable_ipv6: bool,
+    /// IPAM driver name.
+    pub ipam_driver: String,
+    /// IPAM driver options.
+    pub ipam_options: BTreeMap<String, String>,
+    /// The IPv4 subnet.
+    pub subnet: Ipv4Net,
+    /// The gateway address.
+    pub gateway: Ipv4Addr,
+    /// The dynamic allocation range, if any.
+    pub ip_range: Option<Ipv4Net>,
+    /// Driver options.
+    pub options: BTreeMap<String, String>,
+    /// User labels.
+    pub labels: BTreeMap<String, String>,
+    /// Endpoints by endpoint id.
+    pub endpoints: BTreeMap<String, Endpoint>,
+}
+
+impl Network {
+    /// The MTU for endpoints (`com.docker.network.driver.mtu`, default 1500).
+    pub fn mtu(&self) -> Result<u32> {
+        match self.options.get(MTU_OPTION) {
+            None => Ok(1500),
+            Some(v) => parse_mtu(v),
+        }
+    }
+
+    /// The endpoint joining `sandbox_id`, if any.
+    pub fn endpoint_of(&self, sandbox_id: &str) -> Option<&Endpoint> {
+        self.endpoints.values().find(|e| e.sandbox_id == sandbox_id)
+    }
+}
+
+/// The driver option that sets the endpoints' MTU.
+pub const MTU_OPTION: &str = "com.docker.network.driver.mtu";
+
+/// Parse and check an MTU option value.
+pub fn parse_mtu(v: &str) -> Result<u32> {
+    match v.trim().parse::<u32>() {
+        Ok(m) if (68..=65_535).contains(&m) => Ok(m),
+        _ => Err(Error::InvalidRequest(format!(
+            "invalid {MTU_OPTION} {v:?}: give a number between 68 and 65535"
+        ))),
+    }
+}
+
+/// An endpoint (CNM `Endpoint`): one switch port, joined to one sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// 64-hex id.
+    pub id: String,
+    /// The network's id.
+    pub network_id: String,
+    /// The sandbox's id.
+    pub sandbox_id: String,
+    /// Interface name inside the sandbox (`eth0`).
+    pub interface: String,
+    /// MAC address.
+    pub mac: [u8; 6],
+    /// IPv4 address.
+    pub ipv4: Ipv4Addr,
+    /// Prefix length of the IPv4 address.
+    pub prefix_len: u8,
+}
+
+/// A sandbox (CNM `Sandbox`): a network namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sandbox {
+    /// 64-hex id.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Path of the namespace file.
+    pub netns_path: PathBuf,
+    /// tapnet created the namespace (and removes it with the sandbox).
+    pub owned: bool,
+    /// Creation time, RFC 3339.
+    pub created: String,
+}
+
+/// The model: every network and sandbox. In memory for now; the persistence seam.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Store {
+    /// Networks by id.
+    pub networks: BTreeMap<String, Network>,
+    /// Sandboxes by id.
+    pub sandboxes: BTreeMap<String, Sandbox>,
+}
+
+/// Resolve `what` (full id, name, or unique id prefix) among `(id, name)` pairs.
+pub fn resolve<'a>(
+    kind: &'static str,
+    items: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+    what: &str,
+) -> Result<String> {
+    let not_found = || Error::NotFound(format!("{kind} {what} not found"));
+    if what.is_empty() {
+        return Err(not_found());
+    }
+    if let Some((id, _)) = items.clone().find(|(id, _)| *id == what) {
+        return Ok(id.to_string());
+    }
+    if let Some((id, _)) = items.clone().find(|(_, name)| *name == what) {
+        return Ok(id.to_string());
+    }
+    let matches: Vec<&str> = items
+        .filter(|(id, _)| id.starts_with(what))
+        .map(|(id, _)| id)
+        .collect();
+    match matches.as_slice() {
+        [] => Err(not_found()),
+        [one] => Ok(one.to_string()),
+        many => Err(Error::Ambiguous {
+            kind,
+            what: what.to_string(),
+            count: many.len(),
+        }),
+    }
+}
+
+impl Store {
+    /// Resolve a network by id, name or unique id prefix.
+    pub fn resolve_network(&self, what: &str) -> Result<String> {
+        resolve(
+            "network",
+            self.networks
+                .values()
+                .map(|n| (n.id.as_str(), n.name.as_str())),
+            what,
+        )
+    }
+
+    /// Resolve a sandbox by id, name or unique id prefix.
+    pub fn resolve_sandbox(&self, what: &str) -> Result<String> {
+        resolve(
+            "sandbox",
+            self.sandboxes
+                .values()
+                .map(|s| (s.id.as_str(), s.name.as_str())),
+            what,
+        )
+    }
+
+    /// All endpoints joined to `sandbox_id`, with their networks.
+    pub fn endpoints_of_sandbox(&self, sandbox_id: &str) -> Vec<(&Network, &Endpoint)> {
+        self.networks
+            .values()
+            .filter_map(|n| n.endpoint_of(sandbox_id).map(|e| (n, e)))
+            .collect()
+    }
+
+    /// Subnets of all networks (for IPAM overlap checks and replay).
+    pub fn subnets(&self) -> Vec<Ipv4Net> {
+        self.networks.values().map(|n| n.subnet).collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_64_hex() {
+        let a = new_id();
+        let b = new_id();
+        assert!(is_full_id(&a), "{a}");
+        assert_ne!(a, b);
+        assert!(!is_full_id("ABC"));
+    }
+
+    #[test]
+    fn resolve_by_id_name_prefix() {
+        let items = [
+            ("abc123".to_string(), "net1".to_string()),
+            ("abd456".to_string(), "net2".to_string()),
+            ("ff0000".to_string(), "abc".to_string()),
+        ];
+        let it = || items.iter().map(|(i, n)| (i.as_str(), n.as_str()));
+        assert_eq!(resolve("network", it(), "abc123").unwrap(), "abc123");
+        assert_eq!(resolve("network", it(), "net2").unwrap(), "abd456");
+        // A name wins over an id prefix.
+        assert_eq!(resolve("network", it(), "abc").unwrap(), "ff0000");
+        assert_eq!(resolve("network", it(), "abd").unwrap(), "abd456");
+        let err = resolve("network", it(), "ab").unwrap_err();
+        assert_eq!(err.status(), 400);
+        assert!(err.to_string().contains("network ab is ambiguous"), "{err}");
+        let err = resolve("network", it(), "zzz").unwrap_err();
+        assert_eq!(err.status(), 404);
+        assert_eq!(err.to_string(), "network zzz not found");
+        assert_eq!(resolve("network", it(), "").unwrap_err().status(), 404);
+    }
+
+    #[test]
+    fn time_format() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_442_400), "2026-11-23T14:00:00Z");
+    }
+
+    #[test]
+    fn mac_from_ip() {
+        let mac = mac_for(Ipv4Addr::new(10, 10, 0, 2));
+        assert_eq!(format_mac(&mac), "02:42:0a:0a:00:02");
+    }
+
+    #[test]
+    fn mtu_option() {
+        assert_eq!(parse_mtu("1450").unwrap(), 1450);
+        assert_eq!(parse_mtu("abc").unwrap_err().status(), 400);
+        assert_eq!(parse_mtu("10").unwrap_err().status(), 400);
+    }
+}
