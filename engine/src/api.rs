@@ -112,8 +112,18 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
     } else {
         bytes
     };
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON in request body: {e}")))
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." || inner.is_syntax() || inner.is_eof() {
+            ApiError::bad_request(format!("invalid JSON in request body: {inner}"))
+        } else {
+            ApiError::bad_request(format!(
+                "invalid JSON in request body: field {path}: {inner}"
+            ))
+        }
+    })
 }
 
 // ---------------------------------------------------------------- request bodies

@@ -76,7 +76,7 @@ print(n)
                 )
             });
             std::thread::sleep(std::time::Duration::from_millis(500));
-            assert!(env.ping("a", &ip_b, 10), "a cannot ping b");
+            assert!(env.ping("a", &ip_b, 40), "a cannot ping b");
             cap.join().unwrap()
         });
         assert!(capture.status.success(), "{capture:?}");
@@ -90,12 +90,13 @@ print(n)
         );
         let after = env.port_stats("net1", "c");
         let b_stats = env.port_stats("net1", "b");
-        assert!(n(&b_stats, "TxPackets") >= 12, "b got the pings: {b_stats}");
-        // c may have received nothing of it: its egress counter must not have moved by
-        // the 20 ICMP frames of the conversation (allow a couple of ARP/ND floods).
+        assert!(n(&b_stats, "TxPackets") >= 42, "b got the pings: {b_stats}");
+        // c's egress counter must not have moved by the 80 ICMP frames of the
+        // conversation; what it did see is IPv6 multicast (MLD, router solicitations)
+        // that the new sandboxes send, which a switch floods.
         let delta = n(&after, "TxPackets") - n(&before, "TxPackets");
         assert!(
-            delta <= 4,
+            delta < 20,
             "c's port sent {delta} frames during a<->b unicast"
         );
         // The FDB knows a and b.
