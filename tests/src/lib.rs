@@ -1,8 +1,9 @@
 //! Integration test harness for tapnet.
 //!
 //! Contract: every test body runs in a fresh **user + network + mount namespace**
-//! (`unshare -Urnm --propagation private`), with a tmpfs over `/tmp` that holds the
-//! daemon's exec-root and data-root, so nothing a test does reaches the host. The
+//! (`unshare -Urnm --propagation private`), with a private tmpfs (mounted over a fresh
+//! directory the outer process makes and removes) that holds the daemon's exec-root and
+//! data-root, so nothing a test does reaches the host. The
 //! harness starts the real `tapnetd` binary and drives it with the real `tapnet` CLI
 //! (or raw HTTP through `curl --unix-socket`). A test that cannot get its namespace
 //! fails with a message saying why; it never passes silently.
@@ -27,6 +28,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const INNER_ENV: &str = "TAPNET_IT_INNER";
+const ROOT_ENV: &str = "TAPNET_IT_ROOT";
 
 /// Run `body` inside fresh user+net+mount namespaces with a started daemon.
 pub fn in_namespace(name: &str, body: impl FnOnce(&mut Env)) {
@@ -37,6 +39,8 @@ pub fn in_namespace(name: &str, body: impl FnOnce(&mut Env)) {
         return;
     }
     let exe = std::env::current_exe().expect("current test executable");
+    let root = std::env::temp_dir().join(format!("tapnet-it-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&root).expect("create the test's root directory");
     let out = Command::new("unshare")
         .args([
             "--user",
@@ -49,9 +53,12 @@ pub fn in_namespace(name: &str, body: impl FnOnce(&mut Env)) {
         .arg(&exe)
         .args(["--exact", name, "--nocapture", "--test-threads", "1"])
         .env(INNER_ENV, name)
+        .env(ROOT_ENV, &root)
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run unshare(1) to get a test namespace: {e}"));
+    // The tmpfs went away with the namespace; the empty mount point is ours to remove.
+    let _ = std::fs::remove_dir_all(&root);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
@@ -97,17 +104,18 @@ pub struct Env {
 
 impl Env {
     fn start() -> Env {
-        // A private tmpfs over /tmp: the daemon's dirs and every file the test makes.
+        // A private tmpfs: the daemon's dirs and every file the test makes.
+        let root = PathBuf::from(std::env::var_os(ROOT_ENV).expect("TAPNET_IT_ROOT set"));
         let status = Command::new("mount")
-            .args(["-t", "tmpfs", "tapnet-test", "/tmp"])
+            .args(["-t", "tmpfs", "tapnet-test"])
+            .arg(&root)
             .status()
             .expect("run mount");
         assert!(
             status.success(),
-            "cannot mount a tmpfs over /tmp in the test namespace"
+            "cannot mount a tmpfs on {} in the test namespace",
+            root.display()
         );
-        let root = PathBuf::from("/tmp/tapnet");
-        std::fs::create_dir_all(&root).unwrap();
         // Loopback up in the test's own namespace (the "host" of this test).
         let _ = Command::new("ip")
             .args(["link", "set", "lo", "up"])
