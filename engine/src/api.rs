@@ -407,6 +407,9 @@ pub struct NetworkResource {
     pub scope: String,
     /// Driver.
     pub driver: String,
+    /// IPv4 (always: every tapnet network has an IPv4 subnet; API 1.47 field).
+    #[serde(rename = "EnableIPv4")]
+    pub enable_ipv4: bool,
     /// IPv6.
     #[serde(rename = "EnableIPv6")]
     pub enable_ipv6: bool,
@@ -601,6 +604,7 @@ pub fn network_resource(net: &Network, store: &Store) -> NetworkResource {
         created: net.created.clone(),
         scope: net.scope.clone(),
         driver: net.driver.clone(),
+        enable_ipv4: true,
         enable_ipv6: net.enable_ipv6,
         internal: net.internal,
         attachable: net.attachable,

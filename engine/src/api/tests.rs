@@ -209,6 +209,7 @@ async fn network_shape_matches_docs() {
             "Containers",
             "Created",
             "Driver",
+            "EnableIPv4",
             "EnableIPv6",
             "IPAM",
             "Id",
