@@ -11,6 +11,10 @@ command -v curl >/dev/null || need+=(curl)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v iperf3 >/dev/null || need+=(iperf3)
 [ -x /usr/bin/python3 ] || command -v python3 >/dev/null || need+=(python3)
+# tests/tests/docker_cli.rs drives tapnetd with the stock docker client. Debian's
+# docker.io holds the CLI but also pulls in dockerd's dependencies (containerd, runc,
+# iptables, tini; ~150 MB); only the client is used, no docker daemon is started.
+command -v docker >/dev/null || need+=(docker.io)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -4,7 +4,7 @@
 //! addresses) so that mistakes are reported by clap before anything is sent.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 /// Where `tapnetd` listens unless `-H` or `TAPNET_HOST` says otherwise.
@@ -46,6 +46,25 @@ pub enum Command {
     /// Run a command inside a sandbox's network namespace.
     #[command(override_usage = "tapnet exec [OPTIONS] SANDBOX [--] CMD [ARGS...]")]
     Exec(ExecArgs),
+    /// Print a shell completion script (`source <(tapnet completion bash)`).
+    Completion(CompletionArgs),
+}
+
+/// Shells `tapnet completion` can write a script for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    /// GNU bash.
+    Bash,
+    /// Z shell.
+    Zsh,
+}
+
+/// `tapnet completion SHELL`
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: CompletionShell,
 }
 
 /// Output format of list-like commands.
@@ -73,7 +92,7 @@ pub enum NetworkCmd {
     Create(NetworkCreate),
     /// List networks.
     #[command(alias = "list")]
-    Ls(ListArgs),
+    Ls(NetworkLsArgs),
     /// Show one or more networks in detail (JSON).
     Inspect(InspectArgs),
     /// Remove one or more networks.
@@ -83,6 +102,8 @@ pub enum NetworkCmd {
     Connect(ConnectArgs),
     /// Disconnect a sandbox from a network.
     Disconnect(DisconnectArgs),
+    /// Remove all custom networks without endpoints.
+    Prune(PruneArgs),
     /// Show the switch's per-port counters of a network.
     Stats(SwitchArgs),
     /// Show the switch's forwarding database (learned MAC addresses).
@@ -95,12 +116,28 @@ pub struct NetworkCreate {
     /// Driver managing the network.
     #[arg(short = 'd', long, default_value = "bridge")]
     pub driver: String,
-    /// Subnet in CIDR form, e.g. 10.10.0.0/24 (default: a free one from the pools).
+    /// Subnet in CIDR form, e.g. 10.10.0.0/24 (repeatable: one IPv4 and, with
+    /// --ipv6, one IPv6 subnet; default: a free one from the pools).
     #[arg(long, value_name = "CIDR")]
-    pub subnet: Option<String>,
-    /// IPv4 gateway of the subnet (default: its first host address).
+    pub subnet: Vec<String>,
+    /// Gateway of the subnet that contains it (default: the first host address).
     #[arg(long, value_name = "IP", requires = "subnet")]
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Vec<IpAddr>,
+    /// Allocate dynamic addresses from this sub-range of the subnet that contains it.
+    #[arg(long, value_name = "CIDR", requires = "subnet")]
+    pub ip_range: Vec<String>,
+    /// Reserve an address for a device outside tapnet (repeatable).
+    #[arg(long = "aux-address", value_name = "NAME=IP", value_parser = parse_aux, requires = "subnet")]
+    pub aux_addresses: Vec<(String, IpAddr)>,
+    /// Enable IPv6 (give an IPv6 --subnet, or one is picked).
+    #[arg(long)]
+    pub ipv6: bool,
+    /// Restrict external access to the network.
+    #[arg(long)]
+    pub internal: bool,
+    /// Allow manual attachment (recorded, as docker).
+    #[arg(long)]
+    pub attachable: bool,
     /// Set metadata on the network (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_kv)]
     pub labels: Vec<(String, String)>,
@@ -144,12 +181,44 @@ pub struct RmArgs {
     pub targets: Vec<String>,
 }
 
+/// `tapnet network ls`
+#[derive(Debug, Args)]
+pub struct NetworkLsArgs {
+    /// Filter: name=, id=, driver=, label=KEY or label=KEY=VALUE, scope=,
+    /// type=custom|builtin, dangling=true|false (repeatable).
+    #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub filters: Vec<(String, String)>,
+    /// -q, --no-trunc, --format.
+    #[command(flatten)]
+    pub list: ListArgs,
+}
+
+/// `tapnet network prune`
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Do not prompt for confirmation.
+    #[arg(short, long)]
+    pub force: bool,
+    /// Filter: until=DURATION|TIME, label=..., label!=... (repeatable).
+    #[arg(long = "filter", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub filters: Vec<(String, String)>,
+}
+
 /// `tapnet network connect`
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
     /// Static IPv4 address for the sandbox (default: the next free one).
     #[arg(long)]
     pub ip: Option<Ipv4Addr>,
+    /// Static IPv6 address (on a network with IPv6).
+    #[arg(long)]
+    pub ip6: Option<Ipv6Addr>,
+    /// Network-scoped alias for the sandbox (repeatable).
+    #[arg(long = "alias", value_name = "ALIAS")]
+    pub aliases: Vec<String>,
+    /// MAC address of the sandbox's interface, e.g. 02:42:ac:11:00:99.
+    #[arg(long, value_name = "MAC")]
+    pub mac_address: Option<String>,
     /// Network name or id.
     pub network: String,
     /// Sandbox name or id.
@@ -219,6 +288,15 @@ pub struct ExecArgs {
         value_name = "CMD"
     )]
     pub cmd: Vec<String>,
+}
+
+/// Parse `NAME=IP` for `--aux-address`.
+pub fn parse_aux(s: &str) -> Result<(String, IpAddr), String> {
+    let (k, v) = parse_kv(s)?;
+    let ip = v
+        .parse()
+        .map_err(|_| format!("invalid aux-address '{s}': {v:?} is not an IP address"))?;
+    Ok((k, ip))
 }
 
 /// Parse `KEY=VALUE` (the value may be empty and may contain `=`; the key may not).
@@ -295,8 +373,8 @@ mod tests {
             panic!("not create")
         };
         assert_eq!(c.driver, "bridge");
-        assert_eq!(c.subnet.as_deref(), Some("10.10.0.0/24"));
-        assert_eq!(c.gateway, Some(Ipv4Addr::new(10, 10, 0, 1)));
+        assert_eq!(c.subnet, ["10.10.0.0/24"]);
+        assert_eq!(c.gateway, [IpAddr::V4(Ipv4Addr::new(10, 10, 0, 1))]);
         assert_eq!(
             c.labels,
             vec![("a".into(), "b".into()), ("c".into(), String::new())]
@@ -314,7 +392,8 @@ mod tests {
             panic!("not create")
         };
         assert_eq!(c.driver, "bridge");
-        assert!(c.subnet.is_none() && c.gateway.is_none());
+        assert!(c.subnet.is_empty() && c.gateway.is_empty());
+        assert!(!c.ipv6 && !c.internal && !c.attachable);
         assert!(c.labels.is_empty() && c.opts.is_empty());
 
         assert!(parse(&["network", "create"]).is_err(), "name is required");
@@ -338,6 +417,103 @@ mod tests {
     }
 
     #[test]
+    fn network_parity_flags() {
+        let NetworkCmd::Create(c) = network(&[
+            "create",
+            "--subnet",
+            "10.1.0.0/16",
+            "--ip-range",
+            "10.1.2.0/24",
+            "--gateway",
+            "10.1.0.254",
+            "--aux-address",
+            "router=10.1.0.2",
+            "--aux-address",
+            "v6=fd00::9",
+            "--ipv6",
+            "--subnet",
+            "fd00::/64",
+            "--internal",
+            "--attachable",
+            "n",
+        ]) else {
+            panic!()
+        };
+        assert_eq!(c.subnet, ["10.1.0.0/16", "fd00::/64"]);
+        assert_eq!(c.ip_range, ["10.1.2.0/24"]);
+        assert_eq!(c.aux_addresses.len(), 2);
+        assert_eq!(
+            c.aux_addresses[0],
+            ("router".into(), "10.1.0.2".parse().unwrap())
+        );
+        assert!(c.ipv6 && c.internal && c.attachable);
+        assert!(parse(&[
+            "network",
+            "create",
+            "--aux-address",
+            "x=nope",
+            "--subnet",
+            "10.0.0.0/8",
+            "n"
+        ])
+        .is_err());
+        assert!(parse(&["network", "create", "--ip-range", "10.0.0.0/24", "n"]).is_err());
+
+        let NetworkCmd::Connect(c) = network(&[
+            "connect",
+            "--ip6",
+            "fd00::5",
+            "--alias",
+            "web",
+            "--alias",
+            "www",
+            "--mac-address",
+            "02:42:ac:11:00:99",
+            "net",
+            "sb",
+        ]) else {
+            panic!()
+        };
+        assert_eq!(c.ip6, Some("fd00::5".parse().unwrap()));
+        assert_eq!(c.aliases, ["web", "www"]);
+        assert_eq!(c.mac_address.as_deref(), Some("02:42:ac:11:00:99"));
+
+        let NetworkCmd::Ls(l) = network(&["ls", "--filter", "name=a", "-f", "label=x=y", "-q"])
+        else {
+            panic!()
+        };
+        assert_eq!(
+            l.filters,
+            [("name".into(), "a".into()), ("label".into(), "x=y".into())]
+        );
+        assert!(l.list.quiet);
+        assert!(parse(&["network", "ls", "--filter", "nokey"]).is_err());
+
+        let NetworkCmd::Prune(p) = network(&["prune", "-f", "--filter", "until=24h"]) else {
+            panic!()
+        };
+        assert!(p.force);
+        assert_eq!(p.filters, [("until".into(), "24h".into())]);
+        let NetworkCmd::Prune(p) = network(&["prune"]) else {
+            panic!()
+        };
+        assert!(!p.force && p.filters.is_empty());
+    }
+
+    #[test]
+    fn completion_shells() {
+        let Command::Completion(c) = parse(&["completion", "bash"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(c.shell, CompletionShell::Bash);
+        let Command::Completion(c) = parse(&["completion", "zsh"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(c.shell, CompletionShell::Zsh);
+        assert!(parse(&["completion", "tcsh"]).is_err());
+    }
+
+    #[test]
     fn kv_parsing() {
         assert_eq!(parse_kv("a=b"), Ok(("a".into(), "b".into())));
         assert_eq!(parse_kv("a="), Ok(("a".into(), String::new())));
@@ -349,12 +525,15 @@ mod tests {
 
     #[test]
     fn network_ls() {
-        let NetworkCmd::Ls(l) = network(&["ls"]) else {
+        let NetworkCmd::Ls(NetworkLsArgs { list: l, filters }) = network(&["ls"]) else {
             panic!()
         };
+        assert!(filters.is_empty());
         assert!(!l.quiet && !l.no_trunc);
         assert_eq!(l.format, ListFormat::Table);
-        let NetworkCmd::Ls(l) = network(&["list", "-q", "--no-trunc", "--format", "json"]) else {
+        let NetworkCmd::Ls(NetworkLsArgs { list: l, .. }) =
+            network(&["list", "-q", "--no-trunc", "--format", "json"])
+        else {
             panic!()
         };
         assert!(l.quiet && l.no_trunc);

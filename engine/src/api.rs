@@ -2,17 +2,24 @@
 //!
 //! Contract: Docker-compatible network endpoints plus tapnet's `/sandboxes`,
 //! `/networks/{id}/stats` and `/networks/{id}/fdb`, served over a unix socket.
-//! Every path may carry a `/v{major}.{minor}` prefix. Every error answer is
-//! `{"message": ...}` with the status from [`Error::status`]; request bodies are
-//! limited to [`BODY_LIMIT`] bytes (413 above). Handlers only parse and shape JSON;
-//! the [`Controller`] does the work.
+//! Every path may carry a `/v{major}.{minor}` prefix; a version outside
+//! [`MIN_API_VERSION`]..=[`API_VERSION`] is refused with 400 and Docker's message
+//! before any handler runs. Every error answer is `{"message": ...}` with the status
+//! from [`Error::status`]; request bodies are limited to [`BODY_LIMIT`] bytes (413
+//! above). `filters` query parameters are decoded and validated by [`filters`]
+//! before anything is done. Docker endpoints tapnet does not serve (`/containers`,
+//! `/images`, ...) are 404 with a message saying what tapnet serves. Handlers only
+//! parse and shape JSON; the [`Controller`] does the work, so a rejected request
+//! changes nothing.
 
-use crate::controller::{Controller, NetworkCreate};
+pub mod filters;
+
+use crate::controller::{Controller, EndpointOptions, NetworkCreate};
 use crate::driver::{FdbRow, NetworkReport};
 use crate::error::Error;
 use crate::model::{format_mac, Network, Sandbox, Store};
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,10 +32,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// The Docker Engine API version tapnet speaks.
-pub const API_VERSION: &str = "1.41";
+/// The Docker Engine API version tapnet speaks (the highest it accepts; the docker
+/// CLI negotiates down to it from `/_ping`'s `Api-Version` header).
+pub const API_VERSION: &str = "1.47";
 /// The oldest API version clients may ask for.
-pub const MIN_API_VERSION: &str = "1.12";
+pub const MIN_API_VERSION: &str = "1.24";
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 1 << 20;
 
@@ -194,6 +202,10 @@ pub struct EndpointConfigBody {
     /// Static addresses.
     #[serde(rename = "IPAMConfig")]
     pub ipam_config: Option<EndpointIpamBody>,
+    /// Network-scoped aliases.
+    pub aliases: Option<Vec<String>>,
+    /// The endpoint's MAC (`""` = default).
+    pub mac_address: Option<String>,
 }
 
 /// `EndpointConfig.IPAMConfig`.
@@ -334,6 +346,33 @@ pub fn connect_request(body: ConnectBody) -> ApiResult<(String, Option<Ipv4Addr>
     Ok((body.container, ipv4))
 }
 
+/// The MAC and aliases of a connect body (addresses are [`connect_request`]'s).
+/// A MAC must be well-formed, unicast and not all-zero; an alias must be 1–255
+/// characters without whitespace; duplicate aliases are dropped.
+pub fn endpoint_options(body: &ConnectBody) -> ApiResult<EndpointOptions> {
+    let Some(cfg) = &body.endpoint_config else {
+        return Ok(EndpointOptions::default());
+    };
+    let mac = non_empty(&cfg.mac_address)
+        .map(|m| {
+            crate::model::parse_endpoint_mac(m)
+                .map_err(|why| ApiError::bad_request(format!("invalid MacAddress {m:?}: {why}")))
+        })
+        .transpose()?;
+    let mut aliases: Vec<String> = Vec::new();
+    for a in cfg.aliases.iter().flatten() {
+        if a.is_empty() || a.len() > 255 || a.chars().any(char::is_whitespace) {
+            return Err(ApiError::bad_request(format!(
+                "invalid alias {a:?} in Aliases: give 1 to 255 characters without spaces"
+            )));
+        }
+        if !aliases.contains(a) {
+            aliases.push(a.clone());
+        }
+    }
+    Ok(EndpointOptions { mac, aliases })
+}
+
 // ---------------------------------------------------------------- response bodies
 
 /// `201` answer of `POST /networks/create`.
@@ -368,6 +407,9 @@ pub struct NetworkResource {
     pub scope: String,
     /// Driver.
     pub driver: String,
+    /// IPv4 (always: every tapnet network has an IPv4 subnet; API 1.47 field).
+    #[serde(rename = "EnableIPv4")]
+    pub enable_ipv4: bool,
     /// IPv6.
     #[serde(rename = "EnableIPv6")]
     pub enable_ipv6: bool,
@@ -429,6 +471,9 @@ pub struct ContainerResource {
     /// Empty (no IPv6 yet).
     #[serde(rename = "IPv6Address")]
     pub ipv6_address: String,
+    /// Network-scoped aliases (omitted when there are none).
+    #[serde(rename = "Aliases", skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// tapnet's sandbox object.
@@ -470,6 +515,9 @@ pub struct SandboxEndpointResource {
     /// Gateway.
     #[serde(rename = "Gateway")]
     pub gateway: String,
+    /// Network-scoped aliases (omitted when there are none).
+    #[serde(rename = "Aliases", skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// `GET /networks/{id}/stats` answer.
@@ -545,6 +593,7 @@ pub fn network_resource(net: &Network, store: &Store) -> NetworkResource {
                     mac_address: format_mac(&e.mac),
                     ipv4_address: format!("{}/{}", e.ipv4, e.prefix_len),
                     ipv6_address: String::new(),
+                    aliases: e.aliases.clone(),
                 },
             )
         })
@@ -555,6 +604,7 @@ pub fn network_resource(net: &Network, store: &Store) -> NetworkResource {
         created: net.created.clone(),
         scope: net.scope.clone(),
         driver: net.driver.clone(),
+        enable_ipv4: true,
         enable_ipv6: net.enable_ipv6,
         internal: net.internal,
         attachable: net.attachable,
@@ -588,6 +638,7 @@ pub fn sandbox_resource(sb: &Sandbox, store: &Store) -> SandboxResource {
                     mac_address: format_mac(&e.mac),
                     ipv4_address: format!("{}/{}", e.ipv4, e.prefix_len),
                     gateway: n.gateway.to_string(),
+                    aliases: e.aliases.clone(),
                 },
             )
         })
@@ -654,12 +705,18 @@ fn fdb_resource(rows: &[FdbRow]) -> Vec<FdbResource> {
 
 type Ctl = State<Arc<Controller>>;
 
+/// `GET|HEAD /_ping`: `OK` with Docker's headers (`Api-Version` and `Ostype` are
+/// added to every answer by the middleware).
 async fn ping() -> Response {
     let mut r = "OK".into_response();
-    r.headers_mut().insert(
+    let h = r.headers_mut();
+    h.insert(
         "Cache-Control",
         HeaderValue::from_static("no-cache, no-store, must-revalidate"),
     );
+    h.insert("Pragma", HeaderValue::from_static("no-cache"));
+    h.insert("Builder-Version", HeaderValue::from_static("1"));
+    h.insert("Docker-Experimental", HeaderValue::from_static("false"));
     r
 }
 
@@ -702,15 +759,29 @@ async fn network_create(
         .into_response())
 }
 
-async fn network_list(State(ctl): Ctl) -> Json<Vec<NetworkResource>> {
+/// Query parameters as a map (400 `{"message"}` when they cannot be decoded).
+fn query_map(uri: &Uri) -> ApiResult<BTreeMap<String, String>> {
+    Query::<BTreeMap<String, String>>::try_from_uri(uri)
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request(format!("invalid query string: {}", e.body_text())))
+}
+
+async fn network_list(State(ctl): Ctl, uri: Uri) -> ApiResult<Json<Vec<NetworkResource>>> {
+    let q = query_map(&uri)?;
+    let f = filters::Filters::parse(q.get("filters").map(String::as_str))?;
+    filters::validate_list(&f)?;
     let store = ctl.snapshot().await;
-    let mut nets: Vec<&Network> = store.networks.values().collect();
+    let mut nets: Vec<&Network> = store
+        .networks
+        .values()
+        .filter(|n| filters::network_matches(&f, n))
+        .collect();
     nets.sort_by(|a, b| a.created.cmp(&b.created).then(a.name.cmp(&b.name)));
-    Json(
+    Ok(Json(
         nets.into_iter()
             .map(|n| network_resource(n, &store))
             .collect(),
-    )
+    ))
 }
 
 async fn network_inspect(
@@ -736,8 +807,9 @@ async fn network_connect(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ConnectBody>,
 ) -> ApiResult<StatusCode> {
+    let opts = endpoint_options(&body)?;
     let (sandbox, ipv4) = connect_request(body)?;
-    ctl.connect(&id, &sandbox, ipv4).await?;
+    ctl.connect_with(&id, &sandbox, ipv4, opts).await?;
     Ok(StatusCode::OK)
 }
 
@@ -755,10 +827,15 @@ async fn network_disconnect(
     Ok(StatusCode::OK)
 }
 
-async fn network_prune(State(ctl): Ctl) -> ApiResult<Json<serde_json::Value>> {
+/// `POST /networks/prune`: removes custom networks without endpoints that pass the
+/// `until`/`label`/`label!` filters; one that cannot be removed is logged and kept.
+async fn network_prune(State(ctl): Ctl, uri: Uri) -> ApiResult<Json<serde_json::Value>> {
+    let q = query_map(&uri)?;
+    let f = filters::Filters::parse(q.get("filters").map(String::as_str))?;
+    let pf = filters::PruneFilters::new(f, filters::now_secs())?;
     let store = ctl.snapshot().await;
     let mut deleted = Vec::new();
-    for net in store.networks.values().filter(|n| n.endpoints.is_empty()) {
+    for net in store.networks.values().filter(|n| pf.prunable(n)) {
         match ctl.delete_network(&net.id).await {
             Ok(()) => deleted.push(net.name.clone()),
             Err(e) => tracing::warn!(network = %net.name, error = %e, "prune: not removed"),
@@ -819,7 +896,11 @@ async fn sandbox_delete(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<St
 async fn not_found_fallback(uri: Uri) -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
-        message: format!("page not found: {}", uri.path()),
+        message: format!(
+            "page not found: {}: tapnetd serves only Docker's network endpoints (/networks/...), \
+             /_ping, /version and tapnet's /sandboxes; a docker container is a tapnet sandbox",
+            uri.path()
+        ),
     }
 }
 
@@ -832,6 +913,11 @@ async fn method_not_allowed() -> ApiError {
 
 /// Strip a `/v{major}.{minor}` prefix from a path, if there is one.
 pub fn strip_version(path: &str) -> Option<&str> {
+    split_version(path).map(|(_, tail)| tail)
+}
+
+/// Split `/v{major}.{minor}/rest` into (`major.minor`, `/rest`).
+pub fn split_version(path: &str) -> Option<(&str, &str)> {
     let rest = path.strip_prefix("/v")?;
     let end = rest.find('/').unwrap_or(rest.len());
     let (ver, tail) = rest.split_at(end);
@@ -845,11 +931,45 @@ pub fn strip_version(path: &str) -> Option<&str> {
     if !valid {
         return None;
     }
-    Some(if tail.is_empty() { "/" } else { tail })
+    Some((ver, if tail.is_empty() { "/" } else { tail }))
+}
+
+fn version_tuple(v: &str) -> (u64, u64) {
+    let mut p = v.split('.').map(|x| x.parse::<u64>().unwrap_or(u64::MAX));
+    (p.next().unwrap_or(0), p.next().unwrap_or(0))
+}
+
+/// Check a requested API version against [`MIN_API_VERSION`]..=[`API_VERSION`];
+/// the error is Docker's wording.
+pub fn check_version(ver: &str) -> ApiResult<()> {
+    let v = version_tuple(ver);
+    if v < version_tuple(MIN_API_VERSION) {
+        return Err(ApiError::bad_request(format!(
+            "client version {ver} is too old. Minimum supported API version is {MIN_API_VERSION}, \
+             please upgrade your client to a newer version"
+        )));
+    }
+    if v > version_tuple(API_VERSION) {
+        return Err(ApiError::bad_request(format!(
+            "client version {ver} is too new. Maximum supported API version is {API_VERSION}"
+        )));
+    }
+    Ok(())
+}
+
+fn tag(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert("Api-Version", HeaderValue::from_static(API_VERSION));
+    h.insert("Ostype", HeaderValue::from_static("linux"));
+    h.insert("Server", HeaderValue::from_static("tapnetd"));
+    resp
 }
 
 async fn rewrite_and_tag(mut req: Request, next: axum::middleware::Next) -> Response {
-    if let Some(stripped) = strip_version(req.uri().path()) {
+    if let Some((ver, stripped)) = split_version(req.uri().path()) {
+        if let Err(e) = check_version(ver) {
+            return tag(e.into_response());
+        }
         let pq = match req.uri().query() {
             Some(q) => format!("{stripped}?{q}"),
             None => stripped.to_string(),
@@ -862,12 +982,7 @@ async fn rewrite_and_tag(mut req: Request, next: axum::middleware::Next) -> Resp
             }
         }
     }
-    let mut resp = next.run(req).await;
-    let h = resp.headers_mut();
-    h.insert("Api-Version", HeaderValue::from_static(API_VERSION));
-    h.insert("Ostype", HeaderValue::from_static("linux"));
-    h.insert("Server", HeaderValue::from_static("tapnetd"));
-    resp
+    tag(next.run(req).await)
 }
 
 /// The API router over a controller.

@@ -48,6 +48,16 @@ pub struct NetworkCreate {
     pub enable_ipv6: bool,
 }
 
+/// Endpoint settings of a connect request beyond the addresses (Docker's
+/// `EndpointConfig.MacAddress` and `Aliases`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointOptions {
+    /// The tap's MAC (already checked: unicast, not zero); default `02:42:<IPv4>`.
+    pub mac: Option<[u8; 6]>,
+    /// Network-scoped aliases.
+    pub aliases: Vec<String>,
+}
+
 /// Check an object name as Docker does: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
 pub fn validate_name(kind: &str, name: &str) -> Result<()> {
     let mut chars = name.chars();
@@ -363,6 +373,19 @@ impl Controller {
         sandbox: &str,
         ipv4: Option<Ipv4Addr>,
     ) -> Result<Endpoint> {
+        self.connect_with(network, sandbox, ipv4, EndpointOptions::default())
+            .await
+    }
+
+    /// [`Controller::connect`] with a chosen MAC and aliases. A MAC already used by
+    /// another endpoint of the network is a conflict (409).
+    pub async fn connect_with(
+        &self,
+        network: &str,
+        sandbox: &str,
+        ipv4: Option<Ipv4Addr>,
+        opts: EndpointOptions,
+    ) -> Result<Endpoint> {
         let mut st = self.state.lock().await;
         let nid = st.store.resolve_network(network)?;
         let sid = st.store.resolve_sandbox(sandbox)?;
@@ -387,6 +410,15 @@ impl Controller {
         let ns = st.netns.get(&sid).cloned().ok_or_else(|| {
             Error::InvalidRequest(format!("sandbox {} has no open namespace", sb.name))
         })?;
+        if let Some(mac) = opts.mac {
+            if net.endpoints.values().any(|e| e.mac == mac) {
+                return Err(Error::Conflict(format!(
+                    "MAC address {} is already used on network {}",
+                    model::format_mac(&mac),
+                    net.name
+                )));
+            }
+        }
         let driver = self.drivers.get(&net.driver)?;
         let ip = st
             .ipam
@@ -397,9 +429,10 @@ impl Controller {
             network_id: nid.clone(),
             sandbox_id: sid.clone(),
             interface: String::new(),
-            mac: model::mac_for(ip),
+            mac: opts.mac.unwrap_or_else(|| model::mac_for(ip)),
             ipv4: ip,
             prefix_len: net.subnet.prefix_len(),
+            aliases: opts.aliases,
         };
         let (d, n, ep, sb_name) = (
             Arc::clone(&driver),

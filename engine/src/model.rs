@@ -157,6 +157,44 @@ pub struct Endpoint {
     pub ipv4: Ipv4Addr,
     /// Prefix length of the IPv4 address.
     pub prefix_len: u8,
+    /// Network-scoped aliases (Docker's `EndpointConfig.Aliases`), in request order.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+/// Names of Docker's predefined networks (`type=builtin` in filters; never pruned).
+pub const BUILTIN_NETWORKS: [&str; 3] = ["none", "host", "bridge"];
+
+/// Whether `name` is one of Docker's predefined networks ([`BUILTIN_NETWORKS`]).
+pub fn is_builtin_network(name: &str) -> bool {
+    BUILTIN_NETWORKS.contains(&name)
+}
+
+/// Parse a MAC address `aa:bb:cc:dd:ee:ff` (or with `-` separators) and check that
+/// it can be an endpoint's address: unicast and not all-zero. The error says why.
+pub fn parse_endpoint_mac(s: &str) -> std::result::Result<[u8; 6], String> {
+    let sep = if s.contains('-') { '-' } else { ':' };
+    let parts: Vec<&str> = s.split(sep).collect();
+    let mut mac = [0u8; 6];
+    let well_formed = parts.len() == 6
+        && parts
+            .iter()
+            .zip(mac.iter_mut())
+            .all(|(p, b)| p.len() == 2 && u8::from_str_radix(p, 16).map(|v| *b = v).is_ok());
+    if !well_formed {
+        return Err("give six hex bytes such as 02:42:ac:11:00:02".into());
+    }
+    if mac == [0; 6] {
+        return Err("the all-zero address cannot be an endpoint's MAC".into());
+    }
+    if mac[0] & 1 == 1 {
+        return Err(
+            "it is a multicast/broadcast address (the low bit of the first byte is set); \
+             use a unicast one such as 02:42:ac:11:00:02"
+                .into(),
+        );
+    }
+    Ok(mac)
 }
 
 /// A sandbox (CNM `Sandbox`): a network namespace.
@@ -298,6 +336,47 @@ mod tests {
     fn mac_from_ip() {
         let mac = mac_for(Ipv4Addr::new(10, 10, 0, 2));
         assert_eq!(format_mac(&mac), "02:42:0a:0a:00:02");
+    }
+
+    #[test]
+    fn endpoint_mac_parsing() {
+        assert_eq!(
+            parse_endpoint_mac("02:42:0A:00:00:09").unwrap(),
+            [0x02, 0x42, 0x0a, 0, 0, 9]
+        );
+        assert_eq!(
+            parse_endpoint_mac("02-42-0a-00-00-09").unwrap(),
+            [0x02, 0x42, 0x0a, 0, 0, 9]
+        );
+        for bad in [
+            "",
+            "02:42:0a:00:00",
+            "02:42:0a:00:00:09:01",
+            "0g:42:0a:00:00:09",
+            "2:42:0a:00:00:091",
+        ] {
+            assert!(
+                parse_endpoint_mac(bad)
+                    .unwrap_err()
+                    .contains("six hex bytes"),
+                "{bad}"
+            );
+        }
+        assert!(parse_endpoint_mac("00:00:00:00:00:00")
+            .unwrap_err()
+            .contains("all-zero"));
+        assert!(parse_endpoint_mac("01:00:5e:00:00:01")
+            .unwrap_err()
+            .contains("multicast"));
+        assert!(parse_endpoint_mac("ff:ff:ff:ff:ff:ff")
+            .unwrap_err()
+            .contains("multicast"));
+    }
+
+    #[test]
+    fn builtin_names() {
+        assert!(is_builtin_network("bridge") && is_builtin_network("none"));
+        assert!(!is_builtin_network("net1"));
     }
 
     #[test]

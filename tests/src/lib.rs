@@ -354,3 +354,102 @@ impl Drop for Env {
 pub fn n(v: &Value, field: &str) -> u64 {
     v[field].as_u64().unwrap_or(0)
 }
+
+/// The stock `docker` CLI on PATH. Panics with what to do when there is none: the
+/// docker_cli tests must not pass silently without it.
+pub fn docker_bin() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("docker"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "the docker CLI is not on PATH: these tests drive tapnetd with the stock docker \
+                 client. Install it (`apt-get install docker.io`, as scripts/test.sh does, or any \
+                 docker CLI binary) and run again"
+            )
+        })
+}
+
+impl Env {
+    /// Run the stock docker CLI against this daemon (`-H unix://SOCKET`), with its
+    /// config dir inside the test's tmpfs and `extra_env` set.
+    pub fn docker_with(&self, extra_env: &[(&str, &str)], args: &[&str]) -> Output {
+        let mut cmd = Command::new(docker_bin());
+        cmd.arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args)
+            .env("DOCKER_CONFIG", self.root.join("docker-config"))
+            .env("DOCKER_CLI_HINTS", "false")
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_API_VERSION")
+            .stdin(Stdio::null());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run docker")
+    }
+
+    /// Run docker; panic with its output and the daemon log unless it succeeds. Returns stdout.
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        let out = self.docker_with(&[], args);
+        assert!(
+            out.status.success(),
+            "docker {args:?} failed ({}):\nstdout: {}\nstderr: {}\n--- daemon log\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.daemon_log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run docker; panic if it succeeds. Returns stderr.
+    pub fn docker_fails(&self, args: &[&str]) -> String {
+        let out = self.docker_with(&[], args);
+        assert!(
+            !out.status.success(),
+            "docker {args:?} succeeded but should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Raw HTTP request whose body is the file `body`; returns (status, JSON or Null).
+    pub fn api_file(&self, method: &str, path: &str, body: &Path) -> (u16, Value) {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "30", "-X", method, "--unix-socket"])
+            .arg(&self.socket)
+            .args([
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                "Content-Type: application/json",
+            ])
+            .arg("--data-binary")
+            .arg(format!("@{}", body.display()))
+            .arg(format!("http://tapnet{path}"))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+        (
+            code.trim().parse().unwrap_or(0),
+            serde_json::from_str(body).unwrap_or(Value::Null),
+        )
+    }
+}
+
+/// Percent-encode a query value (e.g. Docker's JSON `filters`) for a URL.
+pub fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

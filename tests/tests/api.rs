@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use serde_json::Value;
-use tapnet_tests::{in_namespace, Env};
+use tapnet_tests::{in_namespace, query_escape, Env};
 
 fn state(env: &Env) -> (Value, Value) {
     (env.get("/networks"), env.get("/sandboxes"))
@@ -215,5 +215,220 @@ fn bad_input_gets_4xx_and_changes_nothing() {
         // A static address that is free works.
         env.ok(&["network", "connect", "--ip", "10.80.0.77", "net1", "b"]);
         assert_eq!(env.ip_of("net1", "b"), "10.80.0.77");
+    });
+}
+
+fn filtered(path: &str, filters: &str) -> String {
+    format!("{path}?filters={}", query_escape(filters))
+}
+
+fn names(v: &Value) -> Vec<String> {
+    let mut n: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["Name"].as_str().unwrap().to_string())
+        .collect();
+    n.sort();
+    n
+}
+
+#[test]
+fn filters_prune_versions_and_limits() {
+    in_namespace("filters_prune_versions_and_limits", |env| {
+        env.ok(&[
+            "network",
+            "create",
+            "--label",
+            "team=web",
+            "--subnet",
+            "10.60.0.0/24",
+            "web",
+        ]);
+        env.ok(&["network", "create", "--label", "team=db", "db"]);
+        env.ok(&["network", "create", "idle"]);
+        env.sandbox("a");
+        env.connect("db", "a");
+
+        // Docker's JSON filters, both encodings.
+        let v = env.get(&filtered("/v1.47/networks", r#"{"label":{"team":true}}"#));
+        assert_eq!(names(&v), ["db", "web"]);
+        let v = env.get(&filtered("/networks", r#"{"name":["we"]}"#));
+        assert_eq!(names(&v), ["web"]);
+        let v = env.get(&filtered("/networks", r#"{"dangling":{"true":true}}"#));
+        assert_eq!(names(&v), ["idle", "web"]);
+        // tapnet's CLI sends the same filters.
+        let out = env.ok(&[
+            "network",
+            "ls",
+            "--filter",
+            "label=team=db",
+            "--format",
+            "json",
+        ]);
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(out.contains(r#""Name":"db""#), "{out}");
+        let out = env.ok(&["network", "ls", "-q", "--no-trunc", "-f", "name=idle"]);
+        assert_eq!(out.trim().len(), 64, "{out}");
+
+        // Bad filters, unknown versions, oversized bodies: 4xx, nothing changes.
+        rejects(
+            env,
+            "GET",
+            &filtered("/networks", r#"{"x":{"1":true}}"#),
+            None,
+            400,
+            "invalid filter 'x'",
+        );
+        rejects(
+            env,
+            "GET",
+            &filtered("/networks", r#"{"name":"web"}"#),
+            None,
+            400,
+            "invalid filters",
+        );
+        rejects(
+            env,
+            "POST",
+            &filtered("/networks/prune", r#"{"driver":["bridge"]}"#),
+            None,
+            400,
+            "invalid filter 'driver'",
+        );
+        rejects(
+            env,
+            "POST",
+            &filtered("/networks/prune", r#"{"until":["tomorrowish"]}"#),
+            None,
+            400,
+            "until",
+        );
+        rejects(
+            env,
+            "POST",
+            "/v1.99/networks/create",
+            Some(r#"{"Name":"n9"}"#),
+            400,
+            "client version 1.99 is too new. Maximum supported API version is 1.47",
+        );
+        rejects(env, "POST", "/v1.99/networks/prune", None, 400, "too new");
+        rejects(
+            env,
+            "GET",
+            "/v1.12/networks",
+            None,
+            400,
+            "client version 1.12 is too old",
+        );
+        rejects(
+            env,
+            "POST",
+            "/networks/create",
+            Some(r#"{"Name":"n9","Internal":"yes"}"#),
+            400,
+            "Internal",
+        );
+        rejects(
+            env,
+            "POST",
+            "/networks/web/connect",
+            Some(r#"{"Container":"a","EndpointConfig":{"Aliases":[1]}}"#),
+            400,
+            "Aliases",
+        );
+        rejects(
+            env,
+            "POST",
+            "/networks/web/connect",
+            Some(r#"{"Container":"a","EndpointConfig":{"MacAddress":"ff:ff:ff:ff:ff:ff"}}"#),
+            400,
+            "MacAddress",
+        );
+        rejects(
+            env,
+            "GET",
+            "/containers/json",
+            None,
+            404,
+            "network endpoints",
+        );
+        let big = env.root.join("big.json");
+        let body = format!(
+            r#"{{"Name":"huge","Labels":{{"a":"{}"}}}}"#,
+            "x".repeat(2 << 20)
+        );
+        std::fs::write(&big, body).unwrap();
+        let before = state(env);
+        let (code, v) = env.api_file("POST", "/networks/create", &big);
+        assert_eq!(code, 413, "{v}");
+        assert!(v["message"].as_str().unwrap().contains("too large"), "{v}");
+        assert_eq!(state(env), before);
+
+        // Prune keeps used networks and honours label filters.
+        let (code, v) = env.api(
+            "POST",
+            &filtered("/networks/prune", r#"{"label":["team=web"]}"#),
+            None,
+        );
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["NetworksDeleted"], serde_json::json!(["web"]));
+        let out = env.ok(&["network", "prune", "--force"]);
+        assert_eq!(out.trim(), "Deleted Networks:\nidle");
+        assert_eq!(names(&env.get("/networks")), ["db"]);
+
+        // /_ping answers HEAD with Docker's headers.
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-I", "--unix-socket"])
+            .arg(&env.socket)
+            .arg("http://tapnet/_ping")
+            .output()
+            .unwrap();
+        let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        for h in [
+            "api-version: 1.47",
+            "ostype: linux",
+            "docker-experimental: false",
+            "pragma: no-cache",
+            "builder-version:",
+        ] {
+            assert!(head.contains(h), "missing {h} in {head}");
+        }
+    });
+}
+
+#[test]
+fn completion_scripts_come_from_the_cli_definition() {
+    in_namespace("completion_scripts_come_from_the_cli_definition", |env| {
+        let bash = env.ok(&["completion", "bash"]);
+        assert!(
+            bash.contains("_tapnet()") && bash.contains("complete -F _tapnet"),
+            "{bash}"
+        );
+        for word in [
+            "network",
+            "sandbox",
+            "prune",
+            "--aux-address",
+            "--mac-address",
+        ] {
+            assert!(bash.contains(word), "bash completion lacks {word}");
+        }
+        let zsh = env.ok(&["completion", "zsh"]);
+        assert!(zsh.starts_with("#compdef tapnet"), "{zsh}");
+        // The bash script loads in bash and registers the function.
+        let script = env.root.join("tapnet.bash");
+        std::fs::write(&script, &bash).unwrap();
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!("source {} && complete -p tapnet", script.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("_tapnet"));
     });
 }

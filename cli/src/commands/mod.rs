@@ -4,6 +4,7 @@
 //! Errors that were already printed (e.g. one of several `rm` targets failed) are
 //! returned as [`Exit`] so that `main` only sets the exit code.
 
+pub mod completion;
 pub mod exec;
 pub mod network;
 pub mod sandbox;
@@ -45,6 +46,12 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Completion(a) = &cli.command {
+        let mut stdout = io::stdout().lock();
+        completion::write_script(a.shell, &mut stdout);
+        stdout.flush()?;
+        return Ok(());
+    }
     let client = Client::from_host(&cli.host)?;
     if let Command::Exec(args) = cli.command {
         return exec::run(&client, args);
@@ -60,7 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Network(cmd) => network::run(&client, cmd, &mut o).await,
             Command::Sandbox(cmd) => sandbox::run(&client, cmd, &mut o).await,
-            Command::Exec(_) => Ok(()),
+            Command::Exec(_) | Command::Completion(_) => Ok(()),
         }
     });
     o.out.flush()?;

@@ -1,12 +1,21 @@
-//! `tapnet network ...`: create, ls, inspect, rm, connect, disconnect, stats, fdb.
+//! `tapnet network ...`: create, ls, inspect, rm, connect, disconnect, prune, stats, fdb.
+//!
+//! Request bodies and `filters` are built exactly as the docker CLI builds them
+//! (`create_body` pairs each `--gateway`/`--ip-range`/`--aux-address` with the
+//! `--subnet` that contains it and refuses one that fits none, as docker does).
 
 use super::{inspect_each, remove_each, Out};
 use crate::args::{
-    ConnectArgs, DisconnectArgs, ListArgs, ListFormat, NetworkCmd, NetworkCreate, SwitchArgs,
+    ConnectArgs, DisconnectArgs, ListArgs, ListFormat, NetworkCmd, NetworkCreate, NetworkLsArgs,
+    PruneArgs, SwitchArgs,
 };
 use crate::client::{seg, Client, ClientError};
 use crate::output::{kv_list, num_of, short_id, str_of, table};
+use anyhow::bail;
+use ipnet::IpNet;
 use serde_json::{json, Map, Value};
+use std::io::BufRead;
+use std::net::IpAddr;
 
 /// Run one `network` subcommand.
 pub async fn run(c: &Client, cmd: NetworkCmd, o: &mut Out<'_>) -> anyhow::Result<()> {
@@ -17,6 +26,7 @@ pub async fn run(c: &Client, cmd: NetworkCmd, o: &mut Out<'_>) -> anyhow::Result
         NetworkCmd::Rm(a) => remove_each(c, "/networks", &a.targets, o).await,
         NetworkCmd::Connect(a) => connect(c, &a).await,
         NetworkCmd::Disconnect(a) => disconnect(c, &a).await,
+        NetworkCmd::Prune(a) => prune(c, &a, o, &mut std::io::stdin().lock()).await,
         NetworkCmd::Stats(a) => stats(c, &a, o).await,
         NetworkCmd::Fdb(a) => fdb(c, &a, o).await,
     }
@@ -31,27 +41,94 @@ fn object(pairs: &[(String, String)]) -> Value {
     )
 }
 
-/// The `POST /networks/create` body for `network create`.
-pub fn create_body(a: &NetworkCreate) -> Value {
-    let mut ipam = json!({"Driver": "default", "Config": []});
-    if let Some(subnet) = &a.subnet {
-        let mut cfg = json!({"Subnet": subnet});
-        if let Some(gw) = a.gateway {
-            cfg["Gateway"] = Value::String(gw.to_string());
+/// One `--subnet` and what was paired with it.
+struct Pool {
+    subnet: IpNet,
+    cfg: Map<String, Value>,
+}
+
+/// The `IPAM.Config` entries for the subnet flags, paired as docker pairs them.
+fn ipam_config(a: &NetworkCreate) -> anyhow::Result<Vec<Value>> {
+    let mut pools: Vec<Pool> = Vec::new();
+    for s in &a.subnet {
+        let subnet: IpNet = s
+            .parse()
+            .map_err(|_| anyhow::anyhow!("invalid subnet {s}: give a CIDR such as 10.10.0.0/24"))?;
+        if pools
+            .iter()
+            .any(|p| p.subnet.contains(&subnet) || subnet.contains(&p.subnet))
+        {
+            bail!("multiple overlapping subnet configuration is not supported");
         }
-        ipam["Config"] = json!([cfg]);
+        let mut cfg = Map::new();
+        cfg.insert("Subnet".into(), Value::String(s.clone()));
+        pools.push(Pool { subnet, cfg });
     }
-    json!({
+    let pool_of = |pools: &mut Vec<Pool>, ip: IpAddr| -> Option<usize> {
+        pools.iter().position(|p| p.subnet.contains(&ip))
+    };
+    for r in &a.ip_range {
+        let range: IpNet = r
+            .parse()
+            .map_err(|_| anyhow::anyhow!("invalid ip-range {r}: give a CIDR"))?;
+        let Some(i) = pool_of(&mut pools, range.network()) else {
+            bail!("no matching subnet for range {r}");
+        };
+        if let Some(old) = pools[i].cfg.get("IPRange") {
+            bail!(
+                "cannot configure multiple ranges ({}, {r}) on the same subnet ({})",
+                old.as_str().unwrap_or_default(),
+                pools[i].subnet
+            );
+        }
+        pools[i]
+            .cfg
+            .insert("IPRange".into(), Value::String(r.clone()));
+    }
+    for gw in &a.gateway {
+        let Some(i) = pool_of(&mut pools, *gw) else {
+            bail!("no matching subnet for gateway {gw}");
+        };
+        if let Some(old) = pools[i].cfg.get("Gateway") {
+            bail!(
+                "cannot configure multiple gateways ({}, {gw}) for the same subnet ({})",
+                old.as_str().unwrap_or_default(),
+                pools[i].subnet
+            );
+        }
+        pools[i]
+            .cfg
+            .insert("Gateway".into(), Value::String(gw.to_string()));
+    }
+    for (name, ip) in &a.aux_addresses {
+        let Some(i) = pool_of(&mut pools, *ip) else {
+            bail!("no matching subnet for aux-address {ip}");
+        };
+        let aux = pools[i]
+            .cfg
+            .entry("AuxiliaryAddresses")
+            .or_insert_with(|| Value::Object(Map::new()));
+        aux[name.as_str()] = Value::String(ip.to_string());
+    }
+    Ok(pools.into_iter().map(|p| Value::Object(p.cfg)).collect())
+}
+
+/// The `POST /networks/create` body for `network create` (docker's shape).
+pub fn create_body(a: &NetworkCreate) -> anyhow::Result<Value> {
+    Ok(json!({
         "Name": a.name,
         "Driver": a.driver,
-        "IPAM": ipam,
+        "EnableIPv6": a.ipv6,
+        "Internal": a.internal,
+        "Attachable": a.attachable,
+        "IPAM": {"Driver": "default", "Config": ipam_config(a)?},
         "Options": object(&a.opts),
         "Labels": object(&a.labels),
-    })
+    }))
 }
 
 async fn create(c: &Client, a: &NetworkCreate, o: &mut Out<'_>) -> anyhow::Result<()> {
-    let (_, v) = c.post("/networks/create", &create_body(a)).await?;
+    let (_, v) = c.post("/networks/create", &create_body(a)?).await?;
     let warning = str_of(&v, "Warning");
     if !warning.is_empty() {
         writeln!(o.err, "WARNING: {warning}")?;
@@ -118,17 +195,93 @@ pub fn ls_output(mut nets: Vec<Value>, a: &ListArgs) -> String {
     }
 }
 
-async fn ls(c: &Client, a: &ListArgs, o: &mut Out<'_>) -> anyhow::Result<()> {
-    let (_, v) = c.get("/networks").await?;
-    write!(o.out, "{}", ls_output(array(v, "networks")?, a))?;
+/// Docker's `filters` JSON for `KEY=VALUE` pairs: `{"key":{"value":true}}`.
+pub fn filters_json(pairs: &[(String, String)]) -> Value {
+    let mut m = Map::new();
+    for (k, v) in pairs {
+        let e = m
+            .entry(k.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+        e[v.as_str()] = Value::Bool(true);
+    }
+    Value::Object(m)
+}
+
+/// `path` with `?filters=...` when there are filters.
+pub fn with_filters(path: &str, pairs: &[(String, String)]) -> String {
+    if pairs.is_empty() {
+        return path.to_string();
+    }
+    format!("{path}?filters={}", seg(&filters_json(pairs).to_string()))
+}
+
+async fn ls(c: &Client, a: &NetworkLsArgs, o: &mut Out<'_>) -> anyhow::Result<()> {
+    let (_, v) = c.get(&with_filters("/networks", &a.filters)).await?;
+    write!(o.out, "{}", ls_output(array(v, "networks")?, &a.list))?;
     Ok(())
 }
 
-async fn connect(c: &Client, a: &ConnectArgs) -> anyhow::Result<()> {
-    let mut body = json!({"Container": a.sandbox, "EndpointConfig": {}});
-    if let Some(ip) = a.ip {
-        body["EndpointConfig"] = json!({"IPAMConfig": {"IPv4Address": ip.to_string()}});
+/// The prompt `network prune` shows without `-f` (docker's words).
+pub const PRUNE_WARNING: &str = "WARNING! This will remove all custom networks not used by at least one container.\nAre you sure you want to continue? [y/N] ";
+
+/// `network prune`: asks on `input` unless `-f`; prints the removed networks.
+pub async fn prune(
+    c: &Client,
+    a: &PruneArgs,
+    o: &mut Out<'_>,
+    input: &mut dyn BufRead,
+) -> anyhow::Result<()> {
+    if !a.force {
+        write!(o.out, "{PRUNE_WARNING}")?;
+        o.out.flush()?;
+        let mut line = String::new();
+        input.read_line(&mut line)?;
+        let answer = line.trim().to_ascii_lowercase();
+        if answer != "y" && answer != "yes" {
+            return Ok(());
+        }
     }
+    let (_, v) = c
+        .post(&with_filters("/networks/prune", &a.filters), &json!({}))
+        .await?;
+    let deleted: Vec<&str> = v
+        .get("NetworksDeleted")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !deleted.is_empty() {
+        writeln!(o.out, "Deleted Networks:")?;
+        for n in deleted {
+            writeln!(o.out, "{n}")?;
+        }
+    }
+    Ok(())
+}
+
+/// The `POST /networks/{id}/connect` body for `network connect`.
+pub fn connect_body(a: &ConnectArgs) -> Value {
+    let mut cfg = Map::new();
+    let mut ipam = Map::new();
+    if let Some(ip) = a.ip {
+        ipam.insert("IPv4Address".into(), Value::String(ip.to_string()));
+    }
+    if let Some(ip) = a.ip6 {
+        ipam.insert("IPv6Address".into(), Value::String(ip.to_string()));
+    }
+    if !ipam.is_empty() {
+        cfg.insert("IPAMConfig".into(), Value::Object(ipam));
+    }
+    if !a.aliases.is_empty() {
+        cfg.insert("Aliases".into(), json!(a.aliases));
+    }
+    if let Some(mac) = &a.mac_address {
+        cfg.insert("MacAddress".into(), Value::String(mac.clone()));
+    }
+    json!({"Container": a.sandbox, "EndpointConfig": cfg})
+}
+
+async fn connect(c: &Client, a: &ConnectArgs) -> anyhow::Result<()> {
+    let body = connect_body(a);
     c.post(&format!("/networks/{}/connect", seg(&a.network)), &body)
         .await?;
     Ok(())
@@ -245,7 +398,7 @@ mod tests {
 
     fn list_args(args: &[&str]) -> ListArgs {
         match cmd(&[&["ls"], args].concat()) {
-            NetworkCmd::Ls(a) => a,
+            NetworkCmd::Ls(a) => a.list,
             other => panic!("{other:?}"),
         }
     }
@@ -284,8 +437,9 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            create_body(&a),
-            json!({"Name": "net1", "Driver": "bridge",
+            create_body(&a).unwrap(),
+            json!({"Name": "net1", "Driver": "bridge", "EnableIPv6": false, "Internal": false,
+                   "Attachable": false,
                    "IPAM": {"Driver": "default",
                             "Config": [{"Subnet": "10.10.0.0/24", "Gateway": "10.10.0.1"}]},
                    "Options": {"mtu": "9000"}, "Labels": {"a": "b"}})
@@ -293,16 +447,195 @@ mod tests {
         let NetworkCmd::Create(a) = cmd(&["create", "n"]) else {
             panic!()
         };
-        let b = create_body(&a);
+        let b = create_body(&a).unwrap();
         assert_eq!(b["IPAM"]["Config"], json!([]));
         assert_eq!(b["Options"], json!({}));
         let NetworkCmd::Create(a) = cmd(&["create", "--subnet", "10.0.0.0/8", "n"]) else {
             panic!()
         };
         assert_eq!(
-            create_body(&a)["IPAM"]["Config"],
+            create_body(&a).unwrap()["IPAM"]["Config"],
             json!([{"Subnet": "10.0.0.0/8"}])
         );
+    }
+
+    fn body_of(args: &[&str]) -> anyhow::Result<Value> {
+        match cmd(&[&["create"], args, &["n"]].concat()) {
+            NetworkCmd::Create(a) => create_body(&a),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_pairs_flags_with_subnets_like_docker() {
+        let b = body_of(&[
+            "--subnet",
+            "10.1.0.0/16",
+            "--ipv6",
+            "--subnet",
+            "fd00::/64",
+            "--gateway",
+            "fd00::1",
+            "--gateway",
+            "10.1.0.254",
+            "--ip-range",
+            "10.1.2.0/24",
+            "--aux-address",
+            "r=10.1.0.2",
+            "--aux-address",
+            "s=10.1.0.3",
+            "--aux-address",
+            "r6=fd00::2",
+            "--internal",
+            "--attachable",
+            "--label",
+            "a=b",
+            "-o",
+            "x=y",
+        ])
+        .unwrap();
+        assert_eq!(b["EnableIPv6"], true);
+        assert_eq!(b["Internal"], true);
+        assert_eq!(b["Attachable"], true);
+        assert_eq!(
+            b["IPAM"]["Config"],
+            json!([
+                {"Subnet": "10.1.0.0/16", "Gateway": "10.1.0.254", "IPRange": "10.1.2.0/24",
+                 "AuxiliaryAddresses": {"r": "10.1.0.2", "s": "10.1.0.3"}},
+                {"Subnet": "fd00::/64", "Gateway": "fd00::1",
+                 "AuxiliaryAddresses": {"r6": "fd00::2"}}
+            ])
+        );
+        let err = |args: &[&str]| body_of(args).unwrap_err().to_string();
+        assert_eq!(
+            err(&["--subnet", "10.1.0.0/16", "--gateway", "10.2.0.1"]),
+            "no matching subnet for gateway 10.2.0.1"
+        );
+        assert_eq!(
+            err(&["--subnet", "10.1.0.0/16", "--gateway", "10.1.0.1", "--gateway", "10.1.0.2"]),
+            "cannot configure multiple gateways (10.1.0.1, 10.1.0.2) for the same subnet (10.1.0.0/16)"
+        );
+        assert_eq!(
+            err(&["--subnet", "10.1.0.0/16", "--subnet", "10.1.2.0/24"]),
+            "multiple overlapping subnet configuration is not supported"
+        );
+        assert_eq!(
+            err(&["--subnet", "10.1.0.0/16", "--ip-range", "10.9.0.0/24"]),
+            "no matching subnet for range 10.9.0.0/24"
+        );
+        assert_eq!(
+            err(&["--subnet", "10.1.0.0/16", "--aux-address", "x=10.9.0.1"]),
+            "no matching subnet for aux-address 10.9.0.1"
+        );
+        assert!(err(&["--subnet", "banana"]).contains("invalid subnet banana"));
+    }
+
+    #[test]
+    fn filters_are_docker_json_and_escaped() {
+        let pairs = vec![
+            ("name".to_string(), "a".to_string()),
+            ("label".to_string(), "x=y".to_string()),
+            ("name".to_string(), "b".to_string()),
+        ];
+        assert_eq!(
+            filters_json(&pairs),
+            json!({"name": {"a": true, "b": true}, "label": {"x=y": true}})
+        );
+        assert_eq!(with_filters("/networks", &[]), "/networks");
+        let p = with_filters("/networks", &pairs[..1]);
+        assert_eq!(
+            p,
+            "/networks?filters=%7B%22name%22%3A%7B%22a%22%3Atrue%7D%7D"
+        );
+    }
+
+    #[test]
+    fn ls_sends_filters() {
+        rt().block_on(async {
+            let d = fake_daemon(vec![(200, "[]")]);
+            let mut cap = Captured::default();
+            run(
+                &d.client,
+                cmd(&["ls", "--filter", "type=custom", "-q"]),
+                &mut cap.term(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(cap.out(), "");
+            let seen = d.seen.lock().unwrap();
+            assert_eq!(
+                seen[0].path,
+                "/networks?filters=%7B%22type%22%3A%7B%22custom%22%3Atrue%7D%7D"
+            );
+        });
+    }
+
+    fn prune_args(args: &[&str]) -> PruneArgs {
+        match cmd(&[&["prune"], args].concat()) {
+            NetworkCmd::Prune(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn prune_asks_unless_forced() {
+        rt().block_on(async {
+            let d = fake_daemon(vec![
+                (200, r#"{"NetworksDeleted":["a","b"]}"#),
+                (200, r#"{"NetworksDeleted":null}"#),
+            ]);
+            // Declined: nothing is sent.
+            let mut cap = Captured::default();
+            let mut no = std::io::Cursor::new(
+                b"n
+"
+                .to_vec(),
+            );
+            prune(&d.client, &prune_args(&[]), &mut cap.term(), &mut no)
+                .await
+                .unwrap();
+            assert_eq!(cap.out(), PRUNE_WARNING);
+            assert!(d.seen.lock().unwrap().is_empty());
+            // Accepted.
+            let mut cap = Captured::default();
+            let mut yes = std::io::Cursor::new(
+                b"y
+"
+                .to_vec(),
+            );
+            prune(
+                &d.client,
+                &prune_args(&["--filter", "until=24h"]),
+                &mut cap.term(),
+                &mut yes,
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                cap.out(),
+                format!(
+                    "{PRUNE_WARNING}Deleted Networks:
+a
+b
+"
+                )
+            );
+            // Forced: no question; nothing deleted prints nothing.
+            let mut cap = Captured::default();
+            let mut empty = std::io::Cursor::new(Vec::new());
+            prune(&d.client, &prune_args(&["-f"]), &mut cap.term(), &mut empty)
+                .await
+                .unwrap();
+            assert_eq!(cap.out(), "");
+            let seen = d.seen.lock().unwrap();
+            assert_eq!(seen.len(), 2);
+            assert_eq!(seen[0].method, "POST");
+            assert_eq!(
+                seen[0].path,
+                "/networks/prune?filters=%7B%22until%22%3A%7B%2224h%22%3Atrue%7D%7D"
+            );
+            assert_eq!(seen[1].path, "/networks/prune");
+        });
     }
 
     #[test]
@@ -408,6 +741,20 @@ mod tests {
                 seen[0].body,
                 json!({"Container": "sb", "EndpointConfig": {"IPAMConfig": {"IPv4Address": "10.0.0.5"}}})
             );
+            drop(seen);
+            let NetworkCmd::Connect(a) = cmd(&[
+                "connect", "--ip6", "fd00::5", "--alias", "web", "--mac-address",
+                "02:42:ac:11:00:99", "net", "sb",
+            ]) else {
+                panic!()
+            };
+            assert_eq!(
+                connect_body(&a),
+                json!({"Container": "sb", "EndpointConfig": {
+                    "IPAMConfig": {"IPv6Address": "fd00::5"}, "Aliases": ["web"],
+                    "MacAddress": "02:42:ac:11:00:99"}})
+            );
+            let seen = d.seen.lock().unwrap();
             assert_eq!(seen[1].body, json!({"Container": "sb", "EndpointConfig": {}}));
             assert_eq!(seen[2].path, "/networks/net/disconnect");
             assert_eq!(seen[2].body, json!({"Container": "sb", "Force": true}));

@@ -155,12 +155,20 @@ async fn ping_and_version_with_prefix() {
         let (s, body, headers) = h.raw(Method::GET, uri, vec![]).await;
         assert_eq!(s, StatusCode::OK, "{uri}");
         assert_eq!(body, b"OK");
-        assert_eq!(headers["api-version"], "1.41");
+        assert_eq!(headers["api-version"], "1.47");
+        assert_eq!(headers["ostype"], "linux");
+        assert_eq!(headers["docker-experimental"], "false");
+        assert_eq!(headers["pragma"], "no-cache");
+        assert!(headers["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("no-cache"));
+        assert!(headers.contains_key("builder-version"));
     }
     let (s, v) = h.get("/v1.41/version").await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(v["ApiVersion"], "1.41");
-    assert_eq!(v["MinAPIVersion"], "1.12");
+    assert_eq!(v["ApiVersion"], "1.47");
+    assert_eq!(v["MinAPIVersion"], "1.24");
     assert_eq!(v["Os"], "linux");
     let (s, v) = h.get("/nope").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
@@ -201,6 +209,7 @@ async fn network_shape_matches_docs() {
             "Containers",
             "Created",
             "Driver",
+            "EnableIPv4",
             "EnableIPv6",
             "IPAM",
             "Id",
@@ -573,9 +582,11 @@ async fn prune_removes_unused_networks() {
 #[tokio::test]
 async fn head_ping_and_method_not_allowed() {
     let h = harness();
-    let (s, _, headers) = h.raw(Method::HEAD, "/_ping", vec![]).await;
+    let (s, body, headers) = h.raw(Method::HEAD, "/_ping", vec![]).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(headers["api-version"], "1.41");
+    assert!(body.is_empty());
+    assert_eq!(headers["api-version"], "1.47");
+    assert_eq!(headers["docker-experimental"], "false");
     let (s, v) = h.call(Method::PUT, "/networks", "").await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
     assert!(message(&v).contains("method not allowed"));
@@ -650,4 +661,367 @@ fn error_status_mapping() {
         e.to_string(),
         "connect sb1 to network n: address 10.0.0.1 is already in use"
     );
+}
+
+/// GET /networks and GET /sandboxes, to compare before/after a rejected request.
+async fn state(h: &Harness) -> (serde_json::Value, serde_json::Value) {
+    (h.get("/networks").await.1, h.get("/sandboxes").await.1)
+}
+
+fn filters_uri(base: &str, json: &str) -> String {
+    let enc: String = json
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!("{base}?filters={enc}")
+}
+
+fn names(v: &serde_json::Value) -> Vec<String> {
+    let mut n: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["Name"].as_str().unwrap().to_string())
+        .collect();
+    n.sort();
+    n
+}
+
+async fn create(h: &Harness, body: &str) -> String {
+    let (s, v) = h.post("/networks/create", body).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}: {v}");
+    v["Id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn list_filters_docker_forms() {
+    let h = harness();
+    let id1 = create(
+        &h,
+        r#"{"Name":"front-end","Labels":{"team":"web","tier":"1"}}"#,
+    )
+    .await;
+    create(&h, r#"{"Name":"back-end","Labels":{"team":"db"}}"#).await;
+    create(&h, r#"{"Name":"bridge"}"#).await;
+    h.sandbox("sb").await;
+    let (s, _) = h
+        .post("/networks/back-end/connect", r#"{"Container":"sb"}"#)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let cases: &[(&str, &[&str])] = &[
+        (r#"{"name":{"end":true}}"#, &["back-end", "front-end"]),
+        (r#"{"name":["front"]}"#, &["front-end"]),
+        (
+            r#"{"name":{"front":true,"back":true}}"#,
+            &["back-end", "front-end"],
+        ),
+        (r#"{"label":{"team":true}}"#, &["back-end", "front-end"]),
+        (r#"{"label":{"team=web":true}}"#, &["front-end"]),
+        (r#"{"label":{"team=web":true,"tier=2":true}}"#, &[]),
+        (
+            r#"{"label":{"team":true},"name":{"back":true}}"#,
+            &["back-end"],
+        ),
+        (
+            r#"{"driver":{"bridge":true}}"#,
+            &["back-end", "bridge", "front-end"],
+        ),
+        (r#"{"driver":{"null":true}}"#, &[]),
+        (
+            r#"{"scope":{"local":true}}"#,
+            &["back-end", "bridge", "front-end"],
+        ),
+        (r#"{"type":{"builtin":true}}"#, &["bridge"]),
+        (r#"{"type":{"custom":true}}"#, &["back-end", "front-end"]),
+        (r#"{"dangling":{"true":true}}"#, &["front-end"]),
+        (r#"{"dangling":["false"]}"#, &["back-end", "bridge"]),
+        ("{}", &["back-end", "bridge", "front-end"]),
+    ];
+    for (f, want) in cases {
+        let (s, v) = h.get(&filters_uri("/v1.47/networks", f)).await;
+        assert_eq!(s, StatusCode::OK, "{f}: {v}");
+        assert_eq!(names(&v), *want, "{f}");
+    }
+    let (_, v) = h
+        .get(&filters_uri(
+            "/networks",
+            &format!(r#"{{"id":{{"{}":true}}}}"#, &id1[..10]),
+        ))
+        .await;
+    assert_eq!(names(&v), ["front-end"]);
+    let before = state(&h).await;
+    let bad: &[(&str, &str)] = &[
+        (r#"{"bogus":{"x":true}}"#, "invalid filter 'bogus'"),
+        (r#"{"type":{"weird":true}}"#, "'type'='weird'"),
+        (r#"{"name":"x"}"#, "invalid filters"),
+        ("{not json", "invalid filters"),
+    ];
+    for (f, text) in bad {
+        let (s, v) = h.get(&filters_uri("/networks", f)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{f}: {v}");
+        assert!(message(&v).contains(text), "{f}: {v}");
+    }
+    assert_eq!(state(&h).await, before);
+}
+
+#[tokio::test]
+async fn prune_filters_until_and_labels() {
+    let h = harness();
+    create(&h, r#"{"Name":"keep","Labels":{"keep":"yes"}}"#).await;
+    create(&h, r#"{"Name":"tmp1","Labels":{"env":"test"}}"#).await;
+    create(&h, r#"{"Name":"tmp2","Labels":{"env":"prod"}}"#).await;
+    create(&h, r#"{"Name":"bridge"}"#).await;
+    create(&h, r#"{"Name":"used"}"#).await;
+    h.sandbox("sb").await;
+    let (s, _) = h
+        .post("/networks/used/connect", r#"{"Container":"sb"}"#)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Rejected filters change nothing.
+    let before = state(&h).await;
+    for (f, text) in [
+        (r#"{"name":{"x":true}}"#, "invalid filter 'name'"),
+        (r#"{"until":{"someday":true}}"#, "until=someday"),
+        (r#"{"until":{"1h":true,"2h":true}}"#, "more than one until"),
+        ("[", "invalid filters"),
+    ] {
+        let (s, v) = h.post(&filters_uri("/networks/prune", f), "").await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{f}: {v}");
+        assert!(message(&v).contains(text), "{f}: {v}");
+    }
+    assert_eq!(state(&h).await, before);
+
+    // Everything here was created just now: until=1h (an hour ago) keeps all.
+    let (s, v) = h
+        .post(
+            &filters_uri("/networks/prune", r#"{"until":{"1h":true}}"#),
+            "",
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["NetworksDeleted"], serde_json::json!([]));
+    let (_, v) = h
+        .post(
+            &filters_uri("/networks/prune", r#"{"label":{"env=test":true}}"#),
+            "",
+        )
+        .await;
+    assert_eq!(v["NetworksDeleted"], serde_json::json!(["tmp1"]));
+    let (_, v) = h
+        .post(
+            &filters_uri("/networks/prune", r#"{"label!":["keep"]}"#),
+            "",
+        )
+        .await;
+    assert_eq!(v["NetworksDeleted"], serde_json::json!(["tmp2"]));
+    // A future until (Unix seconds) takes the rest; builtin and used networks stay.
+    let (_, v) = h
+        .post(
+            &filters_uri("/networks/prune", r#"{"until":{"4102444800":true}}"#),
+            "",
+        )
+        .await;
+    assert_eq!(v["NetworksDeleted"], serde_json::json!(["keep"]));
+    let (_, v) = h.get("/networks").await;
+    assert_eq!(names(&v), ["bridge", "used"]);
+}
+
+#[tokio::test]
+async fn version_negotiation_limits() {
+    let h = harness();
+    for ok in ["/v1.24/_ping", "/v1.41/networks", "/v1.47/version"] {
+        let (s, v) = h.get(ok).await;
+        assert_eq!(s, StatusCode::OK, "{ok}: {v}");
+    }
+    let (s, v) = h.get("/v1.99/networks").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        message(&v),
+        "client version 1.99 is too new. Maximum supported API version is 1.47"
+    );
+    let (s, v) = h.get("/v1.48/_ping").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = h.get("/v1.23/networks").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        message(&v)
+            .starts_with("client version 1.23 is too old. Minimum supported API version is 1.24"),
+        "{v}"
+    );
+    let (s, v) = h.get("/v2.0/networks").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(message(&v).contains("too new"), "{v}");
+    // A refused version does not reach the handler: nothing is created.
+    let (s, _) = h.post("/v1.99/networks/create", r#"{"Name":"x"}"#).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (_, v) = h.get("/networks").await;
+    assert_eq!(v, serde_json::json!([]));
+    let (_, _, headers) = h.raw(Method::GET, "/v1.99/_ping", vec![]).await;
+    assert_eq!(headers["api-version"], "1.47");
+}
+
+#[tokio::test]
+async fn unsupported_docker_endpoints_say_what_is_served() {
+    let h = harness();
+    for uri in [
+        "/v1.47/containers/json",
+        "/containers/abc/json",
+        "/images/json",
+    ] {
+        let (s, v) = h.get(uri).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{uri}");
+        assert!(
+            message(&v).contains("serves only Docker's network endpoints"),
+            "{v}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn oversized_bodies_change_nothing() {
+    let h = harness();
+    h.net1().await;
+    h.sandbox("sb1").await;
+    let before = state(&h).await;
+    let pad = "y".repeat(BODY_LIMIT + 1);
+    for (uri, body) in [
+        (
+            "/networks/create",
+            format!(r#"{{"Name":"big","Labels":{{"a":"{pad}"}}}}"#),
+        ),
+        (
+            "/networks/net1/connect",
+            format!(r#"{{"Container":"sb1","EndpointConfig":{{"Aliases":["{pad}"]}}}}"#),
+        ),
+        ("/sandboxes", format!(r#"{{"Name":"{pad}"}}"#)),
+    ] {
+        let (s, bytes, _) = h.raw(Method::POST, uri, body.into_bytes()).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{uri}");
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(message(&v).contains("1048576 bytes"), "{v}");
+    }
+    assert_eq!(state(&h).await, before);
+}
+
+#[tokio::test]
+async fn connect_mac_and_aliases() {
+    let h = harness();
+    let nid = h.net1().await;
+    let sb1 = h.sandbox("sb1").await;
+    h.sandbox("sb2").await;
+    let before = state(&h).await;
+    let bad: &[(&str, StatusCode, &str)] = &[
+        (
+            r#"{"MacAddress":"01:00:5e:00:00:01"}"#,
+            StatusCode::BAD_REQUEST,
+            "multicast",
+        ),
+        (
+            r#"{"MacAddress":"ff:ff:ff:ff:ff:ff"}"#,
+            StatusCode::BAD_REQUEST,
+            "multicast",
+        ),
+        (
+            r#"{"MacAddress":"00:00:00:00:00:00"}"#,
+            StatusCode::BAD_REQUEST,
+            "all-zero",
+        ),
+        (
+            r#"{"MacAddress":"02:42:zz:00:00:01"}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid MacAddress",
+        ),
+        (
+            r#"{"MacAddress":"02:42"}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid MacAddress",
+        ),
+        (r#"{"MacAddress":7}"#, StatusCode::BAD_REQUEST, "MacAddress"),
+        (r#"{"Aliases":"web"}"#, StatusCode::BAD_REQUEST, "Aliases"),
+        (
+            r#"{"Aliases":["a b"]}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid alias",
+        ),
+        (
+            r#"{"Aliases":[""]}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid alias",
+        ),
+    ];
+    for (cfg, status, text) in bad {
+        let body = format!(r#"{{"Container":"sb1","EndpointConfig":{cfg}}}"#);
+        let (s, v) = h.post("/networks/net1/connect", &body).await;
+        assert_eq!(s, *status, "{body}: {v}");
+        assert!(message(&v).contains(text), "{body}: {v}");
+    }
+    assert_eq!(state(&h).await, before);
+
+    // The docker CLI's body: null IPAMConfig, empty MacAddress, extra fields.
+    let (s, v) = h
+        .post(
+            "/v1.47/networks/net1/connect",
+            r#"{"Container":"sb2","EndpointConfig":{"IPAMConfig":null,"Links":null,
+                "Aliases":["db"],"MacAddress":"","DriverOpts":{},"GwPriority":0,
+                "NetworkID":"","EndpointID":"","Gateway":"","IPAddress":"","DNSNames":null}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = h
+        .post(
+            "/networks/net1/connect",
+            r#"{"Container":"sb1","EndpointConfig":{"Aliases":["web","www","web"],
+                "MacAddress":"02:AA:bb:cc:dd:01"}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, v) = h.get(&format!("/networks/{nid}")).await;
+    let c = &v["Containers"][&sb1];
+    assert_eq!(c["MacAddress"], "02:aa:bb:cc:dd:01");
+    assert_eq!(c["Aliases"], serde_json::json!(["web", "www"]));
+    let (_, v) = h.get("/sandboxes/sb1").await;
+    assert_eq!(v["Endpoints"]["net1"]["MacAddress"], "02:aa:bb:cc:dd:01");
+    assert_eq!(
+        v["Endpoints"]["net1"]["Aliases"],
+        serde_json::json!(["web", "www"])
+    );
+    let (_, v) = h.get("/sandboxes/sb2").await;
+    assert_eq!(v["Endpoints"]["net1"]["Aliases"], serde_json::json!(["db"]));
+    assert_eq!(v["Endpoints"]["net1"]["MacAddress"], "02:42:0a:0a:00:02");
+
+    // The same MAC twice on one network is a conflict, and changes nothing.
+    h.sandbox("sb3").await;
+    let before = state(&h).await;
+    let (s, v) = h
+        .post(
+            "/networks/net1/connect",
+            r#"{"Container":"sb3","EndpointConfig":{"MacAddress":"02:aa:bb:cc:dd:01"}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(message(&v).contains("02:aa:bb:cc:dd:01"), "{v}");
+    assert_eq!(state(&h).await, before);
+    // Its address was not consumed: sb3 gets the next free one.
+    let (s, _) = h
+        .post("/networks/net1/connect", r#"{"Container":"sb3"}"#)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = h.get("/sandboxes/sb3").await;
+    assert_eq!(v["Endpoints"]["net1"]["IPv4Address"], "10.10.0.4/24");
+}
+
+#[tokio::test]
+async fn inspect_accepts_verbose_and_scope() {
+    let h = harness();
+    h.net1().await;
+    let (s, v) = h.get("/v1.47/networks/net1?verbose=true&scope=local").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["Name"], "net1");
 }
