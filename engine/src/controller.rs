@@ -6,14 +6,23 @@
 //! taps, datapath calls) runs on `spawn_blocking`, never on a tokio worker. Each
 //! operation either completes or fails leaving the model, IPAM and data plane as
 //! they were (every step that fails undoes the steps before it).
+//!
+//! Networks: a driver with addresses gets an IPv4 pool from IPAM, its gateway and
+//! auxiliary addresses reserved in it, and with `EnableIPv6` an IPv6 pool likewise;
+//! `null`/`host` networks get none, and at most one network of each. The pre-defined
+//! networks (`none`, `host`, `bridge`) are made by [`Controller::ensure_default_networks`]
+//! through the ordinary create path, only if absent, and cannot be removed (403).
+//! Endpoints: connect = allocate addresses → `create_endpoint` → `join`; a failure
+//! at any step releases what the earlier steps took and records nothing. The IPAM
+//! state is a function of the records: [`restore_network_ipam`] replays one network.
 
 use crate::driver::{Driver, DriverRegistry, FdbRow, NetworkReport};
 use crate::error::{Error, Result};
-use crate::ipam::{Ipam, PoolRequest};
-use crate::model::{self, Endpoint, Network, Sandbox, Store};
-use ipnet::Ipv4Net;
+use crate::ipam::{gateway_options, Ipam, IpamError, Pool, PoolRequest};
+use crate::model::{self, Endpoint, Ipv6Config, Network, Sandbox, Store};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tapnet_sandbox::netns::Netns;
@@ -36,6 +45,10 @@ pub struct NetworkCreate {
     pub gateway: Option<Ipv4Addr>,
     /// Requested dynamic range.
     pub ip_range: Option<Ipv4Net>,
+    /// IPv4 auxiliary addresses (reserved, never handed out).
+    pub aux_addresses: BTreeMap<String, Ipv4Addr>,
+    /// The IPv6 pool, when `enable_ipv6`.
+    pub ipv6: Option<Ipv6Request>,
     /// Driver options.
     pub options: BTreeMap<String, String>,
     /// Labels.
@@ -46,6 +59,207 @@ pub struct NetworkCreate {
     pub attachable: bool,
     /// IPv6 requested.
     pub enable_ipv6: bool,
+}
+
+/// The IPv6 part of a [`NetworkCreate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv6Request {
+    /// The IPv6 subnet.
+    pub subnet: Ipv6Net,
+    /// Requested gateway (default: the first address after the network address).
+    pub gateway: Option<Ipv6Addr>,
+    /// Requested dynamic range.
+    pub ip_range: Option<Ipv6Net>,
+    /// Auxiliary addresses.
+    pub aux_addresses: BTreeMap<String, Ipv6Addr>,
+}
+
+/// Static addresses and settings asked for on connect.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// Static IPv4 address (`EndpointConfig.IPAMConfig.IPv4Address`).
+    pub ipv4: Option<Ipv4Addr>,
+    /// Static IPv6 address (`EndpointConfig.IPAMConfig.IPv6Address`).
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+/// The default `bridge` network's settings (dockerd's `--bip`, `--fixed-cidr`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DefaultBridge {
+    /// Subnet (from `--bip`, else `--fixed-cidr`, else the first free default pool).
+    pub subnet: Option<Ipv4Net>,
+    /// Gateway (the address part of `--bip`).
+    pub gateway: Option<Ipv4Addr>,
+    /// Dynamic range (`--fixed-cidr`).
+    pub ip_range: Option<Ipv4Net>,
+}
+
+impl DefaultBridge {
+    /// From dockerd-style `--bip ADDR/LEN` and `--fixed-cidr CIDR`.
+    pub fn from_flags(bip: Option<Ipv4Net>, fixed_cidr: Option<Ipv4Net>) -> DefaultBridge {
+        let subnet = bip.map(|b| b.trunc()).or(fixed_cidr);
+        DefaultBridge {
+            subnet,
+            gateway: bip.map(|b| b.addr()),
+            ip_range: fixed_cidr,
+        }
+    }
+}
+
+/// One address family of a network's IPAM configuration, as requested or recorded.
+struct FamilyRequest {
+    subnet: Option<IpNet>,
+    gateway: Option<IpAddr>,
+    ip_range: Option<IpNet>,
+    aux: Vec<(String, IpAddr)>,
+    v6: bool,
+}
+
+/// Reserve a pool, its gateway and auxiliary addresses; on any failure release the
+/// pool again (which forgets its addresses). Errors name the network and the field.
+fn reserve_family(
+    ipam: &mut dyn Ipam,
+    network: &str,
+    req: &FamilyRequest,
+    options: &BTreeMap<String, String>,
+) -> Result<(Pool, IpAddr)> {
+    let pool = ipam
+        .request_pool(&PoolRequest {
+            subnet: req.subnet,
+            ip_range: req.ip_range,
+            v6: req.v6,
+            options: options.clone(),
+        })
+        .map_err(|e| Error::ipam(format!("network {network}"), e))?;
+    let reserved = (|| {
+        let gateway = ipam
+            .request_address(&pool.id, req.gateway, &gateway_options())
+            .map_err(|e| match e {
+                IpamError::NotInSubnet { .. } | IpamError::Reserved { .. } => {
+                    Error::InvalidRequest(format!("network {network}: invalid gateway: {e}"))
+                }
+                e => Error::ipam(format!("network {network}: reserve gateway"), e),
+            })?;
+        for (name, addr) in &req.aux {
+            ipam.request_address(&pool.id, Some(*addr), &BTreeMap::new())
+                .map_err(|e| match e {
+                    IpamError::NotInSubnet { .. } | IpamError::Reserved { .. } => {
+                        Error::InvalidRequest(format!(
+                            "network {network}: invalid auxiliary address {name}={addr}: {e}"
+                        ))
+                    }
+                    e => Error::ipam(
+                        format!("network {network}: reserve auxiliary address {name}={addr}"),
+                        e,
+                    ),
+                })?;
+        }
+        Ok(gateway)
+    })();
+    match reserved {
+        Ok(gateway) => Ok((pool, gateway)),
+        Err(e) => {
+            if let Err(r) = ipam.release_pool(&pool.id) {
+                tracing::warn!(error = %r, "releasing pool after a failed reservation");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn v4_family(net: &Network) -> Option<FamilyRequest> {
+    net.subnet.map(|subnet| FamilyRequest {
+        subnet: Some(IpNet::V4(subnet)),
+        gateway: net.gateway.map(IpAddr::V4),
+        ip_range: net.ip_range.map(IpNet::V4),
+        aux: net
+            .aux_addresses
+            .iter()
+            .map(|(k, v)| (k.clone(), IpAddr::V4(*v)))
+            .collect(),
+        v6: false,
+    })
+}
+
+fn v6_family(v6: &Ipv6Config) -> FamilyRequest {
+    FamilyRequest {
+        subnet: Some(IpNet::V6(v6.subnet)),
+        gateway: Some(IpAddr::V6(v6.gateway)),
+        ip_range: v6.ip_range.map(IpNet::V6),
+        aux: v6
+            .aux_addresses
+            .iter()
+            .map(|(k, v)| (k.clone(), IpAddr::V6(*v)))
+            .collect(),
+        v6: true,
+    }
+}
+
+/// Replay one recorded network into `ipam` (daemon restart): its pools, gateways,
+/// auxiliary addresses and every endpoint's addresses, as static requests. Updates the
+/// record's pool ids. On failure nothing of this network stays reserved.
+pub fn restore_network_ipam(ipam: &mut dyn Ipam, net: &mut Network) -> Result<()> {
+    let mut taken: Vec<String> = Vec::new();
+    let restored = (|| {
+        if let Some(fam) = v4_family(net) {
+            let (pool, _) = reserve_family(ipam, &net.name, &fam, &net.ipam_options)?;
+            taken.push(pool.id.clone());
+            for ep in net.endpoints.values() {
+                if let Some(a) = ep.ipv4 {
+                    ipam.request_address(&pool.id, Some(IpAddr::V4(a)), &BTreeMap::new())
+                        .map_err(|e| Error::ipam(format!("restore endpoint {}", ep.id), e))?;
+                }
+            }
+            net.ipv4_pool = Some(pool.id);
+        }
+        if let Some(v6) = net.ipv6.clone() {
+            let (pool, _) = reserve_family(ipam, &net.name, &v6_family(&v6), &net.ipam_options)?;
+            taken.push(pool.id.clone());
+            for ep in net.endpoints.values() {
+                if let Some(a) = ep.ipv6 {
+                    ipam.request_address(&pool.id, Some(IpAddr::V6(a)), &BTreeMap::new())
+                        .map_err(|e| Error::ipam(format!("restore endpoint {}", ep.id), e))?;
+                }
+            }
+            if let Some(c) = net.ipv6.as_mut() {
+                c.pool = pool.id;
+            }
+        }
+        Ok(())
+    })();
+    if restored.is_err() {
+        for id in taken {
+            let _ = ipam.release_pool(&id);
+        }
+    }
+    restored
+}
+
+/// The pool id of a network's IPv4 subnet (recorded, or the default driver's).
+fn v4_pool(net: &Network) -> Option<String> {
+    net.ipv4_pool.clone().or_else(|| {
+        net.subnet
+            .map(|s| crate::ipam::local_pool_id(&IpNet::V4(s)))
+    })
+}
+
+/// The pool id of a network's IPv6 subnet.
+fn v6_pool(net: &Network) -> Option<String> {
+    net.ipv6.as_ref().map(|c| {
+        if c.pool.is_empty() {
+            crate::ipam::local_pool_id(&IpNet::V6(c.subnet))
+        } else {
+            c.pool.clone()
+        }
+    })
+}
+
+fn release_network_pools(ipam: &mut dyn Ipam, net: &Network) {
+    for id in [v4_pool(net), v6_pool(net)].into_iter().flatten() {
+        if let Err(e) = ipam.release_pool(&id) {
+            tracing::warn!(network = %net.name, error = %e, "releasing pool");
+        }
+    }
 }
 
 /// Check an object name as Docker does: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
@@ -169,23 +383,38 @@ impl Controller {
                 "plugin \"{ipam_driver}\" not found"
             )));
         }
-        if req.enable_ipv6 {
+        if driver.single_instance() && st.store.networks.values().any(|n| n.driver == driver_name) {
+            return Err(Error::Forbidden(format!(
+                "only one instance of \"{driver_name}\" network is allowed"
+            )));
+        }
+        if let Some(v6) = &req.ipv6 {
+            if !req.enable_ipv6 {
+                return Err(Error::InvalidRequest(format!(
+                    "an IPv6 subnet ({}) was given but EnableIPv6 is false: set EnableIPv6 (--ipv6) to use it",
+                    v6.subnet
+                )));
+            }
+        }
+        let has_ipam_config = req.subnet.is_some()
+            || req.gateway.is_some()
+            || req.ip_range.is_some()
+            || !req.aux_addresses.is_empty()
+            || req.ipv6.is_some();
+        if !driver.has_addresses() && (has_ipam_config || req.enable_ipv6) {
+            return Err(Error::InvalidRequest(format!(
+                "driver {driver_name} gives endpoints no addresses: drop the IPAM config and EnableIPv6"
+            )));
+        }
+        if driver.has_addresses() && req.enable_ipv6 && req.ipv6.is_none() {
             return Err(Error::InvalidRequest(
-                "IPv6 networks are not supported yet; drop EnableIPv6".into(),
+                "EnableIPv6 needs an IPv6 subnet: add an IPAM.Config entry with an IPv6 Subnet (--subnet fd00::/64)".into(),
             ));
         }
         driver.validate_options(&req.options)?;
-        let pool = st
-            .ipam
-            .request_pool(&PoolRequest {
-                subnet: req.subnet,
-                gateway: req.gateway,
-                ip_range: req.ip_range,
-            })
-            .map_err(|e| Error::ipam(format!("create network {}", req.name), e))?;
-        let network = Network {
+        let mut network = Network {
             id: model::new_id(),
-            name: req.name,
+            name: req.name.clone(),
             driver: driver_name.to_string(),
             created: model::now_rfc3339(),
             scope: driver.scope().to_string(),
@@ -193,23 +422,155 @@ impl Controller {
             attachable: req.attachable,
             enable_ipv6: req.enable_ipv6,
             ipam_driver: ipam_driver.to_string(),
-            ipam_options: req.ipam_options,
-            subnet: pool.subnet,
-            gateway: pool.gateway,
-            ip_range: pool.ip_range,
-            options: req.options,
-            labels: req.labels,
+            ipam_options: req.ipam_options.clone(),
+            subnet: None,
+            gateway: None,
+            ip_range: None,
+            aux_addresses: BTreeMap::new(),
+            ipv4_pool: None,
+            ipv6: None,
+            options: req.options.clone(),
+            labels: req.labels.clone(),
             endpoints: BTreeMap::new(),
         };
+        if driver.has_addresses() {
+            self.reserve_network_pools(&mut st, &req, &mut network)?;
+        }
         let (d, n) = (Arc::clone(&driver), network.clone());
         if let Err(e) = blocking("create network", move || d.create_network(&n)).await {
-            let _ = st.ipam.release_pool(pool.subnet);
+            release_network_pools(st.ipam.as_mut(), &network);
             return Err(e);
         }
         let id = network.id.clone();
-        tracing::info!(network = %network.name, id = %id, subnet = %network.subnet, "network created");
+        tracing::info!(
+            network = %network.name,
+            id = %id,
+            driver = %network.driver,
+            subnet = ?network.subnet,
+            subnet_v6 = ?network.ipv6.as_ref().map(|c| c.subnet),
+            "network created"
+        );
         st.store.networks.insert(id.clone(), network);
         Ok(id)
+    }
+
+    /// Reserve the IPv4 (and IPv6) pools of a new network and fill in its record.
+    /// On failure nothing stays reserved.
+    fn reserve_network_pools(
+        &self,
+        st: &mut State,
+        req: &NetworkCreate,
+        network: &mut Network,
+    ) -> Result<()> {
+        let v4 = FamilyRequest {
+            subnet: req.subnet.map(IpNet::V4),
+            gateway: req.gateway.map(IpAddr::V4),
+            ip_range: req.ip_range.map(IpNet::V4),
+            aux: req
+                .aux_addresses
+                .iter()
+                .map(|(k, v)| (k.clone(), IpAddr::V4(*v)))
+                .collect(),
+            v6: false,
+        };
+        let (pool4, gw4) = reserve_family(st.ipam.as_mut(), &req.name, &v4, &req.ipam_options)
+            .map_err(|e| name_overlap(e, &st.store))?;
+        let (IpNet::V4(subnet), IpAddr::V4(gw)) = (pool4.subnet, gw4) else {
+            let _ = st.ipam.release_pool(&pool4.id);
+            return Err(Error::InvalidRequest(format!(
+                "network {}: IPAM returned a non-IPv4 pool for the IPv4 subnet",
+                req.name
+            )));
+        };
+        network.subnet = Some(subnet);
+        network.gateway = Some(gw);
+        network.ip_range = req.ip_range;
+        network.aux_addresses = req.aux_addresses.clone();
+        network.ipv4_pool = Some(pool4.id.clone());
+        if let Some(r6) = &req.ipv6 {
+            let fam = FamilyRequest {
+                subnet: Some(IpNet::V6(r6.subnet)),
+                gateway: r6.gateway.map(IpAddr::V6),
+                ip_range: r6.ip_range.map(IpNet::V6),
+                aux: r6
+                    .aux_addresses
+                    .iter()
+                    .map(|(k, v)| (k.clone(), IpAddr::V6(*v)))
+                    .collect(),
+                v6: true,
+            };
+            let reserved = reserve_family(st.ipam.as_mut(), &req.name, &fam, &req.ipam_options)
+                .map_err(|e| name_overlap(e, &st.store));
+            match reserved {
+                Ok((pool6, IpAddr::V6(gw6))) => {
+                    network.ipv6 = Some(Ipv6Config {
+                        subnet: r6.subnet,
+                        gateway: gw6,
+                        ip_range: r6.ip_range,
+                        aux_addresses: r6.aux_addresses.clone(),
+                        pool: pool6.id,
+                    });
+                }
+                other => {
+                    let _ = st.ipam.release_pool(&pool4.id);
+                    if let Ok((pool6, _)) = &other {
+                        let _ = st.ipam.release_pool(&pool6.id);
+                    }
+                    return Err(other.err().unwrap_or_else(|| {
+                        Error::InvalidRequest(format!(
+                            "network {}: IPAM returned a non-IPv6 gateway",
+                            req.name
+                        ))
+                    }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Create the pre-defined networks that do not exist yet (`none`, `host`,
+    /// `bridge`), through the ordinary create path. Drivers that are not registered
+    /// are skipped. Existing networks are left as they are.
+    pub async fn ensure_default_networks(&self, bridge: &DefaultBridge) -> Result<()> {
+        for (name, driver) in model::PREDEFINED_NETWORKS {
+            if self.drivers.get(driver).is_err() {
+                tracing::warn!(
+                    network = name,
+                    driver,
+                    "driver not registered; pre-defined network skipped"
+                );
+                continue;
+            }
+            let exists = {
+                let st = self.state.lock().await;
+                st.store.networks.values().any(|n| n.name == name)
+            };
+            if exists {
+                continue;
+            }
+            let mut req = NetworkCreate {
+                name: name.to_string(),
+                driver: driver.to_string(),
+                ..NetworkCreate::default()
+            };
+            if driver == "bridge" {
+                req.subnet = bridge.subnet;
+                req.gateway = bridge.gateway;
+                req.ip_range = bridge.ip_range;
+                req.options.insert(
+                    "com.docker.network.bridge.default_bridge".into(),
+                    "true".into(),
+                );
+            }
+            self.create_network(req).await.map_err(|e| match e {
+                Error::Ipam { op, source } => Error::Ipam {
+                    op: format!("create pre-defined network {name}: {op}"),
+                    source,
+                },
+                other => other,
+            })?;
+        }
+        Ok(())
     }
 
     /// Delete a network (CNM `Delete`); refused while endpoints are attached.
@@ -222,6 +583,12 @@ impl Controller {
             .get(&id)
             .cloned()
             .ok_or_else(|| not_found("network", what))?;
+        if model::is_predefined(&network.name) {
+            return Err(Error::Forbidden(format!(
+                "{} is a pre-defined network and cannot be removed",
+                network.name
+            )));
+        }
         if !network.endpoints.is_empty() {
             let mut names: Vec<String> = network
                 .endpoints
@@ -243,9 +610,7 @@ impl Controller {
         let driver = self.drivers.get(&network.driver)?;
         let nid = id.clone();
         blocking("delete network", move || driver.delete_network(&nid)).await?;
-        if let Err(e) = st.ipam.release_pool(network.subnet) {
-            tracing::warn!(error = %e, "releasing pool of deleted network");
-        }
+        release_network_pools(st.ipam.as_mut(), &network);
         st.store.networks.remove(&id);
         tracing::info!(network = %network.name, "network removed");
         Ok(())
@@ -361,7 +726,7 @@ impl Controller {
         &self,
         network: &str,
         sandbox: &str,
-        ipv4: Option<Ipv4Addr>,
+        opts: ConnectOptions,
     ) -> Result<Endpoint> {
         let mut st = self.state.lock().await;
         let nid = st.store.resolve_network(network)?;
@@ -384,22 +749,91 @@ impl Controller {
                 sb.name, net.name
             )));
         }
+        let driver = self.drivers.get(&net.driver)?;
+        self.check_exclusive(&st.store, &net, &sb, driver.as_ref())?;
+        if !driver.has_addresses() && (opts.ipv4.is_some() || opts.ipv6.is_some()) {
+            return Err(Error::InvalidRequest(format!(
+                "network {} (driver {}) gives endpoints no addresses: drop the static IPv4Address/IPv6Address",
+                net.name, net.driver
+            )));
+        }
+        if opts.ipv6.is_some() && net.ipv6.is_none() {
+            return Err(Error::InvalidRequest(format!(
+                "network {} has no IPv6 subnet (EnableIPv6 is off): cannot give IPv6Address",
+                net.name
+            )));
+        }
         let ns = st.netns.get(&sid).cloned().ok_or_else(|| {
             Error::InvalidRequest(format!("sandbox {} has no open namespace", sb.name))
         })?;
-        let driver = self.drivers.get(&net.driver)?;
-        let ip = st
-            .ipam
-            .request_address(net.subnet, ipv4)
-            .map_err(|e| Error::ipam(format!("connect {} to network {}", sb.name, net.name), e))?;
+        let op = || format!("connect {} to network {}", sb.name, net.name);
+        // Addresses first; every later failure gives them back.
+        let none = BTreeMap::new();
+        let pool4 = v4_pool(&net);
+        let ipv4 = match &pool4 {
+            Some(pool) => match st
+                .ipam
+                .request_address(pool, opts.ipv4.map(IpAddr::V4), &none)
+                .map_err(|e| Error::ipam(op(), e))?
+            {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(a) => {
+                    let _ = st.ipam.release_address(pool, IpAddr::V6(a));
+                    return Err(Error::InvalidRequest(format!(
+                        "{}: IPAM returned IPv6 address {a} from the IPv4 pool",
+                        op()
+                    )));
+                }
+            },
+            None => None,
+        };
+        let release4 = |ipam: &mut dyn Ipam| {
+            if let (Some(pool), Some(a)) = (&pool4, ipv4) {
+                if let Err(e) = ipam.release_address(pool, IpAddr::V4(a)) {
+                    tracing::warn!(error = %e, "releasing address after a failed connect");
+                }
+            }
+        };
+        let pool6 = v6_pool(&net);
+        let ipv6 = match &pool6 {
+            Some(pool) => match st
+                .ipam
+                .request_address(pool, opts.ipv6.map(IpAddr::V6), &none)
+            {
+                Ok(IpAddr::V6(a)) => Some(a),
+                Ok(IpAddr::V4(a)) => {
+                    let _ = st.ipam.release_address(pool, IpAddr::V4(a));
+                    release4(st.ipam.as_mut());
+                    return Err(Error::InvalidRequest(format!(
+                        "{}: IPAM returned IPv4 address {a} from the IPv6 pool",
+                        op()
+                    )));
+                }
+                Err(e) => {
+                    release4(st.ipam.as_mut());
+                    return Err(Error::ipam(op(), e));
+                }
+            },
+            None => None,
+        };
+        let release_all = |ipam: &mut dyn Ipam| {
+            release4(ipam);
+            if let (Some(pool), Some(a)) = (&pool6, ipv6) {
+                if let Err(e) = ipam.release_address(pool, IpAddr::V6(a)) {
+                    tracing::warn!(error = %e, "releasing address after a failed connect");
+                }
+            }
+        };
         let mut endpoint = Endpoint {
             id: model::new_id(),
             network_id: nid.clone(),
             sandbox_id: sid.clone(),
             interface: String::new(),
-            mac: model::mac_for(ip),
-            ipv4: ip,
-            prefix_len: net.subnet.prefix_len(),
+            mac: ipv4.filter(|_| driver.has_addresses()).map(model::mac_for),
+            ipv4,
+            prefix_len: net.subnet.map_or(0, |s| s.prefix_len()),
+            ipv6,
+            prefix_len_v6: net.ipv6.as_ref().map_or(0, |c| c.subnet.prefix_len()),
         };
         let (d, n, ep, sb_name) = (
             Arc::clone(&driver),
@@ -423,15 +857,56 @@ impl Controller {
         match joined {
             Ok(ifname) => endpoint.interface = ifname,
             Err(e) => {
-                let _ = st.ipam.release_address(net.subnet, ip);
+                release_all(st.ipam.as_mut());
                 return Err(e);
             }
         }
-        tracing::info!(network = %net.name, sandbox = %sb.name, interface = %endpoint.interface, ip = %ip, "connected");
+        tracing::info!(
+            network = %net.name,
+            sandbox = %sb.name,
+            interface = %endpoint.interface,
+            ip = ?ipv4,
+            ipv6 = ?ipv6,
+            "connected"
+        );
         if let Some(n) = st.store.networks.get_mut(&nid) {
             n.endpoints.insert(endpoint.id.clone(), endpoint.clone());
         }
         Ok(endpoint)
+    }
+
+    /// Docker's rules for `host` and `none`: a sandbox on one of them is on no other
+    /// network, and a sandbox on other networks cannot join one of them.
+    fn check_exclusive(
+        &self,
+        store: &Store,
+        net: &Network,
+        sb: &Sandbox,
+        driver: &dyn Driver,
+    ) -> Result<()> {
+        let others = store.endpoints_of_sandbox(&sb.id);
+        if let Some((exclusive, _)) = others.iter().find(|(n, _)| {
+            self.drivers
+                .get(&n.driver)
+                .is_ok_and(|d| d.single_instance())
+        }) {
+            return Err(Error::InvalidRequest(format!(
+                "sandbox {} is connected to network {} (driver {}), which excludes every other network: disconnect it first",
+                sb.name, exclusive.name, exclusive.driver
+            )));
+        }
+        if driver.single_instance() && !others.is_empty() {
+            let mut names: Vec<&str> = others.iter().map(|(n, _)| n.name.as_str()).collect();
+            names.sort_unstable();
+            return Err(Error::InvalidRequest(format!(
+                "sandbox {} cannot join network {} (driver {}) while connected to other networks ({}): disconnect them first",
+                sb.name,
+                net.name,
+                net.driver,
+                names.join(", ")
+            )));
+        }
+        Ok(())
     }
 
     /// Disconnect a sandbox from a network (CNM `Leave` + `Delete` endpoint).
@@ -479,8 +954,14 @@ impl Controller {
             }
             tracing::warn!(error = %e, "forced disconnect: leave failed, removing the endpoint anyway");
         }
-        if let Err(e) = st.ipam.release_address(net.subnet, endpoint.ipv4) {
-            tracing::warn!(error = %e, "releasing address of removed endpoint");
+        let addrs = [
+            v4_pool(&net).zip(endpoint.ipv4.map(IpAddr::V4)),
+            v6_pool(&net).zip(endpoint.ipv6.map(IpAddr::V6)),
+        ];
+        for (pool, addr) in addrs.into_iter().flatten() {
+            if let Err(e) = st.ipam.release_address(&pool, addr) {
+                tracing::warn!(error = %e, "releasing address of removed endpoint");
+            }
         }
         if let Some(n) = st.store.networks.get_mut(nid) {
             n.endpoints.remove(&endpoint.id);
@@ -519,6 +1000,28 @@ impl Controller {
             Ok(())
         })
         .await;
+    }
+}
+
+/// Name the other network in a pool-overlap error (409).
+fn name_overlap(e: Error, store: &Store) -> Error {
+    let Error::Ipam {
+        op,
+        source: IpamError::Overlap { subnet, other },
+    } = e
+    else {
+        return e;
+    };
+    let owner = store.networks.values().find(|n| {
+        n.subnet.map(IpNet::V4) == Some(other)
+            || n.ipv6.as_ref().map(|c| IpNet::V6(c.subnet)) == Some(other)
+    });
+    match owner {
+        Some(n) => Error::Conflict(format!(
+            "{op}: subnet {subnet} overlaps with subnet {other} of network {} (Pool overlaps with other one on this address space)",
+            n.name
+        )),
+        None => Error::ipam(op, IpamError::Overlap { subnet, other }),
     }
 }
 

@@ -275,8 +275,8 @@ async fn default_pool_and_defaults() {
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["Warning"], "");
     let (_, v) = h.get("/networks/a").await;
-    assert_eq!(v["IPAM"]["Config"][0]["Subnet"], "172.18.0.0/16");
-    assert_eq!(v["IPAM"]["Config"][0]["Gateway"], "172.18.0.1");
+    assert_eq!(v["IPAM"]["Config"][0]["Subnet"], "172.17.0.0/16");
+    assert_eq!(v["IPAM"]["Config"][0]["Gateway"], "172.17.0.1");
     assert_eq!(v["IPAM"]["Driver"], "default");
     // Docker CLI style body with nulls and extra fields.
     let (s, v) = h
@@ -290,7 +290,7 @@ async fn default_pool_and_defaults() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let (_, v) = h.get("/networks/b").await;
-    assert_eq!(v["IPAM"]["Config"][0]["Subnet"], "172.19.0.0/16");
+    assert_eq!(v["IPAM"]["Config"][0]["Subnet"], "172.18.0.0/16");
 }
 
 #[tokio::test]
@@ -601,18 +601,19 @@ async fn address_exhaustion_is_503_and_says_so() {
         .post("/networks/tiny/connect", r#"{"Container":"b"}"#)
         .await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
-    assert!(message(&v).contains("no available addresses"), "{v}");
+    assert!(message(&v).contains("no free address in"), "{v}");
 }
 
 #[test]
 fn error_status_mapping() {
     use crate::ipam::IpamError;
-    let ip = Ipv4Addr::new(10, 0, 0, 1);
-    let net: Ipv4Net = "10.0.0.0/24".parse().unwrap();
+    let ip: IpAddr = "10.0.0.1".parse().unwrap();
+    let net: IpNet = "10.0.0.0/24".parse().unwrap();
     let cases = [
         (Error::InvalidRequest("x".into()), 400),
         (Error::NotFound("x".into()), 404),
         (Error::Conflict("x".into()), 409),
+        (Error::Forbidden("x".into()), 403),
         (
             Error::ipam(
                 "op",
