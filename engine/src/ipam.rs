@@ -181,9 +181,11 @@ impl DefaultPool {
                         )
                     })?)
                 }
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "invalid default address pool {s:?}: unknown key {other:?} (use base and size)"
-                )),
+                ))
+                }
             }
         }
         let (Some(base), Some(size)) = (base, size) else {

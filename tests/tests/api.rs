@@ -73,7 +73,8 @@ fn network_inspect_has_docker_shape() {
             "{ls}"
         );
         let q = env.ok(&["network", "ls", "-q"]);
-        assert_eq!(q.lines().count(), 2, "{q}");
+        // net1, auto and the pre-defined none, host and bridge.
+        assert_eq!(q.lines().count(), 5, "{q}");
         // ping and version answer.
         let (code, _) = env.api("GET", "/_ping", None);
         assert_eq!(code, 200);
