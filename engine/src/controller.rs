@@ -1028,3 +1028,237 @@ fn name_overlap(e: Error, store: &Store) -> Error {
 fn not_found(kind: &str, what: &str) -> Error {
     Error::NotFound(format!("{kind} {what} not found"))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::driver::null::NullDriver;
+    use crate::ipam::DefaultIpam;
+    use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+
+    /// A bridge-like driver that can be told to fail; counts live endpoints.
+    #[derive(Default)]
+    struct Flaky {
+        fail_join: AtomicBool,
+        fail_create: AtomicBool,
+        endpoints: AtomicIsize,
+        joined: AtomicIsize,
+    }
+
+    impl Driver for Flaky {
+        fn name(&self) -> &str {
+            "bridge"
+        }
+        fn create_network(&self, _: &Network) -> Result<()> {
+            if self.fail_create.load(Ordering::SeqCst) {
+                return Err(Error::InvalidRequest("injected create failure".into()));
+            }
+            Ok(())
+        }
+        fn delete_network(&self, _: &str) -> Result<()> {
+            Ok(())
+        }
+        fn create_endpoint(&self, _: &Network, _: &Endpoint) -> Result<()> {
+            self.endpoints.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn join(&self, _: &Network, _: &Endpoint, _: &Netns, _: &str) -> Result<String> {
+            if self.fail_join.load(Ordering::SeqCst) {
+                return Err(Error::os(
+                    "create tap eth0",
+                    tapnet_sandbox::Error::Invalid("injected join failure".into()),
+                ));
+            }
+            self.joined.fetch_add(1, Ordering::SeqCst);
+            Ok("eth0".into())
+        }
+        fn leave(&self, _: &str, _: &str) -> Result<()> {
+            self.joined.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn delete_endpoint(&self, _: &str, _: &str) -> Result<()> {
+            self.endpoints.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn controller() -> (Controller, Arc<Flaky>) {
+        let flaky = Arc::new(Flaky::default());
+        let mut reg = DriverRegistry::new();
+        reg.register(flaky.clone());
+        reg.register(Arc::new(NullDriver));
+        let ctl = Controller::new(reg, Box::new(DefaultIpam::new()), Path::new("/nonexistent"));
+        (ctl, flaky)
+    }
+
+    async fn dual_stack(ctl: &Controller) {
+        ctl.create_network(NetworkCreate {
+            name: "n".into(),
+            subnet: Some("10.1.0.0/24".parse().unwrap()),
+            enable_ipv6: true,
+            ipv6: Some(Ipv6Request {
+                subnet: "fd00:1::/64".parse().unwrap(),
+                gateway: None,
+                ip_range: None,
+                aux_addresses: BTreeMap::new(),
+            }),
+            ..NetworkCreate::default()
+        })
+        .await
+        .unwrap();
+        ctl.create_sandbox(Some("sb".into()), Some("/proc/self/ns/net".into()))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn failed_join_releases_addresses_and_records_nothing() {
+        let (ctl, flaky) = controller();
+        dual_stack(&ctl).await;
+        let before = ctl.snapshot().await;
+        flaky.fail_join.store(true, Ordering::SeqCst);
+        let opts = ConnectOptions {
+            ipv4: Some("10.1.0.7".parse().unwrap()),
+            ipv6: Some("fd00:1::7".parse().unwrap()),
+        };
+        let err = ctl.connect("n", "sb", opts.clone()).await.unwrap_err();
+        assert_eq!(err.status(), 500);
+        assert!(err.to_string().contains("injected join failure"), "{err}");
+        // Nothing recorded, the driver's endpoint deleted again.
+        let after = ctl.snapshot().await;
+        assert_eq!(after.networks, before.networks);
+        assert_eq!(flaky.endpoints.load(Ordering::SeqCst), 0);
+        assert_eq!(flaky.joined.load(Ordering::SeqCst), 0);
+        // Both addresses were released: the same static request succeeds now.
+        flaky.fail_join.store(false, Ordering::SeqCst);
+        let ep = ctl.connect("n", "sb", opts).await.unwrap();
+        assert_eq!(ep.ipv4, Some("10.1.0.7".parse().unwrap()));
+        assert_eq!(ep.ipv6, Some("fd00:1::7".parse().unwrap()));
+        assert_eq!(ep.mac, Some([0x02, 0x42, 10, 1, 0, 7]));
+        assert_eq!(flaky.endpoints.load(Ordering::SeqCst), 1);
+        // Disconnect releases them too.
+        ctl.disconnect("n", "sb", false).await.unwrap();
+        assert_eq!(flaky.endpoints.load(Ordering::SeqCst), 0);
+        let ep = ctl
+            .connect("n", "sb", ConnectOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(ep.ipv4, Some("10.1.0.2".parse().unwrap()));
+        assert_eq!(ep.ipv6, Some("fd00:1::2".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn failed_ipv6_allocation_releases_ipv4() {
+        let (ctl, _) = controller();
+        dual_stack(&ctl).await;
+        let bad = ConnectOptions {
+            ipv4: Some("10.1.0.9".parse().unwrap()),
+            ipv6: Some("fd00:2::9".parse().unwrap()),
+        };
+        let err = ctl.connect("n", "sb", bad).await.unwrap_err();
+        assert_eq!(err.status(), 400, "{err}");
+        let ok = ConnectOptions {
+            ipv4: Some("10.1.0.9".parse().unwrap()),
+            ipv6: None,
+        };
+        ctl.connect("n", "sb", ok).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn failed_driver_create_releases_pools() {
+        let (ctl, flaky) = controller();
+        flaky.fail_create.store(true, Ordering::SeqCst);
+        let req = NetworkCreate {
+            name: "n".into(),
+            subnet: Some("10.1.0.0/24".parse().unwrap()),
+            aux_addresses: BTreeMap::from([("r".into(), "10.1.0.5".parse().unwrap())]),
+            ..NetworkCreate::default()
+        };
+        assert!(ctl.create_network(req.clone()).await.is_err());
+        assert!(ctl.snapshot().await.networks.is_empty());
+        flaky.fail_create.store(false, Ordering::SeqCst);
+        ctl.create_network(req).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn predefined_networks_once_and_not_removable() {
+        let (ctl, _) = controller();
+        ctl.ensure_default_networks(&DefaultBridge::default())
+            .await
+            .unwrap();
+        // Idempotent; `host` is skipped (driver not registered here).
+        ctl.ensure_default_networks(&DefaultBridge::default())
+            .await
+            .unwrap();
+        let st = ctl.snapshot().await;
+        let mut names: Vec<&str> = st.networks.values().map(|n| n.name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["bridge", "none"]);
+        let bridge = ctl.network("bridge").await.unwrap();
+        assert_eq!(bridge.subnet, Some("172.17.0.0/16".parse().unwrap()));
+        assert_eq!(
+            bridge.options["com.docker.network.bridge.default_bridge"],
+            "true"
+        );
+        let none = ctl.network("none").await.unwrap();
+        assert_eq!(none.subnet, None);
+        for n in ["bridge", "none"] {
+            let e = ctl.delete_network(n).await.unwrap_err();
+            assert_eq!(e.status(), 403);
+            assert!(e.to_string().contains("pre-defined"), "{e}");
+        }
+        let e = ctl
+            .create_network(NetworkCreate {
+                name: "none2".into(),
+                driver: "null".into(),
+                ..NetworkCreate::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), 403);
+        // --bip / --fixed-cidr.
+        let (ctl, _) = controller();
+        let bridge = DefaultBridge::from_flags(
+            Some("10.99.0.1/24".parse().unwrap()),
+            Some("10.99.0.128/25".parse().unwrap()),
+        );
+        ctl.ensure_default_networks(&bridge).await.unwrap();
+        let b = ctl.network("bridge").await.unwrap();
+        assert_eq!(b.subnet, Some("10.99.0.0/24".parse().unwrap()));
+        assert_eq!(b.gateway, Some("10.99.0.1".parse().unwrap()));
+        assert_eq!(b.ip_range, Some("10.99.0.128/25".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn ipam_state_rebuilds_from_records() {
+        let (ctl, _) = controller();
+        dual_stack(&ctl).await;
+        ctl.connect("n", "sb", ConnectOptions::default())
+            .await
+            .unwrap();
+        let mut net = ctl.network("n").await.unwrap();
+        let mut fresh = DefaultIpam::new();
+        restore_network_ipam(&mut fresh, &mut net).unwrap();
+        let pool4 = net.ipv4_pool.clone().unwrap();
+        let pool6 = net.ipv6.as_ref().unwrap().pool.clone();
+        let none = BTreeMap::new();
+        // Gateway and the endpoint's addresses are taken; the next ones are free.
+        for taken in ["10.1.0.1", "10.1.0.2"] {
+            let a: IpAddr = taken.parse().unwrap();
+            assert!(fresh.request_address(&pool4, Some(a), &none).is_err());
+        }
+        assert_eq!(
+            fresh.request_address(&pool4, None, &none).unwrap(),
+            "10.1.0.3".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            fresh.request_address(&pool6, None, &none).unwrap(),
+            "fd00:1::3".parse::<IpAddr>().unwrap()
+        );
+        // Replaying twice fails (overlap) and leaves the first replay intact.
+        let mut again = net.clone();
+        assert!(restore_network_ipam(&mut fresh, &mut again).is_err());
+        assert!(fresh.request_address(&pool4, None, &none).is_ok());
+    }
+}

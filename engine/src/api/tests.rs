@@ -652,3 +652,72 @@ fn error_status_mapping() {
         "connect sb1 to network n: address 10.0.0.1 is already in use"
     );
 }
+
+#[tokio::test]
+async fn ipam_fields_round_trip() {
+    let h = harness();
+    let (s, v) = h
+        .post(
+            "/networks/create",
+            r#"{"Name":"d","EnableIPv6":true,"IPAM":{"Driver":"default","Config":[
+                {"Subnet":"10.5.0.0/24","IPRange":"10.5.0.64/26","Gateway":"10.5.0.254",
+                 "AuxiliaryAddresses":{"host1":"10.5.0.64"}},
+                {"Subnet":"fd00:5::/64","AuxiliaryAddresses":{"r6":"fd00:5::2"}}]}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (_, v) = h.get("/networks/d").await;
+    let c = &v["IPAM"]["Config"];
+    assert_eq!(
+        c,
+        &serde_json::json!([
+            {"Subnet": "10.5.0.0/24", "Gateway": "10.5.0.254", "IPRange": "10.5.0.64/26",
+             "AuxiliaryAddresses": {"host1": "10.5.0.64"}},
+            {"Subnet": "fd00:5::/64", "Gateway": "fd00:5::1",
+             "AuxiliaryAddresses": {"r6": "fd00:5::2"}}
+        ])
+    );
+    assert_eq!(v["EnableIPv6"], true);
+    let sb = h.sandbox("sb1").await;
+    let (s, v) = h
+        .post(
+            "/networks/d/connect",
+            r#"{"Container":"sb1","EndpointConfig":{"IPAMConfig":{"IPv6Address":"fd00:5::42"}}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, v) = h.get("/networks/d").await;
+    let c = &v["Containers"][&sb];
+    assert_eq!(c["IPv4Address"], "10.5.0.65/24", "range, aux skipped: {v}");
+    assert_eq!(c["IPv6Address"], "fd00:5::42/64");
+    let (_, v) = h.get("/sandboxes/sb1").await;
+    assert_eq!(v["Endpoints"]["d"]["IPv6Gateway"], "fd00:5::1");
+    // Bad connect addresses name the field.
+    let (s, v) = h
+        .post(
+            "/networks/d/connect",
+            r#"{"Container":"sb1","EndpointConfig":{"IPAMConfig":{"IPv6Address":"nope"}}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(message(&v).contains("IPv6Address"), "{v}");
+    // Two IPv4 configs, a v4 aux in a v6 config.
+    for (body, text) in [
+        (
+            r#"{"Name":"e","IPAM":{"Config":[{"Subnet":"10.6.0.0/24"},{"Subnet":"10.7.0.0/24"}]}}"#,
+            "only one IPv4 subnet",
+        ),
+        (
+            r#"{"Name":"e","EnableIPv6":true,"IPAM":{"Config":[{"Subnet":"10.6.0.0/24"},{"Subnet":"fd00:6::/64","AuxiliaryAddresses":{"a":"10.6.0.9"}}]}}"#,
+            "IPAM.Config[1].AuxiliaryAddresses",
+        ),
+        (
+            r#"{"Name":"e","IPAM":{"Config":[{"Gateway":"10.6.0.1"}]}}"#,
+            "needs a Subnet",
+        ),
+    ] {
+        let (s, v) = h.post("/networks/create", body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(message(&v).contains(text), "{body}: {v}");
+    }
+}
