@@ -14,7 +14,7 @@
 
 pub mod filters;
 
-use crate::controller::{Controller, EndpointOptions, NetworkCreate};
+use crate::controller::{ConnectOptions, Controller, Ipv6Request, NetworkCreate};
 use crate::driver::{FdbRow, NetworkReport};
 use crate::error::Error;
 use crate::model::{format_mac, Network, Sandbox, Store};
@@ -24,11 +24,11 @@ use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -183,6 +183,8 @@ pub struct IpamConfigBody {
     /// Dynamic range CIDR.
     #[serde(rename = "IPRange")]
     pub ip_range: Option<String>,
+    /// Reserved addresses by name.
+    pub auxiliary_addresses: Option<BTreeMap<String, String>>,
 }
 
 /// `POST /networks/{id}/connect` body.
@@ -244,6 +246,108 @@ fn non_empty(s: &Option<String>) -> Option<&str> {
     s.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
+/// One parsed `IPAM.Config` entry of either family.
+struct ParsedConfig {
+    subnet: IpNet,
+    gateway: Option<IpAddr>,
+    ip_range: Option<IpNet>,
+    aux: BTreeMap<String, IpAddr>,
+}
+
+fn parse_ipam_config(i: usize, cfg: &IpamConfigBody) -> ApiResult<Option<ParsedConfig>> {
+    let at = |field: &str| format!("IPAM.Config[{i}].{field}");
+    let Some(subnet) = non_empty(&cfg.subnet) else {
+        let has_aux = cfg
+            .auxiliary_addresses
+            .as_ref()
+            .is_some_and(|a| !a.is_empty());
+        if non_empty(&cfg.gateway).is_some() || non_empty(&cfg.ip_range).is_some() || has_aux {
+            return Err(ApiError::bad_request(format!(
+                "{}: an IPAM config with a Gateway, IPRange or AuxiliaryAddresses needs a Subnet",
+                at("Subnet")
+            )));
+        }
+        return Ok(None);
+    };
+    let subnet: IpNet = subnet.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "invalid subnet {subnet:?} ({}): give a CIDR such as 10.10.0.0/24 or fd00:1::/64",
+            at("Subnet")
+        ))
+    })?;
+    let family = if matches!(subnet, IpNet::V4(_)) {
+        "IPv4"
+    } else {
+        "IPv6"
+    };
+    let same_family = |a: &IpAddr| a.is_ipv4() == matches!(subnet, IpNet::V4(_));
+    let gateway = match non_empty(&cfg.gateway) {
+        None => None,
+        Some(g) => match g.parse::<IpAddr>() {
+            Ok(a) if same_family(&a) => Some(a),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid gateway {g:?} ({}): give an {family} address in subnet {subnet}",
+                    at("Gateway")
+                )))
+            }
+        },
+    };
+    if let Some(gw) = gateway {
+        if !subnet.contains(&gw) {
+            return Err(ApiError::bad_request(format!(
+                "invalid gateway {gw} ({}): it is not in subnet {subnet}",
+                at("Gateway")
+            )));
+        }
+    }
+    let ip_range = match non_empty(&cfg.ip_range) {
+        None => None,
+        Some(r) => match r.parse::<IpNet>() {
+            Ok(n) if n.addr().is_ipv4() == subnet.addr().is_ipv4() => Some(n),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid IPRange {r:?} ({}): give an {family} CIDR inside subnet {subnet}",
+                    at("IPRange")
+                )))
+            }
+        },
+    };
+    if let Some(range) = ip_range {
+        if range.trunc() != range || !subnet.contains(&range) {
+            return Err(ApiError::bad_request(format!(
+                "invalid IPRange {range} ({}): it must be a subnet inside {subnet}",
+                at("IPRange")
+            )));
+        }
+    }
+    let mut aux = BTreeMap::new();
+    for (name, a) in cfg.auxiliary_addresses.iter().flatten() {
+        let addr = match a.trim().parse::<IpAddr>() {
+            Ok(addr) if same_family(&addr) => addr,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid auxiliary address {name}={a:?} ({}): give an {family} address in subnet {subnet}",
+                    at("AuxiliaryAddresses")
+                )))
+            }
+        };
+        if !subnet.contains(&addr) {
+            return Err(ApiError::bad_request(format!(
+                "invalid auxiliary address {name}={addr} ({}): it is not in subnet {subnet}",
+                at("AuxiliaryAddresses")
+            )));
+        }
+        aux.insert(name.clone(), addr);
+    }
+    Ok(Some(ParsedConfig {
+        subnet,
+        gateway,
+        ip_range,
+        aux,
+    }))
+}
+
 /// Validate a `POST /networks/create` body into a [`NetworkCreate`].
 pub fn network_create_request(body: NetworkCreateBody) -> ApiResult<NetworkCreate> {
     if body.name.is_empty() {
@@ -262,79 +366,86 @@ pub fn network_create_request(body: NetworkCreateBody) -> ApiResult<NetworkCreat
     if let Some(ipam) = body.ipam {
         req.ipam_driver = ipam.driver.unwrap_or_default();
         req.ipam_options = ipam.options.unwrap_or_default();
-        let mut v4 = Vec::new();
-        for cfg in ipam.config.unwrap_or_default() {
-            let Some(subnet) = non_empty(&cfg.subnet) else {
-                if non_empty(&cfg.gateway).is_some() || non_empty(&cfg.ip_range).is_some() {
-                    return Err(ApiError::bad_request(
-                        "an IPAM config with a Gateway or IPRange needs a Subnet",
-                    ));
-                }
+        let (mut seen_v4, mut seen_v6) = (false, false);
+        for (i, cfg) in ipam.config.unwrap_or_default().iter().enumerate() {
+            let Some(c) = parse_ipam_config(i, cfg)? else {
                 continue;
             };
-            let subnet: IpNet = subnet.parse().map_err(|_| {
-                ApiError::bad_request(format!(
-                    "invalid subnet {subnet:?}: give a CIDR such as 10.10.0.0/24"
-                ))
-            })?;
-            let IpNet::V4(subnet) = subnet else {
-                return Err(ApiError::bad_request(format!(
-                    "IPv6 subnet {subnet} is not supported yet"
-                )));
-            };
-            let gateway = non_empty(&cfg.gateway)
-                .map(|g| {
-                    g.parse::<Ipv4Addr>().map_err(|_| {
-                        ApiError::bad_request(format!(
-                            "invalid gateway {g:?}: give an IPv4 address"
-                        ))
-                    })
-                })
-                .transpose()?;
-            let ip_range = non_empty(&cfg.ip_range)
-                .map(|r| {
-                    r.parse::<Ipv4Net>().map_err(|_| {
-                        ApiError::bad_request(format!("invalid IPRange {r:?}: give an IPv4 CIDR"))
-                    })
-                })
-                .transpose()?;
-            v4.push((subnet, gateway, ip_range));
-        }
-        match v4.as_slice() {
-            [] => {}
-            [(subnet, gateway, ip_range)] => {
-                req.subnet = Some(*subnet);
-                req.gateway = *gateway;
-                req.ip_range = *ip_range;
-            }
-            _ => {
-                return Err(ApiError::bad_request(
-                    "only one IPv4 subnet per network is supported",
-                ))
+            match c.subnet {
+                IpNet::V4(subnet) => {
+                    if std::mem::replace(&mut seen_v4, true) {
+                        return Err(ApiError::bad_request(
+                            "only one IPv4 subnet per network is supported",
+                        ));
+                    }
+                    req.subnet = Some(subnet);
+                    req.gateway = c.gateway.and_then(|g| match g {
+                        IpAddr::V4(a) => Some(a),
+                        IpAddr::V6(_) => None,
+                    });
+                    req.ip_range = c.ip_range.and_then(|r| match r {
+                        IpNet::V4(n) => Some(n),
+                        IpNet::V6(_) => None,
+                    });
+                    req.aux_addresses = c
+                        .aux
+                        .into_iter()
+                        .filter_map(|(k, v)| match v {
+                            IpAddr::V4(a) => Some((k, a)),
+                            IpAddr::V6(_) => None,
+                        })
+                        .collect();
+                }
+                IpNet::V6(subnet) => {
+                    if std::mem::replace(&mut seen_v6, true) {
+                        return Err(ApiError::bad_request(
+                            "only one IPv6 subnet per network is supported",
+                        ));
+                    }
+                    req.ipv6 = Some(Ipv6Request {
+                        subnet,
+                        gateway: c.gateway.and_then(|g| match g {
+                            IpAddr::V6(a) => Some(a),
+                            IpAddr::V4(_) => None,
+                        }),
+                        ip_range: c.ip_range.and_then(|r| match r {
+                            IpNet::V6(n) => Some(n),
+                            IpNet::V4(_) => None,
+                        }),
+                        aux_addresses: c
+                            .aux
+                            .into_iter()
+                            .filter_map(|(k, v)| match v {
+                                IpAddr::V6(a) => Some((k, a)),
+                                IpAddr::V4(_) => None,
+                            })
+                            .collect(),
+                    });
+                }
             }
         }
     }
     Ok(req)
 }
 
-/// Validate a connect body: (sandbox, static IPv4).
-pub fn connect_request(body: ConnectBody) -> ApiResult<(String, Option<Ipv4Addr>)> {
+/// Validate a connect body: the sandbox and the [`ConnectOptions`] (static
+/// addresses, MAC, aliases). A MAC must be well-formed, unicast and not all-zero;
+/// an alias must be 1–255 characters without whitespace; duplicate aliases are
+/// dropped.
+pub fn connect_request(body: ConnectBody) -> ApiResult<(String, ConnectOptions)> {
     if body.container.is_empty() {
         return Err(ApiError::bad_request(
             "\"Container\" (a sandbox name or id) is required",
         ));
     }
-    let ipam = body.endpoint_config.and_then(|c| c.ipam_config);
-    let mut ipv4 = None;
-    if let Some(ipam) = ipam {
-        if non_empty(&ipam.ipv6_address).is_some() {
-            return Err(ApiError::bad_request(
-                "IPv6 addresses are not supported yet",
-            ));
-        }
+    let mut opts = ConnectOptions::default();
+    let Some(cfg) = body.endpoint_config else {
+        return Ok((body.container, opts));
+    };
+    if let Some(ipam) = &cfg.ipam_config {
         if let Some(a) = non_empty(&ipam.ipv4_address) {
             match a.parse::<IpAddr>() {
-                Ok(IpAddr::V4(v4)) => ipv4 = Some(v4),
+                Ok(IpAddr::V4(v4)) => opts.ipv4 = Some(v4),
                 _ => {
                     return Err(ApiError::bad_request(format!(
                         "invalid IPv4Address {a:?}: give an IPv4 address such as 10.10.0.5"
@@ -342,35 +453,34 @@ pub fn connect_request(body: ConnectBody) -> ApiResult<(String, Option<Ipv4Addr>
                 }
             }
         }
+        if let Some(a) = non_empty(&ipam.ipv6_address) {
+            match a.parse::<IpAddr>() {
+                Ok(IpAddr::V6(v6)) => opts.ipv6 = Some(v6),
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "invalid IPv6Address {a:?}: give an IPv6 address such as fd00:1::5"
+                    )))
+                }
+            }
+        }
     }
-    Ok((body.container, ipv4))
-}
-
-/// The MAC and aliases of a connect body (addresses are [`connect_request`]'s).
-/// A MAC must be well-formed, unicast and not all-zero; an alias must be 1–255
-/// characters without whitespace; duplicate aliases are dropped.
-pub fn endpoint_options(body: &ConnectBody) -> ApiResult<EndpointOptions> {
-    let Some(cfg) = &body.endpoint_config else {
-        return Ok(EndpointOptions::default());
-    };
-    let mac = non_empty(&cfg.mac_address)
+    opts.mac = non_empty(&cfg.mac_address)
         .map(|m| {
             crate::model::parse_endpoint_mac(m)
                 .map_err(|why| ApiError::bad_request(format!("invalid MacAddress {m:?}: {why}")))
         })
         .transpose()?;
-    let mut aliases: Vec<String> = Vec::new();
     for a in cfg.aliases.iter().flatten() {
         if a.is_empty() || a.len() > 255 || a.chars().any(char::is_whitespace) {
             return Err(ApiError::bad_request(format!(
                 "invalid alias {a:?} in Aliases: give 1 to 255 characters without spaces"
             )));
         }
-        if !aliases.contains(a) {
-            aliases.push(a.clone());
+        if !opts.aliases.contains(a) {
+            opts.aliases.push(a.clone());
         }
     }
-    Ok(EndpointOptions { mac, aliases })
+    Ok((body.container, opts))
 }
 
 // ---------------------------------------------------------------- response bodies
@@ -451,6 +561,9 @@ pub struct IpamConfigResource {
     /// Dynamic range, when set.
     #[serde(rename = "IPRange", skip_serializing_if = "Option::is_none")]
     pub ip_range: Option<String>,
+    /// Reserved addresses by name, when any.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub auxiliary_addresses: BTreeMap<String, String>,
 }
 
 /// One entry of a network's `Containers`.
@@ -468,7 +581,7 @@ pub struct ContainerResource {
     /// `a.b.c.d/len`.
     #[serde(rename = "IPv4Address")]
     pub ipv4_address: String,
-    /// Empty (no IPv6 yet).
+    /// `addr/len` on IPv6 networks, else empty.
     #[serde(rename = "IPv6Address")]
     pub ipv6_address: String,
     /// Network-scoped aliases (omitted when there are none).
@@ -515,6 +628,12 @@ pub struct SandboxEndpointResource {
     /// Gateway.
     #[serde(rename = "Gateway")]
     pub gateway: String,
+    /// `addr/len` on IPv6 networks.
+    #[serde(rename = "IPv6Address", skip_serializing_if = "String::is_empty")]
+    pub ipv6_address: String,
+    /// IPv6 gateway on IPv6 networks.
+    #[serde(rename = "IPv6Gateway", skip_serializing_if = "String::is_empty")]
+    pub ipv6_gateway: String,
     /// Network-scoped aliases (omitted when there are none).
     #[serde(rename = "Aliases", skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
@@ -590,9 +709,9 @@ pub fn network_resource(net: &Network, store: &Store) -> NetworkResource {
                 ContainerResource {
                     name,
                     endpoint_id: e.id.clone(),
-                    mac_address: format_mac(&e.mac),
-                    ipv4_address: format!("{}/{}", e.ipv4, e.prefix_len),
-                    ipv6_address: String::new(),
+                    mac_address: e.mac.as_ref().map(format_mac).unwrap_or_default(),
+                    ipv4_address: cidr(e.ipv4, e.prefix_len),
+                    ipv6_address: cidr(e.ipv6, e.prefix_len_v6),
                     aliases: e.aliases.clone(),
                 },
             )
@@ -611,16 +730,52 @@ pub fn network_resource(net: &Network, store: &Store) -> NetworkResource {
         ipam: IpamResource {
             driver: net.ipam_driver.clone(),
             options: net.ipam_options.clone(),
-            config: vec![IpamConfigResource {
-                subnet: net.subnet.to_string(),
-                gateway: net.gateway.to_string(),
-                ip_range: net.ip_range.map(|r| r.to_string()),
-            }],
+            config: ipam_config_resources(net),
         },
         containers,
         options: net.options.clone(),
         labels: net.labels.clone(),
     }
+}
+
+/// `addr/len`, or empty without an address.
+fn cidr<A: std::fmt::Display>(addr: Option<A>, len: u8) -> String {
+    addr.map(|a| format!("{a}/{len}")).unwrap_or_default()
+}
+
+fn to_string_or_empty<A: std::fmt::Display>(a: Option<A>) -> String {
+    a.map(|a| a.to_string()).unwrap_or_default()
+}
+
+/// `IPAM.Config` of a network: the IPv4 entry and the IPv6 entry, where present
+/// (`null`/`host` networks have none).
+fn ipam_config_resources(net: &Network) -> Vec<IpamConfigResource> {
+    let mut out = Vec::new();
+    if let Some(subnet) = net.subnet {
+        out.push(IpamConfigResource {
+            subnet: subnet.to_string(),
+            gateway: to_string_or_empty(net.gateway),
+            ip_range: net.ip_range.map(|r| r.to_string()),
+            auxiliary_addresses: net
+                .aux_addresses
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
+        });
+    }
+    if let Some(v6) = &net.ipv6 {
+        out.push(IpamConfigResource {
+            subnet: v6.subnet.to_string(),
+            gateway: v6.gateway.to_string(),
+            ip_range: v6.ip_range.map(|r| r.to_string()),
+            auxiliary_addresses: v6
+                .aux_addresses
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
+        });
+    }
+    out
 }
 
 /// Shape a sandbox for the API.
@@ -635,9 +790,16 @@ pub fn sandbox_resource(sb: &Sandbox, store: &Store) -> SandboxResource {
                     network_id: n.id.clone(),
                     endpoint_id: e.id.clone(),
                     interface: e.interface.clone(),
-                    mac_address: format_mac(&e.mac),
-                    ipv4_address: format!("{}/{}", e.ipv4, e.prefix_len),
-                    gateway: n.gateway.to_string(),
+                    mac_address: e.mac.as_ref().map(format_mac).unwrap_or_default(),
+                    ipv4_address: cidr(e.ipv4, e.prefix_len),
+                    gateway: to_string_or_empty(n.gateway),
+                    ipv6_address: cidr(e.ipv6, e.prefix_len_v6),
+                    ipv6_gateway: to_string_or_empty(
+                        n.ipv6
+                            .as_ref()
+                            .filter(|_| e.ipv6.is_some())
+                            .map(|c| c.gateway),
+                    ),
                     aliases: e.aliases.clone(),
                 },
             )
@@ -807,9 +969,8 @@ async fn network_connect(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ConnectBody>,
 ) -> ApiResult<StatusCode> {
-    let opts = endpoint_options(&body)?;
-    let (sandbox, ipv4) = connect_request(body)?;
-    ctl.connect_with(&id, &sandbox, ipv4, opts).await?;
+    let (sandbox, opts) = connect_request(body)?;
+    ctl.connect(&id, &sandbox, opts).await?;
     Ok(StatusCode::OK)
 }
 

@@ -6,14 +6,23 @@
 //! taps, datapath calls) runs on `spawn_blocking`, never on a tokio worker. Each
 //! operation either completes or fails leaving the model, IPAM and data plane as
 //! they were (every step that fails undoes the steps before it).
+//!
+//! Networks: a driver with addresses gets an IPv4 pool from IPAM, its gateway and
+//! auxiliary addresses reserved in it, and with `EnableIPv6` an IPv6 pool likewise;
+//! `null`/`host` networks get none, and at most one network of each. The pre-defined
+//! networks (`none`, `host`, `bridge`) are made by [`Controller::ensure_default_networks`]
+//! through the ordinary create path, only if absent, and cannot be removed (403).
+//! Endpoints: connect = allocate addresses → `create_endpoint` → `join`; a failure
+//! at any step releases what the earlier steps took and records nothing. The IPAM
+//! state is a function of the records: [`restore_network_ipam`] replays one network.
 
 use crate::driver::{Driver, DriverRegistry, FdbRow, NetworkReport};
 use crate::error::{Error, Result};
-use crate::ipam::{Ipam, PoolRequest};
-use crate::model::{self, Endpoint, Network, Sandbox, Store};
-use ipnet::Ipv4Net;
+use crate::ipam::{gateway_options, Ipam, IpamError, Pool, PoolRequest};
+use crate::model::{self, Endpoint, Ipv6Config, Network, Sandbox, Store};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tapnet_sandbox::netns::Netns;
@@ -36,6 +45,10 @@ pub struct NetworkCreate {
     pub gateway: Option<Ipv4Addr>,
     /// Requested dynamic range.
     pub ip_range: Option<Ipv4Net>,
+    /// IPv4 auxiliary addresses (reserved, never handed out).
+    pub aux_addresses: BTreeMap<String, Ipv4Addr>,
+    /// The IPv6 pool, when `enable_ipv6`.
+    pub ipv6: Option<Ipv6Request>,
     /// Driver options.
     pub options: BTreeMap<String, String>,
     /// Labels.
@@ -48,14 +61,236 @@ pub struct NetworkCreate {
     pub enable_ipv6: bool,
 }
 
-/// Endpoint settings of a connect request beyond the addresses (Docker's
-/// `EndpointConfig.MacAddress` and `Aliases`).
+/// The IPv6 part of a [`NetworkCreate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv6Request {
+    /// The IPv6 subnet.
+    pub subnet: Ipv6Net,
+    /// Requested gateway (default: the first address after the network address).
+    pub gateway: Option<Ipv6Addr>,
+    /// Requested dynamic range.
+    pub ip_range: Option<Ipv6Net>,
+    /// Auxiliary addresses.
+    pub aux_addresses: BTreeMap<String, Ipv6Addr>,
+}
+
+/// What a connect request asks for beyond "join this sandbox to this network"
+/// (Docker's `EndpointConfig`): static addresses, the MAC and aliases. The one
+/// options type of [`Controller::connect`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EndpointOptions {
-    /// The tap's MAC (already checked: unicast, not zero); default `02:42:<IPv4>`.
+pub struct ConnectOptions {
+    /// Static IPv4 address (`EndpointConfig.IPAMConfig.IPv4Address`).
+    pub ipv4: Option<Ipv4Addr>,
+    /// Static IPv6 address (`EndpointConfig.IPAMConfig.IPv6Address`).
+    pub ipv6: Option<Ipv6Addr>,
+    /// The tap's MAC (`EndpointConfig.MacAddress`; already checked: unicast, not
+    /// zero). Default `02:42:<IPv4>`, or a random `02:42:…` without IPv4.
     pub mac: Option<[u8; 6]>,
-    /// Network-scoped aliases.
+    /// Network-scoped aliases (`EndpointConfig.Aliases`), in request order.
     pub aliases: Vec<String>,
+}
+
+/// The default `bridge` network's settings (dockerd's `--bip`, `--fixed-cidr`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DefaultBridge {
+    /// Subnet (from `--bip`, else `--fixed-cidr`, else the first free default pool).
+    pub subnet: Option<Ipv4Net>,
+    /// Gateway (the address part of `--bip`).
+    pub gateway: Option<Ipv4Addr>,
+    /// Dynamic range (`--fixed-cidr`).
+    pub ip_range: Option<Ipv4Net>,
+}
+
+impl DefaultBridge {
+    /// From dockerd-style `--bip ADDR/LEN` and `--fixed-cidr CIDR`.
+    pub fn from_flags(bip: Option<Ipv4Net>, fixed_cidr: Option<Ipv4Net>) -> DefaultBridge {
+        let subnet = bip.map(|b| b.trunc()).or(fixed_cidr);
+        DefaultBridge {
+            subnet,
+            gateway: bip.map(|b| b.addr()),
+            ip_range: fixed_cidr,
+        }
+    }
+}
+
+/// One address family of a network's IPAM configuration, as requested or recorded.
+struct FamilyRequest {
+    subnet: Option<IpNet>,
+    gateway: Option<IpAddr>,
+    ip_range: Option<IpNet>,
+    aux: Vec<(String, IpAddr)>,
+    v6: bool,
+}
+
+/// Reserve a pool, its gateway and auxiliary addresses; on any failure release the
+/// pool again (which forgets its addresses). Errors name the network and the field.
+fn reserve_family(
+    ipam: &mut dyn Ipam,
+    network: &str,
+    req: &FamilyRequest,
+    options: &BTreeMap<String, String>,
+) -> Result<(Pool, IpAddr)> {
+    let pool = ipam
+        .request_pool(&PoolRequest {
+            subnet: req.subnet,
+            ip_range: req.ip_range,
+            v6: req.v6,
+            options: options.clone(),
+        })
+        .map_err(|e| Error::ipam(format!("network {network}"), e))?;
+    let reserved = (|| {
+        let gateway = ipam
+            .request_address(&pool.id, req.gateway, &gateway_options())
+            .map_err(|e| match e {
+                IpamError::NotInSubnet { .. } | IpamError::Reserved { .. } => {
+                    Error::InvalidRequest(format!("network {network}: invalid gateway: {e}"))
+                }
+                e => Error::ipam(format!("network {network}: reserve gateway"), e),
+            })?;
+        for (name, addr) in &req.aux {
+            ipam.request_address(&pool.id, Some(*addr), &BTreeMap::new())
+                .map_err(|e| match e {
+                    IpamError::NotInSubnet { .. } | IpamError::Reserved { .. } => {
+                        Error::InvalidRequest(format!(
+                            "network {network}: invalid auxiliary address {name}={addr}: {e}"
+                        ))
+                    }
+                    e => Error::ipam(
+                        format!("network {network}: reserve auxiliary address {name}={addr}"),
+                        e,
+                    ),
+                })?;
+        }
+        Ok(gateway)
+    })();
+    match reserved {
+        Ok(gateway) => Ok((pool, gateway)),
+        Err(e) => {
+            if let Err(r) = ipam.release_pool(&pool.id) {
+                tracing::warn!(error = %r, "releasing pool after a failed reservation");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn v4_family(net: &Network) -> Option<FamilyRequest> {
+    net.subnet.map(|subnet| FamilyRequest {
+        subnet: Some(IpNet::V4(subnet)),
+        gateway: net.gateway.map(IpAddr::V4),
+        ip_range: net.ip_range.map(IpNet::V4),
+        aux: net
+            .aux_addresses
+            .iter()
+            .map(|(k, v)| (k.clone(), IpAddr::V4(*v)))
+            .collect(),
+        v6: false,
+    })
+}
+
+fn v6_family(v6: &Ipv6Config) -> FamilyRequest {
+    FamilyRequest {
+        subnet: Some(IpNet::V6(v6.subnet)),
+        gateway: Some(IpAddr::V6(v6.gateway)),
+        ip_range: v6.ip_range.map(IpNet::V6),
+        aux: v6
+            .aux_addresses
+            .iter()
+            .map(|(k, v)| (k.clone(), IpAddr::V6(*v)))
+            .collect(),
+        v6: true,
+    }
+}
+
+/// Replay one recorded network into `ipam` (daemon restart): its pools, gateways,
+/// auxiliary addresses and every endpoint's addresses, as static requests. Updates the
+/// record's pool ids. On failure nothing of this network stays reserved.
+pub fn restore_network_ipam(ipam: &mut dyn Ipam, net: &mut Network) -> Result<()> {
+    let mut taken: Vec<String> = Vec::new();
+    let restored = (|| {
+        if let Some(fam) = v4_family(net) {
+            let (pool, _) = reserve_family(ipam, &net.name, &fam, &net.ipam_options)?;
+            taken.push(pool.id.clone());
+            for ep in net.endpoints.values() {
+                if let Some(a) = ep.ipv4 {
+                    ipam.request_address(&pool.id, Some(IpAddr::V4(a)), &BTreeMap::new())
+                        .map_err(|e| Error::ipam(format!("restore endpoint {}", ep.id), e))?;
+                }
+            }
+            net.ipv4_pool = Some(pool.id);
+        }
+        if let Some(v6) = net.ipv6.clone() {
+            let (pool, _) = reserve_family(ipam, &net.name, &v6_family(&v6), &net.ipam_options)?;
+            taken.push(pool.id.clone());
+            for ep in net.endpoints.values() {
+                if let Some(a) = ep.ipv6 {
+                    ipam.request_address(&pool.id, Some(IpAddr::V6(a)), &BTreeMap::new())
+                        .map_err(|e| Error::ipam(format!("restore endpoint {}", ep.id), e))?;
+                }
+            }
+            if let Some(c) = net.ipv6.as_mut() {
+                c.pool = pool.id;
+            }
+        }
+        Ok(())
+    })();
+    if restored.is_err() {
+        for id in taken {
+            let _ = ipam.release_pool(&id);
+        }
+    }
+    restored
+}
+
+/// The pool id of a network's IPv4 subnet (recorded, or the default driver's).
+fn v4_pool(net: &Network) -> Option<String> {
+    net.ipv4_pool.clone().or_else(|| {
+        net.subnet
+            .map(|s| crate::ipam::local_pool_id(&IpNet::V4(s)))
+    })
+}
+
+/// The pool id of a network's IPv6 subnet.
+fn v6_pool(net: &Network) -> Option<String> {
+    net.ipv6.as_ref().map(|c| {
+        if c.pool.is_empty() {
+            crate::ipam::local_pool_id(&IpNet::V6(c.subnet))
+        } else {
+            c.pool.clone()
+        }
+    })
+}
+
+fn release_network_pools(ipam: &mut dyn Ipam, net: &Network) {
+    for id in [v4_pool(net), v6_pool(net)].into_iter().flatten() {
+        if let Err(e) = ipam.release_pool(&id) {
+            tracing::warn!(network = %net.name, error = %e, "releasing pool");
+        }
+    }
+}
+
+/// The MAC of a new endpoint: none without a device (`null`, `host`); else the
+/// requested one, else `02:42:<IPv4>`, else (IPv6-only) a random `02:42:…` address
+/// not used on the network.
+fn default_mac(
+    driver: &dyn Driver,
+    requested: Option<[u8; 6]>,
+    ipv4: Option<Ipv4Addr>,
+    net: &Network,
+) -> Option<[u8; 6]> {
+    if !driver.has_addresses() {
+        return None;
+    }
+    if let Some(mac) = requested.or_else(|| ipv4.map(model::mac_for)) {
+        return Some(mac);
+    }
+    loop {
+        let mut mac = [0x02, 0x42, 0, 0, 0, 0];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut mac[2..]);
+        if !net.endpoints.values().any(|e| e.mac == Some(mac)) {
+            return Some(mac);
+        }
+    }
 }
 
 /// Check an object name as Docker does: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
@@ -179,23 +414,38 @@ impl Controller {
                 "plugin \"{ipam_driver}\" not found"
             )));
         }
-        if req.enable_ipv6 {
+        if driver.single_instance() && st.store.networks.values().any(|n| n.driver == driver_name) {
+            return Err(Error::Forbidden(format!(
+                "only one instance of \"{driver_name}\" network is allowed"
+            )));
+        }
+        if let Some(v6) = &req.ipv6 {
+            if !req.enable_ipv6 {
+                return Err(Error::InvalidRequest(format!(
+                    "an IPv6 subnet ({}) was given but EnableIPv6 is false: set EnableIPv6 (--ipv6) to use it",
+                    v6.subnet
+                )));
+            }
+        }
+        let has_ipam_config = req.subnet.is_some()
+            || req.gateway.is_some()
+            || req.ip_range.is_some()
+            || !req.aux_addresses.is_empty()
+            || req.ipv6.is_some();
+        if !driver.has_addresses() && (has_ipam_config || req.enable_ipv6) {
+            return Err(Error::InvalidRequest(format!(
+                "driver {driver_name} gives endpoints no addresses: drop the IPAM config and EnableIPv6"
+            )));
+        }
+        if driver.has_addresses() && req.enable_ipv6 && req.ipv6.is_none() {
             return Err(Error::InvalidRequest(
-                "IPv6 networks are not supported yet; drop EnableIPv6".into(),
+                "EnableIPv6 needs an IPv6 subnet: add an IPAM.Config entry with an IPv6 Subnet (--subnet fd00::/64)".into(),
             ));
         }
         driver.validate_options(&req.options)?;
-        let pool = st
-            .ipam
-            .request_pool(&PoolRequest {
-                subnet: req.subnet,
-                gateway: req.gateway,
-                ip_range: req.ip_range,
-            })
-            .map_err(|e| Error::ipam(format!("create network {}", req.name), e))?;
-        let network = Network {
+        let mut network = Network {
             id: model::new_id(),
-            name: req.name,
+            name: req.name.clone(),
             driver: driver_name.to_string(),
             created: model::now_rfc3339(),
             scope: driver.scope().to_string(),
@@ -203,23 +453,155 @@ impl Controller {
             attachable: req.attachable,
             enable_ipv6: req.enable_ipv6,
             ipam_driver: ipam_driver.to_string(),
-            ipam_options: req.ipam_options,
-            subnet: pool.subnet,
-            gateway: pool.gateway,
-            ip_range: pool.ip_range,
-            options: req.options,
-            labels: req.labels,
+            ipam_options: req.ipam_options.clone(),
+            subnet: None,
+            gateway: None,
+            ip_range: None,
+            aux_addresses: BTreeMap::new(),
+            ipv4_pool: None,
+            ipv6: None,
+            options: req.options.clone(),
+            labels: req.labels.clone(),
             endpoints: BTreeMap::new(),
         };
+        if driver.has_addresses() {
+            self.reserve_network_pools(&mut st, &req, &mut network)?;
+        }
         let (d, n) = (Arc::clone(&driver), network.clone());
         if let Err(e) = blocking("create network", move || d.create_network(&n)).await {
-            let _ = st.ipam.release_pool(pool.subnet);
+            release_network_pools(st.ipam.as_mut(), &network);
             return Err(e);
         }
         let id = network.id.clone();
-        tracing::info!(network = %network.name, id = %id, subnet = %network.subnet, "network created");
+        tracing::info!(
+            network = %network.name,
+            id = %id,
+            driver = %network.driver,
+            subnet = ?network.subnet,
+            subnet_v6 = ?network.ipv6.as_ref().map(|c| c.subnet),
+            "network created"
+        );
         st.store.networks.insert(id.clone(), network);
         Ok(id)
+    }
+
+    /// Reserve the IPv4 (and IPv6) pools of a new network and fill in its record.
+    /// On failure nothing stays reserved.
+    fn reserve_network_pools(
+        &self,
+        st: &mut State,
+        req: &NetworkCreate,
+        network: &mut Network,
+    ) -> Result<()> {
+        let v4 = FamilyRequest {
+            subnet: req.subnet.map(IpNet::V4),
+            gateway: req.gateway.map(IpAddr::V4),
+            ip_range: req.ip_range.map(IpNet::V4),
+            aux: req
+                .aux_addresses
+                .iter()
+                .map(|(k, v)| (k.clone(), IpAddr::V4(*v)))
+                .collect(),
+            v6: false,
+        };
+        let (pool4, gw4) = reserve_family(st.ipam.as_mut(), &req.name, &v4, &req.ipam_options)
+            .map_err(|e| name_overlap(e, &st.store))?;
+        let (IpNet::V4(subnet), IpAddr::V4(gw)) = (pool4.subnet, gw4) else {
+            let _ = st.ipam.release_pool(&pool4.id);
+            return Err(Error::InvalidRequest(format!(
+                "network {}: IPAM returned a non-IPv4 pool for the IPv4 subnet",
+                req.name
+            )));
+        };
+        network.subnet = Some(subnet);
+        network.gateway = Some(gw);
+        network.ip_range = req.ip_range;
+        network.aux_addresses = req.aux_addresses.clone();
+        network.ipv4_pool = Some(pool4.id.clone());
+        if let Some(r6) = &req.ipv6 {
+            let fam = FamilyRequest {
+                subnet: Some(IpNet::V6(r6.subnet)),
+                gateway: r6.gateway.map(IpAddr::V6),
+                ip_range: r6.ip_range.map(IpNet::V6),
+                aux: r6
+                    .aux_addresses
+                    .iter()
+                    .map(|(k, v)| (k.clone(), IpAddr::V6(*v)))
+                    .collect(),
+                v6: true,
+            };
+            let reserved = reserve_family(st.ipam.as_mut(), &req.name, &fam, &req.ipam_options)
+                .map_err(|e| name_overlap(e, &st.store));
+            match reserved {
+                Ok((pool6, IpAddr::V6(gw6))) => {
+                    network.ipv6 = Some(Ipv6Config {
+                        subnet: r6.subnet,
+                        gateway: gw6,
+                        ip_range: r6.ip_range,
+                        aux_addresses: r6.aux_addresses.clone(),
+                        pool: pool6.id,
+                    });
+                }
+                other => {
+                    let _ = st.ipam.release_pool(&pool4.id);
+                    if let Ok((pool6, _)) = &other {
+                        let _ = st.ipam.release_pool(&pool6.id);
+                    }
+                    return Err(other.err().unwrap_or_else(|| {
+                        Error::InvalidRequest(format!(
+                            "network {}: IPAM returned a non-IPv6 gateway",
+                            req.name
+                        ))
+                    }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Create the pre-defined networks that do not exist yet (`none`, `host`,
+    /// `bridge`), through the ordinary create path. Drivers that are not registered
+    /// are skipped. Existing networks are left as they are.
+    pub async fn ensure_default_networks(&self, bridge: &DefaultBridge) -> Result<()> {
+        for (name, driver) in model::PREDEFINED_NETWORKS {
+            if self.drivers.get(driver).is_err() {
+                tracing::warn!(
+                    network = name,
+                    driver,
+                    "driver not registered; pre-defined network skipped"
+                );
+                continue;
+            }
+            let exists = {
+                let st = self.state.lock().await;
+                st.store.networks.values().any(|n| n.name == name)
+            };
+            if exists {
+                continue;
+            }
+            let mut req = NetworkCreate {
+                name: name.to_string(),
+                driver: driver.to_string(),
+                ..NetworkCreate::default()
+            };
+            if driver == "bridge" {
+                req.subnet = bridge.subnet;
+                req.gateway = bridge.gateway;
+                req.ip_range = bridge.ip_range;
+                req.options.insert(
+                    "com.docker.network.bridge.default_bridge".into(),
+                    "true".into(),
+                );
+            }
+            self.create_network(req).await.map_err(|e| match e {
+                Error::Ipam { op, source } => Error::Ipam {
+                    op: format!("create pre-defined network {name}: {op}"),
+                    source,
+                },
+                other => other,
+            })?;
+        }
+        Ok(())
     }
 
     /// Delete a network (CNM `Delete`); refused while endpoints are attached.
@@ -232,6 +614,12 @@ impl Controller {
             .get(&id)
             .cloned()
             .ok_or_else(|| not_found("network", what))?;
+        if model::is_predefined(&network.name) {
+            return Err(Error::Forbidden(format!(
+                "{} is a pre-defined network and cannot be removed",
+                network.name
+            )));
+        }
         if !network.endpoints.is_empty() {
             let mut names: Vec<String> = network
                 .endpoints
@@ -253,9 +641,7 @@ impl Controller {
         let driver = self.drivers.get(&network.driver)?;
         let nid = id.clone();
         blocking("delete network", move || driver.delete_network(&nid)).await?;
-        if let Err(e) = st.ipam.release_pool(network.subnet) {
-            tracing::warn!(error = %e, "releasing pool of deleted network");
-        }
+        release_network_pools(st.ipam.as_mut(), &network);
         st.store.networks.remove(&id);
         tracing::info!(network = %network.name, "network removed");
         Ok(())
@@ -366,25 +752,14 @@ impl Controller {
         Ok(())
     }
 
-    /// Connect a sandbox to a network (CNM `CreateEndpoint` + `Join`).
+    /// Connect a sandbox to a network (CNM `CreateEndpoint` + `Join`) with the
+    /// static addresses, MAC and aliases of `opts`. A MAC already used by another
+    /// endpoint of the network is a conflict (409).
     pub async fn connect(
         &self,
         network: &str,
         sandbox: &str,
-        ipv4: Option<Ipv4Addr>,
-    ) -> Result<Endpoint> {
-        self.connect_with(network, sandbox, ipv4, EndpointOptions::default())
-            .await
-    }
-
-    /// [`Controller::connect`] with a chosen MAC and aliases. A MAC already used by
-    /// another endpoint of the network is a conflict (409).
-    pub async fn connect_with(
-        &self,
-        network: &str,
-        sandbox: &str,
-        ipv4: Option<Ipv4Addr>,
-        opts: EndpointOptions,
+        opts: ConnectOptions,
     ) -> Result<Endpoint> {
         let mut st = self.state.lock().await;
         let nid = st.store.resolve_network(network)?;
@@ -407,11 +782,31 @@ impl Controller {
                 sb.name, net.name
             )));
         }
+        let driver = self.drivers.get(&net.driver)?;
+        self.check_exclusive(&st.store, &net, &sb, driver.as_ref())?;
+        if !driver.has_addresses() && (opts.ipv4.is_some() || opts.ipv6.is_some()) {
+            return Err(Error::InvalidRequest(format!(
+                "network {} (driver {}) gives endpoints no addresses: drop the static IPv4Address/IPv6Address",
+                net.name, net.driver
+            )));
+        }
+        if opts.ipv6.is_some() && net.ipv6.is_none() {
+            return Err(Error::InvalidRequest(format!(
+                "network {} has no IPv6 subnet (EnableIPv6 is off): cannot give IPv6Address",
+                net.name
+            )));
+        }
         let ns = st.netns.get(&sid).cloned().ok_or_else(|| {
             Error::InvalidRequest(format!("sandbox {} has no open namespace", sb.name))
         })?;
+        if opts.mac.is_some() && !driver.has_addresses() {
+            return Err(Error::InvalidRequest(format!(
+                "network {} (driver {}) gives endpoints no device: drop the MacAddress",
+                net.name, net.driver
+            )));
+        }
         if let Some(mac) = opts.mac {
-            if net.endpoints.values().any(|e| e.mac == mac) {
+            if net.endpoints.values().any(|e| e.mac == Some(mac)) {
                 return Err(Error::Conflict(format!(
                     "MAC address {} is already used on network {}",
                     model::format_mac(&mac),
@@ -419,19 +814,74 @@ impl Controller {
                 )));
             }
         }
-        let driver = self.drivers.get(&net.driver)?;
-        let ip = st
-            .ipam
-            .request_address(net.subnet, ipv4)
-            .map_err(|e| Error::ipam(format!("connect {} to network {}", sb.name, net.name), e))?;
+        let op = || format!("connect {} to network {}", sb.name, net.name);
+        // Addresses first; every later failure gives them back.
+        let none = BTreeMap::new();
+        let pool4 = v4_pool(&net);
+        let ipv4 = match &pool4 {
+            Some(pool) => match st
+                .ipam
+                .request_address(pool, opts.ipv4.map(IpAddr::V4), &none)
+                .map_err(|e| Error::ipam(op(), e))?
+            {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(a) => {
+                    let _ = st.ipam.release_address(pool, IpAddr::V6(a));
+                    return Err(Error::InvalidRequest(format!(
+                        "{}: IPAM returned IPv6 address {a} from the IPv4 pool",
+                        op()
+                    )));
+                }
+            },
+            None => None,
+        };
+        let release4 = |ipam: &mut dyn Ipam| {
+            if let (Some(pool), Some(a)) = (&pool4, ipv4) {
+                if let Err(e) = ipam.release_address(pool, IpAddr::V4(a)) {
+                    tracing::warn!(error = %e, "releasing address after a failed connect");
+                }
+            }
+        };
+        let pool6 = v6_pool(&net);
+        let ipv6 = match &pool6 {
+            Some(pool) => match st
+                .ipam
+                .request_address(pool, opts.ipv6.map(IpAddr::V6), &none)
+            {
+                Ok(IpAddr::V6(a)) => Some(a),
+                Ok(IpAddr::V4(a)) => {
+                    let _ = st.ipam.release_address(pool, IpAddr::V4(a));
+                    release4(st.ipam.as_mut());
+                    return Err(Error::InvalidRequest(format!(
+                        "{}: IPAM returned IPv4 address {a} from the IPv6 pool",
+                        op()
+                    )));
+                }
+                Err(e) => {
+                    release4(st.ipam.as_mut());
+                    return Err(Error::ipam(op(), e));
+                }
+            },
+            None => None,
+        };
+        let release_all = |ipam: &mut dyn Ipam| {
+            release4(ipam);
+            if let (Some(pool), Some(a)) = (&pool6, ipv6) {
+                if let Err(e) = ipam.release_address(pool, IpAddr::V6(a)) {
+                    tracing::warn!(error = %e, "releasing address after a failed connect");
+                }
+            }
+        };
         let mut endpoint = Endpoint {
             id: model::new_id(),
             network_id: nid.clone(),
             sandbox_id: sid.clone(),
             interface: String::new(),
-            mac: opts.mac.unwrap_or_else(|| model::mac_for(ip)),
-            ipv4: ip,
-            prefix_len: net.subnet.prefix_len(),
+            mac: default_mac(driver.as_ref(), opts.mac, ipv4, &net),
+            ipv4,
+            prefix_len: net.subnet.map_or(0, |s| s.prefix_len()),
+            ipv6,
+            prefix_len_v6: net.ipv6.as_ref().map_or(0, |c| c.subnet.prefix_len()),
             aliases: opts.aliases,
         };
         let (d, n, ep, sb_name) = (
@@ -456,15 +906,56 @@ impl Controller {
         match joined {
             Ok(ifname) => endpoint.interface = ifname,
             Err(e) => {
-                let _ = st.ipam.release_address(net.subnet, ip);
+                release_all(st.ipam.as_mut());
                 return Err(e);
             }
         }
-        tracing::info!(network = %net.name, sandbox = %sb.name, interface = %endpoint.interface, ip = %ip, "connected");
+        tracing::info!(
+            network = %net.name,
+            sandbox = %sb.name,
+            interface = %endpoint.interface,
+            ip = ?ipv4,
+            ipv6 = ?ipv6,
+            "connected"
+        );
         if let Some(n) = st.store.networks.get_mut(&nid) {
             n.endpoints.insert(endpoint.id.clone(), endpoint.clone());
         }
         Ok(endpoint)
+    }
+
+    /// Docker's rules for `host` and `none`: a sandbox on one of them is on no other
+    /// network, and a sandbox on other networks cannot join one of them.
+    fn check_exclusive(
+        &self,
+        store: &Store,
+        net: &Network,
+        sb: &Sandbox,
+        driver: &dyn Driver,
+    ) -> Result<()> {
+        let others = store.endpoints_of_sandbox(&sb.id);
+        if let Some((exclusive, _)) = others.iter().find(|(n, _)| {
+            self.drivers
+                .get(&n.driver)
+                .is_ok_and(|d| d.single_instance())
+        }) {
+            return Err(Error::InvalidRequest(format!(
+                "sandbox {} is connected to network {} (driver {}), which excludes every other network: disconnect it first",
+                sb.name, exclusive.name, exclusive.driver
+            )));
+        }
+        if driver.single_instance() && !others.is_empty() {
+            let mut names: Vec<&str> = others.iter().map(|(n, _)| n.name.as_str()).collect();
+            names.sort_unstable();
+            return Err(Error::InvalidRequest(format!(
+                "sandbox {} cannot join network {} (driver {}) while connected to other networks ({}): disconnect them first",
+                sb.name,
+                net.name,
+                net.driver,
+                names.join(", ")
+            )));
+        }
+        Ok(())
     }
 
     /// Disconnect a sandbox from a network (CNM `Leave` + `Delete` endpoint).
@@ -512,8 +1003,14 @@ impl Controller {
             }
             tracing::warn!(error = %e, "forced disconnect: leave failed, removing the endpoint anyway");
         }
-        if let Err(e) = st.ipam.release_address(net.subnet, endpoint.ipv4) {
-            tracing::warn!(error = %e, "releasing address of removed endpoint");
+        let addrs = [
+            v4_pool(&net).zip(endpoint.ipv4.map(IpAddr::V4)),
+            v6_pool(&net).zip(endpoint.ipv6.map(IpAddr::V6)),
+        ];
+        for (pool, addr) in addrs.into_iter().flatten() {
+            if let Err(e) = st.ipam.release_address(&pool, addr) {
+                tracing::warn!(error = %e, "releasing address of removed endpoint");
+            }
         }
         if let Some(n) = st.store.networks.get_mut(nid) {
             n.endpoints.remove(&endpoint.id);
@@ -555,6 +1052,378 @@ impl Controller {
     }
 }
 
+/// Name the other network in a pool-overlap error (409).
+fn name_overlap(e: Error, store: &Store) -> Error {
+    let Error::Ipam {
+        op,
+        source: IpamError::Overlap { subnet, other },
+    } = e
+    else {
+        return e;
+    };
+    let owner = store.networks.values().find(|n| {
+        n.subnet.map(IpNet::V4) == Some(other)
+            || n.ipv6.as_ref().map(|c| IpNet::V6(c.subnet)) == Some(other)
+    });
+    match owner {
+        Some(n) => Error::Conflict(format!(
+            "{op}: subnet {subnet} overlaps with subnet {other} of network {} (Pool overlaps with other one on this address space)",
+            n.name
+        )),
+        None => Error::ipam(op, IpamError::Overlap { subnet, other }),
+    }
+}
+
 fn not_found(kind: &str, what: &str) -> Error {
     Error::NotFound(format!("{kind} {what} not found"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::driver::null::NullDriver;
+    use crate::ipam::DefaultIpam;
+    use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+
+    /// A bridge-like driver that can be told to fail; counts live endpoints.
+    #[derive(Default)]
+    struct Flaky {
+        fail_join: AtomicBool,
+        fail_create: AtomicBool,
+        endpoints: AtomicIsize,
+        joined: AtomicIsize,
+    }
+
+    impl Driver for Flaky {
+        fn name(&self) -> &str {
+            "bridge"
+        }
+        fn create_network(&self, _: &Network) -> Result<()> {
+            if self.fail_create.load(Ordering::SeqCst) {
+                return Err(Error::InvalidRequest("injected create failure".into()));
+            }
+            Ok(())
+        }
+        fn delete_network(&self, _: &str) -> Result<()> {
+            Ok(())
+        }
+        fn create_endpoint(&self, _: &Network, _: &Endpoint) -> Result<()> {
+            self.endpoints.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn join(&self, _: &Network, _: &Endpoint, _: &Netns, _: &str) -> Result<String> {
+            if self.fail_join.load(Ordering::SeqCst) {
+                return Err(Error::os(
+                    "create tap eth0",
+                    tapnet_sandbox::Error::Invalid("injected join failure".into()),
+                ));
+            }
+            self.joined.fetch_add(1, Ordering::SeqCst);
+            Ok("eth0".into())
+        }
+        fn leave(&self, _: &str, _: &str) -> Result<()> {
+            self.joined.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn delete_endpoint(&self, _: &str, _: &str) -> Result<()> {
+            self.endpoints.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn controller() -> (Controller, Arc<Flaky>) {
+        let flaky = Arc::new(Flaky::default());
+        let mut reg = DriverRegistry::new();
+        reg.register(flaky.clone());
+        reg.register(Arc::new(NullDriver));
+        let ctl = Controller::new(reg, Box::new(DefaultIpam::new()), Path::new("/nonexistent"));
+        (ctl, flaky)
+    }
+
+    async fn dual_stack(ctl: &Controller) {
+        ctl.create_network(NetworkCreate {
+            name: "n".into(),
+            subnet: Some("10.1.0.0/24".parse().unwrap()),
+            enable_ipv6: true,
+            ipv6: Some(Ipv6Request {
+                subnet: "fd00:1::/64".parse().unwrap(),
+                gateway: None,
+                ip_range: None,
+                aux_addresses: BTreeMap::new(),
+            }),
+            ..NetworkCreate::default()
+        })
+        .await
+        .unwrap();
+        ctl.create_sandbox(Some("sb".into()), Some("/proc/self/ns/net".into()))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn failed_join_releases_addresses_and_records_nothing() {
+        let (ctl, flaky) = controller();
+        dual_stack(&ctl).await;
+        let before = ctl.snapshot().await;
+        flaky.fail_join.store(true, Ordering::SeqCst);
+        let opts = ConnectOptions {
+            ipv4: Some("10.1.0.7".parse().unwrap()),
+            ipv6: Some("fd00:1::7".parse().unwrap()),
+            ..ConnectOptions::default()
+        };
+        let err = ctl.connect("n", "sb", opts.clone()).await.unwrap_err();
+        assert_eq!(err.status(), 500);
+        assert!(err.to_string().contains("injected join failure"), "{err}");
+        // Nothing recorded, the driver's endpoint deleted again.
+        let after = ctl.snapshot().await;
+        assert_eq!(after.networks, before.networks);
+        assert_eq!(flaky.endpoints.load(Ordering::SeqCst), 0);
+        assert_eq!(flaky.joined.load(Ordering::SeqCst), 0);
+        // Both addresses were released: the same static request succeeds now.
+        flaky.fail_join.store(false, Ordering::SeqCst);
+        let ep = ctl.connect("n", "sb", opts).await.unwrap();
+        assert_eq!(ep.ipv4, Some("10.1.0.7".parse().unwrap()));
+        assert_eq!(ep.ipv6, Some("fd00:1::7".parse().unwrap()));
+        assert_eq!(ep.mac, Some([0x02, 0x42, 10, 1, 0, 7]));
+        assert_eq!(flaky.endpoints.load(Ordering::SeqCst), 1);
+        // Disconnect releases them too.
+        ctl.disconnect("n", "sb", false).await.unwrap();
+        assert_eq!(flaky.endpoints.load(Ordering::SeqCst), 0);
+        let ep = ctl
+            .connect("n", "sb", ConnectOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(ep.ipv4, Some("10.1.0.2".parse().unwrap()));
+        assert_eq!(ep.ipv6, Some("fd00:1::2".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn failed_ipv6_allocation_releases_ipv4() {
+        let (ctl, _) = controller();
+        dual_stack(&ctl).await;
+        let bad = ConnectOptions {
+            ipv4: Some("10.1.0.9".parse().unwrap()),
+            ipv6: Some("fd00:2::9".parse().unwrap()),
+            ..ConnectOptions::default()
+        };
+        let err = ctl.connect("n", "sb", bad).await.unwrap_err();
+        assert_eq!(err.status(), 400, "{err}");
+        let ok = ConnectOptions {
+            ipv4: Some("10.1.0.9".parse().unwrap()),
+            ..ConnectOptions::default()
+        };
+        ctl.connect("n", "sb", ok).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn connect_options_mac_and_aliases() {
+        let (ctl, flaky) = controller();
+        dual_stack(&ctl).await;
+        ctl.create_sandbox(Some("sb2".into()), Some("/proc/self/ns/net".into()))
+            .await
+            .unwrap();
+        let mac = [0x02, 0x42, 0xac, 0x11, 0, 0x99];
+        let opts = ConnectOptions {
+            ipv4: Some("10.1.0.7".parse().unwrap()),
+            ipv6: Some("fd00:1::7".parse().unwrap()),
+            mac: Some(mac),
+            aliases: vec!["web".into(), "www".into()],
+        };
+        // The custom MAC overrides 02:42:<IPv4>; addresses and aliases are kept.
+        let ep = ctl.connect("n", "sb", opts.clone()).await.unwrap();
+        assert_eq!(ep.mac, Some(mac));
+        assert_eq!(ep.ipv4, Some("10.1.0.7".parse().unwrap()));
+        assert_eq!(ep.ipv6, Some("fd00:1::7".parse().unwrap()));
+        assert_eq!(ep.aliases, ["web", "www"]);
+        let rec = ctl.network("n").await.unwrap();
+        assert_eq!(rec.endpoints[&ep.id], ep);
+        // The same MAC on the same network: 409, nothing taken.
+        let before = ctl.snapshot().await.networks;
+        let e = ctl
+            .connect(
+                "n",
+                "sb2",
+                ConnectOptions {
+                    mac: Some(mac),
+                    ..ConnectOptions::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), 409, "{e}");
+        assert!(e.to_string().contains("02:42:ac:11:00:99"), "{e}");
+        assert_eq!(ctl.snapshot().await.networks, before);
+        assert_eq!(flaky.endpoints.load(Ordering::SeqCst), 1);
+        // Without a MAC: the default from the (first free) IPv4 address.
+        let ep2 = ctl
+            .connect("n", "sb2", ConnectOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(ep2.mac, Some([0x02, 0x42, 10, 1, 0, 2]));
+        assert!(ep2.aliases.is_empty());
+        // A MAC on a network without devices is refused.
+        ctl.create_network(NetworkCreate {
+            name: "nonet".into(),
+            driver: "null".into(),
+            ..NetworkCreate::default()
+        })
+        .await
+        .unwrap();
+        ctl.create_sandbox(Some("sb3".into()), Some("/proc/self/ns/net".into()))
+            .await
+            .unwrap();
+        let e = ctl
+            .connect(
+                "nonet",
+                "sb3",
+                ConnectOptions {
+                    mac: Some(mac),
+                    ..ConnectOptions::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), 400, "{e}");
+    }
+
+    #[test]
+    fn endpoint_mac_without_ipv4() {
+        let net = Network {
+            id: "n".into(),
+            name: "n".into(),
+            driver: "bridge".into(),
+            created: String::new(),
+            scope: "local".into(),
+            internal: false,
+            attachable: false,
+            enable_ipv6: true,
+            ipam_driver: "default".into(),
+            ipam_options: BTreeMap::new(),
+            subnet: None,
+            gateway: None,
+            ip_range: None,
+            aux_addresses: BTreeMap::new(),
+            ipv4_pool: None,
+            ipv6: None,
+            options: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+        };
+        let custom = [0x02, 0x42, 0xac, 0x11, 0, 0x99];
+        // IPv6-only: the requested MAC, else a random 02:42: one; none without a device.
+        assert_eq!(
+            default_mac(&Flaky::default(), Some(custom), None, &net),
+            Some(custom)
+        );
+        let random = default_mac(&Flaky::default(), None, None, &net).unwrap();
+        assert_eq!(random[..2], [0x02, 0x42]);
+        assert_eq!(default_mac(&NullDriver, Some(custom), None, &net), None);
+        assert_eq!(
+            default_mac(
+                &Flaky::default(),
+                Some(custom),
+                Some("10.0.0.2".parse().unwrap()),
+                &net
+            ),
+            Some(custom)
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_driver_create_releases_pools() {
+        let (ctl, flaky) = controller();
+        flaky.fail_create.store(true, Ordering::SeqCst);
+        let req = NetworkCreate {
+            name: "n".into(),
+            subnet: Some("10.1.0.0/24".parse().unwrap()),
+            aux_addresses: BTreeMap::from([("r".into(), "10.1.0.5".parse().unwrap())]),
+            ..NetworkCreate::default()
+        };
+        assert!(ctl.create_network(req.clone()).await.is_err());
+        assert!(ctl.snapshot().await.networks.is_empty());
+        flaky.fail_create.store(false, Ordering::SeqCst);
+        ctl.create_network(req).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn predefined_networks_once_and_not_removable() {
+        let (ctl, _) = controller();
+        ctl.ensure_default_networks(&DefaultBridge::default())
+            .await
+            .unwrap();
+        // Idempotent; `host` is skipped (driver not registered here).
+        ctl.ensure_default_networks(&DefaultBridge::default())
+            .await
+            .unwrap();
+        let st = ctl.snapshot().await;
+        let mut names: Vec<&str> = st.networks.values().map(|n| n.name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["bridge", "none"]);
+        let bridge = ctl.network("bridge").await.unwrap();
+        assert_eq!(bridge.subnet, Some("172.17.0.0/16".parse().unwrap()));
+        assert_eq!(
+            bridge.options["com.docker.network.bridge.default_bridge"],
+            "true"
+        );
+        let none = ctl.network("none").await.unwrap();
+        assert_eq!(none.subnet, None);
+        for n in ["bridge", "none"] {
+            let e = ctl.delete_network(n).await.unwrap_err();
+            assert_eq!(e.status(), 403);
+            assert!(e.to_string().contains("pre-defined"), "{e}");
+        }
+        let e = ctl
+            .create_network(NetworkCreate {
+                name: "none2".into(),
+                driver: "null".into(),
+                ..NetworkCreate::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), 403);
+        // --bip / --fixed-cidr.
+        let (ctl, _) = controller();
+        let bridge = DefaultBridge::from_flags(
+            Some("10.99.0.1/24".parse().unwrap()),
+            Some("10.99.0.128/25".parse().unwrap()),
+        );
+        ctl.ensure_default_networks(&bridge).await.unwrap();
+        let b = ctl.network("bridge").await.unwrap();
+        assert_eq!(b.subnet, Some("10.99.0.0/24".parse().unwrap()));
+        assert_eq!(b.gateway, Some("10.99.0.1".parse().unwrap()));
+        assert_eq!(b.ip_range, Some("10.99.0.128/25".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn ipam_state_rebuilds_from_records() {
+        let (ctl, _) = controller();
+        dual_stack(&ctl).await;
+        ctl.connect("n", "sb", ConnectOptions::default())
+            .await
+            .unwrap();
+        let mut net = ctl.network("n").await.unwrap();
+        let mut fresh = DefaultIpam::new();
+        restore_network_ipam(&mut fresh, &mut net).unwrap();
+        let pool4 = net.ipv4_pool.clone().unwrap();
+        let pool6 = net.ipv6.as_ref().unwrap().pool.clone();
+        let none = BTreeMap::new();
+        // Gateway and the endpoint's addresses are taken; the next ones are free.
+        for taken in ["10.1.0.1", "10.1.0.2"] {
+            let a: IpAddr = taken.parse().unwrap();
+            assert!(fresh.request_address(&pool4, Some(a), &none).is_err());
+        }
+        assert_eq!(
+            fresh.request_address(&pool4, None, &none).unwrap(),
+            "10.1.0.3".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            fresh.request_address(&pool6, None, &none).unwrap(),
+            "fd00:1::3".parse::<IpAddr>().unwrap()
+        );
+        // Replaying twice fails (overlap) and leaves the first replay intact.
+        let mut again = net.clone();
+        assert!(restore_network_ipam(&mut fresh, &mut again).is_err());
+        assert!(fresh.request_address(&pool4, None, &none).is_ok());
+    }
 }

@@ -30,6 +30,10 @@ pub enum Error {
     /// address in use, network in use, already connected.
     #[error("{0}")]
     Conflict(String),
+    /// The operation is not allowed on this object (HTTP 403): removing a
+    /// pre-defined network, a second `host`/`null` network.
+    #[error("{0}")]
+    Forbidden(String),
     /// An address-management request failed.
     #[error("{op}: {source}")]
     Ipam {
@@ -77,9 +81,10 @@ impl Error {
             Error::InvalidRequest(_) | Error::Ambiguous { .. } => 400,
             Error::NotFound(_) => 404,
             Error::Conflict(_) => 409,
+            Error::Forbidden(_) => 403,
             Error::Ipam { source, .. } => match source {
                 IpamError::InvalidSubnet(_)
-                | IpamError::InvalidGateway(_)
+                | IpamError::InvalidRange(_)
                 | IpamError::NotInSubnet { .. }
                 | IpamError::Reserved { .. } => 400,
                 IpamError::InUse { .. } | IpamError::Overlap { .. } => 409,

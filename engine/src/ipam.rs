@@ -1,24 +1,47 @@
 //! IP address management.
 //!
-//! Contract: [`Ipam`] hands out *pools* (one IPv4 subnet + gateway per network) and
-//! *addresses* within a pool. [`DefaultIpam`] is the built-in `default` driver:
+//! Contract: the [`Ipam`] trait is shaped after libnetwork's `ipamapi.Ipam`, so that a
+//! remote IPAM plugin can implement it later: [`Ipam::request_pool`] reserves a
+//! *pool* (one subnet, IPv4 or IPv6, optionally with a sub-range for dynamic
+//! allocation) and names it by an opaque pool id; [`Ipam::request_address`] hands out
+//! an address of a pool (a given one, or any free one); [`Ipam::release_address`] and
+//! [`Ipam::release_pool`] give them back. Requests carry Docker's option maps. The
+//! caller (the controller) reserves the gateway ([`REQUEST_ADDRESS_TYPE`] =
+//! [`GATEWAY_ADDRESS_TYPE`]) and auxiliary addresses through `request_address` like
+//! any other address, exactly as libnetwork does.
 //!
-//! * without a requested subnet it takes the first default pool (172.18.0.0/16 …
-//!   172.31.0.0/16, then 192.168.0.0/20, 192.168.16.0/20, … 192.168.240.0/20) that
-//!   overlaps no pool already handed out; a requested subnet must overlap none either;
-//! * without a requested gateway the first host address is the gateway; the gateway
-//!   is reserved in the pool;
-//! * the network and broadcast addresses are never handed out; dynamic allocation
-//!   takes the lowest free address (within the optional `IPRange`); a static request
-//!   is honoured if it lies in the subnet and is free;
-//! * every failure leaves the state unchanged.
+//! [`DefaultIpam`] is the built-in `default` driver:
 //!
-//! Pools are keyed by their subnet (subnets never overlap in one address space), so
-//! the state can be rebuilt after a restart by replaying pools and static addresses.
+//! * without a requested subnet an IPv4 pool is the first *default pool* (Docker's
+//!   local defaults: 172.17.0.0/16 … 172.31.0.0/16, then 192.168.0.0/16 cut into
+//!   /20s; or the `--default-address-pool base=CIDR,size=N` list instead) that
+//!   overlaps neither a pool already handed out nor a route of the daemon's host
+//!   ([`DefaultIpam::avoid`]); IPv6 pools always need an explicit subnet;
+//! * a requested subnet must be its own network address, leave room for a gateway and
+//!   an endpoint (IPv4 /30, IPv6 /126 at most), and overlap no pool handed out
+//!   ([`IpamError::Overlap`] names the other subnet);
+//! * the network address (and for IPv4 the broadcast address) is never handed out;
+//!   a dynamic request takes the lowest free address within the pool's range (or the
+//!   whole subnet when it has none); a dynamic *gateway* request takes the lowest free
+//!   address of the whole subnet; a static request is honoured anywhere in the
+//!   subnet if the address is free;
+//! * every failure leaves the state unchanged; nothing is ever handed out twice.
+//!
+//! The state is reconstructable: pool ids are derived from the subnet
+//! (`LocalDefault/<subnet>`), so replaying `request_pool` with each known subnet and
+//! range, then `request_address` with each recorded address (gateway, auxiliary,
+//! endpoints), reproduces exactly the allocations made before a restart.
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Option key of [`Ipam::request_address`] saying what the address is for (libnetwork's
+/// `ipamapi.RequestAddressType`).
+pub const REQUEST_ADDRESS_TYPE: &str = "com.docker.network.ipam.request_address_type";
+/// Value of [`REQUEST_ADDRESS_TYPE`] for a network's gateway (libnetwork's
+/// `netlabel.Gateway`).
+pub const GATEWAY_ADDRESS_TYPE: &str = "com.docker.network.gateway";
 
 /// Why an IPAM request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,126 +49,220 @@ pub enum IpamError {
     /// The requested subnet is unusable.
     #[error("invalid subnet: {0}")]
     InvalidSubnet(String),
-    /// The requested gateway is unusable.
-    #[error("invalid gateway: {0}")]
-    InvalidGateway(String),
+    /// The requested IP range is unusable.
+    #[error("invalid IP range: {0}")]
+    InvalidRange(String),
     /// A requested address is outside the pool's subnet.
     #[error("address {addr} is not in subnet {subnet}")]
     NotInSubnet {
         /// The address asked for.
-        addr: Ipv4Addr,
+        addr: IpAddr,
         /// The pool's subnet.
-        subnet: Ipv4Net,
+        subnet: IpNet,
     },
     /// A requested address is the subnet's network or broadcast address.
     #[error("address {addr} is the network or broadcast address of {subnet}")]
     Reserved {
         /// The address asked for.
-        addr: Ipv4Addr,
+        addr: IpAddr,
         /// The pool's subnet.
-        subnet: Ipv4Net,
+        subnet: IpNet,
     },
-    /// A requested address is already allocated (or is the gateway).
+    /// A requested address is already allocated (endpoint, gateway or auxiliary).
     #[error("address {addr} is already in use")]
     InUse {
         /// The address asked for.
-        addr: Ipv4Addr,
+        addr: IpAddr,
     },
     /// A requested subnet overlaps a pool already handed out.
-    #[error("subnet {subnet} overlaps with subnet {other} of another network")]
+    #[error("subnet {subnet} overlaps with subnet {other} (Pool overlaps with other one on this address space)")]
     Overlap {
         /// The subnet asked for.
-        subnet: Ipv4Net,
+        subnet: IpNet,
         /// The pool it overlaps.
-        other: Ipv4Net,
+        other: IpNet,
     },
-    /// Every default pool overlaps a pool in use.
+    /// Every default pool overlaps a pool in use or a host route.
     #[error("all predefined address pools have been fully subnetted; give an explicit subnet (IPAM Config Subnet) or remove unused networks")]
     PoolsExhausted,
-    /// No free address is left in the pool.
-    #[error("no available addresses in subnet {subnet}: all addresses are allocated")]
+    /// No free address is left in the pool (or its range).
+    #[error("no free address in {subnet}: use a larger --subnet (or --ip-range) or free addresses by disconnecting endpoints")]
     Exhausted {
-        /// The full pool.
-        subnet: Ipv4Net,
+        /// The full subnet or range.
+        subnet: IpNet,
     },
     /// The pool is not known (internal inconsistency).
     #[error("no address pool {0}")]
-    UnknownPool(Ipv4Net),
+    UnknownPool(String),
 }
 
-/// What a network asks of IPAM.
+/// What a network asks of IPAM (libnetwork's `RequestPool` arguments).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PoolRequest {
-    /// A specific subnet, or `None` for one from the default pools.
-    pub subnet: Option<Ipv4Net>,
-    /// A specific gateway, or `None` for the first host address.
-    pub gateway: Option<Ipv4Addr>,
-    /// Restrict dynamic allocation to this range (must lie in the subnet).
-    pub ip_range: Option<Ipv4Net>,
+    /// A specific subnet, or `None` for one from the default pools (IPv4 only).
+    pub subnet: Option<IpNet>,
+    /// Restrict dynamic allocation to this sub-range (must lie in the subnet).
+    pub ip_range: Option<IpNet>,
+    /// An IPv6 pool.
+    pub v6: bool,
+    /// IPAM driver options (`IPAM.Options`).
+    pub options: BTreeMap<String, String>,
 }
 
 /// A pool handed out to a network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pool {
-    /// The subnet (also the pool's key).
-    pub subnet: Ipv4Net,
-    /// The gateway address (reserved in the pool).
-    pub gateway: Ipv4Addr,
+    /// Opaque pool id, the handle for address requests.
+    pub id: String,
+    /// The subnet.
+    pub subnet: IpNet,
     /// The dynamic allocation range, if restricted.
-    pub ip_range: Option<Ipv4Net>,
+    pub ip_range: Option<IpNet>,
 }
 
-/// An IPAM driver.
+/// An IPAM driver (libnetwork's `ipamapi.Ipam`, see the module doc).
 pub trait Ipam: Send {
     /// The driver name reported in `IPAM.Driver`.
     fn name(&self) -> &str;
     /// Reserve a pool for a new network.
     fn request_pool(&mut self, req: &PoolRequest) -> Result<Pool, IpamError>;
     /// Give a pool back (its addresses are forgotten).
-    fn release_pool(&mut self, subnet: Ipv4Net) -> Result<(), IpamError>;
-    /// Allocate `want`, or the lowest free address if `None`.
+    fn release_pool(&mut self, pool_id: &str) -> Result<(), IpamError>;
+    /// Allocate `want`, or a free address if `None`. `options` may carry
+    /// [`REQUEST_ADDRESS_TYPE`].
     fn request_address(
         &mut self,
-        subnet: Ipv4Net,
-        want: Option<Ipv4Addr>,
-    ) -> Result<Ipv4Addr, IpamError>;
-    /// Free an address.
-    fn release_address(&mut self, subnet: Ipv4Net, addr: Ipv4Addr) -> Result<(), IpamError>;
+        pool_id: &str,
+        want: Option<IpAddr>,
+        options: &BTreeMap<String, String>,
+    ) -> Result<IpAddr, IpamError>;
+    /// Free an address (freeing an unallocated address is not an error).
+    fn release_address(&mut self, pool_id: &str, addr: IpAddr) -> Result<(), IpamError>;
 }
 
-/// The default pools, in the order they are tried.
-pub fn default_pools() -> Vec<Ipv4Net> {
-    let mut pools = Vec::with_capacity(30);
-    for second in 18u8..=31 {
-        if let Ok(net) = Ipv4Net::new(Ipv4Addr::new(172, second, 0, 0), 16) {
-            pools.push(net);
+/// Options that ask for a gateway address.
+pub fn gateway_options() -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        REQUEST_ADDRESS_TYPE.to_string(),
+        GATEWAY_ADDRESS_TYPE.to_string(),
+    )])
+}
+
+/// One `--default-address-pool`: `base` cut into subnets of prefix length `size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DefaultPool {
+    /// The range the subnets are cut from.
+    pub base: Ipv4Net,
+    /// Prefix length of each subnet.
+    pub size: u8,
+}
+
+impl DefaultPool {
+    /// Parse `base=CIDR,size=N` (dockerd's `--default-address-pool` syntax).
+    pub fn parse(s: &str) -> Result<DefaultPool, String> {
+        let mut base = None;
+        let mut size = None;
+        for part in s.split(',') {
+            let (k, v) = part.split_once('=').ok_or_else(|| {
+                format!("invalid default address pool {s:?}: expected base=CIDR,size=N")
+            })?;
+            match k.trim() {
+                "base" => {
+                    base = Some(v.trim().parse::<Ipv4Net>().map_err(|_| {
+                        format!(
+                            "invalid default address pool {s:?}: base {v:?} is not an IPv4 CIDR"
+                        )
+                    })?)
+                }
+                "size" => {
+                    size = Some(v.trim().parse::<u8>().map_err(|_| {
+                        format!(
+                            "invalid default address pool {s:?}: size {v:?} is not a prefix length"
+                        )
+                    })?)
+                }
+                other => {
+                    return Err(format!(
+                    "invalid default address pool {s:?}: unknown key {other:?} (use base and size)"
+                ))
+                }
+            }
+        }
+        let (Some(base), Some(size)) = (base, size) else {
+            return Err(format!(
+                "invalid default address pool {s:?}: both base=CIDR and size=N are required"
+            ));
+        };
+        if base.trunc() != base {
+            return Err(format!(
+                "invalid default address pool {s:?}: base has host bits set; use {}",
+                base.trunc()
+            ));
+        }
+        if size < base.prefix_len() || size > 30 {
+            return Err(format!(
+                "invalid default address pool {s:?}: size must be between {} and 30",
+                base.prefix_len()
+            ));
+        }
+        Ok(DefaultPool { base, size })
+    }
+
+    fn subnets(&self) -> impl Iterator<Item = Ipv4Net> {
+        self.base.subnets(self.size).into_iter().flatten()
+    }
+}
+
+/// Docker's local default pools: 172.17.0.0/12 as /16s, then 192.168.0.0/16 as /20s.
+pub fn default_pools() -> Vec<DefaultPool> {
+    let mut pools = Vec::with_capacity(16);
+    // 172.17.0.0 … 172.31.0.0: fifteen /16s (172.16.0.0/16 is not a Docker default).
+    for second in 17u8..=31 {
+        if let Ok(base) = Ipv4Net::new(Ipv4Addr::new(172, second, 0, 0), 16) {
+            pools.push(DefaultPool { base, size: 16 });
         }
     }
-    for third in (0u16..256).step_by(16) {
-        let third = u8::try_from(third).unwrap_or(0);
-        if let Ok(net) = Ipv4Net::new(Ipv4Addr::new(192, 168, third, 0), 20) {
-            pools.push(net);
-        }
+    if let Ok(base) = Ipv4Net::new(Ipv4Addr::new(192, 168, 0, 0), 16) {
+        pools.push(DefaultPool { base, size: 20 });
     }
     pools
 }
 
-fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
-/// Check a user-supplied subnet: it must be its own network address and leave room
-/// for a gateway and at least one endpoint.
-pub fn validate_subnet(subnet: Ipv4Net) -> Result<(), IpamError> {
+fn to_u128(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+fn from_u128(v6: bool, n: u128) -> IpAddr {
+    if v6 {
+        IpAddr::V6(n.into())
+    } else {
+        IpAddr::V4(Ipv4Addr::from(u32::try_from(n).unwrap_or(u32::MAX)))
+    }
+}
+
+/// Check a user-supplied subnet: its own network address, room for a gateway and at
+/// least one endpoint.
+pub fn validate_subnet(subnet: IpNet) -> Result<(), IpamError> {
     if subnet.trunc() != subnet {
         return Err(IpamError::InvalidSubnet(format!(
             "{subnet} has host bits set; it should be {}",
             subnet.trunc()
         )));
     }
-    if subnet.prefix_len() > 30 {
+    let max = match subnet {
+        IpNet::V4(_) => 30,
+        IpNet::V6(_) => 126,
+    };
+    if subnet.prefix_len() > max {
         return Err(IpamError::InvalidSubnet(format!(
-            "{subnet} is too small: the prefix length must be 30 or less"
+            "{subnet} is too small: the prefix length must be {max} or less"
         )));
     }
     Ok(())
@@ -155,37 +272,42 @@ pub fn validate_subnet(subnet: Ipv4Net) -> Result<(), IpamError> {
 #[derive(Debug, Clone)]
 struct SubnetAllocator {
     pool: Pool,
-    /// Allocated addresses (including the gateway), as `u32`.
-    used: BTreeSet<u32>,
+    /// Allocated addresses (gateway, auxiliary, endpoints).
+    used: BTreeSet<u128>,
 }
 
 impl SubnetAllocator {
-    fn new(pool: Pool) -> SubnetAllocator {
-        let mut used = BTreeSet::new();
-        used.insert(u32::from(pool.gateway));
-        SubnetAllocator { pool, used }
+    fn v6(&self) -> bool {
+        matches!(self.pool.subnet, IpNet::V6(_))
     }
 
-    fn first_host(&self) -> u32 {
-        u32::from(self.pool.subnet.network()) + 1
+    /// The lowest and highest address that may be handed out in `net`.
+    fn host_bounds(&self, net: &IpNet) -> (u128, u128) {
+        let subnet = &self.pool.subnet;
+        let first = to_u128(subnet.network()) + 1;
+        let last = if self.v6() {
+            to_u128(subnet.broadcast())
+        } else {
+            to_u128(subnet.broadcast()).saturating_sub(1)
+        };
+        (
+            to_u128(net.network()).max(first),
+            to_u128(net.broadcast()).min(last),
+        )
     }
 
-    fn last_host(&self) -> u32 {
-        u32::from(self.pool.subnet.broadcast()).saturating_sub(1)
-    }
-
-    fn check(&self, addr: Ipv4Addr) -> Result<u32, IpamError> {
+    fn check(&self, addr: IpAddr) -> Result<u128, IpamError> {
         let subnet = self.pool.subnet;
         if !subnet.contains(&addr) {
             return Err(IpamError::NotInSubnet { addr, subnet });
         }
-        if addr == subnet.network() || addr == subnet.broadcast() {
+        if addr == subnet.network() || (!self.v6() && addr == subnet.broadcast()) {
             return Err(IpamError::Reserved { addr, subnet });
         }
-        Ok(u32::from(addr))
+        Ok(to_u128(addr))
     }
 
-    fn allocate(&mut self, want: Option<Ipv4Addr>) -> Result<Ipv4Addr, IpamError> {
+    fn allocate(&mut self, want: Option<IpAddr>, gateway: bool) -> Result<IpAddr, IpamError> {
         if let Some(addr) = want {
             let a = self.check(addr)?;
             if !self.used.insert(a) {
@@ -193,13 +315,11 @@ impl SubnetAllocator {
             }
             return Ok(addr);
         }
-        let (lo, hi) = match self.pool.ip_range {
-            Some(range) => (
-                u32::from(range.network()).max(self.first_host()),
-                u32::from(range.broadcast()).min(self.last_host()),
-            ),
-            None => (self.first_host(), self.last_host()),
+        let within = match self.pool.ip_range {
+            Some(range) if !gateway => range,
+            _ => self.pool.subnet,
         };
+        let (lo, hi) = self.host_bounds(&within);
         let mut candidate = lo;
         for &a in self.used.range(lo..=hi) {
             if a == candidate {
@@ -209,26 +329,23 @@ impl SubnetAllocator {
             }
         }
         if candidate > hi || lo > hi {
-            return Err(IpamError::Exhausted {
-                subnet: self.pool.subnet,
-            });
+            return Err(IpamError::Exhausted { subnet: within });
         }
         self.used.insert(candidate);
-        Ok(Ipv4Addr::from(candidate))
+        Ok(from_u128(self.v6(), candidate))
     }
 
-    fn release(&mut self, addr: Ipv4Addr) {
-        if addr != self.pool.gateway {
-            self.used.remove(&u32::from(addr));
-        }
+    fn release(&mut self, addr: IpAddr) {
+        self.used.remove(&to_u128(addr));
     }
 }
 
 /// The built-in `default` IPAM driver (see the module doc).
 #[derive(Debug, Clone)]
 pub struct DefaultIpam {
-    defaults: Vec<Ipv4Net>,
-    pools: BTreeMap<Ipv4Net, SubnetAllocator>,
+    defaults: Vec<DefaultPool>,
+    avoid: Vec<Ipv4Net>,
+    pools: BTreeMap<String, SubnetAllocator>,
 }
 
 impl Default for DefaultIpam {
@@ -237,22 +354,51 @@ impl Default for DefaultIpam {
     }
 }
 
+/// The pool id the default driver gives `subnet` (stable across restarts).
+pub fn local_pool_id(subnet: &IpNet) -> String {
+    format!("LocalDefault/{subnet}")
+}
+
 impl DefaultIpam {
-    /// An IPAM with the standard default pools and nothing allocated.
+    /// An IPAM with Docker's default pools and nothing allocated.
     pub fn new() -> DefaultIpam {
         DefaultIpam::with_default_pools(default_pools())
     }
 
-    /// An IPAM with custom default pools (tests, `--default-address-pool` later).
-    pub fn with_default_pools(defaults: Vec<Ipv4Net>) -> DefaultIpam {
+    /// An IPAM with these default pools instead (`--default-address-pool`).
+    pub fn with_default_pools(defaults: Vec<DefaultPool>) -> DefaultIpam {
         DefaultIpam {
             defaults,
+            avoid: Vec::new(),
             pools: BTreeMap::new(),
         }
     }
 
-    fn overlapping(&self, subnet: &Ipv4Net) -> Option<Ipv4Net> {
-        self.pools.keys().find(|p| overlaps(p, subnet)).copied()
+    /// Never pick a default pool overlapping one of `routes` (the daemon host's
+    /// routes). Explicitly requested subnets are not checked against them.
+    pub fn avoid(mut self, routes: Vec<Ipv4Net>) -> DefaultIpam {
+        self.avoid = routes;
+        self
+    }
+
+    fn overlapping(&self, subnet: &IpNet) -> Option<IpNet> {
+        self.pools
+            .values()
+            .map(|p| p.pool.subnet)
+            .find(|p| overlaps(p, subnet))
+    }
+
+    fn pick_default(&self) -> Result<IpNet, IpamError> {
+        for dp in &self.defaults {
+            for candidate in dp.subnets() {
+                let c = IpNet::V4(candidate);
+                let on_host = self.avoid.iter().any(|r| overlaps(&IpNet::V4(*r), &c));
+                if !on_host && self.overlapping(&c).is_none() {
+                    return Ok(c);
+                }
+            }
+        }
+        Err(IpamError::PoolsExhausted)
     }
 }
 
@@ -264,79 +410,77 @@ impl Ipam for DefaultIpam {
     fn request_pool(&mut self, req: &PoolRequest) -> Result<Pool, IpamError> {
         let subnet = match req.subnet {
             Some(subnet) => {
+                if req.v6 != matches!(subnet, IpNet::V6(_)) {
+                    return Err(IpamError::InvalidSubnet(format!(
+                        "{subnet} is not an {} subnet",
+                        if req.v6 { "IPv6" } else { "IPv4" }
+                    )));
+                }
                 validate_subnet(subnet)?;
                 if let Some(other) = self.overlapping(&subnet) {
                     return Err(IpamError::Overlap { subnet, other });
                 }
                 subnet
             }
-            None => {
-                if req.gateway.is_some() || req.ip_range.is_some() {
-                    return Err(IpamError::InvalidGateway(
-                        "a gateway or IP range needs an explicit subnet".into(),
-                    ));
-                }
-                self.defaults
-                    .iter()
-                    .find(|d| self.overlapping(d).is_none())
-                    .copied()
-                    .ok_or(IpamError::PoolsExhausted)?
+            None if req.ip_range.is_some() => {
+                return Err(IpamError::InvalidRange(
+                    "an IP range needs an explicit subnet".into(),
+                ))
             }
-        };
-        let gateway = match req.gateway {
-            Some(gw) => {
-                if !subnet.contains(&gw) {
-                    return Err(IpamError::InvalidGateway(format!(
-                        "gateway {gw} is not in subnet {subnet}"
-                    )));
-                }
-                if gw == subnet.network() || gw == subnet.broadcast() {
-                    return Err(IpamError::InvalidGateway(format!(
-                        "gateway {gw} is the network or broadcast address of {subnet}"
-                    )));
-                }
-                gw
+            None if req.v6 => {
+                return Err(IpamError::InvalidSubnet(
+                    "an IPv6 network needs an explicit IPv6 subnet (IPAM Config Subnet)".into(),
+                ))
             }
-            None => Ipv4Addr::from(u32::from(subnet.network()) + 1),
+            None => self.pick_default()?,
         };
         if let Some(range) = req.ip_range {
             if range.trunc() != range || !subnet.contains(&range) {
-                return Err(IpamError::InvalidSubnet(format!(
-                    "IP range {range} must be a subnet inside {subnet}"
+                return Err(IpamError::InvalidRange(format!(
+                    "{range} must be a subnet inside {subnet}"
                 )));
             }
         }
         let pool = Pool {
+            id: local_pool_id(&subnet),
             subnet,
-            gateway,
             ip_range: req.ip_range,
         };
-        self.pools.insert(subnet, SubnetAllocator::new(pool));
+        self.pools.insert(
+            pool.id.clone(),
+            SubnetAllocator {
+                pool: pool.clone(),
+                used: BTreeSet::new(),
+            },
+        );
         Ok(pool)
     }
 
-    fn release_pool(&mut self, subnet: Ipv4Net) -> Result<(), IpamError> {
+    fn release_pool(&mut self, pool_id: &str) -> Result<(), IpamError> {
         self.pools
-            .remove(&subnet)
+            .remove(pool_id)
             .map(|_| ())
-            .ok_or(IpamError::UnknownPool(subnet))
+            .ok_or_else(|| IpamError::UnknownPool(pool_id.to_string()))
     }
 
     fn request_address(
         &mut self,
-        subnet: Ipv4Net,
-        want: Option<Ipv4Addr>,
-    ) -> Result<Ipv4Addr, IpamError> {
+        pool_id: &str,
+        want: Option<IpAddr>,
+        options: &BTreeMap<String, String>,
+    ) -> Result<IpAddr, IpamError> {
+        let gateway =
+            options.get(REQUEST_ADDRESS_TYPE).map(String::as_str) == Some(GATEWAY_ADDRESS_TYPE);
         self.pools
-            .get_mut(&subnet)
-            .ok_or(IpamError::UnknownPool(subnet))?
-            .allocate(want)
+            .get_mut(pool_id)
+            .ok_or_else(|| IpamError::UnknownPool(pool_id.to_string()))?
+            .allocate(want, gateway)
     }
 
-    fn release_address(&mut self, subnet: Ipv4Net, addr: Ipv4Addr) -> Result<(), IpamError> {
+    fn release_address(&mut self, pool_id: &str, addr: IpAddr) -> Result<(), IpamError> {
         self.pools
-            .get_mut(&subnet)
-            .ok_or(IpamError::UnknownPool(subnet))?
+            .get_mut(pool_id)
+            .ok_or_else(|| IpamError::UnknownPool(pool_id.to_string()))?
             .release(addr);
         Ok(())
     }
@@ -347,65 +491,119 @@ impl Ipam for DefaultIpam {
 mod tests {
     use super::*;
 
-    fn net(s: &str) -> Ipv4Net {
+    fn net(s: &str) -> IpNet {
         s.parse().unwrap()
     }
-    fn ip(s: &str) -> Ipv4Addr {
+    fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+    fn none() -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+    fn v4(subnet: &str) -> PoolRequest {
+        PoolRequest {
+            subnet: Some(net(subnet)),
+            ..Default::default()
+        }
+    }
+    /// A pool with its gateway reserved, as the controller does it.
+    fn pool_with_gw(ipam: &mut DefaultIpam, req: &PoolRequest) -> Pool {
+        let p = ipam.request_pool(req).unwrap();
+        ipam.request_address(&p.id, None, &gateway_options())
+            .unwrap();
+        p
     }
 
     #[test]
     fn default_pools_order() {
-        let p = default_pools();
-        assert_eq!(p.len(), 30);
-        assert_eq!(p[0], net("172.18.0.0/16"));
-        assert_eq!(p[13], net("172.31.0.0/16"));
-        assert_eq!(p[14], net("192.168.0.0/20"));
-        assert_eq!(p[15], net("192.168.16.0/20"));
-        assert_eq!(p[29], net("192.168.240.0/20"));
+        let subnets: Vec<Ipv4Net> = default_pools()
+            .iter()
+            .flat_map(DefaultPool::subnets)
+            .collect();
+        assert_eq!(subnets.len(), 31);
+        assert_eq!(subnets[0].to_string(), "172.17.0.0/16");
+        assert_eq!(subnets[14].to_string(), "172.31.0.0/16");
+        assert_eq!(subnets[15].to_string(), "192.168.0.0/20");
+        assert_eq!(subnets[16].to_string(), "192.168.16.0/20");
+        assert_eq!(subnets[30].to_string(), "192.168.240.0/20");
     }
 
     #[test]
     fn default_pool_and_gateway() {
         let mut ipam = DefaultIpam::new();
         let p = ipam.request_pool(&PoolRequest::default()).unwrap();
-        assert_eq!(p.subnet, net("172.18.0.0/16"));
-        assert_eq!(p.gateway, ip("172.18.0.1"));
+        assert_eq!(p.subnet, net("172.17.0.0/16"));
+        assert_eq!(p.id, "LocalDefault/172.17.0.0/16");
+        let gw = ipam
+            .request_address(&p.id, None, &gateway_options())
+            .unwrap();
+        assert_eq!(gw, ip("172.17.0.1"));
         let p2 = ipam.request_pool(&PoolRequest::default()).unwrap();
-        assert_eq!(p2.subnet, net("172.19.0.0/16"));
+        assert_eq!(p2.subnet, net("172.18.0.0/16"));
+    }
+
+    #[test]
+    fn default_pools_skip_host_routes() {
+        let mut ipam = DefaultIpam::new().avoid(vec!["172.17.5.0/24".parse().unwrap()]);
+        let p = ipam.request_pool(&PoolRequest::default()).unwrap();
+        assert_eq!(p.subnet, net("172.18.0.0/16"));
+        // An explicit subnet is the user's choice.
+        ipam.request_pool(&v4("172.17.0.0/16")).unwrap();
+    }
+
+    #[test]
+    fn custom_default_address_pools() {
+        let dp = DefaultPool::parse("base=10.200.0.0/16,size=24").unwrap();
+        assert_eq!(dp.size, 24);
+        let mut ipam = DefaultIpam::with_default_pools(vec![dp]);
+        assert_eq!(
+            ipam.request_pool(&PoolRequest::default()).unwrap().subnet,
+            net("10.200.0.0/24")
+        );
+        assert_eq!(
+            ipam.request_pool(&PoolRequest::default()).unwrap().subnet,
+            net("10.200.1.0/24")
+        );
+        for bad in [
+            "base=10.0.0.0/16",
+            "size=24",
+            "base=10.0.0.1/16,size=24",
+            "base=10.0.0.0/16,size=8",
+            "base=10.0.0.0/16,size=31",
+            "base=nope,size=24",
+            "base=10.0.0.0/16,size=24,x=1",
+        ] {
+            let e = DefaultPool::parse(bad).unwrap_err();
+            assert!(e.contains("default address pool"), "{bad}: {e}");
+        }
     }
 
     #[test]
     fn default_pools_skip_overlapping_user_subnets() {
         let mut ipam = DefaultIpam::new();
-        let req = PoolRequest {
-            subnet: Some(net("172.18.5.0/24")),
-            ..Default::default()
-        };
-        ipam.request_pool(&req).unwrap();
+        let user = ipam.request_pool(&v4("172.17.5.0/24")).unwrap();
         let p = ipam.request_pool(&PoolRequest::default()).unwrap();
-        assert_eq!(p.subnet, net("172.19.0.0/16"));
-        // And a user subnet overlapping a pool in use is refused.
-        let req = PoolRequest {
-            subnet: Some(net("172.19.0.0/24")),
-            ..Default::default()
-        };
+        assert_eq!(p.subnet, net("172.18.0.0/16"));
+        // A user subnet overlapping a pool in use is refused.
         assert_eq!(
-            ipam.request_pool(&req),
+            ipam.request_pool(&v4("172.18.0.0/24")),
             Err(IpamError::Overlap {
-                subnet: net("172.19.0.0/24"),
-                other: net("172.19.0.0/16")
+                subnet: net("172.18.0.0/24"),
+                other: net("172.18.0.0/16")
             })
         );
         // Releasing makes it available again.
-        ipam.release_pool(net("172.18.5.0/24")).unwrap();
+        ipam.release_pool(&user.id).unwrap();
         let p = ipam.request_pool(&PoolRequest::default()).unwrap();
-        assert_eq!(p.subnet, net("172.18.0.0/16"));
+        assert_eq!(p.subnet, net("172.17.0.0/16"));
     }
 
     #[test]
     fn pools_exhausted() {
-        let mut ipam = DefaultIpam::with_default_pools(vec![net("10.0.0.0/24")]);
+        let mut ipam =
+            DefaultIpam::with_default_pools(vec![
+                DefaultPool::parse("base=10.0.0.0/24,size=24").unwrap()
+            ]);
         ipam.request_pool(&PoolRequest::default()).unwrap();
         assert_eq!(
             ipam.request_pool(&PoolRequest::default()),
@@ -419,7 +617,7 @@ mod tests {
     #[test]
     fn after_172_comes_192_168() {
         let mut ipam = DefaultIpam::new();
-        for _ in 0..14 {
+        for _ in 0..15 {
             ipam.request_pool(&PoolRequest::default()).unwrap();
         }
         let p = ipam.request_pool(&PoolRequest::default()).unwrap();
@@ -427,143 +625,277 @@ mod tests {
     }
 
     #[test]
-    fn subnet_and_gateway_validation() {
+    fn subnet_and_range_validation() {
         let mut ipam = DefaultIpam::new();
-        let bad = PoolRequest {
-            subnet: Some(net("10.0.0.5/24")),
-            ..Default::default()
-        };
-        assert!(matches!(
-            ipam.request_pool(&bad),
-            Err(IpamError::InvalidSubnet(_))
-        ));
-        let small = PoolRequest {
-            subnet: Some(net("10.0.0.0/31")),
-            ..Default::default()
-        };
-        assert!(matches!(
-            ipam.request_pool(&small),
-            Err(IpamError::InvalidSubnet(_))
-        ));
-        let gw_out = PoolRequest {
-            subnet: Some(net("10.0.0.0/24")),
-            gateway: Some(ip("10.0.1.1")),
-            ..Default::default()
-        };
-        assert!(matches!(
-            ipam.request_pool(&gw_out),
-            Err(IpamError::InvalidGateway(_))
-        ));
-        let gw_bcast = PoolRequest {
-            subnet: Some(net("10.0.0.0/24")),
-            gateway: Some(ip("10.0.0.255")),
-            ..Default::default()
-        };
-        assert!(matches!(
-            ipam.request_pool(&gw_bcast),
-            Err(IpamError::InvalidGateway(_))
-        ));
+        for (req, want) in [
+            (v4("10.0.0.5/24"), "host bits"),
+            (v4("10.0.0.0/31"), "too small"),
+            (
+                PoolRequest {
+                    subnet: Some(net("fd00::/64")),
+                    ..Default::default()
+                },
+                "not an IPv4",
+            ),
+            (
+                PoolRequest {
+                    v6: true,
+                    ..Default::default()
+                },
+                "explicit IPv6 subnet",
+            ),
+            (
+                PoolRequest {
+                    subnet: Some(net("10.0.0.0/24")),
+                    ip_range: Some(net("10.0.1.0/25")),
+                    ..Default::default()
+                },
+                "inside 10.0.0.0/24",
+            ),
+            (
+                PoolRequest {
+                    ip_range: Some(net("10.0.1.0/25")),
+                    ..Default::default()
+                },
+                "explicit subnet",
+            ),
+        ] {
+            let e = ipam.request_pool(&req).unwrap_err();
+            assert!(e.to_string().contains(want), "{req:?}: {e}");
+        }
         // Nothing was reserved by the failures.
-        let ok = PoolRequest {
-            subnet: Some(net("10.0.0.0/24")),
-            gateway: Some(ip("10.0.0.254")),
-            ..Default::default()
-        };
-        assert_eq!(ipam.request_pool(&ok).unwrap().gateway, ip("10.0.0.254"));
+        assert!(ipam.pools.is_empty());
+        ipam.request_pool(&v4("10.0.0.0/24")).unwrap();
     }
 
     #[test]
     fn lowest_free_static_and_release() {
         let mut ipam = DefaultIpam::new();
-        let s = net("10.10.0.0/24");
-        ipam.request_pool(&PoolRequest {
-            subnet: Some(s),
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(ipam.request_address(s, None).unwrap(), ip("10.10.0.2"));
+        let p = pool_with_gw(&mut ipam, &v4("10.10.0.0/24"));
+        let id = p.id.as_str();
+        let req = |ipam: &mut DefaultIpam, want: Option<&str>| {
+            ipam.request_address(id, want.map(ip), &none())
+        };
+        assert_eq!(req(&mut ipam, None).unwrap(), ip("10.10.0.2"));
+        assert_eq!(req(&mut ipam, Some("10.10.0.5")).unwrap(), ip("10.10.0.5"));
+        assert_eq!(req(&mut ipam, None).unwrap(), ip("10.10.0.3"));
+        assert_eq!(req(&mut ipam, None).unwrap(), ip("10.10.0.4"));
+        assert_eq!(req(&mut ipam, None).unwrap(), ip("10.10.0.6"));
         assert_eq!(
-            ipam.request_address(s, Some(ip("10.10.0.5"))).unwrap(),
-            ip("10.10.0.5")
-        );
-        assert_eq!(ipam.request_address(s, None).unwrap(), ip("10.10.0.3"));
-        assert_eq!(ipam.request_address(s, None).unwrap(), ip("10.10.0.4"));
-        assert_eq!(ipam.request_address(s, None).unwrap(), ip("10.10.0.6"));
-        assert_eq!(
-            ipam.request_address(s, Some(ip("10.10.0.5"))),
+            req(&mut ipam, Some("10.10.0.5")),
             Err(IpamError::InUse {
                 addr: ip("10.10.0.5")
             })
         );
         assert_eq!(
-            ipam.request_address(s, Some(ip("10.10.0.1"))),
+            req(&mut ipam, Some("10.10.0.1")),
             Err(IpamError::InUse {
                 addr: ip("10.10.0.1")
             })
         );
         assert_eq!(
-            ipam.request_address(s, Some(ip("10.10.1.5"))),
+            req(&mut ipam, Some("10.10.1.5")),
             Err(IpamError::NotInSubnet {
                 addr: ip("10.10.1.5"),
-                subnet: s
+                subnet: p.subnet
             })
         );
         assert_eq!(
-            ipam.request_address(s, Some(ip("10.10.0.255"))),
+            req(&mut ipam, Some("10.10.0.255")),
             Err(IpamError::Reserved {
                 addr: ip("10.10.0.255"),
-                subnet: s
+                subnet: p.subnet
             })
         );
-        ipam.release_address(s, ip("10.10.0.3")).unwrap();
-        assert_eq!(ipam.request_address(s, None).unwrap(), ip("10.10.0.3"));
-        // The gateway is never released.
-        ipam.release_address(s, ip("10.10.0.1")).unwrap();
-        assert_eq!(ipam.request_address(s, None).unwrap(), ip("10.10.0.7"));
+        ipam.release_address(id, ip("10.10.0.3")).unwrap();
+        assert_eq!(req(&mut ipam, None).unwrap(), ip("10.10.0.3"));
     }
 
     #[test]
-    fn exhaustion_says_so() {
+    fn exhaustion_says_what_to_do() {
         let mut ipam = DefaultIpam::new();
-        let s = net("10.0.0.0/30");
-        ipam.request_pool(&PoolRequest {
-            subnet: Some(s),
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(ipam.request_address(s, None).unwrap(), ip("10.0.0.2"));
-        let err = ipam.request_address(s, None).unwrap_err();
-        assert_eq!(err, IpamError::Exhausted { subnet: s });
-        assert!(err.to_string().contains("no available addresses"));
-        ipam.release_address(s, ip("10.0.0.2")).unwrap();
-        assert_eq!(ipam.request_address(s, None).unwrap(), ip("10.0.0.2"));
+        let p = pool_with_gw(&mut ipam, &v4("10.0.0.0/30"));
+        assert_eq!(
+            ipam.request_address(&p.id, None, &none()).unwrap(),
+            ip("10.0.0.2")
+        );
+        let err = ipam.request_address(&p.id, None, &none()).unwrap_err();
+        assert_eq!(err, IpamError::Exhausted { subnet: p.subnet });
+        let text = err.to_string();
+        assert!(
+            text.contains("no free address in 10.0.0.0/30") && text.contains("larger --subnet"),
+            "{text}"
+        );
+        ipam.release_address(&p.id, ip("10.0.0.2")).unwrap();
+        assert_eq!(
+            ipam.request_address(&p.id, None, &none()).unwrap(),
+            ip("10.0.0.2")
+        );
     }
 
     #[test]
     fn ip_range_limits_dynamic_only() {
         let mut ipam = DefaultIpam::new();
-        let s = net("10.0.0.0/24");
+        let p = pool_with_gw(
+            &mut ipam,
+            &PoolRequest {
+                subnet: Some(net("10.0.0.0/24")),
+                ip_range: Some(net("10.0.0.128/30")),
+                ..Default::default()
+            },
+        );
+        // The gateway came from the whole subnet.
+        assert!(ipam
+            .request_address(&p.id, Some(ip("10.0.0.1")), &none())
+            .is_err());
+        let dynamic = |ipam: &mut DefaultIpam| ipam.request_address(&p.id, None, &none());
+        assert_eq!(dynamic(&mut ipam).unwrap(), ip("10.0.0.128"));
+        assert_eq!(dynamic(&mut ipam).unwrap(), ip("10.0.0.129"));
+        // Static: anywhere in the subnet.
+        assert_eq!(
+            ipam.request_address(&p.id, Some(ip("10.0.0.9")), &none())
+                .unwrap(),
+            ip("10.0.0.9")
+        );
+        assert_eq!(dynamic(&mut ipam).unwrap(), ip("10.0.0.130"));
+        assert_eq!(dynamic(&mut ipam).unwrap(), ip("10.0.0.131"));
+        assert_eq!(
+            dynamic(&mut ipam),
+            Err(IpamError::Exhausted {
+                subnet: net("10.0.0.128/30")
+            })
+        );
+    }
+
+    #[test]
+    fn aux_addresses_are_skipped() {
+        let mut ipam = DefaultIpam::new();
+        let p = pool_with_gw(&mut ipam, &v4("10.0.0.0/24"));
+        for aux in ["10.0.0.2", "10.0.0.3"] {
+            ipam.request_address(&p.id, Some(ip(aux)), &none()).unwrap();
+        }
+        assert_eq!(
+            ipam.request_address(&p.id, None, &none()).unwrap(),
+            ip("10.0.0.4")
+        );
+    }
+
+    #[test]
+    fn v6_pools_and_addresses() {
+        let mut ipam = DefaultIpam::new();
         let req = PoolRequest {
-            subnet: Some(s),
-            ip_range: Some(net("10.0.0.128/25")),
+            subnet: Some(net("fd00:1::/64")),
+            v6: true,
             ..Default::default()
         };
-        ipam.request_pool(&req).unwrap();
-        assert_eq!(ipam.request_address(s, None).unwrap(), ip("10.0.0.128"));
+        let p = pool_with_gw(&mut ipam, &req);
+        assert_eq!(p.subnet, net("fd00:1::/64"));
         assert_eq!(
-            ipam.request_address(s, Some(ip("10.0.0.9"))).unwrap(),
-            ip("10.0.0.9")
+            ipam.request_address(&p.id, None, &none()).unwrap(),
+            ip("fd00:1::2")
+        );
+        assert_eq!(
+            ipam.request_address(&p.id, Some(ip("fd00:1::ffff")), &none())
+                .unwrap(),
+            ip("fd00:1::ffff")
+        );
+        assert_eq!(
+            ipam.request_address(&p.id, Some(ip("fd00:1::")), &none()),
+            Err(IpamError::Reserved {
+                addr: ip("fd00:1::"),
+                subnet: p.subnet
+            })
+        );
+        assert!(matches!(
+            ipam.request_address(&p.id, Some(ip("fd00:2::1")), &none()),
+            Err(IpamError::NotInSubnet { .. })
+        ));
+        assert!(matches!(
+            ipam.request_address(&p.id, Some(ip("10.0.0.1")), &none()),
+            Err(IpamError::NotInSubnet { .. })
+        ));
+        // v4 and v6 pools never overlap each other; v6 pools do.
+        ipam.request_pool(&v4("10.0.0.0/24")).unwrap();
+        let overlap = PoolRequest {
+            subnet: Some(net("fd00:1::/112")),
+            v6: true,
+            ..Default::default()
+        };
+        assert!(matches!(
+            ipam.request_pool(&overlap),
+            Err(IpamError::Overlap { .. })
+        ));
+        // The last address of a v6 subnet is usable (no broadcast in IPv6).
+        let small = PoolRequest {
+            subnet: Some(net("fd00:9::/126")),
+            v6: true,
+            ..Default::default()
+        };
+        let s = pool_with_gw(&mut ipam, &small);
+        assert_eq!(
+            ipam.request_address(&s.id, None, &none()).unwrap(),
+            ip("fd00:9::2")
+        );
+        assert_eq!(
+            ipam.request_address(&s.id, None, &none()).unwrap(),
+            ip("fd00:9::3")
+        );
+        assert!(matches!(
+            ipam.request_address(&s.id, None, &none()),
+            Err(IpamError::Exhausted { .. })
+        ));
+    }
+
+    #[test]
+    fn state_is_reconstructable_from_records() {
+        // Before a "restart": a pool, its gateway, an aux address, some endpoints.
+        let mut before = DefaultIpam::new();
+        let req = PoolRequest {
+            subnet: Some(net("10.5.0.0/24")),
+            ip_range: Some(net("10.5.0.0/28")),
+            ..Default::default()
+        };
+        let p = pool_with_gw(&mut before, &req);
+        before
+            .request_address(&p.id, Some(ip("10.5.0.2")), &none())
+            .unwrap();
+        let mut endpoints = Vec::new();
+        for _ in 0..4 {
+            endpoints.push(before.request_address(&p.id, None, &none()).unwrap());
+        }
+        before.release_address(&p.id, endpoints[1]).unwrap();
+        let recorded: Vec<IpAddr> = [ip("10.5.0.1"), ip("10.5.0.2")]
+            .into_iter()
+            .chain(endpoints.iter().copied().filter(|a| *a != endpoints[1]))
+            .collect();
+        // After: replay the pool and every recorded address as static requests.
+        let mut after = DefaultIpam::new();
+        let q = after.request_pool(&req).unwrap();
+        assert_eq!(q, p);
+        for a in &recorded {
+            after.request_address(&q.id, Some(*a), &none()).unwrap();
+        }
+        // Both hand out the same next addresses, never a recorded one.
+        for _ in 0..3 {
+            let x = before.request_address(&p.id, None, &none()).unwrap();
+            let y = after.request_address(&q.id, None, &none()).unwrap();
+            assert_eq!(x, y);
+            assert!(!recorded.contains(&y));
+        }
+        // Default pool picks also agree.
+        assert_eq!(
+            before.request_pool(&PoolRequest::default()).unwrap(),
+            after.request_pool(&PoolRequest::default()).unwrap()
         );
     }
 
     #[test]
     fn unknown_pool() {
         let mut ipam = DefaultIpam::new();
-        let s = net("10.0.0.0/24");
         assert_eq!(
-            ipam.request_address(s, None),
-            Err(IpamError::UnknownPool(s))
+            ipam.request_address("LocalDefault/10.0.0.0/24", None, &none()),
+            Err(IpamError::UnknownPool("LocalDefault/10.0.0.0/24".into()))
         );
-        assert_eq!(ipam.release_pool(s), Err(IpamError::UnknownPool(s)));
+        assert!(ipam.release_pool("x").is_err());
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! * [`model`]: the CNM objects as data (`Network`, `Endpoint`, `Sandbox`) and the
 //!   [`model::Store`] that holds them; id/name/prefix lookup.
-//! * [`ipam`]: the `Ipam` trait and the default pools/allocator.
-//! * [`driver`]: the `Driver` trait, its registry, and the `bridge` driver.
+//! * [`ipam`]: the `Ipam` trait (libnetwork-shaped) and the default driver: pools,
+//!   ranges, auxiliary addresses, IPv4 and IPv6.
+//! * [`driver`]: the `Driver` trait, its registry, and the `bridge`, `null` and `host`
+//!   drivers.
 //! * [`controller`]: the CNM `NetworkController`, serializing every mutation.
 //! * [`api`]: the Docker-compatible HTTP API on a unix socket (`docs/api.md`).
 //! * [`error`]: the error enum and its single mapping to HTTP status codes.

@@ -4,11 +4,15 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use ipnet::Ipv4Net;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tapnet_engine::controller::DefaultBridge;
 use tapnet_engine::driver::bridge::BridgeDriver;
+use tapnet_engine::driver::host::HostDriver;
+use tapnet_engine::driver::null::NullDriver;
 use tapnet_engine::driver::DriverRegistry;
-use tapnet_engine::ipam::DefaultIpam;
+use tapnet_engine::ipam::{default_pools, DefaultIpam, DefaultPool};
 use tapnet_engine::{api, Controller};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -33,6 +37,18 @@ struct Args {
     /// Datapath worker threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
+    /// Gateway address and prefix of the default `bridge` network, e.g. 10.99.0.1/24
+    /// (dockerd's `--bip`).
+    #[arg(long, value_name = "CIDR")]
+    bip: Option<Ipv4Net>,
+    /// Dynamic allocation range of the default `bridge` network (dockerd's
+    /// `--fixed-cidr`); its subnet when `--bip` is not given.
+    #[arg(long, value_name = "CIDR")]
+    fixed_cidr: Option<Ipv4Net>,
+    /// Default address pool `base=CIDR,size=N` (repeatable; replaces the built-in
+    /// pools 172.17-31.0.0/16 and 192.168.0.0/16 as /20s).
+    #[arg(long = "default-address-pool", value_name = "base=CIDR,size=N", value_parser = DefaultPool::parse)]
+    default_address_pools: Vec<DefaultPool>,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -65,6 +81,29 @@ async fn terminated() {
     }
 }
 
+/// The IPv4 routes of the daemon's own namespace (main table, no default route):
+/// default pools overlapping them are skipped. Unreadable routes are logged, not fatal.
+async fn host_routes() -> Vec<Ipv4Net> {
+    let read = tokio::task::spawn_blocking(|| {
+        tapnet_sandbox::netlink::Handle::new().and_then(|mut h| h.routes_v4())
+    })
+    .await;
+    match read {
+        Ok(Ok(routes)) => routes
+            .into_iter()
+            .filter_map(|(addr, len)| Ipv4Net::new(addr, len).ok().map(|n| n.trunc()))
+            .collect(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read host routes; default pools are not checked against them");
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read host routes");
+            Vec::new()
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -89,11 +128,22 @@ async fn main() -> anyhow::Result<()> {
         .context("start datapath")?;
     let mut drivers = DriverRegistry::new();
     drivers.register(Arc::new(bridge));
-    let controller = Arc::new(Controller::new(
-        drivers,
-        Box::new(DefaultIpam::new()),
-        &args.exec_root,
-    ));
+    drivers.register(Arc::new(NullDriver));
+    drivers.register(Arc::new(HostDriver));
+    let pools = if args.default_address_pools.is_empty() {
+        default_pools()
+    } else {
+        args.default_address_pools.clone()
+    };
+    let routes = host_routes().await;
+    tracing::debug!(?routes, "host routes avoided by default pools");
+    let ipam = DefaultIpam::with_default_pools(pools).avoid(routes);
+    let controller = Arc::new(Controller::new(drivers, Box::new(ipam), &args.exec_root));
+    let bridge_cfg = DefaultBridge::from_flags(args.bip, args.fixed_cidr);
+    if let Err(e) = controller.ensure_default_networks(&bridge_cfg).await {
+        controller.shutdown().await;
+        bail!("create the pre-defined networks: {e}");
+    }
 
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "tapnetd starting");
     let served = api::serve_unix(&socket, api::router(Arc::clone(&controller)), terminated()).await;

@@ -8,11 +8,11 @@
 //! order, as Docker does.
 
 use crate::error::{Error, Result};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -82,7 +82,7 @@ pub struct Network {
     pub id: String,
     /// Unique name.
     pub name: String,
-    /// Driver name (`bridge`).
+    /// Driver name (`bridge`, `null`, `host`).
     pub driver: String,
     /// Creation time, RFC 3339.
     pub created: String,
@@ -92,18 +92,30 @@ pub struct Network {
     pub internal: bool,
     /// Attachable (swarm compatibility; recorded only).
     pub attachable: bool,
-    /// IPv6 requested (not yet supported; recorded only).
+    /// IPv6 enabled: endpoints get an address of [`Network::ipv6`] too.
     pub enable_ipv6: bool,
     /// IPAM driver name.
     pub ipam_driver: String,
     /// IPAM driver options.
     pub ipam_options: BTreeMap<String, String>,
-    /// The IPv4 subnet.
-    pub subnet: Ipv4Net,
-    /// The gateway address.
-    pub gateway: Ipv4Addr,
-    /// The dynamic allocation range, if any.
+    /// The IPv4 subnet; `None` for drivers without addresses (`null`, `host`).
+    #[serde(default)]
+    pub subnet: Option<Ipv4Net>,
+    /// The IPv4 gateway address (reserved in IPAM).
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    /// The IPv4 dynamic allocation range, if any.
+    #[serde(default)]
     pub ip_range: Option<Ipv4Net>,
+    /// IPv4 auxiliary addresses by name: reserved, never handed out.
+    #[serde(default)]
+    pub aux_addresses: BTreeMap<String, Ipv4Addr>,
+    /// The IPAM pool id of the IPv4 subnet (rebuilt on restart).
+    #[serde(default)]
+    pub ipv4_pool: Option<String>,
+    /// The IPv6 configuration, when `enable_ipv6`.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Config>,
     /// Driver options.
     pub options: BTreeMap<String, String>,
     /// User labels.
@@ -125,6 +137,34 @@ impl Network {
     pub fn endpoint_of(&self, sandbox_id: &str) -> Option<&Endpoint> {
         self.endpoints.values().find(|e| e.sandbox_id == sandbox_id)
     }
+}
+
+/// The IPv6 side of a network's IPAM configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv6Config {
+    /// The subnet.
+    pub subnet: Ipv6Net,
+    /// The gateway (reserved in IPAM).
+    pub gateway: Ipv6Addr,
+    /// The dynamic allocation range, if any.
+    #[serde(default)]
+    pub ip_range: Option<Ipv6Net>,
+    /// Auxiliary addresses by name: reserved, never handed out.
+    #[serde(default)]
+    pub aux_addresses: BTreeMap<String, Ipv6Addr>,
+    /// The IPAM pool id (rebuilt on restart).
+    #[serde(default)]
+    pub pool: String,
+}
+
+/// The networks that exist in every daemon, as in dockerd: `none` (driver `null`),
+/// `host` (driver `host`) and `bridge` (driver `bridge`). They cannot be removed.
+pub const PREDEFINED_NETWORKS: [(&str, &str); 3] =
+    [("none", "null"), ("host", "host"), ("bridge", "bridge")];
+
+/// Whether `name` is one of [`PREDEFINED_NETWORKS`].
+pub fn is_predefined(name: &str) -> bool {
+    PREDEFINED_NETWORKS.iter().any(|(n, _)| *n == name)
 }
 
 /// The driver option that sets the endpoints' MTU.
@@ -149,25 +189,33 @@ pub struct Endpoint {
     pub network_id: String,
     /// The sandbox's id.
     pub sandbox_id: String,
-    /// Interface name inside the sandbox (`eth0`).
+    /// Interface name inside the sandbox (`eth0`); empty when the driver gives the
+    /// endpoint no device (`null`, `host`).
     pub interface: String,
-    /// MAC address.
-    pub mac: [u8; 6],
-    /// IPv4 address.
-    pub ipv4: Ipv4Addr,
+    /// MAC address (`02:42:` + the IPv4 address); `None` without a device.
+    #[serde(default)]
+    pub mac: Option<[u8; 6]>,
+    /// IPv4 address; `None` on networks without addresses.
+    #[serde(default)]
+    pub ipv4: Option<Ipv4Addr>,
     /// Prefix length of the IPv4 address.
+    #[serde(default)]
     pub prefix_len: u8,
+    /// IPv6 address, on IPv6 networks.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
+    /// Prefix length of the IPv6 address.
+    #[serde(default)]
+    pub prefix_len_v6: u8,
     /// Network-scoped aliases (Docker's `EndpointConfig.Aliases`), in request order.
     #[serde(default)]
     pub aliases: Vec<String>,
 }
 
-/// Names of Docker's predefined networks (`type=builtin` in filters; never pruned).
-pub const BUILTIN_NETWORKS: [&str; 3] = ["none", "host", "bridge"];
-
-/// Whether `name` is one of Docker's predefined networks ([`BUILTIN_NETWORKS`]).
+/// Whether `name` is one of Docker's predefined networks (`type=builtin` in
+/// filters; never pruned, never removed): the same set as [`PREDEFINED_NETWORKS`].
 pub fn is_builtin_network(name: &str) -> bool {
-    BUILTIN_NETWORKS.contains(&name)
+    is_predefined(name)
 }
 
 /// Parse a MAC address `aa:bb:cc:dd:ee:ff` (or with `-` separators) and check that
@@ -283,9 +331,9 @@ impl Store {
             .collect()
     }
 
-    /// Subnets of all networks (for IPAM overlap checks and replay).
+    /// IPv4 subnets of all networks (for IPAM overlap checks and replay).
     pub fn subnets(&self) -> Vec<Ipv4Net> {
-        self.networks.values().map(|n| n.subnet).collect()
+        self.networks.values().filter_map(|n| n.subnet).collect()
     }
 }
 

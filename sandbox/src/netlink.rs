@@ -12,14 +12,17 @@
 //!   when the kernel supplies one, its extended-ack message.
 //!
 //! Only what tapnet needs is here: links (lookup, dump, up, MTU, MAC, txqueuelen,
-//! delete), IPv4/IPv6 addresses, and the IPv4 default route.
+//! delete), IPv4/IPv6 addresses, IPv4/IPv6 default routes, and a dump of the IPv4
+//! routes of the main table.
 
 use crate::{Error, Result};
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REQUEST,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
+};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -387,7 +390,8 @@ impl Handle {
         )
     }
 
-    /// Add `addr/prefix_len` to link `index` (IPv6).
+    /// Add `addr/prefix_len` to link `index` (IPv6), with `IFA_F_NODAD` so the address
+    /// is usable at once.
     pub fn add_address_v6(&mut self, index: u32, addr: Ipv6Addr, prefix_len: u8) -> Result<()> {
         let op = format!("add address {addr}/{prefix_len} to link {index}");
         if prefix_len > 128 {
@@ -398,10 +402,13 @@ impl Handle {
         msg.header.prefix_len = prefix_len;
         msg.header.scope = AddressScope::Universe;
         msg.header.index = index;
-        msg.attributes
-            .push(AddressAttribute::Local(IpAddr::V6(addr)));
+        // No duplicate address detection: IPAM guarantees uniqueness, and a tentative
+        // address could not be used (nor a route via it added) for about a second.
+        msg.header.flags = AddressHeaderFlags::Nodad;
         msg.attributes
             .push(AddressAttribute::Address(IpAddr::V6(addr)));
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
         self.ack(
             &op,
             RouteNetlinkMessage::NewAddress(msg),
@@ -457,13 +464,37 @@ impl Handle {
         )
     }
 
-    /// Whether the main table has an IPv4 default route.
-    pub fn has_default_route_v4(&mut self) -> Result<bool> {
+    /// Add `default via gateway` for IPv6 (table main, proto boot), optionally pinned
+    /// to link `oif` (needed when the gateway is link-local).
+    pub fn add_default_route_v6(&mut self, gateway: Ipv6Addr, oif: Option<u32>) -> Result<()> {
+        let op = format!("add IPv6 default route via {gateway}");
+        let mut msg = RouteMessage::default();
+        msg.header = default_v4_header();
+        msg.header.address_family = AddressFamily::Inet6;
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet6(gateway)));
+        if let Some(oif) = oif {
+            msg.attributes.push(RouteAttribute::Oif(oif));
+        }
+        self.ack(
+            &op,
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Unicast routes of the main table for `family`, as raw messages.
+    fn main_routes(&mut self, family: AddressFamily) -> Result<Vec<RouteMessage>> {
         let mut req = RouteMessage::default();
-        req.header.address_family = AddressFamily::Inet;
+        req.header.address_family = family;
         let answers = self.dump("list routes", RouteNetlinkMessage::GetRoute(req))?;
-        Ok(answers.iter().any(|a| match a {
-            RouteNetlinkMessage::NewRoute(r) => {
+        Ok(answers
+            .into_iter()
+            .filter_map(|a| match a {
+                RouteNetlinkMessage::NewRoute(r) => Some(r),
+                _ => None,
+            })
+            .filter(|r| {
                 let table = r
                     .attributes
                     .iter()
@@ -472,13 +503,45 @@ impl Handle {
                         _ => None,
                     })
                     .unwrap_or(u32::from(r.header.table));
-                r.header.address_family == AddressFamily::Inet
-                    && r.header.destination_prefix_length == 0
+                r.header.address_family == family
                     && table == u32::from(RouteHeader::RT_TABLE_MAIN)
                     && r.header.kind == RouteType::Unicast
-            }
-            _ => false,
-        }))
+            })
+            .collect())
+    }
+
+    /// Whether the main table has an IPv4 default route.
+    pub fn has_default_route_v4(&mut self) -> Result<bool> {
+        Ok(self
+            .main_routes(AddressFamily::Inet)?
+            .iter()
+            .any(|r| r.header.destination_prefix_length == 0))
+    }
+
+    /// Whether the main table has an IPv6 default route.
+    pub fn has_default_route_v6(&mut self) -> Result<bool> {
+        Ok(self
+            .main_routes(AddressFamily::Inet6)?
+            .iter()
+            .any(|r| r.header.destination_prefix_length == 0))
+    }
+
+    /// Destinations (network address, prefix length) of the IPv4 unicast routes of the
+    /// main table, default route excluded: what a new subnet must not overlap.
+    pub fn routes_v4(&mut self) -> Result<Vec<(Ipv4Addr, u8)>> {
+        Ok(self
+            .main_routes(AddressFamily::Inet)?
+            .iter()
+            .filter(|r| r.header.destination_prefix_length > 0)
+            .filter_map(|r| {
+                r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => {
+                        Some((*d, r.header.destination_prefix_length))
+                    }
+                    _ => None,
+                })
+            })
+            .collect())
     }
 }
 

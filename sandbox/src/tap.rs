@@ -18,7 +18,7 @@ use crate::{Error, Result};
 use std::collections::HashSet;
 use std::fs::OpenOptions;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -29,7 +29,7 @@ pub const VNET_HDR_LEN: usize = 10;
 const TUN_DEVICE: &str = "/dev/net/tun";
 
 /// How to create and configure a tap inside a sandbox.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct TapConfig {
     /// Interface name inside the namespace (`eth0`, `eth1`, ...).
     pub name: String,
@@ -43,6 +43,11 @@ pub struct TapConfig {
     pub ipv4: Option<(Ipv4Addr, u8)>,
     /// Default route via this gateway (only added if the namespace has no default route yet).
     pub gateway_v4: Option<Ipv4Addr>,
+    /// IPv6 address and prefix length (added with `nodad`: usable at once).
+    pub ipv6: Option<(Ipv6Addr, u8)>,
+    /// IPv6 default route via this gateway (only added if the namespace has no IPv6
+    /// default route yet).
+    pub gateway_v6: Option<Ipv6Addr>,
 }
 
 /// An open tap device (daemon side). Non-blocking. Frames read/written carry a
@@ -178,10 +183,18 @@ fn configure(fd: &OwnedFd, nl: &mut Handle, cfg: &TapConfig) -> Result<(u32, lib
     if let Some((addr, len)) = cfg.ipv4 {
         nl.add_address_v4(index, addr, len).map_err(on_tap)?;
     }
+    if let Some((addr, len)) = cfg.ipv6 {
+        nl.add_address_v6(index, addr, len).map_err(on_tap)?;
+    }
     nl.set_up(index).map_err(on_tap)?;
     if let Some(gw) = cfg.gateway_v4 {
         if !nl.has_default_route_v4()? {
             nl.add_default_route_v4(gw, Some(index)).map_err(on_tap)?;
+        }
+    }
+    if let Some(gw) = cfg.gateway_v6 {
+        if !nl.has_default_route_v6()? {
+            nl.add_default_route_v6(gw, Some(index)).map_err(on_tap)?;
         }
     }
     Ok((index, offloads))
@@ -203,7 +216,7 @@ fn name_link(e: Error, index: u32, name: &str) -> Error {
 
 impl Tap {
     /// Create a persistent tap named `cfg.name` inside `ns`, set MAC, MTU, txqueuelen,
-    /// address, bring `lo` and the tap up, add the default route. On any failure the
+    /// IPv4/IPv6 addresses, bring `lo` and the tap up, add the default routes. On any failure the
     /// tap is removed again (nothing half-made is left).
     pub fn create(ns: &Netns, cfg: &TapConfig) -> Result<Tap> {
         validate_ifname(&cfg.name)?;

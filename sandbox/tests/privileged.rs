@@ -113,6 +113,7 @@ fn cfg(name: &str, last: u8) -> TapConfig {
         txqueuelen: 10000,
         ipv4: Some((Ipv4Addr::new(10, 0, 0, last), 24)),
         gateway_v4: Some(Ipv4Addr::new(10, 0, 0, 1)),
+        ..TapConfig::default()
     }
 }
 
@@ -485,5 +486,36 @@ fn tap_create_failures_leave_nothing() {
         // Invalid names never reach the kernel.
         let err = Tap::create(&ns, &cfg("this-name-is-too-long", 5)).expect_err("long name");
         assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    });
+}
+
+#[test]
+fn tap_dual_stack_and_host_routes() {
+    in_ns("tap_dual_stack_and_host_routes", |s| {
+        let path = s.path("ns");
+        let ns = Netns::create(&path).expect("create");
+        let mut c = cfg("eth0", 2);
+        c.ipv6 = Some(("fd00:1::2".parse().expect("v6"), 64));
+        c.gateway_v6 = Some("fd00:1::1".parse().expect("v6"));
+        let _tap = Tap::create(&ns, &c).expect("create tap");
+        let addrs6 = ip_json(&path, &["-6", "addr", "show", "eth0"]);
+        let ours = addrs6[0]["addr_info"]
+            .as_array()
+            .expect("addr_info")
+            .iter()
+            .find(|a| a["local"] == "fd00:1::2")
+            .unwrap_or_else(|| panic!("no fd00:1::2 in {addrs6}"));
+        // nodad: the address is usable at once, never tentative.
+        assert_eq!(ours["nodad"], true, "{addrs6}");
+        assert!(ours.get("tentative").is_none(), "{addrs6}");
+        let routes = ip_json(&path, &["-6", "route", "show", "default"]);
+        assert_eq!(routes[0]["gateway"], "fd00:1::1", "{routes}");
+        assert_eq!(routes[0]["dev"], "eth0", "{routes}");
+        // The main table's IPv4 routes: the connected /24, no default route.
+        let routes = ns
+            .run(|| Handle::new()?.routes_v4())
+            .expect("run")
+            .expect("routes");
+        assert_eq!(routes, vec![(Ipv4Addr::new(10, 0, 0, 0), 24)]);
     });
 }

@@ -453,3 +453,91 @@ pub fn query_escape(s: &str) -> String {
         })
         .collect()
 }
+
+impl Env {
+    /// Start `tapnetd` with extra command-line flags (e.g. `--bip`) and wait until it
+    /// answers `/_ping`.
+    pub fn start_daemon_with(&mut self, extra: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(bin_path("tapnetd"))
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .arg("--exec-root")
+            .arg(self.root.join("run"))
+            .arg("--data-root")
+            .arg(self.root.join("data"))
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tapnetd");
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.socket.exists() {
+                let (code, _) = self.api("GET", "/_ping", None);
+                if code == 200 {
+                    return;
+                }
+            }
+            if let Some(Ok(Some(st))) = self.daemon.as_mut().map(|c| c.try_wait()) {
+                panic!("tapnetd exited early ({st}):\n{}", self.daemon_log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tapnetd did not answer /_ping within 20 s:\n{}",
+                self.daemon_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stop the daemon and forget its persistent state (the data root), so the next
+    /// start begins from nothing (its flags decide the pre-defined networks again).
+    pub fn restart_fresh(&mut self, extra: &[&str]) {
+        self.stop_daemon();
+        let data = self.root.join("data");
+        if data.exists() {
+            std::fs::remove_dir_all(&data).unwrap();
+        }
+        self.start_daemon_with(extra);
+    }
+
+    /// Raw API call that must answer 2xx; returns the JSON body.
+    pub fn api_ok(&self, method: &str, path: &str, body: Option<&str>) -> Value {
+        let (code, v) = self.api(method, path, body);
+        assert!(
+            (200..300).contains(&code),
+            "{method} {path} {body:?} -> {code}: {v}\n--- daemon log\n{}",
+            self.daemon_log()
+        );
+        v
+    }
+
+    /// Run a command in the test's own namespace (the daemon's "host"); panics on failure.
+    pub fn host_cmd(&self, args: &[&str]) {
+        let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Run a command in a sandbox; panic unless it succeeds. Returns stdout.
+    pub fn exec_ok(&self, sandbox: &str, cmd: &[&str]) -> String {
+        let out = self.exec(sandbox, cmd);
+        assert!(
+            out.status.success(),
+            "{cmd:?} in {sandbox} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}

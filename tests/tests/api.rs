@@ -73,7 +73,8 @@ fn network_inspect_has_docker_shape() {
             "{ls}"
         );
         let q = env.ok(&["network", "ls", "-q"]);
-        assert_eq!(q.lines().count(), 2, "{q}");
+        // net1, auto and the pre-defined none, host and bridge.
+        assert_eq!(q.lines().count(), 5, "{q}");
         // ping and version answer.
         let (code, _) = env.api("GET", "/_ping", None);
         assert_eq!(code, 200);
@@ -375,7 +376,15 @@ fn filters_prune_versions_and_limits() {
         assert_eq!(v["NetworksDeleted"], serde_json::json!(["web"]));
         let out = env.ok(&["network", "prune", "--force"]);
         assert_eq!(out.trim(), "Deleted Networks:\nidle");
-        assert_eq!(names(&env.get("/networks")), ["db"]);
+        // The pre-defined networks are never pruned.
+        assert_eq!(
+            names(&env.get("/networks")),
+            ["bridge", "db", "host", "none"]
+        );
+        let v = env.get(&filtered("/networks", r#"{"type":{"custom":true}}"#));
+        assert_eq!(names(&v), ["db"]);
+        let v = env.get(&filtered("/networks", r#"{"type":{"builtin":true}}"#));
+        assert_eq!(names(&v), ["bridge", "host", "none"]);
 
         // /_ping answers HEAD with Docker's headers.
         let out = std::process::Command::new("curl")

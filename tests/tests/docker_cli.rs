@@ -77,12 +77,18 @@ fn docker_cli_create_ls_inspect_rm() {
             &format!("id={}", &id[..6]),
         ]);
         assert_eq!(q.trim(), &id[..12]);
-        let q = env.docker_ok(&["network", "ls", "-q", "--filter", "type=builtin"]);
-        assert_eq!(
-            q.trim(),
-            "",
-            "no predefined networks in this branch's daemon"
-        );
+        // The pre-defined networks are the builtin ones.
+        let q = env.docker_ok(&[
+            "network",
+            "ls",
+            "--format",
+            "{{.Name}} {{.Driver}}",
+            "--filter",
+            "type=builtin",
+        ]);
+        let mut builtin: Vec<&str> = q.lines().collect();
+        builtin.sort_unstable();
+        assert_eq!(builtin, ["bridge bridge", "host host", "none null"], "{q}");
         let q = env.docker_ok(&[
             "network",
             "ls",
@@ -103,7 +109,7 @@ fn docker_cli_create_ls_inspect_rm() {
         let names = env.docker_ok(&["network", "ls", "--format", "{{.Name}}"]);
         let mut names: Vec<&str> = names.lines().collect();
         names.sort_unstable();
-        assert_eq!(names, ["db", "web"]);
+        assert_eq!(names, ["bridge", "db", "host", "none", "web"]);
 
         // inspect: by name, by id prefix, verbose.
         let out = env.docker_ok(&["network", "inspect", "web"]);
@@ -177,7 +183,10 @@ fn docker_cli_create_ls_inspect_rm() {
             "{stdout}"
         );
         assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch"));
-        assert_eq!(env.docker_ok(&["network", "ls", "-q"]), "");
+        assert_eq!(
+            env.docker_ok(&["network", "ls", "-q", "--filter", "type=custom"]),
+            ""
+        );
     });
 }
 
@@ -312,7 +321,12 @@ fn docker_cli_prune_with_filters() {
             text.contains("Are you sure you want to continue?"),
             "{text}"
         );
-        assert_eq!(env.docker_ok(&["network", "ls", "-q"]).lines().count(), 4);
+        let custom = || {
+            env.docker_ok(&["network", "ls", "-q", "--filter", "type=custom"])
+                .lines()
+                .count()
+        };
+        assert_eq!(custom(), 4);
 
         let before = state(env);
         let err = env.docker_fails(&["network", "prune", "-f", "--filter", "name=x"]);
@@ -331,7 +345,11 @@ fn docker_cli_prune_with_filters() {
         // tapnet's own CLI does the same.
         let out = env.ok(&["network", "prune", "-f"]);
         assert_eq!(out.trim(), "Deleted Networks:\nkept");
+        // The pre-defined networks are never pruned.
         let left = env.docker_ok(&["network", "ls", "--format", "{{.Name}}"]);
-        assert_eq!(left.trim(), "used");
+        let mut left: Vec<&str> = left.lines().collect();
+        left.sort_unstable();
+        assert_eq!(left, ["bridge", "host", "none", "used"]);
+        assert_eq!(custom(), 1);
     });
 }

@@ -284,8 +284,8 @@ async fn default_pool_and_defaults() {
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["Warning"], "");
     let (_, v) = h.get("/networks/a").await;
-    assert_eq!(v["IPAM"]["Config"][0]["Subnet"], "172.18.0.0/16");
-    assert_eq!(v["IPAM"]["Config"][0]["Gateway"], "172.18.0.1");
+    assert_eq!(v["IPAM"]["Config"][0]["Subnet"], "172.17.0.0/16");
+    assert_eq!(v["IPAM"]["Config"][0]["Gateway"], "172.17.0.1");
     assert_eq!(v["IPAM"]["Driver"], "default");
     // Docker CLI style body with nulls and extra fields.
     let (s, v) = h
@@ -299,7 +299,7 @@ async fn default_pool_and_defaults() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let (_, v) = h.get("/networks/b").await;
-    assert_eq!(v["IPAM"]["Config"][0]["Subnet"], "172.19.0.0/16");
+    assert_eq!(v["IPAM"]["Config"][0]["Subnet"], "172.18.0.0/16");
 }
 
 #[tokio::test]
@@ -612,18 +612,19 @@ async fn address_exhaustion_is_503_and_says_so() {
         .post("/networks/tiny/connect", r#"{"Container":"b"}"#)
         .await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
-    assert!(message(&v).contains("no available addresses"), "{v}");
+    assert!(message(&v).contains("no free address in"), "{v}");
 }
 
 #[test]
 fn error_status_mapping() {
     use crate::ipam::IpamError;
-    let ip = Ipv4Addr::new(10, 0, 0, 1);
-    let net: Ipv4Net = "10.0.0.0/24".parse().unwrap();
+    let ip: IpAddr = "10.0.0.1".parse().unwrap();
+    let net: IpNet = "10.0.0.0/24".parse().unwrap();
     let cases = [
         (Error::InvalidRequest("x".into()), 400),
         (Error::NotFound("x".into()), 404),
         (Error::Conflict("x".into()), 409),
+        (Error::Forbidden("x".into()), 403),
         (
             Error::ipam(
                 "op",
@@ -1024,4 +1025,115 @@ async fn inspect_accepts_verbose_and_scope() {
     let (s, v) = h.get("/v1.47/networks/net1?verbose=true&scope=local").await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["Name"], "net1");
+}
+
+#[tokio::test]
+async fn ipam_fields_round_trip() {
+    let h = harness();
+    let (s, v) = h
+        .post(
+            "/networks/create",
+            r#"{"Name":"d","EnableIPv6":true,"IPAM":{"Driver":"default","Config":[
+                {"Subnet":"10.5.0.0/24","IPRange":"10.5.0.64/26","Gateway":"10.5.0.254",
+                 "AuxiliaryAddresses":{"host1":"10.5.0.64"}},
+                {"Subnet":"fd00:5::/64","AuxiliaryAddresses":{"r6":"fd00:5::2"}}]}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (_, v) = h.get("/networks/d").await;
+    let c = &v["IPAM"]["Config"];
+    assert_eq!(
+        c,
+        &serde_json::json!([
+            {"Subnet": "10.5.0.0/24", "Gateway": "10.5.0.254", "IPRange": "10.5.0.64/26",
+             "AuxiliaryAddresses": {"host1": "10.5.0.64"}},
+            {"Subnet": "fd00:5::/64", "Gateway": "fd00:5::1",
+             "AuxiliaryAddresses": {"r6": "fd00:5::2"}}
+        ])
+    );
+    assert_eq!(v["EnableIPv6"], true);
+    let sb = h.sandbox("sb1").await;
+    let (s, v) = h
+        .post(
+            "/networks/d/connect",
+            r#"{"Container":"sb1","EndpointConfig":{"IPAMConfig":{"IPv6Address":"fd00:5::42"}}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, v) = h.get("/networks/d").await;
+    let c = &v["Containers"][&sb];
+    assert_eq!(c["IPv4Address"], "10.5.0.65/24", "range, aux skipped: {v}");
+    assert_eq!(c["IPv6Address"], "fd00:5::42/64");
+    let (_, v) = h.get("/sandboxes/sb1").await;
+    assert_eq!(v["Endpoints"]["d"]["IPv6Gateway"], "fd00:5::1");
+    // Bad connect addresses name the field.
+    let (s, v) = h
+        .post(
+            "/networks/d/connect",
+            r#"{"Container":"sb1","EndpointConfig":{"IPAMConfig":{"IPv6Address":"nope"}}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(message(&v).contains("IPv6Address"), "{v}");
+    // Two IPv4 configs, a v4 aux in a v6 config.
+    for (body, text) in [
+        (
+            r#"{"Name":"e","IPAM":{"Config":[{"Subnet":"10.6.0.0/24"},{"Subnet":"10.7.0.0/24"}]}}"#,
+            "only one IPv4 subnet",
+        ),
+        (
+            r#"{"Name":"e","EnableIPv6":true,"IPAM":{"Config":[{"Subnet":"10.6.0.0/24"},{"Subnet":"fd00:6::/64","AuxiliaryAddresses":{"a":"10.6.0.9"}}]}}"#,
+            "IPAM.Config[1].AuxiliaryAddresses",
+        ),
+        (
+            r#"{"Name":"e","IPAM":{"Config":[{"Gateway":"10.6.0.1"}]}}"#,
+            "needs a Subnet",
+        ),
+    ] {
+        let (s, v) = h.post("/networks/create", body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(message(&v).contains(text), "{body}: {v}");
+    }
+}
+
+#[tokio::test]
+async fn connect_mac_aliases_and_ipv6_in_one_request() {
+    let h = harness();
+    let (s, v) = h
+        .post(
+            "/networks/create",
+            r#"{"Name":"d6","EnableIPv6":true,"IPAM":{"Config":[
+                {"Subnet":"10.8.0.0/24"},{"Subnet":"fd00:8::/64"}]}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let sb = h.sandbox("sb1").await;
+    let (s, v) = h
+        .post(
+            "/networks/d6/connect",
+            r#"{"Container":"sb1","EndpointConfig":{"IPAMConfig":{"IPv6Address":"fd00:8::9"},
+                "MacAddress":"02:aa:bb:00:00:09","Aliases":["web","web","api"]}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, v) = h.get("/networks/d6").await;
+    let c = &v["Containers"][&sb];
+    assert_eq!(c["MacAddress"], "02:aa:bb:00:00:09", "{v}");
+    assert_eq!(c["IPv4Address"], "10.8.0.2/24");
+    assert_eq!(c["IPv6Address"], "fd00:8::9/64");
+    assert_eq!(c["Aliases"], serde_json::json!(["web", "api"]));
+    let (_, v) = h.get("/sandboxes/sb1").await;
+    let e = &v["Endpoints"]["d6"];
+    assert_eq!(e["MacAddress"], "02:aa:bb:00:00:09");
+    assert_eq!(e["IPv6Gateway"], "fd00:8::1");
+    assert_eq!(e["Aliases"], serde_json::json!(["web", "api"]));
+    // The same MAC again on this network: 409.
+    h.sandbox("sb2").await;
+    let (s, v) = h
+        .post(
+            "/networks/d6/connect",
+            r#"{"Container":"sb2","EndpointConfig":{"MacAddress":"02:aa:bb:00:00:09"}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
 }

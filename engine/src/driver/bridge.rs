@@ -2,7 +2,8 @@
 //!
 //! Contract: [`BridgeDriver::create_network`] adds a switch on one datapath worker;
 //! [`BridgeDriver::join`] creates a persistent tap `ethN` inside the sandbox (MAC,
-//! MTU, txqueuelen 10000, address, default route via the gateway) and attaches it to
+//! MTU, txqueuelen 10000, IPv4 and (on IPv6 networks) IPv6 address, default routes
+//! via the gateways) and attaches it to
 //! the switch as a port; [`BridgeDriver::leave`] detaches the port and destroys the
 //! tap so the interface disappears from the sandbox. Every step that fails undoes
 //! the steps before it.
@@ -181,13 +182,21 @@ impl Driver for BridgeDriver {
                 e,
             )
         })?;
+        let mac = endpoint.mac.ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "endpoint {} on network {} has no MAC address",
+                endpoint.id, network.name
+            ))
+        })?;
         let cfg = TapConfig {
             name: name.clone(),
-            mac: endpoint.mac,
+            mac,
             mtu,
             txqueuelen: TAP_TXQUEUELEN,
-            ipv4: Some((endpoint.ipv4, endpoint.prefix_len)),
-            gateway_v4: Some(network.gateway),
+            ipv4: endpoint.ipv4.map(|a| (a, endpoint.prefix_len)),
+            gateway_v4: network.gateway,
+            ipv6: endpoint.ipv6.map(|a| (a, endpoint.prefix_len_v6)),
+            gateway_v6: network.ipv6.as_ref().map(|v6| v6.gateway),
         };
         let tap = Tap::create(sandbox, &cfg)
             .map_err(|e| Error::os(format!("create tap {name} in sandbox {sandbox_name}"), e))?;

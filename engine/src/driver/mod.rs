@@ -8,10 +8,17 @@
 //! [`Driver::delete_network`]. Calls for one network are never concurrent (the
 //! controller serializes mutations). A driver call that fails leaves nothing behind.
 //!
-//! Only `bridge` exists today; `null`, `host`, `overlay`, `macvlan` and `remote`
-//! fit the same trait (a driver that has no switch returns empty reports).
+//! Drivers: `bridge` (a userspace switch, a tap per endpoint), `null` (endpoints get
+//! no device: the sandbox keeps only loopback) and `host` (endpoints share the daemon
+//! host's namespace: no device, no address). A driver without addresses
+//! ([`Driver::has_addresses`] false) gets no IPAM pool and its endpoints no address; a
+//! [`Driver::single_instance`] driver may back only one network (Docker: "only one
+//! instance of "host" network is allowed"). `overlay`, `macvlan` and `remote` fit the
+//! same trait (a driver that has no switch returns empty reports).
 
 pub mod bridge;
+pub mod host;
+pub mod null;
 
 use crate::error::{Error, Result};
 use crate::model::{Endpoint, Network};
@@ -64,6 +71,14 @@ pub trait Driver: Send + Sync {
     fn scope(&self) -> &'static str {
         "local"
     }
+    /// Whether the driver's endpoints get IP addresses (and its networks an IPAM pool).
+    fn has_addresses(&self) -> bool {
+        true
+    }
+    /// Whether at most one network may use this driver.
+    fn single_instance(&self) -> bool {
+        false
+    }
     /// Check driver options of a network about to be created. No side effects.
     fn validate_options(&self, options: &BTreeMap<String, String>) -> Result<()> {
         let _ = options;
@@ -79,7 +94,7 @@ pub trait Driver: Send + Sync {
         Ok(())
     }
     /// Give the endpoint an interface inside the sandbox and attach it to the
-    /// network's data plane. Returns the interface name.
+    /// network's data plane. Returns the interface name (empty: no device).
     fn join(
         &self,
         network: &Network,
