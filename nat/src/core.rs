@@ -6,7 +6,7 @@
 //!
 //! * [`Core::classify`] takes one Ethernet frame and returns a [`Verdict`]: a reply frame
 //!   to send back, a piece of work for the I/O layer (TCP segment, UDP datagram, DNS
-//!   query, echo request), something to ignore, or a drop with its [`Drop`] reason. No
+//!   query, echo request), something to ignore, or a drop with its [`DropReason`] reason. No
 //!   I/O, no clock.
 //! * All parsing goes through smoltcp's checked `wire` views (`new_checked`, `Repr::parse`,
 //!   checksums verified); after those length checks nothing here panics on frame contents.
@@ -15,7 +15,7 @@
 //! * The neighbour table learns (IP → MAC) from the source of every frame whose source IP
 //!   is in the network's subnet; [`Core::frame_to`] uses it to address IP packets.
 
-use crate::stats::Drop;
+use crate::stats::DropReason;
 use crate::{Config, Mac};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rustc_hash::FxHashMap;
@@ -85,7 +85,7 @@ pub enum Verdict {
     /// Nothing to do (learned a neighbour, a broadcast for someone else...).
     Ignore,
     /// Dropped, counted under this reason.
-    Drop(Drop),
+    DropReason(DropReason),
 }
 
 /// The deterministic core of one network's gateway.
@@ -192,30 +192,30 @@ impl Core {
     /// Classify one plain Ethernet frame.
     pub fn classify(&mut self, eth: &[u8]) -> Verdict {
         let Ok(frame) = EthernetFrame::new_checked(eth) else {
-            return Verdict::Drop(Drop::Truncated);
+            return Verdict::DropReason(DropReason::Truncated);
         };
         let dst_mac = frame.dst_addr().0;
         let src_mac = frame.src_addr().0;
         let to_us = dst_mac == self.cfg.mac;
         let group = dst_mac[0] & 1 == 1;
         if !to_us && !group {
-            return Verdict::Drop(Drop::NotForUs);
+            return Verdict::DropReason(DropReason::NotForUs);
         }
         if !is_unicast_mac(&src_mac) {
-            return Verdict::Drop(Drop::Malformed);
+            return Verdict::DropReason(DropReason::Malformed);
         }
         let payload = frame.payload();
         match frame.ethertype() {
             EthernetProtocol::Arp => self.arp(payload),
             EthernetProtocol::Ipv4 => self.ipv4(src_mac, to_us, payload),
             EthernetProtocol::Ipv6 => self.ipv6(src_mac, to_us, payload),
-            _ => Verdict::Drop(Drop::Unsupported),
+            _ => Verdict::DropReason(DropReason::Unsupported),
         }
     }
 
     fn arp(&mut self, payload: &[u8]) -> Verdict {
         let Ok(pkt) = ArpPacket::new_checked(payload) else {
-            return Verdict::Drop(Drop::Truncated);
+            return Verdict::DropReason(DropReason::Truncated);
         };
         let Ok(ArpRepr::EthernetIpv4 {
             operation,
@@ -225,7 +225,7 @@ impl Core {
             ..
         }) = ArpRepr::parse(&pkt)
         else {
-            return Verdict::Drop(Drop::Malformed);
+            return Verdict::DropReason(DropReason::Malformed);
         };
         let sender = IpAddr::V4(source_protocol_addr);
         let flushed = if self.v4net.contains(&source_protocol_addr)
@@ -256,18 +256,18 @@ impl Core {
 
     fn ipv4(&mut self, src_mac: Mac, to_us: bool, payload: &[u8]) -> Verdict {
         let Ok(pkt) = Ipv4Packet::new_checked(payload) else {
-            return Verdict::Drop(Drop::Truncated);
+            return Verdict::DropReason(DropReason::Truncated);
         };
         if pkt.more_frags() || pkt.frag_offset() != 0 {
-            return Verdict::Drop(Drop::Unsupported);
+            return Verdict::DropReason(DropReason::Unsupported);
         }
         let Ok(repr) = Ipv4Repr::parse(&pkt, &csum()) else {
-            return Verdict::Drop(Drop::Malformed);
+            return Verdict::DropReason(DropReason::Malformed);
         };
         let src = IpAddr::V4(repr.src_addr);
         let dst = IpAddr::V4(repr.dst_addr);
         if !self.v4net.contains(&repr.src_addr) || src == IpAddr::V4(self.cfg.ipv4) {
-            return Verdict::Drop(Drop::NotForUs);
+            return Verdict::DropReason(DropReason::NotForUs);
         }
         let flushed = self.learn_and_flush(src, src_mac);
         if !flushed.is_empty() {
@@ -285,10 +285,10 @@ impl Core {
         match repr.next_header {
             IpProtocol::Icmp => {
                 let Ok(ip) = Icmpv4Packet::new_checked(l4) else {
-                    return Verdict::Drop(Drop::Truncated);
+                    return Verdict::DropReason(DropReason::Truncated);
                 };
                 let Ok(icmp) = Icmpv4Repr::parse(&ip, &csum()) else {
-                    return Verdict::Drop(Drop::Malformed);
+                    return Verdict::DropReason(DropReason::Malformed);
                 };
                 let Icmpv4Repr::EchoRequest {
                     ident,
@@ -296,12 +296,12 @@ impl Core {
                     data,
                 } = icmp
                 else {
-                    return Verdict::Drop(Drop::Unsupported);
+                    return Verdict::DropReason(DropReason::Unsupported);
                 };
                 if self.is_gateway(dst) {
                     match echo_reply_packet(dst, src, ident, seq_no, data) {
                         Some(p) => Verdict::Reply(self.eth(src_mac, EthernetProtocol::Ipv4, &p)),
-                        None => Verdict::Drop(Drop::Malformed),
+                        None => Verdict::DropReason(DropReason::Malformed),
                     }
                 } else {
                     self.egress(
@@ -318,19 +318,19 @@ impl Core {
             }
             IpProtocol::Udp => self.udp(src, dst, l4),
             IpProtocol::Tcp => self.tcp(src, dst, ip_packet, l4),
-            _ => Verdict::Drop(Drop::Unsupported),
+            _ => Verdict::DropReason(DropReason::Unsupported),
         }
     }
 
     fn ipv6(&mut self, src_mac: Mac, to_us: bool, payload: &[u8]) -> Verdict {
         let Ok(pkt) = Ipv6Packet::new_checked(payload) else {
-            return Verdict::Drop(Drop::Truncated);
+            return Verdict::DropReason(DropReason::Truncated);
         };
         let Ok(repr) = Ipv6Repr::parse(&pkt) else {
-            return Verdict::Drop(Drop::Malformed);
+            return Verdict::DropReason(DropReason::Malformed);
         };
         let Some((gw6, _)) = self.cfg.ipv6 else {
-            return Verdict::Drop(Drop::NotForUs);
+            return Verdict::DropReason(DropReason::NotForUs);
         };
         let src = IpAddr::V6(repr.src_addr);
         let dst = IpAddr::V6(repr.dst_addr);
@@ -345,10 +345,10 @@ impl Core {
         }
         if repr.next_header == IpProtocol::Icmpv6 {
             let Ok(ip) = Icmpv6Packet::new_checked(l4) else {
-                return Verdict::Drop(Drop::Truncated);
+                return Verdict::DropReason(DropReason::Truncated);
             };
             let Ok(icmp) = Icmpv6Repr::parse(&repr.src_addr, &repr.dst_addr, &ip, &csum()) else {
-                return Verdict::Drop(Drop::Malformed);
+                return Verdict::DropReason(DropReason::Malformed);
             };
             match icmp {
                 Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit {
@@ -397,12 +397,12 @@ impl Core {
             return Verdict::Ignore;
         }
         if !src_known || repr.src_addr.is_unspecified() {
-            return Verdict::Drop(Drop::NotForUs);
+            return Verdict::DropReason(DropReason::NotForUs);
         }
         match repr.next_header {
             IpProtocol::Icmpv6 => {
                 let Ok(ip) = Icmpv6Packet::new_checked(l4) else {
-                    return Verdict::Drop(Drop::Truncated);
+                    return Verdict::DropReason(DropReason::Truncated);
                 };
                 let Ok(Icmpv6Repr::EchoRequest {
                     ident,
@@ -410,12 +410,12 @@ impl Core {
                     data,
                 }) = Icmpv6Repr::parse(&repr.src_addr, &repr.dst_addr, &ip, &csum())
                 else {
-                    return Verdict::Drop(Drop::Unsupported);
+                    return Verdict::DropReason(DropReason::Unsupported);
                 };
                 if self.is_gateway(dst) {
                     match echo_reply_packet(dst, src, ident, seq_no, data) {
                         Some(p) => Verdict::Reply(self.eth(src_mac, EthernetProtocol::Ipv6, &p)),
-                        None => Verdict::Drop(Drop::Malformed),
+                        None => Verdict::DropReason(DropReason::Malformed),
                     }
                 } else {
                     self.egress(
@@ -432,19 +432,19 @@ impl Core {
             }
             IpProtocol::Udp => self.udp(src, dst, l4),
             IpProtocol::Tcp => self.tcp(src, dst, ip_packet, l4),
-            _ => Verdict::Drop(Drop::Unsupported),
+            _ => Verdict::DropReason(DropReason::Unsupported),
         }
     }
 
     /// Policy for traffic leaving the subnet: isolation, internal networks, own subnet.
     fn egress(&self, dst: IpAddr, v: Verdict) -> Verdict {
         if self.is_isolated(dst) {
-            Verdict::Drop(Drop::Isolated)
+            Verdict::DropReason(DropReason::Isolated)
         } else if self.on_network(dst) || dst.is_unspecified() {
             // Same-subnet traffic is the switch's; it should not reach the gateway's MAC.
-            Verdict::Drop(Drop::NotForUs)
+            Verdict::DropReason(DropReason::NotForUs)
         } else if self.cfg.internal {
-            Verdict::Drop(Drop::Internal)
+            Verdict::DropReason(DropReason::Internal)
         } else {
             v
         }
@@ -452,10 +452,10 @@ impl Core {
 
     fn udp(&self, src: IpAddr, dst: IpAddr, l4: &[u8]) -> Verdict {
         let Ok(pkt) = UdpPacket::new_checked(l4) else {
-            return Verdict::Drop(Drop::Truncated);
+            return Verdict::DropReason(DropReason::Truncated);
         };
         if UdpRepr::parse(&pkt, &IpAddress::from(src), &IpAddress::from(dst), &csum()).is_err() {
-            return Verdict::Drop(Drop::Malformed);
+            return Verdict::DropReason(DropReason::Malformed);
         }
         let s = SocketAddr::new(src, pkt.src_port());
         let d = SocketAddr::new(dst, pkt.dst_port());
@@ -477,7 +477,7 @@ impl Core {
         }
         if self.on_network(dst) {
             // A reply from a sandbox to a published-port client is never on-network.
-            return Verdict::Drop(Drop::NotForUs);
+            return Verdict::DropReason(DropReason::NotForUs);
         }
         // Replies to published UDP clients are told apart by the runtime; isolation and
         // internal policy still apply to them (a client is never in an isolated subnet,
@@ -494,10 +494,10 @@ impl Core {
 
     fn tcp(&self, src: IpAddr, dst: IpAddr, ip_packet: &[u8], l4: &[u8]) -> Verdict {
         let Ok(pkt) = TcpPacket::new_checked(l4) else {
-            return Verdict::Drop(Drop::Truncated);
+            return Verdict::DropReason(DropReason::Truncated);
         };
         if !pkt.verify_checksum(&IpAddress::from(src), &IpAddress::from(dst)) {
-            return Verdict::Drop(Drop::Malformed);
+            return Verdict::DropReason(DropReason::Malformed);
         }
         let s = SocketAddr::new(src, pkt.src_port());
         let d = SocketAddr::new(dst, pkt.dst_port());
@@ -513,15 +513,15 @@ impl Core {
             return v;
         }
         if self.on_network(dst) {
-            return Verdict::Drop(Drop::NotForUs);
+            return Verdict::DropReason(DropReason::NotForUs);
         }
         // Replies of sandbox servers to published-port clients pass here too: the runtime
         // hands every TCP segment to the TCP stack; the policy applies only to new flows.
         if self.is_isolated(dst) {
-            return Verdict::Drop(Drop::Isolated);
+            return Verdict::DropReason(DropReason::Isolated);
         }
         if self.cfg.internal {
-            return Verdict::Drop(Drop::Internal);
+            return Verdict::DropReason(DropReason::Internal);
         }
         v
     }

@@ -23,8 +23,8 @@ pub mod stats;
 pub mod tcp;
 pub mod vnet;
 
-// pub use runtime::{Gateway, GatewayHandle};
-pub use stats::{Drop, FlowProto, Stats, StatsSnapshot};
+pub use runtime::{Gateway, GatewayHandle};
+pub use stats::{DropReason, FlowProto, Stats, StatsSnapshot};
 
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

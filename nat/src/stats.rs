@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Why the gateway dropped a frame, a datagram or a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(usize)]
-pub enum Drop {
+pub enum DropReason {
     /// Shorter than its headers say.
     Truncated = 0,
     /// The virtio-net header is inconsistent.
@@ -35,41 +35,41 @@ pub enum Drop {
     Unsupported,
 }
 
-impl Drop {
+impl DropReason {
     /// Number of reasons.
     pub const COUNT: usize = 13;
     /// Every reason, in index order.
-    pub const ALL: [Drop; Drop::COUNT] = [
-        Drop::Truncated,
-        Drop::BadVnetHdr,
-        Drop::UnsupportedGso,
-        Drop::Malformed,
-        Drop::NotForUs,
-        Drop::Isolated,
-        Drop::Internal,
-        Drop::FlowLimit,
-        Drop::PingNotPermitted,
-        Drop::HostSocket,
-        Drop::TxError,
-        Drop::Undeliverable,
-        Drop::Unsupported,
+    pub const ALL: [DropReason; DropReason::COUNT] = [
+        DropReason::Truncated,
+        DropReason::BadVnetHdr,
+        DropReason::UnsupportedGso,
+        DropReason::Malformed,
+        DropReason::NotForUs,
+        DropReason::Isolated,
+        DropReason::Internal,
+        DropReason::FlowLimit,
+        DropReason::PingNotPermitted,
+        DropReason::HostSocket,
+        DropReason::TxError,
+        DropReason::Undeliverable,
+        DropReason::Unsupported,
     ];
     /// Stable snake-case name.
     pub fn name(self) -> &'static str {
         match self {
-            Drop::Truncated => "truncated",
-            Drop::BadVnetHdr => "bad_vnet_hdr",
-            Drop::UnsupportedGso => "unsupported_gso",
-            Drop::Malformed => "malformed",
-            Drop::NotForUs => "not_for_us",
-            Drop::Isolated => "isolated",
-            Drop::Internal => "internal",
-            Drop::FlowLimit => "flow_limit",
-            Drop::PingNotPermitted => "ping_not_permitted",
-            Drop::HostSocket => "host_socket",
-            Drop::TxError => "tx_error",
-            Drop::Undeliverable => "undeliverable",
-            Drop::Unsupported => "unsupported",
+            DropReason::Truncated => "truncated",
+            DropReason::BadVnetHdr => "bad_vnet_hdr",
+            DropReason::UnsupportedGso => "unsupported_gso",
+            DropReason::Malformed => "malformed",
+            DropReason::NotForUs => "not_for_us",
+            DropReason::Isolated => "isolated",
+            DropReason::Internal => "internal",
+            DropReason::FlowLimit => "flow_limit",
+            DropReason::PingNotPermitted => "ping_not_permitted",
+            DropReason::HostSocket => "host_socket",
+            DropReason::TxError => "tx_error",
+            DropReason::Undeliverable => "undeliverable",
+            DropReason::Unsupported => "unsupported",
         }
     }
 }
@@ -93,8 +93,8 @@ pub struct Stats {
     pub frames_in: AtomicU64,
     /// Frames written to the switch port.
     pub frames_out: AtomicU64,
-    /// Drops by [`Drop`] index.
-    pub drops: [AtomicU64; Drop::COUNT],
+    /// Drops by [`DropReason`] index.
+    pub drops: [AtomicU64; DropReason::COUNT],
     /// Active flows by [`FlowProto`] index.
     pub flows_active: [AtomicU64; 3],
     /// Flows ever opened by [`FlowProto`] index.
@@ -117,7 +117,7 @@ pub struct StatsSnapshot {
     /// Frames written to the switch port.
     pub frames_out: u64,
     /// (reason, count) for every reason.
-    pub drops: Vec<(Drop, u64)>,
+    pub drops: Vec<(DropReason, u64)>,
     /// Active flows: tcp, udp, icmp.
     pub flows_active: [u64; 3],
     /// Flows ever opened: tcp, udp, icmp.
@@ -134,7 +134,7 @@ pub struct StatsSnapshot {
 
 impl StatsSnapshot {
     /// Drops for one reason.
-    pub fn drops(&self, reason: Drop) -> u64 {
+    pub fn drops(&self, reason: DropReason) -> u64 {
         self.drops
             .iter()
             .find(|(r, _)| *r == reason)
@@ -152,7 +152,7 @@ impl Stats {
         c.fetch_add(1, Ordering::Relaxed);
     }
     /// Count a drop.
-    pub fn drop(&self, reason: Drop) {
+    pub fn dropped(&self, reason: DropReason) {
         if let Some(c) = self.drops.get(reason as usize) {
             Stats::inc(c);
         }
@@ -178,7 +178,7 @@ impl Stats {
         StatsSnapshot {
             frames_in: ld(&self.frames_in),
             frames_out: ld(&self.frames_out),
-            drops: Drop::ALL
+            drops: DropReason::ALL
                 .iter()
                 .map(|&r| (r, ld(&self.drops[r as usize])))
                 .collect(),

@@ -9,10 +9,10 @@
 //! * Supported: `GSO_NONE` (with or without `NEEDS_CSUM`), `GSO_TCPV4`, `GSO_TCPV6` (with
 //!   or without the ECN bit) and `GSO_UDP_L4`. `GSO_UDP` (UFO, IP fragmentation) is refused.
 //! * Everything a frame supplies is checked before use; after the length checks nothing
-//!   panics: malformed input is an `Err(`[`Drop`]`)`, never a panic.
+//!   panics: malformed input is an `Err(`[`DropReason`]`)`, never a panic.
 //! * Frames the gateway *emits* carry a zeroed header ([`ZERO_HDR`]): no offloads.
 
-use crate::stats::Drop;
+use crate::stats::DropReason;
 use smoltcp::wire::{
     EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket,
     UdpPacket,
@@ -77,12 +77,12 @@ fn ones_sum(data: &[u8], init: u32) -> u16 {
 
 /// Turn one switch datagram (vnet header + Ethernet frame) into plain, checksummed
 /// Ethernet frames appended to `out`.
-pub fn ingest(datagram: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), Drop> {
+pub fn ingest(datagram: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), DropReason> {
     let (hdr, eth) = datagram
         .split_at_checked(VNET_HDR_LEN)
-        .ok_or(Drop::Truncated)?;
-    check_vnet_hdr(hdr, eth.len()).map_err(|_| Drop::BadVnetHdr)?;
-    let h = VnetHdr::parse(hdr).ok_or(Drop::Truncated)?;
+        .ok_or(DropReason::Truncated)?;
+    check_vnet_hdr(hdr, eth.len()).map_err(|_| DropReason::BadVnetHdr)?;
+    let h = VnetHdr::parse(hdr).ok_or(DropReason::Truncated)?;
     match h.gso_type & !VIRTIO_NET_HDR_GSO_ECN {
         VIRTIO_NET_HDR_GSO_NONE => {
             let mut f = eth.to_vec();
@@ -96,26 +96,26 @@ pub fn ingest(datagram: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), Drop> {
             segment(eth, usize::from(h.gso_size), L4::Tcp, out)
         }
         VIRTIO_NET_HDR_GSO_UDP_L4 => segment(eth, usize::from(h.gso_size), L4::Udp, out),
-        _ => Err(Drop::UnsupportedGso),
+        _ => Err(DropReason::UnsupportedGso),
     }
 }
 
 /// Complete a `CHECKSUM_PARTIAL` checksum: the field at `csum_start + csum_offset` holds
 /// the pseudo-header sum; sum from `csum_start` to the end and store the complement.
-fn complete_partial_csum(f: &mut [u8], h: VnetHdr) -> Result<(), Drop> {
+fn complete_partial_csum(f: &mut [u8], h: VnetHdr) -> Result<(), DropReason> {
     let start = usize::from(h.csum_start);
     let field = start + usize::from(h.csum_offset);
     if field + 2 > f.len() {
-        return Err(Drop::BadVnetHdr);
+        return Err(DropReason::BadVnetHdr);
     }
-    let sum = ones_sum(f.get(start..).ok_or(Drop::BadVnetHdr)?, 0);
+    let sum = ones_sum(f.get(start..).ok_or(DropReason::BadVnetHdr)?, 0);
     let mut csum = !sum;
     // A computed UDP checksum of zero is sent as all ones (RFC 768); harmless for TCP.
     if csum == 0 {
         csum = 0xffff;
     }
     f.get_mut(field..field + 2)
-        .ok_or(Drop::BadVnetHdr)?
+        .ok_or(DropReason::BadVnetHdr)?
         .copy_from_slice(&csum.to_be_bytes());
     Ok(())
 }
@@ -136,14 +136,14 @@ struct Layout {
     dst: IpAddress,
 }
 
-fn layout(eth: &[u8], l4: L4) -> Result<Layout, Drop> {
-    let frame = EthernetFrame::new_checked(eth).map_err(|_| Drop::Truncated)?;
+fn layout(eth: &[u8], l4: L4) -> Result<Layout, DropReason> {
+    let frame = EthernetFrame::new_checked(eth).map_err(|_| DropReason::Truncated)?;
     let want = match l4 {
         L4::Tcp => IpProtocol::Tcp,
         L4::Udp => IpProtocol::Udp,
     };
     let ip_off = ETH_HDR_LEN;
-    let ip = eth.get(ip_off..).ok_or(Drop::Truncated)?;
+    let ip = eth.get(ip_off..).ok_or(DropReason::Truncated)?;
     let (v6, l4_off, src, dst) = match frame.ethertype() {
         EthernetProtocol::Ipv4 => {
             // Checked by hand: a super-frame's total length field may be stale or zero.
@@ -153,10 +153,10 @@ fn layout(eth: &[u8], l4: L4) -> Result<Layout, Drop> {
                 || p.header_len() < 20
                 || ip.len() < usize::from(p.header_len())
             {
-                return Err(Drop::Malformed);
+                return Err(DropReason::Malformed);
             }
             if p.next_header() != want || p.more_frags() || p.frag_offset() != 0 {
-                return Err(Drop::UnsupportedGso);
+                return Err(DropReason::UnsupportedGso);
             }
             (
                 false,
@@ -170,11 +170,11 @@ fn layout(eth: &[u8], l4: L4) -> Result<Layout, Drop> {
             // super-frame may not describe the whole frame.
             let p = Ipv6Packet::new_unchecked(ip);
             if ip.len() < 40 || p.version() != 6 {
-                return Err(Drop::Malformed);
+                return Err(DropReason::Malformed);
             }
             if p.next_header() != want {
                 // Extension headers in front of the L4 header are not segmented.
-                return Err(Drop::UnsupportedGso);
+                return Err(DropReason::UnsupportedGso);
             }
             (
                 true,
@@ -183,18 +183,18 @@ fn layout(eth: &[u8], l4: L4) -> Result<Layout, Drop> {
                 IpAddress::Ipv6(p.dst_addr()),
             )
         }
-        _ => return Err(Drop::UnsupportedGso),
+        _ => return Err(DropReason::UnsupportedGso),
     };
-    let l4_hdr = eth.get(l4_off..).ok_or(Drop::Truncated)?;
+    let l4_hdr = eth.get(l4_off..).ok_or(DropReason::Truncated)?;
     let l4_len = match l4 {
         L4::Tcp => {
-            let first = *l4_hdr.get(12).ok_or(Drop::Truncated)?;
+            let first = *l4_hdr.get(12).ok_or(DropReason::Truncated)?;
             usize::from(first >> 4) * 4
         }
         L4::Udp => 8,
     };
     if l4_len < if l4 == L4::Tcp { 20 } else { 8 } || l4_hdr.len() < l4_len {
-        return Err(Drop::Malformed);
+        return Err(DropReason::Malformed);
     }
     Ok(Layout {
         v6,
@@ -211,13 +211,13 @@ const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
 
-fn segment(eth: &[u8], gso_size: usize, l4: L4, out: &mut Vec<Vec<u8>>) -> Result<(), Drop> {
+fn segment(eth: &[u8], gso_size: usize, l4: L4, out: &mut Vec<Vec<u8>>) -> Result<(), DropReason> {
     if gso_size == 0 {
-        return Err(Drop::BadVnetHdr);
+        return Err(DropReason::BadVnetHdr);
     }
     let lay = layout(eth, l4)?;
-    let headers = eth.get(..lay.payload_off).ok_or(Drop::Truncated)?;
-    let payload = eth.get(lay.payload_off..).ok_or(Drop::Truncated)?;
+    let headers = eth.get(..lay.payload_off).ok_or(DropReason::Truncated)?;
+    let payload = eth.get(lay.payload_off..).ok_or(DropReason::Truncated)?;
     let l4_hlen = lay.payload_off - lay.l4_off;
     let ip_hlen = lay.l4_off - lay.ip_off;
     let n = payload.len().div_ceil(gso_size).max(1);
@@ -250,27 +250,27 @@ fn segment(eth: &[u8], gso_size: usize, l4: L4, out: &mut Vec<Vec<u8>>) -> Resul
         let last = i + 1 == n;
         // IP header.
         {
-            let ip = f.get_mut(lay.ip_off..).ok_or(Drop::Truncated)?;
+            let ip = f.get_mut(lay.ip_off..).ok_or(DropReason::Truncated)?;
             if lay.v6 {
                 let mut p = Ipv6Packet::new_unchecked(ip);
-                p.set_payload_len(u16::try_from(l4_total).map_err(|_| Drop::Malformed)?);
+                p.set_payload_len(u16::try_from(l4_total).map_err(|_| DropReason::Malformed)?);
             } else {
                 let mut p = Ipv4Packet::new_unchecked(ip);
-                p.set_total_len(u16::try_from(ip_total).map_err(|_| Drop::Malformed)?);
+                p.set_total_len(u16::try_from(ip_total).map_err(|_| DropReason::Malformed)?);
                 // `i` < 65536 segments since the frame is < 64 KiB... but wrap anyway.
                 p.set_ident(id0.wrapping_add(i as u16));
                 p.fill_checksum();
             }
         }
         // L4 header.
-        let seg = f.get_mut(lay.l4_off..).ok_or(Drop::Truncated)?;
+        let seg = f.get_mut(lay.l4_off..).ok_or(DropReason::Truncated)?;
         match l4 {
             L4::Tcp => {
                 let mut t = TcpPacket::new_unchecked(&mut *seg);
                 t.set_seq_number(smoltcp::wire::TcpSeqNumber(
                     seq0.wrapping_add((i * gso_size) as u32) as i32,
                 ));
-                let raw = seg.get_mut(13).ok_or(Drop::Truncated)?;
+                let raw = seg.get_mut(13).ok_or(DropReason::Truncated)?;
                 if !last {
                     *raw &= !(TCP_FIN | TCP_PSH);
                 }
@@ -282,7 +282,7 @@ fn segment(eth: &[u8], gso_size: usize, l4: L4, out: &mut Vec<Vec<u8>>) -> Resul
             }
             L4::Udp => {
                 let mut u = UdpPacket::new_unchecked(&mut *seg);
-                u.set_len(u16::try_from(l4_total).map_err(|_| Drop::Malformed)?);
+                u.set_len(u16::try_from(l4_total).map_err(|_| DropReason::Malformed)?);
                 u.fill_checksum(&lay.src, &lay.dst);
             }
         }

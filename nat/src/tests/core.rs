@@ -1,7 +1,7 @@
 //! Unit tests for [`crate::core`]: literal ARP, NDP and echo frames; isolation; policy.
 
 use crate::core::{Core, Verdict};
-use crate::stats::Drop;
+use crate::stats::DropReason;
 use crate::Config;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
@@ -162,18 +162,18 @@ fn egress_udp_is_classified_and_isolated_subnets_dropped() {
     );
     assert_eq!(
         core.classify(&udp_to(Ipv4Addr::new(172, 18, 0, 5))),
-        Verdict::Drop(Drop::Isolated)
+        Verdict::DropReason(DropReason::Isolated)
     );
     assert_eq!(
         core.classify(&udp_to(Ipv4Addr::new(10, 9, 9, 1))),
-        Verdict::Drop(Drop::Isolated)
+        Verdict::DropReason(DropReason::Isolated)
     );
     let mut c = cfg();
     c.internal = true;
     let mut internal = Core::new(c);
     assert_eq!(
         internal.classify(&udp_to(Ipv4Addr::new(8, 8, 8, 8))),
-        Verdict::Drop(Drop::Internal)
+        Verdict::DropReason(DropReason::Internal)
     );
     // The gateway's own services still answer on internal networks.
     let v = internal.classify(&udp_to(Ipv4Addr::new(172, 17, 0, 1)));
@@ -186,7 +186,10 @@ fn corrupted_checksums_and_garbage_are_dropped() {
     let mut req = hex("0242ac110001020000000002080045000020000740004001e2b0ac110002ac110001080021041234000161626364");
     let last = req.len() - 1;
     req[last] ^= 0xff;
-    assert_eq!(core.classify(&req), Verdict::Drop(Drop::Malformed));
+    assert_eq!(
+        core.classify(&req),
+        Verdict::DropReason(DropReason::Malformed)
+    );
     // Every truncation and a byte-flipped copy at every position: no panic.
     let good = hex("3333ff00000102000000000286dd6000000000203afffd000000000000000000000000000002ff0200000000000000000001ff00000187007d9700000000fd0000000000000000000000000000010101020000000002");
     for cut in 0..good.len() {

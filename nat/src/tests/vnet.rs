@@ -1,6 +1,6 @@
 //! Unit tests for [`crate::vnet`]: literal super-frames segmented and checksummed.
 
-use crate::stats::Drop;
+use crate::stats::DropReason;
 use crate::vnet::ingest;
 use smoltcp::wire::{IpAddress, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket};
 
@@ -156,15 +156,15 @@ fn gso_udp_l4_segments() {
 #[test]
 fn malformed_vnet_and_gso_frames_are_dropped_not_panicking() {
     let mut out = Vec::new();
-    assert_eq!(ingest(&[1, 2, 3], &mut out), Err(Drop::Truncated));
+    assert_eq!(ingest(&[1, 2, 3], &mut out), Err(DropReason::Truncated));
     // Unknown gso type.
     let mut dg = vnet(0, 9, 100, 0, 0);
     dg.extend_from_slice(&hex(ETH_V4));
-    assert_eq!(ingest(&dg, &mut out), Err(Drop::BadVnetHdr));
+    assert_eq!(ingest(&dg, &mut out), Err(DropReason::BadVnetHdr));
     // UFO is refused.
     let mut dg = vnet(0, 3, 100, 0, 0);
     dg.extend_from_slice(&hex(&format!("{ETH_V4} {IPV4_TCP}")));
-    assert_eq!(ingest(&dg, &mut out), Err(Drop::UnsupportedGso));
+    assert_eq!(ingest(&dg, &mut out), Err(DropReason::UnsupportedGso));
     // GSO TCP with a truncated TCP header, and every truncation of a good super-frame.
     let mut eth = hex(&format!("{ETH_V4} {IPV4_TCP} {TCP_HDR}"));
     eth.extend_from_slice(&payload(100));
