@@ -6,7 +6,7 @@ use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
-use smoltcp::socket::{tcp, udp};
+use smoltcp::socket::{icmp, tcp, udp};
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 use std::collections::VecDeque;
@@ -519,4 +519,60 @@ fn internal_network_refuses_publish_and_egress() {
     sb.run_until(5, |_| {
         gw.stats().drops(tapnet_nat::DropReason::Internal) >= 1
     });
+}
+
+#[test]
+fn icmp_echo_egress_or_counted_drop() {
+    let (gw, mut sb) = start(|_| {});
+    let s = icmp::Socket::new(
+        icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 4096]),
+        icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 4096]),
+    );
+    let h = sb.sockets.add(s);
+    sb.sockets
+        .get_mut::<icmp::Socket<'_>>(h)
+        .bind(icmp::Endpoint::Ident(0x4321))
+        .expect("bind");
+    let req = smoltcp::wire::Icmpv4Repr::EchoRequest {
+        ident: 0x4321,
+        seq_no: 5,
+        data: b"tapnet",
+    };
+    let mut bytes = vec![0u8; req.buffer_len()];
+    req.emit(
+        &mut smoltcp::wire::Icmpv4Packet::new_unchecked(&mut bytes[..]),
+        &smoltcp::phy::ChecksumCapabilities::default(),
+    );
+    sb.sockets
+        .get_mut::<icmp::Socket<'_>>(h)
+        .send_slice(&bytes, IpAddress::Ipv4(Ipv4Addr::LOCALHOST))
+        .expect("send");
+    let mut reply = None;
+    sb.run_until(10, |sb| {
+        if let Ok((b, from)) = sb.sockets.get_mut::<icmp::Socket<'_>>(h).recv() {
+            reply = Some((b.to_vec(), from));
+            return true;
+        }
+        gw.stats().drops(tapnet_nat::DropReason::PingNotPermitted) > 0
+    });
+    match reply {
+        Some((b, from)) => {
+            assert_eq!(from, IpAddress::Ipv4(Ipv4Addr::LOCALHOST));
+            let p = smoltcp::wire::Icmpv4Packet::new_checked(&b[..]).expect("icmp");
+            let r = smoltcp::wire::Icmpv4Repr::parse(
+                &p,
+                &smoltcp::phy::ChecksumCapabilities::default(),
+            )
+            .expect("checksum");
+            assert_eq!(
+                r,
+                smoltcp::wire::Icmpv4Repr::EchoReply {
+                    ident: 0x4321,
+                    seq_no: 5,
+                    data: b"tapnet"
+                }
+            );
+        }
+        None => eprintln!("ping sockets and raw sockets not permitted here: drop counted"),
+    }
 }
