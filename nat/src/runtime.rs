@@ -1,0 +1,1525 @@
+//! The gateway's I/O layer: one thread, one `mio::Poll`, the switch-port socket and every
+//! host socket the gateway opens.
+//!
+//! Contract:
+//!
+//! * [`Gateway::spawn`] takes the peer end of a `DatagramPort::pair()` (made non-blocking
+//!   here) and starts the thread. The [`GatewayHandle`] talks to it with commands over a
+//!   crossbeam channel plus a `mio::Waker`, like the switch runtime; every call waits for
+//!   the thread's answer; a stopped thread answers [`Error::Gone`].
+//! * [`GatewayHandle::publish`] binds the host socket on the caller's thread, so "address
+//!   in use" comes back as [`Error::PortInUse`] and nothing is left half-made.
+//! * Frames to the switch carry a zeroed vnet header. When the switch socket's queue is
+//!   full, frames wait in a bounded queue flushed on writability; past the bound they are
+//!   dropped and counted ([`DropReason::TxError`]).
+//! * TCP: an egress SYN starts a non-blocking host connect and is held; the SYN is fed to
+//!   the stack (a socket listening on its destination) only once the host connection is
+//!   up, so a refused connect outside is answered with an RST to the SYN inside. Bytes are
+//!   spliced straight between smoltcp's bounded buffers and the host socket: the host is
+//!   read only into free smoltcp send space, smoltcp is drained only as far as the host
+//!   socket accepts. FIN is carried both ways as a half-close, RST both ways as an abort
+//!   (host side: `SO_LINGER` 0).
+//! * Frame contents never make the thread panic.
+
+use crate::core::{self, Core, Verdict, DNS_PORT};
+use crate::dns::{self, Answer, Names};
+use crate::flows::{FlowTable, LimitKind, Limiter};
+use crate::stats::{DropReason, FlowProto, Stats, StatsSnapshot};
+use crate::tcp::Stack;
+use crate::vnet;
+use crate::{Config, Error, NameRecord, Proto, PublishSpec};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use ipnet::IpNet;
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use rustc_hash::FxHashMap;
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp::State;
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const WAKER: Token = Token(usize::MAX);
+const SWITCH: Token = Token(0);
+/// Frames waiting for room on the switch socket.
+const OUT_QUEUE_MAX: usize = 4096;
+/// Switch datagrams read per loop turn.
+const RX_BATCH: usize = 256;
+/// Most bytes buffered for one DNS-over-TCP connection.
+const DNS_TCP_MAX: usize = 65537;
+
+type Reply<T> = Sender<Result<T, Error>>;
+
+enum Command {
+    SetNames(Vec<NameRecord>),
+    Publish {
+        spec: PublishSpec,
+        bound: SocketAddr,
+        sock: HostSock,
+        reply: Reply<()>,
+    },
+    Unpublish {
+        proto: Proto,
+        addr: SocketAddr,
+        reply: Reply<()>,
+    },
+    Shutdown,
+}
+
+enum HostSock {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+/// Starts gateways.
+pub struct Gateway;
+
+/// Control handle of a running gateway. Dropping it stops the gateway.
+pub struct GatewayHandle {
+    tx: Sender<Command>,
+    waker: Arc<Waker>,
+    stats: Arc<Stats>,
+    internal: bool,
+    subnets: Vec<IpNet>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn io_err(op: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+    let op = op.into();
+    move |source| Error::Io { op, source }
+}
+
+impl Gateway {
+    /// Run a gateway for `config` on `sock` (the switch port's peer end) on a new thread.
+    pub fn spawn(config: Config, sock: UnixDatagram) -> Result<GatewayHandle, Error> {
+        sock.set_nonblocking(true)
+            .map_err(io_err("set gateway socket non-blocking"))?;
+        let poll = Poll::new().map_err(io_err("create poll"))?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(io_err("create waker"))?);
+        let mut switch = mio::net::UnixDatagram::from_std(sock);
+        poll.registry()
+            .register(&mut switch, SWITCH, Interest::READABLE | Interest::WRITABLE)
+            .map_err(io_err("register gateway socket"))?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let stats = Arc::new(Stats::default());
+        let mut subnets = vec![IpNet::V4(
+            ipnet::Ipv4Net::new(config.ipv4, config.ipv4_prefix.min(32))
+                .unwrap_or_else(|_| ipnet::Ipv4Net::from(config.ipv4))
+                .trunc(),
+        )];
+        if let Some((a, p)) = config.ipv6 {
+            subnets.push(IpNet::V6(
+                ipnet::Ipv6Net::new(a, p.min(128))
+                    .unwrap_or_else(|_| ipnet::Ipv6Net::from(a))
+                    .trunc(),
+            ));
+        }
+        let internal = config.internal;
+        let worker = Worker::new(
+            config,
+            poll,
+            switch,
+            rx,
+            Arc::clone(&stats),
+            subnets.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name("tapnet-gw".into())
+            .spawn(move || worker.run())
+            .map_err(io_err("spawn gateway thread"))?;
+        Ok(GatewayHandle {
+            tx,
+            waker,
+            stats,
+            internal,
+            subnets,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl GatewayHandle {
+    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, Error> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.tx.send(make(reply)).map_err(|_| Error::Gone)?;
+        self.waker.wake().map_err(io_err("wake gateway"))?;
+        answer.recv().map_err(|_| Error::Gone)?
+    }
+
+    /// Replace the names the embedded DNS answers.
+    pub fn set_names(&self, names: Vec<NameRecord>) -> Result<(), Error> {
+        self.tx
+            .send(Command::SetNames(names))
+            .map_err(|_| Error::Gone)?;
+        self.waker.wake().map_err(io_err("wake gateway"))
+    }
+
+    /// Publish a port; returns the bound host address (its port is the one picked when
+    /// `host_port` is 0). Fails with [`Error::PortInUse`] if the host port is taken.
+    pub fn publish(&self, spec: PublishSpec) -> Result<SocketAddr, Error> {
+        if self.internal {
+            return Err(Error::Internal);
+        }
+        if !self.subnets.iter().any(|n| n.contains(&spec.sandbox_ip)) {
+            return Err(Error::NotOnNetwork(spec.sandbox_ip));
+        }
+        let addr = SocketAddr::new(spec.host_ip, spec.host_port);
+        let in_use = |e: io::Error| {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                Error::PortInUse {
+                    proto: spec.proto,
+                    addr,
+                }
+            } else {
+                Error::Io {
+                    op: format!("bind {:?} {addr}", spec.proto),
+                    source: e,
+                }
+            }
+        };
+        let (sock, bound) = match spec.proto {
+            Proto::Tcp => {
+                let l = TcpListener::bind(addr).map_err(in_use)?;
+                let b = l.local_addr().map_err(io_err("local address"))?;
+                (HostSock::Tcp(l), b)
+            }
+            Proto::Udp => {
+                let u = UdpSocket::bind(addr).map_err(in_use)?;
+                let b = u.local_addr().map_err(io_err("local address"))?;
+                (HostSock::Udp(u), b)
+            }
+        };
+        self.call(|reply| Command::Publish {
+            spec,
+            bound,
+            sock,
+            reply,
+        })?;
+        Ok(bound)
+    }
+
+    /// Stop publishing the port bound at `addr` (as returned by [`Self::publish`]).
+    pub fn unpublish(&self, proto: Proto, addr: SocketAddr) -> Result<(), Error> {
+        self.call(|reply| Command::Unpublish { proto, addr, reply })
+    }
+
+    /// The gateway's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Stop the gateway and join its thread (closing every host socket).
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.tx.send(Command::Shutdown);
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("gateway thread panicked");
+            }
+        }
+    }
+}
+
+impl std::ops::Drop for GatewayHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What a poll token stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Owner {
+    Udp(SocketAddr, SocketAddr),
+    Icmp(IcmpKey),
+    Tcp(u64),
+    PubTcp(SocketAddr),
+    PubUdp(SocketAddr),
+    Dns(u64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct IcmpKey {
+    src: IpAddr,
+    ident: u16,
+    dst: IpAddr,
+}
+
+struct UdpFlow {
+    sock: UdpSocket,
+    token: Token,
+}
+
+struct IcmpFlow {
+    sock: Socket,
+    raw: bool,
+    token: Token,
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum TcpKind {
+    /// Sandbox-initiated, to `dst` outside.
+    Egress,
+    /// From a published-port client into the sandbox.
+    Published,
+}
+
+struct TcpFlow {
+    kind: TcpKind,
+    /// The sandbox's endpoint and the far endpoint as the sandbox sees them.
+    inside: SocketAddr,
+    outside: SocketAddr,
+    stream: TcpStream,
+    token: Token,
+    handle: Option<SocketHandle>,
+    /// The held SYN (egress, host connect pending).
+    syn: Option<Vec<u8>>,
+    connected: bool,
+    readable: bool,
+    writable: bool,
+    host_eof: bool,
+    shut_wr: bool,
+    /// Counted against the limiter under this source.
+    limited: Option<IpAddr>,
+}
+
+struct PubTcp {
+    spec: PublishSpec,
+    listener: TcpListener,
+}
+
+struct PubUdp {
+    spec: PublishSpec,
+    sock: UdpSocket,
+    token: Token,
+    /// Presented client address → real client address.
+    clients: FlowTable<SocketAddr, SocketAddr>,
+}
+
+enum DnsClient {
+    Udp(SocketAddr),
+    Tcp(SocketHandle),
+}
+
+struct DnsQuery {
+    client: DnsClient,
+    /// The client's query (original id).
+    query: Vec<u8>,
+    upstream_id: u16,
+    server: usize,
+    deadline: Instant,
+    sock: Option<UdpSocket>,
+    token: Token,
+}
+
+struct DnsConn {
+    handle: SocketHandle,
+    buf: Vec<u8>,
+}
+
+struct Worker {
+    core: Core,
+    names: Names,
+    stack: Stack,
+    poll: Poll,
+    switch: mio::net::UnixDatagram,
+    rx: Receiver<Command>,
+    stats: Arc<Stats>,
+    start: Instant,
+    out: VecDeque<Vec<u8>>,
+    next_token: usize,
+    owners: FxHashMap<Token, Owner>,
+    limiter: Limiter,
+    udp: FlowTable<(SocketAddr, SocketAddr), UdpFlow>,
+    icmp: FlowTable<IcmpKey, IcmpFlow>,
+    ping_warned: bool,
+    tcp: FxHashMap<u64, TcpFlow>,
+    tcp_by_key: FxHashMap<(SocketAddr, SocketAddr), u64>,
+    next_flow: u64,
+    pub_tcp: FxHashMap<SocketAddr, PubTcp>,
+    pub_udp: FxHashMap<SocketAddr, PubUdp>,
+    dns_queries: FxHashMap<u64, DnsQuery>,
+    dns_listeners: Vec<(SocketAddr, SocketHandle)>,
+    dns_conns: Vec<DnsConn>,
+    buf: Vec<u8>,
+}
+
+fn smol_now(start: Instant) -> smoltcp::time::Instant {
+    smoltcp::time::Instant::from_micros(
+        i64::try_from(start.elapsed().as_micros()).unwrap_or(i64::MAX),
+    )
+}
+
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+fn unspecified_for(ip: IpAddr) -> SocketAddr {
+    match ip {
+        IpAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        IpAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+    }
+}
+
+impl Worker {
+    fn new(
+        cfg: Config,
+        poll: Poll,
+        switch: mio::net::UnixDatagram,
+        rx: Receiver<Command>,
+        stats: Arc<Stats>,
+        subnets: Vec<IpNet>,
+    ) -> Worker {
+        let start = Instant::now();
+        let names = Names::new(&cfg.dns_suffixes, subnets);
+        let limiter = Limiter::new(cfg.limits.per_endpoint, cfg.limits.per_network);
+        let udp_idle = u64::try_from(cfg.limits.udp_idle.as_millis()).unwrap_or(u64::MAX);
+        let icmp_idle = u64::try_from(cfg.limits.icmp_idle.as_millis()).unwrap_or(u64::MAX);
+        let mut stack = Stack::new(&cfg, smol_now(start));
+        let mut dns_listeners = Vec::new();
+        let gws: Vec<IpAddr> = std::iter::once(IpAddr::V4(cfg.ipv4))
+            .chain(cfg.ipv6.map(|(a, _)| IpAddr::V6(a)))
+            .collect();
+        for gw in gws {
+            let at = SocketAddr::new(gw, DNS_PORT);
+            if let Some(h) = stack.listen(at) {
+                dns_listeners.push((at, h));
+            }
+        }
+        Worker {
+            core: Core::new(cfg),
+            names,
+            stack,
+            poll,
+            switch,
+            rx,
+            stats,
+            start,
+            out: VecDeque::new(),
+            next_token: 1,
+            owners: FxHashMap::default(),
+            limiter,
+            udp: FlowTable::new(udp_idle),
+            icmp: FlowTable::new(icmp_idle),
+            ping_warned: false,
+            tcp: FxHashMap::default(),
+            tcp_by_key: FxHashMap::default(),
+            next_flow: 0,
+            pub_tcp: FxHashMap::default(),
+            pub_udp: FxHashMap::default(),
+            dns_queries: FxHashMap::default(),
+            dns_listeners,
+            dns_conns: Vec::new(),
+            buf: vec![0u8; tapnet_switch::runtime::RECV_BUF_LEN],
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn token(&mut self, owner: Owner) -> Token {
+        let t = Token(self.next_token);
+        self.next_token = self.next_token.wrapping_add(1).max(1);
+        self.owners.insert(t, owner);
+        t
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut last_tick = 0u64;
+        loop {
+            let now = smol_now(self.start);
+            let mut timeout = Duration::from_millis(500);
+            if let Some(d) = self.stack.poll_delay(now) {
+                timeout = timeout.min(Duration::from_micros(d.total_micros()));
+            }
+            for q in self.dns_queries.values() {
+                timeout = timeout.min(q.deadline.saturating_duration_since(Instant::now()));
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "gateway: poll failed; stopping");
+                    return;
+                }
+            }
+            let mut switch_readable = false;
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => {}
+                    SWITCH => {
+                        if ev.is_readable() {
+                            switch_readable = true;
+                        }
+                        if ev.is_writable() {
+                            self.flush_out();
+                        }
+                    }
+                    t => self.host_event(t, ev.is_readable(), ev.is_writable()),
+                }
+            }
+            if !self.drain_commands() {
+                return;
+            }
+            if switch_readable {
+                self.read_switch();
+            }
+            self.service_tcp();
+            let ms = self.now_ms();
+            if ms.saturating_sub(last_tick) >= 1000 {
+                last_tick = ms;
+                self.expire(ms);
+            }
+            self.dns_timeouts();
+        }
+    }
+
+    // ---- switch side -------------------------------------------------------------
+
+    fn send_frame(&mut self, eth: &[u8]) {
+        let f = vnet::with_zero_hdr(eth);
+        if self.out.is_empty() {
+            match self.switch.send(&f) {
+                Ok(_) => {
+                    Stats::inc(&self.stats.frames_out);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    self.stats.dropped(DropReason::TxError);
+                    return;
+                }
+            }
+        }
+        if self.out.len() >= OUT_QUEUE_MAX {
+            self.stats.dropped(DropReason::TxError);
+        } else {
+            self.out.push_back(f);
+        }
+    }
+
+    fn flush_out(&mut self) {
+        while let Some(f) = self.out.front() {
+            match self.switch.send(f) {
+                Ok(_) => {
+                    Stats::inc(&self.stats.frames_out);
+                    self.out.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.stats.dropped(DropReason::TxError);
+                    self.out.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Address an IP packet to the sandbox side and send it.
+    fn send_ip(&mut self, packet: Vec<u8>) {
+        if packet.len() > usize::from(self.core.config().mtu) {
+            self.stats.dropped(DropReason::Undeliverable);
+            return;
+        }
+        match self.core.frame_to(packet) {
+            Ok(f) => self.send_frame(&f),
+            Err(Some(solicit)) => self.send_frame(&solicit),
+            Err(None) => {}
+        }
+    }
+
+    fn read_switch(&mut self) {
+        let mut frames = Vec::new();
+        for _ in 0..RX_BATCH {
+            let n = match self.switch.recv(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            Stats::inc(&self.stats.frames_in);
+            frames.clear();
+            let dg = self.buf.get(..n).unwrap_or_default();
+            if let Err(r) = vnet::ingest(dg, &mut frames) {
+                self.stats.dropped(r);
+                continue;
+            }
+            for f in std::mem::take(&mut frames) {
+                let v = self.core.classify(&f);
+                self.handle_verdict(v);
+            }
+        }
+        // More may be queued: mio is edge-triggered, so poll again without sleeping.
+        if let Err(e) = self.poll.registry().reregister(
+            &mut self.switch,
+            SWITCH,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!(error = %e, "gateway: reregister switch socket");
+        }
+    }
+
+    fn handle_verdict(&mut self, v: Verdict) {
+        match v {
+            Verdict::Reply(f) => self.send_frame(&f),
+            Verdict::Flush(fs) => {
+                for f in fs {
+                    self.send_frame(&f);
+                }
+            }
+            Verdict::Ignore => {}
+            Verdict::DropReason(r) => self.stats.dropped(r),
+            Verdict::Dns { src, query } => self.dns_query(DnsClient::Udp(src), query),
+            Verdict::Udp { src, dst, payload } => self.udp_out(src, dst, &payload),
+            Verdict::Echo {
+                src,
+                dst,
+                ident,
+                seq,
+                data,
+            } => self.echo_out(src, dst, ident, seq, &data),
+            Verdict::Tcp {
+                packet,
+                src,
+                dst,
+                syn,
+            } => self.tcp_in(packet, src, dst, syn),
+        }
+    }
+
+    fn limit(&mut self, src: IpAddr, proto: &str) -> bool {
+        match self.limiter.acquire(src) {
+            Ok(()) => true,
+            Err(hit) => {
+                Stats::inc(&self.stats.flow_limit_hits);
+                self.stats.dropped(DropReason::FlowLimit);
+                if hit.first {
+                    match hit.kind {
+                        LimitKind::Endpoint => tracing::warn!(
+                            source = %src, limit = hit.limit, proto,
+                            "gateway: per-endpoint flow limit reached; new flows from this endpoint are dropped"
+                        ),
+                        LimitKind::Network => tracing::warn!(
+                            limit = hit.limit, proto,
+                            "gateway: per-network flow limit reached; new flows on this network are dropped"
+                        ),
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    // ---- UDP ------------------------------------------------------------------------
+
+    fn udp_out(&mut self, src: SocketAddr, dst: SocketAddr, payload: &[u8]) {
+        let now = self.now_ms();
+        // A sandbox answering a published-port client?
+        if let Some(p) = self
+            .pub_udp
+            .values_mut()
+            .find(|p| SocketAddr::new(p.spec.sandbox_ip, p.spec.sandbox_port) == src)
+        {
+            if let Some(client) = p.clients.touch(&dst, now).copied() {
+                if p.sock.send_to(payload, client).is_err() {
+                    self.stats.dropped(DropReason::HostSocket);
+                }
+                return;
+            }
+        }
+        if self.core.is_gateway(dst.ip()) || self.core.config().internal {
+            self.stats.dropped(if self.core.config().internal {
+                DropReason::Internal
+            } else {
+                DropReason::NotForUs
+            });
+            return;
+        }
+        let key = (src, dst);
+        if self.udp.touch(&key, now).is_none() {
+            if !self.limit(src.ip(), "udp") {
+                return;
+            }
+            let sock = match UdpSocket::bind(unspecified_for(dst.ip())).and_then(|s| {
+                s.connect(dst)?;
+                Ok(s)
+            }) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, %dst, "gateway: udp flow socket");
+                    self.limiter.release(src.ip());
+                    self.stats.dropped(DropReason::HostSocket);
+                    return;
+                }
+            };
+            let token = self.token(Owner::Udp(src, dst));
+            let mut sock = sock;
+            if self
+                .poll
+                .registry()
+                .register(&mut sock, token, Interest::READABLE)
+                .is_err()
+            {
+                self.owners.remove(&token);
+                self.limiter.release(src.ip());
+                self.stats.dropped(DropReason::HostSocket);
+                return;
+            }
+            self.udp.insert(key, UdpFlow { sock, token }, now);
+            self.stats.flow_opened(FlowProto::Udp);
+        }
+        if let Some(f) = self.udp.get(&key) {
+            if f.sock.send(payload).is_err() {
+                self.stats.dropped(DropReason::HostSocket);
+            }
+        }
+    }
+
+    fn udp_in(&mut self, src: SocketAddr, dst: SocketAddr) {
+        let now = self.now_ms();
+        loop {
+            let Some(f) = self.udp.touch(&(src, dst), now) else {
+                return;
+            };
+            match f.sock.recv(&mut self.buf) {
+                Ok(n) => {
+                    let payload = self.buf.get(..n).unwrap_or_default().to_vec();
+                    match core::udp_packet(dst, src, &payload) {
+                        Some(p) => self.send_ip(p),
+                        None => self.stats.dropped(DropReason::Undeliverable),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // ICMP errors (port unreachable) surface as errors on connected sockets.
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn pub_udp_in(&mut self, bound: SocketAddr) {
+        let now = self.now_ms();
+        loop {
+            let Some(p) = self.pub_udp.get_mut(&bound) else {
+                return;
+            };
+            let (n, client) = match p.sock.recv_from(&mut self.buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return,
+            };
+            let client = canonical(client);
+            let sandbox = SocketAddr::new(p.spec.sandbox_ip, p.spec.sandbox_port);
+            let presented = present_client(&self.core, client, sandbox);
+            p.clients.insert(presented, client, now);
+            let payload = self.buf.get(..n).unwrap_or_default().to_vec();
+            match core::udp_packet(presented, sandbox, &payload) {
+                Some(pkt) => self.send_ip(pkt),
+                None => self.stats.dropped(DropReason::Undeliverable),
+            }
+        }
+    }
+
+    // ---- ICMP echo --------------------------------------------------------------------
+
+    fn ping_socket(&mut self, dst: IpAddr) -> Option<(Socket, bool)> {
+        let (domain, proto) = match dst {
+            IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4),
+            IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6),
+        };
+        let sock = match Socket::new(domain, Type::DGRAM, Some(proto)) {
+            Ok(s) => Some((s, false)),
+            Err(_) => Socket::new(domain, Type::RAW, Some(proto))
+                .ok()
+                .map(|s| (s, true)),
+        };
+        let Some((sock, raw)) = sock else {
+            if !self.ping_warned {
+                self.ping_warned = true;
+                tracing::warn!(
+                    "gateway: ICMP echo egress disabled: neither ping sockets \
+                     (net.ipv4.ping_group_range) nor raw sockets are permitted; echo requests are dropped"
+                );
+            }
+            return None;
+        };
+        if sock.set_nonblocking(true).is_err()
+            || sock.connect(&SocketAddr::new(dst, 0).into()).is_err()
+        {
+            return None;
+        }
+        Some((sock, raw))
+    }
+
+    fn echo_out(&mut self, src: IpAddr, dst: IpAddr, ident: u16, seq: u16, data: &[u8]) {
+        let now = self.now_ms();
+        let key = IcmpKey { src, ident, dst };
+        if self.icmp.touch(&key, now).is_none() {
+            if !self.limit(src, "icmp") {
+                return;
+            }
+            let Some((sock, raw)) = self.ping_socket(dst) else {
+                self.limiter.release(src);
+                self.stats.dropped(DropReason::PingNotPermitted);
+                return;
+            };
+            let token = self.token(Owner::Icmp(key));
+            let fd = sock.as_raw_fd();
+            if self
+                .poll
+                .registry()
+                .register(&mut SourceFd(&fd), token, Interest::READABLE)
+                .is_err()
+            {
+                self.owners.remove(&token);
+                self.limiter.release(src);
+                self.stats.dropped(DropReason::HostSocket);
+                return;
+            }
+            self.icmp.insert(key, IcmpFlow { sock, raw, token }, now);
+            self.stats.flow_opened(FlowProto::Icmp);
+        }
+        let Some(f) = self.icmp.get(&key) else {
+            return;
+        };
+        // type, code, checksum, ident, seq, data. Ping sockets fill ident and checksum;
+        // for raw IPv4 the checksum is ours, raw ICMPv6 checksums are the kernel's.
+        let ty = if dst.is_ipv4() { 8 } else { 128 };
+        let mut msg = Vec::with_capacity(8 + data.len());
+        msg.extend_from_slice(&[ty, 0, 0, 0]);
+        msg.extend_from_slice(&ident.to_be_bytes());
+        msg.extend_from_slice(&seq.to_be_bytes());
+        msg.extend_from_slice(data);
+        if f.raw && dst.is_ipv4() {
+            let c = inet_checksum(&msg);
+            if let Some(b) = msg.get_mut(2..4) {
+                b.copy_from_slice(&c.to_be_bytes());
+            }
+        }
+        if f.sock.send(&msg).is_err() {
+            self.stats.dropped(DropReason::HostSocket);
+        }
+    }
+
+    fn echo_in(&mut self, key: IcmpKey) {
+        let now = self.now_ms();
+        loop {
+            let Some(f) = self.icmp.touch(&key, now) else {
+                return;
+            };
+            let raw = f.raw;
+            let n = match (&f.sock).read(&mut self.buf) {
+                Ok(n) => n,
+                Err(_) => return,
+            };
+            let msg = self.buf.get(..n).unwrap_or_default();
+            // Raw IPv4 sockets deliver the IP header too.
+            let msg = if raw && key.dst.is_ipv4() {
+                let ihl = usize::from(msg.first().map_or(0, |b| b & 0x0f)) * 4;
+                msg.get(ihl..).unwrap_or_default()
+            } else {
+                msg
+            };
+            let reply_type = if key.dst.is_ipv4() { 0 } else { 129 };
+            let (Some(&ty), Some(id), Some(seq), Some(data)) =
+                (msg.first(), msg.get(4..6), msg.get(6..8), msg.get(8..))
+            else {
+                continue;
+            };
+            if ty != reply_type {
+                continue;
+            }
+            // Ping sockets rewrite the identifier; raw sockets see every echo reply.
+            let ident = u16::from_be_bytes([id[0], id[1]]);
+            if raw && ident != key.ident {
+                continue;
+            }
+            let seq = u16::from_be_bytes([seq[0], seq[1]]);
+            match core::echo_reply_packet(key.dst, key.src, key.ident, seq, data) {
+                Some(p) => self.send_ip(p),
+                None => self.stats.dropped(DropReason::Undeliverable),
+            }
+        }
+    }
+
+    // ---- TCP --------------------------------------------------------------------------
+
+    fn tcp_in(&mut self, packet: Vec<u8>, src: SocketAddr, dst: SocketAddr, syn: bool) {
+        let key = (src, dst);
+        if let Some(id) = self.tcp_by_key.get(&key) {
+            if self.tcp.get(id).is_some_and(|f| f.syn.is_some()) {
+                // Host connect still pending: the SYN is held, retransmissions ignored.
+                return;
+            }
+            self.stack.push(packet);
+            return;
+        }
+        if !syn || self.core.is_gateway(dst.ip()) || self.is_published_reply(src, dst) {
+            // Not a new egress flow: the stack answers (DNS listener, published flow,
+            // or an RST for a closed port / unknown connection).
+            self.stack.push(packet);
+            return;
+        }
+        if !self.limit(src.ip(), "tcp") {
+            return;
+        }
+        let stream = match TcpStream::connect(dst) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, %dst, "gateway: tcp connect");
+                self.limiter.release(src.ip());
+                self.refuse(src, dst, &packet);
+                return;
+            }
+        };
+        let id = self.next_flow;
+        self.next_flow += 1;
+        let token = self.token(Owner::Tcp(id));
+        let mut stream = stream;
+        if self
+            .poll
+            .registry()
+            .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+            .is_err()
+        {
+            self.owners.remove(&token);
+            self.limiter.release(src.ip());
+            self.stats.dropped(DropReason::HostSocket);
+            return;
+        }
+        self.stats.flow_opened(FlowProto::Tcp);
+        self.tcp_by_key.insert(key, id);
+        self.tcp.insert(
+            id,
+            TcpFlow {
+                kind: TcpKind::Egress,
+                inside: src,
+                outside: dst,
+                stream,
+                token,
+                handle: None,
+                syn: Some(packet),
+                connected: false,
+                readable: false,
+                writable: false,
+                host_eof: false,
+                shut_wr: false,
+                limited: Some(src.ip()),
+            },
+        );
+    }
+
+    fn is_published_reply(&self, src: SocketAddr, _dst: SocketAddr) -> bool {
+        self.pub_tcp
+            .values()
+            .any(|p| SocketAddr::new(p.spec.sandbox_ip, p.spec.sandbox_port) == src)
+    }
+
+    /// Answer a SYN with RST|ACK (connection refused).
+    fn refuse(&mut self, src: SocketAddr, dst: SocketAddr, syn_packet: &[u8]) {
+        if let Some(seq) = core::tcp_seq(syn_packet) {
+            if let Some(rst) = core::tcp_refuse_packet(src, dst, seq) {
+                self.send_ip(rst);
+            }
+        }
+    }
+
+    fn tcp_event(&mut self, id: u64, readable: bool, writable: bool) {
+        let Some(f) = self.tcp.get_mut(&id) else {
+            return;
+        };
+        f.readable |= readable;
+        f.writable |= writable;
+        if f.connected || !(writable || readable) {
+            return;
+        }
+        // Host connect finished (one way or the other).
+        let failed = match f.stream.take_error() {
+            Ok(Some(_)) | Err(_) => true,
+            Ok(None) => match f.stream.peer_addr() {
+                Ok(_) => false,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(_) => true,
+            },
+        };
+        let (src, dst) = (f.inside, f.outside);
+        let syn = f.syn.take().unwrap_or_default();
+        if failed {
+            self.refuse(src, dst, &syn);
+            self.close_tcp(id, false);
+            return;
+        }
+        let Some(h) = self.stack.listen(dst) else {
+            self.refuse(src, dst, &syn);
+            self.close_tcp(id, false);
+            return;
+        };
+        f.connected = true;
+        f.handle = Some(h);
+        self.stack.push(syn);
+        self.stack.poll(smol_now(self.start));
+        if self.stack.socket(h).state() == State::Listen {
+            // The SYN was not accepted (bad segment): give up the flow.
+            self.close_tcp(id, false);
+        }
+    }
+
+    fn close_tcp(&mut self, id: u64, abort_host: bool) {
+        let Some(mut f) = self.tcp.remove(&id) else {
+            return;
+        };
+        if abort_host {
+            let _ = SockRef::from(&f.stream).set_linger(Some(Duration::ZERO));
+        }
+        let _ = self.poll.registry().deregister(&mut f.stream);
+        self.owners.remove(&f.token);
+        if let Some(h) = f.handle {
+            self.stack.remove(h);
+        }
+        if f.kind == TcpKind::Egress {
+            self.tcp_by_key.remove(&(f.inside, f.outside));
+        }
+        if let Some(src) = f.limited {
+            self.limiter.release(src);
+        }
+        self.stats.flow_closed(FlowProto::Tcp);
+    }
+
+    /// Poll the stack, splice every flow, send what the stack produced; repeat while
+    /// anything moves (bounded).
+    fn service_tcp(&mut self) {
+        for _ in 0..8 {
+            let now = smol_now(self.start);
+            self.stack.poll(now);
+            let mut moved = self.splice_all();
+            moved |= self.service_dns_tcp();
+            let now = smol_now(self.start);
+            self.stack.poll(now);
+            let tx = self.stack.take_tx();
+            moved |= !tx.is_empty();
+            for p in tx {
+                self.send_ip(p);
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    fn splice_all(&mut self) -> bool {
+        let ids: Vec<u64> = self.tcp.keys().copied().collect();
+        let mut moved = false;
+        let mut done = Vec::new();
+        for id in ids {
+            let Some(f) = self.tcp.get_mut(&id) else {
+                continue;
+            };
+            let (Some(h), true) = (f.handle, f.connected) else {
+                continue;
+            };
+            let s = self.stack.socket(h);
+            // Sandbox → host.
+            while f.writable && s.can_recv() {
+                let r = s.recv(|b| match f.stream.write(b) {
+                    Ok(n) => (n, Ok(n)),
+                    Err(e) => (0, Err(e)),
+                });
+                match r {
+                    Ok(Ok(0)) => break,
+                    Ok(Ok(_)) => moved = true,
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => f.writable = false,
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Ok(Err(_)) => {
+                        s.abort();
+                        done.push((id, true));
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            // Sandbox FIN → host half-close.
+            if !f.shut_wr
+                && !s.can_recv()
+                && matches!(
+                    s.state(),
+                    State::CloseWait | State::LastAck | State::Closing | State::TimeWait
+                )
+            {
+                let _ = f.stream.shutdown(std::net::Shutdown::Write);
+                f.shut_wr = true;
+                moved = true;
+            }
+            // Host → sandbox, only into free send space.
+            while f.readable && !f.host_eof && s.can_send() {
+                let r = s.send(|b| match f.stream.read(b) {
+                    Ok(n) => (n, Ok(n)),
+                    Err(e) => (0, Err(e)),
+                });
+                match r {
+                    Ok(Ok(0)) => {
+                        f.host_eof = true;
+                        s.close();
+                        moved = true;
+                    }
+                    Ok(Ok(_)) => moved = true,
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => f.readable = false,
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Ok(Err(_)) => {
+                        // Host RST: abort toward the sandbox.
+                        s.abort();
+                        done.push((id, false));
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            match s.state() {
+                State::Closed => {
+                    let clean = f.host_eof && f.shut_wr;
+                    done.push((id, !clean));
+                }
+                State::TimeWait if f.host_eof && f.shut_wr => done.push((id, false)),
+                _ => {}
+            }
+        }
+        for (id, abort) in done {
+            // Let smoltcp emit what abort/close queued before the socket goes.
+            self.stack.poll(smol_now(self.start));
+            for p in self.stack.take_tx() {
+                self.send_ip(p);
+            }
+            self.close_tcp(id, abort);
+            moved = true;
+        }
+        moved
+    }
+
+    fn pub_tcp_accept(&mut self, bound: SocketAddr) {
+        loop {
+            let Some(p) = self.pub_tcp.get(&bound) else {
+                return;
+            };
+            let (stream, client) = match p.listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "gateway: accept");
+                    return;
+                }
+            };
+            let sandbox = SocketAddr::new(p.spec.sandbox_ip, p.spec.sandbox_port);
+            let presented = present_client(&self.core, canonical(client), sandbox);
+            let Some(h) = self.stack.connect(presented, sandbox) else {
+                self.stats.dropped(DropReason::HostSocket);
+                continue;
+            };
+            let id = self.next_flow;
+            self.next_flow += 1;
+            let token = self.token(Owner::Tcp(id));
+            let mut stream = stream;
+            if self
+                .poll
+                .registry()
+                .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                .is_err()
+            {
+                self.owners.remove(&token);
+                self.stack.remove(h);
+                continue;
+            }
+            self.stats.flow_opened(FlowProto::Tcp);
+            self.tcp.insert(
+                id,
+                TcpFlow {
+                    kind: TcpKind::Published,
+                    inside: sandbox,
+                    outside: presented,
+                    stream,
+                    token,
+                    handle: Some(h),
+                    syn: None,
+                    connected: true,
+                    readable: true,
+                    writable: true,
+                    host_eof: false,
+                    shut_wr: false,
+                    limited: None,
+                },
+            );
+        }
+    }
+
+    // ---- DNS --------------------------------------------------------------------------
+
+    fn dns_query(&mut self, client: DnsClient, query: Vec<u8>) {
+        match self.names.answer(&query) {
+            Answer::Reply(r) => {
+                Stats::inc(&self.stats.dns_local);
+                self.dns_reply(client, r);
+            }
+            Answer::Ignore => self.stats.dropped(DropReason::Malformed),
+            Answer::Forward => {
+                Stats::inc(&self.stats.dns_forwarded);
+                let id = self.next_flow;
+                self.next_flow += 1;
+                let token = self.token(Owner::Dns(id));
+                let q = DnsQuery {
+                    client,
+                    query,
+                    upstream_id: rand::random(),
+                    server: 0,
+                    deadline: Instant::now(),
+                    sock: None,
+                    token,
+                };
+                self.dns_queries.insert(id, q);
+                self.dns_send(id);
+            }
+        }
+    }
+
+    /// Send query `id` to its current server, moving on to the next servers on error;
+    /// SERVFAIL when none is left.
+    fn dns_send(&mut self, id: u64) {
+        let servers = self.core.config().upstream_dns.clone();
+        let timeout = self.core.config().dns_timeout;
+        loop {
+            let Some(q) = self.dns_queries.get_mut(&id) else {
+                return;
+            };
+            if let Some(mut old) = q.sock.take() {
+                let _ = self.poll.registry().deregister(&mut old);
+            }
+            let Some(&server) = servers.get(q.server) else {
+                self.dns_fail(id);
+                return;
+            };
+            q.server += 1;
+            let msg = dns::with_id(&q.query, q.upstream_id);
+            let sock = UdpSocket::bind(unspecified_for(server.ip())).and_then(|s| {
+                s.connect(server)?;
+                s.send(&msg)?;
+                Ok(s)
+            });
+            let Ok(mut sock) = sock else {
+                continue;
+            };
+            if self
+                .poll
+                .registry()
+                .register(&mut sock, q.token, Interest::READABLE)
+                .is_err()
+            {
+                continue;
+            }
+            q.sock = Some(sock);
+            q.deadline = Instant::now() + timeout;
+            return;
+        }
+    }
+
+    fn dns_fail(&mut self, id: u64) {
+        let Some(q) = self.dns_queries.remove(&id) else {
+            return;
+        };
+        self.owners.remove(&q.token);
+        Stats::inc(&self.stats.dns_servfail);
+        if let Some(r) = dns::servfail(&q.query) {
+            self.dns_reply(q.client, r);
+        }
+    }
+
+    fn dns_upstream_in(&mut self, id: u64) {
+        let Some(q) = self.dns_queries.get_mut(&id) else {
+            return;
+        };
+        let Some(sock) = q.sock.as_ref() else {
+            return;
+        };
+        loop {
+            let n = match sock.recv(&mut self.buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    // ICMP unreachable on a connected socket: next server now.
+                    self.dns_send(id);
+                    return;
+                }
+            };
+            let resp = self.buf.get(..n).unwrap_or_default();
+            if dns::id_of(resp) != Some(q.upstream_id) {
+                continue;
+            }
+            let orig = dns::id_of(&q.query).unwrap_or(0);
+            let r = dns::with_id(resp, orig);
+            if let Some(mut q) = self.dns_queries.remove(&id) {
+                if let Some(mut s) = q.sock.take() {
+                    let _ = self.poll.registry().deregister(&mut s);
+                }
+                self.owners.remove(&q.token);
+                self.dns_reply(q.client, r);
+            }
+            return;
+        }
+    }
+
+    fn dns_timeouts(&mut self) {
+        let now = Instant::now();
+        let due: Vec<u64> = self
+            .dns_queries
+            .iter()
+            .filter(|(_, q)| q.deadline <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in due {
+            self.dns_send(id);
+        }
+    }
+
+    fn dns_reply(&mut self, client: DnsClient, resp: Vec<u8>) {
+        match client {
+            DnsClient::Udp(to) => {
+                let Some(gw) = self.core.gateway_for(to.ip()) else {
+                    return;
+                };
+                match core::udp_packet(SocketAddr::new(gw, DNS_PORT), to, &resp) {
+                    Some(p) => self.send_ip(p),
+                    None => self.stats.dropped(DropReason::Undeliverable),
+                }
+            }
+            DnsClient::Tcp(h) => {
+                let s = self.stack.socket(h);
+                let len = u16::try_from(resp.len()).unwrap_or(u16::MAX);
+                let mut framed = len.to_be_bytes().to_vec();
+                framed.extend_from_slice(resp.get(..usize::from(len)).unwrap_or_default());
+                if s.can_send() {
+                    let _ = s.send_slice(&framed);
+                }
+            }
+        }
+    }
+
+    /// Serve DNS-over-TCP connections; keep one listener per gateway address.
+    fn service_dns_tcp(&mut self) -> bool {
+        let mut moved = false;
+        let mut i = 0;
+        while i < self.dns_listeners.len() {
+            let Some(&(at, h)) = self.dns_listeners.get(i) else {
+                break;
+            };
+            if self.stack.socket(h).state() != State::Listen {
+                self.dns_conns.push(DnsConn {
+                    handle: h,
+                    buf: Vec::new(),
+                });
+                match self.stack.listen(at) {
+                    Some(nh) => {
+                        if let Some(slot) = self.dns_listeners.get_mut(i) {
+                            *slot = (at, nh);
+                        }
+                    }
+                    None => {
+                        self.dns_listeners.remove(i);
+                        continue;
+                    }
+                }
+            }
+            i += 1;
+        }
+        let mut queries = Vec::new();
+        let mut closed = Vec::new();
+        for (idx, c) in self.dns_conns.iter_mut().enumerate() {
+            let s = self.stack.socket(c.handle);
+            while s.can_recv() {
+                let _ = s.recv(|b| {
+                    c.buf.extend_from_slice(b);
+                    (b.len(), ())
+                });
+                moved = true;
+            }
+            while let Some(len) = c
+                .buf
+                .first_chunk::<2>()
+                .map(|b| usize::from(u16::from_be_bytes(*b)))
+            {
+                if c.buf.len() < 2 + len {
+                    break;
+                }
+                let msg: Vec<u8> = c.buf.drain(..2 + len).skip(2).collect();
+                queries.push((c.handle, msg));
+            }
+            if c.buf.len() > DNS_TCP_MAX {
+                s.abort();
+            }
+            if !s.may_recv() && !s.can_recv() && s.state() != State::SynReceived {
+                if s.may_send() {
+                    s.close();
+                }
+                if matches!(s.state(), State::Closed | State::TimeWait) {
+                    closed.push(idx);
+                }
+            }
+        }
+        for idx in closed.into_iter().rev() {
+            let c = self.dns_conns.remove(idx);
+            self.stack.remove(c.handle);
+        }
+        for (h, q) in queries {
+            self.dns_query(DnsClient::Tcp(h), q);
+        }
+        moved
+    }
+
+    // ---- events, commands, timers -------------------------------------------------------
+
+    fn host_event(&mut self, t: Token, readable: bool, writable: bool) {
+        let Some(&owner) = self.owners.get(&t) else {
+            return;
+        };
+        match owner {
+            Owner::Udp(s, d) => self.udp_in(s, d),
+            Owner::Icmp(k) => self.echo_in(k),
+            Owner::Tcp(id) => self.tcp_event(id, readable, writable),
+            Owner::PubTcp(b) => self.pub_tcp_accept(b),
+            Owner::PubUdp(b) => self.pub_udp_in(b),
+            Owner::Dns(id) => self.dns_upstream_in(id),
+        }
+    }
+
+    fn drain_commands(&mut self) -> bool {
+        loop {
+            match self.rx.try_recv() {
+                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return false,
+                Err(TryRecvError::Empty) => return true,
+                Ok(Command::SetNames(n)) => self.names.set(n),
+                Ok(Command::Publish {
+                    spec,
+                    bound,
+                    sock,
+                    reply,
+                }) => {
+                    let _ = reply.send(self.publish(spec, bound, sock));
+                }
+                Ok(Command::Unpublish { proto, addr, reply }) => {
+                    let _ = reply.send(self.unpublish(proto, addr));
+                }
+            }
+        }
+    }
+
+    fn publish(
+        &mut self,
+        spec: PublishSpec,
+        bound: SocketAddr,
+        sock: HostSock,
+    ) -> Result<(), Error> {
+        let udp_idle =
+            u64::try_from(self.core.config().limits.udp_idle.as_millis()).unwrap_or(u64::MAX);
+        match sock {
+            HostSock::Tcp(mut l) => {
+                let token = self.token(Owner::PubTcp(bound));
+                self.poll
+                    .registry()
+                    .register(&mut l, token, Interest::READABLE)
+                    .map_err(io_err("register published listener"))?;
+                self.pub_tcp.insert(bound, PubTcp { spec, listener: l });
+            }
+            HostSock::Udp(mut u) => {
+                let token = self.token(Owner::PubUdp(bound));
+                self.poll
+                    .registry()
+                    .register(&mut u, token, Interest::READABLE)
+                    .map_err(io_err("register published socket"))?;
+                self.pub_udp.insert(
+                    bound,
+                    PubUdp {
+                        spec,
+                        sock: u,
+                        token,
+                        clients: FlowTable::new(udp_idle),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn unpublish(&mut self, proto: Proto, addr: SocketAddr) -> Result<(), Error> {
+        match proto {
+            Proto::Tcp => {
+                let mut p = self
+                    .pub_tcp
+                    .remove(&addr)
+                    .ok_or(Error::NotPublished { proto, addr })?;
+                let _ = self.poll.registry().deregister(&mut p.listener);
+                self.owners.retain(|_, o| *o != Owner::PubTcp(addr));
+            }
+            Proto::Udp => {
+                let mut p = self
+                    .pub_udp
+                    .remove(&addr)
+                    .ok_or(Error::NotPublished { proto, addr })?;
+                let _ = self.poll.registry().deregister(&mut p.sock);
+                self.owners.remove(&p.token);
+            }
+        }
+        Ok(())
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        for ((src, _), mut f) in self.udp.expire(now_ms) {
+            let _ = self.poll.registry().deregister(&mut f.sock);
+            self.owners.remove(&f.token);
+            self.limiter.release(src.ip());
+            self.stats.flow_closed(FlowProto::Udp);
+        }
+        for (k, f) in self.icmp.expire(now_ms) {
+            let fd = f.sock.as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+            self.owners.remove(&f.token);
+            self.limiter.release(k.src);
+            self.stats.flow_closed(FlowProto::Icmp);
+        }
+        for p in self.pub_udp.values_mut() {
+            let _ = p.clients.expire(now_ms);
+        }
+    }
+}
+
+/// The address a published-port client is presented from inside the sandbox: its own,
+/// or the gateway's when it is on loopback (and rewriting is on) or of the other family.
+fn present_client(core: &Core, client: SocketAddr, sandbox: SocketAddr) -> SocketAddr {
+    let same_family = client.is_ipv4() == sandbox.is_ipv4();
+    if same_family && !(core.config().rewrite_loopback_clients && client.ip().is_loopback()) {
+        return client;
+    }
+    match core.gateway_for(sandbox.ip()) {
+        Some(gw) => SocketAddr::new(gw, client.port()),
+        None => client,
+    }
+}
+
+/// The Internet checksum of `data`.
+fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u32::from(*last) << 8;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
