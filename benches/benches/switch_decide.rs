@@ -46,6 +46,7 @@ fn setup(macs: usize) -> (Switch, Vec<(Vec<u8>, PortId)>) {
     let mut sw = Switch::new(SwitchConfig {
         ageing_ms: u64::MAX / 2,
         fdb_limit: macs * 2,
+        ..SwitchConfig::default()
     });
     let bcast = [0xff; 6];
     for i in 0..macs {

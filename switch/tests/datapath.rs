@@ -364,6 +364,7 @@ fn fdb_limit_is_reported() {
         .add_network(SwitchConfig {
             ageing_ms: 300_000,
             fdb_limit: 1,
+            ..SwitchConfig::default()
         })
         .unwrap();
     let p = [TestPort::add(&net), TestPort::add(&net)];
@@ -391,6 +392,7 @@ fn worker_ages_out_fdb_entries() {
         .add_network(SwitchConfig {
             ageing_ms: 10,
             fdb_limit: 16,
+            ..SwitchConfig::default()
         })
         .unwrap();
     let p = [TestPort::add(&net), TestPort::add(&net)];
