@@ -1,12 +1,30 @@
-//! Pure forwarding core: the learning switch's decision and its FDB.
+//! Pure forwarding core: the learning switch's decision, its FDB and its port table.
 //!
 //! Contract:
 //!
-//! * [`Switch::decide`] is a pure function of (frame headers, ingress port, FDB, config,
-//!   `now_ms`) returning an [`Action`]. It does no I/O and never reads the clock; the
-//!   caller passes monotonic milliseconds in. Its only side effects are on the FDB
-//!   (learning the source MAC, dropping an expired destination entry) and on
+//! * [`Switch::decide`] is a pure function of (frame headers, ingress port, FDB, port
+//!   table, config, `now_ms`) returning an [`Action`]. It does no I/O and never reads the
+//!   clock; the caller passes monotonic milliseconds in. Its only side effects are on the
+//!   FDB (learning the source MAC, dropping an expired destination entry) and on
 //!   [`SwitchCounters`].
+//! * The port table ([`Switch::set_port`], [`Switch::forget_port`]) gives each port a
+//!   [`PortRole`] and, optionally, a [`PortPolicy`]. A port the table does not know is an
+//!   [`PortRole::Endpoint`] without policy. The table changes only through those calls
+//!   (control plane), never through `decide`.
+//! * **Anti-spoofing** applies to an [`PortRole::Endpoint`] port whose policy has
+//!   `spoof_check` set. Such a port may only send: Ethernet source = its MAC
+//!   ([`DropReason::SpoofedMac`]); untagged frames (802.1Q → [`DropReason::Unsupported`]);
+//!   IPv4 with a source in its list, IPv6 with a source in its list or `::` or link-local
+//!   `fe80::/10` ([`DropReason::SpoofedIp`]); Ethernet/IPv4 ARP whose sender MAC is its MAC
+//!   and whose sender IP is in its list or `0.0.0.0`, an RFC 5227 probe
+//!   ([`DropReason::SpoofedArp`]). Other ethertypes pass the MAC check only. A spoofed
+//!   frame is dropped *before* learning: it teaches the FDB nothing. Gateway ports are
+//!   never checked (they speak for the world outside the subnet).
+//! * **ICC off** ([`SwitchConfig::icc`] = false): a frame from an endpoint port may only
+//!   reach gateway ports. Known unicast to another endpoint is
+//!   [`DropReason::IccDenied`]; broadcast, multicast and unknown unicast become
+//!   [`Action::ToGateways`]. Frames from a gateway port are switched as usual. Learning is
+//!   unchanged.
 //! * [`check_vnet_hdr`] validates the virtio-net header that precedes every frame on a
 //!   port, so that the switch never hands a tap a header the kernel would reject.
 //! * Frames are plain byte slices supplied by containers. Every parser here tests the
@@ -14,10 +32,13 @@
 //!   **no panic after the length check**, on any input.
 //!
 //! MAC addresses are packed into a `u64` (big-endian, upper 16 bits zero) for the FDB
-//! key, hashed with `FxHash`; a hit only updates the entry in place.
+//! key, hashed with `FxHash`; a hit only updates the entry in place. The port table is an
+//! `FxHashMap` too, looked up once per frame only when some port is checked or ICC is
+//! off, so a network without policy pays one predictable branch.
 
 use rustc_hash::FxHashMap;
 use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Index of a port within one switch.
 pub type PortId = u32;
@@ -56,11 +77,23 @@ pub enum DropReason {
     SameSegment = 3,
     /// A write to the egress port failed (queue full, device gone).
     TxError = 4,
+    /// From a checked endpoint port, with an Ethernet source other than the port's MAC.
+    SpoofedMac = 5,
+    /// From a checked endpoint port, with an IPv4/IPv6 source that is not the port's.
+    SpoofedIp = 6,
+    /// From a checked endpoint port, an ARP whose sender MAC or sender IP is not the
+    /// port's (or that is not Ethernet/IPv4 ARP, so its sender cannot be checked).
+    SpoofedArp = 7,
+    /// A frame kind a checked endpoint port may not send (802.1Q-tagged: tapnet networks
+    /// are untagged).
+    Unsupported = 8,
+    /// ICC is off and the frame went from one endpoint to another.
+    IccDenied = 9,
 }
 
 impl DropReason {
     /// Number of reasons (size of counter arrays).
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 10;
     /// All reasons, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Truncated,
@@ -68,6 +101,11 @@ impl DropReason {
         DropReason::BadVnetHdr,
         DropReason::SameSegment,
         DropReason::TxError,
+        DropReason::SpoofedMac,
+        DropReason::SpoofedIp,
+        DropReason::SpoofedArp,
+        DropReason::Unsupported,
+        DropReason::IccDenied,
     ];
     /// Stable snake_case name used in the API and metrics.
     pub fn name(self) -> &'static str {
@@ -77,6 +115,11 @@ impl DropReason {
             DropReason::BadVnetHdr => "bad_vnet_hdr",
             DropReason::SameSegment => "same_segment",
             DropReason::TxError => "tx_error",
+            DropReason::SpoofedMac => "spoofed_mac",
+            DropReason::SpoofedIp => "spoofed_ip",
+            DropReason::SpoofedArp => "spoofed_arp",
+            DropReason::Unsupported => "unsupported",
+            DropReason::IccDenied => "icc_denied",
         }
     }
 }
@@ -93,6 +136,9 @@ pub enum Action {
         /// The ingress port, which never gets its own frame back.
         except: PortId,
     },
+    /// Send it to every [`PortRole::Gateway`] port (ICC off: what an endpoint floods
+    /// reaches the gateway only). The ingress is an endpoint, so it is never among them.
+    ToGateways,
 }
 
 /// Switch configuration.
@@ -102,6 +148,9 @@ pub struct SwitchConfig {
     pub ageing_ms: u64,
     /// Maximum number of learned MACs in this switch (default 8192).
     pub fdb_limit: usize,
+    /// Inter-container communication (default true). When false, endpoint ports reach
+    /// gateway ports only (Docker's `com.docker.network.bridge.enable_icc=false`).
+    pub icc: bool,
 }
 
 impl Default for SwitchConfig {
@@ -109,8 +158,56 @@ impl Default for SwitchConfig {
         SwitchConfig {
             ageing_ms: 300_000,
             fdb_limit: 8192,
+            icc: true,
         }
     }
+}
+
+/// What a port is to its network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum PortRole {
+    /// A sandbox's interface (the default).
+    #[default]
+    Endpoint,
+    /// The network's gateway: exempt from anti-spoofing, and the only port endpoints
+    /// reach when ICC is off.
+    Gateway,
+}
+
+/// The addresses an endpoint port owns, and whether the switch enforces them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortPolicy {
+    /// The endpoint's MAC.
+    pub mac: MacAddr,
+    /// The endpoint's IPv4 addresses.
+    pub ipv4: Vec<Ipv4Addr>,
+    /// The endpoint's IPv6 addresses (`::` and `fe80::/10` are always allowed as sources).
+    pub ipv6: Vec<Ipv6Addr>,
+    /// Drop and count frames whose source MAC, ARP sender or IP source is not the
+    /// endpoint's. Ignored on gateway ports.
+    pub spoof_check: bool,
+}
+
+impl PortPolicy {
+    /// A policy for `mac` and the given addresses, with `spoof_check` on.
+    pub fn new(mac: MacAddr, ipv4: Vec<Ipv4Addr>, ipv6: Vec<Ipv6Addr>) -> PortPolicy {
+        PortPolicy {
+            mac,
+            ipv4,
+            ipv6,
+            spoof_check: true,
+        }
+    }
+}
+
+/// How a port joins a switch: its role and optional policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortOptions {
+    /// The port's role.
+    pub role: PortRole,
+    /// Addresses and anti-spoofing (meaningful for endpoint ports).
+    pub policy: Option<PortPolicy>,
 }
 
 /// One FDB entry as reported to the control plane.
@@ -255,6 +352,70 @@ pub fn check_vnet_hdr(hdr: &[u8], frame_len: usize) -> Result<(), DropReason> {
     Ok(())
 }
 
+/// Anti-spoofing of the L3 header of an untagged frame from the checked port `p`.
+/// `l3` is everything after the Ethernet header.
+#[inline]
+fn check_source(p: &PortState, ethertype: u16, l3: &[u8]) -> Result<(), DropReason> {
+    let Some(policy) = p.policy.as_ref() else {
+        return Ok(());
+    };
+    match ethertype {
+        ETH_P_IP => {
+            let Some(h) = l3.first_chunk::<IPV4_MIN_LEN>() else {
+                return Err(DropReason::Truncated);
+            };
+            let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
+            if policy.ipv4.contains(&src) {
+                Ok(())
+            } else {
+                Err(DropReason::SpoofedIp)
+            }
+        }
+        ETH_P_IPV6 => {
+            let Some(h) = l3.first_chunk::<IPV6_LEN>() else {
+                return Err(DropReason::Truncated);
+            };
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&h[8..24]);
+            let src = Ipv6Addr::from(a);
+            // `::` (duplicate address detection) and link-local fe80::/10 are always allowed.
+            if src.is_unspecified()
+                || src.segments()[0] & 0xffc0 == 0xfe80
+                || policy.ipv6.contains(&src)
+            {
+                Ok(())
+            } else {
+                Err(DropReason::SpoofedIp)
+            }
+        }
+        ETH_P_ARP => {
+            let Some(h) = l3.first_chunk::<ARP_LEN>() else {
+                return Err(DropReason::Truncated);
+            };
+            // htype Ethernet (1), ptype IPv4, hlen 6, plen 4: otherwise the sender
+            // fields are not where we look, and the frame cannot be vouched for.
+            if h[..6] != [0, 1, 0x08, 0x00, 6, 4] {
+                return Err(DropReason::SpoofedArp);
+            }
+            let sha = u64::from_be_bytes([0, 0, h[8], h[9], h[10], h[11], h[12], h[13]]);
+            let spa = Ipv4Addr::new(h[14], h[15], h[16], h[17]);
+            // 0.0.0.0: an RFC 5227 probe.
+            if sha == p.mac && (spa.is_unspecified() || policy.ipv4.contains(&spa)) {
+                Ok(())
+            } else {
+                Err(DropReason::SpoofedArp)
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// True for a port the table marks as an endpoint or does not know (the default role).
+#[inline(always)]
+fn is_endpoint(state: Option<&PortState>) -> bool {
+    !matches!(state, Some(p) if p.role != PortRole::Endpoint)
+}
+
 /// What the FDB keeps per MAC.
 #[derive(Clone, Copy, Debug)]
 struct Entry {
@@ -262,19 +423,48 @@ struct Entry {
     last_seen_ms: u64,
 }
 
-/// A learning switch: FDB + config. The decision is pure.
+/// What the port table keeps per port.
+#[derive(Clone, Debug)]
+struct PortState {
+    role: PortRole,
+    policy: Option<PortPolicy>,
+    /// The policy's MAC packed, valid when `checked`.
+    mac: u64,
+    /// Anti-spoofing applies: an endpoint whose policy has `spoof_check`.
+    checked: bool,
+}
+
+impl PortState {
+    fn new(role: PortRole, policy: Option<PortPolicy>) -> PortState {
+        let checked = role == PortRole::Endpoint && policy.as_ref().is_some_and(|p| p.spoof_check);
+        let mac = policy.as_ref().map_or(0, |p| p.mac.to_u64());
+        PortState {
+            role,
+            policy,
+            mac,
+            checked,
+        }
+    }
+}
+
+/// A learning switch: FDB + port table + config. The decision is pure.
 pub struct Switch {
     config: SwitchConfig,
     fdb: FxHashMap<u64, Entry>,
+    ports: FxHashMap<PortId, PortState>,
+    /// `decide` must consult the port table: ICC is off or some port is checked.
+    filtering: bool,
     counters: SwitchCounters,
 }
 
 impl Switch {
-    /// A switch with an empty FDB.
+    /// A switch with an empty FDB and port table.
     pub fn new(config: SwitchConfig) -> Switch {
         Switch {
             config,
             fdb: FxHashMap::default(),
+            ports: FxHashMap::default(),
+            filtering: !config.icc,
             counters: SwitchCounters::default(),
         }
     }
@@ -287,6 +477,33 @@ impl Switch {
     /// Number of learned MACs (expired entries included until [`Switch::expire`] runs).
     pub fn fdb_len(&self) -> usize {
         self.fdb.len()
+    }
+
+    /// Give `port` a role and a policy (replacing what it had). Setting a checked policy
+    /// also forgets FDB entries learned on `port` for any other MAC, so an address change
+    /// takes effect at once.
+    pub fn set_port(&mut self, port: PortId, role: PortRole, policy: Option<PortPolicy>) {
+        let state = PortState::new(role, policy);
+        if state.checked {
+            let mac = state.mac;
+            self.fdb.retain(|&m, e| e.port != port || m == mac);
+        }
+        self.ports.insert(port, state);
+        self.refresh_filtering();
+    }
+
+    /// The role of `port` ([`PortRole::Endpoint`] for a port the table does not know).
+    pub fn port_role(&self, port: PortId) -> PortRole {
+        self.ports.get(&port).map_or(PortRole::Endpoint, |p| p.role)
+    }
+
+    /// The policy of `port`, if it has one.
+    pub fn port_policy(&self, port: PortId) -> Option<&PortPolicy> {
+        self.ports.get(&port).and_then(|p| p.policy.as_ref())
+    }
+
+    fn refresh_filtering(&mut self) {
+        self.filtering = !self.config.icc || self.ports.values().any(|p| p.checked);
     }
 
     /// Decide what to do with `frame` (Ethernet frame, *without* the vnet header)
@@ -302,32 +519,61 @@ impl Switch {
             return Action::Drop(DropReason::BadSourceMac);
         }
         let mut ethertype = u16::from_be_bytes([hdr[12], hdr[13]]);
-        let mut l3_len = frame.len() - ETH_HDR_LEN;
-        if ethertype == ETH_P_8021Q {
-            // The tag's TCI (2 bytes) and the inner ethertype (2 bytes) follow.
-            let Some(inner) = frame.get(ETH_HDR_LEN + 2..ETH_HDR_LEN + VLAN_TAG_LEN) else {
+        // The ingress port's state, when the table matters at all.
+        let state = if self.filtering {
+            self.ports.get(&ingress)
+        } else {
+            None
+        };
+        let icc_restricted = !self.config.icc && is_endpoint(state);
+        if let Some(p) = state.filter(|p| p.checked) {
+            if src != p.mac {
+                return Action::Drop(DropReason::SpoofedMac);
+            }
+            if ethertype == ETH_P_8021Q {
+                return Action::Drop(DropReason::Unsupported);
+            }
+            // Untagged: the L3 header starts right after the Ethernet header.
+            let l3 = frame.get(ETH_HDR_LEN..).unwrap_or_default();
+            if let Err(r) = check_source(p, ethertype, l3) {
+                return Action::Drop(r);
+            }
+        } else {
+            let mut l3_len = frame.len() - ETH_HDR_LEN;
+            if ethertype == ETH_P_8021Q {
+                // The tag's TCI (2 bytes) and the inner ethertype (2 bytes) follow.
+                let Some(inner) = frame.get(ETH_HDR_LEN + 2..ETH_HDR_LEN + VLAN_TAG_LEN) else {
+                    return Action::Drop(DropReason::Truncated);
+                };
+                ethertype = u16::from_be_bytes([inner[0], inner[1]]);
+                l3_len -= VLAN_TAG_LEN;
+            }
+            if l3_len < l3_min_len(ethertype) {
                 return Action::Drop(DropReason::Truncated);
-            };
-            ethertype = u16::from_be_bytes([inner[0], inner[1]]);
-            l3_len -= VLAN_TAG_LEN;
-        }
-        if l3_len < l3_min_len(ethertype) {
-            return Action::Drop(DropReason::Truncated);
+            }
         }
 
         self.learn(src, ingress, now_ms);
 
+        let flood = if icc_restricted {
+            Action::ToGateways
+        } else {
+            Action::Flood { except: ingress }
+        };
         if dst & GROUP_BIT != 0 {
-            return Action::Flood { except: ingress };
+            return flood;
         }
         match self.fdb.get(&dst) {
             Some(e) if now_ms.saturating_sub(e.last_seen_ms) > self.config.ageing_ms => {
                 self.fdb.remove(&dst);
-                Action::Flood { except: ingress }
+                flood
             }
             Some(e) if e.port == ingress => Action::Drop(DropReason::SameSegment),
+            Some(e) if icc_restricted && is_endpoint(self.ports.get(&e.port)) => {
+                Action::Drop(DropReason::IccDenied)
+            }
             Some(e) => Action::Unicast(e.port),
-            None => Action::Flood { except: ingress },
+            None => flood,
         }
     }
 
@@ -350,9 +596,12 @@ impl Switch {
         }
     }
 
-    /// Forget every entry learned on `port` (port removed).
+    /// Forget `port`: every FDB entry learned on it, and its role and policy (port removed).
     pub fn forget_port(&mut self, port: PortId) {
         self.fdb.retain(|_, e| e.port != port);
+        if self.ports.remove(&port).is_some() {
+            self.refresh_filtering();
+        }
     }
 
     /// Remove entries older than the ageing time.

@@ -1,7 +1,8 @@
 //! tapnet-switch: the userspace L2 learning switch.
 //!
-//! * [`core`] is the pure forwarding decision: frame headers + ingress port + FDB +
-//!   `now` in, an [`core::Action`] out. No I/O, no clock.
+//! * [`core`] is the pure forwarding decision: frame headers + ingress port + FDB + port
+//!   table (roles and policies: anti-spoofing, ICC) + `now` in, an [`core::Action`] out.
+//!   No I/O, no clock.
 //! * [`runtime`] is the datapath: worker threads with `mio`, ports that are
 //!   [`runtime::FrameIo`] (tap devices and, later, gateway/VXLAN ports), counters
 //!   the control plane reads.

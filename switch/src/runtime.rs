@@ -14,15 +14,23 @@
 //! * Per frame: the virtio-net header is checked ([`check_vnet_hdr`]), the Ethernet frame
 //!   goes through [`Switch::decide`] with `now_ms` read once per poll turn from a
 //!   monotonic clock started with the worker, and the frame is written *unchanged*
-//!   (header included: no segmentation, no checksumming) to the egress port(s). A failed
+//!   (header included: no segmentation, no checksumming) to the egress port(s):
+//!   [`Action::Flood`] to every port but the ingress, [`Action::ToGateways`] to every
+//!   port added with [`PortRole::Gateway`]. A failed
 //!   write is counted as [`DropReason::TxError`] on the egress port and never buffered.
 //!   Every second the worker ages out FDB entries.
+//! * Each port has a [`PortRole`] fixed when it is added ([`NetworkHandle::add_port_with`])
+//!   and an optional [`PortPolicy`] that [`NetworkHandle::set_policy`] replaces (addresses
+//!   change); both live in the network's [`Switch`] port table, so anti-spoofing and ICC are
+//!   decided by [`Switch::decide`]. Policy drops are counted per reason like any other.
 //! * Counters are atomics with a single writer (the worker); readers use [`PortStats`].
 //!   rx counts every frame read (dropped ones too), tx every frame written; byte counts
 //!   exclude the vnet header.
 //! * Frame contents never make a worker panic. A port whose `recv` fails with anything
 //!   but `WouldBlock`/`Interrupted` (or returns 0, end of stream) is deregistered from
 //!   the poll and logged, and stays in the table until the control plane removes it.
+
+pub use crate::core::{PortOptions, PortPolicy, PortRole};
 
 use crate::core::{
     check_vnet_hdr, Action, DropReason, FdbEntry, PortId, Switch, SwitchConfig, SwitchCounters,
@@ -155,7 +163,14 @@ enum Command {
     AddPort {
         net: u64,
         io: Box<dyn FrameIo>,
+        opts: PortOptions,
         reply: Reply<(PortId, Arc<PortStats>)>,
+    },
+    SetPolicy {
+        net: u64,
+        port: PortId,
+        policy: Option<PortPolicy>,
+        reply: Reply<()>,
     },
     RemovePort {
         net: u64,
@@ -303,12 +318,34 @@ pub struct NetworkHandle {
 }
 
 impl NetworkHandle {
-    /// Attach a port; returns its id and its live counters.
+    /// Attach an endpoint port without policy; returns its id and its live counters.
+    /// Shorthand for [`NetworkHandle::add_port_with`] and `PortOptions::default()`.
     pub fn add_port(&self, io: Box<dyn FrameIo>) -> Result<(PortId, Arc<PortStats>), Error> {
+        self.add_port_with(io, PortOptions::default())
+    }
+    /// Attach a port with a role (fixed for the port's life) and an optional policy;
+    /// returns its id and its live counters. The policy is in force for the first frame.
+    pub fn add_port_with(
+        &self,
+        io: Box<dyn FrameIo>,
+        opts: PortOptions,
+    ) -> Result<(PortId, Arc<PortStats>), Error> {
         let net = self.net;
         call(&self.tx, &self.waker, |reply| Command::AddPort {
             net,
             io,
+            opts,
+            reply,
+        })
+    }
+    /// Replace a port's policy (`None`: no policy, no anti-spoofing). Frames read after
+    /// the call returns are judged by the new policy.
+    pub fn set_policy(&self, port: PortId, policy: Option<PortPolicy>) -> Result<(), Error> {
+        let net = self.net;
+        call(&self.tx, &self.waker, |reply| Command::SetPolicy {
+            net,
+            port,
+            policy,
             reply,
         })
     }
@@ -347,6 +384,7 @@ impl NetworkHandle {
 /// A port as the worker holds it.
 struct Port {
     id: PortId,
+    role: PortRole,
     io: Box<dyn FrameIo>,
     stats: Arc<PortStats>,
     token: usize,
@@ -417,6 +455,15 @@ impl Network {
             }
             Action::Flood { except } => {
                 for port in self.ports.iter_mut().filter(|p| p.id != except) {
+                    port.send(frame);
+                }
+            }
+            Action::ToGateways => {
+                for port in self
+                    .ports
+                    .iter_mut()
+                    .filter(|p| p.role == PortRole::Gateway)
+                {
                     port.send(frame);
                 }
             }
@@ -598,8 +645,21 @@ impl Worker {
                 }
                 let _ = reply.send(Ok(()));
             }
-            Command::AddPort { net, io, reply } => {
-                let _ = reply.send(self.add_port(net, io));
+            Command::AddPort {
+                net,
+                io,
+                opts,
+                reply,
+            } => {
+                let _ = reply.send(self.add_port(net, io, opts));
+            }
+            Command::SetPolicy {
+                net,
+                port,
+                policy,
+                reply,
+            } => {
+                let _ = reply.send(self.set_policy(net, port, policy));
             }
             Command::RemovePort { net, port, reply } => {
                 let _ = reply.send(self.remove_port(net, port));
@@ -628,6 +688,7 @@ impl Worker {
         &mut self,
         net_id: u64,
         io: Box<dyn FrameIo>,
+        opts: PortOptions,
     ) -> Result<(PortId, Arc<PortStats>), Error> {
         let net = self.networks.get_mut(&net_id).ok_or(Error::WorkerGone)?;
         let token = match self.free.pop() {
@@ -652,8 +713,10 @@ impl Worker {
         let id = net.next_port;
         net.next_port = net.next_port.wrapping_add(1);
         let stats = Arc::new(PortStats::default());
+        net.switch.set_port(id, opts.role, opts.policy);
         net.ports.push(Port {
             id,
+            role: opts.role,
             io,
             stats: Arc::clone(&stats),
             token,
@@ -669,6 +732,19 @@ impl Worker {
         // Frames may already be queued; one read finds out.
         self.mark_ready(token);
         Ok((id, stats))
+    }
+
+    fn set_policy(
+        &mut self,
+        net_id: u64,
+        id: PortId,
+        policy: Option<PortPolicy>,
+    ) -> Result<(), Error> {
+        let net = self.networks.get_mut(&net_id).ok_or(Error::WorkerGone)?;
+        let i = net.index_of(id).ok_or(Error::NoSuchPort(id))?;
+        let role = net.ports.get(i).ok_or(Error::NoSuchPort(id))?.role;
+        net.switch.set_port(id, role, policy);
+        Ok(())
     }
 
     fn remove_port(&mut self, net_id: u64, id: PortId) -> Result<Box<dyn FrameIo>, Error> {

@@ -2,11 +2,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tapnet_switch::core::{DropReason, MacAddr, SwitchConfig};
-use tapnet_switch::runtime::{DatagramPort, Datapath, Error, FrameIo, NetworkHandle, PortStats};
+use tapnet_switch::runtime::{
+    DatagramPort, Datapath, Error, FrameIo, NetworkHandle, PortOptions, PortPolicy, PortRole,
+    PortStats,
+};
 use tapnet_switch::VNET_HDR_LEN;
 
 const BCAST: [u8; 6] = [0xff; 6];
@@ -36,6 +40,13 @@ impl TestPort {
         let (port, peer) = DatagramPort::pair().unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let (id, stats) = net.add_port(Box::new(port)).unwrap();
+        TestPort { id, stats, peer }
+    }
+
+    fn add_with(net: &NetworkHandle, opts: PortOptions) -> TestPort {
+        let (port, peer) = DatagramPort::pair().unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (id, stats) = net.add_port_with(Box::new(port), opts).unwrap();
         TestPort { id, stats, peer }
     }
 
@@ -364,6 +375,7 @@ fn fdb_limit_is_reported() {
         .add_network(SwitchConfig {
             ageing_ms: 300_000,
             fdb_limit: 1,
+            ..SwitchConfig::default()
         })
         .unwrap();
     let p = [TestPort::add(&net), TestPort::add(&net)];
@@ -391,6 +403,7 @@ fn worker_ages_out_fdb_entries() {
         .add_network(SwitchConfig {
             ageing_ms: 10,
             fdb_limit: 16,
+            ..SwitchConfig::default()
         })
         .unwrap();
     let p = [TestPort::add(&net), TestPort::add(&net)];
@@ -463,5 +476,210 @@ fn port_with_read_errors_is_deregistered() {
     );
     // The control plane can still remove it.
     net.remove_port(id).unwrap();
+    dp.shutdown();
+}
+
+// ---- Port policy ----
+
+fn ip4(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, n)
+}
+
+/// An endpoint owning mac(n) and 10.0.0.n, anti-spoofing on.
+fn endpoint(n: u8) -> PortOptions {
+    PortOptions {
+        role: PortRole::Endpoint,
+        policy: Some(PortPolicy::new(MacAddr(mac(n)), vec![ip4(n)], vec![])),
+    }
+}
+
+fn gateway() -> PortOptions {
+    PortOptions {
+        role: PortRole::Gateway,
+        policy: None,
+    }
+}
+
+/// vnet header + Ethernet + IPv4 header from `src_ip`, padded to 60 bytes with `tag`.
+fn ipv4(dst: [u8; 6], src: [u8; 6], src_ip: Ipv4Addr, tag: u8) -> Vec<u8> {
+    let mut f = frame(dst, src, tag);
+    let l3 = VNET_HDR_LEN + 14;
+    f[l3..l3 + 20].fill(0);
+    f[l3] = 0x45;
+    f[l3 + 8] = 64;
+    f[l3 + 9] = 17;
+    f[l3 + 12..l3 + 16].copy_from_slice(&src_ip.octets());
+    f
+}
+
+/// vnet header + Ethernet + IPv6 header from `src_ip`.
+fn ipv6(dst: [u8; 6], src: [u8; 6], src_ip: Ipv6Addr) -> Vec<u8> {
+    let mut f = frame(dst, src, 0);
+    let l3 = VNET_HDR_LEN + 14;
+    f[VNET_HDR_LEN + 12..l3].copy_from_slice(&[0x86, 0xdd]);
+    f[l3] = 0x60;
+    f[l3 + 8..l3 + 24].copy_from_slice(&src_ip.octets());
+    f
+}
+
+/// vnet header + broadcast Ethernet/IPv4 ARP request with the given sender fields.
+fn arp(src: [u8; 6], sha: [u8; 6], spa: Ipv4Addr) -> Vec<u8> {
+    let mut f = frame(BCAST, src, 0);
+    let l3 = VNET_HDR_LEN + 14;
+    f[VNET_HDR_LEN + 12..l3].copy_from_slice(&[0x08, 0x06]);
+    f[l3..l3 + 8].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f[l3 + 8..l3 + 14].copy_from_slice(&sha);
+    f[l3 + 14..l3 + 18].copy_from_slice(&spa.octets());
+    f
+}
+
+fn drops(p: &TestPort) -> std::collections::HashMap<DropReason, u64> {
+    p.stats.snapshot().drops.into_iter().collect()
+}
+
+#[test]
+fn spoofed_frames_are_dropped_and_counted() {
+    let dp = Datapath::start(1).unwrap();
+    let net = dp.add_network(SwitchConfig::default()).unwrap();
+    let a = TestPort::add_with(&net, endpoint(1));
+    let b = TestPort::add_with(&net, endpoint(2));
+    let spoofed = [
+        ipv4(BCAST, mac(2), ip4(1), 0),                      // B's MAC
+        ipv4(BCAST, mac(1), ip4(2), 0),                      // B's IPv4
+        ipv4(BCAST, mac(1), Ipv4Addr::UNSPECIFIED, 0),       // 0.0.0.0 outside ARP
+        ipv6(BCAST, mac(1), "2001:db8::1".parse().unwrap()), // not A's IPv6
+        arp(mac(1), mac(2), ip4(1)),                         // ARP sender MAC
+        arp(mac(1), mac(1), ip4(2)),                         // ARP sender IP
+    ];
+    for f in &spoofed {
+        a.send(f);
+    }
+    let allowed = [
+        arp(mac(1), mac(1), Ipv4Addr::UNSPECIFIED), // RFC 5227 probe
+        ipv6(BCAST, mac(1), Ipv6Addr::UNSPECIFIED), // DAD
+        ipv6(BCAST, mac(1), "fe80::1".parse().unwrap()),
+        ipv4(BCAST, mac(1), ip4(1), 9),
+    ];
+    for f in &allowed {
+        a.send(f);
+    }
+    for f in &allowed {
+        assert_eq!(&b.recv(), f);
+    }
+    b.assert_empty();
+    let d = drops(&a);
+    assert_eq!(d[&DropReason::SpoofedMac], 1);
+    assert_eq!(d[&DropReason::SpoofedIp], 3);
+    assert_eq!(d[&DropReason::SpoofedArp], 2);
+    assert_eq!(a.stats.snapshot().rx_packets, 10);
+    // Nothing spoofed was learned: only A's own MAC, on A's port.
+    let fdb = net.fdb().unwrap();
+    assert_eq!(fdb.len(), 1);
+    assert_eq!((fdb[0].mac, fdb[0].port), (MacAddr(mac(1)), a.id));
+    dp.shutdown();
+}
+
+#[test]
+fn set_policy_changes_addresses_and_can_turn_checks_off() {
+    let dp = Datapath::start(1).unwrap();
+    let net = dp.add_network(SwitchConfig::default()).unwrap();
+    let a = TestPort::add_with(&net, endpoint(1));
+    let b = TestPort::add(&net);
+    // A gets a new address: the old one is now spoofed.
+    net.set_policy(
+        a.id,
+        Some(PortPolicy::new(MacAddr(mac(1)), vec![ip4(7)], vec![])),
+    )
+    .unwrap();
+    a.send(&ipv4(BCAST, mac(1), ip4(1), 1));
+    let ok = ipv4(BCAST, mac(1), ip4(7), 2);
+    a.send(&ok);
+    assert_eq!(b.recv(), ok);
+    assert_eq!(a.stats.drops(DropReason::SpoofedIp), 1);
+    // Checks off (port_security=false): anything goes.
+    let mut off = PortPolicy::new(MacAddr(mac(1)), vec![ip4(7)], vec![]);
+    off.spoof_check = false;
+    net.set_policy(a.id, Some(off)).unwrap();
+    let any = ipv4(BCAST, mac(9), ip4(99), 3);
+    a.send(&any);
+    assert_eq!(b.recv(), any);
+    net.set_policy(a.id, None).unwrap();
+    a.send(&any);
+    assert_eq!(b.recv(), any);
+    assert_eq!(a.stats.drops(DropReason::SpoofedIp), 1);
+    assert!(matches!(
+        net.set_policy(42, None),
+        Err(Error::NoSuchPort(42))
+    ));
+    dp.shutdown();
+}
+
+#[test]
+fn gateway_port_is_not_checked() {
+    let dp = Datapath::start(1).unwrap();
+    let net = dp.add_network(SwitchConfig::default()).unwrap();
+    let gw = TestPort::add_with(
+        &net,
+        PortOptions {
+            role: PortRole::Gateway,
+            policy: Some(PortPolicy::new(MacAddr(mac(1)), vec![ip4(1)], vec![])),
+        },
+    );
+    let a = TestPort::add_with(&net, endpoint(2));
+    // NATed reply: from the gateway MAC, with an outside source address.
+    let f = ipv4(BCAST, mac(1), Ipv4Addr::new(93, 184, 216, 34), 1);
+    gw.send(&f);
+    assert_eq!(a.recv(), f);
+    assert!(gw.stats.snapshot().drops.iter().all(|&(_, c)| c == 0));
+    dp.shutdown();
+}
+
+#[test]
+fn icc_off_endpoints_reach_only_the_gateway() {
+    let dp = Datapath::start(1).unwrap();
+    let net = dp
+        .add_network(SwitchConfig {
+            icc: false,
+            ..SwitchConfig::default()
+        })
+        .unwrap();
+    let gw = TestPort::add_with(&net, gateway());
+    let a = TestPort::add_with(&net, endpoint(2));
+    let b = TestPort::add_with(&net, endpoint(3));
+    // A broadcasts: only the gateway hears it.
+    let bc = arp(mac(2), mac(2), ip4(2));
+    a.send(&bc);
+    assert_eq!(gw.recv(), bc);
+    // B broadcasts: same; and the gateway's broadcast reaches both.
+    let bc = arp(mac(3), mac(3), ip4(3));
+    b.send(&bc);
+    assert_eq!(gw.recv(), bc);
+    let g = ipv4(BCAST, mac(1), ip4(1), 1);
+    gw.send(&g);
+    assert_eq!(a.recv(), g);
+    assert_eq!(b.recv(), g);
+    // A to B, both known: denied. Unknown unicast from A goes to the gateway only.
+    a.send(&ipv4(mac(3), mac(2), ip4(2), 2));
+    let unknown = ipv4(mac(0x77), mac(2), ip4(2), 3);
+    a.send(&unknown);
+    assert_eq!(gw.recv(), unknown);
+    // A to the gateway and back: fine.
+    let up = ipv4(mac(1), mac(2), ip4(2), 4);
+    a.send(&up);
+    assert_eq!(gw.recv(), up);
+    let down = ipv4(mac(2), mac(1), ip4(1), 5);
+    gw.send(&down);
+    assert_eq!(a.recv(), down);
+    a.assert_empty();
+    b.assert_empty();
+    gw.assert_empty();
+    assert_eq!(a.stats.drops(DropReason::IccDenied), 1);
+    assert_eq!(
+        b.stats.snapshot().tx_packets,
+        1,
+        "only the gateway's broadcast"
+    );
+    // Learning still happened for everyone.
+    assert_eq!(net.fdb().unwrap().len(), 3);
     dp.shutdown();
 }

@@ -54,7 +54,23 @@ fn drop_reason_names_and_indexes() {
         assert_eq!(*r as usize, i);
         assert!(!r.name().is_empty());
     }
-    assert_eq!(DropReason::SameSegment.name(), "same_segment");
+    let names: Vec<&str> = DropReason::ALL.iter().map(|r| r.name()).collect();
+    // Stable: the API and metrics use these.
+    assert_eq!(
+        names,
+        [
+            "truncated",
+            "bad_source_mac",
+            "bad_vnet_hdr",
+            "same_segment",
+            "tx_error",
+            "spoofed_mac",
+            "spoofed_ip",
+            "spoofed_arp",
+            "unsupported",
+            "icc_denied",
+        ]
+    );
 }
 
 #[test]
@@ -115,6 +131,7 @@ fn ageing_on_lookup_and_expire() {
     let mut s = Switch::new(SwitchConfig {
         ageing_ms: 1000,
         fdb_limit: 16,
+        ..SwitchConfig::default()
     });
     s.decide(&ip(BCAST, A), 1, 0);
     // Exactly at the ageing time the entry is still valid.
@@ -140,6 +157,7 @@ fn traffic_refreshes_entries() {
     let mut s = Switch::new(SwitchConfig {
         ageing_ms: 100,
         fdb_limit: 16,
+        ..SwitchConfig::default()
     });
     for t in (0..1000).step_by(50) {
         s.decide(&ip(BCAST, A), 1, t);
@@ -153,6 +171,7 @@ fn clock_going_backwards_does_not_expire() {
     let mut s = Switch::new(SwitchConfig {
         ageing_ms: 100,
         fdb_limit: 16,
+        ..SwitchConfig::default()
     });
     s.decide(&ip(BCAST, A), 1, 500);
     assert_eq!(s.decide(&ip(A, B), 2, 0), Action::Unicast(1));
@@ -184,6 +203,7 @@ fn fdb_limit_not_learned_counted_still_forwarded() {
     let mut s = Switch::new(SwitchConfig {
         ageing_ms: 1000,
         fdb_limit: 2,
+        ..SwitchConfig::default()
     });
     s.decide(&ip(BCAST, A), 1, 0);
     s.decide(&ip(BCAST, B), 2, 0);
@@ -211,6 +231,7 @@ fn fdb_limit_zero_never_learns() {
     let mut s = Switch::new(SwitchConfig {
         ageing_ms: 1000,
         fdb_limit: 0,
+        ..SwitchConfig::default()
     });
     assert_eq!(s.decide(&ip(B, A), 1, 0), Action::Flood { except: 1 });
     assert_eq!(s.fdb_len(), 0);
@@ -335,6 +356,7 @@ fn never_panics_on_arbitrary_bytes() {
     let mut s = Switch::new(SwitchConfig {
         ageing_ms: 5,
         fdb_limit: 64,
+        ..SwitchConfig::default()
     });
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = || {
@@ -358,6 +380,36 @@ fn never_panics_on_arbitrary_bytes() {
         }
     }
     assert!(s.fdb_len() <= 64);
+}
+
+#[test]
+fn never_panics_with_policy_and_icc_off() {
+    let mut s = Switch::new(SwitchConfig {
+        icc: false,
+        ..SwitchConfig::default()
+    });
+    s.set_port(0, PortRole::Gateway, None);
+    for p in 1..8 {
+        s.set_port(p, PortRole::Endpoint, Some(policy(A)));
+    }
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..20_000u64 {
+        let len = (next() % 90) as usize;
+        let mut f: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if len >= 14 && i % 2 == 0 {
+            f[6..12].copy_from_slice(&A);
+            f[12..14].copy_from_slice(
+                &[[0x08, 0x00], [0x86, 0xdd], [0x08, 0x06], [0x81, 0x00]][i as usize % 4],
+            );
+        }
+        let _ = s.decide(&f, (next() % 8) as PortId, i);
+    }
 }
 
 /// A virtio-net header from its fields.
@@ -477,6 +529,13 @@ impl Harness {
                             }
                         }
                     }
+                    Action::ToGateways => {
+                        for q in 0..self.egress.len() {
+                            if self.sw.port_role(q as PortId) == PortRole::Gateway {
+                                self.egress[q].push(f.clone());
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -541,4 +600,444 @@ fn harness_port_removal_reverts_to_flooding() {
     h.run();
     assert_eq!(h.take(1).len(), 1);
     assert_eq!(h.take(2).len(), 1, "B unknown again: flooded");
+}
+
+// ---- Port policy: anti-spoofing ----
+
+const A_IP: [u8; 4] = [10, 0, 0, 10];
+const B_IP: [u8; 4] = [10, 0, 0, 11];
+const A_IP6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a];
+
+/// A's checked policy: MAC A, 10.0.0.10, fd00::a.
+fn policy(mac: [u8; 6]) -> PortPolicy {
+    PortPolicy::new(
+        MacAddr(mac),
+        vec![Ipv4Addr::from(A_IP)],
+        vec![Ipv6Addr::from(A_IP6)],
+    )
+}
+
+/// Switch with port 1 = endpoint checked as A, port 2 = plain endpoint, port 3 = gateway.
+fn policed() -> Switch {
+    let mut s = sw();
+    s.set_port(1, PortRole::Endpoint, Some(policy(A)));
+    s.set_port(3, PortRole::Gateway, None);
+    s
+}
+
+/// Ethernet + minimal IPv4 header (UDP, no options) from `src_ip`, 28 bytes of payload.
+fn ipv4(dst: [u8; 6], src: [u8; 6], src_ip: [u8; 4]) -> Vec<u8> {
+    let mut f = frame(dst, src, 0x0800, 0);
+    let mut h = [0u8; 20];
+    h[0] = 0x45;
+    h[2..4].copy_from_slice(&48u16.to_be_bytes());
+    h[8] = 64;
+    h[9] = 17;
+    h[12..16].copy_from_slice(&src_ip);
+    h[16..20].copy_from_slice(&B_IP);
+    f.extend_from_slice(&h);
+    f.resize(14 + 48, 0);
+    f
+}
+
+/// Ethernet + IPv6 header (UDP) from `src_ip`, 8 bytes of payload.
+fn ipv6(dst: [u8; 6], src: [u8; 6], src_ip: Ipv6Addr) -> Vec<u8> {
+    let mut f = frame(dst, src, 0x86dd, 0);
+    let mut h = [0u8; 40];
+    h[0] = 0x60;
+    h[4..6].copy_from_slice(&8u16.to_be_bytes());
+    h[6] = 17;
+    h[7] = 64;
+    h[8..24].copy_from_slice(&src_ip.octets());
+    h[24..40].copy_from_slice(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    f.extend_from_slice(&h);
+    f.resize(14 + 48, 0);
+    f
+}
+
+/// Ethernet/IPv4 ARP request (broadcast) with the given sender fields.
+fn arp(src: [u8; 6], sha: [u8; 6], spa: [u8; 4]) -> Vec<u8> {
+    let mut f = frame(BCAST, src, 0x0806, 0);
+    f.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&spa);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&B_IP);
+    f
+}
+
+#[test]
+fn policy_accessors_and_defaults() {
+    let s = policed();
+    assert_eq!(s.port_role(1), PortRole::Endpoint);
+    assert_eq!(s.port_role(3), PortRole::Gateway);
+    assert_eq!(
+        s.port_role(99),
+        PortRole::Endpoint,
+        "unknown port: endpoint"
+    );
+    assert_eq!(s.port_policy(1), Some(&policy(A)));
+    assert_eq!(s.port_policy(2), None);
+    assert!(policy(A).spoof_check, "PortPolicy::new checks");
+    assert_eq!(PortOptions::default().role, PortRole::Endpoint);
+    assert!(SwitchConfig::default().icc);
+}
+
+#[test]
+fn own_addresses_are_forwarded() {
+    let mut s = policed();
+    assert_eq!(
+        s.decide(&ipv4(B, A, A_IP), 1, 0),
+        Action::Flood { except: 1 }
+    );
+    assert_eq!(
+        s.decide(&ipv6(B, A, Ipv6Addr::from(A_IP6)), 1, 0),
+        Action::Flood { except: 1 }
+    );
+    assert_eq!(
+        s.decide(&arp(A, A, A_IP), 1, 0),
+        Action::Flood { except: 1 }
+    );
+    assert_eq!(entry_port(&s, A), Some(1));
+}
+
+#[test]
+fn spoofed_source_mac_is_dropped_and_not_learned() {
+    let mut s = policed();
+    for f in [ipv4(B, C, A_IP), arp(C, A, A_IP), frame(B, C, 0x88cc, 10)] {
+        assert_eq!(s.decide(&f, 1, 0), Action::Drop(DropReason::SpoofedMac));
+    }
+    assert_eq!(s.fdb_len(), 0, "spoofed frames teach nothing");
+    // The same frames from an unchecked port are fine.
+    assert_eq!(
+        s.decide(&ipv4(B, C, A_IP), 2, 0),
+        Action::Flood { except: 2 }
+    );
+}
+
+#[test]
+fn spoofed_ipv4_source_is_dropped() {
+    let mut s = policed();
+    for ip in [B_IP, [0, 0, 0, 0], [255, 255, 255, 255], [127, 0, 0, 1]] {
+        assert_eq!(
+            s.decide(&ipv4(B, A, ip), 1, 0),
+            Action::Drop(DropReason::SpoofedIp),
+            "{ip:?}"
+        );
+    }
+    assert_eq!(s.fdb_len(), 0);
+}
+
+#[test]
+fn ipv6_source_list_unspecified_and_link_local() {
+    let mut s = policed();
+    let ok = [
+        Ipv6Addr::from(A_IP6),
+        Ipv6Addr::UNSPECIFIED,
+        "fe80::a".parse().unwrap(),
+        "fe80::1234:5678".parse().unwrap(),
+        "febf::1".parse().unwrap(),
+    ];
+    for ip in ok {
+        assert_eq!(
+            s.decide(&ipv6(B, A, ip), 1, 0),
+            Action::Flood { except: 1 },
+            "{ip}"
+        );
+    }
+    let bad: [Ipv6Addr; 4] = [
+        "fd00::b".parse().unwrap(),
+        "fec0::a".parse().unwrap(),
+        "2001:db8::a".parse().unwrap(),
+        "::1".parse().unwrap(),
+    ];
+    for ip in bad {
+        assert_eq!(
+            s.decide(&ipv6(B, A, ip), 1, 0),
+            Action::Drop(DropReason::SpoofedIp),
+            "{ip}"
+        );
+    }
+}
+
+#[test]
+fn spoofed_arp_sender_mac_and_ip() {
+    let mut s = policed();
+    // Ethernet source right, ARP sender hardware address someone else's.
+    assert_eq!(
+        s.decide(&arp(A, C, A_IP), 1, 0),
+        Action::Drop(DropReason::SpoofedArp)
+    );
+    // Sender IP someone else's (ARP poisoning).
+    assert_eq!(
+        s.decide(&arp(A, A, B_IP), 1, 0),
+        Action::Drop(DropReason::SpoofedArp)
+    );
+    // A reply, unicast, poisoning too.
+    let mut rep = arp(A, A, B_IP);
+    rep[..6].copy_from_slice(&B);
+    rep[21] = 2;
+    assert_eq!(s.decide(&rep, 1, 0), Action::Drop(DropReason::SpoofedArp));
+    assert_eq!(s.fdb_len(), 0);
+}
+
+#[test]
+fn arp_probe_from_zero_is_allowed() {
+    let mut s = policed();
+    // RFC 5227 probe: sender IP 0.0.0.0.
+    assert_eq!(
+        s.decide(&arp(A, A, [0; 4]), 1, 0),
+        Action::Flood { except: 1 }
+    );
+}
+
+#[test]
+fn arp_of_other_formats_is_dropped() {
+    let mut s = policed();
+    for (i, v) in [(1usize, 6u8), (3, 0x06), (4, 8), (5, 16)] {
+        let mut f = arp(A, A, A_IP);
+        f[14 + i] = v;
+        assert_eq!(
+            s.decide(&f, 1, 0),
+            Action::Drop(DropReason::SpoofedArp),
+            "byte {i}"
+        );
+    }
+}
+
+#[test]
+fn vlan_tagged_from_checked_port_is_unsupported() {
+    let mut s = policed();
+    // `tagged` sends from A.
+    assert_eq!(
+        s.decide(&tagged(0x0800, 20), 1, 0),
+        Action::Drop(DropReason::Unsupported)
+    );
+    assert_eq!(
+        s.decide(&tagged(0x0800, 20), 2, 0),
+        Action::Flood { except: 2 },
+        "unchecked ports keep the old behaviour"
+    );
+}
+
+#[test]
+fn truncated_l3_from_checked_port() {
+    let mut s = policed();
+    for (et, min) in [(0x0800u16, 20usize), (0x86dd, 40), (0x0806, 28)] {
+        assert_eq!(
+            s.decide(&frame(B, A, et, min - 1), 1, 0),
+            Action::Drop(DropReason::Truncated)
+        );
+    }
+}
+
+#[test]
+fn other_ethertypes_pass_the_mac_check_only() {
+    let mut s = policed();
+    assert_eq!(
+        s.decide(&frame(B, A, 0x88cc, 0), 1, 0),
+        Action::Flood { except: 1 }
+    );
+}
+
+#[test]
+fn policy_off_forwards_everything() {
+    let mut s = sw();
+    let mut p = policy(A);
+    p.spoof_check = false;
+    s.set_port(1, PortRole::Endpoint, Some(p));
+    let spoofed = [
+        ipv4(B, C, B_IP),
+        ipv4(B, A, B_IP),
+        arp(A, C, B_IP),
+        ipv6(B, A, "2001:db8::1".parse().unwrap()),
+        tagged(0x0800, 20),
+    ];
+    for f in &spoofed {
+        assert_eq!(s.decide(f, 1, 0), Action::Flood { except: 1 });
+    }
+    // Policy removed altogether: the same.
+    let mut s = policed();
+    s.set_port(1, PortRole::Endpoint, None);
+    for f in &spoofed {
+        assert_eq!(s.decide(f, 1, 0), Action::Flood { except: 1 });
+    }
+}
+
+#[test]
+fn gateway_port_is_exempt() {
+    let mut s = sw();
+    // Even with a checked policy, a gateway speaks for many addresses.
+    s.set_port(3, PortRole::Gateway, Some(policy(A)));
+    assert_eq!(
+        s.decide(&ipv4(B, C, [93, 184, 216, 34]), 3, 0),
+        Action::Flood { except: 3 }
+    );
+    assert_eq!(
+        s.decide(&arp(C, C, B_IP), 3, 0),
+        Action::Flood { except: 3 }
+    );
+}
+
+#[test]
+fn policy_change_takes_effect_and_forgets_old_mac() {
+    let mut s = policed();
+    assert_eq!(
+        s.decide(&ipv4(BCAST, A, A_IP), 1, 0),
+        Action::Flood { except: 1 }
+    );
+    s.decide(&ipv4(BCAST, B, B_IP), 2, 0);
+    // Port 1 now owns C and B_IP.
+    s.set_port(
+        1,
+        PortRole::Endpoint,
+        Some(PortPolicy::new(
+            MacAddr(C),
+            vec![Ipv4Addr::from(B_IP)],
+            vec![],
+        )),
+    );
+    assert_eq!(entry_port(&s, A), None, "old MAC of the port forgotten");
+    assert_eq!(entry_port(&s, B), Some(2), "other ports untouched");
+    assert_eq!(
+        s.decide(&ipv4(B, A, A_IP), 1, 1),
+        Action::Drop(DropReason::SpoofedMac)
+    );
+    assert_eq!(
+        s.decide(&ipv4(B, C, A_IP), 1, 1),
+        Action::Drop(DropReason::SpoofedIp)
+    );
+    assert_eq!(s.decide(&ipv4(B, C, B_IP), 1, 1), Action::Unicast(2));
+    // Removing the port forgets its policy too.
+    s.forget_port(1);
+    assert_eq!(s.port_policy(1), None);
+    assert_eq!(
+        s.decide(&ipv4(B, A, A_IP), 1, 2),
+        Action::Unicast(2),
+        "a new port with the same id starts clean"
+    );
+}
+
+// ---- ICC off ----
+
+/// ICC off; port 0 = gateway, ports 1 and 2 = endpoints (1 explicitly, 2 by default).
+fn no_icc() -> Switch {
+    let mut s = Switch::new(SwitchConfig {
+        icc: false,
+        ..SwitchConfig::default()
+    });
+    s.set_port(0, PortRole::Gateway, None);
+    s.set_port(1, PortRole::Endpoint, None);
+    s
+}
+
+const GW: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+#[test]
+fn icc_off_endpoint_unicast_denied() {
+    let mut s = no_icc();
+    s.decide(&ip(BCAST, A), 1, 0);
+    s.decide(&ip(BCAST, B), 2, 0);
+    s.decide(&ip(BCAST, GW), 0, 0);
+    assert_eq!(
+        s.decide(&ip(B, A), 1, 1),
+        Action::Drop(DropReason::IccDenied)
+    );
+    assert_eq!(
+        s.decide(&ip(A, B), 2, 1),
+        Action::Drop(DropReason::IccDenied)
+    );
+    // To the gateway: fine.
+    assert_eq!(s.decide(&ip(GW, A), 1, 1), Action::Unicast(0));
+    assert_eq!(s.decide(&ip(GW, B), 2, 1), Action::Unicast(0));
+    // Same segment still wins over ICC.
+    assert_eq!(
+        s.decide(&ip(A, A), 1, 1),
+        Action::Drop(DropReason::SameSegment)
+    );
+}
+
+#[test]
+fn icc_off_flooding_reaches_gateways_only() {
+    let mut s = no_icc();
+    assert_eq!(s.decide(&ip(BCAST, A), 1, 0), Action::ToGateways);
+    assert_eq!(s.decide(&ip(MCAST, A), 1, 0), Action::ToGateways);
+    assert_eq!(s.decide(&ip(C, A), 1, 0), Action::ToGateways, "unknown");
+    // Learning still happens.
+    assert_eq!(entry_port(&s, A), Some(1));
+}
+
+#[test]
+fn icc_off_aged_destination_goes_to_gateways() {
+    let mut s = Switch::new(SwitchConfig {
+        icc: false,
+        ageing_ms: 10,
+        ..SwitchConfig::default()
+    });
+    s.set_port(0, PortRole::Gateway, None);
+    s.decide(&ip(BCAST, B), 2, 0);
+    assert_eq!(s.decide(&ip(B, A), 1, 100), Action::ToGateways);
+}
+
+#[test]
+fn icc_off_gateway_reaches_everyone() {
+    let mut s = no_icc();
+    s.decide(&ip(BCAST, A), 1, 0);
+    s.decide(&ip(BCAST, B), 2, 0);
+    assert_eq!(s.decide(&ip(BCAST, GW), 0, 1), Action::Flood { except: 0 });
+    assert_eq!(s.decide(&ip(A, GW), 0, 1), Action::Unicast(1));
+    assert_eq!(s.decide(&ip(B, GW), 0, 1), Action::Unicast(2));
+    assert_eq!(s.decide(&ip(C, GW), 0, 1), Action::Flood { except: 0 });
+}
+
+#[test]
+fn icc_on_ignores_roles() {
+    let mut s = sw();
+    s.set_port(0, PortRole::Gateway, None);
+    s.decide(&ip(BCAST, A), 1, 0);
+    assert_eq!(s.decide(&ip(BCAST, B), 2, 0), Action::Flood { except: 2 });
+    assert_eq!(s.decide(&ip(A, B), 2, 0), Action::Unicast(1));
+}
+
+#[test]
+fn icc_off_with_spoof_checks() {
+    let mut s = no_icc();
+    s.set_port(1, PortRole::Endpoint, Some(policy(A)));
+    assert_eq!(
+        s.decide(&ipv4(BCAST, C, A_IP), 1, 0),
+        Action::Drop(DropReason::SpoofedMac),
+        "spoofing is judged before ICC"
+    );
+    assert_eq!(s.decide(&ipv4(BCAST, A, A_IP), 1, 0), Action::ToGateways);
+    // Clearing the policy keeps ICC in force.
+    s.set_port(1, PortRole::Endpoint, None);
+    assert_eq!(s.decide(&ipv4(BCAST, C, A_IP), 1, 0), Action::ToGateways);
+}
+
+#[test]
+fn harness_icc_off_conversation() {
+    let mut h = Harness::new(3);
+    h.sw = no_icc();
+    // A (port 1) ARPs for the gateway: only the gateway hears it.
+    let req = frame(BCAST, A, 0x0806, 28);
+    h.send(1, req.clone());
+    h.run();
+    assert_eq!(h.take(0), vec![req]);
+    assert!(h.take(2).is_empty());
+    // Gateway answers A; B's broadcast reaches the gateway only.
+    h.send(0, frame(A, GW, 0x0806, 28));
+    h.send(2, ip(BCAST, B));
+    h.run();
+    assert_eq!(h.take(1).len(), 1);
+    assert_eq!(h.take(0).len(), 1);
+    // A to B (known): denied.
+    h.send(1, ip(B, A));
+    h.run();
+    assert!(h.take(2).is_empty());
+    assert_eq!(h.drops, vec![(1, DropReason::IccDenied)]);
+    // The gateway's broadcast reaches both endpoints.
+    h.send(0, ip(BCAST, GW));
+    h.run();
+    assert_eq!(h.take(1).len(), 1);
+    assert_eq!(h.take(2).len(), 1);
 }
