@@ -6,6 +6,7 @@
 //! * [`driver`]: the `Driver` trait, its registry, and the `bridge` driver.
 //! * [`controller`]: the CNM `NetworkController`, serializing every mutation.
 //! * [`api`]: the Docker-compatible HTTP API on a unix socket (`docs/api.md`).
+//! * [`store`]: the redb database under `--data-root` (one transaction per mutation).
 //! * [`error`]: the error enum and its single mapping to HTTP status codes.
 #![forbid(unsafe_code)]
 
@@ -15,6 +16,7 @@ pub mod driver;
 pub mod error;
 pub mod ipam;
 pub mod model;
+pub mod store;
 
 pub use controller::Controller;
 pub use error::{Error, Result};

@@ -1,6 +1,8 @@
-//! `tapnetd`: the tapnet daemon. Starts the datapath, the controller and the HTTP
-//! API on a unix socket; on SIGTERM/SIGINT stops serving and exits, leaving
-//! sandboxes and (persistent) taps in place.
+//! `tapnetd`: the tapnet daemon. Opens the store (`<data-root>/tapnet.db`), starts the
+//! datapath, restores every network, sandbox and endpoint from the store (re-opening
+//! the persistent taps, so forwarding resumes), then serves the HTTP API on a unix
+//! socket. On SIGTERM/SIGINT it stops serving, closes its fds and exits, leaving
+//! sandboxes and (persistent) taps in place (live restore).
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -9,6 +11,7 @@ use std::sync::Arc;
 use tapnet_engine::driver::bridge::BridgeDriver;
 use tapnet_engine::driver::DriverRegistry;
 use tapnet_engine::ipam::DefaultIpam;
+use tapnet_engine::store::Db;
 use tapnet_engine::{api, Controller};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -89,13 +92,23 @@ async fn main() -> anyhow::Result<()> {
         .context("start datapath")?;
     let mut drivers = DriverRegistry::new();
     drivers.register(Arc::new(bridge));
-    let controller = Arc::new(Controller::new(
+    let data_root = args.data_root.clone();
+    let db = tokio::task::spawn_blocking(move || Db::open(&data_root))
+        .await
+        .context("open the store")?
+        .context("open the store")?;
+    let controller = Arc::new(Controller::with_db(
         drivers,
         Box::new(DefaultIpam::new()),
         &args.exec_root,
+        db,
     ));
 
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "tapnetd starting");
+    controller
+        .restore()
+        .await
+        .context("restore state from the store")?;
     let served = api::serve_unix(&socket, api::router(Arc::clone(&controller)), terminated()).await;
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::debug!(error = %e, "removing socket");

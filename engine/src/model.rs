@@ -3,9 +3,9 @@
 //! Contract: these types are what the engine persists (they are `serde` types with
 //! no live handles in them); runtime handles (open namespaces, switch ports) live in
 //! the [`crate::controller`] and drivers, keyed by the ids here. The [`Store`] is the
-//! seam for persistence: today it is in memory, later each mutation becomes one
-//! transaction. Lookups accept a full id, a name, or a unique id prefix, in that
-//! order, as Docker does.
+//! in-memory view of [`crate::store`]; every field of a stored type carries
+//! `#[serde(default)]` so records stay readable as fields are added. Lookups accept
+//! a full id, a name, or a unique id prefix, in that order, as Docker does.
 
 use crate::error::{Error, Result};
 use ipnet::Ipv4Net;
@@ -75,40 +75,61 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
         .join(":")
 }
 
+/// Default of stored address fields that are missing (read as `0.0.0.0`).
+fn unspecified_v4() -> Ipv4Addr {
+    Ipv4Addr::UNSPECIFIED
+}
+
 /// A network (CNM `Network`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
     /// 64-hex id.
+    #[serde(default)]
     pub id: String,
     /// Unique name.
+    #[serde(default)]
     pub name: String,
     /// Driver name (`bridge`).
+    #[serde(default)]
     pub driver: String,
     /// Creation time, RFC 3339.
+    #[serde(default)]
     pub created: String,
     /// `local` or `global`.
+    #[serde(default)]
     pub scope: String,
     /// No outside connectivity.
+    #[serde(default)]
     pub internal: bool,
     /// Attachable (swarm compatibility; recorded only).
+    #[serde(default)]
     pub attachable: bool,
     /// IPv6 requested (not yet supported; recorded only).
+    #[serde(default)]
     pub enable_ipv6: bool,
     /// IPAM driver name.
+    #[serde(default)]
     pub ipam_driver: String,
     /// IPAM driver options.
+    #[serde(default)]
     pub ipam_options: BTreeMap<String, String>,
     /// The IPv4 subnet.
+    #[serde(default)]
     pub subnet: Ipv4Net,
     /// The gateway address.
+    #[serde(default = "unspecified_v4")]
     pub gateway: Ipv4Addr,
     /// The dynamic allocation range, if any.
+    #[serde(default)]
     pub ip_range: Option<Ipv4Net>,
     /// Driver options.
+    #[serde(default)]
     pub options: BTreeMap<String, String>,
     /// User labels.
+    #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// Endpoints by endpoint id.
+    #[serde(default)]
     pub endpoints: BTreeMap<String, Endpoint>,
 }
 
@@ -144,18 +165,25 @@ pub fn parse_mtu(v: &str) -> Result<u32> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     /// 64-hex id.
+    #[serde(default)]
     pub id: String,
     /// The network's id.
+    #[serde(default)]
     pub network_id: String,
     /// The sandbox's id.
+    #[serde(default)]
     pub sandbox_id: String,
     /// Interface name inside the sandbox (`eth0`).
+    #[serde(default)]
     pub interface: String,
     /// MAC address.
+    #[serde(default)]
     pub mac: [u8; 6],
     /// IPv4 address.
+    #[serde(default = "unspecified_v4")]
     pub ipv4: Ipv4Addr,
     /// Prefix length of the IPv4 address.
+    #[serde(default)]
     pub prefix_len: u8,
 }
 
@@ -163,18 +191,23 @@ pub struct Endpoint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sandbox {
     /// 64-hex id.
+    #[serde(default)]
     pub id: String,
     /// Unique name.
+    #[serde(default)]
     pub name: String,
     /// Path of the namespace file.
+    #[serde(default)]
     pub netns_path: PathBuf,
     /// tapnet created the namespace (and removes it with the sandbox).
+    #[serde(default)]
     pub owned: bool,
     /// Creation time, RFC 3339.
+    #[serde(default)]
     pub created: String,
 }
 
-/// The model: every network and sandbox. In memory for now; the persistence seam.
+/// The model: every network and sandbox (the in-memory view of [`crate::store::Db`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Store {
     /// Networks by id.

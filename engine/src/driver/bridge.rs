@@ -5,13 +5,17 @@
 //! MTU, txqueuelen 10000, address, default route via the gateway) and attaches it to
 //! the switch as a port; [`BridgeDriver::leave`] detaches the port and destroys the
 //! tap so the interface disappears from the sandbox. Every step that fails undoes
-//! the steps before it.
+//! the steps before it. [`BridgeDriver::restore_endpoint`] (daemon restart) re-opens
+//! the endpoint's persistent tap (`TUNSETIFF` on the existing device) and attaches it
+//! again; if the tap is gone it re-creates it from the stored record (name, MAC, MTU,
+//! address, route). The tap work runs without the driver's lock, so endpoints can be
+//! restored in parallel.
 //!
 //! The tap is shared between the switch port ([`TapPort`]) and the driver through an
 //! `Arc`: once the switch hands the port back, the driver holds the only reference
 //! and can destroy the device.
 
-use super::{Driver, FdbRow, NetworkReport, PortReport};
+use super::{Driver, FdbRow, NetworkReport, PortReport, Restored};
 use crate::error::{Error, Result};
 use crate::model::{Endpoint, Network};
 use std::collections::HashMap;
@@ -205,6 +209,72 @@ impl Driver for BridgeDriver {
                 }
                 Err(Error::datapath(
                     format!("attach {what} to network {}", network.name),
+                    e,
+                ))
+            }
+        }
+    }
+
+    fn restore_endpoint(
+        &self,
+        network: &Network,
+        endpoint: &Endpoint,
+        sandbox: &Netns,
+        sandbox_name: &str,
+    ) -> Result<Restored> {
+        if !lock(&self.networks).contains_key(&network.id) {
+            return Err(Self::unknown(&network.id));
+        }
+        let name = endpoint.interface.as_str();
+        let (tap, how) = match Tap::reopen(sandbox, name) {
+            Ok(tap) => (tap, Restored::Reopened),
+            Err(reopen) => {
+                tracing::warn!(
+                    sandbox = sandbox_name,
+                    interface = name,
+                    error = %reopen,
+                    "tap of endpoint is gone; re-creating it from the stored record"
+                );
+                let cfg = TapConfig {
+                    name: name.to_string(),
+                    mac: endpoint.mac,
+                    mtu: network.mtu()?,
+                    txqueuelen: TAP_TXQUEUELEN,
+                    ipv4: Some((endpoint.ipv4, endpoint.prefix_len)),
+                    gateway_v4: Some(network.gateway),
+                };
+                let tap = Tap::create(sandbox, &cfg).map_err(|e| {
+                    Error::os(format!("re-create tap {name} in sandbox {sandbox_name}"), e)
+                })?;
+                (tap, Restored::Recreated)
+            }
+        };
+        let tap = Arc::new(tap);
+        let mut nets = lock(&self.networks);
+        let net = nets
+            .get_mut(&network.id)
+            .ok_or_else(|| Self::unknown(&network.id))?;
+        match net.handle.add_port(Box::new(TapPort(Arc::clone(&tap)))) {
+            Ok((port, stats)) => {
+                net.ports
+                    .insert(endpoint.id.clone(), BridgePort { port, stats, tap });
+                Ok(how)
+            }
+            Err(e) => {
+                drop(nets);
+                // Leave a re-opened tap as it was (closing the fd keeps the device);
+                // remove one we just made.
+                if how == Restored::Recreated {
+                    let what = format!("{name} of sandbox {sandbox_name}");
+                    if let Err(cleanup) = destroy_tap(tap, &what) {
+                        tracing::warn!(error = %cleanup, "cleanup after failed attach");
+                    }
+                }
+                Err(Error::datapath(
+                    format!(
+                        "re-attach {name} of sandbox {sandbox_name} to network {}",
+                        network.name
+                    ),
                     e,
                 ))
             }
