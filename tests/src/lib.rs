@@ -346,3 +346,40 @@ impl Drop for Env {
 pub fn n(v: &Value, field: &str) -> u64 {
     v[field].as_u64().unwrap_or(0)
 }
+
+impl Env {
+    /// The daemon's pid, if one is running.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
+    /// Crash the daemon: SIGKILL by pid (only the daemon this harness started), then
+    /// reap it.
+    pub fn kill9_daemon(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = child.wait();
+        }
+    }
+
+    /// Stop the daemon with SIGTERM; returns how long it took to exit.
+    pub fn stop_daemon_timed(&mut self) -> Duration {
+        let t0 = Instant::now();
+        self.stop_daemon();
+        t0.elapsed()
+    }
+
+    /// Run a command inside a namespace file with `nsenter --net=PATH` (works
+    /// without the daemon).
+    pub fn nsenter(&self, netns: &Path, cmd: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .args(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nsenter")
+    }
+}
