@@ -5,7 +5,9 @@
 //! MTU, txqueuelen 10000, address, default route via the gateway) and attaches it to
 //! the switch as a port; [`BridgeDriver::leave`] detaches the port and destroys the
 //! tap so the interface disappears from the sandbox. Every step that fails undoes
-//! the steps before it. [`BridgeDriver::restore_endpoint`] (daemon restart) re-opens
+//! the steps before it. On a network without IPv6 the tap gets `disable_ipv6=1`, as
+//! dockerd does (no RS/DAD/MLD multicast, which the switch would flood to every port).
+//! [`BridgeDriver::restore_endpoint`] (daemon restart) re-opens
 //! the endpoint's persistent tap (`TUNSETIFF` on the existing device) and attaches it
 //! again; if the tap is gone it re-creates it from the stored record (name, MAC, MTU,
 //! address, route). The tap work runs without the driver's lock, so endpoints can be
@@ -94,6 +96,20 @@ fn destroy_tap(tap: Arc<Tap>, what: &str) -> Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// As dockerd does for an endpoint without an IPv6 address: turn IPv6 off on the
+/// interface, so it sends no router solicitations, DAD or MLD reports. Each of those is
+/// multicast, flooded to every port of the network: with hundreds of endpoints, every
+/// new or re-attached tap would cost a flood to all of them. Failure is only logged
+/// (a kernel without IPv6 has nothing to turn off).
+fn disable_ipv6(sandbox: &Netns, name: &str) {
+    let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+    match sandbox.run(|| std::fs::write(&path, b"1")) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(interface = name, error = %e, "disabling IPv6"),
+        Err(e) => tracing::debug!(interface = name, error = %e, "disabling IPv6"),
     }
 }
 
@@ -195,6 +211,9 @@ impl Driver for BridgeDriver {
         };
         let tap = Tap::create(sandbox, &cfg)
             .map_err(|e| Error::os(format!("create tap {name} in sandbox {sandbox_name}"), e))?;
+        if !network.enable_ipv6 {
+            disable_ipv6(sandbox, &name);
+        }
         let tap = Arc::new(tap);
         match net.handle.add_port(Box::new(TapPort(Arc::clone(&tap)))) {
             Ok((port, stats)) => {
@@ -246,6 +265,9 @@ impl Driver for BridgeDriver {
                 let tap = Tap::create(sandbox, &cfg).map_err(|e| {
                     Error::os(format!("re-create tap {name} in sandbox {sandbox_name}"), e)
                 })?;
+                if !network.enable_ipv6 {
+                    disable_ipv6(sandbox, name);
+                }
                 (tap, Restored::Recreated)
             }
         };
