@@ -61,6 +61,15 @@ pub enum Error {
         #[source]
         source: tapnet_switch::runtime::Error,
     },
+    /// The persistent store failed (HTTP 500); the mutation was not recorded.
+    #[error("{op}: store: {source}")]
+    Store {
+        /// The operation, e.g. "connect sb1 to network net1".
+        op: String,
+        /// The cause.
+        #[source]
+        source: crate::store::StoreError,
+    },
     /// A blocking task panicked or was cancelled (HTTP 500).
     #[error("{op}: background task failed: {message}")]
     Task {
@@ -91,7 +100,10 @@ impl Error {
                 IpamError::PoolsExhausted | IpamError::Exhausted { .. } => 503,
                 IpamError::UnknownPool(_) => 500,
             },
-            Error::Os { .. } | Error::Datapath { .. } | Error::Task { .. } => 500,
+            Error::Os { .. }
+            | Error::Datapath { .. }
+            | Error::Store { .. }
+            | Error::Task { .. } => 500,
         }
     }
 
@@ -106,6 +118,14 @@ impl Error {
     /// Wrap a datapath error with the operation it belongs to.
     pub fn datapath(op: impl Into<String>, source: tapnet_switch::runtime::Error) -> Error {
         Error::Datapath {
+            op: op.into(),
+            source,
+        }
+    }
+
+    /// Wrap a store error with the operation it belongs to.
+    pub fn store(op: impl Into<String>, source: crate::store::StoreError) -> Error {
+        Error::Store {
             op: op.into(),
             source,
         }

@@ -8,6 +8,7 @@
 //!   drivers.
 //! * [`controller`]: the CNM `NetworkController`, serializing every mutation.
 //! * [`api`]: the Docker-compatible HTTP API on a unix socket (`docs/api.md`).
+//! * [`store`]: the redb database under `--data-root` (one transaction per mutation).
 //! * [`error`]: the error enum and its single mapping to HTTP status codes.
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,7 @@ pub mod driver;
 pub mod error;
 pub mod ipam;
 pub mod model;
+pub mod store;
 
 pub use controller::Controller;
 pub use error::{Error, Result};
