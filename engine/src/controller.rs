@@ -3,25 +3,36 @@
 //! Contract: [`Controller`] owns the drivers, the IPAM, the [`Store`] and the open
 //! sandbox namespaces. Every mutation holds one async mutex for its whole duration
 //! (mutations are serialized; reads take a snapshot). Blocking OS work (namespaces,
-//! taps, datapath calls) runs on `spawn_blocking`, never on a tokio worker. Each
-//! operation either completes or fails leaving the model, IPAM and data plane as
-//! they were (every step that fails undoes the steps before it).
+//! taps, datapath calls, database commits) runs on `spawn_blocking`, never on a tokio
+//! worker. Each operation either completes or fails leaving the model, IPAM and data
+//! plane as they were (every step that fails undoes the steps before it).
 //!
 //! Networks: a driver with addresses gets an IPv4 pool from IPAM, its gateway and
 //! auxiliary addresses reserved in it, and with `EnableIPv6` an IPv6 pool likewise;
 //! `null`/`host` networks get none, and at most one network of each. The pre-defined
 //! networks (`none`, `host`, `bridge`) are made by [`Controller::ensure_default_networks`]
-//! through the ordinary create path, only if absent, and cannot be removed (403).
+//! through the ordinary create path (so they are persisted like any network), only
+//! if absent, and cannot be removed (403).
 //! Endpoints: connect = allocate addresses → `create_endpoint` → `join`; a failure
 //! at any step releases what the earlier steps took and records nothing. The IPAM
-//! state is a function of the records: [`restore_network_ipam`] replays one network.
+//! state is a function of the records: [`restore_network_ipam`] replays one network
+//! (the one replay used by [`Controller::restore`]).
+//!
+//! Persistence: with a database ([`Controller::with_db`]) every mutation ends in
+//! exactly one [`Db::commit`], made after the OS work succeeded; if the commit fails
+//! the OS work is undone (where it can be: a destroyed namespace cannot come back, so
+//! a failed commit of a sandbox removal leaves the record, and the next start cleans
+//! it up as a sandbox whose namespace is gone). The in-memory model changes only
+//! after the commit. [`Controller::restore`] rebuilds everything from the database
+//! on start (see its doc).
 
-use crate::driver::{Driver, DriverRegistry, FdbRow, NetworkReport};
+use crate::driver::{Driver, DriverRegistry, FdbRow, NetworkReport, Restored};
 use crate::error::{Error, Result};
 use crate::ipam::{gateway_options, Ipam, IpamError, Pool, PoolRequest};
 use crate::model::{self, Endpoint, Ipv6Config, Network, Sandbox, Store};
 use crate::ports::{self, PortBinding};
 use crate::sandbox_files;
+use crate::store::{Change, Db};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -206,42 +217,74 @@ fn v6_family(v6: &Ipv6Config) -> FamilyRequest {
 
 /// Replay one recorded network into `ipam` (daemon restart): its pools, gateways,
 /// auxiliary addresses and every endpoint's addresses, as static requests. Updates the
-/// record's pool ids. On failure nothing of this network stays reserved.
-pub fn restore_network_ipam(ipam: &mut dyn Ipam, net: &mut Network) -> Result<()> {
+/// record's pool ids. If a pool, gateway or auxiliary address cannot be reserved,
+/// the error is returned and nothing of this network stays reserved. An endpoint
+/// whose addresses cannot be reserved (e.g. an address now outside the subnet) is
+/// taken out of `net.endpoints`, with nothing of it reserved, and returned with the
+/// reason; the rest of the network is restored.
+pub fn restore_network_ipam(
+    ipam: &mut dyn Ipam,
+    net: &mut Network,
+) -> Result<Vec<(Endpoint, Error)>> {
     let mut taken: Vec<String> = Vec::new();
-    let restored = (|| {
+    let pools = (|| {
         if let Some(fam) = v4_family(net) {
             let (pool, _) = reserve_family(ipam, &net.name, &fam, &net.ipam_options)?;
             taken.push(pool.id.clone());
-            for ep in net.endpoints.values() {
-                if let Some(a) = ep.ipv4 {
-                    ipam.request_address(&pool.id, Some(IpAddr::V4(a)), &BTreeMap::new())
-                        .map_err(|e| Error::ipam(format!("restore endpoint {}", ep.id), e))?;
-                }
-            }
             net.ipv4_pool = Some(pool.id);
         }
         if let Some(v6) = net.ipv6.clone() {
             let (pool, _) = reserve_family(ipam, &net.name, &v6_family(&v6), &net.ipam_options)?;
             taken.push(pool.id.clone());
-            for ep in net.endpoints.values() {
-                if let Some(a) = ep.ipv6 {
-                    ipam.request_address(&pool.id, Some(IpAddr::V6(a)), &BTreeMap::new())
-                        .map_err(|e| Error::ipam(format!("restore endpoint {}", ep.id), e))?;
-                }
-            }
             if let Some(c) = net.ipv6.as_mut() {
                 c.pool = pool.id;
             }
         }
         Ok(())
     })();
-    if restored.is_err() {
+    if let Err(e) = pools {
         for id in taken {
             let _ = ipam.release_pool(&id);
         }
+        return Err(e);
     }
-    restored
+    let mut dropped = Vec::new();
+    let ids: Vec<String> = net.endpoints.keys().cloned().collect();
+    for id in ids {
+        let Some(ep) = net.endpoints.get(&id) else {
+            continue;
+        };
+        if let Err(e) = reserve_endpoint_addresses(ipam, net, ep) {
+            if let Some(ep) = net.endpoints.remove(&id) {
+                dropped.push((ep, e));
+            }
+        }
+    }
+    Ok(dropped)
+}
+
+/// Reserve a recorded endpoint's IPv4 and IPv6 addresses (static requests); on
+/// failure nothing of it stays reserved.
+fn reserve_endpoint_addresses(ipam: &mut dyn Ipam, net: &Network, ep: &Endpoint) -> Result<()> {
+    let none = BTreeMap::new();
+    let mut done: Vec<(String, IpAddr)> = Vec::new();
+    let addrs = [
+        v4_pool(net).zip(ep.ipv4.map(IpAddr::V4)),
+        v6_pool(net).zip(ep.ipv6.map(IpAddr::V6)),
+    ];
+    for (pool, addr) in addrs.into_iter().flatten() {
+        if let Err(e) = ipam.request_address(&pool, Some(addr), &none) {
+            for (p, a) in done {
+                let _ = ipam.release_address(&p, a);
+            }
+            return Err(Error::ipam(
+                format!("restore endpoint {} ({addr})", ep.id),
+                e,
+            ));
+        }
+        done.push((pool, addr));
+    }
+    Ok(())
 }
 
 /// The pool id of a network's IPv4 subnet (recorded, or the default driver's).
@@ -336,6 +379,8 @@ struct State {
 pub struct Controller {
     drivers: DriverRegistry,
     exec_root: PathBuf,
+    /// The database; `None`: in memory only (unit tests).
+    db: Option<Arc<Db>>,
     /// The host's nameservers: a sandbox's resolv.conf before it joins a bridge network.
     nameservers: Vec<IpAddr>,
     state: Mutex<State>,
@@ -353,10 +398,12 @@ impl std::fmt::Debug for Controller {
 impl Controller {
     /// A controller with these drivers and IPAM; namespaces it creates go under
     /// `<exec_root>/netns`.
+    /// Nothing is persisted (see [`Controller::with_db`]).
     pub fn new(drivers: DriverRegistry, ipam: Box<dyn Ipam>, exec_root: &Path) -> Controller {
         Controller {
             drivers,
             exec_root: exec_root.to_path_buf(),
+            db: None,
             nameservers: Vec::new(),
             state: Mutex::new(State {
                 store: Store::default(),
@@ -370,6 +417,31 @@ impl Controller {
     pub fn with_nameservers(mut self, nameservers: Vec<IpAddr>) -> Controller {
         self.nameservers = nameservers;
         self
+    }
+
+    /// A controller that records every mutation in `db`. Call
+    /// [`Controller::restore`] before serving.
+    pub fn with_db(
+        drivers: DriverRegistry,
+        ipam: Box<dyn Ipam>,
+        exec_root: &Path,
+        db: Db,
+    ) -> Controller {
+        let mut c = Controller::new(drivers, ipam, exec_root);
+        c.db = Some(Arc::new(db));
+        c
+    }
+
+    /// Commit `changes` in one transaction (no-op without a database).
+    async fn commit(&self, op: &str, changes: Vec<Change>) -> Result<()> {
+        let Some(db) = self.db.clone() else {
+            return Ok(());
+        };
+        let op = op.to_string();
+        blocking("commit", move || {
+            db.commit(&changes).map_err(|e| Error::store(op, e))
+        })
+        .await
     }
 
     /// A copy of the model (for reads).
@@ -483,6 +555,19 @@ impl Controller {
             release_network_pools(st.ipam.as_mut(), &network);
             return Err(e);
         }
+        let op = format!("create network {}", network.name);
+        if let Err(e) = self
+            .commit(&op, vec![Change::PutNetwork(Box::new(network.clone()))])
+            .await
+        {
+            let (d, nid) = (Arc::clone(&driver), network.id.clone());
+            if let Err(undo) = blocking("undo create network", move || d.delete_network(&nid)).await
+            {
+                tracing::warn!(error = %undo, "undoing network creation after a failed commit");
+            }
+            release_network_pools(st.ipam.as_mut(), &network);
+            return Err(e);
+        }
         let id = network.id.clone();
         tracing::info!(
             network = %network.name,
@@ -571,8 +656,11 @@ impl Controller {
     }
 
     /// Create the pre-defined networks that do not exist yet (`none`, `host`,
-    /// `bridge`), through the ordinary create path. Drivers that are not registered
-    /// are skipped. Existing networks are left as they are.
+    /// `bridge`), through the ordinary create path (so each is committed to the
+    /// store like any network). Drivers that are not registered are skipped.
+    /// Existing networks (e.g. restored from the store: call this after
+    /// [`Controller::restore`]) are left as they are; `bridge` settings only apply
+    /// to a `bridge` network created now.
     pub async fn ensure_default_networks(&self, bridge: &DefaultBridge) -> Result<()> {
         for (name, driver) in model::PREDEFINED_NETWORKS {
             if self.drivers.get(driver).is_err() {
@@ -583,11 +671,23 @@ impl Controller {
                 );
                 continue;
             }
-            let exists = {
+            let existing = {
                 let st = self.state.lock().await;
-                st.store.networks.values().any(|n| n.name == name)
+                st.store.networks.values().find(|n| n.name == name).cloned()
             };
-            if exists {
+            if let Some(n) = existing {
+                let differs = (bridge.subnet.is_some() && bridge.subnet != n.subnet)
+                    || (bridge.gateway.is_some() && bridge.gateway != n.gateway)
+                    || (bridge.ip_range.is_some() && bridge.ip_range != n.ip_range);
+                if driver == "bridge" && differs {
+                    tracing::warn!(
+                        network = name,
+                        subnet = ?n.subnet,
+                        gateway = ?n.gateway,
+                        ip_range = ?n.ip_range,
+                        "the pre-defined bridge network exists already; --bip/--fixed-cidr only apply when it is created"
+                    );
+                }
                 continue;
             }
             let mut req = NetworkCreate {
@@ -650,8 +750,21 @@ impl Controller {
             )));
         }
         let driver = self.drivers.get(&network.driver)?;
-        let nid = id.clone();
-        blocking("delete network", move || driver.delete_network(&nid)).await?;
+        let (d, nid) = (Arc::clone(&driver), id.clone());
+        blocking("delete network", move || d.delete_network(&nid)).await?;
+        let op = format!("remove network {}", network.name);
+        if let Err(e) = self
+            .commit(&op, vec![Change::DeleteNetwork(id.clone())])
+            .await
+        {
+            let n = network.clone();
+            if let Err(undo) =
+                blocking("undo remove network", move || driver.create_network(&n)).await
+            {
+                tracing::warn!(error = %undo, "re-creating the switch after a failed commit");
+            }
+            return Err(e);
+        }
         release_network_pools(st.ipam.as_mut(), &network);
         st.store.networks.remove(&id);
         tracing::info!(network = %network.name, "network removed");
@@ -739,7 +852,7 @@ impl Controller {
             }
         };
         let files = sandbox_files::dir(&self.exec_root, &id);
-        let mut sandbox = Sandbox {
+        let sandbox = Sandbox {
             id: id.clone(),
             name,
             netns_path: ns.path().to_path_buf(),
@@ -750,45 +863,35 @@ impl Controller {
             port_bindings,
             published: None,
         };
-        let (dir, sb) = (files.clone(), sandbox.clone());
+        let op = format!("create sandbox {}", sandbox.name);
         let resolv = sandbox_files::render_resolv_conf(None, &self.nameservers);
-        let written = blocking("write sandbox files", move || {
-            std::fs::create_dir_all(&dir)
-                .and_then(|()| sandbox_files::write_in_place(&sb.resolv_conf_path, &resolv))
-                .and_then(|()| {
-                    sandbox_files::write_in_place(
-                        &sb.hosts_path,
-                        &sandbox_files::render_hosts(&sb.name, &[]),
-                    )
-                })
-                .map_err(|e| {
-                    Error::os(
-                        format!(
-                            "write resolv.conf and hosts of sandbox {} in {}",
-                            sb.name,
-                            dir.display()
-                        ),
-                        tapnet_sandbox::Error::Os {
-                            op: "write".into(),
-                            source: e,
-                        },
-                    )
-                })
-        })
-        .await;
-        if let Err(e) = written {
-            let _ = std::fs::remove_dir_all(&files);
+        let made = match write_sandbox_files(&sandbox, resolv, &[]).await {
+            Ok(()) => {
+                self.commit(&op, vec![Change::PutSandbox(sandbox.clone())])
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = made {
+            let dir = files.clone();
+            let _ = blocking("remove sandbox files", move || {
+                let _ = std::fs::remove_dir_all(&dir);
+                Ok(())
+            })
+            .await;
+            drop(ns);
             if owned {
                 let path = sandbox.netns_path.clone();
-                drop(ns);
-                let _ = blocking("remove namespace", move || {
+                let undone = blocking("undo create sandbox", move || {
                     Netns::destroy(&path).map_err(|e| Error::os("remove namespace", e))
                 })
                 .await;
+                if let Err(undo) = undone {
+                    tracing::warn!(error = %undo, "removing the namespace after a failed commit");
+                }
             }
             return Err(e);
         }
-        sandbox.published = None;
         tracing::info!(sandbox = %sandbox.name, path = %sandbox.netns_path.display(), owned, "sandbox created");
         st.netns.insert(id.clone(), Arc::new(ns));
         st.store.sandboxes.insert(id.clone(), sandbox);
@@ -796,25 +899,33 @@ impl Controller {
     }
 
     /// Remove a sandbox: disconnect it from every network, then remove its namespace
-    /// if tapnet created it.
+    /// if tapnet created it. One transaction for all of it.
     pub async fn delete_sandbox(&self, what: &str) -> Result<()> {
         let mut st = self.state.lock().await;
         let sid = st.store.resolve_sandbox(what)?;
-        let network_ids: Vec<String> = st
-            .store
-            .endpoints_of_sandbox(&sid)
-            .into_iter()
-            .map(|(n, _)| n.id.clone())
-            .collect();
-        for nid in network_ids {
-            self.disconnect_locked(&mut st, &nid, &sid, true).await?;
-        }
         let sandbox = st
             .store
             .sandboxes
             .get(&sid)
             .cloned()
             .ok_or_else(|| not_found("sandbox", what))?;
+        let network_ids: Vec<String> = st
+            .store
+            .endpoints_of_sandbox(&sid)
+            .into_iter()
+            .map(|(n, _)| n.id.clone())
+            .collect();
+        let mut left: Vec<(String, Endpoint)> = Vec::new();
+        for nid in network_ids {
+            match self.leave_os(&st.store, &nid, &sid, true).await {
+                Ok(ep) => left.push((nid, ep)),
+                Err(e) => {
+                    self.rejoin_all(&st.store, &st.netns, &left, &sandbox.name)
+                        .await;
+                    return Err(e);
+                }
+            }
+        }
         // Close our fd on the namespace before unmounting it.
         let ns = st.netns.remove(&sid);
         if sandbox.owned {
@@ -826,12 +937,36 @@ impl Controller {
             .await;
             if let Err(e) = destroyed {
                 if let Some(ns) = ns {
-                    st.netns.insert(sid, ns);
+                    st.netns.insert(sid.clone(), ns);
                 }
+                self.rejoin_all(&st.store, &st.netns, &left, &sandbox.name)
+                    .await;
                 return Err(e);
             }
         }
+        let mut changes: Vec<Change> = left
+            .iter()
+            .map(|(_, ep)| Change::DeleteEndpoint(ep.id.clone()))
+            .collect();
+        changes.push(Change::DeleteSandbox(sid.clone()));
+        let op = format!("remove sandbox {}", sandbox.name);
+        if let Err(e) = self.commit(&op, changes).await {
+            if !sandbox.owned {
+                if let Some(ns) = ns {
+                    st.netns.insert(sid.clone(), ns);
+                }
+                self.rejoin_all(&st.store, &st.netns, &left, &sandbox.name)
+                    .await;
+            }
+            return Err(e);
+        }
+        for (nid, ep) in &left {
+            forget_endpoint(&mut st, nid, ep);
+        }
         st.store.sandboxes.remove(&sid);
+        for (nid, _) in &left {
+            self.refresh_names(&st.store, nid).await;
+        }
         let dir = sandbox_files::dir(&self.exec_root, &sid);
         let _ = blocking("remove sandbox files", move || {
             match std::fs::remove_dir_all(&dir) {
@@ -1039,6 +1174,29 @@ impl Controller {
                 return Err(e);
             }
         };
+        let mut changes = vec![Change::PutEndpoint(endpoint.clone())];
+        let mut sb_after = sb.clone();
+        if published.is_some() {
+            sb_after.published = published.clone();
+            changes.push(Change::PutSandbox(sb_after.clone()));
+        }
+        if let Err(e) = self.commit(&op(), changes).await {
+            let (n, e_id) = (nid.clone(), endpoint.id.clone());
+            let unpublish = published.clone();
+            let undone = blocking("undo connect", move || {
+                if let Some(p) = unpublish {
+                    unpublish_all(driver.as_ref(), &p);
+                }
+                driver.leave(&n, &e_id)?;
+                driver.delete_endpoint(&n, &e_id)
+            })
+            .await;
+            if let Err(undo) = undone {
+                tracing::warn!(error = %undo, "removing the endpoint after a failed commit");
+            }
+            release_all(st.ipam.as_mut());
+            return Err(e);
+        }
         tracing::info!(
             network = %net.name,
             sandbox = %sb.name,
@@ -1050,11 +1208,9 @@ impl Controller {
         if let Some(n) = st.store.networks.get_mut(&nid) {
             n.endpoints.insert(endpoint.id.clone(), endpoint.clone());
         }
-        if let Some(p) = published {
+        if let Some(p) = &published {
             tracing::info!(sandbox = %sb.name, ports = ?p.ports, "ports published");
-            if let Some(s) = st.store.sandboxes.get_mut(&sid) {
-                s.published = Some(p);
-            }
+            st.store.sandboxes.insert(sid.clone(), sb_after);
         }
         self.refresh_names(&st.store, &nid).await;
         self.refresh_files(&st.store, &sid).await;
@@ -1100,24 +1256,51 @@ impl Controller {
         let mut st = self.state.lock().await;
         let nid = st.store.resolve_network(network)?;
         let sid = st.store.resolve_sandbox(sandbox)?;
-        self.disconnect_locked(&mut st, &nid, &sid, force).await
-    }
-
-    async fn disconnect_locked(
-        &self,
-        st: &mut State,
-        nid: &str,
-        sid: &str,
-        force: bool,
-    ) -> Result<()> {
-        let net = st
-            .store
-            .networks
-            .get(nid)
-            .cloned()
-            .ok_or_else(|| not_found("network", nid))?;
+        let endpoint = self.leave_os(&st.store, &nid, &sid, force).await?;
         let sb_name = st
             .store
+            .sandboxes
+            .get(&sid)
+            .map_or_else(|| sid.clone(), |s| s.name.clone());
+        let op = format!("disconnect {sb_name} from network {network}");
+        let pair = vec![(nid.clone(), endpoint.clone())];
+        let mut changes = vec![Change::DeleteEndpoint(endpoint.id.clone())];
+        // leave_os closed the host sockets of ports published on this network.
+        let unpublished = st
+            .store
+            .sandboxes
+            .get(&sid)
+            .filter(|s| s.published.as_ref().is_some_and(|p| p.network_id == nid))
+            .map(|s| Sandbox {
+                published: None,
+                ..s.clone()
+            });
+        if let Some(s) = &unpublished {
+            changes.push(Change::PutSandbox(s.clone()));
+        }
+        if let Err(e) = self.commit(&op, changes).await {
+            self.rejoin_all(&st.store, &st.netns, &pair, &sb_name).await;
+            return Err(e);
+        }
+        forget_endpoint(&mut st, &nid, &endpoint);
+        if let Some(s) = unpublished {
+            st.store.sandboxes.insert(sid.clone(), s);
+        }
+        tracing::info!(network = %network, sandbox = %sb_name, "disconnected");
+        self.refresh_names(&st.store, &nid).await;
+        self.refresh_files(&st.store, &sid).await;
+        Ok(())
+    }
+
+    /// The OS side of a disconnect (driver `leave` + `delete_endpoint`); the model
+    /// and IPAM are untouched. Returns the endpoint. With `force`, a failing driver
+    /// is logged and the endpoint returned anyway.
+    async fn leave_os(&self, store: &Store, nid: &str, sid: &str, force: bool) -> Result<Endpoint> {
+        let net = store
+            .networks
+            .get(nid)
+            .ok_or_else(|| not_found("network", nid))?;
+        let sb_name = store
             .sandboxes
             .get(sid)
             .map_or_else(|| sid.to_string(), |s| s.name.clone());
@@ -1128,54 +1311,55 @@ impl Controller {
             ))
         })?;
         let driver = self.drivers.get(&net.driver)?;
-        let published = st
-            .store
+        let published = store
             .sandboxes
             .get(sid)
             .and_then(|s| s.published.clone())
             .filter(|p| p.network_id == nid);
         let (n, e) = (nid.to_string(), endpoint.id.clone());
-        let unpublish = published.clone();
         let left = blocking("disconnect", move || {
-            if let Some(p) = unpublish {
-                for b in &p.ports {
-                    if let Err(e) = driver.unpublish(&n, b.binding.proto.nat(), b.host) {
-                        tracing::warn!(error = %e, "unpublishing a port");
-                    }
-                }
+            if let Some(p) = published {
+                unpublish_all(driver.as_ref(), &p);
             }
             driver.leave(&n, &e)?;
             driver.delete_endpoint(&n, &e)
         })
         .await;
-        if published.is_some() {
-            // The host sockets are closed whether or not the leave below succeeds.
-            if let Some(s) = st.store.sandboxes.get_mut(sid) {
-                s.published = None;
-            }
-        }
         if let Err(e) = left {
             if !force {
                 return Err(e);
             }
             tracing::warn!(error = %e, "forced disconnect: leave failed, removing the endpoint anyway");
         }
-        let addrs = [
-            v4_pool(&net).zip(endpoint.ipv4.map(IpAddr::V4)),
-            v6_pool(&net).zip(endpoint.ipv6.map(IpAddr::V6)),
-        ];
-        for (pool, addr) in addrs.into_iter().flatten() {
-            if let Err(e) = st.ipam.release_address(&pool, addr) {
-                tracing::warn!(error = %e, "releasing address of removed endpoint");
+        Ok(endpoint)
+    }
+
+    /// Best effort: join endpoints that [`Controller::leave_os`] took out again
+    /// (a later step of the same mutation failed).
+    async fn rejoin_all(
+        &self,
+        store: &Store,
+        netns: &HashMap<String, Arc<Netns>>,
+        left: &[(String, Endpoint)],
+        sb_name: &str,
+    ) {
+        for (nid, ep) in left {
+            let (Some(net), Some(ns)) = (store.networks.get(nid), netns.get(&ep.sandbox_id)) else {
+                continue;
+            };
+            let Ok(driver) = self.drivers.get(&net.driver) else {
+                continue;
+            };
+            let (n, e, ns, name) = (net.clone(), ep.clone(), Arc::clone(ns), sb_name.to_string());
+            let rejoined = blocking("rejoin", move || {
+                driver.create_endpoint(&n, &e)?;
+                driver.join(&n, &e, &ns, &name)
+            })
+            .await;
+            if let Err(err) = rejoined {
+                tracing::warn!(error = %err, sandbox = sb_name, "re-joining an endpoint after a failed mutation");
             }
         }
-        if let Some(n) = st.store.networks.get_mut(nid) {
-            n.endpoints.remove(&endpoint.id);
-        }
-        tracing::info!(network = %net.name, sandbox = %sb_name, "disconnected");
-        self.refresh_names(&st.store, nid).await;
-        self.refresh_files(&st.store, sid).await;
-        Ok(())
     }
 
     /// Push the names of network `nid` to its gateway's DNS (logged on failure: a
@@ -1199,36 +1383,95 @@ impl Controller {
 
     /// Rewrite a sandbox's resolv.conf and hosts from the model (logged on failure).
     async fn refresh_files(&self, store: &Store, sid: &str) {
-        let Some(sb) = store.sandboxes.get(sid).cloned() else {
+        let Some(sb) = store.sandboxes.get(sid) else {
             return;
         };
         let gateway = sandbox_files::first_gateway(store.networks.values(), sid, |n| {
             self.drivers.get(&n.driver).is_ok_and(|d| d.has_gateway())
         });
         let resolv = sandbox_files::render_resolv_conf(gateway, &self.nameservers);
-        let hosts = sandbox_files::render_hosts(
-            &sb.name,
-            &sandbox_files::addresses(store.networks.values(), sid),
-        );
-        let written = blocking("write sandbox files", move || {
-            if sb.resolv_conf_path.as_os_str().is_empty() {
-                return Ok(());
-            }
-            sandbox_files::write_in_place(&sb.resolv_conf_path, &resolv)
-                .and_then(|()| sandbox_files::write_in_place(&sb.hosts_path, &hosts))
-                .map_err(|e| {
-                    Error::os(
-                        format!("write resolv.conf and hosts of sandbox {}", sb.name),
-                        tapnet_sandbox::Error::Os {
-                            op: "write".into(),
-                            source: e,
-                        },
-                    )
-                })
-        })
-        .await;
-        if let Err(e) = written {
+        let addrs = sandbox_files::addresses(store.networks.values(), sid);
+        if let Err(e) = write_sandbox_files(sb, resolv, &addrs).await {
             tracing::warn!(error = %e, "updating sandbox files");
+        }
+    }
+
+    /// Daemon start, after the data plane is back: every gateway's names, every
+    /// sandbox's files, and the published ports at the host addresses they had.
+    /// A port that cannot be bound again is logged and left unbound.
+    async fn restore_gateways(&self, st: &mut State) {
+        let ids: Vec<String> = st.store.networks.keys().cloned().collect();
+        for nid in &ids {
+            self.refresh_names(&st.store, nid).await;
+        }
+        let sids: Vec<String> = st.store.sandboxes.keys().cloned().collect();
+        let mut changes = Vec::new();
+        for sid in &sids {
+            self.refresh_files(&st.store, sid).await;
+            let Some(sb) = st.store.sandboxes.get(sid).cloned() else {
+                continue;
+            };
+            let Some(p) = sb.published.clone() else {
+                continue;
+            };
+            let net = st.store.networks.get(&p.network_id);
+            let on_net = net
+                .and_then(|n| n.endpoint_of(sid))
+                .is_some_and(|e| e.ipv4.map(IpAddr::V4) == Some(p.sandbox_ip));
+            let driver = net.and_then(|n| self.drivers.get(&n.driver).ok());
+            let (Some(driver), true) = (driver, on_net) else {
+                tracing::warn!(sandbox = %sb.name, "published ports' network is gone; ports released");
+                let after = Sandbox {
+                    published: None,
+                    ..sb
+                };
+                changes.push(Change::PutSandbox(after.clone()));
+                st.store.sandboxes.insert(sid.clone(), after);
+                continue;
+            };
+            let p2 = p.clone();
+            let name = sb.name.clone();
+            let kept = blocking("re-publish ports", move || {
+                let mut kept = Vec::new();
+                for b in &p2.ports {
+                    let spec = tapnet_nat::PublishSpec {
+                        host_ip: b.host.ip(),
+                        host_port: b.host.port(),
+                        proto: b.binding.proto.nat(),
+                        sandbox_ip: p2.sandbox_ip,
+                        sandbox_port: b.binding.port,
+                    };
+                    match driver.publish(&p2.network_id, spec) {
+                        Ok(host) => kept.push(ports::BoundPort {
+                            binding: b.binding,
+                            host,
+                        }),
+                        Err(e) => tracing::warn!(
+                            sandbox = %name,
+                            port = %b.binding.key(),
+                            host = %b.host,
+                            error = %e,
+                            "published port cannot be bound again; left unbound"
+                        ),
+                    }
+                }
+                Ok(kept)
+            })
+            .await
+            .unwrap_or_default();
+            if kept.len() != p.ports.len() {
+                let after = Sandbox {
+                    published: Some(ports::Published { ports: kept, ..p }),
+                    ..sb
+                };
+                changes.push(Change::PutSandbox(after.clone()));
+                st.store.sandboxes.insert(sid.clone(), after);
+            }
+        }
+        if !changes.is_empty() {
+            if let Err(e) = self.commit("record re-published ports", changes).await {
+                tracing::warn!(error = %e, "recording re-published ports");
+            }
         }
     }
 
@@ -1252,6 +1495,217 @@ impl Controller {
         Ok((net, driver))
     }
 
+    /// Daemon start: rebuild the model, IPAM and data plane from the database.
+    ///
+    /// Reads everything in one read transaction; opens each sandbox's namespace by
+    /// path. A sandbox whose namespace is gone (path missing or not a network
+    /// namespace) is removed with its endpoints (their addresses are free again) and
+    /// logged. IPAM is rebuilt with [`restore_network_ipam`] for every network (pools,
+    /// gateways, auxiliary addresses, every endpoint's IPv4 and IPv6 address); pool
+    /// ids that came out different are recorded again. Each network's switch is re-created, then every endpoint is restored
+    /// ([`Driver::restore_endpoint`]) on a small pool of blocking threads; an endpoint
+    /// that cannot be restored is dropped (its tap removed if possible) and logged.
+    /// All removals are committed in one write transaction. Records that do not make
+    /// sense (unreadable, an endpoint of an unknown network or sandbox, a pool that
+    /// overlaps another) are logged and left out. Call once, before serving.
+    pub async fn restore(&self) -> Result<RestoreReport> {
+        let started = std::time::Instant::now();
+        let Some(db) = self.db.clone() else {
+            return Ok(RestoreReport::default());
+        };
+        let loaded = blocking("load store", move || {
+            db.load().map_err(|e| Error::store("load the store", e))
+        })
+        .await?;
+        let mut report = RestoreReport {
+            skipped_records: loaded.skipped,
+            ..RestoreReport::default()
+        };
+        let mut store = loaded.store;
+        let mut changes: Vec<Change> = Vec::new();
+        for e in loaded.orphan_endpoints {
+            tracing::warn!(endpoint = %e.id, network = %e.network_id, "store: endpoint of an unknown network; removed");
+            changes.push(Change::DeleteEndpoint(e.id));
+        }
+
+        // Open every sandbox's namespace.
+        let sandboxes: Vec<Sandbox> = store.sandboxes.values().cloned().collect();
+        let opened = blocking("open namespaces", move || {
+            Ok(sandboxes
+                .into_iter()
+                .map(|sb| {
+                    let r = Netns::open(&sb.netns_path);
+                    (sb, r)
+                })
+                .collect::<Vec<_>>())
+        })
+        .await?;
+        let mut netns: HashMap<String, Arc<Netns>> = HashMap::new();
+        let mut stale: Vec<Sandbox> = Vec::new();
+        for (sb, r) in opened {
+            match r {
+                Ok(ns) => {
+                    netns.insert(sb.id.clone(), Arc::new(ns));
+                }
+                Err(e) if namespace_gone(&e) => {
+                    tracing::warn!(
+                        sandbox = %sb.name,
+                        id = %sb.id,
+                        path = %sb.netns_path.display(),
+                        error = %e,
+                        "sandbox {} removed: its network namespace vanished while the daemon was down",
+                        sb.name
+                    );
+                    stale.push(sb);
+                }
+                Err(e) => {
+                    tracing::error!(sandbox = %sb.name, error = %e, "cannot open the namespace of sandbox {}; its endpoints stay detached", sb.name);
+                }
+            }
+        }
+        for sb in &stale {
+            store.sandboxes.remove(&sb.id);
+            changes.push(Change::DeleteSandbox(sb.id.clone()));
+            report.stale_sandboxes.push(sb.name.clone());
+        }
+        let owned_stale: Vec<PathBuf> = stale
+            .iter()
+            .filter(|s| s.owned)
+            .map(|s| s.netns_path.clone())
+            .collect();
+        if !owned_stale.is_empty() {
+            blocking("remove stale namespace files", move || {
+                for p in owned_stale {
+                    if let Err(e) = Netns::destroy(&p) {
+                        tracing::warn!(path = %p.display(), error = %e, "removing a stale namespace file");
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        // Endpoints whose sandbox is gone (or unknown).
+        for net in store.networks.values_mut() {
+            let dead: Vec<String> = net
+                .endpoints
+                .values()
+                .filter(|e| !store.sandboxes.contains_key(&e.sandbox_id))
+                .map(|e| e.id.clone())
+                .collect();
+            for id in dead {
+                if let Some(e) = net.endpoints.remove(&id) {
+                    tracing::info!(network = %net.name, ip = ?e.ipv4, ipv6 = ?e.ipv6, "endpoint of a removed sandbox dropped; its address is free");
+                    changes.push(Change::DeleteEndpoint(id));
+                }
+            }
+        }
+
+        let mut st = self.state.lock().await;
+        // IPAM replay: the one replay of a recorded network (pools, gateways,
+        // auxiliary addresses, every endpoint's IPv4 and IPv6 address).
+        let mut unusable: Vec<String> = Vec::new();
+        for net in store.networks.values_mut() {
+            let before = (net.ipv4_pool.clone(), net.ipv6.clone());
+            match restore_network_ipam(st.ipam.as_mut(), net) {
+                Ok(dropped) => {
+                    for (ep, err) in dropped {
+                        tracing::error!(network = %net.name, ip = ?ep.ipv4, ipv6 = ?ep.ipv6, error = %err, "store: endpoint address cannot be restored; endpoint left out");
+                        changes.push(Change::DeleteEndpoint(ep.id));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(network = %net.name, error = %e, "store: network's pools cannot be restored; network left out");
+                    unusable.push(net.id.clone());
+                    continue;
+                }
+            }
+            if (net.ipv4_pool.clone(), net.ipv6.clone()) != before {
+                // The IPAM named the pools differently: record the new ids.
+                changes.push(Change::PutNetwork(Box::new(net.clone())));
+            }
+        }
+        for id in unusable {
+            store.networks.remove(&id);
+        }
+
+        // Data plane: one switch per network, then the endpoints in parallel.
+        let mut jobs: Vec<RestoreJob> = Vec::new();
+        for net in store.networks.values() {
+            let driver = match self.drivers.get(&net.driver) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(network = %net.name, error = %e, "network's driver is missing; its endpoints stay detached");
+                    continue;
+                }
+            };
+            let (d, n) = (Arc::clone(&driver), net.clone());
+            if let Err(e) = blocking("restore network", move || d.create_network(&n)).await {
+                tracing::error!(network = %net.name, error = %e, "cannot re-create the network's data plane; its endpoints stay detached");
+                continue;
+            }
+            report.networks += 1;
+            for ep in net.endpoints.values() {
+                let (Some(ns), Some(sb)) = (
+                    netns.get(&ep.sandbox_id),
+                    store.sandboxes.get(&ep.sandbox_id),
+                ) else {
+                    continue;
+                };
+                jobs.push(RestoreJob {
+                    driver: Arc::clone(&driver),
+                    network: Arc::new(net.clone()),
+                    endpoint: ep.clone(),
+                    netns: Arc::clone(ns),
+                    sandbox_name: sb.name.clone(),
+                });
+            }
+        }
+        let results = blocking("restore endpoints", move || Ok(restore_parallel(jobs))).await?;
+        for (job, r) in results {
+            match r {
+                Ok(Restored::Reopened) => report.endpoints += 1,
+                Ok(Restored::Recreated) => {
+                    report.endpoints += 1;
+                    report.recreated += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        sandbox = %job.sandbox_name,
+                        network = %job.network.name,
+                        error = %e,
+                        "endpoint of sandbox {} on network {} cannot be restored; removed",
+                        job.sandbox_name,
+                        job.network.name
+                    );
+                    if let Some(n) = store.networks.get_mut(&job.network.id) {
+                        n.endpoints.remove(&job.endpoint.id);
+                        release_endpoint_addresses(st.ipam.as_mut(), n, &job.endpoint);
+                    }
+                    changes.push(Change::DeleteEndpoint(job.endpoint.id.clone()));
+                    report.dropped_endpoints += 1;
+                }
+            }
+        }
+        if !changes.is_empty() {
+            self.commit("clean up the store at start", changes).await?;
+        }
+        st.store = store;
+        st.netns = netns;
+        self.restore_gateways(&mut st).await;
+        report.elapsed = started.elapsed();
+        tracing::info!(
+            networks = report.networks,
+            sandboxes = st.store.sandboxes.len(),
+            recreated = report.recreated,
+            dropped = report.dropped_endpoints,
+            stale_sandboxes = report.stale_sandboxes.len(),
+            "restored {} endpoints in {} ms",
+            report.endpoints,
+            report.elapsed.as_millis()
+        );
+        Ok(report)
+    }
+
     /// Stop every driver's data plane, leaving sandboxes and taps in place.
     pub async fn shutdown(&self) {
         let drivers: Vec<Arc<dyn Driver>> = self.drivers.all().cloned().collect();
@@ -1263,6 +1717,42 @@ impl Controller {
         })
         .await;
     }
+}
+
+/// Write a sandbox's resolv.conf (`resolv`) and hosts (its name at `addrs`), making
+/// the directory if needed.
+async fn write_sandbox_files(sb: &Sandbox, resolv: String, addrs: &[IpAddr]) -> Result<()> {
+    if sb.resolv_conf_path.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let hosts = sandbox_files::render_hosts(&sb.name, addrs);
+    let (resolv_path, hosts_path, name) = (
+        sb.resolv_conf_path.clone(),
+        sb.hosts_path.clone(),
+        sb.name.clone(),
+    );
+    blocking("write sandbox files", move || {
+        let dir = resolv_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| sandbox_files::write_in_place(&resolv_path, &resolv))
+            .and_then(|()| sandbox_files::write_in_place(&hosts_path, &hosts))
+            .map_err(|e| {
+                Error::os(
+                    format!(
+                        "write resolv.conf and hosts of sandbox {name} in {}",
+                        dir.display()
+                    ),
+                    tapnet_sandbox::Error::Os {
+                        op: "write".into(),
+                        source: e,
+                    },
+                )
+            })
+    })
+    .await
 }
 
 /// Publish every binding at network `nid`'s gateway for `sandbox_ip`; on a failure
@@ -1301,6 +1791,15 @@ fn publish_all(
     Ok(bound)
 }
 
+/// Close every host socket of `published` (logged on failure).
+fn unpublish_all(driver: &dyn Driver, published: &ports::Published) {
+    for b in &published.ports {
+        if let Err(e) = driver.unpublish(&published.network_id, b.binding.proto.nat(), b.host) {
+            tracing::warn!(error = %e, "unpublishing a port");
+        }
+    }
+}
+
 /// Name the other network in a pool-overlap error (409).
 fn name_overlap(e: Error, store: &Store) -> Error {
     let Error::Ipam {
@@ -1320,6 +1819,112 @@ fn name_overlap(e: Error, store: &Store) -> Error {
             n.name
         )),
         None => Error::ipam(op, IpamError::Overlap { subnet, other }),
+    }
+}
+
+/// What [`Controller::restore`] did.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreReport {
+    /// Networks whose data plane was re-created.
+    pub networks: usize,
+    /// Endpoints forwarding again.
+    pub endpoints: usize,
+    /// Of those, endpoints whose tap had to be re-created.
+    pub recreated: usize,
+    /// Endpoints that could not be restored and were removed.
+    pub dropped_endpoints: usize,
+    /// Names of sandboxes removed because their namespace was gone.
+    pub stale_sandboxes: Vec<String>,
+    /// Unreadable records skipped.
+    pub skipped_records: usize,
+    /// Wall time of the restore.
+    pub elapsed: std::time::Duration,
+}
+
+/// One endpoint to restore.
+struct RestoreJob {
+    driver: Arc<dyn Driver>,
+    network: Arc<Network>,
+    endpoint: Endpoint,
+    netns: Arc<Netns>,
+    sandbox_name: String,
+}
+
+/// Threads that restore endpoints at start (namespace entry + `TUNSETIFF` is cheap,
+/// but each endpoint costs a few syscalls and a thread hop into its namespace).
+const RESTORE_THREADS: usize = 8;
+
+/// Run every job on up to [`RESTORE_THREADS`] threads; results in job order.
+fn restore_parallel(jobs: Vec<RestoreJob>) -> Vec<(RestoreJob, Result<Restored>)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let threads = RESTORE_THREADS.min(jobs.len());
+    let mut results: Vec<Option<Result<Restored>>> = Vec::new();
+    results.resize_with(jobs.len(), || None);
+    let slots = std::sync::Mutex::new(&mut results);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(job) = jobs.get(i) else {
+                    break;
+                };
+                let r = job.driver.restore_endpoint(
+                    &job.network,
+                    &job.endpoint,
+                    &job.netns,
+                    &job.sandbox_name,
+                );
+                let mut slots = slots.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(slot) = slots.get_mut(i) {
+                    *slot = Some(r);
+                }
+            });
+        }
+    });
+    jobs.into_iter()
+        .zip(results)
+        .map(|(job, r)| {
+            let r = r.unwrap_or_else(|| {
+                Err(Error::Task {
+                    op: "restore endpoint".into(),
+                    message: "restore thread did not finish".into(),
+                })
+            });
+            (job, r)
+        })
+        .collect()
+}
+
+/// Whether opening a stored namespace path failed because the namespace is gone
+/// (the path is missing, or no longer a network namespace, e.g. after `umount`).
+fn namespace_gone(e: &tapnet_sandbox::Error) -> bool {
+    match e {
+        tapnet_sandbox::Error::Os { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+        tapnet_sandbox::Error::Invalid(_) => true,
+        tapnet_sandbox::Error::Netlink { .. } => false,
+    }
+}
+
+/// Drop a removed endpoint from IPAM and the model (after its commit).
+fn forget_endpoint(st: &mut State, nid: &str, endpoint: &Endpoint) {
+    let Some(net) = st.store.networks.get_mut(nid) else {
+        return;
+    };
+    net.endpoints.remove(&endpoint.id);
+    release_endpoint_addresses(st.ipam.as_mut(), net, endpoint);
+}
+
+/// Give an endpoint's IPv4 and IPv6 addresses back to IPAM.
+fn release_endpoint_addresses(ipam: &mut dyn Ipam, net: &Network, endpoint: &Endpoint) {
+    let addrs = [
+        v4_pool(net).zip(endpoint.ipv4.map(IpAddr::V4)),
+        v6_pool(net).zip(endpoint.ipv6.map(IpAddr::V6)),
+    ];
+    for (pool, addr) in addrs.into_iter().flatten() {
+        if let Err(e) = ipam.release_address(&pool, addr) {
+            tracing::warn!(error = %e, "releasing address of removed endpoint");
+        }
     }
 }
 
@@ -1493,10 +2098,13 @@ mod tests {
         assert_eq!(rec.endpoints[&ep.id], ep);
         // The same MAC on the same network: 409, nothing taken.
         let before = ctl.snapshot().await.networks;
+        ctl.create_sandbox(Some("sb4".into()), Some("/proc/self/ns/net".into()))
+            .await
+            .unwrap();
         let e = ctl
             .connect(
                 "n",
-                "sb2",
+                "sb4",
                 ConnectOptions {
                     mac: Some(mac),
                     ..ConnectOptions::default()
@@ -1678,5 +2286,117 @@ mod tests {
         let mut again = net.clone();
         assert!(restore_network_ipam(&mut fresh, &mut again).is_err());
         assert!(fresh.request_address(&pool4, None, &none).is_ok());
+    }
+
+    fn controller_with_db(dir: &Path) -> Controller {
+        let mut reg = DriverRegistry::new();
+        reg.register(Arc::new(Flaky::default()));
+        reg.register(Arc::new(NullDriver));
+        Controller::with_db(
+            reg,
+            Box::new(DefaultIpam::new()),
+            &dir.join("exec"),
+            Db::open(dir).unwrap(),
+        )
+    }
+
+    /// The daemon's start sequence twice over one database: restore, then the
+    /// pre-defined networks only if absent. The second start rebuilds the same model
+    /// and the IPAM state (aux addresses, range, IPv6, every endpoint's addresses).
+    #[tokio::test]
+    async fn restore_then_default_networks_rebuilds_everything() {
+        let dir = std::env::temp_dir().join(format!("tapnet-restore-{}", model::new_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mac = [0x02, 0x42, 0xaa, 0xbb, 0xcc, 0x01];
+        let (networks, sandboxes) = {
+            let ctl = controller_with_db(&dir);
+            ctl.restore().await.unwrap();
+            ctl.ensure_default_networks(&DefaultBridge::default())
+                .await
+                .unwrap();
+            ctl.create_network(NetworkCreate {
+                name: "n".into(),
+                subnet: Some("10.1.0.0/24".parse().unwrap()),
+                ip_range: Some("10.1.0.0/28".parse().unwrap()),
+                aux_addresses: BTreeMap::from([("r".into(), "10.1.0.2".parse().unwrap())]),
+                enable_ipv6: true,
+                ipv6: Some(Ipv6Request {
+                    subnet: "fd00:1::/64".parse().unwrap(),
+                    gateway: None,
+                    ip_range: None,
+                    aux_addresses: BTreeMap::from([("x".into(), "fd00:1::2".parse().unwrap())]),
+                }),
+                ..NetworkCreate::default()
+            })
+            .await
+            .unwrap();
+            for sb in ["sb", "sb2", "sb3"] {
+                ctl.create_sandbox(Some(sb.into()), Some("/proc/self/ns/net".into()))
+                    .await
+                    .unwrap();
+            }
+            let ep = ctl
+                .connect(
+                    "n",
+                    "sb",
+                    ConnectOptions {
+                        mac: Some(mac),
+                        aliases: vec!["web".into()],
+                        ..ConnectOptions::default()
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(ep.ipv4, Some("10.1.0.3".parse().unwrap()));
+            assert_eq!(ep.ipv6, Some("fd00:1::3".parse().unwrap()));
+            ctl.connect("none", "sb3", ConnectOptions::default())
+                .await
+                .unwrap();
+            let st = ctl.snapshot().await;
+            (st.networks, st.sandboxes)
+        };
+        let ctl = controller_with_db(&dir);
+        let report = ctl.restore().await.unwrap();
+        assert_eq!(report.endpoints, 2);
+        assert_eq!(report.dropped_endpoints, 0);
+        // Flags differ, but the bridge network exists: it is left as recorded.
+        let flags = DefaultBridge::from_flags(Some("10.99.0.1/24".parse().unwrap()), None);
+        ctl.ensure_default_networks(&flags).await.unwrap();
+        let st = ctl.snapshot().await;
+        assert_eq!(st.networks, networks);
+        assert_eq!(st.sandboxes, sandboxes);
+        // Aux, gateway and taken addresses are not handed out again.
+        let ep = ctl
+            .connect("n", "sb2", ConnectOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(ep.ipv4, Some("10.1.0.4".parse().unwrap()));
+        assert_eq!(ep.ipv6, Some("fd00:1::4".parse().unwrap()));
+        ctl.create_sandbox(Some("sb4".into()), Some("/proc/self/ns/net".into()))
+            .await
+            .unwrap();
+        let e = ctl
+            .connect(
+                "n",
+                "sb4",
+                ConnectOptions {
+                    mac: Some(mac),
+                    ..ConnectOptions::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), 409, "{e}");
+        assert!(e.to_string().contains("02:42:aa:bb:cc:01"), "{e}");
+        // Every request was committed: a third start sees the same model.
+        let st = ctl.snapshot().await;
+        drop(ctl);
+        let ctl = controller_with_db(&dir);
+        ctl.restore().await.unwrap();
+        let again = ctl.snapshot().await;
+        assert_eq!(again.networks, st.networks);
+        assert_eq!(again.sandboxes, st.sandboxes);
+        drop(ctl);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

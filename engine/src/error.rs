@@ -71,6 +71,15 @@ pub enum Error {
         #[source]
         source: tapnet_nat::Error,
     },
+    /// The persistent store failed (HTTP 500); the mutation was not recorded.
+    #[error("{op}: store: {source}")]
+    Store {
+        /// The operation, e.g. "connect sb1 to network net1".
+        op: String,
+        /// The cause.
+        #[source]
+        source: crate::store::StoreError,
+    },
     /// A blocking task panicked or was cancelled (HTTP 500).
     #[error("{op}: background task failed: {message}")]
     Task {
@@ -106,7 +115,10 @@ impl Error {
                 tapnet_nat::Error::Internal | tapnet_nat::Error::NotOnNetwork(_) => 400,
                 _ => 500,
             },
-            Error::Os { .. } | Error::Datapath { .. } | Error::Task { .. } => 500,
+            Error::Os { .. }
+            | Error::Datapath { .. }
+            | Error::Store { .. }
+            | Error::Task { .. } => 500,
         }
     }
 
@@ -129,6 +141,14 @@ impl Error {
     /// Wrap a gateway error with the operation it belongs to.
     pub fn gateway(op: impl Into<String>, source: tapnet_nat::Error) -> Error {
         Error::Gateway {
+            op: op.into(),
+            source,
+        }
+    }
+
+    /// Wrap a store error with the operation it belongs to.
+    pub fn store(op: impl Into<String>, source: crate::store::StoreError) -> Error {
+        Error::Store {
             op: op.into(),
             source,
         }

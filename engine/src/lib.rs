@@ -11,6 +11,7 @@
 //! * [`sandbox_files`]: a sandbox's resolv.conf and hosts, and the DNS names of a
 //!   network.
 //! * [`api`]: the Docker-compatible HTTP API on a unix socket (`docs/api.md`).
+//! * [`store`]: the redb database under `--data-root` (one transaction per mutation).
 //! * [`error`]: the error enum and its single mapping to HTTP status codes.
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod ipam;
 pub mod model;
 pub mod ports;
 pub mod sandbox_files;
+pub mod store;
 
 pub use controller::Controller;
 pub use error::{Error, Result};

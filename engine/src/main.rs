@@ -1,6 +1,9 @@
-//! `tapnetd`: the tapnet daemon. Starts the datapath, the controller and the HTTP
-//! API on a unix socket; on SIGTERM/SIGINT stops serving and exits, leaving
-//! sandboxes and (persistent) taps in place.
+//! `tapnetd`: the tapnet daemon. Opens the store (`<data-root>/tapnet.db`), starts the
+//! datapath, restores every network, sandbox and endpoint from the store (re-opening
+//! the persistent taps, so forwarding resumes), creates the pre-defined networks
+//! (`none`, `host`, `bridge`) that are not in the store yet, then serves the HTTP API
+//! on a unix socket. On SIGTERM/SIGINT it stops serving, closes its fds and exits, leaving
+//! sandboxes and (persistent) taps in place (live restore).
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -13,6 +16,7 @@ use tapnet_engine::driver::host::HostDriver;
 use tapnet_engine::driver::null::NullDriver;
 use tapnet_engine::driver::DriverRegistry;
 use tapnet_engine::ipam::{default_pools, DefaultIpam, DefaultPool};
+use tapnet_engine::store::Db;
 use tapnet_engine::{api, Controller};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -161,15 +165,29 @@ async fn main() -> anyhow::Result<()> {
     let routes = host_routes().await;
     tracing::debug!(?routes, "host routes avoided by default pools");
     let ipam = DefaultIpam::with_default_pools(pools).avoid(routes);
-    let controller =
-        Arc::new(Controller::new(drivers, Box::new(ipam), &args.exec_root).with_nameservers(dns));
+    let data_root = args.data_root.clone();
+    let db = tokio::task::spawn_blocking(move || Db::open(&data_root))
+        .await
+        .context("open the store")?
+        .context("open the store")?;
+    let controller = Arc::new(
+        Controller::with_db(drivers, Box::new(ipam), &args.exec_root, db).with_nameservers(dns),
+    );
+
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "tapnetd starting");
+    // Restore first: the pre-defined networks may already be in the store, and
+    // their pools must be known before anything new is allocated.
+    if let Err(e) = controller.restore().await {
+        controller.shutdown().await;
+        bail!("restore state from the store: {e}");
+    }
+    // Then create (and persist) the pre-defined networks that are absent;
+    // `--bip`/`--fixed-cidr` only apply to a `bridge` network created now.
     let bridge_cfg = DefaultBridge::from_flags(args.bip, args.fixed_cidr);
     if let Err(e) = controller.ensure_default_networks(&bridge_cfg).await {
         controller.shutdown().await;
         bail!("create the pre-defined networks: {e}");
     }
-
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "tapnetd starting");
     let served = api::serve_unix(&socket, api::router(Arc::clone(&controller)), terminated()).await;
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::debug!(error = %e, "removing socket");

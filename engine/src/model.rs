@@ -3,9 +3,9 @@
 //! Contract: these types are what the engine persists (they are `serde` types with
 //! no live handles in them); runtime handles (open namespaces, switch ports) live in
 //! the [`crate::controller`] and drivers, keyed by the ids here. The [`Store`] is the
-//! seam for persistence: today it is in memory, later each mutation becomes one
-//! transaction. Lookups accept a full id, a name, or a unique id prefix, in that
-//! order, as Docker does.
+//! in-memory view of [`crate::store`]; every field of a stored type carries
+//! `#[serde(default)]` so records stay readable as fields are added. Lookups accept
+//! a full id, a name, or a unique id prefix, in that order, as Docker does.
 
 use crate::error::{Error, Result};
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -79,24 +79,34 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
     /// 64-hex id.
+    #[serde(default)]
     pub id: String,
     /// Unique name.
+    #[serde(default)]
     pub name: String,
     /// Driver name (`bridge`, `null`, `host`).
+    #[serde(default)]
     pub driver: String,
     /// Creation time, RFC 3339.
+    #[serde(default)]
     pub created: String,
     /// `local` or `global`.
+    #[serde(default)]
     pub scope: String,
     /// No outside connectivity.
+    #[serde(default)]
     pub internal: bool,
     /// Attachable (swarm compatibility; recorded only).
+    #[serde(default)]
     pub attachable: bool,
     /// IPv6 enabled: endpoints get an address of [`Network::ipv6`] too.
+    #[serde(default)]
     pub enable_ipv6: bool,
     /// IPAM driver name.
+    #[serde(default)]
     pub ipam_driver: String,
     /// IPAM driver options.
+    #[serde(default)]
     pub ipam_options: BTreeMap<String, String>,
     /// The IPv4 subnet; `None` for drivers without addresses (`null`, `host`).
     #[serde(default)]
@@ -117,10 +127,13 @@ pub struct Network {
     #[serde(default)]
     pub ipv6: Option<Ipv6Config>,
     /// Driver options.
+    #[serde(default)]
     pub options: BTreeMap<String, String>,
     /// User labels.
+    #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// Endpoints by endpoint id.
+    #[serde(default)]
     pub endpoints: BTreeMap<String, Endpoint>,
 }
 
@@ -215,13 +228,17 @@ pub fn parse_mtu(v: &str) -> Result<u32> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     /// 64-hex id.
+    #[serde(default)]
     pub id: String,
     /// The network's id.
+    #[serde(default)]
     pub network_id: String,
     /// The sandbox's id.
+    #[serde(default)]
     pub sandbox_id: String,
     /// Interface name inside the sandbox (`eth0`); empty when the driver gives the
     /// endpoint no device (`null`, `host`).
+    #[serde(default)]
     pub interface: String,
     /// MAC address (`02:42:` + the IPv4 address); `None` without a device.
     #[serde(default)]
@@ -281,14 +298,19 @@ pub fn parse_endpoint_mac(s: &str) -> std::result::Result<[u8; 6], String> {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sandbox {
     /// 64-hex id.
+    #[serde(default)]
     pub id: String,
     /// Unique name.
+    #[serde(default)]
     pub name: String,
     /// Path of the namespace file.
+    #[serde(default)]
     pub netns_path: PathBuf,
     /// tapnet created the namespace (and removes it with the sandbox).
+    #[serde(default)]
     pub owned: bool,
     /// Creation time, RFC 3339.
+    #[serde(default)]
     pub created: String,
     /// The sandbox's `resolv.conf` (under `<exec-root>/sandboxes/<id>/`).
     #[serde(default)]
@@ -305,7 +327,7 @@ pub struct Sandbox {
     pub published: Option<crate::ports::Published>,
 }
 
-/// The model: every network and sandbox. In memory for now; the persistence seam.
+/// The model: every network and sandbox (the in-memory view of [`crate::store::Db`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Store {
     /// Networks by id.

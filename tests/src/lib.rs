@@ -130,44 +130,10 @@ impl Env {
         env
     }
 
-    /// Start `tapnetd` and wait until it answers `/_ping`.
+    /// Start `tapnetd` (state from the data root, if any) and wait until it answers
+    /// `/_ping`.
     pub fn start_daemon(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(bin_path("tapnetd"))
-            .arg("-H")
-            .arg(format!("unix://{}", self.socket.display()))
-            .arg("--exec-root")
-            .arg(self.root.join("run"))
-            .arg("--data-root")
-            .arg(self.root.join("data"))
-            .env("RUST_LOG", "debug")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn tapnetd");
-        self.daemon = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if self.socket.exists() {
-                let (code, _) = self.api("GET", "/_ping", None);
-                if code == 200 {
-                    return;
-                }
-            }
-            if let Some(Ok(Some(st))) = self.daemon.as_mut().map(|c| c.try_wait()) {
-                panic!("tapnetd exited early ({st}):\n{}", self.daemon_log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tapnetd did not answer /_ping within 20 s:\n{}",
-                self.daemon_log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.start_daemon_with(&[]);
     }
 
     /// Stop the daemon with SIGTERM and wait for it.
@@ -539,5 +505,42 @@ impl Env {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Env {
+    /// The daemon's pid, if one is running.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
+    /// Crash the daemon: SIGKILL by pid (only the daemon this harness started), then
+    /// reap it.
+    pub fn kill9_daemon(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = child.wait();
+        }
+    }
+
+    /// Stop the daemon with SIGTERM; returns how long it took to exit.
+    pub fn stop_daemon_timed(&mut self) -> Duration {
+        let t0 = Instant::now();
+        self.stop_daemon();
+        t0.elapsed()
+    }
+
+    /// Run a command inside a namespace file with `nsenter --net=PATH` (works
+    /// without the daemon).
+    pub fn nsenter(&self, netns: &Path, cmd: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .args(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nsenter")
     }
 }

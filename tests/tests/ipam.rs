@@ -116,6 +116,10 @@ fn predefined_networks_exist_and_stay() {
             assert_eq!(count, 1, "{n} after restart: {nets}");
         }
         assert_eq!(subnet_of(env, "bridge"), "172.17.0.0/16");
+        // The user network was restored from the store with its pool.
+        assert_eq!(subnet_of(env, "user1"), "172.18.0.0/16");
+        create(env, r#"{"Name":"user2"}"#);
+        assert_eq!(subnet_of(env, "user2"), "172.19.0.0/16");
         // Traffic on the default bridge.
         env.sandbox("a");
         env.sandbox("b");

@@ -6,7 +6,14 @@
 //! via the gateways) and attaches it to
 //! the switch as a port; [`BridgeDriver::leave`] detaches the port and destroys the
 //! tap so the interface disappears from the sandbox. Every step that fails undoes
-//! the steps before it.
+//! the steps before it. On a network without IPv6 ([`Network::ipv6`] is `None`) the
+//! tap gets `disable_ipv6=1`, as dockerd does (no RS/DAD/MLD multicast, which the
+//! switch would flood to every port); on IPv6 networks IPv6 stays on.
+//! [`BridgeDriver::restore_endpoint`] (daemon restart) re-opens the endpoint's
+//! persistent tap (`TUNSETIFF` on the existing device) and attaches it again; if the
+//! tap is gone it re-creates it from the stored record (name, MAC, MTU, addresses,
+//! routes). The tap work runs without the driver's lock, so endpoints can be
+//! restored in parallel.
 //!
 //! Each network also gets a userspace gateway (`tapnet_nat`): a `DatagramPort` pair, one
 //! end attached to the switch with [`PortRole::Gateway`], the other run by
@@ -21,7 +28,7 @@
 //! `Arc`: once the switch hands the port back, the driver holds the only reference
 //! and can destroy the device.
 
-use super::{Driver, FdbRow, NetworkReport, PortReport};
+use super::{Driver, FdbRow, NetworkReport, PortReport, Restored};
 use crate::error::{Error, Result};
 use crate::model::{Endpoint, Network};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -120,6 +127,41 @@ fn destroy_tap(tap: Arc<Tap>, what: &str) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// As dockerd does for an endpoint without an IPv6 address: turn IPv6 off on the
+/// interface, so it sends no router solicitations, DAD or MLD reports. Each of those is
+/// multicast, flooded to every port of the network: with hundreds of endpoints, every
+/// new or re-attached tap would cost a flood to all of them. Failure is only logged
+/// (a kernel without IPv6 has nothing to turn off).
+fn disable_ipv6(sandbox: &Netns, name: &str) {
+    let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+    match sandbox.run(|| std::fs::write(&path, b"1")) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(interface = name, error = %e, "disabling IPv6"),
+        Err(e) => tracing::debug!(interface = name, error = %e, "disabling IPv6"),
+    }
+}
+
+/// The tap of `endpoint` on `network`, named `name` (used by `join` and to re-create
+/// a vanished tap on restore, so both build the same device).
+fn tap_config(network: &Network, endpoint: &Endpoint, name: &str, mtu: u32) -> Result<TapConfig> {
+    let mac = endpoint.mac.ok_or_else(|| {
+        Error::InvalidRequest(format!(
+            "endpoint {} on network {} has no MAC address",
+            endpoint.id, network.name
+        ))
+    })?;
+    Ok(TapConfig {
+        name: name.to_string(),
+        mac,
+        mtu,
+        txqueuelen: TAP_TXQUEUELEN,
+        ipv4: endpoint.ipv4.map(|a| (a, endpoint.prefix_len)),
+        gateway_v4: network.gateway,
+        ipv6: endpoint.ipv6.map(|a| (a, endpoint.prefix_len_v6)),
+        gateway_v6: network.ipv6.as_ref().map(|v6| v6.gateway),
+    })
 }
 
 impl BridgeDriver {
@@ -351,29 +393,14 @@ impl Driver for BridgeDriver {
                 e,
             )
         })?;
-        let mac = endpoint.mac.ok_or_else(|| {
-            Error::InvalidRequest(format!(
-                "endpoint {} on network {} has no MAC address",
-                endpoint.id, network.name
-            ))
-        })?;
-        let cfg = TapConfig {
-            name: name.clone(),
-            mac,
-            mtu,
-            txqueuelen: TAP_TXQUEUELEN,
-            ipv4: endpoint.ipv4.map(|a| (a, endpoint.prefix_len)),
-            gateway_v4: network.gateway,
-            ipv6: endpoint.ipv6.map(|a| (a, endpoint.prefix_len_v6)),
-            gateway_v6: network.ipv6.as_ref().map(|v6| v6.gateway),
-        };
+        let cfg = tap_config(network, endpoint, &name, mtu)?;
         let tap = Tap::create(sandbox, &cfg)
             .map_err(|e| Error::os(format!("create tap {name} in sandbox {sandbox_name}"), e))?;
+        if network.ipv6.is_none() {
+            disable_ipv6(sandbox, &name);
+        }
         let tap = Arc::new(tap);
-        let opts = PortOptions {
-            role: PortRole::Endpoint,
-            policy: Some(endpoint_policy(endpoint, mac, net.port_security)),
-        };
+        let opts = endpoint_options(endpoint, net.port_security);
         match net
             .handle
             .add_port_with(Box::new(TapPort(Arc::clone(&tap))), opts)
@@ -390,6 +417,72 @@ impl Driver for BridgeDriver {
                 }
                 Err(Error::datapath(
                     format!("attach {what} to network {}", network.name),
+                    e,
+                ))
+            }
+        }
+    }
+
+    fn restore_endpoint(
+        &self,
+        network: &Network,
+        endpoint: &Endpoint,
+        sandbox: &Netns,
+        sandbox_name: &str,
+    ) -> Result<Restored> {
+        if !lock(&self.networks).contains_key(&network.id) {
+            return Err(Self::unknown(&network.id));
+        }
+        let name = endpoint.interface.as_str();
+        let (tap, how) = match Tap::reopen(sandbox, name) {
+            Ok(tap) => (tap, Restored::Reopened),
+            Err(reopen) => {
+                tracing::warn!(
+                    sandbox = sandbox_name,
+                    interface = name,
+                    error = %reopen,
+                    "tap of endpoint is gone; re-creating it from the stored record"
+                );
+                let cfg = tap_config(network, endpoint, name, network.mtu()?)?;
+                let tap = Tap::create(sandbox, &cfg).map_err(|e| {
+                    Error::os(format!("re-create tap {name} in sandbox {sandbox_name}"), e)
+                })?;
+                if network.ipv6.is_none() {
+                    disable_ipv6(sandbox, name);
+                }
+                (tap, Restored::Recreated)
+            }
+        };
+        let tap = Arc::new(tap);
+        let mut nets = lock(&self.networks);
+        let net = nets
+            .get_mut(&network.id)
+            .ok_or_else(|| Self::unknown(&network.id))?;
+        let opts = endpoint_options(endpoint, net.port_security);
+        match net
+            .handle
+            .add_port_with(Box::new(TapPort(Arc::clone(&tap))), opts)
+        {
+            Ok((port, stats)) => {
+                net.ports
+                    .insert(endpoint.id.clone(), BridgePort { port, stats, tap });
+                Ok(how)
+            }
+            Err(e) => {
+                drop(nets);
+                // Leave a re-opened tap as it was (closing the fd keeps the device);
+                // remove one we just made.
+                if how == Restored::Recreated {
+                    let what = format!("{name} of sandbox {sandbox_name}");
+                    if let Err(cleanup) = destroy_tap(tap, &what) {
+                        tracing::warn!(error = %cleanup, "cleanup after failed attach");
+                    }
+                }
+                Err(Error::datapath(
+                    format!(
+                        "re-attach {name} of sandbox {sandbox_name} to network {}",
+                        network.name
+                    ),
                     e,
                 ))
             }
@@ -482,15 +575,22 @@ impl Driver for BridgeDriver {
     }
 }
 
-/// The policy of an endpoint's port: its MAC and addresses, anti-spoofing as configured.
-fn endpoint_policy(endpoint: &Endpoint, mac: [u8; 6], port_security: bool) -> PortPolicy {
-    let mut p = PortPolicy::new(
-        MacAddr(mac),
-        endpoint.ipv4.into_iter().collect(),
-        endpoint.ipv6.into_iter().collect(),
-    );
-    p.spoof_check = port_security;
-    p
+/// How an endpoint's port joins the switch: role endpoint, its MAC and addresses as
+/// policy, anti-spoofing as configured.
+fn endpoint_options(endpoint: &Endpoint, port_security: bool) -> PortOptions {
+    let policy = endpoint.mac.map(|mac| {
+        let mut p = PortPolicy::new(
+            MacAddr(mac),
+            endpoint.ipv4.into_iter().collect(),
+            endpoint.ipv6.into_iter().collect(),
+        );
+        p.spoof_check = port_security;
+        p
+    });
+    PortOptions {
+        role: PortRole::Endpoint,
+        policy,
+    }
 }
 
 /// A network's subnets and gateway addresses, as other gateways isolate them.

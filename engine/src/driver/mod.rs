@@ -6,7 +6,9 @@
 //! CNM lifecycle: [`Driver::create_network`] → [`Driver::create_endpoint`] →
 //! [`Driver::join`] → [`Driver::leave`] → [`Driver::delete_endpoint`] →
 //! [`Driver::delete_network`]. Calls for one network are never concurrent (the
-//! controller serializes mutations). A driver call that fails leaves nothing behind.
+//! controller serializes mutations), except [`Driver::restore_endpoint`] during start,
+//! which may run for many endpoints at once. A driver call that fails leaves nothing
+//! behind.
 //!
 //! Drivers: `bridge` (a userspace switch, a tap per endpoint), `null` (endpoints get
 //! no device: the sandbox keeps only loopback) and `host` (endpoints share the daemon
@@ -67,6 +69,15 @@ pub struct FdbRow {
     pub age_seconds: f64,
 }
 
+/// How [`Driver::restore_endpoint`] brought an endpoint back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restored {
+    /// The endpoint's interface was still there and was re-attached.
+    Reopened,
+    /// The interface was gone and was re-created from the stored record.
+    Recreated,
+}
+
 /// A network driver. See the module doc for the calling contract.
 pub trait Driver: Send + Sync {
     /// The driver's name (`bridge`).
@@ -106,6 +117,21 @@ pub trait Driver: Send + Sync {
         sandbox: &Netns,
         sandbox_name: &str,
     ) -> Result<String>;
+    /// Daemon restart: re-attach a stored endpoint that joined `sandbox` before the
+    /// restart (its interface normally still exists), or re-create its interface from
+    /// the record if it is gone. Called after [`Driver::create_network`] for its
+    /// network, possibly concurrently for different endpoints. On failure nothing of
+    /// the endpoint is attached (the caller drops the endpoint).
+    fn restore_endpoint(
+        &self,
+        network: &Network,
+        endpoint: &Endpoint,
+        sandbox: &Netns,
+        sandbox_name: &str,
+    ) -> Result<Restored> {
+        let _ = (network, endpoint, sandbox, sandbox_name);
+        Ok(Restored::Reopened)
+    }
     /// Detach the endpoint and remove its interface from the sandbox.
     fn leave(&self, network_id: &str, endpoint_id: &str) -> Result<()>;
     /// Forget an endpoint that has left (default: nothing to do).
