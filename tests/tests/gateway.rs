@@ -52,6 +52,56 @@ fn echo_roundtrip(s: &mut std::net::TcpStream, len: usize) {
     assert!(got == data, "echoed data differs from what was sent");
 }
 
+/// The harness itself: the wan's servers answer the daemon's host directly (no tapnet
+/// in the path), so a failure in the tests below is tapnet's, not the harness's.
+#[test]
+fn wan_harness_self_check() {
+    in_namespace("wan_harness_self_check", |env| {
+        let wan = env.wan();
+        let echo = wan.tcp_echo(ECHO);
+        let _half = wan.tcp_half_close(HALF_CLOSE);
+        let _udp = wan.udp_echo(ECHO);
+        let dns = wan.dns();
+        let host =
+            tapnet_sandbox::netns::Netns::open(std::path::Path::new("/proc/self/ns/net")).unwrap();
+        let mut c = connect_in(&host, &format!("{WAN_IP}:{ECHO}"), Duration::from_secs(2)).unwrap();
+        echo_roundtrip(&mut c, 1 << 20);
+        assert_eq!(echo.seen()[0].ip(), host_ip());
+        let err =
+            connect_in(&host, &format!("{WAN_IP}:{CLOSED}"), Duration::from_secs(2)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
+        let mut c = connect_in(
+            &host,
+            &format!("{WAN_IP}:{HALF_CLOSE}"),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        c.write_all(b"12345").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).unwrap();
+        assert_eq!(reply, "got 5 bytes");
+        let (r, _) = udp_roundtrip_in(&host, &format!("{WAN_IP}:{ECHO}"), b"u").unwrap();
+        assert_eq!(r, b"u");
+        // The DNS server, asked with the same raw-query script the sandboxes use.
+        let out = Command::new(python3())
+            .args([
+                "-c",
+                tapnet_tests::DNS_QUERY_PY,
+                WAN_IP,
+                WAN_DNS_NAME,
+                "A",
+                "3",
+            ])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"));
+        assert_eq!(v["rcode"], 0);
+        assert_eq!(v["answers"][0], WAN_DNS_ANSWER);
+        assert_eq!(dns.query_count(), 1);
+    });
+}
+
 #[test]
 fn gateway_answers_arp_and_ping() {
     in_namespace("gateway_answers_arp_and_ping", |env| {
