@@ -46,6 +46,11 @@ pub enum Command {
     /// Run a command inside a sandbox's network namespace.
     #[command(override_usage = "tapnet exec [OPTIONS] SANDBOX [--] CMD [ARGS...]")]
     Exec(ExecArgs),
+    /// Create a sandbox, connect it, run a command in it, then remove it.
+    #[command(override_usage = "tapnet run [OPTIONS] [--] CMD [ARGS...]")]
+    Run(RunArgs),
+    /// List a sandbox's published ports (`80/tcp -> 0.0.0.0:8080`).
+    Port(PortArgs),
     /// Print a shell completion script (`source <(tapnet completion bash)`).
     Completion(CompletionArgs),
 }
@@ -271,6 +276,10 @@ pub struct SandboxCreate {
     /// Adopt an existing network namespace, e.g. /proc/1234/ns/net.
     #[arg(long, value_name = "PATH")]
     pub netns: Option<PathBuf>,
+    /// Publish a port: [HOSTIP:][HOSTPORT:]PORT[/tcp|udp] (repeatable). Bound when
+    /// the sandbox joins its first non-internal bridge network.
+    #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = parse_publish)]
+    pub publish: Vec<Publish>,
     /// Name of the new sandbox.
     pub name: String,
 }
@@ -288,6 +297,123 @@ pub struct ExecArgs {
         value_name = "CMD"
     )]
     pub cmd: Vec<String>,
+}
+
+/// `tapnet run [OPTIONS] [--] CMD [ARGS...]`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Name of the sandbox (default: a random one).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Network to connect to (repeatable; default: bridge).
+    #[arg(long = "network", alias = "net", value_name = "NET")]
+    pub networks: Vec<String>,
+    /// Static IPv4 address on the first network.
+    #[arg(long)]
+    pub ip: Option<Ipv4Addr>,
+    /// Network-scoped alias on the first network (repeatable).
+    #[arg(long = "alias", value_name = "ALIAS")]
+    pub aliases: Vec<String>,
+    /// Publish a port: [HOSTIP:][HOSTPORT:]PORT[/tcp|udp] (repeatable).
+    #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = parse_publish)]
+    pub publish: Vec<Publish>,
+    /// Keep the sandbox after the command exits (default: remove it).
+    #[arg(long)]
+    pub keep: bool,
+    /// The command and its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub cmd: Vec<String>,
+}
+
+/// `tapnet port SANDBOX [PORT[/PROTO]]`
+#[derive(Debug, Args)]
+pub struct PortArgs {
+    /// Sandbox name or id.
+    pub sandbox: String,
+    /// Only this container port (`80` or `80/tcp`).
+    pub port: Option<String>,
+}
+
+/// One `-p` spec: `[HOSTIP:][HOSTPORT:]PORT[/tcp|udp]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// Host address (`None`: all).
+    pub host_ip: Option<IpAddr>,
+    /// Host port (`None`: a free one).
+    pub host_port: Option<u16>,
+    /// Port in the sandbox.
+    pub port: u16,
+    /// `tcp` or `udp`.
+    pub proto: String,
+}
+
+/// Parse a `-p` spec as docker does: `80`, `8080:80`, `127.0.0.1:8080:80`,
+/// `127.0.0.1::80`, `[::1]:8080:80`, each optionally with `/tcp` or `/udp`.
+pub fn parse_publish(spec: &str) -> Result<Publish, String> {
+    let bad = |why: &str| format!("invalid publish spec {spec:?}: {why}");
+    let (rest, proto) = match spec.rsplit_once('/') {
+        Some((r, p)) => (r, p.to_ascii_lowercase()),
+        None => (spec, "tcp".to_string()),
+    };
+    if proto != "tcp" && proto != "udp" {
+        return Err(bad("the protocol must be tcp or udp"));
+    }
+    let (ip, ports): (Option<&str>, &str) = if let Some(r) = rest.strip_prefix('[') {
+        let (ip, after) = r
+            .split_once(']')
+            .ok_or_else(|| bad("missing ] after the IPv6 address"))?;
+        let after = after
+            .strip_prefix(':')
+            .ok_or_else(|| bad("expected :HOSTPORT:PORT after the address"))?;
+        (Some(ip), after)
+    } else {
+        match rest.matches(':').count() {
+            0 | 1 => (None, rest),
+            2 => {
+                let (ip, after) = rest.split_once(':').unwrap_or(("", rest));
+                (Some(ip), after)
+            }
+            _ => return Err(bad("put an IPv6 host address in brackets: [::1]:8080:80")),
+        }
+    };
+    let (host_port, port) = match ports.split_once(':') {
+        Some((h, p)) => (Some(h), p),
+        None if ip.is_some() => return Err(bad("expected HOSTIP:HOSTPORT:PORT")),
+        None => (None, ports),
+    };
+    if port.contains('-') || host_port.is_some_and(|h| h.contains('-')) {
+        return Err(bad("port ranges are not supported"));
+    }
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| bad("the port must be a number from 1 to 65535"))?;
+    let host_port = match host_port {
+        None | Some("") => None,
+        Some(h) => Some(
+            h.parse::<u16>()
+                .map_err(|_| bad("the host port must be a number from 0 to 65535"))?,
+        ),
+    };
+    let host_ip = match ip {
+        None | Some("") => None,
+        Some(a) => Some(
+            a.parse::<IpAddr>()
+                .map_err(|_| bad(&format!("{a:?} is not an IP address")))?,
+        ),
+    };
+    Ok(Publish {
+        host_ip,
+        host_port,
+        port,
+        proto,
+    })
 }
 
 /// Parse `NAME=IP` for `--aux-address`.
@@ -631,6 +757,93 @@ mod tests {
         assert_eq!(r.targets, ["a"]);
         assert!(parse(&["sandbox", "create"]).is_err());
         assert!(parse(&["sandbox", "rm"]).is_err());
+    }
+
+    #[test]
+    fn publish_specs() {
+        let p = |s: &str| parse_publish(s).unwrap();
+        assert_eq!(
+            p("80"),
+            Publish {
+                host_ip: None,
+                host_port: None,
+                port: 80,
+                proto: "tcp".into()
+            }
+        );
+        assert_eq!(p("8080:80").host_port, Some(8080));
+        assert_eq!(p("53:53/udp").proto, "udp");
+        let full = p("127.0.0.1:8080:80/tcp");
+        assert_eq!(full.host_ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!((full.host_port, full.port), (Some(8080), 80));
+        let any = p("127.0.0.1::80");
+        assert_eq!((any.host_ip.is_some(), any.host_port), (true, None));
+        let v6 = p("[::1]:9000:90/udp");
+        assert_eq!(v6.host_ip, Some("::1".parse().unwrap()));
+        assert_eq!(
+            (v6.host_port, v6.port, v6.proto.as_str()),
+            (Some(9000), 90, "udp")
+        );
+        for bad in [
+            "", "x", "0", "80/sctp", "1:2:3:4", "a:80", "70000:80", "bad::80", "80-81", "[::1:80",
+            "[::1]80",
+        ] {
+            let e = parse_publish(bad).unwrap_err();
+            assert!(e.contains("invalid publish spec"), "{bad}: {e}");
+        }
+        let SandboxCmd::Create(c) =
+            sandbox(&["create", "-p", "8080:80", "--publish", "53/udp", "sb"])
+        else {
+            panic!()
+        };
+        assert_eq!(c.publish.len(), 2);
+        assert!(parse(&["sandbox", "create", "-p", "nope", "sb"]).is_err());
+    }
+
+    #[test]
+    fn run_and_port_args() {
+        let cli = parse(&[
+            "run",
+            "--name",
+            "r",
+            "--network",
+            "a",
+            "--network",
+            "b",
+            "--ip",
+            "10.0.0.5",
+            "--alias",
+            "x",
+            "-p",
+            "80",
+            "--keep",
+            "--",
+            "ping",
+            "-c1",
+            "h",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.name.as_deref(), Some("r"));
+        assert_eq!(r.networks, ["a", "b"]);
+        assert_eq!(r.ip, Some("10.0.0.5".parse().unwrap()));
+        assert_eq!(r.aliases, ["x"]);
+        assert!(r.keep);
+        assert_eq!(r.cmd, ["ping", "-c1", "h"]);
+        let Command::Run(r) = parse(&["run", "true"]).unwrap().command else {
+            panic!()
+        };
+        assert!(r.networks.is_empty() && !r.keep && r.cmd == ["true"]);
+        assert!(parse(&["run"]).is_err());
+        let Command::Port(p) = parse(&["port", "sb", "80/tcp"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(
+            (p.sandbox.as_str(), p.port.as_deref()),
+            ("sb", Some("80/tcp"))
+        );
     }
 
     #[test]

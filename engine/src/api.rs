@@ -240,6 +240,9 @@ pub struct SandboxCreateBody {
     pub name: Option<String>,
     /// Adopt this namespace instead of creating one.
     pub netns_path: Option<String>,
+    /// Published ports, Docker's `HostConfig.PortBindings` shape:
+    /// `{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}`.
+    pub port_bindings: Option<BTreeMap<String, Option<Vec<crate::ports::PortBindingBody>>>>,
 }
 
 fn non_empty(s: &Option<String>) -> Option<&str> {
@@ -605,6 +608,12 @@ pub struct SandboxResource {
     pub created: String,
     /// Endpoints by network name.
     pub endpoints: BTreeMap<String, SandboxEndpointResource>,
+    /// Published ports (Docker's `NetworkSettings.Ports`; `null` entries are not bound).
+    pub ports: BTreeMap<String, Option<Vec<crate::ports::PortResource>>>,
+    /// The sandbox's resolv.conf.
+    pub resolv_conf_path: String,
+    /// The sandbox's hosts file.
+    pub hosts_path: String,
 }
 
 /// One entry of a sandbox's `Endpoints`.
@@ -651,6 +660,71 @@ pub struct StatsResource {
     pub fdb_limit_hits: u64,
     /// Per-port counters.
     pub ports: Vec<PortStatsResource>,
+    /// The gateway's counters (bridge networks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayStatsResource>,
+}
+
+/// The gateway part of [`StatsResource`].
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GatewayStatsResource {
+    /// Datagrams read from the gateway's switch port.
+    pub frames_in: u64,
+    /// Frames written to the switch.
+    pub frames_out: u64,
+    /// Drops by reason name.
+    pub drops: BTreeMap<String, u64>,
+    /// Flows by protocol (`tcp`, `udp`, `icmp`).
+    pub flows: BTreeMap<String, FlowStatsResource>,
+    /// New flows refused by a flow limit.
+    pub flow_limit_hits: u64,
+    /// DNS queries answered from the network's names.
+    pub dns_local: u64,
+    /// DNS queries forwarded upstream.
+    pub dns_forwarded: u64,
+    /// DNS queries answered SERVFAIL.
+    pub dns_servfail: u64,
+}
+
+/// Flow counters of one protocol.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FlowStatsResource {
+    /// Open now.
+    pub active: u64,
+    /// Ever opened.
+    pub total: u64,
+}
+
+/// Shape gateway counters for the API.
+pub fn gateway_stats_resource(g: &tapnet_nat::StatsSnapshot) -> GatewayStatsResource {
+    let flows = ["tcp", "udp", "icmp"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            (
+                name.to_string(),
+                FlowStatsResource {
+                    active: g.flows_active.get(i).copied().unwrap_or(0),
+                    total: g.flows_total.get(i).copied().unwrap_or(0),
+                },
+            )
+        })
+        .collect();
+    GatewayStatsResource {
+        frames_in: g.frames_in,
+        frames_out: g.frames_out,
+        drops: tapnet_nat::DropReason::ALL
+            .iter()
+            .map(|r| (r.name().to_string(), g.drops(*r)))
+            .collect(),
+        flows,
+        flow_limit_hits: g.flow_limit_hits,
+        dns_local: g.dns_local,
+        dns_forwarded: g.dns_forwarded,
+        dns_servfail: g.dns_servfail,
+    }
 }
 
 /// One port in [`StatsResource`].
@@ -812,6 +886,9 @@ pub fn sandbox_resource(sb: &Sandbox, store: &Store) -> SandboxResource {
         owned: sb.owned,
         created: sb.created.clone(),
         endpoints,
+        ports: crate::ports::ports_resource(&sb.port_bindings, sb.published.as_ref()),
+        resolv_conf_path: sb.resolv_conf_path.display().to_string(),
+        hosts_path: sb.hosts_path.display().to_string(),
     }
 }
 
@@ -849,6 +926,7 @@ pub fn stats_resource(net: &Network, report: &NetworkReport, store: &Store) -> S
         fdb_entries: report.fdb_entries,
         fdb_limit_hits: report.fdb_limit_hits,
         ports,
+        gateway: report.gateway.as_ref().map(gateway_stats_resource),
     }
 }
 
@@ -1021,7 +1099,11 @@ async fn sandbox_create(
     JsonBody(body): JsonBody<SandboxCreateBody>,
 ) -> ApiResult<Response> {
     let path = non_empty(&body.netns_path).map(PathBuf::from);
-    let id = ctl.create_sandbox(body.name, path).await?;
+    let bindings = match &body.port_bindings {
+        Some(m) => crate::ports::parse_port_bindings(m)?,
+        None => Vec::new(),
+    };
+    let id = ctl.create_sandbox_with(body.name, path, bindings).await?;
     Ok((StatusCode::CREATED, Json(CreateSandboxResponse { id })).into_response())
 }
 

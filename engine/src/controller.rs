@@ -20,6 +20,8 @@ use crate::driver::{Driver, DriverRegistry, FdbRow, NetworkReport};
 use crate::error::{Error, Result};
 use crate::ipam::{gateway_options, Ipam, IpamError, Pool, PoolRequest};
 use crate::model::{self, Endpoint, Ipv6Config, Network, Sandbox, Store};
+use crate::ports::{self, PortBinding};
+use crate::sandbox_files;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -334,6 +336,8 @@ struct State {
 pub struct Controller {
     drivers: DriverRegistry,
     exec_root: PathBuf,
+    /// The host's nameservers: a sandbox's resolv.conf before it joins a bridge network.
+    nameservers: Vec<IpAddr>,
     state: Mutex<State>,
 }
 
@@ -353,12 +357,19 @@ impl Controller {
         Controller {
             drivers,
             exec_root: exec_root.to_path_buf(),
+            nameservers: Vec::new(),
             state: Mutex::new(State {
                 store: Store::default(),
                 ipam,
                 netns: HashMap::new(),
             }),
         }
+    }
+
+    /// Use `nameservers` in the resolv.conf of sandboxes not on a bridge network.
+    pub fn with_nameservers(mut self, nameservers: Vec<IpAddr>) -> Controller {
+        self.nameservers = nameservers;
+        self
     }
 
     /// A copy of the model (for reads).
@@ -654,6 +665,19 @@ impl Controller {
         name: Option<String>,
         netns_path: Option<PathBuf>,
     ) -> Result<String> {
+        self.create_sandbox_with(name, netns_path, Vec::new()).await
+    }
+
+    /// [`Controller::create_sandbox`] with published ports: each fixed host port must
+    /// be free now (409 otherwise, nothing made); they are bound when the sandbox
+    /// joins its first non-internal bridge network. The sandbox's resolv.conf and
+    /// hosts are written under `<exec_root>/sandboxes/<id>/`.
+    pub async fn create_sandbox_with(
+        &self,
+        name: Option<String>,
+        netns_path: Option<PathBuf>,
+        port_bindings: Vec<PortBinding>,
+    ) -> Result<String> {
         let id = model::new_id();
         let name = name
             .filter(|n| !n.is_empty())
@@ -673,6 +697,22 @@ impl Controller {
                 "sandbox with name {name} already exists"
             )));
         }
+        for b in &port_bindings {
+            if let Some(other) = st
+                .store
+                .sandboxes
+                .values()
+                .find(|o| o.port_bindings.iter().any(|x| ports::clashes(x, b)))
+            {
+                return Err(Error::Conflict(format!(
+                    "{} (by sandbox {})",
+                    ports::in_use(b),
+                    other.name
+                )));
+            }
+        }
+        let check = port_bindings.clone();
+        blocking("check host ports", move || ports::check_free(&check)).await?;
         let (ns, owned) = match netns_path {
             Some(path) => {
                 let p = path.clone();
@@ -698,13 +738,57 @@ impl Controller {
                 (ns, true)
             }
         };
-        let sandbox = Sandbox {
+        let files = sandbox_files::dir(&self.exec_root, &id);
+        let mut sandbox = Sandbox {
             id: id.clone(),
             name,
             netns_path: ns.path().to_path_buf(),
             owned,
             created: model::now_rfc3339(),
+            resolv_conf_path: files.join("resolv.conf"),
+            hosts_path: files.join("hosts"),
+            port_bindings,
+            published: None,
         };
+        let (dir, sb) = (files.clone(), sandbox.clone());
+        let resolv = sandbox_files::render_resolv_conf(None, &self.nameservers);
+        let written = blocking("write sandbox files", move || {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| sandbox_files::write_in_place(&sb.resolv_conf_path, &resolv))
+                .and_then(|()| {
+                    sandbox_files::write_in_place(
+                        &sb.hosts_path,
+                        &sandbox_files::render_hosts(&sb.name, &[]),
+                    )
+                })
+                .map_err(|e| {
+                    Error::os(
+                        format!(
+                            "write resolv.conf and hosts of sandbox {} in {}",
+                            sb.name,
+                            dir.display()
+                        ),
+                        tapnet_sandbox::Error::Os {
+                            op: "write".into(),
+                            source: e,
+                        },
+                    )
+                })
+        })
+        .await;
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&files);
+            if owned {
+                let path = sandbox.netns_path.clone();
+                drop(ns);
+                let _ = blocking("remove namespace", move || {
+                    Netns::destroy(&path).map_err(|e| Error::os("remove namespace", e))
+                })
+                .await;
+            }
+            return Err(e);
+        }
+        sandbox.published = None;
         tracing::info!(sandbox = %sandbox.name, path = %sandbox.netns_path.display(), owned, "sandbox created");
         st.netns.insert(id.clone(), Arc::new(ns));
         st.store.sandboxes.insert(id.clone(), sandbox);
@@ -748,6 +832,17 @@ impl Controller {
             }
         }
         st.store.sandboxes.remove(&sid);
+        let dir = sandbox_files::dir(&self.exec_root, &sid);
+        let _ = blocking("remove sandbox files", move || {
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "removing sandbox files")
+                }
+                _ => {}
+            }
+            Ok(())
+        })
+        .await;
         tracing::info!(sandbox = %sandbox.name, "sandbox removed");
         Ok(())
     }
@@ -884,6 +979,15 @@ impl Controller {
             prefix_len_v6: net.ipv6.as_ref().map_or(0, |c| c.subnet.prefix_len()),
             aliases: opts.aliases,
         };
+        // Published ports go to the first non-internal bridge network joined.
+        let publish = match (ipv4, &sb.published) {
+            (Some(a), None)
+                if driver.has_gateway() && !net.internal && !sb.port_bindings.is_empty() =>
+            {
+                Some((IpAddr::V4(a), sb.port_bindings.clone()))
+            }
+            _ => None,
+        };
         let (d, n, ep, sb_name) = (
             Arc::clone(&driver),
             net.clone(),
@@ -892,24 +996,49 @@ impl Controller {
         );
         let joined = blocking("connect", move || {
             d.create_endpoint(&n, &ep)?;
-            match d.join(&n, &ep, &ns, &sb_name) {
-                Ok(ifname) => Ok(ifname),
+            let ifname = match d.join(&n, &ep, &ns, &sb_name) {
+                Ok(ifname) => ifname,
                 Err(e) => {
                     if let Err(cleanup) = d.delete_endpoint(&n.id, &ep.id) {
                         tracing::warn!(error = %cleanup, "cleanup after failed join");
+                    }
+                    return Err(e);
+                }
+            };
+            let Some((sandbox_ip, bindings)) = publish else {
+                return Ok((ifname, None));
+            };
+            match publish_all(d.as_ref(), &n.id, sandbox_ip, &bindings) {
+                Ok(bound) => Ok((
+                    ifname,
+                    Some(ports::Published {
+                        network_id: n.id.clone(),
+                        sandbox_ip,
+                        ports: bound,
+                    }),
+                )),
+                Err(e) => {
+                    if let Err(cleanup) = d
+                        .leave(&n.id, &ep.id)
+                        .and_then(|()| d.delete_endpoint(&n.id, &ep.id))
+                    {
+                        tracing::warn!(error = %cleanup, "cleanup after failed publish");
                     }
                     Err(e)
                 }
             }
         })
         .await;
-        match joined {
-            Ok(ifname) => endpoint.interface = ifname,
+        let published = match joined {
+            Ok((ifname, published)) => {
+                endpoint.interface = ifname;
+                published
+            }
             Err(e) => {
                 release_all(st.ipam.as_mut());
                 return Err(e);
             }
-        }
+        };
         tracing::info!(
             network = %net.name,
             sandbox = %sb.name,
@@ -921,6 +1050,14 @@ impl Controller {
         if let Some(n) = st.store.networks.get_mut(&nid) {
             n.endpoints.insert(endpoint.id.clone(), endpoint.clone());
         }
+        if let Some(p) = published {
+            tracing::info!(sandbox = %sb.name, ports = ?p.ports, "ports published");
+            if let Some(s) = st.store.sandboxes.get_mut(&sid) {
+                s.published = Some(p);
+            }
+        }
+        self.refresh_names(&st.store, &nid).await;
+        self.refresh_files(&st.store, &sid).await;
         Ok(endpoint)
     }
 
@@ -991,12 +1128,32 @@ impl Controller {
             ))
         })?;
         let driver = self.drivers.get(&net.driver)?;
+        let published = st
+            .store
+            .sandboxes
+            .get(sid)
+            .and_then(|s| s.published.clone())
+            .filter(|p| p.network_id == nid);
         let (n, e) = (nid.to_string(), endpoint.id.clone());
+        let unpublish = published.clone();
         let left = blocking("disconnect", move || {
+            if let Some(p) = unpublish {
+                for b in &p.ports {
+                    if let Err(e) = driver.unpublish(&n, b.binding.proto.nat(), b.host) {
+                        tracing::warn!(error = %e, "unpublishing a port");
+                    }
+                }
+            }
             driver.leave(&n, &e)?;
             driver.delete_endpoint(&n, &e)
         })
         .await;
+        if published.is_some() {
+            // The host sockets are closed whether or not the leave below succeeds.
+            if let Some(s) = st.store.sandboxes.get_mut(sid) {
+                s.published = None;
+            }
+        }
         if let Err(e) = left {
             if !force {
                 return Err(e);
@@ -1016,7 +1173,63 @@ impl Controller {
             n.endpoints.remove(&endpoint.id);
         }
         tracing::info!(network = %net.name, sandbox = %sb_name, "disconnected");
+        self.refresh_names(&st.store, nid).await;
+        self.refresh_files(&st.store, sid).await;
         Ok(())
+    }
+
+    /// Push the names of network `nid` to its gateway's DNS (logged on failure: a
+    /// stale name table must not fail the operation that changed it).
+    async fn refresh_names(&self, store: &Store, nid: &str) {
+        let Some(net) = store.networks.get(nid) else {
+            return;
+        };
+        let Ok(driver) = self.drivers.get(&net.driver) else {
+            return;
+        };
+        if !driver.has_gateway() {
+            return;
+        }
+        let names = sandbox_files::names_for(net, &store.sandboxes);
+        let id = nid.to_string();
+        if let Err(e) = blocking("set DNS names", move || driver.set_names(&id, names)).await {
+            tracing::warn!(network = %net.name, error = %e, "updating DNS names");
+        }
+    }
+
+    /// Rewrite a sandbox's resolv.conf and hosts from the model (logged on failure).
+    async fn refresh_files(&self, store: &Store, sid: &str) {
+        let Some(sb) = store.sandboxes.get(sid).cloned() else {
+            return;
+        };
+        let gateway = sandbox_files::first_gateway(store.networks.values(), sid, |n| {
+            self.drivers.get(&n.driver).is_ok_and(|d| d.has_gateway())
+        });
+        let resolv = sandbox_files::render_resolv_conf(gateway, &self.nameservers);
+        let hosts = sandbox_files::render_hosts(
+            &sb.name,
+            &sandbox_files::addresses(store.networks.values(), sid),
+        );
+        let written = blocking("write sandbox files", move || {
+            if sb.resolv_conf_path.as_os_str().is_empty() {
+                return Ok(());
+            }
+            sandbox_files::write_in_place(&sb.resolv_conf_path, &resolv)
+                .and_then(|()| sandbox_files::write_in_place(&sb.hosts_path, &hosts))
+                .map_err(|e| {
+                    Error::os(
+                        format!("write resolv.conf and hosts of sandbox {}", sb.name),
+                        tapnet_sandbox::Error::Os {
+                            op: "write".into(),
+                            source: e,
+                        },
+                    )
+                })
+        })
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "updating sandbox files");
+        }
     }
 
     /// Counters of a network's switch.
@@ -1050,6 +1263,42 @@ impl Controller {
         })
         .await;
     }
+}
+
+/// Publish every binding at network `nid`'s gateway for `sandbox_ip`; on a failure
+/// unpublish the ones already bound and return the error (409 for a taken port).
+fn publish_all(
+    driver: &dyn Driver,
+    nid: &str,
+    sandbox_ip: IpAddr,
+    bindings: &[PortBinding],
+) -> Result<Vec<ports::BoundPort>> {
+    let mut bound: Vec<ports::BoundPort> = Vec::new();
+    for b in bindings {
+        let spec = tapnet_nat::PublishSpec {
+            host_ip: b.host_ip,
+            host_port: b.host_port,
+            proto: b.proto.nat(),
+            sandbox_ip,
+            sandbox_port: b.port,
+        };
+        match driver.publish(nid, spec) {
+            Ok(host) => bound.push(ports::BoundPort { binding: *b, host }),
+            Err(e) => {
+                for x in &bound {
+                    let _ = driver.unpublish(nid, x.binding.proto.nat(), x.host);
+                }
+                return Err(match e {
+                    Error::Gateway {
+                        source: tapnet_nat::Error::PortInUse { .. },
+                        ..
+                    } => ports::in_use(b),
+                    other => other,
+                });
+            }
+        }
+    }
+    Ok(bound)
 }
 
 /// Name the other network in a pool-overlap error (409).
@@ -1137,7 +1386,11 @@ mod tests {
         let mut reg = DriverRegistry::new();
         reg.register(flaky.clone());
         reg.register(Arc::new(NullDriver));
-        let ctl = Controller::new(reg, Box::new(DefaultIpam::new()), Path::new("/nonexistent"));
+        let ctl = Controller::new(
+            reg,
+            Box::new(DefaultIpam::new()),
+            &std::env::temp_dir().join(format!("tapnet-ctl-test-{}", model::new_id())),
+        );
         (ctl, flaky)
     }
 

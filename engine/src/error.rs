@@ -61,6 +61,16 @@ pub enum Error {
         #[source]
         source: tapnet_switch::runtime::Error,
     },
+    /// The network's gateway refused or could not be reached (HTTP 409 for a host
+    /// port in use, 400 for a request the network cannot take, else 500).
+    #[error("{op}: {source}")]
+    Gateway {
+        /// The operation, e.g. "publish 80/tcp of sb1".
+        op: String,
+        /// The cause.
+        #[source]
+        source: tapnet_nat::Error,
+    },
     /// A blocking task panicked or was cancelled (HTTP 500).
     #[error("{op}: background task failed: {message}")]
     Task {
@@ -91,6 +101,11 @@ impl Error {
                 IpamError::PoolsExhausted | IpamError::Exhausted { .. } => 503,
                 IpamError::UnknownPool(_) => 500,
             },
+            Error::Gateway { source, .. } => match source {
+                tapnet_nat::Error::PortInUse { .. } => 409,
+                tapnet_nat::Error::Internal | tapnet_nat::Error::NotOnNetwork(_) => 400,
+                _ => 500,
+            },
             Error::Os { .. } | Error::Datapath { .. } | Error::Task { .. } => 500,
         }
     }
@@ -106,6 +121,14 @@ impl Error {
     /// Wrap a datapath error with the operation it belongs to.
     pub fn datapath(op: impl Into<String>, source: tapnet_switch::runtime::Error) -> Error {
         Error::Datapath {
+            op: op.into(),
+            source,
+        }
+    }
+
+    /// Wrap a gateway error with the operation it belongs to.
+    pub fn gateway(op: impl Into<String>, source: tapnet_nat::Error) -> Error {
+        Error::Gateway {
             op: op.into(),
             source,
         }

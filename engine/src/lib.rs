@@ -7,6 +7,9 @@
 //! * [`driver`]: the `Driver` trait, its registry, and the `bridge`, `null` and `host`
 //!   drivers.
 //! * [`controller`]: the CNM `NetworkController`, serializing every mutation.
+//! * [`ports`]: published ports (Docker's `PortBindings`), parsing and checks.
+//! * [`sandbox_files`]: a sandbox's resolv.conf and hosts, and the DNS names of a
+//!   network.
 //! * [`api`]: the Docker-compatible HTTP API on a unix socket (`docs/api.md`).
 //! * [`error`]: the error enum and its single mapping to HTTP status codes.
 #![forbid(unsafe_code)]
@@ -17,6 +20,8 @@ pub mod driver;
 pub mod error;
 pub mod ipam;
 pub mod model;
+pub mod ports;
+pub mod sandbox_files;
 
 pub use controller::Controller;
 pub use error::{Error, Result};

@@ -49,6 +49,10 @@ struct Args {
     /// pools 172.17-31.0.0/16 and 192.168.0.0/16 as /20s).
     #[arg(long = "default-address-pool", value_name = "base=CIDR,size=N", value_parser = DefaultPool::parse)]
     default_address_pools: Vec<DefaultPool>,
+    /// Upstream DNS server of the gateways' embedded DNS (repeatable; default: the
+    /// nameservers of the host's /etc/resolv.conf, loopback ones skipped).
+    #[arg(long = "dns", value_name = "IP")]
+    dns: Vec<std::net::IpAddr>,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -121,11 +125,30 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(args.exec_root.join("netns"))
         .with_context(|| format!("create exec root {}", args.exec_root.display()))?;
 
+    let dns = if args.dns.is_empty() {
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let found = tapnet_engine::sandbox_files::parse_nameservers(&host);
+        if found.is_empty() {
+            tracing::warn!(
+                "no usable nameserver in /etc/resolv.conf (loopback ones are skipped); \
+                 names outside the networks will get SERVFAIL: give --dns IP"
+            );
+        }
+        found
+    } else {
+        args.dns.clone()
+    };
+    tracing::info!(?dns, "upstream DNS servers");
+    let upstream: Vec<std::net::SocketAddr> = dns
+        .iter()
+        .map(|ip| std::net::SocketAddr::new(*ip, 53))
+        .collect();
     let workers = args.workers;
     let bridge = tokio::task::spawn_blocking(move || BridgeDriver::start(workers))
         .await
         .context("start datapath")?
-        .context("start datapath")?;
+        .context("start datapath")?
+        .with_upstream_dns(upstream);
     let mut drivers = DriverRegistry::new();
     drivers.register(Arc::new(bridge));
     drivers.register(Arc::new(NullDriver));
@@ -138,7 +161,8 @@ async fn main() -> anyhow::Result<()> {
     let routes = host_routes().await;
     tracing::debug!(?routes, "host routes avoided by default pools");
     let ipam = DefaultIpam::with_default_pools(pools).avoid(routes);
-    let controller = Arc::new(Controller::new(drivers, Box::new(ipam), &args.exec_root));
+    let controller =
+        Arc::new(Controller::new(drivers, Box::new(ipam), &args.exec_root).with_nameservers(dns));
     let bridge_cfg = DefaultBridge::from_flags(args.bip, args.fixed_cidr);
     if let Err(e) = controller.ensure_default_networks(&bridge_cfg).await {
         controller.shutdown().await;

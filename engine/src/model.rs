@@ -133,6 +133,20 @@ impl Network {
         }
     }
 
+    /// Inter-container communication (`com.docker.network.bridge.enable_icc`, default true).
+    pub fn icc(&self) -> Result<bool> {
+        self.options
+            .get(ICC_OPTION)
+            .map_or(Ok(true), |v| parse_bool_option(ICC_OPTION, v))
+    }
+
+    /// Anti-spoofing on endpoint ports (`com.tapnet.port_security`, default true).
+    pub fn port_security(&self) -> Result<bool> {
+        self.options
+            .get(PORT_SECURITY_OPTION)
+            .map_or(Ok(true), |v| parse_bool_option(PORT_SECURITY_OPTION, v))
+    }
+
     /// The endpoint joining `sandbox_id`, if any.
     pub fn endpoint_of(&self, sandbox_id: &str) -> Option<&Endpoint> {
         self.endpoints.values().find(|e| e.sandbox_id == sandbox_id)
@@ -169,6 +183,23 @@ pub fn is_predefined(name: &str) -> bool {
 
 /// The driver option that sets the endpoints' MTU.
 pub const MTU_OPTION: &str = "com.docker.network.driver.mtu";
+
+/// The driver option that turns inter-container communication off (Docker's).
+pub const ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
+
+/// The driver option that turns anti-spoofing on endpoint ports off.
+pub const PORT_SECURITY_OPTION: &str = "com.tapnet.port_security";
+
+/// Parse a boolean driver option as Go's `strconv.ParseBool` (what dockerd uses).
+pub fn parse_bool_option(name: &str, v: &str) -> Result<bool> {
+    match v.trim() {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(Error::InvalidRequest(format!(
+            "invalid {name} {v:?}: give true or false"
+        ))),
+    }
+}
 
 /// Parse and check an MTU option value.
 pub fn parse_mtu(v: &str) -> Result<u32> {
@@ -245,8 +276,9 @@ pub fn parse_endpoint_mac(s: &str) -> std::result::Result<[u8; 6], String> {
     Ok(mac)
 }
 
-/// A sandbox (CNM `Sandbox`): a network namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A sandbox (CNM `Sandbox`): a network namespace, its resolv.conf/hosts and its
+/// published ports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sandbox {
     /// 64-hex id.
     pub id: String,
@@ -258,6 +290,19 @@ pub struct Sandbox {
     pub owned: bool,
     /// Creation time, RFC 3339.
     pub created: String,
+    /// The sandbox's `resolv.conf` (under `<exec-root>/sandboxes/<id>/`).
+    #[serde(default)]
+    pub resolv_conf_path: PathBuf,
+    /// The sandbox's `hosts` file.
+    #[serde(default)]
+    pub hosts_path: PathBuf,
+    /// Requested published ports.
+    #[serde(default)]
+    pub port_bindings: Vec<crate::ports::PortBinding>,
+    /// Where the ports are bound (`None` until the sandbox joins a non-internal
+    /// bridge network).
+    #[serde(default)]
+    pub published: Option<crate::ports::Published>,
 }
 
 /// The model: every network and sandbox. In memory for now; the persistence seam.

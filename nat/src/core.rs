@@ -155,6 +155,11 @@ impl Core {
         }
     }
 
+    /// Replace the subnets (and addresses) routing to which is refused.
+    pub fn set_isolated(&mut self, subnets: Vec<IpNet>) {
+        self.cfg.isolated_subnets = subnets;
+    }
+
     /// True if routing to `ip` is refused by isolation.
     pub fn is_isolated(&self, ip: IpAddr) -> bool {
         self.cfg.isolated_subnets.iter().any(|n| n.contains(&ip))

@@ -59,6 +59,7 @@ type Reply<T> = Sender<Result<T, Error>>;
 
 enum Command {
     SetNames(Vec<NameRecord>),
+    SetIsolated(Vec<IpNet>),
     Publish {
         spec: PublishSpec,
         bound: SocketAddr,
@@ -157,6 +158,16 @@ impl GatewayHandle {
     pub fn set_names(&self, names: Vec<NameRecord>) -> Result<(), Error> {
         self.tx
             .send(Command::SetNames(names))
+            .map_err(|_| Error::Gone)?;
+        self.waker.wake().map_err(io_err("wake gateway"))
+    }
+
+    /// Replace the subnets (and addresses, as /32 or /128) the gateway must not route
+    /// to: [`Config::isolated_subnets`] while the gateway runs. Flows already open
+    /// are left alone; new ones are judged by the new list.
+    pub fn set_isolated(&self, subnets: Vec<IpNet>) -> Result<(), Error> {
+        self.tx
+            .send(Command::SetIsolated(subnets))
             .map_err(|_| Error::Gone)?;
         self.waker.wake().map_err(io_err("wake gateway"))
     }
@@ -1401,6 +1412,7 @@ impl Worker {
                 Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return false,
                 Err(TryRecvError::Empty) => return true,
                 Ok(Command::SetNames(n)) => self.names.set(n),
+                Ok(Command::SetIsolated(n)) => self.core.set_isolated(n),
                 Ok(Command::Publish {
                     spec,
                     bound,

@@ -199,3 +199,134 @@ pub fn enter_for_exec(path: &Path) -> Result<()> {
     setns(ns.file(), CloneFlags::CLONE_NEWNET)
         .map_err(|e| os_err(format!("enter netns {}", path.display()), e))
 }
+
+/// A file bind-mounted over another for the command `tapnet exec` runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMount {
+    /// The file shown (e.g. the sandbox's resolv.conf).
+    pub source: PathBuf,
+    /// Where it is shown (e.g. `/etc/resolv.conf`).
+    pub target: PathBuf,
+}
+
+/// Where a bind mount over `target` has to go: the file itself, or, when `target` is
+/// a symlink (`/etc/resolv.conf` → `../run/systemd/resolve/stub-resolv.conf`), the
+/// file it finally points to (mounts follow symlinks; binding over the link's target
+/// is what readers of the link see). A dangling link is an error naming both paths.
+pub fn mount_target(target: &Path) -> Result<PathBuf> {
+    match std::fs::symlink_metadata(target) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(target).map_err(|e| {
+            os_err(
+                format!(
+                    "{} is a symlink whose target does not exist ({}); cannot bind over it",
+                    target.display(),
+                    std::fs::read_link(target)
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                ),
+                e,
+            )
+        }),
+        Ok(_) => Ok(target.to_path_buf()),
+        Err(e) => Err(os_err(format!("stat {}", target.display()), e)),
+    }
+}
+
+/// Like [`enter_for_exec`], but first give the process a private mount namespace
+/// (`unshare(CLONE_NEWNS)`, `/` made recursively private so nothing propagates back to
+/// the host) in which each [`FileMount`] source is bind-mounted over its target, as
+/// `ip netns exec` does with `/etc/netns/NAME/`; then enter the network namespace and
+/// mount a sysfs of it over `/sys` (best effort). The process must be single-threaded.
+pub fn enter_for_exec_with_files(path: &Path, files: &[FileMount]) -> Result<()> {
+    let ns = Netns::open(path)?;
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| os_err("unshare(CLONE_NEWNS)", e))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| os_err("make / recursively private", e))?;
+    for f in files {
+        let target = mount_target(&f.target)?;
+        mount(
+            Some(&f.source),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            os_err(
+                format!(
+                    "bind-mount {} over {}",
+                    f.source.display(),
+                    target.display()
+                ),
+                e,
+            )
+        })?;
+    }
+    setns(ns.file(), CloneFlags::CLONE_NEWNET)
+        .map_err(|e| os_err(format!("enter netns {}", path.display()), e))?;
+    remount_sys();
+    Ok(())
+}
+
+/// As `ip netns exec` does: replace `/sys` (in the private mount namespace) with a
+/// sysfs mounted from inside the network namespace, so `/sys/class/net` lists the
+/// sandbox's interfaces. Best effort: where sysfs cannot be mounted (no privilege
+/// over the namespace) the old `/sys` stays.
+fn remount_sys() {
+    let fresh = mount(
+        Some("sysfs"),
+        "/sys",
+        Some("sysfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    );
+    if fresh.is_ok() {
+        // The new sysfs is stacked over the old one; that is all readers see.
+        return;
+    }
+    if umount2("/sys", MntFlags::MNT_DETACH).is_ok()
+        && mount(
+            Some("sysfs"),
+            "/sys",
+            Some("sysfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .is_err()
+    {
+        tracing::debug!("cannot mount sysfs for the sandbox; /sys is gone in this command");
+    }
+}
+
+#[cfg(test)]
+mod file_mount_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn mount_target_follows_symlinks() {
+        let dir = std::env::temp_dir().join(format!("tapnet-mt-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("run")).unwrap();
+        let real = dir.join("run/stub.conf");
+        std::fs::write(&real, "x").unwrap();
+        let link = dir.join("resolv.conf");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("run/stub.conf", &link).unwrap();
+        assert_eq!(
+            mount_target(&link).unwrap(),
+            std::fs::canonicalize(&real).unwrap()
+        );
+        assert_eq!(mount_target(&real).unwrap(), real);
+        std::fs::remove_file(&real).unwrap();
+        let e = mount_target(&link).unwrap_err().to_string();
+        assert!(e.contains("symlink whose target does not exist"), "{e}");
+        assert!(mount_target(&dir.join("nope")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,27 +1,34 @@
 //! `tapnet exec SANDBOX [--] CMD [ARGS...]`: run a command in a sandbox's namespace.
 //!
-//! The sandbox's namespace path comes from the daemon; then the tokio runtime is
-//! dropped so the process is single-threaded, the process enters the namespace
-//! ([`tapnet_sandbox::netns::enter_for_exec`]) and replaces itself with CMD, so the
-//! exit status is CMD's. Like docker: 127 if CMD is not found, 126 if it cannot run.
+//! The sandbox's namespace path and its resolv.conf/hosts come from the daemon; then
+//! the tokio runtime is dropped so the process is single-threaded, the process gets a
+//! private mount namespace with the sandbox's files bind-mounted over /etc/resolv.conf
+//! and /etc/hosts, enters the network namespace
+//! ([`tapnet_sandbox::netns::enter_for_exec_with_files`]) and replaces itself with
+//! CMD, so the exit status is CMD's. Like docker: 127 if CMD is not found, 126 if it
+//! cannot run.
 
 use super::{runtime, Exit};
 use crate::args::ExecArgs;
 use crate::client::{seg, Client};
 use crate::output::str_of;
+use serde_json::Value;
 use std::io;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use tapnet_sandbox::netns::FileMount;
 
 /// Look up the sandbox, enter its namespace and exec the command. Returns only on failure.
 pub fn run(client: &Client, args: ExecArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
-    let netns = rt.block_on(netns_path(client, &args.sandbox))?;
-    // No runtime, no threads: setns(CLONE_NEWNET) then applies to the whole process.
+    let sb = rt.block_on(sandbox_object(client, &args.sandbox))?;
+    let netns = netns_of(&sb, &args.sandbox)?;
+    let files = file_mounts(&sb);
+    // No runtime, no threads: unshare/setns then apply to the whole process.
     drop(rt);
 
-    if let Err(e) = tapnet_sandbox::netns::enter_for_exec(&netns) {
+    if let Err(e) = tapnet_sandbox::netns::enter_for_exec_with_files(&netns, &files) {
         let hint = match &e {
             tapnet_sandbox::Error::Os { source, .. }
                 if source.kind() == io::ErrorKind::PermissionDenied =>
@@ -47,13 +54,44 @@ pub fn run(client: &Client, args: ExecArgs) -> anyhow::Result<()> {
     Err(Exit(code).into())
 }
 
-/// `GET /sandboxes/{id}` → its `NetnsPath`.
-async fn netns_path(client: &Client, sandbox: &str) -> anyhow::Result<PathBuf> {
+/// `GET /sandboxes/{id}`.
+async fn sandbox_object(client: &Client, sandbox: &str) -> anyhow::Result<Value> {
     let (_, v) = client.get(&format!("/sandboxes/{}", seg(sandbox))).await?;
-    match str_of(&v, "NetnsPath") {
+    Ok(v)
+}
+
+/// A sandbox object's `NetnsPath`.
+fn netns_of(v: &Value, sandbox: &str) -> anyhow::Result<PathBuf> {
+    match str_of(v, "NetnsPath") {
         "" => anyhow::bail!("the daemon gave no NetnsPath for sandbox {sandbox}"),
         p => Ok(PathBuf::from(p)),
     }
+}
+
+/// `GET /sandboxes/{id}` → its `NetnsPath`.
+#[cfg(test)]
+async fn netns_path(client: &Client, sandbox: &str) -> anyhow::Result<PathBuf> {
+    netns_of(&sandbox_object(client, sandbox).await?, sandbox)
+}
+
+/// The sandbox's resolv.conf and hosts over /etc/resolv.conf and /etc/hosts; a file
+/// the daemon does not name, or a host without that /etc file, is skipped.
+pub fn file_mounts(sb: &Value) -> Vec<FileMount> {
+    [
+        ("ResolvConfPath", "/etc/resolv.conf"),
+        ("HostsPath", "/etc/hosts"),
+    ]
+    .iter()
+    .filter_map(|(key, target)| {
+        let src = str_of(sb, key);
+        let target = Path::new(target);
+        let present = std::fs::symlink_metadata(target).is_ok();
+        (!src.is_empty() && present && Path::new(src).exists()).then(|| FileMount {
+            source: PathBuf::from(src),
+            target: target.to_path_buf(),
+        })
+    })
+    .collect()
 }
 
 /// The message and exit code for a failed exec of `prog`, docker style.

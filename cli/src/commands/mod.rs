@@ -7,6 +7,7 @@
 pub mod completion;
 pub mod exec;
 pub mod network;
+pub mod run;
 pub mod sandbox;
 
 use crate::args::{Cli, Command};
@@ -53,9 +54,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let client = Client::from_host(&cli.host)?;
-    if let Command::Exec(args) = cli.command {
-        return exec::run(&client, args);
-    }
+    let command = match cli.command {
+        Command::Exec(args) => return exec::run(&client, args),
+        Command::Run(args) => return run::run(&client, &cli.host, args),
+        other => other,
+    };
     let rt = runtime()?;
     let mut stdout = io::stdout().lock();
     let mut stderr = io::stderr().lock();
@@ -64,10 +67,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         err: &mut stderr,
     };
     let res = rt.block_on(async {
-        match cli.command {
+        match command {
             Command::Network(cmd) => network::run(&client, cmd, &mut o).await,
             Command::Sandbox(cmd) => sandbox::run(&client, cmd, &mut o).await,
-            Command::Exec(_) | Command::Completion(_) => Ok(()),
+            Command::Port(a) => sandbox::port(&client, &a, &mut o).await,
+            Command::Exec(_) | Command::Run(_) | Command::Completion(_) => Ok(()),
         }
     });
     o.out.flush()?;

@@ -325,11 +325,57 @@ pub fn stats_output(stats: &Value, a: &SwitchArgs) -> String {
             ]
         })
         .collect();
-    table(
+    let mut text = table(
         &[
             "ENDPOINT", "SANDBOX", "IFACE", "RX-PKTS", "RX-BYTES", "TX-PKTS", "TX-BYTES", "DROPS",
         ],
         &rows,
+    );
+    if let Some(g) = stats.get("Gateway") {
+        text.push_str(&gateway_line(g));
+    }
+    text
+}
+
+/// The `gateway:` line of `network stats`: frames, flows (active/total), DNS, drops
+/// (total, then the non-zero reasons).
+pub fn gateway_line(g: &Value) -> String {
+    let flow = |p: &str| {
+        let f = g.get("Flows").and_then(|f| f.get(p));
+        let n = |k: &str| {
+            f.and_then(|f| f.get(k))
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        };
+        format!("{p} {}/{}", n("Active"), n("Total"))
+    };
+    let mut reasons: Vec<String> = g
+        .get("Drops")
+        .and_then(Value::as_object)
+        .map(|d| {
+            d.iter()
+                .filter_map(|(k, v)| v.as_u64().filter(|n| *n > 0).map(|n| format!("{k}={n}")))
+                .collect()
+        })
+        .unwrap_or_default();
+    reasons.sort();
+    let total = drops(g);
+    let detail = if reasons.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", reasons.join(" "))
+    };
+    format!(
+        "gateway: frames in {} out {}; flows {} {} {} (active/total), limit hits {}; dns local {} forwarded {} servfail {}; drops {total}{detail}\n",
+        num_of(g, "FramesIn"),
+        num_of(g, "FramesOut"),
+        flow("tcp"),
+        flow("udp"),
+        flow("icmp"),
+        num_of(g, "FlowLimitHits"),
+        num_of(g, "DnsLocal"),
+        num_of(g, "DnsForwarded"),
+        num_of(g, "DnsServfail"),
     )
 }
 

@@ -2,7 +2,7 @@
 
 use super::network::array;
 use super::{inspect_each, remove_each, Out};
-use crate::args::{ListArgs, ListFormat, SandboxCmd, SandboxCreate};
+use crate::args::{ListArgs, ListFormat, Publish, SandboxCmd, SandboxCreate};
 use crate::client::Client;
 use crate::output::{short_id, str_of, table};
 use serde_json::{json, Value};
@@ -25,6 +25,9 @@ pub async fn run(c: &Client, cmd: SandboxCmd, o: &mut Out<'_>) -> anyhow::Result
 /// the daemon does not share our working directory.
 pub fn create_body(a: &SandboxCreate) -> anyhow::Result<Value> {
     let mut body = json!({"Name": a.name});
+    if !a.publish.is_empty() {
+        body["PortBindings"] = port_bindings(&a.publish);
+    }
     if let Some(p) = &a.netns {
         let abs = std::path::absolute(p)?;
         let Some(s) = abs.to_str() else {
@@ -33,6 +36,78 @@ pub fn create_body(a: &SandboxCreate) -> anyhow::Result<Value> {
         body["NetnsPath"] = Value::String(s.to_string());
     }
     Ok(body)
+}
+
+/// Docker's `PortBindings` for `-p` specs: `{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}`.
+pub fn port_bindings(specs: &[Publish]) -> Value {
+    let mut map = serde_json::Map::new();
+    for p in specs {
+        let entry = map
+            .entry(format!("{}/{}", p.port, p.proto))
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(list) = entry {
+            list.push(json!({
+                "HostIp": p.host_ip.map(|a| a.to_string()).unwrap_or_default(),
+                "HostPort": p.host_port.map(|h| h.to_string()).unwrap_or_default(),
+            }));
+        }
+    }
+    Value::Object(map)
+}
+
+/// What `tapnet port` prints for a sandbox object: `80/tcp -> 0.0.0.0:8080` per bound
+/// host address, by port number; only `filter` (`80` or `80/tcp`) if given.
+pub fn port_output(sb: &Value, filter: Option<&str>) -> String {
+    let mut rows: Vec<(u32, String, String)> = Vec::new();
+    let Some(ports) = sb.get("Ports").and_then(Value::as_object) else {
+        return String::new();
+    };
+    let filter = filter.map(|f| {
+        if f.contains('/') {
+            f.to_ascii_lowercase()
+        } else {
+            format!("{f}/tcp")
+        }
+    });
+    for (key, hosts) in ports {
+        if filter.as_deref().is_some_and(|f| f != key) {
+            continue;
+        }
+        let num: u32 = key
+            .split('/')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u32::MAX);
+        for h in hosts.as_array().map_or(&[][..], Vec::as_slice) {
+            let ip = str_of(h, "HostIp");
+            let port = str_of(h, "HostPort");
+            let host = if ip.contains(':') {
+                format!("[{ip}]:{port}")
+            } else {
+                format!("{ip}:{port}")
+            };
+            rows.push((num, key.clone(), host));
+        }
+    }
+    rows.sort();
+    rows.into_iter()
+        .map(|(_, k, h)| format!("{k} -> {h}\n"))
+        .collect()
+}
+
+/// `tapnet port SANDBOX [PORT]`.
+pub async fn port(c: &Client, a: &crate::args::PortArgs, o: &mut Out<'_>) -> anyhow::Result<()> {
+    let (_, v) = c
+        .get(&format!("/sandboxes/{}", crate::client::seg(&a.sandbox)))
+        .await?;
+    let text = port_output(&v, a.port.as_deref());
+    if text.is_empty() {
+        if let Some(p) = &a.port {
+            anyhow::bail!("no public port '{p}' published for {}", a.sandbox);
+        }
+    }
+    write!(o.out, "{text}")?;
+    Ok(())
 }
 
 async fn create(c: &Client, a: &SandboxCreate, o: &mut Out<'_>) -> anyhow::Result<()> {
@@ -109,6 +184,54 @@ mod tests {
             SandboxCmd::Ls(a) => a,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn create_body_with_ports() {
+        let SandboxCmd::Create(a) = cmd(&[
+            "create",
+            "-p",
+            "8080:80",
+            "-p",
+            "127.0.0.1::80",
+            "-p",
+            "53/udp",
+            "sb",
+        ]) else {
+            panic!()
+        };
+        let b = create_body(&a).unwrap();
+        assert_eq!(
+            b["PortBindings"],
+            json!({
+                "80/tcp": [{"HostIp": "", "HostPort": "8080"}, {"HostIp": "127.0.0.1", "HostPort": ""}],
+                "53/udp": [{"HostIp": "", "HostPort": ""}],
+            })
+        );
+        let SandboxCmd::Create(a) = cmd(&["create", "sb"]) else {
+            panic!()
+        };
+        assert!(create_body(&a).unwrap().get("PortBindings").is_none());
+    }
+
+    #[test]
+    fn port_lines() {
+        let sb = json!({"Ports": {
+            "8080/tcp": [{"HostIp": "0.0.0.0", "HostPort": "1"}],
+            "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}, {"HostIp": "::", "HostPort": "8081"}],
+            "53/udp": [{"HostIp": "127.0.0.1", "HostPort": "5353"}],
+            "9/tcp": null,
+        }});
+        assert_eq!(
+            port_output(&sb, None),
+            "53/udp -> 127.0.0.1:5353\n80/tcp -> 0.0.0.0:8080\n80/tcp -> [::]:8081\n8080/tcp -> 0.0.0.0:1\n"
+        );
+        assert_eq!(
+            port_output(&sb, Some("53/udp")),
+            "53/udp -> 127.0.0.1:5353\n"
+        );
+        assert_eq!(port_output(&sb, Some("8080")), "8080/tcp -> 0.0.0.0:1\n");
+        assert_eq!(port_output(&json!({}), None), "");
     }
 
     fn sbs() -> Vec<Value> {

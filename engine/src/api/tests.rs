@@ -64,7 +64,7 @@ fn harness() -> Harness {
     let ctl = Controller::new(
         reg,
         Box::new(DefaultIpam::new()),
-        std::path::Path::new("/nonexistent"),
+        &std::env::temp_dir().join(format!("tapnet-api-test-{}", crate::model::new_id())),
     );
     Harness {
         router: router(Arc::new(ctl)),
@@ -246,7 +246,17 @@ async fn network_shape_matches_docs() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(
         keys(&v),
-        ["Created", "Endpoints", "Id", "Name", "NetnsPath", "Owned"]
+        [
+            "Created",
+            "Endpoints",
+            "HostsPath",
+            "Id",
+            "Name",
+            "NetnsPath",
+            "Owned",
+            "Ports",
+            "ResolvConfPath"
+        ]
     );
     assert_eq!(v["Owned"], false);
     assert_eq!(v["NetnsPath"], "/proc/self/ns/net");

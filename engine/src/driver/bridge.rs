@@ -8,6 +8,15 @@
 //! tap so the interface disappears from the sandbox. Every step that fails undoes
 //! the steps before it.
 //!
+//! Each network also gets a userspace gateway (`tapnet_nat`): a `DatagramPort` pair, one
+//! end attached to the switch with [`PortRole::Gateway`], the other run by
+//! [`tapnet_nat::Gateway`] with MAC `02:42:<gateway IPv4>`, the network's gateway
+//! addresses, MTU, `internal` flag and the daemon's upstream DNS servers. Every
+//! gateway's isolation list is every other bridge network's subnets and gateway
+//! addresses, kept current as networks come and go. Endpoint ports get a
+//! [`PortPolicy`] (anti-spoofing on unless `com.tapnet.port_security=false`); the
+//! switch's ICC follows `com.docker.network.bridge.enable_icc`.
+//!
 //! The tap is shared between the switch port ([`TapPort`]) and the driver through an
 //! `Arc`: once the switch hands the port back, the driver holds the only reference
 //! and can destroy the device.
@@ -15,15 +24,24 @@
 use super::{Driver, FdbRow, NetworkReport, PortReport};
 use crate::error::{Error, Result};
 use crate::model::{Endpoint, Network};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
+use tapnet_nat::{Gateway, GatewayHandle, NameRecord, Proto, PublishSpec};
 use tapnet_sandbox::netns::Netns;
 use tapnet_sandbox::tap::{self, Tap, TapConfig};
-use tapnet_switch::core::{PortId, SwitchConfig};
-use tapnet_switch::runtime::{Datapath, FrameIo, NetworkHandle, PortStats};
+use tapnet_switch::core::{MacAddr, PortId, PortOptions, PortPolicy, PortRole, SwitchConfig};
+use tapnet_switch::runtime::{DatagramPort, Datapath, FrameIo, NetworkHandle, PortStats};
+
+/// Socket buffer asked for on both ends of the switch↔gateway socketpair. A 64 KiB
+/// GSO super-frame costs its full size in the sender's buffer; the default
+/// (`net.core.wmem_default`, about 208 KiB) holds three of them.
+pub const GATEWAY_SOCKET_BUFFER: usize = 8 << 20;
 
 /// `txqueuelen` of endpoint taps: large enough that a TCP window never overflows.
 pub const TAP_TXQUEUELEN: u32 = 10_000;
@@ -56,11 +74,21 @@ struct BridgePort {
 struct BridgeNetwork {
     handle: NetworkHandle,
     ports: HashMap<String, BridgePort>,
+    /// The gateway; `None` only while a network is being torn down.
+    gateway: Option<GatewayHandle>,
+    /// The gateway's switch port.
+    gateway_port: PortId,
+    /// This network's subnets and gateway addresses (what other gateways isolate).
+    own: Vec<IpNet>,
+    /// Anti-spoofing on endpoint ports.
+    port_security: bool,
 }
 
 /// The `bridge` driver (see the module doc).
 pub struct BridgeDriver {
     datapath: Mutex<Option<Datapath>>,
+    /// Upstream DNS servers of every gateway.
+    upstream_dns: Vec<SocketAddr>,
     /// When the datapath was started: workers measure FDB times from (about) here.
     started: Instant,
     networks: Mutex<HashMap<String, BridgeNetwork>>,
@@ -107,9 +135,16 @@ impl BridgeDriver {
     pub fn with_datapath(datapath: Datapath, started: Instant) -> BridgeDriver {
         BridgeDriver {
             datapath: Mutex::new(Some(datapath)),
+            upstream_dns: Vec::new(),
             started,
             networks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Use these upstream DNS servers for the gateways of networks created from now on.
+    pub fn with_upstream_dns(mut self, servers: Vec<SocketAddr>) -> BridgeDriver {
+        self.upstream_dns = servers;
+        self
     }
 
     fn unknown(network_id: &str) -> Error {
@@ -130,30 +165,112 @@ impl Driver for BridgeDriver {
     }
 
     fn create_network(&self, network: &Network) -> Result<()> {
+        let icc = network.icc()?;
+        let port_security = network.port_security()?;
+        let (gw4, subnet) = match (network.gateway, network.subnet) {
+            (Some(g), Some(s)) => (g, s),
+            _ => {
+                return Err(Error::InvalidRequest(format!(
+                    "bridge network {} has no IPv4 subnet and gateway",
+                    network.name
+                )))
+            }
+        };
+        let mtu = u16::try_from(network.mtu()?).unwrap_or(u16::MAX);
+        let op = || format!("create switch for network {}", network.name);
         let handle = {
             let dp = lock(&self.datapath);
             let dp = dp.as_ref().ok_or(Error::datapath(
-                format!("create switch for network {}", network.name),
+                op(),
                 tapnet_switch::runtime::Error::WorkerGone,
             ))?;
-            dp.add_network(SwitchConfig::default()).map_err(|e| {
-                Error::datapath(format!("create switch for network {}", network.name), e)
-            })?
+            dp.add_network(SwitchConfig {
+                icc,
+                ..SwitchConfig::default()
+            })
+            .map_err(|e| Error::datapath(op(), e))?
         };
-        lock(&self.networks).insert(
+        let own = own_nets(network);
+        let mut nets = lock(&self.networks);
+        let isolated: Vec<IpNet> = nets.values().flat_map(|n| n.own.clone()).collect();
+        let mut cfg = tapnet_nat::Config::new(crate::model::mac_for(gw4), gw4, subnet.prefix_len());
+        cfg.ipv6 = network
+            .ipv6
+            .as_ref()
+            .map(|c| (c.gateway, c.subnet.prefix_len()));
+        cfg.mtu = mtu;
+        cfg.internal = network.internal;
+        cfg.upstream_dns = self.upstream_dns.clone();
+        cfg.dns_suffixes = Vec::new();
+        cfg.isolated_subnets = isolated;
+        let started = (|| {
+            let (port, peer) = gateway_pair().map_err(|e| {
+                Error::os(
+                    format!("create the gateway socket pair of network {}", network.name),
+                    tapnet_sandbox::Error::Os {
+                        op: "socketpair".into(),
+                        source: e,
+                    },
+                )
+            })?;
+            let (gw_port, _) = handle
+                .add_port_with(
+                    Box::new(port),
+                    PortOptions {
+                        role: PortRole::Gateway,
+                        policy: None,
+                    },
+                )
+                .map_err(|e| {
+                    Error::datapath(format!("attach the gateway of network {}", network.name), e)
+                })?;
+            match Gateway::spawn(cfg, peer) {
+                Ok(gw) => Ok((gw_port, gw)),
+                Err(e) => {
+                    let _ = handle.remove_port(gw_port);
+                    Err(Error::gateway(
+                        format!("start the gateway of network {}", network.name),
+                        e,
+                    ))
+                }
+            }
+        })();
+        let (gateway_port, gateway) = match started {
+            Ok(x) => x,
+            Err(e) => {
+                drop(nets);
+                if let Err(r) = handle.remove() {
+                    tracing::warn!(error = %r, "removing switch after a failed gateway start");
+                }
+                return Err(e);
+            }
+        };
+        nets.insert(
             network.id.clone(),
             BridgeNetwork {
                 handle,
                 ports: HashMap::new(),
+                gateway: Some(gateway),
+                gateway_port,
+                own,
+                port_security,
             },
         );
+        refresh_isolation(&nets);
         Ok(())
     }
 
     fn delete_network(&self, network_id: &str) -> Result<()> {
-        let net = lock(&self.networks)
+        let mut nets = lock(&self.networks);
+        let mut net = nets
             .remove(network_id)
             .ok_or_else(|| Self::unknown(network_id))?;
+        refresh_isolation(&nets);
+        drop(nets);
+        if let Some(gw) = net.gateway.take() {
+            gw.shutdown();
+        }
+        let _ = net.handle.remove_port(net.gateway_port);
         for (ep, port) in net.ports {
             // Not expected (the controller leaves first), but never leak a tap.
             let _ = net.handle.remove_port(port.port);
@@ -162,6 +279,58 @@ impl Driver for BridgeDriver {
         net.handle
             .remove()
             .map_err(|e| Error::datapath(format!("remove switch of network {network_id}"), e))
+    }
+
+    fn has_gateway(&self) -> bool {
+        true
+    }
+
+    fn set_names(&self, network_id: &str, names: Vec<NameRecord>) -> Result<()> {
+        let nets = lock(&self.networks);
+        let net = nets
+            .get(network_id)
+            .ok_or_else(|| Self::unknown(network_id))?;
+        match &net.gateway {
+            Some(gw) => gw
+                .set_names(names)
+                .map_err(|e| Error::gateway(format!("set DNS names of network {network_id}"), e)),
+            None => Ok(()),
+        }
+    }
+
+    fn publish(&self, network_id: &str, spec: PublishSpec) -> Result<SocketAddr> {
+        let nets = lock(&self.networks);
+        let net = nets
+            .get(network_id)
+            .ok_or_else(|| Self::unknown(network_id))?;
+        let gw = net
+            .gateway
+            .as_ref()
+            .ok_or_else(|| Self::unknown(network_id))?;
+        gw.publish(spec).map_err(|e| {
+            Error::gateway(
+                format!(
+                    "publish {}/{} of {}",
+                    spec.sandbox_port,
+                    proto_name(spec.proto),
+                    spec.sandbox_ip
+                ),
+                e,
+            )
+        })
+    }
+
+    fn unpublish(&self, network_id: &str, proto: Proto, addr: SocketAddr) -> Result<()> {
+        let nets = lock(&self.networks);
+        let net = nets
+            .get(network_id)
+            .ok_or_else(|| Self::unknown(network_id))?;
+        match &net.gateway {
+            Some(gw) => gw
+                .unpublish(proto, addr)
+                .map_err(|e| Error::gateway(format!("unpublish {addr}/{}", proto_name(proto)), e)),
+            None => Ok(()),
+        }
     }
 
     fn join(
@@ -201,7 +370,14 @@ impl Driver for BridgeDriver {
         let tap = Tap::create(sandbox, &cfg)
             .map_err(|e| Error::os(format!("create tap {name} in sandbox {sandbox_name}"), e))?;
         let tap = Arc::new(tap);
-        match net.handle.add_port(Box::new(TapPort(Arc::clone(&tap)))) {
+        let opts = PortOptions {
+            role: PortRole::Endpoint,
+            policy: Some(endpoint_policy(endpoint, mac, net.port_security)),
+        };
+        match net
+            .handle
+            .add_port_with(Box::new(TapPort(Arc::clone(&tap))), opts)
+        {
             Ok((port, stats)) => {
                 net.ports
                     .insert(endpoint.id.clone(), BridgePort { port, stats, tap });
@@ -263,6 +439,7 @@ impl Driver for BridgeDriver {
             fdb_entries: fdb.len(),
             fdb_limit_hits: counters.fdb_limit_hits,
             ports,
+            gateway: net.gateway.as_ref().map(GatewayHandle::stats),
         })
     }
 
@@ -297,8 +474,78 @@ impl Driver for BridgeDriver {
     fn shutdown(&self) {
         if let Some(dp) = lock(&self.datapath).take() {
             // Ports are dropped, not destroyed: the persistent taps stay in their sandboxes.
-            lock(&self.networks).clear();
+            // Gateways stop (their host sockets close) when their handles drop.
+            let nets: Vec<BridgeNetwork> = lock(&self.networks).drain().map(|(_, n)| n).collect();
+            drop(nets);
             dp.shutdown();
         }
+    }
+}
+
+/// The policy of an endpoint's port: its MAC and addresses, anti-spoofing as configured.
+fn endpoint_policy(endpoint: &Endpoint, mac: [u8; 6], port_security: bool) -> PortPolicy {
+    let mut p = PortPolicy::new(
+        MacAddr(mac),
+        endpoint.ipv4.into_iter().collect(),
+        endpoint.ipv6.into_iter().collect(),
+    );
+    p.spoof_check = port_security;
+    p
+}
+
+/// A network's subnets and gateway addresses, as other gateways isolate them.
+fn own_nets(network: &Network) -> Vec<IpNet> {
+    let mut own = Vec::new();
+    if let Some(s) = network.subnet {
+        own.push(IpNet::V4(s.trunc()));
+    }
+    if let Some(g) = network.gateway {
+        own.push(IpNet::V4(Ipv4Net::from(g)));
+    }
+    if let Some(c) = &network.ipv6 {
+        own.push(IpNet::V6(c.subnet.trunc()));
+        own.push(IpNet::V6(Ipv6Net::from(c.gateway)));
+    }
+    own
+}
+
+/// Give every gateway the subnets of all the other networks.
+fn refresh_isolation(nets: &HashMap<String, BridgeNetwork>) {
+    for (id, net) in nets {
+        let Some(gw) = &net.gateway else { continue };
+        let others: Vec<IpNet> = nets
+            .iter()
+            .filter(|(other, _)| *other != id)
+            .flat_map(|(_, n)| n.own.iter().copied())
+            .collect();
+        if let Err(e) = gw.set_isolated(others) {
+            tracing::warn!(network = %id, error = %e, "updating the gateway's isolation list");
+        }
+    }
+}
+
+/// The switch↔gateway socket pair: the port end (non-blocking, for the switch) and the
+/// gateway's end, both with raised socket buffers so bursts of GSO super-frames fit
+/// (past `net.core.{w,r}mem_max` only a privileged process can: `SO_*BUFFORCE`).
+fn gateway_pair() -> io::Result<(DatagramPort, UnixDatagram)> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let (a, b) = UnixDatagram::pair()?;
+    for s in [&a, &b] {
+        let snd = setsockopt(s, sockopt::SndBufForce, &GATEWAY_SOCKET_BUFFER)
+            .or_else(|_| setsockopt(s, sockopt::SndBuf, &GATEWAY_SOCKET_BUFFER));
+        let rcv = setsockopt(s, sockopt::RcvBufForce, &GATEWAY_SOCKET_BUFFER)
+            .or_else(|_| setsockopt(s, sockopt::RcvBuf, &GATEWAY_SOCKET_BUFFER));
+        if let Err(e) = snd.and(rcv) {
+            tracing::debug!(error = %e, "could not raise the gateway socket buffers");
+        }
+    }
+    Ok((DatagramPort::new(a)?, b))
+}
+
+/// `tcp` or `udp`.
+pub fn proto_name(p: Proto) -> &'static str {
+    match p {
+        Proto::Tcp => "tcp",
+        Proto::Udp => "udp",
     }
 }

@@ -23,7 +23,9 @@ pub mod null;
 use crate::error::{Error, Result};
 use crate::model::{Endpoint, Network};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use tapnet_nat::{NameRecord, Proto, PublishSpec};
 use tapnet_sandbox::netns::Netns;
 use tapnet_switch::core::{MacAddr, PortId};
 use tapnet_switch::runtime::PortStatsSnapshot;
@@ -48,6 +50,8 @@ pub struct NetworkReport {
     pub fdb_limit_hits: u64,
     /// Per-port counters.
     pub ports: Vec<PortReport>,
+    /// The gateway's counters (networks with a userspace gateway).
+    pub gateway: Option<tapnet_nat::StatsSnapshot>,
 }
 
 /// One FDB entry with its endpoint.
@@ -107,6 +111,29 @@ pub trait Driver: Send + Sync {
     /// Forget an endpoint that has left (default: nothing to do).
     fn delete_endpoint(&self, network_id: &str, endpoint_id: &str) -> Result<()> {
         let _ = (network_id, endpoint_id);
+        Ok(())
+    }
+    /// Whether the driver's networks have a gateway that serves DNS names and
+    /// published ports ([`Driver::set_names`], [`Driver::publish`]).
+    fn has_gateway(&self) -> bool {
+        false
+    }
+    /// Replace the names the network's embedded DNS answers (default: no DNS).
+    fn set_names(&self, network_id: &str, names: Vec<NameRecord>) -> Result<()> {
+        let _ = (network_id, names);
+        Ok(())
+    }
+    /// Publish a host port into the network; returns the bound host address.
+    fn publish(&self, network_id: &str, spec: PublishSpec) -> Result<SocketAddr> {
+        let _ = (network_id, spec);
+        Err(Error::InvalidRequest(format!(
+            "driver {} cannot publish ports",
+            self.name()
+        )))
+    }
+    /// Stop publishing the host port bound at `addr`.
+    fn unpublish(&self, network_id: &str, proto: Proto, addr: SocketAddr) -> Result<()> {
+        let _ = (network_id, proto, addr);
         Ok(())
     }
     /// Counters of a network.
