@@ -948,3 +948,132 @@ fn port_security_off_lets_spoofed_frames_pass() {
         }
     });
 }
+
+#[test]
+fn tcp_egress_backpressure_bounded() {
+    in_namespace("tcp_egress_backpressure_bounded", |env| {
+        let wan = wan_and_daemon(env);
+        // A sink that does not read for 3 s after accepting, then reads everything.
+        let sink = tcp_server(&wan.ns, &format!("{WAN_IP}:9100"), |mut s| {
+            std::thread::sleep(Duration::from_secs(3));
+            let mut total = 0u64;
+            let mut buf = vec![0u8; 1 << 16];
+            while let Ok(k) = s.read(&mut buf) {
+                if k == 0 {
+                    break;
+                }
+                total += k as u64;
+            }
+            let _ = s.write_all(&total.to_le_bytes());
+        });
+        env.network("net1", "10.84.0.0/24");
+        env.sandbox("a");
+        env.connect("net1", "a");
+        let ns = env.sandbox_ns("a");
+        let rss_before = daemon_rss_kib(env);
+        let mut s = connect_in(&ns, &format!("{WAN_IP}:9100"), Duration::from_secs(5)).unwrap();
+        // Write without blocking until the path is full: what tapnet accepted on the
+        // reader's behalf must stay bounded (socket buffers, windows), not 200 MB.
+        s.set_nonblocking(true).unwrap();
+        let chunk = vec![0x33u8; 1 << 16];
+        let mut sent = 0u64;
+        let mut idle_since = Instant::now();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(2500) && sent < 200 << 20 {
+            match s.write(&chunk) {
+                Ok(k) => {
+                    sent += k as u64;
+                    idle_since = Instant::now();
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if idle_since.elapsed() > Duration::from_millis(800) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        let rss_full = daemon_rss_kib(env);
+        assert!(
+            sent < 64 << 20,
+            "the sandbox could push {sent} bytes to a reader that reads nothing"
+        );
+        assert!(
+            rss_full < rss_before + 64 * 1024,
+            "tapnetd grew from {rss_before} KiB to {rss_full} KiB holding a stalled flow"
+        );
+        // Then the reader drains: every byte arrives, in order of count.
+        s.set_nonblocking(false).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = [0u8; 8];
+        s.read_exact(&mut got).expect("the sink's count");
+        assert_eq!(u64::from_le_bytes(got), sent);
+        assert_eq!(sink.seen().len(), 1);
+    });
+}
+
+fn daemon_rss_kib(env: &Env) -> u64 {
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .map(|p| p.file_name().is_some_and(|n| n == "tapnetd"))
+                .unwrap_or(false)
+        })
+        .expect("tapnetd in /proc");
+    let _ = env;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn udp_flow_limit_per_endpoint_counted_and_logged() {
+    in_namespace("udp_flow_limit_per_endpoint_counted_and_logged", |env| {
+        let wan = wan_and_daemon(env);
+        let echo = wan.udp_echo(ECHO);
+        env.network("net1", "10.85.0.0/24");
+        env.sandbox("a");
+        env.connect("net1", "a");
+        // 4,300 UDP flows (distinct source ports) from one endpoint; the default
+        // per-endpoint limit is 4,096 concurrent flows.
+        let out = env.python(
+            "a",
+            &format!(
+                r#"
+import socket, time
+socks = []
+for i in range(4300):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 20000 + i))
+    s.sendto(b"x", ("{WAN_IP}", {ECHO}))
+    socks.append(s)
+    if i % 200 == 0:
+        time.sleep(0.02)
+time.sleep(1)
+print("done")
+"#
+            ),
+        );
+        assert!(out.status.success(), "{out:?}");
+        let g = env.gateway_stats("net1");
+        assert!(n(&g, "FlowLimitHits") >= 1, "{g}");
+        assert!(n(&g["Drops"], "flow_limit") >= 1, "{g}");
+        let ports: std::collections::BTreeSet<u16> = echo.seen().iter().map(|p| p.port()).collect();
+        assert!(
+            ports.len() <= 4096 && ports.len() >= 4000,
+            "{} distinct flows reached the wan",
+            ports.len()
+        );
+        assert!(
+            env.daemon_log().contains("flow limit reached"),
+            "no log line for the flow limit"
+        );
+    });
+}
