@@ -13,7 +13,8 @@
 #   (c) the host namespace -> wan directly (veth, kernel only)
 #   (d) wan -> tapnet sandbox through a published port (`-p 5201:5201`)
 # plus, for information, the reverse directions of (a) and (b) (`iperf3 -R`).
-# TAPNET_PERF=1 also records tapnetd with `perf record -e cpu-clock -g` during (a).
+# TAPNET_PERF=1 also records tapnetd with `perf record -e cpu-clock -g` during (a) into
+# /tmp/tapnet-egress.perf.data and during (a-R) into /tmp/tapnet-ingress.perf.data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -87,6 +88,11 @@ if [ -n "${TAPNET_PERF:-}" ]; then
     pids+=($!)
 fi
 tapnet=$($T exec t1 -- iperf3 -c 198.18.0.2 -p 5201 -t "$SECS" -J | gbps)
+if [ -n "${TAPNET_PERF:-}" ]; then
+    perf record -e cpu-clock -g -p "$tapnetd" -o /tmp/tapnet-ingress.perf.data -- sleep "$SECS" \
+        >/dev/null 2>&1 &
+    pids+=($!)
+fi
 tapnet_r=$($T exec t1 -- iperf3 -R -c 198.18.0.2 -p 5201 -t "$SECS" -J | gbps)
 echo "tapnet NAT -> wan: $tapnet Gbit/s (reverse $tapnet_r)" >&2
 
