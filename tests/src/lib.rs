@@ -544,3 +544,423 @@ impl Env {
             .expect("run nsenter")
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The "wan": a network namespace standing for the outside world (issue 4's gateway tests).
+// ---------------------------------------------------------------------------------------
+
+/// The test namespace's (the daemon host's) address on the wan link.
+pub const WAN_HOST_IP: &str = "198.18.0.1";
+/// The wan namespace's own address (its servers listen here).
+pub const WAN_IP: &str = "198.18.0.2";
+/// An address on the wan link where nobody answers (a dead DNS upstream).
+pub const WAN_DEAD_IP: &str = "198.18.0.3";
+/// What the wan DNS server answers for [`WAN_DNS_NAME`].
+pub const WAN_DNS_ANSWER: &str = "198.18.0.99";
+/// The one name the wan DNS server knows.
+pub const WAN_DNS_NAME: &str = "outside.example";
+
+/// Every blocking socket a test makes gets this timeout: a broken datapath fails the
+/// test instead of hanging it.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The outside world of a gateway test: a network namespace at `/run/netns/wan` joined
+/// to the test's namespace (the daemon's host) by a veth pair:
+/// host `wan0` 198.18.0.1/24 ↔ wan `eth0` 198.18.0.2/24.
+pub struct Wan {
+    /// The wan namespace.
+    pub ns: tapnet_sandbox::netns::Netns,
+}
+
+/// Peers a wan server has seen, in arrival order.
+pub type Peers = std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>;
+
+/// A server running on its own thread in the wan (or any) namespace.
+pub struct Server {
+    /// The address it listens on.
+    pub addr: std::net::SocketAddr,
+    /// Every client address it has seen (TCP: accepted peers; UDP: datagram sources).
+    pub peers: Peers,
+    /// Queries answered (DNS server only).
+    pub queries: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Server {
+    /// The client addresses seen so far.
+    pub fn seen(&self) -> Vec<std::net::SocketAddr> {
+        self.peers.lock().unwrap().clone()
+    }
+
+    /// Number of DNS queries answered so far.
+    pub fn query_count(&self) -> usize {
+        self.queries.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Env {
+    /// Build the wan namespace (idempotence is not needed: once per test). `/run` gets a
+    /// private tmpfs first, inside the test's own mount namespace, so `ip netns add`
+    /// touches nothing on the machine.
+    pub fn wan(&self) -> Wan {
+        self.host_cmd(&["mount", "-t", "tmpfs", "tapnet-test-run", "/run"]);
+        std::fs::create_dir_all("/run/netns").unwrap();
+        self.host_cmd(&["ip", "netns", "add", "wan"]);
+        self.host_cmd(&[
+            "ip", "link", "add", "wan0", "type", "veth", "peer", "name", "eth0", "netns", "wan",
+        ]);
+        self.host_cmd(&["ip", "addr", "add", "198.18.0.1/24", "dev", "wan0"]);
+        self.host_cmd(&["ip", "link", "set", "wan0", "up"]);
+        self.host_cmd(&[
+            "ip",
+            "-n",
+            "wan",
+            "addr",
+            "add",
+            "198.18.0.2/24",
+            "dev",
+            "eth0",
+        ]);
+        self.host_cmd(&["ip", "-n", "wan", "link", "set", "eth0", "up"]);
+        self.host_cmd(&["ip", "-n", "wan", "link", "set", "lo", "up"]);
+        let ns = tapnet_sandbox::netns::Netns::open(Path::new("/run/netns/wan"))
+            .expect("open /run/netns/wan");
+        // The link is up when the wan answers a ping from the host.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = Command::new("ping")
+                .args(["-n", "-q", "-c", "1", "-W", "1", WAN_IP])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the wan link did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Wan { ns }
+    }
+
+    /// Open a sandbox's namespace (to make sockets in it with [`tapnet_sandbox::netns::Netns::run`]).
+    pub fn sandbox_ns(&self, sandbox: &str) -> tapnet_sandbox::netns::Netns {
+        tapnet_sandbox::netns::Netns::open(&self.netns_path(sandbox)).expect("open sandbox netns")
+    }
+
+    /// The gateway address of `network` (IPAM config of `network inspect`).
+    pub fn gateway_of(&self, network: &str) -> String {
+        let v = self.get(&format!("/networks/{network}"));
+        v["IPAM"]["Config"]
+            .as_array()
+            .and_then(|c| {
+                c.iter()
+                    .filter_map(|e| e["Gateway"].as_str())
+                    .find(|g| !g.contains(':'))
+            })
+            .unwrap_or_else(|| panic!("{network} has no IPv4 gateway: {v}"))
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    /// The `Gateway` block of `GET /networks/{network}/stats`.
+    pub fn gateway_stats(&self, network: &str) -> Value {
+        self.get(&format!("/networks/{network}/stats"))["Gateway"].clone()
+    }
+
+    /// Send one DNS query from inside `sandbox` to `server` (a raw packet built by Python,
+    /// no resolver library); returns (rcode, answers as text in answer order) or panics
+    /// if no reply came within `timeout_s`.
+    pub fn dns_query(
+        &self,
+        sandbox: &str,
+        server: &str,
+        name: &str,
+        qtype: &str,
+        timeout_s: u32,
+    ) -> (u8, Vec<String>) {
+        let out = self.exec(
+            sandbox,
+            &[
+                python3(),
+                "-c",
+                DNS_QUERY_PY,
+                server,
+                name,
+                qtype,
+                &timeout_s.to_string(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "DNS query {name} {qtype} to {server} from {sandbox} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("dns_query output is JSON");
+        let rcode = v["rcode"].as_u64().unwrap() as u8;
+        let answers = v["answers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+        (rcode, answers)
+    }
+}
+
+/// `python3 -c DNS_QUERY_PY SERVER NAME TYPE TIMEOUT`: one UDP query, prints
+/// `{"rcode": n, "answers": [...], "ms": elapsed}`; exit 2 on timeout.
+pub const DNS_QUERY_PY: &str = r#"
+import json, random, socket, struct, sys, time
+server, name, qtype, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+types = {"A": 1, "PTR": 12, "AAAA": 28}
+qid = random.randint(0, 65535)
+q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+for label in name.rstrip(".").split("."):
+    q += bytes([len(label)]) + label.encode()
+q += b"\x00" + struct.pack(">HH", types[qtype], 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(timeout)
+t0 = time.time()
+s.sendto(q, (server, 53))
+while True:
+    try:
+        r, _ = s.recvfrom(4096)
+    except socket.timeout:
+        print("no reply within %s s" % timeout, file=sys.stderr)
+        sys.exit(2)
+    if struct.unpack(">H", r[:2])[0] == qid:
+        break
+def read_name(buf, off):
+    labels, jumped, end = [], False, off
+    while True:
+        n = buf[off]
+        if n & 0xC0 == 0xC0:
+            if not jumped:
+                end = off + 2
+            off = ((n & 0x3F) << 8) | buf[off + 1]
+            jumped = True
+            continue
+        off += 1
+        if n == 0:
+            break
+        labels.append(buf[off:off + n].decode())
+        off += n
+    return ".".join(labels) + ".", (end if jumped else off)
+flags, qd, an = struct.unpack(">HHH", r[2:8])
+off = 12
+for _ in range(qd):
+    _, off = read_name(r, off)
+    off += 4
+answers = []
+for _ in range(an):
+    _, off = read_name(r, off)
+    t, _, _, ln = struct.unpack(">HHIH", r[off:off + 10])
+    off += 10
+    data = r[off:off + ln]
+    if t == 1:
+        answers.append(socket.inet_ntop(socket.AF_INET, data))
+    elif t == 28:
+        answers.append(socket.inet_ntop(socket.AF_INET6, data))
+    elif t == 12:
+        answers.append(read_name(r, off)[0])
+    off += ln
+print(json.dumps({"rcode": flags & 0xF, "answers": answers, "ms": int((time.time() - t0) * 1000)}))
+"#;
+
+impl Wan {
+    /// Run `f` on a thread inside the wan namespace (sockets made there stay there).
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        self.ns.run(f).expect("enter the wan namespace")
+    }
+
+    /// A TCP echo server on 198.18.0.2:`port` (each connection echoed until EOF).
+    pub fn tcp_echo(&self, port: u16) -> Server {
+        tcp_server(&self.ns, &format!("{WAN_IP}:{port}"), |mut s| {
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match std::io::Read::read(&mut s, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => {
+                        if std::io::Write::write_all(&mut s, &buf[..k]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// A TCP half-close checker on 198.18.0.2:`port`: reads to EOF, then writes
+    /// `got N bytes` and closes.
+    pub fn tcp_half_close(&self, port: u16) -> Server {
+        tcp_server(&self.ns, &format!("{WAN_IP}:{port}"), |mut s| {
+            let mut total = 0usize;
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match std::io::Read::read(&mut s, &mut buf) {
+                    Ok(0) => break,
+                    Ok(k) => total += k,
+                    Err(_) => return,
+                }
+            }
+            let _ = std::io::Write::write_all(&mut s, format!("got {total} bytes").as_bytes());
+        })
+    }
+
+    /// A UDP echo server on 198.18.0.2:`port`.
+    pub fn udp_echo(&self, port: u16) -> Server {
+        udp_echo_in(&self.ns, &format!("{WAN_IP}:{port}"))
+    }
+
+    /// A small DNS server on 198.18.0.2:53 (UDP): `outside.example. A 198.18.0.99`,
+    /// NXDOMAIN for anything else.
+    pub fn dns(&self) -> Server {
+        let sock = self
+            .run(|| std::net::UdpSocket::bind(format!("{WAN_IP}:53")))
+            .expect("bind the wan DNS server");
+        let peers: Peers = Default::default();
+        let queries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let server = Server {
+            addr: sock.local_addr().unwrap(),
+            peers: peers.clone(),
+            queries: queries.clone(),
+        };
+        std::thread::spawn(move || {
+            use hickory_proto::op::{Message, OpCode, ResponseCode};
+            use hickory_proto::rr::rdata::A;
+            use hickory_proto::rr::{RData, Record, RecordType};
+            let mut buf = [0u8; 4096];
+            loop {
+                let Ok((k, from)) = sock.recv_from(&mut buf) else {
+                    return;
+                };
+                peers.lock().unwrap().push(from);
+                let Ok(msg) = Message::from_vec(&buf[..k]) else {
+                    continue;
+                };
+                let mut resp = Message::response(msg.metadata.id, OpCode::Query);
+                resp.metadata.recursion_desired = msg.metadata.recursion_desired;
+                resp.metadata.recursion_available = true;
+                let mut found = false;
+                for q in &msg.queries {
+                    resp.add_query(q.clone());
+                    let name = q.name().to_ascii().to_ascii_lowercase();
+                    if name.trim_end_matches('.') == WAN_DNS_NAME {
+                        found = true;
+                        if q.query_type() == RecordType::A {
+                            resp.add_answer(Record::from_rdata(
+                                q.name().clone(),
+                                60,
+                                RData::A(A(WAN_DNS_ANSWER.parse().unwrap())),
+                            ));
+                        }
+                    }
+                }
+                if !found {
+                    resp.metadata.response_code = ResponseCode::NXDomain;
+                }
+                if let Ok(bytes) = resp.to_vec() {
+                    let _ = sock.send_to(&bytes, from);
+                }
+                queries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        server
+    }
+}
+
+/// A TCP server bound in `ns` at `addr`; every accepted connection (with [`IO_TIMEOUT`]
+/// on reads and writes) is handled by `handle` on its own thread.
+pub fn tcp_server(
+    ns: &tapnet_sandbox::netns::Netns,
+    addr: &str,
+    handle: impl Fn(std::net::TcpStream) + Send + Sync + Copy + 'static,
+) -> Server {
+    let listener = ns
+        .run(|| std::net::TcpListener::bind(addr))
+        .expect("enter namespace")
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    let peers: Peers = Default::default();
+    let server = Server {
+        addr: listener.local_addr().unwrap(),
+        peers: peers.clone(),
+        queries: Default::default(),
+    };
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(s) = conn else { return };
+            if let Ok(p) = s.peer_addr() {
+                peers.lock().unwrap().push(p);
+            }
+            let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+            let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+            std::thread::spawn(move || handle(s));
+        }
+    });
+    server
+}
+
+/// A UDP echo server bound in `ns` at `addr`.
+pub fn udp_echo_in(ns: &tapnet_sandbox::netns::Netns, addr: &str) -> Server {
+    let sock = ns
+        .run(|| std::net::UdpSocket::bind(addr))
+        .expect("enter namespace")
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    let peers: Peers = Default::default();
+    let server = Server {
+        addr: sock.local_addr().unwrap(),
+        peers: peers.clone(),
+        queries: Default::default(),
+    };
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((k, from)) = sock.recv_from(&mut buf) {
+            peers.lock().unwrap().push(from);
+            let _ = sock.send_to(&buf[..k], from);
+        }
+    });
+    server
+}
+
+/// A TCP connection made from inside `ns`, with [`IO_TIMEOUT`] on reads and writes and
+/// `connect_timeout` on the handshake.
+pub fn connect_in(
+    ns: &tapnet_sandbox::netns::Netns,
+    addr: &str,
+    connect_timeout: Duration,
+) -> std::io::Result<std::net::TcpStream> {
+    let sa: std::net::SocketAddr = addr.parse().expect("socket address");
+    let s = ns
+        .run(|| std::net::TcpStream::connect_timeout(&sa, connect_timeout))
+        .expect("enter namespace")?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(s)
+}
+
+/// One UDP request/response from inside `ns` to `addr`, retried up to 5 times (1 s each).
+/// Returns the reply and the address it came from.
+pub fn udp_roundtrip_in(
+    ns: &tapnet_sandbox::netns::Netns,
+    addr: &str,
+    payload: &[u8],
+) -> Option<(Vec<u8>, std::net::SocketAddr)> {
+    let sock = ns
+        .run(|| std::net::UdpSocket::bind("0.0.0.0:0"))
+        .expect("enter namespace")
+        .expect("bind UDP client");
+    sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..5 {
+        if sock.send_to(payload, addr).is_err() {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        if let Ok((k, from)) = sock.recv_from(&mut buf) {
+            return Some((buf[..k].to_vec(), from));
+        }
+    }
+    None
+}
