@@ -679,6 +679,19 @@ impl Env {
         qtype: &str,
         timeout_s: u32,
     ) -> (u8, Vec<String>) {
+        self.dns_query_over(sandbox, server, name, qtype, timeout_s, "udp")
+    }
+
+    /// [`Env::dns_query`] over `proto` (`udp` or `tcp`).
+    pub fn dns_query_over(
+        &self,
+        sandbox: &str,
+        server: &str,
+        name: &str,
+        qtype: &str,
+        timeout_s: u32,
+        proto: &str,
+    ) -> (u8, Vec<String>) {
         let out = self.exec(
             sandbox,
             &[
@@ -689,6 +702,7 @@ impl Env {
                 name,
                 qtype,
                 &timeout_s.to_string(),
+                proto,
             ],
         );
         assert!(
@@ -709,7 +723,7 @@ impl Env {
     }
 }
 
-/// `python3 -c DNS_QUERY_PY SERVER NAME TYPE TIMEOUT`: one UDP query, prints
+/// `python3 -c DNS_QUERY_PY SERVER NAME TYPE TIMEOUT [udp|tcp]`: one query, prints
 /// `{"rcode": n, "answers": [...], "ms": elapsed}`; exit 2 on timeout.
 pub const DNS_QUERY_PY: &str = r#"
 import json, random, socket, struct, sys, time
@@ -720,18 +734,41 @@ q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
 for label in name.rstrip(".").split("."):
     q += bytes([len(label)]) + label.encode()
 q += b"\x00" + struct.pack(">HH", types[qtype], 1)
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(timeout)
+proto = sys.argv[5] if len(sys.argv) > 5 else "udp"
 t0 = time.time()
-s.sendto(q, (server, 53))
-while True:
-    try:
-        r, _ = s.recvfrom(4096)
-    except socket.timeout:
-        print("no reply within %s s" % timeout, file=sys.stderr)
-        sys.exit(2)
-    if struct.unpack(">H", r[:2])[0] == qid:
-        break
+if proto == "tcp":
+    # RFC 1035 4.2.2: a two-byte length in front of each message.
+    s = socket.create_connection((server, 53), timeout=timeout)
+    s.sendall(struct.pack(">H", len(q)) + q)
+    def read_exact(k):
+        b = b""
+        while len(b) < k:
+            try:
+                chunk = s.recv(k - len(b))
+            except socket.timeout:
+                print("no reply within %s s" % timeout, file=sys.stderr)
+                sys.exit(2)
+            if not chunk:
+                print("connection closed after %d bytes" % len(b), file=sys.stderr)
+                sys.exit(3)
+            b += chunk
+        return b
+    r = read_exact(struct.unpack(">H", read_exact(2))[0])
+    if struct.unpack(">H", r[:2])[0] != qid:
+        print("reply for another query id", file=sys.stderr)
+        sys.exit(4)
+else:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    s.sendto(q, (server, 53))
+    while True:
+        try:
+            r, _ = s.recvfrom(4096)
+        except socket.timeout:
+            print("no reply within %s s" % timeout, file=sys.stderr)
+            sys.exit(2)
+        if struct.unpack(">H", r[:2])[0] == qid:
+            break
 def read_name(buf, off):
     labels, jumped, end = [], False, off
     while True:

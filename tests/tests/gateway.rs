@@ -1077,3 +1077,63 @@ print("done")
         );
     });
 }
+
+/// The embedded DNS answers over TCP as well as UDP (local A and AAAA names on a
+/// dual-stack network, PTR, NXDOMAIN, and forwarded names), and the sandbox's
+/// resolver reaches peers by name over IPv6 too.
+#[test]
+fn dns_over_tcp_and_aaaa() {
+    in_namespace("dns_over_tcp_and_aaaa", |env| {
+        let wan = wan_and_daemon(env);
+        let _upstream = wan.dns();
+        env.api_ok(
+            "POST",
+            "/networks/create",
+            Some(
+                r#"{"Name":"dual","EnableIPv6":true,"IPAM":{"Config":[
+                {"Subnet":"10.77.0.0/24"},{"Subnet":"fd77::/64"}]}}"#,
+            ),
+        );
+        env.sandbox("a");
+        env.sandbox("b");
+        env.connect("dual", "a");
+        let ip_b = env.connect("dual", "b");
+        let sb = env.get("/sandboxes/b");
+        let ip6_b = sb["Endpoints"]["dual"]["IPv6Address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let gw = env.gateway_of("dual");
+        for proto in ["udp", "tcp"] {
+            let (rcode, answers) = env.dns_query_over("a", &gw, "b", "A", 5, proto);
+            assert_eq!((rcode, answers), (0, vec![ip_b.clone()]), "A over {proto}");
+            let (rcode, answers) = env.dns_query_over("a", &gw, "b", "AAAA", 5, proto);
+            assert_eq!(
+                (rcode, answers),
+                (0, vec![ip6_b.clone()]),
+                "AAAA over {proto}"
+            );
+            let ptr = format!(
+                "{}.in-addr.arpa",
+                ip_b.split('.').rev().collect::<Vec<_>>().join(".")
+            );
+            let (rcode, answers) = env.dns_query_over("a", &gw, &ptr, "PTR", 5, proto);
+            assert_eq!(rcode, 0, "PTR over {proto}");
+            assert!(answers.iter().any(|a| a.starts_with("b.")), "{answers:?}");
+            let (rcode, _) = env.dns_query_over("a", &gw, "nosuchpeer", "A", 5, proto);
+            assert_eq!(rcode, 3, "NXDOMAIN over {proto}");
+            let (rcode, answers) = env.dns_query_over("a", &gw, WAN_DNS_NAME, "A", 5, proto);
+            assert_eq!(
+                (rcode, answers),
+                (0, vec![WAN_DNS_ANSWER.to_string()]),
+                "forwarded over {proto}"
+            );
+        }
+        // The sandbox's own resolver (resolv.conf → gateway) finds the peer over IPv6.
+        let out = env.exec_ok("a", &["ping", "-6", "-c", "1", "-W", "2", "b"]);
+        assert!(out.contains(&ip6_b), "{out}");
+    });
+}
