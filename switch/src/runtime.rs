@@ -179,7 +179,7 @@ enum Command {
     },
     Fdb {
         net: u64,
-        reply: Reply<Vec<FdbEntry>>,
+        reply: Reply<(u64, Vec<FdbEntry>)>,
     },
     Counters {
         net: u64,
@@ -360,6 +360,11 @@ impl NetworkHandle {
     }
     /// Snapshot of this network's FDB.
     pub fn fdb(&self) -> Result<Vec<FdbEntry>, Error> {
+        self.fdb_at().map(|(_, entries)| entries)
+    }
+    /// Snapshot of this network's FDB together with the worker's clock (`now_ms`, the
+    /// time base of [`FdbEntry::last_seen_ms`]), so callers can compute exact ages.
+    pub fn fdb_at(&self) -> Result<(u64, Vec<FdbEntry>), Error> {
         let net = self.net;
         call(&self.tx, &self.waker, |reply| Command::Fdb { net, reply })
     }
@@ -665,10 +670,11 @@ impl Worker {
                 let _ = reply.send(self.remove_port(net, port));
             }
             Command::Fdb { net, reply } => {
+                let now = self.now_ms();
                 let r = self
                     .networks
                     .get(&net)
-                    .map(|n| n.switch.fdb())
+                    .map(|n| (now, n.switch.fdb()))
                     .ok_or(Error::WorkerGone);
                 let _ = reply.send(r);
             }

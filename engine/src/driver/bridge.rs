@@ -38,7 +38,6 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 use tapnet_nat::{Gateway, GatewayHandle, NameRecord, Proto, PublishSpec};
 use tapnet_sandbox::netns::Netns;
 use tapnet_sandbox::tap::{self, Tap, TapConfig};
@@ -96,8 +95,6 @@ pub struct BridgeDriver {
     datapath: Mutex<Option<Datapath>>,
     /// Upstream DNS servers of every gateway.
     upstream_dns: Vec<SocketAddr>,
-    /// When the datapath was started: workers measure FDB times from (about) here.
-    started: Instant,
     networks: Mutex<HashMap<String, BridgeNetwork>>,
 }
 
@@ -167,18 +164,16 @@ fn tap_config(network: &Network, endpoint: &Endpoint, name: &str, mtu: u32) -> R
 impl BridgeDriver {
     /// Start the datapath with `workers` threads (0 = one per core) and wrap it.
     pub fn start(workers: usize) -> Result<BridgeDriver> {
-        let started = Instant::now();
         let datapath =
             Datapath::start(workers).map_err(|e| Error::datapath("start datapath", e))?;
-        Ok(BridgeDriver::with_datapath(datapath, started))
+        Ok(BridgeDriver::with_datapath(datapath))
     }
 
-    /// Wrap a running datapath started at `started`.
-    pub fn with_datapath(datapath: Datapath, started: Instant) -> BridgeDriver {
+    /// Wrap a running datapath.
+    pub fn with_datapath(datapath: Datapath) -> BridgeDriver {
         BridgeDriver {
             datapath: Mutex::new(Some(datapath)),
             upstream_dns: Vec::new(),
-            started,
             networks: Mutex::new(HashMap::new()),
         }
     }
@@ -541,11 +536,10 @@ impl Driver for BridgeDriver {
         let net = nets
             .get(network_id)
             .ok_or_else(|| Self::unknown(network_id))?;
-        let fdb = net
+        let (now_ms, fdb) = net
             .handle
-            .fdb()
+            .fdb_at()
             .map_err(|e| Error::datapath(format!("read FDB of network {network_id}"), e))?;
-        let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let mut rows: Vec<FdbRow> = fdb
             .into_iter()
             .map(|e| FdbRow {
@@ -556,7 +550,6 @@ impl Driver for BridgeDriver {
                     .iter()
                     .find(|(_, p)| p.port == e.port)
                     .map(|(ep, _)| ep.clone()),
-                // Approximate: the worker's clock starts just after `started`.
                 age_seconds: now_ms.saturating_sub(e.last_seen_ms) as f64 / 1000.0,
             })
             .collect();
