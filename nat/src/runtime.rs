@@ -45,6 +45,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use tapnet_switch::VNET_HDR_LEN;
 
 const WAKER: Token = Token(usize::MAX);
 const SWITCH: Token = Token(0);
@@ -363,6 +364,10 @@ struct Worker {
     dns_listeners: Vec<(SocketAddr, SocketHandle)>,
     dns_conns: Vec<DnsConn>,
     buf: Vec<u8>,
+    /// `Config::tap_offloads`.
+    offloads: bool,
+    /// With tap offloads: the MSS each sandbox announced, by (sandbox, far end).
+    mss: FxHashMap<(SocketAddr, SocketAddr), u16>,
 }
 
 fn smol_now(start: Instant) -> smoltcp::time::Instant {
@@ -407,7 +412,10 @@ impl Worker {
                 dns_listeners.push((at, h));
             }
         }
+        let offloads = cfg.tap_offloads;
         Worker {
+            offloads,
+            mss: FxHashMap::default(),
             core: Core::new(cfg),
             names,
             stack,
@@ -498,7 +506,20 @@ impl Worker {
     // ---- switch side -------------------------------------------------------------
 
     fn send_frame(&mut self, eth: &[u8]) {
-        let f = vnet::with_zero_hdr(eth);
+        let mut f = vnet::with_zero_hdr(eth);
+        if self.offloads {
+            let mtu = usize::from(self.core.config().mtu);
+            let (hdr, frame) = f.split_at_mut(VNET_HDR_LEN);
+            let mss = if frame.len() > mtu + vnet::ETH_HDR_LEN {
+                frame
+                    .get(vnet::ETH_HDR_LEN..)
+                    .and_then(vnet::tcp_endpoints)
+                    .and_then(|(s, d)| self.mss.get(&(d, s)).copied())
+            } else {
+                None
+            };
+            hdr.copy_from_slice(&vnet::offload_hdr(frame, mtu, mss));
+        }
         if self.out.is_empty() {
             match self.switch.send(&f) {
                 Ok(_) => {
@@ -536,8 +557,13 @@ impl Worker {
     }
 
     /// Address an IP packet to the sandbox side and send it.
-    fn send_ip(&mut self, packet: Vec<u8>) {
-        if packet.len() > usize::from(self.core.config().mtu) {
+    fn send_ip(&mut self, mut packet: Vec<u8>) {
+        let mtu = usize::from(self.core.config().mtu);
+        if self.offloads {
+            // Big TCP segments leave as GSO super-frames (`send_frame`).
+            vnet::clamp_syn_mss(&mut packet, mtu);
+        }
+        if packet.len() > mtu && !(self.offloads && vnet::tcp_endpoints(&packet).is_some()) {
             self.stats.dropped(DropReason::Undeliverable);
             return;
         }
@@ -559,6 +585,22 @@ impl Worker {
             };
             Stats::inc(&self.stats.frames_in);
             frames.clear();
+            if self.offloads {
+                let dg = self.buf.get_mut(..n).unwrap_or_default();
+                match vnet::prepare_offloaded(dg) {
+                    Ok(true) => {
+                        let eth = self.buf.get(VNET_HDR_LEN..n).unwrap_or_default();
+                        let v = self.core.classify(eth);
+                        self.handle_verdict(v);
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(r) => {
+                        self.stats.dropped(r);
+                        continue;
+                    }
+                }
+            }
             let dg = self.buf.get(..n).unwrap_or_default();
             if let Err(r) = vnet::ingest(dg, &mut frames) {
                 self.stats.dropped(r);
@@ -863,8 +905,14 @@ impl Worker {
 
     // ---- TCP --------------------------------------------------------------------------
 
-    fn tcp_in(&mut self, packet: Vec<u8>, src: SocketAddr, dst: SocketAddr, syn: bool) {
+    fn tcp_in(&mut self, mut packet: Vec<u8>, src: SocketAddr, dst: SocketAddr, syn: bool) {
         let key = (src, dst);
+        if self.offloads {
+            // Let the stack send big segments; they leave as GSO frames cut to this MSS.
+            if let Some(mss) = vnet::raise_syn_mss(&mut packet) {
+                self.mss.insert(key, mss);
+            }
+        }
         if let Some(id) = self.tcp_by_key.get(&key) {
             if self.tcp.get(id).is_some_and(|f| f.syn.is_some()) {
                 // Host connect still pending: the SYN is held, retransmissions ignored.
@@ -998,6 +1046,7 @@ impl Worker {
         if f.kind == TcpKind::Egress {
             self.tcp_by_key.remove(&(f.inside, f.outside));
         }
+        self.mss.remove(&(f.inside, f.outside));
         if let Some(src) = f.limited {
             self.limiter.release(src);
         }
@@ -1503,6 +1552,13 @@ impl Worker {
         }
         for p in self.pub_udp.values_mut() {
             let _ = p.clients.expire(now_ms);
+        }
+        if self.mss.len() > self.tcp.len() {
+            // MSS of refused SYNs and of DNS connections: keep only live flows' (a
+            // forgotten one only means the default GSO size, which fits the MTU).
+            let live: rustc_hash::FxHashSet<(SocketAddr, SocketAddr)> =
+                self.tcp.values().map(|f| (f.inside, f.outside)).collect();
+            self.mss.retain(|k, _| live.contains(k));
         }
     }
 }
