@@ -185,7 +185,7 @@ fn published_port_bound_listed_and_released() {
                 python3(),
                 "-c",
                 "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-                 s.bind(('0.0.0.0', 8080)); s.listen(1)\nc, a = s.accept()\nc.sendall(('hello from ' + a[0]).encode()); c.close()",
+                 s.bind(('0.0.0.0', 8080)); s.listen(1)\nc, a = s.accept()\nc.recv(1)\nc.sendall(('hello from ' + a[0]).encode()); c.close()",
             ])
             .stdout(Stdio::null())
             .spawn()
