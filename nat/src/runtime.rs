@@ -25,7 +25,7 @@ use crate::core::{self, Core, Verdict, DNS_PORT};
 use crate::dns::{self, Answer, Names};
 use crate::flows::{FlowTable, LimitKind, Limiter};
 use crate::stats::{DropReason, FlowProto, Stats, StatsSnapshot};
-use crate::tcp::Stack;
+use crate::tcp::{Stack, TX_HEADROOM};
 use crate::vnet;
 use crate::{Config, Error, NameRecord, Proto, PublishSpec};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -506,7 +506,12 @@ impl Worker {
     // ---- switch side -------------------------------------------------------------
 
     fn send_frame(&mut self, eth: &[u8]) {
-        let mut f = vnet::with_zero_hdr(eth);
+        self.send_datagram(vnet::with_zero_hdr(eth));
+    }
+
+    /// Send (or queue) one switch datagram: a zeroed virtio-net header (filled here with
+    /// tap offloads) and an Ethernet frame.
+    fn send_datagram(&mut self, mut f: Vec<u8>) {
         if self.offloads {
             let mtu = usize::from(self.core.config().mtu);
             let (hdr, frame) = f.split_at_mut(VNET_HDR_LEN);
@@ -554,6 +559,31 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Send one packet of the TCP stack (after [`TX_HEADROOM`] bytes of room): with tap
+    /// offloads and a known neighbour, the datagram is built in place.
+    fn send_stack(&mut self, mut buf: Vec<u8>) {
+        if self.offloads {
+            let mtu = usize::from(self.core.config().mtu);
+            let ip = buf.get_mut(TX_HEADROOM..).unwrap_or_default();
+            vnet::clamp_syn_mss(ip, mtu);
+            let dst = vnet::tcp_endpoints(ip).map(|(_, d)| d.ip());
+            if let Some((dst, mac)) = dst.and_then(|d| Some((d, self.core.neighbour(d)?))) {
+                let ethertype: u16 = if dst.is_ipv4() { 0x0800 } else { 0x86dd };
+                let own = self.core.config().mac;
+                if let Some(h) = buf.get_mut(..TX_HEADROOM) {
+                    h.fill(0);
+                    h[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&mac);
+                    h[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].copy_from_slice(&own);
+                    h[VNET_HDR_LEN + 12..].copy_from_slice(&ethertype.to_be_bytes());
+                }
+                self.send_datagram(buf);
+                return;
+            }
+        }
+        buf.drain(..TX_HEADROOM.min(buf.len()));
+        self.send_ip(buf);
     }
 
     /// Address an IP packet to the sandbox side and send it.
@@ -1066,7 +1096,7 @@ impl Worker {
             let tx = self.stack.take_tx();
             moved |= !tx.is_empty();
             for p in tx {
-                self.send_ip(p);
+                self.send_stack(p);
             }
             if !moved {
                 break;
@@ -1154,7 +1184,7 @@ impl Worker {
             // Let smoltcp emit what abort/close queued before the socket goes.
             self.stack.poll(smol_now(self.start));
             for p in self.stack.take_tx() {
-                self.send_ip(p);
+                self.send_stack(p);
             }
             self.close_tcp(id, abort);
             moved = true;

@@ -33,6 +33,10 @@ pub const SOCKET_BUF: usize = 256 * 1024;
 /// sandbox as GSO super-frames; the MSS the sandbox sees is clamped to the real MTU).
 pub const OFFLOAD_MTU: usize = 65535;
 
+/// Room in front of every packet the stack sends, for the virtio-net and Ethernet
+/// headers: the runtime builds the switch datagram in place, without copying the packet.
+pub const TX_HEADROOM: usize = tapnet_switch::VNET_HDR_LEN + crate::vnet::ETH_HDR_LEN;
+
 /// A `Device` over two packet queues.
 pub struct QueueDevice {
     rx: VecDeque<Vec<u8>>,
@@ -54,8 +58,8 @@ impl phy::RxToken for RxTok {
 
 impl phy::TxToken for TxTok<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut buf = vec![0u8; len];
-        let r = f(&mut buf);
+        let mut buf = vec![0u8; TX_HEADROOM + len];
+        let r = f(&mut buf[TX_HEADROOM..]);
         self.0.push_back(buf);
         r
     }
@@ -145,7 +149,7 @@ impl Stack {
         )
     }
 
-    /// Take the IP packets the stack wants to send.
+    /// Take the IP packets the stack wants to send, each after [`TX_HEADROOM`] bytes.
     pub fn take_tx(&mut self) -> VecDeque<Vec<u8>> {
         std::mem::take(&mut self.dev.tx)
     }
