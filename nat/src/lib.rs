@@ -61,6 +61,11 @@ pub struct Config {
     /// Published-port clients on loopback are presented to the sandbox from the gateway
     /// address (a kernel in the sandbox drops 127.0.0.0/8 sources as martians).
     pub rewrite_loopback_clients: bool,
+    /// The gateway faces taps (virtio-net headers honoured by a kernel): TCP GSO
+    /// super-frames go through the TCP stack whole, TCP checksums are left to the taps
+    /// (`NEEDS_CSUM`, not verified on receipt), and the stack's segments toward a sandbox
+    /// go out as GSO super-frames. Off: plain frames with every checksum complete.
+    pub tap_offloads: bool,
 }
 
 /// Flow limits and timeouts.
@@ -103,6 +108,7 @@ impl Config {
             limits: Limits::default(),
             isolated_subnets: Vec::new(),
             rewrite_loopback_clients: true,
+            tap_offloads: false,
         }
     }
 }

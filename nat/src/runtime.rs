@@ -25,7 +25,7 @@ use crate::core::{self, Core, Verdict, DNS_PORT};
 use crate::dns::{self, Answer, Names};
 use crate::flows::{FlowTable, LimitKind, Limiter};
 use crate::stats::{DropReason, FlowProto, Stats, StatsSnapshot};
-use crate::tcp::Stack;
+use crate::tcp::{Stack, TX_HEADROOM};
 use crate::vnet;
 use crate::{Config, Error, NameRecord, Proto, PublishSpec};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -45,6 +45,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use tapnet_switch::VNET_HDR_LEN;
 
 const WAKER: Token = Token(usize::MAX);
 const SWITCH: Token = Token(0);
@@ -363,6 +364,10 @@ struct Worker {
     dns_listeners: Vec<(SocketAddr, SocketHandle)>,
     dns_conns: Vec<DnsConn>,
     buf: Vec<u8>,
+    /// `Config::tap_offloads`.
+    offloads: bool,
+    /// With tap offloads: the MSS each sandbox announced, by (sandbox, far end).
+    mss: FxHashMap<(SocketAddr, SocketAddr), u16>,
 }
 
 fn smol_now(start: Instant) -> smoltcp::time::Instant {
@@ -407,7 +412,10 @@ impl Worker {
                 dns_listeners.push((at, h));
             }
         }
+        let offloads = cfg.tap_offloads;
         Worker {
+            offloads,
+            mss: FxHashMap::default(),
             core: Core::new(cfg),
             names,
             stack,
@@ -498,7 +506,25 @@ impl Worker {
     // ---- switch side -------------------------------------------------------------
 
     fn send_frame(&mut self, eth: &[u8]) {
-        let f = vnet::with_zero_hdr(eth);
+        self.send_datagram(vnet::with_zero_hdr(eth));
+    }
+
+    /// Send (or queue) one switch datagram: a zeroed virtio-net header (filled here with
+    /// tap offloads) and an Ethernet frame.
+    fn send_datagram(&mut self, mut f: Vec<u8>) {
+        if self.offloads {
+            let mtu = usize::from(self.core.config().mtu);
+            let (hdr, frame) = f.split_at_mut(VNET_HDR_LEN);
+            let mss = if frame.len() > mtu + vnet::ETH_HDR_LEN {
+                frame
+                    .get(vnet::ETH_HDR_LEN..)
+                    .and_then(vnet::tcp_endpoints)
+                    .and_then(|(s, d)| self.mss.get(&(d, s)).copied())
+            } else {
+                None
+            };
+            hdr.copy_from_slice(&vnet::offload_hdr(frame, mtu, mss));
+        }
         if self.out.is_empty() {
             match self.switch.send(&f) {
                 Ok(_) => {
@@ -535,9 +561,39 @@ impl Worker {
         }
     }
 
+    /// Send one packet of the TCP stack (after [`TX_HEADROOM`] bytes of room): with tap
+    /// offloads and a known neighbour, the datagram is built in place.
+    fn send_stack(&mut self, mut buf: Vec<u8>) {
+        if self.offloads {
+            let mtu = usize::from(self.core.config().mtu);
+            let ip = buf.get_mut(TX_HEADROOM..).unwrap_or_default();
+            vnet::clamp_syn_mss(ip, mtu);
+            let dst = vnet::tcp_endpoints(ip).map(|(_, d)| d.ip());
+            if let Some((dst, mac)) = dst.and_then(|d| Some((d, self.core.neighbour(d)?))) {
+                let ethertype: u16 = if dst.is_ipv4() { 0x0800 } else { 0x86dd };
+                let own = self.core.config().mac;
+                if let Some(h) = buf.get_mut(..TX_HEADROOM) {
+                    h.fill(0);
+                    h[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&mac);
+                    h[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].copy_from_slice(&own);
+                    h[VNET_HDR_LEN + 12..].copy_from_slice(&ethertype.to_be_bytes());
+                }
+                self.send_datagram(buf);
+                return;
+            }
+        }
+        buf.drain(..TX_HEADROOM.min(buf.len()));
+        self.send_ip(buf);
+    }
+
     /// Address an IP packet to the sandbox side and send it.
-    fn send_ip(&mut self, packet: Vec<u8>) {
-        if packet.len() > usize::from(self.core.config().mtu) {
+    fn send_ip(&mut self, mut packet: Vec<u8>) {
+        let mtu = usize::from(self.core.config().mtu);
+        if self.offloads {
+            // Big TCP segments leave as GSO super-frames (`send_frame`).
+            vnet::clamp_syn_mss(&mut packet, mtu);
+        }
+        if packet.len() > mtu && !(self.offloads && vnet::tcp_endpoints(&packet).is_some()) {
             self.stats.dropped(DropReason::Undeliverable);
             return;
         }
@@ -559,6 +615,22 @@ impl Worker {
             };
             Stats::inc(&self.stats.frames_in);
             frames.clear();
+            if self.offloads {
+                let dg = self.buf.get_mut(..n).unwrap_or_default();
+                match vnet::prepare_offloaded(dg) {
+                    Ok(true) => {
+                        let eth = self.buf.get(VNET_HDR_LEN..n).unwrap_or_default();
+                        let v = self.core.classify(eth);
+                        self.handle_verdict(v);
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(r) => {
+                        self.stats.dropped(r);
+                        continue;
+                    }
+                }
+            }
             let dg = self.buf.get(..n).unwrap_or_default();
             if let Err(r) = vnet::ingest(dg, &mut frames) {
                 self.stats.dropped(r);
@@ -863,8 +935,14 @@ impl Worker {
 
     // ---- TCP --------------------------------------------------------------------------
 
-    fn tcp_in(&mut self, packet: Vec<u8>, src: SocketAddr, dst: SocketAddr, syn: bool) {
+    fn tcp_in(&mut self, mut packet: Vec<u8>, src: SocketAddr, dst: SocketAddr, syn: bool) {
         let key = (src, dst);
+        if self.offloads {
+            // Let the stack send big segments; they leave as GSO frames cut to this MSS.
+            if let Some(mss) = vnet::raise_syn_mss(&mut packet) {
+                self.mss.insert(key, mss);
+            }
+        }
         if let Some(id) = self.tcp_by_key.get(&key) {
             if self.tcp.get(id).is_some_and(|f| f.syn.is_some()) {
                 // Host connect still pending: the SYN is held, retransmissions ignored.
@@ -998,6 +1076,7 @@ impl Worker {
         if f.kind == TcpKind::Egress {
             self.tcp_by_key.remove(&(f.inside, f.outside));
         }
+        self.mss.remove(&(f.inside, f.outside));
         if let Some(src) = f.limited {
             self.limiter.release(src);
         }
@@ -1017,7 +1096,7 @@ impl Worker {
             let tx = self.stack.take_tx();
             moved |= !tx.is_empty();
             for p in tx {
-                self.send_ip(p);
+                self.send_stack(p);
             }
             if !moved {
                 break;
@@ -1105,7 +1184,7 @@ impl Worker {
             // Let smoltcp emit what abort/close queued before the socket goes.
             self.stack.poll(smol_now(self.start));
             for p in self.stack.take_tx() {
-                self.send_ip(p);
+                self.send_stack(p);
             }
             self.close_tcp(id, abort);
             moved = true;
@@ -1503,6 +1582,13 @@ impl Worker {
         }
         for p in self.pub_udp.values_mut() {
             let _ = p.clients.expire(now_ms);
+        }
+        if self.mss.len() > self.tcp.len() {
+            // MSS of refused SYNs and of DNS connections: keep only live flows' (a
+            // forgotten one only means the default GSO size, which fits the MTU).
+            let live: rustc_hash::FxHashSet<(SocketAddr, SocketAddr)> =
+                self.tcp.values().map(|f| (f.inside, f.outside)).collect();
+            self.mss.retain(|k, _| live.contains(k));
         }
     }
 }

@@ -7,7 +7,10 @@
 //! * The interface uses `Medium::Ip` (the core strips and adds Ethernet headers and owns
 //!   neighbour resolution), owns the gateway's addresses, accepts any destination
 //!   (`set_any_ip(true)` plus default routes via the gateway), and has
-//!   `max_transmission_unit` = the network's MTU, so the MSS it advertises fits the MTU.
+//!   `max_transmission_unit` = the network's MTU, so the MSS it advertises fits the MTU;
+//!   with [`Config::tap_offloads`] it is [`OFFLOAD_MTU`] instead (the runtime clamps the
+//!   MSS the stack advertises to the network's MTU and raises the sandbox's, so segments
+//!   toward the sandbox are up to 64 KiB and leave as GSO super-frames).
 //! * Sockets are created per flow: [`Stack::listen`] for egress (a socket listening on the
 //!   SYN's destination, created just before the SYN is pushed) and [`Stack::connect`] for
 //!   published ports (a connection *from* the client's address into the sandbox).
@@ -16,7 +19,7 @@
 
 use crate::Config;
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, Checksum, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration as SmolDuration, Instant};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint};
@@ -26,11 +29,20 @@ use std::net::SocketAddr;
 /// Bytes of buffer per direction per TCP flow.
 pub const SOCKET_BUF: usize = 256 * 1024;
 
+/// The stack's interface MTU with tap offloads: segments up to 64 KiB (sent to the
+/// sandbox as GSO super-frames; the MSS the sandbox sees is clamped to the real MTU).
+pub const OFFLOAD_MTU: usize = 65535;
+
+/// Room in front of every packet the stack sends, for the virtio-net and Ethernet
+/// headers: the runtime builds the switch datagram in place, without copying the packet.
+pub const TX_HEADROOM: usize = tapnet_switch::VNET_HDR_LEN + crate::vnet::ETH_HDR_LEN;
+
 /// A `Device` over two packet queues.
 pub struct QueueDevice {
     rx: VecDeque<Vec<u8>>,
     tx: VecDeque<Vec<u8>>,
     mtu: usize,
+    offloads: bool,
 }
 
 /// Receive token: one queued packet.
@@ -46,8 +58,8 @@ impl phy::RxToken for RxTok {
 
 impl phy::TxToken for TxTok<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut buf = vec![0u8; len];
-        let r = f(&mut buf);
+        let mut buf = vec![0u8; TX_HEADROOM + len];
+        let r = f(&mut buf[TX_HEADROOM..]);
         self.0.push_back(buf);
         r
     }
@@ -70,6 +82,15 @@ impl Device for QueueDevice {
         let mut c = DeviceCapabilities::default();
         c.medium = Medium::Ip;
         c.max_transmission_unit = self.mtu;
+        // The core has verified (or, with tap offloads, deliberately not verified) what
+        // reaches the stack: no second verification. With tap offloads the TCP checksum
+        // of sent segments is left to the tap (`vnet::offload_hdr`).
+        c.checksum.ipv4 = Checksum::Tx;
+        c.checksum.tcp = if self.offloads {
+            Checksum::None
+        } else {
+            Checksum::Tx
+        };
         c
     }
 }
@@ -87,7 +108,12 @@ impl Stack {
         let mut dev = QueueDevice {
             rx: VecDeque::new(),
             tx: VecDeque::new(),
-            mtu: usize::from(cfg.mtu.max(1280)),
+            mtu: if cfg.tap_offloads {
+                OFFLOAD_MTU
+            } else {
+                usize::from(cfg.mtu.max(1280))
+            },
+            offloads: cfg.tap_offloads,
         };
         let mut ic = IfaceConfig::new(HardwareAddress::Ip);
         ic.random_seed = rand::random();
@@ -123,7 +149,7 @@ impl Stack {
         )
     }
 
-    /// Take the IP packets the stack wants to send.
+    /// Take the IP packets the stack wants to send, each after [`TX_HEADROOM`] bytes.
     pub fn take_tx(&mut self) -> VecDeque<Vec<u8>> {
         std::mem::take(&mut self.dev.tx)
     }

@@ -291,6 +291,196 @@ fn segment(eth: &[u8], gso_size: usize, l4: L4, out: &mut Vec<Vec<u8>>) -> Resul
     Ok(())
 }
 
+// ---- offload mode (the gateway faces taps) -------------------------------------------
+
+/// The MSS the gateway hands its TCP stack in place of a sandbox's (offload mode), so that
+/// the stack's segments are bounded only by its 64 KiB interface MTU.
+pub const BIG_MSS: u16 = 65535 - 40;
+
+/// Offload mode, receive side: make the frame of one switch datagram ready for the core
+/// *in place*. `Ok(true)`: `dg[VNET_HDR_LEN..]` is the frame to classify; `Ok(false)`: the
+/// datagram needs [`ingest`] (UDP segmentation).
+///
+/// * A TCP GSO super-frame stays one frame (one big TCP segment): its IP length field is
+///   set to the frame's length (and the IPv4 header checksum refilled); the TCP checksum
+///   is left partial: in offload mode nothing verifies TCP checksums (the sender is the
+///   sandbox's kernel over a tap).
+/// * A `NEEDS_CSUM` frame has its checksum completed unless it is TCP.
+pub fn prepare_offloaded(dg: &mut [u8]) -> Result<bool, DropReason> {
+    let (hdr, eth) = dg
+        .split_at_mut_checked(VNET_HDR_LEN)
+        .ok_or(DropReason::Truncated)?;
+    check_vnet_hdr(hdr, eth.len()).map_err(|_| DropReason::BadVnetHdr)?;
+    let h = VnetHdr::parse(hdr).ok_or(DropReason::Truncated)?;
+    match h.gso_type & !VIRTIO_NET_HDR_GSO_ECN {
+        VIRTIO_NET_HDR_GSO_NONE => {
+            if h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0
+                && tcp_offsets(eth.get(ETH_HDR_LEN..).unwrap_or_default()).is_none()
+            {
+                complete_partial_csum(eth, h)?;
+            }
+            Ok(true)
+        }
+        VIRTIO_NET_HDR_GSO_TCPV4 | VIRTIO_NET_HDR_GSO_TCPV6 => {
+            let lay = layout(eth, L4::Tcp)?;
+            let frame_len = eth.len();
+            let ip = eth.get_mut(lay.ip_off..).ok_or(DropReason::Truncated)?;
+            if lay.v6 {
+                let len =
+                    u16::try_from(frame_len - lay.l4_off).map_err(|_| DropReason::Malformed)?;
+                Ipv6Packet::new_unchecked(ip).set_payload_len(len);
+            } else {
+                let len =
+                    u16::try_from(frame_len - lay.ip_off).map_err(|_| DropReason::Malformed)?;
+                let mut p = Ipv4Packet::new_unchecked(ip);
+                p.set_total_len(len);
+                p.fill_checksum();
+            }
+            Ok(true)
+        }
+        VIRTIO_NET_HDR_GSO_UDP_L4 => Ok(false),
+        _ => Err(DropReason::UnsupportedGso),
+    }
+}
+
+/// Where the TCP header of an IP packet lies: `(v6, l4_off, tcp_hdr_len)`, `None` if the
+/// packet is not a well-formed unfragmented TCP packet (no IPv6 extension headers).
+fn tcp_offsets(ip: &[u8]) -> Option<(bool, usize, usize)> {
+    let (v6, l4_off) = match ip.first()? >> 4 {
+        4 => {
+            let ihl = usize::from(ip.first()? & 0x0f) * 4;
+            let frag = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]);
+            if ihl < 20 || *ip.get(9)? != 6 || frag & 0x3fff != 0 {
+                return None;
+            }
+            (false, ihl)
+        }
+        6 => {
+            if *ip.get(6)? != 6 {
+                return None;
+            }
+            (true, 40)
+        }
+        _ => return None,
+    };
+    let thl = usize::from(ip.get(l4_off + 12)? >> 4) * 4;
+    if thl < 20 || ip.len() < l4_off + thl {
+        return None;
+    }
+    Some((v6, l4_off, thl))
+}
+
+/// The source and destination endpoints of a TCP IP packet.
+pub fn tcp_endpoints(ip: &[u8]) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+    use std::net::{IpAddr, SocketAddr};
+    let (v6, l4, _) = tcp_offsets(ip)?;
+    let (src, dst) = if v6 {
+        let s: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
+        let d: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
+        (IpAddr::from(s), IpAddr::from(d))
+    } else {
+        let s: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
+        let d: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
+        (IpAddr::from(s), IpAddr::from(d))
+    };
+    let sp = u16::from_be_bytes([*ip.get(l4)?, *ip.get(l4 + 1)?]);
+    let dp = u16::from_be_bytes([*ip.get(l4 + 2)?, *ip.get(l4 + 3)?]);
+    Some((SocketAddr::new(src, sp), SocketAddr::new(dst, dp)))
+}
+
+/// If `ip` is a TCP SYN (or SYN-ACK) with an MSS option, replace the MSS with
+/// `f(v6, old)` and return the old one. The TCP checksum is *not* updated: offload mode
+/// only (received segments are not verified, sent ones get a partial checksum).
+fn rewrite_syn_mss(ip: &mut [u8], f: impl FnOnce(bool, u16) -> u16) -> Option<u16> {
+    let (v6, l4, thl) = tcp_offsets(ip)?;
+    if ip.get(l4 + 13)? & 0x02 == 0 {
+        return None;
+    }
+    let opts = ip.get_mut(l4 + 20..l4 + thl)?;
+    let mut i = 0;
+    while i < opts.len() {
+        match opts[i] {
+            0 => return None,
+            1 => i += 1,
+            kind => {
+                let len = usize::from(*opts.get(i + 1)?);
+                if len < 2 || i + len > opts.len() {
+                    return None;
+                }
+                if kind == 2 && len == 4 {
+                    let old = u16::from_be_bytes([opts[i + 2], opts[i + 3]]);
+                    opts[i + 2..i + 4].copy_from_slice(&f(v6, old).to_be_bytes());
+                    return Some(old);
+                }
+                i += len;
+            }
+        }
+    }
+    None
+}
+
+/// A sandbox's SYN or SYN-ACK on its way into the TCP stack: raise its MSS option to
+/// [`BIG_MSS`] and return the sandbox's real MSS.
+pub fn raise_syn_mss(ip: &mut [u8]) -> Option<u16> {
+    rewrite_syn_mss(ip, |_, _| BIG_MSS)
+}
+
+/// A SYN or SYN-ACK of the TCP stack on its way to a sandbox: clamp its MSS option to
+/// what fits the network's MTU (`mtu` − IP header − 20).
+pub fn clamp_syn_mss(ip: &mut [u8], mtu: usize) {
+    rewrite_syn_mss(ip, |v6, old| {
+        let fit = mtu.saturating_sub(if v6 { 60 } else { 40 });
+        old.min(u16::try_from(fit).unwrap_or(u16::MAX))
+    });
+}
+
+/// Offload mode, send side: the virtio-net header for an Ethernet frame going to a tap.
+///
+/// A TCP segment gets a partial checksum: the pseudo-header sum is written into its
+/// checksum field and the header says `NEEDS_CSUM` (csum_start = the TCP header,
+/// csum_offset = 16); the sandbox's kernel takes a `CHECKSUM_PARTIAL` packet as valid.
+/// A segment longer than `mtu` (IP packet size) becomes a GSO super-frame:
+/// `GSO_TCPV4`/`GSO_TCPV6`, `hdr_len` = all headers, `gso_size` = `mss` capped to what
+/// fits `mtu`. Anything else keeps its checksums and gets [`ZERO_HDR`].
+pub fn offload_hdr(eth: &mut [u8], mtu: usize, mss: Option<u16>) -> [u8; VNET_HDR_LEN] {
+    let Some(ip) = eth.get_mut(ETH_HDR_LEN..) else {
+        return ZERO_HDR;
+    };
+    let Some((v6, l4, thl)) = tcp_offsets(ip) else {
+        return ZERO_HDR;
+    };
+    let l4_len = ip.len() - l4;
+    let (addrs, proto_len) = if v6 {
+        (ip.get(8..40), 6 + l4_len as u32)
+    } else {
+        (ip.get(12..20), 6 + l4_len as u32)
+    };
+    let Some(addrs) = addrs else {
+        return ZERO_HDR;
+    };
+    let sum = ones_sum(addrs, (proto_len & 0xffff) + (proto_len >> 16));
+    if let Some(c) = ip.get_mut(l4 + 16..l4 + 18) {
+        c.copy_from_slice(&sum.to_be_bytes());
+    }
+    let csum_start = (ETH_HDR_LEN + l4) as u16;
+    let mut h = [0u8; VNET_HDR_LEN];
+    h[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    if ip.len() > mtu {
+        let fit = mtu.saturating_sub(l4 + thl).max(1);
+        let gso = usize::from(mss.unwrap_or(u16::MAX)).clamp(1, fit);
+        h[1] = if v6 {
+            VIRTIO_NET_HDR_GSO_TCPV6
+        } else {
+            VIRTIO_NET_HDR_GSO_TCPV4
+        };
+        h[2..4].copy_from_slice(&((ETH_HDR_LEN + l4 + thl) as u16).to_le_bytes());
+        h[4..6].copy_from_slice(&(gso as u16).to_le_bytes());
+    }
+    h[6..8].copy_from_slice(&csum_start.to_le_bytes());
+    h[8..10].copy_from_slice(&16u16.to_le_bytes());
+    h
+}
+
 /// Prefix an Ethernet frame with a zeroed virtio-net header, for sending to the switch.
 pub fn with_zero_hdr(eth: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(VNET_HDR_LEN + eth.len());

@@ -240,6 +240,8 @@ impl Driver for BridgeDriver {
         cfg.upstream_dns = self.upstream_dns.clone();
         cfg.dns_suffixes = Vec::new();
         cfg.isolated_subnets = isolated;
+        // The gateway faces the network's taps (IFF_VNET_HDR): GSO both ways.
+        cfg.tap_offloads = true;
         let started = (|| {
             let (port, peer) = gateway_pair().map_err(|e| {
                 Error::os(
