@@ -685,6 +685,9 @@ pub struct GatewayStatsResource {
     pub dns_forwarded: u64,
     /// DNS queries answered SERVFAIL.
     pub dns_servfail: u64,
+    /// The switch's counters of the gateway's port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switch_port: Option<PortStatsResource>,
 }
 
 /// Flow counters of one protocol.
@@ -724,6 +727,7 @@ pub fn gateway_stats_resource(g: &tapnet_nat::StatsSnapshot) -> GatewayStatsReso
         dns_local: g.dns_local,
         dns_forwarded: g.dns_forwarded,
         dns_servfail: g.dns_servfail,
+        switch_port: None,
     }
 }
 
@@ -903,22 +907,8 @@ pub fn stats_resource(net: &Network, report: &NetworkReport, store: &Store) -> S
                 .and_then(|e| store.sandboxes.get(&e.sandbox_id))
                 .map(|s| s.name.clone())
                 .unwrap_or_default();
-            PortStatsResource {
-                endpoint_id: p.endpoint_id.clone(),
-                sandbox,
-                interface: ep.map(|e| e.interface.clone()).unwrap_or_default(),
-                port: p.port,
-                rx_packets: p.stats.rx_packets,
-                rx_bytes: p.stats.rx_bytes,
-                tx_packets: p.stats.tx_packets,
-                tx_bytes: p.stats.tx_bytes,
-                drops: p
-                    .stats
-                    .drops
-                    .iter()
-                    .map(|(r, n)| (r.name().to_string(), *n))
-                    .collect(),
-            }
+            let interface = ep.map(|e| e.interface.clone()).unwrap_or_default();
+            port_stats_resource(p, &sandbox, &interface)
         })
         .collect();
     StatsResource {
@@ -926,7 +916,37 @@ pub fn stats_resource(net: &Network, report: &NetworkReport, store: &Store) -> S
         fdb_entries: report.fdb_entries,
         fdb_limit_hits: report.fdb_limit_hits,
         ports,
-        gateway: report.gateway.as_ref().map(gateway_stats_resource),
+        gateway: report.gateway.as_ref().map(|g| GatewayStatsResource {
+            switch_port: report
+                .gateway_port
+                .as_ref()
+                .map(|p| port_stats_resource(p, "", "gateway")),
+            ..gateway_stats_resource(g)
+        }),
+    }
+}
+
+/// Shape one port's counters for the API.
+fn port_stats_resource(
+    p: &crate::driver::PortReport,
+    sandbox: &str,
+    interface: &str,
+) -> PortStatsResource {
+    PortStatsResource {
+        endpoint_id: p.endpoint_id.clone(),
+        sandbox: sandbox.to_string(),
+        interface: interface.to_string(),
+        port: p.port,
+        rx_packets: p.stats.rx_packets,
+        rx_bytes: p.stats.rx_bytes,
+        tx_packets: p.stats.tx_packets,
+        tx_bytes: p.stats.tx_bytes,
+        drops: p
+            .stats
+            .drops
+            .iter()
+            .map(|(r, n)| (r.name().to_string(), *n))
+            .collect(),
     }
 }
 

@@ -119,6 +119,10 @@ fn gateway_answers_arp_and_ping() {
         );
         let g = env.gateway_stats("net1");
         assert!(n(&g, "FramesIn") >= 4 && n(&g, "FramesOut") >= 4, "{g}");
+        // The switch's view of the same conversation: its gateway port carried it.
+        let sp = &g["SwitchPort"];
+        assert_eq!(sp["Interface"], "gateway", "{g}");
+        assert!(n(sp, "TxPackets") >= 4 && n(sp, "RxPackets") >= 4, "{g}");
     });
 }
 

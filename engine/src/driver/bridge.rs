@@ -84,6 +84,8 @@ struct BridgeNetwork {
     gateway: Option<GatewayHandle>,
     /// The gateway's switch port.
     gateway_port: PortId,
+    /// That port's counters (what the switch sent to and got from the gateway).
+    gateway_port_stats: Arc<PortStats>,
     /// This network's subnets and gateway addresses (what other gateways isolate).
     own: Vec<IpNet>,
     /// Anti-spoofing on endpoint ports.
@@ -252,7 +254,7 @@ impl Driver for BridgeDriver {
                     },
                 )
             })?;
-            let (gw_port, _) = handle
+            let (gw_port, gw_stats) = handle
                 .add_port_with(
                     Box::new(port),
                     PortOptions {
@@ -264,7 +266,7 @@ impl Driver for BridgeDriver {
                     Error::datapath(format!("attach the gateway of network {}", network.name), e)
                 })?;
             match Gateway::spawn(cfg, peer) {
-                Ok(gw) => Ok((gw_port, gw)),
+                Ok(gw) => Ok((gw_port, gw_stats, gw)),
                 Err(e) => {
                     let _ = handle.remove_port(gw_port);
                     Err(Error::gateway(
@@ -274,7 +276,7 @@ impl Driver for BridgeDriver {
                 }
             }
         })();
-        let (gateway_port, gateway) = match started {
+        let (gateway_port, gateway_port_stats, gateway) = match started {
             Ok(x) => x,
             Err(e) => {
                 drop(nets);
@@ -291,6 +293,7 @@ impl Driver for BridgeDriver {
                 ports: HashMap::new(),
                 gateway: Some(gateway),
                 gateway_port,
+                gateway_port_stats,
                 own,
                 port_security,
             },
@@ -530,6 +533,11 @@ impl Driver for BridgeDriver {
             fdb_limit_hits: counters.fdb_limit_hits,
             ports,
             gateway: net.gateway.as_ref().map(GatewayHandle::stats),
+            gateway_port: Some(PortReport {
+                endpoint_id: String::new(),
+                port: net.gateway_port,
+                stats: net.gateway_port_stats.snapshot(),
+            }),
         })
     }
 

@@ -54,6 +54,8 @@ pub struct NetworkReport {
     pub ports: Vec<PortReport>,
     /// The gateway's counters (networks with a userspace gateway).
     pub gateway: Option<tapnet_nat::StatsSnapshot>,
+    /// The switch's counters of the gateway's port (bridge networks).
+    pub gateway_port: Option<PortReport>,
 }
 
 /// One FDB entry with its endpoint.
