@@ -625,12 +625,22 @@ impl Worker {
                         let eth = self.buf.get(VNET_HDR_LEN..n).unwrap_or_default();
                         match self.core.classify(eth) {
                             Verdict::Tcp { at, src, dst, syn } => {
-                                // Hand the receive buffer itself to the stack (no copy of
-                                // the segment); receive the next datagram into a pooled one.
-                                let fresh = self.stack.buffer(tapnet_switch::runtime::RECV_BUF_LEN);
-                                let buf = std::mem::replace(&mut self.buf, fresh);
                                 let at = at.start + VNET_HDR_LEN..at.end + VNET_HDR_LEN;
-                                self.tcp_in(buf, at, src, dst, syn);
+                                if at.len() < crate::tcp::POOL_MIN_LEN {
+                                    // A small segment (an ACK): copying it is cheaper
+                                    // than giving up the 64 KiB receive buffer.
+                                    let p = self.buf.get(at.clone()).unwrap_or_default();
+                                    let len = p.len();
+                                    self.tcp_in(p.to_vec(), 0..len, src, dst, syn);
+                                } else {
+                                    // Hand the receive buffer itself to the stack (no
+                                    // copy of the segment); receive the next datagram
+                                    // into a pooled one.
+                                    let fresh =
+                                        self.stack.buffer(tapnet_switch::runtime::RECV_BUF_LEN);
+                                    let buf = std::mem::replace(&mut self.buf, fresh);
+                                    self.tcp_in(buf, at, src, dst, syn);
+                                }
                             }
                             v => self.handle_verdict(v),
                         }
