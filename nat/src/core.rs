@@ -35,6 +35,9 @@ const PENDING_PER_NEIGHBOUR: usize = 32;
 /// IPv4 broadcast.
 const BROADCAST: Mac = [0xff; 6];
 
+/// Ethernet header length: where an IP packet starts in a classified frame.
+const ETH_HDR: usize = 14;
+
 /// What to do with a frame.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -42,8 +45,8 @@ pub enum Verdict {
     Reply(Vec<u8>),
     /// A TCP segment for the TCP stack (an IP packet), egress or to the gateway's DNS.
     Tcp {
-        /// The IP packet (header + segment).
-        packet: Vec<u8>,
+        /// Where the IP packet (header + segment) lies in the classified frame.
+        at: std::ops::Range<usize>,
         /// Sandbox endpoint.
         src: SocketAddr,
         /// Destination endpoint.
@@ -511,7 +514,7 @@ impl Core {
         let s = SocketAddr::new(src, pkt.src_port());
         let d = SocketAddr::new(dst, pkt.dst_port());
         let v = Verdict::Tcp {
-            packet: ip_packet.to_vec(),
+            at: ETH_HDR..ETH_HDR + ip_packet.len(),
             src: s,
             dst: d,
             syn: pkt.syn() && !pkt.ack(),

@@ -529,6 +529,7 @@ impl Worker {
             match self.switch.send(&f) {
                 Ok(_) => {
                     Stats::inc(&self.stats.frames_out);
+                    self.stack.recycle(f);
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -550,7 +551,9 @@ impl Worker {
             match self.switch.send(f) {
                 Ok(_) => {
                     Stats::inc(&self.stats.frames_out);
-                    self.out.pop_front();
+                    if let Some(f) = self.out.pop_front() {
+                        self.stack.recycle(f);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => {
@@ -620,8 +623,27 @@ impl Worker {
                 match vnet::prepare_offloaded(dg) {
                     Ok(true) => {
                         let eth = self.buf.get(VNET_HDR_LEN..n).unwrap_or_default();
-                        let v = self.core.classify(eth);
-                        self.handle_verdict(v);
+                        match self.core.classify(eth) {
+                            Verdict::Tcp { at, src, dst, syn } => {
+                                let at = at.start + VNET_HDR_LEN..at.end + VNET_HDR_LEN;
+                                if at.len() < crate::tcp::POOL_MIN_LEN {
+                                    // A small segment (an ACK): copying it is cheaper
+                                    // than giving up the 64 KiB receive buffer.
+                                    let p = self.buf.get(at.clone()).unwrap_or_default();
+                                    let len = p.len();
+                                    self.tcp_in(p.to_vec(), 0..len, src, dst, syn);
+                                } else {
+                                    // Hand the receive buffer itself to the stack (no
+                                    // copy of the segment); receive the next datagram
+                                    // into a pooled one.
+                                    let fresh =
+                                        self.stack.buffer(tapnet_switch::runtime::RECV_BUF_LEN);
+                                    let buf = std::mem::replace(&mut self.buf, fresh);
+                                    self.tcp_in(buf, at, src, dst, syn);
+                                }
+                            }
+                            v => self.handle_verdict(v),
+                        }
                         continue;
                     }
                     Ok(false) => {}
@@ -637,8 +659,10 @@ impl Worker {
                 continue;
             }
             for f in std::mem::take(&mut frames) {
-                let v = self.core.classify(&f);
-                self.handle_verdict(v);
+                match self.core.classify(&f) {
+                    Verdict::Tcp { at, src, dst, syn } => self.tcp_in(f, at, src, dst, syn),
+                    v => self.handle_verdict(v),
+                }
             }
         }
         // More may be queued: mio is edge-triggered, so poll again without sleeping.
@@ -670,12 +694,8 @@ impl Worker {
                 seq,
                 data,
             } => self.echo_out(src, dst, ident, seq, &data),
-            Verdict::Tcp {
-                packet,
-                src,
-                dst,
-                syn,
-            } => self.tcp_in(packet, src, dst, syn),
+            // `read_switch` hands TCP segments to `tcp_in` with the frame's buffer.
+            Verdict::Tcp { .. } => {}
         }
     }
 
@@ -935,11 +955,23 @@ impl Worker {
 
     // ---- TCP --------------------------------------------------------------------------
 
-    fn tcp_in(&mut self, mut packet: Vec<u8>, src: SocketAddr, dst: SocketAddr, syn: bool) {
+    /// One TCP segment from the sandbox side: the IP packet at `at` in `buf`.
+    fn tcp_in(
+        &mut self,
+        mut buf: Vec<u8>,
+        at: std::ops::Range<usize>,
+        src: SocketAddr,
+        dst: SocketAddr,
+        syn: bool,
+    ) {
         let key = (src, dst);
+        if buf.get(at.clone()).is_none() {
+            self.stats.dropped(DropReason::Truncated);
+            return;
+        }
         if self.offloads {
             // Let the stack send big segments; they leave as GSO frames cut to this MSS.
-            if let Some(mss) = vnet::raise_syn_mss(&mut packet) {
+            if let Some(mss) = buf.get_mut(at.clone()).and_then(vnet::raise_syn_mss) {
                 self.mss.insert(key, mss);
             }
         }
@@ -948,18 +980,21 @@ impl Worker {
                 // Host connect still pending: the SYN is held, retransmissions ignored.
                 return;
             }
-            self.stack.push(packet);
+            self.stack.push_in(buf, at);
             return;
         }
         if !syn || self.core.is_gateway(dst.ip()) || self.is_published_reply(src, dst) {
             // Not a new egress flow: the stack answers (DNS listener, published flow,
             // or an RST for a closed port / unknown connection).
-            self.stack.push(packet);
+            self.stack.push_in(buf, at);
             return;
         }
         if !self.limit(src.ip(), "tcp") {
             return;
         }
+        // The SYN is held until the host connect completes: a small copy, once per flow.
+        let packet = buf.get(at).unwrap_or_default().to_vec();
+        self.stack.recycle(buf);
         let stream = match TcpStream::connect(dst) {
             Ok(s) => s,
             Err(e) => {

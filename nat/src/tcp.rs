@@ -25,6 +25,7 @@ use smoltcp::time::{Duration as SmolDuration, Instant};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::ops::Range;
 
 /// Bytes of buffer per direction per TCP flow.
 pub const SOCKET_BUF: usize = 256 * 1024;
@@ -37,45 +38,100 @@ pub const OFFLOAD_MTU: usize = 65535;
 /// headers: the runtime builds the switch datagram in place, without copying the packet.
 pub const TX_HEADROOM: usize = tapnet_switch::VNET_HDR_LEN + crate::vnet::ETH_HDR_LEN;
 
+/// Most packet buffers kept for reuse ([`Stack::recycle`]).
+pub const POOL_MAX: usize = 64;
+
+/// Buffers shorter than this are neither pooled nor taken from the pool (a big pooled
+/// buffer cut down to an ACK would need zeroing again to grow back).
+pub const POOL_MIN_LEN: usize = 16 * 1024;
+
+/// A packet buffer of `len` bytes, reused from `pool` when possible. Its contents are
+/// whatever the buffer held before (initialised, not zeroed): callers overwrite them.
+fn pooled(pool: &mut Vec<Vec<u8>>, len: usize) -> Vec<u8> {
+    if len < POOL_MIN_LEN {
+        return vec![0u8; len];
+    }
+    let mut buf = pool.pop().unwrap_or_default();
+    if buf.len() < len {
+        buf.resize(len, 0);
+    } else {
+        buf.truncate(len);
+    }
+    buf
+}
+
 /// A `Device` over two packet queues.
 pub struct QueueDevice {
-    rx: VecDeque<Vec<u8>>,
+    /// Packets for the stack: a buffer and where the IP packet lies in it.
+    rx: VecDeque<(Vec<u8>, Range<usize>)>,
     tx: VecDeque<Vec<u8>>,
+    /// Spare packet buffers (consumed receive buffers, sent transmit buffers).
+    pool: Vec<Vec<u8>>,
+    /// Receive buffers consumed while a transmit token held `pool`.
+    spent: Vec<Vec<u8>>,
     mtu: usize,
     offloads: bool,
 }
 
-/// Receive token: one queued packet.
-pub struct RxTok(Vec<u8>);
-/// Transmit token: appends to the transmit queue.
-pub struct TxTok<'a>(&'a mut VecDeque<Vec<u8>>);
+/// Receive token: one queued packet; its buffer goes back to the pool.
+pub struct RxTok<'a> {
+    buf: Vec<u8>,
+    at: Range<usize>,
+    pool: &'a mut Vec<Vec<u8>>,
+}
+/// Transmit token: appends to the transmit queue, in a buffer from the pool.
+pub struct TxTok<'a> {
+    tx: &'a mut VecDeque<Vec<u8>>,
+    pool: &'a mut Vec<Vec<u8>>,
+}
 
-impl phy::RxToken for RxTok {
+impl phy::RxToken for RxTok<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
+        let r = f(self.buf.get(self.at.clone()).unwrap_or_default());
+        if self.pool.len() < POOL_MAX && self.buf.len() >= POOL_MIN_LEN {
+            self.pool.push(self.buf);
+        }
+        r
     }
 }
 
 impl phy::TxToken for TxTok<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut buf = vec![0u8; TX_HEADROOM + len];
+        // smoltcp writes every byte of the packet (headers, option padding, payload, a
+        // zero checksum when not computed), so a reused buffer needs no zeroing.
+        let mut buf = pooled(self.pool, TX_HEADROOM + len);
         let r = f(&mut buf[TX_HEADROOM..]);
-        self.0.push_back(buf);
+        self.tx.push_back(buf);
         r
     }
 }
 
 impl Device for QueueDevice {
-    type RxToken<'a> = RxTok;
+    type RxToken<'a> = RxTok<'a>;
     type TxToken<'a> = TxTok<'a>;
 
-    fn receive(&mut self, _t: Instant) -> Option<(RxTok, TxTok<'_>)> {
-        let p = self.rx.pop_front()?;
-        Some((RxTok(p), TxTok(&mut self.tx)))
+    fn receive(&mut self, _t: Instant) -> Option<(RxTok<'_>, TxTok<'_>)> {
+        let (buf, at) = self.rx.pop_front()?;
+        // Both tokens live at once: the receive side returns its buffer to `spent`
+        // (moved to `pool` by the stack), the transmit side takes from `pool`.
+        Some((
+            RxTok {
+                buf,
+                at,
+                pool: &mut self.spent,
+            },
+            TxTok {
+                tx: &mut self.tx,
+                pool: &mut self.pool,
+            },
+        ))
     }
 
     fn transmit(&mut self, _t: Instant) -> Option<TxTok<'_>> {
-        Some(TxTok(&mut self.tx))
+        Some(TxTok {
+            tx: &mut self.tx,
+            pool: &mut self.pool,
+        })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -108,6 +164,8 @@ impl Stack {
         let mut dev = QueueDevice {
             rx: VecDeque::new(),
             tx: VecDeque::new(),
+            pool: Vec::new(),
+            spent: Vec::new(),
             mtu: if cfg.tap_offloads {
                 OFFLOAD_MTU
             } else {
@@ -138,7 +196,37 @@ impl Stack {
 
     /// Queue one IP packet for the stack.
     pub fn push(&mut self, ip_packet: Vec<u8>) {
-        self.dev.rx.push_back(ip_packet);
+        let len = ip_packet.len();
+        self.dev.rx.push_back((ip_packet, 0..len));
+    }
+
+    /// Queue the IP packet at `at` in `buf` for the stack (no copy; the buffer is
+    /// recycled once the stack has consumed the packet).
+    pub fn push_in(&mut self, buf: Vec<u8>, at: Range<usize>) {
+        self.dev.rx.push_back((buf, at));
+    }
+
+    /// A packet buffer of `len` bytes from the pool (contents unspecified).
+    pub fn buffer(&mut self, len: usize) -> Vec<u8> {
+        self.reclaim();
+        pooled(&mut self.dev.pool, len)
+    }
+
+    /// Give a packet buffer back for reuse (dropped when the pool is full).
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if self.dev.pool.len() < POOL_MAX && buf.len() >= POOL_MIN_LEN {
+            self.dev.pool.push(buf);
+        }
+    }
+
+    fn reclaim(&mut self) {
+        while let Some(b) = self.dev.spent.pop() {
+            if self.dev.pool.len() >= POOL_MAX {
+                self.dev.spent.clear();
+                break;
+            }
+            self.dev.pool.push(b);
+        }
     }
 
     /// Process queued packets and timers. True if some socket may have changed.
@@ -151,6 +239,7 @@ impl Stack {
 
     /// Take the IP packets the stack wants to send, each after [`TX_HEADROOM`] bytes.
     pub fn take_tx(&mut self) -> VecDeque<Vec<u8>> {
+        self.reclaim();
         std::mem::take(&mut self.dev.tx)
     }
 
