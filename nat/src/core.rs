@@ -306,23 +306,15 @@ impl Core {
                 else {
                     return Verdict::DropReason(DropReason::Unsupported);
                 };
-                if self.is_gateway(dst) {
-                    match echo_reply_packet(dst, src, ident, seq_no, data) {
-                        Some(p) => Verdict::Reply(self.eth(src_mac, EthernetProtocol::Ipv4, &p)),
-                        None => Verdict::DropReason(DropReason::Malformed),
-                    }
-                } else {
-                    self.egress(
-                        dst,
-                        Verdict::Echo {
-                            src,
-                            dst,
-                            ident,
-                            seq: seq_no,
-                            data: data.to_vec(),
-                        },
-                    )
-                }
+                self.echo_request(
+                    src_mac,
+                    EthernetProtocol::Ipv4,
+                    src,
+                    dst,
+                    ident,
+                    seq_no,
+                    data,
+                )
             }
             IpProtocol::Udp => self.udp(src, dst, l4),
             IpProtocol::Tcp => self.tcp(src, dst, ip_packet, l4),
@@ -420,23 +412,15 @@ impl Core {
                 else {
                     return Verdict::DropReason(DropReason::Unsupported);
                 };
-                if self.is_gateway(dst) {
-                    match echo_reply_packet(dst, src, ident, seq_no, data) {
-                        Some(p) => Verdict::Reply(self.eth(src_mac, EthernetProtocol::Ipv6, &p)),
-                        None => Verdict::DropReason(DropReason::Malformed),
-                    }
-                } else {
-                    self.egress(
-                        dst,
-                        Verdict::Echo {
-                            src,
-                            dst,
-                            ident,
-                            seq: seq_no,
-                            data: data.to_vec(),
-                        },
-                    )
-                }
+                self.echo_request(
+                    src_mac,
+                    EthernetProtocol::Ipv6,
+                    src,
+                    dst,
+                    ident,
+                    seq_no,
+                    data,
+                )
             }
             IpProtocol::Udp => self.udp(src, dst, l4),
             IpProtocol::Tcp => self.tcp(src, dst, ip_packet, l4),
@@ -445,6 +429,36 @@ impl Core {
     }
 
     /// Policy for traffic leaving the subnet: isolation, internal networks, own subnet.
+    /// An ICMP/ICMPv6 echo request: answered when it is for the gateway, else egress.
+    #[allow(clippy::too_many_arguments)]
+    fn echo_request(
+        &self,
+        src_mac: Mac,
+        proto: EthernetProtocol,
+        src: IpAddr,
+        dst: IpAddr,
+        ident: u16,
+        seq: u16,
+        data: &[u8],
+    ) -> Verdict {
+        if self.is_gateway(dst) {
+            return match echo_reply_packet(dst, src, ident, seq, data) {
+                Some(p) => Verdict::Reply(self.eth(src_mac, proto, &p)),
+                None => Verdict::DropReason(DropReason::Malformed),
+            };
+        }
+        self.egress(
+            dst,
+            Verdict::Echo {
+                src,
+                dst,
+                ident,
+                seq,
+                data: data.to_vec(),
+            },
+        )
+    }
+
     fn egress(&self, dst: IpAddr, v: Verdict) -> Verdict {
         if self.is_isolated(dst) {
             Verdict::DropReason(DropReason::Isolated)
