@@ -454,6 +454,25 @@ impl Worker {
         t
     }
 
+    /// Give a host TCP socket a flow id and a token and register it with the poll;
+    /// `None` (nothing left registered) when the registry refuses it.
+    fn register_tcp(&mut self, stream: &mut TcpStream) -> Option<(u64, Token)> {
+        let id = self.next_flow;
+        self.next_flow += 1;
+        let token = self.token(Owner::Tcp(id));
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if self
+            .poll
+            .registry()
+            .register(stream, token, interest)
+            .is_err()
+        {
+            self.owners.remove(&token);
+            return None;
+        }
+        Some((id, token))
+    }
+
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut last_tick = 0u64;
@@ -1004,21 +1023,12 @@ impl Worker {
                 return;
             }
         };
-        let id = self.next_flow;
-        self.next_flow += 1;
-        let token = self.token(Owner::Tcp(id));
         let mut stream = stream;
-        if self
-            .poll
-            .registry()
-            .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
-            .is_err()
-        {
-            self.owners.remove(&token);
+        let Some((id, token)) = self.register_tcp(&mut stream) else {
             self.limiter.release(src.ip());
             self.stats.dropped(DropReason::HostSocket);
             return;
-        }
+        };
         self.stats.flow_opened(FlowProto::Tcp);
         self.tcp_by_key.insert(key, id);
         self.tcp.insert(
@@ -1247,20 +1257,11 @@ impl Worker {
                 self.stats.dropped(DropReason::HostSocket);
                 continue;
             };
-            let id = self.next_flow;
-            self.next_flow += 1;
-            let token = self.token(Owner::Tcp(id));
             let mut stream = stream;
-            if self
-                .poll
-                .registry()
-                .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
-                .is_err()
-            {
-                self.owners.remove(&token);
+            let Some((id, token)) = self.register_tcp(&mut stream) else {
                 self.stack.remove(h);
                 continue;
-            }
+            };
             self.stats.flow_opened(FlowProto::Tcp);
             self.tcp.insert(
                 id,
