@@ -1936,7 +1936,7 @@ fn not_found(kind: &str, what: &str) -> Error {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::driver::null::NullDriver;
+    use crate::driver::record::NULL_DRIVER;
     use crate::ipam::DefaultIpam;
     use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 
@@ -1990,7 +1990,7 @@ mod tests {
         let flaky = Arc::new(Flaky::default());
         let mut reg = DriverRegistry::new();
         reg.register(flaky.clone());
-        reg.register(Arc::new(NullDriver));
+        reg.register(Arc::new(NULL_DRIVER));
         let ctl = Controller::new(
             reg,
             Box::new(DefaultIpam::new()),
@@ -2179,7 +2179,7 @@ mod tests {
         );
         let random = default_mac(&Flaky::default(), None, None, &net).unwrap();
         assert_eq!(random[..2], [0x02, 0x42]);
-        assert_eq!(default_mac(&NullDriver, Some(custom), None, &net), None);
+        assert_eq!(default_mac(&NULL_DRIVER, Some(custom), None, &net), None);
         assert_eq!(
             default_mac(
                 &Flaky::default(),
@@ -2291,7 +2291,7 @@ mod tests {
     fn controller_with_db(dir: &Path) -> Controller {
         let mut reg = DriverRegistry::new();
         reg.register(Arc::new(Flaky::default()));
-        reg.register(Arc::new(NullDriver));
+        reg.register(Arc::new(NULL_DRIVER));
         Controller::with_db(
             reg,
             Box::new(DefaultIpam::new()),

@@ -12,8 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tapnet_engine::controller::DefaultBridge;
 use tapnet_engine::driver::bridge::BridgeDriver;
-use tapnet_engine::driver::host::HostDriver;
-use tapnet_engine::driver::null::NullDriver;
+use tapnet_engine::driver::record::{HOST_DRIVER, NULL_DRIVER};
 use tapnet_engine::driver::DriverRegistry;
 use tapnet_engine::ipam::{default_pools, DefaultIpam, DefaultPool};
 use tapnet_engine::store::Db;
@@ -155,8 +154,8 @@ async fn main() -> anyhow::Result<()> {
         .with_upstream_dns(upstream);
     let mut drivers = DriverRegistry::new();
     drivers.register(Arc::new(bridge));
-    drivers.register(Arc::new(NullDriver));
-    drivers.register(Arc::new(HostDriver));
+    drivers.register(Arc::new(NULL_DRIVER));
+    drivers.register(Arc::new(HOST_DRIVER));
     let pools = if args.default_address_pools.is_empty() {
         default_pools()
     } else {

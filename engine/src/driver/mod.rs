@@ -19,8 +19,7 @@
 //! same trait (a driver that has no switch returns empty reports).
 
 pub mod bridge;
-pub mod host;
-pub mod null;
+pub mod record;
 
 use crate::error::{Error, Result};
 use crate::model::{Endpoint, Network};
