@@ -724,6 +724,38 @@ pub fn echo_reply_packet(
     }
 }
 
+/// A zeroed buffer holding an emitted IPv4 or IPv6 header from `src` to `dst` for a
+/// `proto` payload of `l4_len` bytes, and the payload's offset. `None` if the families
+/// differ.
+fn ip_packet(
+    src: IpAddr,
+    dst: IpAddr,
+    proto: IpProtocol,
+    l4_len: usize,
+) -> Option<(Vec<u8>, usize)> {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let ip = ipv4_header(s, d, proto, l4_len);
+            let mut buf = vec![0u8; ip.buffer_len() + l4_len];
+            ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[..]), &csum());
+            Some((buf, ip.buffer_len()))
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let ip = Ipv6Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: proto,
+                payload_len: l4_len,
+                hop_limit: 64,
+            };
+            let mut buf = vec![0u8; ip.buffer_len() + l4_len];
+            ip.emit(&mut Ipv6Packet::new_unchecked(&mut buf[..]));
+            Some((buf, ip.buffer_len()))
+        }
+        _ => None,
+    }
+}
+
 /// An IP packet carrying a UDP datagram from `src` to `dst`, checksummed. `None` if the
 /// families differ or the payload cannot fit one IP packet.
 pub fn udp_packet(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
@@ -735,27 +767,7 @@ pub fn udp_packet(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Ve
         dst_port: dst.port(),
     };
     let l4_len = udp.header_len() + payload.len();
-    let (mut buf, off) = match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let ip = ipv4_header(s, d, IpProtocol::Udp, l4_len);
-            let mut buf = vec![0u8; ip.buffer_len() + l4_len];
-            ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[..]), &csum());
-            (buf, ip.buffer_len())
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let ip = Ipv6Repr {
-                src_addr: s,
-                dst_addr: d,
-                next_header: IpProtocol::Udp,
-                payload_len: l4_len,
-                hop_limit: 64,
-            };
-            let mut buf = vec![0u8; ip.buffer_len() + l4_len];
-            ip.emit(&mut Ipv6Packet::new_unchecked(&mut buf[..]));
-            (buf, ip.buffer_len())
-        }
-        _ => return None,
-    };
+    let (mut buf, off) = ip_packet(src.ip(), dst.ip(), IpProtocol::Udp, l4_len)?;
     let l4 = buf.get_mut(off..)?;
     udp.emit(
         &mut UdpPacket::new_unchecked(l4),
@@ -787,27 +799,7 @@ pub fn tcp_refuse_packet(src: SocketAddr, dst: SocketAddr, syn_seq: u32) -> Opti
     };
     let l4_len = tcp.buffer_len();
     let (from, to) = (IpAddress::from(dst.ip()), IpAddress::from(src.ip()));
-    let (mut buf, off) = match (dst.ip(), src.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let ip = ipv4_header(s, d, IpProtocol::Tcp, l4_len);
-            let mut buf = vec![0u8; ip.buffer_len() + l4_len];
-            ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[..]), &csum());
-            (buf, ip.buffer_len())
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let ip = Ipv6Repr {
-                src_addr: s,
-                dst_addr: d,
-                next_header: IpProtocol::Tcp,
-                payload_len: l4_len,
-                hop_limit: 64,
-            };
-            let mut buf = vec![0u8; ip.buffer_len() + l4_len];
-            ip.emit(&mut Ipv6Packet::new_unchecked(&mut buf[..]));
-            (buf, ip.buffer_len())
-        }
-        _ => return None,
-    };
+    let (mut buf, off) = ip_packet(dst.ip(), src.ip(), IpProtocol::Tcp, l4_len)?;
     let l4 = buf.get_mut(off..)?;
     tcp.emit(&mut TcpPacket::new_unchecked(l4), &from, &to, &csum());
     Some(buf)
