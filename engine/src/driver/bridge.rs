@@ -92,6 +92,24 @@ struct BridgeNetwork {
     port_security: bool,
 }
 
+impl BridgeNetwork {
+    /// Attach an endpoint's tap to the switch with the endpoint's port policy and record
+    /// the port.
+    fn attach(
+        &mut self,
+        endpoint: &Endpoint,
+        tap: Arc<Tap>,
+    ) -> std::result::Result<(), tapnet_switch::runtime::Error> {
+        let opts = endpoint_options(endpoint, self.port_security);
+        let (port, stats) = self
+            .handle
+            .add_port_with(Box::new(TapPort(Arc::clone(&tap))), opts)?;
+        self.ports
+            .insert(endpoint.id.clone(), BridgePort { port, stats, tap });
+        Ok(())
+    }
+}
+
 /// The `bridge` driver (see the module doc).
 pub struct BridgeDriver {
     datapath: Mutex<Option<Datapath>>,
@@ -400,16 +418,8 @@ impl Driver for BridgeDriver {
             disable_ipv6(sandbox, &name);
         }
         let tap = Arc::new(tap);
-        let opts = endpoint_options(endpoint, net.port_security);
-        match net
-            .handle
-            .add_port_with(Box::new(TapPort(Arc::clone(&tap))), opts)
-        {
-            Ok((port, stats)) => {
-                net.ports
-                    .insert(endpoint.id.clone(), BridgePort { port, stats, tap });
-                Ok(name)
-            }
+        match net.attach(endpoint, Arc::clone(&tap)) {
+            Ok(()) => Ok(name),
             Err(e) => {
                 let what = format!("{name} of sandbox {sandbox_name}");
                 if let Err(cleanup) = destroy_tap(tap, &what) {
@@ -458,16 +468,8 @@ impl Driver for BridgeDriver {
         let net = nets
             .get_mut(&network.id)
             .ok_or_else(|| Self::unknown(&network.id))?;
-        let opts = endpoint_options(endpoint, net.port_security);
-        match net
-            .handle
-            .add_port_with(Box::new(TapPort(Arc::clone(&tap))), opts)
-        {
-            Ok((port, stats)) => {
-                net.ports
-                    .insert(endpoint.id.clone(), BridgePort { port, stats, tap });
-                Ok(how)
-            }
+        match net.attach(endpoint, Arc::clone(&tap)) {
+            Ok(()) => Ok(how),
             Err(e) => {
                 drop(nets);
                 // Leave a re-opened tap as it was (closing the fd keeps the device);
