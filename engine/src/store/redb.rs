@@ -1,28 +1,24 @@
-//! The persistent store: the CNM model in an embedded ACID database (redb).
+//! The local store: [`KvStore`] on an embedded ACID database (redb).
 //!
 //! Contract:
-//! * The database lives at `<data-root>/tapnet.db` ([`DB_FILE`]). It has the tables
-//!   `networks`, `sandboxes`, `endpoints` (each keyed by the object's 64-hex id, the
-//!   value a serde JSON record of [`Network`] / [`Sandbox`] / [`Endpoint`]) and `meta`
-//!   (`schema_version`). A network record is stored without its endpoints; endpoints
-//!   are their own records (so a connect writes one small record, whatever the size
-//!   of the network) and are attached to their network by [`Db::load`].
-//! * IPAM state is *not* stored: it is rebuilt from the networks (pools, gateways)
-//!   and endpoints (addresses) on start.
-//! * [`Db::commit`] applies a list of [`Change`]s in **one** write transaction with
-//!   immediate durability: either all of them are on disk when it returns `Ok`, or
-//!   none is. The controller calls it once per API mutation, after the OS work
-//!   succeeded, and undoes the OS work if it fails.
-//! * [`Db::load`] reads everything in one read transaction. A record that does not
-//!   parse, or whose key does not match its id, is logged and skipped (never a
-//!   panic); an endpoint whose network is not in the store is returned as an orphan.
-//!   A database written by a newer schema is refused with a clear error.
+//! * The database lives at `<data-root>/tapnet.db` ([`DB_FILE`]). Tables `networks`,
+//!   `sandboxes`, `endpoints` hold the records of the keys `networks/<id>` etc. (keyed
+//!   by the id, the value a serde JSON record), `revisions` the revision that last
+//!   wrote each key, and `meta` the `schema_version` and the store's current
+//!   `revision`. A database written by a newer schema is refused with a clear error;
+//!   one written before revisions existed reads as revision 0 for every key.
+//! * [`KvStore::txn`] is **one** redb write transaction with immediate durability:
+//!   the conditions are checked and the writes applied inside it, so either every
+//!   write is on disk when it returns `Ok`, or none is. Watchers are told after the
+//!   commit.
 //! * Only one process can open the database at a time (redb locks the file); the
 //!   lock dies with the process, so a `kill -9`'d daemon does not block its restart.
 
-use crate::model::{Endpoint, Network, Sandbox, Store};
+use super::{
+    Change, Compare, KeyValue, KvOp, KvStore, Loaded, Revision, StoreError, Watchers,
+    ENDPOINTS as ENDPOINTS_PREFIX, NETWORKS as NETWORKS_PREFIX, SANDBOXES as SANDBOXES_PREFIX,
+};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// File name of the database under the data root.
@@ -35,72 +31,27 @@ const SANDBOXES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sandbo
 const ENDPOINTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("endpoints");
 /// A record table: id → JSON.
 type RecordTable = TableDefinition<'static, &'static str, &'static [u8]>;
+/// Full key → the revision that last wrote it.
+const REVISIONS: TableDefinition<'_, &str, u64> = TableDefinition::new("revisions");
 
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
-/// Errors of the store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database refused an operation (I/O error, lock held, corruption).
-    #[error("database {path}: {source}")]
-    Db {
-        /// The database file (or `memory`).
-        path: String,
-        /// The cause.
-        #[source]
-        source: Box<redb::Error>,
-    },
-    /// A record could not be encoded.
-    #[error("encode {what}: {source}")]
-    Encode {
-        /// Which record.
-        what: String,
-        /// The cause.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// The database was written by a newer tapnet.
-    #[error("database {path} has schema version {found}; this tapnetd understands up to {SCHEMA_VERSION}: upgrade tapnetd or move the data root away")]
-    Schema {
-        /// The database file.
-        path: String,
-        /// The version found.
-        found: u64,
-    },
+/// The record table and id of a key.
+fn table_of(key: &str) -> Option<(RecordTable, &str)> {
+    [
+        (NETWORKS_PREFIX, NETWORKS),
+        (SANDBOXES_PREFIX, SANDBOXES),
+        (ENDPOINTS_PREFIX, ENDPOINTS),
+    ]
+    .into_iter()
+    .find_map(|(prefix, table)| key.strip_prefix(prefix).map(|id| (table, id)))
 }
 
-/// One change of a mutation (see [`Db::commit`]).
-#[derive(Debug, Clone)]
-pub enum Change {
-    /// Insert or replace a network record (its endpoints are not written).
-    PutNetwork(Box<Network>),
-    /// Remove a network record.
-    DeleteNetwork(String),
-    /// Insert or replace a sandbox record.
-    PutSandbox(Sandbox),
-    /// Remove a sandbox record.
-    DeleteSandbox(String),
-    /// Insert or replace an endpoint record.
-    PutEndpoint(Endpoint),
-    /// Remove an endpoint record.
-    DeleteEndpoint(String),
-}
-
-/// What [`Db::load`] found.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    /// The model: networks (with their endpoints) and sandboxes.
-    pub store: Store,
-    /// Endpoints whose network is not in the store (to be deleted).
-    pub orphan_endpoints: Vec<Endpoint>,
-    /// Records that could not be read (logged, skipped).
-    pub skipped: usize,
-}
-
-/// The database handle (see the module doc).
+/// The redb database (see the module doc).
 pub struct Db {
     db: Database,
     path: String,
+    watchers: Watchers,
 }
 
 impl std::fmt::Debug for Db {
@@ -110,7 +61,7 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
-    /// Open (or create) the database at `<data_root>/tapnet.db`.
+    /// Open (or create) the database under `data_root`.
     pub fn open(data_root: &Path) -> Result<Db, StoreError> {
         let path: PathBuf = data_root.join(DB_FILE);
         let name = path.display().to_string();
@@ -118,7 +69,7 @@ impl Db {
         Db::init(db, name)
     }
 
-    /// A database in memory (tests; a controller without a data root).
+    /// A database in memory (tests).
     pub fn in_memory() -> Result<Db, StoreError> {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
@@ -126,14 +77,18 @@ impl Db {
         Db::init(db, "memory".to_string())
     }
 
-    /// Create the tables and check/set the schema version.
     fn init(db: Database, path: String) -> Result<Db, StoreError> {
-        let this = Db { db, path };
+        let this = Db {
+            db,
+            path,
+            watchers: Watchers::default(),
+        };
         let tx = this.db.begin_write().map_err(|e| this.err(e))?;
         {
             for t in [NETWORKS, SANDBOXES, ENDPOINTS] {
                 tx.open_table(t).map_err(|e| this.err(e))?;
             }
+            tx.open_table(REVISIONS).map_err(|e| this.err(e))?;
             let mut meta = tx.open_table(META).map_err(|e| this.err(e))?;
             let found = meta
                 .get("schema_version")
@@ -161,103 +116,142 @@ impl Db {
         db_err(&self.path, e)
     }
 
-    /// The database file's path (or `memory`).
+    /// The database file.
     pub fn path(&self) -> &str {
         &self.path
     }
 
-    /// Read the whole model in one read transaction (see the module doc).
+    /// Read everything (see [`super::load`]).
     pub fn load(&self) -> Result<Loaded, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let mut loaded = Loaded::default();
-        let networks: Vec<Network> = read_table(
-            &tx.open_table(NETWORKS).map_err(|e| self.err(e))?,
-            "network",
-            |n: &Network| n.id.as_str(),
-            &mut loaded.skipped,
-        )
-        .map_err(|e| self.err(e))?;
-        let sandboxes: Vec<Sandbox> = read_table(
-            &tx.open_table(SANDBOXES).map_err(|e| self.err(e))?,
-            "sandbox",
-            |s: &Sandbox| s.id.as_str(),
-            &mut loaded.skipped,
-        )
-        .map_err(|e| self.err(e))?;
-        let endpoints: Vec<Endpoint> = read_table(
-            &tx.open_table(ENDPOINTS).map_err(|e| self.err(e))?,
-            "endpoint",
-            |e: &Endpoint| e.id.as_str(),
-            &mut loaded.skipped,
-        )
-        .map_err(|e| self.err(e))?;
-        for mut n in networks {
-            n.endpoints = BTreeMap::new();
-            loaded.store.networks.insert(n.id.clone(), n);
-        }
-        for s in sandboxes {
-            loaded.store.sandboxes.insert(s.id.clone(), s);
-        }
-        for e in endpoints {
-            match loaded.store.networks.get_mut(&e.network_id) {
-                Some(n) => {
-                    n.endpoints.insert(e.id.clone(), e);
-                }
-                None => loaded.orphan_endpoints.push(e),
-            }
-        }
-        Ok(loaded)
+        super::load(self)
     }
 
-    /// Apply `changes` in one write transaction (all or nothing, durable on `Ok`).
+    /// Apply `changes` in one transaction (see [`super::commit`]).
     pub fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        // Encode first: nothing is written if a record cannot be encoded.
-        let mut ops: Vec<(RecordTable, &str, Option<Vec<u8>>)> = Vec::with_capacity(changes.len());
-        for c in changes {
-            ops.push(match c {
-                Change::PutNetwork(n) => {
-                    let bare = Network {
-                        endpoints: BTreeMap::new(),
-                        ..(**n).clone()
-                    };
-                    (
-                        NETWORKS,
-                        n.id.as_str(),
-                        Some(encode("network", &n.id, &bare)?),
-                    )
-                }
-                Change::DeleteNetwork(id) => (NETWORKS, id.as_str(), None),
-                Change::PutSandbox(s) => {
-                    (SANDBOXES, s.id.as_str(), Some(encode("sandbox", &s.id, s)?))
-                }
-                Change::DeleteSandbox(id) => (SANDBOXES, id.as_str(), None),
-                Change::PutEndpoint(e) => (
-                    ENDPOINTS,
-                    e.id.as_str(),
-                    Some(encode("endpoint", &e.id, e)?),
-                ),
-                Change::DeleteEndpoint(id) => (ENDPOINTS, id.as_str(), None),
-            });
-        }
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        for (table, key, value) in ops {
-            let mut t = tx.open_table(table).map_err(|e| self.err(e))?;
-            match value {
-                Some(v) => {
-                    t.insert(key, v.as_slice()).map_err(|e| self.err(e))?;
-                }
-                None => {
-                    t.remove(key).map_err(|e| self.err(e))?;
-                }
-            }
-        }
-        // Dropping an uncommitted transaction aborts it: an error above writes nothing.
-        tx.commit().map_err(|e| self.err(e))
+        super::commit(self, changes)
     }
 }
+
+impl KvStore for Db {
+    fn describe(&self) -> String {
+        self.path.clone()
+    }
+
+    fn range(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let revs = tx.open_table(REVISIONS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for (p, table) in [
+            (NETWORKS_PREFIX, NETWORKS),
+            (SANDBOXES_PREFIX, SANDBOXES),
+            (ENDPOINTS_PREFIX, ENDPOINTS),
+        ] {
+            // The table holds keys under `p`; the wanted prefix may be shorter or longer.
+            let id_prefix = if let Some(rest) = prefix.strip_prefix(p) {
+                rest
+            } else if p.starts_with(prefix) {
+                ""
+            } else {
+                continue;
+            };
+            let t = tx.open_table(table).map_err(|e| self.err(e))?;
+            for row in t.iter().map_err(|e| self.err(e))? {
+                let (k, v) = row.map_err(|e| self.err(e))?;
+                if !k.value().starts_with(id_prefix) {
+                    continue;
+                }
+                let key = format!("{p}{}", k.value());
+                let revision = revs
+                    .get(key.as_str())
+                    .map_err(|e| self.err(e))?
+                    .map_or(0, |r| r.value());
+                out.push(KeyValue {
+                    key,
+                    value: v.value().to_vec(),
+                    revision,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn txn(&self, compares: &[Compare], ops: &[KvOp]) -> Result<Revision, StoreError> {
+        let mut targets = Vec::with_capacity(ops.len());
+        for op in ops {
+            let (table, id) = table_of(op.key()).ok_or_else(|| StoreError::Unavailable {
+                store: self.path.clone(),
+                message: format!("no table for key {}", op.key()),
+            })?;
+            targets.push((table, id, op));
+        }
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let revision = {
+            let mut revs = tx.open_table(REVISIONS).map_err(|e| self.err(e))?;
+            for c in compares {
+                let exists = match table_of(&c.key) {
+                    Some((table, id)) => tx
+                        .open_table(table)
+                        .map_err(|e| self.err(e))?
+                        .get(id)
+                        .map_err(|e| self.err(e))?
+                        .is_some(),
+                    None => false,
+                };
+                let found = if exists {
+                    Some(
+                        revs.get(c.key.as_str())
+                            .map_err(|e| self.err(e))?
+                            .map_or(0, |r| r.value()),
+                    )
+                } else {
+                    None
+                };
+                if found != c.revision {
+                    // Dropping the transaction aborts it.
+                    return Err(StoreError::Conflict {
+                        store: self.path.clone(),
+                        key: c.key.clone(),
+                        expected: c.revision,
+                        found,
+                    });
+                }
+            }
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            let revision = meta
+                .get("revision")
+                .map_err(|e| self.err(e))?
+                .map_or(0, |r| r.value())
+                + 1;
+            meta.insert("revision", revision).map_err(|e| self.err(e))?;
+            for (table, id, op) in &targets {
+                let mut t = tx.open_table(*table).map_err(|e| self.err(e))?;
+                match op {
+                    KvOp::Put(key, value) => {
+                        t.insert(*id, value.as_slice()).map_err(|e| self.err(e))?;
+                        revs.insert(key.as_str(), revision)
+                            .map_err(|e| self.err(e))?;
+                    }
+                    KvOp::Delete(key) => {
+                        t.remove(*id).map_err(|e| self.err(e))?;
+                        revs.remove(key.as_str()).map_err(|e| self.err(e))?;
+                    }
+                }
+            }
+            revision
+        };
+        // Dropping an uncommitted transaction aborts it: an error above writes nothing.
+        tx.commit().map_err(|e| self.err(e))?;
+        self.watchers.notify(revision, ops);
+        Ok(revision)
+    }
+
+    fn watch(&self, prefix: &str) -> crossbeam_channel::Receiver<WatchEvent> {
+        self.watchers.subscribe(prefix)
+    }
+}
+
+use super::WatchEvent;
 
 fn db_err(path: &str, e: impl Into<redb::Error>) -> StoreError {
     StoreError::Db {
@@ -266,50 +260,64 @@ fn db_err(path: &str, e: impl Into<redb::Error>) -> StoreError {
     }
 }
 
-fn encode<T: serde::Serialize>(kind: &str, id: &str, v: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(v).map_err(|source| StoreError::Encode {
-        what: format!("{kind} {id}"),
-        source,
-    })
-}
-
-/// Decode every record of a table; log and skip the ones that do not parse or whose
-/// key is not their id.
-fn read_table<T: serde::de::DeserializeOwned>(
-    table: &redb::ReadOnlyTable<&'static str, &'static [u8]>,
-    kind: &str,
-    id_of: impl Fn(&T) -> &str,
-    skipped: &mut usize,
-) -> Result<Vec<T>, redb::StorageError> {
-    let mut out = Vec::new();
-    for row in table.iter()? {
-        let (k, v) = row?;
-        let key = k.value();
-        match serde_json::from_slice::<T>(v.value()) {
-            Ok(rec) if id_of(&rec) == key => out.push(rec),
-            Ok(rec) => {
-                *skipped += 1;
-                tracing::warn!(
-                    key,
-                    id = id_of(&rec),
-                    "store: {kind} record's id does not match its key; skipped"
-                );
-            }
-            Err(e) => {
-                *skipped += 1;
-                tracing::warn!(key, error = %e, "store: unreadable {kind} record; skipped");
-            }
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::model;
+    use crate::model::{self, Endpoint, Network, Sandbox};
+    use std::collections::BTreeMap;
     use std::net::Ipv4Addr;
+
+    #[test]
+    fn compare_and_swap_and_watch() {
+        let db = Db::in_memory().unwrap();
+        let watch = db.watch(SANDBOXES_PREFIX);
+        let s = sandbox("cas");
+        let k = super::super::key(SANDBOXES_PREFIX, &s.id);
+        let v = serde_json::to_vec(&s).unwrap();
+        // Create only if absent.
+        let absent = Compare {
+            key: k.clone(),
+            revision: None,
+        };
+        let r1 = db
+            .txn(&[absent.clone()], &[KvOp::Put(k.clone(), v.clone())])
+            .unwrap();
+        // A second create-if-absent conflicts and writes nothing.
+        let e = db.txn(&[absent], &[KvOp::Delete(k.clone())]).unwrap_err();
+        assert!(
+            matches!(e, StoreError::Conflict { found: Some(r), .. } if r == r1),
+            "{e}"
+        );
+        let rows = db.range(SANDBOXES_PREFIX).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].revision, r1);
+        // Swap at the right revision.
+        let at = Compare {
+            key: k.clone(),
+            revision: Some(r1),
+        };
+        let r2 = db.txn(&[at.clone()], &[KvOp::Delete(k.clone())]).unwrap();
+        assert!(r2 > r1);
+        // The stale revision no longer matches.
+        assert!(db.txn(&[at], &[KvOp::Put(k.clone(), v.clone())]).is_err());
+        assert!(db.range(SANDBOXES_PREFIX).unwrap().is_empty());
+        // The watch saw both committed writes, in order, and nothing of the failures.
+        let seen: Vec<WatchEvent> = watch.try_iter().collect();
+        assert_eq!(
+            seen,
+            vec![
+                WatchEvent {
+                    revision: r1,
+                    op: KvOp::Put(k.clone(), v)
+                },
+                WatchEvent {
+                    revision: r2,
+                    op: KvOp::Delete(k)
+                },
+            ]
+        );
+    }
 
     fn network(name: &str) -> Network {
         Network {
