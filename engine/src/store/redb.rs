@@ -281,7 +281,10 @@ mod tests {
             revision: None,
         };
         let r1 = db
-            .txn(&[absent.clone()], &[KvOp::Put(k.clone(), v.clone())])
+            .txn(
+                std::slice::from_ref(&absent),
+                &[KvOp::Put(k.clone(), v.clone())],
+            )
             .unwrap();
         // A second create-if-absent conflicts and writes nothing.
         let e = db.txn(&[absent], &[KvOp::Delete(k.clone())]).unwrap_err();
@@ -297,7 +300,9 @@ mod tests {
             key: k.clone(),
             revision: Some(r1),
         };
-        let r2 = db.txn(&[at.clone()], &[KvOp::Delete(k.clone())]).unwrap();
+        let r2 = db
+            .txn(std::slice::from_ref(&at), &[KvOp::Delete(k.clone())])
+            .unwrap();
         assert!(r2 > r1);
         // The stale revision no longer matches.
         assert!(db.txn(&[at], &[KvOp::Put(k.clone(), v.clone())]).is_err());
