@@ -1093,13 +1093,13 @@ async fn network_prune(State(ctl): Ctl, uri: Uri) -> ApiResult<Json<serde_json::
     let f = filters::Filters::parse(q.get("filters").map(String::as_str))?;
     let pf = filters::PruneFilters::new(f, filters::now_secs())?;
     let store = ctl.snapshot().await;
-    let mut deleted = Vec::new();
-    for net in store.networks.values().filter(|n| pf.prunable(n)) {
-        match ctl.delete_network(&net.id).await {
-            Ok(()) => deleted.push(net.name.clone()),
-            Err(e) => tracing::warn!(network = %net.name, error = %e, "prune: not removed"),
-        }
-    }
+    let candidates = store
+        .networks
+        .values()
+        .filter(|n| pf.prunable(n))
+        .map(|n| n.id.clone())
+        .collect();
+    let deleted = ctl.prune(candidates).await;
     Ok(Json(serde_json::json!({ "NetworksDeleted": deleted })))
 }
 

@@ -24,6 +24,7 @@ pub mod model;
 pub mod ports;
 pub mod sandbox_files;
 pub mod store;
+pub mod txn;
 
 pub use controller::Controller;
 pub use error::{Error, Result};

@@ -33,6 +33,24 @@ fn os_err(op: impl Into<String>, source: impl Into<io::Error>) -> Error {
 }
 
 /// Check that `file` (opened from `path`) is a network namespace.
+/// What a non-regular file is, for messages.
+fn describe_type(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "not a regular file"
+    }
+}
+
 fn check_netns(file: &File, path: &Path) -> Result<()> {
     // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd's inode; `file`
     // is a valid open fd for the duration of the call.
@@ -99,9 +117,26 @@ impl Netns {
 
     /// Adopt an existing namespace by path (`/proc/PID/ns/net`, `/run/netns/NAME`, a
     /// bind mount). Fails with a clear error if the path is not a network namespace.
+    ///
+    /// Never blocks on what the path names: its type is checked first (`stat`, which
+    /// does not open it), and it is opened with `O_NONBLOCK`, so a FIFO, a socket or a
+    /// device is refused at once instead of stalling the caller.
     pub fn open(path: &Path) -> Result<Netns> {
-        let file =
-            File::open(path).map_err(|e| os_err(format!("open netns {}", path.display()), e))?;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| os_err(format!("open netns {}", path.display()), e))?;
+        if !meta.file_type().is_file() {
+            return Err(Error::Invalid(format!(
+                "not a network namespace: {} is {}",
+                path.display(),
+                describe_type(&meta.file_type())
+            )));
+        }
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| os_err(format!("open netns {}", path.display()), e))?;
         check_netns(&file, path)?;
         Ok(Netns {
             path: path.to_path_buf(),

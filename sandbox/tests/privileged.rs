@@ -194,6 +194,15 @@ fn netns_open_proc_and_reject_others() {
                 format!("not a network namespace: {}", bad.display())
             );
         }
+        // A FIFO is refused at once (opening it would block until a writer came).
+        let fifo = s.path("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let err = Netns::open(&fifo).expect_err("a FIFO");
+        assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("not a network namespace: {} is a FIFO", fifo.display())
+        );
         let err = Netns::open(&s.path("missing")).expect_err("missing path");
         assert!(matches!(err, Error::Os { .. }), "{err:?}");
     });

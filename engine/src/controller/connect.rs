@@ -1,0 +1,288 @@
+//! Operation: connect a sandbox to a network (CNM `CreateEndpoint` + `Join`).
+//!
+//! Steps, under the locks of the network and the sandbox: resolve and validate
+//! (already connected, `host`/`none` exclusivity, static addresses and MAC against
+//! the driver, MAC unique on the network) → allocate the IPv4 and IPv6 addresses
+//! (undo: release) → the driver's `create_endpoint` (undo: `delete_endpoint`) →
+//! `join` (undo: `leave`) → publish the sandbox's ports if this is its first
+//! non-internal bridge network (undo: unpublish each) → commit the endpoint (and the
+//! sandbox's published ports). After the commit: publish the model, refresh the
+//! network's DNS names and the sandbox's files.
+
+use super::ipam_steps::{v4_pool, v6_pool, IpamTxn};
+use super::{net_key, not_found, publish_one, sb_key, ConnectOptions, Inner};
+use crate::driver::{Driver, DriverRegistry};
+use crate::error::{Error, Result};
+use crate::model::{self, Endpoint, Network, Sandbox, Store};
+use crate::ports;
+use crate::store::Change;
+use crate::txn::{blocking, Txn};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+impl Inner {
+    pub(super) async fn connect(
+        &self,
+        network: &str,
+        sandbox: &str,
+        opts: ConnectOptions,
+    ) -> Result<Endpoint> {
+        let (nid, sid) = {
+            let store = self.model();
+            (
+                store.resolve_network(network)?,
+                store.resolve_sandbox(sandbox)?,
+            )
+        };
+        let _held = self.locks.acquire([net_key(&nid), sb_key(&sid)]).await;
+        let store = self.model();
+        let net = store
+            .networks
+            .get(&nid)
+            .cloned()
+            .ok_or_else(|| not_found("network", network))?;
+        let sb = store
+            .sandboxes
+            .get(&sid)
+            .cloned()
+            .ok_or_else(|| not_found("sandbox", sandbox))?;
+        if net.endpoint_of(&sid).is_some() {
+            return Err(Error::Conflict(format!(
+                "sandbox {} is already connected to network {}",
+                sb.name, net.name
+            )));
+        }
+        let driver = self.drivers.get(&net.driver)?;
+        check_exclusive(&self.drivers, &store, &net, &sb, driver.as_ref())?;
+        if !driver.has_addresses() && (opts.ipv4.is_some() || opts.ipv6.is_some()) {
+            return Err(Error::InvalidRequest(format!(
+                "network {} (driver {}) gives endpoints no addresses: drop the static IPv4Address/IPv6Address",
+                net.name, net.driver
+            )));
+        }
+        if opts.ipv6.is_some() && net.ipv6.is_none() {
+            return Err(Error::InvalidRequest(format!(
+                "network {} has no IPv6 subnet (EnableIPv6 is off): cannot give IPv6Address",
+                net.name
+            )));
+        }
+        let ns = self.netns_of(&sid).ok_or_else(|| {
+            Error::InvalidRequest(format!("sandbox {} has no open namespace", sb.name))
+        })?;
+        if opts.mac.is_some() && !driver.has_addresses() {
+            return Err(Error::InvalidRequest(format!(
+                "network {} (driver {}) gives endpoints no device: drop the MacAddress",
+                net.name, net.driver
+            )));
+        }
+        if let Some(mac) = opts.mac {
+            if net.endpoints.values().any(|e| e.mac == Some(mac)) {
+                return Err(Error::Conflict(format!(
+                    "MAC address {} is already used on network {}",
+                    model::format_mac(&mac),
+                    net.name
+                )));
+            }
+        }
+        let mut txn = Txn::new(format!("connect {} to network {}", sb.name, net.name));
+        let r = self
+            .connect_steps(&mut txn, &net, &sb, driver, ns, opts)
+            .await;
+        let (endpoint, sb_after) = txn.finish(r).await?;
+        tracing::info!(
+            network = %net.name,
+            sandbox = %sb.name,
+            interface = %endpoint.interface,
+            ip = ?endpoint.ipv4,
+            ipv6 = ?endpoint.ipv6,
+            "connected"
+        );
+        if let Some(p) = sb_after.as_ref().and_then(|s| s.published.as_ref()) {
+            tracing::info!(sandbox = %sb.name, ports = ?p.ports, "ports published");
+        }
+        let ep = endpoint.clone();
+        self.publish(|s| {
+            if let Some(n) = s.networks.get_mut(&nid) {
+                n.endpoints.insert(ep.id.clone(), ep);
+            }
+            if let Some(after) = sb_after {
+                s.sandboxes.insert(sid.clone(), after);
+            }
+        });
+        self.refresh_names(&nid).await;
+        self.refresh_files(&sid).await;
+        Ok(endpoint)
+    }
+
+    async fn connect_steps(
+        &self,
+        txn: &mut Txn,
+        net: &Network,
+        sb: &Sandbox,
+        driver: Arc<dyn Driver>,
+        ns: Arc<tapnet_sandbox::netns::Netns>,
+        opts: ConnectOptions,
+    ) -> Result<(Endpoint, Option<Sandbox>)> {
+        // Addresses.
+        let (ipv4, ipv6, taken) = {
+            let mut ipam = self.ipam();
+            let mut tx = IpamTxn::new(ipam.as_mut());
+            let none = BTreeMap::new();
+            let ipv4 = match v4_pool(net) {
+                Some(pool) => match tx
+                    .request_address(&pool, opts.ipv4.map(IpAddr::V4), &none)
+                    .map_err(|e| Error::ipam(txn.op(), e))?
+                {
+                    IpAddr::V4(a) => Some(a),
+                    IpAddr::V6(a) => {
+                        return Err(Error::InvalidRequest(format!(
+                            "{}: IPAM returned IPv6 address {a} from the IPv4 pool",
+                            txn.op()
+                        )))
+                    }
+                },
+                None => None,
+            };
+            let ipv6 = match v6_pool(net) {
+                Some(pool) => match tx
+                    .request_address(&pool, opts.ipv6.map(IpAddr::V6), &none)
+                    .map_err(|e| Error::ipam(txn.op(), e))?
+                {
+                    IpAddr::V6(a) => Some(a),
+                    IpAddr::V4(a) => {
+                        return Err(Error::InvalidRequest(format!(
+                            "{}: IPAM returned IPv4 address {a} from the IPv6 pool",
+                            txn.op()
+                        )))
+                    }
+                },
+                None => None,
+            };
+            (ipv4, ipv6, tx.commit())
+        };
+        self.undo_ipam(txn, taken);
+        let mut endpoint = Endpoint {
+            id: model::new_id(),
+            network_id: net.id.clone(),
+            sandbox_id: sb.id.clone(),
+            interface: String::new(),
+            mac: default_mac(driver.as_ref(), opts.mac, ipv4, net),
+            ipv4,
+            prefix_len: net.subnet.map_or(0, |s| s.prefix_len()),
+            ipv6,
+            prefix_len_v6: net.ipv6.as_ref().map_or(0, |c| c.subnet.prefix_len()),
+            aliases: opts.aliases,
+        };
+        // The driver's endpoint.
+        let (d, n, ep) = (Arc::clone(&driver), net.clone(), endpoint.clone());
+        blocking("create endpoint", move || d.create_endpoint(&n, &ep)).await?;
+        let (d, n, e) = (Arc::clone(&driver), net.id.clone(), endpoint.id.clone());
+        txn.on_undo("delete the driver's endpoint", move || {
+            d.delete_endpoint(&n, &e)
+        });
+        // Join the sandbox.
+        let (d, n, ep, name) = (
+            Arc::clone(&driver),
+            net.clone(),
+            endpoint.clone(),
+            sb.name.clone(),
+        );
+        endpoint.interface = blocking("join", move || d.join(&n, &ep, &ns, &name)).await?;
+        let (d, n, e) = (Arc::clone(&driver), net.id.clone(), endpoint.id.clone());
+        txn.on_undo(format!("leave ({})", endpoint.interface), move || {
+            d.leave(&n, &e)
+        });
+        // Published ports go to the first non-internal bridge network joined.
+        let mut sb_after = None;
+        if let (Some(a), None) = (ipv4, &sb.published) {
+            if driver.has_gateway() && !net.internal && !sb.port_bindings.is_empty() {
+                let sandbox_ip = IpAddr::V4(a);
+                let mut bound = Vec::new();
+                for b in &sb.port_bindings {
+                    let (d, n, b) = (Arc::clone(&driver), net.id.clone(), *b);
+                    let port = blocking("publish", move || {
+                        publish_one(d.as_ref(), &n, sandbox_ip, &b)
+                    })
+                    .await?;
+                    let (d, n) = (Arc::clone(&driver), net.id.clone());
+                    txn.on_undo(format!("unpublish {}", port.host), move || {
+                        d.unpublish(&n, port.binding.proto.nat(), port.host)
+                    });
+                    bound.push(port);
+                }
+                sb_after = Some(Sandbox {
+                    published: Some(ports::Published {
+                        network_id: net.id.clone(),
+                        sandbox_ip,
+                        ports: bound,
+                    }),
+                    ..sb.clone()
+                });
+            }
+        }
+        let mut changes = vec![Change::PutEndpoint(endpoint.clone())];
+        if let Some(s) = &sb_after {
+            changes.push(Change::PutSandbox(s.clone()));
+        }
+        self.commit(txn, changes).await?;
+        Ok((endpoint, sb_after))
+    }
+}
+
+/// Docker's rules for `host` and `none`: a sandbox on one of them is on no other
+/// network, and a sandbox on other networks cannot join one of them.
+fn check_exclusive(
+    drivers: &DriverRegistry,
+    store: &Store,
+    net: &Network,
+    sb: &Sandbox,
+    driver: &dyn Driver,
+) -> Result<()> {
+    let others = store.endpoints_of_sandbox(&sb.id);
+    if let Some((exclusive, _)) = others
+        .iter()
+        .find(|(n, _)| drivers.get(&n.driver).is_ok_and(|d| d.single_instance()))
+    {
+        return Err(Error::InvalidRequest(format!(
+            "sandbox {} is connected to network {} (driver {}), which excludes every other network: disconnect it first",
+            sb.name, exclusive.name, exclusive.driver
+        )));
+    }
+    if driver.single_instance() && !others.is_empty() {
+        let mut names: Vec<&str> = others.iter().map(|(n, _)| n.name.as_str()).collect();
+        names.sort_unstable();
+        return Err(Error::InvalidRequest(format!(
+            "sandbox {} cannot join network {} (driver {}) while connected to other networks ({}): disconnect them first",
+            sb.name,
+            net.name,
+            net.driver,
+            names.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// The MAC of a new endpoint: none without a device (`null`, `host`); else the
+/// requested one, else `02:42:<IPv4>`, else (IPv6-only) a random `02:42:…` address
+/// not used on the network.
+pub(super) fn default_mac(
+    driver: &dyn Driver,
+    requested: Option<[u8; 6]>,
+    ipv4: Option<Ipv4Addr>,
+    net: &Network,
+) -> Option<[u8; 6]> {
+    if !driver.has_addresses() {
+        return None;
+    }
+    if let Some(mac) = requested.or_else(|| ipv4.map(model::mac_for)) {
+        return Some(mac);
+    }
+    loop {
+        let mut mac = [0x02, 0x42, 0, 0, 0, 0];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut mac[2..]);
+        if !net.endpoints.values().any(|e| e.mac == Some(mac)) {
+            return Some(mac);
+        }
+    }
+}

@@ -1,0 +1,671 @@
+//! The CNM `NetworkController`.
+//!
+//! Contract: [`Controller`] owns the drivers, the IPAM, the [`KvStore`] and the open
+//! sandbox namespaces. Each operation lives in its own module and runs as a
+//! [`Txn`]: a sequence of steps, each recording its compensation, ending in the store
+//! commit (the last step, after the OS work); a failure anywhere unwinds every
+//! completed step, so the model, IPAM, store and data plane are as they were.
+//!
+//! * **To the end.** Every public mutation runs on a task of its own: a client that
+//!   goes away (the HTTP handler is dropped) never stops an operation half-way.
+//! * **Reads never wait.** The model is an immutable [`Store`] published in an
+//!   `ArcSwap` after each commit; [`Controller::snapshot`] and every read load it
+//!   without taking a lock.
+//! * **Locks per object.** A mutation takes the locks of the objects it changes, all
+//!   at once in one global order (see [`Locks`]): `n/<id>` per network, `s/<id>` per
+//!   sandbox, `networks` / `sandboxes` for creating and removing (name uniqueness).
+//!   Connects on different networks and sandboxes run concurrently. An operation
+//!   resolves names on a snapshot, locks, then resolves again on the fresh snapshot.
+//! * **Blocking work** (namespaces, taps, driver calls, store transactions) runs on
+//!   `spawn_blocking`, never on a tokio worker; work that input can stall (opening a
+//!   `NetnsPath` the user named) is checked and done before any lock is taken.
+//!
+//! Networks: a driver with addresses gets an IPv4 pool from IPAM, its gateway and
+//! auxiliary addresses reserved in it, and with `EnableIPv6` an IPv6 pool likewise;
+//! `null`/`host` networks get none, and at most one network of each. The pre-defined
+//! networks (`none`, `host`, `bridge`) are made by [`Controller::ensure_default_networks`]
+//! through the ordinary create path, only if absent, and cannot be removed (403).
+//! Endpoints: connect = allocate addresses → `create_endpoint` → `join` → publish
+//! ports → commit. The IPAM state is a function of the records:
+//! [`restore_network_ipam`] replays one network (the one replay used by
+//! [`Controller::restore`]).
+
+mod connect;
+mod disconnect;
+mod ipam_steps;
+mod network_create;
+mod network_remove;
+mod prune;
+mod restore;
+#[cfg(test)]
+mod rollback_tests;
+mod sandbox_create;
+mod sandbox_remove;
+#[cfg(test)]
+mod tests;
+
+pub use ipam_steps::{restore_network_ipam, IpamTxn, Taken};
+pub use restore::RestoreReport;
+
+use crate::driver::{Driver, DriverRegistry, FdbRow, NetworkReport};
+use crate::error::{Error, Result};
+use crate::ipam::Ipam;
+use crate::model::{self, Network, Sandbox, Store};
+use crate::ports::{self, PortBinding};
+use crate::sandbox_files;
+use crate::store::{Change, Db, KvStore};
+use crate::txn::{blocking, Txn};
+use arc_swap::ArcSwap;
+use ipnet::{Ipv4Net, Ipv6Net};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tapnet_sandbox::netns::Netns;
+
+/// A validated request to create a network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkCreate {
+    /// Unique name.
+    pub name: String,
+    /// Driver name (`bridge` if empty).
+    pub driver: String,
+    /// IPAM driver name (`default` if empty).
+    pub ipam_driver: String,
+    /// IPAM driver options.
+    pub ipam_options: BTreeMap<String, String>,
+    /// Requested subnet.
+    pub subnet: Option<Ipv4Net>,
+    /// Requested gateway.
+    pub gateway: Option<Ipv4Addr>,
+    /// Requested dynamic range.
+    pub ip_range: Option<Ipv4Net>,
+    /// IPv4 auxiliary addresses (reserved, never handed out).
+    pub aux_addresses: BTreeMap<String, Ipv4Addr>,
+    /// The IPv6 pool, when `enable_ipv6`.
+    pub ipv6: Option<Ipv6Request>,
+    /// Driver options.
+    pub options: BTreeMap<String, String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// No outside connectivity.
+    pub internal: bool,
+    /// Attachable.
+    pub attachable: bool,
+    /// IPv6 requested.
+    pub enable_ipv6: bool,
+}
+
+/// The IPv6 part of a [`NetworkCreate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv6Request {
+    /// The IPv6 subnet.
+    pub subnet: Ipv6Net,
+    /// Requested gateway (default: the first address after the network address).
+    pub gateway: Option<Ipv6Addr>,
+    /// Requested dynamic range.
+    pub ip_range: Option<Ipv6Net>,
+    /// Auxiliary addresses.
+    pub aux_addresses: BTreeMap<String, Ipv6Addr>,
+}
+
+/// What a connect request asks for beyond "join this sandbox to this network"
+/// (Docker's `EndpointConfig`): static addresses, the MAC and aliases. The one
+/// options type of [`Controller::connect`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// Static IPv4 address (`EndpointConfig.IPAMConfig.IPv4Address`).
+    pub ipv4: Option<Ipv4Addr>,
+    /// Static IPv6 address (`EndpointConfig.IPAMConfig.IPv6Address`).
+    pub ipv6: Option<Ipv6Addr>,
+    /// The tap's MAC (`EndpointConfig.MacAddress`; already checked: unicast, not
+    /// zero). Default `02:42:<IPv4>`, or a random `02:42:…` without IPv4.
+    pub mac: Option<[u8; 6]>,
+    /// Network-scoped aliases (`EndpointConfig.Aliases`), in request order.
+    pub aliases: Vec<String>,
+}
+
+/// The default `bridge` network's settings (dockerd's `--bip`, `--fixed-cidr`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DefaultBridge {
+    /// Subnet (from `--bip`, else `--fixed-cidr`, else the first free default pool).
+    pub subnet: Option<Ipv4Net>,
+    /// Gateway (the address part of `--bip`).
+    pub gateway: Option<Ipv4Addr>,
+    /// Dynamic range (`--fixed-cidr`).
+    pub ip_range: Option<Ipv4Net>,
+}
+
+impl DefaultBridge {
+    /// From dockerd-style `--bip ADDR/LEN` and `--fixed-cidr CIDR`.
+    pub fn from_flags(bip: Option<Ipv4Net>, fixed_cidr: Option<Ipv4Net>) -> DefaultBridge {
+        let subnet = bip.map(|b| b.trunc()).or(fixed_cidr);
+        DefaultBridge {
+            subnet,
+            gateway: bip.map(|b| b.addr()),
+            ip_range: fixed_cidr,
+        }
+    }
+}
+
+/// Lock a std mutex, surviving poisoning (a panicked holder left consistent data:
+/// every critical section here is a plain map or IPAM call).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Per-object async locks (see the module doc). Keys are taken all at once, sorted,
+/// so two operations never wait for each other in a cycle.
+#[derive(Debug, Default)]
+pub struct Locks {
+    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Guards of [`Locks::acquire`]; released on drop.
+#[derive(Debug)]
+pub struct Held(#[allow(dead_code)] Vec<tokio::sync::OwnedMutexGuard<()>>);
+
+impl Locks {
+    /// Lock every key of `keys` (any order, duplicates allowed).
+    pub async fn acquire(&self, keys: impl IntoIterator<Item = String>) -> Held {
+        let mut keys: Vec<String> = keys.into_iter().collect();
+        keys.sort();
+        keys.dedup();
+        let mutexes: Vec<Arc<tokio::sync::Mutex<()>>> = {
+            let mut map = lock(&self.map);
+            keys.iter()
+                .map(|k| Arc::clone(map.entry(k.clone()).or_default()))
+                .collect()
+        };
+        let mut held = Vec::with_capacity(mutexes.len());
+        for m in mutexes {
+            held.push(m.lock_owned().await);
+        }
+        Held(held)
+    }
+
+    /// Forget the lock of an object that is gone (its holder may still hold it).
+    pub fn forget(&self, key: &str) {
+        lock(&self.map).remove(key);
+    }
+}
+
+/// The lock key of a network.
+fn net_key(id: &str) -> String {
+    format!("n/{id}")
+}
+
+/// The lock key of a sandbox.
+fn sb_key(id: &str) -> String {
+    format!("s/{id}")
+}
+
+/// Lock key for creating and removing networks (name uniqueness).
+const NETWORKS_LOCK: &str = "networks";
+/// Lock key for creating sandboxes (name and host-port uniqueness).
+const SANDBOXES_LOCK: &str = "sandboxes";
+
+/// Everything the operations share; the [`Controller`] is a handle to it.
+pub(crate) struct Inner {
+    drivers: DriverRegistry,
+    exec_root: PathBuf,
+    /// The store; `None`: in memory only (unit tests).
+    store: Option<Arc<dyn KvStore>>,
+    /// The host's nameservers: a sandbox's resolv.conf before it joins a bridge network.
+    nameservers: Vec<IpAddr>,
+    ipam: Arc<Mutex<Box<dyn Ipam>>>,
+    /// Open namespaces by sandbox id.
+    netns: Mutex<HashMap<String, Arc<Netns>>>,
+    /// The published model.
+    model: ArcSwap<Store>,
+    /// Serialises publishing (each publish applies its change to the latest model).
+    publishing: Mutex<()>,
+    locks: Locks,
+}
+
+/// The network controller (see the module doc).
+#[derive(Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("drivers", &self.inner.drivers)
+            .field("exec_root", &self.inner.exec_root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Run an operation on a task of its own, so that it ends (committed or rolled back)
+/// even if the caller's future is dropped.
+async fn to_the_end<T: Send + 'static>(
+    op: &'static str,
+    f: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(f).await.map_err(|e| Error::Task {
+        op: op.to_string(),
+        message: e.to_string(),
+    })?
+}
+
+impl Controller {
+    /// A controller with these drivers and IPAM; namespaces it creates go under
+    /// `<exec_root>/netns`. Nothing is persisted (see [`Controller::with_store`]).
+    pub fn new(drivers: DriverRegistry, ipam: Box<dyn Ipam>, exec_root: &Path) -> Controller {
+        Controller::build(drivers, ipam, exec_root, None)
+    }
+
+    fn build(
+        drivers: DriverRegistry,
+        ipam: Box<dyn Ipam>,
+        exec_root: &Path,
+        store: Option<Arc<dyn KvStore>>,
+    ) -> Controller {
+        Controller {
+            inner: Arc::new(Inner {
+                drivers,
+                exec_root: exec_root.to_path_buf(),
+                store,
+                nameservers: Vec::new(),
+                ipam: Arc::new(Mutex::new(ipam)),
+                netns: Mutex::new(HashMap::new()),
+                model: ArcSwap::from_pointee(Store::default()),
+                publishing: Mutex::new(()),
+                locks: Locks::default(),
+            }),
+        }
+    }
+
+    /// Use `nameservers` in the resolv.conf of sandboxes not on a bridge network.
+    /// Call while building (before the controller is shared).
+    pub fn with_nameservers(mut self, nameservers: Vec<IpAddr>) -> Controller {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.nameservers = nameservers,
+            None => tracing::error!("with_nameservers on a shared controller: ignored"),
+        }
+        self
+    }
+
+    /// A controller that records every mutation in `db`. Call
+    /// [`Controller::restore`] before serving.
+    pub fn with_db(
+        drivers: DriverRegistry,
+        ipam: Box<dyn Ipam>,
+        exec_root: &Path,
+        db: Db,
+    ) -> Controller {
+        Controller::with_store(drivers, ipam, exec_root, Arc::new(db))
+    }
+
+    /// A controller that records every mutation in `store`. Call
+    /// [`Controller::restore`] before serving.
+    pub fn with_store(
+        drivers: DriverRegistry,
+        ipam: Box<dyn Ipam>,
+        exec_root: &Path,
+        store: Arc<dyn KvStore>,
+    ) -> Controller {
+        Controller::build(drivers, ipam, exec_root, Some(store))
+    }
+
+    /// The published model (never waits for a mutation).
+    pub async fn snapshot(&self) -> Arc<Store> {
+        self.inner.model()
+    }
+
+    /// Resolve a network and return a copy of it.
+    pub async fn network(&self, what: &str) -> Result<Network> {
+        let store = self.inner.model();
+        let id = store.resolve_network(what)?;
+        store
+            .networks
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| not_found("network", what))
+    }
+
+    /// Resolve a sandbox and return a copy of it.
+    pub async fn sandbox(&self, what: &str) -> Result<Sandbox> {
+        let store = self.inner.model();
+        let id = store.resolve_sandbox(what)?;
+        store
+            .sandboxes
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| not_found("sandbox", what))
+    }
+
+    /// Create a network (CNM `NewNetwork`). Returns its id.
+    pub async fn create_network(&self, req: NetworkCreate) -> Result<String> {
+        let inner = Arc::clone(&self.inner);
+        to_the_end(
+            "create network",
+            async move { inner.create_network(req).await },
+        )
+        .await
+    }
+
+    /// Create the pre-defined networks that do not exist yet (`none`, `host`,
+    /// `bridge`), through the ordinary create path (so each is committed to the
+    /// store like any network). Drivers that are not registered are skipped.
+    /// Existing networks (e.g. restored from the store: call this after
+    /// [`Controller::restore`]) are left as they are; `bridge` settings only apply
+    /// to a `bridge` network created now.
+    pub async fn ensure_default_networks(&self, bridge: &DefaultBridge) -> Result<()> {
+        network_create::ensure_default_networks(self, bridge).await
+    }
+
+    /// Delete a network (CNM `Delete`); refused while endpoints are attached.
+    pub async fn delete_network(&self, what: &str) -> Result<()> {
+        let (inner, what) = (Arc::clone(&self.inner), what.to_string());
+        to_the_end("remove network", async move {
+            inner.delete_network(&what).await
+        })
+        .await
+    }
+
+    /// Remove each of the networks `ids` that is not pre-defined and has no endpoints
+    /// (one transaction per network); returns the names of those removed.
+    pub async fn prune(&self, ids: Vec<String>) -> Vec<String> {
+        let inner = Arc::clone(&self.inner);
+        to_the_end("prune networks", async move { Ok(inner.prune(ids).await) })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Create a sandbox: a new namespace at `<exec_root>/netns/<id>`, or adopt the
+    /// one at `netns_path`. Returns its id.
+    pub async fn create_sandbox(
+        &self,
+        name: Option<String>,
+        netns_path: Option<PathBuf>,
+    ) -> Result<String> {
+        self.create_sandbox_with(name, netns_path, Vec::new()).await
+    }
+
+    /// [`Controller::create_sandbox`] with published ports: each fixed host port must
+    /// be free now (409 otherwise, nothing made); they are bound when the sandbox
+    /// joins its first non-internal bridge network. The sandbox's resolv.conf and
+    /// hosts are written under `<exec_root>/sandboxes/<id>/`.
+    pub async fn create_sandbox_with(
+        &self,
+        name: Option<String>,
+        netns_path: Option<PathBuf>,
+        port_bindings: Vec<PortBinding>,
+    ) -> Result<String> {
+        let inner = Arc::clone(&self.inner);
+        to_the_end("create sandbox", async move {
+            inner.create_sandbox(name, netns_path, port_bindings).await
+        })
+        .await
+    }
+
+    /// Remove a sandbox: disconnect it from every network, then remove its namespace
+    /// if tapnet created it. One transaction for all of it.
+    pub async fn delete_sandbox(&self, what: &str) -> Result<()> {
+        let (inner, what) = (Arc::clone(&self.inner), what.to_string());
+        to_the_end("remove sandbox", async move {
+            inner.delete_sandbox(&what).await
+        })
+        .await
+    }
+
+    /// Connect a sandbox to a network (CNM `CreateEndpoint` + `Join`) with the
+    /// static addresses, MAC and aliases of `opts`. A MAC already used by another
+    /// endpoint of the network is a conflict (409).
+    pub async fn connect(
+        &self,
+        network: &str,
+        sandbox: &str,
+        opts: ConnectOptions,
+    ) -> Result<model::Endpoint> {
+        let (inner, n, s) = (
+            Arc::clone(&self.inner),
+            network.to_string(),
+            sandbox.to_string(),
+        );
+        to_the_end("connect", async move { inner.connect(&n, &s, opts).await }).await
+    }
+
+    /// Disconnect a sandbox from a network (CNM `Leave` + `Delete` endpoint).
+    pub async fn disconnect(&self, network: &str, sandbox: &str, force: bool) -> Result<()> {
+        let (inner, n, s) = (
+            Arc::clone(&self.inner),
+            network.to_string(),
+            sandbox.to_string(),
+        );
+        to_the_end("disconnect", async move {
+            inner.disconnect(&n, &s, force).await
+        })
+        .await
+    }
+
+    /// Counters of a network's switch.
+    pub async fn network_report(&self, what: &str) -> Result<(Network, NetworkReport)> {
+        let (net, driver) = self.network_and_driver(what).await?;
+        let id = net.id.clone();
+        let report = blocking("read network counters", move || driver.report(&id)).await?;
+        Ok((net, report))
+    }
+
+    /// A network's forwarding table.
+    pub async fn network_fdb(&self, what: &str) -> Result<Vec<FdbRow>> {
+        let (net, driver) = self.network_and_driver(what).await?;
+        blocking("read network FDB", move || driver.fdb(&net.id)).await
+    }
+
+    async fn network_and_driver(&self, what: &str) -> Result<(Network, Arc<dyn Driver>)> {
+        let net = self.network(what).await?;
+        let driver = self.inner.drivers.get(&net.driver)?;
+        Ok((net, driver))
+    }
+
+    /// Daemon start: rebuild the model, IPAM and data plane from the store (see
+    /// [`restore`](restore) for the details). Call once, before serving.
+    pub async fn restore(&self) -> Result<RestoreReport> {
+        let inner = Arc::clone(&self.inner);
+        to_the_end("restore", async move { inner.restore().await }).await
+    }
+
+    /// Stop every driver's data plane, leaving sandboxes and taps in place.
+    pub async fn shutdown(&self) {
+        let drivers: Vec<Arc<dyn Driver>> = self.inner.drivers.all().cloned().collect();
+        let _ = blocking("shutdown", move || {
+            for d in drivers {
+                d.shutdown();
+            }
+            Ok(())
+        })
+        .await;
+    }
+
+    /// The IPAM (tests).
+    #[cfg(test)]
+    fn ipam(&self) -> MutexGuard<'_, Box<dyn Ipam>> {
+        lock(&self.inner.ipam)
+    }
+}
+
+impl Inner {
+    /// The published model.
+    fn model(&self) -> Arc<Store> {
+        self.model.load_full()
+    }
+
+    /// Apply `f` to the latest model and publish the result (after a commit).
+    fn publish(&self, f: impl FnOnce(&mut Store)) {
+        let _one_at_a_time = lock(&self.publishing);
+        let mut next = Store::clone(&self.model.load());
+        f(&mut next);
+        self.model.store(Arc::new(next));
+    }
+
+    /// The IPAM, for a short synchronous step.
+    fn ipam(&self) -> MutexGuard<'_, Box<dyn Ipam>> {
+        lock(&self.ipam)
+    }
+
+    /// A compensation that gives `taken` back to IPAM.
+    fn undo_ipam(&self, txn: &mut Txn, taken: Vec<Taken>) {
+        if taken.is_empty() {
+            return;
+        }
+        let ipam = Arc::clone(&self.ipam);
+        txn.on_undo(format!("release {taken:?}"), move || {
+            ipam_steps::release(lock(&ipam).as_mut(), &taken);
+            Ok(())
+        });
+    }
+
+    /// Give `taken` back to IPAM now (after a commit that freed it).
+    fn release(&self, taken: &[Taken]) {
+        ipam_steps::release(self.ipam().as_mut(), taken);
+    }
+
+    /// An open namespace by sandbox id.
+    fn netns_of(&self, sid: &str) -> Option<Arc<Netns>> {
+        lock(&self.netns).get(sid).cloned()
+    }
+
+    /// The last step of a transaction: commit `changes` in one store transaction
+    /// (no-op without a store).
+    async fn commit(&self, txn: &Txn, changes: Vec<Change>) -> Result<()> {
+        let Some(kv) = self.store.clone() else {
+            return Ok(());
+        };
+        let op = txn.op().to_string();
+        blocking("commit", move || {
+            crate::store::commit(kv.as_ref(), &changes).map_err(|e| Error::store(op, e))
+        })
+        .await
+    }
+
+    /// Push the names of network `nid` to its gateway's DNS (logged on failure: a
+    /// stale name table must not fail the operation that changed it).
+    async fn refresh_names(&self, nid: &str) {
+        let store = self.model();
+        let Some(net) = store.networks.get(nid) else {
+            return;
+        };
+        let Ok(driver) = self.drivers.get(&net.driver) else {
+            return;
+        };
+        if !driver.has_gateway() {
+            return;
+        }
+        let names = sandbox_files::names_for(net, &store.sandboxes);
+        let id = nid.to_string();
+        if let Err(e) = blocking("set DNS names", move || driver.set_names(&id, names)).await {
+            tracing::warn!(network = %net.name, error = %e, "updating DNS names");
+        }
+    }
+
+    /// Rewrite a sandbox's resolv.conf and hosts from the model (logged on failure).
+    async fn refresh_files(&self, sid: &str) {
+        let store = self.model();
+        let Some(sb) = store.sandboxes.get(sid) else {
+            return;
+        };
+        let gateway = sandbox_files::first_gateway(store.networks.values(), sid, |n| {
+            self.drivers.get(&n.driver).is_ok_and(|d| d.has_gateway())
+        });
+        let resolv = sandbox_files::render_resolv_conf(gateway, &self.nameservers);
+        let addrs = sandbox_files::addresses(store.networks.values(), sid);
+        if let Err(e) = write_sandbox_files(sb, resolv, &addrs).await {
+            tracing::warn!(error = %e, "updating sandbox files");
+        }
+    }
+}
+
+/// Check an object name as Docker does: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+pub fn validate_name(kind: &str, name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let ok = match chars.next() {
+        Some(c) if c.is_ascii_alphanumeric() => {
+            chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        }
+        _ => false,
+    };
+    if !ok || name.len() > 128 {
+        return Err(Error::InvalidRequest(format!(
+            "invalid {kind} name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed (at most 128 characters)"
+        )));
+    }
+    Ok(())
+}
+
+/// Write a sandbox's resolv.conf (`resolv`) and hosts (its name at `addrs`), making
+/// the directory if needed.
+async fn write_sandbox_files(sb: &Sandbox, resolv: String, addrs: &[IpAddr]) -> Result<()> {
+    if sb.resolv_conf_path.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let hosts = sandbox_files::render_hosts(&sb.name, addrs);
+    let (resolv_path, hosts_path, name) = (
+        sb.resolv_conf_path.clone(),
+        sb.hosts_path.clone(),
+        sb.name.clone(),
+    );
+    blocking("write sandbox files", move || {
+        let dir = resolv_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| sandbox_files::write_in_place(&resolv_path, &resolv))
+            .and_then(|()| sandbox_files::write_in_place(&hosts_path, &hosts))
+            .map_err(|e| {
+                Error::os(
+                    format!(
+                        "write resolv.conf and hosts of sandbox {name} in {}",
+                        dir.display()
+                    ),
+                    tapnet_sandbox::Error::Os {
+                        op: "write".into(),
+                        source: e,
+                    },
+                )
+            })
+    })
+    .await
+}
+
+/// Publish `binding` at network `nid`'s gateway for `sandbox_ip` (409 for a taken
+/// host port).
+fn publish_one(
+    driver: &dyn Driver,
+    nid: &str,
+    sandbox_ip: IpAddr,
+    b: &PortBinding,
+) -> Result<ports::BoundPort> {
+    let spec = tapnet_nat::PublishSpec {
+        host_ip: b.host_ip,
+        host_port: b.host_port,
+        proto: b.proto.nat(),
+        sandbox_ip,
+        sandbox_port: b.port,
+    };
+    match driver.publish(nid, spec) {
+        Ok(host) => Ok(ports::BoundPort { binding: *b, host }),
+        Err(Error::Gateway {
+            source: tapnet_nat::Error::PortInUse { .. },
+            ..
+        }) => Err(ports::in_use(b)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Close every host socket of `published` (logged on failure).
+fn unpublish_all(driver: &dyn Driver, published: &ports::Published) {
+    for b in &published.ports {
+        if let Err(e) = driver.unpublish(&published.network_id, b.binding.proto.nat(), b.host) {
+            tracing::warn!(error = %e, "unpublishing a port");
+        }
+    }
+}
+
+fn not_found(kind: &str, what: &str) -> Error {
+    Error::NotFound(format!("{kind} {what} not found"))
+}

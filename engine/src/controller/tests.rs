@@ -1,0 +1,468 @@
+//! Unit tests of the controller's operations (fake drivers, the in-memory store).
+#![allow(clippy::unwrap_used)]
+use super::connect::default_mac;
+use super::*;
+use crate::driver::record::NULL_DRIVER;
+use crate::ipam::DefaultIpam;
+use crate::model::Endpoint;
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+
+/// A bridge-like driver that can be told to fail; counts live endpoints.
+#[derive(Default)]
+struct Flaky {
+    fail_join: AtomicBool,
+    fail_create: AtomicBool,
+    endpoints: AtomicIsize,
+    joined: AtomicIsize,
+}
+
+impl Driver for Flaky {
+    fn name(&self) -> &str {
+        "bridge"
+    }
+    fn create_network(&self, _: &Network) -> Result<()> {
+        if self.fail_create.load(Ordering::SeqCst) {
+            return Err(Error::InvalidRequest("injected create failure".into()));
+        }
+        Ok(())
+    }
+    fn delete_network(&self, _: &str) -> Result<()> {
+        Ok(())
+    }
+    fn create_endpoint(&self, _: &Network, _: &Endpoint) -> Result<()> {
+        self.endpoints.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn join(&self, _: &Network, _: &Endpoint, _: &Netns, _: &str) -> Result<String> {
+        if self.fail_join.load(Ordering::SeqCst) {
+            return Err(Error::os(
+                "create tap eth0",
+                tapnet_sandbox::Error::Invalid("injected join failure".into()),
+            ));
+        }
+        self.joined.fetch_add(1, Ordering::SeqCst);
+        Ok("eth0".into())
+    }
+    fn leave(&self, _: &str, _: &str) -> Result<()> {
+        self.joined.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn delete_endpoint(&self, _: &str, _: &str) -> Result<()> {
+        self.endpoints.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn controller() -> (Controller, Arc<Flaky>) {
+    let flaky = Arc::new(Flaky::default());
+    let mut reg = DriverRegistry::new();
+    reg.register(flaky.clone());
+    reg.register(Arc::new(NULL_DRIVER));
+    let ctl = Controller::new(
+        reg,
+        Box::new(DefaultIpam::new()),
+        &std::env::temp_dir().join(format!("tapnet-ctl-test-{}", model::new_id())),
+    );
+    (ctl, flaky)
+}
+
+async fn dual_stack(ctl: &Controller) {
+    ctl.create_network(NetworkCreate {
+        name: "n".into(),
+        subnet: Some("10.1.0.0/24".parse().unwrap()),
+        enable_ipv6: true,
+        ipv6: Some(Ipv6Request {
+            subnet: "fd00:1::/64".parse().unwrap(),
+            gateway: None,
+            ip_range: None,
+            aux_addresses: BTreeMap::new(),
+        }),
+        ..NetworkCreate::default()
+    })
+    .await
+    .unwrap();
+    ctl.create_sandbox(Some("sb".into()), Some("/proc/self/ns/net".into()))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn failed_join_releases_addresses_and_records_nothing() {
+    let (ctl, flaky) = controller();
+    dual_stack(&ctl).await;
+    let before = ctl.snapshot().await;
+    flaky.fail_join.store(true, Ordering::SeqCst);
+    let opts = ConnectOptions {
+        ipv4: Some("10.1.0.7".parse().unwrap()),
+        ipv6: Some("fd00:1::7".parse().unwrap()),
+        ..ConnectOptions::default()
+    };
+    let err = ctl.connect("n", "sb", opts.clone()).await.unwrap_err();
+    assert_eq!(err.status(), 500);
+    assert!(err.to_string().contains("injected join failure"), "{err}");
+    // Nothing recorded, the driver's endpoint deleted again.
+    let after = ctl.snapshot().await;
+    assert_eq!(after.networks, before.networks);
+    assert_eq!(flaky.endpoints.load(Ordering::SeqCst), 0);
+    assert_eq!(flaky.joined.load(Ordering::SeqCst), 0);
+    // Both addresses were released: the same static request succeeds now.
+    flaky.fail_join.store(false, Ordering::SeqCst);
+    let ep = ctl.connect("n", "sb", opts).await.unwrap();
+    assert_eq!(ep.ipv4, Some("10.1.0.7".parse().unwrap()));
+    assert_eq!(ep.ipv6, Some("fd00:1::7".parse().unwrap()));
+    assert_eq!(ep.mac, Some([0x02, 0x42, 10, 1, 0, 7]));
+    assert_eq!(flaky.endpoints.load(Ordering::SeqCst), 1);
+    // Disconnect releases them too.
+    ctl.disconnect("n", "sb", false).await.unwrap();
+    assert_eq!(flaky.endpoints.load(Ordering::SeqCst), 0);
+    let ep = ctl
+        .connect("n", "sb", ConnectOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(ep.ipv4, Some("10.1.0.2".parse().unwrap()));
+    assert_eq!(ep.ipv6, Some("fd00:1::2".parse().unwrap()));
+}
+
+#[tokio::test]
+async fn failed_ipv6_allocation_releases_ipv4() {
+    let (ctl, _) = controller();
+    dual_stack(&ctl).await;
+    let bad = ConnectOptions {
+        ipv4: Some("10.1.0.9".parse().unwrap()),
+        ipv6: Some("fd00:2::9".parse().unwrap()),
+        ..ConnectOptions::default()
+    };
+    let err = ctl.connect("n", "sb", bad).await.unwrap_err();
+    assert_eq!(err.status(), 400, "{err}");
+    let ok = ConnectOptions {
+        ipv4: Some("10.1.0.9".parse().unwrap()),
+        ..ConnectOptions::default()
+    };
+    ctl.connect("n", "sb", ok).await.unwrap();
+}
+
+#[tokio::test]
+async fn connect_options_mac_and_aliases() {
+    let (ctl, flaky) = controller();
+    dual_stack(&ctl).await;
+    ctl.create_sandbox(Some("sb2".into()), Some("/proc/self/ns/net".into()))
+        .await
+        .unwrap();
+    let mac = [0x02, 0x42, 0xac, 0x11, 0, 0x99];
+    let opts = ConnectOptions {
+        ipv4: Some("10.1.0.7".parse().unwrap()),
+        ipv6: Some("fd00:1::7".parse().unwrap()),
+        mac: Some(mac),
+        aliases: vec!["web".into(), "www".into()],
+    };
+    // The custom MAC overrides 02:42:<IPv4>; addresses and aliases are kept.
+    let ep = ctl.connect("n", "sb", opts.clone()).await.unwrap();
+    assert_eq!(ep.mac, Some(mac));
+    assert_eq!(ep.ipv4, Some("10.1.0.7".parse().unwrap()));
+    assert_eq!(ep.ipv6, Some("fd00:1::7".parse().unwrap()));
+    assert_eq!(ep.aliases, ["web", "www"]);
+    let rec = ctl.network("n").await.unwrap();
+    assert_eq!(rec.endpoints[&ep.id], ep);
+    // The same MAC on the same network: 409, nothing taken.
+    let before = ctl.snapshot().await.networks.clone();
+    ctl.create_sandbox(Some("sb4".into()), Some("/proc/self/ns/net".into()))
+        .await
+        .unwrap();
+    let e = ctl
+        .connect(
+            "n",
+            "sb4",
+            ConnectOptions {
+                mac: Some(mac),
+                ..ConnectOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), 409, "{e}");
+    assert!(e.to_string().contains("02:42:ac:11:00:99"), "{e}");
+    assert_eq!(ctl.snapshot().await.networks, before);
+    assert_eq!(flaky.endpoints.load(Ordering::SeqCst), 1);
+    // Without a MAC: the default from the (first free) IPv4 address.
+    let ep2 = ctl
+        .connect("n", "sb2", ConnectOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(ep2.mac, Some([0x02, 0x42, 10, 1, 0, 2]));
+    assert!(ep2.aliases.is_empty());
+    // A MAC on a network without devices is refused.
+    ctl.create_network(NetworkCreate {
+        name: "nonet".into(),
+        driver: "null".into(),
+        ..NetworkCreate::default()
+    })
+    .await
+    .unwrap();
+    ctl.create_sandbox(Some("sb3".into()), Some("/proc/self/ns/net".into()))
+        .await
+        .unwrap();
+    let e = ctl
+        .connect(
+            "nonet",
+            "sb3",
+            ConnectOptions {
+                mac: Some(mac),
+                ..ConnectOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), 400, "{e}");
+}
+
+#[test]
+fn endpoint_mac_without_ipv4() {
+    let net = Network {
+        id: "n".into(),
+        name: "n".into(),
+        driver: "bridge".into(),
+        created: String::new(),
+        scope: "local".into(),
+        internal: false,
+        attachable: false,
+        enable_ipv6: true,
+        ipam_driver: "default".into(),
+        ipam_options: BTreeMap::new(),
+        subnet: None,
+        gateway: None,
+        ip_range: None,
+        aux_addresses: BTreeMap::new(),
+        ipv4_pool: None,
+        ipv6: None,
+        options: BTreeMap::new(),
+        labels: BTreeMap::new(),
+        endpoints: BTreeMap::new(),
+    };
+    let custom = [0x02, 0x42, 0xac, 0x11, 0, 0x99];
+    // IPv6-only: the requested MAC, else a random 02:42: one; none without a device.
+    assert_eq!(
+        default_mac(&Flaky::default(), Some(custom), None, &net),
+        Some(custom)
+    );
+    let random = default_mac(&Flaky::default(), None, None, &net).unwrap();
+    assert_eq!(random[..2], [0x02, 0x42]);
+    assert_eq!(default_mac(&NULL_DRIVER, Some(custom), None, &net), None);
+    assert_eq!(
+        default_mac(
+            &Flaky::default(),
+            Some(custom),
+            Some("10.0.0.2".parse().unwrap()),
+            &net
+        ),
+        Some(custom)
+    );
+}
+
+#[tokio::test]
+async fn failed_driver_create_releases_pools() {
+    let (ctl, flaky) = controller();
+    flaky.fail_create.store(true, Ordering::SeqCst);
+    let req = NetworkCreate {
+        name: "n".into(),
+        subnet: Some("10.1.0.0/24".parse().unwrap()),
+        aux_addresses: BTreeMap::from([("r".into(), "10.1.0.5".parse().unwrap())]),
+        ..NetworkCreate::default()
+    };
+    assert!(ctl.create_network(req.clone()).await.is_err());
+    assert!(ctl.snapshot().await.networks.is_empty());
+    flaky.fail_create.store(false, Ordering::SeqCst);
+    ctl.create_network(req).await.unwrap();
+}
+
+#[tokio::test]
+async fn predefined_networks_once_and_not_removable() {
+    let (ctl, _) = controller();
+    ctl.ensure_default_networks(&DefaultBridge::default())
+        .await
+        .unwrap();
+    // Idempotent; `host` is skipped (driver not registered here).
+    ctl.ensure_default_networks(&DefaultBridge::default())
+        .await
+        .unwrap();
+    let st = ctl.snapshot().await;
+    let mut names: Vec<&str> = st.networks.values().map(|n| n.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["bridge", "none"]);
+    let bridge = ctl.network("bridge").await.unwrap();
+    assert_eq!(bridge.subnet, Some("172.17.0.0/16".parse().unwrap()));
+    assert_eq!(
+        bridge.options["com.docker.network.bridge.default_bridge"],
+        "true"
+    );
+    let none = ctl.network("none").await.unwrap();
+    assert_eq!(none.subnet, None);
+    for n in ["bridge", "none"] {
+        let e = ctl.delete_network(n).await.unwrap_err();
+        assert_eq!(e.status(), 403);
+        assert!(e.to_string().contains("pre-defined"), "{e}");
+    }
+    let e = ctl
+        .create_network(NetworkCreate {
+            name: "none2".into(),
+            driver: "null".into(),
+            ..NetworkCreate::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), 403);
+    // --bip / --fixed-cidr.
+    let (ctl, _) = controller();
+    let bridge = DefaultBridge::from_flags(
+        Some("10.99.0.1/24".parse().unwrap()),
+        Some("10.99.0.128/25".parse().unwrap()),
+    );
+    ctl.ensure_default_networks(&bridge).await.unwrap();
+    let b = ctl.network("bridge").await.unwrap();
+    assert_eq!(b.subnet, Some("10.99.0.0/24".parse().unwrap()));
+    assert_eq!(b.gateway, Some("10.99.0.1".parse().unwrap()));
+    assert_eq!(b.ip_range, Some("10.99.0.128/25".parse().unwrap()));
+}
+
+#[tokio::test]
+async fn ipam_state_rebuilds_from_records() {
+    let (ctl, _) = controller();
+    dual_stack(&ctl).await;
+    ctl.connect("n", "sb", ConnectOptions::default())
+        .await
+        .unwrap();
+    let mut net = ctl.network("n").await.unwrap();
+    let mut fresh = DefaultIpam::new();
+    restore_network_ipam(&mut fresh, &mut net).unwrap();
+    let pool4 = net.ipv4_pool.clone().unwrap();
+    let pool6 = net.ipv6.as_ref().unwrap().pool.clone();
+    let none = BTreeMap::new();
+    // Gateway and the endpoint's addresses are taken; the next ones are free.
+    for taken in ["10.1.0.1", "10.1.0.2"] {
+        let a: IpAddr = taken.parse().unwrap();
+        assert!(fresh.request_address(&pool4, Some(a), &none).is_err());
+    }
+    assert_eq!(
+        fresh.request_address(&pool4, None, &none).unwrap(),
+        "10.1.0.3".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(
+        fresh.request_address(&pool6, None, &none).unwrap(),
+        "fd00:1::3".parse::<IpAddr>().unwrap()
+    );
+    // Replaying twice fails (overlap) and leaves the first replay intact.
+    let mut again = net.clone();
+    assert!(restore_network_ipam(&mut fresh, &mut again).is_err());
+    assert!(fresh.request_address(&pool4, None, &none).is_ok());
+}
+
+fn controller_with_db(dir: &Path) -> Controller {
+    let mut reg = DriverRegistry::new();
+    reg.register(Arc::new(Flaky::default()));
+    reg.register(Arc::new(NULL_DRIVER));
+    Controller::with_db(
+        reg,
+        Box::new(DefaultIpam::new()),
+        &dir.join("exec"),
+        Db::open(dir).unwrap(),
+    )
+}
+
+/// The daemon's start sequence twice over one database: restore, then the
+/// pre-defined networks only if absent. The second start rebuilds the same model
+/// and the IPAM state (aux addresses, range, IPv6, every endpoint's addresses).
+#[tokio::test]
+async fn restore_then_default_networks_rebuilds_everything() {
+    let dir = std::env::temp_dir().join(format!("tapnet-restore-{}", model::new_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mac = [0x02, 0x42, 0xaa, 0xbb, 0xcc, 0x01];
+    let (networks, sandboxes) = {
+        let ctl = controller_with_db(&dir);
+        ctl.restore().await.unwrap();
+        ctl.ensure_default_networks(&DefaultBridge::default())
+            .await
+            .unwrap();
+        ctl.create_network(NetworkCreate {
+            name: "n".into(),
+            subnet: Some("10.1.0.0/24".parse().unwrap()),
+            ip_range: Some("10.1.0.0/28".parse().unwrap()),
+            aux_addresses: BTreeMap::from([("r".into(), "10.1.0.2".parse().unwrap())]),
+            enable_ipv6: true,
+            ipv6: Some(Ipv6Request {
+                subnet: "fd00:1::/64".parse().unwrap(),
+                gateway: None,
+                ip_range: None,
+                aux_addresses: BTreeMap::from([("x".into(), "fd00:1::2".parse().unwrap())]),
+            }),
+            ..NetworkCreate::default()
+        })
+        .await
+        .unwrap();
+        for sb in ["sb", "sb2", "sb3"] {
+            ctl.create_sandbox(Some(sb.into()), Some("/proc/self/ns/net".into()))
+                .await
+                .unwrap();
+        }
+        let ep = ctl
+            .connect(
+                "n",
+                "sb",
+                ConnectOptions {
+                    mac: Some(mac),
+                    aliases: vec!["web".into()],
+                    ..ConnectOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(ep.ipv4, Some("10.1.0.3".parse().unwrap()));
+        assert_eq!(ep.ipv6, Some("fd00:1::3".parse().unwrap()));
+        ctl.connect("none", "sb3", ConnectOptions::default())
+            .await
+            .unwrap();
+        let st = ctl.snapshot().await;
+        (st.networks.clone(), st.sandboxes.clone())
+    };
+    let ctl = controller_with_db(&dir);
+    let report = ctl.restore().await.unwrap();
+    assert_eq!(report.endpoints, 2);
+    assert_eq!(report.dropped_endpoints, 0);
+    // Flags differ, but the bridge network exists: it is left as recorded.
+    let flags = DefaultBridge::from_flags(Some("10.99.0.1/24".parse().unwrap()), None);
+    ctl.ensure_default_networks(&flags).await.unwrap();
+    let st = ctl.snapshot().await;
+    assert_eq!(st.networks, networks);
+    assert_eq!(st.sandboxes, sandboxes);
+    // Aux, gateway and taken addresses are not handed out again.
+    let ep = ctl
+        .connect("n", "sb2", ConnectOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(ep.ipv4, Some("10.1.0.4".parse().unwrap()));
+    assert_eq!(ep.ipv6, Some("fd00:1::4".parse().unwrap()));
+    ctl.create_sandbox(Some("sb4".into()), Some("/proc/self/ns/net".into()))
+        .await
+        .unwrap();
+    let e = ctl
+        .connect(
+            "n",
+            "sb4",
+            ConnectOptions {
+                mac: Some(mac),
+                ..ConnectOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), 409, "{e}");
+    assert!(e.to_string().contains("02:42:aa:bb:cc:01"), "{e}");
+    // Every request was committed: a third start sees the same model.
+    let st = ctl.snapshot().await;
+    drop(ctl);
+    let ctl = controller_with_db(&dir);
+    ctl.restore().await.unwrap();
+    let again = ctl.snapshot().await;
+    assert_eq!(again.networks, st.networks);
+    assert_eq!(again.sandboxes, st.sandboxes);
+    drop(ctl);
+    let _ = std::fs::remove_dir_all(&dir);
+}
