@@ -642,7 +642,8 @@ impl Worker {
                 match vnet::prepare_offloaded(dg) {
                     Ok(true) => {
                         let eth = self.buf.get(VNET_HDR_LEN..n).unwrap_or_default();
-                        match self.core.classify(eth) {
+                        let v = self.core.classify(eth);
+                        match self.unflush(v) {
                             Verdict::Tcp { at, src, dst, syn } => {
                                 let at = at.start + VNET_HDR_LEN..at.end + VNET_HDR_LEN;
                                 if at.len() < crate::tcp::POOL_MIN_LEN {
@@ -678,7 +679,8 @@ impl Worker {
                 continue;
             }
             for f in std::mem::take(&mut frames) {
-                match self.core.classify(&f) {
+                let v = self.core.classify(&f);
+                match self.unflush(v) {
                     Verdict::Tcp { at, src, dst, syn } => self.tcp_in(f, at, src, dst, syn),
                     v => self.handle_verdict(v),
                 }
@@ -694,13 +696,32 @@ impl Worker {
         }
     }
 
-    fn handle_verdict(&mut self, v: Verdict) {
+    /// Send the frames a verdict flushed from the neighbour queue; what is left to do
+    /// with the classified frame itself.
+    fn unflush(&mut self, v: Verdict) -> Verdict {
         match v {
-            Verdict::Reply(f) => self.send_frame(&f),
             Verdict::Flush(fs) => {
                 for f in fs {
                     self.send_frame(&f);
                 }
+                Verdict::Ignore
+            }
+            Verdict::FlushThen { flush, then } => {
+                for f in flush {
+                    self.send_frame(&f);
+                }
+                *then
+            }
+            v => v,
+        }
+    }
+
+    fn handle_verdict(&mut self, v: Verdict) {
+        match v {
+            Verdict::Reply(f) => self.send_frame(&f),
+            v @ (Verdict::Flush(_) | Verdict::FlushThen { .. }) => {
+                let v = self.unflush(v);
+                self.handle_verdict(v);
             }
             Verdict::Ignore => {}
             Verdict::DropReason(r) => self.stats.dropped(r),
