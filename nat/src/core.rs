@@ -13,7 +13,10 @@
 //! * Builders (`udp_packet`, `echo_reply_packet`, `frame_to`, ...) produce complete frames
 //!   or IP packets with every checksum computed (frames leave with a zeroed vnet header).
 //! * The neighbour table learns (IP → MAC) from the source of every frame whose source IP
-//!   is in the network's subnet; [`Core::frame_to`] uses it to address IP packets.
+//!   is in the network's subnet; [`Core::frame_to`] uses it to address IP packets, and
+//!   queues those for a neighbour not known yet. The frame that resolves a neighbour
+//!   hands back that queue *and* its own verdict ([`Verdict::FlushThen`]): nothing the
+//!   neighbour sent is dropped because the gateway was waiting for its MAC.
 
 use crate::stats::DropReason;
 use crate::{Config, Mac};
@@ -83,8 +86,17 @@ pub enum Verdict {
         /// Echo data.
         data: Vec<u8>,
     },
-    /// Queued IP packets whose neighbour just got resolved: send these frames.
+    /// Queued IP packets whose neighbour this frame resolved, and nothing else to do:
+    /// send these frames.
     Flush(Vec<Vec<u8>>),
+    /// Queued IP packets whose neighbour this frame resolved, and the frame's own verdict
+    /// (never `Ignore`, `Flush` or `FlushThen`): send `flush` first, then act on `then`.
+    FlushThen {
+        /// Frames to send, in order.
+        flush: Vec<Vec<u8>>,
+        /// What to do with the frame itself.
+        then: Box<Verdict>,
+    },
     /// Nothing to do (learned a neighbour, a broadcast for someone else...).
     Ignore,
     /// Dropped, counted under this reason.
@@ -243,7 +255,7 @@ impl Core {
         } else {
             Vec::new()
         };
-        if operation == ArpOperation::Request && target_protocol_addr == self.cfg.ipv4 {
+        let v = if operation == ArpOperation::Request && target_protocol_addr == self.cfg.ipv4 {
             let reply = ArpRepr::EthernetIpv4 {
                 operation: ArpOperation::Reply,
                 source_hardware_addr: EthernetAddress(self.cfg.mac),
@@ -253,13 +265,11 @@ impl Core {
             };
             let mut buf = vec![0u8; reply.buffer_len()];
             reply.emit(&mut ArpPacket::new_unchecked(&mut buf[..]));
-            return Verdict::Reply(self.eth(source_hardware_addr.0, EthernetProtocol::Arp, &buf));
-        }
-        if flushed.is_empty() {
-            Verdict::Ignore
+            Verdict::Reply(self.eth(source_hardware_addr.0, EthernetProtocol::Arp, &buf))
         } else {
-            Verdict::Flush(flushed)
-        }
+            Verdict::Ignore
+        };
+        after_flush(flushed, v)
     }
 
     fn ipv4(&mut self, src_mac: Mac, to_us: bool, payload: &[u8]) -> Verdict {
@@ -273,20 +283,29 @@ impl Core {
             return Verdict::DropReason(DropReason::Malformed);
         };
         let src = IpAddr::V4(repr.src_addr);
-        let dst = IpAddr::V4(repr.dst_addr);
         if !self.v4net.contains(&repr.src_addr) || src == IpAddr::V4(self.cfg.ipv4) {
             return Verdict::DropReason(DropReason::NotForUs);
         }
+        // A neighbour that speaks before answering ARP: its queue goes out first, then
+        // this frame is handled as any other.
         let flushed = self.learn_and_flush(src, src_mac);
-        if !flushed.is_empty() {
-            // Rare (a queued packet for a neighbour that speaks before answering ARP):
-            // send the queue; this frame is handled when the sandbox retransmits.
-            return Verdict::Flush(flushed);
-        }
+        let v = self.ipv4_after_learning(src_mac, to_us, &repr, pkt.into_inner());
+        after_flush(flushed, v)
+    }
+
+    /// An IPv4 packet from a neighbour on the subnet, after learning its MAC.
+    fn ipv4_after_learning(
+        &self,
+        src_mac: Mac,
+        to_us: bool,
+        repr: &Ipv4Repr,
+        ip_packet: &[u8],
+    ) -> Verdict {
+        let src = IpAddr::V4(repr.src_addr);
+        let dst = IpAddr::V4(repr.dst_addr);
         if !to_us || repr.dst_addr.is_broadcast() || repr.dst_addr.is_multicast() {
             return Verdict::Ignore;
         }
-        let ip_packet = pkt.into_inner();
         let total = usize::from(Ipv4Packet::new_unchecked(ip_packet).total_len());
         let ip_packet = ip_packet.get(..total).unwrap_or(ip_packet);
         let l4 = Ipv4Packet::new_unchecked(ip_packet).payload();
@@ -333,16 +352,33 @@ impl Core {
             return Verdict::DropReason(DropReason::NotForUs);
         };
         let src = IpAddr::V6(repr.src_addr);
-        let dst = IpAddr::V6(repr.dst_addr);
         let ip_packet = pkt.into_inner();
         let total = 40 + usize::from(Ipv6Packet::new_unchecked(ip_packet).payload_len());
         let ip_packet = ip_packet.get(..total).unwrap_or(ip_packet);
-        let l4 = ip_packet.get(40..).unwrap_or_default();
         let src_known = self.on_network(src);
         let mut flushed = Vec::new();
         if src_known && src != IpAddr::V6(gw6) {
+            // As for IPv4: the queue goes out first, then this frame is handled.
             flushed = self.learn_and_flush(src, src_mac);
         }
+        let v = self.ipv6_after_learning(src_mac, to_us, &repr, gw6, src_known, ip_packet);
+        after_flush(flushed, v)
+    }
+
+    /// An IPv6 packet (trimmed to its length), after learning its source's MAC when on
+    /// the network.
+    fn ipv6_after_learning(
+        &self,
+        src_mac: Mac,
+        to_us: bool,
+        repr: &Ipv6Repr,
+        gw6: Ipv6Addr,
+        src_known: bool,
+        ip_packet: &[u8],
+    ) -> Verdict {
+        let src = IpAddr::V6(repr.src_addr);
+        let dst = IpAddr::V6(repr.dst_addr);
+        let l4 = ip_packet.get(40..).unwrap_or_default();
         if repr.next_header == IpProtocol::Icmpv6 {
             let Ok(ip) = Icmpv6Packet::new_checked(l4) else {
                 return Verdict::DropReason(DropReason::Truncated);
@@ -356,11 +392,7 @@ impl Core {
                     lladdr,
                 }) => {
                     if repr.hop_limit != 255 || target_addr != gw6 {
-                        return if flushed.is_empty() {
-                            Verdict::Ignore
-                        } else {
-                            Verdict::Flush(flushed)
-                        };
+                        return Verdict::Ignore;
                     }
                     if repr.src_addr.is_unspecified() {
                         // Duplicate address detection for our address: ignore.
@@ -380,18 +412,9 @@ impl Core {
                     let p = icmpv6_packet(gw6, repr.src_addr, 255, &na);
                     return Verdict::Reply(self.eth(to_mac, EthernetProtocol::Ipv6, &p));
                 }
-                Icmpv6Repr::Ndisc(_) => {
-                    return if flushed.is_empty() {
-                        Verdict::Ignore
-                    } else {
-                        Verdict::Flush(flushed)
-                    };
-                }
+                Icmpv6Repr::Ndisc(_) => return Verdict::Ignore,
                 _ => {}
             }
-        }
-        if !flushed.is_empty() {
-            return Verdict::Flush(flushed);
         }
         if !to_us || repr.dst_addr.is_multicast() {
             return Verdict::Ignore;
@@ -642,6 +665,21 @@ impl Core {
     /// Number of neighbours known (for tests and introspection).
     pub fn neighbours(&self) -> usize {
         self.neigh.len()
+    }
+}
+
+/// The verdict of a frame that flushed `flushed` from the neighbour queue and whose own
+/// verdict is `v`: both are kept.
+fn after_flush(flushed: Vec<Vec<u8>>, v: Verdict) -> Verdict {
+    if flushed.is_empty() {
+        v
+    } else if v == Verdict::Ignore {
+        Verdict::Flush(flushed)
+    } else {
+        Verdict::FlushThen {
+            flush: flushed,
+            then: Box::new(v),
+        }
     }
 }
 

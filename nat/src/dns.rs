@@ -15,13 +15,20 @@
 //!   subnets. Everything else is forwarded.
 //! * Upstream answers are passed back unchanged except for the id ([`with_id`]); when no
 //!   upstream answers, [`servfail`] builds the reply.
+//! * [`Forwarder`] keeps the forwarded queries: which upstream server each is waiting for,
+//!   until when, and which comes next. It opens no socket and reads no clock: time is
+//!   passed in by the caller as milliseconds from an arbitrary origin (`now_ms`), and it
+//!   answers with [`Forward`] steps (send this message to that server, or give up with a
+//!   SERVFAIL) that the I/O layer carries out. Each server is tried once, in order, for
+//!   `dns_timeout` (or until the I/O layer reports it unusable); then SERVFAIL.
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, PTR};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use ipnet::IpNet;
 use rustc_hash::FxHashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 use crate::NameRecord;
 
@@ -228,6 +235,158 @@ pub fn with_id(msg: &[u8], id: u16) -> Vec<u8> {
         *b = id.to_be_bytes();
     }
     v
+}
+
+/// What the I/O layer does for a forwarded query.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Forward<C> {
+    /// Send `msg` to `server` for query `id`. Whatever was sent for `id` before is given
+    /// up: an answer from an earlier server is no longer awaited.
+    Send {
+        /// The forwarded query.
+        id: u64,
+        /// The upstream server.
+        server: SocketAddr,
+        /// The query with its upstream id.
+        msg: Vec<u8>,
+    },
+    /// No server answered: query `id` is over. Send `reply` (a SERVFAIL; `None` if the
+    /// query does not parse) to `client`.
+    Fail {
+        /// The forwarded query.
+        id: u64,
+        /// Who asked.
+        client: C,
+        /// The SERVFAIL response.
+        reply: Option<Vec<u8>>,
+    },
+}
+
+/// A query waiting for an upstream answer.
+struct Forwarded<C> {
+    client: C,
+    /// The client's query (its original id).
+    query: Vec<u8>,
+    upstream_id: u16,
+    /// Index of the next server to try.
+    next: usize,
+    /// When the current server's time is up.
+    deadline_ms: u64,
+}
+
+/// The forwarded queries of one network: retries and timeouts, no I/O, no clock.
+pub struct Forwarder<C> {
+    servers: Vec<SocketAddr>,
+    timeout_ms: u64,
+    queries: FxHashMap<u64, Forwarded<C>>,
+    next_id: u64,
+}
+
+impl<C> Forwarder<C> {
+    /// A forwarder to `servers`, tried in order, waiting `timeout` for each.
+    pub fn new(servers: Vec<SocketAddr>, timeout: Duration) -> Forwarder<C> {
+        // Rounded up: a server is never given less than `timeout`.
+        let timeout_ms = u64::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(u64::MAX);
+        Forwarder {
+            servers,
+            timeout_ms,
+            queries: FxHashMap::default(),
+            next_id: 0,
+        }
+    }
+
+    /// Forward `query` from `client` at `now_ms`, under the id `upstream_id` upstream (the
+    /// caller picks it at random). The first step: a send to the first server, or a
+    /// SERVFAIL when there is none.
+    pub fn start(
+        &mut self,
+        client: C,
+        query: Vec<u8>,
+        upstream_id: u16,
+        now_ms: u64,
+    ) -> Forward<C> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let Some(&server) = self.servers.first() else {
+            return Forward::Fail {
+                id,
+                reply: servfail(&query),
+                client,
+            };
+        };
+        let msg = with_id(&query, upstream_id);
+        self.queries.insert(
+            id,
+            Forwarded {
+                client,
+                query,
+                upstream_id,
+                next: 1,
+                deadline_ms: now_ms.saturating_add(self.timeout_ms),
+            },
+        );
+        Forward::Send { id, server, msg }
+    }
+
+    /// The current server of query `id` cannot be used (the send failed, or an ICMP
+    /// error came back) or has had its time: move on to the next server at `now_ms`,
+    /// or give up. `None` if `id` is not waiting.
+    pub fn next_server(&mut self, id: u64, now_ms: u64) -> Option<Forward<C>> {
+        let q = self.queries.get_mut(&id)?;
+        if let Some(&server) = self.servers.get(q.next) {
+            q.next += 1;
+            q.deadline_ms = now_ms.saturating_add(self.timeout_ms);
+            return Some(Forward::Send {
+                id,
+                server,
+                msg: with_id(&q.query, q.upstream_id),
+            });
+        }
+        let q = self.queries.remove(&id)?;
+        Some(Forward::Fail {
+            id,
+            reply: servfail(&q.query),
+            client: q.client,
+        })
+    }
+
+    /// A message came back from the current server of query `id`. If it answers the
+    /// query (same upstream id), the query is over: its client and the answer with the
+    /// client's id. Otherwise `None`, and the query keeps waiting.
+    pub fn answer(&mut self, id: u64, resp: &[u8]) -> Option<(C, Vec<u8>)> {
+        let q = self.queries.get(&id)?;
+        if id_of(resp) != Some(q.upstream_id) {
+            return None;
+        }
+        let q = self.queries.remove(&id)?;
+        let orig = id_of(&q.query).unwrap_or(0);
+        Some((q.client, with_id(resp, orig)))
+    }
+
+    /// Every query whose server has had its time at `now_ms` moves on: the steps to
+    /// carry out, in query order.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<Forward<C>> {
+        let mut due: Vec<u64> = self
+            .queries
+            .iter()
+            .filter(|(_, q)| q.deadline_ms <= now_ms)
+            .map(|(&id, _)| id)
+            .collect();
+        due.sort_unstable();
+        due.into_iter()
+            .filter_map(|id| self.next_server(id, now_ms))
+            .collect()
+    }
+
+    /// The earliest deadline of a waiting query, if any (for the caller's poll timeout).
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.queries.values().map(|q| q.deadline_ms).min()
+    }
+
+    /// Number of queries waiting for an upstream answer.
+    pub fn waiting(&self) -> usize {
+        self.queries.len()
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@
 //!
 //! * deterministic cores, no I/O, time passed in: [`vnet`] (segmentation, checksums),
 //!   [`core`] (frame classification, ARP/NDP/ICMP responder, isolation, frame builders),
-//!   [`flows`] (flow tables with idle timeouts and limits), [`dns`] (embedded DNS answers);
+//!   [`flows`] (flow tables with idle timeouts and limits), [`dns`] (embedded DNS answers,
+//!   the upstream forwarder's retries and timeouts);
 //! * [`tcp`]: the smoltcp any-IP stack that terminates TCP, over in-memory queues;
 //! * [`runtime`]: the thread, `mio`, the host sockets, the control handle.
 

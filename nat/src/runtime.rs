@@ -19,10 +19,14 @@
 //!   read only into free smoltcp send space, smoltcp is drained only as far as the host
 //!   socket accepts. FIN is carried both ways as a half-close, RST both ways as an abort
 //!   (host side: `SO_LINGER` 0).
+//! * This thread is the only reader of the clock: the cores ([`crate::core`],
+//!   [`crate::flows`], [`crate::tcp`], [`crate::dns`]) are handed the time. The DNS
+//!   forwarder runs on the time of the loop turn, read once when the poll returns; the
+//!   poll sleeps no longer than the forwarder's next deadline.
 //! * Frame contents never make the thread panic.
 
 use crate::core::{self, Core, Verdict, DNS_PORT};
-use crate::dns::{self, Answer, Names};
+use crate::dns::{Answer, Forward, Forwarder, Names};
 use crate::flows::{FlowTable, LimitKind, Limiter};
 use crate::stats::{DropReason, FlowProto, Stats, StatsSnapshot};
 use crate::tcp::{Stack, TX_HEADROOM};
@@ -323,13 +327,8 @@ enum DnsClient {
     Tcp(SocketHandle),
 }
 
-struct DnsQuery {
-    client: DnsClient,
-    /// The client's query (original id).
-    query: Vec<u8>,
-    upstream_id: u16,
-    server: usize,
-    deadline: Instant,
+/// The host side of a forwarded DNS query: the socket to its current upstream server.
+struct DnsSock {
     sock: Option<UdpSocket>,
     token: Token,
 }
@@ -348,6 +347,8 @@ struct Worker {
     rx: Receiver<Command>,
     stats: Arc<Stats>,
     start: Instant,
+    /// The clock of this loop turn (`now_ms`), read once after the poll returns.
+    turn_ms: u64,
     out: VecDeque<Vec<u8>>,
     next_token: usize,
     owners: FxHashMap<Token, Owner>,
@@ -360,7 +361,10 @@ struct Worker {
     next_flow: u64,
     pub_tcp: FxHashMap<SocketAddr, PubTcp>,
     pub_udp: FxHashMap<SocketAddr, PubUdp>,
-    dns_queries: FxHashMap<u64, DnsQuery>,
+    /// Forwarded DNS queries: retries and timeouts (no I/O, the clock passed in).
+    dns: Forwarder<DnsClient>,
+    /// Their host sockets, by forwarded query id.
+    dns_socks: FxHashMap<u64, DnsSock>,
     dns_listeners: Vec<(SocketAddr, SocketHandle)>,
     dns_conns: Vec<DnsConn>,
     buf: Vec<u8>,
@@ -413,6 +417,7 @@ impl Worker {
             }
         }
         let offloads = cfg.tap_offloads;
+        let dns = Forwarder::new(cfg.upstream_dns.clone(), cfg.dns_timeout);
         Worker {
             offloads,
             mss: FxHashMap::default(),
@@ -424,6 +429,7 @@ impl Worker {
             rx,
             stats,
             start,
+            turn_ms: 0,
             out: VecDeque::new(),
             next_token: 1,
             owners: FxHashMap::default(),
@@ -436,7 +442,8 @@ impl Worker {
             next_flow: 0,
             pub_tcp: FxHashMap::default(),
             pub_udp: FxHashMap::default(),
-            dns_queries: FxHashMap::default(),
+            dns,
+            dns_socks: FxHashMap::default(),
             dns_listeners,
             dns_conns: Vec::new(),
             buf: vec![0u8; tapnet_switch::runtime::RECV_BUF_LEN],
@@ -482,8 +489,9 @@ impl Worker {
             if let Some(d) = self.stack.poll_delay(now) {
                 timeout = timeout.min(Duration::from_micros(d.total_micros()));
             }
-            for q in self.dns_queries.values() {
-                timeout = timeout.min(q.deadline.saturating_duration_since(Instant::now()));
+            if let Some(deadline) = self.dns.next_deadline() {
+                let now_ms = u64::try_from(now.total_millis()).unwrap_or(0);
+                timeout = timeout.min(Duration::from_millis(deadline.saturating_sub(now_ms)));
             }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -491,6 +499,7 @@ impl Worker {
                     return;
                 }
             }
+            self.turn_ms = self.now_ms();
             let mut switch_readable = false;
             for ev in events.iter() {
                 match ev.token() {
@@ -518,7 +527,7 @@ impl Worker {
                 last_tick = ms;
                 self.expire(ms);
             }
-            self.dns_timeouts();
+            self.dns_timeouts(self.turn_ms);
         }
     }
 
@@ -642,7 +651,8 @@ impl Worker {
                 match vnet::prepare_offloaded(dg) {
                     Ok(true) => {
                         let eth = self.buf.get(VNET_HDR_LEN..n).unwrap_or_default();
-                        match self.core.classify(eth) {
+                        let v = self.core.classify(eth);
+                        match self.unflush(v) {
                             Verdict::Tcp { at, src, dst, syn } => {
                                 let at = at.start + VNET_HDR_LEN..at.end + VNET_HDR_LEN;
                                 if at.len() < crate::tcp::POOL_MIN_LEN {
@@ -678,7 +688,8 @@ impl Worker {
                 continue;
             }
             for f in std::mem::take(&mut frames) {
-                match self.core.classify(&f) {
+                let v = self.core.classify(&f);
+                match self.unflush(v) {
                     Verdict::Tcp { at, src, dst, syn } => self.tcp_in(f, at, src, dst, syn),
                     v => self.handle_verdict(v),
                 }
@@ -694,13 +705,32 @@ impl Worker {
         }
     }
 
-    fn handle_verdict(&mut self, v: Verdict) {
+    /// Send the frames a verdict flushed from the neighbour queue; what is left to do
+    /// with the classified frame itself.
+    fn unflush(&mut self, v: Verdict) -> Verdict {
         match v {
-            Verdict::Reply(f) => self.send_frame(&f),
             Verdict::Flush(fs) => {
                 for f in fs {
                     self.send_frame(&f);
                 }
+                Verdict::Ignore
+            }
+            Verdict::FlushThen { flush, then } => {
+                for f in flush {
+                    self.send_frame(&f);
+                }
+                *then
+            }
+            v => v,
+        }
+    }
+
+    fn handle_verdict(&mut self, v: Verdict) {
+        match v {
+            Verdict::Reply(f) => self.send_frame(&f),
+            v @ (Verdict::Flush(_) | Verdict::FlushThen { .. }) => {
+                let v = self.unflush(v);
+                self.handle_verdict(v);
             }
             Verdict::Ignore => {}
             Verdict::DropReason(r) => self.stats.dropped(r),
@@ -1295,119 +1325,109 @@ impl Worker {
             Answer::Ignore => self.stats.dropped(DropReason::Malformed),
             Answer::Forward => {
                 Stats::inc(&self.stats.dns_forwarded);
-                let id = self.next_flow;
-                self.next_flow += 1;
+                let step = self.dns.start(client, query, rand::random(), self.turn_ms);
+                self.dns_step(Some(step));
+            }
+        }
+    }
+
+    /// Carry out the forwarder's steps: send to the upstream server it names, asking it
+    /// for the next one while a server cannot be used; answer SERVFAIL when it gives up.
+    fn dns_step(&mut self, mut step: Option<Forward<DnsClient>>) {
+        while let Some(s) = step.take() {
+            match s {
+                Forward::Send { id, server, msg } => {
+                    if !self.dns_send(id, server, &msg) {
+                        step = self.dns.next_server(id, self.turn_ms);
+                    }
+                }
+                Forward::Fail { id, client, reply } => {
+                    self.dns_close(id);
+                    Stats::inc(&self.stats.dns_servfail);
+                    if let Some(r) = reply {
+                        self.dns_reply(client, r);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Send forwarded query `id` to `server` on a fresh socket (the previous server's
+    /// socket is closed). False if the socket could not be made, sent on or registered.
+    fn dns_send(&mut self, id: u64, server: SocketAddr, msg: &[u8]) -> bool {
+        let token = match self.dns_socks.get_mut(&id) {
+            Some(d) => {
+                if let Some(mut old) = d.sock.take() {
+                    let _ = self.poll.registry().deregister(&mut old);
+                }
+                d.token
+            }
+            None => {
                 let token = self.token(Owner::Dns(id));
-                let q = DnsQuery {
-                    client,
-                    query,
-                    upstream_id: rand::random(),
-                    server: 0,
-                    deadline: Instant::now(),
-                    sock: None,
-                    token,
-                };
-                self.dns_queries.insert(id, q);
-                self.dns_send(id);
+                self.dns_socks.insert(id, DnsSock { sock: None, token });
+                token
             }
-        }
-    }
-
-    /// Send query `id` to its current server, moving on to the next servers on error;
-    /// SERVFAIL when none is left.
-    fn dns_send(&mut self, id: u64) {
-        let servers = self.core.config().upstream_dns.clone();
-        let timeout = self.core.config().dns_timeout;
-        loop {
-            let Some(q) = self.dns_queries.get_mut(&id) else {
-                return;
-            };
-            if let Some(mut old) = q.sock.take() {
-                let _ = self.poll.registry().deregister(&mut old);
-            }
-            let Some(&server) = servers.get(q.server) else {
-                self.dns_fail(id);
-                return;
-            };
-            q.server += 1;
-            let msg = dns::with_id(&q.query, q.upstream_id);
-            let sock = UdpSocket::bind(unspecified_for(server.ip())).and_then(|s| {
-                s.connect(server)?;
-                s.send(&msg)?;
-                Ok(s)
-            });
-            let Ok(mut sock) = sock else {
-                continue;
-            };
-            if self
-                .poll
-                .registry()
-                .register(&mut sock, q.token, Interest::READABLE)
-                .is_err()
-            {
-                continue;
-            }
-            q.sock = Some(sock);
-            q.deadline = Instant::now() + timeout;
-            return;
-        }
-    }
-
-    fn dns_fail(&mut self, id: u64) {
-        let Some(q) = self.dns_queries.remove(&id) else {
-            return;
         };
-        self.owners.remove(&q.token);
-        Stats::inc(&self.stats.dns_servfail);
-        if let Some(r) = dns::servfail(&q.query) {
-            self.dns_reply(q.client, r);
+        let sock = UdpSocket::bind(unspecified_for(server.ip())).and_then(|s| {
+            s.connect(server)?;
+            s.send(msg)?;
+            Ok(s)
+        });
+        let Ok(mut sock) = sock else {
+            return false;
+        };
+        if self
+            .poll
+            .registry()
+            .register(&mut sock, token, Interest::READABLE)
+            .is_err()
+        {
+            return false;
+        }
+        if let Some(d) = self.dns_socks.get_mut(&id) {
+            d.sock = Some(sock);
+        }
+        true
+    }
+
+    /// Close the host side of forwarded query `id`.
+    fn dns_close(&mut self, id: u64) {
+        if let Some(mut d) = self.dns_socks.remove(&id) {
+            if let Some(mut s) = d.sock.take() {
+                let _ = self.poll.registry().deregister(&mut s);
+            }
+            self.owners.remove(&d.token);
         }
     }
 
     fn dns_upstream_in(&mut self, id: u64) {
-        let Some(q) = self.dns_queries.get_mut(&id) else {
-            return;
-        };
-        let Some(sock) = q.sock.as_ref() else {
-            return;
-        };
         loop {
+            let Some(sock) = self.dns_socks.get(&id).and_then(|d| d.sock.as_ref()) else {
+                return;
+            };
             let n = match sock.recv(&mut self.buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => {
                     // ICMP unreachable on a connected socket: next server now.
-                    self.dns_send(id);
+                    let step = self.dns.next_server(id, self.turn_ms);
+                    self.dns_step(step);
                     return;
                 }
             };
             let resp = self.buf.get(..n).unwrap_or_default();
-            if dns::id_of(resp) != Some(q.upstream_id) {
+            let Some((client, r)) = self.dns.answer(id, resp) else {
                 continue;
-            }
-            let orig = dns::id_of(&q.query).unwrap_or(0);
-            let r = dns::with_id(resp, orig);
-            if let Some(mut q) = self.dns_queries.remove(&id) {
-                if let Some(mut s) = q.sock.take() {
-                    let _ = self.poll.registry().deregister(&mut s);
-                }
-                self.owners.remove(&q.token);
-                self.dns_reply(q.client, r);
-            }
+            };
+            self.dns_close(id);
+            self.dns_reply(client, r);
             return;
         }
     }
 
-    fn dns_timeouts(&mut self) {
-        let now = Instant::now();
-        let due: Vec<u64> = self
-            .dns_queries
-            .iter()
-            .filter(|(_, q)| q.deadline <= now)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in due {
-            self.dns_send(id);
+    fn dns_timeouts(&mut self, now_ms: u64) {
+        for step in self.dns.expire(now_ms) {
+            self.dns_step(Some(step));
         }
     }
 

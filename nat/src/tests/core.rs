@@ -224,3 +224,168 @@ fn frames_to_unknown_neighbours_are_queued_behind_an_arp_request() {
     assert_eq!(frames.len(), 1);
     assert_eq!(&frames[0][..6], &[2, 0, 0, 0, 0, 9]);
 }
+
+/// What the runtime does with a verdict, split in two: the frames it sends back to the
+/// switch as they are, and the one piece of work left for the I/O layer, if any.
+fn outcome(v: Verdict) -> (Vec<Vec<u8>>, Option<Verdict>) {
+    match v {
+        Verdict::Flush(frames) => (frames, None),
+        Verdict::FlushThen { flush, then } => {
+            let (mut frames, work) = outcome(*then);
+            flush.into_iter().rev().for_each(|f| frames.insert(0, f));
+            (frames, work)
+        }
+        Verdict::Reply(f) => (vec![f], None),
+        Verdict::Ignore => (Vec::new(), None),
+        other => (Vec::new(), Some(other)),
+    }
+}
+
+const NINE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 9];
+
+/// An Ethernet frame from 02:00:00:00:00:09 to the gateway carrying `ip_packet`.
+fn from_nine(ip_packet: &[u8]) -> Vec<u8> {
+    let ethertype = if ip_packet[0] >> 4 == 4 {
+        smoltcp::wire::EthernetProtocol::Ipv4
+    } else {
+        smoltcp::wire::EthernetProtocol::Ipv6
+    };
+    let mut f = Core::new(cfg()).eth(GW_MAC, ethertype, ip_packet);
+    f[6..12].copy_from_slice(&NINE_MAC);
+    f
+}
+
+/// Queue one reply from 8.8.8.8 (or 2001:db8::8) to `to`, whose MAC is unknown.
+fn queue_reply_to(core: &mut Core, to: &str) {
+    let from = if to.starts_with('[') {
+        "[2001:db8::8]:53"
+    } else {
+        "8.8.8.8:53"
+    };
+    let p = crate::core::udp_packet(
+        from.parse().expect("addr"),
+        to.parse().expect("addr"),
+        b"queued",
+    )
+    .expect("packet");
+    assert!(
+        matches!(core.frame_to(p), Err(Some(_))),
+        "expected a solicitation"
+    );
+}
+
+/// The UDP payloads of frames sent to 02:00:00:00:00:09.
+fn payloads_to_nine(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    frames
+        .iter()
+        .map(|f| {
+            assert_eq!(&f[..6], &NINE_MAC, "frame not addressed to the neighbour");
+            let l4 = if f[14] >> 4 == 4 {
+                &f[14 + 20..]
+            } else {
+                &f[14 + 40..]
+            };
+            l4[8..].to_vec()
+        })
+        .collect()
+}
+
+#[test]
+fn a_datagram_that_resolves_a_neighbour_is_delivered_with_the_queue() {
+    let mut core = Core::new(cfg());
+    queue_reply_to(&mut core, "172.17.0.9:5000");
+    // 172.17.0.9 asks the gateway's DNS before it answers the ARP request: the queued
+    // reply leaves, and the query is not lost.
+    let query = crate::core::udp_packet(
+        "172.17.0.9:5001".parse().expect("addr"),
+        "172.17.0.1:53".parse().expect("addr"),
+        b"query",
+    )
+    .expect("packet");
+    let (sent, work) = outcome(core.classify(&from_nine(&query)));
+    assert_eq!(payloads_to_nine(&sent), vec![b"queued".to_vec()]);
+    assert_eq!(
+        work,
+        Some(Verdict::Dns {
+            src: "172.17.0.9:5001".parse().expect("addr"),
+            query: b"query".to_vec(),
+        })
+    );
+    // Its ARP reply then finds nothing left to send.
+    let reply = hex(
+        "0242ac110001 020000000009 0806 0001 0800 06 04 0002 020000000009 ac110009 0242ac110001 ac110001",
+    );
+    assert_eq!(core.classify(&reply), Verdict::Ignore);
+
+    // The same for a datagram leaving the subnet.
+    queue_reply_to(&mut core, "172.17.0.10:5000");
+    let mut egress = from_nine(
+        &crate::core::udp_packet(
+            "172.17.0.10:5002".parse().expect("addr"),
+            "1.1.1.1:53".parse().expect("addr"),
+            b"out",
+        )
+        .expect("packet"),
+    );
+    egress[11] = 10;
+    let (sent, work) = outcome(core.classify(&egress));
+    assert_eq!(sent.len(), 1);
+    assert_eq!(&sent[0][..6], &[2, 0, 0, 0, 0, 10]);
+    assert!(
+        matches!(work, Some(Verdict::Udp { ref payload, .. }) if payload == b"out"),
+        "{work:?}"
+    );
+}
+
+#[test]
+fn an_arp_request_that_resolves_a_neighbour_is_answered_and_flushes_the_queue() {
+    let mut core = Core::new(cfg());
+    queue_reply_to(&mut core, "172.17.0.9:5000");
+    // 172.17.0.9 asks for the gateway's MAC instead of answering.
+    let req = hex(
+        "ffffffffffff 020000000009 0806 0001 0800 06 04 0001 020000000009 ac110009 000000000000 ac110001",
+    );
+    let (sent, work) = outcome(core.classify(&req));
+    assert_eq!(work, None);
+    let want = hex(
+        "020000000009 0242ac110001 0806 0001 0800 06 04 0002 0242ac110001 ac110001 020000000009 ac110009",
+    );
+    assert!(sent.contains(&want), "no ARP reply in {sent:?}");
+    let datagrams: Vec<Vec<u8>> = sent.into_iter().filter(|f| f != &want).collect();
+    assert_eq!(payloads_to_nine(&datagrams), vec![b"queued".to_vec()]);
+}
+
+#[test]
+fn ipv6_frames_that_resolve_a_neighbour_are_delivered_with_the_queue() {
+    let mut core = Core::new(cfg());
+    queue_reply_to(&mut core, "[fd00::9]:5000");
+    let query = crate::core::udp_packet(
+        "[fd00::9]:5001".parse().expect("addr"),
+        "[fd00::1]:53".parse().expect("addr"),
+        b"query6",
+    )
+    .expect("packet");
+    let (sent, work) = outcome(core.classify(&from_nine(&query)));
+    assert_eq!(payloads_to_nine(&sent), vec![b"queued".to_vec()]);
+    assert_eq!(
+        work,
+        Some(Verdict::Dns {
+            src: "[fd00::9]:5001".parse().expect("addr"),
+            query: b"query6".to_vec(),
+        })
+    );
+
+    // A neighbour solicitation for the gateway from fd00::9 with a reply queued for it:
+    // answered, and the queue flushed.
+    core.forget("fd00::9".parse().expect("v6"));
+    queue_reply_to(&mut core, "[fd00::9]:5000");
+    let ns = hex("3333ff00000102000000000986dd6000000000203afffd000000000000000000000000000009ff0200000000000000000001ff00000187007d8900000000fd0000000000000000000000000000010101020000000009");
+    let (sent, work) = outcome(core.classify(&ns));
+    assert_eq!(work, None);
+    let (adverts, datagrams): (Vec<_>, Vec<_>) = sent.into_iter().partition(|f| {
+        let ip = Ipv6Packet::new_checked(&f[14..]).expect("ip6");
+        ip.next_header() == smoltcp::wire::IpProtocol::Icmpv6
+    });
+    assert_eq!(adverts.len(), 1, "no neighbour advertisement");
+    assert_eq!(payloads_to_nine(&datagrams), vec![b"queued".to_vec()]);
+}

@@ -148,3 +148,101 @@ fn servfail_and_id_rewrite() {
     assert_eq!(&r[2..], &q[2..]);
     assert!(servfail(&[0]).is_none());
 }
+
+const UP1: &str = "192.0.2.1:53";
+const UP2: &str = "192.0.2.2:53";
+
+fn forwarder(servers: &[&str]) -> Forwarder<&'static str> {
+    Forwarder::new(
+        servers.iter().map(|s| s.parse().expect("addr")).collect(),
+        Duration::from_secs(2),
+    )
+}
+
+#[test]
+fn forwarded_query_retries_the_next_upstream_then_servfails_on_a_fake_clock() {
+    let mut f = forwarder(&[UP1, UP2]);
+    let q = query("example.com.", RecordType::A, 0x1234);
+    // t = 10 s: sent to the first server under the upstream id.
+    let Forward::Send { id, server, msg } = f.start("client", q.clone(), 0xbeef, 10_000) else {
+        panic!("no send");
+    };
+    assert_eq!(server, UP1.parse().expect("addr"));
+    assert_eq!(msg, with_id(&q, 0xbeef));
+    assert_eq!(f.next_deadline(), Some(12_000));
+    // Not yet: nothing moves a millisecond before the timeout.
+    assert!(f.expire(11_999).is_empty());
+    assert_eq!(f.waiting(), 1);
+    // Timeout: the same message to the second server, with a fresh deadline.
+    assert_eq!(
+        f.expire(12_000),
+        vec![Forward::Send {
+            id,
+            server: UP2.parse().expect("addr"),
+            msg: with_id(&q, 0xbeef),
+        }]
+    );
+    assert_eq!(f.next_deadline(), Some(14_000));
+    assert!(f.expire(13_999).is_empty());
+    // The last server times out too: SERVFAIL to the client, under its own id.
+    let steps = f.expire(14_500);
+    let [Forward::Fail {
+        id: failed,
+        client,
+        reply,
+    }] = &steps[..]
+    else {
+        panic!("expected a SERVFAIL, got {steps:?}");
+    };
+    assert_eq!((*failed, *client), (id, "client"));
+    let m = Message::from_vec(reply.as_deref().expect("reply")).expect("decode");
+    assert_eq!(m.metadata.id, 0x1234);
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(f.waiting(), 0);
+    assert_eq!(f.next_deadline(), None);
+    assert!(f.expire(u64::MAX).is_empty());
+}
+
+#[test]
+fn forwarded_query_answer_unusable_server_and_no_server() {
+    let mut f = forwarder(&[UP1, UP2]);
+    let q = query("example.com.", RecordType::A, 0x0707);
+    let Forward::Send { id, .. } = f.start("a", q.clone(), 0x5151, 0) else {
+        panic!("no send");
+    };
+    // The first server cannot be used (ICMP unreachable at t = 5 ms): the second is
+    // tried at once, with its full timeout from then.
+    assert!(matches!(
+        f.next_server(id, 5),
+        Some(Forward::Send { server, .. }) if server == UP2.parse().expect("addr")
+    ));
+    assert_eq!(f.next_deadline(), Some(2_005));
+    // A message under another id is not the answer.
+    let mut resp = Message::from_vec(&q).expect("decode");
+    resp.metadata.message_type = MessageType::Response;
+    let resp = resp.to_vec().expect("encode");
+    assert_eq!(f.answer(id, &with_id(&resp, 0x5150)), None);
+    assert_eq!(f.waiting(), 1);
+    // The answer goes back to the client under its id; nothing is left to time out.
+    let (client, back) = f.answer(id, &with_id(&resp, 0x5151)).expect("answered");
+    assert_eq!(client, "a");
+    assert_eq!(back, with_id(&resp, 0x0707));
+    assert!(f.expire(u64::MAX).is_empty());
+    assert_eq!(f.next_server(id, 10), None);
+
+    // No upstream at all: SERVFAIL straight away.
+    let mut none = forwarder(&[]);
+    let step = none.start("b", q, 1, 0);
+    assert!(
+        matches!(
+            step,
+            Forward::Fail {
+                client: "b",
+                reply: Some(_),
+                ..
+            }
+        ),
+        "{step:?}"
+    );
+    assert_eq!(none.waiting(), 0);
+}
