@@ -125,23 +125,23 @@ fn abandoned_connects_leave_memory_store_and_kernel_agreeing() {
 
 #[test]
 fn fifo_netns_path_is_refused_without_stalling_the_api() {
-    in_namespace("fifo_netns_path_is_refused_without_stalling_the_api", |env| {
-        let fifo = env.root.join("fifo");
-        let st = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .expect("run mkfifo");
-        assert!(st.success());
-        let body = format!(
-            "{{\"Name\": \"f\", \"NetnsPath\": \"{}\"}}",
-            fifo.display()
-        );
-        let (code, v) = env.api("POST", "/sandboxes", Some(&body));
-        assert_eq!(code, 400, "{v}");
-        let msg = v["message"].as_str().unwrap();
-        assert!(msg.contains("is a FIFO"), "{msg}");
-        // Nothing was made and the API answers.
-        assert_eq!(env.get("/sandboxes").as_array().unwrap().len(), 0);
-        env.sandbox("ok");
-    });
+    in_namespace(
+        "fifo_netns_path_is_refused_without_stalling_the_api",
+        |env| {
+            let fifo = env.root.join("fifo");
+            let st = std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .expect("run mkfifo");
+            assert!(st.success());
+            let body = format!("{{\"Name\": \"f\", \"NetnsPath\": \"{}\"}}", fifo.display());
+            let (code, v) = env.api("POST", "/sandboxes", Some(&body));
+            assert_eq!(code, 400, "{v}");
+            let msg = v["message"].as_str().unwrap();
+            assert!(msg.contains("is a FIFO"), "{msg}");
+            // Nothing was made and the API answers.
+            assert_eq!(env.get("/sandboxes").as_array().unwrap().len(), 0);
+            env.sandbox("ok");
+        },
+    );
 }

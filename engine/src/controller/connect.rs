@@ -10,7 +10,7 @@
 //! network's DNS names and the sandbox's files.
 
 use super::ipam_steps::{v4_pool, v6_pool, IpamTxn};
-use super::{net_key, not_found, publish_one, sb_key, ConnectOptions, Inner};
+use super::{not_found, publish_one, ConnectOptions, Inner};
 use crate::driver::{Driver, DriverRegistry};
 use crate::error::{Error, Result};
 use crate::model::{self, Endpoint, Network, Sandbox, Store};
@@ -28,15 +28,7 @@ impl Inner {
         sandbox: &str,
         opts: ConnectOptions,
     ) -> Result<Endpoint> {
-        let (nid, sid) = {
-            let store = self.model();
-            (
-                store.resolve_network(network)?,
-                store.resolve_sandbox(sandbox)?,
-            )
-        };
-        let _held = self.locks.acquire([net_key(&nid), sb_key(&sid)]).await;
-        let store = self.model();
+        let (_held, nid, sid, store) = self.lock_pair(network, sandbox).await?;
         let net = store
             .networks
             .get(&nid)

@@ -10,7 +10,7 @@
 //! refresh DNS names and the sandbox's files.
 
 use super::ipam_steps::endpoint_addresses;
-use super::{net_key, sb_key, unpublish_all, Inner};
+use super::{rebind_spec, unpublish_all, Inner};
 use crate::error::{Error, Result};
 use crate::model::{Endpoint, Sandbox, Store};
 use crate::store::Change;
@@ -19,15 +19,7 @@ use std::sync::Arc;
 
 impl Inner {
     pub(super) async fn disconnect(&self, network: &str, sandbox: &str, force: bool) -> Result<()> {
-        let (nid, sid) = {
-            let store = self.model();
-            (
-                store.resolve_network(network)?,
-                store.resolve_sandbox(sandbox)?,
-            )
-        };
-        let _held = self.locks.acquire([net_key(&nid), sb_key(&sid)]).await;
-        let store = self.model();
+        let (_held, nid, sid, store) = self.lock_pair(network, sandbox).await?;
         let sb_name = store
             .sandboxes
             .get(&sid)
@@ -98,14 +90,7 @@ impl Inner {
             let d = Arc::clone(&driver);
             txn.on_undo("publish the ports again", move || {
                 for b in &p.ports {
-                    let spec = tapnet_nat::PublishSpec {
-                        host_ip: b.host.ip(),
-                        host_port: b.host.port(),
-                        proto: b.binding.proto.nat(),
-                        sandbox_ip: p.sandbox_ip,
-                        sandbox_port: b.binding.port,
-                    };
-                    d.publish(&p.network_id, spec)?;
+                    d.publish(&p.network_id, rebind_spec(b, p.sandbox_ip))?;
                 }
                 Ok(())
             });

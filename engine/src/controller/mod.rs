@@ -502,6 +502,24 @@ impl Inner {
         self.model.store(Arc::new(next));
     }
 
+    /// Resolve a network and a sandbox, lock both, and return their ids with the
+    /// model as it is once the locks are held.
+    async fn lock_pair(
+        &self,
+        network: &str,
+        sandbox: &str,
+    ) -> Result<(Held, String, String, Arc<Store>)> {
+        let (nid, sid) = {
+            let store = self.model();
+            (
+                store.resolve_network(network)?,
+                store.resolve_sandbox(sandbox)?,
+            )
+        };
+        let held = self.locks.acquire([net_key(&nid), sb_key(&sid)]).await;
+        Ok((held, nid, sid, self.model()))
+    }
+
     /// The IPAM, for a short synchronous step.
     fn ipam(&self) -> MutexGuard<'_, Box<dyn Ipam>> {
         lock(&self.ipam)
@@ -654,6 +672,17 @@ fn publish_one(
             ..
         }) => Err(ports::in_use(b)),
         Err(e) => Err(e),
+    }
+}
+
+/// Publish a port again at the host address it was bound to before.
+fn rebind_spec(b: &ports::BoundPort, sandbox_ip: IpAddr) -> tapnet_nat::PublishSpec {
+    tapnet_nat::PublishSpec {
+        host_ip: b.host.ip(),
+        host_port: b.host.port(),
+        proto: b.binding.proto.nat(),
+        sandbox_ip,
+        sandbox_port: b.binding.port,
     }
 }
 

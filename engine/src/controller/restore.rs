@@ -16,7 +16,7 @@
 //! overlaps another) are logged and left out.
 
 use super::ipam_steps::{endpoint_addresses, restore_network_ipam};
-use super::{lock, Inner};
+use super::{lock, rebind_spec, Inner};
 use crate::driver::{Driver, Restored};
 use crate::error::{Error, Result};
 use crate::model::{Endpoint, Network, Sandbox};
@@ -365,14 +365,7 @@ impl Inner {
             let kept = blocking("re-publish ports", move || {
                 let mut kept = Vec::new();
                 for b in &p2.ports {
-                    let spec = tapnet_nat::PublishSpec {
-                        host_ip: b.host.ip(),
-                        host_port: b.host.port(),
-                        proto: b.binding.proto.nat(),
-                        sandbox_ip: p2.sandbox_ip,
-                        sandbox_port: b.binding.port,
-                    };
-                    match driver.publish(&p2.network_id, spec) {
+                    match driver.publish(&p2.network_id, rebind_spec(b, p2.sandbox_ip)) {
                         Ok(host) => kept.push(ports::BoundPort {
                             binding: b.binding,
                             host,
