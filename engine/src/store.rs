@@ -20,6 +20,7 @@
 //! * Only one process can open the database at a time (redb locks the file); the
 //!   lock dies with the process, so a `kill -9`'d daemon does not block its restart.
 
+pub use crate::error::StoreError;
 use crate::model::{Endpoint, Network, Sandbox, Store};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
@@ -37,37 +38,6 @@ const ENDPOINTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("endpoi
 type RecordTable = TableDefinition<'static, &'static str, &'static [u8]>;
 
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
-
-/// Errors of the store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database refused an operation (I/O error, lock held, corruption).
-    #[error("database {path}: {source}")]
-    Db {
-        /// The database file (or `memory`).
-        path: String,
-        /// The cause.
-        #[source]
-        source: Box<redb::Error>,
-    },
-    /// A record could not be encoded.
-    #[error("encode {what}: {source}")]
-    Encode {
-        /// Which record.
-        what: String,
-        /// The cause.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// The database was written by a newer tapnet.
-    #[error("database {path} has schema version {found}; this tapnetd understands up to {SCHEMA_VERSION}: upgrade tapnetd or move the data root away")]
-    Schema {
-        /// The database file.
-        path: String,
-        /// The version found.
-        found: u64,
-    },
-}
 
 /// One change of a mutation (see [`Db::commit`]).
 #[derive(Debug, Clone)]
@@ -144,6 +114,7 @@ impl Db {
                     return Err(StoreError::Schema {
                         path: this.path.clone(),
                         found: v,
+                        supported: SCHEMA_VERSION,
                     })
                 }
                 Some(_) => {}
