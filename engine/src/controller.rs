@@ -30,7 +30,7 @@ use crate::driver::{Driver, DriverRegistry, FdbRow, NetworkReport, Restored};
 use crate::error::{Error, Result};
 use crate::ipam::{gateway_options, Ipam, IpamError, Pool, PoolRequest};
 use crate::model::{self, Endpoint, Ipv6Config, Network, Sandbox, Store};
-use crate::ports::{self, PortBinding};
+use crate::ports::{self, NatProto as _, PortBinding};
 use crate::sandbox_files;
 use crate::store::{Change, Db};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};

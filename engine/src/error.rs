@@ -98,6 +98,16 @@ pub enum Error {
 /// Result alias for the engine.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// A value the shared types refused (a driver option, a port binding) is a bad
+/// request (HTTP 400), with the same message.
+impl From<tapnet_types::Error> for Error {
+    fn from(e: tapnet_types::Error) -> Error {
+        match e {
+            tapnet_types::Error::Invalid(message) => Error::InvalidRequest(message),
+        }
+    }
+}
+
 /// Errors of the persistent store (`store::Db`).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
