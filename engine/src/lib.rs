@@ -12,7 +12,8 @@
 //!   `tapnet-types`'), the host-port checks.
 //! * [`sandbox_files`]: a sandbox's resolv.conf and hosts, and the DNS names of a
 //!   network.
-//! * [`api`]: the Docker-compatible HTTP API on a unix socket (`docs/api.md`).
+//! * [`api`]: the Docker-compatible HTTP API on a unix socket (`docs/api.md`); its
+//!   bodies are `tapnet_types::api`'s.
 //! * [`store`]: the redb database under `--data-root` (one transaction per mutation).
 //! * [`error`]: the error enum and its single mapping to HTTP status codes, and the
 //!   store's error.
