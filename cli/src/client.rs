@@ -1,19 +1,25 @@
 //! A small HTTP/1.1 + JSON client for `tapnetd`'s unix socket.
 //!
 //! One connection per request (hyper's low-level `http1::handshake` over a
-//! `tokio::net::UnixStream`). Answers outside 2xx become [`ClientError::Daemon`]
-//! carrying the daemon's `message`, printed like docker does:
-//! `Error response from daemon: <message>`.
+//! `tokio::net::UnixStream`). Bodies are the typed ones of [`tapnet_types::api`]:
+//! requests are serialized from them, answers read into them (`get_as`,
+//! `post_as`; an answer of another shape is a [`ClientError::Protocol`]); `get`
+//! keeps the answer as raw JSON for commands that print it as it came. Answers
+//! outside 2xx become [`ClientError::Daemon`] carrying the daemon's `message`
+//! ([`ErrorBody`]), printed like docker does: `Error response from daemon: <message>`.
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use tapnet_types::api::ErrorBody;
 use tokio::net::UnixStream;
 
 /// Why a request failed.
@@ -90,27 +96,56 @@ impl Client {
         &self.socket
     }
 
-    /// `GET path`.
+    /// `GET path`, the answer as it came (inspect prints what the daemon said).
     pub async fn get(&self, path: &str) -> Result<(StatusCode, Value), ClientError> {
-        self.request(Method::GET, path, None).await
+        let (status, raw) = self.request(Method::GET, path, None).await?;
+        Ok((status, parse_body(&raw)))
+    }
+
+    /// `GET path`, the answer read as `T` (a body of [`tapnet_types::api`]).
+    pub async fn get_as<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let (_, raw) = self.request(Method::GET, path, None).await?;
+        decode(&Method::GET, path, &raw)
     }
 
     /// `POST path` with a JSON body.
-    pub async fn post(&self, path: &str, body: &Value) -> Result<(StatusCode, Value), ClientError> {
-        self.request(Method::POST, path, Some(body)).await
+    pub async fn post<B: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<(StatusCode, Value), ClientError> {
+        let (status, raw) = self
+            .request(Method::POST, path, Some(encode(path, body)?))
+            .await?;
+        Ok((status, parse_body(&raw)))
+    }
+
+    /// `POST path` with a JSON body, the answer read as `T`.
+    pub async fn post_as<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let (_, raw) = self
+            .request(Method::POST, path, Some(encode(path, body)?))
+            .await?;
+        decode(&Method::POST, path, &raw)
     }
 
     /// `DELETE path`.
     pub async fn delete(&self, path: &str) -> Result<(StatusCode, Value), ClientError> {
-        self.request(Method::DELETE, path, None).await
+        let (status, raw) = self.request(Method::DELETE, path, None).await?;
+        Ok((status, parse_body(&raw)))
     }
 
+    /// One exchange: the status and raw body of a 2xx answer, else
+    /// [`ClientError::Daemon`] with the daemon's message.
     async fn request(
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
-    ) -> Result<(StatusCode, Value), ClientError> {
+        body: Option<Bytes>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         let stream =
             UnixStream::connect(&self.socket)
                 .await
@@ -132,9 +167,9 @@ impl Client {
             .uri(path)
             .header(HOST, "tapnet");
         let bytes = match body {
-            Some(v) => {
+            Some(b) => {
                 req = req.header(CONTENT_TYPE, "application/json");
-                Bytes::from(v.to_string())
+                b
             }
             None => Bytes::new(),
         };
@@ -155,16 +190,28 @@ impl Client {
         drop(sender);
         let _ = conn.await;
 
-        let json = parse_body(&raw);
         if status.is_success() {
-            Ok((status, json))
+            Ok((status, raw))
         } else {
             Err(ClientError::Daemon {
                 status,
-                message: error_message(status, &json),
+                message: error_message(status, &raw),
             })
         }
     }
+}
+
+/// A request body as JSON.
+fn encode<B: Serialize + ?Sized>(path: &str, body: &B) -> Result<Bytes, ClientError> {
+    serde_json::to_vec(body)
+        .map(Bytes::from)
+        .map_err(|e| ClientError::Protocol(format!("bad request body for {path}: {e}")))
+}
+
+/// A 2xx answer read as `T`; an answer of another shape is a protocol error.
+fn decode<T: DeserializeOwned>(method: &Method, path: &str, raw: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(raw)
+        .map_err(|e| ClientError::Protocol(format!("unexpected answer to {method} {path}: {e}")))
 }
 
 /// JSON if the body is JSON, the text as a JSON string otherwise, `Null` if empty.
@@ -176,14 +223,15 @@ fn parse_body(raw: &[u8]) -> Value {
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(raw).trim().to_string()))
 }
 
-/// The daemon's `message`, else the body text, else the status reason.
-fn error_message(status: StatusCode, body: &Value) -> String {
-    match body {
-        Value::Object(o) => match o.get("message") {
-            Some(Value::String(m)) if !m.is_empty() => m.clone(),
-            _ => body.to_string(),
-        },
-        Value::String(s) if !s.is_empty() => s.clone(),
+/// The daemon's `message` ([`ErrorBody`]), else the body text, else the status reason.
+fn error_message(status: StatusCode, raw: &[u8]) -> String {
+    if let Ok(ErrorBody { message }) = serde_json::from_slice::<ErrorBody>(raw) {
+        if !message.is_empty() {
+            return message;
+        }
+    }
+    match parse_body(raw) {
+        Value::String(s) if !s.is_empty() => s,
         Value::Null => status
             .canonical_reason()
             .map_or_else(|| status.to_string(), str::to_string),

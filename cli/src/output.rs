@@ -1,7 +1,7 @@
 //! Output helpers: aligned tables, docker-style id truncation, JSON printing.
 
 use serde::Serialize;
-use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// Length of a truncated id, as docker prints them.
 pub const SHORT_ID_LEN: usize = 12;
@@ -62,32 +62,23 @@ pub fn pretty_json<T: Serialize>(v: &T) -> String {
     }
 }
 
-/// `v[key]` as a string ("" if missing or not a string).
-pub fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("")
-}
-
-/// `v[key]` as an integer's decimal text ("" if missing), keeping floats readable.
-pub fn num_of(v: &Value, key: &str) -> String {
-    match v.get(key) {
-        Some(Value::Number(n)) => n.to_string(),
-        _ => String::new(),
+/// One line of compact JSON, keys sorted at every level (what `--format json` prints,
+/// as it always has: the value goes through `serde_json::Value`, whose maps are
+/// sorted).
+pub fn json_line<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(v) => v.to_string() + "\n",
+        // The API types always serialize; keep a readable fallback anyway.
+        Err(e) => format!("\"<unprintable: {e}>\"\n"),
     }
 }
 
 /// `{"a": "1", "b": "2"}` as `a=1,b=2` (docker's format for labels).
-pub fn kv_list(v: &Value) -> String {
-    match v.as_object() {
-        Some(o) => o
-            .iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => format!("{k}={s}"),
-                other => format!("{k}={other}"),
-            })
-            .collect::<Vec<_>>()
-            .join(","),
-        None => String::new(),
-    }
+pub fn kv_list(m: &BTreeMap<String, String>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]
@@ -141,13 +132,21 @@ mod tests {
 
     #[test]
     fn field_helpers() {
-        let v = json!({"s": "x", "n": 3, "f": 1.5, "l": {"a": "1", "b": "2"}});
-        assert_eq!(str_of(&v, "s"), "x");
-        assert_eq!(str_of(&v, "n"), "");
-        assert_eq!(str_of(&v, "missing"), "");
-        assert_eq!(num_of(&v, "n"), "3");
-        assert_eq!(num_of(&v, "missing"), "");
-        assert_eq!(kv_list(&v["l"]), "a=1,b=2");
-        assert_eq!(kv_list(&Value::Null), "");
+        let l: BTreeMap<String, String> = [("b", "2"), ("a", "1")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(kv_list(&l), "a=1,b=2");
+        assert_eq!(kv_list(&BTreeMap::new()), "");
+    }
+
+    #[test]
+    fn json_line_sorts_keys() {
+        #[derive(Serialize)]
+        struct S {
+            b: u8,
+            a: Vec<u8>,
+        }
+        assert_eq!(json_line(&S { b: 1, a: vec![2] }), "{\"a\":[2],\"b\":1}\n");
     }
 }

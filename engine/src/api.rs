@@ -10,7 +10,8 @@
 //! before anything is done. Docker endpoints tapnet does not serve (`/containers`,
 //! `/images`, ...) are 404 with a message saying what tapnet serves. Handlers only
 //! parse and shape JSON; the [`Controller`] does the work, so a rejected request
-//! changes nothing.
+//! changes nothing. The request and answer bodies are [`tapnet_types::api`]'s
+//! (re-exported here), shared with the CLI.
 
 pub mod filters;
 
@@ -26,11 +27,18 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+pub use tapnet_types::api::{
+    ConnectBody, ContainerResource, CreateNetworkResponse, CreateSandboxResponse, DisconnectBody,
+    EndpointConfigBody, EndpointIpamBody, ErrorBody, FdbResource, FlowStatsResource,
+    GatewayStatsResource, IpamBody, IpamConfigBody, IpamConfigResource, IpamResource,
+    NetworkCreateBody, NetworkPruneResponse, NetworkResource, PortStatsResource, SandboxCreateBody,
+    SandboxEndpointResource, SandboxResource, StatsResource, VersionComponent, VersionDetails,
+    VersionPlatform, VersionResponse,
+};
 
 /// The Docker Engine API version tapnet speaks (the highest it accepts; the docker
 /// CLI negotiates down to it from `/_ping`'s `Api-Version` header).
@@ -69,13 +77,6 @@ impl From<Error> for ApiError {
             message: e.to_string(),
         }
     }
-}
-
-/// The `{"message": ...}` error body.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ErrorBody {
-    /// What is wrong.
-    pub message: String,
 }
 
 impl IntoResponse for ApiError {
@@ -135,115 +136,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
 }
 
 // ---------------------------------------------------------------- request bodies
-
-/// `POST /networks/create` body.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct NetworkCreateBody {
-    /// Network name.
-    pub name: String,
-    /// Driver (default `bridge`).
-    pub driver: Option<String>,
-    /// IPAM settings.
-    #[serde(rename = "IPAM")]
-    pub ipam: Option<IpamBody>,
-    /// Driver options.
-    pub options: Option<BTreeMap<String, String>>,
-    /// Labels.
-    pub labels: Option<BTreeMap<String, String>>,
-    /// Internal network.
-    pub internal: Option<bool>,
-    /// Attachable.
-    pub attachable: Option<bool>,
-    /// IPv6.
-    #[serde(rename = "EnableIPv6")]
-    pub enable_ipv6: Option<bool>,
-}
-
-/// The `IPAM` object.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct IpamBody {
-    /// IPAM driver.
-    pub driver: Option<String>,
-    /// Pools.
-    pub config: Option<Vec<IpamConfigBody>>,
-    /// IPAM options.
-    pub options: Option<BTreeMap<String, String>>,
-}
-
-/// One `IPAM.Config` entry.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct IpamConfigBody {
-    /// CIDR.
-    pub subnet: Option<String>,
-    /// Gateway address.
-    pub gateway: Option<String>,
-    /// Dynamic range CIDR.
-    #[serde(rename = "IPRange")]
-    pub ip_range: Option<String>,
-    /// Reserved addresses by name.
-    pub auxiliary_addresses: Option<BTreeMap<String, String>>,
-}
-
-/// `POST /networks/{id}/connect` body.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct ConnectBody {
-    /// Sandbox name or id.
-    pub container: String,
-    /// Endpoint settings.
-    pub endpoint_config: Option<EndpointConfigBody>,
-}
-
-/// `EndpointConfig`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct EndpointConfigBody {
-    /// Static addresses.
-    #[serde(rename = "IPAMConfig")]
-    pub ipam_config: Option<EndpointIpamBody>,
-    /// Network-scoped aliases.
-    pub aliases: Option<Vec<String>>,
-    /// The endpoint's MAC (`""` = default).
-    pub mac_address: Option<String>,
-}
-
-/// `EndpointConfig.IPAMConfig`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct EndpointIpamBody {
-    /// Static IPv4 address.
-    #[serde(rename = "IPv4Address")]
-    pub ipv4_address: Option<String>,
-    /// Static IPv6 address.
-    #[serde(rename = "IPv6Address")]
-    pub ipv6_address: Option<String>,
-}
-
-/// `POST /networks/{id}/disconnect` body.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct DisconnectBody {
-    /// Sandbox name or id.
-    pub container: String,
-    /// Remove the endpoint even if the data plane cannot be cleaned.
-    pub force: bool,
-}
-
-/// `POST /sandboxes` body.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct SandboxCreateBody {
-    /// Sandbox name (default: the id's first 12 characters).
-    pub name: Option<String>,
-    /// Adopt this namespace instead of creating one.
-    pub netns_path: Option<String>,
-    /// Published ports, Docker's `HostConfig.PortBindings` shape:
-    /// `{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}`.
-    pub port_bindings: Option<BTreeMap<String, Option<Vec<crate::ports::PortBindingBody>>>>,
-}
+//
+// The bodies are `tapnet_types::api`'s (re-exported above); this part validates them.
 
 fn non_empty(s: &Option<String>) -> Option<&str> {
     s.as_deref().map(str::trim).filter(|s| !s.is_empty())
@@ -487,218 +381,8 @@ pub fn connect_request(body: ConnectBody) -> ApiResult<(String, ConnectOptions)>
 }
 
 // ---------------------------------------------------------------- response bodies
-
-/// `201` answer of `POST /networks/create`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct CreateNetworkResponse {
-    /// New network's id.
-    pub id: String,
-    /// Always empty.
-    pub warning: String,
-}
-
-/// `201` answer of `POST /sandboxes`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct CreateSandboxResponse {
-    /// New sandbox's id.
-    pub id: String,
-}
-
-/// Docker's network object.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct NetworkResource {
-    /// Name.
-    pub name: String,
-    /// Id.
-    pub id: String,
-    /// Creation time.
-    pub created: String,
-    /// Scope.
-    pub scope: String,
-    /// Driver.
-    pub driver: String,
-    /// IPv4 (always: every tapnet network has an IPv4 subnet; API 1.47 field).
-    #[serde(rename = "EnableIPv4")]
-    pub enable_ipv4: bool,
-    /// IPv6.
-    #[serde(rename = "EnableIPv6")]
-    pub enable_ipv6: bool,
-    /// Internal.
-    pub internal: bool,
-    /// Attachable.
-    pub attachable: bool,
-    /// IPAM.
-    #[serde(rename = "IPAM")]
-    pub ipam: IpamResource,
-    /// Endpoints by sandbox id.
-    pub containers: BTreeMap<String, ContainerResource>,
-    /// Driver options.
-    pub options: BTreeMap<String, String>,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-}
-
-/// `IPAM` of a network object.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct IpamResource {
-    /// Driver.
-    pub driver: String,
-    /// Options.
-    pub options: BTreeMap<String, String>,
-    /// Pools.
-    pub config: Vec<IpamConfigResource>,
-}
-
-/// One pool of a network object.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct IpamConfigResource {
-    /// CIDR.
-    pub subnet: String,
-    /// Gateway.
-    pub gateway: String,
-    /// Dynamic range, when set.
-    #[serde(rename = "IPRange", skip_serializing_if = "Option::is_none")]
-    pub ip_range: Option<String>,
-    /// Reserved addresses by name, when any.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub auxiliary_addresses: BTreeMap<String, String>,
-}
-
-/// One entry of a network's `Containers`.
-#[derive(Debug, Serialize)]
-pub struct ContainerResource {
-    /// Sandbox name.
-    #[serde(rename = "Name")]
-    pub name: String,
-    /// Endpoint id.
-    #[serde(rename = "EndpointID")]
-    pub endpoint_id: String,
-    /// MAC.
-    #[serde(rename = "MacAddress")]
-    pub mac_address: String,
-    /// `a.b.c.d/len`.
-    #[serde(rename = "IPv4Address")]
-    pub ipv4_address: String,
-    /// `addr/len` on IPv6 networks, else empty.
-    #[serde(rename = "IPv6Address")]
-    pub ipv6_address: String,
-    /// Network-scoped aliases (omitted when there are none).
-    #[serde(rename = "Aliases", skip_serializing_if = "Vec::is_empty")]
-    pub aliases: Vec<String>,
-}
-
-/// tapnet's sandbox object.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct SandboxResource {
-    /// Id.
-    pub id: String,
-    /// Name.
-    pub name: String,
-    /// Namespace path.
-    pub netns_path: String,
-    /// Created by tapnet.
-    pub owned: bool,
-    /// Creation time.
-    pub created: String,
-    /// Endpoints by network name.
-    pub endpoints: BTreeMap<String, SandboxEndpointResource>,
-    /// Published ports (Docker's `NetworkSettings.Ports`; `null` entries are not bound).
-    pub ports: BTreeMap<String, Option<Vec<crate::ports::PortResource>>>,
-    /// The sandbox's resolv.conf.
-    pub resolv_conf_path: String,
-    /// The sandbox's hosts file.
-    pub hosts_path: String,
-}
-
-/// One entry of a sandbox's `Endpoints`.
-#[derive(Debug, Serialize)]
-pub struct SandboxEndpointResource {
-    /// Network id.
-    #[serde(rename = "NetworkID")]
-    pub network_id: String,
-    /// Endpoint id.
-    #[serde(rename = "EndpointID")]
-    pub endpoint_id: String,
-    /// Interface name in the sandbox.
-    #[serde(rename = "Interface")]
-    pub interface: String,
-    /// MAC.
-    #[serde(rename = "MacAddress")]
-    pub mac_address: String,
-    /// `a.b.c.d/len`.
-    #[serde(rename = "IPv4Address")]
-    pub ipv4_address: String,
-    /// Gateway.
-    #[serde(rename = "Gateway")]
-    pub gateway: String,
-    /// `addr/len` on IPv6 networks.
-    #[serde(rename = "IPv6Address", skip_serializing_if = "String::is_empty")]
-    pub ipv6_address: String,
-    /// IPv6 gateway on IPv6 networks.
-    #[serde(rename = "IPv6Gateway", skip_serializing_if = "String::is_empty")]
-    pub ipv6_gateway: String,
-    /// Network-scoped aliases (omitted when there are none).
-    #[serde(rename = "Aliases", skip_serializing_if = "Vec::is_empty")]
-    pub aliases: Vec<String>,
-}
-
-/// `GET /networks/{id}/stats` answer.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct StatsResource {
-    /// Network id.
-    pub network: String,
-    /// Learned MACs.
-    pub fdb_entries: usize,
-    /// MACs not learned because the FDB was full.
-    pub fdb_limit_hits: u64,
-    /// Per-port counters.
-    pub ports: Vec<PortStatsResource>,
-    /// The gateway's counters (bridge networks).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<GatewayStatsResource>,
-}
-
-/// The gateway part of [`StatsResource`].
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct GatewayStatsResource {
-    /// Datagrams read from the gateway's switch port.
-    pub frames_in: u64,
-    /// Frames written to the switch.
-    pub frames_out: u64,
-    /// Drops by reason name.
-    pub drops: BTreeMap<String, u64>,
-    /// Flows by protocol (`tcp`, `udp`, `icmp`).
-    pub flows: BTreeMap<String, FlowStatsResource>,
-    /// New flows refused by a flow limit.
-    pub flow_limit_hits: u64,
-    /// DNS queries answered from the network's names.
-    pub dns_local: u64,
-    /// DNS queries forwarded upstream.
-    pub dns_forwarded: u64,
-    /// DNS queries answered SERVFAIL.
-    pub dns_servfail: u64,
-    /// The switch's counters of the gateway's port.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub switch_port: Option<PortStatsResource>,
-}
-
-/// Flow counters of one protocol.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct FlowStatsResource {
-    /// Open now.
-    pub active: u64,
-    /// Ever opened.
-    pub total: u64,
-}
+//
+// The bodies are `tapnet_types::api`'s (re-exported above); this part shapes them.
 
 /// Shape gateway counters for the API.
 pub fn gateway_stats_resource(g: &tapnet_nat::StatsSnapshot) -> GatewayStatsResource {
@@ -729,46 +413,6 @@ pub fn gateway_stats_resource(g: &tapnet_nat::StatsSnapshot) -> GatewayStatsReso
         dns_servfail: g.dns_servfail,
         switch_port: None,
     }
-}
-
-/// One port in [`StatsResource`].
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct PortStatsResource {
-    /// Endpoint id.
-    #[serde(rename = "EndpointID")]
-    pub endpoint_id: String,
-    /// Sandbox name.
-    pub sandbox: String,
-    /// Interface name.
-    pub interface: String,
-    /// Switch port id.
-    pub port: u32,
-    /// Frames received from the port.
-    pub rx_packets: u64,
-    /// Bytes received.
-    pub rx_bytes: u64,
-    /// Frames sent to the port.
-    pub tx_packets: u64,
-    /// Bytes sent.
-    pub tx_bytes: u64,
-    /// Drops by reason name.
-    pub drops: BTreeMap<String, u64>,
-}
-
-/// One row of `GET /networks/{id}/fdb`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct FdbResource {
-    /// MAC.
-    pub mac_address: String,
-    /// Port.
-    pub port: u32,
-    /// Endpoint id (empty for a port that is not an endpoint).
-    #[serde(rename = "EndpointID")]
-    pub endpoint_id: String,
-    /// Seconds since last seen.
-    pub age_seconds: f64,
 }
 
 /// Shape a network for the API.
@@ -989,18 +633,30 @@ fn docker_arch() -> &'static str {
     }
 }
 
-async fn version() -> Response {
+/// The `GET /version` answer.
+fn version_body() -> VersionResponse {
     let version = env!("CARGO_PKG_VERSION");
-    Json(serde_json::json!({
-        "Platform": {"Name": "tapnet"},
-        "Components": [{"Name": "tapnetd", "Version": version, "Details": {"ApiVersion": API_VERSION}}],
-        "Version": version,
-        "ApiVersion": API_VERSION,
-        "MinAPIVersion": MIN_API_VERSION,
-        "Os": "linux",
-        "Arch": docker_arch(),
-    }))
-    .into_response()
+    VersionResponse {
+        api_version: API_VERSION.into(),
+        arch: docker_arch().into(),
+        components: vec![VersionComponent {
+            details: VersionDetails {
+                api_version: API_VERSION.into(),
+            },
+            name: "tapnetd".into(),
+            version: version.into(),
+        }],
+        min_api_version: MIN_API_VERSION.into(),
+        os: "linux".into(),
+        platform: VersionPlatform {
+            name: "tapnet".into(),
+        },
+        version: version.into(),
+    }
+}
+
+async fn version() -> Response {
+    Json(version_body()).into_response()
 }
 
 async fn network_create(
@@ -1088,7 +744,7 @@ async fn network_disconnect(
 
 /// `POST /networks/prune`: removes custom networks without endpoints that pass the
 /// `until`/`label`/`label!` filters; one that cannot be removed is logged and kept.
-async fn network_prune(State(ctl): Ctl, uri: Uri) -> ApiResult<Json<serde_json::Value>> {
+async fn network_prune(State(ctl): Ctl, uri: Uri) -> ApiResult<Json<NetworkPruneResponse>> {
     let q = query_map(&uri)?;
     let f = filters::Filters::parse(q.get("filters").map(String::as_str))?;
     let pf = filters::PruneFilters::new(f, filters::now_secs())?;
@@ -1100,7 +756,9 @@ async fn network_prune(State(ctl): Ctl, uri: Uri) -> ApiResult<Json<serde_json::
         .map(|n| n.id.clone())
         .collect();
     let deleted = ctl.prune(candidates).await;
-    Ok(Json(serde_json::json!({ "NetworksDeleted": deleted })))
+    Ok(Json(NetworkPruneResponse {
+        networks_deleted: deleted,
+    }))
 }
 
 async fn network_stats(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<Json<StatsResource>> {

@@ -1,9 +1,14 @@
-//! The engine's error type.
+//! The engine's error types.
 //!
 //! Contract: every fallible engine operation returns [`Error`]; each variant names
 //! what was being done and keeps the cause. [`Error::status`] is the *one* place
 //! where errors are mapped to HTTP status codes (the API layer uses nothing else).
 //! Messages are written for the user: what is wrong and, where useful, what to do.
+//!
+//! This module sits at the bottom of the engine's module graph: it uses only leaf
+//! types (the [`IpamError`] of the leaf module [`crate::ipam`], the other crates'
+//! errors) and defines [`StoreError`] itself, so that `model`, `ports` and `store`
+//! can all return [`Error`] without an import circle.
 
 use crate::ipam::IpamError;
 
@@ -78,7 +83,7 @@ pub enum Error {
         op: String,
         /// The cause.
         #[source]
-        source: crate::store::StoreError,
+        source: StoreError,
     },
     /// A blocking task panicked or was cancelled (HTTP 500).
     #[error("{op}: background task failed: {message}")]
@@ -92,6 +97,70 @@ pub enum Error {
 
 /// Result alias for the engine.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// A value the shared types refused (a driver option, a port binding) is a bad
+/// request (HTTP 400), with the same message.
+impl From<tapnet_types::Error> for Error {
+    fn from(e: tapnet_types::Error) -> Error {
+        match e {
+            tapnet_types::Error::Invalid(message) => Error::InvalidRequest(message),
+        }
+    }
+}
+
+/// Errors of the persistent store (`store::Db`).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused an operation (I/O error, lock held, corruption).
+    #[error("database {path}: {source}")]
+    Db {
+        /// The database file (or `memory`).
+        path: String,
+        /// The cause.
+        #[source]
+        source: Box<redb::Error>,
+    },
+    /// A record could not be encoded.
+    #[error("encode {what}: {source}")]
+    Encode {
+        /// Which record.
+        what: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The database was written by a newer tapnet.
+    #[error("database {path} has schema version {found}; this tapnetd understands up to {supported}: upgrade tapnetd or move the data root away")]
+    Schema {
+        /// The database file.
+        path: String,
+        /// The version found.
+        found: u64,
+        /// The newest version this build reads (`store::SCHEMA_VERSION`).
+        supported: u64,
+    },
+    /// The store cannot be reached or refused the transaction (a distributed store
+    /// that is down; an injected failure of the in-memory store).
+    #[error("store {store} unavailable: {message}")]
+    Unavailable {
+        /// Which store.
+        store: String,
+        /// What happened.
+        message: String,
+    },
+    /// A compare-and-swap condition failed: nothing was written.
+    #[error("store {store}: key {key} changed concurrently (expected revision {expected:?}, found {found:?})")]
+    Conflict {
+        /// Which store.
+        store: String,
+        /// The key whose condition failed.
+        key: String,
+        /// The revision the caller expected (`None`: absent).
+        expected: Option<u64>,
+        /// The revision found (`None`: absent).
+        found: Option<u64>,
+    },
+}
 
 impl Error {
     /// The HTTP status code this error maps to (the single mapping point).
@@ -147,7 +216,7 @@ impl Error {
     }
 
     /// Wrap a store error with the operation it belongs to.
-    pub fn store(op: impl Into<String>, source: crate::store::StoreError) -> Error {
+    pub fn store(op: impl Into<String>, source: StoreError) -> Error {
         Error::Store {
             op: op.into(),
             source,

@@ -1,18 +1,27 @@
 //! tapnet-engine: the control plane of tapnet.
 //!
-//! * [`model`]: the CNM objects as data (`Network`, `Endpoint`, `Sandbox`) and the
-//!   [`model::Store`] that holds them; id/name/prefix lookup.
+//! * [`model`]: the CNM objects as data (`Network`, `Endpoint`, `Sandbox`, defined in
+//!   `tapnet-types` and re-exported) and the [`model::Store`] that holds them;
+//!   id/name/prefix lookup.
 //! * [`ipam`]: the `Ipam` trait (libnetwork-shaped) and the default driver: pools,
 //!   ranges, auxiliary addresses, IPv4 and IPv6.
 //! * [`driver`]: the `Driver` trait, its registry, and the `bridge`, `null` and `host`
 //!   drivers.
 //! * [`controller`]: the CNM `NetworkController`, serializing every mutation.
-//! * [`ports`]: published ports (Docker's `PortBindings`), parsing and checks.
+//! * [`ports`]: published ports (Docker's `PortBindings`; the types and parsing are
+//!   `tapnet-types`'), the host-port checks.
 //! * [`sandbox_files`]: a sandbox's resolv.conf and hosts, and the DNS names of a
 //!   network.
-//! * [`api`]: the Docker-compatible HTTP API on a unix socket (`docs/api.md`).
+//! * [`api`]: the Docker-compatible HTTP API on a unix socket (`docs/api.md`); its
+//!   bodies are `tapnet_types::api`'s.
 //! * [`store`]: the redb database under `--data-root` (one transaction per mutation).
-//! * [`error`]: the error enum and its single mapping to HTTP status codes.
+//! * [`error`]: the error enum and its single mapping to HTTP status codes, and the
+//!   store's error.
+//!
+//! Module dependencies run one way (no circle): `ipam` and `error` are at the
+//! bottom (`error` uses only `ipam`'s error type and other crates), `model` and
+//! `ports` use `error`, `store` uses `model` and `error`; `driver`,
+//! `sandbox_files`, `controller` and `api` sit on top.
 #![forbid(unsafe_code)]
 
 pub mod api;

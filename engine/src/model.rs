@@ -1,20 +1,25 @@
-//! The CNM model as plain data, and the [`Store`] that holds it.
+//! The CNM model: the records (from [`tapnet_types::model`], re-exported here) and
+//! the [`Store`] that holds them.
 //!
-//! Contract: these types are what the engine persists (they are `serde` types with
-//! no live handles in them); runtime handles (open namespaces, switch ports) live in
-//! the [`crate::controller`] and drivers, keyed by the ids here. The [`Store`] is the
-//! in-memory view of [`crate::store`]; every field of a stored type carries
-//! `#[serde(default)]` so records stay readable as fields are added. Lookups accept
-//! a full id, a name, or a unique id prefix, in that order, as Docker does.
+//! Contract: the records are what the engine persists (they are `serde` types with
+//! no live handles in them; their shape is `tapnet-types`' contract); runtime
+//! handles (open namespaces, switch ports) live in the [`crate::controller`] and
+//! drivers, keyed by the ids here. The [`Store`] is the in-memory view of the
+//! persistent store (`crate::store`). Lookups accept a full id, a name, or a unique
+//! id prefix, in that order, as Docker does. Option parsing is `tapnet-types`';
+//! the wrappers here return the engine's [`Error`] (400).
 
 use crate::error::{Error, Result};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::Ipv4Net;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
+pub use tapnet_types::model::{
+    format_mac, is_builtin_network, is_predefined, mac_for, parse_endpoint_mac, Endpoint,
+    Ipv6Config, Network, Sandbox, ICC_OPTION, MTU_OPTION, PORT_SECURITY_OPTION,
+    PREDEFINED_NETWORKS,
+};
 
 /// A new random id: 64 lowercase hex characters.
 pub fn new_id() -> String {
@@ -61,273 +66,17 @@ pub fn rfc3339(secs: u64) -> String {
     )
 }
 
-/// The MAC tapnet gives an endpoint: `02:42:` + the IPv4 address bytes.
-pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
-    let o = ip.octets();
-    [0x02, 0x42, o[0], o[1], o[2], o[3]]
-}
-
-/// Format a MAC as `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// A network (CNM `Network`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Network {
-    /// 64-hex id.
-    #[serde(default)]
-    pub id: String,
-    /// Unique name.
-    #[serde(default)]
-    pub name: String,
-    /// Driver name (`bridge`, `null`, `host`).
-    #[serde(default)]
-    pub driver: String,
-    /// Creation time, RFC 3339.
-    #[serde(default)]
-    pub created: String,
-    /// `local` or `global`.
-    #[serde(default)]
-    pub scope: String,
-    /// No outside connectivity.
-    #[serde(default)]
-    pub internal: bool,
-    /// Attachable (swarm compatibility; recorded only).
-    #[serde(default)]
-    pub attachable: bool,
-    /// IPv6 enabled: endpoints get an address of [`Network::ipv6`] too.
-    #[serde(default)]
-    pub enable_ipv6: bool,
-    /// IPAM driver name.
-    #[serde(default)]
-    pub ipam_driver: String,
-    /// IPAM driver options.
-    #[serde(default)]
-    pub ipam_options: BTreeMap<String, String>,
-    /// The IPv4 subnet; `None` for drivers without addresses (`null`, `host`).
-    #[serde(default)]
-    pub subnet: Option<Ipv4Net>,
-    /// The IPv4 gateway address (reserved in IPAM).
-    #[serde(default)]
-    pub gateway: Option<Ipv4Addr>,
-    /// The IPv4 dynamic allocation range, if any.
-    #[serde(default)]
-    pub ip_range: Option<Ipv4Net>,
-    /// IPv4 auxiliary addresses by name: reserved, never handed out.
-    #[serde(default)]
-    pub aux_addresses: BTreeMap<String, Ipv4Addr>,
-    /// The IPAM pool id of the IPv4 subnet (rebuilt on restart).
-    #[serde(default)]
-    pub ipv4_pool: Option<String>,
-    /// The IPv6 configuration, when `enable_ipv6`.
-    #[serde(default)]
-    pub ipv6: Option<Ipv6Config>,
-    /// Driver options.
-    #[serde(default)]
-    pub options: BTreeMap<String, String>,
-    /// User labels.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// Endpoints by endpoint id.
-    #[serde(default)]
-    pub endpoints: BTreeMap<String, Endpoint>,
-}
-
-impl Network {
-    /// The MTU for endpoints (`com.docker.network.driver.mtu`, default 1500).
-    pub fn mtu(&self) -> Result<u32> {
-        match self.options.get(MTU_OPTION) {
-            None => Ok(1500),
-            Some(v) => parse_mtu(v),
-        }
-    }
-
-    /// Inter-container communication (`com.docker.network.bridge.enable_icc`, default true).
-    pub fn icc(&self) -> Result<bool> {
-        self.options
-            .get(ICC_OPTION)
-            .map_or(Ok(true), |v| parse_bool_option(ICC_OPTION, v))
-    }
-
-    /// Anti-spoofing on endpoint ports (`com.tapnet.port_security`, default true).
-    pub fn port_security(&self) -> Result<bool> {
-        self.options
-            .get(PORT_SECURITY_OPTION)
-            .map_or(Ok(true), |v| parse_bool_option(PORT_SECURITY_OPTION, v))
-    }
-
-    /// The endpoint joining `sandbox_id`, if any.
-    pub fn endpoint_of(&self, sandbox_id: &str) -> Option<&Endpoint> {
-        self.endpoints.values().find(|e| e.sandbox_id == sandbox_id)
-    }
-}
-
-/// The IPv6 side of a network's IPAM configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ipv6Config {
-    /// The subnet.
-    pub subnet: Ipv6Net,
-    /// The gateway (reserved in IPAM).
-    pub gateway: Ipv6Addr,
-    /// The dynamic allocation range, if any.
-    #[serde(default)]
-    pub ip_range: Option<Ipv6Net>,
-    /// Auxiliary addresses by name: reserved, never handed out.
-    #[serde(default)]
-    pub aux_addresses: BTreeMap<String, Ipv6Addr>,
-    /// The IPAM pool id (rebuilt on restart).
-    #[serde(default)]
-    pub pool: String,
-}
-
-/// The networks that exist in every daemon, as in dockerd: `none` (driver `null`),
-/// `host` (driver `host`) and `bridge` (driver `bridge`). They cannot be removed.
-pub const PREDEFINED_NETWORKS: [(&str, &str); 3] =
-    [("none", "null"), ("host", "host"), ("bridge", "bridge")];
-
-/// Whether `name` is one of [`PREDEFINED_NETWORKS`].
-pub fn is_predefined(name: &str) -> bool {
-    PREDEFINED_NETWORKS.iter().any(|(n, _)| *n == name)
-}
-
-/// The driver option that sets the endpoints' MTU.
-pub const MTU_OPTION: &str = "com.docker.network.driver.mtu";
-
-/// The driver option that turns inter-container communication off (Docker's).
-pub const ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
-
-/// The driver option that turns anti-spoofing on endpoint ports off.
-pub const PORT_SECURITY_OPTION: &str = "com.tapnet.port_security";
-
 /// Parse a boolean driver option as Go's `strconv.ParseBool` (what dockerd uses).
 pub fn parse_bool_option(name: &str, v: &str) -> Result<bool> {
-    match v.trim() {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err(Error::InvalidRequest(format!(
-            "invalid {name} {v:?}: give true or false"
-        ))),
-    }
+    Ok(tapnet_types::model::parse_bool_option(name, v)?)
 }
 
 /// Parse and check an MTU option value.
 pub fn parse_mtu(v: &str) -> Result<u32> {
-    match v.trim().parse::<u32>() {
-        Ok(m) if (68..=65_535).contains(&m) => Ok(m),
-        _ => Err(Error::InvalidRequest(format!(
-            "invalid {MTU_OPTION} {v:?}: give a number between 68 and 65535"
-        ))),
-    }
+    Ok(tapnet_types::model::parse_mtu(v)?)
 }
 
-/// An endpoint (CNM `Endpoint`): one switch port, joined to one sandbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Endpoint {
-    /// 64-hex id.
-    #[serde(default)]
-    pub id: String,
-    /// The network's id.
-    #[serde(default)]
-    pub network_id: String,
-    /// The sandbox's id.
-    #[serde(default)]
-    pub sandbox_id: String,
-    /// Interface name inside the sandbox (`eth0`); empty when the driver gives the
-    /// endpoint no device (`null`, `host`).
-    #[serde(default)]
-    pub interface: String,
-    /// MAC address (`02:42:` + the IPv4 address); `None` without a device.
-    #[serde(default)]
-    pub mac: Option<[u8; 6]>,
-    /// IPv4 address; `None` on networks without addresses.
-    #[serde(default)]
-    pub ipv4: Option<Ipv4Addr>,
-    /// Prefix length of the IPv4 address.
-    #[serde(default)]
-    pub prefix_len: u8,
-    /// IPv6 address, on IPv6 networks.
-    #[serde(default)]
-    pub ipv6: Option<Ipv6Addr>,
-    /// Prefix length of the IPv6 address.
-    #[serde(default)]
-    pub prefix_len_v6: u8,
-    /// Network-scoped aliases (Docker's `EndpointConfig.Aliases`), in request order.
-    #[serde(default)]
-    pub aliases: Vec<String>,
-}
-
-/// Whether `name` is one of Docker's predefined networks (`type=builtin` in
-/// filters; never pruned, never removed): the same set as [`PREDEFINED_NETWORKS`].
-pub fn is_builtin_network(name: &str) -> bool {
-    is_predefined(name)
-}
-
-/// Parse a MAC address `aa:bb:cc:dd:ee:ff` (or with `-` separators) and check that
-/// it can be an endpoint's address: unicast and not all-zero. The error says why.
-pub fn parse_endpoint_mac(s: &str) -> std::result::Result<[u8; 6], String> {
-    let sep = if s.contains('-') { '-' } else { ':' };
-    let parts: Vec<&str> = s.split(sep).collect();
-    let mut mac = [0u8; 6];
-    let well_formed = parts.len() == 6
-        && parts
-            .iter()
-            .zip(mac.iter_mut())
-            .all(|(p, b)| p.len() == 2 && u8::from_str_radix(p, 16).map(|v| *b = v).is_ok());
-    if !well_formed {
-        return Err("give six hex bytes such as 02:42:ac:11:00:02".into());
-    }
-    if mac == [0; 6] {
-        return Err("the all-zero address cannot be an endpoint's MAC".into());
-    }
-    if mac[0] & 1 == 1 {
-        return Err(
-            "it is a multicast/broadcast address (the low bit of the first byte is set); \
-             use a unicast one such as 02:42:ac:11:00:02"
-                .into(),
-        );
-    }
-    Ok(mac)
-}
-
-/// A sandbox (CNM `Sandbox`): a network namespace, its resolv.conf/hosts and its
-/// published ports.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sandbox {
-    /// 64-hex id.
-    #[serde(default)]
-    pub id: String,
-    /// Unique name.
-    #[serde(default)]
-    pub name: String,
-    /// Path of the namespace file.
-    #[serde(default)]
-    pub netns_path: PathBuf,
-    /// tapnet created the namespace (and removes it with the sandbox).
-    #[serde(default)]
-    pub owned: bool,
-    /// Creation time, RFC 3339.
-    #[serde(default)]
-    pub created: String,
-    /// The sandbox's `resolv.conf` (under `<exec-root>/sandboxes/<id>/`).
-    #[serde(default)]
-    pub resolv_conf_path: PathBuf,
-    /// The sandbox's `hosts` file.
-    #[serde(default)]
-    pub hosts_path: PathBuf,
-    /// Requested published ports.
-    #[serde(default)]
-    pub port_bindings: Vec<crate::ports::PortBinding>,
-    /// Where the ports are bound (`None` until the sandbox joins a non-internal
-    /// bridge network).
-    #[serde(default)]
-    pub published: Option<crate::ports::Published>,
-}
-
-/// The model: every network and sandbox (the in-memory view of [`crate::store::Db`]).
+/// The model: every network and sandbox (the in-memory view of the persistent store).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Store {
     /// Networks by id.
@@ -408,6 +157,7 @@ impl Store {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn ids_are_64_hex() {

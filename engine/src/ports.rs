@@ -1,6 +1,7 @@
-//! Published ports: Docker's `PortBindings` parsed into [`PortBinding`]s, checked
-//! (syntax, duplicates, host port free now), and shaped back as Docker's
-//! `NetworkSettings.Ports`.
+//! Published ports: the records and Docker's shapes come from
+//! [`tapnet_types::ports`] (re-exported here); this module adds what needs the OS or
+//! the gateway: [`check_free`], the 409 of a taken port, and the gateway's protocol
+//! type ([`NatProto`]).
 //!
 //! Contract: [`parse_port_bindings`] is pure and names the bad spec in its 400 error;
 //! [`check_free`] binds each host port for an instant (TCP listener or UDP socket) and
@@ -9,31 +10,20 @@
 //! non-internal bridge network (see [`crate::controller`]).
 
 use crate::error::{Error, Result};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+pub use tapnet_types::ports::{
+    clashes, ports_resource, BoundPort, PortBinding, PortBindingBody, PortBindingsBody, PortProto,
+    PortResource, PortsResource, Published,
+};
 
-/// Transport protocol of a published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PortProto {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
+/// The gateway's protocol type of a [`PortProto`].
+pub trait NatProto {
+    /// The gateway's protocol type.
+    fn nat(self) -> tapnet_nat::Proto;
 }
 
-impl PortProto {
-    /// `tcp` or `udp`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PortProto::Tcp => "tcp",
-            PortProto::Udp => "udp",
-        }
-    }
-
-    /// The gateway's protocol type.
-    pub fn nat(self) -> tapnet_nat::Proto {
+impl NatProto for PortProto {
+    fn nat(self) -> tapnet_nat::Proto {
         match self {
             PortProto::Tcp => tapnet_nat::Proto::Tcp,
             PortProto::Udp => tapnet_nat::Proto::Udp,
@@ -41,143 +31,15 @@ impl PortProto {
     }
 }
 
-/// One requested published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct PortBinding {
-    /// The port inside the sandbox.
-    pub port: u16,
-    /// TCP or UDP.
-    pub proto: PortProto,
-    /// Host address to bind (`0.0.0.0` for all).
-    pub host_ip: IpAddr,
-    /// Host port (0: any free one, picked when bound).
-    pub host_port: u16,
-}
-
-impl PortBinding {
-    /// `80/tcp`.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.port, self.proto.as_str())
-    }
-}
-
-/// A binding as bound at a gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BoundPort {
-    /// What was asked for.
-    pub binding: PortBinding,
-    /// The bound host address (its port is the one picked for host port 0).
-    pub host: SocketAddr,
-}
-
-/// Where a sandbox's ports are bound.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Published {
-    /// The network whose gateway holds the host sockets.
-    pub network_id: String,
-    /// The sandbox address the ports lead to.
-    pub sandbox_ip: IpAddr,
-    /// Every bound port.
-    pub ports: Vec<BoundPort>,
-}
-
-/// One host binding of Docker's `PortBindings` (`{"HostIp": "", "HostPort": "8080"}`).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct PortBindingBody {
-    /// Host address (empty: all).
-    pub host_ip: Option<String>,
-    /// Host port (empty: any free one).
-    pub host_port: Option<String>,
-}
-
-fn bad(spec: &str, why: &str) -> Error {
-    Error::InvalidRequest(format!("invalid port binding {spec:?}: {why}"))
-}
-
 /// Parse `80`, `80/tcp`, `53/udp` (no ranges).
 pub fn parse_container_port(spec: &str) -> Result<(u16, PortProto)> {
-    let (port, proto) = match spec.split_once('/') {
-        Some((p, proto)) => (p, proto),
-        None => (spec, "tcp"),
-    };
-    let proto = match proto.to_ascii_lowercase().as_str() {
-        "tcp" => PortProto::Tcp,
-        "udp" => PortProto::Udp,
-        "sctp" => return Err(bad(spec, "sctp is not supported (tcp or udp)")),
-        _ => return Err(bad(spec, "the protocol must be tcp or udp")),
-    };
-    if port.contains('-') {
-        return Err(bad(spec, "port ranges are not supported"));
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok((p, proto)),
-        _ => Err(bad(spec, "the port must be a number from 1 to 65535")),
-    }
+    Ok(tapnet_types::ports::parse_container_port(spec)?)
 }
 
 /// Parse Docker's `PortBindings` map into bindings (in key order), checking each
 /// spec and that no host address, port and protocol is asked for twice.
-pub fn parse_port_bindings(
-    map: &BTreeMap<String, Option<Vec<PortBindingBody>>>,
-) -> Result<Vec<PortBinding>> {
-    let mut out: Vec<PortBinding> = Vec::new();
-    for (key, hosts) in map {
-        let (port, proto) = parse_container_port(key.trim())?;
-        let hosts = match hosts {
-            Some(h) if !h.is_empty() => h.clone(),
-            _ => vec![PortBindingBody::default()],
-        };
-        for h in hosts {
-            let ip_s = h.host_ip.as_deref().map(str::trim).unwrap_or("");
-            let host_ip = if ip_s.is_empty() {
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-            } else {
-                ip_s.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<IpAddr>()
-                    .map_err(|_| bad(key, &format!("HostIp {ip_s:?} is not an IP address")))?
-            };
-            let port_s = h.host_port.as_deref().map(str::trim).unwrap_or("");
-            let host_port = if port_s.is_empty() {
-                0
-            } else if port_s.contains('-') {
-                return Err(bad(key, "host port ranges are not supported"));
-            } else {
-                port_s.parse::<u16>().map_err(|_| {
-                    bad(
-                        key,
-                        &format!("HostPort {port_s:?} must be a number from 0 to 65535"),
-                    )
-                })?
-            };
-            let b = PortBinding {
-                port,
-                proto,
-                host_ip,
-                host_port,
-            };
-            if let Some(o) = out.iter().find(|o| clashes(o, &b)) {
-                return Err(Error::InvalidRequest(format!(
-                    "port bindings {} and {} both ask for host port {} on {}",
-                    o.key(),
-                    b.key(),
-                    b.host_port,
-                    b.host_ip
-                )));
-            }
-            out.push(b);
-        }
-    }
-    Ok(out)
-}
-
-/// Whether two bindings want the same host port (same protocol, overlapping address).
-pub fn clashes(a: &PortBinding, b: &PortBinding) -> bool {
-    a.host_port != 0
-        && a.host_port == b.host_port
-        && a.proto == b.proto
-        && (a.host_ip == b.host_ip || a.host_ip.is_unspecified() || b.host_ip.is_unspecified())
+pub fn parse_port_bindings(map: &PortBindingsBody) -> Result<Vec<PortBinding>> {
+    Ok(tapnet_types::ports::parse_port_bindings(map)?)
 }
 
 /// The 409 for a host port that is taken.
@@ -214,40 +76,12 @@ pub fn check_free(bindings: &[PortBinding]) -> Result<()> {
     Ok(())
 }
 
-/// One host binding in Docker's `NetworkSettings.Ports`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct PortResource {
-    /// Host address.
-    pub host_ip: String,
-    /// Host port (as bound).
-    pub host_port: String,
-}
-
-/// Docker's `NetworkSettings.Ports`: every requested container port, with its bound
-/// host addresses, or `null` while not bound.
-pub fn ports_resource(
-    bindings: &[PortBinding],
-    published: Option<&Published>,
-) -> BTreeMap<String, Option<Vec<PortResource>>> {
-    let mut out: BTreeMap<String, Option<Vec<PortResource>>> = BTreeMap::new();
-    for b in bindings {
-        let bound = published.and_then(|p| p.ports.iter().find(|x| x.binding == *b));
-        let entry = out.entry(b.key()).or_insert(None);
-        if let Some(x) = bound {
-            entry.get_or_insert_with(Vec::new).push(PortResource {
-                host_ip: x.host.ip().to_string(),
-                host_port: x.host.port().to_string(),
-            });
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+    use std::net::IpAddr;
 
     fn body(ip: &str, port: &str) -> PortBindingBody {
         PortBindingBody {

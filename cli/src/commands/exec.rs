@@ -11,13 +11,12 @@
 use super::{runtime, Exit};
 use crate::args::ExecArgs;
 use crate::client::{seg, Client};
-use crate::output::str_of;
-use serde_json::Value;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tapnet_sandbox::netns::FileMount;
+use tapnet_types::api::SandboxResource;
 
 /// Look up the sandbox, enter its namespace and exec the command. Returns only on failure.
 pub fn run(client: &Client, args: ExecArgs) -> anyhow::Result<()> {
@@ -55,14 +54,15 @@ pub fn run(client: &Client, args: ExecArgs) -> anyhow::Result<()> {
 }
 
 /// `GET /sandboxes/{id}`.
-async fn sandbox_object(client: &Client, sandbox: &str) -> anyhow::Result<Value> {
-    let (_, v) = client.get(&format!("/sandboxes/{}", seg(sandbox))).await?;
-    Ok(v)
+async fn sandbox_object(client: &Client, sandbox: &str) -> anyhow::Result<SandboxResource> {
+    Ok(client
+        .get_as(&format!("/sandboxes/{}", seg(sandbox)))
+        .await?)
 }
 
 /// A sandbox object's `NetnsPath`.
-fn netns_of(v: &Value, sandbox: &str) -> anyhow::Result<PathBuf> {
-    match str_of(v, "NetnsPath") {
+fn netns_of(sb: &SandboxResource, sandbox: &str) -> anyhow::Result<PathBuf> {
+    match sb.netns_path.as_str() {
         "" => anyhow::bail!("the daemon gave no NetnsPath for sandbox {sandbox}"),
         p => Ok(PathBuf::from(p)),
     }
@@ -76,14 +76,13 @@ async fn netns_path(client: &Client, sandbox: &str) -> anyhow::Result<PathBuf> {
 
 /// The sandbox's resolv.conf and hosts over /etc/resolv.conf and /etc/hosts; a file
 /// the daemon does not name, or a host without that /etc file, is skipped.
-pub fn file_mounts(sb: &Value) -> Vec<FileMount> {
+pub fn file_mounts(sb: &SandboxResource) -> Vec<FileMount> {
     [
-        ("ResolvConfPath", "/etc/resolv.conf"),
-        ("HostsPath", "/etc/hosts"),
+        (&sb.resolv_conf_path, "/etc/resolv.conf"),
+        (&sb.hosts_path, "/etc/hosts"),
     ]
     .iter()
-    .filter_map(|(key, target)| {
-        let src = str_of(sb, key);
+    .filter_map(|(src, target)| {
         let target = Path::new(target);
         let present = std::fs::symlink_metadata(target).is_ok();
         (!src.is_empty() && present && Path::new(src).exists()).then(|| FileMount {

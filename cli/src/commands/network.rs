@@ -2,20 +2,28 @@
 //!
 //! Request bodies and `filters` are built exactly as the docker CLI builds them
 //! (`create_body` pairs each `--gateway`/`--ip-range`/`--aux-address` with the
-//! `--subnet` that contains it and refuses one that fits none, as docker does).
+//! `--subnet` that contains it and refuses one that fits none, as docker does). The
+//! bodies sent and the answers read are the typed ones of [`tapnet_types::api`];
+//! `inspect` prints the daemon's objects as they came.
 
 use super::{inspect_each, remove_each, Out};
 use crate::args::{
     ConnectArgs, DisconnectArgs, ListArgs, ListFormat, NetworkCmd, NetworkCreate, NetworkLsArgs,
     PruneArgs, SwitchArgs,
 };
-use crate::client::{seg, Client, ClientError};
-use crate::output::{kv_list, num_of, short_id, str_of, table};
+use crate::client::{seg, Client};
+use crate::output::{json_line, kv_list, short_id, table};
 use anyhow::bail;
 use ipnet::IpNet;
 use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::net::IpAddr;
+use tapnet_types::api::{
+    ConnectBody, CreateNetworkResponse, DisconnectBody, EndpointConfigBody, EndpointIpamBody,
+    FdbResource, GatewayStatsResource, IpamBody, IpamConfigBody, NetworkCreateBody,
+    NetworkPruneResponse, NetworkResource, StatsResource,
+};
 
 /// Run one `network` subcommand.
 pub async fn run(c: &Client, cmd: NetworkCmd, o: &mut Out<'_>) -> anyhow::Result<()> {
@@ -32,23 +40,19 @@ pub async fn run(c: &Client, cmd: NetworkCmd, o: &mut Out<'_>) -> anyhow::Result
     }
 }
 
-fn object(pairs: &[(String, String)]) -> Value {
-    Value::Object(
-        pairs
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect::<Map<_, _>>(),
-    )
+/// `KEY=VALUE` pairs as a map (a repeated key keeps its last value).
+fn map_of(pairs: &[(String, String)]) -> BTreeMap<String, String> {
+    pairs.iter().cloned().collect()
 }
 
 /// One `--subnet` and what was paired with it.
 struct Pool {
     subnet: IpNet,
-    cfg: Map<String, Value>,
+    cfg: IpamConfigBody,
 }
 
 /// The `IPAM.Config` entries for the subnet flags, paired as docker pairs them.
-fn ipam_config(a: &NetworkCreate) -> anyhow::Result<Vec<Value>> {
+fn ipam_config(a: &NetworkCreate) -> anyhow::Result<Vec<IpamConfigBody>> {
     let mut pools: Vec<Pool> = Vec::new();
     for s in &a.subnet {
         let subnet: IpNet = s
@@ -60,8 +64,10 @@ fn ipam_config(a: &NetworkCreate) -> anyhow::Result<Vec<Value>> {
         {
             bail!("multiple overlapping subnet configuration is not supported");
         }
-        let mut cfg = Map::new();
-        cfg.insert("Subnet".into(), Value::String(s.clone()));
+        let cfg = IpamConfigBody {
+            subnet: Some(s.clone()),
+            ..IpamConfigBody::default()
+        };
         pools.push(Pool { subnet, cfg });
     }
     let pool_of = |pools: &mut Vec<Pool>, ip: IpAddr| -> Option<usize> {
@@ -74,83 +80,70 @@ fn ipam_config(a: &NetworkCreate) -> anyhow::Result<Vec<Value>> {
         let Some(i) = pool_of(&mut pools, range.network()) else {
             bail!("no matching subnet for range {r}");
         };
-        if let Some(old) = pools[i].cfg.get("IPRange") {
+        if let Some(old) = &pools[i].cfg.ip_range {
             bail!(
-                "cannot configure multiple ranges ({}, {r}) on the same subnet ({})",
-                old.as_str().unwrap_or_default(),
+                "cannot configure multiple ranges ({old}, {r}) on the same subnet ({})",
                 pools[i].subnet
             );
         }
-        pools[i]
-            .cfg
-            .insert("IPRange".into(), Value::String(r.clone()));
+        pools[i].cfg.ip_range = Some(r.clone());
     }
     for gw in &a.gateway {
         let Some(i) = pool_of(&mut pools, *gw) else {
             bail!("no matching subnet for gateway {gw}");
         };
-        if let Some(old) = pools[i].cfg.get("Gateway") {
+        if let Some(old) = &pools[i].cfg.gateway {
             bail!(
-                "cannot configure multiple gateways ({}, {gw}) for the same subnet ({})",
-                old.as_str().unwrap_or_default(),
+                "cannot configure multiple gateways ({old}, {gw}) for the same subnet ({})",
                 pools[i].subnet
             );
         }
-        pools[i]
-            .cfg
-            .insert("Gateway".into(), Value::String(gw.to_string()));
+        pools[i].cfg.gateway = Some(gw.to_string());
     }
     for (name, ip) in &a.aux_addresses {
         let Some(i) = pool_of(&mut pools, *ip) else {
             bail!("no matching subnet for aux-address {ip}");
         };
-        let aux = pools[i]
+        pools[i]
             .cfg
-            .entry("AuxiliaryAddresses")
-            .or_insert_with(|| Value::Object(Map::new()));
-        aux[name.as_str()] = Value::String(ip.to_string());
+            .auxiliary_addresses
+            .get_or_insert_with(BTreeMap::new)
+            .insert(name.clone(), ip.to_string());
     }
-    Ok(pools.into_iter().map(|p| Value::Object(p.cfg)).collect())
+    Ok(pools.into_iter().map(|p| p.cfg).collect())
 }
 
 /// The `POST /networks/create` body for `network create` (docker's shape).
-pub fn create_body(a: &NetworkCreate) -> anyhow::Result<Value> {
-    Ok(json!({
-        "Name": a.name,
-        "Driver": a.driver,
-        "EnableIPv6": a.ipv6,
-        "Internal": a.internal,
-        "Attachable": a.attachable,
-        "IPAM": {"Driver": "default", "Config": ipam_config(a)?},
-        "Options": object(&a.opts),
-        "Labels": object(&a.labels),
-    }))
+pub fn create_body(a: &NetworkCreate) -> anyhow::Result<NetworkCreateBody> {
+    Ok(NetworkCreateBody {
+        name: a.name.clone(),
+        driver: Some(a.driver.clone()),
+        ipam: Some(IpamBody {
+            driver: Some("default".into()),
+            config: Some(ipam_config(a)?),
+            options: None,
+        }),
+        options: Some(map_of(&a.opts)),
+        labels: Some(map_of(&a.labels)),
+        internal: Some(a.internal),
+        attachable: Some(a.attachable),
+        enable_ipv6: Some(a.ipv6),
+    })
 }
 
 async fn create(c: &Client, a: &NetworkCreate, o: &mut Out<'_>) -> anyhow::Result<()> {
-    let (_, v) = c.post("/networks/create", &create_body(a)?).await?;
-    let warning = str_of(&v, "Warning");
-    if !warning.is_empty() {
-        writeln!(o.err, "WARNING: {warning}")?;
+    let r: CreateNetworkResponse = c.post_as("/networks/create", &create_body(a)?).await?;
+    if !r.warning.is_empty() {
+        writeln!(o.err, "WARNING: {}", r.warning)?;
     }
-    writeln!(o.out, "{}", str_of(&v, "Id"))?;
+    writeln!(o.out, "{}", r.id)?;
     Ok(())
 }
 
-/// The array the daemon answered, or a protocol error naming what was expected.
-pub fn array(v: Value, what: &str) -> Result<Vec<Value>, ClientError> {
-    match v {
-        Value::Array(a) => Ok(a),
-        other => Err(ClientError::Protocol(format!(
-            "expected a list of {what}, got {other}"
-        ))),
-    }
-}
-
 /// What `network ls` prints for these networks (as listed by `GET /networks`).
-pub fn ls_output(mut nets: Vec<Value>, a: &ListArgs) -> String {
-    nets.sort_by(|x, y| str_of(x, "Name").cmp(str_of(y, "Name")));
-    let id = |n: &Value| short_id(str_of(n, "Id"), a.no_trunc).to_string();
+pub fn ls_output(mut nets: Vec<NetworkResource>, a: &ListArgs) -> String {
+    nets.sort_by(|x, y| x.name.cmp(&y.name));
+    let id = |n: &NetworkResource| short_id(&n.id, a.no_trunc).to_string();
     if a.quiet {
         return nets.iter().map(|n| id(n) + "\n").collect();
     }
@@ -158,35 +151,22 @@ pub fn ls_output(mut nets: Vec<Value>, a: &ListArgs) -> String {
         ListFormat::Table => {
             let rows: Vec<Vec<String>> = nets
                 .iter()
-                .map(|n| {
-                    vec![
-                        id(n),
-                        str_of(n, "Name").to_string(),
-                        str_of(n, "Driver").to_string(),
-                        str_of(n, "Scope").to_string(),
-                    ]
-                })
+                .map(|n| vec![id(n), n.name.clone(), n.driver.clone(), n.scope.clone()])
                 .collect();
             table(&["NETWORK ID", "NAME", "DRIVER", "SCOPE"], &rows)
         }
         ListFormat::Json => nets
             .iter()
             .map(|n| {
-                let flag = |k: &str| {
-                    n.get(k)
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false)
-                        .to_string()
-                };
                 json!({
-                    "CreatedAt": str_of(n, "Created"),
-                    "Driver": str_of(n, "Driver"),
+                    "CreatedAt": n.created,
+                    "Driver": n.driver,
                     "ID": id(n),
-                    "IPv6": flag("EnableIPv6"),
-                    "Internal": flag("Internal"),
-                    "Labels": kv_list(&n["Labels"]),
-                    "Name": str_of(n, "Name"),
-                    "Scope": str_of(n, "Scope"),
+                    "IPv6": n.enable_ipv6.to_string(),
+                    "Internal": n.internal.to_string(),
+                    "Labels": kv_list(&n.labels),
+                    "Name": n.name,
+                    "Scope": n.scope,
                 })
                 .to_string()
                     + "\n"
@@ -216,8 +196,8 @@ pub fn with_filters(path: &str, pairs: &[(String, String)]) -> String {
 }
 
 async fn ls(c: &Client, a: &NetworkLsArgs, o: &mut Out<'_>) -> anyhow::Result<()> {
-    let (_, v) = c.get(&with_filters("/networks", &a.filters)).await?;
-    write!(o.out, "{}", ls_output(array(v, "networks")?, &a.list))?;
+    let nets: Vec<NetworkResource> = c.get_as(&with_filters("/networks", &a.filters)).await?;
+    write!(o.out, "{}", ls_output(nets, &a.list))?;
     Ok(())
 }
 
@@ -241,17 +221,13 @@ pub async fn prune(
             return Ok(());
         }
     }
-    let (_, v) = c
-        .post(&with_filters("/networks/prune", &a.filters), &json!({}))
+    // The request has no body of its own; `{}` is sent as before.
+    let r: NetworkPruneResponse = c
+        .post_as(&with_filters("/networks/prune", &a.filters), &Map::new())
         .await?;
-    let deleted: Vec<&str> = v
-        .get("NetworksDeleted")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    if !deleted.is_empty() {
+    if !r.networks_deleted.is_empty() {
         writeln!(o.out, "Deleted Networks:")?;
-        for n in deleted {
+        for n in &r.networks_deleted {
             writeln!(o.out, "{n}")?;
         }
     }
@@ -259,25 +235,19 @@ pub async fn prune(
 }
 
 /// The `POST /networks/{id}/connect` body for `network connect`.
-pub fn connect_body(a: &ConnectArgs) -> Value {
-    let mut cfg = Map::new();
-    let mut ipam = Map::new();
-    if let Some(ip) = a.ip {
-        ipam.insert("IPv4Address".into(), Value::String(ip.to_string()));
+pub fn connect_body(a: &ConnectArgs) -> ConnectBody {
+    let ipam = EndpointIpamBody {
+        ipv4_address: a.ip.map(|ip| ip.to_string()),
+        ipv6_address: a.ip6.map(|ip| ip.to_string()),
+    };
+    ConnectBody {
+        container: a.sandbox.clone(),
+        endpoint_config: Some(EndpointConfigBody {
+            ipam_config: (ipam != EndpointIpamBody::default()).then_some(ipam),
+            aliases: (!a.aliases.is_empty()).then(|| a.aliases.clone()),
+            mac_address: a.mac_address.clone(),
+        }),
     }
-    if let Some(ip) = a.ip6 {
-        ipam.insert("IPv6Address".into(), Value::String(ip.to_string()));
-    }
-    if !ipam.is_empty() {
-        cfg.insert("IPAMConfig".into(), Value::Object(ipam));
-    }
-    if !a.aliases.is_empty() {
-        cfg.insert("Aliases".into(), json!(a.aliases));
-    }
-    if let Some(mac) = &a.mac_address {
-        cfg.insert("MacAddress".into(), Value::String(mac.clone()));
-    }
-    json!({"Container": a.sandbox, "EndpointConfig": cfg})
 }
 
 async fn connect(c: &Client, a: &ConnectArgs) -> anyhow::Result<()> {
@@ -288,40 +258,38 @@ async fn connect(c: &Client, a: &ConnectArgs) -> anyhow::Result<()> {
 }
 
 async fn disconnect(c: &Client, a: &DisconnectArgs) -> anyhow::Result<()> {
-    let body = json!({"Container": a.sandbox, "Force": a.force});
+    let body = DisconnectBody {
+        container: a.sandbox.clone(),
+        force: a.force,
+    };
     c.post(&format!("/networks/{}/disconnect", seg(&a.network)), &body)
         .await?;
     Ok(())
 }
 
-/// Sum of a port's drop counters (`Drops` is an object of counters).
-fn drops(port: &Value) -> u64 {
-    port.get("Drops")
-        .and_then(Value::as_object)
-        .map_or(0, |d| d.values().filter_map(Value::as_u64).sum())
+/// Sum of drop counters (`Drops`: reason → count).
+fn drops(d: &BTreeMap<String, u64>) -> u64 {
+    d.values().sum()
 }
 
 /// What `network stats` prints for a `GET /networks/{id}/stats` answer.
-pub fn stats_output(stats: &Value, a: &SwitchArgs) -> String {
+pub fn stats_output(stats: &StatsResource, a: &SwitchArgs) -> String {
     if a.format == ListFormat::Json {
-        return stats.to_string() + "\n";
+        return json_line(stats);
     }
-    let ports = stats
-        .get("Ports")
-        .and_then(Value::as_array)
-        .map_or(&[][..], Vec::as_slice);
-    let rows: Vec<Vec<String>> = ports
+    let rows: Vec<Vec<String>> = stats
+        .ports
         .iter()
         .map(|p| {
             vec![
-                short_id(str_of(p, "EndpointID"), a.no_trunc).to_string(),
-                str_of(p, "Sandbox").to_string(),
-                str_of(p, "Interface").to_string(),
-                num_of(p, "RxPackets"),
-                num_of(p, "RxBytes"),
-                num_of(p, "TxPackets"),
-                num_of(p, "TxBytes"),
-                drops(p).to_string(),
+                short_id(&p.endpoint_id, a.no_trunc).to_string(),
+                p.sandbox.clone(),
+                p.interface.clone(),
+                p.rx_packets.to_string(),
+                p.rx_bytes.to_string(),
+                p.tx_packets.to_string(),
+                p.tx_bytes.to_string(),
+                drops(&p.drops).to_string(),
             ]
         })
         .collect();
@@ -331,7 +299,7 @@ pub fn stats_output(stats: &Value, a: &SwitchArgs) -> String {
         ],
         &rows,
     );
-    if let Some(g) = stats.get("Gateway") {
+    if let Some(g) = &stats.gateway {
         text.push_str(&gateway_line(g));
     }
     text
@@ -339,27 +307,19 @@ pub fn stats_output(stats: &Value, a: &SwitchArgs) -> String {
 
 /// The `gateway:` line of `network stats`: frames, flows (active/total), DNS, drops
 /// (total, then the non-zero reasons).
-pub fn gateway_line(g: &Value) -> String {
+pub fn gateway_line(g: &GatewayStatsResource) -> String {
     let flow = |p: &str| {
-        let f = g.get("Flows").and_then(|f| f.get(p));
-        let n = |k: &str| {
-            f.and_then(|f| f.get(k))
-                .and_then(Value::as_u64)
-                .unwrap_or(0)
-        };
-        format!("{p} {}/{}", n("Active"), n("Total"))
+        let (active, total) = g.flows.get(p).map_or((0, 0), |f| (f.active, f.total));
+        format!("{p} {active}/{total}")
     };
     let mut reasons: Vec<String> = g
-        .get("Drops")
-        .and_then(Value::as_object)
-        .map(|d| {
-            d.iter()
-                .filter_map(|(k, v)| v.as_u64().filter(|n| *n > 0).map(|n| format!("{k}={n}")))
-                .collect()
-        })
-        .unwrap_or_default();
+        .drops
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect();
     reasons.sort();
-    let total = drops(g);
+    let total = drops(&g.drops);
     let detail = if reasons.is_empty() {
         String::new()
     } else {
@@ -367,49 +327,44 @@ pub fn gateway_line(g: &Value) -> String {
     };
     format!(
         "gateway: frames in {} out {}; flows {} {} {} (active/total), limit hits {}; dns local {} forwarded {} servfail {}; drops {total}{detail}\n",
-        num_of(g, "FramesIn"),
-        num_of(g, "FramesOut"),
+        g.frames_in,
+        g.frames_out,
         flow("tcp"),
         flow("udp"),
         flow("icmp"),
-        num_of(g, "FlowLimitHits"),
-        num_of(g, "DnsLocal"),
-        num_of(g, "DnsForwarded"),
-        num_of(g, "DnsServfail"),
+        g.flow_limit_hits,
+        g.dns_local,
+        g.dns_forwarded,
+        g.dns_servfail,
     )
 }
 
 async fn stats(c: &Client, a: &SwitchArgs, o: &mut Out<'_>) -> anyhow::Result<()> {
-    let (_, v) = c
-        .get(&format!("/networks/{}/stats", seg(&a.network)))
+    let s: StatsResource = c
+        .get_as(&format!("/networks/{}/stats", seg(&a.network)))
         .await?;
-    write!(o.out, "{}", stats_output(&v, a))?;
+    write!(o.out, "{}", stats_output(&s, a))?;
     Ok(())
 }
 
 /// What `network fdb` prints for a `GET /networks/{id}/fdb` answer.
-pub fn fdb_output(mut entries: Vec<Value>, a: &SwitchArgs) -> String {
+pub fn fdb_output(mut entries: Vec<FdbResource>, a: &SwitchArgs) -> String {
     entries.sort_by(|x, y| {
-        let port = |v: &Value| v.get("Port").and_then(Value::as_u64).unwrap_or(u64::MAX);
-        port(x)
-            .cmp(&port(y))
-            .then_with(|| str_of(x, "MacAddress").cmp(str_of(y, "MacAddress")))
+        x.port
+            .cmp(&y.port)
+            .then_with(|| x.mac_address.cmp(&y.mac_address))
     });
     if a.format == ListFormat::Json {
-        return entries.iter().map(|e| e.to_string() + "\n").collect();
+        return entries.iter().map(json_line).collect();
     }
     let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
-            let age = e
-                .get("AgeSeconds")
-                .and_then(Value::as_f64)
-                .map_or_else(String::new, |s| format!("{s:.1}s"));
             vec![
-                str_of(e, "MacAddress").to_string(),
-                num_of(e, "Port"),
-                short_id(str_of(e, "EndpointID"), a.no_trunc).to_string(),
-                age,
+                e.mac_address.clone(),
+                e.port.to_string(),
+                short_id(&e.endpoint_id, a.no_trunc).to_string(),
+                format!("{:.1}s", e.age_seconds),
             ]
         })
         .collect();
@@ -417,8 +372,10 @@ pub fn fdb_output(mut entries: Vec<Value>, a: &SwitchArgs) -> String {
 }
 
 async fn fdb(c: &Client, a: &SwitchArgs, o: &mut Out<'_>) -> anyhow::Result<()> {
-    let (_, v) = c.get(&format!("/networks/{}/fdb", seg(&a.network))).await?;
-    write!(o.out, "{}", fdb_output(array(v, "fdb entries")?, a))?;
+    let entries: Vec<FdbResource> = c
+        .get_as(&format!("/networks/{}/fdb", seg(&a.network)))
+        .await?;
+    write!(o.out, "{}", fdb_output(entries, a))?;
     Ok(())
 }
 
@@ -433,6 +390,36 @@ mod tests {
 
     const ID1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
     const ID2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    // The tests speak JSON, as the wire does: these adapters serialize the typed
+    // request bodies and read the JSON fixtures into the typed answers.
+    fn to_json<T: serde::Serialize>(t: T) -> Value {
+        serde_json::to_value(t).unwrap()
+    }
+
+    fn from_json<T: serde::de::DeserializeOwned>(v: &Value) -> T {
+        serde_json::from_value(v.clone()).unwrap()
+    }
+
+    fn create_body(a: &NetworkCreate) -> anyhow::Result<Value> {
+        super::create_body(a).map(to_json)
+    }
+
+    fn connect_body(a: &ConnectArgs) -> Value {
+        to_json(super::connect_body(a))
+    }
+
+    fn ls_output(nets: Vec<Value>, a: &ListArgs) -> String {
+        super::ls_output(nets.iter().map(from_json).collect(), a)
+    }
+
+    fn stats_output(s: &Value, a: &SwitchArgs) -> String {
+        super::stats_output(&from_json(s), a)
+    }
+
+    fn fdb_output(entries: Vec<Value>, a: &SwitchArgs) -> String {
+        super::fdb_output(entries.iter().map(from_json).collect(), a)
+    }
 
     fn cmd(args: &[&str]) -> NetworkCmd {
         let argv = ["tapnet", "network"].iter().chain(args).copied();

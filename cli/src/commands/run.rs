@@ -13,25 +13,26 @@
 use super::{runtime, sandbox::port_bindings, Exit};
 use crate::args::RunArgs;
 use crate::client::{seg, Client};
-use crate::output::str_of;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde_json::{json, Map, Value};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitStatus};
+use tapnet_types::api::{
+    ConnectBody, CreateSandboxResponse, EndpointConfigBody, EndpointIpamBody, SandboxCreateBody,
+};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// The `POST /sandboxes` body of a run.
-pub fn create_body(a: &RunArgs) -> Value {
-    let mut body = json!({"Name": a.name.clone().unwrap_or_default()});
-    if !a.publish.is_empty() {
-        body["PortBindings"] = port_bindings(&a.publish);
+pub fn create_body(a: &RunArgs) -> SandboxCreateBody {
+    SandboxCreateBody {
+        name: Some(a.name.clone().unwrap_or_default()),
+        port_bindings: (!a.publish.is_empty()).then(|| port_bindings(&a.publish)),
+        ..SandboxCreateBody::default()
     }
-    body
 }
 
 /// The networks to join, each with its `POST /networks/{id}/connect` body.
-pub fn connect_bodies(a: &RunArgs, sandbox: &str) -> Vec<(String, Value)> {
+pub fn connect_bodies(a: &RunArgs, sandbox: &str) -> Vec<(String, ConnectBody)> {
     let nets = if a.networks.is_empty() {
         vec!["bridge".to_string()]
     } else {
@@ -40,16 +41,19 @@ pub fn connect_bodies(a: &RunArgs, sandbox: &str) -> Vec<(String, Value)> {
     nets.into_iter()
         .enumerate()
         .map(|(i, n)| {
-            let mut cfg = Map::new();
+            let mut cfg = EndpointConfigBody::default();
             if i == 0 {
-                if let Some(ip) = a.ip {
-                    cfg.insert("IPAMConfig".into(), json!({"IPv4Address": ip.to_string()}));
-                }
-                if !a.aliases.is_empty() {
-                    cfg.insert("Aliases".into(), json!(a.aliases));
-                }
+                cfg.ipam_config = a.ip.map(|ip| EndpointIpamBody {
+                    ipv4_address: Some(ip.to_string()),
+                    ipv6_address: None,
+                });
+                cfg.aliases = (!a.aliases.is_empty()).then(|| a.aliases.clone());
             }
-            (n, json!({"Container": sandbox, "EndpointConfig": cfg}))
+            let body = ConnectBody {
+                container: sandbox.to_string(),
+                endpoint_config: Some(cfg),
+            };
+            (n, body)
         })
         .collect()
 }
@@ -64,8 +68,8 @@ pub fn exit_code(status: ExitStatus) -> u8 {
 }
 
 async fn setup(c: &Client, a: &RunArgs) -> anyhow::Result<String> {
-    let (_, v) = c.post("/sandboxes", &create_body(a)).await?;
-    let id = str_of(&v, "Id").to_string();
+    let r: CreateSandboxResponse = c.post_as("/sandboxes", &create_body(a)).await?;
+    let id = r.id;
     if id.is_empty() {
         anyhow::bail!("the daemon gave no sandbox id");
     }
@@ -137,6 +141,20 @@ mod tests {
     use super::*;
     use crate::args::{Cli, Command as Cmd};
     use clap::Parser;
+    use serde_json::{json, Value};
+
+    // The tests speak JSON, as the wire does: these adapters serialize the typed
+    // request bodies.
+    fn create_body(a: &RunArgs) -> Value {
+        serde_json::to_value(super::create_body(a)).unwrap()
+    }
+
+    fn connect_bodies(a: &RunArgs, sandbox: &str) -> Vec<(String, Value)> {
+        super::connect_bodies(a, sandbox)
+            .into_iter()
+            .map(|(n, b)| (n, serde_json::to_value(b).unwrap()))
+            .collect()
+    }
 
     fn args(a: &[&str]) -> RunArgs {
         let argv = ["tapnet", "run"].iter().chain(a).copied();

@@ -1,19 +1,23 @@
-//! `tapnet sandbox ...`: create, ls, inspect, rm.
+//! `tapnet sandbox ...`: create, ls, inspect, rm; `tapnet port`.
+//!
+//! The bodies sent and the answers read are the typed ones of
+//! [`tapnet_types::api`]; `inspect` prints the daemon's objects as they came.
 
-use super::network::array;
 use super::{inspect_each, remove_each, Out};
 use crate::args::{ListArgs, ListFormat, Publish, SandboxCmd, SandboxCreate};
 use crate::client::Client;
-use crate::output::{short_id, str_of, table};
-use serde_json::{json, Value};
+use crate::output::{short_id, table};
+use serde_json::json;
+use tapnet_types::api::{CreateSandboxResponse, SandboxCreateBody, SandboxResource};
+use tapnet_types::ports::{PortBindingBody, PortBindingsBody};
 
 /// Run one `sandbox` subcommand.
 pub async fn run(c: &Client, cmd: SandboxCmd, o: &mut Out<'_>) -> anyhow::Result<()> {
     match cmd {
         SandboxCmd::Create(a) => create(c, &a, o).await,
         SandboxCmd::Ls(a) => {
-            let (_, v) = c.get("/sandboxes").await?;
-            write!(o.out, "{}", ls_output(array(v, "sandboxes")?, &a))?;
+            let sbs: Vec<SandboxResource> = c.get_as("/sandboxes").await?;
+            write!(o.out, "{}", ls_output(sbs, &a))?;
             Ok(())
         }
         SandboxCmd::Inspect(a) => inspect_each(c, "/sandboxes", &a.targets, o).await,
@@ -23,45 +27,43 @@ pub async fn run(c: &Client, cmd: SandboxCmd, o: &mut Out<'_>) -> anyhow::Result
 
 /// The `POST /sandboxes` body. A relative `--netns` is made absolute here, since
 /// the daemon does not share our working directory.
-pub fn create_body(a: &SandboxCreate) -> anyhow::Result<Value> {
-    let mut body = json!({"Name": a.name});
+pub fn create_body(a: &SandboxCreate) -> anyhow::Result<SandboxCreateBody> {
+    let mut body = SandboxCreateBody {
+        name: Some(a.name.clone()),
+        ..SandboxCreateBody::default()
+    };
     if !a.publish.is_empty() {
-        body["PortBindings"] = port_bindings(&a.publish);
+        body.port_bindings = Some(port_bindings(&a.publish));
     }
     if let Some(p) = &a.netns {
         let abs = std::path::absolute(p)?;
         let Some(s) = abs.to_str() else {
             anyhow::bail!("--netns {}: path is not valid UTF-8", p.display());
         };
-        body["NetnsPath"] = Value::String(s.to_string());
+        body.netns_path = Some(s.to_string());
     }
     Ok(body)
 }
 
 /// Docker's `PortBindings` for `-p` specs: `{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}`.
-pub fn port_bindings(specs: &[Publish]) -> Value {
-    let mut map = serde_json::Map::new();
+pub fn port_bindings(specs: &[Publish]) -> PortBindingsBody {
+    let mut map = PortBindingsBody::new();
     for p in specs {
-        let entry = map
-            .entry(format!("{}/{}", p.port, p.proto))
-            .or_insert_with(|| Value::Array(Vec::new()));
-        if let Value::Array(list) = entry {
-            list.push(json!({
-                "HostIp": p.host_ip.map(|a| a.to_string()).unwrap_or_default(),
-                "HostPort": p.host_port.map(|h| h.to_string()).unwrap_or_default(),
-            }));
-        }
+        map.entry(format!("{}/{}", p.port, p.proto))
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(PortBindingBody {
+                host_ip: Some(p.host_ip.map(|a| a.to_string()).unwrap_or_default()),
+                host_port: Some(p.host_port.map(|h| h.to_string()).unwrap_or_default()),
+            });
     }
-    Value::Object(map)
+    map
 }
 
 /// What `tapnet port` prints for a sandbox object: `80/tcp -> 0.0.0.0:8080` per bound
 /// host address, by port number; only `filter` (`80` or `80/tcp`) if given.
-pub fn port_output(sb: &Value, filter: Option<&str>) -> String {
+pub fn port_output(sb: &SandboxResource, filter: Option<&str>) -> String {
     let mut rows: Vec<(u32, String, String)> = Vec::new();
-    let Some(ports) = sb.get("Ports").and_then(Value::as_object) else {
-        return String::new();
-    };
     let filter = filter.map(|f| {
         if f.contains('/') {
             f.to_ascii_lowercase()
@@ -69,7 +71,7 @@ pub fn port_output(sb: &Value, filter: Option<&str>) -> String {
             format!("{f}/tcp")
         }
     });
-    for (key, hosts) in ports {
+    for (key, hosts) in &sb.ports {
         if filter.as_deref().is_some_and(|f| f != key) {
             continue;
         }
@@ -78,9 +80,8 @@ pub fn port_output(sb: &Value, filter: Option<&str>) -> String {
             .next()
             .and_then(|n| n.parse().ok())
             .unwrap_or(u32::MAX);
-        for h in hosts.as_array().map_or(&[][..], Vec::as_slice) {
-            let ip = str_of(h, "HostIp");
-            let port = str_of(h, "HostPort");
+        for h in hosts.iter().flatten() {
+            let (ip, port) = (&h.host_ip, &h.host_port);
             let host = if ip.contains(':') {
                 format!("[{ip}]:{port}")
             } else {
@@ -97,10 +98,10 @@ pub fn port_output(sb: &Value, filter: Option<&str>) -> String {
 
 /// `tapnet port SANDBOX [PORT]`.
 pub async fn port(c: &Client, a: &crate::args::PortArgs, o: &mut Out<'_>) -> anyhow::Result<()> {
-    let (_, v) = c
-        .get(&format!("/sandboxes/{}", crate::client::seg(&a.sandbox)))
+    let sb: SandboxResource = c
+        .get_as(&format!("/sandboxes/{}", crate::client::seg(&a.sandbox)))
         .await?;
-    let text = port_output(&v, a.port.as_deref());
+    let text = port_output(&sb, a.port.as_deref());
     if text.is_empty() {
         if let Some(p) = &a.port {
             anyhow::bail!("no public port '{p}' published for {}", a.sandbox);
@@ -111,26 +112,22 @@ pub async fn port(c: &Client, a: &crate::args::PortArgs, o: &mut Out<'_>) -> any
 }
 
 async fn create(c: &Client, a: &SandboxCreate, o: &mut Out<'_>) -> anyhow::Result<()> {
-    let (_, v) = c.post("/sandboxes", &create_body(a)?).await?;
-    writeln!(o.out, "{}", str_of(&v, "Id"))?;
+    let r: CreateSandboxResponse = c.post_as("/sandboxes", &create_body(a)?).await?;
+    writeln!(o.out, "{}", r.id)?;
     Ok(())
 }
 
 /// Names of the networks a sandbox is on, sorted, comma-separated.
-fn networks(sb: &Value) -> String {
-    let mut names: Vec<&str> = sb
-        .get("Endpoints")
-        .and_then(Value::as_object)
-        .map(|m| m.keys().map(String::as_str).collect())
-        .unwrap_or_default();
+fn networks(sb: &SandboxResource) -> String {
+    let mut names: Vec<&str> = sb.endpoints.keys().map(String::as_str).collect();
     names.sort_unstable();
     names.join(",")
 }
 
 /// What `sandbox ls` prints for these sandboxes (as listed by `GET /sandboxes`).
-pub fn ls_output(mut sbs: Vec<Value>, a: &ListArgs) -> String {
-    sbs.sort_by(|x, y| str_of(x, "Name").cmp(str_of(y, "Name")));
-    let id = |s: &Value| short_id(str_of(s, "Id"), a.no_trunc).to_string();
+pub fn ls_output(mut sbs: Vec<SandboxResource>, a: &ListArgs) -> String {
+    sbs.sort_by(|x, y| x.name.cmp(&y.name));
+    let id = |s: &SandboxResource| short_id(&s.id, a.no_trunc).to_string();
     if a.quiet {
         return sbs.iter().map(|s| id(s) + "\n").collect();
     }
@@ -138,7 +135,7 @@ pub fn ls_output(mut sbs: Vec<Value>, a: &ListArgs) -> String {
         ListFormat::Table => {
             let rows: Vec<Vec<String>> = sbs
                 .iter()
-                .map(|s| vec![id(s), str_of(s, "Name").to_string(), networks(s)])
+                .map(|s| vec![id(s), s.name.clone(), networks(s)])
                 .collect();
             table(&["SANDBOX ID", "NAME", "NETWORKS"], &rows)
         }
@@ -146,12 +143,12 @@ pub fn ls_output(mut sbs: Vec<Value>, a: &ListArgs) -> String {
             .iter()
             .map(|s| {
                 json!({
-                    "CreatedAt": str_of(s, "Created"),
+                    "CreatedAt": s.created,
                     "ID": id(s),
-                    "Name": str_of(s, "Name"),
-                    "NetnsPath": str_of(s, "NetnsPath"),
+                    "Name": s.name,
+                    "NetnsPath": s.netns_path,
                     "Networks": networks(s),
-                    "Owned": s.get("Owned").and_then(Value::as_bool).unwrap_or(false).to_string(),
+                    "Owned": s.owned.to_string(),
                 })
                 .to_string()
                     + "\n"
@@ -168,8 +165,31 @@ mod tests {
     use crate::client::tests::{fake_daemon, rt};
     use crate::commands::tests::{exit_code, Captured};
     use clap::Parser;
+    use serde_json::Value;
 
     const ID1: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    // The tests speak JSON, as the wire does: these adapters serialize the typed
+    // request bodies and read the JSON fixtures into the typed answers.
+    fn to_json<T: serde::Serialize>(t: T) -> Value {
+        serde_json::to_value(t).unwrap()
+    }
+
+    fn from_json<T: serde::de::DeserializeOwned>(v: &Value) -> T {
+        serde_json::from_value(v.clone()).unwrap()
+    }
+
+    fn create_body(a: &SandboxCreate) -> anyhow::Result<Value> {
+        super::create_body(a).map(to_json)
+    }
+
+    fn port_output(sb: &Value, filter: Option<&str>) -> String {
+        super::port_output(&from_json(sb), filter)
+    }
+
+    fn ls_output(sbs: Vec<Value>, a: &ListArgs) -> String {
+        super::ls_output(sbs.iter().map(from_json).collect(), a)
+    }
 
     fn cmd(args: &[&str]) -> SandboxCmd {
         let argv = ["tapnet", "sandbox"].iter().chain(args).copied();

@@ -177,6 +177,35 @@ async fn ping_and_version_with_prefix() {
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
+/// The typed `/version` and prune answers are byte for byte the JSON the handlers
+/// built with `json!` before the bodies moved to `tapnet-types`.
+#[test]
+fn typed_answers_are_the_old_bytes() {
+    let version = env!("CARGO_PKG_VERSION");
+    let old = serde_json::json!({
+        "Platform": {"Name": "tapnet"},
+        "Components": [{"Name": "tapnetd", "Version": version, "Details": {"ApiVersion": API_VERSION}}],
+        "Version": version,
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
+        "Os": "linux",
+        "Arch": docker_arch(),
+    });
+    assert_eq!(
+        serde_json::to_string(&version_body()).unwrap(),
+        serde_json::to_string(&old).unwrap()
+    );
+    let deleted = vec!["a".to_string(), "b".to_string()];
+    let old = serde_json::json!({ "NetworksDeleted": deleted });
+    assert_eq!(
+        serde_json::to_string(&NetworkPruneResponse {
+            networks_deleted: deleted
+        })
+        .unwrap(),
+        serde_json::to_string(&old).unwrap()
+    );
+}
+
 #[test]
 fn version_prefix_parsing() {
     assert_eq!(strip_version("/v1.41/networks"), Some("/networks"));

@@ -14,7 +14,7 @@ use super::{not_found, publish_one, ConnectOptions, Inner};
 use crate::driver::{Driver, DriverRegistry};
 use crate::error::{Error, Result};
 use crate::model::{self, Endpoint, Network, Sandbox, Store};
-use crate::ports;
+use crate::ports::{self, NatProto as _};
 use crate::store::Change;
 use crate::txn::{blocking, Txn};
 use std::collections::BTreeMap;

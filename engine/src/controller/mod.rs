@@ -51,7 +51,7 @@ use crate::driver::{Driver, DriverRegistry, FdbRow, NetworkReport};
 use crate::error::{Error, Result};
 use crate::ipam::Ipam;
 use crate::model::{self, Network, Sandbox, Store};
-use crate::ports::{self, PortBinding};
+use crate::ports::{self, NatProto as _, PortBinding};
 use crate::sandbox_files;
 use crate::store::{Change, Db, KvStore};
 use crate::txn::{blocking, Txn};

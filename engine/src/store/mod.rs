@@ -34,57 +34,7 @@ use std::sync::Mutex;
 /// A store revision: grows with every committed transaction.
 pub type Revision = u64;
 
-/// Errors of the store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database refused an operation (I/O error, lock held, corruption).
-    #[error("database {path}: {source}")]
-    Db {
-        /// The database file (or `memory`).
-        path: String,
-        /// The cause.
-        #[source]
-        source: Box<::redb::Error>,
-    },
-    /// A record could not be encoded.
-    #[error("encode {what}: {source}")]
-    Encode {
-        /// Which record.
-        what: String,
-        /// The cause.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// The database was written by a newer tapnet.
-    #[error("database {path} has schema version {found}; this tapnetd understands up to {SCHEMA_VERSION}: upgrade tapnetd or move the data root away")]
-    Schema {
-        /// The database file.
-        path: String,
-        /// The version found.
-        found: u64,
-    },
-    /// The store cannot be reached or refused the transaction (a distributed store
-    /// that is down; an injected failure of [`mem::MemStore`]).
-    #[error("store {store} unavailable: {message}")]
-    Unavailable {
-        /// Which store.
-        store: String,
-        /// What happened.
-        message: String,
-    },
-    /// A compare-and-swap condition failed: nothing was written.
-    #[error("store {store}: key {key} changed concurrently (expected revision {expected:?}, found {found:?})")]
-    Conflict {
-        /// Which store.
-        store: String,
-        /// The key whose condition failed.
-        key: String,
-        /// The revision the caller expected (`None`: absent).
-        expected: Option<Revision>,
-        /// The revision found (`None`: absent).
-        found: Option<Revision>,
-    },
-}
+pub use crate::error::StoreError;
 
 /// One key's value and the revision that last changed it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -99,6 +99,7 @@ impl Db {
                     return Err(StoreError::Schema {
                         path: this.path.clone(),
                         found: v,
+                        supported: SCHEMA_VERSION,
                     })
                 }
                 Some(_) => {}

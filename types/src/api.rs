@@ -1,0 +1,569 @@
+//! The bodies of tapnetd's HTTP API (`docs/api.md`): Docker's shapes for Docker's
+//! endpoints, tapnet's for `/sandboxes`, `/networks/{id}/stats` and
+//! `/networks/{id}/fdb`.
+//!
+//! Contract:
+//! * Field names are Docker's (`PascalCase`, with Docker's spellings such as
+//!   `IPAM`, `EnableIPv6`, `EndpointID`); the daemon serializes answers exactly as
+//!   these derives say, and the docker CLI reads them, so renames, field order and
+//!   `skip_serializing_if` are part of the wire format.
+//! * Request bodies are read leniently (every field may be missing: it takes its
+//!   default); optional fields left `None` are not sent, so a client built from
+//!   these types sends what the docker CLI sends. Validation of their values (CIDRs,
+//!   addresses, aliases) is the daemon's, not done here.
+//! * Answers are also readable (`Deserialize`, missing fields default, unknown ones
+//!   ignored), for clients such as `tapnet`.
+
+use crate::ports::{PortBindingsBody, PortsResource};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+
+/// Read `null` as the default value (Go marshals a nil slice or map as `null`).
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+// ---------------------------------------------------------------- request bodies
+
+/// `POST /networks/create` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkCreateBody {
+    /// Network name.
+    pub name: String,
+    /// Driver (default `bridge`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// IPAM settings.
+    #[serde(rename = "IPAM", skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<IpamBody>,
+    /// Driver options.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub options: Option<BTreeMap<String, String>>,
+    /// Labels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Internal network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub internal: Option<bool>,
+    /// Attachable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attachable: Option<bool>,
+    /// IPv6.
+    #[serde(rename = "EnableIPv6", skip_serializing_if = "Option::is_none")]
+    pub enable_ipv6: Option<bool>,
+}
+
+/// The `IPAM` object of a network create body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct IpamBody {
+    /// IPAM driver.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Pools.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<Vec<IpamConfigBody>>,
+    /// IPAM options.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub options: Option<BTreeMap<String, String>>,
+}
+
+/// One `IPAM.Config` entry of a network create body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct IpamConfigBody {
+    /// CIDR.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    /// Gateway address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Dynamic range CIDR.
+    #[serde(rename = "IPRange", skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
+    /// Reserved addresses by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auxiliary_addresses: Option<BTreeMap<String, String>>,
+}
+
+/// `POST /networks/{id}/connect` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ConnectBody {
+    /// Sandbox name or id.
+    pub container: String,
+    /// Endpoint settings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint_config: Option<EndpointConfigBody>,
+}
+
+/// `EndpointConfig` of a connect body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct EndpointConfigBody {
+    /// Static addresses.
+    #[serde(rename = "IPAMConfig", skip_serializing_if = "Option::is_none")]
+    pub ipam_config: Option<EndpointIpamBody>,
+    /// Network-scoped aliases.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aliases: Option<Vec<String>>,
+    /// The endpoint's MAC (`""` = default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+}
+
+/// `EndpointConfig.IPAMConfig` of a connect body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EndpointIpamBody {
+    /// Static IPv4 address.
+    #[serde(rename = "IPv4Address", skip_serializing_if = "Option::is_none")]
+    pub ipv4_address: Option<String>,
+    /// Static IPv6 address.
+    #[serde(rename = "IPv6Address", skip_serializing_if = "Option::is_none")]
+    pub ipv6_address: Option<String>,
+}
+
+/// `POST /networks/{id}/disconnect` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DisconnectBody {
+    /// Sandbox name or id.
+    pub container: String,
+    /// Remove the endpoint even if the data plane cannot be cleaned.
+    pub force: bool,
+}
+
+/// `POST /sandboxes` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct SandboxCreateBody {
+    /// Sandbox name (default: the id's first 12 characters).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Adopt this namespace instead of creating one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns_path: Option<String>,
+    /// Published ports, Docker's `HostConfig.PortBindings` shape:
+    /// `{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port_bindings: Option<PortBindingsBody>,
+}
+
+// ---------------------------------------------------------------- answers
+
+/// Every error answer: `{"message": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What is wrong.
+    pub message: String,
+}
+
+/// `201` answer of `POST /networks/create`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct CreateNetworkResponse {
+    /// New network's id.
+    pub id: String,
+    /// Always empty.
+    pub warning: String,
+}
+
+/// `201` answer of `POST /sandboxes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct CreateSandboxResponse {
+    /// New sandbox's id.
+    pub id: String,
+}
+
+/// Answer of `POST /networks/prune`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkPruneResponse {
+    /// Names of the removed networks (`null` is read as none).
+    #[serde(deserialize_with = "null_as_default")]
+    pub networks_deleted: Vec<String>,
+}
+
+/// Answer of `GET /version` (fields in the order dockerd sends them: sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct VersionResponse {
+    /// The highest API version served.
+    pub api_version: String,
+    /// Docker's name of the architecture (`amd64`, `arm64`).
+    pub arch: String,
+    /// The daemon's components.
+    pub components: Vec<VersionComponent>,
+    /// The oldest API version served.
+    #[serde(rename = "MinAPIVersion")]
+    pub min_api_version: String,
+    /// `linux`.
+    pub os: String,
+    /// The platform.
+    pub platform: VersionPlatform,
+    /// The daemon's version.
+    pub version: String,
+}
+
+/// `Platform` of [`VersionResponse`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct VersionPlatform {
+    /// `tapnet`.
+    pub name: String,
+}
+
+/// One of [`VersionResponse::components`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct VersionComponent {
+    /// Details.
+    pub details: VersionDetails,
+    /// Component name (`tapnetd`).
+    pub name: String,
+    /// Component version.
+    pub version: String,
+}
+
+/// `Details` of a [`VersionComponent`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct VersionDetails {
+    /// The highest API version served.
+    pub api_version: String,
+}
+
+/// Docker's network object (`GET /networks`, `GET /networks/{id}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkResource {
+    /// Name.
+    pub name: String,
+    /// Id.
+    pub id: String,
+    /// Creation time.
+    pub created: String,
+    /// Scope.
+    pub scope: String,
+    /// Driver.
+    pub driver: String,
+    /// IPv4 (always: every tapnet network has an IPv4 subnet; API 1.47 field).
+    #[serde(rename = "EnableIPv4")]
+    pub enable_ipv4: bool,
+    /// IPv6.
+    #[serde(rename = "EnableIPv6")]
+    pub enable_ipv6: bool,
+    /// Internal.
+    pub internal: bool,
+    /// Attachable.
+    pub attachable: bool,
+    /// IPAM.
+    #[serde(rename = "IPAM")]
+    pub ipam: IpamResource,
+    /// Endpoints by sandbox id.
+    pub containers: BTreeMap<String, ContainerResource>,
+    /// Driver options.
+    pub options: BTreeMap<String, String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `IPAM` of a network object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct IpamResource {
+    /// Driver.
+    pub driver: String,
+    /// Options.
+    pub options: BTreeMap<String, String>,
+    /// Pools.
+    pub config: Vec<IpamConfigResource>,
+}
+
+/// One pool of a network object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct IpamConfigResource {
+    /// CIDR.
+    pub subnet: String,
+    /// Gateway.
+    pub gateway: String,
+    /// Dynamic range, when set.
+    #[serde(rename = "IPRange", skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
+    /// Reserved addresses by name, when any.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub auxiliary_addresses: BTreeMap<String, String>,
+}
+
+/// One entry of a network's `Containers`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContainerResource {
+    /// Sandbox name.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// Endpoint id.
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    /// MAC.
+    #[serde(rename = "MacAddress")]
+    pub mac_address: String,
+    /// `a.b.c.d/len`.
+    #[serde(rename = "IPv4Address")]
+    pub ipv4_address: String,
+    /// `addr/len` on IPv6 networks, else empty.
+    #[serde(rename = "IPv6Address")]
+    pub ipv6_address: String,
+    /// Network-scoped aliases (omitted when there are none).
+    #[serde(rename = "Aliases", skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// tapnet's sandbox object (`GET /sandboxes`, `GET /sandboxes/{id}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct SandboxResource {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Namespace path.
+    pub netns_path: String,
+    /// Created by tapnet.
+    pub owned: bool,
+    /// Creation time.
+    pub created: String,
+    /// Endpoints by network name.
+    pub endpoints: BTreeMap<String, SandboxEndpointResource>,
+    /// Published ports (Docker's `NetworkSettings.Ports`; `null` entries are not bound).
+    pub ports: PortsResource,
+    /// The sandbox's resolv.conf.
+    pub resolv_conf_path: String,
+    /// The sandbox's hosts file.
+    pub hosts_path: String,
+}
+
+/// One entry of a sandbox's `Endpoints`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SandboxEndpointResource {
+    /// Network id.
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    /// Endpoint id.
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    /// Interface name in the sandbox.
+    #[serde(rename = "Interface")]
+    pub interface: String,
+    /// MAC.
+    #[serde(rename = "MacAddress")]
+    pub mac_address: String,
+    /// `a.b.c.d/len`.
+    #[serde(rename = "IPv4Address")]
+    pub ipv4_address: String,
+    /// Gateway.
+    #[serde(rename = "Gateway")]
+    pub gateway: String,
+    /// `addr/len` on IPv6 networks.
+    #[serde(rename = "IPv6Address", skip_serializing_if = "String::is_empty")]
+    pub ipv6_address: String,
+    /// IPv6 gateway on IPv6 networks.
+    #[serde(rename = "IPv6Gateway", skip_serializing_if = "String::is_empty")]
+    pub ipv6_gateway: String,
+    /// Network-scoped aliases (omitted when there are none).
+    #[serde(rename = "Aliases", skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// `GET /networks/{id}/stats` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct StatsResource {
+    /// Network id.
+    pub network: String,
+    /// Learned MACs.
+    pub fdb_entries: usize,
+    /// MACs not learned because the FDB was full.
+    pub fdb_limit_hits: u64,
+    /// Per-port counters.
+    pub ports: Vec<PortStatsResource>,
+    /// The gateway's counters (bridge networks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayStatsResource>,
+}
+
+/// The gateway part of [`StatsResource`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct GatewayStatsResource {
+    /// Datagrams read from the gateway's switch port.
+    pub frames_in: u64,
+    /// Frames written to the switch.
+    pub frames_out: u64,
+    /// Drops by reason name.
+    pub drops: BTreeMap<String, u64>,
+    /// Flows by protocol (`tcp`, `udp`, `icmp`).
+    pub flows: BTreeMap<String, FlowStatsResource>,
+    /// New flows refused by a flow limit.
+    pub flow_limit_hits: u64,
+    /// DNS queries answered from the network's names.
+    pub dns_local: u64,
+    /// DNS queries forwarded upstream.
+    pub dns_forwarded: u64,
+    /// DNS queries answered SERVFAIL.
+    pub dns_servfail: u64,
+    /// The switch's counters of the gateway's port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switch_port: Option<PortStatsResource>,
+}
+
+/// Flow counters of one protocol.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct FlowStatsResource {
+    /// Open now.
+    pub active: u64,
+    /// Ever opened.
+    pub total: u64,
+}
+
+/// One port in [`StatsResource`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PortStatsResource {
+    /// Endpoint id.
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    /// Sandbox name.
+    pub sandbox: String,
+    /// Interface name.
+    pub interface: String,
+    /// Switch port id.
+    pub port: u32,
+    /// Frames received from the port.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Frames sent to the port.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Drops by reason name.
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// One row of `GET /networks/{id}/fdb`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct FdbResource {
+    /// MAC.
+    pub mac_address: String,
+    /// Port.
+    pub port: u32,
+    /// Endpoint id (empty for a port that is not an endpoint).
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    /// Seconds since last seen.
+    pub age_seconds: f64,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn requests_send_only_what_is_set() {
+        let b = ConnectBody {
+            container: "sb".into(),
+            endpoint_config: Some(EndpointConfigBody {
+                ipam_config: Some(EndpointIpamBody {
+                    ipv4_address: Some("10.0.0.5".into()),
+                    ..EndpointIpamBody::default()
+                }),
+                ..EndpointConfigBody::default()
+            }),
+        };
+        assert_eq!(
+            serde_json::to_string(&b).unwrap(),
+            r#"{"Container":"sb","EndpointConfig":{"IPAMConfig":{"IPv4Address":"10.0.0.5"}}}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&NetworkCreateBody::default()).unwrap(),
+            r#"{"Name":""}"#
+        );
+        // Everything may be missing when read.
+        let c: NetworkCreateBody = serde_json::from_str(
+            r#"{"Name":"n","IPAM":{"Config":[{"Subnet":"10.0.0.0/24","IPRange":"10.0.0.0/25"}]}}"#,
+        )
+        .unwrap();
+        let cfg = &c.ipam.unwrap().config.unwrap()[0];
+        assert_eq!(cfg.ip_range.as_deref(), Some("10.0.0.0/25"));
+    }
+
+    #[test]
+    fn answers_serialize_in_dockers_shape() {
+        let n = NetworkResource {
+            name: "n".into(),
+            enable_ipv4: true,
+            ipam: IpamResource {
+                driver: "default".into(),
+                config: vec![IpamConfigResource {
+                    subnet: "10.0.0.0/24".into(),
+                    gateway: "10.0.0.1".into(),
+                    ..IpamConfigResource::default()
+                }],
+                ..IpamResource::default()
+            },
+            ..NetworkResource::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&n).unwrap(),
+            r#"{"Name":"n","Id":"","Created":"","Scope":"","Driver":"","EnableIPv4":true,"EnableIPv6":false,"Internal":false,"Attachable":false,"IPAM":{"Driver":"default","Options":{},"Config":[{"Subnet":"10.0.0.0/24","Gateway":"10.0.0.1"}]},"Containers":{},"Options":{},"Labels":{}}"#
+        );
+        let back: NetworkResource =
+            serde_json::from_value(serde_json::to_value(&n).unwrap()).unwrap();
+        assert_eq!(back, n);
+        let v = VersionResponse {
+            api_version: "1.47".into(),
+            min_api_version: "1.24".into(),
+            ..VersionResponse::default()
+        };
+        let keys: Vec<String> = serde_json::to_value(&v)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        let text = serde_json::to_string(&v).unwrap();
+        let mut at = 0;
+        for k in keys {
+            let i = text.find(&format!("\"{k}\"")).unwrap();
+            assert!(i >= at, "{k} out of sorted order in {text}");
+            at = i;
+        }
+    }
+
+    #[test]
+    fn lenient_reads() {
+        let p: NetworkPruneResponse =
+            serde_json::from_value(json!({"NetworksDeleted": null})).unwrap();
+        assert!(p.networks_deleted.is_empty());
+        let s: SandboxResource =
+            serde_json::from_value(json!({"Id": "a", "Ports": {"80/tcp": null}, "X": 1})).unwrap();
+        assert_eq!((s.id.as_str(), s.ports["80/tcp"].clone()), ("a", None));
+        let e: ErrorBody = serde_json::from_str(r#"{"message":"no"}"#).unwrap();
+        assert_eq!(e.message, "no");
+    }
+}

@@ -1,0 +1,385 @@
+//! The CNM records as plain data: what the engine stores and hands to its drivers.
+//!
+//! Contract: these are `serde` types with no live handles in them; the engine keeps
+//! runtime handles (namespaces, switch ports) elsewhere, keyed by the ids here. Every
+//! field of a stored record carries `#[serde(default)]` (except the required parts of
+//! [`Ipv6Config`], as they always were), so records written by older versions stay
+//! readable as fields are added; field names and representations never change (a
+//! MAC is `[u8; 6]`, serialized as an array of six numbers). Driver options are
+//! parsed as dockerd parses them; a bad value is an [`Error::Invalid`] naming the
+//! option.
+
+use crate::error::{Error, Result};
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+
+/// The MAC tapnet gives an endpoint: `02:42:` + the IPv4 address bytes.
+pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0x42, o[0], o[1], o[2], o[3]]
+}
+
+/// Format a MAC as `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parse a MAC address `aa:bb:cc:dd:ee:ff` (or with `-` separators) and check that
+/// it can be an endpoint's address: unicast and not all-zero. The error says why
+/// (the caller puts it after the bad value, e.g. `invalid MacAddress "x": <why>`).
+pub fn parse_endpoint_mac(s: &str) -> std::result::Result<[u8; 6], String> {
+    let sep = if s.contains('-') { '-' } else { ':' };
+    let parts: Vec<&str> = s.split(sep).collect();
+    let mut mac = [0u8; 6];
+    let well_formed = parts.len() == 6
+        && parts
+            .iter()
+            .zip(mac.iter_mut())
+            .all(|(p, b)| p.len() == 2 && u8::from_str_radix(p, 16).map(|v| *b = v).is_ok());
+    if !well_formed {
+        return Err("give six hex bytes such as 02:42:ac:11:00:02".into());
+    }
+    if mac == [0; 6] {
+        return Err("the all-zero address cannot be an endpoint's MAC".into());
+    }
+    if mac[0] & 1 == 1 {
+        return Err(
+            "it is a multicast/broadcast address (the low bit of the first byte is set); \
+             use a unicast one such as 02:42:ac:11:00:02"
+                .into(),
+        );
+    }
+    Ok(mac)
+}
+
+/// A network (CNM `Network`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    /// 64-hex id.
+    #[serde(default)]
+    pub id: String,
+    /// Unique name.
+    #[serde(default)]
+    pub name: String,
+    /// Driver name (`bridge`, `null`, `host`).
+    #[serde(default)]
+    pub driver: String,
+    /// Creation time, RFC 3339.
+    #[serde(default)]
+    pub created: String,
+    /// `local` or `global`.
+    #[serde(default)]
+    pub scope: String,
+    /// No outside connectivity.
+    #[serde(default)]
+    pub internal: bool,
+    /// Attachable (swarm compatibility; recorded only).
+    #[serde(default)]
+    pub attachable: bool,
+    /// IPv6 enabled: endpoints get an address of [`Network::ipv6`] too.
+    #[serde(default)]
+    pub enable_ipv6: bool,
+    /// IPAM driver name.
+    #[serde(default)]
+    pub ipam_driver: String,
+    /// IPAM driver options.
+    #[serde(default)]
+    pub ipam_options: BTreeMap<String, String>,
+    /// The IPv4 subnet; `None` for drivers without addresses (`null`, `host`).
+    #[serde(default)]
+    pub subnet: Option<Ipv4Net>,
+    /// The IPv4 gateway address (reserved in IPAM).
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    /// The IPv4 dynamic allocation range, if any.
+    #[serde(default)]
+    pub ip_range: Option<Ipv4Net>,
+    /// IPv4 auxiliary addresses by name: reserved, never handed out.
+    #[serde(default)]
+    pub aux_addresses: BTreeMap<String, Ipv4Addr>,
+    /// The IPAM pool id of the IPv4 subnet (rebuilt on restart).
+    #[serde(default)]
+    pub ipv4_pool: Option<String>,
+    /// The IPv6 configuration, when `enable_ipv6`.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Config>,
+    /// Driver options.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// User labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Endpoints by endpoint id.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, Endpoint>,
+}
+
+impl Network {
+    /// The MTU for endpoints (`com.docker.network.driver.mtu`, default 1500).
+    pub fn mtu(&self) -> Result<u32> {
+        match self.options.get(MTU_OPTION) {
+            None => Ok(1500),
+            Some(v) => parse_mtu(v),
+        }
+    }
+
+    /// Inter-container communication (`com.docker.network.bridge.enable_icc`, default true).
+    pub fn icc(&self) -> Result<bool> {
+        self.options
+            .get(ICC_OPTION)
+            .map_or(Ok(true), |v| parse_bool_option(ICC_OPTION, v))
+    }
+
+    /// Anti-spoofing on endpoint ports (`com.tapnet.port_security`, default true).
+    pub fn port_security(&self) -> Result<bool> {
+        self.options
+            .get(PORT_SECURITY_OPTION)
+            .map_or(Ok(true), |v| parse_bool_option(PORT_SECURITY_OPTION, v))
+    }
+
+    /// The endpoint joining `sandbox_id`, if any.
+    pub fn endpoint_of(&self, sandbox_id: &str) -> Option<&Endpoint> {
+        self.endpoints.values().find(|e| e.sandbox_id == sandbox_id)
+    }
+}
+
+/// The IPv6 side of a network's IPAM configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv6Config {
+    /// The subnet.
+    pub subnet: Ipv6Net,
+    /// The gateway (reserved in IPAM).
+    pub gateway: Ipv6Addr,
+    /// The dynamic allocation range, if any.
+    #[serde(default)]
+    pub ip_range: Option<Ipv6Net>,
+    /// Auxiliary addresses by name: reserved, never handed out.
+    #[serde(default)]
+    pub aux_addresses: BTreeMap<String, Ipv6Addr>,
+    /// The IPAM pool id (rebuilt on restart).
+    #[serde(default)]
+    pub pool: String,
+}
+
+/// The networks that exist in every daemon, as in dockerd: `none` (driver `null`),
+/// `host` (driver `host`) and `bridge` (driver `bridge`). They cannot be removed.
+pub const PREDEFINED_NETWORKS: [(&str, &str); 3] =
+    [("none", "null"), ("host", "host"), ("bridge", "bridge")];
+
+/// Whether `name` is one of [`PREDEFINED_NETWORKS`].
+pub fn is_predefined(name: &str) -> bool {
+    PREDEFINED_NETWORKS.iter().any(|(n, _)| *n == name)
+}
+
+/// Whether `name` is one of Docker's predefined networks (`type=builtin` in
+/// filters; never pruned, never removed): the same set as [`PREDEFINED_NETWORKS`].
+pub fn is_builtin_network(name: &str) -> bool {
+    is_predefined(name)
+}
+
+/// The driver option that sets the endpoints' MTU.
+pub const MTU_OPTION: &str = "com.docker.network.driver.mtu";
+
+/// The driver option that turns inter-container communication off (Docker's).
+pub const ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
+
+/// The driver option that turns anti-spoofing on endpoint ports off.
+pub const PORT_SECURITY_OPTION: &str = "com.tapnet.port_security";
+
+/// Parse a boolean driver option as Go's `strconv.ParseBool` (what dockerd uses).
+pub fn parse_bool_option(name: &str, v: &str) -> Result<bool> {
+    match v.trim() {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(Error::Invalid(format!(
+            "invalid {name} {v:?}: give true or false"
+        ))),
+    }
+}
+
+/// Parse and check an MTU option value.
+pub fn parse_mtu(v: &str) -> Result<u32> {
+    match v.trim().parse::<u32>() {
+        Ok(m) if (68..=65_535).contains(&m) => Ok(m),
+        _ => Err(Error::Invalid(format!(
+            "invalid {MTU_OPTION} {v:?}: give a number between 68 and 65535"
+        ))),
+    }
+}
+
+/// An endpoint (CNM `Endpoint`): one switch port, joined to one sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// 64-hex id.
+    #[serde(default)]
+    pub id: String,
+    /// The network's id.
+    #[serde(default)]
+    pub network_id: String,
+    /// The sandbox's id.
+    #[serde(default)]
+    pub sandbox_id: String,
+    /// Interface name inside the sandbox (`eth0`); empty when the driver gives the
+    /// endpoint no device (`null`, `host`).
+    #[serde(default)]
+    pub interface: String,
+    /// MAC address (`02:42:` + the IPv4 address); `None` without a device.
+    #[serde(default)]
+    pub mac: Option<[u8; 6]>,
+    /// IPv4 address; `None` on networks without addresses.
+    #[serde(default)]
+    pub ipv4: Option<Ipv4Addr>,
+    /// Prefix length of the IPv4 address.
+    #[serde(default)]
+    pub prefix_len: u8,
+    /// IPv6 address, on IPv6 networks.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
+    /// Prefix length of the IPv6 address.
+    #[serde(default)]
+    pub prefix_len_v6: u8,
+    /// Network-scoped aliases (Docker's `EndpointConfig.Aliases`), in request order.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+/// A sandbox (CNM `Sandbox`): a network namespace, its resolv.conf/hosts and its
+/// published ports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sandbox {
+    /// 64-hex id.
+    #[serde(default)]
+    pub id: String,
+    /// Unique name.
+    #[serde(default)]
+    pub name: String,
+    /// Path of the namespace file.
+    #[serde(default)]
+    pub netns_path: PathBuf,
+    /// tapnet created the namespace (and removes it with the sandbox).
+    #[serde(default)]
+    pub owned: bool,
+    /// Creation time, RFC 3339.
+    #[serde(default)]
+    pub created: String,
+    /// The sandbox's `resolv.conf` (under `<exec-root>/sandboxes/<id>/`).
+    #[serde(default)]
+    pub resolv_conf_path: PathBuf,
+    /// The sandbox's `hosts` file.
+    #[serde(default)]
+    pub hosts_path: PathBuf,
+    /// Requested published ports.
+    #[serde(default)]
+    pub port_bindings: Vec<crate::ports::PortBinding>,
+    /// Where the ports are bound (`None` until the sandbox joins a non-internal
+    /// bridge network).
+    #[serde(default)]
+    pub published: Option<crate::ports::Published>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_from_ip() {
+        let mac = mac_for(Ipv4Addr::new(10, 10, 0, 2));
+        assert_eq!(format_mac(&mac), "02:42:0a:0a:00:02");
+    }
+
+    #[test]
+    fn endpoint_mac_parsing() {
+        assert_eq!(
+            parse_endpoint_mac("02-42-0a-00-00-09").unwrap(),
+            [0x02, 0x42, 0x0a, 0, 0, 9]
+        );
+        assert!(parse_endpoint_mac("02:42:0a:00:00")
+            .unwrap_err()
+            .contains("six hex bytes"));
+        assert!(parse_endpoint_mac("00:00:00:00:00:00")
+            .unwrap_err()
+            .contains("all-zero"));
+        assert!(parse_endpoint_mac("01:00:5e:00:00:01")
+            .unwrap_err()
+            .contains("multicast"));
+    }
+
+    #[test]
+    fn options() {
+        assert_eq!(parse_mtu(" 1450 ").unwrap(), 1450);
+        assert_eq!(
+            parse_mtu("10").unwrap_err().to_string(),
+            "invalid com.docker.network.driver.mtu \"10\": give a number between 68 and 65535"
+        );
+        assert!(parse_bool_option("x", "T").unwrap());
+        assert!(!parse_bool_option("x", "0").unwrap());
+        assert_eq!(
+            parse_bool_option("x", "yes").unwrap_err(),
+            Error::Invalid("invalid x \"yes\": give true or false".into())
+        );
+        assert!(is_builtin_network("none") && !is_builtin_network("net1"));
+    }
+
+    fn network(options: &[(&str, &str)]) -> Network {
+        serde_json::from_value(serde_json::json!({
+            "id": "n",
+            "options": options.iter().map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn network_options_with_defaults() {
+        let n = network(&[]);
+        assert_eq!((n.mtu().unwrap(), n.icc().unwrap()), (1500, true));
+        assert!(n.port_security().unwrap());
+        let n = network(&[(MTU_OPTION, "9000"), (ICC_OPTION, "false")]);
+        assert_eq!((n.mtu().unwrap(), n.icc().unwrap()), (9000, false));
+        assert!(network(&[(PORT_SECURITY_OPTION, "maybe")])
+            .port_security()
+            .is_err());
+    }
+
+    /// The stored representation: field names and the MAC as six numbers.
+    #[test]
+    fn stored_records_keep_their_shape() {
+        let e = Endpoint {
+            id: "e".into(),
+            network_id: "n".into(),
+            sandbox_id: "s".into(),
+            interface: "eth0".into(),
+            mac: Some([2, 0x42, 10, 0, 0, 2]),
+            ipv4: Some(Ipv4Addr::new(10, 0, 0, 2)),
+            prefix_len: 24,
+            ipv6: None,
+            prefix_len_v6: 0,
+            aliases: vec!["web".into()],
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": "e", "network_id": "n", "sandbox_id": "s",
+                "interface": "eth0", "mac": [2, 66, 10, 0, 0, 2], "ipv4": "10.0.0.2",
+                "prefix_len": 24, "ipv6": null, "prefix_len_v6": 0, "aliases": ["web"]})
+        );
+        // Old records without the newer fields still load.
+        let old: Endpoint = serde_json::from_value(serde_json::json!({"id": "e"})).unwrap();
+        assert_eq!((old.mac, old.aliases.len()), (None, 0));
+        let sb: Sandbox = serde_json::from_value(serde_json::json!({"id": "s"})).unwrap();
+        assert_eq!(
+            sb,
+            Sandbox {
+                id: "s".into(),
+                ..Sandbox::default()
+            }
+        );
+    }
+}
