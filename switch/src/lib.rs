@@ -15,5 +15,5 @@ pub mod core;
 pub mod runtime;
 
 /// Length of the virtio-net header that prefixes every frame on a port
-/// (`struct virtio_net_hdr`, as set by `TUNSETVNETHDRSZ` default).
-pub const VNET_HDR_LEN: usize = 10;
+/// (`struct virtio_net_hdr`, as set by `TUNSETVNETHDRSZ` default); see [`tapnet_wire::vnet`].
+pub use tapnet_wire::vnet::VNET_HDR_LEN;
