@@ -14,6 +14,7 @@
 //!   [`flows`] (flow tables with idle timeouts and limits), [`dns`] (embedded DNS answers);
 //! * [`tcp`]: the smoltcp any-IP stack that terminates TCP, over in-memory queues;
 //! * [`runtime`]: the thread, `mio`, the host sockets, the control handle.
+#![forbid(unsafe_code)]
 
 pub mod core;
 pub mod dns;

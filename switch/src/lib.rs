@@ -10,6 +10,7 @@
 //! Every frame that crosses a port carries a virtio-net header of
 //! [`VNET_HDR_LEN`] bytes in front of the Ethernet frame (the tap's
 //! `IFF_VNET_HDR` layout); the switch passes it through untouched.
+#![forbid(unsafe_code)]
 
 pub mod core;
 pub mod runtime;
