@@ -166,7 +166,6 @@ pub struct SendBatchError {
 ///
 /// A receive needs [`FrameBatch::frame_room`] bytes (the longest frame a port may
 /// return): the batch is full when it holds its frame limit or has less room than that.
-#[derive(Debug)]
 pub struct FrameBatch {
     buf: Box<[u8]>,
     /// `(start, len)` of each frame in `buf`, in arrival order.
@@ -266,6 +265,20 @@ impl FrameBatch {
     /// Take the error that ended the last fill, if any.
     pub fn take_stop(&mut self) -> Option<io::Error> {
         self.stop.take()
+    }
+}
+
+impl std::fmt::Debug for FrameBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the buffer: it is hundreds of KiB.
+        f.debug_struct("FrameBatch")
+            .field("frames", &self.spans.len())
+            .field("bytes_used", &self.used)
+            .field("bytes", &self.buf.len())
+            .field("limit", &self.limit)
+            .field("frame_room", &self.frame_room)
+            .field("stop", &self.stop)
+            .finish()
     }
 }
 
