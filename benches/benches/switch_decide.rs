@@ -15,6 +15,7 @@
 //!   anti-spoofing path (port-table lookup, MAC and IPv4 source checks) on top of `decide`.
 //!
 //! Throughput is `Elements(64)` per iteration, so criterion reports frames/s.
+#![forbid(unsafe_code)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;

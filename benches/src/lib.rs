@@ -1,1 +1,2 @@
 //! Benchmarks live in `benches/`; this library is empty by design.
+#![forbid(unsafe_code)]

@@ -8,6 +8,7 @@
 //! * [`client`]: a tiny HTTP/1.1 client over a unix socket.
 //! * [`commands`]: one module per command group; they print to the given writers.
 //! * [`output`]: tables, id truncation and JSON printing.
+#![forbid(unsafe_code)]
 
 mod args;
 mod client;

@@ -4,6 +4,7 @@
 //! (`none`, `host`, `bridge`) that are not in the store yet, then serves the HTTP API
 //! on a unix socket. On SIGTERM/SIGINT it stops serving, closes its fds and exits, leaving
 //! sandboxes and (persistent) taps in place (live restore).
+#![forbid(unsafe_code)]
 
 use anyhow::{bail, Context};
 use clap::Parser;

@@ -15,6 +15,7 @@
 //!   the upstream forwarder's retries and timeouts);
 //! * [`tcp`]: the smoltcp any-IP stack that terminates TCP, over in-memory queues;
 //! * [`runtime`]: the thread, `mio`, the host sockets, the control handle.
+#![forbid(unsafe_code)]
 
 pub mod core;
 pub mod dns;

@@ -951,7 +951,7 @@ impl Worker {
         msg.extend_from_slice(&seq.to_be_bytes());
         msg.extend_from_slice(data);
         if f.raw && dst.is_ipv4() {
-            let c = inet_checksum(&msg);
+            let c = tapnet_wire::checksum::checksum(&msg);
             if let Some(b) = msg.get_mut(2..4) {
                 b.copy_from_slice(&c.to_be_bytes());
             }
@@ -1660,20 +1660,4 @@ fn present_client(core: &Core, client: SocketAddr, sandbox: SocketAddr) -> Socke
         Some(gw) => SocketAddr::new(gw, client.port()),
         None => client,
     }
-}
-
-/// The Internet checksum of `data`.
-fn inet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }

@@ -31,6 +31,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, SocketAddr};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use tapnet_wire::MacAddr;
 
 /// `NLMSGERR_ATTR_MSG` from `linux/netlink.h`: the extended-ack error string.
 const NLMSGERR_ATTR_MSG: u16 = 1;
@@ -335,7 +336,7 @@ impl Handle {
 
     /// Set the hardware address of link `index`.
     pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> Result<()> {
-        let op = format!("set address {} on link {index}", format_mac(&mac));
+        let op = format!("set address {} on link {index}", MacAddr(mac));
         self.set_link(&op, index, |m| {
             m.attributes.push(LinkAttribute::Address(mac.to_vec()));
         })
@@ -557,12 +558,17 @@ fn default_v4_header() -> RouteHeader {
     }
 }
 
-/// `aa:bb:cc:dd:ee:ff`.
+/// `aa:bb:cc:dd:ee:ff`: a MAC as [`MacAddr`] prints it; a link-layer address of another
+/// length the same way, octet by octet.
 pub fn format_mac(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    match <[u8; 6]>::try_from(mac) {
+        Ok(m) => MacAddr(m).to_string(),
+        Err(_) => mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+    }
 }
 
 #[cfg(test)]

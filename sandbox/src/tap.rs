@@ -23,7 +23,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 /// Size of the virtio-net header tapnet uses (`struct virtio_net_hdr`, no `num_buffers`).
-pub const VNET_HDR_LEN: usize = 10;
+pub use tapnet_wire::vnet::VNET_HDR_LEN;
 
 /// Path of the tun/tap clone device.
 const TUN_DEVICE: &str = "/dev/net/tun";

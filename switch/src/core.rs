@@ -37,31 +37,14 @@
 //! off, so a network without policy pays one predictable branch.
 
 use rustc_hash::FxHashMap;
-use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use tapnet_wire::vnet::{self, VnetHdr};
 
 /// Index of a port within one switch.
 pub type PortId = u32;
 
-/// A 48-bit Ethernet MAC address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
+/// A 48-bit Ethernet MAC address (defined in [`tapnet_wire::mac`]).
+pub use tapnet_wire::MacAddr;
 
 /// Why a frame was dropped. `as usize` indexes the per-port drop counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -228,35 +211,8 @@ pub struct SwitchCounters {
     pub fdb_limit_hits: u64,
 }
 
-impl MacAddr {
-    /// The broadcast address `ff:ff:ff:ff:ff:ff`.
-    pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
-
-    /// True for group (multicast and broadcast) addresses: the I/G bit of the first octet.
-    pub fn is_multicast(self) -> bool {
-        self.0[0] & 1 != 0
-    }
-
-    /// True for `00:00:00:00:00:00`.
-    pub fn is_zero(self) -> bool {
-        self.0 == [0; 6]
-    }
-
-    /// The address packed into the low 48 bits of a `u64` (big-endian octet order).
-    pub fn to_u64(self) -> u64 {
-        let m = self.0;
-        u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]])
-    }
-
-    /// Inverse of [`MacAddr::to_u64`]; the upper 16 bits are ignored.
-    pub fn from_u64(v: u64) -> MacAddr {
-        let b = v.to_be_bytes();
-        MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]])
-    }
-}
-
 /// Length of an Ethernet II header (dst, src, ethertype).
-pub const ETH_HDR_LEN: usize = libc::ETH_HLEN as usize;
+pub const ETH_HDR_LEN: usize = tapnet_wire::ETH_HDR_LEN;
 /// Length of one 802.1Q tag (TPID + TCI).
 const VLAN_TAG_LEN: usize = 4;
 const ETH_P_IP: u16 = libc::ETH_P_IP as u16;
@@ -300,24 +256,15 @@ fn pack(m: &[u8; 14], at: usize) -> u64 {
 /// Group bit of a packed MAC (the I/G bit of its first octet).
 const GROUP_BIT: u64 = 1 << 40;
 
-/// `flags` bit of the virtio-net header: the checksum at `csum_start + csum_offset`
-/// must be completed (`VIRTIO_NET_HDR_F_NEEDS_CSUM`, linux/virtio_net.h).
-pub const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
-/// `gso_type`: not a GSO frame (`VIRTIO_NET_HDR_GSO_NONE`).
-pub const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
-/// `gso_type`: TCP over IPv4 (`VIRTIO_NET_HDR_GSO_TCPV4`).
-pub const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
-/// `gso_type`: UDP fragmentation offload (`VIRTIO_NET_HDR_GSO_UDP`).
-pub const VIRTIO_NET_HDR_GSO_UDP: u8 = 3;
-/// `gso_type`: TCP over IPv6 (`VIRTIO_NET_HDR_GSO_TCPV6`).
-pub const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
-/// `gso_type`: UDP segmentation offload (`VIRTIO_NET_HDR_GSO_UDP_L4`).
-pub const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
-/// `gso_type` modifier: TCP with ECN (`VIRTIO_NET_HDR_GSO_ECN`).
-pub const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
+pub use tapnet_wire::vnet::{
+    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP,
+    VIRTIO_NET_HDR_GSO_UDP_L4,
+};
 
 /// Check a virtio-net header (`struct virtio_net_hdr`, little-endian fields, as taps use
-/// on little-endian hosts) against the length of the Ethernet frame that follows it.
+/// on little-endian hosts) against the length of the Ethernet frame that follows it
+/// ([`tapnet_wire::vnet::VnetHdr::check`]).
 ///
 /// Rejects, with [`DropReason::BadVnetHdr`], an unknown `gso_type`, a GSO type with a
 /// zero `gso_size`, and a `NEEDS_CSUM` request whose checksum field lies past the end of
@@ -325,31 +272,11 @@ pub const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
 /// [`DropReason::Truncated`]. Bytes past the first [`crate::VNET_HDR_LEN`] are ignored.
 #[inline]
 pub fn check_vnet_hdr(hdr: &[u8], frame_len: usize) -> Result<(), DropReason> {
-    let Some(h) = hdr.first_chunk::<{ crate::VNET_HDR_LEN }>() else {
-        return Err(DropReason::Truncated);
-    };
-    let flags = h[0];
-    let gso_type = h[1];
-    let gso_size = u16::from_le_bytes([h[4], h[5]]);
-    let csum_start = usize::from(u16::from_le_bytes([h[6], h[7]]));
-    let csum_offset = usize::from(u16::from_le_bytes([h[8], h[9]]));
-    match gso_type & !VIRTIO_NET_HDR_GSO_ECN {
-        VIRTIO_NET_HDR_GSO_NONE => {}
-        VIRTIO_NET_HDR_GSO_TCPV4
-        | VIRTIO_NET_HDR_GSO_UDP
-        | VIRTIO_NET_HDR_GSO_TCPV6
-        | VIRTIO_NET_HDR_GSO_UDP_L4 => {
-            if gso_size == 0 {
-                return Err(DropReason::BadVnetHdr);
-            }
-        }
-        _ => return Err(DropReason::BadVnetHdr),
-    }
-    // u16 + u16 + 2 cannot overflow usize.
-    if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 && csum_start + csum_offset + 2 > frame_len {
-        return Err(DropReason::BadVnetHdr);
-    }
-    Ok(())
+    let h = VnetHdr::new_checked(hdr).map_err(|_| DropReason::Truncated)?;
+    h.check(frame_len).map_err(|e| match e {
+        vnet::Error::Truncated => DropReason::Truncated,
+        _ => DropReason::BadVnetHdr,
+    })
 }
 
 /// Anti-spoofing of the L3 header of an untagged frame from the checked port `p`.

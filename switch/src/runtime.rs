@@ -10,7 +10,14 @@
 //!   A worker that has stopped answers [`Error::WorkerGone`].
 //! * Ports are [`FrameIo`]s, registered edge-triggered for readability. A worker keeps a
 //!   ready list and serves ready ports round-robin, at most [`BATCH`] frames per port per
-//!   turn; a port leaves the list only when its `recv` says `WouldBlock`.
+//!   turn; a port leaves the list only when a read says `WouldBlock`.
+//! * Ports move frames in batches: the worker reads with [`FrameIo::recv_batch`] into its
+//!   one [`FrameBatch`], decides every frame of the batch, then hands each egress port the
+//!   frames it gets in one [`FrameIo::send_batch`] (per-port order is arrival order). Both
+//!   have defaults that fall back to one [`FrameIo::recv`]/[`FrameIo::send`] per frame
+//!   (what a tap uses); a port with a vectored call overrides them. The batch buffer and
+//!   the per-port send lists are allocated when the worker and the port are made, so the
+//!   hot path does not allocate.
 //! * Per frame: the virtio-net header is checked ([`check_vnet_hdr`]), the Ethernet frame
 //!   goes through [`Switch::decide`] with `now_ms` read once per poll turn from a
 //!   monotonic clock started with the worker, and the frame is written *unchanged*
@@ -19,6 +26,10 @@
 //!   port added with [`PortRole::Gateway`]. A failed
 //!   write is counted as [`DropReason::TxError`] on the egress port and never buffered.
 //!   Every second the worker ages out FDB entries.
+//! * The control plane can talk to an attached port: [`NetworkHandle::control_port`]
+//!   delivers a [`PortControl`] message to the port's [`FrameIo::control`] on its worker
+//!   (between batches) and returns the port's [`PortReply`] (so a tunnel port can be
+//!   given its peers). Ports that take no messages answer `Unsupported`.
 //! * Each port has a [`PortRole`] fixed when it is added ([`NetworkHandle::add_port_with`])
 //!   and an optional [`PortPolicy`] that [`NetworkHandle::set_policy`] replaces (addresses
 //!   change); both live in the network's [`Switch`] port table, so anti-spoofing and ICC are
@@ -40,6 +51,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use rustc_hash::FxHashMap;
+use std::any::Any;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
@@ -51,11 +63,294 @@ use std::time::{Duration, Instant};
 /// A port's frame I/O. Frames carry a [`crate::VNET_HDR_LEN`]-byte virtio-net
 /// header in front of the Ethernet frame. The fd must be non-blocking; it is
 /// registered with the worker's `mio::Poll` for readability.
+///
+/// Only [`FrameIo::recv`] and [`FrameIo::send`] are required; the batch calls default to
+/// one of them per frame, and [`FrameIo::control`] to `Unsupported`.
 pub trait FrameIo: AsRawFd + Send {
     /// Read one frame (vnet header + Ethernet frame) into `buf`; `WouldBlock` when empty.
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     /// Write one frame (vnet header + Ethernet frame).
     fn send(&mut self, frame: &[u8]) -> io::Result<usize>;
+
+    /// Read frames into `batch` (appending, see [`FrameBatch::spare`] and
+    /// [`FrameBatch::commit`]) until it is full or the port has none left.
+    ///
+    /// Returns `Ok(n)`, the frames appended, `n > 0`; if reading stopped at an error after
+    /// some frames (`WouldBlock` included), that error is left in the batch
+    /// ([`FrameBatch::set_stop`]) for the caller to handle after the frames. `Ok(0)` is end
+    /// of stream; `Err` means no frame was read (a batch with no room is `InvalidInput`).
+    /// The default calls [`FrameIo::recv`] once per frame, retrying `Interrupted`.
+    fn recv_batch(&mut self, batch: &mut FrameBatch) -> io::Result<usize> {
+        if batch.is_full() {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        let mut n = 0;
+        while !batch.is_full() {
+            match self.recv(batch.spare()) {
+                Ok(0) if n == 0 => return Ok(0),
+                Ok(0) => {
+                    batch.set_stop(io::ErrorKind::UnexpectedEof.into());
+                    break;
+                }
+                Ok(len) => {
+                    batch.commit(len);
+                    n += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if n == 0 => return Err(e),
+                Err(e) => {
+                    batch.set_stop(e);
+                    break;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Write `frames` in order. `Err` says how many were written before the one that
+    /// failed; the frames after it were not tried. The default calls [`FrameIo::send`]
+    /// once per frame, retrying `Interrupted`.
+    fn send_batch(&mut self, frames: Frames<'_>) -> Result<(), SendBatchError> {
+        for (sent, frame) in frames.iter().enumerate() {
+            loop {
+                match self.send(frame) {
+                    Ok(_) => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(error) => return Err(SendBatchError { sent, error }),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Handle a control-plane message ([`NetworkHandle::control_port`]). Runs on the
+    /// port's worker, between batches. The default refuses with `Unsupported`.
+    fn control(&mut self, msg: PortControl) -> io::Result<PortReply> {
+        let _ = msg;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this port takes no control messages",
+        ))
+    }
+}
+
+/// A message for an attached port ([`NetworkHandle::control_port`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PortControl {
+    /// A message only the port's own type understands (a tunnel port's peer list, ...):
+    /// the port downcasts it.
+    Custom(Box<dyn Any + Send>),
+}
+
+/// A port's answer to a [`PortControl`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PortReply {
+    /// Done; nothing to report.
+    Done,
+    /// An answer only the sender understands: it downcasts it.
+    Custom(Box<dyn Any + Send>),
+}
+
+/// [`FrameIo::send_batch`] stopped at a frame it could not write.
+#[derive(Debug)]
+pub struct SendBatchError {
+    /// Frames written before the failed one (the index of the failed one).
+    pub sent: usize,
+    /// Why the write failed.
+    pub error: io::Error,
+}
+
+/// Frames read in one go, packed one after another into one buffer allocated up front.
+///
+/// A receive needs [`FrameBatch::frame_room`] bytes (the longest frame a port may
+/// return): the batch is full when it holds its frame limit or has less room than that.
+pub struct FrameBatch {
+    buf: Box<[u8]>,
+    /// `(start, len)` of each frame in `buf`, in arrival order.
+    spans: Vec<(usize, usize)>,
+    /// Bytes of `buf` in use.
+    used: usize,
+    /// Most frames the current fill may take (at most `spans`' capacity).
+    limit: usize,
+    max_frames: usize,
+    frame_room: usize,
+    stop: Option<io::Error>,
+}
+
+impl FrameBatch {
+    /// A batch of at most `max_frames` frames, `frame_room` bytes needed per receive, and
+    /// a buffer of `bytes` bytes (at least `frame_room`).
+    pub fn new(max_frames: usize, frame_room: usize, bytes: usize) -> FrameBatch {
+        FrameBatch {
+            buf: vec![0u8; bytes.max(frame_room)].into_boxed_slice(),
+            spans: Vec::with_capacity(max_frames),
+            used: 0,
+            limit: max_frames,
+            max_frames,
+            frame_room,
+            stop: None,
+        }
+    }
+
+    /// Empty the batch (and forget a stop error); the frame limit goes back to the maximum.
+    pub fn clear(&mut self) {
+        self.spans.clear();
+        self.used = 0;
+        self.limit = self.max_frames;
+        self.stop = None;
+    }
+
+    /// Take at most `frames` frames (capped by the maximum) until the next
+    /// [`FrameBatch::clear`].
+    pub fn set_limit(&mut self, frames: usize) {
+        self.limit = frames.min(self.max_frames);
+    }
+
+    /// Frames in the batch.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// No frames.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Bytes a receive needs.
+    pub fn frame_room(&self) -> usize {
+        self.frame_room
+    }
+
+    /// At the frame limit, or less than [`FrameBatch::frame_room`] bytes left.
+    pub fn is_full(&self) -> bool {
+        self.spans.len() >= self.limit || self.buf.len() - self.used < self.frame_room
+    }
+
+    /// The free space: receive the next frame at its start, then [`FrameBatch::commit`].
+    pub fn spare(&mut self) -> &mut [u8] {
+        self.buf.get_mut(self.used..).unwrap_or_default()
+    }
+
+    /// Add the first `len` bytes of [`FrameBatch::spare`] as the next frame (`len` is
+    /// capped to the space there is). Ignored when the batch is at its frame limit.
+    pub fn commit(&mut self, len: usize) {
+        if self.spans.len() >= self.limit {
+            return;
+        }
+        let len = len.min(self.buf.len() - self.used);
+        self.spans.push((self.used, len));
+        self.used += len;
+    }
+
+    /// Frame `i`.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        let &(start, len) = self.spans.get(i)?;
+        self.buf.get(start..start + len)
+    }
+
+    /// The frames in arrival order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.spans
+            .iter()
+            .map(|&(start, len)| self.buf.get(start..start + len).unwrap_or_default())
+    }
+
+    /// Record the error that ended a fill after some frames were read.
+    pub fn set_stop(&mut self, e: io::Error) {
+        self.stop = Some(e);
+    }
+
+    /// Take the error that ended the last fill, if any.
+    pub fn take_stop(&mut self) -> Option<io::Error> {
+        self.stop.take()
+    }
+}
+
+impl std::fmt::Debug for FrameBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the buffer: it is hundreds of KiB.
+        f.debug_struct("FrameBatch")
+            .field("frames", &self.spans.len())
+            .field("bytes_used", &self.used)
+            .field("bytes", &self.buf.len())
+            .field("limit", &self.limit)
+            .field("frame_room", &self.frame_room)
+            .field("stop", &self.stop)
+            .finish()
+    }
+}
+
+/// Some frames of a [`FrameBatch`], in order: what [`FrameIo::send_batch`] writes.
+#[derive(Clone, Copy, Debug)]
+pub struct Frames<'a> {
+    batch: &'a FrameBatch,
+    /// Indexes into `batch`; `None`: every frame from `skip` on.
+    picks: Option<&'a [u32]>,
+    skip: usize,
+}
+
+impl<'a> Frames<'a> {
+    /// Every frame of `batch`.
+    pub fn all(batch: &'a FrameBatch) -> Frames<'a> {
+        Frames {
+            batch,
+            picks: None,
+            skip: 0,
+        }
+    }
+
+    /// The frames of `batch` at `picks` (indexes past the end are skipped).
+    pub fn picked(batch: &'a FrameBatch, picks: &'a [u32]) -> Frames<'a> {
+        Frames {
+            batch,
+            picks: Some(picks),
+            skip: 0,
+        }
+    }
+
+    /// Number of frames.
+    pub fn len(&self) -> usize {
+        match self.picks {
+            Some(p) => p.len(),
+            None => self.batch.len().saturating_sub(self.skip),
+        }
+    }
+
+    /// No frames.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Frame `i` of these.
+    pub fn get(&self, i: usize) -> Option<&'a [u8]> {
+        let batch: &'a FrameBatch = self.batch;
+        match self.picks {
+            Some(p) => batch.get(usize::try_from(*p.get(i)?).ok()?),
+            None => batch.get(self.skip.checked_add(i)?),
+        }
+    }
+
+    /// The frames, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let this = *self;
+        (0..this.len()).filter_map(move |i| this.get(i))
+    }
+
+    /// These frames without the first `n`.
+    pub fn after(self, n: usize) -> Frames<'a> {
+        match self.picks {
+            Some(p) => Frames {
+                picks: Some(p.get(n..).unwrap_or_default()),
+                ..self
+            },
+            None => Frames {
+                skip: self.skip.saturating_add(n),
+                ..self
+            },
+        }
+    }
 }
 
 /// Per-port counters, updated by the worker, read by the control plane.
@@ -127,12 +422,24 @@ pub enum Error {
     /// No such port on this network.
     #[error("no port {0} on this network")]
     NoSuchPort(PortId),
+    /// The port refused or failed a control message.
+    #[error("port {port}: control message: {source}")]
+    PortControl {
+        /// The port.
+        port: PortId,
+        /// Its answer.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Frames read from one port per turn before the worker moves to the next ready port.
 pub const BATCH: usize = 64;
-/// Size of each worker's receive buffer: a 64 KiB GSO super-frame plus headers.
+/// Room each receive needs: a 64 KiB GSO super-frame plus headers.
 pub const RECV_BUF_LEN: usize = 65536 + 2048;
+/// Size of each worker's [`FrameBatch`] buffer: four receives' worth (four super-frames,
+/// or a full [`BATCH`] of MTU-size frames).
+pub const BATCH_BUF_LEN: usize = 4 * RECV_BUF_LEN;
 /// How often, in milliseconds, a worker ages out FDB entries.
 const EXPIRE_EVERY_MS: u64 = 1000;
 /// The waker's token; port tokens are slab indexes and never reach it.
@@ -176,6 +483,12 @@ enum Command {
         net: u64,
         port: PortId,
         reply: Reply<Box<dyn FrameIo>>,
+    },
+    ControlPort {
+        net: u64,
+        port: PortId,
+        msg: PortControl,
+        reply: Reply<PortReply>,
     },
     Fdb {
         net: u64,
@@ -358,6 +671,18 @@ impl NetworkHandle {
             reply,
         })
     }
+    /// Deliver `msg` to the port's [`FrameIo::control`] on its worker and return the
+    /// port's answer. A port that takes no messages answers [`Error::PortControl`] with
+    /// `Unsupported`.
+    pub fn control_port(&self, port: PortId, msg: PortControl) -> Result<PortReply, Error> {
+        let net = self.net;
+        call(&self.tx, &self.waker, |reply| Command::ControlPort {
+            net,
+            port,
+            msg,
+            reply,
+        })
+    }
     /// Snapshot of this network's FDB.
     pub fn fdb(&self) -> Result<Vec<FdbEntry>, Error> {
         self.fdb_at().map(|(_, entries)| entries)
@@ -395,26 +720,43 @@ struct Port {
     token: usize,
     /// False once the port's `recv` failed for good and it left the poll.
     registered: bool,
+    /// Indexes (in the worker's batch) of the frames to send this port; capacity
+    /// [`BATCH`], reserved when the port is added.
+    txq: Vec<u32>,
 }
 
 impl Port {
-    /// Write one whole frame (vnet header included), counting the outcome on this port.
-    #[inline]
-    fn send(&mut self, frame: &[u8]) {
-        loop {
-            match self.io.send(frame) {
-                Ok(_) => {
-                    bump(&self.stats.tx_packets, 1);
-                    bump(
-                        &self.stats.tx_bytes,
-                        frame.len().saturating_sub(VNET_HDR_LEN) as u64,
-                    );
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => bump(&self.stats.drops[DropReason::TxError as usize], 1),
+    /// Queue frame `k` of the current batch for this port; true if the queue was empty.
+    #[inline(always)]
+    fn queue(&mut self, k: u32) -> bool {
+        self.txq.push(k);
+        self.txq.len() == 1
+    }
+
+    /// Send the queued frames of `batch` in one [`FrameIo::send_batch`] (again after each
+    /// failed frame), counting the outcome on this port, and empty the queue.
+    fn flush(&mut self, batch: &FrameBatch) {
+        let Port { io, stats, txq, .. } = self;
+        let mut frames = Frames::picked(batch, txq);
+        while !frames.is_empty() {
+            let (sent, failed) = match io.send_batch(frames) {
+                Ok(()) => (frames.len(), false),
+                Err(e) => (e.sent.min(frames.len()), true),
+            };
+            let bytes: usize = frames
+                .iter()
+                .take(sent)
+                .map(|f| f.len().saturating_sub(VNET_HDR_LEN))
+                .sum();
+            bump(&stats.tx_packets, sent as u64);
+            bump(&stats.tx_bytes, bytes as u64);
+            if !failed {
+                break;
             }
-            return;
+            bump(&stats.drops[DropReason::TxError as usize], 1);
+            frames = frames.after(sent + 1);
         }
+        txq.clear();
     }
 }
 
@@ -423,6 +765,8 @@ struct Network {
     switch: Switch,
     ports: Vec<Port>,
     next_port: PortId,
+    /// Indexes (in `ports`) of ports with queued frames; capacity reserved for every port.
+    dirty: Vec<usize>,
 }
 
 impl Network {
@@ -430,9 +774,25 @@ impl Network {
         self.ports.binary_search_by_key(&id, |p| p.id).ok()
     }
 
-    /// Switch one frame (vnet header + Ethernet frame) received on `self.ports[i]`.
+    /// Switch a batch of frames received on `self.ports[i]`, then send each egress port
+    /// its share.
     #[inline]
-    fn forward(&mut self, i: usize, frame: &[u8], now_ms: u64) {
+    fn forward_batch(&mut self, i: usize, batch: &FrameBatch, now_ms: u64) {
+        for (k, frame) in batch.iter().enumerate() {
+            // A batch holds at most BATCH frames.
+            self.forward(i, k as u32, frame, now_ms);
+        }
+        for j in self.dirty.drain(..) {
+            if let Some(port) = self.ports.get_mut(j) {
+                port.flush(batch);
+            }
+        }
+    }
+
+    /// Switch frame `k` of the batch (vnet header + Ethernet frame) received on
+    /// `self.ports[i]`: count it and queue it on its egress port(s).
+    #[inline]
+    fn forward(&mut self, i: usize, k: u32, frame: &[u8], now_ms: u64) {
         let Some(ingress) = self.ports.get(i) else {
             return;
         };
@@ -449,27 +809,30 @@ impl Network {
                 Ok(()) => self.switch.decide(eth, ingress.id, now_ms),
             },
         };
+        let dirty = &mut self.dirty;
         match action {
             Action::Drop(r) => bump(&stats.drops[r as usize], 1),
             Action::Unicast(p) => {
-                if let Some(j) = self.index_of(p) {
+                if let Ok(j) = self.ports.binary_search_by_key(&p, |p| p.id) {
                     if let Some(port) = self.ports.get_mut(j) {
-                        port.send(frame);
+                        if port.queue(k) {
+                            dirty.push(j);
+                        }
                     }
                 }
             }
             Action::Flood { except } => {
-                for port in self.ports.iter_mut().filter(|p| p.id != except) {
-                    port.send(frame);
+                for (j, port) in self.ports.iter_mut().enumerate() {
+                    if port.id != except && port.queue(k) {
+                        dirty.push(j);
+                    }
                 }
             }
             Action::ToGateways => {
-                for port in self
-                    .ports
-                    .iter_mut()
-                    .filter(|p| p.role == PortRole::Gateway)
-                {
-                    port.send(frame);
+                for (j, port) in self.ports.iter_mut().enumerate() {
+                    if port.role == PortRole::Gateway && port.queue(k) {
+                        dirty.push(j);
+                    }
                 }
             }
         }
@@ -496,7 +859,7 @@ struct Worker {
     ready: Vec<usize>,
     /// Scratch for the next turn's ready list (kept to reuse its allocation).
     still_ready: Vec<usize>,
-    buf: Box<[u8]>,
+    batch: FrameBatch,
     start: Instant,
 }
 
@@ -510,7 +873,7 @@ impl Worker {
             free: Vec::new(),
             ready: Vec::new(),
             still_ready: Vec::new(),
-            buf: vec![0u8; RECV_BUF_LEN].into_boxed_slice(),
+            batch: FrameBatch::new(BATCH, RECV_BUF_LEN, BATCH_BUF_LEN),
             start: Instant::now(),
         }
     }
@@ -576,7 +939,8 @@ impl Worker {
         self.ready = std::mem::replace(&mut self.still_ready, turn);
     }
 
-    /// Read and switch up to [`BATCH`] frames from one port. True if it may have more.
+    /// Read and switch up to [`BATCH`] frames from one port, in batches. True if it may
+    /// have more.
     fn serve_port(&mut self, token: usize, now_ms: u64) -> bool {
         let Some(Some(slot)) = self.slots.get(token) else {
             return false;
@@ -588,30 +952,46 @@ impl Worker {
         let Some(i) = net.index_of(port_id) else {
             return false;
         };
-        for _ in 0..BATCH {
+        let mut budget = BATCH;
+        while budget > 0 {
             let Some(port) = net.ports.get_mut(i) else {
                 return false;
             };
             if !port.registered {
                 return false;
             }
-            let n = match port.io.recv(&mut self.buf) {
+            self.batch.clear();
+            self.batch.set_limit(budget);
+            match port.io.recv_batch(&mut self.batch) {
                 Ok(0) => {
                     // End of stream (a datagram peer closed); a tap never reads 0.
                     let e = io::Error::from(io::ErrorKind::UnexpectedEof);
                     retire_port(&self.poll, net_id, port, &e);
                     return false;
                 }
-                Ok(n) => n.min(self.buf.len()),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    budget -= 1;
+                    continue;
+                }
                 Err(e) => {
                     retire_port(&self.poll, net_id, port, &e);
                     return false;
                 }
-            };
-            if let Some(frame) = self.buf.get(..n) {
-                net.forward(i, frame, now_ms);
+            }
+            budget = budget.saturating_sub(self.batch.len().max(1));
+            net.forward_batch(i, &self.batch, now_ms);
+            match self.batch.take_stop() {
+                None => {}
+                Some(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Some(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Some(e) => {
+                    if let Some(port) = net.ports.get_mut(i) {
+                        retire_port(&self.poll, net_id, port, &e);
+                    }
+                    return false;
+                }
             }
         }
         true
@@ -638,6 +1018,7 @@ impl Worker {
                         switch: Switch::new(config),
                         ports: Vec::new(),
                         next_port: 0,
+                        dirty: Vec::new(),
                     },
                 );
                 let _ = reply.send(Ok(()));
@@ -668,6 +1049,14 @@ impl Worker {
             }
             Command::RemovePort { net, port, reply } => {
                 let _ = reply.send(self.remove_port(net, port));
+            }
+            Command::ControlPort {
+                net,
+                port,
+                msg,
+                reply,
+            } => {
+                let _ = reply.send(self.control_port(net, port, msg));
             }
             Command::Fdb { net, reply } => {
                 let now = self.now_ms();
@@ -727,7 +1116,10 @@ impl Worker {
             stats: Arc::clone(&stats),
             token,
             registered: true,
+            txq: Vec::with_capacity(BATCH),
         });
+        // Every port can be dirty at once: no allocation while switching.
+        net.dirty.reserve(net.ports.len());
         if let Some(slot) = self.slots.get_mut(token) {
             *slot = Some(Slot {
                 net: net_id,
@@ -751,6 +1143,20 @@ impl Worker {
         let role = net.ports.get(i).ok_or(Error::NoSuchPort(id))?.role;
         net.switch.set_port(id, role, policy);
         Ok(())
+    }
+
+    fn control_port(
+        &mut self,
+        net_id: u64,
+        id: PortId,
+        msg: PortControl,
+    ) -> Result<PortReply, Error> {
+        let net = self.networks.get_mut(&net_id).ok_or(Error::WorkerGone)?;
+        let i = net.index_of(id).ok_or(Error::NoSuchPort(id))?;
+        let port = net.ports.get_mut(i).ok_or(Error::NoSuchPort(id))?;
+        port.io
+            .control(msg)
+            .map_err(|source| Error::PortControl { port: id, source })
     }
 
     fn remove_port(&mut self, net_id: u64, id: PortId) -> Result<Box<dyn FrameIo>, Error> {

@@ -19,7 +19,7 @@
 //!
 //! The outer call re-executes the test binary, filtered to exactly this test, inside
 //! the namespaces; the inner call (marked by an environment variable) runs the body.
-
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::Value;

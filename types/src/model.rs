@@ -24,38 +24,27 @@ pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
 
 /// Format a MAC as `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    tapnet_wire::MacAddr(*mac).to_string()
 }
 
 /// Parse a MAC address `aa:bb:cc:dd:ee:ff` (or with `-` separators) and check that
 /// it can be an endpoint's address: unicast and not all-zero. The error says why
-/// (the caller puts it after the bad value, e.g. `invalid MacAddress "x": <why>`).
+/// not.
 pub fn parse_endpoint_mac(s: &str) -> std::result::Result<[u8; 6], String> {
-    let sep = if s.contains('-') { '-' } else { ':' };
-    let parts: Vec<&str> = s.split(sep).collect();
-    let mut mac = [0u8; 6];
-    let well_formed = parts.len() == 6
-        && parts
-            .iter()
-            .zip(mac.iter_mut())
-            .all(|(p, b)| p.len() == 2 && u8::from_str_radix(p, 16).map(|v| *b = v).is_ok());
-    if !well_formed {
-        return Err("give six hex bytes such as 02:42:ac:11:00:02".into());
-    }
-    if mac == [0; 6] {
+    let mac: tapnet_wire::MacAddr = s
+        .parse()
+        .map_err(|_| "give six hex bytes such as 02:42:ac:11:00:02".to_string())?;
+    if mac.is_zero() {
         return Err("the all-zero address cannot be an endpoint's MAC".into());
     }
-    if mac[0] & 1 == 1 {
+    if mac.is_multicast() {
         return Err(
             "it is a multicast/broadcast address (the low bit of the first byte is set); \
              use a unicast one such as 02:42:ac:11:00:02"
                 .into(),
         );
     }
-    Ok(mac)
+    Ok(mac.0)
 }
 
 /// A network (CNM `Network`).

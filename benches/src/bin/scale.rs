@@ -7,7 +7,7 @@
 //! reads the daemon's VmRSS at RSS_AT and at N endpoints, then `kill -9`s the daemon,
 //! starts it again and measures the time from spawn until every port is back in the
 //! network's stats and the first sandbox can ping the last one.
-
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::io::{Read, Write};
