@@ -13,7 +13,8 @@
 //! networks (`none`, `host`, `bridge`) are made by [`Controller::ensure_default_networks`]
 //! through the ordinary create path (so they are persisted like any network), only
 //! if absent, and cannot be removed (403).
-//! Endpoints: connect = allocate addresses → `create_endpoint` → `join`; a failure
+//! Endpoints: connect = allocate addresses → `create_endpoint` → `join` → the sandbox
+//! layer applies the driver's description ([`SandboxLayer::connect`]); a failure
 //! at any step releases what the earlier steps took and records nothing. The IPAM
 //! state is a function of the records: [`restore_network_ipam`] replays one network
 //! (the one replay used by [`Controller::restore`]).
@@ -26,12 +27,13 @@
 //! after the commit. [`Controller::restore`] rebuilds everything from the database
 //! on start (see its doc).
 
-use crate::driver::{Driver, DriverRegistry, FdbRow, NetworkReport, Restored};
+use crate::driver::{Driver, DriverRegistry, FdbRow, NetworkReport, NetworkRequest, Restored};
 use crate::error::{Error, Result};
 use crate::ipam::{gateway_options, Ipam, IpamError, Pool, PoolRequest};
 use crate::model::{self, Endpoint, Ipv6Config, Network, Sandbox, Store};
 use crate::ports::{self, PortBinding};
 use crate::sandbox_files;
+use crate::sandbox_layer::SandboxLayer;
 use crate::store::{Change, Db};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::{BTreeMap, HashMap};
@@ -323,7 +325,7 @@ fn default_mac(
     ipv4: Option<Ipv4Addr>,
     net: &Network,
 ) -> Option<[u8; 6]> {
-    if !driver.has_addresses() {
+    if !driver.capabilities().needs_addresses {
         return None;
     }
     if let Some(mac) = requested.or_else(|| ipv4.map(model::mac_for)) {
@@ -497,7 +499,9 @@ impl Controller {
                 "plugin \"{ipam_driver}\" not found"
             )));
         }
-        if driver.single_instance() && st.store.networks.values().any(|n| n.driver == driver_name) {
+        if driver.capabilities().single_instance
+            && st.store.networks.values().any(|n| n.driver == driver_name)
+        {
             return Err(Error::Forbidden(format!(
                 "only one instance of \"{driver_name}\" network is allowed"
             )));
@@ -515,12 +519,12 @@ impl Controller {
             || req.ip_range.is_some()
             || !req.aux_addresses.is_empty()
             || req.ipv6.is_some();
-        if !driver.has_addresses() && (has_ipam_config || req.enable_ipv6) {
+        if !driver.capabilities().needs_addresses && (has_ipam_config || req.enable_ipv6) {
             return Err(Error::InvalidRequest(format!(
                 "driver {driver_name} gives endpoints no addresses: drop the IPAM config and EnableIPv6"
             )));
         }
-        if driver.has_addresses() && req.enable_ipv6 && req.ipv6.is_none() {
+        if driver.capabilities().needs_addresses && req.enable_ipv6 && req.ipv6.is_none() {
             return Err(Error::InvalidRequest(
                 "EnableIPv6 needs an IPv6 subnet: add an IPAM.Config entry with an IPv6 Subnet (--subnet fd00::/64)".into(),
             ));
@@ -531,7 +535,7 @@ impl Controller {
             name: req.name.clone(),
             driver: driver_name.to_string(),
             created: model::now_rfc3339(),
-            scope: driver.scope().to_string(),
+            scope: driver.capabilities().scope.as_str().to_string(),
             internal: req.internal,
             attachable: req.attachable,
             enable_ipv6: req.enable_ipv6,
@@ -547,11 +551,15 @@ impl Controller {
             labels: req.labels.clone(),
             endpoints: BTreeMap::new(),
         };
-        if driver.has_addresses() {
+        if driver.capabilities().needs_addresses {
             self.reserve_network_pools(&mut st, &req, &mut network)?;
         }
         let (d, n) = (Arc::clone(&driver), network.clone());
-        if let Err(e) = blocking("create network", move || d.create_network(&n)).await {
+        if let Err(e) = blocking("create network", move || {
+            d.create_network(&NetworkRequest { network: &n })
+        })
+        .await
+        {
             release_network_pools(st.ipam.as_mut(), &network);
             return Err(e);
         }
@@ -758,8 +766,10 @@ impl Controller {
             .await
         {
             let n = network.clone();
-            if let Err(undo) =
-                blocking("undo remove network", move || driver.create_network(&n)).await
+            if let Err(undo) = blocking("undo remove network", move || {
+                driver.create_network(&NetworkRequest { network: &n })
+            })
+            .await
             {
                 tracing::warn!(error = %undo, "re-creating the switch after a failed commit");
             }
@@ -1014,7 +1024,7 @@ impl Controller {
         }
         let driver = self.drivers.get(&net.driver)?;
         self.check_exclusive(&st.store, &net, &sb, driver.as_ref())?;
-        if !driver.has_addresses() && (opts.ipv4.is_some() || opts.ipv6.is_some()) {
+        if !driver.capabilities().needs_addresses && (opts.ipv4.is_some() || opts.ipv6.is_some()) {
             return Err(Error::InvalidRequest(format!(
                 "network {} (driver {}) gives endpoints no addresses: drop the static IPv4Address/IPv6Address",
                 net.name, net.driver
@@ -1029,7 +1039,7 @@ impl Controller {
         let ns = st.netns.get(&sid).cloned().ok_or_else(|| {
             Error::InvalidRequest(format!("sandbox {} has no open namespace", sb.name))
         })?;
-        if opts.mac.is_some() && !driver.has_addresses() {
+        if opts.mac.is_some() && !driver.capabilities().needs_addresses {
             return Err(Error::InvalidRequest(format!(
                 "network {} (driver {}) gives endpoints no device: drop the MacAddress",
                 net.name, net.driver
@@ -1117,7 +1127,9 @@ impl Controller {
         // Published ports go to the first non-internal bridge network joined.
         let publish = match (ipv4, &sb.published) {
             (Some(a), None)
-                if driver.has_gateway() && !net.internal && !sb.port_bindings.is_empty() =>
+                if driver.capabilities().gateway_service
+                    && !net.internal
+                    && !sb.port_bindings.is_empty() =>
             {
                 Some((IpAddr::V4(a), sb.port_bindings.clone()))
             }
@@ -1129,23 +1141,17 @@ impl Controller {
             endpoint.clone(),
             sb.name.clone(),
         );
+        let layer = self.drivers.sandbox_layer();
         let joined = blocking("connect", move || {
-            d.create_endpoint(&n, &ep)?;
-            let ifname = match d.join(&n, &ep, &ns, &sb_name) {
-                Ok(ifname) => ifname,
-                Err(e) => {
-                    if let Err(cleanup) = d.delete_endpoint(&n.id, &ep.id) {
-                        tracing::warn!(error = %cleanup, "cleanup after failed join");
-                    }
-                    return Err(e);
-                }
-            };
+            // create_endpoint → join → the sandbox layer applies the description.
+            let connected = layer.connect(d.as_ref(), &n, &ep, &ns, &sb_name)?;
+            let publish = publish.filter(|_| !connected.join.disable_gateway_service);
             let Some((sandbox_ip, bindings)) = publish else {
-                return Ok((ifname, None));
+                return Ok((connected.endpoint, None));
             };
             match publish_all(d.as_ref(), &n.id, sandbox_ip, &bindings) {
                 Ok(bound) => Ok((
-                    ifname,
+                    connected.endpoint,
                     Some(ports::Published {
                         network_id: n.id.clone(),
                         sandbox_ip,
@@ -1153,10 +1159,7 @@ impl Controller {
                     }),
                 )),
                 Err(e) => {
-                    if let Err(cleanup) = d
-                        .leave(&n.id, &ep.id)
-                        .and_then(|()| d.delete_endpoint(&n.id, &ep.id))
-                    {
+                    if let Err(cleanup) = layer.disconnect(d.as_ref(), &n.id, &ep.id) {
                         tracing::warn!(error = %cleanup, "cleanup after failed publish");
                     }
                     Err(e)
@@ -1165,8 +1168,8 @@ impl Controller {
         })
         .await;
         let published = match joined {
-            Ok((ifname, published)) => {
-                endpoint.interface = ifname;
+            Ok((connected, published)) => {
+                endpoint = connected;
                 published
             }
             Err(e) => {
@@ -1183,12 +1186,12 @@ impl Controller {
         if let Err(e) = self.commit(&op(), changes).await {
             let (n, e_id) = (nid.clone(), endpoint.id.clone());
             let unpublish = published.clone();
+            let layer = self.drivers.sandbox_layer();
             let undone = blocking("undo connect", move || {
                 if let Some(p) = unpublish {
                     unpublish_all(driver.as_ref(), &p);
                 }
-                driver.leave(&n, &e_id)?;
-                driver.delete_endpoint(&n, &e_id)
+                layer.disconnect(driver.as_ref(), &n, &e_id)
             })
             .await;
             if let Err(undo) = undone {
@@ -1230,14 +1233,14 @@ impl Controller {
         if let Some((exclusive, _)) = others.iter().find(|(n, _)| {
             self.drivers
                 .get(&n.driver)
-                .is_ok_and(|d| d.single_instance())
+                .is_ok_and(|d| d.capabilities().single_instance)
         }) {
             return Err(Error::InvalidRequest(format!(
                 "sandbox {} is connected to network {} (driver {}), which excludes every other network: disconnect it first",
                 sb.name, exclusive.name, exclusive.driver
             )));
         }
-        if driver.single_instance() && !others.is_empty() {
+        if driver.capabilities().single_instance && !others.is_empty() {
             let mut names: Vec<&str> = others.iter().map(|(n, _)| n.name.as_str()).collect();
             names.sort_unstable();
             return Err(Error::InvalidRequest(format!(
@@ -1317,12 +1320,13 @@ impl Controller {
             .and_then(|s| s.published.clone())
             .filter(|p| p.network_id == nid);
         let (n, e) = (nid.to_string(), endpoint.id.clone());
+        let layer = self.drivers.sandbox_layer();
         let left = blocking("disconnect", move || {
             if let Some(p) = published {
                 unpublish_all(driver.as_ref(), &p);
             }
-            driver.leave(&n, &e)?;
-            driver.delete_endpoint(&n, &e)
+            // The sandbox layer's undo → leave → delete_endpoint.
+            layer.disconnect(driver.as_ref(), &n, &e)
         })
         .await;
         if let Err(e) = left {
@@ -1351,9 +1355,9 @@ impl Controller {
                 continue;
             };
             let (n, e, ns, name) = (net.clone(), ep.clone(), Arc::clone(ns), sb_name.to_string());
+            let layer = self.drivers.sandbox_layer();
             let rejoined = blocking("rejoin", move || {
-                driver.create_endpoint(&n, &e)?;
-                driver.join(&n, &e, &ns, &name)
+                layer.connect(driver.as_ref(), &n, &e, &ns, &name).map(drop)
             })
             .await;
             if let Err(err) = rejoined {
@@ -1371,7 +1375,7 @@ impl Controller {
         let Ok(driver) = self.drivers.get(&net.driver) else {
             return;
         };
-        if !driver.has_gateway() {
+        if !driver.capabilities().gateway_service {
             return;
         }
         let names = sandbox_files::names_for(net, &store.sandboxes);
@@ -1387,7 +1391,9 @@ impl Controller {
             return;
         };
         let gateway = sandbox_files::first_gateway(store.networks.values(), sid, |n| {
-            self.drivers.get(&n.driver).is_ok_and(|d| d.has_gateway())
+            self.drivers
+                .get(&n.driver)
+                .is_ok_and(|d| d.capabilities().gateway_service)
         });
         let resolv = sandbox_files::render_resolv_conf(gateway, &self.nameservers);
         let addrs = sandbox_files::addresses(store.networks.values(), sid);
@@ -1639,7 +1645,11 @@ impl Controller {
                 }
             };
             let (d, n) = (Arc::clone(&driver), net.clone());
-            if let Err(e) = blocking("restore network", move || d.create_network(&n)).await {
+            if let Err(e) = blocking("restore network", move || {
+                d.create_network(&NetworkRequest { network: &n })
+            })
+            .await
+            {
                 tracing::error!(network = %net.name, error = %e, "cannot re-create the network's data plane; its endpoints stay detached");
                 continue;
             }
@@ -1660,7 +1670,11 @@ impl Controller {
                 });
             }
         }
-        let results = blocking("restore endpoints", move || Ok(restore_parallel(jobs))).await?;
+        let layer = self.drivers.sandbox_layer();
+        let results = blocking("restore endpoints", move || {
+            Ok(restore_parallel(jobs, &layer))
+        })
+        .await?;
         for (job, r) in results {
             match r {
                 Ok(Restored::Reopened) => report.endpoints += 1,
@@ -1855,7 +1869,10 @@ struct RestoreJob {
 const RESTORE_THREADS: usize = 8;
 
 /// Run every job on up to [`RESTORE_THREADS`] threads; results in job order.
-fn restore_parallel(jobs: Vec<RestoreJob>) -> Vec<(RestoreJob, Result<Restored>)> {
+fn restore_parallel(
+    jobs: Vec<RestoreJob>,
+    layer: &SandboxLayer,
+) -> Vec<(RestoreJob, Result<Restored>)> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let next = AtomicUsize::new(0);
     let threads = RESTORE_THREADS.min(jobs.len());
@@ -1869,7 +1886,9 @@ fn restore_parallel(jobs: Vec<RestoreJob>) -> Vec<(RestoreJob, Result<Restored>)
                 let Some(job) = jobs.get(i) else {
                     break;
                 };
-                let r = job.driver.restore_endpoint(
+                // restore_endpoint → the sandbox layer applies or records.
+                let r = layer.restore(
+                    job.driver.as_ref(),
                     &job.network,
                     &job.endpoint,
                     &job.netns,
@@ -1937,7 +1956,12 @@ fn not_found(kind: &str, what: &str) -> Error {
 mod tests {
     use super::*;
     use crate::driver::record::NULL_DRIVER;
+    use crate::driver::{
+        EndpointDescription, EndpointRequest, InterfaceDescription, InterfaceSource,
+        JoinDescription, JoinRequest,
+    };
     use crate::ipam::DefaultIpam;
+    use crate::sandbox_layer::DryRun;
     use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 
     /// A bridge-like driver that can be told to fail; counts live endpoints.
@@ -1953,7 +1977,7 @@ mod tests {
         fn name(&self) -> &str {
             "bridge"
         }
-        fn create_network(&self, _: &Network) -> Result<()> {
+        fn create_network(&self, _: &NetworkRequest<'_>) -> Result<()> {
             if self.fail_create.load(Ordering::SeqCst) {
                 return Err(Error::InvalidRequest("injected create failure".into()));
             }
@@ -1962,11 +1986,11 @@ mod tests {
         fn delete_network(&self, _: &str) -> Result<()> {
             Ok(())
         }
-        fn create_endpoint(&self, _: &Network, _: &Endpoint) -> Result<()> {
+        fn create_endpoint(&self, _: &EndpointRequest<'_>) -> Result<EndpointDescription> {
             self.endpoints.fetch_add(1, Ordering::SeqCst);
-            Ok(())
+            Ok(EndpointDescription::default())
         }
-        fn join(&self, _: &Network, _: &Endpoint, _: &Netns, _: &str) -> Result<String> {
+        fn join(&self, _: &JoinRequest<'_>) -> Result<JoinDescription> {
             if self.fail_join.load(Ordering::SeqCst) {
                 return Err(Error::os(
                     "create tap eth0",
@@ -1974,7 +1998,20 @@ mod tests {
                 ));
             }
             self.joined.fetch_add(1, Ordering::SeqCst);
-            Ok("eth0".into())
+            // An interface already named eth0 (the test sandbox layer touches nothing).
+            Ok(JoinDescription {
+                interface: Some(InterfaceDescription {
+                    source: InterfaceSource::InSandbox {
+                        name: "eth0".into(),
+                    },
+                    dst_prefix: String::new(),
+                    mac: None,
+                    mtu: None,
+                    txqueuelen: None,
+                    addresses: Vec::new(),
+                }),
+                ..JoinDescription::default()
+            })
         }
         fn leave(&self, _: &str, _: &str) -> Result<()> {
             self.joined.fetch_sub(1, Ordering::SeqCst);
@@ -1988,7 +2025,7 @@ mod tests {
 
     fn controller() -> (Controller, Arc<Flaky>) {
         let flaky = Arc::new(Flaky::default());
-        let mut reg = DriverRegistry::new();
+        let mut reg = DriverRegistry::with_sandbox_layer(SandboxLayer::new(DryRun));
         reg.register(flaky.clone());
         reg.register(Arc::new(NULL_DRIVER));
         let ctl = Controller::new(
@@ -2289,7 +2326,7 @@ mod tests {
     }
 
     fn controller_with_db(dir: &Path) -> Controller {
-        let mut reg = DriverRegistry::new();
+        let mut reg = DriverRegistry::with_sandbox_layer(SandboxLayer::new(DryRun));
         reg.register(Arc::new(Flaky::default()));
         reg.register(Arc::new(NULL_DRIVER));
         Controller::with_db(
