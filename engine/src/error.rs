@@ -76,6 +76,10 @@ pub enum Error {
         #[source]
         source: tapnet_nat::Error,
     },
+    /// A driver broke its contract, e.g. chose a MAC for an endpoint that had one,
+    /// or described routes without an interface (HTTP 500).
+    #[error("{0}")]
+    Driver(String),
     /// The persistent store failed (HTTP 500); the mutation was not recorded.
     #[error("{op}: store: {source}")]
     Store {
@@ -185,6 +189,7 @@ impl Error {
                 _ => 500,
             },
             Error::Os { .. }
+            | Error::Driver(_)
             | Error::Datapath { .. }
             | Error::Store { .. }
             | Error::Task { .. } => 500,

@@ -7,6 +7,8 @@
 //!   ranges, auxiliary addresses, IPv4 and IPv6.
 //! * [`driver`]: the `Driver` trait, its registry, and the `bridge`, `null` and `host`
 //!   drivers.
+//! * [`sandbox_layer`]: applies what drivers describe (interface, addresses, routes)
+//!   to sandboxes and undoes it; the CNM connect/disconnect/restore sequence.
 //! * [`controller`]: the CNM `NetworkController`, serializing every mutation.
 //! * [`ports`]: published ports (Docker's `PortBindings`; the types and parsing are
 //!   `tapnet-types`'), the host-port checks.
@@ -32,6 +34,7 @@ pub mod ipam;
 pub mod model;
 pub mod ports;
 pub mod sandbox_files;
+pub mod sandbox_layer;
 pub mod store;
 pub mod txn;
 

@@ -4,10 +4,14 @@
 //!   path, enter one with an RAII guard that always returns, run a closure inside one.
 //! * [`tap`]: tap devices (`IFF_TAP|IFF_NO_PI|IFF_VNET_HDR`, offloads, persistent)
 //!   created and configured inside a namespace.
-//! * [`netlink`]: the small rtnetlink client (links, addresses, routes) used by `tap`.
+//! * [`iface`]: the sandbox layer's OS half: move a device into a sandbox, rename it,
+//!   set MAC/MTU/addresses/routes, and undo all of it.
+//! * [`netlink`]: the small rtnetlink client (links, addresses, routes) used by `tap`
+//!   and `iface`.
 //!
 //! This is the only crate with `unsafe`; every block carries a `// SAFETY:` note.
 
+pub mod iface;
 pub mod netlink;
 pub mod netns;
 pub mod tap;

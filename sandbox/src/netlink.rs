@@ -11,8 +11,12 @@
 //! * A refusal becomes [`Error::Netlink`] naming the operation, with the errno text and,
 //!   when the kernel supplies one, its extended-ack message.
 //!
+//! * Removals ([`Handle::delete_address`], [`Handle::delete_route`]) treat "not there"
+//!   as done, so undoing twice (or undoing on a link that vanished) is harmless.
+//!
 //! Only what tapnet needs is here: links (lookup, dump, up, MTU, MAC, txqueuelen,
-//! delete), IPv4/IPv6 addresses, IPv4/IPv6 default routes, and a dump of the IPv4
+//! rename, move to another namespace, delete), IPv4/IPv6 addresses (add, delete),
+//! routes of the main table (add, delete; default routes), and a dump of the IPv4
 //! routes of the main table.
 
 use crate::{Error, Result};
@@ -31,6 +35,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, SocketAddr};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use tapnet_wire::MacAddr;
 
 /// `NLMSGERR_ATTR_MSG` from `linux/netlink.h`: the extended-ack error string.
@@ -239,6 +244,23 @@ impl Handle {
         }
     }
 
+    /// A removal that must be acked, where "not there" (`ENOENT`, `ESRCH`, `ENODEV`,
+    /// `EADDRNOTAVAIL`) counts as done.
+    fn ack_unless_gone(&mut self, op: &str, msg: RouteNetlinkMessage) -> Result<()> {
+        match self.request(op, msg, NLM_F_REQUEST | NLM_F_ACK, Expect::Ack)? {
+            Ok(_) => Ok(()),
+            Err(r)
+                if matches!(
+                    r.errno,
+                    libc::ENOENT | libc::ESRCH | libc::ENODEV | libc::EADDRNOTAVAIL
+                ) =>
+            {
+                Ok(())
+            }
+            Err(r) => Err(nl_err(op, r.message)),
+        }
+    }
+
     /// A dump request.
     fn dump(&mut self, op: &str, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>> {
         match self.request(op, msg, NLM_F_REQUEST | NLM_F_DUMP, Expect::Dump)? {
@@ -249,6 +271,11 @@ impl Handle {
 
     /// The interface index of `name`, or `None` if there is no such link.
     pub fn link_index(&mut self, name: &str) -> Result<Option<u32>> {
+        Ok(self.link(name)?.map(|l| l.index))
+    }
+
+    /// Link `name` with its attributes, or `None` if there is no such link.
+    pub fn link(&mut self, name: &str) -> Result<Option<Link>> {
         let op = format!("get link {name}");
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
@@ -261,7 +288,7 @@ impl Handle {
             Ok(answers) => {
                 for a in answers {
                     if let RouteNetlinkMessage::NewLink(l) = a {
-                        return Ok(Some(l.header.index));
+                        return Ok(Some(to_link(l)));
                     }
                 }
                 Err(nl_err(&op, "no link in reply"))
@@ -277,31 +304,13 @@ impl Handle {
             "list links",
             RouteNetlinkMessage::GetLink(LinkMessage::default()),
         )?;
-        let mut links = Vec::new();
-        for a in answers {
-            let RouteNetlinkMessage::NewLink(l) = a else {
-                continue;
-            };
-            let mut link = Link {
-                index: l.header.index,
-                name: String::new(),
-                mtu: None,
-                mac: None,
-                txqueuelen: None,
-                up: l.header.flags.contains(LinkFlags::Up),
-            };
-            for attr in l.attributes {
-                match attr {
-                    LinkAttribute::IfName(n) => link.name = n,
-                    LinkAttribute::Mtu(m) => link.mtu = Some(m),
-                    LinkAttribute::Address(a) => link.mac = Some(a),
-                    LinkAttribute::TxQueueLen(q) => link.txqueuelen = Some(q),
-                    _ => {}
-                }
-            }
-            links.push(link);
-        }
-        Ok(links)
+        Ok(answers
+            .into_iter()
+            .filter_map(|a| match a {
+                RouteNetlinkMessage::NewLink(l) => Some(to_link(l)),
+                _ => None,
+            })
+            .collect())
     }
 
     fn set_link(&mut self, op: &str, index: u32, f: impl FnOnce(&mut LinkMessage)) -> Result<()> {
@@ -349,6 +358,27 @@ impl Handle {
             index,
             |m| {
                 m.attributes.push(LinkAttribute::TxQueueLen(qlen));
+            },
+        )
+    }
+
+    /// Rename link `index` to `name` (the kernel refuses while the link is up).
+    pub fn set_name(&mut self, index: u32, name: &str) -> Result<()> {
+        self.set_link(&format!("rename link {index} to {name}"), index, |m| {
+            m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        })
+    }
+
+    /// Move link `index` into the network namespace open at `netns` (an nsfs fd). The
+    /// link keeps its name and index where it can, and arrives down with no addresses
+    /// and no routes. The kernel refuses (`EEXIST`) if the name is taken there.
+    pub fn set_netns(&mut self, index: u32, netns: BorrowedFd<'_>) -> Result<()> {
+        let fd = netns.as_raw_fd();
+        self.set_link(
+            &format!("move link {index} to another namespace"),
+            index,
+            |m| {
+                m.attributes.push(LinkAttribute::NetNsFd(fd));
             },
         )
     }
@@ -417,6 +447,33 @@ impl Handle {
         )
     }
 
+    /// Add `addr/prefix_len` to link `index`: [`Handle::add_address_v4`] or
+    /// [`Handle::add_address_v6`] by family.
+    pub fn add_address(&mut self, index: u32, addr: IpAddr, prefix_len: u8) -> Result<()> {
+        match addr {
+            IpAddr::V4(a) => self.add_address_v4(index, a, prefix_len),
+            IpAddr::V6(a) => self.add_address_v6(index, a, prefix_len),
+        }
+    }
+
+    /// Remove `addr/prefix_len` from link `index`. An address that is not there (or a
+    /// link that is gone) is not an error.
+    pub fn delete_address(&mut self, index: u32, addr: IpAddr, prefix_len: u8) -> Result<()> {
+        let op = format!("delete address {addr}/{prefix_len} from link {index}");
+        let mut msg = AddressMessage::default();
+        msg.header.family = match addr {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        msg.header.prefix_len = prefix_len;
+        msg.header.index = index;
+        if addr.is_ipv4() {
+            msg.attributes.push(AddressAttribute::Local(addr));
+        }
+        msg.attributes.push(AddressAttribute::Address(addr));
+        self.ack_unless_gone(&op, RouteNetlinkMessage::DelAddress(msg))
+    }
+
     /// IPv4 addresses (with prefix length) of link `index`.
     pub fn addresses_v4(&mut self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
         let mut req = AddressMessage::default();
@@ -450,14 +507,21 @@ impl Handle {
     /// Add `default via gateway` (table main, proto boot, scope universe), optionally
     /// pinned to link `oif`.
     pub fn add_default_route_v4(&mut self, gateway: Ipv4Addr, oif: Option<u32>) -> Result<()> {
-        let op = format!("add default route via {gateway}");
-        let mut msg = RouteMessage::default();
-        msg.header = default_v4_header();
-        msg.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
-        if let Some(oif) = oif {
-            msg.attributes.push(RouteAttribute::Oif(oif));
-        }
+        self.add_route(&Route::default_via(IpAddr::V4(gateway), oif))
+    }
+
+    /// Add `default via gateway` for IPv6 (table main, proto boot), optionally pinned
+    /// to link `oif` (needed when the gateway is link-local).
+    pub fn add_default_route_v6(&mut self, gateway: Ipv6Addr, oif: Option<u32>) -> Result<()> {
+        self.add_route(&Route::default_via(IpAddr::V6(gateway), oif))
+    }
+
+    /// Add `route` to the main table (proto boot; scope link for an IPv4 route without
+    /// a gateway, else universe). An existing route to the same destination is an
+    /// error (`EEXIST`).
+    pub fn add_route(&mut self, route: &Route) -> Result<()> {
+        let op = format!("add route {route}");
+        let msg = route.message(&op, false)?;
         self.ack(
             &op,
             RouteNetlinkMessage::NewRoute(msg),
@@ -465,23 +529,12 @@ impl Handle {
         )
     }
 
-    /// Add `default via gateway` for IPv6 (table main, proto boot), optionally pinned
-    /// to link `oif` (needed when the gateway is link-local).
-    pub fn add_default_route_v6(&mut self, gateway: Ipv6Addr, oif: Option<u32>) -> Result<()> {
-        let op = format!("add IPv6 default route via {gateway}");
-        let mut msg = RouteMessage::default();
-        msg.header = default_v4_header();
-        msg.header.address_family = AddressFamily::Inet6;
-        msg.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet6(gateway)));
-        if let Some(oif) = oif {
-            msg.attributes.push(RouteAttribute::Oif(oif));
-        }
-        self.ack(
-            &op,
-            RouteNetlinkMessage::NewRoute(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
+    /// Delete `route` from the main table (matched on destination, gateway and link,
+    /// any protocol and scope). A route that is not there is not an error.
+    pub fn delete_route(&mut self, route: &Route) -> Result<()> {
+        let op = format!("delete route {route}");
+        let msg = route.message(&op, true)?;
+        self.ack_unless_gone(&op, RouteNetlinkMessage::DelRoute(msg))
     }
 
     /// Unicast routes of the main table for `family`, as raw messages.
@@ -543,6 +596,129 @@ impl Handle {
                 })
             })
             .collect())
+    }
+}
+
+/// The [`Link`] a `RTM_NEWLINK` answer describes.
+fn to_link(l: LinkMessage) -> Link {
+    let mut link = Link {
+        index: l.header.index,
+        name: String::new(),
+        mtu: None,
+        mac: None,
+        txqueuelen: None,
+        up: l.header.flags.contains(LinkFlags::Up),
+    };
+    for attr in l.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n,
+            LinkAttribute::Mtu(m) => link.mtu = Some(m),
+            LinkAttribute::Address(a) => link.mac = Some(a),
+            LinkAttribute::TxQueueLen(q) => link.txqueuelen = Some(q),
+            _ => {}
+        }
+    }
+    link
+}
+
+/// A unicast route of the main table: `destination/prefix_len [via gateway] [dev oif]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The destination's network address (host bits must be zero; `0.0.0.0` or `::`
+    /// with prefix length 0 is the default route).
+    pub destination: IpAddr,
+    /// The destination's prefix length.
+    pub prefix_len: u8,
+    /// The next hop; `None` for a connected (on-link) route.
+    pub gateway: Option<IpAddr>,
+    /// The output link; `None` lets the kernel pick it from the gateway.
+    pub oif: Option<u32>,
+}
+
+impl Route {
+    /// `default via gateway [dev oif]`.
+    pub fn default_via(gateway: IpAddr, oif: Option<u32>) -> Route {
+        let destination = match gateway {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        Route {
+            destination,
+            prefix_len: 0,
+            gateway: Some(gateway),
+            oif,
+        }
+    }
+
+    /// Whether this is a default route.
+    pub fn is_default(&self) -> bool {
+        self.prefix_len == 0
+    }
+
+    /// The request for adding (`delete` false) or deleting it.
+    fn message(&self, op: &str, delete: bool) -> Result<RouteMessage> {
+        let v4 = self.destination.is_ipv4();
+        let max = if v4 { 32 } else { 128 };
+        if self.prefix_len > max {
+            return Err(Error::Invalid(format!("{op}: prefix length out of range")));
+        }
+        if self.gateway.is_some_and(|g| g.is_ipv4() != v4) {
+            return Err(Error::Invalid(format!(
+                "{op}: gateway and destination are of different families"
+            )));
+        }
+        let mut msg = RouteMessage::default();
+        msg.header = default_v4_header();
+        msg.header.address_family = if v4 {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        msg.header.destination_prefix_length = self.prefix_len;
+        if delete {
+            // Match any protocol, scope and type (as `ip route del` does).
+            msg.header.protocol = RouteProtocol::Unspec;
+            msg.header.scope = RouteScope::NoWhere;
+            msg.header.kind = RouteType::Unspec;
+        } else if v4 && self.gateway.is_none() {
+            msg.header.scope = RouteScope::Link;
+        }
+        if self.prefix_len > 0 {
+            msg.attributes
+                .push(RouteAttribute::Destination(route_address(self.destination)));
+        }
+        if let Some(g) = self.gateway {
+            msg.attributes
+                .push(RouteAttribute::Gateway(route_address(g)));
+        }
+        if let Some(oif) = self.oif {
+            msg.attributes.push(RouteAttribute::Oif(oif));
+        }
+        Ok(msg)
+    }
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_default() {
+            write!(f, "default")?;
+        } else {
+            write!(f, "{}/{}", self.destination, self.prefix_len)?;
+        }
+        if let Some(g) = self.gateway {
+            write!(f, " via {g}")?;
+        }
+        if let Some(oif) = self.oif {
+            write!(f, " dev link {oif}")?;
+        }
+        Ok(())
+    }
+}
+
+fn route_address(a: IpAddr) -> RouteAddress {
+    match a {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
     }
 }
 

@@ -9,16 +9,20 @@
 //!   [`Netns::run`]); the fd it returns works from any thread afterwards. It refuses a
 //!   taken name before touching anything, and on any later failure it clears
 //!   persistence and closes the fd, so the device vanishes (nothing half-made remains).
+//!   Its configuration (MAC, MTU, addresses, routes, up) is [`iface::configure`], the
+//!   same code the sandbox layer runs for every driver's interface.
+//! * [`Tap::create_down`] makes the bare device (down, unconfigured) for a driver that
+//!   leaves naming and configuration to the sandbox layer ([`iface::apply`]).
 //! * Dropping a [`Tap`] only closes the fd: the device persists (daemon restart, then
 //!   [`Tap::reopen`]). [`Tap::destroy`] removes it.
 
+use crate::iface::{self, Source, Spec};
 use crate::netlink::Handle;
 use crate::netns::Netns;
 use crate::{Error, Result};
-use std::collections::HashSet;
 use std::fs::OpenOptions;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -27,6 +31,8 @@ pub use tapnet_wire::vnet::VNET_HDR_LEN;
 
 /// Path of the tun/tap clone device.
 const TUN_DEVICE: &str = "/dev/net/tun";
+
+pub use crate::iface::{link_names, next_free_name, validate_ifname};
 
 /// How to create and configure a tap inside a sandbox.
 #[derive(Clone, Debug, Default)]
@@ -65,22 +71,6 @@ fn os_err(op: impl Into<String>, source: io::Error) -> Error {
     Error::Os {
         op: op.into(),
         source,
-    }
-}
-
-/// Check an interface name the way the kernel's `dev_valid_name` does.
-pub fn validate_ifname(name: &str) -> Result<()> {
-    let bad = name.is_empty()
-        || name.len() >= libc::IFNAMSIZ
-        || name == "."
-        || name == ".."
-        || name
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace());
-    if bad {
-        Err(Error::Invalid(format!("invalid interface name {name:?}")))
-    } else {
-        Ok(())
     }
 }
 
@@ -165,52 +155,45 @@ fn open_tun() -> Result<OwnedFd> {
 
 const TAP_FLAGS: libc::c_int = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
 
-/// Everything after `TUNSETIFF` in [`Tap::create`]; run inside the namespace.
-fn configure(fd: &OwnedFd, nl: &mut Handle, cfg: &TapConfig) -> Result<(u32, libc::c_uint)> {
-    let name = cfg.name.as_str();
+/// Everything after `TUNSETIFF` in [`Tap::create`]; run inside the namespace. With a
+/// `spec`, the device is configured by [`iface::configure`] (the one implementation of
+/// "configure an interface").
+fn setup(
+    fd: &OwnedFd,
+    nl: &mut Handle,
+    name: &str,
+    spec: Option<&Spec>,
+) -> Result<(u32, libc::c_uint)> {
     let offloads = tun_setup_offloads(fd, name)?;
     tun_set_persist(fd, true).map_err(|e| os_err(format!("TUNSETPERSIST 1 on {name}"), e))?;
-    let index = nl
-        .link_index(name)?
+    let link = nl
+        .link(name)?
         .ok_or_else(|| Error::Invalid(format!("tap {name} vanished right after creation")))?;
-    let on_tap = |e: Error| name_link(e, index, name);
-    nl.set_mac(index, cfg.mac).map_err(on_tap)?;
-    nl.set_mtu(index, cfg.mtu).map_err(on_tap)?;
-    nl.set_txqueuelen(index, cfg.txqueuelen).map_err(on_tap)?;
-    if let Some(lo) = nl.link_index("lo")? {
-        nl.set_up(lo).map_err(|e| name_link(e, lo, "lo"))?;
+    if let Some(spec) = spec {
+        iface::configure(nl, &link, spec)?;
     }
-    if let Some((addr, len)) = cfg.ipv4 {
-        nl.add_address_v4(index, addr, len).map_err(on_tap)?;
-    }
-    if let Some((addr, len)) = cfg.ipv6 {
-        nl.add_address_v6(index, addr, len).map_err(on_tap)?;
-    }
-    nl.set_up(index).map_err(on_tap)?;
-    if let Some(gw) = cfg.gateway_v4 {
-        if !nl.has_default_route_v4()? {
-            nl.add_default_route_v4(gw, Some(index)).map_err(on_tap)?;
-        }
-    }
-    if let Some(gw) = cfg.gateway_v6 {
-        if !nl.has_default_route_v6()? {
-            nl.add_default_route_v6(gw, Some(index)).map_err(on_tap)?;
-        }
-    }
-    Ok((index, offloads))
+    Ok((link.index, offloads))
 }
 
-/// Say which interface "link N" in a netlink error is.
-fn name_link(e: Error, index: u32, name: &str) -> Error {
-    let link = format!("link {index}");
-    let named = format!("{name} (link {index})");
-    match e {
-        Error::Netlink { op, message } => Error::Netlink {
-            op: op.replace(&link, &named),
-            message,
-        },
-        Error::Invalid(m) => Error::Invalid(m.replace(&link, &named)),
-        other => other,
+impl TapConfig {
+    /// The interface configuration this asks for, for [`iface::configure`]: the tap
+    /// keeps its name; IPv6 stays on.
+    pub fn spec(&self) -> Spec {
+        let mut spec = Spec::new(Source::InSandbox {
+            name: self.name.clone(),
+        });
+        spec.mac = Some(self.mac);
+        spec.mtu = Some(self.mtu);
+        spec.txqueuelen = Some(self.txqueuelen);
+        spec.addresses = self
+            .ipv4
+            .map(|(a, l)| (IpAddr::V4(a), l))
+            .into_iter()
+            .chain(self.ipv6.map(|(a, l)| (IpAddr::V6(a), l)))
+            .collect();
+        spec.gateway_v4 = self.gateway_v4;
+        spec.gateway_v6 = self.gateway_v6;
+        spec
     }
 }
 
@@ -219,9 +202,19 @@ impl Tap {
     /// IPv4/IPv6 addresses, bring `lo` and the tap up, add the default routes. On any failure the
     /// tap is removed again (nothing half-made is left).
     pub fn create(ns: &Netns, cfg: &TapConfig) -> Result<Tap> {
-        validate_ifname(&cfg.name)?;
+        Tap::create_with(ns, &cfg.name, Some(&cfg.spec()))
+    }
+
+    /// Create a persistent tap named `name` inside `ns`, down and unconfigured: a
+    /// sandbox layer ([`iface::apply`]) renames and configures it afterwards (the fd
+    /// follows the device through a rename). On failure nothing is left.
+    pub fn create_down(ns: &Netns, name: &str) -> Result<Tap> {
+        Tap::create_with(ns, name, None)
+    }
+
+    fn create_with(ns: &Netns, name: &str, spec: Option<&Spec>) -> Result<Tap> {
+        validate_ifname(name)?;
         ns.run(|| -> Result<Tap> {
-            let name = cfg.name.as_str();
             let mut nl = Handle::new()?;
             if nl.link_index(name)?.is_some() {
                 return Err(Error::Invalid(format!(
@@ -241,7 +234,7 @@ impl Tap {
                     os_err(format!("TUNSETIFF {name}"), e)
                 }
             })?;
-            match configure(&fd, &mut nl, cfg) {
+            match setup(&fd, &mut nl, name, spec) {
                 Ok((ifindex, offloads)) => Ok(Tap {
                     fd,
                     name: name.to_string(),
@@ -290,7 +283,8 @@ impl Tap {
         })?
     }
 
-    /// Interface name inside the namespace.
+    /// The name the device was created or re-opened with (a sandbox layer may have
+    /// renamed it since; the fd follows the device).
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -342,61 +336,5 @@ impl Tap {
 impl AsRawFd for Tap {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
-    }
-}
-
-/// The first `prefix<N>` (N = 0, 1, ...) not in `taken`.
-fn first_free(prefix: &str, taken: &HashSet<String>) -> Result<String> {
-    for n in 0u32.. {
-        let candidate = format!("{prefix}{n}");
-        validate_ifname(&candidate)?;
-        if !taken.contains(&candidate) {
-            return Ok(candidate);
-        }
-    }
-    Err(Error::Invalid(format!(
-        "no free interface name with prefix {prefix:?}"
-    )))
-}
-
-/// The first free `prefix<N>` interface name in `ns` (`eth0`, `eth1`, ...).
-pub fn next_free_name(ns: &Netns, prefix: &str) -> Result<String> {
-    let taken: HashSet<String> = link_names(ns)?.into_iter().collect();
-    first_free(prefix, &taken)
-}
-
-/// Names of all links in `ns` (for inspection and tests).
-pub fn link_names(ns: &Netns) -> Result<Vec<String>> {
-    ns.run(|| -> Result<Vec<String>> {
-        let mut nl = Handle::new()?;
-        Ok(nl.links()?.into_iter().map(|l| l.name).collect())
-    })?
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ifname_validation() {
-        assert!(validate_ifname("eth0").is_ok());
-        assert!(validate_ifname("a23456789012345").is_ok());
-        assert!(validate_ifname("a234567890123456").is_err());
-        assert!(validate_ifname("").is_err());
-        assert!(validate_ifname("a/b").is_err());
-        assert!(validate_ifname("a b").is_err());
-        assert!(validate_ifname("..").is_err());
-        assert!(validate_ifname("a:1").is_err());
-    }
-
-    #[test]
-    fn first_free_name() {
-        let taken: HashSet<String> = ["lo", "eth0", "eth2"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert_eq!(first_free("eth", &taken).ok().as_deref(), Some("eth1"));
-        assert_eq!(first_free("net", &taken).ok().as_deref(), Some("net0"));
-        assert!(first_free("abcdefghijklmnopq", &taken).is_err());
     }
 }

@@ -3,16 +3,18 @@
 //! Each test re-executes this binary, filtered to exactly itself, inside fresh
 //! `unshare -Urnm --propagation private` namespaces; the inner run (marked by
 //! `TAPNET_SANDBOX_IN_NS`) mounts a tmpfs on a fresh directory for the netns bind
-//! mounts. iproute2 is used only to *observe* what the crate did.
+//! mounts. iproute2 is used only to *observe* what the crate did, and to make the
+//! veth pairs the `iface` tests move into sandboxes (the crate has no veth creation).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::Value;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tapnet_sandbox::netlink::Handle;
+use tapnet_sandbox::iface::{self, Naming, Source, Spec};
+use tapnet_sandbox::netlink::{Handle, Route};
 use tapnet_sandbox::netns::{Netns, NetnsGuard};
 use tapnet_sandbox::tap::{link_names, next_free_name, Tap, TapConfig, VNET_HDR_LEN};
 use tapnet_sandbox::Error;
@@ -526,5 +528,288 @@ fn tap_dual_stack_and_host_routes() {
             .expect("run")
             .expect("routes");
         assert_eq!(routes, vec![(Ipv4Addr::new(10, 0, 0, 0), 24)]);
+    });
+}
+
+/// `ip -j ARGS...` in the test's own namespace (where moved-in devices come from).
+fn ip_here(args: &[&str]) -> Value {
+    let out = Command::new("ip")
+        .arg("-j")
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ip -j output is JSON")
+}
+
+/// A veth pair in the test's own namespace (`ip` sets up the fixture; the crate has
+/// no veth creation of its own): `name` with `mac` and MTU 1400, its peer up.
+fn veth(name: &str, peer: &str, mac: &str) {
+    for args in [
+        vec![
+            "link", "add", name, "address", mac, "mtu", "1400", "type", "veth", "peer", "name",
+            peer,
+        ],
+        vec!["link", "set", peer, "up"],
+    ] {
+        let out = Command::new("ip").args(&args).output().expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn sorted_links(ns: &Netns) -> Vec<String> {
+    let mut names = link_names(ns).expect("links");
+    names.sort();
+    names
+}
+
+fn addrs_of(v: &Value) -> Vec<String> {
+    v[0]["addr_info"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|x| x["scope"] != "link")
+                .map(|x| format!("{}/{}", x["local"].as_str().unwrap_or(""), x["prefixlen"]))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+}
+
+#[test]
+fn iface_move_in_configure_and_undo() {
+    in_ns("iface_move_in_configure_and_undo", |s| {
+        let path = s.path("ns");
+        let ns = Netns::create(&path).expect("create");
+        // Already in the sandbox: eth0 (a tap) with the IPv4 default route.
+        let _eth0 = Tap::create(&ns, &cfg("eth0", 2)).expect("tap eth0");
+        veth("vh0", "vp0", "02:00:00:00:aa:01");
+        let host_index = ip_here(&["link", "show", "vh0"])[0]["ifindex"].clone();
+
+        let v6 = |s: &str| IpAddr::V6(s.parse().expect("v6"));
+        let mut spec = Spec::new(Source::MoveIn {
+            host_name: "vh0".into(),
+        });
+        spec.naming = Naming::NextFree("eth".into());
+        spec.mac = Some([0x02, 0x42, 10, 1, 0, 2]);
+        spec.mtu = Some(1450);
+        spec.txqueuelen = Some(10000);
+        spec.addresses = vec![(v4(10, 1, 0, 2), 24), (v6("fd00:1::2"), 64)];
+        spec.gateway_v4 = Some(Ipv4Addr::new(10, 1, 0, 1));
+        spec.gateway_v6 = Some("fd00:1::1".parse().expect("v6"));
+        spec.routes = vec![
+            Route {
+                destination: v4(192, 168, 50, 0),
+                prefix_len: 24,
+                gateway: Some(v4(10, 1, 0, 254)),
+                oif: None,
+            },
+            Route {
+                destination: v4(198, 51, 100, 0),
+                prefix_len: 24,
+                gateway: None,
+                oif: None,
+            },
+            Route {
+                destination: v6("fd00:99::"),
+                prefix_len: 64,
+                gateway: Some(v6("fd00:1::fe")),
+                oif: None,
+            },
+        ];
+        let applied = iface::apply(&ns, &spec).expect("apply");
+
+        // Moved, renamed to the next free ethN, configured.
+        assert_eq!(applied.name, "eth1");
+        assert_eq!(applied.moved_in.as_deref(), Some("vh0"));
+        assert_eq!(applied.renamed_from.as_deref(), Some("vh0"));
+        assert_eq!(applied.mac_was, Some([2, 0, 0, 0, 0xaa, 1]));
+        assert_eq!(applied.mtu_was, Some(1400));
+        assert!(applied.set_up);
+        assert!(ip_here(&["link", "show"])
+            .as_array()
+            .expect("links")
+            .iter()
+            .all(|l| l["ifname"] != "vh0"));
+        assert_eq!(sorted_links(&ns), ["eth0", "eth1", "lo"]);
+        let l = &ip_json(&path, &["link", "show", "eth1"])[0];
+        assert_eq!(l["address"], "02:42:0a:01:00:02", "{l}");
+        assert_eq!(l["mtu"], 1450, "{l}");
+        assert_eq!(l["txqlen"], 10000, "{l}");
+        assert!(l["flags"].to_string().contains("\"UP\""), "{l}");
+        assert_eq!(
+            addrs_of(&ip_json(&path, &["addr", "show", "eth1"])),
+            ["10.1.0.2/24", "fd00:1::2/64"]
+        );
+        let a6 = ip_json(&path, &["-6", "addr", "show", "eth1"]);
+        assert!(a6.to_string().contains("\"nodad\":true"), "{a6}");
+        // The IPv4 default stays eth0's; IPv6 had none: eth1 gets it.
+        let d4 = ip_json(&path, &["-4", "route", "show", "default"]);
+        assert_eq!(d4.as_array().map(Vec::len), Some(1), "{d4}");
+        assert_eq!(d4[0]["dev"], "eth0", "{d4}");
+        let d6 = ip_json(&path, &["-6", "route", "show", "default"]);
+        assert_eq!(d6[0]["gateway"], "fd00:1::1", "{d6}");
+        assert_eq!(d6[0]["dev"], "eth1", "{d6}");
+        let r = ip_json(&path, &["-4", "route", "show", "192.168.50.0/24"]);
+        assert_eq!(r[0]["gateway"], "10.1.0.254", "{r}");
+        assert_eq!(r[0]["dev"], "eth1", "{r}");
+        let r = ip_json(&path, &["-4", "route", "show", "198.51.100.0/24"]);
+        assert_eq!(r[0]["dev"], "eth1", "{r}");
+        assert_eq!(r[0]["scope"], "link", "{r}");
+        let r = ip_json(&path, &["-6", "route", "show", "fd00:99::/64"]);
+        assert_eq!(r[0]["gateway"], "fd00:1::fe", "{r}");
+        assert_eq!(applied.routes.len(), 4, "{applied:?}");
+
+        // Undo: routes and addresses gone, the device back in this namespace under its
+        // old name with its old MAC and MTU; eth0 and its route untouched.
+        iface::undo(&ns, &applied).expect("undo");
+        assert_eq!(sorted_links(&ns), ["eth0", "lo"]);
+        let back = &ip_here(&["link", "show", "vh0"])[0];
+        assert_eq!(back["address"], "02:00:00:00:aa:01", "{back}");
+        assert_eq!(back["mtu"], 1400, "{back}");
+        assert_eq!(back["ifindex"], host_index, "{back}");
+        assert!(addrs_of(&ip_here(&["addr", "show", "vh0"])).is_empty());
+        let d6 = ip_json(&path, &["-6", "route", "show", "default"]);
+        assert_eq!(d6.as_array().map(Vec::len), Some(0), "{d6}");
+        let all4 = ip_json(&path, &["-4", "route", "show"]);
+        assert!(!all4.to_string().contains("eth1"), "{all4}");
+        let d4 = ip_json(&path, &["-4", "route", "show", "default"]);
+        assert_eq!(d4[0]["dev"], "eth0", "{d4}");
+        // Undoing again finds nothing to undo.
+        iface::undo(&ns, &applied).expect("second undo");
+
+        // A device made in place (a bare tap) is renamed and configured the same way;
+        // IPv6 is turned off when asked. Undo leaves it in the sandbox, as it was.
+        let tap = Tap::create_down(&ns, "tmp0").expect("bare tap");
+        let mut spec = Spec::new(Source::InSandbox {
+            name: "tmp0".into(),
+        });
+        spec.naming = Naming::NextFree("eth".into());
+        spec.addresses = vec![(v4(10, 3, 0, 2), 24)];
+        spec.disable_ipv6 = true;
+        let applied = iface::apply(&ns, &spec).expect("apply in place");
+        assert_eq!(applied.name, "eth1");
+        assert!(applied.ipv6_disabled);
+        let sysctl = nsenter(&path, &["cat", "/proc/sys/net/ipv6/conf/eth1/disable_ipv6"]);
+        assert_eq!(sysctl.trim(), "1");
+        iface::undo(&ns, &applied).expect("undo in place");
+        assert_eq!(sorted_links(&ns), ["eth0", "lo", "tmp0"]);
+        let sysctl = nsenter(&path, &["cat", "/proc/sys/net/ipv6/conf/tmp0/disable_ipv6"]);
+        assert_eq!(sysctl.trim(), "0");
+        let l = &ip_json(&path, &["addr", "show", "tmp0"])[0];
+        assert!(!l["flags"].to_string().contains("\"UP\""), "{l}");
+        assert!(addrs_of(&ip_json(&path, &["addr", "show", "tmp0"])).is_empty());
+        tap.destroy().expect("destroy");
+    });
+}
+
+#[test]
+fn iface_failures_leave_nothing() {
+    in_ns("iface_failures_leave_nothing", |s| {
+        let path = s.path("ns");
+        let ns = Netns::create(&path).expect("create");
+        let _eth0 = Tap::create(&ns, &cfg("eth0", 2)).expect("tap eth0");
+
+        // A name clash on the move: the kernel refuses, nothing moves.
+        veth("eth0", "vp0", "02:00:00:00:bb:01");
+        let err = iface::apply(
+            &ns,
+            &Spec::new(Source::MoveIn {
+                host_name: "eth0".into(),
+            }),
+        )
+        .expect_err("name taken in the sandbox");
+        eprintln!("expected error: {err}");
+        assert!(matches!(err, Error::Netlink { .. }), "{err:?}");
+        assert_eq!(
+            ip_here(&["link", "show", "eth0"])[0]["address"],
+            "02:00:00:00:bb:01"
+        );
+        assert_eq!(sorted_links(&ns), ["eth0", "lo"]);
+
+        // A step the kernel refuses last (a route via an unreachable next hop): the
+        // rename, MAC, MTU, addresses, up and default route before it are undone and
+        // the device is back here as it was.
+        veth("vh1", "vp1", "02:00:00:00:bb:02");
+        let mut spec = Spec::new(Source::MoveIn {
+            host_name: "vh1".into(),
+        });
+        spec.naming = Naming::NextFree("eth".into());
+        spec.mac = Some([0x02, 0x42, 10, 2, 0, 2]);
+        spec.mtu = Some(1300);
+        spec.addresses = vec![(v4(10, 2, 0, 2), 24)];
+        spec.routes = vec![Route {
+            destination: v4(192, 168, 60, 0),
+            prefix_len: 24,
+            gateway: Some(v4(172, 31, 0, 1)),
+            oif: None,
+        }];
+        let err = iface::apply(&ns, &spec).expect_err("unreachable next hop");
+        eprintln!("expected error: {err}");
+        assert!(
+            err.to_string().contains("add route 192.168.60.0/24"),
+            "{err}"
+        );
+        assert_eq!(sorted_links(&ns), ["eth0", "lo"]);
+        let back = &ip_here(&["link", "show", "vh1"])[0];
+        assert_eq!(back["address"], "02:00:00:00:bb:02", "{back}");
+        assert_eq!(back["mtu"], 1400, "{back}");
+        assert!(addrs_of(&ip_here(&["addr", "show", "vh1"])).is_empty());
+        let all4 = ip_json(&path, &["-4", "route", "show"]);
+        assert!(!all4.to_string().contains("10.2.0"), "{all4}");
+
+        // The same with a default route added before the failure (the sandbox has
+        // none): it goes again.
+        let ns2 = Netns::create(&s.path("ns2")).expect("create ns2");
+        spec.gateway_v4 = Some(Ipv4Addr::new(10, 2, 0, 1));
+        let err = iface::apply(&ns2, &spec).expect_err("unreachable next hop");
+        assert!(err.to_string().contains("add route"), "{err}");
+        assert_eq!(sorted_links(&ns2), ["lo"]);
+        let d4 = ip_json(&s.path("ns2"), &["-4", "route", "show"]);
+        assert_eq!(d4.as_array().map(Vec::len), Some(0), "{d4}");
+        assert_eq!(ip_here(&["link", "show", "vh1"])[0]["mtu"], 1400);
+
+        // An address the kernel refuses (IPv6 on a device with IPv6 turned off): the
+        // in-place device keeps its name, comes back down without addresses.
+        let tap = Tap::create_down(&ns, "tmp1").expect("bare tap");
+        let mut spec = Spec::new(Source::InSandbox {
+            name: "tmp1".into(),
+        });
+        spec.naming = Naming::NextFree("eth".into());
+        spec.disable_ipv6 = true;
+        spec.addresses = vec![
+            (v4(10, 4, 0, 2), 24),
+            (IpAddr::V6("fd00:4::2".parse().expect("v6")), 64),
+        ];
+        let err = iface::apply(&ns, &spec).expect_err("IPv6 address with IPv6 off");
+        eprintln!("expected error: {err}");
+        assert!(
+            err.to_string().contains("add address fd00:4::2/64"),
+            "{err}"
+        );
+        assert_eq!(sorted_links(&ns), ["eth0", "lo", "tmp1"]);
+        assert!(addrs_of(&ip_json(&path, &["addr", "show", "tmp1"])).is_empty());
+        let sysctl = nsenter(&path, &["cat", "/proc/sys/net/ipv6/conf/tmp1/disable_ipv6"]);
+        assert_eq!(sysctl.trim(), "0");
+
+        // A rename onto a taken name: refused before anything else changes.
+        spec.naming = Naming::Exact("eth0".into());
+        spec.addresses.clear();
+        let err = iface::apply(&ns, &spec).expect_err("taken name");
+        eprintln!("expected error: {err}");
+        assert!(err.to_string().contains("rename"), "{err}");
+        assert_eq!(sorted_links(&ns), ["eth0", "lo", "tmp1"]);
+        tap.destroy().expect("destroy");
     });
 }

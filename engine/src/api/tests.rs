@@ -2,13 +2,15 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::driver::{Driver, DriverRegistry};
+use crate::driver::{
+    Driver, DriverRegistry, InterfaceDescription, InterfaceSource, JoinDescription, JoinRequest,
+    NetworkRequest,
+};
 use crate::ipam::DefaultIpam;
-use crate::model::Endpoint;
+use crate::sandbox_layer::{DryRun, SandboxLayer};
 use axum::body::Body;
 use axum::http::Method;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use tapnet_sandbox::netns::Netns;
 use tower::ServiceExt;
 
 #[derive(Default)]
@@ -28,7 +30,7 @@ impl Driver for FakeDriver {
         }
         Ok(())
     }
-    fn create_network(&self, _network: &Network) -> crate::Result<()> {
+    fn create_network(&self, _req: &NetworkRequest<'_>) -> crate::Result<()> {
         self.networks.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -36,7 +38,7 @@ impl Driver for FakeDriver {
         self.networks.fetch_sub(1, Ordering::SeqCst);
         Ok(())
     }
-    fn join(&self, _: &Network, _: &Endpoint, _: &Netns, _: &str) -> crate::Result<String> {
+    fn join(&self, _: &JoinRequest<'_>) -> crate::Result<JoinDescription> {
         if self.fail_join.load(Ordering::SeqCst) {
             return Err(Error::Os {
                 op: "create tap eth0 in sandbox".into(),
@@ -44,7 +46,20 @@ impl Driver for FakeDriver {
             });
         }
         let n = self.joined.fetch_add(1, Ordering::SeqCst);
-        Ok(format!("eth{n}"))
+        // An interface already named ethN (the test sandbox layer touches nothing).
+        Ok(JoinDescription {
+            interface: Some(InterfaceDescription {
+                source: InterfaceSource::InSandbox {
+                    name: format!("eth{n}"),
+                },
+                dst_prefix: String::new(),
+                mac: None,
+                mtu: None,
+                txqueuelen: None,
+                addresses: Vec::new(),
+            }),
+            ..JoinDescription::default()
+        })
     }
     fn leave(&self, _: &str, _: &str) -> crate::Result<()> {
         self.joined.fetch_sub(1, Ordering::SeqCst);
@@ -59,7 +74,7 @@ struct Harness {
 
 fn harness() -> Harness {
     let driver = Arc::new(FakeDriver::default());
-    let mut reg = DriverRegistry::new();
+    let mut reg = DriverRegistry::with_sandbox_layer(SandboxLayer::new(DryRun));
     reg.register(driver.clone());
     let ctl = Controller::new(
         reg,

@@ -3,15 +3,18 @@
 //! Steps, under the locks of the network and the sandbox: resolve and validate
 //! (already connected, `host`/`none` exclusivity, static addresses and MAC against
 //! the driver, MAC unique on the network) → allocate the IPv4 and IPv6 addresses
-//! (undo: release) → the driver's `create_endpoint` (undo: `delete_endpoint`) →
-//! `join` (undo: `leave`) → publish the sandbox's ports if this is its first
-//! non-internal bridge network (undo: unpublish each) → commit the endpoint (and the
+//! (undo: release) → the driver's `create_endpoint` (undo: `delete_endpoint`; what
+//! the driver chose is merged into the endpoint) → `join`, which describes the
+//! interface (undo: `leave`) → the sandbox layer applies the description: move or
+//! rename, MAC, MTU, addresses, routes (undo: the layer's undo) → publish the
+//! sandbox's ports if this is its first non-internal network with a gateway service
+//! that the driver did not disable (undo: unpublish each) → commit the endpoint (and the
 //! sandbox's published ports). After the commit: publish the model, refresh the
 //! network's DNS names and the sandbox's files.
 
 use super::ipam_steps::{v4_pool, v6_pool, IpamTxn};
 use super::{not_found, publish_one, ConnectOptions, Inner};
-use crate::driver::{Driver, DriverRegistry};
+use crate::driver::{Driver, DriverRegistry, EndpointRequest, JoinRequest};
 use crate::error::{Error, Result};
 use crate::model::{self, Endpoint, Network, Sandbox, Store};
 use crate::ports::{self, NatProto as _};
@@ -47,7 +50,7 @@ impl Inner {
         }
         let driver = self.drivers.get(&net.driver)?;
         check_exclusive(&self.drivers, &store, &net, &sb, driver.as_ref())?;
-        if !driver.has_addresses() && (opts.ipv4.is_some() || opts.ipv6.is_some()) {
+        if !driver.capabilities().needs_addresses && (opts.ipv4.is_some() || opts.ipv6.is_some()) {
             return Err(Error::InvalidRequest(format!(
                 "network {} (driver {}) gives endpoints no addresses: drop the static IPv4Address/IPv6Address",
                 net.name, net.driver
@@ -62,7 +65,7 @@ impl Inner {
         let ns = self.netns_of(&sid).ok_or_else(|| {
             Error::InvalidRequest(format!("sandbox {} has no open namespace", sb.name))
         })?;
-        if opts.mac.is_some() && !driver.has_addresses() {
+        if opts.mac.is_some() && !driver.capabilities().needs_addresses {
             return Err(Error::InvalidRequest(format!(
                 "network {} (driver {}) gives endpoints no device: drop the MacAddress",
                 net.name, net.driver
@@ -166,29 +169,64 @@ impl Inner {
             prefix_len_v6: net.ipv6.as_ref().map_or(0, |c| c.subnet.prefix_len()),
             aliases: opts.aliases,
         };
-        // The driver's endpoint.
+        // The driver's endpoint (it may choose the MAC and addresses).
         let (d, n, ep) = (Arc::clone(&driver), net.clone(), endpoint.clone());
-        blocking("create endpoint", move || d.create_endpoint(&n, &ep)).await?;
+        let chosen = blocking("create endpoint", move || {
+            d.create_endpoint(&EndpointRequest {
+                network: &n,
+                endpoint: &ep,
+            })
+        })
+        .await?;
         let (d, n, e) = (Arc::clone(&driver), net.id.clone(), endpoint.id.clone());
         txn.on_undo("delete the driver's endpoint", move || {
             d.delete_endpoint(&n, &e)
         });
-        // Join the sandbox.
-        let (d, n, ep, name) = (
+        chosen.apply_to(&mut endpoint)?;
+        // Join: the driver describes the interface.
+        let (d, n, ep, name, sandbox) = (
             Arc::clone(&driver),
             net.clone(),
             endpoint.clone(),
             sb.name.clone(),
+            Arc::clone(&ns),
         );
-        endpoint.interface = blocking("join", move || d.join(&n, &ep, &ns, &name)).await?;
+        let join = blocking("join", move || {
+            d.join(&JoinRequest {
+                network: &n,
+                endpoint: &ep,
+                sandbox: &sandbox,
+                sandbox_name: &name,
+            })
+        })
+        .await?;
         let (d, n, e) = (Arc::clone(&driver), net.id.clone(), endpoint.id.clone());
-        txn.on_undo(format!("leave ({})", endpoint.interface), move || {
-            d.leave(&n, &e)
-        });
+        txn.on_undo("leave", move || d.leave(&n, &e));
+        // The sandbox layer applies the description.
+        let layer = self.drivers.sandbox_layer();
+        let (l, e, name, desc) = (
+            Arc::clone(&layer),
+            endpoint.id.clone(),
+            sb.name.clone(),
+            join.clone(),
+        );
+        endpoint.interface = blocking("configure the interface", move || {
+            l.apply(&e, &ns, &name, &desc, None)
+        })
+        .await?;
+        let e = endpoint.id.clone();
+        txn.on_undo(
+            format!("undo the setup of {}", endpoint.interface),
+            move || layer.undo(&e),
+        );
         // Published ports go to the first non-internal bridge network joined.
         let mut sb_after = None;
         if let (Some(a), None) = (ipv4, &sb.published) {
-            if driver.has_gateway() && !net.internal && !sb.port_bindings.is_empty() {
+            if driver.capabilities().gateway_service
+                && !join.disable_gateway_service
+                && !net.internal
+                && !sb.port_bindings.is_empty()
+            {
                 let sandbox_ip = IpAddr::V4(a);
                 let mut bound = Vec::new();
                 for b in &sb.port_bindings {
@@ -232,16 +270,17 @@ fn check_exclusive(
     driver: &dyn Driver,
 ) -> Result<()> {
     let others = store.endpoints_of_sandbox(&sb.id);
-    if let Some((exclusive, _)) = others
-        .iter()
-        .find(|(n, _)| drivers.get(&n.driver).is_ok_and(|d| d.single_instance()))
-    {
+    if let Some((exclusive, _)) = others.iter().find(|(n, _)| {
+        drivers
+            .get(&n.driver)
+            .is_ok_and(|d| d.capabilities().single_instance)
+    }) {
         return Err(Error::InvalidRequest(format!(
             "sandbox {} is connected to network {} (driver {}), which excludes every other network: disconnect it first",
             sb.name, exclusive.name, exclusive.driver
         )));
     }
-    if driver.single_instance() && !others.is_empty() {
+    if driver.capabilities().single_instance && !others.is_empty() {
         let mut names: Vec<&str> = others.iter().map(|(n, _)| n.name.as_str()).collect();
         names.sort_unstable();
         return Err(Error::InvalidRequest(format!(
@@ -264,7 +303,7 @@ pub(super) fn default_mac(
     ipv4: Option<Ipv4Addr>,
     net: &Network,
 ) -> Option<[u8; 6]> {
-    if !driver.has_addresses() {
+    if !driver.capabilities().needs_addresses {
         return None;
     }
     if let Some(mac) = requested.or_else(|| ipv4.map(model::mac_for)) {

@@ -3,19 +3,23 @@
 //!
 //! Steps, under the locks of the network and the sandbox: close the host sockets of
 //! ports published on this network (undo: bind them again at the same addresses) →
-//! the driver's `leave` (undo: `join` again) → `delete_endpoint` (undo:
-//! `create_endpoint`) → commit (the endpoint deleted, the sandbox's published ports
+//! the sandbox layer undoes the interface setup (undo: apply the description again)
+//! → the driver's `leave` (undo: `join` again, whose description the previous
+//! compensation then applies) → `delete_endpoint` (undo: `create_endpoint`) → commit (the endpoint deleted, the sandbox's published ports
 //! cleared). With `force`, a driver that fails to leave is logged and the endpoint
 //! removed anyway. After the commit: release the addresses, publish the model,
 //! refresh DNS names and the sandbox's files.
 
 use super::ipam_steps::endpoint_addresses;
-use super::{rebind_spec, unpublish_all, Inner};
+use super::{lock, rebind_spec, unpublish_all, Inner};
+use crate::driver::{EndpointRequest, JoinDescription, JoinRequest};
 use crate::error::{Error, Result};
 use crate::model::{Endpoint, Sandbox, Store};
 use crate::store::Change;
 use crate::txn::{blocking, Txn};
 use std::sync::Arc;
+use std::sync::Mutex;
+use tapnet_sandbox::netns::Netns;
 
 impl Inner {
     pub(super) async fn disconnect(&self, network: &str, sandbox: &str, force: bool) -> Result<()> {
@@ -95,21 +99,51 @@ impl Inner {
                 Ok(())
             });
         }
+        // The sandbox layer's setup first (a moved-in device goes back to the host
+        // before the driver removes it). Its compensation applies the description again:
+        // the one a rolled-back `leave` re-joined with, else the one it had.
+        let layer = self.drivers.sandbox_layer();
+        let rejoined: Arc<Mutex<Option<JoinDescription>>> = Arc::default();
+        if let Some(before) = layer.description(&endpoint.id) {
+            let (l, e) = (Arc::clone(&layer), endpoint.id.clone());
+            match blocking("undo the interface setup", move || l.undo(&e)).await {
+                Ok(()) => {
+                    let (l, e, slot) =
+                        (Arc::clone(&layer), endpoint.clone(), Arc::clone(&rejoined));
+                    let (ns, name) = (self.netns_of(sid), sb_name.clone());
+                    txn.on_undo(format!("set up {} again", endpoint.interface), move || {
+                        let ns = no_namespace(ns, &name)?;
+                        let desc = lock(&slot).take().unwrap_or(before);
+                        let ifname = Some(e.interface.as_str()).filter(|n| !n.is_empty());
+                        l.apply(&e.id, &ns, &name, &desc, ifname).map(drop)
+                    });
+                }
+                Err(e) if force => {
+                    tracing::warn!(error = %e, "forced disconnect: undoing the interface setup failed");
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let (d, n, e) = (Arc::clone(&driver), nid.to_string(), endpoint.id.clone());
         match blocking("leave", move || d.leave(&n, &e)).await {
             Ok(()) => {
-                let ns = self.netns_of(sid);
-                let (d, n, ep, name) = (
+                let (d, n, ep, slot) = (
                     Arc::clone(&driver),
                     net.clone(),
                     endpoint.clone(),
-                    sb_name.clone(),
+                    Arc::clone(&rejoined),
                 );
-                txn.on_undo(format!("join {} again", endpoint.interface), move || {
-                    let ns = ns.ok_or_else(|| {
-                        Error::InvalidRequest(format!("sandbox {name} has no open namespace"))
+                let (ns, name) = (self.netns_of(sid), sb_name.clone());
+                txn.on_undo("join again", move || {
+                    let ns = no_namespace(ns, &name)?;
+                    let desc = d.join(&JoinRequest {
+                        network: &n,
+                        endpoint: &ep,
+                        sandbox: &ns,
+                        sandbox_name: &name,
                     })?;
-                    d.join(&n, &ep, &ns, &name).map(|_| ())
+                    *lock(&slot) = Some(desc);
+                    Ok(())
                 });
             }
             Err(e) if force => {
@@ -122,7 +156,11 @@ impl Inner {
             Ok(()) => {
                 let (d, n, ep) = (Arc::clone(&driver), net.clone(), endpoint.clone());
                 txn.on_undo("create the driver's endpoint again", move || {
-                    d.create_endpoint(&n, &ep)
+                    d.create_endpoint(&EndpointRequest {
+                        network: &n,
+                        endpoint: &ep,
+                    })
+                    .map(drop)
                 });
             }
             Err(e) if force => {
@@ -132,6 +170,11 @@ impl Inner {
         }
         Ok(endpoint)
     }
+}
+
+/// The namespace a compensation needs, or why it is missing.
+fn no_namespace(ns: Option<Arc<Netns>>, sandbox: &str) -> Result<Arc<Netns>> {
+    ns.ok_or_else(|| Error::InvalidRequest(format!("sandbox {sandbox} has no open namespace")))
 }
 
 /// The sandbox record after its ports published on `nid` were closed, if it had any.

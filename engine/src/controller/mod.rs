@@ -570,7 +570,7 @@ impl Inner {
         let Ok(driver) = self.drivers.get(&net.driver) else {
             return;
         };
-        if !driver.has_gateway() {
+        if !driver.capabilities().gateway_service {
             return;
         }
         let names = sandbox_files::names_for(net, &store.sandboxes);
@@ -587,7 +587,9 @@ impl Inner {
             return;
         };
         let gateway = sandbox_files::first_gateway(store.networks.values(), sid, |n| {
-            self.drivers.get(&n.driver).is_ok_and(|d| d.has_gateway())
+            self.drivers
+                .get(&n.driver)
+                .is_ok_and(|d| d.capabilities().gateway_service)
         });
         let resolv = sandbox_files::render_resolv_conf(gateway, &self.nameservers);
         let addrs = sandbox_files::addresses(store.networks.values(), sid);

@@ -9,6 +9,7 @@
 use super::ipam_steps::{name_overlap, reserve_family, FamilyRequest, IpamTxn};
 use super::{Controller, DefaultBridge, Inner, NetworkCreate, NETWORKS_LOCK};
 use crate::driver::Driver;
+use crate::driver::NetworkRequest;
 use crate::error::{Error, Result};
 use crate::model::{self, Ipv6Config, Network, Store};
 use crate::store::Change;
@@ -45,7 +46,9 @@ impl Inner {
                 "plugin \"{ipam_driver}\" not found"
             )));
         }
-        if driver.single_instance() && store.networks.values().any(|n| n.driver == driver_name) {
+        if driver.capabilities().single_instance
+            && store.networks.values().any(|n| n.driver == driver_name)
+        {
             return Err(Error::Forbidden(format!(
                 "only one instance of \"{driver_name}\" network is allowed"
             )));
@@ -63,12 +66,12 @@ impl Inner {
             || req.ip_range.is_some()
             || !req.aux_addresses.is_empty()
             || req.ipv6.is_some();
-        if !driver.has_addresses() && (has_ipam_config || req.enable_ipv6) {
+        if !driver.capabilities().needs_addresses && (has_ipam_config || req.enable_ipv6) {
             return Err(Error::InvalidRequest(format!(
                 "driver {driver_name} gives endpoints no addresses: drop the IPAM config and EnableIPv6"
             )));
         }
-        if driver.has_addresses() && req.enable_ipv6 && req.ipv6.is_none() {
+        if driver.capabilities().needs_addresses && req.enable_ipv6 && req.ipv6.is_none() {
             return Err(Error::InvalidRequest(
                 "EnableIPv6 needs an IPv6 subnet: add an IPAM.Config entry with an IPv6 Subnet (--subnet fd00::/64)".into(),
             ));
@@ -79,7 +82,7 @@ impl Inner {
             name: req.name.clone(),
             driver: driver_name.to_string(),
             created: model::now_rfc3339(),
-            scope: driver.scope().to_string(),
+            scope: driver.capabilities().scope.as_str().to_string(),
             internal: req.internal,
             attachable: req.attachable,
             enable_ipv6: req.enable_ipv6,
@@ -110,7 +113,7 @@ impl Inner {
         driver: Arc<dyn Driver>,
         store: &Store,
     ) -> Result<String> {
-        if driver.has_addresses() {
+        if driver.capabilities().needs_addresses {
             let taken = {
                 let mut ipam = self.ipam();
                 let mut tx = IpamTxn::new(ipam.as_mut());
@@ -121,7 +124,10 @@ impl Inner {
             self.undo_ipam(txn, taken);
         }
         let (d, n) = (Arc::clone(&driver), network.clone());
-        blocking("create network", move || d.create_network(&n)).await?;
+        blocking("create network", move || {
+            d.create_network(&NetworkRequest { network: &n })
+        })
+        .await?;
         let (d, nid) = (Arc::clone(&driver), network.id.clone());
         txn.on_undo("remove the network's data plane", move || {
             d.delete_network(&nid)

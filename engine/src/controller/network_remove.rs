@@ -7,6 +7,7 @@
 
 use super::ipam_steps::network_pools;
 use super::{net_key, not_found, Inner, NETWORKS_LOCK};
+use crate::driver::NetworkRequest;
 use crate::error::{Error, Result};
 use crate::model;
 use crate::store::Change;
@@ -57,7 +58,7 @@ impl Inner {
             blocking("delete network", move || d.delete_network(&nid)).await?;
             let (d, n) = (Arc::clone(&driver), network.clone());
             txn.on_undo("re-create the network's data plane", move || {
-                d.create_network(&n)
+                d.create_network(&NetworkRequest { network: &n })
             });
             self.commit(&txn, vec![Change::DeleteNetwork(id.clone())])
                 .await

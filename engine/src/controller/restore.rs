@@ -17,10 +17,12 @@
 
 use super::ipam_steps::{endpoint_addresses, restore_network_ipam};
 use super::{lock, rebind_spec, Inner};
+use crate::driver::NetworkRequest;
 use crate::driver::{Driver, Restored};
 use crate::error::{Error, Result};
 use crate::model::{Endpoint, Network, Sandbox};
 use crate::ports;
+use crate::sandbox_layer::SandboxLayer;
 use crate::store::Change;
 use crate::txn::{blocking, Txn};
 use std::collections::{HashMap, HashSet};
@@ -62,7 +64,10 @@ struct RestoreJob {
 const RESTORE_THREADS: usize = 8;
 
 /// Run every job on up to [`RESTORE_THREADS`] threads; results in job order.
-fn restore_parallel(jobs: Vec<RestoreJob>) -> Vec<(RestoreJob, Result<Restored>)> {
+fn restore_parallel(
+    jobs: Vec<RestoreJob>,
+    layer: &SandboxLayer,
+) -> Vec<(RestoreJob, Result<Restored>)> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let next = AtomicUsize::new(0);
     let threads = RESTORE_THREADS.min(jobs.len());
@@ -76,7 +81,9 @@ fn restore_parallel(jobs: Vec<RestoreJob>) -> Vec<(RestoreJob, Result<Restored>)
                 let Some(job) = jobs.get(i) else {
                     break;
                 };
-                let r = job.driver.restore_endpoint(
+                // restore_endpoint → the sandbox layer applies or records.
+                let r = layer.restore(
+                    job.driver.as_ref(),
                     &job.network,
                     &job.endpoint,
                     &job.netns,
@@ -259,7 +266,11 @@ impl Inner {
                 }
             };
             let (d, n) = (Arc::clone(&driver), net.clone());
-            if let Err(e) = blocking("restore network", move || d.create_network(&n)).await {
+            if let Err(e) = blocking("restore network", move || {
+                d.create_network(&NetworkRequest { network: &n })
+            })
+            .await
+            {
                 tracing::error!(network = %net.name, error = %e, "cannot re-create the network's data plane; its endpoints stay detached");
                 continue;
             }
@@ -280,7 +291,11 @@ impl Inner {
                 });
             }
         }
-        let results = blocking("restore endpoints", move || Ok(restore_parallel(jobs))).await?;
+        let layer = self.drivers.sandbox_layer();
+        let results = blocking("restore endpoints", move || {
+            Ok(restore_parallel(jobs, &layer))
+        })
+        .await?;
         for (job, r) in results {
             match r {
                 Ok(Restored::Reopened) => report.endpoints += 1,

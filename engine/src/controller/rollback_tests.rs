@@ -5,11 +5,17 @@
 
 use super::*;
 use crate::driver::record::NULL_DRIVER;
+use crate::driver::{
+    EndpointDescription, EndpointRequest, InterfaceDescription, InterfaceSource, JoinDescription,
+    JoinRequest, NetworkRequest,
+};
 use crate::ipam::DefaultIpam;
 use crate::model::Endpoint;
+use crate::sandbox_layer::{SandboxLayer, SandboxOps};
 use crate::store::mem::MemStore;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+use tapnet_sandbox::iface::{Applied, Spec};
 
 /// What the fake driver can be told to fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -20,6 +26,10 @@ enum Step {
     Join,
     Leave,
     DeleteEndpoint,
+    /// The sandbox layer's apply.
+    Apply,
+    /// The sandbox layer's undo.
+    Undo,
 }
 
 /// A bridge-like driver that fails the steps it is told to; counts what is live.
@@ -29,6 +39,8 @@ struct Fake {
     networks: AtomicIsize,
     endpoints: AtomicIsize,
     joined: AtomicIsize,
+    /// Interfaces the sandbox layer configured.
+    configured: AtomicIsize,
     /// Block `join` until cleared (a slow OS call).
     stall_join: AtomicBool,
 }
@@ -46,11 +58,12 @@ impl Fake {
         }
         Ok(())
     }
-    fn live(&self) -> (isize, isize, isize) {
+    fn live(&self) -> (isize, isize, isize, isize) {
         (
             self.networks.load(Ordering::SeqCst),
             self.endpoints.load(Ordering::SeqCst),
             self.joined.load(Ordering::SeqCst),
+            self.configured.load(Ordering::SeqCst),
         )
     }
 }
@@ -59,7 +72,7 @@ impl Driver for Fake {
     fn name(&self) -> &str {
         "bridge"
     }
-    fn create_network(&self, _: &Network) -> Result<()> {
+    fn create_network(&self, _: &NetworkRequest<'_>) -> Result<()> {
         self.check(Step::CreateNetwork)?;
         self.networks.fetch_add(1, Ordering::SeqCst);
         Ok(())
@@ -69,18 +82,28 @@ impl Driver for Fake {
         self.networks.fetch_sub(1, Ordering::SeqCst);
         Ok(())
     }
-    fn create_endpoint(&self, _: &Network, _: &Endpoint) -> Result<()> {
+    fn create_endpoint(&self, _: &EndpointRequest<'_>) -> Result<EndpointDescription> {
         self.check(Step::CreateEndpoint)?;
         self.endpoints.fetch_add(1, Ordering::SeqCst);
-        Ok(())
+        Ok(EndpointDescription::default())
     }
-    fn join(&self, _: &Network, _: &Endpoint, _: &Netns, _: &str) -> Result<String> {
+    fn join(&self, req: &JoinRequest<'_>) -> Result<JoinDescription> {
         while self.stall_join.load(Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
         self.check(Step::Join)?;
         self.joined.fetch_add(1, Ordering::SeqCst);
-        Ok("eth0".into())
+        Ok(JoinDescription {
+            interface: Some(InterfaceDescription::for_endpoint(
+                InterfaceSource::InSandbox {
+                    name: "tap0".into(),
+                },
+                req.network,
+                req.endpoint,
+            )?),
+            gateway_v4: req.network.gateway,
+            ..JoinDescription::default()
+        })
     }
     fn leave(&self, _: &str, _: &str) -> Result<()> {
         self.check(Step::Leave)?;
@@ -97,6 +120,30 @@ impl Driver for Fake {
 /// The model's networks and sandboxes.
 type Model = (BTreeMap<String, Network>, BTreeMap<String, Sandbox>);
 
+/// The sandbox layer's OS side for the tests: touches nothing, fails on demand.
+struct Ops(Arc<Fake>);
+
+impl SandboxOps for Ops {
+    fn apply(&self, _: &Netns, spec: &Spec) -> tapnet_sandbox::Result<Applied> {
+        if self.0.check(Step::Apply).is_err() {
+            return Err(tapnet_sandbox::Error::Invalid(
+                "injected Apply failure".into(),
+            ));
+        }
+        self.0.configured.fetch_add(1, Ordering::SeqCst);
+        Ok(Applied::assumed(spec, "eth0"))
+    }
+    fn undo(&self, _: &Netns, _: &Applied) -> tapnet_sandbox::Result<()> {
+        if self.0.check(Step::Undo).is_err() {
+            return Err(tapnet_sandbox::Error::Invalid(
+                "injected Undo failure".into(),
+            ));
+        }
+        self.0.configured.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
 struct Rig {
     ctl: Controller,
     fake: Arc<Fake>,
@@ -107,7 +154,7 @@ impl Rig {
     fn new() -> Rig {
         let fake = Arc::new(Fake::default());
         let store = Arc::new(MemStore::new());
-        let mut reg = DriverRegistry::new();
+        let mut reg = DriverRegistry::with_sandbox_layer(SandboxLayer::new(Ops(Arc::clone(&fake))));
         reg.register(fake.clone());
         reg.register(Arc::new(NULL_DRIVER));
         let exec = std::env::temp_dir().join(format!("tapnet-rollback-{}", model::new_id()));
@@ -121,7 +168,13 @@ impl Rig {
     }
 
     /// Everything observable: the model, the store's records, the driver's counts.
-    async fn state(&self) -> (Model, BTreeMap<String, Vec<u8>>, (isize, isize, isize)) {
+    async fn state(
+        &self,
+    ) -> (
+        Model,
+        BTreeMap<String, Vec<u8>>,
+        (isize, isize, isize, isize),
+    ) {
         let snap = self.ctl.snapshot().await;
         (
             (snap.networks.clone(), snap.sandboxes.clone()),
@@ -272,7 +325,7 @@ async fn connect_rolls_back_every_step() {
     rig.network().await;
     rig.sandbox("s").await;
     let before = rig.state().await;
-    for step in [Step::CreateEndpoint, Step::Join] {
+    for step in [Step::CreateEndpoint, Step::Join, Step::Apply] {
         rig.fake.fail(step);
         let e = rig
             .ctl
@@ -299,7 +352,7 @@ async fn connect_rolls_back_every_step() {
         .await
         .unwrap();
     assert_eq!(ep.ipv4, Some("10.9.0.7".parse().unwrap()));
-    assert_eq!(rig.fake.live(), (1, 1, 1));
+    assert_eq!(rig.fake.live(), (1, 1, 1, 1));
 }
 
 #[tokio::test]
@@ -312,7 +365,7 @@ async fn disconnect_rolls_back_every_step() {
         .await
         .unwrap();
     let before = rig.state().await;
-    for step in [Step::Leave, Step::DeleteEndpoint] {
+    for step in [Step::Undo, Step::Leave, Step::DeleteEndpoint] {
         rig.fake.fail(step);
         assert!(
             rig.ctl.disconnect("n", "s", false).await.is_err(),
@@ -356,7 +409,7 @@ async fn delete_sandbox_rolls_back_a_failed_commit() {
     assert_eq!(rig.state().await, before);
     assert!(!rig.addresses_free());
     rig.ctl.delete_sandbox("s").await.unwrap();
-    assert_eq!(rig.fake.live(), (1, 0, 0));
+    assert_eq!(rig.fake.live(), (1, 0, 0, 0));
     assert!(rig.addresses_free());
     assert!(rig.ctl.snapshot().await.sandboxes.is_empty());
 }
@@ -417,13 +470,13 @@ async fn an_abandoned_connect_runs_to_its_end() {
     rig.fake.stall_join.store(false, Ordering::SeqCst);
     // The disconnect waits for the network's lock, i.e. for the connect to end.
     for _ in 0..500 {
-        if rig.fake.live() == (1, 1, 1) && rig.store.dump().len() == 3 {
+        if rig.fake.live() == (1, 1, 1, 1) && rig.store.dump().len() == 3 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
     let (model, records, live) = rig.state().await;
-    assert_eq!(live, (1, 1, 1));
+    assert_eq!(live, (1, 1, 1, 1));
     let eps: Vec<&Endpoint> = model
         .0
         .values()

@@ -3,8 +3,14 @@
 use super::connect::default_mac;
 use super::*;
 use crate::driver::record::NULL_DRIVER;
+use crate::driver::NetworkRequest;
+use crate::driver::{
+    EndpointDescription, EndpointRequest, InterfaceDescription, InterfaceSource, JoinDescription,
+    JoinRequest,
+};
 use crate::ipam::DefaultIpam;
-use crate::model::Endpoint;
+use crate::sandbox_layer::DryRun;
+use crate::sandbox_layer::SandboxLayer;
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 
 /// A bridge-like driver that can be told to fail; counts live endpoints.
@@ -20,7 +26,7 @@ impl Driver for Flaky {
     fn name(&self) -> &str {
         "bridge"
     }
-    fn create_network(&self, _: &Network) -> Result<()> {
+    fn create_network(&self, _: &NetworkRequest<'_>) -> Result<()> {
         if self.fail_create.load(Ordering::SeqCst) {
             return Err(Error::InvalidRequest("injected create failure".into()));
         }
@@ -29,11 +35,11 @@ impl Driver for Flaky {
     fn delete_network(&self, _: &str) -> Result<()> {
         Ok(())
     }
-    fn create_endpoint(&self, _: &Network, _: &Endpoint) -> Result<()> {
+    fn create_endpoint(&self, _: &EndpointRequest<'_>) -> Result<EndpointDescription> {
         self.endpoints.fetch_add(1, Ordering::SeqCst);
-        Ok(())
+        Ok(EndpointDescription::default())
     }
-    fn join(&self, _: &Network, _: &Endpoint, _: &Netns, _: &str) -> Result<String> {
+    fn join(&self, _: &JoinRequest<'_>) -> Result<JoinDescription> {
         if self.fail_join.load(Ordering::SeqCst) {
             return Err(Error::os(
                 "create tap eth0",
@@ -41,7 +47,20 @@ impl Driver for Flaky {
             ));
         }
         self.joined.fetch_add(1, Ordering::SeqCst);
-        Ok("eth0".into())
+        // An interface already named eth0 (the test sandbox layer touches nothing).
+        Ok(JoinDescription {
+            interface: Some(InterfaceDescription {
+                source: InterfaceSource::InSandbox {
+                    name: "eth0".into(),
+                },
+                dst_prefix: String::new(),
+                mac: None,
+                mtu: None,
+                txqueuelen: None,
+                addresses: Vec::new(),
+            }),
+            ..JoinDescription::default()
+        })
     }
     fn leave(&self, _: &str, _: &str) -> Result<()> {
         self.joined.fetch_sub(1, Ordering::SeqCst);
@@ -55,7 +74,7 @@ impl Driver for Flaky {
 
 fn controller() -> (Controller, Arc<Flaky>) {
     let flaky = Arc::new(Flaky::default());
-    let mut reg = DriverRegistry::new();
+    let mut reg = DriverRegistry::with_sandbox_layer(SandboxLayer::new(DryRun));
     reg.register(flaky.clone());
     reg.register(Arc::new(NULL_DRIVER));
     let ctl = Controller::new(
@@ -356,7 +375,7 @@ async fn ipam_state_rebuilds_from_records() {
 }
 
 fn controller_with_db(dir: &Path) -> Controller {
-    let mut reg = DriverRegistry::new();
+    let mut reg = DriverRegistry::with_sandbox_layer(SandboxLayer::new(DryRun));
     reg.register(Arc::new(Flaky::default()));
     reg.register(Arc::new(NULL_DRIVER));
     Controller::with_db(

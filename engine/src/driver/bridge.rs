@@ -1,19 +1,23 @@
 //! The `bridge` driver: a userspace learning switch per network, a tap per endpoint.
 //!
 //! Contract: [`BridgeDriver::create_network`] adds a switch on one datapath worker;
-//! [`BridgeDriver::join`] creates a persistent tap `ethN` inside the sandbox (MAC,
-//! MTU, txqueuelen 10000, IPv4 and (on IPv6 networks) IPv6 address, default routes
-//! via the gateways) and attaches it to
-//! the switch as a port; [`BridgeDriver::leave`] detaches the port and destroys the
-//! tap so the interface disappears from the sandbox. Every step that fails undoes
-//! the steps before it. On a network without IPv6 ([`Network::ipv6`] is `None`) the
-//! tap gets `disable_ipv6=1`, as dockerd does (no RS/DAD/MLD multicast, which the
-//! switch would flood to every port); on IPv6 networks IPv6 stays on.
-//! [`BridgeDriver::restore_endpoint`] (daemon restart) re-opens the endpoint's
-//! persistent tap (`TUNSETIFF` on the existing device) and attaches it again; if the
-//! tap is gone it re-creates it from the stored record (name, MAC, MTU, addresses,
-//! routes). The tap work runs without the driver's lock, so endpoints can be
-//! restored in parallel.
+//! [`BridgeDriver::join`] creates a persistent tap inside the sandbox under a
+//! temporary name (`tap` + the endpoint id's first 12 characters), down and
+//! unconfigured, attaches it to the switch as a port, and returns an
+//! [`InterfaceSource::InSandbox`] description: prefix `eth`, the endpoint's MAC, the
+//! network's MTU, txqueuelen [`TAP_TXQUEUELEN`], the endpoint's IPv4 and (on IPv6
+//! networks) IPv6 address, the network's gateways. The sandbox layer
+//! ([`crate::sandbox_layer`]) renames it `ethN` and configures it; an endpoint on a
+//! network without IPv6 has no IPv6 address, so the layer turns IPv6 off on the tap,
+//! as dockerd does (no RS/DAD/MLD multicast, which the switch would flood to every
+//! port). [`BridgeDriver::leave`] detaches the port and destroys the tap so the
+//! interface disappears from the sandbox. Every step that fails undoes the steps
+//! before it. [`BridgeDriver::restore_endpoint`] (daemon restart) re-opens the
+//! endpoint's persistent tap (`TUNSETIFF` on the existing device, recorded name) and
+//! attaches it again; if the tap is gone it creates a bare one as join does and
+//! returns the same description, which the sandbox layer applies under the recorded
+//! name: a re-created tap is exactly what join + the sandbox layer make. The tap work
+//! runs without the driver's lock, so endpoints can be restored in parallel.
 //!
 //! Each network also gets a userspace gateway (`tapnet_nat`): a `DatagramPort` pair, one
 //! end attached to the switch with [`PortRole::Gateway`], the other run by
@@ -28,7 +32,10 @@
 //! `Arc`: once the switch hands the port back, the driver holds the only reference
 //! and can destroy the device.
 
-use super::{Driver, FdbRow, NetworkReport, PortReport, Restored};
+use super::{
+    Capabilities, Driver, FdbRow, InterfaceDescription, InterfaceSource, JoinDescription,
+    JoinRequest, NetworkReport, NetworkRequest, PortReport, RestoreDescription, Restored,
+};
 use crate::error::{Error, Result};
 use crate::model::{Endpoint, Network};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -39,8 +46,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tapnet_nat::{Gateway, GatewayHandle, NameRecord, Proto, PublishSpec};
-use tapnet_sandbox::netns::Netns;
-use tapnet_sandbox::tap::{self, Tap, TapConfig};
+use tapnet_sandbox::tap::Tap;
 use tapnet_switch::core::{MacAddr, PortId, PortOptions, PortPolicy, PortRole, SwitchConfig};
 use tapnet_switch::runtime::{DatagramPort, Datapath, FrameIo, NetworkHandle, PortStats};
 
@@ -146,38 +152,37 @@ fn destroy_tap(tap: Arc<Tap>, what: &str) -> Result<()> {
     }
 }
 
-/// As dockerd does for an endpoint without an IPv6 address: turn IPv6 off on the
-/// interface, so it sends no router solicitations, DAD or MLD reports. Each of those is
-/// multicast, flooded to every port of the network: with hundreds of endpoints, every
-/// new or re-attached tap would cost a flood to all of them. Failure is only logged
-/// (a kernel without IPv6 has nothing to turn off).
-fn disable_ipv6(sandbox: &Netns, name: &str) {
-    let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
-    match sandbox.run(|| std::fs::write(&path, b"1")) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::debug!(interface = name, error = %e, "disabling IPv6"),
-        Err(e) => tracing::debug!(interface = name, error = %e, "disabling IPv6"),
-    }
+/// The name a new tap gets in the sandbox until the sandbox layer renames it:
+/// `tap` + the endpoint id's first 12 characters (unique: ids are random).
+fn tap_name(endpoint: &Endpoint) -> String {
+    let id: String = endpoint.id.chars().take(12).collect();
+    format!("tap{id}")
 }
 
-/// The tap of `endpoint` on `network`, named `name` (used by `join` and to re-create
-/// a vanished tap on restore, so both build the same device).
-fn tap_config(network: &Network, endpoint: &Endpoint, name: &str, mtu: u32) -> Result<TapConfig> {
-    let mac = endpoint.mac.ok_or_else(|| {
-        Error::InvalidRequest(format!(
+/// What the sandbox needs for `endpoint`'s tap, now called `name` (used by `join` and
+/// by `restore_endpoint`, so a re-created tap ends up as a joined one).
+fn describe(network: &Network, endpoint: &Endpoint, name: &str) -> Result<JoinDescription> {
+    if endpoint.mac.is_none() {
+        return Err(Error::InvalidRequest(format!(
             "endpoint {} on network {} has no MAC address",
             endpoint.id, network.name
-        ))
-    })?;
-    Ok(TapConfig {
-        name: name.to_string(),
-        mac,
-        mtu,
-        txqueuelen: TAP_TXQUEUELEN,
-        ipv4: endpoint.ipv4.map(|a| (a, endpoint.prefix_len)),
+        )));
+    }
+    let mut interface = InterfaceDescription::for_endpoint(
+        InterfaceSource::InSandbox {
+            name: name.to_string(),
+        },
+        network,
+        endpoint,
+    )?;
+    interface.dst_prefix = "eth".into();
+    interface.txqueuelen = Some(TAP_TXQUEUELEN);
+    Ok(JoinDescription {
+        interface: Some(interface),
         gateway_v4: network.gateway,
-        ipv6: endpoint.ipv6.map(|a| (a, endpoint.prefix_len_v6)),
         gateway_v6: network.ipv6.as_ref().map(|v6| v6.gateway),
+        static_routes: Vec::new(),
+        disable_gateway_service: false,
     })
 }
 
@@ -221,7 +226,15 @@ impl Driver for BridgeDriver {
         Ok(())
     }
 
-    fn create_network(&self, network: &Network) -> Result<()> {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            gateway_service: true,
+            ..Capabilities::default()
+        }
+    }
+
+    fn create_network(&self, req: &NetworkRequest<'_>) -> Result<()> {
+        let network = req.network;
         let icc = network.icc()?;
         let port_security = network.port_security()?;
         let (gw4, subnet) = match (network.gateway, network.subnet) {
@@ -341,10 +354,6 @@ impl Driver for BridgeDriver {
             .map_err(|e| Error::datapath(format!("remove switch of network {network_id}"), e))
     }
 
-    fn has_gateway(&self) -> bool {
-        true
-    }
-
     fn set_names(&self, network_id: &str, names: Vec<NameRecord>) -> Result<()> {
         let nets = lock(&self.networks);
         let net = nets
@@ -393,33 +402,19 @@ impl Driver for BridgeDriver {
         }
     }
 
-    fn join(
-        &self,
-        network: &Network,
-        endpoint: &Endpoint,
-        sandbox: &Netns,
-        sandbox_name: &str,
-    ) -> Result<String> {
-        let mtu = network.mtu()?;
+    fn join(&self, req: &JoinRequest<'_>) -> Result<JoinDescription> {
+        let (network, endpoint, sandbox_name) = (req.network, req.endpoint, req.sandbox_name);
+        let name = tap_name(endpoint);
+        let description = describe(network, endpoint, &name)?;
         let mut nets = lock(&self.networks);
         let net = nets
             .get_mut(&network.id)
             .ok_or_else(|| Self::unknown(&network.id))?;
-        let name = tap::next_free_name(sandbox, "eth").map_err(|e| {
-            Error::os(
-                format!("pick an interface name in sandbox {sandbox_name}"),
-                e,
-            )
-        })?;
-        let cfg = tap_config(network, endpoint, &name, mtu)?;
-        let tap = Tap::create(sandbox, &cfg)
+        let tap = Tap::create_down(req.sandbox, &name)
             .map_err(|e| Error::os(format!("create tap {name} in sandbox {sandbox_name}"), e))?;
-        if network.ipv6.is_none() {
-            disable_ipv6(sandbox, &name);
-        }
         let tap = Arc::new(tap);
         match net.attach(endpoint, Arc::clone(&tap)) {
-            Ok(()) => Ok(name),
+            Ok(()) => Ok(description),
             Err(e) => {
                 let what = format!("{name} of sandbox {sandbox_name}");
                 if let Err(cleanup) = destroy_tap(tap, &what) {
@@ -433,19 +428,14 @@ impl Driver for BridgeDriver {
         }
     }
 
-    fn restore_endpoint(
-        &self,
-        network: &Network,
-        endpoint: &Endpoint,
-        sandbox: &Netns,
-        sandbox_name: &str,
-    ) -> Result<Restored> {
+    fn restore_endpoint(&self, req: &JoinRequest<'_>) -> Result<RestoreDescription> {
+        let (network, endpoint, sandbox_name) = (req.network, req.endpoint, req.sandbox_name);
         if !lock(&self.networks).contains_key(&network.id) {
             return Err(Self::unknown(&network.id));
         }
         let name = endpoint.interface.as_str();
-        let (tap, how) = match Tap::reopen(sandbox, name) {
-            Ok(tap) => (tap, Restored::Reopened),
+        let (tap, how, join) = match Tap::reopen(req.sandbox, name) {
+            Ok(tap) => (tap, Restored::Reopened, describe(network, endpoint, name)?),
             Err(reopen) => {
                 tracing::warn!(
                     sandbox = sandbox_name,
@@ -453,14 +443,12 @@ impl Driver for BridgeDriver {
                     error = %reopen,
                     "tap of endpoint is gone; re-creating it from the stored record"
                 );
-                let cfg = tap_config(network, endpoint, name, network.mtu()?)?;
-                let tap = Tap::create(sandbox, &cfg).map_err(|e| {
+                let temp = tap_name(endpoint);
+                let join = describe(network, endpoint, &temp)?;
+                let tap = Tap::create_down(req.sandbox, &temp).map_err(|e| {
                     Error::os(format!("re-create tap {name} in sandbox {sandbox_name}"), e)
                 })?;
-                if network.ipv6.is_none() {
-                    disable_ipv6(sandbox, name);
-                }
-                (tap, Restored::Recreated)
+                (tap, Restored::Recreated, join)
             }
         };
         let tap = Arc::new(tap);
@@ -469,7 +457,7 @@ impl Driver for BridgeDriver {
             .get_mut(&network.id)
             .ok_or_else(|| Self::unknown(&network.id))?;
         match net.attach(endpoint, Arc::clone(&tap)) {
-            Ok(()) => Ok(how),
+            Ok(()) => Ok(RestoreDescription { how, join }),
             Err(e) => {
                 drop(nets);
                 // Leave a re-opened tap as it was (closing the fd keeps the device);

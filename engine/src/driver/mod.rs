@@ -1,35 +1,341 @@
 //! Network drivers (CNM `Driver`) and their name-based registry.
 //!
-//! Contract: a [`Driver`] owns the data-plane side of its networks. The
-//! [`crate::controller::Controller`] keeps the model (names, ids, addresses) and
-//! calls the driver, always from a blocking thread (never a tokio worker), with the
-//! CNM lifecycle: [`Driver::create_network`] → [`Driver::create_endpoint`] →
-//! [`Driver::join`] → [`Driver::leave`] → [`Driver::delete_endpoint`] →
-//! [`Driver::delete_network`]. Calls for one network are never concurrent (the
-//! controller serializes mutations), except [`Driver::restore_endpoint`] during start,
-//! which may run for many endpoints at once. A driver call that fails leaves nothing
-//! behind.
+//! Contract: a [`Driver`] owns the data-plane side of its networks and *describes*
+//! what an endpoint needs in its sandbox; it does not configure the sandbox. The
+//! [`crate::controller::Controller`] keeps the model (names, ids, addresses) and calls
+//! the driver, always from a blocking thread (never a tokio worker), with the CNM
+//! lifecycle: [`Driver::create_network`] → [`Driver::create_endpoint`] →
+//! [`Driver::join`] → the sandbox layer applies the [`JoinDescription`]
+//! ([`crate::sandbox_layer`]) … the sandbox layer undoes it → [`Driver::leave`] →
+//! [`Driver::delete_endpoint`] → [`Driver::delete_network`]. Calls for one network
+//! are never concurrent (the controller serializes mutations), except
+//! [`Driver::restore_endpoint`] during start, which may run for many endpoints at
+//! once. A driver call that fails leaves nothing behind.
+//!
+//! The shapes follow Docker's remote network driver protocol (libnetwork
+//! `docs/remote.md`) and the CNI result: requests carry the records the call needs;
+//! [`EndpointDescription`] is the `CreateEndpoint` response's `Interface`;
+//! [`JoinDescription`] is the `Join` response (`InterfaceName` {`SrcName`,
+//! `DstPrefix`}, `Gateway`, `GatewayIPv6`, `StaticRoutes`, `DisableGatewayService`)
+//! plus what the endpoint's interface gets (MAC, MTU, addresses), so one description
+//! drives the sandbox layer whether the device is moved in (a plugin's veth) or was
+//! created in place (a tap). [`Capabilities`] is `GetCapabilities` (`Scope`,
+//! `ConnectivityScope`) plus what the controller needs to know. `docs/drivers.md`
+//! says how overlay, remote, CNI and macvlan drivers fit.
 //!
 //! Drivers: `bridge` (a userspace switch, a tap per endpoint), `null` (endpoints get
 //! no device: the sandbox keeps only loopback) and `host` (endpoints share the daemon
 //! host's namespace: no device, no address). A driver without addresses
-//! ([`Driver::has_addresses`] false) gets no IPAM pool and its endpoints no address; a
-//! [`Driver::single_instance`] driver may back only one network (Docker: "only one
-//! instance of "host" network is allowed"). `overlay`, `macvlan` and `remote` fit the
-//! same trait (a driver that has no switch returns empty reports).
+//! ([`Capabilities::needs_addresses`] false) gets no IPAM pool and its endpoints no
+//! address; a [`Capabilities::single_instance`] driver may back only one network
+//! (Docker: "only one instance of "host" network is allowed"). A driver that has no
+//! switch returns empty reports.
 
 pub mod bridge;
 pub mod record;
 
 use crate::error::{Error, Result};
 use crate::model::{Endpoint, Network};
+use crate::sandbox_layer::SandboxLayer;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use tapnet_nat::{NameRecord, Proto, PublishSpec};
 use tapnet_sandbox::netns::Netns;
 use tapnet_switch::core::{MacAddr, PortId};
 use tapnet_switch::runtime::PortStatsSnapshot;
+
+/// Where a driver's networks exist (Docker `GetCapabilities`: `"local"` or
+/// `"global"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// On this host only.
+    #[default]
+    Local,
+    /// Across the hosts of a cluster (overlay).
+    Global,
+}
+
+impl Scope {
+    /// `local` or `global`, as Docker writes a network's `Scope`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Local => "local",
+            Scope::Global => "global",
+        }
+    }
+}
+
+/// What a driver is, in one struct (Docker `GetCapabilities` plus what the controller
+/// asks of a driver).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Docker `Scope`: where the driver's networks (their records) exist.
+    pub scope: Scope,
+    /// Docker `ConnectivityScope`: how far its endpoints reach each other (a local
+    /// driver can connect hosts, e.g. macvlan on a shared segment).
+    pub connectivity_scope: Scope,
+    /// Whether networks get an IPAM pool and endpoints addresses and a MAC (false:
+    /// `null`, `host`: no pool, no address, no device).
+    pub needs_addresses: bool,
+    /// Whether at most one network may use the driver, and a sandbox on it may be on
+    /// no other network (`null`, `host`).
+    pub single_instance: bool,
+    /// Whether the driver's networks have a gateway that serves DNS names and
+    /// published ports ([`Driver::set_names`], [`Driver::publish`]); the first such
+    /// network of a sandbox is its resolver.
+    pub gateway_service: bool,
+}
+
+impl Default for Capabilities {
+    /// Local, needs addresses, any number of networks, no gateway service.
+    fn default() -> Capabilities {
+        Capabilities {
+            scope: Scope::Local,
+            connectivity_scope: Scope::Local,
+            needs_addresses: true,
+            single_instance: false,
+            gateway_service: false,
+        }
+    }
+}
+
+/// [`Driver::create_network`]'s request (Docker `CreateNetwork`: `NetworkID`,
+/// `Options`, `IPv4Data`, `IPv6Data` are all in the record).
+#[derive(Debug, Clone, Copy)]
+pub struct NetworkRequest<'a> {
+    /// The network: id, driver options, subnets, gateways, auxiliary addresses.
+    pub network: &'a Network,
+}
+
+/// [`Driver::create_endpoint`]'s request (Docker `CreateEndpoint`: `NetworkID`,
+/// `EndpointID`, `Interface` {`Address`, `AddressIPv6`, `MacAddress`}).
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointRequest<'a> {
+    /// The endpoint's network.
+    pub network: &'a Network,
+    /// The endpoint: id, the addresses IPAM gave it, its MAC (each may be unset).
+    pub endpoint: &'a Endpoint,
+}
+
+/// [`Driver::join`]'s and [`Driver::restore_endpoint`]'s request (Docker `Join`:
+/// `NetworkID`, `EndpointID`, `SandboxKey`).
+#[derive(Debug, Clone, Copy)]
+pub struct JoinRequest<'a> {
+    /// The endpoint's network.
+    pub network: &'a Network,
+    /// The endpoint (on restore: as recorded, with its interface name).
+    pub endpoint: &'a Endpoint,
+    /// The sandbox's open namespace (a driver that creates its device in place, like
+    /// a tap, does it here).
+    pub sandbox: &'a Netns,
+    /// The sandbox's name, for messages.
+    pub sandbox_name: &'a str,
+}
+
+impl JoinRequest<'_> {
+    /// Docker's `SandboxKey`: the path of the sandbox's namespace.
+    pub fn sandbox_key(&self) -> &Path {
+        self.sandbox.path()
+    }
+}
+
+/// What [`Driver::create_endpoint`] chose for the endpoint (Docker `CreateEndpoint`
+/// response `Interface`). Empty (the default) when the driver takes the endpoint as
+/// requested. A field may only be given where the request had none (Docker: "If the
+/// remote process was supplied a non-empty value in `Interface`, it must respond with
+/// an empty `Interface` value"); the controller records what it adopts, and IPAM
+/// reserves nothing for a driver-chosen address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointDescription {
+    /// `Interface.MacAddress`.
+    pub mac: Option<[u8; 6]>,
+    /// `Interface.Address`: IPv4 address with prefix length.
+    pub ipv4: Option<Ipv4Net>,
+    /// `Interface.AddressIPv6`: IPv6 address with prefix length.
+    pub ipv6: Option<Ipv6Net>,
+}
+
+impl EndpointDescription {
+    /// Fill the endpoint's unset fields from this description. A field the endpoint
+    /// already has with another value is the driver breaking the contract: an error.
+    pub fn apply_to(&self, endpoint: &mut Endpoint) -> Result<()> {
+        let conflict = |what: &str| {
+            Err(Error::Driver(format!(
+                "the driver chose a {what} for endpoint {} that already had one",
+                endpoint.id
+            )))
+        };
+        if let Some(mac) = self.mac {
+            match endpoint.mac {
+                Some(m) if m != mac => return conflict("MAC address"),
+                _ => {}
+            }
+        }
+        if let Some(a) = self.ipv4 {
+            match endpoint.ipv4 {
+                Some(e) if e != a.addr() || endpoint.prefix_len != a.prefix_len() => {
+                    return conflict("IPv4 address")
+                }
+                _ => {}
+            }
+        }
+        if let Some(a) = self.ipv6 {
+            match endpoint.ipv6 {
+                Some(e) if e != a.addr() || endpoint.prefix_len_v6 != a.prefix_len() => {
+                    return conflict("IPv6 address")
+                }
+                _ => {}
+            }
+        }
+        if let Some(mac) = self.mac {
+            endpoint.mac = Some(mac);
+        }
+        if let Some(a) = self.ipv4 {
+            endpoint.ipv4 = Some(a.addr());
+            endpoint.prefix_len = a.prefix_len();
+        }
+        if let Some(a) = self.ipv6 {
+            endpoint.ipv6 = Some(a.addr());
+            endpoint.prefix_len_v6 = a.prefix_len();
+        }
+        Ok(())
+    }
+}
+
+/// Where the endpoint's device is when the driver's join returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterfaceSource {
+    /// A device the driver made in the daemon's (host) namespace, to be moved into
+    /// the sandbox (Docker `InterfaceName.SrcName`: a plugin's veth end, a macvlan).
+    /// On leave it is moved back under this name before [`Driver::leave`], which
+    /// deletes it.
+    MoveIn {
+        /// Its name in the host namespace.
+        host_name: String,
+    },
+    /// A device the driver created inside the sandbox itself (a tap, whose fd the
+    /// driver keeps for its switch). It stays the driver's: [`Driver::leave`] removes
+    /// it.
+    InSandbox {
+        /// Its current name in the sandbox.
+        name: String,
+    },
+}
+
+/// The endpoint's interface as the sandbox layer must set it up (CNI: one entry of
+/// the result's `interfaces`, with its `ips`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceDescription {
+    /// Where the device is (Docker `InterfaceName.SrcName`, or created in place).
+    pub source: InterfaceSource,
+    /// Docker `InterfaceName.DstPrefix`: the device is renamed to the first free
+    /// `<dst_prefix>N` in the sandbox (`eth` → `eth0`, `eth1`, …). Empty: it keeps its
+    /// name. On restore the recorded name is used instead.
+    pub dst_prefix: String,
+    /// MAC address to set (Docker: the endpoint's `Interface.MacAddress`; CNI
+    /// `interfaces[].mac`). `None`: keep the device's.
+    pub mac: Option<[u8; 6]>,
+    /// MTU to set (Docker takes it from the network's
+    /// `com.docker.network.driver.mtu`; not in the remote protocol). `None`: keep.
+    pub mtu: Option<u32>,
+    /// `txqueuelen` to set (tapnet: 10000 on taps, so a TCP window never overflows
+    /// the ring; not in the remote protocol). `None`: keep.
+    pub txqueuelen: Option<u32>,
+    /// Addresses with prefix length (Docker: the endpoint's `Interface.Address` and
+    /// `AddressIPv6`; CNI `ips[].address`). IPv6 ones are added with `nodad`. An
+    /// interface with no IPv6 address gets IPv6 turned off (`disable_ipv6=1`, as
+    /// dockerd does), so it sends no router solicitations, DAD or MLD.
+    pub addresses: Vec<IpNet>,
+}
+
+impl InterfaceDescription {
+    /// The interface of `endpoint` on `network` from `source`: the endpoint's MAC and
+    /// addresses, the network's MTU; txqueuelen kept, no prefix.
+    pub fn for_endpoint(
+        source: InterfaceSource,
+        network: &Network,
+        endpoint: &Endpoint,
+    ) -> Result<InterfaceDescription> {
+        let mut addresses = Vec::new();
+        if let Some(a) = endpoint.ipv4 {
+            let net = Ipv4Net::new(a, endpoint.prefix_len).map_err(|e| {
+                Error::InvalidRequest(format!("endpoint {}: {a}: {e}", endpoint.id))
+            })?;
+            addresses.push(IpNet::V4(net));
+        }
+        if let Some(a) = endpoint.ipv6 {
+            let net = Ipv6Net::new(a, endpoint.prefix_len_v6).map_err(|e| {
+                Error::InvalidRequest(format!("endpoint {}: {a}: {e}", endpoint.id))
+            })?;
+            addresses.push(IpNet::V6(net));
+        }
+        Ok(InterfaceDescription {
+            source,
+            dst_prefix: String::new(),
+            mac: endpoint.mac,
+            mtu: Some(network.mtu()?),
+            txqueuelen: None,
+            addresses,
+        })
+    }
+}
+
+/// A route the sandbox gets on the endpoint's interface (Docker `StaticRoutes[]`;
+/// CNI `routes[]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaticRoute {
+    /// `Destination` (CNI `dst`); host bits are ignored.
+    pub destination: IpNet,
+    /// `NextHop` with `RouteType` 0 (CNI `gw`); `None` is `RouteType` 1, a connected
+    /// (on-link) route.
+    pub next_hop: Option<IpAddr>,
+}
+
+/// What [`Driver::join`] returns: everything the sandbox layer needs (Docker `Join`
+/// response; CNI result).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinDescription {
+    /// The endpoint's device; `None` for drivers without devices (`null`, `host`),
+    /// which then give no gateways or routes either.
+    pub interface: Option<InterfaceDescription>,
+    /// Docker `Gateway` (CNI `ips[].gateway`): the sandbox's IPv4 default route via
+    /// this address on the interface, unless the sandbox has one already (the first
+    /// network joined gives the default route).
+    pub gateway_v4: Option<Ipv4Addr>,
+    /// Docker `GatewayIPv6`: the same for IPv6.
+    pub gateway_v6: Option<Ipv6Addr>,
+    /// Docker `StaticRoutes`: added on the interface; one that exists already fails
+    /// the join.
+    pub static_routes: Vec<StaticRoute>,
+    /// Docker `DisableGatewayService`: the endpoint's network is not the sandbox's
+    /// way out (Docker then attaches no `docker_gwbridge`). tapnet: the sandbox's
+    /// published ports do not go through this network's gateway.
+    pub disable_gateway_service: bool,
+}
+
+/// How [`Driver::restore_endpoint`] brought an endpoint back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restored {
+    /// The endpoint's interface was still there and was re-attached.
+    Reopened,
+    /// The interface was gone and was re-created from the stored record.
+    Recreated,
+}
+
+/// What [`Driver::restore_endpoint`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreDescription {
+    /// Re-attached or re-created.
+    pub how: Restored,
+    /// The description [`Driver::join`] would give for the endpoint as recorded: on
+    /// [`Restored::Recreated`] the sandbox layer applies it (under the recorded
+    /// interface name), on [`Restored::Reopened`] it only records it, so a later
+    /// leave can undo it.
+    pub join: JoinDescription,
+}
 
 /// Counters of one port, as a driver reports them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,80 +376,59 @@ pub struct FdbRow {
     pub age_seconds: f64,
 }
 
-/// How [`Driver::restore_endpoint`] brought an endpoint back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Restored {
-    /// The endpoint's interface was still there and was re-attached.
-    Reopened,
-    /// The interface was gone and was re-created from the stored record.
-    Recreated,
-}
-
 /// A network driver. See the module doc for the calling contract.
 pub trait Driver: Send + Sync {
     /// The driver's name (`bridge`).
     fn name(&self) -> &str;
-    /// `local` or `global`.
-    fn scope(&self) -> &'static str {
-        "local"
-    }
-    /// Whether the driver's endpoints get IP addresses (and its networks an IPAM pool).
-    fn has_addresses(&self) -> bool {
-        true
-    }
-    /// Whether at most one network may use this driver.
-    fn single_instance(&self) -> bool {
-        false
+    /// What the driver is (Docker `GetCapabilities`).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
     }
     /// Check driver options of a network about to be created. No side effects.
     fn validate_options(&self, options: &BTreeMap<String, String>) -> Result<()> {
         let _ = options;
         Ok(())
     }
-    /// Create the data-plane side of `network`.
-    fn create_network(&self, network: &Network) -> Result<()>;
-    /// Remove the data-plane side of a network (it has no endpoints left).
+    /// Create the data-plane side of a network (Docker `CreateNetwork`).
+    fn create_network(&self, req: &NetworkRequest<'_>) -> Result<()>;
+    /// Remove the data-plane side of a network (it has no endpoints left; Docker
+    /// `DeleteNetwork`).
     fn delete_network(&self, network_id: &str) -> Result<()>;
-    /// Prepare an endpoint before it joins a sandbox (default: nothing to do).
-    fn create_endpoint(&self, network: &Network, endpoint: &Endpoint) -> Result<()> {
-        let _ = (network, endpoint);
-        Ok(())
+    /// Prepare an endpoint before it joins a sandbox (Docker `CreateEndpoint`);
+    /// returns what the driver chose for it (default: nothing, nothing chosen).
+    fn create_endpoint(&self, req: &EndpointRequest<'_>) -> Result<EndpointDescription> {
+        let _ = req;
+        Ok(EndpointDescription::default())
     }
-    /// Give the endpoint an interface inside the sandbox and attach it to the
-    /// network's data plane. Returns the interface name (empty: no device).
-    fn join(
-        &self,
-        network: &Network,
-        endpoint: &Endpoint,
-        sandbox: &Netns,
-        sandbox_name: &str,
-    ) -> Result<String>;
-    /// Daemon restart: re-attach a stored endpoint that joined `sandbox` before the
-    /// restart (its interface normally still exists), or re-create its interface from
-    /// the record if it is gone. Called after [`Driver::create_network`] for its
-    /// network, possibly concurrently for different endpoints. On failure nothing of
-    /// the endpoint is attached (the caller drops the endpoint).
-    fn restore_endpoint(
-        &self,
-        network: &Network,
-        endpoint: &Endpoint,
-        sandbox: &Netns,
-        sandbox_name: &str,
-    ) -> Result<Restored> {
-        let _ = (network, endpoint, sandbox, sandbox_name);
-        Ok(Restored::Reopened)
+    /// Attach the endpoint to the network's data plane and describe what the sandbox
+    /// needs (Docker `Join`): the device (made in place in the sandbox, or in the host
+    /// namespace to be moved in), its MAC/MTU/addresses, gateways, routes. The sandbox
+    /// layer does the configuring; on its failure the controller calls
+    /// [`Driver::leave`] and [`Driver::delete_endpoint`].
+    fn join(&self, req: &JoinRequest<'_>) -> Result<JoinDescription>;
+    /// Daemon restart: re-attach a stored endpoint that joined the sandbox before the
+    /// restart (its interface normally still exists, under the recorded name), or
+    /// re-create its device from the record if it is gone. Returns how, and the
+    /// description [`Driver::join`] would give. Called after
+    /// [`Driver::create_network`] for its network, possibly concurrently for different
+    /// endpoints. On failure nothing of the endpoint is attached (the caller drops
+    /// the endpoint). Default: nothing to re-attach, nothing to describe.
+    fn restore_endpoint(&self, req: &JoinRequest<'_>) -> Result<RestoreDescription> {
+        let _ = req;
+        Ok(RestoreDescription {
+            how: Restored::Reopened,
+            join: JoinDescription::default(),
+        })
     }
-    /// Detach the endpoint and remove its interface from the sandbox.
+    /// Detach the endpoint from the data plane and remove its device (Docker
+    /// `Leave`). The sandbox layer has already undone its configuration (and moved a
+    /// [`InterfaceSource::MoveIn`] device back to the host namespace).
     fn leave(&self, network_id: &str, endpoint_id: &str) -> Result<()>;
-    /// Forget an endpoint that has left (default: nothing to do).
+    /// Forget an endpoint that has left (Docker `DeleteEndpoint`; default: nothing to
+    /// do).
     fn delete_endpoint(&self, network_id: &str, endpoint_id: &str) -> Result<()> {
         let _ = (network_id, endpoint_id);
         Ok(())
-    }
-    /// Whether the driver's networks have a gateway that serves DNS names and
-    /// published ports ([`Driver::set_names`], [`Driver::publish`]).
-    fn has_gateway(&self) -> bool {
-        false
     }
     /// Replace the names the network's embedded DNS answers (default: no DNS).
     fn set_names(&self, network_id: &str, names: Vec<NameRecord>) -> Result<()> {
@@ -177,16 +462,32 @@ pub trait Driver: Send + Sync {
     fn shutdown(&self) {}
 }
 
-/// Drivers by name.
-#[derive(Clone, Default)]
+/// Drivers by name, and the sandbox layer that applies what they describe.
+#[derive(Clone)]
 pub struct DriverRegistry {
     drivers: BTreeMap<String, Arc<dyn Driver>>,
+    sandbox: Arc<SandboxLayer>,
+}
+
+impl Default for DriverRegistry {
+    /// No drivers; the sandbox layer configures real namespaces (netlink).
+    fn default() -> DriverRegistry {
+        DriverRegistry::with_sandbox_layer(SandboxLayer::netlink())
+    }
 }
 
 impl DriverRegistry {
-    /// An empty registry.
+    /// An empty registry with the netlink sandbox layer.
     pub fn new() -> DriverRegistry {
         DriverRegistry::default()
+    }
+    /// An empty registry whose descriptions `layer` applies (tests use one that
+    /// touches no namespace).
+    pub fn with_sandbox_layer(layer: SandboxLayer) -> DriverRegistry {
+        DriverRegistry {
+            drivers: BTreeMap::new(),
+            sandbox: Arc::new(layer),
+        }
     }
     /// Register `driver` under its name (replacing any driver of that name).
     pub fn register(&mut self, driver: Arc<dyn Driver>) {
@@ -202,6 +503,10 @@ impl DriverRegistry {
     /// Every registered driver.
     pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Driver>> {
         self.drivers.values()
+    }
+    /// The sandbox layer.
+    pub fn sandbox_layer(&self) -> Arc<SandboxLayer> {
+        Arc::clone(&self.sandbox)
     }
 }
 
