@@ -38,6 +38,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use tapnet_wire::MacAddr;
 
+/// The longest a netlink request waits for the kernel's answer.
+pub const NETLINK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `NLMSGERR_ATTR_MSG` from `linux/netlink.h`: the extended-ack error string.
 const NLMSGERR_ATTR_MSG: u16 = 1;
 /// `NLM_F_CAPPED` from `linux/netlink.h`: the echoed request in an error is only its header.
@@ -155,6 +158,17 @@ impl Handle {
         // Best effort: richer error text and short acks. Older kernels may refuse.
         let _ = socket.set_ext_ack(true);
         let _ = socket.set_cap_ack(true);
+        // Bound every wait for the kernel's answer: a request never blocks its
+        // caller (and the operation holding locks above it) for longer than this.
+        let fd = socket.as_raw_fd();
+        // SAFETY: `fd` is the socket just opened above, alive for this call.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        nix::sys::socket::setsockopt(
+            &borrowed,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(NETLINK_TIMEOUT.as_secs() as _, 0),
+        )
+        .map_err(|e| os_err("set a receive timeout on the NETLINK_ROUTE socket", e.into()))?;
         Ok(Handle { socket, seq: 0 })
     }
 

@@ -406,26 +406,28 @@ impl Driver for BridgeDriver {
         let (network, endpoint, sandbox_name) = (req.network, req.endpoint, req.sandbox_name);
         let name = tap_name(endpoint);
         let description = describe(network, endpoint, &name)?;
-        let mut nets = lock(&self.networks);
-        let net = nets
-            .get_mut(&network.id)
-            .ok_or_else(|| Self::unknown(&network.id))?;
+        if !lock(&self.networks).contains_key(&network.id) {
+            return Err(Self::unknown(&network.id));
+        }
+        // The tap is made without the driver's lock: joins on other networks (and
+        // reads of counters) do not wait for namespace and tap work.
         let tap = Tap::create_down(req.sandbox, &name)
             .map_err(|e| Error::os(format!("create tap {name} in sandbox {sandbox_name}"), e))?;
         let tap = Arc::new(tap);
-        match net.attach(endpoint, Arc::clone(&tap)) {
-            Ok(()) => Ok(description),
-            Err(e) => {
-                let what = format!("{name} of sandbox {sandbox_name}");
-                if let Err(cleanup) = destroy_tap(tap, &what) {
-                    tracing::warn!(error = %cleanup, "cleanup after failed attach");
-                }
-                Err(Error::datapath(
-                    format!("attach {what} to network {}", network.name),
-                    e,
-                ))
+        let what = format!("{name} of sandbox {sandbox_name}");
+        let attached = match lock(&self.networks).get_mut(&network.id) {
+            Some(net) => net.attach(endpoint, Arc::clone(&tap)).map_err(|e| {
+                Error::datapath(format!("attach {what} to network {}", network.name), e)
+            }),
+            None => Err(Self::unknown(&network.id)),
+        };
+        if let Err(e) = attached {
+            if let Err(cleanup) = destroy_tap(tap, &what) {
+                tracing::warn!(error = %cleanup, "cleanup after failed attach");
             }
+            return Err(e);
         }
+        Ok(description)
     }
 
     fn restore_endpoint(&self, req: &JoinRequest<'_>) -> Result<RestoreDescription> {
@@ -480,20 +482,24 @@ impl Driver for BridgeDriver {
     }
 
     fn leave(&self, network_id: &str, endpoint_id: &str) -> Result<()> {
-        let mut nets = lock(&self.networks);
-        let net = nets
-            .get_mut(network_id)
-            .ok_or_else(|| Self::unknown(network_id))?;
-        let Some(port) = net.ports.remove(endpoint_id) else {
-            return Ok(());
-        };
-        match net.handle.remove_port(port.port) {
-            Ok(io) => drop(io),
-            Err(e) => {
-                tracing::warn!(endpoint = endpoint_id, error = %e, "detaching port failed");
+        let port = {
+            let mut nets = lock(&self.networks);
+            let net = nets
+                .get_mut(network_id)
+                .ok_or_else(|| Self::unknown(network_id))?;
+            let Some(port) = net.ports.remove(endpoint_id) else {
+                return Ok(());
+            };
+            match net.handle.remove_port(port.port) {
+                Ok(io) => drop(io),
+                Err(e) => {
+                    tracing::warn!(endpoint = endpoint_id, error = %e, "detaching port failed");
+                }
             }
-        }
+            port
+        };
         drop(port.stats);
+        // The tap is destroyed without the driver's lock.
         destroy_tap(port.tap, &format!("endpoint {endpoint_id}"))
     }
 
