@@ -157,7 +157,6 @@ impl Store {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
 
     #[test]
     fn ids_are_64_hex() {
@@ -195,47 +194,6 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_442_400), "2026-11-23T14:00:00Z");
-    }
-
-    #[test]
-    fn mac_from_ip() {
-        let mac = mac_for(Ipv4Addr::new(10, 10, 0, 2));
-        assert_eq!(format_mac(&mac), "02:42:0a:0a:00:02");
-    }
-
-    #[test]
-    fn endpoint_mac_parsing() {
-        assert_eq!(
-            parse_endpoint_mac("02:42:0A:00:00:09").unwrap(),
-            [0x02, 0x42, 0x0a, 0, 0, 9]
-        );
-        assert_eq!(
-            parse_endpoint_mac("02-42-0a-00-00-09").unwrap(),
-            [0x02, 0x42, 0x0a, 0, 0, 9]
-        );
-        for bad in [
-            "",
-            "02:42:0a:00:00",
-            "02:42:0a:00:00:09:01",
-            "0g:42:0a:00:00:09",
-            "2:42:0a:00:00:091",
-        ] {
-            assert!(
-                parse_endpoint_mac(bad)
-                    .unwrap_err()
-                    .contains("six hex bytes"),
-                "{bad}"
-            );
-        }
-        assert!(parse_endpoint_mac("00:00:00:00:00:00")
-            .unwrap_err()
-            .contains("all-zero"));
-        assert!(parse_endpoint_mac("01:00:5e:00:00:01")
-            .unwrap_err()
-            .contains("multicast"));
-        assert!(parse_endpoint_mac("ff:ff:ff:ff:ff:ff")
-            .unwrap_err()
-            .contains("multicast"));
     }
 
     #[test]

@@ -168,7 +168,12 @@ impl Handle {
             nix::sys::socket::sockopt::ReceiveTimeout,
             &nix::sys::time::TimeVal::new(NETLINK_TIMEOUT.as_secs() as _, 0),
         )
-        .map_err(|e| os_err("set a receive timeout on the NETLINK_ROUTE socket", e.into()))?;
+        .map_err(|e| {
+            os_err(
+                "set a receive timeout on the NETLINK_ROUTE socket",
+                e.into(),
+            )
+        })?;
         Ok(Handle { socket, seq: 0 })
     }
 

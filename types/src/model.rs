@@ -286,16 +286,34 @@ mod tests {
     #[test]
     fn endpoint_mac_parsing() {
         assert_eq!(
+            parse_endpoint_mac("02:42:0A:00:00:09").unwrap(),
+            [0x02, 0x42, 0x0a, 0, 0, 9]
+        );
+        assert_eq!(
             parse_endpoint_mac("02-42-0a-00-00-09").unwrap(),
             [0x02, 0x42, 0x0a, 0, 0, 9]
         );
-        assert!(parse_endpoint_mac("02:42:0a:00:00")
-            .unwrap_err()
-            .contains("six hex bytes"));
+        for bad in [
+            "",
+            "02:42:0a:00:00",
+            "02:42:0a:00:00:09:01",
+            "0g:42:0a:00:00:09",
+            "2:42:0a:00:00:091",
+        ] {
+            assert!(
+                parse_endpoint_mac(bad)
+                    .unwrap_err()
+                    .contains("six hex bytes"),
+                "{bad}"
+            );
+        }
         assert!(parse_endpoint_mac("00:00:00:00:00:00")
             .unwrap_err()
             .contains("all-zero"));
         assert!(parse_endpoint_mac("01:00:5e:00:00:01")
+            .unwrap_err()
+            .contains("multicast"));
+        assert!(parse_endpoint_mac("ff:ff:ff:ff:ff:ff")
             .unwrap_err()
             .contains("multicast"));
     }
