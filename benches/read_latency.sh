@@ -7,7 +7,8 @@
 # Runs inside a private user+net+mount namespace (nothing reaches the host); the exec
 # root is a tmpfs, the data root a directory on the real disk under target/, so
 # commits pay real fsyncs. Prints the GET latency percentiles and the maximum for the
-# idle daemon and under the connect storm, and how long the storm took.
+# idle daemon and under the connect storm, and how long a storm takes with and without
+# the reader (on 2 cores the reader competes with the connects for CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNECTS=${1:-20}
@@ -90,11 +91,26 @@ for r in range(rounds):
         t.join()
     storm_secs.append(time.perf_counter() - t0)
 
+# The same storms with no reader, for the connect time alone.
+quiet_secs = []
+for r in range(rounds):
+    names = [f"q{r}s{i}" for i in range(connects)]
+    for n in names:
+        call("POST", "/sandboxes", {"Name": n})
+    threads = [threading.Thread(target=call, args=("POST", "/networks/rl/connect", {"Container": n})) for n in names]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    quiet_secs.append(time.perf_counter() - t0)
+
 def row(name, xs):
     print(f"{name:<28} n={len(xs):5d}  p50={pct(xs,0.5):7.2f} ms  p99={pct(xs,0.99):7.2f} ms  max={max(xs):7.2f} ms")
 
 print(f"GET /networks latency ({connects} concurrent connects x {rounds} rounds)")
 row("idle daemon", idle)
 row(f"during {connects} connects", storm)
-print(f"connect storm: median {sorted(storm_secs)[len(storm_secs)//2]*1000:.0f} ms for {connects} connects")
+med = lambda xs: sorted(xs)[len(xs) // 2] * 1000
+print(f"{connects} concurrent connects: median {med(storm_secs):.0f} ms with the reader running, {med(quiet_secs):.0f} ms without")
 PY
