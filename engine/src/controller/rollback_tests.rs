@@ -6,8 +6,8 @@
 use super::*;
 use crate::driver::record::NULL_DRIVER;
 use crate::driver::{
-    EndpointDescription, EndpointRequest, InterfaceDescription, InterfaceSource, JoinDescription,
-    JoinRequest, NetworkRequest,
+    Capabilities, EndpointDescription, EndpointRequest, InterfaceDescription, InterfaceSource,
+    JoinDescription, JoinRequest, NetworkRequest,
 };
 use crate::ipam::DefaultIpam;
 use crate::model::Endpoint;
@@ -30,6 +30,8 @@ enum Step {
     Apply,
     /// The sandbox layer's undo.
     Undo,
+    /// Publishing a port (the second one: the first always succeeds).
+    PublishSecond,
 }
 
 /// A bridge-like driver that fails the steps it is told to; counts what is live.
@@ -41,6 +43,10 @@ struct Fake {
     joined: AtomicIsize,
     /// Interfaces the sandbox layer configured.
     configured: AtomicIsize,
+    /// Host ports published now.
+    published: AtomicIsize,
+    /// Publish calls so far.
+    publishes: AtomicIsize,
     /// Block `join` until cleared (a slow OS call).
     stall_join: AtomicBool,
 }
@@ -71,6 +77,24 @@ impl Fake {
 impl Driver for Fake {
     fn name(&self) -> &str {
         "bridge"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            gateway_service: true,
+            ..Capabilities::default()
+        }
+    }
+    fn publish(&self, _: &str, spec: tapnet_nat::PublishSpec) -> Result<std::net::SocketAddr> {
+        let n = self.publishes.fetch_add(1, Ordering::SeqCst);
+        if n % 2 == 1 {
+            self.check(Step::PublishSecond)?;
+        }
+        self.published.fetch_add(1, Ordering::SeqCst);
+        Ok(std::net::SocketAddr::new(spec.host_ip, 40000 + n as u16))
+    }
+    fn unpublish(&self, _: &str, _: tapnet_nat::Proto, _: std::net::SocketAddr) -> Result<()> {
+        self.published.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
     }
     fn create_network(&self, _: &NetworkRequest<'_>) -> Result<()> {
         self.check(Step::CreateNetwork)?;
@@ -516,4 +540,63 @@ async fn reads_do_not_wait_for_a_stalled_mutation() {
     .unwrap();
     rig.fake.stall_join.store(false, Ordering::SeqCst);
     pending.await.unwrap().unwrap();
+}
+
+/// Published ports are steps too: a failing second port unpublishes the first; a failed
+/// commit of a connect or a disconnect leaves the ports as they were.
+#[tokio::test]
+async fn published_ports_roll_back() {
+    let rig = Rig::new();
+    rig.network().await;
+    let bindings = ["80/tcp", "53/udp"]
+        .iter()
+        .map(|spec| {
+            let (port, proto) = crate::ports::parse_container_port(spec).unwrap();
+            PortBinding {
+                port,
+                proto,
+                host_ip: "127.0.0.1".parse().unwrap(),
+                host_port: 0,
+            }
+        })
+        .collect();
+    rig.ctl
+        .create_sandbox_with(Some("p".into()), Some("/proc/self/ns/net".into()), bindings)
+        .await
+        .unwrap();
+    let published = || rig.fake.published.load(Ordering::SeqCst);
+    let before = rig.state().await;
+    rig.fake.fail(Step::PublishSecond);
+    assert!(rig
+        .ctl
+        .connect("n", "p", Rig::connect_opts())
+        .await
+        .is_err());
+    assert_eq!(published(), 0, "the first port is unpublished again");
+    assert_eq!(rig.state().await, before);
+    rig.fake.heal();
+    rig.store.fail_next(1);
+    assert!(rig
+        .ctl
+        .connect("n", "p", Rig::connect_opts())
+        .await
+        .is_err());
+    assert_eq!(published(), 0);
+    assert_eq!(rig.state().await, before);
+    rig.ctl
+        .connect("n", "p", Rig::connect_opts())
+        .await
+        .unwrap();
+    assert_eq!(published(), 2);
+    let sb = rig.ctl.sandbox("p").await.unwrap();
+    assert_eq!(sb.published.as_ref().map(|p| p.ports.len()), Some(2));
+    // A disconnect whose commit fails binds the ports again (and re-joins).
+    let connected = rig.state().await;
+    rig.store.fail_next(1);
+    assert!(rig.ctl.disconnect("n", "p", false).await.is_err());
+    assert_eq!(published(), 2);
+    assert_eq!(rig.state().await, connected);
+    rig.ctl.disconnect("n", "p", false).await.unwrap();
+    assert_eq!(published(), 0);
+    assert_eq!(rig.ctl.sandbox("p").await.unwrap().published, None);
 }
