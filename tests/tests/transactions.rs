@@ -87,6 +87,11 @@ fn abandoned_connects_leave_memory_store_and_kernel_agreeing() {
                     });
                 }
             });
+            // A connect of another sandbox queues behind every connect already
+            // waiting for the network's lock (the lock is fair); then let it settle.
+            env.sandbox("probe");
+            env.ok(&["network", "connect", "n", "probe"]);
+            env.ok(&["network", "disconnect", "n", "probe"]);
             let memory = settled(|| endpoints(env, "n"));
             // Memory and kernel agree: a sandbox has eth0 if and only if an endpoint
             // record names it.
