@@ -18,5 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod header;
+pub mod table;
 
 pub use header::{decap, encap, Vni, VxlanHeader};
+pub use table::{Dest, TableConfig, VtepTable};
