@@ -18,7 +18,9 @@
 #![forbid(unsafe_code)]
 
 pub mod header;
+pub mod suppress;
 pub mod table;
 
 pub use header::{decap, encap, Vni, VxlanHeader};
+pub use suppress::NeighTable;
 pub use table::{Dest, TableConfig, VtepTable};
