@@ -18,9 +18,11 @@
 #![forbid(unsafe_code)]
 
 pub mod header;
+pub mod port;
 pub mod suppress;
 pub mod table;
 
 pub use header::{decap, encap, Vni, VxlanHeader};
+pub use port::{VxlanControl, VxlanPort, VxlanStats, VxlanStatsSnapshot};
 pub use suppress::NeighTable;
 pub use table::{Dest, TableConfig, VtepTable};
