@@ -1,0 +1,316 @@
+//! Two switches joined by VXLAN ports over loopback UDP; endpoints are socketpair ends.
+//! Needs no privileges.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::net::UnixDatagram;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tapnet_switch::core::SwitchConfig;
+use tapnet_switch::runtime::{
+    DatagramPort, Datapath, NetworkHandle, PortControl, PortReply, PortStats,
+};
+use tapnet_switch::VNET_HDR_LEN;
+use tapnet_vxlan::header::{decap, encap, Vni};
+use tapnet_vxlan::table::TableConfig;
+use tapnet_vxlan::{VxlanControl, VxlanPort, VxlanStats, VxlanStatsSnapshot};
+use tapnet_wire::checksum;
+
+const BCAST: [u8; 6] = [0xff; 6];
+
+fn mac(n: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, n]
+}
+
+fn vni() -> Vni {
+    Vni::new(4242).unwrap()
+}
+
+/// Zero vnet header + IPv4 Ethernet frame with a tag byte.
+fn frame(dst: [u8; 6], src: [u8; 6], tag: u8) -> Vec<u8> {
+    let mut f = vec![0u8; VNET_HDR_LEN];
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.resize(VNET_HDR_LEN + 14 + 46, tag);
+    f
+}
+
+struct Endpoint {
+    peer: UnixDatagram,
+    stats: Arc<PortStats>,
+}
+
+impl Endpoint {
+    fn add(net: &NetworkHandle) -> Endpoint {
+        let (port, peer) = DatagramPort::pair().unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (_, stats) = net.add_port(Box::new(port)).unwrap();
+        Endpoint { peer, stats }
+    }
+    fn send(&self, f: &[u8]) {
+        self.peer.send(f).unwrap();
+    }
+    fn recv(&self) -> Vec<u8> {
+        let mut buf = vec![0u8; 70_000];
+        let n = self.peer.recv(&mut buf).expect("frame expected");
+        buf.truncate(n);
+        buf
+    }
+}
+
+/// One side: a network with a VXLAN port and one endpoint.
+struct Side {
+    net: NetworkHandle,
+    tunnel: u32,
+    addr: SocketAddr,
+    vx: Arc<VxlanStats>,
+    ep: Endpoint,
+}
+
+impl Side {
+    fn new(dp: &Datapath) -> Side {
+        let net = dp.add_network(SwitchConfig::default()).unwrap();
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = VxlanPort::new(sock, vni(), TableConfig::default()).unwrap();
+        let addr = port.local_addr().unwrap();
+        let vx = port.stats();
+        let (tunnel, _) = net.add_port(Box::new(port)).unwrap();
+        let ep = Endpoint::add(&net);
+        Side {
+            net,
+            tunnel,
+            addr,
+            vx,
+            ep,
+        }
+    }
+    fn control(&self, msg: VxlanControl) -> PortReply {
+        self.net
+            .control_port(self.tunnel, PortControl::Custom(Box::new(msg)))
+            .unwrap()
+    }
+    fn set_peers(&self, peers: &[SocketAddr]) {
+        assert!(matches!(
+            self.control(VxlanControl::SetPeers(peers.to_vec())),
+            PortReply::Done
+        ));
+    }
+    fn vx(&self) -> VxlanStatsSnapshot {
+        self.vx.snapshot()
+    }
+}
+
+/// A bare VTEP: a UDP socket that reads what the ports send.
+fn raw_vtep() -> (UdpSocket, SocketAddr) {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let a = s.local_addr().unwrap();
+    (s, a)
+}
+
+fn raw_recv(s: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    let mut buf = vec![0u8; 70_000];
+    let (n, from) = s.recv_from(&mut buf).expect("datagram expected");
+    buf.truncate(n);
+    (buf, from)
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn pair() -> (Datapath, Side, Side, UdpSocket, SocketAddr) {
+    let dp = Datapath::start(2).unwrap();
+    let a = Side::new(&dp);
+    let b = Side::new(&dp);
+    let (c, c_addr) = raw_vtep();
+    a.set_peers(&[b.addr, c_addr]);
+    b.set_peers(&[a.addr, c_addr]);
+    (dp, a, b, c, c_addr)
+}
+
+#[test]
+fn broadcast_floods_to_every_vtep_and_the_reply_takes_the_learned_path() {
+    let (dp, a, b, c, _) = pair();
+
+    // A's endpoint broadcasts: B's endpoint gets it unchanged (behind a zero vnet
+    // header), and the third VTEP gets a copy (head-end replication).
+    let hello = frame(BCAST, mac(0xa), 1);
+    a.ep.send(&hello);
+    assert_eq!(b.ep.recv(), hello);
+    let (d, from) = raw_recv(&c);
+    assert_eq!(from, a.addr);
+    assert_eq!(d[..8], [0x08, 0, 0, 0, 0, 0x10, 0x92, 0], "VNI 4242");
+    assert_eq!(d[8..], hello[VNET_HDR_LEN..]);
+
+    // B's endpoint answers A: B's switch learned A's MAC on the tunnel port, the tunnel
+    // learned A's MAC behind A's address: one datagram, to A only.
+    let reply = frame(mac(0xa), mac(0xb), 2);
+    b.ep.send(&reply);
+    assert_eq!(a.ep.recv(), reply);
+
+    // A marker broadcast from B: the first thing C sees, so the unicast was not flooded.
+    let marker = frame(BCAST, mac(0xb), 9);
+    b.ep.send(&marker);
+    let (d, from) = raw_recv(&c);
+    assert_eq!((from, &d[8..]), (b.addr, &marker[VNET_HDR_LEN..]));
+    assert_eq!(a.ep.recv(), marker);
+
+    // And A to B now goes unicast too: A learned B's MAC from the reply.
+    let data = frame(mac(0xb), mac(0xa), 3);
+    a.ep.send(&data);
+    assert_eq!(b.ep.recv(), data);
+
+    wait_until("counters", || {
+        a.vx().tx_datagrams == 3
+            && b.vx().tx_datagrams == 3
+            && b.ep.stats.snapshot().tx_packets == 2
+    });
+    let (sa, sb) = (a.vx(), b.vx());
+    assert_eq!((sa.tx_frames, sa.tx_flooded, sa.tx_datagrams), (2, 1, 3));
+    assert_eq!((sb.tx_frames, sb.tx_flooded, sb.tx_datagrams), (2, 1, 3));
+    assert_eq!((sa.rx_datagrams, sa.learned), (2, 1));
+    assert_eq!((sb.rx_datagrams, sb.learned), (2, 1));
+    assert_eq!(sa.rx_malformed + sa.rx_wrong_vni + sa.tx_errors, 0);
+    assert_eq!(a.ep.stats.snapshot().rx_packets, 2);
+    assert_eq!(b.ep.stats.snapshot().tx_packets, 2);
+
+    // The stats message answers the same numbers.
+    match b.control(VxlanControl::Stats) {
+        PortReply::Custom(s) => {
+            assert_eq!(*s.downcast::<VxlanStatsSnapshot>().unwrap(), b.vx())
+        }
+        r => panic!("unexpected {r:?}"),
+    }
+    dp.shutdown();
+}
+
+#[test]
+fn wrong_vni_and_malformed_datagrams_are_dropped_and_counted() {
+    let (dp, _a, b, c, _) = pair();
+    let inner = frame(BCAST, mac(0xc), 5);
+    let mut d = vec![0u8; 200];
+
+    let n = encap(Vni::new(99).unwrap(), &inner[VNET_HDR_LEN..], &mut d).unwrap();
+    c.send_to(&d[..n], b.addr).unwrap();
+    c.send_to(&[1, 2, 3], b.addr).unwrap();
+    c.send_to(&[0; 8], b.addr).unwrap(); // I flag clear
+    let mut cut = [0u8; 8 + 5];
+    cut[0] = 0x08;
+    c.send_to(&cut, b.addr).unwrap(); // inner frame cut short
+    c.send_to(&[], b.addr).unwrap();
+
+    // The port is still there: a good datagram gets through.
+    let n = encap(vni(), &inner[VNET_HDR_LEN..], &mut d).unwrap();
+    c.send_to(&d[..n], b.addr).unwrap();
+    assert_eq!(b.ep.recv(), inner);
+
+    let s = b.vx();
+    assert_eq!(s.rx_wrong_vni, 1);
+    assert_eq!(s.rx_malformed, 4);
+    assert_eq!(s.rx_datagrams, 1);
+    dp.shutdown();
+}
+
+#[test]
+fn gso_super_frames_are_segmented_before_encapsulation() {
+    let (dp, a, _b, c, _) = pair();
+    // TSO4 super-frame to an unknown unicast MAC (flooded: C and B get it), 3000 bytes
+    // of payload in 1000-byte segments, checksum left to the datapath.
+    let payload = 3000;
+    let mut f = vec![0u8; VNET_HDR_LEN];
+    f[0] = 1; // NEEDS_CSUM
+    f[1] = 1; // TCPV4
+    f[2..4].copy_from_slice(&54u16.to_le_bytes());
+    f[4..6].copy_from_slice(&1000u16.to_le_bytes());
+    f[6..8].copy_from_slice(&34u16.to_le_bytes());
+    f[8..10].copy_from_slice(&16u16.to_le_bytes());
+    f.extend_from_slice(&mac(0xd));
+    f.extend_from_slice(&mac(0xa));
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 20 + payload) as u16;
+    f.extend_from_slice(&[0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0]);
+    f[VNET_HDR_LEN + 16..VNET_HDR_LEN + 18].copy_from_slice(&total.to_be_bytes());
+    f.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+    f.extend_from_slice(&[0x30, 0x39, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18]);
+    f.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
+    f.resize(VNET_HDR_LEN + 54 + payload, 0x5a);
+    a.ep.send(&f);
+
+    for i in 0..3 {
+        let (d, _) = raw_recv(&c);
+        let (v, inner) = decap(&d).unwrap();
+        assert_eq!(v, vni());
+        assert_eq!(inner.len(), 54 + 1000, "segment {i}");
+        assert!(checksum::verify(&inner[14..34]), "IPv4 header checksum");
+        let tcp = &inner[34..];
+        let sum = checksum::pseudo_v4(
+            [10, 0, 0, 1].into(),
+            [10, 0, 0, 2].into(),
+            6,
+            tcp.len() as u32,
+        )
+        .add_bytes(tcp);
+        assert_eq!(sum.fold(), 0xffff, "TCP checksum of segment {i}");
+        let seq = u32::from_be_bytes(tcp[4..8].try_into().unwrap());
+        assert_eq!(seq, 1 + 1000 * i);
+    }
+    wait_until("counters", || a.vx().tx_datagrams == 6);
+    let s = a.vx();
+    assert_eq!((s.tx_frames, s.tx_flooded, s.tx_invalid), (3, 3, 0));
+    dp.shutdown();
+}
+
+#[test]
+fn arp_for_a_known_remote_endpoint_is_answered_locally() {
+    let (dp, a, b, c, _) = pair();
+    let remote_mac = mac(0xb);
+    a.control(VxlanControl::SetNeighbours(vec![(
+        "10.0.0.2".parse().unwrap(),
+        remote_mac.into(),
+    )]));
+    let mut req = vec![0u8; VNET_HDR_LEN];
+    req.extend_from_slice(&BCAST);
+    req.extend_from_slice(&mac(0xa));
+    req.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    req.extend_from_slice(&mac(0xa));
+    req.extend_from_slice(&[10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 2]);
+    a.ep.send(&req);
+    let reply = a.ep.recv();
+    assert_eq!(reply[..VNET_HDR_LEN], [0; VNET_HDR_LEN]);
+    let arp = &reply[VNET_HDR_LEN..];
+    assert_eq!(arp[..6], mac(0xa));
+    assert_eq!(arp[6..12], remote_mac);
+    assert_eq!(arp[20..22], [0, 2], "a reply");
+    assert_eq!(arp[22..28], remote_mac);
+    assert_eq!(arp[28..32], [10, 0, 0, 2]);
+
+    // Nothing was tunnelled: the first thing C and B see is a marker.
+    let marker = frame(BCAST, mac(0xa), 9);
+    a.ep.send(&marker);
+    assert_eq!(raw_recv(&c).0[8..], marker[VNET_HDR_LEN..]);
+    assert_eq!(b.ep.recv(), marker);
+    let s = a.vx();
+    assert_eq!(
+        (s.suppressed, s.learned),
+        (1, 0),
+        "own replies are not learned"
+    );
+    dp.shutdown();
+}
+
+#[test]
+fn control_refuses_foreign_messages() {
+    let (dp, a, _b, _c, _) = pair();
+    let e = a
+        .net
+        .control_port(a.tunnel, PortControl::Custom(Box::new(7u32)))
+        .unwrap_err();
+    assert!(e.to_string().contains("VxlanControl"), "{e}");
+    dp.shutdown();
+}
