@@ -28,6 +28,8 @@
 //!   with [`EtcdStore::txn_leased`] disappear when it expires (its TTL after the last
 //!   keep-alive, e.g. when the host died). [`KvOp`] has no lease: leased puts are an
 //!   `EtcdStore`-only operation for now.
+//! * [`EtcdStore::register_node`] writes `nodes/<address>` under a lease it keeps
+//!   alive, and writes it again under a new lease should that one expire anyway.
 //! * [`parse_url`] reads `--cluster-store etcd://HOST:PORT[,HOST:PORT...]`.
 
 use super::{Compare, KeyValue, KvOp, KvStore, Revision, StoreError, WatchEvent};
@@ -201,39 +203,14 @@ impl EtcdStore {
     pub fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         let secs = ttl.as_secs().max(1) as i64;
         let mut lease = self.client.lease_client();
-        let resp = self.call(async move { lease.grant(secs, None).await })?;
-        let id = resp.id();
-        let mut lease = self.client.lease_client();
+        let id = self
+            .call(async move { lease.grant(secs, None).await })?
+            .id();
+        let client = self.client.clone();
         let store = self.describe();
         let task = self.rt().spawn(async move {
-            let period = Duration::from_millis((secs as u64 * 1000 / 3).max(300));
-            loop {
-                match lease.keep_alive(id).await {
-                    Ok((mut keeper, mut stream)) => loop {
-                        if let Err(e) = keeper.keep_alive().await {
-                            tracing::warn!(%store, lease = id, error = %e, "lease keep-alive failed");
-                            break;
-                        }
-                        match stream.message().await {
-                            Ok(Some(r)) if r.ttl() <= 0 => {
-                                tracing::error!(%store, lease = id, "lease expired; its keys are gone");
-                                return;
-                            }
-                            Ok(Some(_)) => {}
-                            Ok(None) => break,
-                            Err(e) => {
-                                tracing::warn!(%store, lease = id, error = %e, "lease keep-alive failed");
-                                break;
-                            }
-                        }
-                        tokio::time::sleep(period).await;
-                    },
-                    Err(e) => {
-                        tracing::warn!(%store, lease = id, error = %e, "lease keep-alive failed")
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            keep_alive(&client, id, secs, &store).await;
+            tracing::error!(%store, lease = id, "lease expired; its keys are gone");
         });
         lock(&self.keepers).insert(id, task.abort_handle());
         Ok(LeaseId(id))
@@ -273,7 +250,7 @@ impl EtcdStore {
         hostname: &str,
         ttl: Duration,
     ) -> Result<LeaseId, StoreError> {
-        let lease = self.grant_lease(ttl)?;
+        let secs = ttl.as_secs().max(1) as i64;
         let value = serde_json::to_vec(&serde_json::json!({
             "name": hostname,
             "address": advertise,
@@ -282,12 +259,36 @@ impl EtcdStore {
             what: format!("node {advertise}"),
             source,
         })?;
-        self.txn_leased(
-            &[],
-            &[KvOp::Put(format!("{NODES}{advertise}"), value)],
-            lease,
-        )?;
-        Ok(lease)
+        let key = self.full(&format!("{NODES}{advertise}"));
+        let client = self.client.clone();
+        let (k, v) = (key.clone(), value.clone());
+        let first = self.call(async move { put_leased(&client, secs, k, v).await })?;
+        // Kept alive; should the lease expire anyway (the store was out of reach for
+        // longer than the TTL), the record is written again under a new lease.
+        let client = self.client.clone();
+        let store = self.describe();
+        let task = self.rt().spawn(async move {
+            let mut id = first;
+            loop {
+                keep_alive(&client, id, secs, &store).await;
+                tracing::warn!(%store, key, "node record's lease expired; registering again");
+                loop {
+                    match put_leased(&client, secs, key.clone(), value.clone()).await {
+                        Ok(new) => {
+                            id = new;
+                            tracing::info!(%store, key, "node registered again");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::debug!(%store, error = %e, "register node: store unreachable");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            }
+        });
+        lock(&self.keepers).insert(first, task.abort_handle());
+        Ok(LeaseId(first))
     }
 
     fn txn_with(
@@ -457,6 +458,56 @@ impl KvStore for EtcdStore {
             }
         });
         rx
+    }
+}
+
+/// Grant a lease of `secs` and put `key` = `value` under it; the lease id.
+async fn put_leased(
+    client: &etcd::Client,
+    secs: i64,
+    key: String,
+    value: Vec<u8>,
+) -> Result<i64, etcd::Error> {
+    let id = client.lease_client().grant(secs, None).await?.id();
+    client
+        .kv_client()
+        .put(key, value, Some(etcd::PutOptions::new().with_lease(id)))
+        .await?;
+    Ok(id)
+}
+
+/// Keep lease `id` (of `secs`) alive, reconnecting after errors; returns when the
+/// store says the lease is gone (expired or revoked).
+async fn keep_alive(client: &etcd::Client, id: i64, secs: i64, store: &str) {
+    let period = Duration::from_millis((secs as u64 * 1000 / 3).max(300));
+    // A keep-alive unanswered this long counts as a broken stream.
+    let patience = Duration::from_secs(secs.max(2) as u64);
+    let mut lease = client.lease_client();
+    loop {
+        match lease.keep_alive(id).await {
+            Ok((mut keeper, mut stream)) => loop {
+                if let Err(e) = keeper.keep_alive().await {
+                    tracing::warn!(%store, lease = id, error = %e, "lease keep-alive failed");
+                    break;
+                }
+                match tokio::time::timeout(patience, stream.message()).await {
+                    Ok(Ok(Some(r))) if r.ttl() <= 0 => return,
+                    Ok(Ok(Some(_))) => {}
+                    Ok(Ok(None)) => break,
+                    Ok(Err(e)) => {
+                        tracing::warn!(%store, lease = id, error = %e, "lease keep-alive failed");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%store, lease = id, "lease keep-alive unanswered");
+                        break;
+                    }
+                }
+                tokio::time::sleep(period).await;
+            },
+            Err(e) => tracing::warn!(%store, lease = id, error = %e, "lease keep-alive failed"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
