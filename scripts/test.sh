@@ -15,6 +15,11 @@ command -v iperf3 >/dev/null || need+=(iperf3)
 # docker.io holds the CLI but also pulls in dockerd's dependencies (containerd, runc,
 # iptables, tini; ~150 MB); only the client is used, no docker daemon is started.
 command -v docker >/dev/null || need+=(docker.io)
+# The etcd client crate (engine/src/store/etcd.rs) compiles etcd's protobufs with
+# protoc; the cluster-store tests (tests/tests/etcd.rs) run a real etcd.
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -80,7 +80,8 @@ pub enum Error {
     /// or described routes without an interface (HTTP 500).
     #[error("{0}")]
     Driver(String),
-    /// The persistent store failed (HTTP 500); the mutation was not recorded.
+    /// The persistent store failed (HTTP 500; 503 when the store cannot be reached,
+    /// [`StoreError::Unavailable`]); the mutation was not recorded.
     #[error("{op}: store: {source}")]
     Store {
         /// The operation, e.g. "connect sb1 to network net1".
@@ -188,6 +189,10 @@ impl Error {
                 tapnet_nat::Error::Internal | tapnet_nat::Error::NotOnNetwork(_) => 400,
                 _ => 500,
             },
+            Error::Store {
+                source: StoreError::Unavailable { .. },
+                ..
+            } => 503,
             Error::Os { .. }
             | Error::Driver(_)
             | Error::Datapath { .. }
@@ -234,5 +239,33 @@ impl Error {
             op: op.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_store_is_503_naming_the_store() {
+        let e = Error::store(
+            "create network n1",
+            StoreError::Unavailable {
+                store: "etcd://10.0.0.1:2379".into(),
+                message: "no answer within 2s".into(),
+            },
+        );
+        assert_eq!(e.status(), 503);
+        assert!(e.to_string().contains("etcd://10.0.0.1:2379"), "{e}");
+        let conflict = Error::store(
+            "connect",
+            StoreError::Conflict {
+                store: "memory".into(),
+                key: "k".into(),
+                expected: None,
+                found: Some(1),
+            },
+        );
+        assert_eq!(conflict.status(), 500);
     }
 }

@@ -20,6 +20,8 @@ use tapnet_engine::store::Db;
 use tapnet_engine::{api, Controller};
 use tokio::signal::unix::{signal, SignalKind};
 
+mod cluster;
+
 /// tapnet daemon: container networks with a userspace datapath.
 #[derive(Debug, Parser)]
 #[command(name = "tapnetd", version)]
@@ -57,6 +59,17 @@ struct Args {
     /// nameservers of the host's /etc/resolv.conf, loopback ones skipped).
     #[arg(long = "dns", value_name = "IP")]
     dns: Vec<std::net::IpAddr>,
+    /// Cluster store for global (multi-host) networks:
+    /// `etcd://HOST:PORT[,HOST:PORT...]` (dockerd's `--cluster-store`).
+    #[arg(long, value_name = "etcd://HOST:PORT[,...]")]
+    cluster_store: Option<String>,
+    /// This node's address as the other hosts reach it (required with
+    /// `--cluster-store`; dockerd's `--cluster-advertise`).
+    #[arg(long, value_name = "ADDR")]
+    cluster_advertise: Option<String>,
+    /// Seconds this node's records outlive it in the cluster store (their lease).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    cluster_ttl: u64,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -124,6 +137,12 @@ async fn main() -> anyhow::Result<()> {
         .init();
 
     let socket = socket_path(&args.host)?;
+    let cluster = cluster::connect(
+        args.cluster_store.as_deref(),
+        args.cluster_advertise.as_deref(),
+        args.cluster_ttl,
+    )
+    .await?;
     std::fs::create_dir_all(&args.data_root)
         .with_context(|| format!("create data root {}", args.data_root.display()))?;
     std::fs::create_dir_all(args.exec_root.join("netns"))
@@ -171,7 +190,9 @@ async fn main() -> anyhow::Result<()> {
         .context("open the store")?
         .context("open the store")?;
     let controller = Arc::new(
-        Controller::with_db(drivers, Box::new(ipam), &args.exec_root, db).with_nameservers(dns),
+        Controller::with_db(drivers, Box::new(ipam), &args.exec_root, db)
+            .with_nameservers(dns)
+            .with_cluster_store(cluster),
     );
 
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "tapnetd starting");

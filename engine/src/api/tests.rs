@@ -706,6 +706,16 @@ fn error_status_mapping() {
             Error::os("op", tapnet_sandbox::Error::Invalid("x".into())),
             500,
         ),
+        (
+            Error::store(
+                "op",
+                crate::store::StoreError::Unavailable {
+                    store: "etcd://127.0.0.1:2379".into(),
+                    message: "connection refused".into(),
+                },
+            ),
+            503,
+        ),
     ];
     for (e, status) in cases {
         assert_eq!(e.status(), status, "{e}");

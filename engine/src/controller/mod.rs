@@ -53,6 +53,7 @@ use crate::ipam::Ipam;
 use crate::model::{self, Network, Sandbox, Store};
 use crate::ports::{self, NatProto as _, PortBinding};
 use crate::sandbox_files;
+use crate::store::etcd::EtcdStore;
 use crate::store::{Change, Db, KvStore};
 use crate::txn::{blocking, Txn};
 use arc_swap::ArcSwap;
@@ -211,6 +212,8 @@ pub(crate) struct Inner {
     exec_root: PathBuf,
     /// The store; `None`: in memory only (unit tests).
     store: Option<Arc<dyn KvStore>>,
+    /// The cluster store (`--cluster-store`) for global networks; `None`: local only.
+    cluster: Option<Arc<EtcdStore>>,
     /// The host's nameservers: a sandbox's resolv.conf before it joins a bridge network.
     nameservers: Vec<IpAddr>,
     ipam: Arc<Mutex<Box<dyn Ipam>>>,
@@ -268,6 +271,7 @@ impl Controller {
                 drivers,
                 exec_root: exec_root.to_path_buf(),
                 store,
+                cluster: None,
                 nameservers: Vec::new(),
                 ipam: Arc::new(Mutex::new(ipam)),
                 netns: Mutex::new(HashMap::new()),
@@ -286,6 +290,21 @@ impl Controller {
             None => tracing::error!("with_nameservers on a shared controller: ignored"),
         }
         self
+    }
+
+    /// Hold `cluster` (`--cluster-store`) for global networks; local networks stay in
+    /// the local store. Call while building (before the controller is shared).
+    pub fn with_cluster_store(mut self, cluster: Option<Arc<EtcdStore>>) -> Controller {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.cluster = cluster,
+            None => tracing::error!("with_cluster_store on a shared controller: ignored"),
+        }
+        self
+    }
+
+    /// The cluster store, if the daemon has one.
+    pub fn cluster_store(&self) -> Option<&Arc<EtcdStore>> {
+        self.inner.cluster.as_ref()
     }
 
     /// A controller that records every mutation in `db`. Call

@@ -10,7 +10,10 @@
 //!   `mod_revision` semantics), so an etcd-backed global store fits the same trait.
 //! * Implementations: [`redb::Db`] (the local store: an embedded ACID database under
 //!   `--data-root`, durable on return) and [`mem::MemStore`] (in memory, with failure
-//!   injection: any transaction can be made to fail, for the rollback tests).
+//!   injection: any transaction can be made to fail, for the rollback tests) and
+//!   [`etcd::EtcdStore`] (the cluster store of `--cluster-store etcd://...`: keys
+//!   under a prefix, etcd's revisions and watches, leases for records that must
+//!   vanish with their host).
 //! * Records: networks, sandboxes and endpoints are serde JSON values under
 //!   `networks/<id>`, `sandboxes/<id>`, `endpoints/<id>` ([`key`]). A network record
 //!   is stored without its endpoints; each endpoint is its own record, so a connect
@@ -22,6 +25,7 @@
 //!   first (nothing is written if one cannot be encoded) and applies them in one
 //!   [`KvStore::txn`].
 
+pub mod etcd;
 pub mod mem;
 pub mod redb;
 
