@@ -6,8 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v ping >/dev/null && command -v curl >/dev/null && command -v python3 >/dev/null ||
-    { apt-get update -qq && apt-get install -y -qq iputils-ping iproute2 curl python3 >/dev/null; }
+# protoc: the etcd client (the cluster store) compiles etcd's protobufs at build time.
+command -v ping >/dev/null && command -v curl >/dev/null && command -v python3 >/dev/null &&
+    command -v protoc >/dev/null ||
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        iputils-ping iproute2 curl python3 protobuf-compiler >/dev/null; }
 cargo build --release --bins
 BIN=target/release
 TAPNET="$BIN/tapnet"
