@@ -492,13 +492,17 @@ async fn an_abandoned_connect_runs_to_its_end() {
     .await;
     assert!(abandoned.is_err(), "the connect should still be running");
     rig.fake.stall_join.store(false, Ordering::SeqCst);
-    // The disconnect waits for the network's lock, i.e. for the connect to end.
-    for _ in 0..500 {
-        if rig.fake.live() == (1, 1, 1, 1) && rig.store.dump().len() == 3 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
+    // Another connect to the network queues behind the abandoned one on the network's
+    // lock (tokio's mutex is fair), so once it has answered, the abandoned connect has
+    // committed and published. (It fails: the sandbox is connected already.)
+    let e = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        rig.ctl.connect("n", "s", ConnectOptions::default()),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert_eq!(e.status(), 409, "{e}");
     let (model, records, live) = rig.state().await;
     assert_eq!(live, (1, 1, 1, 1));
     let eps: Vec<&Endpoint> = model
