@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tapnet_engine::controller::DefaultBridge;
 use tapnet_engine::driver::bridge::BridgeDriver;
+use tapnet_engine::driver::overlay::OverlayDriver;
 use tapnet_engine::driver::record::{HOST_DRIVER, NULL_DRIVER};
 use tapnet_engine::driver::DriverRegistry;
 use tapnet_engine::ipam::{default_pools, DefaultIpam, DefaultPool};
@@ -57,6 +58,13 @@ struct Args {
     /// nameservers of the host's /etc/resolv.conf, loopback ones skipped).
     #[arg(long = "dns", value_name = "IP")]
     dns: Vec<std::net::IpAddr>,
+    /// UDP port of the overlay's VXLAN socket (one per daemon, shared by every overlay
+    /// network, demultiplexed by VNI); 0: an ephemeral port.
+    #[arg(long, default_value_t = tapnet_vxlan::header::VXLAN_PORT, value_name = "PORT")]
+    data_path_port: u16,
+    /// Address the VXLAN socket binds.
+    #[arg(long, default_value = "0.0.0.0", value_name = "ADDR")]
+    data_path_addr: std::net::IpAddr,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -112,6 +120,18 @@ async fn host_routes() -> Vec<Ipv4Net> {
     }
 }
 
+/// The `overlay` driver on the bridge driver's datapath, with the daemon's VXLAN socket
+/// bound to `--data-path-addr`:`--data-path-port`.
+fn overlay_driver(args: &Args, bridge: Arc<BridgeDriver>) -> anyhow::Result<OverlayDriver> {
+    let addr = std::net::SocketAddr::new(args.data_path_addr, args.data_path_port);
+    let socket = tapnet_vxlan::VxlanSocket::bind(addr)
+        .with_context(|| format!("bind the VXLAN socket {addr} (--data-path-port)"))?;
+    let bound = socket.local_addr().context("VXLAN socket address")?;
+    tracing::info!(%bound, "VXLAN socket (overlay data path)");
+    // Peers given without a port are on the port this daemon uses.
+    Ok(OverlayDriver::new(bridge, socket, bound.port()))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -153,8 +173,11 @@ async fn main() -> anyhow::Result<()> {
         .context("start datapath")?
         .context("start datapath")?
         .with_upstream_dns(upstream);
+    let bridge = Arc::new(bridge);
+    let overlay = overlay_driver(&args, Arc::clone(&bridge))?;
     let mut drivers = DriverRegistry::new();
-    drivers.register(Arc::new(bridge));
+    drivers.register(bridge);
+    drivers.register(Arc::new(overlay));
     drivers.register(Arc::new(NULL_DRIVER));
     drivers.register(Arc::new(HOST_DRIVER));
     let pools = if args.default_address_pools.is_empty() {
