@@ -120,16 +120,11 @@ async fn host_routes() -> Vec<Ipv4Net> {
     }
 }
 
-/// The `overlay` driver on the bridge driver's datapath, with the daemon's VXLAN socket
-/// bound to `--data-path-addr`:`--data-path-port`.
-fn overlay_driver(args: &Args, bridge: Arc<BridgeDriver>) -> anyhow::Result<OverlayDriver> {
+/// The `overlay` driver on the bridge driver's datapath; its VXLAN socket binds
+/// `--data-path-addr`:`--data-path-port` with the first overlay network.
+fn overlay_driver(args: &Args, bridge: Arc<BridgeDriver>) -> OverlayDriver {
     let addr = std::net::SocketAddr::new(args.data_path_addr, args.data_path_port);
-    let socket = tapnet_vxlan::VxlanSocket::bind(addr)
-        .with_context(|| format!("bind the VXLAN socket {addr} (--data-path-port)"))?;
-    let bound = socket.local_addr().context("VXLAN socket address")?;
-    tracing::info!(%bound, "VXLAN socket (overlay data path)");
-    // Peers given without a port are on the port this daemon uses.
-    Ok(OverlayDriver::new(bridge, socket, bound.port()))
+    OverlayDriver::new(bridge, addr)
 }
 
 #[tokio::main]
@@ -174,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
         .context("start datapath")?
         .with_upstream_dns(upstream);
     let bridge = Arc::new(bridge);
-    let overlay = overlay_driver(&args, Arc::clone(&bridge))?;
+    let overlay = overlay_driver(&args, Arc::clone(&bridge));
     let mut drivers = DriverRegistry::new();
     drivers.register(bridge);
     drivers.register(Arc::new(overlay));

@@ -48,7 +48,7 @@ use crate::error::{Error, Result};
 use crate::model::{MTU_OPTION, PORT_SECURITY_OPTION};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tapnet_nat::{NameRecord, Proto, PublishSpec};
 use tapnet_switch::core::MacAddr;
 use tapnet_switch::runtime::{FrameIo, PortControl};
@@ -151,33 +151,51 @@ pub fn default_mtu(peer: Option<SocketAddr>) -> u32 {
 /// The `overlay` driver (see the module doc).
 pub struct OverlayDriver {
     bridge: Arc<BridgeDriver>,
-    socket: VxlanSocket,
-    /// The port of peers given without one.
-    data_path_port: u16,
+    /// Where the VXLAN socket binds (`--data-path-addr`, `--data-path-port`).
+    bind: SocketAddr,
+    /// The daemon's VXLAN socket, bound by the first overlay network.
+    socket: Mutex<Option<Arc<VxlanSocket>>>,
 }
 
 impl std::fmt::Debug for OverlayDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OverlayDriver")
-            .field("data_path_port", &self.data_path_port)
+            .field("bind", &self.bind)
             .finish_non_exhaustive()
     }
 }
 
 impl OverlayDriver {
-    /// An overlay driver whose networks live on `bridge`'s datapath and tunnel over
-    /// `socket`; peers without a port get `data_path_port`.
-    pub fn new(bridge: Arc<BridgeDriver>, socket: VxlanSocket, data_path_port: u16) -> Self {
+    /// An overlay driver whose networks live on `bridge`'s datapath and tunnel over one
+    /// UDP socket bound at `bind` (port 0: ephemeral) when the first overlay network is
+    /// created or restored, so a daemon without overlay networks never takes the port.
+    pub fn new(bridge: Arc<BridgeDriver>, bind: SocketAddr) -> Self {
         OverlayDriver {
             bridge,
-            socket,
-            data_path_port,
+            bind,
+            socket: Mutex::new(None),
         }
     }
 
-    /// The daemon's VXLAN socket.
-    pub fn socket(&self) -> &VxlanSocket {
-        &self.socket
+    /// The daemon's VXLAN socket, bound now if it is not yet (a failure is a 500 naming
+    /// the address and the flags).
+    pub fn socket(&self) -> Result<Arc<VxlanSocket>> {
+        let mut guard = self.socket.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = guard.as_ref() {
+            return Ok(Arc::clone(s));
+        }
+        let s = VxlanSocket::bind(self.bind).map_err(|e| {
+            Error::Driver(format!(
+                "bind the VXLAN socket {} (tapnetd --data-path-addr/--data-path-port): {e}",
+                self.bind
+            ))
+        })?;
+        let s = Arc::new(s);
+        if let Ok(a) = s.local_addr() {
+            tracing::info!(bound = %a, "VXLAN socket (overlay data path)");
+        }
+        *guard = Some(Arc::clone(&s));
+        Ok(s)
     }
 }
 
@@ -202,7 +220,8 @@ impl Driver for OverlayDriver {
                     parse_vni(v)?;
                 }
                 PEERS_OPTION => {
-                    parse_peers(v, self.data_path_port)?;
+                    // Syntax only: the default port is known once the socket is bound.
+                    parse_peers(v, self.bind.port().max(1))?;
                 }
                 MTU_OPTION => {
                     crate::model::parse_mtu(v)?;
@@ -227,8 +246,14 @@ impl Driver for OverlayDriver {
             Some(v) => parse_vni(v)?,
             None => parse_vni(&vni_for_name(&network.name).to_string())?,
         };
+        let socket = self.socket()?;
+        // Peers given without a port are on the port this daemon uses.
+        let default_port = match socket.local_addr() {
+            Ok(a) => a.port(),
+            Err(_) => self.bind.port(),
+        };
         let peers = match network.options.get(PEERS_OPTION) {
-            Some(v) => parse_peers(v, self.data_path_port)?,
+            Some(v) => parse_peers(v, default_port)?,
             None => Vec::new(),
         };
         let mtu = match network.options.get(MTU_OPTION) {
@@ -241,15 +266,14 @@ impl Driver for OverlayDriver {
                 network.name
             )));
         };
-        let mut port =
-            self.socket
-                .port(vni, TableConfig::default())
-                .map_err(|e| match e.kind() {
-                    std::io::ErrorKind::AddrInUse => Error::Conflict(format!(
-                        "VNI {vni} is used by another overlay network (set {VXLANID_OPTION})"
-                    )),
-                    _ => Error::Driver(format!("VXLAN port of network {}: {e}", network.name)),
-                })?;
+        let mut port = socket
+            .port(vni, TableConfig::default())
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AddrInUse => Error::Conflict(format!(
+                    "VNI {vni} is used by another overlay network (set {VXLANID_OPTION})"
+                )),
+                _ => Error::Driver(format!("VXLAN port of network {}: {e}", network.name)),
+            })?;
         // The anycast gateway's MAC stays off the tunnel.
         let gateway_mac = MacAddr(crate::model::mac_for(gw4));
         for msg in [
