@@ -59,7 +59,8 @@ struct Args {
     #[arg(long = "dns", value_name = "IP")]
     dns: Vec<std::net::IpAddr>,
     /// UDP port of the overlay's VXLAN socket (one per daemon, shared by every overlay
-    /// network, demultiplexed by VNI); 0: an ephemeral port.
+    /// network, demultiplexed by VNI, bound with the first overlay network); 0: an
+    /// ephemeral port.
     #[arg(long, default_value_t = tapnet_vxlan::header::VXLAN_PORT, value_name = "PORT")]
     data_path_port: u16,
     /// Address the VXLAN socket binds.
