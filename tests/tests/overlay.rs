@@ -89,9 +89,19 @@ fn create_with(env: &Env, name: &str, options: &str) -> (u16, String) {
 #[test]
 fn static_overlay_between_two_hosts() {
     in_namespace("static_overlay_between_two_hosts", |a| {
-        let b = a.second_host("hostb", "192.0.2.1/24", "192.0.2.2/24", &[]);
-        create_overlay(a, "192.0.2.2");
-        create_overlay(&b, "192.0.2.1");
+        // Host B's VXLAN socket is on 192.0.2.2:4790 (the flags), A's on the default
+        // 0.0.0.0:4789: each names the other's port explicitly where it is not its own.
+        let b = a.second_host(
+            "hostb",
+            "192.0.2.1/24",
+            "192.0.2.2/24",
+            &["--data-path-port", "4790", "--data-path-addr", "192.0.2.2"],
+        );
+        create_overlay(a, "192.0.2.2:4790");
+        create_overlay(&b, "192.0.2.1:4789");
+        let out = b.nsenter(std::path::Path::new("/run/netns/hostb"), &["ss", "-Huln"]);
+        let ss = String::from_utf8_lossy(&out.stdout);
+        assert!(ss.contains("192.0.2.2:4790"), "B's VXLAN socket: {ss}");
 
         // Docker's shape: a global-scope network of driver overlay.
         for env in [&*a, &b] {
@@ -220,7 +230,7 @@ c.close()
         // Disconnect and remove: the VNI is free again.
         a.ok(&["network", "disconnect", "ov", "sa"]);
         a.ok(&["network", "rm", "ov"]);
-        create_overlay(a, "192.0.2.2");
+        create_overlay(a, "192.0.2.2:4790");
         drop(b);
     });
 }
