@@ -28,6 +28,12 @@
 //! [`PortPolicy`] (anti-spoofing on unless `com.tapnet.port_security=false`); the
 //! switch's ICC follows `com.docker.network.bridge.enable_icc`.
 //!
+//! The switch, gateway and taps are shared with the `overlay` driver
+//! ([`super::overlay`]): `BridgeDriver::create_switch_network` makes a network with a
+//! given endpoint MTU (bridge: the network's `com.docker.network.driver.mtu`, default
+//! 1500; overlay: underlay − 50) and an optional uplink port (overlay: the VXLAN port,
+//! removed with the switch); every other call serves both drivers' networks alike.
+//!
 //! The tap is shared between the switch port ([`TapPort`]) and the driver through an
 //! `Arc`: once the switch hands the port back, the driver holds the only reference
 //! and can destroy the device.
