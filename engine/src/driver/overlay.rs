@@ -3,7 +3,7 @@
 //! Contract: an overlay network is exactly a bridge network (a userspace switch, a tap
 //! per endpoint, the userspace gateway `tapnet_nat` with NAT, DNS and published ports:
 //! the bridge driver's code, `BridgeDriver::create_switch_network`) plus one more
-//! switch port, a [`VxlanPort`] for the network's VNI made from the daemon's one
+//! switch port, a [`tapnet_vxlan::VxlanPort`] for the network's VNI made from the daemon's one
 //! [`VxlanSocket`] (`--data-path-port`, demultiplexed by VNI, see
 //! [`tapnet_vxlan::demux`]). Every other call is the bridge driver's, on the same
 //! datapath and network table (the gateways isolate bridge and overlay networks from
