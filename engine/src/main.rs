@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tapnet_engine::controller::DefaultBridge;
 use tapnet_engine::driver::bridge::BridgeDriver;
+use tapnet_engine::driver::overlay::OverlayDriver;
 use tapnet_engine::driver::record::{HOST_DRIVER, NULL_DRIVER};
 use tapnet_engine::driver::DriverRegistry;
 use tapnet_engine::ipam::{default_pools, DefaultIpam, DefaultPool};
@@ -70,6 +71,14 @@ struct Args {
     /// Seconds this node's records outlive it in the cluster store (their lease).
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     cluster_ttl: u64,
+    /// UDP port of the overlay's VXLAN socket (one per daemon, shared by every overlay
+    /// network, demultiplexed by VNI, bound with the first overlay network); 0: an
+    /// ephemeral port.
+    #[arg(long, default_value_t = tapnet_vxlan::header::VXLAN_PORT, value_name = "PORT")]
+    data_path_port: u16,
+    /// Address the VXLAN socket binds.
+    #[arg(long, default_value = "0.0.0.0", value_name = "ADDR")]
+    data_path_addr: std::net::IpAddr,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -125,6 +134,13 @@ async fn host_routes() -> Vec<Ipv4Net> {
     }
 }
 
+/// The `overlay` driver on the bridge driver's datapath; its VXLAN socket binds
+/// `--data-path-addr`:`--data-path-port` with the first overlay network.
+fn overlay_driver(args: &Args, bridge: Arc<BridgeDriver>) -> OverlayDriver {
+    let addr = std::net::SocketAddr::new(args.data_path_addr, args.data_path_port);
+    OverlayDriver::new(bridge, addr)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -172,8 +188,11 @@ async fn main() -> anyhow::Result<()> {
         .context("start datapath")?
         .context("start datapath")?
         .with_upstream_dns(upstream);
+    let bridge = Arc::new(bridge);
+    let overlay = overlay_driver(&args, Arc::clone(&bridge));
     let mut drivers = DriverRegistry::new();
-    drivers.register(Arc::new(bridge));
+    drivers.register(bridge);
+    drivers.register(Arc::new(overlay));
     drivers.register(Arc::new(NULL_DRIVER));
     drivers.register(Arc::new(HOST_DRIVER));
     let pools = if args.default_address_pools.is_empty() {

@@ -100,6 +100,8 @@ pub struct Env {
     pub socket: PathBuf,
     daemon: Option<Child>,
     log: PathBuf,
+    /// The network namespace the daemon runs in (`None`: the test's own).
+    netns: Option<PathBuf>,
 }
 
 impl Env {
@@ -125,6 +127,7 @@ impl Env {
             log: root.join("tapnetd.log"),
             root,
             daemon: None,
+            netns: None,
         };
         env.start_daemon();
         env
@@ -429,7 +432,17 @@ impl Env {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(bin_path("tapnetd"))
+        let mut cmd = match &self.netns {
+            None => Command::new(bin_path("tapnetd")),
+            Some(ns) => {
+                // nsenter execs tapnetd (no fork): the child's pid is the daemon's.
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display()))
+                    .arg(bin_path("tapnetd"));
+                c
+            }
+        };
+        let child = cmd
             .arg("-H")
             .arg(format!("unix://{}", self.socket.display()))
             .arg("--exec-root")
@@ -1000,4 +1013,69 @@ pub fn udp_roundtrip_in(
         }
     }
     None
+}
+
+// ---------------------------------------------------------------------------------------
+// A second host: another daemon in its own network namespace (overlay tests).
+// ---------------------------------------------------------------------------------------
+
+impl Env {
+    /// Make a second "host": a network namespace at `/run/netns/NAME` joined to the
+    /// test's namespace (this host) by a veth underlay, this host's end `u-NAME` with
+    /// `local_cidr`, the other end `eth0` with `remote_cidr`, and a `tapnetd` running
+    /// in it (`nsenter --net`) with its own socket, data root and exec root under
+    /// `<root>/NAME/`, started with `extra` flags. `/run` gets a private tmpfs first
+    /// (inside the test's mount namespace), as for [`Env::wan`]; call this once per
+    /// test and not together with [`Env::wan`]. The returned [`Env`] drives the second
+    /// daemon; dropping it kills that daemon.
+    pub fn second_host(
+        &self,
+        name: &str,
+        local_cidr: &str,
+        remote_cidr: &str,
+        extra: &[&str],
+    ) -> Env {
+        if !Path::new("/run/netns").exists() {
+            self.host_cmd(&["mount", "-t", "tmpfs", "tapnet-test-run", "/run"]);
+            std::fs::create_dir_all("/run/netns").unwrap();
+        }
+        self.host_cmd(&["ip", "netns", "add", name]);
+        let local = format!("u-{name}");
+        self.host_cmd(&[
+            "ip", "link", "add", &local, "type", "veth", "peer", "name", "eth0", "netns", name,
+        ]);
+        self.host_cmd(&["ip", "addr", "add", local_cidr, "dev", &local]);
+        self.host_cmd(&["ip", "link", "set", &local, "up"]);
+        self.host_cmd(&["ip", "-n", name, "addr", "add", remote_cidr, "dev", "eth0"]);
+        self.host_cmd(&["ip", "-n", name, "link", "set", "eth0", "up"]);
+        self.host_cmd(&["ip", "-n", name, "link", "set", "lo", "up"]);
+        let remote_ip = remote_cidr.split('/').next().unwrap().to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = Command::new("ping")
+                .args(["-n", "-q", "-c", "1", "-W", "1", &remote_ip])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the underlay to {name} did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let root = self.root.join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        let mut env = Env {
+            socket: root.join("run/tapnet.sock"),
+            log: root.join("tapnetd.log"),
+            root,
+            daemon: None,
+            netns: Some(PathBuf::from(format!("/run/netns/{name}"))),
+        };
+        env.start_daemon_with(extra);
+        env
+    }
 }

@@ -11,17 +11,21 @@
 //!   control plane knows are answered locally ([`suppress::NeighTable`]), never tunnelled.
 //! * [`port`]: [`port::VxlanPort`], the tunnel as a port of a network's switch
 //!   (a [`tapnet_switch::runtime::FrameIo`] over a non-blocking UDP socket).
+//! * [`demux`]: [`demux::VxlanSocket`], the daemon's one UDP socket and the dispatcher
+//!   that hands each datagram to the port of its VNI.
 //!
 //! Common contract: the pure modules read no clock and do no I/O; every function that
 //! reads bytes a peer supplied checks the length first and indexes only within what the
 //! check proved, so **nothing here panics after the length check**, on any input.
 #![forbid(unsafe_code)]
 
+pub mod demux;
 pub mod header;
 pub mod port;
 pub mod suppress;
 pub mod table;
 
+pub use demux::{DemuxStatsSnapshot, VxlanSocket};
 pub use header::{decap, encap, Vni, VxlanHeader};
 pub use port::{VxlanControl, VxlanPort, VxlanStats, VxlanStatsSnapshot};
 pub use suppress::NeighTable;

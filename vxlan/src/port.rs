@@ -3,8 +3,13 @@
 //! Contract:
 //!
 //! * A [`VxlanPort`] is a [`FrameIo`] over one non-blocking [`UdpSocket`] carrying **one
-//!   VNI**. Demultiplexing many VNIs over the daemon's one socket (the issue's "one UDP
-//!   socket per daemon") is a follow-up: it needs a dispatcher in front of the ports.
+//!   VNI**: either its own socket ([`VxlanPort::new`]) or, for the daemon's one socket
+//!   shared by every VNI, a port made by [`crate::demux::VxlanSocket::port`], which sends
+//!   on the shared socket and receives through the dispatcher (see [`crate::demux`]).
+//! * Local-only MACs ([`VxlanControl::SetLocalOnly`]: the overlay's anycast gateway,
+//!   whose IP and MAC every host answers itself): a frame to or from one of them is
+//!   never tunnelled (dropped at send, counted `local_only`) and never taken from the
+//!   tunnel (dropped at receive, counted `local_only`, not learned).
 //! * [`FrameIo::send`] takes a frame from the switch (a virtio-net header, then the
 //!   Ethernet frame). A GSO super-frame is cut into wire-size frames and a `NEEDS_CSUM`
 //!   checksum completed ([`tapnet_wire::gso::Segmenter`]); every resulting frame is
@@ -41,12 +46,14 @@
 //!   aged ([`VtepTable::expire`]) at most once a second, from `recv`.
 //! * Counters are atomics the worker writes and anyone may read ([`VxlanPort::stats`]).
 
+use crate::demux::{read_trailer, Registration, TRAILER_LEN};
 use crate::header::{self, Vni, VXLAN_HDR_LEN};
 use crate::suppress::NeighTable;
 use crate::table::{Dest, Learned, TableConfig, VtepTable};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -72,6 +79,8 @@ pub enum VxlanControl {
     SetStatics(Vec<(MacAddr, SocketAddr)>),
     /// Replace the neighbours (IP → MAC, endpoints behind other VTEPs) answered locally.
     SetNeighbours(Vec<(IpAddr, MacAddr)>),
+    /// Replace the local-only MACs: frames to or from them never cross the tunnel.
+    SetLocalOnly(Vec<MacAddr>),
     /// Answer a [`VxlanStatsSnapshot`] (in a [`PortReply::Custom`]).
     Stats,
 }
@@ -92,6 +101,7 @@ pub struct VxlanStats {
     rx_errors: AtomicU64,
     learned: AtomicU64,
     learn_refused: AtomicU64,
+    local_only: AtomicU64,
 }
 
 /// A copy of a [`VxlanStats`].
@@ -123,6 +133,8 @@ pub struct VxlanStatsSnapshot {
     pub learned: u64,
     /// New MACs refused at the table's limit.
     pub learn_refused: u64,
+    /// Frames to or from a local-only MAC kept off the tunnel (either direction).
+    pub local_only: u64,
 }
 
 impl VxlanStats {
@@ -143,6 +155,7 @@ impl VxlanStats {
             rx_errors: l(&self.rx_errors),
             learned: l(&self.learned),
             learn_refused: l(&self.learn_refused),
+            local_only: l(&self.local_only),
         }
     }
 }
@@ -155,9 +168,19 @@ fn bump(c: &AtomicU64, by: u64) {
     );
 }
 
+/// Where a port's datagrams come from.
+enum Rx {
+    /// Its own socket.
+    Socket,
+    /// The dispatcher of a shared socket, through a socket pair.
+    Demux(UnixDatagram, #[allow(dead_code)] Registration),
+}
+
 /// The tunnel port of one VNI. See the module docs.
 pub struct VxlanPort {
     sock: UdpSocket,
+    rx: Rx,
+    local_only: Vec<MacAddr>,
     vni: Vni,
     table: VtepTable,
     neigh: NeighTable,
@@ -188,6 +211,8 @@ impl VxlanPort {
         table.add_vni(vni);
         Ok(VxlanPort {
             sock,
+            rx: Rx::Socket,
+            local_only: Vec::new(),
             vni,
             table,
             neigh: NeighTable::new(),
@@ -197,6 +222,32 @@ impl VxlanPort {
             start: Instant::now(),
             last_expire_ms: 0,
         })
+    }
+
+    /// A port sending on `sock` (a clone of a shared socket) and receiving from `rx`
+    /// (datagrams with a sender trailer, see [`crate::demux`]).
+    pub(crate) fn demuxed(
+        sock: UdpSocket,
+        rx: UnixDatagram,
+        reg: Registration,
+        vni: Vni,
+        config: TableConfig,
+    ) -> io::Result<VxlanPort> {
+        let mut port = VxlanPort::new(sock, vni, config)?;
+        port.rx = Rx::Demux(rx, reg);
+        Ok(port)
+    }
+
+    /// Whether a frame starting with `eth` is to or from a local-only MAC.
+    fn is_local_only(&self, eth: &[u8]) -> bool {
+        if self.local_only.is_empty() {
+            return false;
+        }
+        let dst = eth.get(..6);
+        let src = eth.get(6..12);
+        self.local_only
+            .iter()
+            .any(|m| dst == Some(&m.0[..]) || src == Some(&m.0[..]))
     }
 
     /// The port's counters, live.
@@ -228,6 +279,7 @@ impl VxlanPort {
             VxlanControl::SetPeers(p) => self.table.set_peers(self.vni, &p),
             VxlanControl::SetStatics(s) => self.table.set_statics(self.vni, &s),
             VxlanControl::SetNeighbours(n) => self.neigh.set_vni(self.vni, &n),
+            VxlanControl::SetLocalOnly(m) => self.local_only = m,
             VxlanControl::Stats => return PortReply::Custom(Box::new(self.stats.snapshot())),
         }
         PortReply::Done
@@ -302,7 +354,10 @@ impl VxlanPort {
 
 impl AsRawFd for VxlanPort {
     fn as_raw_fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
+        match &self.rx {
+            Rx::Socket => self.sock.as_raw_fd(),
+            Rx::Demux(rx, _) => rx.as_raw_fd(),
+        }
     }
 }
 
@@ -315,7 +370,23 @@ impl FrameIo for VxlanPort {
             let Some(room) = buf.get_mut(AT..) else {
                 return Err(io::ErrorKind::InvalidInput.into());
             };
-            let (n, from) = match self.sock.recv_from(room) {
+            let got = match &self.rx {
+                Rx::Socket => self.sock.recv_from(room),
+                Rx::Demux(rx, _) => match rx.recv(room) {
+                    Ok(n) if n >= room.len() => Ok((n, self.self_addr)),
+                    Ok(n) if n >= TRAILER_LEN => {
+                        let mut t = [0u8; TRAILER_LEN];
+                        t.copy_from_slice(room.get(n - TRAILER_LEN..n).unwrap_or(&[0; 18]));
+                        Ok((n - TRAILER_LEN, read_trailer(&t)))
+                    }
+                    Ok(_) => {
+                        bump(&self.stats.rx_malformed, 1);
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            let (n, from) = match got {
                 Ok(r) => r,
                 Err(e)
                     if matches!(
@@ -345,6 +416,13 @@ impl FrameIo for VxlanPort {
             };
             if vni != self.vni {
                 bump(&self.stats.rx_wrong_vni, 1);
+                continue;
+            }
+            if self.is_local_only(
+                room.get(VXLAN_HDR_LEN..n.max(VXLAN_HDR_LEN))
+                    .unwrap_or_default(),
+            ) {
+                bump(&self.stats.local_only, 1);
                 continue;
             }
             let now = self.now_ms();
@@ -378,6 +456,11 @@ impl FrameIo for VxlanPort {
         let Ok((hdr, eth)) = vnet::split(frame) else {
             return invalid(&self.stats);
         };
+        if self.is_local_only(eth) {
+            // Not an error: the frame is for (or from) this host's copy of the MAC.
+            bump(&self.stats.local_only, 1);
+            return Ok(frame.len());
+        }
         // Plain frames (the common case) are copied once; others go through the segmenter.
         if hdr.gso_type_raw() == vnet::VIRTIO_NET_HDR_GSO_NONE && !hdr.needs_csum() {
             let Some(out) = self.buf.get_mut(VXLAN_HDR_LEN..VXLAN_HDR_LEN + eth.len()) else {

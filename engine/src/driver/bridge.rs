@@ -28,6 +28,12 @@
 //! [`PortPolicy`] (anti-spoofing on unless `com.tapnet.port_security=false`); the
 //! switch's ICC follows `com.docker.network.bridge.enable_icc`.
 //!
+//! The switch, gateway and taps are shared with the `overlay` driver
+//! ([`super::overlay`]): `BridgeDriver::create_switch_network` makes a network with a
+//! given endpoint MTU (bridge: the network's `com.docker.network.driver.mtu`, default
+//! 1500; overlay: underlay − 50) and an optional uplink port (overlay: the VXLAN port,
+//! removed with the switch); every other call serves both drivers' networks alike.
+//!
 //! The tap is shared between the switch port ([`TapPort`]) and the driver through an
 //! `Arc`: once the switch hands the port back, the driver holds the only reference
 //! and can destroy the device.
@@ -96,6 +102,10 @@ struct BridgeNetwork {
     own: Vec<IpNet>,
     /// Anti-spoofing on endpoint ports.
     port_security: bool,
+    /// The MTU endpoints (and the gateway) get.
+    mtu: u32,
+    /// The switch port of the network's uplink (overlay: the VXLAN tunnel port).
+    uplink: Option<PortId>,
 }
 
 impl BridgeNetwork {
@@ -160,8 +170,14 @@ fn tap_name(endpoint: &Endpoint) -> String {
 }
 
 /// What the sandbox needs for `endpoint`'s tap, now called `name` (used by `join` and
-/// by `restore_endpoint`, so a re-created tap ends up as a joined one).
-fn describe(network: &Network, endpoint: &Endpoint, name: &str) -> Result<JoinDescription> {
+/// by `restore_endpoint`, so a re-created tap ends up as a joined one), with the
+/// network's MTU as the driver chose it.
+fn describe(
+    network: &Network,
+    endpoint: &Endpoint,
+    name: &str,
+    mtu: u32,
+) -> Result<JoinDescription> {
     if endpoint.mac.is_none() {
         return Err(Error::InvalidRequest(format!(
             "endpoint {} on network {} has no MAC address",
@@ -177,6 +193,7 @@ fn describe(network: &Network, endpoint: &Endpoint, name: &str) -> Result<JoinDe
     )?;
     interface.dst_prefix = "eth".into();
     interface.txqueuelen = Some(TAP_TXQUEUELEN);
+    interface.mtu = Some(mtu);
     Ok(JoinDescription {
         interface: Some(interface),
         gateway_v4: network.gateway,
@@ -212,41 +229,37 @@ impl BridgeDriver {
     fn unknown(network_id: &str) -> Error {
         Error::NotFound(format!("bridge driver has no network {network_id}"))
     }
-}
 
-impl Driver for BridgeDriver {
-    fn name(&self) -> &str {
-        "bridge"
+    /// The MTU the driver gives endpoints of `network_id`.
+    fn mtu_of(&self, network_id: &str) -> Result<u32> {
+        lock(&self.networks)
+            .get(network_id)
+            .map(|n| n.mtu)
+            .ok_or_else(|| Self::unknown(network_id))
     }
 
-    fn validate_options(&self, options: &std::collections::BTreeMap<String, String>) -> Result<()> {
-        if let Some(v) = options.get(crate::model::MTU_OPTION) {
-            crate::model::parse_mtu(v)?;
-        }
-        Ok(())
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            gateway_service: true,
-            ..Capabilities::default()
-        }
-    }
-
-    fn create_network(&self, req: &NetworkRequest<'_>) -> Result<()> {
-        let network = req.network;
+    /// The shared part of `create_network` of the switch-based drivers (`bridge`,
+    /// `overlay`): a switch, the userspace gateway on it, endpoints of `mtu`, and
+    /// `uplink` (overlay: the VXLAN port) attached as a port without a policy. The
+    /// network joins the gateways' isolation lists. On failure nothing is left.
+    pub(crate) fn create_switch_network(
+        &self,
+        network: &Network,
+        mtu: u32,
+        uplink: Option<Box<dyn FrameIo>>,
+    ) -> Result<()> {
         let icc = network.icc()?;
         let port_security = network.port_security()?;
         let (gw4, subnet) = match (network.gateway, network.subnet) {
             (Some(g), Some(s)) => (g, s),
             _ => {
                 return Err(Error::InvalidRequest(format!(
-                    "bridge network {} has no IPv4 subnet and gateway",
-                    network.name
+                    "{} network {} has no IPv4 subnet and gateway",
+                    network.driver, network.name
                 )))
             }
         };
-        let mtu = u16::try_from(network.mtu()?).unwrap_or(u16::MAX);
+        let gw_mtu = u16::try_from(mtu).unwrap_or(u16::MAX);
         let op = || format!("create switch for network {}", network.name);
         let handle = {
             let dp = lock(&self.datapath);
@@ -260,6 +273,21 @@ impl Driver for BridgeDriver {
             })
             .map_err(|e| Error::datapath(op(), e))?
         };
+        let uplink = match uplink {
+            None => None,
+            Some(io) => match handle.add_port_with(io, PortOptions::default()) {
+                Ok((port, _stats)) => Some(port),
+                Err(e) => {
+                    if let Err(r) = handle.remove() {
+                        tracing::warn!(error = %r, "removing switch after a failed uplink");
+                    }
+                    return Err(Error::datapath(
+                        format!("attach the uplink of network {}", network.name),
+                        e,
+                    ));
+                }
+            },
+        };
         let own = own_nets(network);
         let mut nets = lock(&self.networks);
         let isolated: Vec<IpNet> = nets.values().flat_map(|n| n.own.clone()).collect();
@@ -268,7 +296,7 @@ impl Driver for BridgeDriver {
             .ipv6
             .as_ref()
             .map(|c| (c.gateway, c.subnet.prefix_len()));
-        cfg.mtu = mtu;
+        cfg.mtu = gw_mtu;
         cfg.internal = network.internal;
         cfg.upstream_dns = self.upstream_dns.clone();
         cfg.dns_suffixes = Vec::new();
@@ -327,10 +355,36 @@ impl Driver for BridgeDriver {
                 gateway_port_stats,
                 own,
                 port_security,
+                mtu,
+                uplink,
             },
         );
         refresh_isolation(&nets);
         Ok(())
+    }
+}
+
+impl Driver for BridgeDriver {
+    fn name(&self) -> &str {
+        "bridge"
+    }
+
+    fn validate_options(&self, options: &std::collections::BTreeMap<String, String>) -> Result<()> {
+        if let Some(v) = options.get(crate::model::MTU_OPTION) {
+            crate::model::parse_mtu(v)?;
+        }
+        Ok(())
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            gateway_service: true,
+            ..Capabilities::default()
+        }
+    }
+
+    fn create_network(&self, req: &NetworkRequest<'_>) -> Result<()> {
+        self.create_switch_network(req.network, req.network.mtu()?, None)
     }
 
     fn delete_network(&self, network_id: &str) -> Result<()> {
@@ -344,6 +398,9 @@ impl Driver for BridgeDriver {
             gw.shutdown();
         }
         let _ = net.handle.remove_port(net.gateway_port);
+        if let Some(uplink) = net.uplink {
+            let _ = net.handle.remove_port(uplink);
+        }
         for (ep, port) in net.ports {
             // Not expected (the controller leaves first), but never leak a tap.
             let _ = net.handle.remove_port(port.port);
@@ -405,10 +462,7 @@ impl Driver for BridgeDriver {
     fn join(&self, req: &JoinRequest<'_>) -> Result<JoinDescription> {
         let (network, endpoint, sandbox_name) = (req.network, req.endpoint, req.sandbox_name);
         let name = tap_name(endpoint);
-        let description = describe(network, endpoint, &name)?;
-        if !lock(&self.networks).contains_key(&network.id) {
-            return Err(Self::unknown(&network.id));
-        }
+        let description = describe(network, endpoint, &name, self.mtu_of(&network.id)?)?;
         // The tap is made without the driver's lock: joins on other networks (and
         // reads of counters) do not wait for namespace and tap work.
         let tap = Tap::create_down(req.sandbox, &name)
@@ -432,12 +486,14 @@ impl Driver for BridgeDriver {
 
     fn restore_endpoint(&self, req: &JoinRequest<'_>) -> Result<RestoreDescription> {
         let (network, endpoint, sandbox_name) = (req.network, req.endpoint, req.sandbox_name);
-        if !lock(&self.networks).contains_key(&network.id) {
-            return Err(Self::unknown(&network.id));
-        }
+        let mtu = self.mtu_of(&network.id)?;
         let name = endpoint.interface.as_str();
         let (tap, how, join) = match Tap::reopen(req.sandbox, name) {
-            Ok(tap) => (tap, Restored::Reopened, describe(network, endpoint, name)?),
+            Ok(tap) => (
+                tap,
+                Restored::Reopened,
+                describe(network, endpoint, name, mtu)?,
+            ),
             Err(reopen) => {
                 tracing::warn!(
                     sandbox = sandbox_name,
@@ -446,7 +502,7 @@ impl Driver for BridgeDriver {
                     "tap of endpoint is gone; re-creating it from the stored record"
                 );
                 let temp = tap_name(endpoint);
-                let join = describe(network, endpoint, &temp)?;
+                let join = describe(network, endpoint, &temp, mtu)?;
                 let tap = Tap::create_down(req.sandbox, &temp).map_err(|e| {
                     Error::os(format!("re-create tap {name} in sandbox {sandbox_name}"), e)
                 })?;

@@ -23,7 +23,8 @@
 //! `ConnectivityScope`) plus what the controller needs to know. `docs/drivers.md`
 //! says how overlay, remote, CNI and macvlan drivers fit.
 //!
-//! Drivers: `bridge` (a userspace switch, a tap per endpoint), `null` (endpoints get
+//! Drivers: `bridge` (a userspace switch, a tap per endpoint), `overlay` (a bridge
+//! network whose switch also has a VXLAN tunnel port, see [`overlay`]), `null` (endpoints get
 //! no device: the sandbox keeps only loopback) and `host` (endpoints share the daemon
 //! host's namespace: no device, no address). A driver without addresses
 //! ([`Capabilities::needs_addresses`] false) gets no IPAM pool and its endpoints no
@@ -32,6 +33,7 @@
 //! switch returns empty reports.
 
 pub mod bridge;
+pub mod overlay;
 pub mod record;
 
 use crate::error::{Error, Result};

@@ -1,0 +1,236 @@
+//! Overlay networks without a cluster store: two "hosts" (the test's namespace and a
+//! second network namespace, joined by a veth underlay 192.0.2.1/24 ↔ 192.0.2.2/24),
+//! each with its own `tapnetd`; a static overlay (`vxlanid_list`, `peers`) between
+//! them, real sandboxes, real traffic through the real VXLAN socket.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use serde_json::Value;
+use tapnet_tests::{in_namespace, Env};
+
+const VNI: &str = "com.docker.network.driver.overlay.vxlanid_list";
+const PEERS: &str = "com.tapnet.overlay.peers";
+
+fn create_overlay(env: &Env, peer: &str) {
+    env.ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.90.0.0/24",
+        "-o",
+        &format!("{VNI}=4242"),
+        "-o",
+        &format!("{PEERS}={peer}"),
+        "ov",
+    ]);
+}
+
+/// The MTU of `eth0` in `sandbox`.
+fn mtu(env: &Env, sandbox: &str) -> u32 {
+    let out = env.exec_ok(sandbox, &["ip", "-o", "link", "show", "eth0"]);
+    let after = out.split(" mtu ").nth(1).expect("mtu in ip link output");
+    after.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// `ping` output (count echoes) from `sandbox` to `ip`; panics unless all were answered.
+fn ping_out(env: &Env, sandbox: &str, ip: &str) -> String {
+    env.exec_ok(
+        sandbox,
+        &["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", ip],
+    )
+}
+
+/// ARP replies with sender 10.90.0.1 that reach `sandbox`'s eth0 while it pings `gw`.
+fn arp_replies_from_gateway(env: &Env, sandbox: &str, gw: &str) -> u32 {
+    let capture = std::thread::scope(|s| {
+        let cap = s.spawn(|| {
+            env.python(
+                sandbox,
+                r#"
+import socket, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+s.bind(("eth0", 0))
+s.settimeout(0.2)
+n = 0
+end = time.time() + 2.5
+while time.time() < end:
+    try:
+        f = s.recv(65535)
+    except socket.timeout:
+        continue
+    if len(f) >= 42 and f[12:14] == b"\x08\x06" and f[20:22] == b"\x00\x02" and f[28:32] == bytes([10, 90, 0, 1]):
+        n += 1
+print(n)
+"#,
+            )
+        });
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        ping_out(env, sandbox, gw);
+        cap.join().unwrap()
+    });
+    assert!(capture.status.success(), "{capture:?}");
+    String::from_utf8_lossy(&capture.stdout)
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// POST /networks/create for an overlay network with `options`; (status, message).
+fn create_with(env: &Env, name: &str, options: &str) -> (u16, String) {
+    let body = format!(
+        r#"{{"Name":"{name}","Driver":"overlay","IPAM":{{"Config":[{{"Subnet":"10.91.0.0/24"}}]}},"Options":{options}}}"#
+    );
+    let (code, v) = env.api("POST", "/networks/create", Some(&body));
+    (code, v["message"].as_str().unwrap_or_default().to_string())
+}
+
+#[test]
+fn static_overlay_between_two_hosts() {
+    in_namespace("static_overlay_between_two_hosts", |a| {
+        // Host B's VXLAN socket is on 192.0.2.2:4790 (the flags), A's on the default
+        // 0.0.0.0:4789: each names the other's port explicitly where it is not its own.
+        let b = a.second_host(
+            "hostb",
+            "192.0.2.1/24",
+            "192.0.2.2/24",
+            &["--data-path-port", "4790", "--data-path-addr", "192.0.2.2"],
+        );
+        create_overlay(a, "192.0.2.2:4790");
+        create_overlay(&b, "192.0.2.1:4789");
+        let out = b.nsenter(std::path::Path::new("/run/netns/hostb"), &["ss", "-Huln"]);
+        let ss = String::from_utf8_lossy(&out.stdout);
+        assert!(ss.contains("192.0.2.2:4790"), "B's VXLAN socket: {ss}");
+
+        // Docker's shape: a global-scope network of driver overlay.
+        for env in [&*a, &b] {
+            let v: Value = env.get("/networks/ov");
+            assert_eq!(v["Scope"], "global", "{v}");
+            assert_eq!(v["Driver"], "overlay", "{v}");
+        }
+
+        a.sandbox("sa");
+        b.sandbox("sb");
+        a.ok(&["network", "connect", "--ip", "10.90.0.10", "ov", "sa"]);
+        b.ok(&["network", "connect", "--ip", "10.90.0.20", "ov", "sb"]);
+
+        // Inner MTU: the underlay's 1500 minus the VXLAN overhead, on every tap.
+        assert_eq!(mtu(a, "sa"), 1450);
+        assert_eq!(mtu(&b, "sb"), 1450);
+
+        // Across hosts, both ways (through the tunnel: MACs learned from the data plane).
+        let out = ping_out(a, "sa", "10.90.0.20");
+        assert!(!out.contains("DUP"), "{out}");
+        let out = ping_out(&b, "sb", "10.90.0.10");
+        assert!(!out.contains("DUP"), "{out}");
+
+        // TCP across hosts: 4 MiB from a to b (GSO super-frames from the tap are cut to
+        // the inner MTU before encapsulation; nothing exceeds the underlay's 1500).
+        let got = std::thread::scope(|s| {
+            let server = s.spawn(|| {
+                b.python(
+                    "sb",
+                    r#"
+import socket
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("10.90.0.20", 5001))
+l.listen(1)
+l.settimeout(20)
+c, _ = l.accept()
+c.settimeout(20)
+n = 0
+while True:
+    d = c.recv(65536)
+    if not d:
+        break
+    n += len(d)
+print(n)
+"#,
+                )
+            });
+            std::thread::sleep(std::time::Duration::from_millis(700));
+            let client = a.python(
+                "sa",
+                r#"
+import socket
+c = socket.create_connection(("10.90.0.20", 5001), timeout=20)
+c.sendall(b"x" * (4 << 20))
+c.close()
+"#,
+            );
+            assert!(client.status.success(), "{client:?}");
+            server.join().unwrap()
+        });
+        assert!(got.status.success(), "{got:?}");
+        assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "4194304");
+
+        // The anycast gateway: each host's own gateway answers, once (a remote copy
+        // would show up as DUP! replies), with the same MAC on both hosts.
+        let mut macs = Vec::new();
+        for (env, sb) in [(&*a, "sa"), (&b, "sb")] {
+            let gw = env.gateway_of("ov");
+            assert_eq!(gw, "10.90.0.1");
+            // Exactly one ARP reply for the gateway: the other host's gateway also
+            // hears the (tunnelled) broadcast, but its reply, from the gateway MAC,
+            // never enters the tunnel.
+            env.exec_ok(sb, &["ip", "neigh", "flush", "dev", "eth0"]);
+            assert_eq!(arp_replies_from_gateway(env, sb, &gw), 1);
+            let before = env.gateway_stats("ov");
+            let out = ping_out(env, sb, &gw);
+            assert!(!out.contains("DUP"), "{out}");
+            let after = env.gateway_stats("ov");
+            assert_ne!(before, after, "the local gateway saw nothing");
+            let neigh = env.exec_ok(sb, &["ip", "neigh", "show", &gw]);
+            macs.push(
+                neigh
+                    .split_whitespace()
+                    .nth(4)
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+        assert_eq!(macs[0], "02:42:0a:5a:00:01", "{macs:?}");
+        assert_eq!(macs[0], macs[1]);
+
+        // A bad VNI and an unknown option are 400s naming the option.
+        for bad in ["0", "16777216", "x"] {
+            let (code, msg) = create_with(a, "bad", &format!(r#"{{"{VNI}":"{bad}"}}"#));
+            assert_eq!(code, 400, "{bad}: {msg}");
+            assert!(msg.contains(VNI), "{msg}");
+        }
+        let (code, msg) = create_with(a, "bad", r#"{"com.example.nope":"1"}"#);
+        assert_eq!(code, 400, "{msg}");
+        assert!(msg.contains("com.example.nope"), "{msg}");
+        // The VNI is taken by ov: a second network on it is a conflict.
+        let (code, msg) = create_with(a, "dup", &format!(r#"{{"{VNI}":"4242"}}"#));
+        assert_eq!(code, 409, "{msg}");
+        // The mtu option overrides the derived MTU.
+        let (code, msg) = create_with(
+            a,
+            "small",
+            &format!(r#"{{"{VNI}":"77","com.docker.network.driver.mtu":"1300"}}"#),
+        );
+        assert_eq!(code, 201, "{msg}");
+        a.sandbox("sc");
+        a.ok(&["network", "connect", "small", "sc"]);
+        assert_eq!(mtu(a, "sc"), 1300);
+
+        // A restart of host A's daemon re-creates the overlay (same VNI, same socket
+        // port) and re-attaches the tap: traffic resumes.
+        a.stop_daemon();
+        a.start_daemon();
+        assert!(
+            a.ping("sa", "10.90.0.20", 3),
+            "no traffic after A's restart"
+        );
+        assert!(b.ping("sb", "10.90.0.10", 3));
+
+        // Disconnect and remove: the VNI is free again.
+        a.ok(&["network", "disconnect", "ov", "sa"]);
+        a.ok(&["network", "rm", "ov"]);
+        create_overlay(a, "192.0.2.2:4790");
+        drop(b);
+    });
+}
