@@ -230,6 +230,25 @@ impl BridgeDriver {
         Error::NotFound(format!("bridge driver has no network {network_id}"))
     }
 
+    /// Send `msg` to the uplink port of `network_id` (overlay: its VXLAN port).
+    pub(crate) fn control_uplink(
+        &self,
+        network_id: &str,
+        msg: tapnet_switch::runtime::PortControl,
+    ) -> Result<()> {
+        let nets = lock(&self.networks);
+        let net = nets
+            .get(network_id)
+            .ok_or_else(|| Self::unknown(network_id))?;
+        let port = net
+            .uplink
+            .ok_or_else(|| Error::Driver(format!("network {network_id} has no uplink port")))?;
+        net.handle
+            .control_port(port, msg)
+            .map(drop)
+            .map_err(|e| Error::datapath(format!("control the uplink of network {network_id}"), e))
+    }
+
     /// The MTU the driver gives endpoints of `network_id`.
     fn mtu_of(&self, network_id: &str) -> Result<u32> {
         lock(&self.networks)

@@ -460,8 +460,26 @@ pub trait Driver: Send + Sync {
         let _ = network_id;
         Ok(Vec::new())
     }
+    /// Tell a global network where the remote endpoints are (the cluster store's
+    /// view): the other hosts' VTEPs, each remote MAC's VTEP and each remote IP's
+    /// MAC. Drivers without a tunnel ignore it.
+    fn set_remote(&self, network_id: &str, remote: &RemoteEndpoints) -> Result<()> {
+        let _ = (network_id, remote);
+        Ok(())
+    }
     /// Stop the driver's data plane, leaving interfaces in place (daemon exit).
     fn shutdown(&self) {}
+}
+
+/// The remote side of a global network (see [`Driver::set_remote`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteEndpoints {
+    /// The VTEPs of the other hosts with endpoints on the network.
+    pub peers: Vec<SocketAddr>,
+    /// Remote endpoint MAC → its host's VTEP.
+    pub statics: Vec<([u8; 6], SocketAddr)>,
+    /// Remote endpoint IP → its MAC (ARP/ND suppression).
+    pub neighbours: Vec<(IpAddr, [u8; 6])>,
 }
 
 /// Drivers by name, and the sandbox layer that applies what they describe.

@@ -331,6 +331,28 @@ impl Driver for OverlayDriver {
         self.bridge.fdb(network_id)
     }
 
+    fn set_remote(&self, network_id: &str, remote: &super::RemoteEndpoints) -> Result<()> {
+        let statics = remote
+            .statics
+            .iter()
+            .map(|(m, v)| (MacAddr(*m), *v))
+            .collect();
+        let neighbours = remote
+            .neighbours
+            .iter()
+            .map(|(ip, m)| (*ip, MacAddr(*m)))
+            .collect();
+        for msg in [
+            VxlanControl::SetPeers(remote.peers.clone()),
+            VxlanControl::SetStatics(statics),
+            VxlanControl::SetNeighbours(neighbours),
+        ] {
+            self.bridge
+                .control_uplink(network_id, PortControl::Custom(Box::new(msg)))?;
+        }
+        Ok(())
+    }
+
     fn shutdown(&self) {
         // The datapath is the bridge driver's (it stops it once, whichever is first).
         self.bridge.shutdown();
