@@ -1,10 +1,12 @@
 //! `--cluster-store`, `--cluster-advertise`, `--cluster-ttl`: connect to the cluster
 //! store at start and register this node (`nodes/<advertise>` under a lease of the
-//! TTL, kept alive in the background). An unreachable store fails the start.
+//! TTL, kept alive in the background). An unreachable store fails the start. This
+//! node's VTEP in the cluster is the advertise address with `--data-path-port`.
 
 use anyhow::{bail, Context};
 use std::sync::Arc;
 use std::time::Duration;
+use tapnet_engine::controller::ClusterNode;
 use tapnet_engine::store::etcd::{self, EtcdStore};
 
 /// How long the first contact with the store may take.
@@ -15,7 +17,8 @@ pub async fn connect(
     store: Option<&str>,
     advertise: Option<&str>,
     ttl: u64,
-) -> anyhow::Result<Option<Arc<EtcdStore>>> {
+    data_path_port: u16,
+) -> anyhow::Result<Option<ClusterNode>> {
     let Some(url) = store else {
         if advertise.is_some() {
             bail!("--cluster-advertise needs --cluster-store etcd://HOST:PORT");
@@ -26,11 +29,16 @@ pub async fn connect(
     let Some(advertise) = advertise else {
         bail!("--cluster-store {url} needs --cluster-advertise ADDR (this node's address as the other hosts reach it)");
     };
-    let ip_ok = advertise.parse::<std::net::IpAddr>().is_ok()
-        || advertise.parse::<std::net::SocketAddr>().is_ok();
-    if !ip_ok {
+    let ip = advertise.parse::<std::net::IpAddr>().ok().or_else(|| {
+        advertise
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| a.ip())
+    });
+    let Some(ip) = ip else {
         bail!("--cluster-advertise {advertise:?}: give an IP address (or IP:PORT)");
-    }
+    };
+    let vtep = std::net::SocketAddr::new(ip, data_path_port);
     if ttl == 0 {
         bail!("--cluster-ttl: give at least 1 second");
     }
@@ -42,11 +50,15 @@ pub async fn connect(
     tokio::task::spawn_blocking(move || {
         let store = EtcdStore::connect(&endpoints, etcd::DEFAULT_PREFIX, CONNECT_TIMEOUT)
             .with_context(|| format!("--cluster-store {url}: cannot reach the cluster store"))?;
-        store
+        let lease = store
             .register_node(&advertise, &hostname, Duration::from_secs(ttl))
             .with_context(|| format!("--cluster-store {url}: register node {advertise}"))?;
         tracing::info!(store = %url, %advertise, ttl, "registered in the cluster store");
-        Ok(Some(Arc::new(store)))
+        Ok(Some(ClusterNode {
+            store: Arc::new(store),
+            lease,
+            vtep,
+        }))
     })
     .await
     .context("connect to the cluster store")?

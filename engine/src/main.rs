@@ -157,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
         args.cluster_store.as_deref(),
         args.cluster_advertise.as_deref(),
         args.cluster_ttl,
+        args.data_path_port,
     )
     .await?;
     std::fs::create_dir_all(&args.data_root)
@@ -227,6 +228,11 @@ async fn main() -> anyhow::Result<()> {
     if let Err(e) = controller.ensure_default_networks(&bridge_cfg).await {
         controller.shutdown().await;
         bail!("create the pre-defined networks: {e}");
+    }
+    // With a cluster store: the global networks recorded there, then its changes.
+    if let Err(e) = controller.start_cluster_sync().await {
+        controller.shutdown().await;
+        bail!("load the global networks from the cluster store: {e}");
     }
     let served = api::serve_unix(&socket, api::router(Arc::clone(&controller)), terminated()).await;
     if let Err(e) = std::fs::remove_file(&socket) {

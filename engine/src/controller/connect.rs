@@ -3,13 +3,15 @@
 //! Steps, under the locks of the network and the sandbox: resolve and validate
 //! (already connected, `host`/`none` exclusivity, static addresses and MAC against
 //! the driver, MAC unique on the network) → allocate the IPv4 and IPv6 addresses
-//! (undo: release) → the driver's `create_endpoint` (undo: `delete_endpoint`; what
+//! (undo: release; on a global network the IPv4 address is first claimed in the
+//! cluster store, undo: free it) → the driver's `create_endpoint` (undo: `delete_endpoint`; what
 //! the driver chose is merged into the endpoint) → `join`, which describes the
 //! interface (undo: `leave`) → the sandbox layer applies the description: move or
 //! rename, MAC, MTU, addresses, routes (undo: the layer's undo) → publish the
 //! sandbox's ports if this is its first non-internal network with a gateway service
-//! that the driver did not disable (undo: unpublish each) → commit the endpoint (and the
-//! sandbox's published ports). After the commit: publish the model, refresh the
+//! that the driver did not disable (undo: unpublish each) → record a global network's
+//! endpoint in the cluster store (undo: delete it) → commit the endpoint (a global
+//! network's is not kept locally) and the sandbox's published ports. After the commit: publish the model, refresh the
 //! network's DNS names and the sandbox's files.
 
 use super::ipam_steps::{v4_pool, v6_pool, IpamTxn};
@@ -117,8 +119,12 @@ impl Inner {
         sb: &Sandbox,
         driver: Arc<dyn Driver>,
         ns: Arc<tapnet_sandbox::netns::Netns>,
-        opts: ConnectOptions,
+        mut opts: ConnectOptions,
     ) -> Result<(Endpoint, Option<Sandbox>)> {
+        let global = self.is_global(&net.id);
+        if global {
+            opts.ipv4 = self.claim_global_ipv4(txn, net, opts.ipv4).await?;
+        }
         // Addresses.
         let (ipv4, ipv6, taken) = {
             let mut ipam = self.ipam();
@@ -251,7 +257,14 @@ impl Inner {
                 });
             }
         }
-        let mut changes = vec![Change::PutEndpoint(endpoint.clone())];
+        let mut changes = Vec::new();
+        if global {
+            // A global network's endpoints are recorded in the cluster store only.
+            self.record_global_endpoint(txn, &endpoint, &sb.name)
+                .await?;
+        } else {
+            changes.push(Change::PutEndpoint(endpoint.clone()));
+        }
         if let Some(s) = &sb_after {
             changes.push(Change::PutSandbox(s.clone()));
         }

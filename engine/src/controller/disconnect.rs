@@ -33,6 +33,10 @@ impl Inner {
             let endpoint = self
                 .leave_steps(&mut txn, &store, &nid, &sid, force)
                 .await?;
+            if self.is_global(&nid) {
+                self.forget_global_endpoint(&mut txn, &endpoint, &sb_name)
+                    .await?;
+            }
             let mut changes = vec![Change::DeleteEndpoint(endpoint.id.clone())];
             let unpublished = unpublished(&store, &nid, &sid);
             if let Some(s) = &unpublished {

@@ -32,6 +32,7 @@
 
 mod connect;
 mod disconnect;
+mod global;
 mod ipam_steps;
 mod network_create;
 mod network_remove;
@@ -44,6 +45,7 @@ mod sandbox_remove;
 #[cfg(test)]
 mod tests;
 
+pub use global::{ClusterNode, GlobalEndpoint};
 pub use ipam_steps::{restore_network_ipam, IpamTxn, Taken};
 pub use restore::RestoreReport;
 
@@ -58,7 +60,7 @@ use crate::store::{Change, Db, KvStore};
 use crate::txn::{blocking, Txn};
 use arc_swap::ArcSwap;
 use ipnet::{Ipv4Net, Ipv6Net};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -213,7 +215,9 @@ pub(crate) struct Inner {
     /// The store; `None`: in memory only (unit tests).
     store: Option<Arc<dyn KvStore>>,
     /// The cluster store (`--cluster-store`) for global networks; `None`: local only.
-    cluster: Option<Arc<EtcdStore>>,
+    cluster: Option<ClusterNode>,
+    /// The ids of the global networks (recorded in the cluster store, not locally).
+    global: Mutex<HashSet<String>>,
     /// The host's nameservers: a sandbox's resolv.conf before it joins a bridge network.
     nameservers: Vec<IpAddr>,
     ipam: Arc<Mutex<Box<dyn Ipam>>>,
@@ -272,6 +276,7 @@ impl Controller {
                 exec_root: exec_root.to_path_buf(),
                 store,
                 cluster: None,
+                global: Mutex::new(HashSet::new()),
                 nameservers: Vec::new(),
                 ipam: Arc::new(Mutex::new(ipam)),
                 netns: Mutex::new(HashMap::new()),
@@ -294,7 +299,7 @@ impl Controller {
 
     /// Hold `cluster` (`--cluster-store`) for global networks; local networks stay in
     /// the local store. Call while building (before the controller is shared).
-    pub fn with_cluster_store(mut self, cluster: Option<Arc<EtcdStore>>) -> Controller {
+    pub fn with_cluster_store(mut self, cluster: Option<ClusterNode>) -> Controller {
         match Arc::get_mut(&mut self.inner) {
             Some(inner) => inner.cluster = cluster,
             None => tracing::error!("with_cluster_store on a shared controller: ignored"),
@@ -304,7 +309,7 @@ impl Controller {
 
     /// The cluster store, if the daemon has one.
     pub fn cluster_store(&self) -> Option<&Arc<EtcdStore>> {
-        self.inner.cluster.as_ref()
+        self.inner.cluster.as_ref().map(|c| &c.store)
     }
 
     /// A controller that records every mutation in `db`. Call

@@ -3,8 +3,9 @@
 //! Steps: validate (name unique under the `networks` lock, driver and IPAM driver
 //! known, single-instance drivers, IPv6 and IPAM config consistent with the driver,
 //! driver options) → reserve the pools, gateways and auxiliary addresses (undo:
-//! release) → the driver's data plane (undo: `delete_network`) → commit the record →
-//! publish.
+//! release) → a global network (see `global`) claims its name and VNI in the cluster
+//! store (undo: free them) → the driver's data plane (undo: `delete_network`) → commit
+//! the record (a global network's to the cluster store) → publish.
 
 use super::ipam_steps::{name_overlap, reserve_family, FamilyRequest, IpamTxn};
 use super::{Controller, DefaultBridge, Inner, NetworkCreate, NETWORKS_LOCK};
@@ -123,6 +124,10 @@ impl Inner {
             };
             self.undo_ipam(txn, taken);
         }
+        let global = self.creates_global(&network.driver, &network.options);
+        if global {
+            self.claim_global_name_and_vni(txn, &mut network).await?;
+        }
         let (d, n) = (Arc::clone(&driver), network.clone());
         blocking("create network", move || {
             d.create_network(&NetworkRequest { network: &n })
@@ -132,8 +137,12 @@ impl Inner {
         txn.on_undo("remove the network's data plane", move || {
             d.delete_network(&nid)
         });
-        self.commit(txn, vec![Change::PutNetwork(Box::new(network.clone()))])
-            .await?;
+        if global {
+            self.commit_global_network(txn, &network).await?;
+        } else {
+            self.commit(txn, vec![Change::PutNetwork(Box::new(network.clone()))])
+                .await?;
+        }
         let id = network.id.clone();
         tracing::info!(
             network = %network.name,

@@ -1,7 +1,8 @@
 //! Operation: remove a network (CNM `Delete`).
 //!
 //! Steps, under the `networks` lock and the network's: refuse pre-defined networks
-//! (403) and networks with endpoints (409) → remove the driver's data plane (undo:
+//! (403) and networks with endpoints (409; a global network: endpoints on any host,
+//! from the cluster store) → remove the driver's data plane (undo:
 //! create it again) → commit the deletion. After the commit: give the pools back to
 //! IPAM and publish.
 
@@ -51,6 +52,10 @@ impl Inner {
                 names.join(", ")
             )));
         }
+        let global = self.is_global(&id);
+        if global {
+            self.check_global_unused(&network).await?;
+        }
         let driver = self.drivers.get(&network.driver)?;
         let mut txn = Txn::new(format!("remove network {}", network.name));
         let r = async {
@@ -60,8 +65,12 @@ impl Inner {
             txn.on_undo("re-create the network's data plane", move || {
                 d.create_network(&NetworkRequest { network: &n })
             });
-            self.commit(&txn, vec![Change::DeleteNetwork(id.clone())])
-                .await
+            if global {
+                self.commit_global_removal(&txn, &network).await
+            } else {
+                self.commit(&txn, vec![Change::DeleteNetwork(id.clone())])
+                    .await
+            }
         }
         .await;
         txn.finish(r).await?;

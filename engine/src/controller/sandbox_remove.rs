@@ -50,6 +50,10 @@ impl Inner {
             let mut left: Vec<(String, Endpoint)> = Vec::new();
             for nid in &network_ids {
                 let ep = self.leave_steps(&mut txn, &store, nid, &sid, true).await?;
+                if self.is_global(nid) {
+                    self.forget_global_endpoint(&mut txn, &ep, &sandbox.name)
+                        .await?;
+                }
                 left.push((nid.clone(), ep));
             }
             let mut changes: Vec<Change> = left
