@@ -1,0 +1,201 @@
+//! Global overlay networks through the cluster store: two "hosts" (the test's
+//! namespace and a second network namespace joined by a veth underlay 192.0.2.1/24 ↔
+//! 192.0.2.2/24), a real etcd in the first one (Debian's `etcd-server`, ended by pid),
+//! both daemons with `--cluster-store` and `--cluster-advertise`. The overlay is
+//! created on host A only; host B gets it from the store; addresses are claimed
+//! cluster-wide; the tunnels learn the remote endpoints from the store.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tapnet_engine::store::etcd::{EtcdStore, DEFAULT_PREFIX};
+use tapnet_engine::store::KvStore;
+use tapnet_tests::in_namespace;
+
+/// A real etcd listening on every address of the test's namespace (port 2379);
+/// killed (by pid) when dropped.
+struct Etcd {
+    child: Child,
+}
+
+impl Etcd {
+    fn start(root: &Path) -> Etcd {
+        let log = std::fs::File::create(root.join("etcd.log")).unwrap();
+        let child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(root.join("etcd"))
+            .args([
+                "--listen-client-urls",
+                "http://0.0.0.0:2379",
+                "--advertise-client-urls",
+                "http://127.0.0.1:2379",
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-cluster",
+                "default=http://127.0.0.1:2380",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("run etcd (Debian etcd-server; scripts/test.sh installs it)");
+        let etcd = Etcd { child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while connect().is_none() {
+            assert!(Instant::now() < deadline, "etcd did not answer within 20 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        etcd
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn connect() -> Option<EtcdStore> {
+    EtcdStore::connect(
+        &["127.0.0.1:2379".to_string()],
+        DEFAULT_PREFIX,
+        Duration::from_secs(1),
+    )
+    .ok()
+}
+
+/// Wait (at most 10 s) until `f` holds.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn global_overlay_through_the_cluster_store() {
+    in_namespace("global_overlay_through_the_cluster_store", |a| {
+        let etcd = Etcd::start(&a.root);
+        a.restart_fresh(&[
+            "--cluster-store",
+            "etcd://127.0.0.1:2379",
+            "--cluster-advertise",
+            "192.0.2.1",
+        ]);
+        let b = a.second_host(
+            "hostb",
+            "192.0.2.1/24",
+            "192.0.2.2/24",
+            &[
+                "--data-path-port",
+                "4790",
+                "--data-path-addr",
+                "192.0.2.2",
+                "--cluster-store",
+                "etcd://192.0.2.1:2379",
+                "--cluster-advertise",
+                "192.0.2.2",
+            ],
+        );
+
+        // Created on A only: recorded in the store, with its name and VNI claimed.
+        a.ok(&[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--subnet",
+            "10.90.0.0/24",
+            "ov",
+        ]);
+        let kv = connect().unwrap();
+        let keys: Vec<String> = kv.range("").unwrap().into_iter().map(|k| k.key).collect();
+        assert!(keys.iter().any(|k| k.starts_with("networks/")), "{keys:?}");
+        assert!(keys.contains(&"names/ov".to_string()), "{keys:?}");
+        assert!(keys.iter().any(|k| k.starts_with("vnis/")), "{keys:?}");
+        // The same name again, from either host: 409.
+        let msg = b.fails(&["network", "create", "-d", "overlay", "ov"]);
+        assert!(msg.contains("already exists"), "{msg}");
+
+        // Host B lists and inspects it (same id, scope global).
+        eventually("B has the network", || {
+            b.api("GET", "/networks/ov", None).0 == 200
+        });
+        let va: Value = a.get("/networks/ov");
+        let vb: Value = b.get("/networks/ov");
+        assert_eq!(va["Id"], vb["Id"]);
+        assert_eq!(vb["Scope"], "global", "{vb}");
+        assert_eq!(vb["Driver"], "overlay", "{vb}");
+        assert!(b.ok(&["network", "ls"]).contains("ov"));
+
+        // Connect one sandbox on each host, at the same time, without addresses.
+        a.sandbox("sa");
+        b.sandbox("sb");
+        std::thread::scope(|s| {
+            let ta = s.spawn(|| a.ok(&["network", "connect", "ov", "sa"]));
+            let tb = s.spawn(|| b.ok(&["network", "connect", "ov", "sb"]));
+            ta.join().unwrap();
+            tb.join().unwrap();
+        });
+        let (ipa, ipb) = (a.ip_of("ov", "sa"), b.ip_of("ov", "sb"));
+        assert_ne!(ipa, ipb, "the same address on both hosts");
+        for ip in [&ipa, &ipb] {
+            assert!(ip.starts_with("10.90.0."), "{ip}");
+            assert_ne!(ip, "10.90.0.1");
+        }
+        let keys: Vec<String> = kv.range("").unwrap().into_iter().map(|k| k.key).collect();
+        assert_eq!(
+            keys.iter().filter(|k| k.starts_with("endpoints/")).count(),
+            2,
+            "{keys:?}"
+        );
+
+        // Across the tunnel, both ways (peers, MACs and neighbours from the store).
+        eventually("a reaches b", || a.ping("sa", &ipb, 1));
+        eventually("b reaches a", || b.ping("sb", &ipa, 1));
+
+        // A static address taken on the other host: 409, and nothing left behind.
+        a.sandbox("sc");
+        let (code, v) = a.api(
+            "POST",
+            "/networks/ov/connect",
+            Some(&format!(
+                r#"{{"Container":"sc","EndpointConfig":{{"IPAMConfig":{{"IPv4Address":"{ipb}"}}}}}}"#
+            )),
+        );
+        assert_eq!(code, 409, "{v}");
+        assert!(v["message"].as_str().unwrap().contains(&ipb), "{v}");
+
+        // Removing it anywhere while any host has endpoints: 409.
+        let (code, v) = b.api("DELETE", "/networks/ov", None);
+        assert_eq!(code, 409, "{v}");
+        a.ok(&["network", "disconnect", "ov", "sa"]);
+        let (code, v) = b.api("DELETE", "/networks/ov", None);
+        assert_eq!(code, 409, "{v}");
+        b.ok(&["network", "disconnect", "ov", "sb"]);
+        let keys: Vec<String> = kv.range("").unwrap().into_iter().map(|k| k.key).collect();
+        assert!(
+            !keys
+                .iter()
+                .any(|k| k.starts_with("endpoints/") || k.starts_with("ipam/")),
+            "{keys:?}"
+        );
+
+        // Removed on B: gone from the store and from A.
+        b.ok(&["network", "rm", "ov"]);
+        eventually("A dropped the network", || {
+            a.api("GET", "/networks/ov", None).0 == 404
+        });
+        let keys: Vec<String> = kv.range("").unwrap().into_iter().map(|k| k.key).collect();
+        assert!(keys.iter().all(|k| k.starts_with("nodes/")), "{keys:?}");
+        drop(b);
+        drop(etcd);
+    });
+}
