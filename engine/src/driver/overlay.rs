@@ -35,9 +35,12 @@
 //! tunnelled, nor taken from the tunnel, so each host's gateway answers only its own
 //! sandboxes and no remote gateway ever shows up behind the tunnel port.
 //!
-//! The network's scope is `global` (Docker: overlay networks are global-scope), but
-//! without a cluster store each daemon keeps its own record: the network must be
-//! created on every host with the same options.
+//! The network's scope is `global` (Docker: overlay networks are global-scope). Without
+//! a cluster store (or with [`PEERS_OPTION`]) each daemon keeps its own record: the
+//! network must be created on every host with the same options. With one, the
+//! controller records the network in the store and every host creates it
+//! (`controller::global`); the tunnel then gets its peers, static MACs and neighbours
+//! from the store through [`Driver::set_remote`].
 
 use super::bridge::BridgeDriver;
 use super::{
