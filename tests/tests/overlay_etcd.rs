@@ -173,6 +173,60 @@ fn global_overlay_through_the_cluster_store() {
         assert_eq!(code, 409, "{v}");
         assert!(v["message"].as_str().unwrap().contains(&ipb), "{v}");
 
+        // Rollbacks free what the steps claimed in the store. An address outside the
+        // subnet: claimed, then refused by the local IPAM, so the claim is deleted.
+        let ipam_keys = |kv: &EtcdStore| {
+            let mut k: Vec<String> = kv
+                .range("ipam/")
+                .unwrap()
+                .into_iter()
+                .map(|k| k.key)
+                .collect();
+            k.sort();
+            k
+        };
+        let before = ipam_keys(&kv);
+        assert_eq!(before.len(), 2, "{before:?}");
+        let (code, v) = a.api(
+            "POST",
+            "/networks/ov/connect",
+            Some(
+                r#"{"Container":"sc","EndpointConfig":{"IPAMConfig":{"IPv4Address":"10.99.0.5"}}}"#,
+            ),
+        );
+        assert!((400..500).contains(&code), "{code} {v}");
+        assert_eq!(ipam_keys(&kv), before);
+        // A VNI the store does not know but a static overlay of A uses: claimed, then
+        // refused by the driver (409), so the name and VNI claims are deleted.
+        a.ok(&[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--subnet",
+            "10.92.0.0/24",
+            "-o",
+            "com.docker.network.driver.overlay.vxlanid_list=5000",
+            "-o",
+            "com.tapnet.overlay.peers=192.0.2.2:4790",
+            "static5000",
+        ]);
+        let (code, v) = a.api(
+            "POST",
+            "/networks/create",
+            Some(r#"{"Name":"g5000","Driver":"overlay","IPAM":{"Config":[{"Subnet":"10.93.0.0/24"}]},"Options":{"com.docker.network.driver.overlay.vxlanid_list":"5000"}}"#),
+        );
+        assert_eq!(code, 409, "{v}");
+        let keys: Vec<String> = kv.range("").unwrap().into_iter().map(|k| k.key).collect();
+        assert!(
+            !keys.iter().any(|k| k == "names/g5000" || k == "vnis/5000"),
+            "{keys:?}"
+        );
+        // The static overlay stays local: not in the store, not on B.
+        assert!(!keys.contains(&"names/static5000".to_string()), "{keys:?}");
+        assert_eq!(b.api("GET", "/networks/static5000", None).0, 404);
+        a.ok(&["network", "rm", "static5000"]);
+
         // Removing it anywhere while any host has endpoints: 409.
         let (code, v) = b.api("DELETE", "/networks/ov", None);
         assert_eq!(code, 409, "{v}");
