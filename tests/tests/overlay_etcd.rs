@@ -89,21 +89,19 @@ fn global_overlay_through_the_cluster_store() {
             "--cluster-advertise",
             "192.0.2.1",
         ]);
-        let b = a.second_host(
-            "hostb",
-            "192.0.2.1/24",
-            "192.0.2.2/24",
-            &[
-                "--data-path-port",
-                "4790",
-                "--data-path-addr",
-                "192.0.2.2",
-                "--cluster-store",
-                "etcd://192.0.2.1:2379",
-                "--cluster-advertise",
-                "192.0.2.2",
-            ],
-        );
+        let b_flags = [
+            "--data-path-port",
+            "4790",
+            "--data-path-addr",
+            "192.0.2.2",
+            "--cluster-store",
+            "etcd://192.0.2.1:2379",
+            "--cluster-advertise",
+            "192.0.2.2",
+            "--cluster-ttl",
+            "2",
+        ];
+        let mut b = a.second_host("hostb", "192.0.2.1/24", "192.0.2.2/24", &b_flags);
 
         // Created on A only: recorded in the store, with its name and VNI claimed.
         a.ok(&[
@@ -249,6 +247,32 @@ fn global_overlay_through_the_cluster_store() {
         });
         let keys: Vec<String> = kv.range("").unwrap().into_iter().map(|k| k.key).collect();
         assert!(keys.iter().all(|k| k.starts_with("nodes/")), "{keys:?}");
+
+        // A restarted daemon loads the global networks from the store; a host that
+        // dies loses its endpoints with its lease (TTL 2 s), so the network can go.
+        a.ok(&[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--subnet",
+            "10.94.0.0/24",
+            "ov2",
+        ]);
+        b.stop_daemon();
+        b.start_daemon_with(&b_flags);
+        assert_eq!(b.get("/networks/ov2")["Scope"], "global");
+        b.ok(&["network", "connect", "ov2", "sb"]);
+        let ipb2 = b.ip_of("ov2", "sb");
+        a.ok(&["network", "connect", "ov2", "sa"]);
+        eventually("a reaches b on ov2", || a.ping("sa", &ipb2, 1));
+        a.ok(&["network", "disconnect", "ov2", "sa"]);
+        let (code, v) = a.api("DELETE", "/networks/ov2", None);
+        assert_eq!(code, 409, "{v}");
+        b.kill9_daemon();
+        eventually("B's endpoint expired", || {
+            a.api("DELETE", "/networks/ov2", None).0 == 204
+        });
         drop(b);
         drop(etcd);
     });
