@@ -55,10 +55,18 @@ const ATTEMPTS: u32 = 64;
 pub struct ClusterNode {
     /// The cluster store.
     pub store: Arc<EtcdStore>,
-    /// The lease of `nodes/<advertise>` (endpoint records live under it).
+    /// The lease of `nodes/<advertise>` at start (records are written under the
+    /// current one, [`ClusterNode::lease`]).
     pub lease: LeaseId,
     /// This node's VTEP: the advertise address and the data-path port.
     pub vtep: SocketAddr,
+}
+
+impl ClusterNode {
+    /// The node record's lease now (a new one after an expiry), else the first one.
+    pub fn lease(&self) -> LeaseId {
+        self.store.node_lease().unwrap_or(self.lease)
+    }
 }
 
 /// An endpoint of a global network as the cluster store records it.
@@ -297,7 +305,7 @@ impl Inner {
         reserved.extend(net.gateway);
         reserved.insert(subnet.network());
         reserved.insert(subnet.broadcast());
-        let (nid, store, lease) = (net.id.clone(), Arc::clone(&node.store), node.lease);
+        let (nid, store, lease) = (net.id.clone(), Arc::clone(&node.store), node.lease());
         let op = txn.op().to_string();
         let ip = blocking("claim an address in the cluster store", move || {
             let prefix = format!("{IPAM}{nid}/");
@@ -375,10 +383,15 @@ impl Inner {
         };
         let value = json("endpoint", &rec)?;
         let key = format!("{ENDPOINTS}{}", endpoint.id);
-        let (store, k, op) = (Arc::clone(&node.store), key.clone(), txn.op().to_string());
+        let (store, k, op, lease) = (
+            Arc::clone(&node.store),
+            key.clone(),
+            txn.op().to_string(),
+            node.lease(),
+        );
         blocking("record the endpoint in the cluster store", move || {
             store
-                .txn_leased(&[], &[KvOp::Put(k, value)], node.lease)
+                .txn_leased(&[], &[KvOp::Put(k, value)], lease)
                 .map(drop)
                 .map_err(|e| store_err(&op, e))
         })
@@ -436,7 +449,7 @@ impl Inner {
                 let mut ops = vec![KvOp::Put(ek, value)];
                 ops.extend(ik.map(|k| KvOp::Put(k, Vec::new())));
                 store
-                    .txn_leased(&[], &ops, node.lease)
+                    .txn_leased(&[], &ops, node.lease())
                     .map(drop)
                     .map_err(|e| store_err("record endpoint again", e))
             },

@@ -29,7 +29,8 @@
 //!   keep-alive, e.g. when the host died). [`KvOp`] has no lease: leased puts are an
 //!   `EtcdStore`-only operation for now.
 //! * [`EtcdStore::register_node`] writes `nodes/<address>` under a lease it keeps
-//!   alive, and writes it again under a new lease should that one expire anyway.
+//!   alive, and writes it again under a new lease should that one expire anyway
+//!   ([`EtcdStore::node_lease`] is the current one).
 //! * [`parse_url`] reads `--cluster-store etcd://HOST:PORT[,HOST:PORT...]`.
 
 use super::{Compare, KeyValue, KvOp, KvStore, Revision, StoreError, WatchEvent};
@@ -58,6 +59,8 @@ pub struct EtcdStore {
     rt: Option<tokio::runtime::Runtime>,
     /// Keep-alive tasks by lease.
     keepers: Mutex<HashMap<i64, tokio::task::AbortHandle>>,
+    /// The lease of this node's record ([`EtcdStore::register_node`]; 0: none yet).
+    node_lease: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -153,6 +156,7 @@ impl EtcdStore {
             client,
             rt: Some(rt),
             keepers: Mutex::new(HashMap::new()),
+            node_lease: std::sync::Arc::default(),
         };
         // The client connects lazily: ask once, so that a dead cluster fails now.
         store.current_revision()?;
@@ -263,6 +267,8 @@ impl EtcdStore {
         let client = self.client.clone();
         let (k, v) = (key.clone(), value.clone());
         let first = self.call(async move { put_leased(&client, secs, k, v).await })?;
+        let current = std::sync::Arc::clone(&self.node_lease);
+        current.store(first, std::sync::atomic::Ordering::SeqCst);
         // Kept alive; should the lease expire anyway (the store was out of reach for
         // longer than the TTL), the record is written again under a new lease.
         let client = self.client.clone();
@@ -276,6 +282,7 @@ impl EtcdStore {
                     match put_leased(&client, secs, key.clone(), value.clone()).await {
                         Ok(new) => {
                             id = new;
+                            current.store(new, std::sync::atomic::Ordering::SeqCst);
                             tracing::info!(%store, key, "node registered again");
                             break;
                         }
@@ -289,6 +296,15 @@ impl EtcdStore {
         });
         lock(&self.keepers).insert(first, task.abort_handle());
         Ok(LeaseId(first))
+    }
+
+    /// The lease this node's record lives under now (it changes when the record is
+    /// written again after an expiry); `None` before [`EtcdStore::register_node`].
+    pub fn node_lease(&self) -> Option<LeaseId> {
+        match self.node_lease.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            id => Some(LeaseId(id)),
+        }
     }
 
     fn txn_with(
