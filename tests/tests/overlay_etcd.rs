@@ -248,8 +248,9 @@ fn global_overlay_through_the_cluster_store() {
         let keys: Vec<String> = kv.range("").unwrap().into_iter().map(|k| k.key).collect();
         assert!(keys.iter().all(|k| k.starts_with("nodes/")), "{keys:?}");
 
-        // A restarted daemon loads the global networks from the store; a host that
-        // dies loses its endpoints with its lease (TTL 2 s), so the network can go.
+        // A restarted daemon loads the global networks from the store and restores its
+        // endpoints on them; a host that dies loses its endpoints with its lease (TTL
+        // 2 s), so the network can go.
         a.ok(&[
             "network",
             "create",
@@ -259,13 +260,24 @@ fn global_overlay_through_the_cluster_store() {
             "10.94.0.0/24",
             "ov2",
         ]);
-        b.stop_daemon();
-        b.start_daemon_with(&b_flags);
-        assert_eq!(b.get("/networks/ov2")["Scope"], "global");
+        eventually("B has ov2", || b.api("GET", "/networks/ov2", None).0 == 200);
         b.ok(&["network", "connect", "ov2", "sb"]);
         let ipb2 = b.ip_of("ov2", "sb");
+        b.stop_daemon();
+        b.start_daemon_with(&b_flags);
+        // The network from the store, B's endpoint from B's local store, re-recorded in
+        // the cluster store under B's new lease.
+        assert_eq!(b.get("/networks/ov2")["Scope"], "global");
+        assert_eq!(b.ip_of("ov2", "sb"), ipb2);
         a.ok(&["network", "connect", "ov2", "sa"]);
+        let ipa2 = a.ip_of("ov2", "sa");
+        assert_ne!(ipa2, ipb2);
         eventually("a reaches b on ov2", || a.ping("sa", &ipb2, 1));
+        eventually("b reaches a on ov2", || b.ping("sb", &ipa2, 1));
+        // Past the TTL of B's first lease, its endpoint record lives on (new lease).
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(kv.range("endpoints/").unwrap().len(), 2);
+        assert!(a.ping("sa", &ipb2, 1));
         a.ok(&["network", "disconnect", "ov2", "sa"]);
         let (code, v) = a.api("DELETE", "/networks/ov2", None);
         assert_eq!(code, 409, "{v}");

@@ -10,8 +10,8 @@
 //! rename, MAC, MTU, addresses, routes (undo: the layer's undo) → publish the
 //! sandbox's ports if this is its first non-internal network with a gateway service
 //! that the driver did not disable (undo: unpublish each) → record a global network's
-//! endpoint in the cluster store (undo: delete it) → commit the endpoint (a global
-//! network's is not kept locally) and the sandbox's published ports. After the commit: publish the model, refresh the
+//! endpoint in the cluster store (undo: delete it) → commit the endpoint and the
+//! sandbox's published ports. After the commit: publish the model, refresh the
 //! network's DNS names and the sandbox's files.
 
 use super::ipam_steps::{v4_pool, v6_pool, IpamTxn};
@@ -257,14 +257,12 @@ impl Inner {
                 });
             }
         }
-        let mut changes = Vec::new();
         if global {
-            // A global network's endpoints are recorded in the cluster store only.
+            // For the other hosts; the local record below is for this host's restart.
             self.record_global_endpoint(txn, &endpoint, &sb.name)
                 .await?;
-        } else {
-            changes.push(Change::PutEndpoint(endpoint.clone()));
         }
+        let mut changes = vec![Change::PutEndpoint(endpoint.clone())];
         if let Some(s) = &sb_after {
             changes.push(Change::PutSandbox(s.clone()));
         }

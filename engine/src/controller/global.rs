@@ -23,9 +23,13 @@
 //!   endpoints ([`crate::driver::Driver::set_remote`]): the VTEPs of the other hosts
 //!   with endpoints on it, each remote MAC's VTEP, each remote IP's MAC.
 //! * Removing a global network is refused (409) while any host has an endpoint on it.
-//! * Not (yet) restored: a sandbox's endpoints on global networks are not in the local
-//!   store, so a daemon restart loses them (the network itself comes back from the
-//!   cluster store).
+//! * Restart: a global network's record is not in the local store (it comes back from
+//!   the cluster store), its endpoints on this host are. [`super::Controller::restore`]
+//!   sets those aside (their network is unknown then); once the networks are loaded
+//!   each is restored: its records are written again under the node's current lease
+//!   (if `endpoints/<id>` expired meanwhile, its address is claimed create-if-absent
+//!   again; taken: the endpoint is dropped), its addresses reserved, the data plane
+//!   restored as any endpoint's. One that cannot be restored is dropped and logged.
 
 use super::{net_key, Controller, Inner, NETWORKS_LOCK};
 use crate::driver::overlay::{parse_vni, vni_for_name, PEERS_OPTION, VXLANID_OPTION};
@@ -457,6 +461,142 @@ impl Inner {
         Ok(())
     }
 
+    /// Restore the endpoints [`super::Controller::restore`] set aside (see the module
+    /// doc). Runs before the API serves and before the watch thread starts.
+    async fn restore_global_endpoints(&self) {
+        let pending = std::mem::take(&mut *super::lock(&self.pending_global));
+        let Ok(node) = self.node() else { return };
+        let mut changes = Vec::new();
+        for ep in pending {
+            let store = self.model();
+            let found = (
+                store
+                    .networks
+                    .get(&ep.network_id)
+                    .filter(|n| self.is_global(&n.id))
+                    .cloned(),
+                store.sandboxes.get(&ep.sandbox_id).cloned(),
+                self.netns_of(&ep.sandbox_id),
+            );
+            let (Some(net), Some(sb), Some(ns)) = found else {
+                tracing::warn!(endpoint = %ep.id, network = %ep.network_id,
+                    "store: endpoint of an unknown network or sandbox; removed");
+                changes.push(crate::store::Change::DeleteEndpoint(ep.id));
+                continue;
+            };
+            match self
+                .restore_global_endpoint(&node, &net, &sb, ns, &ep)
+                .await
+            {
+                Ok(()) => {
+                    let e = ep.clone();
+                    self.publish(|s| {
+                        if let Some(n) = s.networks.get_mut(&e.network_id) {
+                            n.endpoints.insert(e.id.clone(), e);
+                        }
+                    });
+                    tracing::info!(network = %net.name, sandbox = %sb.name, ip = ?ep.ipv4,
+                        "endpoint on a global network restored");
+                    self.refresh_names(&net.id).await;
+                    self.refresh_files(&sb.id).await;
+                }
+                Err(e) => {
+                    tracing::warn!(network = %net.name, sandbox = %sb.name, error = %e,
+                        "endpoint on a global network cannot be restored; removed");
+                    changes.push(crate::store::Change::DeleteEndpoint(ep.id));
+                }
+            }
+        }
+        if !changes.is_empty() {
+            let txn = Txn::new("clean up the store at start");
+            if let Err(e) = self.commit(&txn, changes).await {
+                tracing::warn!(error = %e, "cleaning up endpoint records");
+            }
+            txn.commit();
+        }
+    }
+
+    /// Restore one endpoint of global network `net` (see the module doc); on failure
+    /// nothing of it is left (its cluster records are deleted).
+    async fn restore_global_endpoint(
+        &self,
+        node: &ClusterNode,
+        net: &Network,
+        sb: &crate::model::Sandbox,
+        ns: Arc<tapnet_sandbox::netns::Netns>,
+        ep: &Endpoint,
+    ) -> Result<()> {
+        let mut txn = Txn::new(format!("restore {} on network {}", sb.name, net.name));
+        let r = async {
+            let rec = GlobalEndpoint {
+                id: ep.id.clone(),
+                network_id: ep.network_id.clone(),
+                sandbox: sb.name.clone(),
+                mac: ep.mac,
+                ipv4: ep.ipv4,
+                ipv6: ep.ipv6,
+                vtep: node.vtep,
+            };
+            let value = json("endpoint", &rec)?;
+            let ek = format!("{ENDPOINTS}{}", ep.id);
+            let ik = ep.ipv4.map(|ip| format!("{IPAM}{}/{ip}", ep.network_id));
+            let (store, lease, op) = (Arc::clone(&node.store), node.lease(), txn.op().to_string());
+            let (ek2, ik2) = (ek.clone(), ik.clone());
+            blocking("claim the endpoint again", move || {
+                let ours = store
+                    .range(&ek2)
+                    .map_err(|e| store_err(&op, e))?
+                    .iter()
+                    .any(|kv| kv.key == ek2);
+                // Ours still (restarted within the TTL): just move it to the new lease.
+                let compares: Vec<Compare> = match (&ik2, ours) {
+                    (Some(k), false) => vec![Compare {
+                        key: k.clone(),
+                        revision: None,
+                    }],
+                    _ => Vec::new(),
+                };
+                let mut ops = vec![KvOp::Put(ek2, value)];
+                ops.extend(ik2.map(|k| KvOp::Put(k, Vec::new())));
+                store
+                    .txn_leased(&compares, &ops, lease)
+                    .map(drop)
+                    .map_err(|e| match e {
+                        StoreError::Conflict { key, .. } => Error::Conflict(format!(
+                            "its address was claimed by another host meanwhile ({key})"
+                        )),
+                        e => store_err(&op, e),
+                    })
+            })
+            .await?;
+            let store = Arc::clone(&node.store);
+            txn.on_undo("delete the endpoint's cluster records", move || {
+                let mut ops = vec![KvOp::Delete(ek)];
+                ops.extend(ik.map(KvOp::Delete));
+                store
+                    .txn(&[], &ops)
+                    .map(drop)
+                    .map_err(|e| store_err("delete endpoint records", e))
+            });
+            let taken = {
+                let mut ipam = self.ipam();
+                let mut tx = super::IpamTxn::new(ipam.as_mut());
+                super::ipam_steps::reserve_endpoint_addresses(&mut tx, net, ep)?;
+                tx.commit()
+            };
+            self.undo_ipam(&mut txn, taken);
+            let driver = self.drivers.get(&net.driver)?;
+            let layer = self.drivers.sandbox_layer();
+            let (n, e, name) = (net.clone(), ep.clone(), sb.name.clone());
+            blocking("restore endpoint", move || {
+                layer.restore(driver.as_ref(), &n, &e, &ns, &name).map(drop)
+            })
+            .await
+        }
+        .await;
+        txn.finish(r).await
+    }
+
     /// Create global network `net` (a `networks/` record) locally if it is not here.
     async fn adopt_global_network(&self, mut net: Network) {
         let _held = self.locks.acquire([NETWORKS_LOCK.to_string()]).await;
@@ -629,6 +769,7 @@ impl Controller {
                 Err(e) => tracing::warn!(key = %kv.key, error = %e, "bad network record"),
             }
         }
+        self.inner.restore_global_endpoints().await;
         self.inner.refresh_remote().await;
         let inner = Arc::clone(&self.inner);
         let rt = tokio::runtime::Handle::current();

@@ -222,7 +222,11 @@ pub fn restore_network_ipam(
 }
 
 /// Reserve a recorded endpoint's IPv4 and IPv6 addresses (static requests) in `tx`.
-fn reserve_endpoint_addresses(tx: &mut IpamTxn<'_>, net: &Network, ep: &Endpoint) -> Result<()> {
+pub(super) fn reserve_endpoint_addresses(
+    tx: &mut IpamTxn<'_>,
+    net: &Network,
+    ep: &Endpoint,
+) -> Result<()> {
     let none = BTreeMap::new();
     let addrs = [
         v4_pool(net).zip(ep.ipv4.map(IpAddr::V4)),

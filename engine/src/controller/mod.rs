@@ -218,6 +218,9 @@ pub(crate) struct Inner {
     cluster: Option<ClusterNode>,
     /// The ids of the global networks (recorded in the cluster store, not locally).
     global: Mutex<HashSet<String>>,
+    /// Endpoints restored from the local store whose (global) network is not known
+    /// yet: restored by [`Controller::start_cluster_sync`] once the networks are loaded.
+    pending_global: Mutex<Vec<model::Endpoint>>,
     /// The host's nameservers: a sandbox's resolv.conf before it joins a bridge network.
     nameservers: Vec<IpAddr>,
     ipam: Arc<Mutex<Box<dyn Ipam>>>,
@@ -277,6 +280,7 @@ impl Controller {
                 store,
                 cluster: None,
                 global: Mutex::new(HashSet::new()),
+                pending_global: Mutex::new(Vec::new()),
                 nameservers: Vec::new(),
                 ipam: Arc::new(Mutex::new(ipam)),
                 netns: Mutex::new(HashMap::new()),

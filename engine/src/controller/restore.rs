@@ -137,6 +137,12 @@ impl Inner {
         let mut store = loaded.store;
         let mut changes: Vec<Change> = Vec::new();
         for e in loaded.orphan_endpoints {
+            if self.cluster.is_some() {
+                // Perhaps an endpoint of a global network: restored once the cluster
+                // store's networks are loaded (`global`).
+                lock(&self.pending_global).push(e);
+                continue;
+            }
             tracing::warn!(endpoint = %e.id, network = %e.network_id, "store: endpoint of an unknown network; removed");
             changes.push(Change::DeleteEndpoint(e.id));
         }
