@@ -13,7 +13,8 @@
 //! removals are committed in one store transaction, then the model is published and
 //! the gateways get their names and published ports back. Records that do not make
 //! sense (unreadable, an endpoint of an unknown network or sandbox, a pool that
-//! overlaps another) are logged and left out.
+//! overlaps another) are logged and left out; with a cluster store an endpoint of an
+//! unknown network is set aside instead (perhaps of a global network, see `global`).
 
 use super::ipam_steps::{endpoint_addresses, restore_network_ipam};
 use super::{lock, rebind_spec, Inner};
