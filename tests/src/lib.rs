@@ -1079,3 +1079,91 @@ impl Env {
         env
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// A real etcd (Debian's etcd-server) for the cluster-store tests.
+// ---------------------------------------------------------------------------------------
+
+/// Where the test etcd's clients connect (inside the test's own namespace).
+pub const ETCD_CLIENT: &str = "127.0.0.1:2379";
+
+/// A real etcd in the test's namespace, its data and log under `root`; killed (by pid)
+/// when dropped.
+pub struct Etcd {
+    child: Child,
+    root: PathBuf,
+    listen: String,
+}
+
+impl Etcd {
+    /// Start etcd listening for clients on `listen` (e.g. `127.0.0.1:2379`, or
+    /// `0.0.0.0:2379` to serve other namespaces too) and wait until it answers at
+    /// [`ETCD_CLIENT`].
+    pub fn start(root: &Path, listen: &str) -> Etcd {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(root.join("etcd.log"))
+            .expect("open etcd.log");
+        let child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(root.join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &format!("http://{listen}"),
+                "--advertise-client-urls",
+                &format!("http://{ETCD_CLIENT}"),
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-cluster",
+                "default=http://127.0.0.1:2380",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("run etcd (Debian etcd-server; scripts/test.sh installs it)");
+        let etcd = Etcd {
+            child,
+            root: root.to_path_buf(),
+            listen: listen.to_string(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while etcd_client(Duration::from_secs(1)).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not answer within 20 s:\n{}",
+                std::fs::read_to_string(root.join("etcd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        etcd
+    }
+
+    /// Stop (SIGKILL, by pid) and start again on the same data directory.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The old value's child is reaped: replacing it signals nothing.
+        *self = Etcd::start(&self.root.clone(), &self.listen.clone());
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client of the test etcd, if it answers within `timeout`.
+pub fn etcd_client(timeout: Duration) -> Option<tapnet_engine::store::etcd::EtcdStore> {
+    tapnet_engine::store::etcd::EtcdStore::connect(
+        &[ETCD_CLIENT.to_string()],
+        tapnet_engine::store::etcd::DEFAULT_PREFIX,
+        timeout,
+    )
+    .ok()
+}

@@ -9,94 +9,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
-use tapnet_engine::store::etcd::{EtcdStore, DEFAULT_PREFIX};
+use tapnet_engine::store::etcd::EtcdStore;
 use tapnet_engine::store::{self, Change, Compare, KvOp, KvStore, StoreError, WatchEvent};
 use tapnet_engine::Error;
-use tapnet_tests::{in_namespace, Env};
-
-const CLIENT: &str = "127.0.0.1:2379";
-
-/// A real etcd in the test's namespace; killed (by pid) when dropped.
-struct Etcd {
-    child: Child,
-}
-
-impl Etcd {
-    /// Stop (SIGKILL, by pid) and start again on the same data directory.
-    fn restart(&mut self, root: &Path) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Dropping the old value signals nothing: its child is already reaped.
-        *self = Etcd::start(root);
-    }
-
-    fn start(root: &Path) -> Etcd {
-        let dir = root.join("etcd");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(root.join("etcd.log"))
-            .unwrap();
-        let child = Command::new("etcd")
-            .arg("--data-dir")
-            .arg(&dir)
-            .args([
-                "--listen-client-urls",
-                &format!("http://{CLIENT}"),
-                "--advertise-client-urls",
-                &format!("http://{CLIENT}"),
-                "--listen-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-cluster",
-                "default=http://127.0.0.1:2380",
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("run etcd (Debian etcd-server; scripts/test.sh installs it)");
-        let etcd = Etcd { child };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if EtcdStore::connect(
-                &[CLIENT.to_string()],
-                DEFAULT_PREFIX,
-                Duration::from_secs(1),
-            )
-            .is_ok()
-            {
-                return etcd;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd did not answer within 20 s:\n{}",
-                std::fs::read_to_string(root.join("etcd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use tapnet_tests::{in_namespace, Env, Etcd, ETCD_CLIENT as CLIENT};
 
 fn connect() -> EtcdStore {
-    EtcdStore::connect(
-        &[CLIENT.to_string()],
-        DEFAULT_PREFIX,
-        Duration::from_secs(3),
-    )
-    .unwrap()
+    tapnet_tests::etcd_client(Duration::from_secs(3)).expect("connect to the test etcd")
 }
 
 fn record<T: serde::de::DeserializeOwned>(v: Value) -> T {
@@ -106,7 +29,7 @@ fn record<T: serde::de::DeserializeOwned>(v: Value) -> T {
 #[test]
 fn etcd_store_round_trip_cas_and_watch() {
     in_namespace("etcd_store_round_trip_cas_and_watch", |env| {
-        let _etcd = Etcd::start(&env.root);
+        let _etcd = Etcd::start(&env.root, CLIENT);
         let kv = connect();
         assert_eq!(kv.describe(), format!("etcd://{CLIENT}"));
 
@@ -238,7 +161,7 @@ fn etcd_store_round_trip_cas_and_watch() {
 #[test]
 fn etcd_watch_resumes_after_a_store_restart() {
     in_namespace("etcd_watch_resumes_after_a_store_restart", |env| {
-        let mut etcd = Etcd::start(&env.root);
+        let mut etcd = Etcd::start(&env.root, CLIENT);
         let kv = connect();
         let w = kv.watch("w/");
         let r1 = kv
@@ -246,7 +169,7 @@ fn etcd_watch_resumes_after_a_store_restart() {
             .unwrap();
         let ev = w.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(ev.revision, r1);
-        etcd.restart(&env.root);
+        etcd.restart();
         // While the watch reconnects, writes go on; none is lost, none repeated.
         let mut want = Vec::new();
         for i in 2..6 {
@@ -281,7 +204,7 @@ fn etcd_watch_resumes_after_a_store_restart() {
 #[test]
 fn etcd_create_if_absent_race_has_one_winner() {
     in_namespace("etcd_create_if_absent_race_has_one_winner", |env| {
-        let _etcd = Etcd::start(&env.root);
+        let _etcd = Etcd::start(&env.root, CLIENT);
         // Two "hosts", each with its own client, race for the same addresses.
         let a = Arc::new(connect());
         let b = Arc::new(connect());
@@ -319,7 +242,7 @@ fn etcd_create_if_absent_race_has_one_winner() {
 #[test]
 fn etcd_leased_key_vanishes_after_ttl() {
     in_namespace("etcd_leased_key_vanishes_after_ttl", |env| {
-        let _etcd = Etcd::start(&env.root);
+        let _etcd = Etcd::start(&env.root, CLIENT);
         let kv = connect();
         let ttl = Duration::from_secs(2);
         let lease = kv.grant_lease(ttl).unwrap();
@@ -386,7 +309,7 @@ fn start_fails(env: &Env, args: &[&str]) -> String {
 #[test]
 fn tapnetd_registers_in_the_cluster_store() {
     in_namespace("tapnetd_registers_in_the_cluster_store", |env| {
-        let _etcd = Etcd::start(&env.root);
+        let _etcd = Etcd::start(&env.root, CLIENT);
         let url = format!("etcd://{CLIENT}");
         env.stop_daemon();
         env.start_daemon_with(&[

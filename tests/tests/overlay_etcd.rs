@@ -8,66 +8,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use serde_json::Value;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tapnet_engine::store::etcd::{EtcdStore, DEFAULT_PREFIX};
+use tapnet_engine::store::etcd::EtcdStore;
 use tapnet_engine::store::KvStore;
-use tapnet_tests::in_namespace;
-
-/// A real etcd listening on every address of the test's namespace (port 2379);
-/// killed (by pid) when dropped.
-struct Etcd {
-    child: Child,
-}
-
-impl Etcd {
-    fn start(root: &Path) -> Etcd {
-        let log = std::fs::File::create(root.join("etcd.log")).unwrap();
-        let child = Command::new("etcd")
-            .arg("--data-dir")
-            .arg(root.join("etcd"))
-            .args([
-                "--listen-client-urls",
-                "http://0.0.0.0:2379",
-                "--advertise-client-urls",
-                "http://127.0.0.1:2379",
-                "--listen-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-cluster",
-                "default=http://127.0.0.1:2380",
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("run etcd (Debian etcd-server; scripts/test.sh installs it)");
-        let etcd = Etcd { child };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while connect().is_none() {
-            assert!(Instant::now() < deadline, "etcd did not answer within 20 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        etcd
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use tapnet_tests::{in_namespace, Etcd};
 
 fn connect() -> Option<EtcdStore> {
-    EtcdStore::connect(
-        &["127.0.0.1:2379".to_string()],
-        DEFAULT_PREFIX,
-        Duration::from_secs(1),
-    )
-    .ok()
+    tapnet_tests::etcd_client(Duration::from_secs(1))
 }
 
 /// Wait (at most 10 s) until `f` holds.
@@ -82,7 +29,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 #[test]
 fn global_overlay_through_the_cluster_store() {
     in_namespace("global_overlay_through_the_cluster_store", |a| {
-        let etcd = Etcd::start(&a.root);
+        let etcd = Etcd::start(&a.root, "0.0.0.0:2379");
         a.restart_fresh(&[
             "--cluster-store",
             "etcd://127.0.0.1:2379",

@@ -92,6 +92,21 @@ pub struct GlobalEndpoint {
     pub vtep: SocketAddr,
 }
 
+impl GlobalEndpoint {
+    /// The record of `endpoint` of sandbox `sandbox`, on the host at `vtep`.
+    fn of(endpoint: &Endpoint, sandbox: &str, vtep: SocketAddr) -> GlobalEndpoint {
+        GlobalEndpoint {
+            id: endpoint.id.clone(),
+            network_id: endpoint.network_id.clone(),
+            sandbox: sandbox.to_string(),
+            mac: endpoint.mac,
+            ipv4: endpoint.ipv4,
+            ipv6: endpoint.ipv6,
+            vtep,
+        }
+    }
+}
+
 fn store_err(op: &str, e: StoreError) -> Error {
     Error::store(op.to_string(), e)
 }
@@ -376,15 +391,7 @@ impl Inner {
         sandbox: &str,
     ) -> Result<()> {
         let node = self.node()?;
-        let rec = GlobalEndpoint {
-            id: endpoint.id.clone(),
-            network_id: endpoint.network_id.clone(),
-            sandbox: sandbox.to_string(),
-            mac: endpoint.mac,
-            ipv4: endpoint.ipv4,
-            ipv6: endpoint.ipv6,
-            vtep: node.vtep,
-        };
+        let rec = GlobalEndpoint::of(endpoint, sandbox, node.vtep);
         let value = json("endpoint", &rec)?;
         let key = format!("{ENDPOINTS}{}", endpoint.id);
         let (store, k, op, lease) = (
@@ -422,15 +429,7 @@ impl Inner {
         sandbox: &str,
     ) -> Result<()> {
         let node = self.node()?;
-        let rec = GlobalEndpoint {
-            id: endpoint.id.clone(),
-            network_id: endpoint.network_id.clone(),
-            sandbox: sandbox.to_string(),
-            mac: endpoint.mac,
-            ipv4: endpoint.ipv4,
-            ipv6: endpoint.ipv6,
-            vtep: node.vtep,
-        };
+        let rec = GlobalEndpoint::of(endpoint, sandbox, node.vtep);
         let value = json("endpoint", &rec)?;
         let ek = format!("{ENDPOINTS}{}", endpoint.id);
         let ik = endpoint
@@ -528,15 +527,7 @@ impl Inner {
     ) -> Result<()> {
         let mut txn = Txn::new(format!("restore {} on network {}", sb.name, net.name));
         let r = async {
-            let rec = GlobalEndpoint {
-                id: ep.id.clone(),
-                network_id: ep.network_id.clone(),
-                sandbox: sb.name.clone(),
-                mac: ep.mac,
-                ipv4: ep.ipv4,
-                ipv6: ep.ipv6,
-                vtep: node.vtep,
-            };
+            let rec = GlobalEndpoint::of(ep, &sb.name, node.vtep);
             let value = json("endpoint", &rec)?;
             let ek = format!("{ENDPOINTS}{}", ep.id);
             let ik = ep.ipv4.map(|ip| format!("{IPAM}{}/{ip}", ep.network_id));
