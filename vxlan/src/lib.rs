@@ -11,6 +11,8 @@
 //!   control plane knows are answered locally ([`suppress::NeighTable`]), never tunnelled.
 //! * [`port`]: [`port::VxlanPort`], the tunnel as a port of a network's switch
 //!   (a [`tapnet_switch::runtime::FrameIo`] over a non-blocking UDP socket).
+//! * [`crypt`]: encrypted overlays: AES-256-GCM sealing of whole datagrams
+//!   ([`crypt::seal`] / [`crypt::open`]) and a port's [`crypt::KeyRing`].
 //! * [`demux`]: [`demux::VxlanSocket`], the daemon's one UDP socket and the dispatcher
 //!   that hands each datagram to the port of its VNI.
 //!
@@ -19,12 +21,14 @@
 //! check proved, so **nothing here panics after the length check**, on any input.
 #![forbid(unsafe_code)]
 
+pub mod crypt;
 pub mod demux;
 pub mod header;
 pub mod port;
 pub mod suppress;
 pub mod table;
 
+pub use crypt::{KeyMaterial, KeySet};
 pub use demux::{DemuxStatsSnapshot, VxlanSocket};
 pub use header::{decap, encap, Vni, VxlanHeader};
 pub use port::{VxlanControl, VxlanPort, VxlanStats, VxlanStatsSnapshot};

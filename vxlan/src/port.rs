@@ -44,8 +44,14 @@
 //!   underlay's is the kernel's to fragment or refuse (counted as a `tx_errors`).
 //! * Time: learned entries are stamped with a monotonic clock started with the port and
 //!   aged ([`VtepTable::expire`]) at most once a second, from `recv`.
+//! * Encryption ([`VxlanControl::SetKeys`], see [`crate::crypt`]): once a port has a
+//!   key set it never sends in clear. Every datagram (suppression replies included) is
+//!   sealed right before it is sent (no send key: dropped, counted `tx_no_key`), and
+//!   every datagram received is opened right after it is read, before decapsulation
+//!   (failure: dropped, counted `auth_failed`; nothing of it is learned).
 //! * Counters are atomics the worker writes and anyone may read ([`VxlanPort::stats`]).
 
+use crate::crypt::{self, KeyRing, KeySet};
 use crate::demux::{read_trailer, Registration, TRAILER_LEN};
 use crate::header::{self, Vni, VXLAN_HDR_LEN};
 use crate::suppress::NeighTable;
@@ -81,6 +87,9 @@ pub enum VxlanControl {
     SetNeighbours(Vec<(IpAddr, MacAddr)>),
     /// Replace the local-only MACs: frames to or from them never cross the tunnel.
     SetLocalOnly(Vec<MacAddr>),
+    /// Seal every datagram with these keys from now on (see [`crate::crypt`]); once
+    /// set, the port never sends in clear (an empty set: nothing is sent).
+    SetKeys(KeySet),
     /// Answer a [`VxlanStatsSnapshot`] (in a [`PortReply::Custom`]).
     Stats,
 }
@@ -102,6 +111,8 @@ pub struct VxlanStats {
     learned: AtomicU64,
     learn_refused: AtomicU64,
     local_only: AtomicU64,
+    auth_failed: AtomicU64,
+    tx_no_key: AtomicU64,
 }
 
 /// A copy of a [`VxlanStats`].
@@ -135,6 +146,11 @@ pub struct VxlanStatsSnapshot {
     pub learn_refused: u64,
     /// Frames to or from a local-only MAC kept off the tunnel (either direction).
     pub local_only: u64,
+    /// Datagrams dropped on an encrypted network: not sealed with a key the port
+    /// accepts (truncated, unknown key id, tag mismatch: forged or tampered).
+    pub auth_failed: u64,
+    /// Frames not sent on an encrypted network for want of a send key.
+    pub tx_no_key: u64,
 }
 
 impl VxlanStats {
@@ -156,6 +172,8 @@ impl VxlanStats {
             learned: l(&self.learned),
             learn_refused: l(&self.learn_refused),
             local_only: l(&self.local_only),
+            auth_failed: l(&self.auth_failed),
+            tx_no_key: l(&self.tx_no_key),
         }
     }
 }
@@ -191,6 +209,8 @@ pub struct VxlanPort {
     buf: Box<[u8]>,
     start: Instant,
     last_expire_ms: u64,
+    /// Keys of an encrypted network (`None`: datagrams in clear).
+    crypt: Option<KeyRing>,
 }
 
 impl VxlanPort {
@@ -218,9 +238,10 @@ impl VxlanPort {
             neigh: NeighTable::new(),
             self_addr,
             stats: Arc::new(VxlanStats::default()),
-            buf: vec![0u8; MAX_DATAGRAM].into_boxed_slice(),
+            buf: vec![0u8; MAX_DATAGRAM + crypt::OVERHEAD].into_boxed_slice(),
             start: Instant::now(),
             last_expire_ms: 0,
+            crypt: None,
         })
     }
 
@@ -280,6 +301,10 @@ impl VxlanPort {
             VxlanControl::SetStatics(s) => self.table.set_statics(self.vni, &s),
             VxlanControl::SetNeighbours(n) => self.neigh.set_vni(self.vni, &n),
             VxlanControl::SetLocalOnly(m) => self.local_only = m,
+            VxlanControl::SetKeys(k) => match &mut self.crypt {
+                Some(ring) => ring.update(&k),
+                None => self.crypt = Some(KeyRing::new(&k)),
+            },
             VxlanControl::Stats => return PortReply::Custom(Box::new(self.stats.snapshot())),
         }
         PortReply::Done
@@ -296,6 +321,7 @@ impl VxlanPort {
             self_addr,
             stats,
             buf,
+            crypt,
             ..
         } = self;
         let n = VXLAN_HDR_LEN + len;
@@ -309,11 +335,14 @@ impl VxlanPort {
         }
         let (hdr, inner) = datagram.split_at_mut(VXLAN_HDR_LEN);
         // A query a neighbour entry answers: the reply replaces the frame, to ourselves.
-        let mut reply = [0u8; VXLAN_HDR_LEN + crate::suppress::NA_LEN];
+        let mut reply = [0u8; VXLAN_HDR_LEN + crate::suppress::NA_LEN + crypt::OVERHEAD];
         if let Some(rlen) = neigh.answer(*vni, inner, &mut reply[VXLAN_HDR_LEN..]) {
             reply[..VXLAN_HDR_LEN].copy_from_slice(hdr);
             bump(&stats.suppressed, 1);
-            let out = reply.get(..VXLAN_HDR_LEN + rlen).unwrap_or_default();
+            let Some(rlen) = seal(crypt, &mut reply, VXLAN_HDR_LEN + rlen, stats) else {
+                return Err(io::ErrorKind::NotConnected.into());
+            };
+            let out = reply.get(..rlen).unwrap_or_default();
             return match sock.send_to(out, *self_addr) {
                 Ok(_) => Ok(()),
                 Err(e) => {
@@ -325,7 +354,10 @@ impl VxlanPort {
         let dst = inner
             .first_chunk::<6>()
             .map_or(MacAddr::BROADCAST, |d| MacAddr(*d));
-        let datagram = &*datagram;
+        let Some(n) = seal(crypt, buf, n, stats) else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let datagram = buf.get(..n).unwrap_or_default();
         bump(&stats.tx_frames, 1);
         let (mut sent, mut last_err) = (0u64, None);
         let mut send = |to: SocketAddr| match sock.send_to(datagram, to) {
@@ -348,6 +380,30 @@ impl VxlanPort {
         match last_err {
             Some(e) if sent == 0 => Err(e),
             _ => Ok(()),
+        }
+    }
+}
+
+/// Seal `buf[..len]` if the port has keys (see [`crate::crypt`]): the length to send,
+/// or `None` (counted) if nothing may be sent.
+fn seal(
+    crypt: &mut Option<KeyRing>,
+    buf: &mut [u8],
+    len: usize,
+    stats: &VxlanStats,
+) -> Option<usize> {
+    let Some(ring) = crypt else {
+        return Some(len);
+    };
+    match ring.seal(buf, len) {
+        Ok(n) => Some(n),
+        Err(crypt::Error::NoKey) => {
+            bump(&stats.tx_no_key, 1);
+            None
+        }
+        Err(_) => {
+            bump(&stats.tx_invalid, 1);
+            None
         }
     }
 }
@@ -407,6 +463,16 @@ impl FrameIo for VxlanPort {
                 bump(&self.stats.rx_too_long, 1);
                 continue;
             }
+            let n = match &self.crypt {
+                None => n,
+                Some(ring) => match ring.open(room, n) {
+                    Ok(n) => n,
+                    Err(_) => {
+                        bump(&self.stats.auth_failed, 1);
+                        continue;
+                    }
+                },
+            };
             let (vni, src) = match header::decap(room.get(..n).unwrap_or_default()) {
                 Ok((vni, inner)) => (vni, inner.get(6..12).and_then(|s| s.try_into().ok())),
                 Err(_) => {
