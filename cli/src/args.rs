@@ -146,8 +146,9 @@ pub struct NetworkCreate {
     /// Set metadata on the network (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_kv)]
     pub labels: Vec<(String, String)>,
-    /// Set driver-specific options (repeatable).
-    #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    /// Set driver-specific options (repeatable; `-o KEY` alone gives KEY an empty
+    /// value, as Docker's `-o encrypted`).
+    #[arg(short = 'o', long = "opt", value_name = "KEY[=VALUE]", value_parser = parse_opt)]
     pub opts: Vec<(String, String)>,
     /// Name of the new network.
     pub name: String,
@@ -434,9 +435,32 @@ pub fn parse_kv(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Parse a driver option `KEY[=VALUE]`: as [`parse_kv`], and a bare `KEY` has an
+/// empty value (Docker: `-o encrypted`).
+pub fn parse_opt(s: &str) -> Result<(String, String), String> {
+    if s.is_empty() {
+        return Err("invalid option '': empty key".into());
+    }
+    if s.contains('=') {
+        parse_kv(s)
+    } else {
+        Ok((s.to_string(), String::new()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
+
+    #[test]
+    fn driver_option_without_value() {
+        assert_eq!(
+            parse_opt("encrypted"),
+            Ok(("encrypted".into(), String::new()))
+        );
+        assert_eq!(parse_opt("a=b"), Ok(("a".into(), "b".into())));
+        assert!(parse_opt("").is_err() && parse_opt("=x").is_err());
+    }
     use super::*;
     use clap::CommandFactory;
 

@@ -1,4 +1,5 @@
-//! `--cluster-store`, `--cluster-advertise`, `--cluster-ttl`: connect to the cluster
+//! `--cluster-store`, `--cluster-advertise`, `--cluster-ttl`,
+//! `--cluster-key-rotation` ([`parse_duration`]): connect to the cluster
 //! store at start and register this node (`nodes/<advertise>` under a lease of the
 //! TTL, kept alive in the background). An unreachable store fails the start. This
 //! node's VTEP in the cluster is the advertise address with `--data-path-port`.
@@ -18,6 +19,7 @@ pub async fn connect(
     advertise: Option<&str>,
     ttl: u64,
     data_path_port: u16,
+    key_rotation: Duration,
 ) -> anyhow::Result<Option<ClusterNode>> {
     let Some(url) = store else {
         if advertise.is_some() {
@@ -58,8 +60,92 @@ pub async fn connect(
             store: Arc::new(store),
             lease,
             vtep,
+            key_rotation,
         }))
     })
     .await
     .context("connect to the cluster store")?
+}
+
+/// A duration like humantime's: numbers with units, `ms`, `s`, `m`, `h`, `d`, summed
+/// (`2s`, `12h`, `1h30m`, `500ms`); a bare number is seconds. At least 1 s.
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    let bad = |why: &str| format!("invalid duration {v:?}: {why} (e.g. 2s, 30m, 12h, 1h30m)");
+    let t = v.trim();
+    if t.is_empty() {
+        return Err(bad("empty"));
+    }
+    if let Ok(secs) = t.parse::<u64>() {
+        return at_least_a_second(Duration::from_secs(secs)).ok_or_else(|| bad("less than 1s"));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 {
+            return Err(bad("expected a number"));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| bad("number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.len()
+            - rest
+                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                .len();
+        let unit = &rest[..unit_len];
+        rest = rest[unit_len..].trim_start();
+        let per: u64 = match unit {
+            "ms" => 1,
+            "s" | "sec" => 1000,
+            "m" | "min" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "" => return Err(bad("a unit is missing")),
+            _ => return Err(bad(&format!("unknown unit {unit:?}"))),
+        };
+        let add = n.checked_mul(per).ok_or_else(|| bad("too large"))?;
+        total = total
+            .checked_add(Duration::from_millis(add))
+            .ok_or_else(|| bad("too large"))?;
+    }
+    at_least_a_second(total).ok_or_else(|| bad("less than 1s"))
+}
+
+fn at_least_a_second(d: Duration) -> Option<Duration> {
+    (d >= Duration::from_secs(1)).then_some(d)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_humantime() {
+        let s = Duration::from_secs;
+        assert_eq!(parse_duration("2s").unwrap(), s(2));
+        assert_eq!(parse_duration("12h").unwrap(), s(12 * 3600));
+        assert_eq!(parse_duration("1h30m").unwrap(), s(5400));
+        assert_eq!(
+            parse_duration("1500ms").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(parse_duration("90").unwrap(), s(90));
+        assert_eq!(parse_duration("1d").unwrap(), s(86_400));
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "500ms",
+            "2x",
+            "h",
+            "s2",
+            "-1s",
+            "99999999999999999999h",
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains("invalid duration"), "{bad}: {e}");
+        }
+    }
 }

@@ -71,6 +71,10 @@ struct Args {
     /// Seconds this node's records outlive it in the cluster store (their lease).
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     cluster_ttl: u64,
+    /// How often the keys of encrypted overlay networks are rotated (`2s`, `30m`,
+    /// `12h`, `1h30m`; at least 1s).
+    #[arg(long, value_name = "DURATION", default_value = "12h", value_parser = cluster::parse_duration)]
+    cluster_key_rotation: std::time::Duration,
     /// UDP port of the overlay's VXLAN socket (one per daemon, shared by every overlay
     /// network, demultiplexed by VNI, bound with the first overlay network); 0: an
     /// ephemeral port.
@@ -158,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
         args.cluster_advertise.as_deref(),
         args.cluster_ttl,
         args.data_path_port,
+        args.cluster_key_rotation,
     )
     .await?;
     std::fs::create_dir_all(&args.data_root)

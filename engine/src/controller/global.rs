@@ -64,6 +64,8 @@ pub struct ClusterNode {
     pub lease: LeaseId,
     /// This node's VTEP: the advertise address and the data-path port.
     pub vtep: SocketAddr,
+    /// How often encrypted networks' keys are rotated (`--cluster-key-rotation`).
+    pub key_rotation: std::time::Duration,
 }
 
 impl ClusterNode {
@@ -294,6 +296,7 @@ impl Inner {
         if let Some(v) = network.options.get(VXLANID_OPTION) {
             ops.push(KvOp::Delete(format!("{VNIS}{v}")));
         }
+        ops.push(Inner::delete_network_keys(&network.id));
         let op = txn.op().to_string();
         blocking("commit to the cluster store", move || {
             node.store
@@ -721,7 +724,9 @@ impl Inner {
             KvOp::Put(k, v) if k.starts_with(NETWORKS) => {
                 match serde_json::from_slice::<Network>(v) {
                     Ok(net) => {
+                        let id = net.id.clone();
                         self.adopt_global_network(net).await;
+                        self.install_keys(&id).await;
                         self.refresh_remote().await;
                     }
                     Err(e) => tracing::warn!(key = %k, error = %e, "bad network record"),
@@ -731,6 +736,7 @@ impl Inner {
                 self.drop_global_network(&k[NETWORKS.len()..]).await;
             }
             op if op.key().starts_with(ENDPOINTS) => self.refresh_remote().await,
+            op if op.key().starts_with(super::keys::KEYS) => self.on_keys_event(op).await,
             _ => {}
         }
     }
@@ -760,6 +766,8 @@ impl Controller {
                 Err(e) => tracing::warn!(key = %kv.key, error = %e, "bad network record"),
             }
         }
+        self.inner.install_all_keys().await;
+        self.start_key_rotation()?;
         self.inner.restore_global_endpoints().await;
         self.inner.refresh_remote().await;
         let inner = Arc::clone(&self.inner);

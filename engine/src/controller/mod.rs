@@ -34,6 +34,7 @@ mod connect;
 mod disconnect;
 mod global;
 mod ipam_steps;
+pub mod keys;
 mod network_create;
 mod network_remove;
 mod prune;

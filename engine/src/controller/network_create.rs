@@ -78,6 +78,7 @@ impl Inner {
             ));
         }
         driver.validate_options(&req.options)?;
+        self.check_encryption(driver_name, &req.options)?;
         let network = Network {
             id: model::new_id(),
             name: req.name.clone(),
@@ -138,6 +139,7 @@ impl Inner {
             d.delete_network(&nid)
         });
         if global {
+            self.create_network_keys(txn, &network, &driver).await?;
             self.commit_global_network(txn, &network).await?;
         } else {
             self.commit(txn, vec![Change::PutNetwork(Box::new(network.clone()))])

@@ -467,6 +467,12 @@ pub trait Driver: Send + Sync {
         let _ = (network_id, remote);
         Ok(())
     }
+    /// Install the keys of an encrypted global network (see
+    /// [`tapnet_vxlan::crypt`]). Drivers without a tunnel ignore it.
+    fn set_keys(&self, network_id: &str, keys: &tapnet_vxlan::KeySet) -> Result<()> {
+        let _ = (network_id, keys);
+        Ok(())
+    }
     /// Stop the driver's data plane, leaving interfaces in place (daemon exit).
     fn shutdown(&self) {}
 }

@@ -27,6 +27,14 @@
 //!   socket connected to it: the MTU of the route's interface), or 1500 without peers
 //!   or for an IPv6 underlay.
 //! * [`PORT_SECURITY_OPTION`] `com.tapnet.port_security`, as on bridge networks.
+//! * [`ENCRYPTED_OPTION`] `encrypted` (Docker's `-o encrypted`; value empty or
+//!   `true`): every tunnel datagram is sealed with AES-256-GCM
+//!   ([`tapnet_vxlan::crypt`]). The port is given an empty key set before it joins
+//!   the switch, so it never sends in clear: until the network's keys arrive
+//!   ([`Driver::set_keys`], from the cluster store: `controller::keys`) nothing
+//!   crosses the tunnel. Needs a cluster store (the controller refuses it otherwise).
+//!   The default MTU is lowered by the encryption overhead
+//!   ([`tapnet_vxlan::crypt::OVERHEAD`], 32): underlay − 50 − 32.
 //!
 //! Anycast gateway: every host runs the network's gateway with the same IP and MAC
 //! (`02:42:<gateway IPv4>`, [`crate::model::mac_for`]), so a sandbox's way out is
@@ -56,12 +64,14 @@ use tapnet_nat::{NameRecord, Proto, PublishSpec};
 use tapnet_switch::core::MacAddr;
 use tapnet_switch::runtime::{FrameIo, PortControl};
 use tapnet_vxlan::header::{OVERHEAD_V4, OVERHEAD_V6};
-use tapnet_vxlan::{TableConfig, Vni, VxlanControl, VxlanSocket};
+use tapnet_vxlan::{KeySet, TableConfig, Vni, VxlanControl, VxlanSocket};
 
 /// The network's VNI (Docker's option; one value).
 pub const VXLANID_OPTION: &str = "com.docker.network.driver.overlay.vxlanid_list";
 /// The other hosts' VTEPs, `ADDR[:PORT],…`.
 pub const PEERS_OPTION: &str = "com.tapnet.overlay.peers";
+/// Seal the tunnel's datagrams (Docker's `-o encrypted`).
+pub const ENCRYPTED_OPTION: &str = "encrypted";
 /// The underlay MTU assumed when it cannot be found.
 pub const DEFAULT_UNDERLAY_MTU: u32 = 1500;
 /// The first VNI [`vni_for_name`] gives (Docker's overlay allocates from 4096 up too).
@@ -100,6 +110,18 @@ pub fn parse_vni(v: &str) -> Result<Vni> {
         return Err(bad("VNI 0 is reserved"));
     }
     Vni::new(n).ok_or_else(|| bad("out of range"))
+}
+
+/// Whether `options` ask for an encrypted network ([`ENCRYPTED_OPTION`]: empty or
+/// `true`; anything else is refused).
+pub fn parse_encrypted(options: &BTreeMap<String, String>) -> Result<bool> {
+    match options.get(ENCRYPTED_OPTION).map(String::as_str) {
+        None => Ok(false),
+        Some("" | "true") => Ok(true),
+        Some(v) => Err(Error::InvalidRequest(format!(
+            "invalid option {ENCRYPTED_OPTION}={v:?}: give -o {ENCRYPTED_OPTION} (or {ENCRYPTED_OPTION}=true)"
+        ))),
+    }
 }
 
 /// Parse [`PEERS_OPTION`]: `ADDR[:PORT],…` (IPv6 with a port: `[ADDR]:PORT`); the port
@@ -232,10 +254,13 @@ impl Driver for OverlayDriver {
                 PORT_SECURITY_OPTION => {
                     crate::model::parse_bool_option(k, v)?;
                 }
+                ENCRYPTED_OPTION => {
+                    parse_encrypted(options)?;
+                }
                 other => {
                     return Err(Error::InvalidRequest(format!(
                         "overlay driver: unknown option {other:?} (known: {VXLANID_OPTION}, \
-                         {PEERS_OPTION}, {MTU_OPTION}, {PORT_SECURITY_OPTION})"
+                         {PEERS_OPTION}, {MTU_OPTION}, {PORT_SECURITY_OPTION}, {ENCRYPTED_OPTION})"
                     )))
                 }
             }
@@ -259,8 +284,12 @@ impl Driver for OverlayDriver {
             Some(v) => parse_peers(v, default_port)?,
             None => Vec::new(),
         };
+        let encrypted = parse_encrypted(&network.options)?;
         let mtu = match network.options.get(MTU_OPTION) {
             Some(v) => crate::model::parse_mtu(v)?,
+            None if encrypted => default_mtu(peers.first().copied())
+                .saturating_sub(u32::try_from(tapnet_vxlan::crypt::OVERHEAD).unwrap_or(32))
+                .max(68),
             None => default_mtu(peers.first().copied()),
         };
         let Some(gw4) = network.gateway else {
@@ -279,10 +308,15 @@ impl Driver for OverlayDriver {
             })?;
         // The anycast gateway's MAC stays off the tunnel.
         let gateway_mac = MacAddr(crate::model::mac_for(gw4));
-        for msg in [
+        let mut msgs = vec![
             VxlanControl::SetPeers(peers.clone()),
             VxlanControl::SetLocalOnly(vec![gateway_mac]),
-        ] {
+        ];
+        if encrypted {
+            // No key yet: nothing is sent (never in clear) until set_keys.
+            msgs.push(VxlanControl::SetKeys(KeySet::default()));
+        }
+        for msg in msgs {
             port.control(PortControl::Custom(Box::new(msg)))
                 .map_err(|e| Error::Driver(format!("configure the VXLAN port: {e}")))?;
         }
@@ -291,6 +325,7 @@ impl Driver for OverlayDriver {
             %vni,
             ?peers,
             mtu,
+            encrypted,
             "overlay network: VXLAN port on the daemon's socket"
         );
         self.bridge
@@ -356,6 +391,14 @@ impl Driver for OverlayDriver {
         Ok(())
     }
 
+    fn set_keys(&self, network_id: &str, keys: &KeySet) -> Result<()> {
+        self.bridge.control_uplink(
+            network_id,
+            PortControl::Custom(Box::new(VxlanControl::SetKeys(keys.clone()))),
+        )?;
+        Ok(())
+    }
+
     fn shutdown(&self) {
         // The datapath is the bridge driver's (it stops it once, whichever is first).
         self.bridge.shutdown();
@@ -407,6 +450,18 @@ mod tests {
         assert_eq!(p, want);
         for bad in ["host.example", "0.0.0.0", "224.0.0.1", "192.0.2.1:0"] {
             assert!(parse_peers(bad, 4789).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn encrypted_option_is_checked() {
+        let o = |v: &str| BTreeMap::from([(ENCRYPTED_OPTION.to_string(), v.to_string())]);
+        assert!(parse_encrypted(&o("")).unwrap());
+        assert!(parse_encrypted(&o("true")).unwrap());
+        assert!(!parse_encrypted(&BTreeMap::new()).unwrap());
+        for bad in ["false", "yes", "1"] {
+            let e = parse_encrypted(&o(bad)).unwrap_err().to_string();
+            assert!(e.contains(ENCRYPTED_OPTION), "{bad}: {e}");
         }
     }
 
