@@ -20,20 +20,25 @@
 //!   allocation, no clock, no I/O. [`open`] checks the length first and never panics,
 //!   on any input; every failure (too short, unknown key id, tag mismatch) is an
 //!   [`Error`] and the buffer's content is then unspecified.
-//! * Nonces never repeat for a key: a [`KeyRing`] draws a random 4-byte salt and a
-//!   random 64-bit counter start (from the OS, `ring::rand::SystemRandom`) when its
-//!   send key is installed, and increments the counter per datagram; the nonce is
-//!   salt ‖ counter. Two senders sharing a network key (every host of the network)
-//!   start at independent random 96-bit points, so their sequences overlap with
-//!   negligible probability (keys are rotated, `tapnetd --cluster-key-rotation`, long
-//!   before any sender comes near 2^64 datagrams). Key ids are the rotation epoch.
+//! * Nonces never repeat for a key: a [`KeyRing`] draws a random 6-byte salt and a
+//!   random 48-bit counter start below 2^47 (from the OS, `ring::rand::SystemRandom`)
+//!   when its send key is installed, and increments the counter per datagram; the
+//!   nonce is salt ‖ counter (6 + 6 bytes). Two senders sharing a network key (every
+//!   host of the network) have the same salt with probability 2^-48 per pair; a
+//!   sender that used 2^47 nonces of one key stops sending ([`Error::NoKey`]) rather
+//!   than wrap (at 10 M datagrams/s that is 160 days: keys rotate long before,
+//!   `tapnetd --cluster-key-rotation`). Key ids are the rotation epoch.
 //! * A [`KeyRing`] holds one send key (or none: nothing can be sent, [`Error::NoKey`])
 //!   and the keys accepted on receive, by key id. It is filled from a [`KeySet`]
 //!   (plain data, what the control plane distributes); [`KeyRing::update`] keeps the
 //!   nonce state when the send key did not change.
-//! * No replay protection: a captured datagram replayed within the life of its key
-//!   is accepted again (the inner frame is delivered twice; TCP and most protocols
-//!   discard duplicates). A per-sender window over the counter is a follow-up.
+//! * Replay protection: after a datagram opens, its counter is checked against a
+//!   sliding window of [`REPLAY_WINDOW`] (128) counters per sender, a sender being a
+//!   (key id, salt) pair: a counter seen before, or older than the window, is refused
+//!   ([`Error::Replay`]). Only authenticated datagrams move a window, so a forger
+//!   cannot; the windows of keys no longer accepted are dropped on
+//!   [`KeyRing::update`], and at most [`MAX_SENDERS`] are kept (beyond that they are
+//!   all forgotten, which only weakens replay protection for a moment).
 //!
 //! Why AES-256-GCM from `ring`: `ring` (BoringSSL's primitives, constant-time,
 //! widely audited, used by rustls) is already in the workspace's lock file (via
@@ -56,6 +61,14 @@ pub const KEY_ID_LEN: usize = 4;
 pub const TAG_LEN: usize = 16;
 /// Bytes [`seal`] adds to a datagram: key id, nonce, tag.
 pub const OVERHEAD: usize = KEY_ID_LEN + NONCE_LEN + TAG_LEN;
+/// Counters a receive window spans.
+pub const REPLAY_WINDOW: u64 = 128;
+/// Senders a [`KeyRing`] tracks for replay protection.
+pub const MAX_SENDERS: usize = 4096;
+/// Bytes of the per-sender salt at the start of the nonce.
+const SALT_LEN: usize = 6;
+/// The counter is 48 bits; a sender stops before it wraps.
+const COUNTER_LIMIT: u64 = 1 << 48;
 /// Where the ciphertext starts in a sealed datagram.
 const CT_AT: usize = VXLAN_HDR_LEN + KEY_ID_LEN + NONCE_LEN;
 /// The associated data: VXLAN header and key id.
@@ -74,6 +87,8 @@ pub enum Error {
     NoKey,
     /// The buffer has no room for the overhead.
     BufferTooSmall,
+    /// Authentic, but seen before or older than the replay window.
+    Replay,
 }
 
 impl fmt::Display for Error {
@@ -84,6 +99,7 @@ impl fmt::Display for Error {
             Error::Auth => f.write_str("authentication failed"),
             Error::NoKey => f.write_str("no send key"),
             Error::BufferTooSmall => f.write_str("no room for the encryption overhead"),
+            Error::Replay => f.write_str("replayed or too old"),
         }
     }
 }
@@ -191,8 +207,39 @@ struct Sender {
     id: u32,
     material: [u8; KEY_LEN],
     key: LessSafeKey,
-    salt: [u8; 4],
+    salt: [u8; SALT_LEN],
     counter: u64,
+}
+
+/// A sender's receive window: the highest counter seen and a bitmap of the
+/// [`REPLAY_WINDOW`] counters up to it (bit `i`: `top - i` seen).
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    top: u64,
+    bits: u128,
+}
+
+impl Window {
+    /// Whether `seq` is fresh; if so, record it.
+    fn admit(&mut self, seq: u64) -> bool {
+        if seq > self.top {
+            let shift = seq - self.top;
+            self.bits = if shift >= REPLAY_WINDOW {
+                0
+            } else {
+                self.bits << shift
+            };
+            self.bits |= 1;
+            self.top = seq;
+            return true;
+        }
+        let age = self.top - seq;
+        if age >= REPLAY_WINDOW || self.bits & (1u128 << age) != 0 {
+            return false;
+        }
+        self.bits |= 1u128 << age;
+        true
+    }
 }
 
 /// A port's keys (see the module docs).
@@ -200,6 +247,7 @@ struct Sender {
 pub struct KeyRing {
     recv: Vec<(u32, LessSafeKey)>,
     send: Option<Sender>,
+    windows: std::collections::HashMap<(u32, [u8; SALT_LEN]), Window>,
 }
 
 impl fmt::Debug for KeyRing {
@@ -231,6 +279,8 @@ impl KeyRing {
             .iter()
             .filter_map(|k| Some((k.id, aead_key(&k.key)?)))
             .collect();
+        let ids: Vec<u32> = self.recv.iter().map(|(id, _)| *id).collect();
+        self.windows.retain(|(id, _), _| ids.contains(id));
         let want = set.send.and_then(|id| set.keys.iter().find(|k| k.id == id));
         let Some(want) = want else {
             self.send = None;
@@ -243,22 +293,22 @@ impl KeyRing {
         {
             return;
         }
-        let mut seed = [0u8; 12];
+        let mut seed = [0u8; SALT_LEN + 8];
         let key = aead_key(&want.key);
         let (Some(key), Ok(())) = (key, SystemRandom::new().fill(&mut seed)) else {
             self.send = None;
             return;
         };
-        let mut salt = [0u8; 4];
-        salt.copy_from_slice(&seed[..4]);
+        let mut salt = [0u8; SALT_LEN];
+        salt.copy_from_slice(&seed[..SALT_LEN]);
         let mut c = [0u8; 8];
-        c.copy_from_slice(&seed[4..]);
+        c.copy_from_slice(&seed[SALT_LEN..]);
         self.send = Some(Sender {
             id: want.id,
             material: want.key,
             key,
             salt,
-            counter: u64::from_be_bytes(c),
+            counter: u64::from_be_bytes(c) % (COUNTER_LIMIT / 2),
         });
     }
 
@@ -275,24 +325,50 @@ impl KeyRing {
     /// [`seal`] `buf[..len]` with the send key and the next nonce.
     pub fn seal(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error> {
         let s = self.send.as_mut().ok_or(Error::NoKey)?;
+        if s.counter >= COUNTER_LIMIT {
+            return Err(Error::NoKey);
+        }
         let mut nonce = [0u8; NONCE_LEN];
-        nonce[..4].copy_from_slice(&s.salt);
-        nonce[4..].copy_from_slice(&s.counter.to_be_bytes());
+        nonce[..SALT_LEN].copy_from_slice(&s.salt);
+        nonce[SALT_LEN..].copy_from_slice(&s.counter.to_be_bytes()[8 - (NONCE_LEN - SALT_LEN)..]);
         let n = seal(&s.key, s.id, nonce, buf, len)?;
         s.counter = s.counter.wrapping_add(1);
         Ok(n)
     }
 
-    /// [`open`] `buf[..len]` with the receive key its key id names.
-    pub fn open(&self, buf: &mut [u8], len: usize) -> Result<usize, Error> {
+    /// [`open`] `buf[..len]` with the receive key its key id names, then check its
+    /// counter against the sender's replay window (see the module docs).
+    pub fn open(&mut self, buf: &mut [u8], len: usize) -> Result<usize, Error> {
         let id = key_id(buf.get(..len).ok_or(Error::Truncated)?)?;
+        let mut salt = [0u8; SALT_LEN];
+        salt.copy_from_slice(
+            buf.get(AAD_LEN..AAD_LEN + SALT_LEN)
+                .ok_or(Error::Truncated)?,
+        );
+        let mut c = [0u8; 8];
+        c[8 - (NONCE_LEN - SALT_LEN)..]
+            .copy_from_slice(buf.get(AAD_LEN + SALT_LEN..CT_AT).ok_or(Error::Truncated)?);
+        let seq = u64::from_be_bytes(c);
         let key = self
             .recv
             .iter()
             .find(|(k, _)| *k == id)
             .map(|(_, k)| k)
             .ok_or(Error::UnknownKey(id))?;
-        open(key, buf, len)
+        let n = open(key, buf, len)?;
+        if let Some(w) = self.windows.get_mut(&(id, salt)) {
+            return if w.admit(seq) {
+                Ok(n)
+            } else {
+                Err(Error::Replay)
+            };
+        }
+        if self.windows.len() >= MAX_SENDERS {
+            self.windows.clear();
+        }
+        self.windows
+            .insert((id, salt), Window { top: seq, bits: 1 });
+        Ok(n)
     }
 }
 
@@ -334,7 +410,7 @@ mod tests {
             let (mut buf, len) = datagram(frame_len);
             let clear = buf[..len].to_vec();
             let mut tx = KeyRing::new(&set(&[1], Some(1)));
-            let rx = KeyRing::new(&set(&[1], None));
+            let mut rx = KeyRing::new(&set(&[1], None));
             let n = tx.seal(&mut buf, len).unwrap();
             assert_eq!(n, len + OVERHEAD);
             assert_eq!(
@@ -381,7 +457,7 @@ mod tests {
         let (mut buf, len) = datagram(200);
         let mut tx = KeyRing::new(&set(&[5], Some(5)));
         let n = tx.seal(&mut buf, len).unwrap();
-        let rx = KeyRing::new(&set(&[5], None));
+        let mut rx = KeyRing::new(&set(&[5], None));
         for i in 0..n {
             let mut t = buf.clone();
             t[i] ^= 0x01;
@@ -407,7 +483,7 @@ mod tests {
         let mut tx = KeyRing::new(&set(&[1], Some(1)));
         let n = tx.seal(&mut buf, len).unwrap();
         // Same id, other key bytes.
-        let wrong = KeyRing::new(&KeySet {
+        let mut wrong = KeyRing::new(&KeySet {
             keys: vec![KeyMaterial {
                 id: 1,
                 key: [9; KEY_LEN],
@@ -415,9 +491,9 @@ mod tests {
             send: None,
         });
         assert_eq!(wrong.open(&mut buf.clone(), n), Err(Error::Auth));
-        let other = KeyRing::new(&set(&[2, 3], Some(2)));
+        let mut other = KeyRing::new(&set(&[2, 3], Some(2)));
         assert_eq!(other.open(&mut buf.clone(), n), Err(Error::UnknownKey(1)));
-        let rx = KeyRing::new(&set(&[1], None));
+        let mut rx = KeyRing::new(&set(&[1], None));
         for cut in 0..n {
             let r = rx.open(&mut buf.clone(), cut);
             assert!(r.is_err(), "cut at {cut}");
@@ -435,11 +511,12 @@ mod tests {
     fn rotation_keeps_old_key_for_receive() {
         let mut a = KeyRing::new(&set(&[1], Some(1)));
         let (mut buf, len) = datagram(64);
-        let old = a.seal(&mut buf, len).unwrap();
-        let old_dgram = buf.clone();
+        let first = a.seal(&mut buf, len).unwrap();
+        let (mut old_dgram, len) = datagram(64);
+        let old = a.seal(&mut old_dgram, len).unwrap();
         // Step 1: the new key is accepted, the old one still sends.
-        let b = KeyRing::new(&set(&[1, 2], Some(1)));
-        assert!(b.open(&mut old_dgram.clone(), old).is_ok());
+        let mut b = KeyRing::new(&set(&[1, 2], Some(1)));
+        assert!(b.open(&mut buf, first).is_ok());
         // Step 2: the new key sends; the old is still accepted.
         a.update(&set(&[1, 2], Some(2)));
         assert_eq!(a.send_id(), Some(2));
@@ -448,7 +525,7 @@ mod tests {
         assert!(b.open(&mut buf, n).is_ok());
         assert!(b.open(&mut old_dgram.clone(), old).is_ok());
         // Next rotation drops key 1.
-        let c = KeyRing::new(&set(&[2, 3], Some(2)));
+        let mut c = KeyRing::new(&set(&[2, 3], Some(2)));
         assert_eq!(
             c.open(&mut old_dgram.clone(), old),
             Err(Error::UnknownKey(1))
@@ -456,8 +533,59 @@ mod tests {
     }
 
     #[test]
+    fn replays_are_refused_reordering_within_the_window_is_not() {
+        let mut tx = KeyRing::new(&set(&[1], Some(1)));
+        let mut rx = KeyRing::new(&set(&[1], None));
+        let sealed: Vec<(Vec<u8>, usize)> = (0..300)
+            .map(|_| {
+                let (mut buf, len) = datagram(64);
+                let n = tx.seal(&mut buf, len).unwrap();
+                (buf, n)
+            })
+            .collect();
+        let open = |rx: &mut KeyRing, i: usize| rx.open(&mut sealed[i].0.clone(), sealed[i].1);
+        assert!(open(&mut rx, 10).is_ok());
+        assert_eq!(open(&mut rx, 10), Err(Error::Replay));
+        // Late but within the window: accepted once.
+        for i in [5, 9, 0] {
+            assert!(open(&mut rx, i).is_ok(), "{i}");
+            assert_eq!(open(&mut rx, i), Err(Error::Replay), "{i}");
+        }
+        assert!(open(&mut rx, 200).is_ok());
+        // 200 - 10 > 128: too old now, even if never seen.
+        assert_eq!(open(&mut rx, 11), Err(Error::Replay));
+        assert!(open(&mut rx, 100).is_ok(), "200 - 100 < 128");
+        assert!(open(&mut rx, 299).is_ok());
+        // A tampered copy of a fresh datagram does not move the window.
+        let (mut t, n) = sealed[298].clone();
+        t[n - 1] ^= 1;
+        assert_eq!(rx.open(&mut t, n), Err(Error::Auth));
+        assert!(open(&mut rx, 298).is_ok());
+        // Another sender with the same key has its own window.
+        let mut tx2 = KeyRing::new(&set(&[1], Some(1)));
+        let (mut buf, len) = datagram(64);
+        let n = tx2.seal(&mut buf, len).unwrap();
+        assert!(rx.open(&mut buf, n).is_ok());
+        // Retiring the key forgets its windows.
+        rx.update(&set(&[2], None));
+        assert!(rx.windows.is_empty());
+    }
+
+    #[test]
+    fn window_admits_each_counter_once() {
+        let mut w = Window { top: 1000, bits: 1 };
+        assert!(!w.admit(1000));
+        assert!(w.admit(1001) && !w.admit(1001));
+        assert!(w.admit(999) && !w.admit(999));
+        assert!(!w.admit(1001 - REPLAY_WINDOW));
+        assert!(w.admit(1001 - REPLAY_WINDOW + 1));
+        assert!(w.admit(u64::MAX >> 16));
+        assert!(!w.admit(1001));
+    }
+
+    #[test]
     fn random_input_never_panics_nor_opens() {
-        let rx = KeyRing::new(&set(&[0, 1, 7], None));
+        let mut rx = KeyRing::new(&set(&[0, 1, 7], None));
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = || {
             x ^= x << 13;

@@ -48,7 +48,8 @@
 //!   key set it never sends in clear. Every datagram (suppression replies included) is
 //!   sealed right before it is sent (no send key: dropped, counted `tx_no_key`), and
 //!   every datagram received is opened right after it is read, before decapsulation
-//!   (failure: dropped, counted `auth_failed`; nothing of it is learned).
+//!   (failure — truncated, unknown key id, tag mismatch, replayed: dropped, counted
+//!   `auth_failed`; nothing of it is learned).
 //! * Counters are atomics the worker writes and anyone may read ([`VxlanPort::stats`]).
 
 use crate::crypt::{self, KeyRing, KeySet};
@@ -147,7 +148,8 @@ pub struct VxlanStatsSnapshot {
     /// Frames to or from a local-only MAC kept off the tunnel (either direction).
     pub local_only: u64,
     /// Datagrams dropped on an encrypted network: not sealed with a key the port
-    /// accepts (truncated, unknown key id, tag mismatch: forged or tampered).
+    /// accepts (truncated, unknown key id, tag mismatch: forged or tampered), or
+    /// replayed (see [`crate::crypt`]).
     pub auth_failed: u64,
     /// Frames not sent on an encrypted network for want of a send key.
     pub tx_no_key: u64,
@@ -463,7 +465,7 @@ impl FrameIo for VxlanPort {
                 bump(&self.stats.rx_too_long, 1);
                 continue;
             }
-            let n = match &self.crypt {
+            let n = match &mut self.crypt {
                 None => n,
                 Some(ring) => match ring.open(room, n) {
                     Ok(n) => n,
