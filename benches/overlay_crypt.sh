@@ -47,14 +47,14 @@ mkdir -p /run/a /run/b
 target/release/tapnetd -H unix:///run/a/tapnet.sock --exec-root /run/a --data-root /run/a/data \
     --cluster-store etcd://127.0.0.1:2379 --cluster-advertise 192.0.2.1 >/run/a.log 2>&1 &
 pids+=($!)
-ip netns exec hostb target/release/tapnetd -H unix:///run/b/tapnet.sock --exec-root /run/b \
+nsenter --net=/run/netns/hostb target/release/tapnetd -H unix:///run/b/tapnet.sock --exec-root /run/b \
     --data-root /run/b/data --data-path-addr 192.0.2.2 \
     --cluster-store etcd://192.0.2.1:2379 --cluster-advertise 192.0.2.2 >/run/b.log 2>&1 &
 pids+=($!)
 A="target/release/tapnet -H unix:///run/a/tapnet.sock"
 B="target/release/tapnet -H unix:///run/b/tapnet.sock"
 for T in "$A" "$B"; do
-    for _ in $(seq 100); do $T network ls >/dev/null 2>&1 && break; sleep 0.1; done
+    for _ in $(seq 300); do $T network ls >/dev/null 2>&1 && break; sleep 0.1; done
 done
 $A network create -d overlay --subnet 10.210.0.0/24 plain >/dev/null
 $A network create -d overlay -o encrypted --subnet 10.211.0.0/24 sec >/dev/null
@@ -68,10 +68,17 @@ run() {
     local net=$1 ip
     ip=$(ipb "$net")
     for _ in $(seq 50); do $A exec sa -- ping -c1 -W1 "$ip" >/dev/null 2>&1 && break; done
-    $B exec sb -- iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
+    $B exec sb -- iperf3 -s -1 -p 5201 >/run/iperf-s-$net.log 2>&1 &
     sleep 0.5
-    $A exec sa -- iperf3 -c "$ip" -p 5201 -t "$SECS" -J |
-        json 'd["end"]["sum_received"]["bits_per_second"]/1e9'
+    for _ in $(seq 30); do
+        $A exec sa -- iperf3 -c "$ip" -p 5201 -t "$SECS" -J >/run/iperf-$net.json && break
+        sleep 0.5
+    done
+    json 'd["end"]["sum_received"]["bits_per_second"]/1e9' </run/iperf-$net.json || {
+        echo "iperf3 on $net ($ip) failed:" >&2
+        cat /run/iperf-$net.json /run/iperf-s-$net.log >&2; $A exec sa -- ping -c1 -W1 "$ip" >&2; $B exec sb -- ip -o a >&2
+        exit 1
+    }
 }
 plain=$(run plain)
 sec=$(run sec)
