@@ -76,7 +76,7 @@ run() {
     done
     json 'd["end"]["sum_received"]["bits_per_second"]/1e9' </run/iperf-$net.json || {
         echo "iperf3 on $net ($ip) failed:" >&2
-        cat /run/iperf-$net.json /run/iperf-s-$net.log >&2; $A exec sa -- ping -c1 -W1 "$ip" >&2; $B exec sb -- ip -o a >&2
+        cat /run/iperf-$net.json /run/iperf-s-$net.log /run/a.log /run/b.log >&2
         exit 1
     }
 }
