@@ -249,23 +249,19 @@ fn encrypted_overlay_hides_traffic_and_rotates_keys_without_loss() {
                 "--cluster-key-rotation",
                 "2s",
             ]);
-            let b = a.second_host(
-                "hostb",
-                "192.0.2.1/24",
-                "192.0.2.2/24",
-                &[
-                    "--data-path-port",
-                    "4790",
-                    "--data-path-addr",
-                    "192.0.2.2",
-                    "--cluster-store",
-                    "etcd://192.0.2.1:2379",
-                    "--cluster-advertise",
-                    "192.0.2.2",
-                    "--cluster-key-rotation",
-                    "2s",
-                ],
-            );
+            let b_flags = [
+                "--data-path-port",
+                "4790",
+                "--data-path-addr",
+                "192.0.2.2",
+                "--cluster-store",
+                "etcd://192.0.2.1:2379",
+                "--cluster-advertise",
+                "192.0.2.2",
+                "--cluster-key-rotation",
+                "2s",
+            ];
+            let mut b = a.second_host("hostb", "192.0.2.1/24", "192.0.2.2/24", &b_flags);
 
             // Bad values: 400s naming the option; encrypted + static peers: 400.
             for (opts, want) in [
@@ -431,6 +427,13 @@ fn encrypted_overlay_hides_traffic_and_rotates_keys_without_loss() {
             );
             // The network still works.
             assert!(a.ping("sa", &ipb, 1));
+
+            // A restarted daemon gets the current keys from the store (its port starts
+            // with none and a new nonce salt) and traffic flows both ways again.
+            b.stop_daemon();
+            b.start_daemon_with(&b_flags);
+            eventually("a reaches b after B's restart", || a.ping("sa", &ipb, 1));
+            eventually("b reaches a after B's restart", || b.ping("sb", &ipa, 1));
 
             // Removing the network removes its keys.
             for (env, sb) in [(&*a, "sa"), (&b, "sb")] {
