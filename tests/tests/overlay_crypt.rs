@@ -4,7 +4,9 @@
 //! ways; a raw capture (AF_PACKET, python3) on the underlay veth never shows a marker
 //! the sandboxes send, while the same capture does show it on an unencrypted overlay;
 //! the keys rotate under a TCP stream and a ping without loss; a forged VXLAN datagram
-//! is not delivered on the encrypted network (and is on the plain one).
+//! is not delivered on the encrypted network (and is on the plain one); a replayed
+//! datagram is delivered once on the encrypted network (twice on the plain one); a
+//! restarted daemon gets the keys back from the store.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -235,6 +237,88 @@ except socket.timeout:
     text.contains("FORGED-DATAGRAM")
 }
 
+/// Capture the first VXLAN datagram to B (UDP port 4790) whose UDP payload is
+/// `len` bytes, and send it again to B from host A.
+const REPLAY: &str = r#"
+import socket, struct, sys, time
+iface, want = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
+s.bind((iface, 0))
+s.settimeout(0.2)
+print("ready", flush=True)
+end = time.time() + 10
+while time.time() < end:
+    try:
+        f = s.recv(65535)
+    except socket.timeout:
+        continue
+    if len(f) > 34 and f[12:14] == b"\x08\x00" and f[23] == 17:
+        u = 14 + (f[14] & 0xF) * 4
+        dport, ulen = struct.unpack("!HH", f[u + 2:u + 6])
+        if dport == 4790 and ulen - 8 == want:
+            out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            out.sendto(f[u + 8:u + ulen], ("192.0.2.2", 4790))
+            print("replayed", flush=True)
+            break
+"#;
+
+/// Send one 777-byte UDP datagram from `sa` (A) to `ip:7777` in `sb` (B) while a
+/// capture on the underlay replays its VXLAN datagram (UDP payload `vxlan_len`
+/// bytes); returns how many copies B's listener got.
+fn copies_after_replay(a: &Env, b: &Env, ip: &str, vxlan_len: usize) -> u64 {
+    use std::io::{BufRead, BufReader};
+    let listener = format!(
+        r#"
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("{ip}", 7777))
+s.settimeout(0.5)
+print("ready", flush=True)
+n = 0
+end = time.time() + 5
+while time.time() < end:
+    try:
+        d, _ = s.recvfrom(4096)
+        if d == b"R" * 777:
+            n += 1
+    except socket.timeout:
+        pass
+print(n)
+"#
+    );
+    std::thread::scope(|s| {
+        let h = s.spawn(|| b.python("sb", &listener));
+        let mut cap = Command::new(python3())
+            .args(["-c", REPLAY, UNDERLAY, &vxlan_len.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(cap.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        std::thread::sleep(Duration::from_millis(800));
+        a.exec_ok(
+            "sa",
+            &[
+                python3(),
+                "-c",
+                &format!(
+                    "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'R' * 777, ('{ip}', 7777))"
+                ),
+            ],
+        );
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "replayed", "the datagram was not captured");
+        assert!(cap.wait().unwrap().success());
+        let got = h.join().unwrap();
+        assert!(got.status.success(), "{got:?}");
+        let text = String::from_utf8_lossy(&got.stdout).to_string();
+        text.lines().last().unwrap().trim().parse().unwrap()
+    })
+}
+
 #[test]
 fn encrypted_overlay_hides_traffic_and_rotates_keys_without_loss() {
     in_namespace(
@@ -427,6 +511,12 @@ fn encrypted_overlay_hides_traffic_and_rotates_keys_without_loss() {
             );
             // The network still works.
             assert!(a.ping("sa", &ipb, 1));
+
+            // A captured datagram replayed to B: delivered twice on the plain network
+            // (the control), once on the encrypted one (the replay window).
+            // VXLAN 8 + Ethernet 14 + IPv4 20 + UDP 8 + 777, plus 32 when sealed.
+            assert_eq!(copies_after_replay(a, &b, &pb, 827), 2);
+            assert_eq!(copies_after_replay(a, &b, &ipb, 827 + 32), 1);
 
             // A restarted daemon gets the current keys from the store (its port starts
             // with none and a new nonce salt) and traffic flows both ways again.
