@@ -549,7 +549,12 @@ mod tests {
         assert!(parse(&["network", "create"]).is_err(), "name is required");
         assert!(parse(&["network", "create", "--label", "novalue", "n"]).is_err());
         assert!(parse(&["network", "create", "--label", "=v", "n"]).is_err());
-        assert!(parse(&["network", "create", "-o", "x", "n"]).is_err());
+        assert!(parse(&["network", "create", "-o", "=x", "n"]).is_err());
+        // A bare option key has an empty value (Docker's `-o encrypted`).
+        let NetworkCmd::Create(c) = network(&["create", "-o", "encrypted", "n"]) else {
+            panic!("not a create")
+        };
+        assert_eq!(c.opts, [("encrypted".to_string(), String::new())]);
         assert!(
             parse(&["network", "create", "--gateway", "10.0.0.1", "n"]).is_err(),
             "gateway needs subnet"
