@@ -236,3 +236,158 @@ fn global_overlay_through_the_cluster_store() {
         drop(etcd);
     });
 }
+
+/// Flags of host B (192.0.2.2, VTEP port 4790, TTL 2 s) in the tests below.
+const B_FLAGS: [&str; 10] = [
+    "--data-path-port",
+    "4790",
+    "--data-path-addr",
+    "192.0.2.2",
+    "--cluster-store",
+    "etcd://192.0.2.1:2379",
+    "--cluster-advertise",
+    "192.0.2.2",
+    "--cluster-ttl",
+    "2",
+];
+
+/// etcd in A's namespace, A's daemon on it, host B: (etcd, B).
+fn two_hosts(a: &mut tapnet_tests::Env) -> (Etcd, tapnet_tests::Env) {
+    let etcd = Etcd::start(&a.root, "0.0.0.0:2379");
+    a.restart_fresh(&[
+        "--cluster-store",
+        "etcd://127.0.0.1:2379",
+        "--cluster-advertise",
+        "192.0.2.1",
+    ]);
+    let b = a.second_host("hostb", "192.0.2.1/24", "192.0.2.2/24", &B_FLAGS);
+    (etcd, b)
+}
+
+/// The addresses `name` resolves to in `sandbox` (`getent ahostsv4`), empty if none.
+fn resolve(env: &tapnet_tests::Env, sandbox: &str, name: &str) -> Vec<String> {
+    let out = env.exec(sandbox, &["getent", "ahostsv4", name]);
+    let mut ips: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// `POST /networks/prune` on `env`, asserting 200.
+fn prune(env: &tapnet_tests::Env) -> Value {
+    let (code, v) = env.api("POST", "/networks/prune", None);
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
+/// The `Peers` of network `net` as `env` inspects it: sorted VTEP addresses.
+fn peer_ips(env: &tapnet_tests::Env, net: &str) -> Vec<String> {
+    let v: Value = env.get(&format!("/networks/{net}"));
+    let mut ips: Vec<String> = v["Peers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no Peers: {v}"))
+        .iter()
+        .map(|p| {
+            assert!(p["Name"].as_str().is_some_and(|n| !n.is_empty()), "{p}");
+            p["IP"].as_str().unwrap().to_string()
+        })
+        .collect();
+    ips.sort();
+    ips
+}
+
+#[test]
+fn global_overlay_names_peers_and_prune() {
+    in_namespace("global_overlay_names_peers_and_prune", |a| {
+        let (etcd, b) = two_hosts(a);
+        a.ok(&[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--subnet",
+            "10.95.0.0/24",
+            "ov",
+        ]);
+        eventually("B has the network", || {
+            b.api("GET", "/networks/ov", None).0 == 200
+        });
+        // No endpoints yet: no peers (a local network has no Peers at all).
+        assert_eq!(peer_ips(a, "ov"), Vec::<String>::new());
+        a.network("localnet", "10.96.0.0/24");
+        assert!(a.get("/networks/localnet").get("Peers").is_none());
+
+        a.sandbox("sa");
+        b.sandbox("sb");
+        a.ok(&["network", "connect", "--alias", "alpha", "ov", "sa"]);
+        b.ok(&["network", "connect", "--alias", "beta", "ov", "sb"]);
+        let (ipa, ipb) = (a.ip_of("ov", "sa"), b.ip_of("ov", "sb"));
+
+        // The embedded DNS of each host answers the other host's names and aliases.
+        eventually("A resolves sb", || {
+            resolve(a, "sa", "sb") == std::slice::from_ref(&ipb)
+        });
+        assert_eq!(resolve(a, "sa", "beta"), std::slice::from_ref(&ipb));
+        eventually("B resolves sa", || {
+            resolve(&b, "sb", "sa") == std::slice::from_ref(&ipa)
+        });
+        assert_eq!(resolve(&b, "sb", "alpha"), std::slice::from_ref(&ipa));
+        assert!(a.ping("sa", "sb", 2), "ping sb by name");
+        assert!(a.ping("sa", "beta", 2), "ping beta by alias");
+        assert!(b.ping("sb", "alpha", 2), "ping alpha by alias");
+
+        // Peers: both hosts, on both hosts; the CLI prints them.
+        let both = vec!["192.0.2.1".to_string(), "192.0.2.2".to_string()];
+        eventually("A lists both peers", || peer_ips(a, "ov") == both);
+        eventually("B lists both peers", || peer_ips(&b, "ov") == both);
+        let cli: Value = serde_json::from_str(&a.ok(&["network", "inspect", "ov"])).unwrap();
+        let mut cli_ips: Vec<&str> = cli[0]["Peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["IP"].as_str().unwrap())
+            .collect();
+        cli_ips.sort();
+        assert_eq!(cli_ips, both, "{cli}");
+
+        // B disconnects: its name and alias stop resolving on A, B leaves the peers.
+        b.ok(&["network", "disconnect", "ov", "sb"]);
+        eventually("A forgot sb", || resolve(a, "sa", "sb").is_empty());
+        assert!(resolve(a, "sa", "beta").is_empty());
+        assert_eq!(resolve(a, "sa", "alpha"), std::slice::from_ref(&ipa));
+        eventually("A lists itself only", || peer_ips(a, "ov") == ["192.0.2.1"]);
+        eventually("B lists A only", || peer_ips(&b, "ov") == ["192.0.2.1"]);
+
+        // Prune on either host keeps the global network (used or not), removes an
+        // unused local one.
+        let pruned = prune(&b);
+        assert!(
+            !pruned["NetworksDeleted"].to_string().contains("\"ov\""),
+            "{pruned}"
+        );
+        a.ok(&["network", "disconnect", "ov", "sa"]);
+        let pruned = prune(a);
+        let deleted = pruned["NetworksDeleted"].to_string();
+        assert!(!deleted.contains("\"ov\""), "{pruned}");
+        assert!(deleted.contains("\"localnet\""), "{pruned}");
+        let pruned = prune(&b);
+        assert!(
+            !pruned["NetworksDeleted"].to_string().contains("\"ov\""),
+            "{pruned}"
+        );
+        assert_eq!(a.api("GET", "/networks/ov", None).0, 200);
+        assert_eq!(b.api("GET", "/networks/ov", None).0, 200);
+        let kv = connect().unwrap();
+        assert_eq!(kv.range("networks/").unwrap().len(), 1);
+        // `network rm` removes it.
+        a.ok(&["network", "rm", "ov"]);
+        eventually("B dropped ov", || {
+            b.api("GET", "/networks/ov", None).0 == 404
+        });
+        drop(b);
+        drop(etcd);
+    });
+}
