@@ -391,3 +391,168 @@ fn global_overlay_names_peers_and_prune() {
         drop(etcd);
     });
 }
+
+/// Revoke the lease of node `addr`'s record with `etcdctl` (as if it expired).
+fn revoke_node_lease(addr: &str) {
+    let out = std::process::Command::new("etcdctl")
+        .args([
+            "--endpoints",
+            tapnet_tests::ETCD_CLIENT,
+            "get",
+            &format!("/tapnet/nodes/{addr}"),
+            "-w",
+            "json",
+        ])
+        .output()
+        .expect("run etcdctl (Debian etcd-client)");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lease = v["kvs"][0]["lease"]
+        .as_i64()
+        .expect("node record with a lease");
+    let out = std::process::Command::new("etcdctl")
+        .args([
+            "--endpoints",
+            tapnet_tests::ETCD_CLIENT,
+            "lease",
+            "revoke",
+            &format!("{lease:x}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn global_overlay_survives_the_store_going_away() {
+    in_namespace("global_overlay_survives_the_store_going_away", |a| {
+        let (mut etcd, b) = two_hosts(a);
+        a.ok(&[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--subnet",
+            "10.97.0.0/24",
+            "ov",
+        ]);
+        eventually("B has the network", || {
+            b.api("GET", "/networks/ov", None).0 == 200
+        });
+        a.sandbox("sa");
+        b.sandbox("sb");
+        b.sandbox("sc");
+        let ipa = a.connect("ov", "sa");
+        let ipb = b.connect("ov", "sb");
+        eventually("a reaches b", || a.ping("sa", &ipb, 1));
+        eventually("A resolves sb", || {
+            resolve(a, "sa", "sb") == std::slice::from_ref(&ipb)
+        });
+
+        etcd.stop();
+        // The data path keeps the last known state, by address and by name.
+        assert!(a.ping("sa", &ipb, 3), "A to B with the store down");
+        assert!(b.ping("sb", &ipa, 3), "B to A with the store down");
+        assert!(a.ping("sa", "sb", 1), "A resolves sb with the store down");
+        // Mutations of global objects: 503 naming the store, nothing changed.
+        let (code, v) = a.api(
+            "POST",
+            "/networks/create",
+            Some(r#"{"Name":"ov2","Driver":"overlay","IPAM":{"Config":[{"Subnet":"10.98.0.0/24"}]}}"#),
+        );
+        assert_eq!(code, 503, "{v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("etcd://127.0.0.1:2379"),
+            "{v}"
+        );
+        assert_eq!(a.api("GET", "/networks/ov2", None).0, 404);
+        let (code, v) = b.api(
+            "POST",
+            "/networks/ov/connect",
+            Some(r#"{"Container":"sc"}"#),
+        );
+        assert_eq!(code, 503, "{v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("etcd://192.0.2.1:2379"),
+            "{v}"
+        );
+        let (code, v) = a.api(
+            "POST",
+            "/networks/ov/disconnect",
+            Some(r#"{"Container":"sa"}"#),
+        );
+        assert_eq!(code, 503, "{v}");
+        assert!(b.get("/sandboxes/sc")["Endpoints"].get("ov").is_none());
+        assert_eq!(a.ip_of("ov", "sa"), ipa);
+        // Local networks still work.
+        a.network("lb", "10.99.0.0/24");
+        a.sandbox("sl");
+        let ipl = a.connect("lb", "sl");
+        a.connect("lb", "sa");
+        assert!(a.ping("sa", &ipl, 1));
+        assert!(a.ping("sa", &ipb, 1), "still A to B");
+
+        etcd.restart();
+        // Back: a connect on B is reachable from A, by address and by name.
+        eventually("B connects sc", || {
+            b.api(
+                "POST",
+                "/networks/ov/connect",
+                Some(r#"{"Container":"sc"}"#),
+            )
+            .0 == 200
+        });
+        let ipc = b.ip_of("ov", "sc");
+        assert_ne!(ipc, ipa);
+        assert_ne!(ipc, ipb);
+        eventually("a reaches c", || a.ping("sa", &ipc, 1));
+        eventually("a resolves sc", || resolve(a, "sa", "sc") == [ipc.clone()]);
+
+        // A's records lost with its lease (revoked as if expired) are written again
+        // (node, endpoint, address claim) under a new lease, and B reaches A again.
+        let kv = connect().unwrap();
+        let keys = |kv: &EtcdStore| -> Vec<String> {
+            kv.range("").unwrap().into_iter().map(|k| k.key).collect()
+        };
+        let a_keys = |ks: &[String]| {
+            ks.iter()
+                .filter(|k| k.ends_with(&format!("/{ipa}")) || *k == "nodes/192.0.2.1")
+                .count()
+        };
+        assert_eq!(a_keys(&keys(&kv)), 2);
+        revoke_node_lease("192.0.2.1");
+        eventually("A's records are back", || {
+            let ks = keys(&kv);
+            a_keys(&ks) == 2 && ks.iter().filter(|k| k.starts_with("endpoints/")).count() == 3
+        });
+        eventually("b reaches a", || b.ping("sb", &ipa, 1));
+        eventually("b resolves sa", || resolve(&b, "sb", "sa") == [ipa.clone()]);
+        // An endpoint record deleted by hand while its host runs comes back too.
+        let ek: Vec<String> = keys(&kv)
+            .into_iter()
+            .filter(|k| k.starts_with("endpoints/"))
+            .collect();
+        kv.txn(
+            &[],
+            &ek.iter()
+                .map(|k| tapnet_engine::store::KvOp::Delete(k.clone()))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        eventually("the endpoint records are back", || {
+            keys(&kv)
+                .iter()
+                .filter(|k| k.starts_with("endpoints/"))
+                .count()
+                == 3
+        });
+        eventually("a reaches b again", || a.ping("sa", &ipb, 1));
+        drop(b);
+        drop(etcd);
+    });
+}

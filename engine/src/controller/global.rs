@@ -36,6 +36,23 @@
 //!   on the network in the view (this one included), by VTEP address, named by their
 //!   `nodes/` record (the address when it has none).
 //! * Prune never removes a global network (see `prune`).
+//! * The store out of reach: the data plane keeps what it was told last (tunnels,
+//!   DNS); every mutation of a global object (create, remove, connect, disconnect)
+//!   fails within the store's timeout as 503 naming the store
+//!   (`StoreError::Unavailable`); local networks are not affected. When the watch
+//!   comes back ([`StoreEvent::Resumed`]) the daemon re-reads `networks/`,
+//!   `endpoints/` and `nodes/` and applies the differences to the view (networks
+//!   adopted or dropped, the tunnels and DNS of the networks whose endpoints changed),
+//!   then writes its own endpoint records that are missing again.
+//! * Own records lost: a `Delete` of one of this host's endpoint records while the
+//!   endpoint is still connected (an expired lease, a hand deletion) writes it again
+//!   (under the locks a disconnect holds, so a disconnect's own deletion is not
+//!   undone); when the node registered again under a new lease (checked every second
+//!   by the idle watch thread), all its records are written again under it. An
+//!   address claim (`ipam/<network>/<ip>`, whose value is its endpoint's id once the
+//!   endpoint is recorded) that is still this endpoint's is kept; one that is gone is
+//!   claimed create-if-absent again; one taken by another endpoint meanwhile leaves
+//!   the record unwritten (logged: the address is in use elsewhere).
 //! * Removing a global network is refused (409) while any host has an endpoint on it.
 //! * Restart: a global network's record is not in the local store (it comes back from
 //!   the cluster store), its endpoints on this host are. [`super::Controller::restore`]
@@ -230,8 +247,10 @@ fn record_keys(rec: &GlobalEndpoint) -> Vec<String> {
 
 /// Write the records of this node's endpoint `rec` under `lease` (blocking): if
 /// `endpoints/<id>` is still there they are just written again (moved to the
-/// lease); if it is gone (expired), its addresses are claimed create-if-absent
-/// again, and one taken meanwhile by another host is a conflict (nothing written).
+/// lease); if it is gone, each address claim is kept if it is still this
+/// endpoint's (its value is the endpoint id) and claimed create-if-absent again if
+/// it is gone; one taken meanwhile by another endpoint is a conflict (nothing
+/// written).
 fn write_own_records(
     store: &EtcdStore,
     rec: &GlobalEndpoint,
@@ -240,31 +259,44 @@ fn write_own_records(
 ) -> Result<()> {
     let value = json("endpoint", rec)?;
     let keys = record_keys(rec);
-    let ek = keys[0].clone();
-    let ours = store
-        .range(&ek)
-        .map_err(|e| store_err(op, e))?
-        .iter()
-        .any(|kv| kv.key == ek);
-    let compares: Vec<Compare> = if ours {
-        Vec::new()
-    } else {
+    let read = |k: &str| -> Result<Option<crate::store::KeyValue>> {
+        Ok(store
+            .range(k)
+            .map_err(|e| store_err(op, e))?
+            .into_iter()
+            .find(|kv| kv.key == k))
+    };
+    let ours = read(&keys[0])?.is_some();
+    let mut compares = Vec::new();
+    if !ours {
+        for k in &keys[1..] {
+            let revision = match read(k)? {
+                None => None,
+                Some(kv) if kv.value == rec.id.as_bytes() => Some(kv.revision),
+                Some(_) => {
+                    return Err(Error::Conflict(format!(
+                        "its address was claimed by another endpoint meanwhile ({k})"
+                    )))
+                }
+            };
+            compares.push(Compare {
+                key: k.clone(),
+                revision,
+            });
+        }
+    }
+    let mut ops = vec![KvOp::Put(keys[0].clone(), value)];
+    ops.extend(
         keys[1..]
             .iter()
-            .map(|k| Compare {
-                key: k.clone(),
-                revision: None,
-            })
-            .collect()
-    };
-    let mut ops = vec![KvOp::Put(ek, value)];
-    ops.extend(keys[1..].iter().map(|k| KvOp::Put(k.clone(), Vec::new())));
+            .map(|k| KvOp::Put(k.clone(), rec.id.clone().into_bytes())),
+    );
     store
         .txn_leased(&compares, &ops, lease)
         .map(drop)
         .map_err(|e| match e {
             StoreError::Conflict { key, .. } => Error::Conflict(format!(
-                "its address was claimed by another host meanwhile ({key})"
+                "its address was claimed by another endpoint meanwhile ({key})"
             )),
             e => store_err(op, e),
         })
@@ -556,16 +588,19 @@ impl Inner {
         let node = self.node()?;
         let rec = GlobalEndpoint::of(endpoint, sandbox, node.vtep);
         let value = json("endpoint", &rec)?;
-        let key = format!("{ENDPOINTS}{}", endpoint.id);
-        let (store, k, op, lease) = (
-            Arc::clone(&node.store),
-            key.clone(),
-            txn.op().to_string(),
-            node.lease(),
+        let keys = record_keys(&rec);
+        let key = keys[0].clone();
+        // The address claims now name their endpoint (see `write_own_records`).
+        let mut ops = vec![KvOp::Put(key.clone(), value)];
+        ops.extend(
+            keys[1..]
+                .iter()
+                .map(|k| KvOp::Put(k.clone(), endpoint.id.clone().into_bytes())),
         );
+        let (store, op, lease) = (Arc::clone(&node.store), txn.op().to_string(), node.lease());
         blocking("record the endpoint in the cluster store", move || {
             store
-                .txn_leased(&[], &[KvOp::Put(k, value)], lease)
+                .txn_leased(&[], &ops, lease)
                 .map(drop)
                 .map_err(|e| store_err(&op, e))
         })
@@ -609,7 +644,11 @@ impl Inner {
             "record the endpoint in the cluster store again",
             move || {
                 let mut ops = vec![KvOp::Put(keys[0].clone(), value)];
-                ops.extend(keys[1..].iter().map(|k| KvOp::Put(k.clone(), Vec::new())));
+                ops.extend(
+                    keys[1..]
+                        .iter()
+                        .map(|k| KvOp::Put(k.clone(), rec.id.clone().into_bytes())),
+                );
                 store
                     .txn_leased(&[], &ops, node.lease())
                     .map(drop)

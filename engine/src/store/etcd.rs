@@ -567,6 +567,8 @@ async fn keep_alive(client: &etcd::Client, id: i64, secs: i64, store: &str) {
                 }
                 tokio::time::sleep(period).await;
             },
+            // The client's own check of the first answer: the lease is gone.
+            Err(etcd::Error::LeaseKeepAliveError(m)) if m.contains("not found") => return,
             Err(e) => tracing::warn!(%store, lease = id, error = %e, "lease keep-alive failed"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
