@@ -556,3 +556,107 @@ fn global_overlay_survives_the_store_going_away() {
         drop(etcd);
     });
 }
+
+/// The IPv6 address (no prefix) of `sandbox` on `network`, from network inspect.
+fn ip6_of(env: &tapnet_tests::Env, network: &str, sandbox: &str) -> String {
+    let v: Value = env.get(&format!("/networks/{network}"));
+    let c = v["Containers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .find(|c| c["Name"] == sandbox)
+        .unwrap_or_else(|| panic!("{sandbox} not on {network}: {v}"));
+    let cidr = c["IPv6Address"].as_str().unwrap();
+    cidr.split('/').next().unwrap().to_string()
+}
+
+#[test]
+fn global_overlay_ipv6_claimed_cluster_wide() {
+    in_namespace("global_overlay_ipv6_claimed_cluster_wide", |a| {
+        let (etcd, b) = two_hosts(a);
+        a.ok(&[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--ipv6",
+            "--subnet",
+            "10.91.0.0/24",
+            "--subnet",
+            "fd00:91::/64",
+            "ov6",
+        ]);
+        eventually("B has the network", || {
+            b.api("GET", "/networks/ov6", None).0 == 200
+        });
+        // Concurrent connects, two per host: four distinct IPv6 (and IPv4) addresses.
+        for s in ["a1", "a2"] {
+            a.sandbox(s);
+        }
+        for s in ["b1", "b2"] {
+            b.sandbox(s);
+        }
+        std::thread::scope(|sc| {
+            let ta = sc.spawn(|| {
+                a.ok(&["network", "connect", "ov6", "a1"]);
+                a.ok(&["network", "connect", "ov6", "a2"]);
+            });
+            let tb = sc.spawn(|| {
+                b.ok(&["network", "connect", "ov6", "b1"]);
+                b.ok(&["network", "connect", "ov6", "b2"]);
+            });
+            ta.join().unwrap();
+            tb.join().unwrap();
+        });
+        let mut v6 = vec![
+            ip6_of(a, "ov6", "a1"),
+            ip6_of(a, "ov6", "a2"),
+            ip6_of(&b, "ov6", "b1"),
+            ip6_of(&b, "ov6", "b2"),
+        ];
+        for ip in &v6 {
+            assert!(ip.starts_with("fd00:91::"), "{ip}");
+            assert_ne!(ip, "fd00:91::1", "the gateway");
+        }
+        let (a1, b1) = (v6[0].clone(), v6[2].clone());
+        v6.sort();
+        v6.dedup();
+        assert_eq!(v6.len(), 4, "{v6:?}");
+        // Claimed in the store: 4 IPv4 and 4 IPv6 keys, each naming its endpoint.
+        let kv = connect().unwrap();
+        let claims = kv.range("ipam/").unwrap();
+        assert_eq!(claims.len(), 8, "{:?}", claims);
+        assert!(claims.iter().all(|c| !c.value.is_empty()));
+        for ip in &v6 {
+            assert!(
+                claims.iter().any(|c| c.key.ends_with(&format!("/{ip}"))),
+                "{ip}"
+            );
+        }
+        // A static IPv6 address taken on the other host: 409.
+        b.sandbox("b3");
+        let (code, v) = b.api(
+            "POST",
+            "/networks/ov6/connect",
+            Some(&format!(
+                r#"{{"Container":"b3","EndpointConfig":{{"IPAMConfig":{{"IPv6Address":"{a1}"}}}}}}"#
+            )),
+        );
+        assert_eq!(code, 409, "{v}");
+        assert_eq!(kv.range("ipam/").unwrap().len(), 8);
+        // ping6 across hosts, by address and by name (AAAA from the other host).
+        let ping6 = |env: &tapnet_tests::Env, from: &str, to: &str| {
+            env.exec(from, &["ping", "-6", "-n", "-q", "-c", "1", "-W", "2", to])
+                .status
+                .success()
+        };
+        eventually("a1 reaches b1 over IPv6", || ping6(a, "a1", &b1));
+        eventually("b1 reaches a1 over IPv6", || ping6(&b, "b1", &a1));
+        eventually("a1 reaches b1 by name over IPv6", || ping6(a, "a1", "b1"));
+        // Disconnect frees both claims.
+        b.ok(&["network", "disconnect", "ov6", "b2"]);
+        assert_eq!(kv.range("ipam/").unwrap().len(), 6);
+        drop(b);
+        drop(etcd);
+    });
+}

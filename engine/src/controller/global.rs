@@ -12,7 +12,8 @@
 //!   a `networks/` record that appears (or exists at start) is created locally (IPAM
 //!   pools, the driver's data plane, the model; scope `global`); one that disappears
 //!   is removed locally (unless local endpoints are still on it: logged).
-//! * Connect to a global network claims its IPv4 address cluster-wide: the lowest
+//! * Connect to a global network claims its IPv4 address, and its IPv6 address on a
+//!   network with an IPv6 subnet, cluster-wide (each the same way): the lowest
 //!   address of the subnet (or range) that is neither the gateway, an auxiliary
 //!   address nor an `ipam/<network>/<ip>` key, claimed create-if-absent (a conflict
 //!   retries with the next one); a static address is claimed the same way (a conflict
@@ -72,7 +73,7 @@ use crate::store::{Compare, KvOp, KvStore};
 use crate::txn::{blocking, Txn};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use tapnet_nat::NameRecord;
 
@@ -513,12 +514,72 @@ impl Inner {
         let Some(subnet) = net.subnet else {
             return Ok(requested);
         };
-        let node = self.node()?;
         let range = net.ip_range.unwrap_or(subnet);
         let mut reserved: BTreeSet<Ipv4Addr> = net.aux_addresses.values().copied().collect();
         reserved.extend(net.gateway);
         reserved.insert(subnet.network());
         reserved.insert(subnet.broadcast());
+        let pick = move |taken: &BTreeSet<IpAddr>| {
+            range
+                .hosts()
+                .find(|a| {
+                    subnet.contains(a) && !reserved.contains(a) && !taken.contains(&IpAddr::V4(*a))
+                })
+                .map(IpAddr::V4)
+        };
+        let ip = self
+            .claim_global_address(txn, net, requested.map(IpAddr::V4), range.to_string(), pick)
+            .await?;
+        Ok(match ip {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        })
+    }
+
+    /// Step: claim the IPv6 address of a new endpoint of global network `net` (with
+    /// an IPv6 subnet) as [`Inner::claim_global_ipv4`] does the IPv4 one.
+    pub(super) async fn claim_global_ipv6(
+        &self,
+        txn: &mut Txn,
+        net: &Network,
+        requested: Option<Ipv6Addr>,
+    ) -> Result<Option<Ipv6Addr>> {
+        let Some(v6) = net.ipv6.clone() else {
+            return Ok(requested);
+        };
+        let (subnet, range) = (v6.subnet, v6.ip_range.unwrap_or(v6.subnet));
+        let mut reserved: BTreeSet<Ipv6Addr> = v6.aux_addresses.values().copied().collect();
+        reserved.insert(v6.gateway);
+        reserved.insert(subnet.network());
+        let pick = move |taken: &BTreeSet<IpAddr>| {
+            range
+                .hosts()
+                .find(|a| {
+                    subnet.contains(a) && !reserved.contains(a) && !taken.contains(&IpAddr::V6(*a))
+                })
+                .map(IpAddr::V6)
+        };
+        let ip = self
+            .claim_global_address(txn, net, requested.map(IpAddr::V6), range.to_string(), pick)
+            .await?;
+        Ok(match ip {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        })
+    }
+
+    /// Claim `requested` (taken: 409), else the address `pick` chooses among those
+    /// not taken yet, as `ipam/<nid>/<ip>` create-if-absent under this node's lease;
+    /// a lost race picks again (at most [`ATTEMPTS`] times). Undo: delete the key.
+    async fn claim_global_address(
+        &self,
+        txn: &mut Txn,
+        net: &Network,
+        requested: Option<IpAddr>,
+        range: String,
+        pick: impl Fn(&BTreeSet<IpAddr>) -> Option<IpAddr> + Send + 'static,
+    ) -> Result<IpAddr> {
+        let node = self.node()?;
         let (nid, store, lease) = (net.id.clone(), Arc::clone(&node.store), node.lease());
         let op = txn.op().to_string();
         let ip = blocking("claim an address in the cluster store", move || {
@@ -527,20 +588,15 @@ impl Inner {
                 let ip = match requested {
                     Some(ip) => ip,
                     None => {
-                        let taken: BTreeSet<Ipv4Addr> = store
+                        let taken: BTreeSet<IpAddr> = store
                             .range(&prefix)
                             .map_err(|e| store_err(&op, e))?
                             .iter()
                             .filter_map(|kv| kv.key.strip_prefix(&prefix)?.parse().ok())
                             .collect();
-                        range
-                            .hosts()
-                            .find(|a| {
-                                subnet.contains(a) && !reserved.contains(a) && !taken.contains(a)
-                            })
-                            .ok_or_else(|| {
-                                Error::Conflict(format!("no free address left in {range}"))
-                            })?
+                        pick(&taken).ok_or_else(|| {
+                            Error::Conflict(format!("no free address left in {range}"))
+                        })?
                     }
                 };
                 let key = format!("{prefix}{ip}");
@@ -574,7 +630,7 @@ impl Inner {
                 .map(drop)
                 .map_err(|e| store_err("free address", e))
         });
-        Ok(Some(ip))
+        Ok(ip)
     }
 
     /// Step (the commit of a connect to a global network): record the endpoint under
