@@ -176,6 +176,13 @@ fn global_overlay_through_the_cluster_store() {
         let (code, v) = b.api("DELETE", "/networks/ov", None);
         assert_eq!(code, 409, "{v}");
         a.ok(&["network", "disconnect", "ov", "sa"]);
+        // From A (no local endpoint left): B's endpoint, named with its host.
+        let (code, v) = a.api("DELETE", "/networks/ov", None);
+        assert_eq!(code, 409, "{v}");
+        assert!(
+            v["message"].as_str().unwrap().contains("sb on 192.0.2.2"),
+            "{v}"
+        );
         let (code, v) = b.api("DELETE", "/networks/ov", None);
         assert_eq!(code, 409, "{v}");
         b.ok(&["network", "disconnect", "ov", "sb"]);

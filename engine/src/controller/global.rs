@@ -54,7 +54,9 @@
 //!   endpoint is recorded) that is still this endpoint's is kept; one that is gone is
 //!   claimed create-if-absent again; one taken by another endpoint meanwhile leaves
 //!   the record unwritten (logged: the address is in use elsewhere).
-//! * Removing a global network is refused (409) while any host has an endpoint on it.
+//! * Removing a global network is refused (409) while any host has an endpoint on it
+//!   (any `ipam/<network>/` claim left: one read of that network's claims, not of
+//!   every endpoint of the cluster).
 //! * Restart: a global network's record is not in the local store (it comes back from
 //!   the cluster store), its endpoints on this host are. [`super::Controller::restore`]
 //!   sets those aside (their network is unknown then); once the networks are loaded
@@ -445,34 +447,37 @@ impl Inner {
         Ok(())
     }
 
-    /// The endpoints any host has on global network `nid`.
-    async fn global_endpoints(&self) -> Result<Vec<GlobalEndpoint>> {
+    /// Refuse to remove global network `net` while any host has endpoints on it (or
+    /// is connecting one): any address claim `ipam/<net>/` left (one read of that
+    /// network's claims, described from the view).
+    pub(super) async fn check_global_unused(&self, net: &Network) -> Result<()> {
         let node = self.node()?;
-        let kvs = blocking("read endpoints", move || {
+        let prefix = format!("{IPAM}{}/", net.id);
+        let claims = blocking("read the network's address claims", move || {
             node.store
-                .range(ENDPOINTS)
-                .map_err(|e| store_err("read endpoints", e))
+                .range(&prefix)
+                .map_err(|e| store_err("read the network's address claims", e))
         })
         .await?;
-        Ok(kvs
-            .iter()
-            .filter_map(|kv| serde_json::from_slice::<GlobalEndpoint>(&kv.value).ok())
-            .collect())
-    }
-
-    /// Refuse to remove global network `net` while any host has endpoints on it.
-    pub(super) async fn check_global_unused(&self, net: &Network) -> Result<()> {
-        let mut users: Vec<String> = self
-            .global_endpoints()
-            .await?
-            .into_iter()
-            .filter(|e| e.network_id == net.id)
-            .map(|e| format!("{} on {}", e.sandbox, e.vtep.ip()))
-            .collect();
-        if users.is_empty() {
+        if claims.is_empty() {
             return Ok(());
         }
+        let mut users: Vec<String> = {
+            let view = super::lock(&self.view);
+            claims
+                .iter()
+                .map(|kv| {
+                    let ip = kv.key.rsplit('/').next().unwrap_or_default();
+                    let id = String::from_utf8_lossy(&kv.value);
+                    match view.endpoints.get(id.as_ref()) {
+                        Some(e) => format!("{} on {}", e.sandbox, e.vtep.ip()),
+                        None => format!("an endpoint being connected, {ip}"),
+                    }
+                })
+                .collect()
+        };
         users.sort();
+        users.dedup();
         Err(Error::Conflict(format!(
             "network {} has active endpoints ({}); disconnect them first",
             net.name,
