@@ -305,8 +305,13 @@ fn write_own_records(
         })
 }
 
+/// A cluster store error of operation `op`; out of reach it reads `<op>: cluster
+/// store: etcd://HOST:PORT is unavailable: <why>` (503).
 fn store_err(op: &str, e: StoreError) -> Error {
-    Error::store(op.to_string(), e)
+    match e {
+        e @ StoreError::Unavailable { .. } => Error::store(format!("{op}: cluster"), e),
+        e => Error::store(op.to_string(), e),
+    }
 }
 
 fn json<T: Serialize>(what: &str, v: &T) -> Result<Vec<u8>> {
@@ -1074,6 +1079,9 @@ impl Inner {
         let Ok(node) = self.node() else { return };
         let lease = node.lease();
         let changed = super::lock(&self.view).written_under != Some(lease);
+        if !changed && missing.is_none_or(BTreeSet::is_empty) {
+            return;
+        }
         let recs: Vec<GlobalEndpoint> = self
             .own_records(&node)
             .into_iter()
