@@ -49,7 +49,8 @@
 //!   endpoint is still connected (an expired lease, a hand deletion) writes it again
 //!   (under the locks a disconnect holds, so a disconnect's own deletion is not
 //!   undone); when the node registered again under a new lease (checked every second
-//!   by the idle watch thread), all its records are written again under it. An
+//!   by the idle watch thread), or such a write failed, all its records are written
+//!   again under the current lease. An
 //!   address claim (`ipam/<network>/<ip>`, whose value is its endpoint's id once the
 //!   endpoint is recorded) that is still this endpoint's is kept; one that is gone is
 //!   claimed create-if-absent again; one taken by another endpoint meanwhile leaves
@@ -1052,8 +1053,12 @@ impl Inner {
         match r {
             Ok(()) => tracing::info!(sandbox = %sb.name, endpoint = %id,
                 "endpoint record was gone from the cluster store; written again"),
-            Err(e) => tracing::warn!(sandbox = %sb.name, endpoint = %id, error = %e,
-                "endpoint record gone from the cluster store; cannot write it again (retried when the store comes back)"),
+            Err(e) => {
+                tracing::warn!(sandbox = %sb.name, endpoint = %id, error = %e,
+                    "endpoint record gone from the cluster store; cannot write it again now (retried)");
+                // The next idle check writes all this host's records again.
+                super::lock(&self.view).written_under = None;
+            }
         }
     }
 
