@@ -667,3 +667,70 @@ fn global_overlay_ipv6_claimed_cluster_wide() {
         drop(etcd);
     });
 }
+
+/// etcd's count of `method` requests answered (its `/metrics`, gRPC server counters).
+fn etcd_requests(method: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(tapnet_tests::ETCD_CLIENT).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n",
+        tapnet_tests::ETCD_CLIENT
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let want = format!("grpc_method=\"{method}\"");
+    body.lines()
+        .filter(|l| l.starts_with("grpc_server_handled_total{") && l.contains(&want))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Watch events apply as deltas: while B connects sandboxes, host A, which learns each
+/// endpoint (it reaches them), sends etcd no request at all; B reads once (its
+/// address claim) and writes twice (the claim, the record) per connect.
+#[test]
+fn global_overlay_events_read_nothing() {
+    in_namespace("global_overlay_events_read_nothing", |a| {
+        let (etcd, b) = two_hosts(a);
+        a.ok(&[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--subnet",
+            "10.89.0.0/24",
+            "ov",
+        ]);
+        eventually("B has the network", || {
+            b.api("GET", "/networks/ov", None).0 == 200
+        });
+        a.sandbox("sa");
+        a.connect("ov", "sa");
+        let names = ["b1", "b2", "b3", "b4", "b5"];
+        for s in names {
+            b.sandbox(s);
+        }
+        let (before, txns) = (etcd_requests("Range"), etcd_requests("Txn"));
+        let mut ips = Vec::new();
+        for s in names {
+            ips.push(b.connect("ov", s));
+        }
+        for ip in &ips {
+            eventually("A reaches B's sandbox", || a.ping("sa", ip, 1));
+        }
+        let ranges = etcd_requests("Range") - before;
+        assert_eq!(ranges, names.len() as u64, "reads while B connected");
+        // And two writes per connect: the address claim, then the record.
+        let txns = etcd_requests("Txn") - txns;
+        assert_eq!(
+            txns,
+            2 * names.len() as u64,
+            "transactions while B connected"
+        );
+        drop(b);
+        drop(etcd);
+    });
+}
