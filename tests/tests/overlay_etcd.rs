@@ -13,6 +13,16 @@ use tapnet_engine::store::etcd::EtcdStore;
 use tapnet_engine::store::KvStore;
 use tapnet_tests::{in_namespace, Etcd};
 
+/// The tests of this file run one at a time: each runs an etcd and two daemons, and
+/// under load a 2 s lease could lapse (a flake, not a finding).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// [`in_namespace`], holding [`ONE_AT_A_TIME`].
+fn serial(name: &str, body: impl FnOnce(&mut tapnet_tests::Env)) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    in_namespace(name, body);
+}
+
 fn connect() -> Option<EtcdStore> {
     tapnet_tests::etcd_client(Duration::from_secs(1))
 }
@@ -28,7 +38,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn global_overlay_through_the_cluster_store() {
-    in_namespace("global_overlay_through_the_cluster_store", |a| {
+    serial("global_overlay_through_the_cluster_store", |a| {
         let etcd = Etcd::start(&a.root, "0.0.0.0:2379");
         a.restart_fresh(&[
             "--cluster-store",
@@ -244,7 +254,7 @@ fn global_overlay_through_the_cluster_store() {
     });
 }
 
-/// Flags of host B (192.0.2.2, VTEP port 4790, TTL 2 s) in the tests below.
+/// Flags of host B (192.0.2.2, VTEP port 4790, TTL 5 s) in the tests below.
 const B_FLAGS: [&str; 10] = [
     "--data-path-port",
     "4790",
@@ -255,7 +265,7 @@ const B_FLAGS: [&str; 10] = [
     "--cluster-advertise",
     "192.0.2.2",
     "--cluster-ttl",
-    "2",
+    "5",
 ];
 
 /// etcd in A's namespace, A's daemon on it, host B: (etcd, B).
@@ -308,7 +318,7 @@ fn peer_ips(env: &tapnet_tests::Env, net: &str) -> Vec<String> {
 
 #[test]
 fn global_overlay_names_peers_and_prune() {
-    in_namespace("global_overlay_names_peers_and_prune", |a| {
+    serial("global_overlay_names_peers_and_prune", |a| {
         let (etcd, b) = two_hosts(a);
         a.ok(&[
             "network",
@@ -431,7 +441,7 @@ fn revoke_node_lease(addr: &str) {
 
 #[test]
 fn global_overlay_survives_the_store_going_away() {
-    in_namespace("global_overlay_survives_the_store_going_away", |a| {
+    serial("global_overlay_survives_the_store_going_away", |a| {
         let (mut etcd, b) = two_hosts(a);
         a.ok(&[
             "network",
@@ -579,7 +589,7 @@ fn ip6_of(env: &tapnet_tests::Env, network: &str, sandbox: &str) -> String {
 
 #[test]
 fn global_overlay_ipv6_claimed_cluster_wide() {
-    in_namespace("global_overlay_ipv6_claimed_cluster_wide", |a| {
+    serial("global_overlay_ipv6_claimed_cluster_wide", |a| {
         let (etcd, b) = two_hosts(a);
         a.ok(&[
             "network",
@@ -693,7 +703,7 @@ fn etcd_requests(method: &str) -> u64 {
 /// address claim) and writes twice (the claim, the record) per connect.
 #[test]
 fn global_overlay_events_read_nothing() {
-    in_namespace("global_overlay_events_read_nothing", |a| {
+    serial("global_overlay_events_read_nothing", |a| {
         let (etcd, b) = two_hosts(a);
         a.ok(&[
             "network",
