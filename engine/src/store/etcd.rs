@@ -32,7 +32,9 @@
 //!   `EtcdStore`-only operation for now.
 //! * [`EtcdStore::register_node`] writes `nodes/<address>` under a lease it keeps
 //!   alive, and writes it again under a new lease should that one expire anyway
-//!   ([`EtcdStore::node_lease`] is the current one).
+//!   ([`EtcdStore::node_lease`] is the current one). The keep-alive takes a lease as
+//!   gone when etcd answers with a TTL of 0 or, on reconnecting, says it is not
+//!   found (expired while the store was out of reach, or revoked).
 //! * [`parse_url`] reads `--cluster-store etcd://HOST:PORT[,HOST:PORT...]`.
 
 use super::{Compare, KeyValue, KvOp, KvStore, Revision, StoreError, WatchEvent};
