@@ -744,3 +744,98 @@ fn global_overlay_events_read_nothing() {
         drop(etcd);
     });
 }
+
+/// Re-sync: host B cannot reach etcd (restarted to listen on loopback only) while A
+/// connects and disconnects sandboxes and creates and removes networks, and the
+/// history is compacted, so B's watch cannot replay it; when B reaches etcd again it
+/// re-reads the store and applies the differences.
+#[test]
+fn global_overlay_resyncs_after_missing_compacted_changes() {
+    serial(
+        "global_overlay_resyncs_after_missing_compacted_changes",
+        |a| {
+            let mut etcd = Etcd::start(&a.root, "0.0.0.0:2379");
+            a.restart_fresh(&[
+                "--cluster-store",
+                "etcd://127.0.0.1:2379",
+                "--cluster-advertise",
+                "192.0.2.1",
+            ]);
+            // A TTL longer than B's time out of reach: this is about missed events.
+            let mut flags = B_FLAGS;
+            flags[9] = "30";
+            let b = a.second_host("hostb", "192.0.2.1/24", "192.0.2.2/24", &flags);
+            for (net, subnet) in [("ov", "10.88.0.0/24"), ("ovx", "10.87.0.0/24")] {
+                a.ok(&[
+                    "network", "create", "-d", "overlay", "--subnet", subnet, net,
+                ]);
+            }
+            eventually("B has both networks", || {
+                b.api("GET", "/networks/ovx", None).0 == 200
+                    && b.api("GET", "/networks/ov", None).0 == 200
+            });
+            for s in ["sa", "sa2"] {
+                a.sandbox(s);
+            }
+            b.sandbox("sb");
+            let ipa = a.connect("ov", "sa");
+            b.connect("ov", "sb");
+            eventually("B resolves sa", || {
+                resolve(&b, "sb", "sa") == std::slice::from_ref(&ipa)
+            });
+
+            // etcd on loopback only: A reaches it, B does not.
+            etcd.stop();
+            let local = Etcd::start(&a.root, "127.0.0.1:2379");
+            eventually("A can write again", || {
+                a.api(
+                    "POST",
+                    "/networks/ov/disconnect",
+                    Some(r#"{"Container":"sa"}"#),
+                )
+                .0 == 200
+            });
+            let ipa2 = a.connect("ov", "sa2");
+            a.ok(&["network", "rm", "ovx"]);
+            a.ok(&[
+                "network",
+                "create",
+                "-d",
+                "overlay",
+                "--subnet",
+                "10.86.0.0/24",
+                "ov3",
+            ]);
+            let kv = connect().unwrap();
+            let rev = kv.current_revision().unwrap();
+            let out = std::process::Command::new("etcdctl")
+                .args([
+                    "--endpoints",
+                    tapnet_tests::ETCD_CLIENT,
+                    "compact",
+                    &rev.to_string(),
+                ])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            drop(kv);
+            // B still has the old state.
+            assert_eq!(b.api("GET", "/networks/ovx", None).0, 200);
+            assert_eq!(b.api("GET", "/networks/ov3", None).0, 404);
+            drop(local);
+            let _etcd = Etcd::start(&a.root, "0.0.0.0:2379");
+
+            eventually("B dropped ovx", || {
+                b.api("GET", "/networks/ovx", None).0 == 404
+            });
+            eventually("B has ov3", || b.api("GET", "/networks/ov3", None).0 == 200);
+            eventually("B resolves sa2", || {
+                resolve(&b, "sb", "sa2") == std::slice::from_ref(&ipa2)
+            });
+            eventually("B forgot sa", || resolve(&b, "sb", "sa").is_empty());
+            assert!(b.ping("sb", &ipa2, 1), "B reaches sa2");
+            assert!(b.ping("sb", "sa2", 1), "B reaches sa2 by name");
+            drop(b);
+        },
+    );
+}
