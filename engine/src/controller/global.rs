@@ -19,7 +19,7 @@
 //!   retries with the next one); a static address is claimed the same way (a conflict
 //!   is a 409). The endpoint is recorded as `endpoints/<id>` ([`GlobalEndpoint`]: MAC,
 //!   IPs, this node's VTEP, the sandbox's name, its aliases) under this node's lease,
-//!   so both vanish with the node. Disconnect deletes both keys.
+//!   so record and claims vanish with the node. Disconnect deletes them.
 //! * The daemon keeps a view of the cluster store ([`ClusterView`]): every
 //!   `endpoints/` record (all hosts', indexed by network) and the `nodes/` names,
 //!   filled by one range of each prefix at start (and when the store comes back,
@@ -50,11 +50,11 @@
 //!   (under the locks a disconnect holds, so a disconnect's own deletion is not
 //!   undone); when the node registered again under a new lease (checked every second
 //!   by the idle watch thread), or such a write failed, all its records are written
-//!   again under the current lease. An
-//!   address claim (`ipam/<network>/<ip>`, whose value is its endpoint's id once the
-//!   endpoint is recorded) that is still this endpoint's is kept; one that is gone is
-//!   claimed create-if-absent again; one taken by another endpoint meanwhile leaves
-//!   the record unwritten (logged: the address is in use elsewhere).
+//!   again under the current lease. An address claim (`ipam/<network>/<ip>`, whose
+//!   value is its endpoint's id once the endpoint is recorded) that is still this
+//!   endpoint's is kept; one that is gone is claimed create-if-absent again; one taken
+//!   by another endpoint meanwhile leaves the record unwritten (logged: the address is
+//!   in use elsewhere).
 //! * Removing a global network is refused (409) while any host has an endpoint on it
 //!   (any `ipam/<network>/` claim left: one read of that network's claims, not of
 //!   every endpoint of the cluster).
