@@ -35,9 +35,9 @@ pub use tapnet_types::api::{
     ConnectBody, ContainerResource, CreateNetworkResponse, CreateSandboxResponse, DisconnectBody,
     EndpointConfigBody, EndpointIpamBody, ErrorBody, FdbResource, FlowStatsResource,
     GatewayStatsResource, IpamBody, IpamConfigBody, IpamConfigResource, IpamResource,
-    NetworkCreateBody, NetworkPruneResponse, NetworkResource, PortStatsResource, SandboxCreateBody,
-    SandboxEndpointResource, SandboxResource, StatsResource, VersionComponent, VersionDetails,
-    VersionPlatform, VersionResponse,
+    NetworkCreateBody, NetworkPruneResponse, NetworkResource, PeerResource, PortStatsResource,
+    SandboxCreateBody, SandboxEndpointResource, SandboxResource, StatsResource, VersionComponent,
+    VersionDetails, VersionPlatform, VersionResponse,
 };
 
 /// The Docker Engine API version tapnet speaks (the highest it accepts; the docker
@@ -457,6 +457,7 @@ pub fn network_resource(net: &Network, store: &Store) -> NetworkResource {
         containers,
         options: net.options.clone(),
         labels: net.labels.clone(),
+        peers: None,
     }
 }
 
@@ -710,7 +711,17 @@ async fn network_inspect(
         .networks
         .get(&nid)
         .ok_or_else(|| Error::NotFound(format!("network {id} not found")))?;
-    Ok(Json(network_resource(net, &store)))
+    let mut r = network_resource(net, &store);
+    r.peers = ctl.global_peers(&nid).map(|peers| {
+        peers
+            .into_iter()
+            .map(|(name, ip)| PeerResource {
+                name,
+                ip: ip.to_string(),
+            })
+            .collect()
+    });
+    Ok(Json(r))
 }
 
 async fn network_delete(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<StatusCode> {

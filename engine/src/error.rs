@@ -146,7 +146,7 @@ pub enum StoreError {
     },
     /// The store cannot be reached or refused the transaction (a distributed store
     /// that is down; an injected failure of the in-memory store).
-    #[error("store {store} unavailable: {message}")]
+    #[error("{store} is unavailable: {message}")]
     Unavailable {
         /// Which store.
         store: String,

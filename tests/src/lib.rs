@@ -1142,6 +1142,13 @@ impl Etcd {
         etcd
     }
 
+    /// Stop it (SIGKILL, by pid) and leave it stopped; [`Etcd::restart`] starts it
+    /// again on the same data directory.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stop (SIGKILL, by pid) and start again on the same data directory.
     pub fn restart(&mut self) {
         let _ = self.child.kill();

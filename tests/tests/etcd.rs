@@ -421,3 +421,70 @@ fn unreachable_store_is_503() {
     assert_eq!(e.status(), 503);
     assert!(e.to_string().contains("etcd://127.0.0.1:1"));
 }
+
+/// `EtcdStore::watch_events`: the writes in order, then, after etcd was killed and
+/// started again, `Resumed` before the writes made since; a registered node whose
+/// lease was revoked (as if it expired) is registered again under a new lease.
+#[test]
+fn etcd_watch_resumes_after_an_outage_and_node_registers_again() {
+    use tapnet_engine::store::etcd::StoreEvent;
+    in_namespace(
+        "etcd_watch_resumes_after_an_outage_and_node_registers_again",
+        |env| {
+            let mut etcd = Etcd::start(&env.root, CLIENT);
+            let kv = connect();
+            let rx = kv.watch_events("w/");
+            let put = |k: &str| {
+                kv.txn(&[], &[KvOp::Put(k.into(), b"v".to_vec())]).unwrap();
+            };
+            let next = || rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            let first = kv
+                .register_node("192.0.2.9", "h9", Duration::from_secs(2))
+                .unwrap();
+            assert_eq!(kv.node_lease(), Some(first));
+            put("w/1");
+            assert!(
+                matches!(next(), StoreEvent::Change(WatchEvent { op: KvOp::Put(k, _), .. }) if k == "w/1")
+            );
+            etcd.stop();
+            // Out of reach: a write fails as unavailable, naming the store.
+            let e = kv
+                .txn(&[], &[KvOp::Put("w/x".into(), Vec::new())])
+                .unwrap_err();
+            assert!(matches!(e, StoreError::Unavailable { .. }), "{e}");
+            assert!(e.to_string().contains(CLIENT), "{e}");
+            etcd.restart();
+            assert_eq!(next(), StoreEvent::Resumed);
+            put("w/2");
+            assert!(
+                matches!(next(), StoreEvent::Change(WatchEvent { op: KvOp::Put(k, _), .. }) if k == "w/2")
+            );
+
+            // The node's lease revoked behind the store's back right after the outage
+            // (its own revoke_lease would stop the keeper on purpose), typically
+            // while its keep-alive is still reconnecting: registered again.
+            let out = Command::new("etcdctl")
+                .args([
+                    "--endpoints",
+                    CLIENT,
+                    "lease",
+                    "revoke",
+                    &format!("{:x}", first.0),
+                ])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while kv.node_lease() == Some(first)
+                || !kv
+                    .range("nodes/")
+                    .unwrap()
+                    .iter()
+                    .any(|k| k.key == "nodes/192.0.2.9")
+            {
+                assert!(Instant::now() < deadline, "node not registered again");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        },
+    );
+}

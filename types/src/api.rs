@@ -273,6 +273,21 @@ pub struct NetworkResource {
     pub options: BTreeMap<String, String>,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// The hosts with endpoints on a global network (inspect only; omitted for
+    /// local networks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<PeerResource>>,
+}
+
+/// One entry of a global network's `Peers`: a host with endpoints on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PeerResource {
+    /// The node's name (its hostname).
+    pub name: String,
+    /// Its VTEP address (`--cluster-advertise`).
+    #[serde(rename = "IP")]
+    pub ip: String,
 }
 
 /// `IPAM` of a network object.

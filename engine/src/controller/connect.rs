@@ -3,8 +3,8 @@
 //! Steps, under the locks of the network and the sandbox: resolve and validate
 //! (already connected, `host`/`none` exclusivity, static addresses and MAC against
 //! the driver, MAC unique on the network) → allocate the IPv4 and IPv6 addresses
-//! (undo: release; on a global network the IPv4 address is first claimed in the
-//! cluster store, undo: free it) → the driver's `create_endpoint` (undo: `delete_endpoint`; what
+//! (undo: release; on a global network the IPv4 and IPv6 addresses are first
+//! claimed in the cluster store, undo: free them) → the driver's `create_endpoint` (undo: `delete_endpoint`; what
 //! the driver chose is merged into the endpoint) → `join`, which describes the
 //! interface (undo: `leave`) → the sandbox layer applies the description: move or
 //! rename, MAC, MTU, addresses, routes (undo: the layer's undo) → publish the
@@ -124,6 +124,7 @@ impl Inner {
         let global = self.is_global(&net.id);
         if global {
             opts.ipv4 = self.claim_global_ipv4(txn, net, opts.ipv4).await?;
+            opts.ipv6 = self.claim_global_ipv6(txn, net, opts.ipv6).await?;
         }
         // Addresses.
         let (ipv4, ipv6, taken) = {

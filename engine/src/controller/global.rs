@@ -12,17 +12,52 @@
 //!   a `networks/` record that appears (or exists at start) is created locally (IPAM
 //!   pools, the driver's data plane, the model; scope `global`); one that disappears
 //!   is removed locally (unless local endpoints are still on it: logged).
-//! * Connect to a global network claims its IPv4 address cluster-wide: the lowest
+//! * Connect to a global network claims its IPv4 address, and its IPv6 address on a
+//!   network with an IPv6 subnet, cluster-wide (each the same way): the lowest
 //!   address of the subnet (or range) that is neither the gateway, an auxiliary
 //!   address nor an `ipam/<network>/<ip>` key, claimed create-if-absent (a conflict
 //!   retries with the next one); a static address is claimed the same way (a conflict
 //!   is a 409). The endpoint is recorded as `endpoints/<id>` ([`GlobalEndpoint`]: MAC,
-//!   IPs, this node's VTEP, the sandbox's name) under this node's lease, so both
-//!   vanish with the node. Disconnect deletes both keys.
-//! * On every change under `endpoints/` each global network's tunnel learns the remote
-//!   endpoints ([`crate::driver::Driver::set_remote`]): the VTEPs of the other hosts
-//!   with endpoints on it, each remote MAC's VTEP, each remote IP's MAC.
-//! * Removing a global network is refused (409) while any host has an endpoint on it.
+//!   IPs, this node's VTEP, the sandbox's name, its aliases) under this node's lease,
+//!   so record and claims vanish with the node. Disconnect deletes them.
+//! * The daemon keeps a view of the cluster store ([`ClusterView`]): every
+//!   `endpoints/` record (all hosts', indexed by network) and the `nodes/` names,
+//!   filled by one range of each prefix at start (and when the store comes back,
+//!   below), then updated from each watch event. An endpoint event touches only the
+//!   network(s) of the record before and after it: that network's tunnel is told its
+//!   remote endpoints ([`crate::driver::Driver::set_remote`]: the VTEPs of the other
+//!   hosts with endpoints on it, each remote MAC's VTEP, each remote IP's MAC) and its
+//!   embedded DNS its names. No event reads the store or walks other networks: the
+//!   work per change is that of one network's endpoints. Events of this host's own
+//!   endpoints change no tunnel.
+//! * DNS: a global network's names are its local endpoints' (as any network's) plus,
+//!   from the view, the sandbox name and aliases of every endpoint other hosts have
+//!   on it; a record that goes (disconnect, expiry) takes its names with it.
+//! * `Peers` ([`Controller::global_peers`], network inspect): the hosts with endpoints
+//!   on the network in the view (this one included), by VTEP address, named by their
+//!   `nodes/` record (the address when it has none).
+//! * Prune never removes a global network (see `prune`).
+//! * The store out of reach: the data plane keeps what it was told last (tunnels,
+//!   DNS); every mutation of a global object (create, remove, connect, disconnect)
+//!   fails within the store's timeout as 503 naming the store
+//!   (`StoreError::Unavailable`); local networks are not affected. When the watch
+//!   comes back ([`StoreEvent::Resumed`]) the daemon re-reads `networks/`,
+//!   `endpoints/` and `nodes/` and applies the differences to the view (networks
+//!   adopted or dropped, the tunnels and DNS of the networks whose endpoints changed),
+//!   then writes its own endpoint records that are missing again.
+//! * Own records lost: a `Delete` of one of this host's endpoint records while the
+//!   endpoint is still connected (an expired lease, a hand deletion) writes it again
+//!   (under the locks a disconnect holds, so a disconnect's own deletion is not
+//!   undone); when the node registered again under a new lease (checked every second
+//!   by the idle watch thread), or such a write failed, all its records are written
+//!   again under the current lease. An address claim (`ipam/<network>/<ip>`, whose
+//!   value is its endpoint's id once the endpoint is recorded) that is still this
+//!   endpoint's is kept; one that is gone is claimed create-if-absent again; one taken
+//!   by another endpoint meanwhile leaves the record unwritten (logged: the address is
+//!   in use elsewhere).
+//! * Removing a global network is refused (409) while any host has an endpoint on it
+//!   (any `ipam/<network>/` claim left: one read of that network's claims, not of
+//!   every endpoint of the cluster).
 //! * Restart: a global network's record is not in the local store (it comes back from
 //!   the cluster store), its endpoints on this host are. [`super::Controller::restore`]
 //!   sets those aside (their network is unknown then); once the networks are loaded
@@ -31,18 +66,19 @@
 //!   again; taken: the endpoint is dropped), its addresses reserved, the data plane
 //!   restored as any endpoint's. One that cannot be restored is dropped and logged.
 
-use super::{net_key, Controller, Inner, NETWORKS_LOCK};
+use super::{net_key, sb_key, Controller, Inner, NETWORKS_LOCK};
 use crate::driver::overlay::{parse_vni, vni_for_name, PEERS_OPTION, VXLANID_OPTION};
 use crate::driver::{NetworkRequest, RemoteEndpoints};
 use crate::error::{Error, Result, StoreError};
 use crate::model::{Endpoint, Network};
-use crate::store::etcd::{EtcdStore, LeaseId};
-use crate::store::{Compare, KvOp, KvStore, WatchEvent};
+use crate::store::etcd::{EtcdStore, LeaseId, StoreEvent, NODES};
+use crate::store::{Compare, KvOp, KvStore};
 use crate::txn::{blocking, Txn};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use tapnet_nat::NameRecord;
 
 /// Key prefixes in the cluster store.
 const NETWORKS: &str = "networks/";
@@ -50,6 +86,9 @@ const ENDPOINTS: &str = "endpoints/";
 const NAMES: &str = "names/";
 const VNIS: &str = "vnis/";
 const IPAM: &str = "ipam/";
+
+/// How often the cluster thread, when idle, checks whether the node's lease changed.
+const LEASE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How many VNIs (or addresses) are tried before giving up.
 const ATTEMPTS: u32 = 64;
@@ -84,6 +123,9 @@ pub struct GlobalEndpoint {
     pub network_id: String,
     /// The sandbox's name.
     pub sandbox: String,
+    /// The endpoint's network-scoped aliases (names the embedded DNS answers too).
+    #[serde(default)]
+    pub aliases: Vec<String>,
     /// MAC.
     pub mac: Option<[u8; 6]>,
     /// IPv4 address.
@@ -101,6 +143,7 @@ impl GlobalEndpoint {
             id: endpoint.id.clone(),
             network_id: endpoint.network_id.clone(),
             sandbox: sandbox.to_string(),
+            aliases: endpoint.aliases.clone(),
             mac: endpoint.mac,
             ipv4: endpoint.ipv4,
             ipv6: endpoint.ipv6,
@@ -109,8 +152,169 @@ impl GlobalEndpoint {
     }
 }
 
+/// What this daemon knows of the cluster store (see the module doc): every endpoint
+/// record of a global network by id, indexed by network, and the node records.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterView {
+    endpoints: HashMap<String, GlobalEndpoint>,
+    by_network: HashMap<String, BTreeSet<String>>,
+    /// Node address (as recorded) → node name.
+    nodes: HashMap<IpAddr, String>,
+    /// The lease this node's own records were last written under.
+    written_under: Option<LeaseId>,
+}
+
+impl ClusterView {
+    /// Record `ep`; the record it replaces.
+    fn insert(&mut self, ep: GlobalEndpoint) -> Option<GlobalEndpoint> {
+        self.by_network
+            .entry(ep.network_id.clone())
+            .or_default()
+            .insert(ep.id.clone());
+        let old = self.endpoints.insert(ep.id.clone(), ep);
+        if let Some(o) = &old {
+            let moved = self.endpoints.get(&o.id).map(|n| &n.network_id) != Some(&o.network_id);
+            if moved {
+                self.unindex(&o.network_id, &o.id);
+            }
+        }
+        old
+    }
+
+    /// Forget endpoint `id`; its record.
+    fn remove(&mut self, id: &str) -> Option<GlobalEndpoint> {
+        let old = self.endpoints.remove(id)?;
+        self.unindex(&old.network_id, id);
+        Some(old)
+    }
+
+    fn unindex(&mut self, nid: &str, id: &str) {
+        if let Some(set) = self.by_network.get_mut(nid) {
+            set.remove(id);
+            if set.is_empty() {
+                self.by_network.remove(nid);
+            }
+        }
+    }
+
+    /// The records of the endpoints on network `nid` (every host's).
+    fn on_network<'a>(&'a self, nid: &str) -> impl Iterator<Item = &'a GlobalEndpoint> + 'a {
+        self.by_network
+            .get(nid)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.endpoints.get(id))
+    }
+
+    /// What the tunnel of network `nid` must know: the endpoints not at `own`.
+    fn remote(&self, nid: &str, own: SocketAddr) -> RemoteEndpoints {
+        let mut remote = RemoteEndpoints::default();
+        for e in self.on_network(nid).filter(|e| e.vtep != own) {
+            if !remote.peers.contains(&e.vtep) {
+                remote.peers.push(e.vtep);
+            }
+            if let Some(mac) = e.mac {
+                remote.statics.push((mac, e.vtep));
+                remote
+                    .neighbours
+                    .extend(e.ipv4.map(|ip| (IpAddr::V4(ip), mac)));
+                remote
+                    .neighbours
+                    .extend(e.ipv6.map(|ip| (IpAddr::V6(ip), mac)));
+            }
+        }
+        remote.peers.sort();
+        remote
+    }
+}
+
+/// The address of a node record's key (`nodes/<address>`, an IP or IP:port).
+fn node_address(key: &str) -> Option<IpAddr> {
+    let a = key.strip_prefix(NODES)?;
+    a.parse::<IpAddr>()
+        .ok()
+        .or_else(|| a.parse::<SocketAddr>().ok().map(|s| s.ip()))
+}
+
+/// A node record's name (`{"name": ..., "address": ...}`).
+fn node_name(value: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(value).ok()?;
+    Some(v.get("name")?.as_str()?.to_string())
+}
+
+/// The keys of endpoint record `rec`: `endpoints/<id>`, then its address claims
+/// (`ipam/<network>/<ip>`, IPv4 and IPv6).
+fn record_keys(rec: &GlobalEndpoint) -> Vec<String> {
+    let mut keys = vec![format!("{ENDPOINTS}{}", rec.id)];
+    keys.extend(rec.ipv4.map(|ip| format!("{IPAM}{}/{ip}", rec.network_id)));
+    keys.extend(rec.ipv6.map(|ip| format!("{IPAM}{}/{ip}", rec.network_id)));
+    keys
+}
+
+/// Write the records of this node's endpoint `rec` under `lease` (blocking): if
+/// `endpoints/<id>` is still there they are just written again (moved to the
+/// lease); if it is gone, each address claim is kept if it is still this
+/// endpoint's (its value is the endpoint id) and claimed create-if-absent again if
+/// it is gone; one taken meanwhile by another endpoint is a conflict (nothing
+/// written).
+fn write_own_records(
+    store: &EtcdStore,
+    rec: &GlobalEndpoint,
+    lease: LeaseId,
+    op: &str,
+) -> Result<()> {
+    let value = json("endpoint", rec)?;
+    let keys = record_keys(rec);
+    let read = |k: &str| -> Result<Option<crate::store::KeyValue>> {
+        Ok(store
+            .range(k)
+            .map_err(|e| store_err(op, e))?
+            .into_iter()
+            .find(|kv| kv.key == k))
+    };
+    let ours = read(&keys[0])?.is_some();
+    let mut compares = Vec::new();
+    if !ours {
+        for k in &keys[1..] {
+            let revision = match read(k)? {
+                None => None,
+                Some(kv) if kv.value == rec.id.as_bytes() => Some(kv.revision),
+                Some(_) => {
+                    return Err(Error::Conflict(format!(
+                        "its address was claimed by another endpoint meanwhile ({k})"
+                    )))
+                }
+            };
+            compares.push(Compare {
+                key: k.clone(),
+                revision,
+            });
+        }
+    }
+    let mut ops = vec![KvOp::Put(keys[0].clone(), value)];
+    ops.extend(
+        keys[1..]
+            .iter()
+            .map(|k| KvOp::Put(k.clone(), rec.id.clone().into_bytes())),
+    );
+    store
+        .txn_leased(&compares, &ops, lease)
+        .map(drop)
+        .map_err(|e| match e {
+            StoreError::Conflict { key, .. } => Error::Conflict(format!(
+                "its address was claimed by another endpoint meanwhile ({key})"
+            )),
+            e => store_err(op, e),
+        })
+}
+
+/// A cluster store error of operation `op`; out of reach it reads `<op>: cluster
+/// store: etcd://HOST:PORT is unavailable: <why>` (503).
 fn store_err(op: &str, e: StoreError) -> Error {
-    Error::store(op.to_string(), e)
+    match e {
+        e @ StoreError::Unavailable { .. } => Error::store(format!("{op}: cluster"), e),
+        e => Error::store(op.to_string(), e),
+    }
 }
 
 fn json<T: Serialize>(what: &str, v: &T) -> Result<Vec<u8>> {
@@ -251,34 +455,37 @@ impl Inner {
         Ok(())
     }
 
-    /// The endpoints any host has on global network `nid`.
-    async fn global_endpoints(&self) -> Result<Vec<GlobalEndpoint>> {
+    /// Refuse to remove global network `net` while any host has endpoints on it (or
+    /// is connecting one): any address claim `ipam/<net>/` left (one read of that
+    /// network's claims, described from the view).
+    pub(super) async fn check_global_unused(&self, net: &Network) -> Result<()> {
         let node = self.node()?;
-        let kvs = blocking("read endpoints", move || {
+        let prefix = format!("{IPAM}{}/", net.id);
+        let claims = blocking("read the network's address claims", move || {
             node.store
-                .range(ENDPOINTS)
-                .map_err(|e| store_err("read endpoints", e))
+                .range(&prefix)
+                .map_err(|e| store_err("read the network's address claims", e))
         })
         .await?;
-        Ok(kvs
-            .iter()
-            .filter_map(|kv| serde_json::from_slice::<GlobalEndpoint>(&kv.value).ok())
-            .collect())
-    }
-
-    /// Refuse to remove global network `net` while any host has endpoints on it.
-    pub(super) async fn check_global_unused(&self, net: &Network) -> Result<()> {
-        let mut users: Vec<String> = self
-            .global_endpoints()
-            .await?
-            .into_iter()
-            .filter(|e| e.network_id == net.id)
-            .map(|e| format!("{} on {}", e.sandbox, e.vtep.ip()))
-            .collect();
-        if users.is_empty() {
+        if claims.is_empty() {
             return Ok(());
         }
+        let mut users: Vec<String> = {
+            let view = super::lock(&self.view);
+            claims
+                .iter()
+                .map(|kv| {
+                    let ip = kv.key.rsplit('/').next().unwrap_or_default();
+                    let id = String::from_utf8_lossy(&kv.value);
+                    match view.endpoints.get(id.as_ref()) {
+                        Some(e) => format!("{} on {}", e.sandbox, e.vtep.ip()),
+                        None => format!("an endpoint being connected, {ip}"),
+                    }
+                })
+                .collect()
+        };
         users.sort();
+        users.dedup();
         Err(Error::Conflict(format!(
             "network {} has active endpoints ({}); disconnect them first",
             net.name,
@@ -321,12 +528,72 @@ impl Inner {
         let Some(subnet) = net.subnet else {
             return Ok(requested);
         };
-        let node = self.node()?;
         let range = net.ip_range.unwrap_or(subnet);
         let mut reserved: BTreeSet<Ipv4Addr> = net.aux_addresses.values().copied().collect();
         reserved.extend(net.gateway);
         reserved.insert(subnet.network());
         reserved.insert(subnet.broadcast());
+        let pick = move |taken: &BTreeSet<IpAddr>| {
+            range
+                .hosts()
+                .find(|a| {
+                    subnet.contains(a) && !reserved.contains(a) && !taken.contains(&IpAddr::V4(*a))
+                })
+                .map(IpAddr::V4)
+        };
+        let ip = self
+            .claim_global_address(txn, net, requested.map(IpAddr::V4), range.to_string(), pick)
+            .await?;
+        Ok(match ip {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        })
+    }
+
+    /// Step: claim the IPv6 address of a new endpoint of global network `net` (with
+    /// an IPv6 subnet) as [`Inner::claim_global_ipv4`] does the IPv4 one.
+    pub(super) async fn claim_global_ipv6(
+        &self,
+        txn: &mut Txn,
+        net: &Network,
+        requested: Option<Ipv6Addr>,
+    ) -> Result<Option<Ipv6Addr>> {
+        let Some(v6) = net.ipv6.clone() else {
+            return Ok(requested);
+        };
+        let (subnet, range) = (v6.subnet, v6.ip_range.unwrap_or(v6.subnet));
+        let mut reserved: BTreeSet<Ipv6Addr> = v6.aux_addresses.values().copied().collect();
+        reserved.insert(v6.gateway);
+        reserved.insert(subnet.network());
+        let pick = move |taken: &BTreeSet<IpAddr>| {
+            range
+                .hosts()
+                .find(|a| {
+                    subnet.contains(a) && !reserved.contains(a) && !taken.contains(&IpAddr::V6(*a))
+                })
+                .map(IpAddr::V6)
+        };
+        let ip = self
+            .claim_global_address(txn, net, requested.map(IpAddr::V6), range.to_string(), pick)
+            .await?;
+        Ok(match ip {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        })
+    }
+
+    /// Claim `requested` (taken: 409), else the address `pick` chooses among those
+    /// not taken yet, as `ipam/<nid>/<ip>` create-if-absent under this node's lease;
+    /// a lost race picks again (at most [`ATTEMPTS`] times). Undo: delete the key.
+    async fn claim_global_address(
+        &self,
+        txn: &mut Txn,
+        net: &Network,
+        requested: Option<IpAddr>,
+        range: String,
+        pick: impl Fn(&BTreeSet<IpAddr>) -> Option<IpAddr> + Send + 'static,
+    ) -> Result<IpAddr> {
+        let node = self.node()?;
         let (nid, store, lease) = (net.id.clone(), Arc::clone(&node.store), node.lease());
         let op = txn.op().to_string();
         let ip = blocking("claim an address in the cluster store", move || {
@@ -335,20 +602,15 @@ impl Inner {
                 let ip = match requested {
                     Some(ip) => ip,
                     None => {
-                        let taken: BTreeSet<Ipv4Addr> = store
+                        let taken: BTreeSet<IpAddr> = store
                             .range(&prefix)
                             .map_err(|e| store_err(&op, e))?
                             .iter()
                             .filter_map(|kv| kv.key.strip_prefix(&prefix)?.parse().ok())
                             .collect();
-                        range
-                            .hosts()
-                            .find(|a| {
-                                subnet.contains(a) && !reserved.contains(a) && !taken.contains(a)
-                            })
-                            .ok_or_else(|| {
-                                Error::Conflict(format!("no free address left in {range}"))
-                            })?
+                        pick(&taken).ok_or_else(|| {
+                            Error::Conflict(format!("no free address left in {range}"))
+                        })?
                     }
                 };
                 let key = format!("{prefix}{ip}");
@@ -382,7 +644,7 @@ impl Inner {
                 .map(drop)
                 .map_err(|e| store_err("free address", e))
         });
-        Ok(Some(ip))
+        Ok(ip)
     }
 
     /// Step (the commit of a connect to a global network): record the endpoint under
@@ -396,16 +658,19 @@ impl Inner {
         let node = self.node()?;
         let rec = GlobalEndpoint::of(endpoint, sandbox, node.vtep);
         let value = json("endpoint", &rec)?;
-        let key = format!("{ENDPOINTS}{}", endpoint.id);
-        let (store, k, op, lease) = (
-            Arc::clone(&node.store),
-            key.clone(),
-            txn.op().to_string(),
-            node.lease(),
+        let keys = record_keys(&rec);
+        let key = keys[0].clone();
+        // The address claims now name their endpoint (see `write_own_records`).
+        let mut ops = vec![KvOp::Put(key.clone(), value)];
+        ops.extend(
+            keys[1..]
+                .iter()
+                .map(|k| KvOp::Put(k.clone(), endpoint.id.clone().into_bytes())),
         );
+        let (store, op, lease) = (Arc::clone(&node.store), txn.op().to_string(), node.lease());
         blocking("record the endpoint in the cluster store", move || {
             store
-                .txn_leased(&[], &[KvOp::Put(k, value)], lease)
+                .txn_leased(&[], &ops, lease)
                 .map(drop)
                 .map_err(|e| store_err(&op, e))
         })
@@ -434,12 +699,8 @@ impl Inner {
         let node = self.node()?;
         let rec = GlobalEndpoint::of(endpoint, sandbox, node.vtep);
         let value = json("endpoint", &rec)?;
-        let ek = format!("{ENDPOINTS}{}", endpoint.id);
-        let ik = endpoint
-            .ipv4
-            .map(|ip| format!("{IPAM}{}/{ip}", endpoint.network_id));
-        let mut ops = vec![KvOp::Delete(ek.clone())];
-        ops.extend(ik.clone().map(KvOp::Delete));
+        let keys = record_keys(&rec);
+        let ops: Vec<KvOp> = keys.iter().cloned().map(KvOp::Delete).collect();
         let (store, op) = (Arc::clone(&node.store), txn.op().to_string());
         blocking("delete the endpoint from the cluster store", move || {
             store
@@ -452,8 +713,12 @@ impl Inner {
         txn.on_undo(
             "record the endpoint in the cluster store again",
             move || {
-                let mut ops = vec![KvOp::Put(ek, value)];
-                ops.extend(ik.map(|k| KvOp::Put(k, Vec::new())));
+                let mut ops = vec![KvOp::Put(keys[0].clone(), value)];
+                ops.extend(
+                    keys[1..]
+                        .iter()
+                        .map(|k| KvOp::Put(k.clone(), rec.id.clone().into_bytes())),
+                );
                 store
                     .txn_leased(&[], &ops, node.lease())
                     .map(drop)
@@ -531,42 +796,15 @@ impl Inner {
         let mut txn = Txn::new(format!("restore {} on network {}", sb.name, net.name));
         let r = async {
             let rec = GlobalEndpoint::of(ep, &sb.name, node.vtep);
-            let value = json("endpoint", &rec)?;
-            let ek = format!("{ENDPOINTS}{}", ep.id);
-            let ik = ep.ipv4.map(|ip| format!("{IPAM}{}/{ip}", ep.network_id));
             let (store, lease, op) = (Arc::clone(&node.store), node.lease(), txn.op().to_string());
-            let (ek2, ik2) = (ek.clone(), ik.clone());
+            let keys = record_keys(&rec);
             blocking("claim the endpoint again", move || {
-                let ours = store
-                    .range(&ek2)
-                    .map_err(|e| store_err(&op, e))?
-                    .iter()
-                    .any(|kv| kv.key == ek2);
-                // Ours still (restarted within the TTL): just move it to the new lease.
-                let compares: Vec<Compare> = match (&ik2, ours) {
-                    (Some(k), false) => vec![Compare {
-                        key: k.clone(),
-                        revision: None,
-                    }],
-                    _ => Vec::new(),
-                };
-                let mut ops = vec![KvOp::Put(ek2, value)];
-                ops.extend(ik2.map(|k| KvOp::Put(k, Vec::new())));
-                store
-                    .txn_leased(&compares, &ops, lease)
-                    .map(drop)
-                    .map_err(|e| match e {
-                        StoreError::Conflict { key, .. } => Error::Conflict(format!(
-                            "its address was claimed by another host meanwhile ({key})"
-                        )),
-                        e => store_err(&op, e),
-                    })
+                write_own_records(&store, &rec, lease, &op)
             })
             .await?;
             let store = Arc::clone(&node.store);
             txn.on_undo("delete the endpoint's cluster records", move || {
-                let mut ops = vec![KvOp::Delete(ek)];
-                ops.extend(ik.map(KvOp::Delete));
+                let ops: Vec<KvOp> = keys.into_iter().map(KvOp::Delete).collect();
                 store
                     .txn(&[], &ops)
                     .map(drop)
@@ -670,64 +908,328 @@ impl Inner {
         tracing::info!(network = %net.name, "global network removed (gone from the cluster store)");
     }
 
-    /// Tell every global network's tunnel where the remote endpoints are.
-    async fn refresh_remote(&self) {
+    /// Tell network `nid`'s tunnel where its remote endpoints are, and its DNS their
+    /// names (work proportional to that network's endpoints).
+    async fn refresh_network(&self, nid: &str) {
         let Ok(node) = self.node() else { return };
-        let eps = match self.global_endpoints().await {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading endpoints from the cluster store");
-                return;
-            }
+        let Some(net) = self.model().networks.get(nid).cloned() else {
+            return;
         };
-        let store = self.model();
-        for (nid, net) in &store.networks {
-            if !self.is_global(nid) {
-                continue;
-            }
-            let mut remote = RemoteEndpoints::default();
-            for e in eps
-                .iter()
-                .filter(|e| &e.network_id == nid && e.vtep != node.vtep)
-            {
-                if !remote.peers.contains(&e.vtep) {
-                    remote.peers.push(e.vtep);
-                }
-                if let Some(mac) = e.mac {
-                    remote.statics.push((mac, e.vtep));
-                    remote
-                        .neighbours
-                        .extend(e.ipv4.map(|ip| (IpAddr::V4(ip), mac)));
-                    remote
-                        .neighbours
-                        .extend(e.ipv6.map(|ip| (IpAddr::V6(ip), mac)));
-                }
-            }
-            let Ok(driver) = self.drivers.get(&net.driver) else {
-                continue;
-            };
-            let (id, name) = (nid.clone(), net.name.clone());
-            tracing::debug!(network = %name, ?remote, "remote endpoints");
+        if !self.is_global(nid) {
+            return;
+        }
+        let remote = super::lock(&self.view).remote(nid, node.vtep);
+        if let Ok(driver) = self.drivers.get(&net.driver) {
+            let id = nid.to_string();
+            tracing::debug!(network = %net.name, ?remote, "remote endpoints");
             if let Err(e) = blocking("set remote endpoints", move || {
                 driver.set_remote(&id, &remote)
             })
             .await
             {
-                tracing::warn!(network = %name, error = %e, "updating the tunnel's remote endpoints");
+                tracing::warn!(network = %net.name, error = %e, "updating the tunnel's remote endpoints");
+            }
+        }
+        self.refresh_names(nid).await;
+    }
+
+    /// Add the names and aliases of the endpoints other hosts have on global network
+    /// `nid` to `names` (the local ones).
+    pub(super) fn add_remote_names(&self, nid: &str, names: &mut Vec<NameRecord>) {
+        let Some(own) = self.cluster.as_ref().map(|c| c.vtep) else {
+            return;
+        };
+        let view = super::lock(&self.view);
+        let mut by_name: BTreeMap<String, NameRecord> =
+            names.drain(..).map(|r| (r.name.clone(), r)).collect();
+        for e in view.on_network(nid).filter(|e| e.vtep != own) {
+            for n in e.aliases.iter().chain(std::iter::once(&e.sandbox)) {
+                let n = n.trim_end_matches('.').to_ascii_lowercase();
+                if n.is_empty() {
+                    continue;
+                }
+                let r = by_name.entry(n.clone()).or_insert_with(|| NameRecord {
+                    name: n,
+                    ipv4s: Vec::new(),
+                    ipv6s: Vec::new(),
+                });
+                if let Some(a) = e.ipv4.filter(|a| !r.ipv4s.contains(a)) {
+                    r.ipv4s.push(a);
+                }
+                if let Some(a) = e.ipv6.filter(|a| !r.ipv6s.contains(a)) {
+                    r.ipv6s.push(a);
+                }
+            }
+        }
+        *names = by_name.into_values().collect();
+    }
+
+    /// The hosts with endpoints on global network `nid` (node name, VTEP address),
+    /// by address; `None` for a network that is not global.
+    pub(super) fn global_peers(&self, nid: &str) -> Option<Vec<(String, IpAddr)>> {
+        if !self.is_global(nid) {
+            return None;
+        }
+        let view = super::lock(&self.view);
+        let ips: BTreeSet<IpAddr> = view.on_network(nid).map(|e| e.vtep.ip()).collect();
+        Some(
+            ips.into_iter()
+                .map(|ip| {
+                    let name = view
+                        .nodes
+                        .get(&ip)
+                        .cloned()
+                        .unwrap_or_else(|| ip.to_string());
+                    (name, ip)
+                })
+                .collect(),
+        )
+    }
+
+    /// Apply an endpoint record that appeared or changed.
+    async fn on_endpoint_put(&self, key: &str, value: &[u8]) {
+        let rec = match serde_json::from_slice::<GlobalEndpoint>(value) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "bad endpoint record; ignored");
+                return;
+            }
+        };
+        let Ok(node) = self.node() else { return };
+        let old = super::lock(&self.view).insert(rec.clone());
+        if old.as_ref() == Some(&rec) {
+            return;
+        }
+        let mut affected = BTreeSet::new();
+        for r in old.iter().chain(std::iter::once(&rec)) {
+            if r.vtep != node.vtep {
+                affected.insert(r.network_id.clone());
+            }
+        }
+        for nid in affected {
+            self.refresh_network(&nid).await;
+        }
+    }
+
+    /// Apply an endpoint record that disappeared: another host's leaves the tunnel;
+    /// one of this host's that is still connected (it expired with a lease, or was
+    /// deleted by hand) is written again.
+    async fn on_endpoint_delete(&self, key: &str) {
+        let id = &key[ENDPOINTS.len()..];
+        let Ok(node) = self.node() else { return };
+        let Some(old) = super::lock(&self.view).remove(id) else {
+            return;
+        };
+        if old.vtep != node.vtep {
+            self.refresh_network(&old.network_id).await;
+            return;
+        }
+        self.keep_own_record(&node, &old.network_id, id).await;
+    }
+
+    /// Write own endpoint `id` of network `nid` again if it is still connected here
+    /// (under the locks of a disconnect, which deletes it on purpose).
+    async fn keep_own_record(&self, node: &ClusterNode, nid: &str, id: &str) {
+        let sid = match self
+            .model()
+            .networks
+            .get(nid)
+            .and_then(|n| n.endpoints.get(id))
+        {
+            Some(e) => e.sandbox_id.clone(),
+            None => return,
+        };
+        let _held = self.locks.acquire([net_key(nid), sb_key(&sid)]).await;
+        let store = self.model();
+        let (Some(ep), Some(sb)) = (
+            store.networks.get(nid).and_then(|n| n.endpoints.get(id)),
+            store.sandboxes.get(&sid),
+        ) else {
+            return;
+        };
+        let rec = GlobalEndpoint::of(ep, &sb.name, node.vtep);
+        let (st, lease) = (Arc::clone(&node.store), node.lease());
+        let r = blocking("write the endpoint's record again", move || {
+            write_own_records(&st, &rec, lease, "write the endpoint's record again")
+        })
+        .await;
+        match r {
+            Ok(()) => tracing::info!(sandbox = %sb.name, endpoint = %id,
+                "endpoint record was gone from the cluster store; written again"),
+            Err(e) => {
+                tracing::warn!(sandbox = %sb.name, endpoint = %id, error = %e,
+                    "endpoint record gone from the cluster store; cannot write it again now (retried)");
+                // The next idle check writes all this host's records again.
+                super::lock(&self.view).written_under = None;
             }
         }
     }
 
+    /// This node's endpoints on global networks: (record, sandbox name).
+    fn own_records(&self, node: &ClusterNode) -> Vec<GlobalEndpoint> {
+        let store = self.model();
+        store
+            .networks
+            .values()
+            .filter(|n| self.is_global(&n.id))
+            .flat_map(|n| n.endpoints.values())
+            .filter_map(|e| {
+                let sb = store.sandboxes.get(&e.sandbox_id)?;
+                Some(GlobalEndpoint::of(e, &sb.name, node.vtep))
+            })
+            .collect()
+    }
+
+    /// Write this node's endpoint records again under the node's current lease if it
+    /// changed (the node registered again after an expiry), or those of `missing`
+    /// (ids gone from the store). Failures are retried at the next call.
+    async fn rewrite_own_records(&self, missing: Option<&BTreeSet<String>>) {
+        let Ok(node) = self.node() else { return };
+        let lease = node.lease();
+        let changed = super::lock(&self.view).written_under != Some(lease);
+        if !changed && missing.is_none_or(BTreeSet::is_empty) {
+            return;
+        }
+        let recs: Vec<GlobalEndpoint> = self
+            .own_records(&node)
+            .into_iter()
+            .filter(|r| changed || missing.is_some_and(|m| m.contains(&r.id)))
+            .collect();
+        if recs.is_empty() {
+            super::lock(&self.view).written_under = Some(lease);
+            return;
+        }
+        let store = Arc::clone(&node.store);
+        let r = blocking("write endpoint records again", move || {
+            let mut first_err = None;
+            for rec in &recs {
+                match write_own_records(&store, rec, lease, "write endpoint records again") {
+                    Ok(()) => tracing::info!(endpoint = %rec.id, sandbox = %rec.sandbox,
+                        "endpoint record written again under the node's lease"),
+                    Err(e @ Error::Conflict(_)) => tracing::error!(endpoint = %rec.id,
+                        sandbox = %rec.sandbox, error = %e, "endpoint record cannot be written again"),
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            first_err.map_or(Ok(()), Err)
+        })
+        .await;
+        match r {
+            Ok(()) => super::lock(&self.view).written_under = Some(lease),
+            Err(e) => tracing::warn!(error = %e, "writing endpoint records again; retried later"),
+        }
+    }
+
+    /// Read the cluster store again and apply the differences (at start, and when
+    /// the watch comes back after the store was out of reach): networks created and
+    /// removed, endpoint records (the tunnels and DNS of the networks whose endpoints
+    /// changed), node names; then this node's records that are missing are written
+    /// again.
+    async fn resync(&self, first: bool) -> Result<()> {
+        let node = self.node()?;
+        let store = Arc::clone(&node.store);
+        let (nets, eps, nodes) = blocking("read the cluster store", move || {
+            let r = |p: &str| {
+                store
+                    .range(p)
+                    .map_err(|e| store_err("read the cluster store", e))
+            };
+            Ok((r(NETWORKS)?, r(ENDPOINTS)?, r(NODES)?))
+        })
+        .await?;
+        let mut seen = BTreeSet::new();
+        for kv in nets {
+            match serde_json::from_slice::<Network>(&kv.value) {
+                Ok(net) => {
+                    seen.insert(net.id.clone());
+                    self.adopt_global_network(net).await;
+                }
+                Err(e) => tracing::warn!(key = %kv.key, error = %e, "bad network record"),
+            }
+        }
+        let gone: Vec<String> = super::lock(&self.global)
+            .iter()
+            .filter(|id| !seen.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.drop_global_network(&id).await;
+        }
+        self.install_all_keys().await;
+        if first {
+            self.restore_global_endpoints().await;
+        }
+        let mut fresh: HashMap<String, GlobalEndpoint> = HashMap::new();
+        for kv in eps {
+            match serde_json::from_slice::<GlobalEndpoint>(&kv.value) {
+                Ok(e) => {
+                    fresh.insert(e.id.clone(), e);
+                }
+                Err(e) => tracing::warn!(key = %kv.key, error = %e, "bad endpoint record"),
+            }
+        }
+        let mut affected = BTreeSet::new();
+        {
+            let mut view = super::lock(&self.view);
+            let old_ids: Vec<String> = view.endpoints.keys().cloned().collect();
+            for id in old_ids {
+                if !fresh.contains_key(&id) {
+                    if let Some(o) = view.remove(&id) {
+                        affected.insert(o.network_id);
+                    }
+                }
+            }
+            for (_, e) in fresh.iter() {
+                if view.endpoints.get(&e.id) != Some(e) {
+                    affected.insert(e.network_id.clone());
+                    if let Some(o) = view.insert(e.clone()) {
+                        affected.insert(o.network_id);
+                    }
+                }
+            }
+            view.nodes = nodes
+                .iter()
+                .filter_map(|kv| Some((node_address(&kv.key)?, node_name(&kv.value)?)))
+                .collect();
+        }
+        if first {
+            affected.extend(super::lock(&self.global).iter().cloned());
+        }
+        for nid in affected {
+            self.refresh_network(&nid).await;
+        }
+        let missing: BTreeSet<String> = self
+            .own_records(&node)
+            .into_iter()
+            .map(|r| r.id)
+            .filter(|id| !fresh.contains_key(id))
+            .collect();
+        self.rewrite_own_records(Some(&missing)).await;
+        Ok(())
+    }
+
     /// Apply one change of the cluster store.
-    async fn on_cluster_event(&self, ev: WatchEvent) {
+    async fn on_cluster_event(&self, ev: StoreEvent) {
+        let ev = match ev {
+            StoreEvent::Change(ev) => ev,
+            StoreEvent::Resumed => {
+                tracing::info!("cluster store reachable again: re-reading it");
+                if let Err(e) = self.resync(false).await {
+                    tracing::warn!(error = %e, "re-reading the cluster store");
+                }
+                return;
+            }
+        };
         match &ev.op {
             KvOp::Put(k, v) if k.starts_with(NETWORKS) => {
                 match serde_json::from_slice::<Network>(v) {
                     Ok(net) => {
-                        let id = net.id.clone();
+                        let nid = net.id.clone();
                         self.adopt_global_network(net).await;
-                        self.install_keys(&id).await;
-                        self.refresh_remote().await;
+                        self.install_keys(&nid).await;
+                        self.refresh_network(&nid).await;
                     }
                     Err(e) => tracing::warn!(key = %k, error = %e, "bad network record"),
                 }
@@ -735,7 +1237,18 @@ impl Inner {
             KvOp::Delete(k) if k.starts_with(NETWORKS) => {
                 self.drop_global_network(&k[NETWORKS.len()..]).await;
             }
-            op if op.key().starts_with(ENDPOINTS) => self.refresh_remote().await,
+            KvOp::Put(k, v) if k.starts_with(ENDPOINTS) => self.on_endpoint_put(k, v).await,
+            KvOp::Delete(k) if k.starts_with(ENDPOINTS) => self.on_endpoint_delete(k).await,
+            KvOp::Put(k, v) if k.starts_with(NODES) => {
+                if let (Some(ip), Some(name)) = (node_address(k), node_name(v)) {
+                    super::lock(&self.view).nodes.insert(ip, name);
+                }
+            }
+            KvOp::Delete(k) if k.starts_with(NODES) => {
+                if let Some(ip) = node_address(k) {
+                    super::lock(&self.view).nodes.remove(&ip);
+                }
+            }
             op if op.key().starts_with(super::keys::KEYS) => self.on_keys_event(op).await,
             _ => {}
         }
@@ -752,38 +1265,100 @@ impl Controller {
         };
         // Watch first, so that nothing committed after the load is missed (what both
         // see is applied twice, harmlessly).
-        let rx = node.store.watch("");
-        let store = Arc::clone(&node.store);
-        let nets = blocking("read networks", move || {
-            store
-                .range(NETWORKS)
-                .map_err(|e| store_err("read global networks", e))
-        })
-        .await?;
-        for kv in nets {
-            match serde_json::from_slice::<Network>(&kv.value) {
-                Ok(net) => self.inner.adopt_global_network(net).await,
-                Err(e) => tracing::warn!(key = %kv.key, error = %e, "bad network record"),
-            }
-        }
-        self.inner.install_all_keys().await;
+        let rx = node.store.watch_events("");
+        self.inner.resync(true).await?;
         self.start_key_rotation()?;
-        self.inner.restore_global_endpoints().await;
-        self.inner.refresh_remote().await;
         let inner = Arc::clone(&self.inner);
         let rt = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("tapnet-cluster".into())
-            .spawn(move || {
-                for ev in rx {
-                    rt.block_on(inner.on_cluster_event(ev));
+            .spawn(move || loop {
+                match rx.recv_timeout(LEASE_CHECK) {
+                    Ok(ev) => rt.block_on(inner.on_cluster_event(ev)),
+                    // The node's lease may have changed (registered again after an
+                    // expiry): its records follow.
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        rt.block_on(inner.rewrite_own_records(None));
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                        tracing::warn!("cluster store watch ended");
+                        return;
+                    }
                 }
-                tracing::warn!("cluster store watch ended");
             })
             .map_err(|e| Error::Task {
                 op: "start the cluster store watch".into(),
                 message: e.to_string(),
             })?;
         Ok(())
+    }
+
+    /// The hosts with endpoints on global network `nid` (node name, VTEP address);
+    /// `None` for a network that is not global.
+    pub fn global_peers(&self, nid: &str) -> Option<Vec<(String, IpAddr)>> {
+        self.inner.global_peers(nid)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, nid: &str, host: u8, mac: u8) -> GlobalEndpoint {
+        GlobalEndpoint {
+            id: id.into(),
+            network_id: nid.into(),
+            sandbox: format!("s{id}"),
+            aliases: Vec::new(),
+            mac: Some([2, 0, 0, 0, 0, mac]),
+            ipv4: Some(Ipv4Addr::new(10, 0, 0, mac)),
+            ipv6: None,
+            vtep: SocketAddr::from(([192, 0, 2, host], 4789)),
+        }
+    }
+
+    #[test]
+    fn view_applies_deltas_per_network() {
+        let own = SocketAddr::from(([192, 0, 2, 1], 4789));
+        let mut v = ClusterView::default();
+        assert!(v.insert(rec("a", "n1", 1, 1)).is_none());
+        assert!(v.insert(rec("b", "n1", 2, 2)).is_none());
+        assert!(v.insert(rec("c", "n2", 3, 3)).is_none());
+        let r = v.remote("n1", own);
+        assert_eq!(r.peers, vec![SocketAddr::from(([192, 0, 2, 2], 4789))]);
+        assert_eq!(r.statics.len(), 1);
+        assert_eq!(
+            r.neighbours,
+            vec![(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), [2, 0, 0, 0, 0, 2])]
+        );
+        // A record that moves to another network leaves the first one's index.
+        let old = v.insert(rec("b", "n2", 2, 2)).unwrap();
+        assert_eq!(old.network_id, "n1");
+        assert_eq!(v.remote("n1", own), RemoteEndpoints::default());
+        assert_eq!(v.remote("n2", own).peers.len(), 2);
+        assert_eq!(v.remove("c").unwrap().id, "c");
+        assert!(v.remove("c").is_none());
+        v.remove("b");
+        assert!(!v.by_network.contains_key("n2"));
+        assert_eq!(v.on_network("n1").count(), 1);
+    }
+
+    #[test]
+    fn node_records() {
+        assert_eq!(
+            node_address("nodes/192.0.2.1"),
+            Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)))
+        );
+        assert_eq!(
+            node_address("nodes/192.0.2.1:7946"),
+            Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)))
+        );
+        assert_eq!(node_address("nodes/x"), None);
+        assert_eq!(
+            node_name(br#"{"name":"h1","address":"192.0.2.1"}"#).as_deref(),
+            Some("h1")
+        );
+        assert_eq!(node_name(b"{"), None);
     }
 }

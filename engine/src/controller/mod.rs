@@ -222,6 +222,9 @@ pub(crate) struct Inner {
     /// Endpoints restored from the local store whose (global) network is not known
     /// yet: restored by [`Controller::start_cluster_sync`] once the networks are loaded.
     pending_global: Mutex<Vec<model::Endpoint>>,
+    /// What this daemon knows of the cluster store (endpoints of global networks,
+    /// nodes), kept up to date from the watch.
+    view: Mutex<global::ClusterView>,
     /// The host's nameservers: a sandbox's resolv.conf before it joins a bridge network.
     nameservers: Vec<IpAddr>,
     ipam: Arc<Mutex<Box<dyn Ipam>>>,
@@ -282,6 +285,7 @@ impl Controller {
                 cluster: None,
                 global: Mutex::new(HashSet::new()),
                 pending_global: Mutex::new(Vec::new()),
+                view: Mutex::default(),
                 nameservers: Vec::new(),
                 ipam: Arc::new(Mutex::new(ipam)),
                 netns: Mutex::new(HashMap::new()),
@@ -602,7 +606,10 @@ impl Inner {
         if !driver.capabilities().gateway_service {
             return;
         }
-        let names = sandbox_files::names_for(net, &store.sandboxes);
+        let mut names = sandbox_files::names_for(net, &store.sandboxes);
+        if self.is_global(nid) {
+            self.add_remote_names(nid, &mut names);
+        }
         let id = nid.to_string();
         if let Err(e) = blocking("set DNS names", move || driver.set_names(&id, names)).await {
             tracing::warn!(network = %net.name, error = %e, "updating DNS names");

@@ -22,7 +22,9 @@
 //!   from the next one on a background task: a transaction's writes arrive in commit
 //!   order with their revision. After an error the task reconnects and resumes after
 //!   the last revision delivered (events compacted meanwhile are lost, and logged).
-//!   The channel closes when the store is dropped.
+//!   The channel closes when the store is dropped. [`EtcdStore::watch_events`] also
+//!   says when the watch is back after such an error or a compaction
+//!   ([`StoreEvent::Resumed`]: its reader should re-read what it follows).
 //! * Leases ([`EtcdStore::grant_lease`]): a lease is kept alive by a background task
 //!   until [`EtcdStore::stop_keep_alive`] or [`EtcdStore::revoke_lease`]; keys put
 //!   with [`EtcdStore::txn_leased`] disappear when it expires (its TTL after the last
@@ -30,7 +32,9 @@
 //!   `EtcdStore`-only operation for now.
 //! * [`EtcdStore::register_node`] writes `nodes/<address>` under a lease it keeps
 //!   alive, and writes it again under a new lease should that one expire anyway
-//!   ([`EtcdStore::node_lease`] is the current one).
+//!   ([`EtcdStore::node_lease`] is the current one). The keep-alive takes a lease as
+//!   gone when etcd answers with a TTL of 0 or, on reconnecting, says it is not
+//!   found (expired while the store was out of reach, or revoked).
 //! * [`parse_url`] reads `--cluster-store etcd://HOST:PORT[,HOST:PORT...]`.
 
 use super::{Compare, KeyValue, KvOp, KvStore, Revision, StoreError, WatchEvent};
@@ -403,6 +407,36 @@ impl KvStore for EtcdStore {
 
     fn watch(&self, prefix: &str) -> crossbeam_channel::Receiver<WatchEvent> {
         let (tx, rx) = crossbeam_channel::unbounded();
+        self.spawn_watch(prefix, move |ev| match ev {
+            StoreEvent::Change(w) => tx.send(w).is_ok(),
+            StoreEvent::Resumed => true,
+        });
+        rx
+    }
+}
+
+/// What [`EtcdStore::watch_events`] delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// A committed write.
+    Change(WatchEvent),
+    /// The watch is back after the store was out of reach (or after events were
+    /// compacted away): what happened meanwhile may be incomplete, re-read.
+    Resumed,
+}
+
+impl EtcdStore {
+    /// [`KvStore::watch`], plus [`StoreEvent::Resumed`] each time the watch comes
+    /// back after an error (the store was unreachable) or a compaction.
+    pub fn watch_events(&self, prefix: &str) -> crossbeam_channel::Receiver<StoreEvent> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.spawn_watch(prefix, move |ev| tx.send(ev).is_ok());
+        rx
+    }
+
+    /// Start the watch task of [`KvStore::watch`]; `sink` returns false when nobody
+    /// listens any more.
+    fn spawn_watch(&self, prefix: &str, sink: impl Fn(StoreEvent) -> bool + Send + 'static) {
         // From the next revision: what is committed after this call returns is seen.
         let mut next = match self.current_revision() {
             Ok(r) => r as i64 + 1,
@@ -417,6 +451,8 @@ impl KvStore for EtcdStore {
         let store = self.describe();
         self.rt().spawn(async move {
             let mut watcher = client.watch_client();
+            // Whether the watch failed since the last event delivered.
+            let mut lost = false;
             loop {
                 let mut opts = etcd::WatchOptions::new().with_prefix();
                 if next > 0 {
@@ -429,6 +465,14 @@ impl KvStore for EtcdStore {
                                 if resp.compact_revision() > 0 {
                                     tracing::warn!(%store, from = next, to = resp.compact_revision(), "watch: events compacted away; resuming after them");
                                     next = resp.compact_revision();
+                                    lost = true;
+                                }
+                                if lost && (resp.created() || !resp.events().is_empty()) {
+                                    lost = false;
+                                    tracing::info!(%store, "watch: the store answers again");
+                                    if !sink(StoreEvent::Resumed) {
+                                        return;
+                                    }
                                 }
                                 for ev in resp.events() {
                                     let Some(kv) = ev.kv() else { continue };
@@ -446,34 +490,38 @@ impl KvStore for EtcdStore {
                                     };
                                     let revision = kv.mod_revision();
                                     next = next.max(revision + 1);
-                                    if tx
-                                        .send(WatchEvent {
-                                            revision: revision as Revision,
-                                            op,
-                                        })
-                                        .is_err()
-                                    {
+                                    if !sink(StoreEvent::Change(WatchEvent {
+                                        revision: revision as Revision,
+                                        op,
+                                    })) {
                                         return; // nobody listens any more
                                     }
                                 }
                                 if resp.canceled() {
                                     tracing::warn!(%store, reason = resp.cancel_reason(), "watch cancelled by the store; re-watching");
+                                    lost = true;
                                     break;
                                 }
                             }
-                            Ok(None) => break,
+                            Ok(None) => {
+                                lost = true;
+                                break;
+                            }
                             Err(e) => {
                                 tracing::warn!(%store, error = %e, "watch failed; re-watching");
+                                lost = true;
                                 break;
                             }
                         }
                     },
-                    Err(e) => tracing::debug!(%store, error = %e, "watch: cannot reach the store"),
+                    Err(e) => {
+                        lost = true;
+                        tracing::debug!(%store, error = %e, "watch: cannot reach the store");
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         });
-        rx
     }
 }
 
@@ -521,6 +569,8 @@ async fn keep_alive(client: &etcd::Client, id: i64, secs: i64, store: &str) {
                 }
                 tokio::time::sleep(period).await;
             },
+            // The client's own check of the first answer: the lease is gone.
+            Err(etcd::Error::LeaseKeepAliveError(m)) if m.contains("not found") => return,
             Err(e) => tracing::warn!(%store, lease = id, error = %e, "lease keep-alive failed"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
