@@ -162,7 +162,8 @@ for s in $(seq 1 "$SAMPLES"); do
     JOBS=()
     for i in $(seq 1 "$N"); do
         [ "$i" = "$k" ] && continue
-        timeout 60 nsenter --net="${PNS[$i]}" sh -c "until ping -n -q -c 1 -W 0.05 $target >/dev/null 2>&1; do :; done; date +%s.%N" >"$W/reach.$i" &
+        # One ping process per host: a request every 50 ms until the first reply (no spawn storm).
+        timeout 60 nsenter --net="${PNS[$i]}" sh -c "until ping -n -q -c 1 -i 0.05 -w 30 $target >/dev/null 2>&1; do sleep 0.05; done; date +%s.%N" >"$W/reach.$i" &
         JOBS+=($!)
     done
     wait "${JOBS[@]}"
