@@ -51,7 +51,15 @@ pub fn in_namespace(name: &str, body: impl FnOnce(&mut Env)) {
             "private",
         ])
         .arg(&exe)
-        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+        // --include-ignored: the outer run already chose this test (`-- --ignored` too).
+        .args([
+            "--exact",
+            name,
+            "--nocapture",
+            "--test-threads",
+            "1",
+            "--include-ignored",
+        ])
         .env(INNER_ENV, name)
         .env(ROOT_ENV, &root)
         .stdin(Stdio::null())
