@@ -178,7 +178,7 @@ $PY - "$N" "$MODE" "${#LAT[@]}" "${LAT[@]}" "${#CONN[@]}" "${CONN[@]}" "${EACH[@
 import sys
 a = sys.argv[1:]
 n, mode = int(a[0]), a[1]
-k = int(a[2]); lat = sorted(map(float, a[3:3 + k])); a = a[3 + k:]
+k = int(a[2]); lat_in_order = list(map(float, a[3:3 + k])); lat = sorted(lat_in_order); a = a[3 + k:]
 k = int(a[0]); conn = sorted(map(float, a[1:1 + k])); each = sorted(map(float, a[1 + k:]))
 def p(v, q):
     return v[min(len(v) - 1, int(q * len(v)))]
@@ -188,6 +188,7 @@ print(f"one connect at a time, {len(lat)} samples (times from the start of the c
 print(f"  the connect call itself: {line(conn)}")
 print(f"  reachable (by {mode}) from each other host: {line(each)}")
 print(f"  reachable from all {n - 1} other hosts: {line(lat)}")
+print("  per sample, in order (ms): " + " ".join(f"{x:.0f}" for x in lat_in_order))
 EOF
 $PY - "$SAMPLES" "$R0" "$R1" "$RX0" "$RX1" "$TX0" "$TX1" <<'EOF'
 import sys
