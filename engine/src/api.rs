@@ -568,6 +568,14 @@ pub fn stats_resource(net: &Network, report: &NetworkReport, store: &Store) -> S
                 .map(|p| port_stats_resource(p, "", "gateway")),
             ..gateway_stats_resource(g)
         }),
+        tunnel: report
+            .tunnel
+            .as_ref()
+            .map(|t| tapnet_types::api::TunnelStatsResource {
+                vni: t.vni,
+                port: t.port.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+                socket: t.socket.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+            }),
     }
 }
 

@@ -408,12 +408,16 @@ impl Switch {
 
     /// Give `port` a role and a policy (replacing what it had). Setting a checked policy
     /// also forgets FDB entries learned on `port` for any other MAC, so an address change
-    /// takes effect at once.
+    /// takes effect at once, and the entry of the policy's MAC learned on another port:
+    /// the port owns that MAC now (an overlay endpoint that takes the address, and so
+    /// the MAC, of a remote one that left must not stay hidden behind the tunnel port
+    /// until the stale entry ages out).
     pub fn set_port(&mut self, port: PortId, role: PortRole, policy: Option<PortPolicy>) {
         let state = PortState::new(role, policy);
         if state.checked {
             let mac = state.mac;
-            self.fdb.retain(|&m, e| e.port != port || m == mac);
+            self.fdb
+                .retain(|&m, e| (e.port != port || m == mac) && (m != mac || e.port == port));
         }
         self.ports.insert(port, state);
         self.refresh_filtering();

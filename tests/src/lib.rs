@@ -51,7 +51,15 @@ pub fn in_namespace(name: &str, body: impl FnOnce(&mut Env)) {
             "private",
         ])
         .arg(&exe)
-        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+        // --include-ignored: the outer run already chose this test (`-- --ignored` too).
+        .args([
+            "--exact",
+            name,
+            "--nocapture",
+            "--test-threads",
+            "1",
+            "--include-ignored",
+        ])
         .env(INNER_ENV, name)
         .env(ROOT_ENV, &root)
         .stdin(Stdio::null())
@@ -1173,4 +1181,191 @@ pub fn etcd_client(timeout: Duration) -> Option<tapnet_engine::store::etcd::Etcd
         timeout,
     )
     .ok()
+}
+
+// ---------------------------------------------------------------------------------------
+// A cluster: N "hosts" on one underlay, one etcd (the three-host overlay tests).
+// ---------------------------------------------------------------------------------------
+
+/// The underlay bridge of a [`Cluster`], in the test's own namespace.
+pub const UNDERLAY_BRIDGE: &str = "ul0";
+/// The test namespace's address on the underlay bridge, where etcd serves the hosts.
+pub const UNDERLAY_ETCD: &str = "192.0.2.254";
+
+/// N "hosts" joined by one underlay (see [`Env::cluster`]); host `i` (0-based) is the
+/// network namespace `h{i+1}` with `eth0` 192.0.2.`i+1`/24, its own `tapnetd` (socket,
+/// data root and exec root under `<root>/h{i+1}/`) with the cluster store.
+pub struct Cluster {
+    /// The hosts' daemons; `hosts[i]` is `h{i+1}`.
+    pub hosts: Vec<Env>,
+    /// The etcd every host uses (listening on the underlay and on loopback).
+    pub etcd: Etcd,
+    flags: Vec<Vec<String>>,
+}
+
+impl Env {
+    /// Make a host on the underlay bridge `bridge` of this test's namespace: a network
+    /// namespace `/run/netns/NAME`, a veth whose end `u-NAME` is a port of `bridge` and
+    /// whose other end is `eth0` with `cidr` in NAME, and a `tapnetd` running there
+    /// (`nsenter --net`) with its dirs under `<root>/NAME/`, started with `extra`. The
+    /// bridge (and the private `/run` tmpfs) must exist: [`Env::cluster`] makes them.
+    pub fn bridged_host(&self, name: &str, bridge: &str, cidr: &str, extra: &[&str]) -> Env {
+        self.host_cmd(&["ip", "netns", "add", name]);
+        let local = format!("u-{name}");
+        self.host_cmd(&[
+            "ip", "link", "add", &local, "type", "veth", "peer", "name", "eth0", "netns", name,
+        ]);
+        self.host_cmd(&["ip", "link", "set", &local, "master", bridge]);
+        self.host_cmd(&["ip", "link", "set", &local, "up"]);
+        self.host_cmd(&["ip", "-n", name, "addr", "add", cidr, "dev", "eth0"]);
+        self.host_cmd(&["ip", "-n", name, "link", "set", "eth0", "up"]);
+        self.host_cmd(&["ip", "-n", name, "link", "set", "lo", "up"]);
+        let ip = cidr.split('/').next().unwrap().to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Command::new("ping")
+            .args(["-n", "-q", "-c", "1", "-W", "1", &ip])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the underlay to {name} did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let root = self.root.join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        let mut env = Env {
+            socket: root.join("run/tapnet.sock"),
+            log: root.join("tapnetd.log"),
+            root,
+            daemon: None,
+            netns: Some(PathBuf::from(format!("/run/netns/{name}"))),
+        };
+        env.start_daemon_with(extra);
+        env
+    }
+
+    /// Make `n` hosts (`h1`..`hN`, see [`Cluster`]) on a kernel bridge
+    /// [`UNDERLAY_BRIDGE`] (192.0.2.254/24 in the test's namespace; the underlay is
+    /// not what these tests test), a real etcd listening on every address of the test's
+    /// namespace, and one `tapnetd` per host with `--cluster-store
+    /// etcd://192.0.2.254:2379 --cluster-advertise 192.0.2.K --data-path-addr
+    /// 192.0.2.K` and `extra`. The test's own daemon is stopped (it is not a host of
+    /// the cluster). Call once per test, not with [`Env::wan`] or [`Env::second_host`].
+    pub fn cluster(&mut self, n: usize, extra: &[&str]) -> Cluster {
+        assert!((1..=250).contains(&n), "1..=250 hosts");
+        self.stop_daemon();
+        if !Path::new("/run/netns").exists() {
+            self.host_cmd(&["mount", "-t", "tmpfs", "tapnet-test-run", "/run"]);
+            std::fs::create_dir_all("/run/netns").unwrap();
+        }
+        self.host_cmd(&["ip", "link", "add", UNDERLAY_BRIDGE, "type", "bridge"]);
+        self.host_cmd(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{UNDERLAY_ETCD}/24"),
+            "dev",
+            UNDERLAY_BRIDGE,
+        ]);
+        self.host_cmd(&["ip", "link", "set", UNDERLAY_BRIDGE, "up"]);
+        let etcd = Etcd::start(&self.root, "0.0.0.0:2379");
+        let mut hosts = Vec::new();
+        let mut flags = Vec::new();
+        for i in 1..=n {
+            let ip = format!("192.0.2.{i}");
+            let mut f: Vec<String> = [
+                "--cluster-store",
+                &format!("etcd://{UNDERLAY_ETCD}:2379"),
+                "--cluster-advertise",
+                &ip,
+                "--data-path-addr",
+                &ip,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            f.extend(extra.iter().map(|s| s.to_string()));
+            let args: Vec<&str> = f.iter().map(String::as_str).collect();
+            hosts.push(self.bridged_host(
+                &format!("h{i}"),
+                UNDERLAY_BRIDGE,
+                &format!("{ip}/24"),
+                &args,
+            ));
+            flags.push(f);
+        }
+        Cluster { hosts, etcd, flags }
+    }
+}
+
+impl Cluster {
+    /// Host `i`'s underlay address (192.0.2.`i+1`).
+    pub fn ip(&self, i: usize) -> String {
+        format!("192.0.2.{}", i + 1)
+    }
+
+    /// Host `i`'s network namespace name (`h{i+1}`).
+    pub fn name(&self, i: usize) -> String {
+        format!("h{}", i + 1)
+    }
+
+    /// The flags host `i`'s daemon was started with.
+    pub fn flags(&self, i: usize) -> Vec<String> {
+        self.flags[i].clone()
+    }
+
+    /// Start host `i`'s daemon again (after a stop) with its flags: live restore.
+    pub fn start(&mut self, i: usize) {
+        let f = self.flags[i].clone();
+        let args: Vec<&str> = f.iter().map(String::as_str).collect();
+        self.hosts[i].start_daemon_with(&args);
+    }
+
+    /// Cut host `i` off the underlay (its bridge port `u-h{i+1}` down: `eth0` in the
+    /// host loses carrier, nothing crosses), or restore it.
+    pub fn set_link(&self, i: usize, up: bool) {
+        let out = Command::new("ip")
+            .args([
+                "link",
+                "set",
+                &format!("u-{}", self.name(i)),
+                if up { "up" } else { "down" },
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip link set: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Crash host `i`: `kill -9` its daemon, then delete its network namespace (the
+    /// underlay veth goes with it). Its sandboxes' namespaces stay mounted under its
+    /// exec root, unconnected.
+    pub fn kill_host(&mut self, i: usize) {
+        self.hosts[i].kill9_daemon();
+        let out = Command::new("ip")
+            .args(["netns", "del", &self.name(i)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip netns del: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Run `cmd` in host `i`'s network namespace (not in a sandbox).
+    pub fn in_host(&self, i: usize, cmd: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.name(i)))
+            .args(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nsenter")
+    }
 }

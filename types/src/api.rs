@@ -414,6 +414,23 @@ pub struct StatsResource {
     /// The gateway's counters (bridge networks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayStatsResource>,
+    /// The tunnel's counters (overlay networks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelStatsResource>,
+}
+
+/// The tunnel part of [`StatsResource`] (overlay networks).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct TunnelStatsResource {
+    /// The network's VNI.
+    pub vni: u32,
+    /// The network's VXLAN port: frames and datagrams sent and received, drops by
+    /// reason (`rx_malformed`, `rx_wrong_vni`, `rx_too_long`, `tx_invalid`, ...).
+    pub port: std::collections::BTreeMap<String, u64>,
+    /// The daemon's VXLAN socket (shared by every overlay network): datagrams handed
+    /// to a port, dropped as `malformed`, for an `unknown_vni`, on a full queue.
+    pub socket: std::collections::BTreeMap<String, u64>,
 }
 
 /// The gateway part of [`StatsResource`].

@@ -236,6 +236,15 @@ impl BridgeDriver {
         network_id: &str,
         msg: tapnet_switch::runtime::PortControl,
     ) -> Result<()> {
+        self.control_uplink_reply(network_id, msg).map(drop)
+    }
+
+    /// Send `msg` to the uplink port of `network_id`; returns the port's reply.
+    pub(crate) fn control_uplink_reply(
+        &self,
+        network_id: &str,
+        msg: tapnet_switch::runtime::PortControl,
+    ) -> Result<tapnet_switch::runtime::PortReply> {
         let nets = lock(&self.networks);
         let net = nets
             .get(network_id)
@@ -245,7 +254,6 @@ impl BridgeDriver {
             .ok_or_else(|| Error::Driver(format!("network {network_id} has no uplink port")))?;
         net.handle
             .control_port(port, msg)
-            .map(drop)
             .map_err(|e| Error::datapath(format!("control the uplink of network {network_id}"), e))
     }
 
@@ -609,6 +617,7 @@ impl Driver for BridgeDriver {
                 port: net.gateway_port,
                 stats: net.gateway_port_stats.snapshot(),
             }),
+            tunnel: None,
         })
     }
 

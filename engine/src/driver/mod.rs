@@ -363,6 +363,21 @@ pub struct NetworkReport {
     pub gateway: Option<tapnet_nat::StatsSnapshot>,
     /// The switch's counters of the gateway's port (bridge networks).
     pub gateway_port: Option<PortReport>,
+    /// The tunnel's counters (overlay networks).
+    pub tunnel: Option<TunnelReport>,
+}
+
+/// Counters of an overlay network's tunnel: its VXLAN port and the daemon's VXLAN
+/// socket (shared by every overlay network: what it drops has no network yet).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TunnelReport {
+    /// The network's VNI.
+    pub vni: u32,
+    /// The VXLAN port's counters, by name (`tapnet_vxlan::VxlanStatsSnapshot`'s fields).
+    pub port: Vec<(&'static str, u64)>,
+    /// The socket dispatcher's counters, by name (`tapnet_vxlan::DemuxStatsSnapshot`'s
+    /// fields).
+    pub socket: Vec<(&'static str, u64)>,
 }
 
 /// One FDB entry with its endpoint.

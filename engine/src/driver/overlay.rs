@@ -53,18 +53,20 @@
 use super::bridge::BridgeDriver;
 use super::{
     Capabilities, Driver, FdbRow, JoinDescription, JoinRequest, NetworkReport, NetworkRequest,
-    RestoreDescription, Scope,
+    RestoreDescription, Scope, TunnelReport,
 };
 use crate::error::{Error, Result};
 use crate::model::{MTU_OPTION, PORT_SECURITY_OPTION};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use tapnet_nat::{NameRecord, Proto, PublishSpec};
 use tapnet_switch::core::MacAddr;
-use tapnet_switch::runtime::{FrameIo, PortControl};
+use tapnet_switch::runtime::{FrameIo, PortControl, PortReply};
 use tapnet_vxlan::header::{OVERHEAD_V4, OVERHEAD_V6};
-use tapnet_vxlan::{KeySet, TableConfig, Vni, VxlanControl, VxlanSocket};
+use tapnet_vxlan::{
+    DemuxStatsSnapshot, KeySet, TableConfig, Vni, VxlanControl, VxlanSocket, VxlanStatsSnapshot,
+};
 
 /// The network's VNI (Docker's option; one value).
 pub const VXLANID_OPTION: &str = "com.docker.network.driver.overlay.vxlanid_list";
@@ -180,6 +182,8 @@ pub struct OverlayDriver {
     bind: SocketAddr,
     /// The daemon's VXLAN socket, bound by the first overlay network.
     socket: Mutex<Option<Arc<VxlanSocket>>>,
+    /// Each network's VNI (for its report).
+    vnis: Mutex<HashMap<String, u32>>,
 }
 
 impl std::fmt::Debug for OverlayDriver {
@@ -199,6 +203,7 @@ impl OverlayDriver {
             bridge,
             bind,
             socket: Mutex::new(None),
+            vnis: Mutex::new(HashMap::new()),
         }
     }
 
@@ -329,12 +334,22 @@ impl Driver for OverlayDriver {
             "overlay network: VXLAN port on the daemon's socket"
         );
         self.bridge
-            .create_switch_network(network, mtu, Some(Box::new(port)))
+            .create_switch_network(network, mtu, Some(Box::new(port)))?;
+        self.vnis
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(network.id.clone(), vni.get());
+        Ok(())
     }
 
     fn delete_network(&self, network_id: &str) -> Result<()> {
         // Removing the switch drops the VXLAN port, which unregisters its VNI.
-        self.bridge.delete_network(network_id)
+        self.bridge.delete_network(network_id)?;
+        self.vnis
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(network_id);
+        Ok(())
     }
 
     fn join(&self, req: &JoinRequest<'_>) -> Result<JoinDescription> {
@@ -362,7 +377,65 @@ impl Driver for OverlayDriver {
     }
 
     fn report(&self, network_id: &str) -> Result<NetworkReport> {
-        self.bridge.report(network_id)
+        let mut report = self.bridge.report(network_id)?;
+        let reply = self.bridge.control_uplink_reply(
+            network_id,
+            PortControl::Custom(Box::new(VxlanControl::Stats)),
+        )?;
+        let PortReply::Custom(any) = reply else {
+            return Err(Error::Driver(format!(
+                "the VXLAN port of network {network_id} did not answer its counters"
+            )));
+        };
+        let Ok(p) = any.downcast::<VxlanStatsSnapshot>() else {
+            return Err(Error::Driver(format!(
+                "the VXLAN port of network {network_id} answered something else than counters"
+            )));
+        };
+        let s = match self
+            .socket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            Some(sock) => sock.stats(),
+            None => DemuxStatsSnapshot::default(),
+        };
+        let vni = self
+            .vnis
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(network_id)
+            .copied()
+            .unwrap_or_default();
+        report.tunnel = Some(TunnelReport {
+            vni,
+            port: vec![
+                ("tx_frames", p.tx_frames),
+                ("tx_datagrams", p.tx_datagrams),
+                ("tx_flooded", p.tx_flooded),
+                ("tx_errors", p.tx_errors),
+                ("tx_invalid", p.tx_invalid),
+                ("suppressed", p.suppressed),
+                ("rx_datagrams", p.rx_datagrams),
+                ("rx_malformed", p.rx_malformed),
+                ("rx_wrong_vni", p.rx_wrong_vni),
+                ("rx_too_long", p.rx_too_long),
+                ("rx_errors", p.rx_errors),
+                ("learned", p.learned),
+                ("learn_refused", p.learn_refused),
+                ("local_only", p.local_only),
+                ("auth_failed", p.auth_failed),
+                ("tx_no_key", p.tx_no_key),
+            ],
+            socket: vec![
+                ("datagrams", s.datagrams),
+                ("malformed", s.malformed),
+                ("unknown_vni", s.unknown_vni),
+                ("rx_queue_full", s.rx_queue_full),
+            ],
+        });
+        Ok(report)
     }
 
     fn fdb(&self, network_id: &str) -> Result<Vec<FdbRow>> {

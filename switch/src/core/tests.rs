@@ -1041,3 +1041,16 @@ fn harness_icc_off_conversation() {
     assert_eq!(h.take(1).len(), 1);
     assert_eq!(h.take(2).len(), 1);
 }
+
+#[test]
+fn a_checked_port_takes_its_mac_over_from_another_port() {
+    let mut s = sw();
+    // A was learned behind port 2 (a remote endpoint behind the tunnel)...
+    assert_eq!(s.decide(&ip(BCAST, A), 2, 0), Action::Flood { except: 2 });
+    assert_eq!(entry_port(&s, A), Some(2));
+    // ...then a local endpoint with MAC A joins on port 1: frames to A are no longer
+    // sent to (or, from port 2, dropped for) port 2; they flood until A speaks.
+    s.set_port(1, PortRole::Endpoint, Some(policy(A)));
+    assert_eq!(entry_port(&s, A), None);
+    assert_eq!(s.decide(&ip(A, B), 2, 0), Action::Flood { except: 2 });
+}
