@@ -234,3 +234,101 @@ c.close()
         drop(b);
     });
 }
+
+/// The anycast gateway is each host's own way out: a sandbox's egress is NATed by the
+/// daemon of the host it runs on (the wan sees that host's address), and a port a
+/// sandbox publishes is reached at its own host's address, never through the tunnel.
+/// The wan hangs off host A; host B reaches it through A, which routes between its two
+/// links (so B's egress shows up at the wan with B's underlay address).
+#[test]
+fn overlay_egress_and_published_ports_stay_on_their_host() {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    use tapnet_tests::{connect_in, tcp_server, WAN_HOST_IP, WAN_IP};
+    in_namespace(
+        "overlay_egress_and_published_ports_stay_on_their_host",
+        |a| {
+            let wan = a.wan();
+            let b = a.second_host(
+                "hostb",
+                "192.0.2.1/24",
+                "192.0.2.2/24",
+                &["--data-path-port", "4790", "--data-path-addr", "192.0.2.2"],
+            );
+            a.host_cmd(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+            a.host_cmd(&[
+                "ip",
+                "-n",
+                "wan",
+                "route",
+                "add",
+                "192.0.2.0/24",
+                "via",
+                WAN_HOST_IP,
+            ]);
+            a.host_cmd(&[
+                "ip",
+                "-n",
+                "hostb",
+                "route",
+                "add",
+                "198.18.0.0/24",
+                "via",
+                "192.0.2.1",
+            ]);
+            create_overlay(a, "192.0.2.2:4790");
+            create_overlay(&b, "192.0.2.1:4789");
+            a.ok(&["sandbox", "create", "-p", "8080:80", "sa"]);
+            b.ok(&["sandbox", "create", "-p", "8080:80", "sb"]);
+            a.ok(&["network", "connect", "--ip", "10.90.0.10", "ov", "sa"]);
+            b.ok(&["network", "connect", "--ip", "10.90.0.20", "ov", "sb"]);
+            // The tunnel works (so a gateway reached through it would be possible).
+            ping_out(a, "sa", "10.90.0.20");
+
+            // Egress: each sandbox's connection leaves from its own host.
+            let echo = wan.tcp_echo(7777);
+            for (env, sandbox) in [(&*a, "sa"), (&b, "sb")] {
+                let ns = env.sandbox_ns(sandbox);
+                let mut c = connect_in(&ns, &format!("{WAN_IP}:7777"), Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("egress from {sandbox}: {e}"));
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let msg = format!("hello from {sandbox}");
+                c.write_all(msg.as_bytes()).unwrap();
+                let mut got = vec![0u8; msg.len()];
+                c.read_exact(&mut got).expect("echo through the NAT");
+                assert_eq!(got, msg.as_bytes());
+            }
+            let seen: Vec<String> = echo.seen().iter().map(|p| p.ip().to_string()).collect();
+            assert_eq!(
+                seen,
+                [WAN_HOST_IP, "192.0.2.2"],
+                "each host's egress must carry its own address"
+            );
+
+            // Published ports: each host serves its own sandbox's port 80, and the server
+            // sees the wan client's address.
+            let _sa = tcp_server(&a.sandbox_ns("sa"), "0.0.0.0:80", |mut s| {
+                let peer = s
+                    .peer_addr()
+                    .map(|p| p.ip().to_string())
+                    .unwrap_or_default();
+                let _ = s.write_all(format!("sa {peer}\n").as_bytes());
+            });
+            let _sb = tcp_server(&b.sandbox_ns("sb"), "0.0.0.0:80", |mut s| {
+                let peer = s
+                    .peer_addr()
+                    .map(|p| p.ip().to_string())
+                    .unwrap_or_default();
+                let _ = s.write_all(format!("sb {peer}\n").as_bytes());
+            });
+            for (host, want) in [(WAN_HOST_IP, "sa"), ("192.0.2.2", "sb")] {
+                let mut c = connect_in(&wan.ns, &format!("{host}:8080"), Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("published port on {host}: {e}"));
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut line = String::new();
+                c.read_to_string(&mut line).expect("greeting");
+                assert_eq!(line.trim(), format!("{want} {WAN_IP}"), "via {host}");
+            }
+        },
+    );
+}
