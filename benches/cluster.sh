@@ -163,7 +163,12 @@ for s in $(seq 1 "$SAMPLES"); do
     for i in $(seq 1 "$N"); do
         [ "$i" = "$k" ] && continue
         # One ping process per host: a request every 50 ms until the first reply (no spawn storm).
-        timeout 60 nsenter --net="${PNS[$i]}" sh -c "until ping -n -q -c 1 -i 0.05 -w 30 $target >/dev/null 2>&1; do sleep 0.05; done; date +%s.%N" >"$W/reach.$i" &
+        if [ "$MODE" = name ]; then
+            # Through `tapnet exec`: the sandbox's own resolv.conf (its embedded DNS).
+            timeout 60 "$BIN/tapnet" -H "unix://$W/h$i/run/tapnet.sock" exec "s$i-0" -- sh -c "until ping -n -q -c 1 -i 0.05 -w 30 $target >/dev/null 2>&1; do sleep 0.05; done; date +%s.%N" >"$W/reach.$i" &
+        else
+            timeout 60 nsenter --net="${PNS[$i]}" sh -c "until ping -n -q -c 1 -i 0.05 -w 30 $target >/dev/null 2>&1; do sleep 0.05; done; date +%s.%N" >"$W/reach.$i" &
+        fi
         JOBS+=($!)
     done
     wait "${JOBS[@]}"

@@ -610,6 +610,7 @@ fn fdb_resource(rows: &[FdbRow]) -> Vec<FdbResource> {
             port: r.port,
             endpoint_id: r.endpoint_id.clone().unwrap_or_default(),
             age_seconds: r.age_seconds,
+            vtep: r.vtep.map(|v| v.to_string()).unwrap_or_default(),
         })
         .collect()
 }

@@ -506,6 +506,10 @@ pub struct FdbResource {
     pub endpoint_id: String,
     /// Seconds since last seen.
     pub age_seconds: f64,
+    /// The VTEP (`IP:port` of the remote host) a MAC behind an overlay's tunnel is sent
+    /// to; omitted for local MACs.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub vtep: String,
 }
 
 #[cfg(test)]

@@ -357,18 +357,28 @@ pub fn fdb_output(mut entries: Vec<FdbResource>, a: &SwitchArgs) -> String {
     if a.format == ListFormat::Json {
         return entries.iter().map(json_line).collect();
     }
+    // A VTEP column only where some MAC is behind a tunnel (overlay networks).
+    let tunnel = entries.iter().any(|e| !e.vtep.is_empty());
     let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
-            vec![
+            let mut row = vec![
                 e.mac_address.clone(),
                 e.port.to_string(),
                 short_id(&e.endpoint_id, a.no_trunc).to_string(),
                 format!("{:.1}s", e.age_seconds),
-            ]
+            ];
+            if tunnel {
+                row.push(e.vtep.clone());
+            }
+            row
         })
         .collect();
-    table(&["MAC", "PORT", "ENDPOINT", "AGE"], &rows)
+    if tunnel {
+        table(&["MAC", "PORT", "ENDPOINT", "AGE", "VTEP"], &rows)
+    } else {
+        table(&["MAC", "PORT", "ENDPOINT", "AGE"], &rows)
+    }
 }
 
 async fn fdb(c: &Client, a: &SwitchArgs, o: &mut Out<'_>) -> anyhow::Result<()> {
@@ -736,6 +746,17 @@ b
             "MAC                 PORT   ENDPOINT       AGE\n\
              02:42:0a:0a:00:02   0      111111111111   1.5s\n\
              02:42:0a:0a:00:03   1      222222222222   12.3s\n"
+        );
+        // An overlay: MACs behind the tunnel show their VTEP.
+        let entries = vec![
+            json!({"MacAddress": "02:42:0a:5a:00:14", "Port": 2, "EndpointID": "", "AgeSeconds": 0.5, "Vtep": "192.0.2.2:4789"}),
+            json!({"MacAddress": "02:42:0a:5a:00:0a", "Port": 0, "EndpointID": ID1, "AgeSeconds": 1.5}),
+        ];
+        assert_eq!(
+            fdb_output(entries, &switch_args(&[])),
+            "MAC                 PORT   ENDPOINT       AGE    VTEP\n\
+             02:42:0a:5a:00:0a   0      111111111111   1.5s\n\
+             02:42:0a:5a:00:14   2                     0.5s   192.0.2.2:4789\n"
         );
     }
 

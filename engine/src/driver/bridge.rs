@@ -641,6 +641,7 @@ impl Driver for BridgeDriver {
                     .find(|(_, p)| p.port == e.port)
                     .map(|(ep, _)| ep.clone()),
                 age_seconds: now_ms.saturating_sub(e.last_seen_ms) as f64 / 1000.0,
+                vtep: None,
             })
             .collect();
         rows.sort_by_key(|r| (r.port, r.mac));

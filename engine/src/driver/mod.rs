@@ -391,6 +391,8 @@ pub struct FdbRow {
     pub endpoint_id: Option<String>,
     /// Seconds since the MAC was last seen.
     pub age_seconds: f64,
+    /// For a MAC behind a tunnel port: the VTEP (remote host) it is sent to.
+    pub vtep: Option<std::net::SocketAddr>,
 }
 
 /// A network driver. See the module doc for the calling contract.
