@@ -3,24 +3,30 @@
 //! Contract:
 //!
 //! * A [`VxlanSocket`] owns the daemon's VXLAN UDP socket (`--data-path-port`, default
-//!   4789) and a dispatcher thread that reads every datagram arriving on it, reads the
-//!   VNI from its VXLAN header and hands the datagram to the port registered for that
-//!   VNI. Malformed datagrams and VNIs nobody registered are counted
-//!   ([`DemuxStatsSnapshot`]) and dropped.
+//!   4789, with `UDP_GRO` where the kernel has it) and a dispatcher thread that reads
+//!   it with `recvmmsg` ([`crate::udp::RecvBatch`]: up to 8 batches per call, a batch
+//!   being one datagram or a GRO run of one sender's datagrams), reads the VNI of each
+//!   datagram from its VXLAN header and hands it to the port registered for that VNI.
+//!   Malformed datagrams and VNIs nobody registered are counted ([`DemuxStatsSnapshot`])
+//!   and dropped.
 //! * [`VxlanSocket::port`] registers a VNI (at most one port per VNI: a second
 //!   registration is refused with `AddrInUse`) and returns a [`VxlanPort`] for it. The
 //!   port **sends** directly on a clone of the shared socket (same file description, so
 //!   the datagrams leave from the daemon's one address and port, as peers expect); it
 //!   **receives** from its own end of a `socketpair(AF_UNIX, SOCK_DGRAM)` the
 //!   dispatcher writes into. That end is the fd the switch's worker polls, so a port is
-//!   readable exactly when datagrams for its VNI are queued; the datagram keeps its
-//!   VXLAN header and carries the sender's address in an 18-byte trailer
-//!   ([`TRAILER_LEN`]: IPv6 or v4-mapped address, port big-endian), which the port
-//!   strips before decapsulating in place.
+//!   readable exactly when datagrams for its VNI are queued. Each message is a run of
+//!   consecutive datagrams of one VNI from one batch, as they came (VXLAN headers kept,
+//!   `stride` bytes apart, the last maybe shorter), then a [`TRAILER_LEN`]-byte
+//!   trailer: the sender's address (IPv6 or v4-mapped, port big-endian; 18 bytes) and
+//!   the stride (big-endian u16). The port strips it, splits the run and merges TCP
+//!   segments back into super-frames (see [`crate::port`]).
 //! * Why a socket pair and not a shared queue plus an eventfd: the socket pair *is* a
 //!   queue with a pollable fd, bounded by its socket buffers, and needs neither locks
-//!   on the fast path nor unsafe code. The cost is one copy of each received datagram.
-//!   A full pair (the port's worker is behind) drops the datagram and counts it
+//!   on the fast path nor unsafe code. Its cost is one copy of each received batch and
+//!   two syscalls per *batch* (up to 64 KiB with GRO), not per datagram: measured with
+//!   `benches/overlay.sh` it is not what limits throughput (see docs/benchmarks.md).
+//!   A full pair (the port's worker is behind) drops the run and counts its datagrams
 //!   (`rx_queue_full`), as a full socket buffer would.
 //! * Dropping the port unregisters its VNI (only its own registration: a VNI
 //!   registered again since is left alone). Dropping the [`VxlanSocket`] stops the
@@ -31,10 +37,12 @@
 use crate::header::{self, Vni};
 use crate::port::VxlanPort;
 use crate::table::TableConfig;
+use crate::udp::{self, Received, RecvBatch};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
+use nix::sys::socket::{sendmsg, MsgFlags, UnixAddr};
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
@@ -42,33 +50,36 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-/// Bytes after each datagram handed to a port: the sender's address.
-pub const TRAILER_LEN: usize = 18;
+/// Bytes after each batch handed to a port: the sender's address (18) and the stride (2).
+pub const TRAILER_LEN: usize = 20;
 /// Socket buffer asked for on both ends of a port's socket pair.
 const PAIR_BUFFER: usize = 4 << 20;
 const SOCK: Token = Token(0);
 const WAKE: Token = Token(1);
 
-/// Append the trailer for `from` at `out[..TRAILER_LEN]`.
-fn put_trailer(from: SocketAddr, out: &mut [u8; TRAILER_LEN]) {
+/// The trailer for a batch from `from` whose datagrams are `stride` bytes apart.
+fn put_trailer(from: SocketAddr, stride: u16, out: &mut [u8; TRAILER_LEN]) {
     let ip = match from.ip() {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
         IpAddr::V6(v6) => v6,
     };
     out[..16].copy_from_slice(&ip.octets());
-    out[16..].copy_from_slice(&from.port().to_be_bytes());
+    out[16..18].copy_from_slice(&from.port().to_be_bytes());
+    out[18..].copy_from_slice(&stride.to_be_bytes());
 }
 
-/// The sender's address from a trailer.
-pub(crate) fn read_trailer(t: &[u8; TRAILER_LEN]) -> SocketAddr {
+/// The sender's address and the stride from a trailer.
+pub(crate) fn read_trailer(t: &[u8; TRAILER_LEN]) -> (SocketAddr, usize) {
     let mut ip = [0u8; 16];
     ip.copy_from_slice(&t[..16]);
     let ip = Ipv6Addr::from(ip);
     let port = u16::from_be_bytes([t[16], t[17]]);
-    match ip.to_ipv4_mapped() {
+    let stride = usize::from(u16::from_be_bytes([t[18], t[19]]));
+    let from = match ip.to_ipv4_mapped() {
         Some(v4) => SocketAddr::new(v4.into(), port),
         None => SocketAddr::new(ip.into(), port),
-    }
+    };
+    (from, stride)
 }
 
 /// The dispatcher's counters.
@@ -133,6 +144,7 @@ impl VxlanSocket {
     pub fn bind(addr: SocketAddr) -> io::Result<VxlanSocket> {
         let sock = UdpSocket::bind(addr)?;
         sock.set_nonblocking(true)?;
+        udp::enable_gro(&sock);
         let routes: Routes = Arc::default();
         let stats = Arc::new(DemuxStats::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -230,7 +242,7 @@ struct Dispatcher {
 impl Dispatcher {
     fn run(self, mut poll: Poll) {
         let mut events = Events::with_capacity(4);
-        let mut buf = vec![0u8; 65_536 + TRAILER_LEN];
+        let mut batch = RecvBatch::new();
         while !self.stop.load(Ordering::SeqCst) {
             if let Err(e) = poll.poll(&mut events, None) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -238,51 +250,99 @@ impl Dispatcher {
                 }
                 return;
             }
-            self.drain(&mut buf);
+            self.drain(&mut batch);
         }
     }
 
     /// Read until the socket would block.
-    fn drain(&self, buf: &mut [u8]) {
-        let room = buf.len() - TRAILER_LEN;
+    fn drain(&self, batch: &mut RecvBatch) {
         loop {
-            let Some(into) = buf.get_mut(..room) else {
-                return;
-            };
-            let (n, from) = match self.sock.recv_from(into) {
-                Ok(r) => r,
+            let n = match batch.recv(&self.sock) {
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // ICMP errors reported on the socket: skip them.
+                // Interrupted, or an ICMP error reported on the socket: skip it.
                 Err(_) => continue,
             };
-            let vni = match buf.get(..n).map(header::decap) {
-                Some(Ok((vni, _))) => vni,
-                _ => {
-                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-            };
-            let mut trailer = [0u8; TRAILER_LEN];
-            put_trailer(from, &mut trailer);
-            let Some(out) = buf.get_mut(..n + TRAILER_LEN) else {
-                continue;
-            };
-            if let Some(t) = out.get_mut(n..) {
-                t.copy_from_slice(&trailer);
-            }
             let routes = lock(&self.routes);
-            let Some((_, to)) = routes.get(&vni) else {
-                self.stats.unknown_vni.fetch_add(1, Ordering::Relaxed);
-                continue;
+            for i in 0..n {
+                if let Some((r, data)) = batch.get(i) {
+                    self.dispatch(&routes, r, data);
+                }
+            }
+        }
+    }
+
+    /// Hand a batch's datagrams to their ports: each run of consecutive datagrams of one
+    /// VNI goes as one message.
+    fn dispatch(&self, routes: &HashMap<Vni, (u64, UnixDatagram)>, r: Received, data: &[u8]) {
+        let stride = r.stride.max(1);
+        let count = data.len().div_ceil(stride) as u64;
+        if r.truncated {
+            self.stats.malformed.fetch_add(count, Ordering::Relaxed);
+            return;
+        }
+        let Ok(stride16) = u16::try_from(stride) else {
+            self.stats.malformed.fetch_add(count, Ordering::Relaxed);
+            return;
+        };
+        let mut trailer = [0u8; TRAILER_LEN];
+        put_trailer(r.from, stride16, &mut trailer);
+        // (VNI, start) of the run being gathered.
+        let mut run: Option<(Vni, usize)> = None;
+        let mut at = 0;
+        while at <= data.len() {
+            let d = data
+                .get(at..(at + stride).min(data.len()))
+                .unwrap_or_default();
+            let vni = if d.is_empty() {
+                None // the end
+            } else {
+                match header::decap(d) {
+                    Ok((vni, _)) => Some(vni),
+                    Err(_) => {
+                        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                }
             };
-            match to.send(out) {
-                Ok(_) => {
-                    self.stats.datagrams.fetch_add(1, Ordering::Relaxed);
+            if let Some((rv, start)) = run {
+                if vni != Some(rv) {
+                    let part = data.get(start..at).unwrap_or_default();
+                    self.forward(routes, rv, part, stride, &trailer);
+                    run = None;
                 }
-                Err(_) => {
-                    self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
-                }
+            }
+            if d.is_empty() {
+                break;
+            }
+            if let (Some(v), None) = (vni, run) {
+                run = Some((v, at));
+            }
+            at += d.len();
+        }
+    }
+
+    /// Send `part` (datagrams of `vni`, `stride` apart) and the trailer to the VNI's port.
+    fn forward(
+        &self,
+        routes: &HashMap<Vni, (u64, UnixDatagram)>,
+        vni: Vni,
+        part: &[u8],
+        stride: usize,
+        trailer: &[u8; TRAILER_LEN],
+    ) {
+        let count = part.len().div_ceil(stride) as u64;
+        let Some((_, to)) = routes.get(&vni) else {
+            self.stats.unknown_vni.fetch_add(count, Ordering::Relaxed);
+            return;
+        };
+        let iov = [IoSlice::new(part), IoSlice::new(trailer)];
+        match sendmsg::<UnixAddr>(to.as_raw_fd(), &iov, &[], MsgFlags::MSG_DONTWAIT, None) {
+            Ok(_) => {
+                self.stats.datagrams.fetch_add(count, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.stats.queue_full.fetch_add(count, Ordering::Relaxed);
             }
         }
     }
@@ -297,8 +357,8 @@ mod tests {
         for a in ["192.0.2.1:4789", "[2001:db8::1]:5000", "127.0.0.1:0"] {
             let a: SocketAddr = a.parse().unwrap_or_else(|_| unreachable!());
             let mut t = [0u8; TRAILER_LEN];
-            put_trailer(a, &mut t);
-            assert_eq!(read_trailer(&t), a);
+            put_trailer(a, 1450, &mut t);
+            assert_eq!(read_trailer(&t), (a, 1450));
         }
     }
 }

@@ -11,6 +11,11 @@
 //!   control plane knows are answered locally ([`suppress::NeighTable`]), never tunnelled.
 //! * [`port`]: [`port::VxlanPort`], the tunnel as a port of a network's switch
 //!   (a [`tapnet_switch::runtime::FrameIo`] over a non-blocking UDP socket).
+//! * [`udp`]: the UDP I/O: batches of datagrams sent with segmentation offload
+//!   (`UDP_SEGMENT`, `sendmmsg` for replication) and read with `UDP_GRO` + `recvmmsg`,
+//!   with run-time fallbacks.
+//! * [`coalesce`]: received TCP segments of one flow merged back into a GSO super-frame
+//!   (software GRO) for the tap.
 //! * [`demux`]: [`demux::VxlanSocket`], the daemon's one UDP socket and the dispatcher
 //!   that hands each datagram to the port of its VNI.
 //!
@@ -19,11 +24,13 @@
 //! check proved, so **nothing here panics after the length check**, on any input.
 #![forbid(unsafe_code)]
 
+pub mod coalesce;
 pub mod demux;
 pub mod header;
 pub mod port;
 pub mod suppress;
 pub mod table;
+pub mod udp;
 
 pub use demux::{DemuxStatsSnapshot, VxlanSocket};
 pub use header::{decap, encap, Vni, VxlanHeader};

@@ -11,25 +11,42 @@
 //!   never tunnelled (dropped at send, counted `local_only`) and never taken from the
 //!   tunnel (dropped at receive, counted `local_only`, not learned).
 //! * [`FrameIo::send`] takes a frame from the switch (a virtio-net header, then the
-//!   Ethernet frame). A GSO super-frame is cut into wire-size frames and a `NEEDS_CSUM`
-//!   checksum completed ([`tapnet_wire::gso::Segmenter`]); every resulting frame is
-//!   encapsulated ([`crate::header`]) and sent to the VTEP the [`VtepTable`] gives for
-//!   its destination MAC, or to every VTEP of the VNI (head-end replication of
-//!   broadcast, multicast and unknown unicast). A frame that cannot be segmented or
-//!   encapsulated is counted ([`VxlanStatsSnapshot::tx_invalid`]) and refused with
-//!   `InvalidData` (the switch counts a `TxError`); a failed `send_to` is counted
-//!   ([`VxlanStatsSnapshot::tx_errors`]), and the call fails only if no copy went out.
+//!   Ethernet frame). A GSO super-frame is cut once into wire-size frames and a
+//!   `NEEDS_CSUM` checksum completed ([`tapnet_wire::gso::Segmenter`]); each frame is
+//!   encapsulated ([`crate::header`]) in place in the port's transmit buffer, the
+//!   datagrams laid end to end a fixed stride apart, and the whole batch is sent to the
+//!   VTEP the [`VtepTable`] gives for the destination MAC, or to every VTEP of the VNI
+//!   (head-end replication of broadcast, multicast and unknown unicast), as UDP GSO sends
+//!   (`UDP_SEGMENT`; `sendmmsg` to several VTEPs; plain datagrams where the kernel
+//!   refuses offload, see [`crate::udp`]). **Every datagram to a peer goes through one
+//!   function, `VxlanPort::transmit`** (a batch of same-stride datagrams and their
+//!   destination): the one place for a per-datagram transform such as sealing. A frame
+//!   that cannot be segmented or encapsulated is counted
+//!   ([`VxlanStatsSnapshot::tx_invalid`]) and refused with `InvalidData` (the switch
+//!   counts a `TxError`); a failed send is counted ([`VxlanStatsSnapshot::tx_errors`]),
+//!   and the call fails only if no copy went out.
 //! * ARP/NDP suppression: when the port has neighbours ([`VxlanControl::SetNeighbours`],
 //!   which must be endpoints behind *other* VTEPs), a query for one of them is not
 //!   tunnelled; the reply ([`crate::suppress`]) is sent, encapsulated, to the port's own
 //!   socket so that it comes back through [`FrameIo::recv`] (the worker only reads a port
 //!   whose fd is readable) and is switched to the asker like a frame from the tunnel.
-//! * [`FrameIo::recv`] reads datagrams until one is good: it is decapsulated in place,
-//!   its VNI checked, the inner source MAC learned (→ the sender's address; not for the
-//!   port's own suppression replies), and the inner frame returned behind an all-zero
-//!   virtio-net header. Malformed datagrams, other VNIs and frames that do not fit the
-//!   buffer are dropped and counted, never returned and never a panic; an ICMP error
-//!   reported on the socket is counted and skipped, so the port stays in the poll.
+//! * [`FrameIo::recv`] reads a *batch* (from its own socket, with `UDP_GRO`: several
+//!   datagrams of one sender; or from the dispatcher: a run of its VNI's datagrams) and
+//!   hands its datagrams out one frame per call: each is decapsulated, its VNI checked,
+//!   the inner frame copied behind a virtio-net header and the inner source MAC learned
+//!   (→ the sender's address; not for the port's own suppression replies). Consecutive
+//!   datagrams that continue the same TCP flow are merged into that frame
+//!   ([`crate::coalesce`]: one GSO super-frame, `NEEDS_CSUM` + `GSO_TCPV4/6`, so the tap
+//!   takes one write for up to 64 KiB); other frames come with an all-zero header.
+//!   Malformed datagrams, other VNIs and frames that do not fit the buffer are dropped
+//!   and counted, never returned and never a panic; an ICMP error reported on the
+//!   socket is counted and skipped, so the port stays in the poll.
+//! * Known VTEPs only: a batch is accepted only from an IP address of the VNI's peers
+//!   (the flood list, [`VxlanControl::SetPeers`]: the control plane's nodes or the static
+//!   `peers` option) or from the port's own address (its suppression replies); anything
+//!   else is dropped and counted ([`VxlanStatsSnapshot::unknown_vtep`]) before it is
+//!   looked at, and nothing is learned from it. Peers are known by IP address, not port:
+//!   a VTEP may send from any source port (Linux's `vxlan` does).
 //! * [`FrameIo::control`] takes a [`VxlanControl`] in a
 //!   [`PortControl::Custom`]: the VNI's peer list (flood list), static MAC → VTEP
 //!   entries, and the neighbours answered locally. It answers [`PortReply::Done`]
@@ -37,8 +54,6 @@
 //! * Split horizon: the switch never sends a frame back out of the port it came in on,
 //!   so nothing that came from the tunnel goes back into it; a single tunnel port per
 //!   network needs nothing more.
-//! * Datagrams are accepted from any sender (learning records whoever sent them);
-//!   accepting only the VNI's peers is a follow-up.
 //! * MTU: the port does not enforce the inner MTU. The driver gives endpoints an MTU of
 //!   underlay MTU − [`crate::header::OVERHEAD_V4`] (50); a datagram larger than the
 //!   underlay's is the kernel's to fragment or refuse (counted as a `tx_errors`).
@@ -46,12 +61,15 @@
 //!   aged ([`VtepTable::expire`]) at most once a second, from `recv`.
 //! * Counters are atomics the worker writes and anyone may read ([`VxlanPort::stats`]).
 
+use crate::coalesce::Coalescer;
 use crate::demux::{read_trailer, Registration, TRAILER_LEN};
 use crate::header::{self, Vni, VXLAN_HDR_LEN};
 use crate::suppress::NeighTable;
 use crate::table::{Dest, Learned, TableConfig, VtepTable};
+use crate::udp::{self, Sender};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,6 +120,9 @@ pub struct VxlanStats {
     learned: AtomicU64,
     learn_refused: AtomicU64,
     local_only: AtomicU64,
+    unknown_vtep: AtomicU64,
+    rx_merged: AtomicU64,
+    gso_refused: AtomicU64,
 }
 
 /// A copy of a [`VxlanStats`].
@@ -135,6 +156,13 @@ pub struct VxlanStatsSnapshot {
     pub learn_refused: u64,
     /// Frames to or from a local-only MAC kept off the tunnel (either direction).
     pub local_only: u64,
+    /// Datagrams dropped because their sender is not a peer of the VNI.
+    pub unknown_vtep: u64,
+    /// Datagrams merged into the frame before them (receive coalescing), counted in
+    /// `rx_datagrams` too.
+    pub rx_merged: u64,
+    /// Times the kernel refused UDP segmentation offload (sends are plain after the first).
+    pub gso_refused: u64,
 }
 
 impl VxlanStats {
@@ -156,6 +184,9 @@ impl VxlanStats {
             learned: l(&self.learned),
             learn_refused: l(&self.learn_refused),
             local_only: l(&self.local_only),
+            unknown_vtep: l(&self.unknown_vtep),
+            rx_merged: l(&self.rx_merged),
+            gso_refused: l(&self.gso_refused),
         }
     }
 }
@@ -176,27 +207,63 @@ enum Rx {
     Demux(UnixDatagram, #[allow(dead_code)] Registration),
 }
 
+/// The batch being handed out: datagrams `stride` apart from one sender.
+struct RxBatch {
+    buf: Box<[u8]>,
+    /// Bytes of datagrams in `buf`.
+    len: usize,
+    /// Where the next datagram starts.
+    pos: usize,
+    stride: usize,
+    from: SocketAddr,
+}
+
 /// The tunnel port of one VNI. See the module docs.
 pub struct VxlanPort {
     sock: UdpSocket,
-    rx: Rx,
+    rx_from: Rx,
+    rx: RxBatch,
+    sender: Sender,
     local_only: Vec<MacAddr>,
     vni: Vni,
     table: VtepTable,
+    /// The IP addresses of the VNI's peers: the only senders accepted.
+    peer_ips: Vec<IpAddr>,
     neigh: NeighTable,
     /// Where the port's own suppression replies are sent (and come from).
     self_addr: SocketAddr,
     stats: Arc<VxlanStats>,
-    /// Transmit scratch: VXLAN header + one frame.
-    buf: Box<[u8]>,
+    /// Transmit scratch: datagrams (VXLAN header + frame) laid `stride` apart.
+    tx: Vec<u8>,
     start: Instant,
     last_expire_ms: u64,
 }
 
+/// Whether a frame starting with `eth` is to or from one of `macs`.
+fn local_only_frame(macs: &[MacAddr], eth: &[u8]) -> bool {
+    if macs.is_empty() {
+        return false;
+    }
+    let dst = eth.get(..6);
+    let src = eth.get(6..12);
+    macs.iter()
+        .any(|m| dst == Some(&m.0[..]) || src == Some(&m.0[..]))
+}
+
+/// `ip`, an IPv4-mapped IPv6 address as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 impl VxlanPort {
-    /// A port for `vni` over `sock` (switched to non-blocking), learning within `config`.
+    /// A port for `vni` over `sock` (switched to non-blocking, `UDP_GRO` asked for),
+    /// learning within `config`.
     pub fn new(sock: UdpSocket, vni: Vni, config: TableConfig) -> io::Result<VxlanPort> {
         sock.set_nonblocking(true)?;
+        udp::enable_gro(&sock);
         let local = sock.local_addr()?;
         let self_addr = match local.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => {
@@ -211,21 +278,30 @@ impl VxlanPort {
         table.add_vni(vni);
         Ok(VxlanPort {
             sock,
-            rx: Rx::Socket,
+            rx_from: Rx::Socket,
+            rx: RxBatch {
+                buf: vec![0u8; udp::RECV_BUF + TRAILER_LEN].into_boxed_slice(),
+                len: 0,
+                pos: 0,
+                stride: 1,
+                from: self_addr,
+            },
+            sender: Sender::new(),
             local_only: Vec::new(),
             vni,
             table,
+            peer_ips: Vec::new(),
             neigh: NeighTable::new(),
             self_addr,
             stats: Arc::new(VxlanStats::default()),
-            buf: vec![0u8; MAX_DATAGRAM].into_boxed_slice(),
+            tx: vec![0u8; MAX_DATAGRAM],
             start: Instant::now(),
             last_expire_ms: 0,
         })
     }
 
     /// A port sending on `sock` (a clone of a shared socket) and receiving from `rx`
-    /// (datagrams with a sender trailer, see [`crate::demux`]).
+    /// (batches with a trailer, see [`crate::demux`]).
     pub(crate) fn demuxed(
         sock: UdpSocket,
         rx: UnixDatagram,
@@ -234,20 +310,13 @@ impl VxlanPort {
         config: TableConfig,
     ) -> io::Result<VxlanPort> {
         let mut port = VxlanPort::new(sock, vni, config)?;
-        port.rx = Rx::Demux(rx, reg);
+        port.rx_from = Rx::Demux(rx, reg);
         Ok(port)
     }
 
     /// Whether a frame starting with `eth` is to or from a local-only MAC.
     fn is_local_only(&self, eth: &[u8]) -> bool {
-        if self.local_only.is_empty() {
-            return false;
-        }
-        let dst = eth.get(..6);
-        let src = eth.get(6..12);
-        self.local_only
-            .iter()
-            .any(|m| dst == Some(&m.0[..]) || src == Some(&m.0[..]))
+        local_only_frame(&self.local_only, eth)
     }
 
     /// The port's counters, live.
@@ -276,7 +345,10 @@ impl VxlanPort {
 
     fn apply(&mut self, msg: VxlanControl) -> PortReply {
         match msg {
-            VxlanControl::SetPeers(p) => self.table.set_peers(self.vni, &p),
+            VxlanControl::SetPeers(p) => {
+                self.peer_ips = p.iter().map(|a| canonical(a.ip())).collect();
+                self.table.set_peers(self.vni, &p);
+            }
             VxlanControl::SetStatics(s) => self.table.set_statics(self.vni, &s),
             VxlanControl::SetNeighbours(n) => self.neigh.set_vni(self.vni, &n),
             VxlanControl::SetLocalOnly(m) => self.local_only = m,
@@ -285,39 +357,32 @@ impl VxlanPort {
         PortReply::Done
     }
 
-    /// Encapsulate the Ethernet frame already at `buf[8..8 + len]` and send it where the
+    /// Encapsulate the Ethernet frame already at `tx[8..8 + len]` and send it where the
     /// table says. `Ok` if at least one copy went out (or the query was answered).
     fn send_one(&mut self, len: usize) -> io::Result<()> {
-        let VxlanPort {
-            sock,
-            vni,
-            table,
-            neigh,
-            self_addr,
-            stats,
-            buf,
-            ..
-        } = self;
         let n = VXLAN_HDR_LEN + len;
-        let Some(datagram) = buf.get_mut(..n) else {
-            bump(&stats.tx_invalid, 1);
+        let Some(datagram) = self.tx.get_mut(..n) else {
+            bump(&self.stats.tx_invalid, 1);
             return Err(io::ErrorKind::InvalidData.into());
         };
-        if header::emit_header(*vni, datagram).is_err() || len < tapnet_wire::ETH_HDR_LEN {
-            bump(&stats.tx_invalid, 1);
+        if header::emit_header(self.vni, datagram).is_err() || len < tapnet_wire::ETH_HDR_LEN {
+            bump(&self.stats.tx_invalid, 1);
             return Err(io::ErrorKind::InvalidData.into());
         }
         let (hdr, inner) = datagram.split_at_mut(VXLAN_HDR_LEN);
         // A query a neighbour entry answers: the reply replaces the frame, to ourselves.
         let mut reply = [0u8; VXLAN_HDR_LEN + crate::suppress::NA_LEN];
-        if let Some(rlen) = neigh.answer(*vni, inner, &mut reply[VXLAN_HDR_LEN..]) {
+        if let Some(rlen) = self
+            .neigh
+            .answer(self.vni, inner, &mut reply[VXLAN_HDR_LEN..])
+        {
             reply[..VXLAN_HDR_LEN].copy_from_slice(hdr);
-            bump(&stats.suppressed, 1);
+            bump(&self.stats.suppressed, 1);
             let out = reply.get(..VXLAN_HDR_LEN + rlen).unwrap_or_default();
-            return match sock.send_to(out, *self_addr) {
+            return match self.sock.send_to(out, self.self_addr) {
                 Ok(_) => Ok(()),
                 Err(e) => {
-                    bump(&stats.tx_errors, 1);
+                    bump(&self.stats.tx_errors, 1);
                     Err(e)
                 }
             };
@@ -325,36 +390,122 @@ impl VxlanPort {
         let dst = inner
             .first_chunk::<6>()
             .map_or(MacAddr::BROADCAST, |d| MacAddr(*d));
-        let datagram = &*datagram;
-        bump(&stats.tx_frames, 1);
-        let (mut sent, mut last_err) = (0u64, None);
-        let mut send = |to: SocketAddr| match sock.send_to(datagram, to) {
-            Ok(_) => sent += 1,
-            Err(e) => {
-                bump(&stats.tx_errors, 1);
-                last_err = Some(e);
+        self.transmit(dst, 0..n, n)
+    }
+
+    /// **Every datagram to a peer leaves through here**: the datagrams at `tx[range]`
+    /// (VXLAN header + frame each, `stride` apart, the last maybe shorter), all for the
+    /// inner destination `dst`, go to the VTEP the table gives for it, or to every VTEP
+    /// of the VNI. `Ok` if at least one copy went out.
+    fn transmit(&mut self, dst: MacAddr, range: Range<usize>, stride: usize) -> io::Result<()> {
+        let VxlanPort {
+            sock,
+            vni,
+            table,
+            stats,
+            tx,
+            sender,
+            ..
+        } = self;
+        let Some(batch) = tx.get(range) else {
+            bump(&stats.tx_invalid, 1);
+            return Err(io::ErrorKind::InvalidData.into());
+        };
+        let frames = batch.len().div_ceil(stride.max(1)) as u64;
+        bump(&stats.tx_frames, frames);
+        let one;
+        let to: &[SocketAddr] = match table.lookup(*vni, dst) {
+            Dest::Unicast(addr) => {
+                one = [addr];
+                &one
+            }
+            Dest::Flood(all) => {
+                bump(&stats.tx_flooded, frames);
+                all
             }
         };
-        match table.lookup(*vni, dst) {
-            Dest::Unicast(to) => send(to),
-            Dest::Flood(all) => {
-                bump(&stats.tx_flooded, 1);
-                for &to in all {
-                    send(to);
-                }
-            }
-        }
-        bump(&stats.tx_datagrams, sent);
-        match last_err {
-            Some(e) if sent == 0 => Err(e),
+        let refused = sender.gso_refused();
+        let sent = sender.send(sock, batch, stride, to);
+        bump(&stats.gso_refused, sender.gso_refused() - refused);
+        bump(&stats.tx_datagrams, sent.datagrams);
+        bump(&stats.tx_errors, sent.errors);
+        match sent.last_error {
+            Some(e) if sent.datagrams == 0 => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// Read the next batch into `self.rx`: from the socket (a GRO batch) or from the
+    /// dispatcher (a run of one VNI's datagrams and a trailer). Batches from senders
+    /// that are not peers (nor the port itself) are dropped and counted here.
+    fn fill(&mut self) -> io::Result<()> {
+        let rx = &mut self.rx;
+        rx.len = 0;
+        rx.pos = 0;
+        let got = match &self.rx_from {
+            Rx::Socket => udp::recv_one(
+                &self.sock,
+                rx.buf.get_mut(..udp::RECV_BUF).unwrap_or_default(),
+            ),
+            Rx::Demux(pair, _) => match pair.recv(&mut rx.buf) {
+                Ok(n) if n >= rx.buf.len() || n < TRAILER_LEN => {
+                    bump(&self.stats.rx_malformed, 1);
+                    return Ok(());
+                }
+                Ok(n) => {
+                    let mut t = [0u8; TRAILER_LEN];
+                    t.copy_from_slice(rx.buf.get(n - TRAILER_LEN..n).unwrap_or(&[0; TRAILER_LEN]));
+                    let (from, stride) = read_trailer(&t);
+                    Ok(udp::Received {
+                        len: n - TRAILER_LEN,
+                        from,
+                        stride,
+                        truncated: false,
+                    })
+                }
+                Err(e) => Err(e),
+            },
+        };
+        let r = match got {
+            Ok(r) => r,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionRefused
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::HostUnreachable
+                        | io::ErrorKind::NetworkUnreachable
+                ) =>
+            {
+                // An ICMP error reported on the socket: counted, skipped.
+                bump(&self.stats.rx_errors, 1);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let datagrams = r.len.div_ceil(r.stride.max(1)).max(1) as u64;
+        if r.truncated {
+            bump(&self.stats.rx_too_long, datagrams);
+            return Ok(());
+        }
+        if r.from != self.self_addr && !self.peer_ips.contains(&canonical(r.from.ip())) {
+            bump(&self.stats.unknown_vtep, datagrams);
+            return Ok(());
+        }
+        if r.len == 0 {
+            bump(&self.stats.rx_malformed, 1);
+            return Ok(());
+        }
+        rx.len = r.len;
+        rx.stride = r.stride.max(1);
+        rx.from = r.from;
+        Ok(())
     }
 }
 
 impl AsRawFd for VxlanPort {
     fn as_raw_fd(&self) -> RawFd {
-        match &self.rx {
+        match &self.rx_from {
             Rx::Socket => self.sock.as_raw_fd(),
             Rx::Demux(rx, _) => rx.as_raw_fd(),
         }
@@ -363,72 +514,73 @@ impl AsRawFd for VxlanPort {
 
 impl FrameIo for VxlanPort {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // The datagram is read at offset 2, so that its 8-byte VXLAN header is replaced
-        // in place by the 10-byte virtio-net header: the inner frame is not copied.
-        const AT: usize = VNET_HDR_LEN - VXLAN_HDR_LEN;
         loop {
-            let Some(room) = buf.get_mut(AT..) else {
-                return Err(io::ErrorKind::InvalidInput.into());
-            };
-            let got = match &self.rx {
-                Rx::Socket => self.sock.recv_from(room),
-                Rx::Demux(rx, _) => match rx.recv(room) {
-                    Ok(n) if n >= room.len() => Ok((n, self.self_addr)),
-                    Ok(n) if n >= TRAILER_LEN => {
-                        let mut t = [0u8; TRAILER_LEN];
-                        t.copy_from_slice(room.get(n - TRAILER_LEN..n).unwrap_or(&[0; 18]));
-                        Ok((n - TRAILER_LEN, read_trailer(&t)))
-                    }
-                    Ok(_) => {
-                        bump(&self.stats.rx_malformed, 1);
-                        continue;
-                    }
-                    Err(e) => Err(e),
-                },
-            };
-            let (n, from) = match got {
-                Ok(r) => r,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionRefused
-                            | io::ErrorKind::ConnectionReset
-                            | io::ErrorKind::HostUnreachable
-                            | io::ErrorKind::NetworkUnreachable
-                    ) =>
-                {
-                    bump(&self.stats.rx_errors, 1);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            // recv_from truncates silently: a datagram that filled the room may be cut.
-            if n >= room.len() {
-                bump(&self.stats.rx_too_long, 1);
+            if self.rx.pos >= self.rx.len {
+                self.fill()?;
                 continue;
             }
-            let (vni, src) = match header::decap(room.get(..n).unwrap_or_default()) {
-                Ok((vni, inner)) => (vni, inner.get(6..12).and_then(|s| s.try_into().ok())),
+            // The next datagram of the batch; the rest wait in `self.rx`.
+            let RxBatch {
+                buf: rxbuf,
+                len,
+                pos,
+                stride,
+                from,
+            } = &mut self.rx;
+            let end = (*pos + *stride).min(*len);
+            let Some(d) = rxbuf.get(*pos..end) else {
+                *pos = *len;
+                continue;
+            };
+            *pos = end;
+            let from = *from;
+            let inner = match header::decap(d) {
+                Ok((vni, _)) if vni != self.vni => {
+                    bump(&self.stats.rx_wrong_vni, 1);
+                    continue;
+                }
+                Ok((_, inner)) => inner,
                 Err(_) => {
                     bump(&self.stats.rx_malformed, 1);
                     continue;
                 }
             };
-            if vni != self.vni {
-                bump(&self.stats.rx_wrong_vni, 1);
-                continue;
-            }
-            if self.is_local_only(
-                room.get(VXLAN_HDR_LEN..n.max(VXLAN_HDR_LEN))
-                    .unwrap_or_default(),
-            ) {
+            if local_only_frame(&self.local_only, inner) {
                 bump(&self.stats.local_only, 1);
                 continue;
+            }
+            let Some(out) = buf.get_mut(VNET_HDR_LEN..VNET_HDR_LEN + inner.len()) else {
+                bump(&self.stats.rx_too_long, 1);
+                continue;
+            };
+            out.copy_from_slice(inner);
+            let src = inner.get(6..12).and_then(|s| <[u8; 6]>::try_from(s).ok());
+            bump(&self.stats.rx_datagrams, 1);
+            // Software GRO: the datagrams after it that continue its TCP flow.
+            let mut len = VNET_HDR_LEN + inner.len();
+            if let Some(mut c) = Coalescer::start(buf, inner.len()) {
+                let rx = &mut self.rx;
+                while rx.pos < rx.len {
+                    let end = (rx.pos + rx.stride).min(rx.len);
+                    let Some(Ok((vni, inner))) = rx.buf.get(rx.pos..end).map(header::decap) else {
+                        break;
+                    };
+                    if vni != self.vni || !c.append(buf, inner) {
+                        break;
+                    }
+                    rx.pos = end;
+                }
+                let merged = (c.segments() - 1) as u64;
+                bump(&self.stats.rx_datagrams, merged);
+                bump(&self.stats.rx_merged, merged);
+                len = c.finish(buf);
+            } else if let Some(hdr) = buf.get_mut(..VNET_HDR_LEN) {
+                hdr.copy_from_slice(&ZERO_HDR);
             }
             let now = self.now_ms();
             if from != self.self_addr {
                 if let Some(src) = src {
-                    match self.table.learn(vni, MacAddr(src), from, now) {
+                    match self.table.learn(self.vni, MacAddr(src), from, now) {
                         Learned::New | Learned::Moved => bump(&self.stats.learned, 1),
                         Learned::Refused => bump(&self.stats.learn_refused, 1),
                         Learned::Refreshed | Learned::Ignored => {}
@@ -439,12 +591,7 @@ impl FrameIo for VxlanPort {
                 self.table.expire(now);
                 self.last_expire_ms = now;
             }
-            let Some(hdr) = buf.get_mut(..VNET_HDR_LEN) else {
-                return Err(io::ErrorKind::InvalidInput.into());
-            };
-            hdr.copy_from_slice(&ZERO_HDR);
-            bump(&self.stats.rx_datagrams, 1);
-            return Ok(n + AT);
+            return Ok(len);
         }
     }
 
@@ -456,6 +603,9 @@ impl FrameIo for VxlanPort {
         let Ok((hdr, eth)) = vnet::split(frame) else {
             return invalid(&self.stats);
         };
+        if eth.len() < tapnet_wire::ETH_HDR_LEN {
+            return invalid(&self.stats);
+        }
         if self.is_local_only(eth) {
             // Not an error: the frame is for (or from) this host's copy of the MAC.
             bump(&self.stats.local_only, 1);
@@ -463,7 +613,11 @@ impl FrameIo for VxlanPort {
         }
         // Plain frames (the common case) are copied once; others go through the segmenter.
         if hdr.gso_type_raw() == vnet::VIRTIO_NET_HDR_GSO_NONE && !hdr.needs_csum() {
-            let Some(out) = self.buf.get_mut(VXLAN_HDR_LEN..VXLAN_HDR_LEN + eth.len()) else {
+            let n = VXLAN_HDR_LEN + eth.len();
+            if self.tx.len() < n {
+                self.tx.resize(n, 0);
+            }
+            let Some(out) = self.tx.get_mut(VXLAN_HDR_LEN..n) else {
                 return invalid(&self.stats);
             };
             out.copy_from_slice(eth);
@@ -473,22 +627,56 @@ impl FrameIo for VxlanPort {
         let Ok(mut seg) = Segmenter::with_header(&hdr, eth) else {
             return invalid(&self.stats);
         };
-        let mut result = Ok(frame.len());
+        if seg.len() <= 1 {
+            let n = VXLAN_HDR_LEN + seg.max_frame_len();
+            if self.tx.len() < n {
+                self.tx.resize(n, 0);
+            }
+            return match self.tx.get_mut(VXLAN_HDR_LEN..).map(|o| seg.next_into(o)) {
+                Some(Ok(Some(len))) => self.send_one(len).map(|()| frame.len()),
+                _ => invalid(&self.stats),
+            };
+        }
+        // Every segment encapsulated in place, `stride` apart: one GSO batch.
+        let stride = VXLAN_HDR_LEN + seg.max_frame_len();
+        let need = stride * seg.len();
+        if self.tx.len() < need {
+            self.tx.resize(need, 0);
+        }
+        let dst = eth
+            .first_chunk::<6>()
+            .map_or(MacAddr::BROADCAST, |d| MacAddr(*d));
+        let (mut at, mut batch_start, mut result) = (0usize, 0usize, Ok(frame.len()));
         loop {
-            let next = match self.buf.get_mut(VXLAN_HDR_LEN..) {
-                Some(out) => seg.next_into(out),
-                None => return invalid(&self.stats),
+            let next = match self.tx.get_mut(at..at + stride) {
+                Some(out) => {
+                    let _ = header::emit_header(self.vni, out);
+                    out.get_mut(VXLAN_HDR_LEN..).map(|o| seg.next_into(o))
+                }
+                None => None,
             };
             match next {
-                Ok(Some(len)) => {
-                    if let Err(e) = self.send_one(len) {
-                        result = Err(e);
+                Some(Ok(Some(len))) => {
+                    at += VXLAN_HDR_LEN + len;
+                    // A short segment ends a batch (only the last may be short).
+                    if len + VXLAN_HDR_LEN < stride && seg.remaining() > 0 {
+                        if let Err(e) = self.transmit(dst, batch_start..at, stride) {
+                            result = Err(e);
+                        }
+                        at = at.next_multiple_of(stride);
+                        batch_start = at;
                     }
                 }
-                Ok(None) => return result,
-                Err(_) => return invalid(&self.stats),
+                Some(Ok(None)) => break,
+                _ => return invalid(&self.stats),
             }
         }
+        if at > batch_start {
+            if let Err(e) = self.transmit(dst, batch_start..at, stride) {
+                result = Err(e);
+            }
+        }
+        result
     }
 
     fn control(&mut self, msg: PortControl) -> io::Result<PortReply> {
