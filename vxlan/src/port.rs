@@ -647,7 +647,7 @@ impl FrameIo for VxlanPort {
             .first_chunk::<6>()
             .map_or(MacAddr::BROADCAST, |d| MacAddr(*d));
         let (mut at, mut batch_start, mut result) = (0usize, 0usize, Ok(frame.len()));
-        loop {
+        while seg.remaining() > 0 {
             let next = match self.tx.get_mut(at..at + stride) {
                 Some(out) => {
                     let _ = header::emit_header(self.vni, out);
@@ -667,7 +667,6 @@ impl FrameIo for VxlanPort {
                         batch_start = at;
                     }
                 }
-                Some(Ok(None)) => break,
                 _ => return invalid(&self.stats),
             }
         }
