@@ -137,6 +137,12 @@ impl Coalescer {
         })
     }
 
+    /// Whether more segments may still be merged (no short or PSH segment yet, room
+    /// left in the 16-bit IP length).
+    pub fn is_open(&self) -> bool {
+        !self.closed && self.len + self.mss - ETH <= usize::from(u16::MAX)
+    }
+
     /// Segments merged so far.
     pub fn segments(&self) -> usize {
         self.segments

@@ -145,6 +145,7 @@ impl VxlanSocket {
         let sock = UdpSocket::bind(addr)?;
         sock.set_nonblocking(true)?;
         udp::enable_gro(&sock);
+        udp::set_buffers(&sock);
         let routes: Routes = Arc::default();
         let stats = Arc::new(DemuxStats::default());
         let stop = Arc::new(AtomicBool::new(false));

@@ -259,11 +259,23 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 impl VxlanPort {
-    /// A port for `vni` over `sock` (switched to non-blocking, `UDP_GRO` asked for),
-    /// learning within `config`.
+    /// A port for `vni` over `sock` (switched to non-blocking, `UDP_GRO` and large
+    /// buffers asked for, see [`udp::set_buffers`]), learning within `config`.
     pub fn new(sock: UdpSocket, vni: Vni, config: TableConfig) -> io::Result<VxlanPort> {
+        VxlanPort::with_socket(sock, vni, config, true)
+    }
+
+    fn with_socket(
+        sock: UdpSocket,
+        vni: Vni,
+        config: TableConfig,
+        own: bool,
+    ) -> io::Result<VxlanPort> {
         sock.set_nonblocking(true)?;
-        udp::enable_gro(&sock);
+        if own {
+            udp::enable_gro(&sock);
+            udp::set_buffers(&sock);
+        }
         let local = sock.local_addr()?;
         let self_addr = match local.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => {
@@ -309,7 +321,8 @@ impl VxlanPort {
         vni: Vni,
         config: TableConfig,
     ) -> io::Result<VxlanPort> {
-        let mut port = VxlanPort::new(sock, vni, config)?;
+        // The shared socket was set up by the `VxlanSocket`.
+        let mut port = VxlanPort::with_socket(sock, vni, config, false)?;
         port.rx_from = Rx::Demux(rx, reg);
         Ok(port)
     }
@@ -556,11 +569,21 @@ impl FrameIo for VxlanPort {
             out.copy_from_slice(inner);
             let src = inner.get(6..12).and_then(|s| <[u8; 6]>::try_from(s).ok());
             bump(&self.stats.rx_datagrams, 1);
-            // Software GRO: the datagrams after it that continue its TCP flow.
+            // Software GRO: the datagrams after it that continue its TCP flow, in this
+            // batch and, while the frame has room, in the sender's next batch if it is
+            // already queued (a 64 KiB super-frame crosses as two UDP GSO sends).
             let mut len = VNET_HDR_LEN + inner.len();
             if let Some(mut c) = Coalescer::start(buf, inner.len()) {
-                let rx = &mut self.rx;
-                while rx.pos < rx.len {
+                loop {
+                    if self.rx.pos >= self.rx.len {
+                        if !c.is_open() || self.fill().is_err() {
+                            break;
+                        }
+                        if self.rx.len == 0 || self.rx.from != from {
+                            break;
+                        }
+                    }
+                    let rx = &mut self.rx;
                     let end = (rx.pos + rx.stride).min(rx.len);
                     let Some(Ok((vni, inner))) = rx.buf.get(rx.pos..end).map(header::decap) else {
                         break;

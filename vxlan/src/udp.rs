@@ -48,6 +48,20 @@ pub const RECV_BATCH: usize = 8;
 /// Room for one received batch: GRO stops at 64 KiB.
 pub const RECV_BUF: usize = 65_536;
 
+/// Socket buffer asked for on a tunnel socket, each way: a few dozen 64 KiB batches.
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Ask for [`SOCKET_BUFFER`]-byte send and receive buffers on `sock` (past the sysctl
+/// limits where the process may, `SO_RCVBUFFORCE`; else as much as they allow). The
+/// default (208 KiB) holds three 64 KiB GRO batches: a dispatcher that falls a little
+/// behind would drop datagrams (`UdpRcvbufErrors`) and TCP over the tunnel would crawl.
+pub fn set_buffers(sock: &UdpSocket) {
+    let _ = setsockopt(sock, sockopt::RcvBufForce, &SOCKET_BUFFER)
+        .or_else(|_| setsockopt(sock, sockopt::RcvBuf, &SOCKET_BUFFER));
+    let _ = setsockopt(sock, sockopt::SndBufForce, &SOCKET_BUFFER)
+        .or_else(|_| setsockopt(sock, sockopt::SndBuf, &SOCKET_BUFFER));
+}
+
 /// Ask for `UDP_GRO` on `sock`; false if the kernel does not have it.
 pub fn enable_gro(sock: &UdpSocket) -> bool {
     setsockopt(sock, sockopt::UdpGroSegment, &true).is_ok()
