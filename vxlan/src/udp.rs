@@ -10,10 +10,12 @@
 //!   `UDP_SEGMENT` control message per chunk of at most [`MAX_GSO_SEGMENTS`] datagrams
 //!   and [`MAX_GSO_BYTES`] bytes, or, to several VTEPs (head-end replication), one
 //!   `sendmmsg` carrying a chunk to every VTEP. When the kernel refuses segmentation
-//!   offload (`EIO`: the device cannot; `EINVAL`/`ENOPROTOOPT`: an old kernel, or a
-//!   segment larger than the path MTU) the chunk is sent again as plain datagrams and
-//!   the sender stops asking for it ([`Sender::gso_enabled`] turns false and stays so).
-//!   A batch of one datagram never asks for it.
+//!   offload (`EIO`: the device or path cannot; `EINVAL`/`ENOPROTOOPT`: an old kernel)
+//!   the chunk is sent again as plain datagrams and the sender stops asking for it
+//!   ([`Sender::gso_enabled`] turns false and stays so). A chunk whose segments exceed
+//!   the path MTU (`EMSGSIZE`: an inner MTU set too large) goes out as plain datagrams,
+//!   which the kernel fragments as it did before GSO, and GSO stays on. A batch of one
+//!   datagram never asks for it.
 //! * [`enable_gro`] asks for `UDP_GRO` on a socket (ignored where the kernel lacks it);
 //!   [`recv_one`] and [`RecvBatch::recv`] then return a batch per read with its stride
 //!   (the `UDP_GRO` control message; without one the stride is the length: one
@@ -250,8 +252,14 @@ fn headers(n: usize, cmsg: bool) -> MultiHeaders<SockaddrStorage> {
     MultiHeaders::preallocate(n, cmsg.then(|| nix::cmsg_space!(u16)))
 }
 
+/// Errors of a `UDP_SEGMENT` send that a plain send may not have: the device or path
+/// cannot segment (`EIO`), the kernel does not know the option (`EINVAL`,
+/// `ENOPROTOOPT`), or a segment exceeds the path MTU (`EMSGSIZE`).
 fn gso_refused(e: Errno) -> bool {
-    matches!(e, Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT)
+    matches!(
+        e,
+        Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EMSGSIZE
+    )
 }
 
 impl Sender {
@@ -296,6 +304,9 @@ impl Sender {
             if self.gso && chunk.len() > stride {
                 match self.send_chunk(sock, chunk, Some(stride), &mut sent) {
                     Ok(()) => continue,
+                    // Segments larger than the path MTU (an inner MTU set too large):
+                    // this chunk goes out plain, for the kernel to fragment; GSO stays on.
+                    Err(Errno::EMSGSIZE) => {}
                     Err(_) => {
                         // Refused: off for good, and this chunk goes out plain.
                         self.gso = false;
