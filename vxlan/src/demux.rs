@@ -13,24 +13,22 @@
 //!   registration is refused with `AddrInUse`) and returns a [`VxlanPort`] for it. The
 //!   port **sends** directly on a clone of the shared socket (same file description, so
 //!   the datagrams leave from the daemon's one address and port, as peers expect); it
-//!   **receives** from its own end of a `socketpair(AF_UNIX, SOCK_DGRAM)` the
-//!   dispatcher writes into. That end is the fd the switch's worker polls, so a port is
-//!   readable exactly when datagrams for its VNI are queued. Each message is a run of
-//!   consecutive datagrams of one VNI from one batch, as they came (VXLAN headers kept,
-//!   `stride` bytes apart, the last maybe shorter), then a [`TRAILER_LEN`]-byte
-//!   trailer: the sender's address (IPv6 or v4-mapped, port big-endian; 18 bytes) and
-//!   the stride (big-endian u16). The port strips it, splits the run and merges TCP
-//!   segments back into super-frames (see [`crate::port`]).
-//! * Why a socket pair and not a shared queue plus an eventfd: the socket pair *is* a
-//!   queue with a pollable fd, bounded by its socket buffers, and needs neither locks
-//!   on the fast path nor unsafe code. Its cost is two copies of each received batch
-//!   and two syscalls per *batch* (up to 64 KiB with GRO), not per datagram. Measured
-//!   with `benches/overlay.sh` (docs/benchmarks.md, "Overlay throughput") the hand-off
-//!   is ~6 % of the daemons' CPU samples, 2 of the 8 copies a 64 KiB frame takes end to
-//!   end: worth replacing (a per-port ring + eventfd) but not alone what keeps the
-//!   tunnel at a third of the kernel's throughput.
-//!   A full pair (the port's worker is behind) drops the run and counts its datagrams
-//!   (`rx_queue_full`), as a full socket buffer would.
+//!   **receives** runs of its VNI's datagrams (VXLAN headers kept, `stride` bytes apart,
+//!   the last maybe shorter, with the sender's address and the stride) from a bounded
+//!   queue (`crossbeam-channel`, 64 runs) the dispatcher fills. The buffer a batch was
+//!   read into *moves* to the port when the batch is one run (the common case: no copy),
+//!   and comes back to the dispatcher for reuse when the port is done with it; a batch
+//!   that mixes VNIs is copied out run by run. The port's pollable fd is its end of a
+//!   `socketpair(AF_UNIX, SOCK_DGRAM)`, a *doorbell*: the dispatcher sends one byte after
+//!   queueing a run, so the switch's worker finds the port readable exactly when runs
+//!   are queued; the port empties the doorbell before it reports `WouldBlock` and looks
+//!   at the queue once more, so a ring is never lost. The port then splits each run and
+//!   merges TCP segments back into super-frames (see [`crate::port`]).
+//! * Why a queue of owned buffers and a doorbell, not the batch itself through the socket
+//!   pair (the first version): the pair cost two copies of every batch; measured with
+//!   `benches/overlay.sh` that was ~6 % of the daemons' CPU (docs/benchmarks.md). No
+//!   `unsafe` either way. A full queue (the port's worker is behind) drops the run and
+//!   counts its datagrams (`rx_queue_full`), as a full socket buffer would.
 //! * Dropping the port unregisters its VNI (only its own registration: a VNI
 //!   registered again since is left alone). Dropping the [`VxlanSocket`] stops the
 //!   dispatcher and joins it; ports made from it keep sending but receive nothing.
@@ -41,49 +39,20 @@ use crate::header::{self, Vni};
 use crate::port::VxlanPort;
 use crate::table::TableConfig;
 use crate::udp::{self, Received, RecvBatch};
+use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use nix::sys::socket::{sendmsg, MsgFlags, UnixAddr};
 use std::collections::HashMap;
-use std::io::{self, IoSlice};
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-/// Bytes after each batch handed to a port: the sender's address (18) and the stride (2).
-pub const TRAILER_LEN: usize = 20;
-/// Socket buffer asked for on both ends of a port's socket pair.
-const PAIR_BUFFER: usize = 4 << 20;
 const SOCK: Token = Token(0);
 const WAKE: Token = Token(1);
-
-/// The trailer for a batch from `from` whose datagrams are `stride` bytes apart.
-fn put_trailer(from: SocketAddr, stride: u16, out: &mut [u8; TRAILER_LEN]) {
-    let ip = match from.ip() {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    };
-    out[..16].copy_from_slice(&ip.octets());
-    out[16..18].copy_from_slice(&from.port().to_be_bytes());
-    out[18..].copy_from_slice(&stride.to_be_bytes());
-}
-
-/// The sender's address and the stride from a trailer.
-pub(crate) fn read_trailer(t: &[u8; TRAILER_LEN]) -> (SocketAddr, usize) {
-    let mut ip = [0u8; 16];
-    ip.copy_from_slice(&t[..16]);
-    let ip = Ipv6Addr::from(ip);
-    let port = u16::from_be_bytes([t[16], t[17]]);
-    let stride = usize::from(u16::from_be_bytes([t[18], t[19]]));
-    let from = match ip.to_ipv4_mapped() {
-        Some(v4) => SocketAddr::new(v4.into(), port),
-        None => SocketAddr::new(ip.into(), port),
-    };
-    (from, stride)
-}
 
 /// The dispatcher's counters.
 #[derive(Debug, Default)]
@@ -107,7 +76,34 @@ pub struct DemuxStatsSnapshot {
     pub rx_queue_full: u64,
 }
 
-type Routes = Arc<Mutex<HashMap<Vni, (u64, UnixDatagram)>>>;
+/// A run of one VNI's datagrams handed to its port: the buffer itself moves (no copy).
+#[derive(Debug)]
+pub(crate) struct Handoff {
+    /// The buffer the batch was read into (its ownership moves to the port).
+    pub buf: Box<[u8]>,
+    /// Where the run starts in `buf`.
+    pub start: usize,
+    /// Bytes of the run.
+    pub len: usize,
+    /// Bytes per datagram (the last may be shorter).
+    pub stride: usize,
+    /// The sender.
+    pub from: SocketAddr,
+}
+
+/// Where the dispatcher puts a VNI's runs: the queue and the doorbell that makes the
+/// port's fd readable.
+#[derive(Debug)]
+struct Route {
+    id: u64,
+    queue: Sender<Handoff>,
+    bell: UnixDatagram,
+}
+
+type Routes = Arc<Mutex<HashMap<Vni, Route>>>;
+
+/// Runs queued per port before the dispatcher drops (`rx_queue_full`): 64 × 64 KiB.
+const QUEUE_LEN: usize = 64;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -124,7 +120,7 @@ pub(crate) struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut routes = lock(&self.routes);
-        if routes.get(&self.vni).is_some_and(|(id, _)| *id == self.id) {
+        if routes.get(&self.vni).is_some_and(|r| r.id == self.id) {
             routes.remove(&self.vni);
         }
     }
@@ -135,6 +131,8 @@ impl Drop for Registration {
 pub struct VxlanSocket {
     sock: UdpSocket,
     routes: Routes,
+    /// Where ports return the buffers they are done with, for the dispatcher to reuse.
+    spare: Sender<Box<[u8]>>,
     next_id: AtomicU64,
     stats: Arc<DemuxStats>,
     stop: Arc<AtomicBool>,
@@ -157,8 +155,10 @@ impl VxlanSocket {
         let fd = sock.as_raw_fd();
         poll.registry()
             .register(&mut SourceFd(&fd), SOCK, Interest::READABLE)?;
+        let (spare, spare_rx) = crossbeam_channel::bounded(2 * QUEUE_LEN);
         let d = Dispatcher {
             sock: sock.try_clone()?,
+            spare: spare_rx,
             routes: Arc::clone(&routes),
             stats: Arc::clone(&stats),
             stop: Arc::clone(&stop),
@@ -169,6 +169,7 @@ impl VxlanSocket {
         Ok(VxlanSocket {
             sock,
             routes,
+            spare,
             next_id: AtomicU64::new(1),
             stats,
             stop,
@@ -186,15 +187,9 @@ impl VxlanSocket {
     /// hands it. `AddrInUse` if a live port has the VNI already.
     pub fn port(&self, vni: Vni, config: TableConfig) -> io::Result<VxlanPort> {
         let (ours, theirs) = UnixDatagram::pair()?;
-        for s in [&ours, &theirs] {
-            use nix::sys::socket::{setsockopt, sockopt};
-            let _ = setsockopt(s, sockopt::SndBufForce, &PAIR_BUFFER)
-                .or_else(|_| setsockopt(s, sockopt::SndBuf, &PAIR_BUFFER));
-            let _ = setsockopt(s, sockopt::RcvBufForce, &PAIR_BUFFER)
-                .or_else(|_| setsockopt(s, sockopt::RcvBuf, &PAIR_BUFFER));
-        }
         theirs.set_nonblocking(true)?;
         ours.set_nonblocking(true)?;
+        let (queue, runs) = crossbeam_channel::bounded(QUEUE_LEN);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut routes = lock(&self.routes);
@@ -204,14 +199,27 @@ impl VxlanSocket {
                     format!("VNI {vni} has a port on this socket already"),
                 ));
             }
-            routes.insert(vni, (id, theirs));
+            routes.insert(
+                vni,
+                Route {
+                    id,
+                    queue,
+                    bell: theirs,
+                },
+            );
         }
         let reg = Registration {
             routes: Arc::clone(&self.routes),
             vni,
             id,
         };
-        VxlanPort::demuxed(self.sock.try_clone()?, ours, reg, vni, config)
+        let rx = DemuxRx {
+            runs,
+            bell: ours,
+            spare: self.spare.clone(),
+            reg,
+        };
+        VxlanPort::demuxed(self.sock.try_clone()?, rx, vni, config)
     }
 
     /// The dispatcher's counters.
@@ -236,8 +244,19 @@ impl Drop for VxlanSocket {
     }
 }
 
+/// A port's end of the hand-off: runs, the doorbell it polls, where spent buffers go.
+#[derive(Debug)]
+pub(crate) struct DemuxRx {
+    pub runs: Receiver<Handoff>,
+    pub bell: UnixDatagram,
+    pub spare: Sender<Box<[u8]>>,
+    #[allow(dead_code)] // held: dropping it unregisters the VNI
+    pub reg: Registration,
+}
+
 struct Dispatcher {
     sock: UdpSocket,
+    spare: Receiver<Box<[u8]>>,
     routes: Routes,
     stats: Arc<DemuxStats>,
     stop: Arc<AtomicBool>,
@@ -260,6 +279,7 @@ impl Dispatcher {
 
     /// Read until the socket would block.
     fn drain(&self, batch: &mut RecvBatch) {
+        let mut runs = Vec::new();
         loop {
             let n = match batch.recv(&self.sock) {
                 Ok(n) => n,
@@ -269,100 +289,93 @@ impl Dispatcher {
             };
             let routes = lock(&self.routes);
             for i in 0..n {
-                if let Some((r, data)) = batch.get(i) {
-                    self.dispatch(&routes, r, data);
+                runs.clear();
+                let Some((r, data)) = batch.get(i) else {
+                    continue;
+                };
+                if !self.runs(r, data, &mut runs) {
+                    continue;
+                }
+                // One run covering the batch (the common case): its buffer moves to the
+                // port. Several: each is copied into a buffer of its own.
+                let whole = matches!(runs.as_slice(), [(_, 0, end)] if *end == data.len());
+                for &(vni, start, end) in &runs {
+                    let Some(route) = routes.get(&vni) else {
+                        let count = (end - start).div_ceil(r.stride.max(1)) as u64;
+                        self.stats.unknown_vni.fetch_add(count, Ordering::Relaxed);
+                        continue;
+                    };
+                    let (buf, at) = if whole {
+                        (batch.take(i, self.spare_buf()), 0)
+                    } else {
+                        let mut b = self.spare_buf();
+                        match (b.get_mut(..end - start), batch.get(i)) {
+                            (Some(to), Some((_, d))) => {
+                                to.copy_from_slice(d.get(start..end).unwrap_or_default())
+                            }
+                            _ => continue,
+                        }
+                        (b, 0)
+                    };
+                    self.forward(route, r, buf, at, end - start);
                 }
             }
         }
     }
 
-    /// Hand a batch's datagrams to their ports: each run of consecutive datagrams of one
-    /// VNI goes as one message.
-    fn dispatch(&self, routes: &HashMap<Vni, (u64, UnixDatagram)>, r: Received, data: &[u8]) {
+    /// A spent buffer from a port, or a new one.
+    fn spare_buf(&self) -> Box<[u8]> {
+        self.spare
+            .try_recv()
+            .unwrap_or_else(|_| vec![0u8; udp::RECV_BUF].into_boxed_slice())
+    }
+
+    /// The runs of consecutive datagrams of one VNI in a batch, as `(VNI, start, end)`;
+    /// false if the batch is dropped whole (cut short by the kernel).
+    fn runs(&self, r: Received, data: &[u8], runs: &mut Vec<(Vni, usize, usize)>) -> bool {
         let stride = r.stride.max(1);
-        let count = data.len().div_ceil(stride) as u64;
-        if r.truncated {
+        if r.truncated || u16::try_from(stride).is_err() {
+            let count = data.len().div_ceil(stride) as u64;
             self.stats.malformed.fetch_add(count, Ordering::Relaxed);
-            return;
+            return false;
         }
-        let Ok(stride16) = u16::try_from(stride) else {
-            self.stats.malformed.fetch_add(count, Ordering::Relaxed);
-            return;
-        };
-        let mut trailer = [0u8; TRAILER_LEN];
-        put_trailer(r.from, stride16, &mut trailer);
-        // (VNI, start) of the run being gathered.
-        let mut run: Option<(Vni, usize)> = None;
         let mut at = 0;
-        while at <= data.len() {
-            let d = data
-                .get(at..(at + stride).min(data.len()))
-                .unwrap_or_default();
-            let vni = if d.is_empty() {
-                None // the end
-            } else {
-                match header::decap(d) {
-                    Ok((vni, _)) => Some(vni),
-                    Err(_) => {
-                        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                        None
-                    }
-                }
-            };
-            if let Some((rv, start)) = run {
-                if vni != Some(rv) {
-                    let part = data.get(start..at).unwrap_or_default();
-                    self.forward(routes, rv, part, stride, &trailer);
-                    run = None;
+        while at < data.len() {
+            let end = (at + stride).min(data.len());
+            match data.get(at..end).map(header::decap) {
+                Some(Ok((vni, _))) => match runs.last_mut() {
+                    Some((v, _, e)) if *v == vni && *e == at => *e = end,
+                    _ => runs.push((vni, at, end)),
+                },
+                _ => {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            if d.is_empty() {
-                break;
-            }
-            if let (Some(v), None) = (vni, run) {
-                run = Some((v, at));
-            }
-            at += d.len();
+            at = end;
         }
+        true
     }
 
-    /// Send `part` (datagrams of `vni`, `stride` apart) and the trailer to the VNI's port.
-    fn forward(
-        &self,
-        routes: &HashMap<Vni, (u64, UnixDatagram)>,
-        vni: Vni,
-        part: &[u8],
-        stride: usize,
-        trailer: &[u8; TRAILER_LEN],
-    ) {
-        let count = part.len().div_ceil(stride) as u64;
-        let Some((_, to)) = routes.get(&vni) else {
-            self.stats.unknown_vni.fetch_add(count, Ordering::Relaxed);
-            return;
+    /// Queue a run for its port and ring the port's doorbell.
+    fn forward(&self, route: &Route, r: Received, buf: Box<[u8]>, start: usize, len: usize) {
+        let stride = r.stride.max(1);
+        let count = len.div_ceil(stride) as u64;
+        let h = Handoff {
+            buf,
+            start,
+            len,
+            stride,
+            from: r.from,
         };
-        let iov = [IoSlice::new(part), IoSlice::new(trailer)];
-        match sendmsg::<UnixAddr>(to.as_raw_fd(), &iov, &[], MsgFlags::MSG_DONTWAIT, None) {
-            Ok(_) => {
+        match route.queue.try_send(h) {
+            Ok(()) => {
                 self.stats.datagrams.fetch_add(count, Ordering::Relaxed);
+                // A full doorbell already has a ring pending: nothing lost.
+                let _ = route.bell.send(&[1]);
             }
             Err(_) => {
                 self.stats.queue_full.fetch_add(count, Ordering::Relaxed);
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trailer_round_trips() {
-        for a in ["192.0.2.1:4789", "[2001:db8::1]:5000", "127.0.0.1:0"] {
-            let a: SocketAddr = a.parse().unwrap_or_else(|_| unreachable!());
-            let mut t = [0u8; TRAILER_LEN];
-            put_trailer(a, 1450, &mut t);
-            assert_eq!(read_trailer(&t), (a, 1450));
         }
     }
 }

@@ -62,7 +62,7 @@
 //! * Counters are atomics the worker writes and anyone may read ([`VxlanPort::stats`]).
 
 use crate::coalesce::Coalescer;
-use crate::demux::{read_trailer, Registration, TRAILER_LEN};
+use crate::demux::DemuxRx;
 use crate::header::{self, Vni, VXLAN_HDR_LEN};
 use crate::suppress::NeighTable;
 use crate::table::{Dest, Learned, TableConfig, VtepTable};
@@ -71,7 +71,6 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -203,8 +202,8 @@ fn bump(c: &AtomicU64, by: u64) {
 enum Rx {
     /// Its own socket.
     Socket,
-    /// The dispatcher of a shared socket, through a socket pair.
-    Demux(UnixDatagram, #[allow(dead_code)] Registration),
+    /// The dispatcher of a shared socket: a queue of runs and a doorbell.
+    Demux(DemuxRx),
 }
 
 /// The batch being handed out: datagrams `stride` apart from one sender.
@@ -292,7 +291,7 @@ impl VxlanPort {
             sock,
             rx_from: Rx::Socket,
             rx: RxBatch {
-                buf: vec![0u8; udp::RECV_BUF + TRAILER_LEN].into_boxed_slice(),
+                buf: vec![0u8; udp::RECV_BUF].into_boxed_slice(),
                 len: 0,
                 pos: 0,
                 stride: 1,
@@ -313,17 +312,16 @@ impl VxlanPort {
     }
 
     /// A port sending on `sock` (a clone of a shared socket) and receiving from `rx`
-    /// (batches with a trailer, see [`crate::demux`]).
+    /// (runs of datagrams the dispatcher hands over, see [`crate::demux`]).
     pub(crate) fn demuxed(
         sock: UdpSocket,
-        rx: UnixDatagram,
-        reg: Registration,
+        rx: DemuxRx,
         vni: Vni,
         config: TableConfig,
     ) -> io::Result<VxlanPort> {
         // The shared socket was set up by the `VxlanSocket`.
         let mut port = VxlanPort::with_socket(sock, vni, config, false)?;
-        port.rx_from = Rx::Demux(rx, reg);
+        port.rx_from = Rx::Demux(rx);
         Ok(port)
     }
 
@@ -455,29 +453,38 @@ impl VxlanPort {
         let rx = &mut self.rx;
         rx.len = 0;
         rx.pos = 0;
+        let mut start = 0;
         let got = match &self.rx_from {
             Rx::Socket => udp::recv_one(
                 &self.sock,
                 rx.buf.get_mut(..udp::RECV_BUF).unwrap_or_default(),
             ),
-            Rx::Demux(pair, _) => match pair.recv(&mut rx.buf) {
-                Ok(n) if n >= rx.buf.len() || n < TRAILER_LEN => {
-                    bump(&self.stats.rx_malformed, 1);
-                    return Ok(());
+            Rx::Demux(d) => {
+                // The queue, else clear the doorbell and look once more (a run queued
+                // after the first look rings again, so nothing is missed).
+                let mut next = d.runs.try_recv().ok();
+                if next.is_none() {
+                    let mut ring = [0u8; 64];
+                    while d.bell.recv(&mut ring).is_ok() {}
+                    next = d.runs.try_recv().ok();
                 }
-                Ok(n) => {
-                    let mut t = [0u8; TRAILER_LEN];
-                    t.copy_from_slice(rx.buf.get(n - TRAILER_LEN..n).unwrap_or(&[0; TRAILER_LEN]));
-                    let (from, stride) = read_trailer(&t);
-                    Ok(udp::Received {
-                        len: n - TRAILER_LEN,
-                        from,
-                        stride,
-                        truncated: false,
-                    })
+                match next {
+                    Some(h) => {
+                        let spent = std::mem::replace(&mut rx.buf, h.buf);
+                        if spent.len() >= udp::RECV_BUF {
+                            let _ = d.spare.try_send(spent);
+                        }
+                        start = h.start;
+                        Ok(udp::Received {
+                            len: h.len,
+                            from: h.from,
+                            stride: h.stride,
+                            truncated: h.start + h.len > rx.buf.len(),
+                        })
+                    }
+                    None => Err(io::ErrorKind::WouldBlock.into()),
                 }
-                Err(e) => Err(e),
-            },
+            }
         };
         let r = match got {
             Ok(r) => r,
@@ -509,7 +516,8 @@ impl VxlanPort {
             bump(&self.stats.rx_malformed, 1);
             return Ok(());
         }
-        rx.len = r.len;
+        rx.pos = start;
+        rx.len = start + r.len;
         rx.stride = r.stride.max(1);
         rx.from = r.from;
         Ok(())
@@ -520,7 +528,7 @@ impl AsRawFd for VxlanPort {
     fn as_raw_fd(&self) -> RawFd {
         match &self.rx_from {
             Rx::Socket => self.sock.as_raw_fd(),
-            Rx::Demux(rx, _) => rx.as_raw_fd(),
+            Rx::Demux(d) => d.bell.as_raw_fd(),
         }
     }
 }

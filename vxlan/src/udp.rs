@@ -206,6 +206,15 @@ impl RecvBatch {
         Ok(self.got.len())
     }
 
+    /// Take the buffer of the `i`th batch of the last read (its bytes are the batch's),
+    /// leaving `replacement` (at least [`RECV_BUF`] bytes) in its place.
+    pub fn take(&mut self, i: usize, replacement: Box<[u8]>) -> Box<[u8]> {
+        match self.bufs.get_mut(i) {
+            Some(b) if replacement.len() >= RECV_BUF => std::mem::replace(b, replacement),
+            _ => replacement,
+        }
+    }
+
     /// The `i`th batch of the last read, with its bytes.
     pub fn get(&self, i: usize) -> Option<(Received, &[u8])> {
         let r = *self.got.get(i)?;
