@@ -155,7 +155,7 @@ impl VxlanSocket {
         let fd = sock.as_raw_fd();
         poll.registry()
             .register(&mut SourceFd(&fd), SOCK, Interest::READABLE)?;
-        let (spare, spare_rx) = crossbeam_channel::bounded(2 * QUEUE_LEN);
+        let (spare, spare_rx) = crossbeam_channel::bounded(QUEUE_LEN);
         let d = Dispatcher {
             sock: sock.try_clone()?,
             spare: spare_rx,
