@@ -342,6 +342,11 @@ impl Dispatcher {
             self.stats.malformed.fetch_add(count, Ordering::Relaxed);
             return false;
         }
+        if data.is_empty() {
+            // An empty datagram: not VXLAN either.
+            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
         let mut at = 0;
         while at < data.len() {
             let end = (at + stride).min(data.len());
