@@ -20,6 +20,10 @@
 //!   allocation, no clock, no I/O. [`open`] checks the length first and never panics,
 //!   on any input; every failure (too short, unknown key id, tag mismatch) is an
 //!   [`Error`] and the buffer's content is then unspecified.
+//! * The unit is the datagram, never the batch: a UDP GSO/GRO batch of a port
+//!   ([`crate::port`], [`crate::udp`]) is sealed and opened datagram by datagram, each
+//!   with its own nonce and tag, so the receiver's GRO split and UDP's drops and
+//!   reordering never matter.
 //! * Nonces never repeat for a key: a [`KeyRing`] draws a random 6-byte salt and a
 //!   random 48-bit counter start below 2^47 (from the OS, `ring::rand::SystemRandom`)
 //!   when its send key is installed, and increments the counter per datagram; the

@@ -13,6 +13,11 @@
 //!   (a [`tapnet_switch::runtime::FrameIo`] over a non-blocking UDP socket).
 //! * [`crypt`]: encrypted overlays: AES-256-GCM sealing of whole datagrams
 //!   ([`crypt::seal`] / [`crypt::open`]) and a port's [`crypt::KeyRing`].
+//! * [`udp`]: the UDP I/O: batches of datagrams sent with segmentation offload
+//!   (`UDP_SEGMENT`, `sendmmsg` for replication) and read with `UDP_GRO` + `recvmmsg`,
+//!   with run-time fallbacks.
+//! * [`coalesce`]: received TCP segments of one flow merged back into a GSO super-frame
+//!   (software GRO) for the tap.
 //! * [`demux`]: [`demux::VxlanSocket`], the daemon's one UDP socket and the dispatcher
 //!   that hands each datagram to the port of its VNI.
 //!
@@ -21,12 +26,14 @@
 //! check proved, so **nothing here panics after the length check**, on any input.
 #![forbid(unsafe_code)]
 
+pub mod coalesce;
 pub mod crypt;
 pub mod demux;
 pub mod header;
 pub mod port;
 pub mod suppress;
 pub mod table;
+pub mod udp;
 
 pub use crypt::{KeyMaterial, KeySet};
 pub use demux::{DemuxStatsSnapshot, VxlanSocket};

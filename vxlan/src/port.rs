@@ -11,25 +11,44 @@
 //!   never tunnelled (dropped at send, counted `local_only`) and never taken from the
 //!   tunnel (dropped at receive, counted `local_only`, not learned).
 //! * [`FrameIo::send`] takes a frame from the switch (a virtio-net header, then the
-//!   Ethernet frame). A GSO super-frame is cut into wire-size frames and a `NEEDS_CSUM`
-//!   checksum completed ([`tapnet_wire::gso::Segmenter`]); every resulting frame is
-//!   encapsulated ([`crate::header`]) and sent to the VTEP the [`VtepTable`] gives for
-//!   its destination MAC, or to every VTEP of the VNI (head-end replication of
-//!   broadcast, multicast and unknown unicast). A frame that cannot be segmented or
-//!   encapsulated is counted ([`VxlanStatsSnapshot::tx_invalid`]) and refused with
-//!   `InvalidData` (the switch counts a `TxError`); a failed `send_to` is counted
-//!   ([`VxlanStatsSnapshot::tx_errors`]), and the call fails only if no copy went out.
+//!   Ethernet frame). A GSO super-frame is cut once into wire-size frames and a
+//!   `NEEDS_CSUM` checksum completed ([`tapnet_wire::gso::Segmenter`]); each frame is
+//!   encapsulated ([`crate::header`]) in place in the port's transmit buffer, the
+//!   datagrams laid end to end a fixed stride apart, and the whole batch is sent to the
+//!   VTEP the [`VtepTable`] gives for the destination MAC, or to every VTEP of the VNI
+//!   (head-end replication of broadcast, multicast and unknown unicast), as UDP GSO sends
+//!   (`UDP_SEGMENT`; `sendmmsg` to several VTEPs; plain datagrams where the kernel
+//!   refuses offload, see [`crate::udp`]). **Every datagram to a peer goes through one
+//!   function, `VxlanPort::transmit`** (a batch of same-stride datagrams and their
+//!   destination): the one place where datagrams are sealed (encrypted networks, below).
+//!   A frame
+//!   that cannot be segmented or encapsulated is counted
+//!   ([`VxlanStatsSnapshot::tx_invalid`]) and refused with `InvalidData` (the switch
+//!   counts a `TxError`); a failed send is counted ([`VxlanStatsSnapshot::tx_errors`]),
+//!   and the call fails only if no copy went out.
 //! * ARP/NDP suppression: when the port has neighbours ([`VxlanControl::SetNeighbours`],
 //!   which must be endpoints behind *other* VTEPs), a query for one of them is not
 //!   tunnelled; the reply ([`crate::suppress`]) is sent, encapsulated, to the port's own
 //!   socket so that it comes back through [`FrameIo::recv`] (the worker only reads a port
 //!   whose fd is readable) and is switched to the asker like a frame from the tunnel.
-//! * [`FrameIo::recv`] reads datagrams until one is good: it is decapsulated in place,
-//!   its VNI checked, the inner source MAC learned (→ the sender's address; not for the
-//!   port's own suppression replies), and the inner frame returned behind an all-zero
-//!   virtio-net header. Malformed datagrams, other VNIs and frames that do not fit the
-//!   buffer are dropped and counted, never returned and never a panic; an ICMP error
-//!   reported on the socket is counted and skipped, so the port stays in the poll.
+//! * [`FrameIo::recv`] reads a *batch* (from its own socket, with `UDP_GRO`: several
+//!   datagrams of one sender; or from the dispatcher: a run of its VNI's datagrams) and
+//!   hands its datagrams out one frame per call: each is opened (encrypted networks,
+//!   below), decapsulated, its VNI checked,
+//!   the inner frame copied behind a virtio-net header and the inner source MAC learned
+//!   (→ the sender's address; not for the port's own suppression replies). Consecutive
+//!   datagrams that continue the same TCP flow are merged into that frame
+//!   ([`crate::coalesce`]: one GSO super-frame, `NEEDS_CSUM` + `GSO_TCPV4/6`, so the tap
+//!   takes one write for up to 64 KiB); other frames come with an all-zero header.
+//!   Malformed datagrams, other VNIs and frames that do not fit the buffer are dropped
+//!   and counted, never returned and never a panic; an ICMP error reported on the
+//!   socket is counted and skipped, so the port stays in the poll.
+//! * Known VTEPs only: a batch is accepted only from an IP address of the VNI's peers
+//!   (the flood list, [`VxlanControl::SetPeers`]: the control plane's nodes or the static
+//!   `peers` option) or from the port's own address (its suppression replies); anything
+//!   else is dropped and counted ([`VxlanStatsSnapshot::unknown_vtep`]) before it is
+//!   looked at, and nothing is learned from it. Peers are known by IP address, not port:
+//!   a VTEP may send from any source port (Linux's `vxlan` does).
 //! * [`FrameIo::control`] takes a [`VxlanControl`] in a
 //!   [`PortControl::Custom`]: the VNI's peer list (flood list), static MAC → VTEP
 //!   entries, and the neighbours answered locally. It answers [`PortReply::Done`]
@@ -37,30 +56,36 @@
 //! * Split horizon: the switch never sends a frame back out of the port it came in on,
 //!   so nothing that came from the tunnel goes back into it; a single tunnel port per
 //!   network needs nothing more.
-//! * Datagrams are accepted from any sender (learning records whoever sent them);
-//!   accepting only the VNI's peers is a follow-up.
 //! * MTU: the port does not enforce the inner MTU. The driver gives endpoints an MTU of
 //!   underlay MTU − [`crate::header::OVERHEAD_V4`] (50); a datagram larger than the
 //!   underlay's is the kernel's to fragment or refuse (counted as a `tx_errors`).
 //! * Time: learned entries are stamped with a monotonic clock started with the port and
 //!   aged ([`VtepTable::expire`]) at most once a second, from `recv`.
 //! * Encryption ([`VxlanControl::SetKeys`], see [`crate::crypt`]): once a port has a
-//!   key set it never sends in clear. Every datagram (suppression replies included) is
-//!   sealed right before it is sent (no send key: dropped, counted `tx_no_key`), and
-//!   every datagram received is opened right after it is read, before decapsulation
-//!   (failure — truncated, unknown key id, tag mismatch, replayed: dropped, counted
-//!   `auth_failed`; nothing of it is learned).
+//!   key set it never sends in clear. In `VxlanPort::transmit` every datagram of the
+//!   batch is sealed (it grows by [`crypt::OVERHEAD`]) and the batch re-laid
+//!   `stride + OVERHEAD` apart, so it still goes out as one UDP GSO send (the last
+//!   datagram may be shorter); suppression replies, sent to the port itself, are sealed
+//!   too. No send key: nothing of the batch is sent, its frames counted `tx_no_key`.
+//!   On receive, the known-VTEP check comes first; then every datagram is opened in
+//!   place right before it is decapsulated, the first of a frame and each one the
+//!   merging looks at alike (so merging sees only clear, authenticated segments). One
+//!   that fails (truncated, unknown key id, tag mismatch, replayed) is dropped and
+//!   counted `auth_failed`, nothing of it is learned, and the datagrams after it are
+//!   handed out (and merged) as usual.
 //! * Counters are atomics the worker writes and anyone may read ([`VxlanPort::stats`]).
 
+use crate::coalesce::Coalescer;
 use crate::crypt::{self, KeyRing, KeySet};
-use crate::demux::{read_trailer, Registration, TRAILER_LEN};
+use crate::demux::DemuxRx;
 use crate::header::{self, Vni, VXLAN_HDR_LEN};
 use crate::suppress::NeighTable;
 use crate::table::{Dest, Learned, TableConfig, VtepTable};
+use crate::udp::{self, Sender};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -112,6 +137,9 @@ pub struct VxlanStats {
     learned: AtomicU64,
     learn_refused: AtomicU64,
     local_only: AtomicU64,
+    unknown_vtep: AtomicU64,
+    rx_merged: AtomicU64,
+    gso_refused: AtomicU64,
     auth_failed: AtomicU64,
     tx_no_key: AtomicU64,
 }
@@ -147,6 +175,13 @@ pub struct VxlanStatsSnapshot {
     pub learn_refused: u64,
     /// Frames to or from a local-only MAC kept off the tunnel (either direction).
     pub local_only: u64,
+    /// Datagrams dropped because their sender is not a peer of the VNI.
+    pub unknown_vtep: u64,
+    /// Datagrams merged into the frame before them (receive coalescing), counted in
+    /// `rx_datagrams` too.
+    pub rx_merged: u64,
+    /// Times the kernel refused UDP segmentation offload (sends are plain after the first).
+    pub gso_refused: u64,
     /// Datagrams dropped on an encrypted network: not sealed with a key the port
     /// accepts (truncated, unknown key id, tag mismatch: forged or tampered), or
     /// replayed (see [`crate::crypt`]).
@@ -174,6 +209,9 @@ impl VxlanStats {
             learned: l(&self.learned),
             learn_refused: l(&self.learn_refused),
             local_only: l(&self.local_only),
+            unknown_vtep: l(&self.unknown_vtep),
+            rx_merged: l(&self.rx_merged),
+            gso_refused: l(&self.gso_refused),
             auth_failed: l(&self.auth_failed),
             tx_no_key: l(&self.tx_no_key),
         }
@@ -192,33 +230,106 @@ fn bump(c: &AtomicU64, by: u64) {
 enum Rx {
     /// Its own socket.
     Socket,
-    /// The dispatcher of a shared socket, through a socket pair.
-    Demux(UnixDatagram, #[allow(dead_code)] Registration),
+    /// The dispatcher of a shared socket: a queue of runs and a doorbell.
+    Demux(DemuxRx),
+}
+
+/// The batch being handed out: datagrams `stride` apart from one sender.
+struct RxBatch {
+    buf: Box<[u8]>,
+    /// Bytes of datagrams in `buf`.
+    len: usize,
+    /// Where the next datagram starts.
+    pos: usize,
+    stride: usize,
+    from: SocketAddr,
+    /// The datagram at `pos` was opened in place (encrypted network): its clear length.
+    opened: Option<usize>,
+}
+
+impl RxBatch {
+    /// Where the datagram at `pos` ends.
+    fn end(&self) -> usize {
+        (self.pos + self.stride).min(self.len)
+    }
+
+    /// Move past the datagram at `pos`.
+    fn advance(&mut self) {
+        self.pos = self.end();
+        self.opened = None;
+    }
+}
+
+/// What the batch offers next.
+enum Next {
+    /// The batch is spent.
+    Empty,
+    /// The datagram at `pos` failed to open: dropped, counted, skipped.
+    Dropped,
+    /// The datagram at `pos`, in clear: its bytes in the batch's buffer.
+    Ready(Range<usize>),
 }
 
 /// The tunnel port of one VNI. See the module docs.
 pub struct VxlanPort {
     sock: UdpSocket,
-    rx: Rx,
+    rx_from: Rx,
+    rx: RxBatch,
+    sender: Sender,
     local_only: Vec<MacAddr>,
     vni: Vni,
     table: VtepTable,
+    /// The IP addresses of the VNI's peers: the only senders accepted.
+    peer_ips: Vec<IpAddr>,
     neigh: NeighTable,
     /// Where the port's own suppression replies are sent (and come from).
     self_addr: SocketAddr,
     stats: Arc<VxlanStats>,
-    /// Transmit scratch: VXLAN header + one frame.
-    buf: Box<[u8]>,
+    /// Transmit scratch: datagrams (VXLAN header + frame) laid `stride` apart.
+    tx: Vec<u8>,
     start: Instant,
     last_expire_ms: u64,
     /// Keys of an encrypted network (`None`: datagrams in clear).
     crypt: Option<KeyRing>,
 }
 
+/// Whether a frame starting with `eth` is to or from one of `macs`.
+fn local_only_frame(macs: &[MacAddr], eth: &[u8]) -> bool {
+    if macs.is_empty() {
+        return false;
+    }
+    let dst = eth.get(..6);
+    let src = eth.get(6..12);
+    macs.iter()
+        .any(|m| dst == Some(&m.0[..]) || src == Some(&m.0[..]))
+}
+
+/// `ip`, an IPv4-mapped IPv6 address as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 impl VxlanPort {
-    /// A port for `vni` over `sock` (switched to non-blocking), learning within `config`.
+    /// A port for `vni` over `sock` (switched to non-blocking, `UDP_GRO` and large
+    /// buffers asked for, see [`udp::set_buffers`]), learning within `config`.
     pub fn new(sock: UdpSocket, vni: Vni, config: TableConfig) -> io::Result<VxlanPort> {
+        VxlanPort::with_socket(sock, vni, config, true)
+    }
+
+    fn with_socket(
+        sock: UdpSocket,
+        vni: Vni,
+        config: TableConfig,
+        own: bool,
+    ) -> io::Result<VxlanPort> {
         sock.set_nonblocking(true)?;
+        if own {
+            udp::enable_gro(&sock);
+            udp::set_buffers(&sock);
+        }
         let local = sock.local_addr()?;
         let self_addr = match local.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => {
@@ -233,14 +344,24 @@ impl VxlanPort {
         table.add_vni(vni);
         Ok(VxlanPort {
             sock,
-            rx: Rx::Socket,
+            rx_from: Rx::Socket,
+            rx: RxBatch {
+                buf: vec![0u8; udp::RECV_BUF].into_boxed_slice(),
+                len: 0,
+                pos: 0,
+                stride: 1,
+                from: self_addr,
+                opened: None,
+            },
+            sender: Sender::new(),
             local_only: Vec::new(),
             vni,
             table,
+            peer_ips: Vec::new(),
             neigh: NeighTable::new(),
             self_addr,
             stats: Arc::new(VxlanStats::default()),
-            buf: vec![0u8; MAX_DATAGRAM + crypt::OVERHEAD].into_boxed_slice(),
+            tx: vec![0u8; MAX_DATAGRAM],
             start: Instant::now(),
             last_expire_ms: 0,
             crypt: None,
@@ -248,29 +369,22 @@ impl VxlanPort {
     }
 
     /// A port sending on `sock` (a clone of a shared socket) and receiving from `rx`
-    /// (datagrams with a sender trailer, see [`crate::demux`]).
+    /// (runs of datagrams the dispatcher hands over, see [`crate::demux`]).
     pub(crate) fn demuxed(
         sock: UdpSocket,
-        rx: UnixDatagram,
-        reg: Registration,
+        rx: DemuxRx,
         vni: Vni,
         config: TableConfig,
     ) -> io::Result<VxlanPort> {
-        let mut port = VxlanPort::new(sock, vni, config)?;
-        port.rx = Rx::Demux(rx, reg);
+        // The shared socket was set up by the `VxlanSocket`.
+        let mut port = VxlanPort::with_socket(sock, vni, config, false)?;
+        port.rx_from = Rx::Demux(rx);
         Ok(port)
     }
 
     /// Whether a frame starting with `eth` is to or from a local-only MAC.
     fn is_local_only(&self, eth: &[u8]) -> bool {
-        if self.local_only.is_empty() {
-            return false;
-        }
-        let dst = eth.get(..6);
-        let src = eth.get(6..12);
-        self.local_only
-            .iter()
-            .any(|m| dst == Some(&m.0[..]) || src == Some(&m.0[..]))
+        local_only_frame(&self.local_only, eth)
     }
 
     /// The port's counters, live.
@@ -299,7 +413,10 @@ impl VxlanPort {
 
     fn apply(&mut self, msg: VxlanControl) -> PortReply {
         match msg {
-            VxlanControl::SetPeers(p) => self.table.set_peers(self.vni, &p),
+            VxlanControl::SetPeers(p) => {
+                self.peer_ips = p.iter().map(|a| canonical(a.ip())).collect();
+                self.table.set_peers(self.vni, &p);
+            }
             VxlanControl::SetStatics(s) => self.table.set_statics(self.vni, &s),
             VxlanControl::SetNeighbours(n) => self.neigh.set_vni(self.vni, &n),
             VxlanControl::SetLocalOnly(m) => self.local_only = m,
@@ -312,43 +429,41 @@ impl VxlanPort {
         PortReply::Done
     }
 
-    /// Encapsulate the Ethernet frame already at `buf[8..8 + len]` and send it where the
+    /// Encapsulate the Ethernet frame already at `tx[8..8 + len]` and send it where the
     /// table says. `Ok` if at least one copy went out (or the query was answered).
     fn send_one(&mut self, len: usize) -> io::Result<()> {
-        let VxlanPort {
-            sock,
-            vni,
-            table,
-            neigh,
-            self_addr,
-            stats,
-            buf,
-            crypt,
-            ..
-        } = self;
         let n = VXLAN_HDR_LEN + len;
-        let Some(datagram) = buf.get_mut(..n) else {
-            bump(&stats.tx_invalid, 1);
+        let Some(datagram) = self.tx.get_mut(..n) else {
+            bump(&self.stats.tx_invalid, 1);
             return Err(io::ErrorKind::InvalidData.into());
         };
-        if header::emit_header(*vni, datagram).is_err() || len < tapnet_wire::ETH_HDR_LEN {
-            bump(&stats.tx_invalid, 1);
+        if header::emit_header(self.vni, datagram).is_err() || len < tapnet_wire::ETH_HDR_LEN {
+            bump(&self.stats.tx_invalid, 1);
             return Err(io::ErrorKind::InvalidData.into());
         }
         let (hdr, inner) = datagram.split_at_mut(VXLAN_HDR_LEN);
         // A query a neighbour entry answers: the reply replaces the frame, to ourselves.
         let mut reply = [0u8; VXLAN_HDR_LEN + crate::suppress::NA_LEN + crypt::OVERHEAD];
-        if let Some(rlen) = neigh.answer(*vni, inner, &mut reply[VXLAN_HDR_LEN..]) {
+        if let Some(rlen) = self
+            .neigh
+            .answer(self.vni, inner, &mut reply[VXLAN_HDR_LEN..])
+        {
             reply[..VXLAN_HDR_LEN].copy_from_slice(hdr);
-            bump(&stats.suppressed, 1);
-            let Some(rlen) = seal(crypt, &mut reply, VXLAN_HDR_LEN + rlen, stats) else {
-                return Err(io::ErrorKind::NotConnected.into());
+            bump(&self.stats.suppressed, 1);
+            // Sealed like every datagram: it comes back through `recv`, which opens it.
+            let rlen = VXLAN_HDR_LEN + rlen;
+            let rlen = match &mut self.crypt {
+                None => rlen,
+                Some(ring) => match ring.seal(&mut reply, rlen) {
+                    Ok(n) => n,
+                    Err(e) => return Err(seal_failed(&self.stats, e, 1)),
+                },
             };
             let out = reply.get(..rlen).unwrap_or_default();
-            return match sock.send_to(out, *self_addr) {
+            return match self.sock.send_to(out, self.self_addr) {
                 Ok(_) => Ok(()),
                 Err(e) => {
-                    bump(&stats.tx_errors, 1);
+                    bump(&self.stats.tx_errors, 1);
                     Err(e)
                 }
             };
@@ -356,147 +471,318 @@ impl VxlanPort {
         let dst = inner
             .first_chunk::<6>()
             .map_or(MacAddr::BROADCAST, |d| MacAddr(*d));
-        let Some(n) = seal(crypt, buf, n, stats) else {
-            return Err(io::ErrorKind::NotConnected.into());
+        self.transmit(dst, 0..n, n)
+    }
+
+    /// **Every datagram to a peer leaves through here**: the datagrams at `tx[range]`
+    /// (VXLAN header + frame each, `stride` apart, the last maybe shorter), all for the
+    /// inner destination `dst`, are sealed if the port has keys ([`Self::seal_batch`])
+    /// and go to the VTEP the table gives for it, or to every VTEP of the VNI. `Ok` if
+    /// at least one copy went out. Nothing beyond `range.end` in `tx` is live: sealing
+    /// may use it.
+    fn transmit(&mut self, dst: MacAddr, range: Range<usize>, stride: usize) -> io::Result<()> {
+        let (range, stride) = self.seal_batch(range, stride)?;
+        let VxlanPort {
+            sock,
+            vni,
+            table,
+            stats,
+            tx,
+            sender,
+            ..
+        } = self;
+        let Some(batch) = tx.get(range) else {
+            bump(&stats.tx_invalid, 1);
+            return Err(io::ErrorKind::InvalidData.into());
         };
-        let datagram = buf.get(..n).unwrap_or_default();
-        bump(&stats.tx_frames, 1);
-        let (mut sent, mut last_err) = (0u64, None);
-        let mut send = |to: SocketAddr| match sock.send_to(datagram, to) {
-            Ok(_) => sent += 1,
-            Err(e) => {
-                bump(&stats.tx_errors, 1);
-                last_err = Some(e);
+        let frames = batch.len().div_ceil(stride.max(1)) as u64;
+        bump(&stats.tx_frames, frames);
+        let one;
+        let to: &[SocketAddr] = match table.lookup(*vni, dst) {
+            Dest::Unicast(addr) => {
+                one = [addr];
+                &one
             }
-        };
-        match table.lookup(*vni, dst) {
-            Dest::Unicast(to) => send(to),
             Dest::Flood(all) => {
-                bump(&stats.tx_flooded, 1);
-                for &to in all {
-                    send(to);
-                }
+                bump(&stats.tx_flooded, frames);
+                all
             }
-        }
-        bump(&stats.tx_datagrams, sent);
-        match last_err {
-            Some(e) if sent == 0 => Err(e),
+        };
+        let refused = sender.gso_refused();
+        let sent = sender.send(sock, batch, stride, to);
+        bump(&stats.gso_refused, sender.gso_refused() - refused);
+        bump(&stats.tx_datagrams, sent.datagrams);
+        bump(&stats.tx_errors, sent.errors);
+        match sent.last_error {
+            Some(e) if sent.datagrams == 0 => Err(e),
             _ => Ok(()),
         }
     }
+
+    /// Seal every datagram of the batch at `tx[range]` (`stride` apart, the last maybe
+    /// shorter) if the port has keys: datagram `i` moves to `range.start + i * (stride +
+    /// OVERHEAD)` and is sealed there (nonces in send order), so the sealed batch keeps a
+    /// fixed stride (UDP GSO) and only the last may be shorter. The batch to send: its
+    /// range and stride (unchanged without keys). If any datagram cannot be sealed,
+    /// nothing is sent and the batch's frames are counted (`tx_no_key`, or `tx_invalid`).
+    fn seal_batch(
+        &mut self,
+        range: Range<usize>,
+        stride: usize,
+    ) -> io::Result<(Range<usize>, usize)> {
+        let VxlanPort {
+            crypt, tx, stats, ..
+        } = self;
+        let Some(ring) = crypt else {
+            return Ok((range, stride));
+        };
+        let stride = stride.max(1);
+        if range.end > tx.len() || range.is_empty() {
+            bump(&stats.tx_invalid, 1);
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+        let count = range.len().div_ceil(stride);
+        let sealed = stride + crypt::OVERHEAD;
+        let len_of = |i: usize| (range.len() - i * stride).min(stride);
+        let need = range.start + count * sealed;
+        if tx.len() < need {
+            tx.resize(need, 0);
+        }
+        // Back to front: each datagram moves right, never onto one not yet moved.
+        for i in (1..count).rev() {
+            let from = range.start + i * stride;
+            tx.copy_within(from..from + len_of(i), range.start + i * sealed);
+        }
+        for i in 0..count {
+            let at = range.start + i * sealed;
+            let res = match tx.get_mut(at..at + sealed) {
+                Some(d) => ring.seal(d, len_of(i)),
+                None => Err(crypt::Error::BufferTooSmall),
+            };
+            if let Err(e) = res {
+                return Err(seal_failed(stats, e, count as u64));
+            }
+        }
+        let end = range.start + (count - 1) * sealed + len_of(count - 1) + crypt::OVERHEAD;
+        Ok((range.start..end, sealed))
+    }
+
+    /// The datagram at `rx.pos`, opened in place first if the port has keys (once: the
+    /// merging may look at it and leave it for the next frame). One that fails to open
+    /// is counted `auth_failed` and skipped.
+    fn next_datagram(&mut self) -> Next {
+        let rx = &mut self.rx;
+        if rx.pos >= rx.len {
+            return Next::Empty;
+        }
+        let end = rx.end();
+        let Some(ring) = &mut self.crypt else {
+            return Next::Ready(rx.pos..end);
+        };
+        if let Some(n) = rx.opened {
+            return Next::Ready(rx.pos..rx.pos + n);
+        }
+        let opened = match rx.buf.get_mut(rx.pos..end) {
+            Some(d) => {
+                let n = d.len();
+                ring.open(d, n)
+            }
+            None => Err(crypt::Error::Truncated),
+        };
+        match opened {
+            Ok(n) => {
+                rx.opened = Some(n);
+                Next::Ready(rx.pos..rx.pos + n)
+            }
+            Err(_) => {
+                bump(&self.stats.auth_failed, 1);
+                rx.advance();
+                Next::Dropped
+            }
+        }
+    }
+
+    /// Read the next batch into `self.rx`: from the socket (a GRO batch) or from the
+    /// dispatcher (a run of one VNI's datagrams and a trailer). Batches from senders
+    /// that are not peers (nor the port itself) are dropped and counted here.
+    fn fill(&mut self) -> io::Result<()> {
+        let rx = &mut self.rx;
+        rx.len = 0;
+        rx.pos = 0;
+        rx.opened = None;
+        let mut start = 0;
+        let got = match &self.rx_from {
+            Rx::Socket => udp::recv_one(
+                &self.sock,
+                rx.buf.get_mut(..udp::RECV_BUF).unwrap_or_default(),
+            ),
+            Rx::Demux(d) => {
+                // The queue, else clear the doorbell and look once more (a run queued
+                // after the first look rings again, so nothing is missed).
+                let mut next = d.runs.try_recv().ok();
+                if next.is_none() {
+                    let mut ring = [0u8; 64];
+                    while d.bell.recv(&mut ring).is_ok() {}
+                    next = d.runs.try_recv().ok();
+                }
+                match next {
+                    Some(h) => {
+                        let spent = std::mem::replace(&mut rx.buf, h.buf);
+                        if spent.len() >= udp::RECV_BUF {
+                            let _ = d.spare.try_send(spent);
+                        }
+                        start = h.start;
+                        Ok(udp::Received {
+                            len: h.len,
+                            from: h.from,
+                            stride: h.stride,
+                            truncated: h.start + h.len > rx.buf.len(),
+                        })
+                    }
+                    None => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            }
+        };
+        let r = match got {
+            Ok(r) => r,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionRefused
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::HostUnreachable
+                        | io::ErrorKind::NetworkUnreachable
+                ) =>
+            {
+                // An ICMP error reported on the socket: counted, skipped.
+                bump(&self.stats.rx_errors, 1);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let datagrams = r.len.div_ceil(r.stride.max(1)).max(1) as u64;
+        if r.truncated {
+            bump(&self.stats.rx_too_long, datagrams);
+            return Ok(());
+        }
+        if r.from != self.self_addr && !self.peer_ips.contains(&canonical(r.from.ip())) {
+            bump(&self.stats.unknown_vtep, datagrams);
+            return Ok(());
+        }
+        if r.len == 0 {
+            bump(&self.stats.rx_malformed, 1);
+            return Ok(());
+        }
+        rx.pos = start;
+        rx.len = start + r.len;
+        rx.stride = r.stride.max(1);
+        rx.from = r.from;
+        Ok(())
+    }
 }
 
-/// Seal `buf[..len]` if the port has keys (see [`crate::crypt`]): the length to send,
-/// or `None` (counted) if nothing may be sent.
-fn seal(
-    crypt: &mut Option<KeyRing>,
-    buf: &mut [u8],
-    len: usize,
-    stats: &VxlanStats,
-) -> Option<usize> {
-    let Some(ring) = crypt else {
-        return Some(len);
-    };
-    match ring.seal(buf, len) {
-        Ok(n) => Some(n),
-        Err(crypt::Error::NoKey) => {
-            bump(&stats.tx_no_key, 1);
-            None
+/// Count a batch of `frames` that could not be sealed (`tx_no_key`: no send key;
+/// else `tx_invalid`) and the error to return: nothing of it is sent.
+fn seal_failed(stats: &VxlanStats, e: crypt::Error, frames: u64) -> io::Error {
+    match e {
+        crypt::Error::NoKey => {
+            bump(&stats.tx_no_key, frames);
+            io::ErrorKind::NotConnected.into()
         }
-        Err(_) => {
-            bump(&stats.tx_invalid, 1);
-            None
+        _ => {
+            bump(&stats.tx_invalid, frames);
+            io::ErrorKind::InvalidData.into()
         }
     }
 }
 
 impl AsRawFd for VxlanPort {
     fn as_raw_fd(&self) -> RawFd {
-        match &self.rx {
+        match &self.rx_from {
             Rx::Socket => self.sock.as_raw_fd(),
-            Rx::Demux(rx, _) => rx.as_raw_fd(),
+            Rx::Demux(d) => d.bell.as_raw_fd(),
         }
     }
 }
 
 impl FrameIo for VxlanPort {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // The datagram is read at offset 2, so that its 8-byte VXLAN header is replaced
-        // in place by the 10-byte virtio-net header: the inner frame is not copied.
-        const AT: usize = VNET_HDR_LEN - VXLAN_HDR_LEN;
         loop {
-            let Some(room) = buf.get_mut(AT..) else {
-                return Err(io::ErrorKind::InvalidInput.into());
-            };
-            let got = match &self.rx {
-                Rx::Socket => self.sock.recv_from(room),
-                Rx::Demux(rx, _) => match rx.recv(room) {
-                    Ok(n) if n >= room.len() => Ok((n, self.self_addr)),
-                    Ok(n) if n >= TRAILER_LEN => {
-                        let mut t = [0u8; TRAILER_LEN];
-                        t.copy_from_slice(room.get(n - TRAILER_LEN..n).unwrap_or(&[0; 18]));
-                        Ok((n - TRAILER_LEN, read_trailer(&t)))
-                    }
-                    Ok(_) => {
-                        bump(&self.stats.rx_malformed, 1);
-                        continue;
-                    }
-                    Err(e) => Err(e),
-                },
-            };
-            let (n, from) = match got {
-                Ok(r) => r,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionRefused
-                            | io::ErrorKind::ConnectionReset
-                            | io::ErrorKind::HostUnreachable
-                            | io::ErrorKind::NetworkUnreachable
-                    ) =>
-                {
-                    bump(&self.stats.rx_errors, 1);
+            // The next datagram of the batch (opened); the rest wait in `self.rx`.
+            let r = match self.next_datagram() {
+                Next::Empty => {
+                    self.fill()?;
                     continue;
                 }
-                Err(e) => return Err(e),
+                Next::Dropped => continue,
+                Next::Ready(r) => r,
             };
-            // recv_from truncates silently: a datagram that filled the room may be cut.
-            if n >= room.len() {
-                bump(&self.stats.rx_too_long, 1);
+            self.rx.advance();
+            let from = self.rx.from;
+            let Some(d) = self.rx.buf.get(r) else {
                 continue;
-            }
-            let n = match &mut self.crypt {
-                None => n,
-                Some(ring) => match ring.open(room, n) {
-                    Ok(n) => n,
-                    Err(_) => {
-                        bump(&self.stats.auth_failed, 1);
-                        continue;
-                    }
-                },
             };
-            let (vni, src) = match header::decap(room.get(..n).unwrap_or_default()) {
-                Ok((vni, inner)) => (vni, inner.get(6..12).and_then(|s| s.try_into().ok())),
+            let inner = match header::decap(d) {
+                Ok((vni, _)) if vni != self.vni => {
+                    bump(&self.stats.rx_wrong_vni, 1);
+                    continue;
+                }
+                Ok((_, inner)) => inner,
                 Err(_) => {
                     bump(&self.stats.rx_malformed, 1);
                     continue;
                 }
             };
-            if vni != self.vni {
-                bump(&self.stats.rx_wrong_vni, 1);
-                continue;
-            }
-            if self.is_local_only(
-                room.get(VXLAN_HDR_LEN..n.max(VXLAN_HDR_LEN))
-                    .unwrap_or_default(),
-            ) {
+            if local_only_frame(&self.local_only, inner) {
                 bump(&self.stats.local_only, 1);
                 continue;
+            }
+            let Some(out) = buf.get_mut(VNET_HDR_LEN..VNET_HDR_LEN + inner.len()) else {
+                bump(&self.stats.rx_too_long, 1);
+                continue;
+            };
+            out.copy_from_slice(inner);
+            let src = inner.get(6..12).and_then(|s| <[u8; 6]>::try_from(s).ok());
+            bump(&self.stats.rx_datagrams, 1);
+            // Software GRO: the datagrams after it that continue its TCP flow, in this
+            // batch and, while the frame has room, in the sender's next batch if it is
+            // already queued (a 64 KiB super-frame crosses as two UDP GSO sends).
+            let mut len = VNET_HDR_LEN + inner.len();
+            if let Some(mut c) = Coalescer::start(buf, inner.len()) {
+                loop {
+                    let r = match self.next_datagram() {
+                        Next::Ready(r) => r,
+                        // Dropped and counted: the merge goes on with the next one.
+                        Next::Dropped => continue,
+                        Next::Empty => {
+                            if !c.is_open() || self.fill().is_err() {
+                                break;
+                            }
+                            if self.rx.len == 0 || self.rx.from != from {
+                                break;
+                            }
+                            continue;
+                        }
+                    };
+                    let Some(Ok((vni, inner))) = self.rx.buf.get(r).map(header::decap) else {
+                        break;
+                    };
+                    if vni != self.vni || !c.append(buf, inner) {
+                        break;
+                    }
+                    self.rx.advance();
+                }
+                let merged = (c.segments() - 1) as u64;
+                bump(&self.stats.rx_datagrams, merged);
+                bump(&self.stats.rx_merged, merged);
+                len = c.finish(buf);
+            } else if let Some(hdr) = buf.get_mut(..VNET_HDR_LEN) {
+                hdr.copy_from_slice(&ZERO_HDR);
             }
             let now = self.now_ms();
             if from != self.self_addr {
                 if let Some(src) = src {
-                    match self.table.learn(vni, MacAddr(src), from, now) {
+                    match self.table.learn(self.vni, MacAddr(src), from, now) {
                         Learned::New | Learned::Moved => bump(&self.stats.learned, 1),
                         Learned::Refused => bump(&self.stats.learn_refused, 1),
                         Learned::Refreshed | Learned::Ignored => {}
@@ -507,12 +793,7 @@ impl FrameIo for VxlanPort {
                 self.table.expire(now);
                 self.last_expire_ms = now;
             }
-            let Some(hdr) = buf.get_mut(..VNET_HDR_LEN) else {
-                return Err(io::ErrorKind::InvalidInput.into());
-            };
-            hdr.copy_from_slice(&ZERO_HDR);
-            bump(&self.stats.rx_datagrams, 1);
-            return Ok(n + AT);
+            return Ok(len);
         }
     }
 
@@ -524,6 +805,9 @@ impl FrameIo for VxlanPort {
         let Ok((hdr, eth)) = vnet::split(frame) else {
             return invalid(&self.stats);
         };
+        if eth.len() < tapnet_wire::ETH_HDR_LEN {
+            return invalid(&self.stats);
+        }
         if self.is_local_only(eth) {
             // Not an error: the frame is for (or from) this host's copy of the MAC.
             bump(&self.stats.local_only, 1);
@@ -531,7 +815,11 @@ impl FrameIo for VxlanPort {
         }
         // Plain frames (the common case) are copied once; others go through the segmenter.
         if hdr.gso_type_raw() == vnet::VIRTIO_NET_HDR_GSO_NONE && !hdr.needs_csum() {
-            let Some(out) = self.buf.get_mut(VXLAN_HDR_LEN..VXLAN_HDR_LEN + eth.len()) else {
+            let n = VXLAN_HDR_LEN + eth.len();
+            if self.tx.len() < n {
+                self.tx.resize(n, 0);
+            }
+            let Some(out) = self.tx.get_mut(VXLAN_HDR_LEN..n) else {
                 return invalid(&self.stats);
             };
             out.copy_from_slice(eth);
@@ -541,22 +829,55 @@ impl FrameIo for VxlanPort {
         let Ok(mut seg) = Segmenter::with_header(&hdr, eth) else {
             return invalid(&self.stats);
         };
-        let mut result = Ok(frame.len());
-        loop {
-            let next = match self.buf.get_mut(VXLAN_HDR_LEN..) {
-                Some(out) => seg.next_into(out),
-                None => return invalid(&self.stats),
+        if seg.len() <= 1 {
+            let n = VXLAN_HDR_LEN + seg.max_frame_len();
+            if self.tx.len() < n {
+                self.tx.resize(n, 0);
+            }
+            return match self.tx.get_mut(VXLAN_HDR_LEN..).map(|o| seg.next_into(o)) {
+                Some(Ok(Some(len))) => self.send_one(len).map(|()| frame.len()),
+                _ => invalid(&self.stats),
+            };
+        }
+        // Every segment encapsulated in place, `stride` apart: one GSO batch.
+        let stride = VXLAN_HDR_LEN + seg.max_frame_len();
+        let need = stride * seg.len();
+        if self.tx.len() < need {
+            self.tx.resize(need, 0);
+        }
+        let dst = eth
+            .first_chunk::<6>()
+            .map_or(MacAddr::BROADCAST, |d| MacAddr(*d));
+        let (mut at, mut batch_start, mut result) = (0usize, 0usize, Ok(frame.len()));
+        while seg.remaining() > 0 {
+            let next = match self.tx.get_mut(at..at + stride) {
+                Some(out) => {
+                    let _ = header::emit_header(self.vni, out);
+                    out.get_mut(VXLAN_HDR_LEN..).map(|o| seg.next_into(o))
+                }
+                None => None,
             };
             match next {
-                Ok(Some(len)) => {
-                    if let Err(e) = self.send_one(len) {
-                        result = Err(e);
+                Some(Ok(Some(len))) => {
+                    at += VXLAN_HDR_LEN + len;
+                    // A short segment ends a batch (only the last may be short).
+                    if len + VXLAN_HDR_LEN < stride && seg.remaining() > 0 {
+                        if let Err(e) = self.transmit(dst, batch_start..at, stride) {
+                            result = Err(e);
+                        }
+                        at = at.next_multiple_of(stride);
+                        batch_start = at;
                     }
                 }
-                Ok(None) => return result,
-                Err(_) => return invalid(&self.stats),
+                _ => return invalid(&self.stats),
             }
         }
+        if at > batch_start {
+            if let Err(e) = self.transmit(dst, batch_start..at, stride) {
+                result = Err(e);
+            }
+        }
+        result
     }
 
     fn control(&mut self, msg: PortControl) -> io::Result<PortReply> {

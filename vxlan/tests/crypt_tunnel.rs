@@ -1,6 +1,8 @@
 //! Two switches joined by encrypted VXLAN ports over loopback UDP: frames cross sealed,
 //! a third VTEP sees only ciphertext, forged datagrams are counted `auth_failed`, a
-//! port without a send key sends nothing. Needs no privileges.
+//! port without a send key sends nothing; a TCP super-frame crosses sealed as one UDP
+//! GSO send and is merged back, and a forged datagram inside a GRO batch is dropped
+//! without breaking the merge of the rest. Needs no privileges.
 #![allow(clippy::unwrap_used)]
 
 use std::net::{SocketAddr, UdpSocket};
@@ -9,10 +11,13 @@ use std::time::{Duration, Instant};
 use tapnet_switch::core::SwitchConfig;
 use tapnet_switch::runtime::{DatagramPort, Datapath, NetworkHandle, PortControl, PortReply};
 use tapnet_switch::VNET_HDR_LEN;
-use tapnet_vxlan::crypt::{self, KeyMaterial, KeySet};
-use tapnet_vxlan::header::{encap, Vni};
+use tapnet_vxlan::crypt::{self, KeyMaterial, KeyRing, KeySet};
+use tapnet_vxlan::header::{decap, encap, Vni};
 use tapnet_vxlan::table::TableConfig;
+use tapnet_vxlan::udp::Sender;
 use tapnet_vxlan::{VxlanControl, VxlanPort, VxlanStats, VxlanStatsSnapshot};
+use tapnet_wire::gso::Segmenter;
+use tapnet_wire::vnet;
 
 const BCAST: [u8; 6] = [0xff; 6];
 
@@ -182,5 +187,168 @@ fn sealed_frames_cross_and_a_third_vtep_sees_no_plaintext() {
         left += 1;
     }
     assert_eq!(left, 1);
+    dp.shutdown();
+}
+
+/// A TSO4 super-frame (vnet header + frame) from mac(0xa) to `dst`: `payload` bytes in
+/// `mss`-byte segments, PSH on the last, checksum left to the datapath.
+fn tso4(dst: [u8; 6], payload: usize, mss: u16) -> Vec<u8> {
+    let mut f = vec![0u8; VNET_HDR_LEN];
+    f[0] = 1; // NEEDS_CSUM
+    f[1] = 1; // TCPV4
+    f[2..4].copy_from_slice(&54u16.to_le_bytes());
+    f[4..6].copy_from_slice(&mss.to_le_bytes());
+    f[6..8].copy_from_slice(&34u16.to_le_bytes());
+    f[8..10].copy_from_slice(&16u16.to_le_bytes());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&mac(0xa));
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 20 + payload) as u16;
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&total.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+    f.extend_from_slice(&[0x30, 0x39, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18]);
+    f.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
+    for i in 0..payload {
+        f.push((i * 7 % 251) as u8);
+    }
+    f
+}
+
+/// The wire frames (no vnet header) a super-frame is cut into.
+fn segments(sf: &[u8]) -> Vec<Vec<u8>> {
+    let (hdr, eth) = vnet::split(sf).unwrap();
+    let mut seg = Segmenter::with_header(&hdr, eth).unwrap();
+    let mut out = Vec::new();
+    while seg.remaining() > 0 {
+        let mut f = vec![0u8; seg.max_frame_len()];
+        let n = seg.next_into(&mut f).unwrap().unwrap();
+        f.truncate(n);
+        out.push(f);
+    }
+    out
+}
+
+/// Read super-frames at `side` until `total` TCP payload bytes came: the payload in
+/// order and the number of frames.
+fn recv_stream(side: &Side, total: usize, mss: u16) -> (Vec<u8>, u64) {
+    let mut payload = Vec::new();
+    let mut frames = 0u64;
+    while payload.len() < total {
+        let got = side.recv();
+        frames += 1;
+        let (hdr, g) = got.split_at(VNET_HDR_LEN);
+        let seq = u32::from_be_bytes(g[38..42].try_into().unwrap());
+        assert_eq!(seq as usize, 1 + payload.len(), "frame {frames} in order");
+        if g.len() - 54 > mss as usize {
+            assert_eq!((hdr[0], hdr[1]), (1, 1), "merged: NEEDS_CSUM + GSO_TCPV4");
+            assert_eq!(u16::from_le_bytes([hdr[4], hdr[5]]), mss, "gso_size");
+        }
+        payload.extend_from_slice(&g[54..]);
+    }
+    (payload, frames)
+}
+
+#[test]
+fn a_sealed_super_frame_crosses_as_gso_sends_and_comes_out_merged() {
+    let dp = Datapath::start(2).unwrap();
+    let (a, b) = (Side::new(&dp), Side::new(&dp));
+    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let c_addr = c.local_addr().unwrap();
+    a.control(VxlanControl::SetPeers(vec![b.addr, c_addr]));
+    b.control(VxlanControl::SetPeers(vec![a.addr, c_addr]));
+    a.control(VxlanControl::SetKeys(keys(&[1], Some(1))));
+    b.control(VxlanControl::SetKeys(keys(&[1], Some(1))));
+
+    // 65,000 bytes in 1,400-byte segments: 47 sealed datagrams of 1,462 + 32 bytes (the
+    // last short), two GSO sends per VTEP; B opens each and merges them back.
+    let sf = tso4(mac(0xb), 65_000, 1400);
+    a.peer.send(&sf).unwrap();
+    let (payload, frames) = recv_stream(&b, 65_000, 1400);
+    assert_eq!(
+        payload,
+        sf[VNET_HDR_LEN + 54..],
+        "every payload byte, in order"
+    );
+    assert!(frames <= 2, "{frames} frames: merged");
+
+    // C (no GRO) reads the 47 datagrams one by one: each sealed, each opens (nonces in
+    // send order) to exactly the segment the segmenter makes.
+    let want = segments(&sf);
+    assert_eq!(want.len(), 47);
+    let mut ring = KeyRing::new(&keys(&[1], None));
+    let mut d = vec![0u8; 70_000];
+    let mut last_seq = None;
+    for (i, w) in want.iter().enumerate() {
+        let (n, from) = c.recv_from(&mut d).unwrap();
+        assert_eq!(from, a.addr);
+        assert_eq!(n, 8 + w.len() + crypt::OVERHEAD, "datagram {i} length");
+        assert!(!contains(&d[..n], &w[54..120]), "datagram {i} in clear");
+        let nonce_ctr =
+            u64::from_be_bytes(d[12 + 4..12 + 12].try_into().unwrap()) & 0xffff_ffff_ffff;
+        if let Some(prev) = last_seq {
+            assert_eq!(nonce_ctr, prev + 1, "datagram {i}: nonces in send order");
+        }
+        last_seq = Some(nonce_ctr);
+        let m = ring.open(&mut d, n).unwrap();
+        let (v, inner) = decap(&d[..m]).unwrap();
+        assert_eq!(v, vni());
+        assert_eq!(inner, &w[..], "datagram {i} opens to segment {i}");
+    }
+    wait_until("counters", || {
+        b.vx().rx_datagrams == 47 && a.vx().tx_datagrams == 94
+    });
+    let (sa, sb) = (a.vx(), b.vx());
+    assert_eq!((sa.tx_frames, sa.tx_no_key, sa.gso_refused), (47, 0, 0));
+    assert_eq!((sb.rx_merged, sb.auth_failed), (47 - frames, 0));
+    dp.shutdown();
+}
+
+#[test]
+fn a_forged_datagram_inside_a_gro_batch_is_dropped_and_the_rest_still_merge() {
+    let dp = Datapath::start(2).unwrap();
+    let b = Side::new(&dp);
+    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let c_addr = c.local_addr().unwrap();
+    b.control(VxlanControl::SetPeers(vec![c_addr]));
+    b.control(VxlanControl::SetKeys(keys(&[1], Some(1))));
+
+    // C seals ten 1,400-byte segments of one flow and slips, between the 5th and the
+    // 6th, a copy of the 6th with one bit of its tag flipped: eleven datagrams of one
+    // size, sent as one UDP GSO send, which B's GRO socket reads as one batch.
+    let sf = tso4(mac(0xb), 14_000, 1400);
+    let segs = segments(&sf);
+    assert_eq!(segs.len(), 10);
+    let mut ring = KeyRing::new(&keys(&[1], Some(1)));
+    let mut sealed = Vec::new();
+    for s in &segs {
+        let mut d = vec![0u8; 8 + s.len() + crypt::OVERHEAD];
+        let n = encap(vni(), s, &mut d).unwrap();
+        let n = ring.seal(&mut d, n).unwrap();
+        d.truncate(n);
+        sealed.push(d);
+    }
+    let mut forged = sealed[5].clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 0x80;
+    sealed.insert(5, forged);
+    let stride = sealed[0].len();
+    assert!(sealed.iter().all(|d| d.len() == stride));
+    let batch = sealed.concat();
+    let sent = Sender::new().send(&c, &batch, stride, &[b.addr]);
+    assert_eq!(sent.datagrams, 11);
+
+    let (payload, frames) = recv_stream(&b, 14_000, 1400);
+    assert_eq!(
+        payload,
+        sf[VNET_HDR_LEN + 54..],
+        "every payload byte, in order"
+    );
+    assert_eq!(frames, 1, "the forged datagram did not cut the merge");
+    wait_until("counters", || b.vx().auth_failed == 1);
+    let sb = b.vx();
+    assert_eq!((sb.rx_datagrams, sb.rx_merged), (10, 9));
+    assert_eq!((sb.rx_malformed, sb.unknown_vtep), (0, 0));
     dp.shutdown();
 }

@@ -123,15 +123,16 @@ fn one_socket_carries_two_vnis_each_to_its_own_switch() {
     let inner = frame(BCAST, mac(0xee), 6);
     let n = encap(Vni::new(100).unwrap(), &inner[VNET_HDR_LEN..], &mut d).unwrap();
     raw.send_to(&d[..n], aa).unwrap();
-    // A VNI nobody has, and garbage: counted by the dispatcher.
+    // A VNI nobody has, garbage and an empty datagram: counted by the dispatcher.
     let n = encap(Vni::new(300).unwrap(), &inner[VNET_HDR_LEN..], &mut d).unwrap();
     raw.send_to(&d[..n], aa).unwrap();
     raw.send_to(b"junk", aa).unwrap();
+    raw.send_to(b"", aa).unwrap();
     assert!(recv(&a1.ep).is_none());
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let st = ha.stats();
-        if st.unknown_vni == 1 && st.malformed == 1 && a1.vx.snapshot().local_only == 3 {
+        if st.unknown_vni == 1 && st.malformed == 2 && a1.vx.snapshot().local_only == 3 {
             break;
         }
         assert!(Instant::now() < deadline, "{st:?} {:?}", a1.vx.snapshot());
@@ -144,5 +145,43 @@ fn one_socket_carries_two_vnis_each_to_its_own_switch() {
     dp.shutdown();
     let dp = Datapath::start(1).unwrap();
     let _again = net(&dp, &ha, 100, ba);
+    dp.shutdown();
+}
+
+#[test]
+fn a_gro_batch_that_mixes_vnis_is_split_into_runs() {
+    let dp = Datapath::start(1).unwrap();
+    let ha = VxlanSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let aa = ha.local_addr().unwrap();
+    let raw = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let peer = raw.local_addr().unwrap();
+    let a1 = net(&dp, &ha, 100, peer);
+    let a2 = net(&dp, &ha, 200, peer);
+    // Five same-size datagrams in one UDP GSO send (one GRO batch at A): VNIs 100,
+    // 100, 200, 300 (nobody's), 100.
+    let vnis = [100, 100, 200, 300, 100];
+    let frames: Vec<Vec<u8>> = (0..5).map(|i| frame(BCAST, mac(0x10 + i), i)).collect();
+    let mut batch = Vec::new();
+    for (f, v) in frames.iter().zip(vnis) {
+        let mut d = vec![0u8; 200];
+        let n = encap(Vni::new(v).unwrap(), &f[VNET_HDR_LEN..], &mut d).unwrap();
+        batch.extend_from_slice(&d[..n]);
+    }
+    let stride = batch.len() / 5;
+    let sent = tapnet_vxlan::udp::Sender::new().send(&raw, &batch, stride, &[aa]);
+    assert_eq!(sent.datagrams, 5);
+    for i in [0, 1, 4] {
+        assert_eq!(recv(&a1.ep).unwrap(), frames[i], "frame {i} on VNI 100");
+    }
+    assert_eq!(recv(&a2.ep).unwrap(), frames[2]);
+    assert!(recv(&a1.ep).is_none() && recv(&a2.ep).is_none());
+    let st = ha.stats();
+    assert_eq!(
+        (st.datagrams, st.unknown_vni, st.malformed),
+        (4, 1, 0),
+        "{st:?}"
+    );
+    assert_eq!(a1.vx.snapshot().rx_datagrams, 3);
+    drop((a1, a2));
     dp.shutdown();
 }

@@ -314,3 +314,147 @@ fn control_refuses_foreign_messages() {
     assert!(e.to_string().contains("VxlanControl"), "{e}");
     dp.shutdown();
 }
+
+#[test]
+fn datagrams_from_unknown_vteps_are_dropped_and_counted() {
+    let (dp, _a, b, c, _) = pair();
+    let inner = frame(BCAST, mac(0xc), 7);
+    let mut d = vec![0u8; 200];
+    let n = encap(vni(), &inner[VNET_HDR_LEN..], &mut d).unwrap();
+
+    // A stranger (another address than any peer) is not heard, and nothing is learned.
+    let stranger = UdpSocket::bind("127.0.0.2:0").unwrap();
+    stranger.send_to(&d[..n], b.addr).unwrap();
+    stranger.send_to(&d[..n], b.addr).unwrap();
+    // A peer is: its frame is the only thing B's endpoint gets.
+    c.send_to(&d[..n], b.addr).unwrap();
+    assert_eq!(b.ep.recv(), inner);
+    // (Loopback may deliver the three datagrams in any order.)
+    wait_until("the drops", || b.vx().unknown_vtep == 2);
+    let s = b.vx();
+    assert_eq!((s.unknown_vtep, s.rx_datagrams, s.learned), (2, 1, 1));
+
+    // Once C's address is no longer a peer's, C is a stranger too (peers are known by
+    // IP address: a VTEP may send from any port).
+    b.set_peers(&["127.0.0.3:4789".parse().unwrap()]);
+    let later = frame(BCAST, mac(0xc), 8);
+    let n = encap(vni(), &later[VNET_HDR_LEN..], &mut d).unwrap();
+    c.send_to(&d[..n], b.addr).unwrap();
+    wait_until("the drop", || b.vx().unknown_vtep == 3);
+    assert_eq!(b.vx().rx_datagrams, 1);
+    assert_eq!(b.ep.stats.snapshot().tx_packets, 1);
+    dp.shutdown();
+}
+
+/// A TSO4 super-frame (vnet header + frame) from mac(0xa) to `dst`: `payload` bytes in
+/// `mss`-byte segments, PSH on the last, checksum left to the datapath.
+fn tso4(dst: [u8; 6], payload: usize, mss: u16) -> Vec<u8> {
+    let mut f = vec![0u8; VNET_HDR_LEN];
+    f[0] = 1; // NEEDS_CSUM
+    f[1] = 1; // TCPV4
+    f[2..4].copy_from_slice(&54u16.to_le_bytes());
+    f[4..6].copy_from_slice(&mss.to_le_bytes());
+    f[6..8].copy_from_slice(&34u16.to_le_bytes());
+    f[8..10].copy_from_slice(&16u16.to_le_bytes());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&mac(0xa));
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 20 + payload) as u16;
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&total.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+    f.extend_from_slice(&[0x30, 0x39, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18]);
+    f.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
+    for i in 0..payload {
+        f.push((i * 7 % 251) as u8);
+    }
+    f
+}
+
+#[test]
+fn a_super_frame_crosses_the_tunnel_as_one_gso_send_and_comes_out_merged() {
+    let (dp, a, b, c, _) = pair();
+    // 65,000 bytes in 1,400-byte segments: 47 datagrams (the last short), sent as two
+    // UDP GSO sends per VTEP (44 + 3: a send carries at most 65,000 bytes), read by B's
+    // GRO socket as two batches and merged back into super-frames: one, or two if the
+    // second batch was not there yet when the first was handed out.
+    let sf = tso4(mac(0xb), 65_000, 1400);
+    a.ep.send(&sf);
+    let s = &sf[VNET_HDR_LEN..];
+    let mut payload = Vec::new();
+    let mut frames = 0u64;
+    while payload.len() < 65_000 {
+        let got = b.ep.recv();
+        frames += 1;
+        let hdr = &got[..VNET_HDR_LEN];
+        let g = &got[VNET_HDR_LEN..];
+        let len = g.len() - 54;
+        assert!(len > 1400, "frame {frames}: merged, not a lone segment");
+        assert_eq!(hdr[0], 1, "NEEDS_CSUM");
+        assert_eq!(hdr[1], 1, "GSO_TCPV4");
+        assert_eq!(u16::from_le_bytes([hdr[4], hdr[5]]), 1400, "gso_size");
+        assert_eq!(u16::from_le_bytes([hdr[2], hdr[3]]), 54, "hdr_len");
+        assert_eq!(
+            (
+                u16::from_le_bytes([hdr[6], hdr[7]]),
+                u16::from_le_bytes([hdr[8], hdr[9]])
+            ),
+            (34, 16)
+        );
+        assert_eq!(
+            g[..16],
+            s[..16],
+            "Ethernet and IPv4 header up to the length"
+        );
+        assert_eq!(u16::from_be_bytes([g[16], g[17]]) as usize, 40 + len);
+        assert!(checksum::verify(&g[14..34]), "IPv4 header checksum");
+        assert_eq!(g[26..38], s[26..38], "addresses, ports");
+        let seq = u32::from_be_bytes(g[38..42].try_into().unwrap());
+        assert_eq!(seq as usize, 1 + payload.len());
+        assert_eq!(g[42..47], s[42..47], "ack, data offset");
+        let last = payload.len() + len == 65_000;
+        assert_eq!(
+            g[47],
+            if last { 0x18 } else { 0x10 },
+            "PSH on the last only"
+        );
+        assert_eq!(g[48..50], s[48..50], "window");
+        // The TCP checksum field holds the pseudo-header sum of the whole.
+        let pseudo = checksum::pseudo_v4(
+            [10, 0, 0, 1].into(),
+            [10, 0, 0, 2].into(),
+            6,
+            20 + len as u32,
+        );
+        assert_eq!(g[50..52], pseudo.fold().to_be_bytes());
+        payload.extend_from_slice(&g[54..]);
+    }
+    assert_eq!(payload, s[54..], "every payload byte, in order");
+    assert!(frames <= 2, "{frames} frames");
+
+    // The bare VTEP (no GRO) got the same 47 datagrams one by one, each complete.
+    for i in 0..47u32 {
+        let (d, _) = raw_recv(&c);
+        let (_, inner) = decap(&d).unwrap();
+        let tcp = &inner[34..];
+        let seq = u32::from_be_bytes(tcp[4..8].try_into().unwrap());
+        assert_eq!(seq, 1 + 1400 * i);
+        let sum = checksum::pseudo_v4(
+            [10, 0, 0, 1].into(),
+            [10, 0, 0, 2].into(),
+            6,
+            tcp.len() as u32,
+        )
+        .add_bytes(tcp);
+        assert_eq!(sum.fold(), 0xffff, "TCP checksum of segment {i}");
+    }
+    wait_until("counters", || {
+        b.vx().rx_datagrams == 47
+            && a.vx().tx_datagrams == 94
+            && b.ep.stats.snapshot().tx_packets == frames
+    });
+    let (sa, sb) = (a.vx(), b.vx());
+    assert_eq!((sa.tx_frames, sa.tx_datagrams, sa.gso_refused), (47, 94, 0));
+    assert_eq!((sb.rx_datagrams, sb.rx_merged), (47, 47 - frames));
+    dp.shutdown();
+}

@@ -43,20 +43,33 @@ const fn fold64(mut s: u64) -> u16 {
 }
 
 /// Folded sum of `data` as if it started at an even offset.
+///
+/// The bulk is summed 8 bytes at a time in native byte order (two 32-bit halves per
+/// load into a 64-bit accumulator: 2^32 loads cannot overflow it), folded, and byte-swapped
+/// on little-endian machines: a ones'-complement sum of byte-swapped words is the
+/// byte-swapped sum (RFC 1071 §2(B)). The tail (under 8 bytes) is summed big-endian.
 #[inline]
 fn raw_sum(data: &[u8]) -> u16 {
-    let mut acc: u64 = 0;
-    let mut words = data.chunks_exact(4);
+    let mut native: u64 = 0;
+    let mut words = data.chunks_exact(8);
     for w in &mut words {
-        // Summing 32-bit big-endian words and folding equals summing 16-bit words,
-        // since 2^16 ≡ 1 (mod 2^16 − 1). 2^32 words of 2^32 each cannot overflow u64.
-        acc += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        let v = u64::from_ne_bytes(b);
+        native += (v & 0xffff_ffff) + (v >> 32);
     }
-    match *words.remainder() {
-        [a, b, c] => acc += u64::from(u16::from_be_bytes([a, b])) + (u64::from(c) << 8),
-        [a, b] => acc += u64::from(u16::from_be_bytes([a, b])),
-        [a] => acc += u64::from(a) << 8,
-        _ => {}
+    let native = fold64(native);
+    let mut acc = u64::from(if cfg!(target_endian = "little") {
+        native.swap_bytes()
+    } else {
+        native
+    });
+    let mut rest = words.remainder().chunks_exact(2);
+    for w in &mut rest {
+        acc += u64::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    if let [a] = *rest.remainder() {
+        acc += u64::from(a) << 8;
     }
     fold64(acc)
 }

@@ -427,6 +427,9 @@ impl Driver for OverlayDriver {
                 ("local_only", p.local_only),
                 ("auth_failed", p.auth_failed),
                 ("tx_no_key", p.tx_no_key),
+                ("unknown_vtep", p.unknown_vtep),
+                ("rx_merged", p.rx_merged),
+                ("gso_refused", p.gso_refused),
             ],
             socket: vec![
                 ("datagrams", s.datagrams),
