@@ -125,6 +125,26 @@ fn static_overlay_between_two_hosts() {
         let out = ping_out(&b, "sb", "10.90.0.10");
         assert!(!out.contains("DUP"), "{out}");
 
+        // Introspection: the FDB names the VTEP behind each remote MAC (API and CLI);
+        // the tunnel counts packets and bytes both ways.
+        let fdb: Value = a.get("/networks/ov/fdb");
+        let remote: Vec<&Value> = fdb
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["Vtep"] == "192.0.2.2:4790")
+            .collect();
+        assert!(!remote.is_empty(), "no FDB row behind B's VTEP: {fdb}");
+        let cli = a.ok(&["network", "fdb", "ov"]);
+        assert!(
+            cli.contains("VTEP") && cli.contains("192.0.2.2:4790"),
+            "{cli}"
+        );
+        let t = &a.get("/networks/ov/stats")["Tunnel"];
+        for c in ["tx_datagrams", "tx_bytes", "rx_datagrams", "rx_bytes"] {
+            assert!(tapnet_tests::n(&t["Port"], c) > 0, "{c}: {t}");
+        }
+
         // TCP across hosts: 4 MiB from a to b (GSO super-frames from the tap are cut to
         // the inner MTU before encapsulation; nothing exceeds the underlay's 1500).
         let got = std::thread::scope(|s| {

@@ -118,6 +118,9 @@ pub enum VxlanControl {
     SetKeys(KeySet),
     /// Answer a [`VxlanStatsSnapshot`] (in a [`PortReply::Custom`]).
     Stats,
+    /// Answer the VNI's MAC → VTEP entries, static and learned, as a
+    /// `Vec<(MacAddr, SocketAddr)>` in a [`PortReply::Custom`] (for `network fdb`).
+    Entries,
 }
 
 /// A [`VxlanPort`]'s counters (single writer: the worker).
@@ -142,6 +145,8 @@ pub struct VxlanStats {
     gso_refused: AtomicU64,
     auth_failed: AtomicU64,
     tx_no_key: AtomicU64,
+    tx_bytes: AtomicU64,
+    rx_bytes: AtomicU64,
 }
 
 /// A copy of a [`VxlanStats`].
@@ -188,6 +193,10 @@ pub struct VxlanStatsSnapshot {
     pub auth_failed: u64,
     /// Frames not sent on an encrypted network for want of a send key.
     pub tx_no_key: u64,
+    /// UDP payload bytes sent (VXLAN header, sealing and frame; every copy).
+    pub tx_bytes: u64,
+    /// Inner frame bytes received from the tunnel and handed to the switch.
+    pub rx_bytes: u64,
 }
 
 impl VxlanStats {
@@ -213,6 +222,8 @@ impl VxlanStats {
             rx_merged: l(&self.rx_merged),
             gso_refused: l(&self.gso_refused),
             auth_failed: l(&self.auth_failed),
+            tx_bytes: l(&self.tx_bytes),
+            rx_bytes: l(&self.rx_bytes),
             tx_no_key: l(&self.tx_no_key),
         }
     }
@@ -425,6 +436,9 @@ impl VxlanPort {
                 None => self.crypt = Some(KeyRing::new(&k)),
             },
             VxlanControl::Stats => return PortReply::Custom(Box::new(self.stats.snapshot())),
+            VxlanControl::Entries => {
+                return PortReply::Custom(Box::new(self.table.entries(self.vni)));
+            }
         }
         PortReply::Done
     }
@@ -512,6 +526,7 @@ impl VxlanPort {
         let sent = sender.send(sock, batch, stride, to);
         bump(&stats.gso_refused, sender.gso_refused() - refused);
         bump(&stats.tx_datagrams, sent.datagrams);
+        bump(&stats.tx_bytes, sent.bytes);
         bump(&stats.tx_errors, sent.errors);
         match sent.last_error {
             Some(e) if sent.datagrams == 0 => Err(e),
@@ -793,6 +808,10 @@ impl FrameIo for VxlanPort {
                 self.table.expire(now);
                 self.last_expire_ms = now;
             }
+            bump(
+                &self.stats.rx_bytes,
+                len.saturating_sub(VNET_HDR_LEN) as u64,
+            );
             return Ok(len);
         }
     }

@@ -201,6 +201,26 @@ impl VtepTable {
         Dest::Flood(&t.flood)
     }
 
+    /// The MAC → VTEP entries of `vni`: the static ones, then the learned ones no
+    /// static entry overrides, each sorted by MAC.
+    pub fn entries(&self, vni: Vni) -> Vec<(MacAddr, SocketAddr)> {
+        let Some(t) = self.vnis.get(&vni) else {
+            return Vec::new();
+        };
+        let mut statics: Vec<(MacAddr, SocketAddr)> =
+            t.statics.iter().map(|(m, v)| (*m, *v)).collect();
+        statics.sort_by_key(|(m, _)| m.0);
+        let mut learned: Vec<(MacAddr, SocketAddr)> = t
+            .learned
+            .iter()
+            .filter(|(m, _)| !t.statics.contains_key(*m))
+            .map(|(m, e)| (*m, e.vtep))
+            .collect();
+        learned.sort_by_key(|(m, _)| m.0);
+        statics.extend(learned);
+        statics
+    }
+
     /// Remove learned entries last seen more than [`TableConfig::ageing_ms`] before
     /// `now_ms`; how many were removed.
     pub fn expire(&mut self, now_ms: u64) -> usize {

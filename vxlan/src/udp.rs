@@ -231,6 +231,8 @@ impl RecvBatch {
 pub struct Sent {
     /// Datagrams that went out (each datagram to each VTEP counts once).
     pub datagrams: u64,
+    /// UDP payload bytes that went out (every copy).
+    pub bytes: u64,
     /// Failed sends (a chunk to a VTEP).
     pub errors: u64,
     /// The last error.
@@ -362,6 +364,7 @@ impl Sender {
                 match sendmsg(fd, &iov, cmsgs, MsgFlags::empty(), to.as_ref()) {
                     Ok(_) => {
                         sent.datagrams += datagrams;
+                        sent.bytes += chunk.len() as u64;
                         return Ok(());
                     }
                     Err(Errno::EINTR) => continue,
@@ -394,6 +397,7 @@ impl Sender {
                 Ok(0) => break,
                 Ok(n) => {
                     sent.datagrams += datagrams * n as u64;
+                    sent.bytes += (chunk.len() * n) as u64;
                     start += n;
                 }
                 Err(Errno::EINTR) => {}

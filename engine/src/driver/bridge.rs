@@ -257,6 +257,11 @@ impl BridgeDriver {
             .map_err(|e| Error::datapath(format!("control the uplink of network {network_id}"), e))
     }
 
+    /// The switch port of `network_id`'s uplink, if it has one.
+    pub(crate) fn uplink_port(&self, network_id: &str) -> Option<PortId> {
+        lock(&self.networks).get(network_id).and_then(|n| n.uplink)
+    }
+
     /// The MTU the driver gives endpoints of `network_id`.
     fn mtu_of(&self, network_id: &str) -> Result<u32> {
         lock(&self.networks)

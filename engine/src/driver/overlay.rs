@@ -427,6 +427,8 @@ impl Driver for OverlayDriver {
                 ("local_only", p.local_only),
                 ("auth_failed", p.auth_failed),
                 ("tx_no_key", p.tx_no_key),
+                ("tx_bytes", p.tx_bytes),
+                ("rx_bytes", p.rx_bytes),
                 ("unknown_vtep", p.unknown_vtep),
                 ("rx_merged", p.rx_merged),
                 ("gso_refused", p.gso_refused),
@@ -441,8 +443,44 @@ impl Driver for OverlayDriver {
         Ok(report)
     }
 
+    /// The switch's FDB, each MAC behind the tunnel with the VTEP the tunnel sends it
+    /// to (its static or learned entry); a remote endpoint the store announced that has
+    /// not sent anything yet is listed too (on the tunnel's port, age 0).
     fn fdb(&self, network_id: &str) -> Result<Vec<FdbRow>> {
-        self.bridge.fdb(network_id)
+        let mut rows = self.bridge.fdb(network_id)?;
+        let reply = self.bridge.control_uplink_reply(
+            network_id,
+            PortControl::Custom(Box::new(VxlanControl::Entries)),
+        )?;
+        let PortReply::Custom(any) = reply else {
+            return Ok(rows);
+        };
+        let Ok(entries) = any.downcast::<Vec<(MacAddr, SocketAddr)>>() else {
+            return Ok(rows);
+        };
+        let tunnel_port = self.bridge.uplink_port(network_id);
+        for (mac, vtep) in entries.iter() {
+            match rows.iter_mut().find(|r| r.mac.0 == mac.0) {
+                Some(r) => {
+                    if Some(r.port) == tunnel_port {
+                        r.vtep = Some(*vtep);
+                    }
+                }
+                None => {
+                    if let Some(port) = tunnel_port {
+                        rows.push(FdbRow {
+                            mac: *mac,
+                            port,
+                            endpoint_id: None,
+                            age_seconds: 0.0,
+                            vtep: Some(*vtep),
+                        });
+                    }
+                }
+            }
+        }
+        rows.sort_by_key(|r| (r.port, r.mac));
+        Ok(rows)
     }
 
     fn set_remote(&self, network_id: &str, remote: &super::RemoteEndpoints) -> Result<()> {
