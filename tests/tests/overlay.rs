@@ -349,6 +349,33 @@ fn overlay_egress_and_published_ports_stay_on_their_host() {
                 c.read_to_string(&mut line).expect("greeting");
                 assert_eq!(line.trim(), format!("{want} {WAN_IP}"), "via {host}");
             }
+
+            // `--internal`: an overlay with no way out (its anycast gateway NATs nothing).
+            a.ok(&[
+                "network",
+                "create",
+                "-d",
+                "overlay",
+                "--internal",
+                "--subnet",
+                "10.91.0.0/24",
+                "-o",
+                &format!("{VNI}=4243"),
+                "-o",
+                &format!("{PEERS}=192.0.2.2:4790"),
+                "ovi",
+            ]);
+            a.sandbox("si");
+            a.ok(&["network", "connect", "ovi", "si"]);
+            let v: Value = a.get("/networks/ovi");
+            assert_eq!(v["Internal"], true, "{v}");
+            let out = connect_in(
+                &a.sandbox_ns("si"),
+                &format!("{WAN_IP}:7777"),
+                Duration::from_secs(2),
+            );
+            assert!(out.is_err(), "egress from an internal overlay");
+            assert_eq!(echo.seen().len(), 2, "the wan saw the internal overlay");
         },
     );
 }
