@@ -51,7 +51,11 @@
 //!   a VTEP may send from any source port (Linux's `vxlan` does).
 //! * [`FrameIo::control`] takes a [`VxlanControl`] in a
 //!   [`PortControl::Custom`]: the VNI's peer list (flood list), static MAC → VTEP
-//!   entries, and the neighbours answered locally. It answers [`PortReply::Done`]
+//!   entries, and the neighbours answered locally, each either replaced whole
+//!   (`SetPeers`, `SetStatics`, `SetNeighbours`: a re-sync) or changed one entry at a
+//!   time (`AddPeer` / `RemovePeer`, `AddRemote` / `RemoveRemote`: one endpoint's
+//!   static entry and neighbours, the work of one cluster event, O(1) but for the
+//!   known-VTEP set a peer change walks). The known VTEPs follow the flood list. It answers [`PortReply::Done`]
 //!   ([`VxlanControl::Stats`]: a [`VxlanStatsSnapshot`] in a [`PortReply::Custom`]).
 //! * Split horizon: the switch never sends a frame back out of the port it came in on,
 //!   so nothing that came from the tunnel goes back into it; a single tunnel port per
@@ -111,6 +115,32 @@ pub enum VxlanControl {
     SetStatics(Vec<(MacAddr, SocketAddr)>),
     /// Replace the neighbours (IP → MAC, endpoints behind other VTEPs) answered locally.
     SetNeighbours(Vec<(IpAddr, MacAddr)>),
+    /// Add one VTEP to the VNI's flood list (and to the known VTEPs).
+    AddPeer(SocketAddr),
+    /// Take one VTEP out of the VNI's flood list (and out of the known VTEPs, unless
+    /// another peer has its IP address).
+    RemovePeer(SocketAddr),
+    /// One remote endpoint: `mac` is behind `vtep` (a static entry) and answers for
+    /// `ips` (neighbours).
+    AddRemote {
+        /// The endpoint's MAC.
+        mac: MacAddr,
+        /// Its host's VTEP.
+        vtep: SocketAddr,
+        /// Its addresses.
+        ips: Vec<IpAddr>,
+    },
+    /// Forget one remote endpoint: its static entry if it still points at `vtep`, and
+    /// each of `ips` still answered with `mac` (nothing when `mac`'s entry points at
+    /// another VTEP: the endpoint moved there).
+    RemoveRemote {
+        /// The endpoint's MAC.
+        mac: MacAddr,
+        /// Its host's VTEP.
+        vtep: SocketAddr,
+        /// Its addresses.
+        ips: Vec<IpAddr>,
+    },
     /// Replace the local-only MACs: frames to or from them never cross the tunnel.
     SetLocalOnly(Vec<MacAddr>),
     /// Seal every datagram with these keys from now on (see [`crate::crypt`]); once
@@ -427,6 +457,37 @@ impl VxlanPort {
             VxlanControl::SetPeers(p) => {
                 self.peer_ips = p.iter().map(|a| canonical(a.ip())).collect();
                 self.table.set_peers(self.vni, &p);
+            }
+            VxlanControl::AddPeer(p) => {
+                self.table.add_peer(self.vni, p);
+                let ip = canonical(p.ip());
+                if !self.peer_ips.contains(&ip) {
+                    self.peer_ips.push(ip);
+                }
+            }
+            VxlanControl::RemovePeer(p) => {
+                self.table.remove_peer(self.vni, p);
+                let ip = canonical(p.ip());
+                let (table, vni) = (&self.table, self.vni);
+                if !table.peers(vni).iter().any(|q| canonical(q.ip()) == ip) {
+                    self.peer_ips.retain(|q| *q != ip);
+                }
+            }
+            VxlanControl::AddRemote { mac, vtep, ips } => {
+                self.table.add_static(self.vni, mac, vtep);
+                for ip in ips {
+                    self.neigh.insert(self.vni, ip, mac);
+                }
+            }
+            VxlanControl::RemoveRemote { mac, vtep, ips } => {
+                let gone = self.table.remove_static(self.vni, mac, vtep);
+                // A MAC that moved to another VTEP keeps its addresses (the new record's).
+                if !gone && self.table.static_vtep(self.vni, mac).is_some() {
+                    return PortReply::Done;
+                }
+                for ip in ips {
+                    self.neigh.remove_if(self.vni, ip, mac);
+                }
             }
             VxlanControl::SetStatics(s) => self.table.set_statics(self.vni, &s),
             VxlanControl::SetNeighbours(n) => self.neigh.set_vni(self.vni, &n),

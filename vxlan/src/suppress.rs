@@ -60,6 +60,19 @@ impl NeighTable {
         }
     }
 
+    /// Forget `ip` on `vni` if it is still `mac` (an address taken over by another
+    /// MAC meanwhile is kept); whether it was removed.
+    pub fn remove_if(&mut self, vni: Vni, ip: IpAddr, mac: MacAddr) -> bool {
+        let Some(m) = self.vnis.get_mut(&vni) else {
+            return false;
+        };
+        if m.get(&ip) == Some(&mac) {
+            m.remove(&ip);
+            return true;
+        }
+        false
+    }
+
     /// Replace everything known on `vni`.
     pub fn set_vni(&mut self, vni: Vni, entries: &[(IpAddr, MacAddr)]) {
         let m = self.vnis.entry(vni).or_default();
@@ -368,5 +381,26 @@ mod tests {
             f.truncate((s >> 56) as usize % (f.len() + 1));
             let _ = t.answer(vni(), &f, &mut out);
         }
+    }
+
+    #[test]
+    fn neighbours_one_at_a_time() {
+        let mut t = table();
+        let other = MacAddr([0x02, 0x42, 0x0a, 0, 0, 4]);
+        let ip: IpAddr = "10.0.0.3".parse().unwrap();
+        assert!(!t.remove_if(vni(), ip, other), "another MAC's: kept");
+        assert_eq!(t.get(vni(), ip), Some(KNOWN_MAC));
+        assert!(t.remove_if(vni(), ip, KNOWN_MAC));
+        assert_eq!(t.get(vni(), ip), None);
+        let mut out = [0u8; 128];
+        assert_eq!(t.answer(vni(), &arp_request([10, 0, 0, 3]), &mut out), None);
+        assert_eq!(
+            t.get(vni(), "fd00::3".parse().unwrap()),
+            Some(KNOWN_MAC),
+            "the other address stays"
+        );
+        t.insert(vni(), ip, other);
+        assert_eq!(t.get(vni(), ip), Some(other));
+        assert!(!t.remove_if(Vni::new(7).unwrap(), ip, other), "unknown VNI");
     }
 }

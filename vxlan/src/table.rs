@@ -3,8 +3,10 @@
 //! Contract:
 //!
 //! * Per VNI the table holds a **flood list** (the VTEPs of the network, set by the
-//!   control plane with [`VtepTable::set_peers`]), **static entries** (remote MAC → VTEP,
-//!   from the control plane, never aged, [`VtepTable::set_statics`]) and **learned
+//!   control plane with [`VtepTable::set_peers`], or one at a time with
+//!   [`VtepTable::add_peer`] / [`VtepTable::remove_peer`]), **static entries** (remote
+//!   MAC → VTEP, from the control plane, never aged, [`VtepTable::set_statics`], or one
+//!   at a time with [`VtepTable::add_static`] / [`VtepTable::remove_static`]) and **learned
 //!   entries** (remote MAC → VTEP seen as the source of a decapsulated frame,
 //!   [`VtepTable::learn`], aged out by [`VtepTable::expire`] after
 //!   [`TableConfig::ageing_ms`]).
@@ -137,6 +139,21 @@ impl VtepTable {
         }
     }
 
+    /// Add `peer` to the flood list of `vni` (at the end; nothing if it is there).
+    pub fn add_peer(&mut self, vni: Vni, peer: SocketAddr) {
+        let t = self.vnis.entry(vni).or_default();
+        if !t.flood.contains(&peer) {
+            t.flood.push(peer);
+        }
+    }
+
+    /// Take `peer` out of the flood list of `vni` (order of the others kept).
+    pub fn remove_peer(&mut self, vni: Vni, peer: SocketAddr) {
+        if let Some(t) = self.vnis.get_mut(&vni) {
+            t.flood.retain(|p| *p != peer);
+        }
+    }
+
     /// The flood list of `vni`.
     pub fn peers(&self, vni: Vni) -> &[SocketAddr] {
         self.vnis.get(&vni).map_or(&[], |t| &t.flood)
@@ -150,6 +167,32 @@ impl VtepTable {
             t.learned.remove(&mac);
             t.statics.insert(mac, vtep);
         }
+    }
+
+    /// Add (or move) one static entry of `vni`: `mac` is behind `vtep`. A learned entry
+    /// for `mac` is dropped.
+    pub fn add_static(&mut self, vni: Vni, mac: MacAddr, vtep: SocketAddr) {
+        let t = self.vnis.entry(vni).or_default();
+        t.learned.remove(&mac);
+        t.statics.insert(mac, vtep);
+    }
+
+    /// Remove the static entry of `mac` on `vni` if it still points at `vtep` (one
+    /// that moved to another VTEP meanwhile is kept); whether one was removed.
+    pub fn remove_static(&mut self, vni: Vni, mac: MacAddr, vtep: SocketAddr) -> bool {
+        let Some(t) = self.vnis.get_mut(&vni) else {
+            return false;
+        };
+        if t.statics.get(&mac) == Some(&vtep) {
+            t.statics.remove(&mac);
+            return true;
+        }
+        false
+    }
+
+    /// The VTEP of the static entry of `mac` on `vni`.
+    pub fn static_vtep(&self, vni: Vni, mac: MacAddr) -> Option<SocketAddr> {
+        self.vnis.get(&vni)?.statics.get(&mac).copied()
     }
 
     /// Learn that `src` (an inner source MAC) sits behind `vtep`, at `now_ms`.
@@ -338,5 +381,47 @@ mod tests {
         assert_eq!(t.learn(vni(2), mac(3), vtep(1), 0), Learned::New, "per VNI");
         assert_eq!(t.counters(vni(1)).unwrap().learn_refused, 2);
         assert_eq!(t.counters(vni(2)).unwrap().learn_refused, 0);
+    }
+
+    #[test]
+    fn peers_and_statics_one_at_a_time() {
+        let mut t = VtepTable::new(TableConfig::default());
+        t.add_peer(vni(1), vtep(1));
+        t.add_peer(vni(1), vtep(2));
+        t.add_peer(vni(1), vtep(1));
+        assert_eq!(t.peers(vni(1)), &[vtep(1), vtep(2)], "no duplicate");
+        t.remove_peer(vni(1), vtep(1));
+        assert_eq!(t.peers(vni(1)), &[vtep(2)]);
+        t.remove_peer(vni(1), vtep(9));
+        t.remove_peer(vni(7), vtep(2));
+        assert_eq!(t.peers(vni(1)), &[vtep(2)], "unknown peer or VNI: nothing");
+        assert_eq!(t.peers(vni(7)), &[] as &[SocketAddr]);
+
+        assert_eq!(t.learn(vni(1), mac(5), vtep(2), 0), Learned::New);
+        t.add_static(vni(1), mac(5), vtep(3));
+        t.add_static(vni(1), mac(6), vtep(3));
+        assert_eq!(t.lookup(vni(1), mac(5)), Dest::Unicast(vtep(3)));
+        assert_eq!(
+            t.counters(vni(1)).unwrap().learned,
+            0,
+            "learned entry dropped"
+        );
+        t.add_static(vni(1), mac(5), vtep(2));
+        assert_eq!(t.lookup(vni(1), mac(5)), Dest::Unicast(vtep(2)), "moved");
+        assert!(
+            !t.remove_static(vni(1), mac(5), vtep(3)),
+            "stale VTEP: kept"
+        );
+        assert_eq!(t.static_vtep(vni(1), mac(5)), Some(vtep(2)));
+        assert_eq!(t.lookup(vni(1), mac(5)), Dest::Unicast(vtep(2)));
+        assert!(t.remove_static(vni(1), mac(5), vtep(2)));
+        assert_eq!(t.lookup(vni(1), mac(5)), Dest::Flood(&[vtep(2)]));
+        assert_eq!(
+            t.lookup(vni(1), mac(6)),
+            Dest::Unicast(vtep(3)),
+            "others kept"
+        );
+        assert!(!t.remove_static(vni(9), mac(6), vtep(3)));
+        assert_eq!(t.counters(vni(1)).unwrap().statics, 1);
     }
 }
