@@ -6,7 +6,10 @@
 //!   its length prefix) and returns [`Answer::Reply`] with the response bytes,
 //!   [`Answer::Forward`] when the question is for the upstream resolvers, or
 //!   [`Answer::Ignore`] for anything that is not a well-formed standard query.
-//! * Local names (from [`Names::set`]) are matched case-insensitively, with or without a
+//! * Local names (from [`Names::set`], which replaces the table, or changed one record
+//!   at a time with [`Names::add`] / [`Names::remove`]: the work of one endpoint, not of
+//!   the network; a name several records share keeps the others' addresses, and the
+//!   reverse (PTR) entries follow) are matched case-insensitively, with or without a
 //!   trailing dot. A, AAAA and PTR (in-addr.arpa / ip6.arpa) are answered; several
 //!   addresses come back rotated by one on every query (round-robin). A known name with no
 //!   record of the asked type gets an empty NOERROR answer.
@@ -56,6 +59,14 @@ pub struct Names {
     rotation: usize,
 }
 
+/// The addresses of `r`, IPv4 then IPv6.
+fn record_addrs(r: &NameRecord) -> impl Iterator<Item = IpAddr> + '_ {
+    r.ipv4s
+        .iter()
+        .map(|&a| IpAddr::V4(a))
+        .chain(r.ipv6s.iter().map(|&a| IpAddr::V6(a)))
+}
+
 fn normalize(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
@@ -79,32 +90,59 @@ impl Names {
     pub fn set(&mut self, records: Vec<NameRecord>) {
         self.by_name.clear();
         self.by_addr.clear();
-        for r in records {
-            let name = normalize(&r.name);
-            if name.is_empty() {
-                continue;
+        for r in &records {
+            self.add(r);
+        }
+    }
+
+    /// Add the addresses of `record` to its name (kept with the ones it has: several
+    /// endpoints of one name answer round-robin), and the name to each address's
+    /// reverse entry. Work: that of one record (and the addresses of its name).
+    pub fn add(&mut self, record: &NameRecord) {
+        let name = normalize(&record.name);
+        if name.is_empty() {
+            return;
+        }
+        for ip in record_addrs(record) {
+            let names = self.by_addr.entry(ip).or_default();
+            if !names.contains(&name) {
+                names.push(name.clone());
             }
-            for ip in r
-                .ipv4s
-                .iter()
-                .map(|&a| IpAddr::V4(a))
-                .chain(r.ipv6s.iter().map(|&a| IpAddr::V6(a)))
-            {
-                let names = self.by_addr.entry(ip).or_default();
-                if !names.contains(&name) {
-                    names.push(name.clone());
+        }
+        let e = self.by_name.entry(name).or_default();
+        for &a in &record.ipv4s {
+            if !e.0.contains(&a) {
+                e.0.push(a);
+            }
+        }
+        for &a in &record.ipv6s {
+            if !e.1.contains(&a) {
+                e.1.push(a);
+            }
+        }
+    }
+
+    /// Take the addresses of `record` from its name (the name goes with its last
+    /// address; its other addresses stay), and the name from those addresses' reverse
+    /// entries. Names or addresses not in the table are ignored.
+    pub fn remove(&mut self, record: &NameRecord) {
+        let name = normalize(&record.name);
+        if name.is_empty() {
+            return;
+        }
+        for ip in record_addrs(record) {
+            if let Some(names) = self.by_addr.get_mut(&ip) {
+                names.retain(|n| *n != name);
+                if names.is_empty() {
+                    self.by_addr.remove(&ip);
                 }
             }
-            let e = self.by_name.entry(name).or_default();
-            for a in r.ipv4s {
-                if !e.0.contains(&a) {
-                    e.0.push(a);
-                }
-            }
-            for a in r.ipv6s {
-                if !e.1.contains(&a) {
-                    e.1.push(a);
-                }
+        }
+        if let Some(e) = self.by_name.get_mut(&name) {
+            e.0.retain(|a| !record.ipv4s.contains(a));
+            e.1.retain(|a| !record.ipv6s.contains(a));
+            if e.0.is_empty() && e.1.is_empty() {
+                self.by_name.remove(&name);
             }
         }
     }

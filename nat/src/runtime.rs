@@ -64,6 +64,10 @@ type Reply<T> = Sender<Result<T, Error>>;
 
 enum Command {
     SetNames(Vec<NameRecord>),
+    UpdateNames {
+        removed: Vec<NameRecord>,
+        added: Vec<NameRecord>,
+    },
     SetIsolated(Vec<IpNet>),
     Publish {
         spec: PublishSpec,
@@ -163,6 +167,21 @@ impl GatewayHandle {
     pub fn set_names(&self, names: Vec<NameRecord>) -> Result<(), Error> {
         self.tx
             .send(Command::SetNames(names))
+            .map_err(|_| Error::Gone)?;
+        self.waker.wake().map_err(io_err("wake gateway"))
+    }
+
+    /// Change the names the embedded DNS answers by one endpoint's records: take the
+    /// addresses of `removed` from their names, then add those of `added`
+    /// ([`crate::dns::Names::remove`], [`crate::dns::Names::add`]); the other names and
+    /// addresses stay.
+    pub fn update_names(
+        &self,
+        removed: Vec<NameRecord>,
+        added: Vec<NameRecord>,
+    ) -> Result<(), Error> {
+        self.tx
+            .send(Command::UpdateNames { removed, added })
             .map_err(|_| Error::Gone)?;
         self.waker.wake().map_err(io_err("wake gateway"))
     }
@@ -1547,6 +1566,10 @@ impl Worker {
                 Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return false,
                 Err(TryRecvError::Empty) => return true,
                 Ok(Command::SetNames(n)) => self.names.set(n),
+                Ok(Command::UpdateNames { removed, added }) => {
+                    removed.iter().for_each(|r| self.names.remove(r));
+                    added.iter().for_each(|r| self.names.add(r));
+                }
                 Ok(Command::SetIsolated(n)) => self.core.set_isolated(n),
                 Ok(Command::Publish {
                     spec,

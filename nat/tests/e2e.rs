@@ -368,6 +368,45 @@ fn dns_local_names_and_forwarding() {
 }
 
 #[test]
+fn dns_names_updated_one_record_at_a_time() {
+    let (gw, mut sb) = start(|_| {});
+    let rec = |name: &str, last: u8| NameRecord {
+        name: name.into(),
+        ipv4s: vec![Ipv4Addr::new(172, 30, 0, last)],
+        ipv6s: vec![],
+    };
+    gw.set_names(vec![rec("web", 9)]).expect("names");
+    gw.update_names(vec![], vec![rec("web", 10), rec("db", 11)])
+        .expect("update");
+    let h = sb.udp(5353);
+    let mut web = a_of(&ask(&mut sb, h, "web", 1));
+    web.sort();
+    assert_eq!(
+        web,
+        vec![Ipv4Addr::new(172, 30, 0, 9), Ipv4Addr::new(172, 30, 0, 10)]
+    );
+    assert_eq!(
+        a_of(&ask(&mut sb, h, "db", 2)),
+        vec![Ipv4Addr::new(172, 30, 0, 11)]
+    );
+    // One "web" leaves, "db" moves to another address.
+    gw.update_names(vec![rec("web", 9), rec("db", 11)], vec![rec("db", 12)])
+        .expect("update");
+    assert_eq!(
+        a_of(&ask(&mut sb, h, "web", 3)),
+        vec![Ipv4Addr::new(172, 30, 0, 10)]
+    );
+    assert_eq!(
+        a_of(&ask(&mut sb, h, "db", 4)),
+        vec![Ipv4Addr::new(172, 30, 0, 12)]
+    );
+    gw.update_names(vec![rec("web", 10)], vec![])
+        .expect("update");
+    let m = ask(&mut sb, h, "web", 5);
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+}
+
+#[test]
 fn dns_servfail_when_upstream_is_dead() {
     let silent = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let dead = silent.local_addr().expect("addr");

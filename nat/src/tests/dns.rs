@@ -246,3 +246,70 @@ fn forwarded_query_answer_unusable_server_and_no_server() {
     );
     assert_eq!(none.waiting(), 0);
 }
+
+fn ptr_names(n: &mut Names, q: &str) -> Vec<String> {
+    reply(n.answer(&query(q, RecordType::PTR, 5)))
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::PTR(PTR(t)) => Some(t.to_ascii()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn records_added_and_removed_one_at_a_time() {
+    let mut n = names();
+    let rec = |name: &str, last: u8| NameRecord {
+        name: name.into(),
+        ipv4s: vec![Ipv4Addr::new(172, 17, 0, last)],
+        ipv6s: vec![],
+    };
+    // A second endpoint named "web": both answer (round robin), PTR of each is "web".
+    n.add(&rec("WEB.", 9));
+    let mut all = a_answers(&reply(n.answer(&query("web", RecordType::A, 1))));
+    all.sort();
+    assert_eq!(
+        all,
+        vec![Ipv4Addr::new(172, 17, 0, 2), Ipv4Addr::new(172, 17, 0, 9)]
+    );
+    assert_eq!(ptr_names(&mut n, "9.0.17.172.in-addr.arpa."), vec!["web."]);
+    // An alias on the same address: the reverse entry has both names.
+    n.add(&rec("db", 9));
+    let mut p = ptr_names(&mut n, "9.0.17.172.in-addr.arpa.");
+    p.sort();
+    assert_eq!(p, vec!["db.", "web."]);
+
+    // The first "web" goes: the other stays, and its v6 address goes with it.
+    n.remove(&NameRecord {
+        name: "web".into(),
+        ipv4s: vec![Ipv4Addr::new(172, 17, 0, 2)],
+        ipv6s: vec!["fd00::2".parse().expect("v6")],
+    });
+    assert_eq!(
+        a_answers(&reply(n.answer(&query("web", RecordType::A, 2)))),
+        vec![Ipv4Addr::new(172, 17, 0, 9)]
+    );
+    let m = reply(n.answer(&query("2.0.17.172.in-addr.arpa.", RecordType::PTR, 3)));
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "PTR gone");
+    let m = reply(n.answer(&query("web", RecordType::AAAA, 4)));
+    assert!(m.answers.is_empty());
+
+    // The last "web" goes: NXDOMAIN; "db" on the same address stays, PTR too.
+    n.remove(&rec("web", 9));
+    let m = reply(n.answer(&query("web", RecordType::A, 5)));
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(ptr_names(&mut n, "9.0.17.172.in-addr.arpa."), vec!["db."]);
+    assert_eq!(
+        a_answers(&reply(n.answer(&query("db", RecordType::A, 6)))),
+        vec![Ipv4Addr::new(172, 17, 0, 9)]
+    );
+    // Unknown names and addresses: nothing changes; "pool" untouched throughout.
+    n.remove(&rec("nobody", 77));
+    n.remove(&rec("pool", 77));
+    assert_eq!(
+        a_answers(&reply(n.answer(&query("pool", RecordType::A, 7)))).len(),
+        3
+    );
+}
