@@ -23,13 +23,22 @@
 //! * The daemon keeps a view of the cluster store ([`ClusterView`]): every
 //!   `endpoints/` record (all hosts', indexed by network) and the `nodes/` names,
 //!   filled by one range of each prefix at start (and when the store comes back,
-//!   below), then updated from each watch event. An endpoint event touches only the
-//!   network(s) of the record before and after it: that network's tunnel is told its
-//!   remote endpoints ([`crate::driver::Driver::set_remote`]: the VTEPs of the other
-//!   hosts with endpoints on it, each remote MAC's VTEP, each remote IP's MAC) and its
-//!   embedded DNS its names. No event reads the store or walks other networks: the
-//!   work per change is that of one network's endpoints. Events of this host's own
-//!   endpoints change no tunnel.
+//!   below), then updated from each watch event, and counts each network's endpoints
+//!   per VTEP. An endpoint event touches only the network(s) of the record before and
+//!   after it, as a delta ([`ClusterView::delta`]): that network's tunnel is told
+//!   ([`crate::driver::Driver::update_remote`]) the old record's removal (its MAC's
+//!   VTEP, its IPs' MAC), a VTEP that stops being a peer (its last endpoint on the
+//!   network went) or becomes one (its first came), and the new record's addition;
+//!   its embedded DNS ([`crate::driver::Driver::update_names`]) takes the old record's
+//!   names off and puts the new one's on. A changed record is the old one removed and
+//!   the new one added. No event reads the store, walks other networks or rebuilds a
+//!   network's tables: the work per change is that of one record (O(1); the tunnel's
+//!   known-VTEP set is walked when a peer comes or goes). The whole set
+//!   ([`crate::driver::Driver::set_remote`]: the VTEPs of the other hosts with
+//!   endpoints on the network, each remote MAC's VTEP, each remote IP's MAC; and all its
+//!   names) is sent when a network is adopted, after a re-sync (below), and in place of
+//!   a delta to a driver that takes none. Events of this host's own endpoints change no
+//!   tunnel (its local names are refreshed by connect and disconnect, as on any network).
 //! * DNS: a global network's names are its local endpoints' (as any network's) plus,
 //!   from the view, the sandbox name and aliases of every endpoint other hosts have
 //!   on it; a record that goes (disconnect, expiry) takes its names with it.
@@ -68,7 +77,7 @@
 
 use super::{net_key, sb_key, Controller, Inner, NETWORKS_LOCK};
 use crate::driver::overlay::{parse_vni, vni_for_name, PEERS_OPTION, VXLANID_OPTION};
-use crate::driver::{NetworkRequest, RemoteEndpoints};
+use crate::driver::{NetworkRequest, RemoteChange, RemoteEndpoints};
 use crate::error::{Error, Result, StoreError};
 use crate::model::{Endpoint, Network};
 use crate::store::etcd::{EtcdStore, LeaseId, StoreEvent, NODES};
@@ -158,6 +167,9 @@ impl GlobalEndpoint {
 pub(crate) struct ClusterView {
     endpoints: HashMap<String, GlobalEndpoint>,
     by_network: HashMap<String, BTreeSet<String>>,
+    /// Network → VTEP → how many of the network's endpoints are behind it (a VTEP is
+    /// a peer of the network while its count is above zero).
+    vteps: HashMap<String, HashMap<SocketAddr, usize>>,
     /// Node address (as recorded) → node name.
     nodes: HashMap<IpAddr, String>,
     /// The lease this node's own records were last written under.
@@ -171,8 +183,10 @@ impl ClusterView {
             .entry(ep.network_id.clone())
             .or_default()
             .insert(ep.id.clone());
+        self.count(&ep.network_id, ep.vtep, true);
         let old = self.endpoints.insert(ep.id.clone(), ep);
         if let Some(o) = &old {
+            self.count(&o.network_id, o.vtep, false);
             let moved = self.endpoints.get(&o.id).map(|n| &n.network_id) != Some(&o.network_id);
             if moved {
                 self.unindex(&o.network_id, &o.id);
@@ -185,7 +199,101 @@ impl ClusterView {
     fn remove(&mut self, id: &str) -> Option<GlobalEndpoint> {
         let old = self.endpoints.remove(id)?;
         self.unindex(&old.network_id, id);
+        self.count(&old.network_id, old.vtep, false);
         Some(old)
+    }
+
+    /// One endpoint more (`up`) or less behind `vtep` on network `nid`.
+    fn count(&mut self, nid: &str, vtep: SocketAddr, up: bool) {
+        if up {
+            *self
+                .vteps
+                .entry(nid.to_string())
+                .or_default()
+                .entry(vtep)
+                .or_default() += 1;
+            return;
+        }
+        let Some(m) = self.vteps.get_mut(nid) else {
+            return;
+        };
+        if let Some(n) = m.get_mut(&vtep) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&vtep);
+            }
+        }
+        if m.is_empty() {
+            self.vteps.remove(nid);
+        }
+    }
+
+    /// How many endpoints of network `nid` are behind `vtep`.
+    fn vtep_count(&self, nid: &str, vtep: SocketAddr) -> usize {
+        self.vteps
+            .get(nid)
+            .and_then(|m| m.get(&vtep))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// What the change of one record from `old` to `new` (both `None`: nothing; the
+    /// view already holds `new`) changes on each network's tunnel and DNS, for the
+    /// host at `own`: the old endpoint removed, the VTEPs whose first endpoint came
+    /// or last one went, the new endpoint added. Records of `own` change nothing
+    /// (this host's endpoints are local to it). Work: that of the two records.
+    fn delta(
+        &self,
+        old: Option<&GlobalEndpoint>,
+        new: Option<&GlobalEndpoint>,
+        own: SocketAddr,
+    ) -> BTreeMap<String, NetworkDelta> {
+        let mut out: BTreeMap<String, NetworkDelta> = BTreeMap::new();
+        let (old, new) = (old.filter(|e| e.vtep != own), new.filter(|e| e.vtep != own));
+        if let Some(o) = old {
+            let d = out.entry(o.network_id.clone()).or_default();
+            if let Some(mac) = o.mac {
+                d.remote.push(RemoteChange::RemoveEndpoint {
+                    mac,
+                    vtep: o.vtep,
+                    ips: addresses(o),
+                });
+            }
+            d.names_removed = name_records(o);
+        }
+        let same = |a: &GlobalEndpoint, b: &GlobalEndpoint| {
+            a.network_id == b.network_id && a.vtep == b.vtep
+        };
+        let mut pairs: Vec<&GlobalEndpoint> = old.into_iter().collect();
+        if let Some(n) = new.filter(|n| !old.is_some_and(|o| same(o, n))) {
+            pairs.push(n);
+        }
+        let (mut gone, mut came) = (Vec::new(), Vec::new());
+        for e in pairs {
+            let after = self.vtep_count(&e.network_id, e.vtep);
+            let before = after + usize::from(old.is_some_and(|o| same(o, e)))
+                - usize::from(new.is_some_and(|n| same(n, e)));
+            if before > 0 && after == 0 {
+                gone.push((e.network_id.clone(), RemoteChange::RemovePeer(e.vtep)));
+            } else if before == 0 && after > 0 {
+                came.push((e.network_id.clone(), RemoteChange::AddPeer(e.vtep)));
+            }
+        }
+        for (nid, c) in gone.into_iter().chain(came) {
+            out.entry(nid).or_default().remote.push(c);
+        }
+        if let Some(n) = new {
+            let d = out.entry(n.network_id.clone()).or_default();
+            if let Some(mac) = n.mac {
+                d.remote.push(RemoteChange::AddEndpoint {
+                    mac,
+                    vtep: n.vtep,
+                    ips: addresses(n),
+                });
+            }
+            d.names_added = name_records(n);
+        }
+        out
     }
 
     fn unindex(&mut self, nid: &str, id: &str) {
@@ -226,6 +334,65 @@ impl ClusterView {
         remote.peers.sort();
         remote
     }
+}
+
+/// What one endpoint event changes on one network (see [`ClusterView::delta`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct NetworkDelta {
+    /// The tunnel's changes, in order.
+    remote: Vec<RemoteChange>,
+    /// DNS records whose addresses leave their names.
+    names_removed: Vec<NameRecord>,
+    /// DNS records whose addresses join their names.
+    names_added: Vec<NameRecord>,
+}
+
+/// The addresses of endpoint record `e`.
+fn addresses(e: &GlobalEndpoint) -> Vec<IpAddr> {
+    e.ipv4
+        .map(IpAddr::V4)
+        .into_iter()
+        .chain(e.ipv6.map(IpAddr::V6))
+        .collect()
+}
+
+/// The DNS records of endpoint record `e`: its sandbox name and each alias (lower
+/// case, no trailing dot, each once), with its addresses; none without an address.
+fn name_records(e: &GlobalEndpoint) -> Vec<NameRecord> {
+    if e.ipv4.is_none() && e.ipv6.is_none() {
+        return Vec::new();
+    }
+    let names: BTreeSet<String> = e
+        .aliases
+        .iter()
+        .chain(std::iter::once(&e.sandbox))
+        .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    names
+        .into_iter()
+        .map(|name| NameRecord {
+            name,
+            ipv4s: e.ipv4.into_iter().collect(),
+            ipv6s: e.ipv6.into_iter().collect(),
+        })
+        .collect()
+}
+
+/// Hand `delta` of network `nid` to `driver` (blocking): the tunnel's changes, and the
+/// DNS records when the driver has a gateway (`names`). Whether each was applied as a
+/// delta (`false`: the driver does not take deltas, the whole set must be sent).
+fn push_delta(
+    driver: &dyn crate::driver::Driver,
+    nid: &str,
+    delta: NetworkDelta,
+    names: bool,
+) -> Result<(bool, bool)> {
+    let remote = delta.remote.is_empty() || driver.update_remote(nid, &delta.remote)?;
+    let names = !names
+        || (delta.names_removed.is_empty() && delta.names_added.is_empty())
+        || driver.update_names(nid, delta.names_removed, delta.names_added)?;
+    Ok((remote, names))
 }
 
 /// The address of a node record's key (`nodes/<address>`, an IP or IP:port).
@@ -908,8 +1075,10 @@ impl Inner {
         tracing::info!(network = %net.name, "global network removed (gone from the cluster store)");
     }
 
-    /// Tell network `nid`'s tunnel where its remote endpoints are, and its DNS their
-    /// names (work proportional to that network's endpoints).
+    /// Tell network `nid`'s tunnel where all its remote endpoints are, and its DNS all
+    /// their names (work proportional to that network's endpoints: adoption, re-sync,
+    /// and drivers without deltas; an endpoint event is applied by
+    /// [`Inner::apply_delta`]).
     async fn refresh_network(&self, nid: &str) {
         let Ok(node) = self.node() else { return };
         let Some(net) = self.model().networks.get(nid).cloned() else {
@@ -931,6 +1100,36 @@ impl Inner {
             }
         }
         self.refresh_names(nid).await;
+    }
+
+    /// Apply one endpoint event's `delta` to global network `nid`'s tunnel and DNS
+    /// (work proportional to the event, not to the network); a driver that does not
+    /// take deltas gets the whole set ([`Inner::refresh_network`]).
+    async fn apply_delta(&self, nid: &str, delta: NetworkDelta) {
+        let Some(net) = self.model().networks.get(nid).cloned() else {
+            return;
+        };
+        if !self.is_global(nid) {
+            return;
+        }
+        let Ok(driver) = self.drivers.get(&net.driver) else {
+            return;
+        };
+        let names = driver.capabilities().gateway_service;
+        tracing::debug!(network = %net.name, ?delta, "remote endpoints changed");
+        let id = nid.to_string();
+        let r = blocking("update remote endpoints", move || {
+            push_delta(driver.as_ref(), &id, delta, names)
+        })
+        .await;
+        match r {
+            Ok((true, true)) => {}
+            Ok(_) => self.refresh_network(nid).await,
+            Err(e) => {
+                tracing::warn!(network = %net.name, error = %e,
+                    "updating the tunnel's remote endpoints and DNS names");
+            }
+        }
     }
 
     /// Add the names and aliases of the endpoints other hosts have on global network
@@ -996,18 +1195,16 @@ impl Inner {
             }
         };
         let Ok(node) = self.node() else { return };
-        let old = super::lock(&self.view).insert(rec.clone());
-        if old.as_ref() == Some(&rec) {
-            return;
-        }
-        let mut affected = BTreeSet::new();
-        for r in old.iter().chain(std::iter::once(&rec)) {
-            if r.vtep != node.vtep {
-                affected.insert(r.network_id.clone());
+        let deltas = {
+            let mut view = super::lock(&self.view);
+            let old = view.insert(rec.clone());
+            if old.as_ref() == Some(&rec) {
+                return;
             }
-        }
-        for nid in affected {
-            self.refresh_network(&nid).await;
+            view.delta(old.as_ref(), Some(&rec), node.vtep)
+        };
+        for (nid, d) in deltas {
+            self.apply_delta(&nid, d).await;
         }
     }
 
@@ -1017,11 +1214,18 @@ impl Inner {
     async fn on_endpoint_delete(&self, key: &str) {
         let id = &key[ENDPOINTS.len()..];
         let Ok(node) = self.node() else { return };
-        let Some(old) = super::lock(&self.view).remove(id) else {
-            return;
+        let (old, deltas) = {
+            let mut view = super::lock(&self.view);
+            let Some(old) = view.remove(id) else {
+                return;
+            };
+            let d = view.delta(Some(&old), None, node.vtep);
+            (old, d)
         };
         if old.vtep != node.vtep {
-            self.refresh_network(&old.network_id).await;
+            for (nid, d) in deltas {
+                self.apply_delta(&nid, d).await;
+            }
             return;
         }
         self.keep_own_record(&node, &old.network_id, id).await;
@@ -1342,6 +1546,346 @@ mod tests {
         v.remove("b");
         assert!(!v.by_network.contains_key("n2"));
         assert_eq!(v.on_network("n1").count(), 1);
+    }
+
+    fn vtep(host: u8) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, host], 4789))
+    }
+
+    #[test]
+    fn view_counts_endpoints_per_network_and_vtep() {
+        let mut v = ClusterView::default();
+        v.insert(rec("a", "n1", 2, 1));
+        v.insert(rec("b", "n1", 2, 2));
+        v.insert(rec("c", "n1", 3, 3));
+        v.insert(rec("d", "n2", 2, 4));
+        assert_eq!(v.vtep_count("n1", vtep(2)), 2);
+        assert_eq!(v.vtep_count("n1", vtep(3)), 1);
+        assert_eq!(v.vtep_count("n2", vtep(2)), 1);
+        assert_eq!(v.vtep_count("n2", vtep(3)), 0);
+        // Same record again, then one that moves host, then one that moves network.
+        v.insert(rec("a", "n1", 2, 1));
+        assert_eq!(v.vtep_count("n1", vtep(2)), 2);
+        v.insert(rec("a", "n1", 3, 1));
+        assert_eq!(
+            (v.vtep_count("n1", vtep(2)), v.vtep_count("n1", vtep(3))),
+            (1, 2)
+        );
+        v.insert(rec("b", "n2", 2, 2));
+        assert_eq!(
+            (v.vtep_count("n1", vtep(2)), v.vtep_count("n2", vtep(2))),
+            (0, 2)
+        );
+        for id in ["a", "b", "c", "d"] {
+            v.remove(id);
+        }
+        v.remove("a");
+        assert!(v.vteps.is_empty(), "{:?}", v.vteps);
+    }
+
+    /// Put `e` into `v`; the delta for the host at `own`.
+    fn put(
+        v: &mut ClusterView,
+        e: GlobalEndpoint,
+        own: SocketAddr,
+    ) -> BTreeMap<String, NetworkDelta> {
+        let old = v.insert(e.clone());
+        v.delta(old.as_ref(), Some(&e), own)
+    }
+
+    fn del(v: &mut ClusterView, id: &str, own: SocketAddr) -> BTreeMap<String, NetworkDelta> {
+        let old = v.remove(id);
+        v.delta(old.as_ref(), None, own)
+    }
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, n))
+    }
+
+    fn add(mac: u8, host: u8) -> RemoteChange {
+        RemoteChange::AddEndpoint {
+            mac: [2, 0, 0, 0, 0, mac],
+            vtep: vtep(host),
+            ips: vec![ip(mac)],
+        }
+    }
+
+    fn rm(mac: u8, host: u8) -> RemoteChange {
+        RemoteChange::RemoveEndpoint {
+            mac: [2, 0, 0, 0, 0, mac],
+            vtep: vtep(host),
+            ips: vec![ip(mac)],
+        }
+    }
+
+    fn only(d: &BTreeMap<String, NetworkDelta>, nid: &str) -> Vec<RemoteChange> {
+        assert_eq!(d.keys().collect::<Vec<_>>(), vec![nid], "{d:?}");
+        d[nid].remote.clone()
+    }
+
+    #[test]
+    fn an_event_is_a_delta_with_peers_only_at_a_vteps_first_and_last_endpoint() {
+        let own = vtep(1);
+        let mut v = ClusterView::default();
+        let d = put(&mut v, rec("a", "n1", 2, 1), own);
+        assert_eq!(
+            only(&d, "n1"),
+            vec![RemoteChange::AddPeer(vtep(2)), add(1, 2)]
+        );
+        assert_eq!(
+            d["n1"].names_added,
+            vec![NameRecord {
+                name: "sa".into(),
+                ipv4s: vec![Ipv4Addr::new(10, 0, 0, 1)],
+                ipv6s: vec![]
+            }]
+        );
+        assert!(d["n1"].names_removed.is_empty());
+        assert_eq!(
+            only(&put(&mut v, rec("b", "n1", 2, 2), own), "n1"),
+            vec![add(2, 2)]
+        );
+        // This host's own endpoints change no tunnel and no remote name.
+        assert!(put(&mut v, rec("o", "n1", 1, 9), own).is_empty());
+        assert!(del(&mut v, "o", own).is_empty());
+
+        // A changed record (new address, same host): the old out, the new in, no peer.
+        let mut b2 = rec("b", "n1", 2, 2);
+        b2.ipv4 = Some(Ipv4Addr::new(10, 0, 0, 7));
+        b2.aliases = vec!["Db.".into(), "sb".into()];
+        let d = put(&mut v, b2, own);
+        let mut new_add = add(2, 2);
+        if let RemoteChange::AddEndpoint { ips, .. } = &mut new_add {
+            *ips = vec![ip(7)];
+        }
+        assert_eq!(only(&d, "n1"), vec![rm(2, 2), new_add]);
+        let names: Vec<&str> = d["n1"]
+            .names_added
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            vec!["db", "sb"],
+            "aliases lower-cased, each name once"
+        );
+        assert_eq!(d["n1"].names_removed.len(), 1);
+
+        // Moved to another host: its old VTEP still has "a", the new one is a new peer.
+        let d = put(&mut v, rec("b", "n1", 3, 2), own);
+        let mut old = rm(2, 2);
+        if let RemoteChange::RemoveEndpoint { ips, .. } = &mut old {
+            *ips = vec![ip(7)];
+        }
+        assert_eq!(
+            only(&d, "n1"),
+            vec![old, RemoteChange::AddPeer(vtep(3)), add(2, 3)]
+        );
+        // The last endpoint behind VTEP 2 goes: so does the peer.
+        assert_eq!(
+            only(&del(&mut v, "a", own), "n1"),
+            vec![rm(1, 2), RemoteChange::RemovePeer(vtep(2))]
+        );
+        // Moved to another network: out of n1 (and its peer), into n2.
+        let d = put(&mut v, rec("b", "n2", 3, 2), own);
+        assert_eq!(
+            d["n1"].remote,
+            vec![rm(2, 3), RemoteChange::RemovePeer(vtep(3))]
+        );
+        assert_eq!(
+            d["n2"].remote,
+            vec![RemoteChange::AddPeer(vtep(3)), add(2, 3)]
+        );
+        assert!(del(&mut v, "nobody", own).is_empty());
+    }
+
+    /// A driver that keeps what it is told: the whole set or deltas, counted.
+    #[derive(Default)]
+    struct Recorder {
+        state: std::sync::Mutex<Recorded>,
+    }
+
+    #[derive(Default)]
+    struct Recorded {
+        full: usize,
+        deltas: usize,
+        peers: BTreeSet<SocketAddr>,
+        statics: BTreeMap<[u8; 6], SocketAddr>,
+        neighbours: BTreeMap<IpAddr, [u8; 6]>,
+        full_names: usize,
+        name_deltas: usize,
+        names: BTreeSet<(String, IpAddr)>,
+    }
+
+    impl crate::driver::Driver for Recorder {
+        fn name(&self) -> &str {
+            "recorder"
+        }
+        fn capabilities(&self) -> crate::driver::Capabilities {
+            crate::driver::Capabilities::default()
+        }
+        fn create_network(&self, _: &NetworkRequest<'_>) -> Result<()> {
+            Ok(())
+        }
+        fn delete_network(&self, _: &str) -> Result<()> {
+            Ok(())
+        }
+        fn join(
+            &self,
+            _: &crate::driver::JoinRequest<'_>,
+        ) -> Result<crate::driver::JoinDescription> {
+            Ok(crate::driver::JoinDescription::default())
+        }
+        fn leave(&self, _: &str, _: &str) -> Result<()> {
+            Ok(())
+        }
+        fn set_remote(&self, _: &str, r: &RemoteEndpoints) -> Result<()> {
+            let mut s = self.state.lock().unwrap();
+            s.full += 1;
+            s.peers = r.peers.iter().copied().collect();
+            s.statics = r.statics.iter().copied().collect();
+            s.neighbours = r.neighbours.iter().copied().collect();
+            Ok(())
+        }
+        fn update_remote(&self, _: &str, changes: &[RemoteChange]) -> Result<bool> {
+            let mut s = self.state.lock().unwrap();
+            s.deltas += 1;
+            for c in changes {
+                match c.clone() {
+                    RemoteChange::AddPeer(p) => assert!(s.peers.insert(p), "{p} twice"),
+                    RemoteChange::RemovePeer(p) => assert!(s.peers.remove(&p), "{p} unknown"),
+                    RemoteChange::AddEndpoint { mac, vtep, ips } => {
+                        s.statics.insert(mac, vtep);
+                        s.neighbours.extend(ips.into_iter().map(|i| (i, mac)));
+                    }
+                    RemoteChange::RemoveEndpoint { mac, vtep, ips } => {
+                        assert_eq!(s.statics.remove(&mac), Some(vtep));
+                        for i in ips {
+                            assert_eq!(s.neighbours.remove(&i), Some(mac));
+                        }
+                    }
+                }
+            }
+            Ok(true)
+        }
+        fn set_names(&self, _: &str, names: Vec<NameRecord>) -> Result<()> {
+            let mut s = self.state.lock().unwrap();
+            s.full_names += 1;
+            s.names = pairs(&names).collect();
+            Ok(())
+        }
+        fn update_names(
+            &self,
+            _: &str,
+            removed: Vec<NameRecord>,
+            added: Vec<NameRecord>,
+        ) -> Result<bool> {
+            let mut s = self.state.lock().unwrap();
+            s.name_deltas += 1;
+            for p in pairs(&removed) {
+                assert!(s.names.remove(&p), "{p:?} unknown");
+            }
+            s.names.extend(pairs(&added));
+            Ok(true)
+        }
+    }
+
+    fn pairs(names: &[NameRecord]) -> impl Iterator<Item = (String, IpAddr)> + '_ {
+        names.iter().flat_map(|r| {
+            r.ipv4s
+                .iter()
+                .map(|a| IpAddr::V4(*a))
+                .chain(r.ipv6s.iter().map(|a| IpAddr::V6(*a)))
+                .map(|a| (r.name.clone(), a))
+        })
+    }
+
+    #[test]
+    fn after_adoption_each_event_is_one_delta_and_no_full_refresh() {
+        let own = vtep(1);
+        let mut v = ClusterView::default();
+        for i in 0..4u8 {
+            v.insert(rec(&format!("x{i}"), "n1", 2 + i % 2, 100 + i));
+        }
+        let drv = Recorder::default();
+        // Adoption: the whole set once.
+        use crate::driver::Driver;
+        drv.set_remote("n1", &v.remote("n1", own)).unwrap();
+        let all: Vec<NameRecord> = v
+            .on_network("n1")
+            .filter(|e| e.vtep != own)
+            .flat_map(name_records)
+            .collect();
+        drv.set_names("n1", all).unwrap();
+
+        // N remote connects over 5 hosts (and one of this host's, which is nothing),
+        // a change, a move and some disconnects: one delta per event.
+        let mut events = 0;
+        let apply = |d: BTreeMap<String, NetworkDelta>, events: &mut usize| {
+            for (nid, d) in d {
+                *events += 1;
+                assert_eq!(push_delta(&drv, &nid, d, true).unwrap(), (true, true));
+            }
+        };
+        const N: u8 = 40;
+        for i in 0..N {
+            apply(
+                put(&mut v, rec(&format!("e{i}"), "n1", 2 + i % 5, i), own),
+                &mut events,
+            );
+        }
+        apply(put(&mut v, rec("mine", "n1", 1, 200), own), &mut events);
+        let mut e3 = rec("e3", "n1", 4, 3);
+        e3.aliases = vec!["api".into()];
+        apply(put(&mut v, e3, own), &mut events);
+        apply(put(&mut v, rec("e4", "n1", 9, 4), own), &mut events);
+        for i in (0..N).step_by(3) {
+            apply(del(&mut v, &format!("e{i}"), own), &mut events);
+        }
+        for i in 0..4u8 {
+            apply(del(&mut v, &format!("x{i}"), own), &mut events);
+        }
+        let s = drv.state.lock().unwrap();
+        assert_eq!(events, usize::from(N) + 2 + 14 + 4);
+        assert_eq!(
+            (s.full, s.deltas),
+            (1, events),
+            "one full set (adoption), then deltas"
+        );
+        assert_eq!((s.full_names, s.name_deltas), (1, events));
+
+        // And the deltas add up to what a full refresh would have sent.
+        let full = v.remote("n1", own);
+        assert_eq!(s.peers, full.peers.iter().copied().collect());
+        assert_eq!(s.statics, full.statics.iter().copied().collect());
+        assert_eq!(s.neighbours, full.neighbours.iter().copied().collect());
+        let names: Vec<NameRecord> = v
+            .on_network("n1")
+            .filter(|e| e.vtep != own)
+            .flat_map(name_records)
+            .collect();
+        assert_eq!(s.names, pairs(&names).collect());
+        assert!(s.peers.contains(&vtep(9)) && !s.peers.contains(&own));
+    }
+
+    #[test]
+    fn a_driver_without_deltas_asks_for_the_whole_set() {
+        let mut v = ClusterView::default();
+        let d = put(&mut v, rec("a", "n1", 2, 1), vtep(1))
+            .remove("n1")
+            .unwrap();
+        let null = crate::driver::record::NULL_DRIVER;
+        assert_eq!(
+            push_delta(&null, "n1", d.clone(), true).unwrap(),
+            (false, false)
+        );
+        assert_eq!(
+            push_delta(&null, "n1", d, false).unwrap(),
+            (false, true),
+            "no DNS"
+        );
+        let empty = NetworkDelta::default();
+        assert_eq!(push_delta(&null, "n1", empty, true).unwrap(), (true, true));
     }
 
     #[test]

@@ -456,6 +456,24 @@ impl Driver for BridgeDriver {
         }
     }
 
+    fn update_names(
+        &self,
+        network_id: &str,
+        removed: Vec<NameRecord>,
+        added: Vec<NameRecord>,
+    ) -> Result<bool> {
+        let nets = lock(&self.networks);
+        let net = nets
+            .get(network_id)
+            .ok_or_else(|| Self::unknown(network_id))?;
+        if let Some(gw) = &net.gateway {
+            gw.update_names(removed, added).map_err(|e| {
+                Error::gateway(format!("update DNS names of network {network_id}"), e)
+            })?;
+        }
+        Ok(true)
+    }
+
     fn publish(&self, network_id: &str, spec: PublishSpec) -> Result<SocketAddr> {
         let nets = lock(&self.networks);
         let net = nets

@@ -484,6 +484,27 @@ pub trait Driver: Send + Sync {
         let _ = (network_id, remote);
         Ok(())
     }
+    /// Change a global network's remote side by the effect of one cluster event
+    /// (`changes`, in order; see [`RemoteChange`]) instead of replacing it with
+    /// [`Driver::set_remote`]. `Ok(false)`: not supported, the caller sends the whole
+    /// set instead (the default, so drivers without a tunnel need nothing).
+    fn update_remote(&self, network_id: &str, changes: &[RemoteChange]) -> Result<bool> {
+        let _ = (network_id, changes);
+        Ok(false)
+    }
+    /// Change the names the network's embedded DNS answers by one endpoint's records:
+    /// the addresses of `removed` leave their names, those of `added` join theirs; other
+    /// names and addresses stay. `Ok(false)`: not supported, the caller sends the whole
+    /// set with [`Driver::set_names`] (the default).
+    fn update_names(
+        &self,
+        network_id: &str,
+        removed: Vec<NameRecord>,
+        added: Vec<NameRecord>,
+    ) -> Result<bool> {
+        let _ = (network_id, removed, added);
+        Ok(false)
+    }
     /// Install the keys of an encrypted global network (see
     /// [`tapnet_vxlan::crypt`]). Drivers without a tunnel ignore it.
     fn set_keys(&self, network_id: &str, keys: &tapnet_vxlan::KeySet) -> Result<()> {
@@ -503,6 +524,34 @@ pub struct RemoteEndpoints {
     pub statics: Vec<([u8; 6], SocketAddr)>,
     /// Remote endpoint IP → its MAC (ARP/ND suppression).
     pub neighbours: Vec<(IpAddr, [u8; 6])>,
+}
+
+/// One change of a global network's remote side (see [`Driver::update_remote`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteChange {
+    /// A host's VTEP now has an endpoint on the network (its first): flood to it and
+    /// accept its datagrams.
+    AddPeer(SocketAddr),
+    /// A host's VTEP has no endpoint left on the network.
+    RemovePeer(SocketAddr),
+    /// A remote endpoint: its MAC is behind `vtep` and answers for `ips`.
+    AddEndpoint {
+        /// The endpoint's MAC.
+        mac: [u8; 6],
+        /// Its host's VTEP.
+        vtep: SocketAddr,
+        /// Its addresses.
+        ips: Vec<IpAddr>,
+    },
+    /// A remote endpoint that went (or whose record changed: the old one).
+    RemoveEndpoint {
+        /// The endpoint's MAC.
+        mac: [u8; 6],
+        /// Its host's VTEP.
+        vtep: SocketAddr,
+        /// Its addresses.
+        ips: Vec<IpAddr>,
+    },
 }
 
 /// Drivers by name, and the sandbox layer that applies what they describe.

@@ -48,7 +48,9 @@
 //! network must be created on every host with the same options. With one, the
 //! controller records the network in the store and every host creates it
 //! (`controller::global`); the tunnel then gets its peers, static MACs and neighbours
-//! from the store through [`Driver::set_remote`].
+//! from the store through [`Driver::set_remote`] (the whole set, at adoption and
+//! re-sync) and [`Driver::update_remote`] (one endpoint event's changes, one control
+//! message each: `AddPeer`/`RemovePeer`, `AddRemote`/`RemoveRemote`).
 
 use super::bridge::BridgeDriver;
 use super::{
@@ -368,6 +370,15 @@ impl Driver for OverlayDriver {
         self.bridge.set_names(network_id, names)
     }
 
+    fn update_names(
+        &self,
+        network_id: &str,
+        removed: Vec<NameRecord>,
+        added: Vec<NameRecord>,
+    ) -> Result<bool> {
+        self.bridge.update_names(network_id, removed, added)
+    }
+
     fn publish(&self, network_id: &str, spec: PublishSpec) -> Result<SocketAddr> {
         self.bridge.publish(network_id, spec)
     }
@@ -503,6 +514,29 @@ impl Driver for OverlayDriver {
                 .control_uplink(network_id, PortControl::Custom(Box::new(msg)))?;
         }
         Ok(())
+    }
+
+    fn update_remote(&self, network_id: &str, changes: &[super::RemoteChange]) -> Result<bool> {
+        use super::RemoteChange as C;
+        for c in changes {
+            let msg = match c {
+                C::AddPeer(p) => VxlanControl::AddPeer(*p),
+                C::RemovePeer(p) => VxlanControl::RemovePeer(*p),
+                C::AddEndpoint { mac, vtep, ips } => VxlanControl::AddRemote {
+                    mac: MacAddr(*mac),
+                    vtep: *vtep,
+                    ips: ips.clone(),
+                },
+                C::RemoveEndpoint { mac, vtep, ips } => VxlanControl::RemoveRemote {
+                    mac: MacAddr(*mac),
+                    vtep: *vtep,
+                    ips: ips.clone(),
+                },
+            };
+            self.bridge
+                .control_uplink(network_id, PortControl::Custom(Box::new(msg)))?;
+        }
+        Ok(true)
     }
 
     fn set_keys(&self, network_id: &str, keys: &KeySet) -> Result<()> {
