@@ -699,12 +699,23 @@ fn etcd_requests(method: &str) -> u64 {
 }
 
 /// Watch events apply as deltas: while B connects sandboxes, host A, which learns each
-/// endpoint (it reaches them), sends etcd no request at all; B reads once (its
-/// address claim) and writes twice (the claim, the record) per connect.
+/// endpoint (it reaches them), sends etcd no request at all and applies each as one
+/// delta to its tunnel and DNS (never the whole set); B reads once (its address claim)
+/// and writes twice (the claim, the record) per connect.
 #[test]
 fn global_overlay_events_read_nothing() {
     serial("global_overlay_events_read_nothing", |a| {
-        let (etcd, b) = two_hosts(a);
+        // As `two_hosts`, with A logging how each event reached its tunnel and DNS.
+        let etcd = Etcd::start(&a.root, "0.0.0.0:2379");
+        a.restart_fresh(&[
+            "--cluster-store",
+            "etcd://127.0.0.1:2379",
+            "--cluster-advertise",
+            "192.0.2.1",
+            "--log-level",
+            "info,tapnet_engine::controller::global=debug",
+        ]);
+        let b = a.second_host("hostb", "192.0.2.1/24", "192.0.2.2/24", &B_FLAGS);
         a.ok(&[
             "network",
             "create",
@@ -724,6 +735,14 @@ fn global_overlay_events_read_nothing() {
             b.sandbox(s);
         }
         let (before, txns) = (etcd_requests("Range"), etcd_requests("Txn"));
+        // How often A's daemon sent its tunnel and DNS the whole set, or a delta.
+        let applied = |what: &str| {
+            a.daemon_log()
+                .lines()
+                .filter(|l| l.contains(&format!("remote endpoints: {what}")))
+                .count()
+        };
+        let (whole, deltas) = (applied("whole set"), applied("delta"));
         let mut ips = Vec::new();
         for s in names {
             ips.push(b.connect("ov", s));
@@ -731,6 +750,13 @@ fn global_overlay_events_read_nothing() {
         for ip in &ips {
             eventually("A reaches B's sandbox", || a.ping("sa", ip, 1));
         }
+        // Each of B's connects reached A as one delta, none as the whole set.
+        assert_eq!(
+            applied("delta") - deltas,
+            names.len(),
+            "deltas applied on A"
+        );
+        assert_eq!(applied("whole set") - whole, 0, "whole sets sent on A");
         let ranges = etcd_requests("Range") - before;
         assert_eq!(ranges, names.len() as u64, "reads while B connected");
         // And two writes per connect: the address claim, then the record.

@@ -1090,7 +1090,7 @@ impl Inner {
         let remote = super::lock(&self.view).remote(nid, node.vtep);
         if let Ok(driver) = self.drivers.get(&net.driver) {
             let id = nid.to_string();
-            tracing::debug!(network = %net.name, ?remote, "remote endpoints");
+            tracing::debug!(network = %net.name, ?remote, "remote endpoints: whole set");
             if let Err(e) = blocking("set remote endpoints", move || {
                 driver.set_remote(&id, &remote)
             })
@@ -1116,7 +1116,7 @@ impl Inner {
             return;
         };
         let names = driver.capabilities().gateway_service;
-        tracing::debug!(network = %net.name, ?delta, "remote endpoints changed");
+        tracing::debug!(network = %net.name, ?delta, "remote endpoints: delta");
         let id = nid.to_string();
         let r = blocking("update remote endpoints", move || {
             push_delta(driver.as_ref(), &id, delta, names)
