@@ -1051,6 +1051,7 @@ impl Inner {
             .await;
         let Some(net) = self.model().networks.get(id).cloned() else {
             super::lock(&self.global).remove(id);
+            self.locks.forget(&super::dns_key(id));
             return;
         };
         if !net.endpoints.is_empty() {
@@ -1072,6 +1073,7 @@ impl Inner {
             s.networks.remove(id);
         });
         self.locks.forget(&net_key(id));
+        self.locks.forget(&super::dns_key(id));
         tracing::info!(network = %net.name, "global network removed (gone from the cluster store)");
     }
 
@@ -1104,7 +1106,9 @@ impl Inner {
 
     /// Apply one endpoint event's `delta` to global network `nid`'s tunnel and DNS
     /// (work proportional to the event, not to the network); a driver that does not
-    /// take deltas gets the whole set ([`Inner::refresh_network`]).
+    /// take deltas gets the whole set ([`Inner::refresh_network`]). Under the network's
+    /// DNS lock, as a whole set of names ([`Inner::refresh_names`]) is: one read before
+    /// this event's view change is handed over before this delta.
     async fn apply_delta(&self, nid: &str, delta: NetworkDelta) {
         let Some(net) = self.model().networks.get(nid).cloned() else {
             return;
@@ -1118,10 +1122,12 @@ impl Inner {
         let names = driver.capabilities().gateway_service;
         tracing::debug!(network = %net.name, ?delta, "remote endpoints: delta");
         let id = nid.to_string();
+        let dns = self.locks.acquire([super::dns_key(nid)]).await;
         let r = blocking("update remote endpoints", move || {
             push_delta(driver.as_ref(), &id, delta, names)
         })
         .await;
+        drop(dns);
         match r {
             Ok((true, true)) => {}
             Ok(_) => self.refresh_network(nid).await,

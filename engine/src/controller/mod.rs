@@ -199,6 +199,12 @@ fn net_key(id: &str) -> String {
     format!("n/{id}")
 }
 
+/// The lock key of a global network's DNS names: held from reading the names to handing
+/// them to the driver, so a whole set read before an event's delta never lands after it.
+fn dns_key(id: &str) -> String {
+    format!("d/{id}")
+}
+
 /// The lock key of a sandbox.
 fn sb_key(id: &str) -> String {
     format!("s/{id}")
@@ -596,6 +602,10 @@ impl Inner {
     /// Push the names of network `nid` to its gateway's DNS (logged on failure: a
     /// stale name table must not fail the operation that changed it).
     async fn refresh_names(&self, nid: &str) {
+        let _dns = match self.is_global(nid) {
+            true => Some(self.locks.acquire([dns_key(nid)]).await),
+            false => None,
+        };
         let store = self.model();
         let Some(net) = store.networks.get(nid) else {
             return;
