@@ -1132,8 +1132,11 @@ impl Inner {
             Ok((true, true)) => {}
             Ok(_) => self.refresh_network(nid).await,
             Err(e) => {
+                // Part of the delta may be applied: the whole set puts the tunnel and
+                // the DNS back in step with the view (itself logged if it fails too).
                 tracing::warn!(network = %net.name, error = %e,
-                    "updating the tunnel's remote endpoints and DNS names");
+                    "updating the tunnel's remote endpoints and DNS names; sending the whole set");
+                self.refresh_network(nid).await;
             }
         }
     }
