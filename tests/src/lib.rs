@@ -1369,3 +1369,47 @@ impl Cluster {
             .expect("run nsenter")
     }
 }
+
+impl Env {
+    /// Two hosts on one real etcd: etcd listens on 0.0.0.0:2379 in this (host A's)
+    /// namespace; A's daemon is restarted with `--cluster-store etcd://127.0.0.1:2379
+    /// --cluster-advertise 192.0.2.1` and `a_extra`; host B is [`Env::second_host`]
+    /// `hostb` (192.0.2.2 on the underlay) with its VXLAN socket on 192.0.2.2:4790,
+    /// `--cluster-store etcd://192.0.2.1:2379 --cluster-advertise 192.0.2.2` and
+    /// `b_extra` (e.g. `--cluster-ttl`). Returns (etcd, B).
+    pub fn etcd_two_hosts(&mut self, a_extra: &[&str], b_extra: &[&str]) -> (Etcd, Env) {
+        let etcd = Etcd::start(&self.root, "0.0.0.0:2379");
+        let mut a_flags = vec![
+            "--cluster-store",
+            "etcd://127.0.0.1:2379",
+            "--cluster-advertise",
+            "192.0.2.1",
+        ];
+        a_flags.extend_from_slice(a_extra);
+        self.restart_fresh(&a_flags);
+        let b = self.second_host(
+            "hostb",
+            "192.0.2.1/24",
+            "192.0.2.2/24",
+            &hostb_etcd_flags(b_extra),
+        );
+        (etcd, b)
+    }
+}
+
+/// The daemon flags of host B in [`Env::etcd_two_hosts`], then `extra` (to start B's
+/// daemon again the same way).
+pub fn hostb_etcd_flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut flags = vec![
+        "--data-path-port",
+        "4790",
+        "--data-path-addr",
+        "192.0.2.2",
+        "--cluster-store",
+        "etcd://192.0.2.1:2379",
+        "--cluster-advertise",
+        "192.0.2.2",
+    ];
+    flags.extend_from_slice(extra);
+    flags
+}

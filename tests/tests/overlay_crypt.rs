@@ -14,7 +14,7 @@ use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tapnet_engine::store::KvStore;
-use tapnet_tests::{in_namespace, python3, Env, Etcd};
+use tapnet_tests::{in_namespace, python3, Env};
 
 const MARKER: &str = "TAPNET-SECRET-MARKER-";
 /// The underlay veth on host A's side (see `Env::second_host`).
@@ -324,28 +324,10 @@ fn encrypted_overlay_hides_traffic_and_rotates_keys_without_loss() {
     in_namespace(
         "encrypted_overlay_hides_traffic_and_rotates_keys_without_loss",
         |a| {
-            let etcd = Etcd::start(&a.root, "0.0.0.0:2379");
-            a.restart_fresh(&[
-                "--cluster-store",
-                "etcd://127.0.0.1:2379",
-                "--cluster-advertise",
-                "192.0.2.1",
-                "--cluster-key-rotation",
-                "2s",
-            ]);
-            let b_flags = [
-                "--data-path-port",
-                "4790",
-                "--data-path-addr",
-                "192.0.2.2",
-                "--cluster-store",
-                "etcd://192.0.2.1:2379",
-                "--cluster-advertise",
-                "192.0.2.2",
-                "--cluster-key-rotation",
-                "2s",
-            ];
-            let mut b = a.second_host("hostb", "192.0.2.1/24", "192.0.2.2/24", &b_flags);
+            let (etcd, mut b) = a.etcd_two_hosts(
+                &["--cluster-key-rotation", "2s"],
+                &["--cluster-key-rotation", "2s"],
+            );
 
             // Bad values: 400s naming the option; encrypted + static peers: 400.
             for (opts, want) in [
@@ -521,7 +503,10 @@ fn encrypted_overlay_hides_traffic_and_rotates_keys_without_loss() {
             // A restarted daemon gets the current keys from the store (its port starts
             // with none and a new nonce salt) and traffic flows both ways again.
             b.stop_daemon();
-            b.start_daemon_with(&b_flags);
+            b.start_daemon_with(&tapnet_tests::hostb_etcd_flags(&[
+                "--cluster-key-rotation",
+                "2s",
+            ]));
             eventually("a reaches b after B's restart", || a.ping("sa", &ipb, 1));
             eventually("b reaches a after B's restart", || b.ping("sb", &ipa, 1));
 

@@ -39,26 +39,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 #[test]
 fn global_overlay_through_the_cluster_store() {
     serial("global_overlay_through_the_cluster_store", |a| {
-        let etcd = Etcd::start(&a.root, "0.0.0.0:2379");
-        a.restart_fresh(&[
-            "--cluster-store",
-            "etcd://127.0.0.1:2379",
-            "--cluster-advertise",
-            "192.0.2.1",
-        ]);
-        let b_flags = [
-            "--data-path-port",
-            "4790",
-            "--data-path-addr",
-            "192.0.2.2",
-            "--cluster-store",
-            "etcd://192.0.2.1:2379",
-            "--cluster-advertise",
-            "192.0.2.2",
-            "--cluster-ttl",
-            "2",
-        ];
-        let mut b = a.second_host("hostb", "192.0.2.1/24", "192.0.2.2/24", &b_flags);
+        let (etcd, mut b) = a.etcd_two_hosts(&[], &["--cluster-ttl", "2"]);
 
         // Created on A only: recorded in the store, with its name and VNI claimed.
         a.ok(&[
@@ -228,7 +209,7 @@ fn global_overlay_through_the_cluster_store() {
         b.ok(&["network", "connect", "ov2", "sb"]);
         let ipb2 = b.ip_of("ov2", "sb");
         b.stop_daemon();
-        b.start_daemon_with(&b_flags);
+        b.start_daemon_with(&tapnet_tests::hostb_etcd_flags(&["--cluster-ttl", "2"]));
         // The network from the store, B's endpoint from B's local store, re-recorded in
         // the cluster store under B's new lease.
         assert_eq!(b.get("/networks/ov2")["Scope"], "global");
@@ -254,31 +235,9 @@ fn global_overlay_through_the_cluster_store() {
     });
 }
 
-/// Flags of host B (192.0.2.2, VTEP port 4790, TTL 5 s) in the tests below.
-const B_FLAGS: [&str; 10] = [
-    "--data-path-port",
-    "4790",
-    "--data-path-addr",
-    "192.0.2.2",
-    "--cluster-store",
-    "etcd://192.0.2.1:2379",
-    "--cluster-advertise",
-    "192.0.2.2",
-    "--cluster-ttl",
-    "5",
-];
-
-/// etcd in A's namespace, A's daemon on it, host B: (etcd, B).
+/// etcd in A's namespace, A's daemon on it, host B (TTL 5 s): (etcd, B).
 fn two_hosts(a: &mut tapnet_tests::Env) -> (Etcd, tapnet_tests::Env) {
-    let etcd = Etcd::start(&a.root, "0.0.0.0:2379");
-    a.restart_fresh(&[
-        "--cluster-store",
-        "etcd://127.0.0.1:2379",
-        "--cluster-advertise",
-        "192.0.2.1",
-    ]);
-    let b = a.second_host("hostb", "192.0.2.1/24", "192.0.2.2/24", &B_FLAGS);
-    (etcd, b)
+    a.etcd_two_hosts(&[], &["--cluster-ttl", "5"])
 }
 
 /// The addresses `name` resolves to in `sandbox` (`getent ahostsv4`), empty if none.
@@ -706,16 +665,13 @@ fn etcd_requests(method: &str) -> u64 {
 fn global_overlay_events_read_nothing() {
     serial("global_overlay_events_read_nothing", |a| {
         // As `two_hosts`, with A logging how each event reached its tunnel and DNS.
-        let etcd = Etcd::start(&a.root, "0.0.0.0:2379");
-        a.restart_fresh(&[
-            "--cluster-store",
-            "etcd://127.0.0.1:2379",
-            "--cluster-advertise",
-            "192.0.2.1",
-            "--log-level",
-            "info,tapnet_engine::controller::global=debug",
-        ]);
-        let b = a.second_host("hostb", "192.0.2.1/24", "192.0.2.2/24", &B_FLAGS);
+        let (etcd, b) = a.etcd_two_hosts(
+            &[
+                "--log-level",
+                "info,tapnet_engine::controller::global=debug",
+            ],
+            &["--cluster-ttl", "5"],
+        );
         a.ok(&[
             "network",
             "create",
@@ -780,17 +736,8 @@ fn global_overlay_resyncs_after_missing_compacted_changes() {
     serial(
         "global_overlay_resyncs_after_missing_compacted_changes",
         |a| {
-            let mut etcd = Etcd::start(&a.root, "0.0.0.0:2379");
-            a.restart_fresh(&[
-                "--cluster-store",
-                "etcd://127.0.0.1:2379",
-                "--cluster-advertise",
-                "192.0.2.1",
-            ]);
             // A TTL longer than B's time out of reach: this is about missed events.
-            let mut flags = B_FLAGS;
-            flags[9] = "30";
-            let b = a.second_host("hostb", "192.0.2.1/24", "192.0.2.2/24", &flags);
+            let (mut etcd, b) = a.etcd_two_hosts(&[], &["--cluster-ttl", "30"]);
             for (net, subnet) in [("ov", "10.88.0.0/24"), ("ovx", "10.87.0.0/24")] {
                 a.ok(&[
                     "network", "create", "-d", "overlay", "--subnet", subnet, net,
