@@ -5,7 +5,8 @@
 //! * A [`VxlanPort`] is a [`FrameIo`] over one non-blocking [`UdpSocket`] carrying **one
 //!   VNI**: either its own socket ([`VxlanPort::new`]) or, for the daemon's one socket
 //!   shared by every VNI, a port made by [`crate::demux::VxlanSocket::port`], which sends
-//!   on the shared socket and receives through the dispatcher (see [`crate::demux`]).
+//!   on the shared socket and receives through the dispatcher, or reads the socket itself
+//!   while it is the socket's only port (see [`crate::demux`]).
 //! * Local-only MACs ([`VxlanControl::SetLocalOnly`]: the overlay's anycast gateway,
 //!   whose IP and MAC every host answers itself): a frame to or from one of them is
 //!   never tunnelled (dropped at send, counted `local_only`) and never taken from the
@@ -687,37 +688,20 @@ impl VxlanPort {
         rx.pos = 0;
         rx.opened = None;
         let mut start = 0;
-        let got = match &self.rx_from {
+        let got = match &mut self.rx_from {
             Rx::Socket => udp::recv_one(
                 &self.sock,
                 rx.buf.get_mut(..udp::RECV_BUF).unwrap_or_default(),
             ),
-            Rx::Demux(d) => {
-                // The queue, else clear the doorbell and look once more (a run queued
-                // after the first look rings again, so nothing is missed).
-                let mut next = d.runs.try_recv().ok();
-                if next.is_none() {
-                    let mut ring = [0u8; 64];
-                    while d.bell.recv(&mut ring).is_ok() {}
-                    next = d.runs.try_recv().ok();
+            Rx::Demux(d) => match d.next(&self.sock, &mut rx.buf) {
+                Ok(Some((r, at))) => {
+                    start = at;
+                    Ok(r)
                 }
-                match next {
-                    Some(h) => {
-                        let spent = std::mem::replace(&mut rx.buf, h.buf);
-                        if spent.len() >= udp::RECV_BUF {
-                            let _ = d.spare.try_send(spent);
-                        }
-                        start = h.start;
-                        Ok(udp::Received {
-                            len: h.len,
-                            from: h.from,
-                            stride: h.stride,
-                            truncated: h.start + h.len > rx.buf.len(),
-                        })
-                    }
-                    None => Err(io::ErrorKind::WouldBlock.into()),
-                }
-            }
+                // A batch of several VNIs went to the queues: look again.
+                Ok(None) => return Ok(()),
+                Err(e) => Err(e),
+            },
         };
         let r = match got {
             Ok(r) => r,
@@ -776,7 +760,7 @@ impl AsRawFd for VxlanPort {
     fn as_raw_fd(&self) -> RawFd {
         match &self.rx_from {
             Rx::Socket => self.sock.as_raw_fd(),
-            Rx::Demux(d) => d.bell.as_raw_fd(),
+            Rx::Demux(d) => d.as_raw_fd(),
         }
     }
 }

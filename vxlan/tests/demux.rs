@@ -185,3 +185,65 @@ fn a_gro_batch_that_mixes_vnis_is_split_into_runs() {
     drop((a1, a2));
     dp.shutdown();
 }
+
+/// One UDP GSO send of `frames`, each encapsulated with its VNI, from `raw` to `to`.
+fn send_batch(raw: &UdpSocket, to: SocketAddr, frames: &[Vec<u8>], vnis: &[u32]) {
+    let mut batch = Vec::new();
+    for (f, &v) in frames.iter().zip(vnis) {
+        let mut d = vec![0u8; 200];
+        let n = encap(Vni::new(v).unwrap(), &f[VNET_HDR_LEN..], &mut d).unwrap();
+        batch.extend_from_slice(&d[..n]);
+    }
+    let stride = batch.len() / frames.len();
+    let sent = tapnet_vxlan::udp::Sender::new().send(raw, &batch, stride, &[to]);
+    assert_eq!(sent.datagrams, frames.len() as u64);
+}
+
+#[test]
+fn a_lone_port_reads_the_socket_itself_and_the_dispatcher_takes_over_for_two() {
+    let dp = Datapath::start(1).unwrap();
+    let hc = VxlanSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let ca = hc.local_addr().unwrap();
+    let raw = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let peer = raw.local_addr().unwrap();
+    let c1 = net(&dp, &hc, 100, peer);
+    let fr: Vec<Vec<u8>> = (0..4).map(|i| frame(BCAST, mac(0x20 + i), i)).collect();
+
+    // The only VNI: its port reads the socket itself. A batch that mixes VNIs is still
+    // split: its own runs reach it, the VNI nobody has is counted.
+    send_batch(&raw, ca, &fr, &[100, 300, 100, 100]);
+    for i in [0, 2, 3] {
+        assert_eq!(recv(&c1.ep).unwrap(), fr[i], "frame {i}");
+    }
+    let st = hc.stats();
+    assert_eq!((st.datagrams, st.unknown_vni), (3, 1), "{st:?}");
+    // A batch all of its VNI is taken in place, no hand-off.
+    send_batch(&raw, ca, &fr[..2], &[100, 100]);
+    assert_eq!(recv(&c1.ep).unwrap(), fr[0]);
+    assert_eq!(recv(&c1.ep).unwrap(), fr[1]);
+    let st = hc.stats();
+    assert_eq!((st.datagrams, st.read_by_port), (5, 2), "{st:?}");
+
+    // A second VNI: the dispatcher reads the socket again, each VNI to its own switch.
+    let c2 = net(&dp, &hc, 200, peer);
+    send_batch(&raw, ca, &fr[..2], &[100, 200]);
+    assert_eq!(recv(&c1.ep).unwrap(), fr[0]);
+    assert_eq!(recv(&c2.ep).unwrap(), fr[1]);
+    assert!(recv(&c1.ep).is_none() && recv(&c2.ep).is_none());
+    let st = hc.stats();
+    assert_eq!((st.datagrams, st.read_by_port), (7, 2), "{st:?}");
+
+    // The second network goes (its port dropped with it): the first reads again.
+    c2._net.remove().unwrap();
+    send_batch(&raw, ca, &fr[3..], &[100]);
+    assert_eq!(recv(&c1.ep).unwrap(), fr[3]);
+    let st = hc.stats();
+    assert_eq!((st.datagrams, st.read_by_port), (8, 3), "{st:?}");
+
+    // The socket dropped: the port keeps its fd but receives nothing any more.
+    drop(hc);
+    send_batch(&raw, ca, &fr[..1], &[100]);
+    assert!(recv(&c1.ep).is_none());
+    drop(c1);
+    dp.shutdown();
+}

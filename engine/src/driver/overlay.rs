@@ -446,6 +446,7 @@ impl Driver for OverlayDriver {
             ],
             socket: vec![
                 ("datagrams", s.datagrams),
+                ("read_by_port", s.read_by_port),
                 ("malformed", s.malformed),
                 ("unknown_vni", s.unknown_vni),
                 ("rx_queue_full", s.rx_queue_full),
