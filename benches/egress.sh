@@ -33,13 +33,8 @@ if [ -z "${TAPNET_EGRESS_INNER:-}" ]; then
     exec env TAPNET_EGRESS_INNER=1 unshare -Urnm --propagation private bash "$0" "$@"
 fi
 
-mount -t tmpfs bench /run
-mkdir -p /run/netns
-ip link set lo up
-PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+# Inside the namespace: /run, lo, PY, pids, json (see benches/lib/inner.sh).
+. benches/lib/inner.sh
 
 # iperf3 JSON on stdin -> received Gbit/s
 gbps() { $PY -c 'import json,sys; d=json.load(sys.stdin); print("%.2f" % (d["end"]["sum_received"]["bits_per_second"]/1e9))'; }

@@ -21,14 +21,8 @@ if [ -z "${TAPNET_OC_INNER:-}" ]; then
     exec env TAPNET_OC_INNER=1 unshare -Urnm --propagation private bash "$0" "$@"
 fi
 
-mount -t tmpfs bench /run
-mkdir -p /run/netns
-ip link set lo up
-PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-json() { $PY -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+# Inside the namespace: /run, lo, PY, pids, json (see benches/lib/inner.sh).
+. benches/lib/inner.sh
 
 ip netns add hostb
 ip link add u-hostb type veth peer name eth0 netns hostb
