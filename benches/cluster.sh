@@ -105,6 +105,15 @@ metrics() {
         END {printf "%d %d %d\n", r, rx, tx}'
 }
 
+# gRPC requests handled by etcd, per method: sorted "METHOD COUNT" lines.
+by_method() {
+    curl -s http://127.0.0.1:2379/metrics | awk '
+        /^grpc_server_handled_total/ {
+            if (match($0, /grpc_method="[^"]*"/)) c[substr($0, RSTART + 13, RLENGTH - 14)] += $NF
+        }
+        END { for (m in c) printf "%s %d\n", m, c[m] }' | LC_ALL=C sort
+}
+
 # SANDBOXES per host, hosts in parallel (each host's connects in sequence).
 read -r R0 RX0 TX0 < <(metrics)
 T0=$(now)
@@ -149,6 +158,7 @@ LAT=()
 CONN=()
 EACH=()
 read -r R0 RX0 TX0 < <(metrics)
+by_method >"$W/methods.0"
 [ "$SAMPLES" -le 250 ] || { echo "SAMPLES at most 250" >&2; exit 1; }
 for s in $(seq 1 "$SAMPLES"); do
     k=$(( (s - 1) % N + 1 ))
@@ -179,6 +189,7 @@ for s in $(seq 1 "$SAMPLES"); do
     LAT+=("$($PY -c "print(($last - $t0) * 1000)")")
 done
 read -r R1 RX1 TX1 < <(metrics)
+by_method >"$W/methods.1"
 $PY - "$N" "$MODE" "${#LAT[@]}" "${LAT[@]}" "${#CONN[@]}" "${CONN[@]}" "${EACH[@]}" <<'EOF'
 import sys
 a = sys.argv[1:]
@@ -201,6 +212,10 @@ n = int(sys.argv[1]); r0, r1, rx0, rx1, tx0, tx1 = map(int, sys.argv[2:])
 print(f"  etcd per connect (one at a time): {(r1 - r0) / n:.1f} gRPC requests handled, "
       f"{(rx1 - rx0) / n / 1024:.1f} KiB received, {(tx1 - tx0) / n / 1024:.1f} KiB sent")
 EOF
+
+echo "  etcd requests per connect (one at a time), by gRPC method:"
+LC_ALL=C join -a 2 -e 0 -o 0,1.2,2.2 "$W/methods.0" "$W/methods.1" |
+    awk -v s="$SAMPLES" '$3 > $2 { printf "    %-28s %.1f\n", $1, ($3 - $2) / s }'
 
 # Idle: RSS and CPU of every daemon over IDLE seconds.
 sleep 2
