@@ -1471,7 +1471,9 @@ impl Inner {
 impl Controller {
     /// With a cluster store: create the global networks recorded there, then follow
     /// the store's changes on a thread of its own (see the module doc). Call after
-    /// [`Controller::restore`]; no-op without a cluster store.
+    /// [`Controller::restore`]; no-op without a cluster store. A first load that fails
+    /// (the store slow or gone since the node registered) does not fail this call: the
+    /// cluster thread retries it every second until it succeeds.
     pub async fn start_cluster_sync(&self) -> Result<()> {
         let Ok(node) = self.inner.node() else {
             return Ok(());
@@ -1479,13 +1481,33 @@ impl Controller {
         // Watch first, so that nothing committed after the load is missed (what both
         // see is applied twice, harmlessly).
         let rx = node.store.watch_events("");
-        self.inner.resync(true).await?;
+        // The node registered, so the store was there a moment ago: a load that fails
+        // now (a slow or briefly unreachable store) is retried every LEASE_CHECK by the
+        // cluster thread instead of ending the daemon; local networks serve meanwhile.
+        let mut synced = match self.inner.resync(true).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "loading the cluster store at start; retrying");
+                false
+            }
+        };
         self.start_key_rotation()?;
         let inner = Arc::clone(&self.inner);
         let rt = tokio::runtime::Handle::current();
+        let mut last_try = std::time::Instant::now();
         std::thread::Builder::new()
             .name("tapnet-cluster".into())
             .spawn(move || loop {
+                if !synced && last_try.elapsed() >= LEASE_CHECK {
+                    last_try = std::time::Instant::now();
+                    match rt.block_on(inner.resync(true)) {
+                        Ok(()) => {
+                            tracing::info!("cluster store loaded");
+                            synced = true;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "loading the cluster store"),
+                    }
+                }
                 match rx.recv_timeout(LEASE_CHECK) {
                     Ok(ev) => rt.block_on(inner.on_cluster_event(ev)),
                     // The node's lease may have changed (registered again after an
