@@ -357,11 +357,20 @@ impl Controller {
             return Ok(());
         };
         let rotation = node.key_rotation;
+        let inner = Arc::clone(&self.inner);
         std::thread::Builder::new()
             .name("tapnet-keys".into())
             .spawn(move || loop {
                 std::thread::sleep(tick(rotation));
-                rotate_due(node.store.as_ref(), rotation);
+                // Nothing to read while this host knows no encrypted network (every
+                // daemon sees every global network, so one of them always does when
+                // the cluster has one): an idle cluster sends etcd no polling reads.
+                let encrypted = inner.model().networks.iter().any(|(nid, net)| {
+                    inner.is_global(nid) && parse_encrypted(&net.options).unwrap_or(false)
+                });
+                if encrypted {
+                    rotate_due(node.store.as_ref(), rotation);
+                }
             })
             .map_err(|e| Error::Task {
                 op: "start the key rotation".into(),
