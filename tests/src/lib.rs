@@ -1057,34 +1057,7 @@ impl Env {
         self.host_cmd(&["ip", "-n", name, "addr", "add", remote_cidr, "dev", "eth0"]);
         self.host_cmd(&["ip", "-n", name, "link", "set", "eth0", "up"]);
         self.host_cmd(&["ip", "-n", name, "link", "set", "lo", "up"]);
-        let remote_ip = remote_cidr.split('/').next().unwrap().to_string();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let ok = Command::new("ping")
-                .args(["-n", "-q", "-c", "1", "-W", "1", &remote_ip])
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false);
-            if ok {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the underlay to {name} did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let root = self.root.join(name);
-        std::fs::create_dir_all(&root).unwrap();
-        let mut env = Env {
-            socket: root.join("run/tapnet.sock"),
-            log: root.join("tapnetd.log"),
-            root,
-            daemon: None,
-            netns: Some(PathBuf::from(format!("/run/netns/{name}"))),
-        };
-        env.start_daemon_with(extra);
-        env
+        self.host_daemon(name, remote_cidr, extra)
     }
 }
 
@@ -1220,6 +1193,13 @@ impl Env {
         self.host_cmd(&["ip", "-n", name, "addr", "add", cidr, "dev", "eth0"]);
         self.host_cmd(&["ip", "-n", name, "link", "set", "eth0", "up"]);
         self.host_cmd(&["ip", "-n", name, "link", "set", "lo", "up"]);
+        self.host_daemon(name, cidr, extra)
+    }
+
+    /// The last steps of [`Env::second_host`] and [`Env::bridged_host`]: wait (at most
+    /// 10 s) until host NAME answers a ping on the underlay address of `cidr`, then
+    /// start its `tapnetd` (dirs under `<root>/NAME/`, flags `extra`) and return its Env.
+    fn host_daemon(&self, name: &str, cidr: &str, extra: &[&str]) -> Env {
         let ip = cidr.split('/').next().unwrap().to_string();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !Command::new("ping")
