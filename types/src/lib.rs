@@ -9,6 +9,8 @@
 //!   (network create, connect, disconnect, sandbox create) and answers (network and
 //!   sandbox objects, stats and FDB rows, prune and version answers, the
 //!   `{"message": ...}` error body).
+//! * [`plugin`]: Docker's plugin protocol (`Plugin.Activate`, `NetworkDriver.*`,
+//!   `IpamDriver.*`), shared by tapnet's plugin server and its remote-driver client.
 //! * [`error`]: the one error of this crate: a value that does not parse or is out
 //!   of range.
 //!
@@ -31,6 +33,7 @@
 pub mod api;
 pub mod error;
 pub mod model;
+pub mod plugin;
 pub mod ports;
 
 pub use error::{Error, Result};
