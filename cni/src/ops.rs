@@ -25,15 +25,15 @@ use crate::error::{
     NOT_AVAILABLE_DEGRADED, OTHER, TRY_AGAIN, UNKNOWN_CONTAINER,
 };
 use crate::result::{parse_resolv_conf, shape, Attached, CniResult, Dns};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use tapnet_sandbox::netlink::{format_mac, Handle, Link};
 use tapnet_sandbox::netns::Netns;
 use tapnet_types::api::{
-    CreateSandboxResponse, NetworkResource, SandboxCreateBody, SandboxEndpointResource,
-    SandboxResource,
+    ConnectBody, CreateSandboxResponse, EndpointConfigBody, EndpointIpamBody, NetworkResource,
+    SandboxCreateBody, SandboxEndpointResource, SandboxResource,
 };
 use tapnet_types::ports::{PortBindingBody, PortBindingsBody};
 
@@ -199,14 +199,19 @@ fn read_dns(sb: &SandboxResource) -> Dns {
 }
 
 /// The connect body of an ADD.
-fn connect_body(conf: &NetConf, env: &Env, net: &NetworkResource, sandbox: &str) -> Result<Value> {
-    let mut ipam = serde_json::Map::new();
+fn connect_body(
+    conf: &NetConf,
+    env: &Env,
+    net: &NetworkResource,
+    sandbox: &str,
+) -> Result<ConnectBody> {
+    let mut ipam = EndpointIpamBody::default();
     for (ip, prefix) in conf.static_ips(env)? {
-        let (key, family) = match ip {
-            IpAddr::V4(_) => ("IPv4Address", "IPv4"),
-            IpAddr::V6(_) => ("IPv6Address", "IPv6"),
+        let (slot, family) = match ip {
+            IpAddr::V4(_) => (&mut ipam.ipv4_address, "IPv4"),
+            IpAddr::V6(_) => (&mut ipam.ipv6_address, "IPv6"),
         };
-        if ipam.contains_key(key) {
+        if slot.is_some() {
             return Err(CniError::new(
                 INVALID_CONFIG,
                 "invalid static address",
@@ -233,21 +238,23 @@ fn connect_body(conf: &NetConf, env: &Env, net: &NetworkResource, sandbox: &str)
                 ));
             }
         }
-        ipam.insert(key.to_string(), Value::String(ip.to_string()));
-    }
-    let mut ec = serde_json::Map::new();
-    if !ipam.is_empty() {
-        ec.insert("IPAMConfig".into(), Value::Object(ipam));
+        *slot = Some(ip.to_string());
     }
     let aliases = conf.aliases();
-    if !aliases.is_empty() {
-        ec.insert("Aliases".into(), json!(aliases));
-    }
-    if let Some(mac) = conf.runtime.mac.as_ref().filter(|m| !m.is_empty()) {
-        ec.insert("MacAddress".into(), json!(mac));
-    }
-    ec.insert("DriverOpts".into(), json!({ IFNAME_OPTION: env.ifname }));
-    Ok(json!({"Container": sandbox, "EndpointConfig": ec}))
+    Ok(ConnectBody {
+        container: sandbox.to_string(),
+        endpoint_config: Some(EndpointConfigBody {
+            ipam_config: (ipam != EndpointIpamBody::default()).then_some(ipam),
+            aliases: (!aliases.is_empty()).then_some(aliases),
+            mac_address: conf.runtime.mac.clone().filter(|m| !m.is_empty()),
+            driver_opts: Some(
+                [(IFNAME_OPTION.to_string(), env.ifname.clone())]
+                    .into_iter()
+                    .collect(),
+            ),
+            ..EndpointConfigBody::default()
+        }),
+    })
 }
 
 /// `runtimeConfig.portMappings` as Docker's `PortBindings`.
@@ -582,6 +589,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use hyper::StatusCode;
+    use serde_json::json;
 
     #[test]
     fn names() {
@@ -650,7 +658,7 @@ mod tests {
         );
         let b = connect_body(&c, &env(), &net(), "cni-c1-net1").unwrap();
         assert_eq!(
-            b,
+            serde_json::to_value(b).unwrap(),
             json!({"Container": "cni-c1-net1", "EndpointConfig": {
                 "IPAMConfig": {"IPv4Address": "10.60.0.9"}, "Aliases": ["web"],
                 "MacAddress": "02:00:00:00:00:09",

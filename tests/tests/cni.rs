@@ -204,10 +204,15 @@ fn cni_add_check_del_with_traffic() {
             addr_a.split('/').next().unwrap()
         );
 
-        // A 0.4.0 runtime gets the 0.4.0 shape (ips[].version).
-        let rb = attach("ADD", "ctr-b", &pb, "eth0", &conf(env, "0.4.0", "cninet")).ok();
+        // A 0.4.0 runtime gets the 0.4.0 shape (ips[].version); CNI_IFNAME names
+        // the interface.
+        let rb = attach("ADD", "ctr-b", &pb, "net1", &conf(env, "0.4.0", "cninet")).ok();
         assert_eq!(rb["cniVersion"], "0.4.0");
         assert_eq!(rb["ips"][0]["version"], "4");
+        assert_eq!(rb["interfaces"][0]["name"], "net1");
+        let (addrs_b, _) = iface(env, &pb, "net1").expect("net1 in namespace b");
+        assert_eq!(json!(addrs_b), json!([rb["ips"][0]["address"]]));
+        assert!(iface(env, &pb, "eth0").is_none());
         let ip_b = rb["ips"][0]["address"]
             .as_str()
             .unwrap()
@@ -226,7 +231,7 @@ fn cni_add_check_del_with_traffic() {
         );
         assert!(ping(env, &pb, &ip_a), "b cannot ping a");
         tcp_exchange(&na, &nb, &ip_b, 7070);
-        let stats = env.port_stats("cninet", "cni-ctr-b-eth0");
+        let stats = env.port_stats("cninet", "cni-ctr-b-net1");
         assert!(stats["RxPackets"].as_u64().unwrap() > 0, "{stats}");
 
         // ADD again without DEL: refused, the first attachment untouched.
@@ -283,7 +288,7 @@ fn cni_add_check_del_with_traffic() {
             &[
                 ("CNI_COMMAND", "DEL"),
                 ("CNI_CONTAINERID", "ctr-b"),
-                ("CNI_IFNAME", "eth0"),
+                ("CNI_IFNAME", "net1"),
             ],
             &conf(env, "0.4.0", "cninet").to_string(),
         );
