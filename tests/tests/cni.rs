@@ -640,3 +640,95 @@ fn cni_podman_two_containers_talk_through_tapnet() {
         eprintln!("podman test total: {:?}", t0.elapsed());
     });
 }
+
+#[test]
+fn cni_capabilities_ports_ipv6_aliases_mac() {
+    in_namespace("cni_capabilities_ports_ipv6_aliases_mac", |env| {
+        env.ok(&[
+            "network",
+            "create",
+            "--ipv6",
+            "--subnet",
+            "10.74.0.0/24",
+            "--subnet",
+            "fd00:74::/64",
+            "capnet",
+        ]);
+        let pa = env.root.join("netns/a");
+        let pb = env.root.join("netns/b");
+        let na = Netns::create(&pa).unwrap();
+        let _nb = Netns::create(&pb).unwrap();
+        let mut c = conf(env, "1.1.0", "capnet");
+        c["capabilities"] =
+            json!({"portMappings": true, "aliases": true, "mac": true, "ips": true});
+
+        // a: published port 18080 → 80, an alias, a chosen MAC.
+        let mut ca = c.clone();
+        ca["runtimeConfig"] = json!({
+            "portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}],
+            "aliases": ["svc-a"], "mac": "02:00:00:00:74:0a"});
+        let ra = attach("ADD", "pa", &pa, "eth0", &ca).ok();
+        assert_eq!(ra["interfaces"][0]["mac"], "02:00:00:00:74:0a");
+        assert_eq!(ra["ips"].as_array().unwrap().len(), 2, "dual stack: {ra}");
+        let v6 = ra["ips"][1]["address"].as_str().unwrap();
+        assert!(v6.starts_with("fd00:74::") && v6.ends_with("/64"), "{ra}");
+        assert_eq!(ra["ips"][1]["gateway"], "fd00:74::1");
+        assert_eq!(ra["routes"][1], json!({"dst": "::/0", "gw": "fd00:74::1"}));
+        let ip_a = ra["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let sb = env.get("/sandboxes/cni-pa-eth0");
+        assert_eq!(
+            sb["Endpoints"]["capnet"]["Aliases"],
+            json!(["svc-a"]),
+            "{sb}"
+        );
+        assert_eq!(sb["Ports"]["80/tcp"][0]["HostPort"], "18080", "{sb}");
+        // CHECK passes with the IPv6 address listed too.
+        attach("CHECK", "pa", &pa, "eth0", &with_prev(&c, &ra)).ok();
+
+        // b: a static address from CNI_ARGS.
+        let ns_b = pb.display().to_string();
+        let rb = plugin(
+            &[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "pb"),
+                ("CNI_NETNS", &ns_b),
+                ("CNI_IFNAME", "eth0"),
+                (
+                    "CNI_ARGS",
+                    "IgnoreUnknown=1;IP=10.74.0.50;K8S_POD_NAME=x;OTHER=1",
+                ),
+            ],
+            &c.to_string(),
+        )
+        .ok();
+        assert_eq!(rb["ips"][0]["address"], "10.74.0.50/24");
+
+        // b reaches a by its alias through the embedded DNS (the result's nameserver).
+        assert_eq!(rb["dns"]["nameservers"], json!(["10.74.0.1"]));
+        assert!(ping(env, &pb, &ip_a));
+        let (rcode, answers) = env.dns_query("cni-pb-eth0", "10.74.0.1", "svc-a", "A", 5);
+        assert_eq!((rcode, answers), (0, vec![ip_a.clone()]));
+
+        // The published port: the host (this test's namespace) reaches a's port 80.
+        let server = tcp_server(&na, "0.0.0.0:80", |mut s| {
+            let _ = s.write_all(b"from a");
+        });
+        let host = Netns::open(Path::new("/proc/self/ns/net")).unwrap();
+        let mut conn = connect_in(&host, "127.0.0.1:18080", Duration::from_secs(5)).unwrap();
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"from a");
+        assert_eq!(server.seen().len(), 1);
+
+        // DEL releases the port.
+        attach("DEL", "pa", &pa, "eth0", &c).ok();
+        assert!(std::net::TcpListener::bind("0.0.0.0:18080").is_ok());
+        attach("DEL", "pb", &pb, "eth0", &c).ok();
+    });
+}
