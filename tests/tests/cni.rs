@@ -127,6 +127,12 @@ fn iface(env: &Env, ns: &Path, ifname: &str) -> Option<(Vec<String>, String)> {
     Some((addrs, l["address"].as_str().unwrap().to_string()))
 }
 
+/// The first address of a result, without its prefix length.
+fn first_ip(result: &Value) -> String {
+    let a = result["ips"][0]["address"].as_str().expect("an address");
+    a.split('/').next().unwrap().to_string()
+}
+
 fn sandbox_names(env: &Env) -> Vec<String> {
     let mut v: Vec<String> = env
         .get("/sandboxes")
@@ -213,13 +219,7 @@ fn cni_add_check_del_with_traffic() {
         let (addrs_b, _) = iface(env, &pb, "net1").expect("net1 in namespace b");
         assert_eq!(json!(addrs_b), json!([rb["ips"][0]["address"]]));
         assert!(iface(env, &pb, "eth0").is_none());
-        let ip_b = rb["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
+        let ip_b = first_ip(&rb);
         let ip_a = addr_a.split('/').next().unwrap().to_string();
         assert_ne!(ip_a, ip_b);
 
@@ -521,6 +521,18 @@ impl Podman {
     }
 }
 
+impl Drop for Podman {
+    /// A failed test still stops its containers (only this test's: the storage is in
+    /// its tmpfs, so `--all` sees no others).
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(["rm", "-f", "--all", "-t", "0"])
+            .envs(self.envs())
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
 #[test]
 fn cni_podman_two_containers_talk_through_tapnet() {
     in_namespace_as_root("cni_podman_two_containers_talk_through_tapnet", |env| {
@@ -674,13 +686,7 @@ fn cni_capabilities_ports_ipv6_aliases_mac() {
         assert!(v6.starts_with("fd00:74::") && v6.ends_with("/64"), "{ra}");
         assert_eq!(ra["ips"][1]["gateway"], "fd00:74::1");
         assert_eq!(ra["routes"][1], json!({"dst": "::/0", "gw": "fd00:74::1"}));
-        let ip_a = ra["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
+        let ip_a = first_ip(&ra);
         let sb = env.get("/sandboxes/cni-pa-eth0");
         assert_eq!(
             sb["Endpoints"]["capnet"]["Aliases"],
