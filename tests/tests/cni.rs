@@ -371,12 +371,26 @@ fn cni_errors_status_gc() {
 
         // GC: three attachments on gcnet, one on othernet, one plain sandbox on
         // gcnet; only the CNI ones of gcnet not listed go.
+        // The three ADDs run at once, as a runtime may for different containers.
         let mut keep = Vec::new();
-        for (i, id) in ["g1", "g2", "g3"].iter().enumerate() {
-            let p = env.root.join(format!("netns/g{i}"));
-            keep.push(Netns::create(&p).unwrap());
-            attach("ADD", id, &p, "eth0", &c).ok();
+        let paths: Vec<PathBuf> = (0..3)
+            .map(|i| env.root.join(format!("netns/g{i}")))
+            .collect();
+        for p in &paths {
+            keep.push(Netns::create(p).unwrap());
         }
+        let results: Vec<Value> = std::thread::scope(|s| {
+            let handles: Vec<_> = ["g1", "g2", "g3"]
+                .iter()
+                .zip(&paths)
+                .map(|(id, p)| s.spawn(|| attach("ADD", id, p, "eth0", &c).ok()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut addrs: Vec<String> = results.iter().map(first_ip).collect();
+        addrs.sort();
+        addrs.dedup();
+        assert_eq!(addrs.len(), 3, "{results:?}");
         let po = env.root.join("netns/o");
         keep.push(Netns::create(&po).unwrap());
         attach("ADD", "o1", &po, "eth0", &conf(env, "1.1.0", "othernet")).ok();
