@@ -20,6 +20,11 @@ command -v docker >/dev/null || need+=(docker.io)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
+# tests/tests/cni.rs runs podman (CNI backend) with tapnet-cni: two busybox containers
+# on a tapnet network (image: Debian's static busybox; podman's own CNI plugins).
+command -v podman >/dev/null || need+=(podman)
+[ -d /usr/lib/cni ] || need+=(containernetworking-plugins)
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

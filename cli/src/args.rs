@@ -225,6 +225,17 @@ pub struct ConnectArgs {
     /// MAC address of the sandbox's interface, e.g. 02:42:ac:11:00:99.
     #[arg(long, value_name = "MAC")]
     pub mac_address: Option<String>,
+    /// Endpoint driver option (repeatable): only
+    /// com.docker.network.endpoint.ifname=NAME, the interface's name in the sandbox.
+    #[arg(long = "driver-opt", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub driver_opts: Vec<(String, String)>,
+    /// Link-local address for the interface (repeatable): 169.254.0.0/16 or fe80::/10.
+    #[arg(long = "link-local-ip", value_name = "IP")]
+    pub link_local_ips: Vec<String>,
+    /// Add a link to another container (refused by the daemon: tapnet has no legacy
+    /// links; use --alias).
+    #[arg(long = "link", value_name = "CONTAINER[:ALIAS]")]
+    pub links: Vec<String>,
     /// Network name or id.
     pub network: String,
     /// Sandbox name or id.
@@ -315,6 +326,13 @@ pub struct RunArgs {
     /// Network-scoped alias on the first network (repeatable).
     #[arg(long = "alias", value_name = "ALIAS")]
     pub aliases: Vec<String>,
+    /// Endpoint driver option on the first network (repeatable): only
+    /// com.docker.network.endpoint.ifname=NAME.
+    #[arg(long = "driver-opt", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub driver_opts: Vec<(String, String)>,
+    /// Link-local address on the first network's interface (repeatable).
+    #[arg(long = "link-local-ip", value_name = "IP")]
+    pub link_local_ips: Vec<String>,
     /// Publish a port: [HOSTIP:][HOSTPORT:]PORT[/tcp|udp] (repeatable).
     #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = parse_publish)]
     pub publish: Vec<Publish>,

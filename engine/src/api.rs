@@ -15,7 +15,7 @@
 
 pub mod filters;
 
-use crate::controller::{ConnectOptions, Controller, Ipv6Request, NetworkCreate};
+use crate::controller::{ConnectOptions, Controller, Ipv6Request, NetworkCreate, IFNAME_OPTION};
 use crate::driver::{FdbRow, NetworkReport};
 use crate::error::Error;
 use crate::model::{format_mac, Network, Sandbox, Store};
@@ -32,12 +32,12 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 pub use tapnet_types::api::{
-    ConnectBody, ContainerResource, CreateNetworkResponse, CreateSandboxResponse, DisconnectBody,
-    EndpointConfigBody, EndpointIpamBody, ErrorBody, FdbResource, FlowStatsResource,
-    GatewayStatsResource, IpamBody, IpamConfigBody, IpamConfigResource, IpamResource,
-    NetworkCreateBody, NetworkPruneResponse, NetworkResource, PeerResource, PortStatsResource,
-    SandboxCreateBody, SandboxEndpointResource, SandboxResource, StatsResource, VersionComponent,
-    VersionDetails, VersionPlatform, VersionResponse,
+    ConfigReference, ConnectBody, ContainerResource, CreateNetworkResponse, CreateSandboxResponse,
+    DisconnectBody, EndpointConfigBody, EndpointIpamBody, ErrorBody, FdbResource,
+    FlowStatsResource, GatewayStatsResource, IpamBody, IpamConfigBody, IpamConfigResource,
+    IpamResource, NetworkCreateBody, NetworkPruneResponse, NetworkResource, PeerResource,
+    PortStatsResource, SandboxCreateBody, SandboxEndpointResource, SandboxResource, StatsResource,
+    VersionComponent, VersionDetails, VersionPlatform, VersionResponse,
 };
 
 /// The Docker Engine API version tapnet speaks (the highest it accepts; the docker
@@ -361,6 +361,44 @@ pub fn connect_request(body: ConnectBody) -> ApiResult<(String, ConnectOptions)>
             }
         }
     }
+    if let Some(a) = cfg
+        .ipam_config
+        .as_ref()
+        .and_then(|i| i.link_local_ips.as_ref())
+    {
+        for ip in a {
+            let ip = parse_link_local(ip)?;
+            if !opts.link_local_ips.contains(&ip) {
+                opts.link_local_ips.push(ip);
+            }
+        }
+    }
+    if let Some(links) = cfg.links.as_ref().filter(|l| !l.is_empty()) {
+        return Err(ApiError::bad_request(format!(
+            "EndpointConfig.Links ({}) is not supported: tapnet has no legacy container links; \
+             use Aliases (--alias) and the network's DNS names instead",
+            links.join(", ")
+        )));
+    }
+    if let Some(p) = cfg.gw_priority.filter(|p| *p != 0) {
+        return Err(ApiError::bad_request(format!(
+            "EndpointConfig.GwPriority ({p}) is not supported: the default route goes via the first network joined"
+        )));
+    }
+    for (k, v) in cfg.driver_opts.iter().flatten() {
+        if k != IFNAME_OPTION {
+            return Err(ApiError::bad_request(format!(
+                "endpoint driver option {k:?} is not supported: tapnet implements only {IFNAME_OPTION}"
+            )));
+        }
+        tapnet_sandbox::iface::validate_ifname(v).map_err(|_| {
+            ApiError::bad_request(format!(
+                "invalid {IFNAME_OPTION} {v:?}: give a Linux interface name of 1 to 15 bytes \
+                 without '/', ':' or whitespace, not \".\" or \"..\""
+            ))
+        })?;
+        opts.ifname = Some(v.clone());
+    }
     opts.mac = non_empty(&cfg.mac_address)
         .map(|m| {
             crate::model::parse_endpoint_mac(m)
@@ -378,6 +416,32 @@ pub fn connect_request(body: ConnectBody) -> ApiResult<(String, ConnectOptions)>
         }
     }
     Ok((body.container, opts))
+}
+
+/// A `LinkLocalIPs` entry: an IPv4 address in 169.254.0.0/16 (not its network or
+/// broadcast address) or an IPv6 address in fe80::/10.
+fn parse_link_local(a: &str) -> ApiResult<IpAddr> {
+    let bad = |why: &str| {
+        ApiError::bad_request(format!(
+            "invalid link-local IP address {a:?} in LinkLocalIPs: {why}"
+        ))
+    };
+    match a.trim().parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) if v4.is_link_local() => {
+            if v4.octets()[2..] == [0, 0] || v4.octets()[2..] == [255, 255] {
+                Err(bad(
+                    "169.254.0.0 and 169.254.255.255 are the network and broadcast addresses of 169.254.0.0/16",
+                ))
+            } else {
+                Ok(IpAddr::V4(v4))
+            }
+        }
+        Ok(IpAddr::V6(v6)) if v6.segments()[0] & 0xffc0 == 0xfe80 => Ok(IpAddr::V6(v6)),
+        Ok(_) => Err(bad(
+            "give an IPv4 address in 169.254.0.0/16 or an IPv6 address in fe80::/10",
+        )),
+        Err(_) => Err(bad("not an IP address")),
+    }
 }
 
 // ---------------------------------------------------------------- response bodies
@@ -435,6 +499,8 @@ pub fn network_resource(net: &Network, store: &Store) -> NetworkResource {
                     ipv4_address: cidr(e.ipv4, e.prefix_len),
                     ipv6_address: cidr(e.ipv6, e.prefix_len_v6),
                     aliases: e.aliases.clone(),
+                    driver_opts: e.driver_opts.clone(),
+                    link_local_ips: e.link_local_ips.iter().map(IpAddr::to_string).collect(),
                 },
             )
         })
@@ -454,6 +520,11 @@ pub fn network_resource(net: &Network, store: &Store) -> NetworkResource {
             options: net.ipam_options.clone(),
             config: ipam_config_resources(net),
         },
+        ingress: false,
+        config_from: ConfigReference {
+            network: net.config_from.clone().unwrap_or_default(),
+        },
+        config_only: net.config_only,
         containers,
         options: net.options.clone(),
         labels: net.labels.clone(),
@@ -524,6 +595,13 @@ pub fn sandbox_resource(sb: &Sandbox, store: &Store) -> SandboxResource {
                             .map(|c| c.gateway),
                     ),
                     aliases: e.aliases.clone(),
+                    driver_opts: e.driver_opts.clone(),
+                    ipam_config: (!e.link_local_ips.is_empty()).then(|| EndpointIpamBody {
+                        link_local_ips: Some(
+                            e.link_local_ips.iter().map(IpAddr::to_string).collect(),
+                        ),
+                        ..EndpointIpamBody::default()
+                    }),
                 },
             )
         })

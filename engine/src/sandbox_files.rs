@@ -174,6 +174,7 @@ mod tests {
             options: BTreeMap::new(),
             labels: BTreeMap::new(),
             endpoints: BTreeMap::new(),
+            ..Default::default()
         }
     }
 
@@ -189,6 +190,7 @@ mod tests {
             ipv6: None,
             prefix_len_v6: 0,
             aliases: aliases.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
         }
     }
 

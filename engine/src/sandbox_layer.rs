@@ -23,7 +23,9 @@
 //!   them. An endpoint without a record (no device, or never restored) has nothing to
 //!   undo.
 
-use crate::driver::{Driver, InterfaceSource, JoinDescription, JoinRequest, Restored};
+use crate::driver::{
+    Driver, InterfaceSource, JoinDescription, JoinRequest, RestoreDescription, Restored,
+};
 use crate::error::{Error, Result};
 use crate::model::{Endpoint, Network};
 use ipnet::IpNet;
@@ -123,6 +125,24 @@ pub fn spec_of(join: &JoinDescription, name: Option<&str>) -> Result<Option<Spec
         })
         .collect();
     Ok(Some(spec))
+}
+
+/// `join` with the endpoint's link-local addresses (`LinkLocalIPs`) added to its
+/// interface: IPv4 ones as /16, IPv6 ones as /64; an address already there is not
+/// added twice. Without an interface, `join` as it is.
+pub fn with_link_local(join: &JoinDescription, ips: &[std::net::IpAddr]) -> JoinDescription {
+    let mut join = join.clone();
+    if let Some(desc) = join.interface.as_mut() {
+        for ip in ips {
+            let len = if ip.is_ipv4() { 16 } else { 64 };
+            if let Ok(net) = IpNet::new(*ip, len) {
+                if !desc.addresses.iter().any(|a| a.addr() == *ip) {
+                    desc.addresses.push(net);
+                }
+            }
+        }
+    }
+    join
 }
 
 /// "configure eth0 in sandbox sb1", "move veth12 into sandbox sb1": for errors.
@@ -243,6 +263,10 @@ impl SandboxLayer {
             sandbox_name,
         })?;
         let name = Some(endpoint.interface.as_str()).filter(|n| !n.is_empty());
+        let restored = RestoreDescription {
+            how: restored.how,
+            join: with_link_local(&restored.join, &endpoint.link_local_ips),
+        };
         let done = match (restored.how, name) {
             (Restored::Reopened, Some(name)) => {
                 self.adopt(&endpoint.id, sandbox, &restored.join, name)
@@ -467,6 +491,7 @@ mod lifecycle_tests {
             options: BTreeMap::new(),
             labels: BTreeMap::new(),
             endpoints: BTreeMap::new(),
+            ..Default::default()
         }
     }
 
@@ -482,6 +507,7 @@ mod lifecycle_tests {
             ipv6: None,
             prefix_len_v6: 0,
             aliases: Vec::new(),
+            ..Default::default()
         }
     }
 

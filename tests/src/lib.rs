@@ -32,6 +32,17 @@ const ROOT_ENV: &str = "TAPNET_IT_ROOT";
 
 /// Run `body` inside fresh user+net+mount namespaces with a started daemon.
 pub fn in_namespace(name: &str, body: impl FnOnce(&mut Env)) {
+    run_in_namespace(name, true, body)
+}
+
+/// Like [`in_namespace`] but without the user namespace: the body runs as the real
+/// root in fresh net+mount namespaces (private propagation). For peers whose setup
+/// needs ids beyond the one mapped root, such as podman's runc (devpts `gid=5`).
+pub fn in_namespace_as_root(name: &str, body: impl FnOnce(&mut Env)) {
+    run_in_namespace(name, false, body)
+}
+
+fn run_in_namespace(name: &str, user_ns: bool, body: impl FnOnce(&mut Env)) {
     if std::env::var(INNER_ENV).as_deref() == Ok(name) {
         let mut env = Env::start();
         body(&mut env);
@@ -41,15 +52,14 @@ pub fn in_namespace(name: &str, body: impl FnOnce(&mut Env)) {
     let exe = std::env::current_exe().expect("current test executable");
     let root = std::env::temp_dir().join(format!("tapnet-it-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&root).expect("create the test's root directory");
+    let user_args: &[&str] = if user_ns {
+        &["--user", "--map-root-user"]
+    } else {
+        &[]
+    };
     let out = Command::new("unshare")
-        .args([
-            "--user",
-            "--map-root-user",
-            "--net",
-            "--mount",
-            "--propagation",
-            "private",
-        ])
+        .args(user_args)
+        .args(["--net", "--mount", "--propagation", "private"])
         .arg(&exe)
         // --include-ignored: the outer run already chose this test (`-- --ignored` too).
         .args([
@@ -1392,4 +1402,9 @@ pub fn hostb_etcd_flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     ];
     flags.extend_from_slice(extra);
     flags
+}
+
+/// The path of a built workspace binary (`tapnet-cni`, ...), next to `tapnetd`.
+pub fn built_binary(name: &str) -> PathBuf {
+    bin_path(name)
 }

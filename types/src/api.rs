@@ -56,6 +56,30 @@ pub struct NetworkCreateBody {
     /// IPv6.
     #[serde(rename = "EnableIPv6", skip_serializing_if = "Option::is_none")]
     pub enable_ipv6: Option<bool>,
+    /// IPv4 (API 1.47; every tapnet network has IPv4: `false` is refused).
+    #[serde(rename = "EnableIPv4", skip_serializing_if = "Option::is_none")]
+    pub enable_ipv4: Option<bool>,
+    /// Scope: `local`, or `global` for a global-scope driver; `swarm` is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Swarm's routing-mesh network: refused when true.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<bool>,
+    /// A configuration network only (IPAM settings and options, no data plane).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_only: Option<bool>,
+    /// Take IPAM settings and options from this configuration network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_from: Option<ConfigReference>,
+}
+
+/// Docker's `ConfigFrom`: the configuration network a network takes its settings
+/// from (empty name: none).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ConfigReference {
+    /// The configuration network's name.
+    pub network: String,
 }
 
 /// The `IPAM` object of a network create body.
@@ -115,6 +139,16 @@ pub struct EndpointConfigBody {
     /// The endpoint's MAC (`""` = default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac_address: Option<String>,
+    /// Endpoint driver options: only `com.docker.network.endpoint.ifname` (the
+    /// interface's name in the sandbox); any other key is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver_opts: Option<BTreeMap<String, String>>,
+    /// Legacy container links: refused when not empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub links: Option<Vec<String>>,
+    /// Gateway priority (API 1.48): refused when not 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gw_priority: Option<i64>,
 }
 
 /// `EndpointConfig.IPAMConfig` of a connect body.
@@ -127,6 +161,9 @@ pub struct EndpointIpamBody {
     /// Static IPv6 address.
     #[serde(rename = "IPv6Address", skip_serializing_if = "Option::is_none")]
     pub ipv6_address: Option<String>,
+    /// Link-local addresses to add to the interface (169.254.0.0/16, fe80::/10).
+    #[serde(rename = "LinkLocalIPs", skip_serializing_if = "Option::is_none")]
+    pub link_local_ips: Option<Vec<String>>,
 }
 
 /// `POST /networks/{id}/disconnect` body.
@@ -267,6 +304,12 @@ pub struct NetworkResource {
     /// IPAM.
     #[serde(rename = "IPAM")]
     pub ipam: IpamResource,
+    /// Swarm's ingress network (always false: refused on create).
+    pub ingress: bool,
+    /// The configuration network the settings came from (`{"Network": ""}`: none).
+    pub config_from: ConfigReference,
+    /// A configuration network (no data plane, no endpoints).
+    pub config_only: bool,
     /// Endpoints by sandbox id.
     pub containers: BTreeMap<String, ContainerResource>,
     /// Driver options.
@@ -340,6 +383,12 @@ pub struct ContainerResource {
     /// Network-scoped aliases (omitted when there are none).
     #[serde(rename = "Aliases", skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// Endpoint driver options given on connect (omitted when none).
+    #[serde(rename = "DriverOpts", skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
+    /// Link-local addresses given on connect (omitted when none).
+    #[serde(rename = "LinkLocalIPs", skip_serializing_if = "Vec::is_empty")]
+    pub link_local_ips: Vec<String>,
 }
 
 /// tapnet's sandbox object (`GET /sandboxes`, `GET /sandboxes/{id}`).
@@ -397,6 +446,14 @@ pub struct SandboxEndpointResource {
     /// Network-scoped aliases (omitted when there are none).
     #[serde(rename = "Aliases", skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// Endpoint driver options given on connect (Docker's `DriverOpts`; omitted
+    /// when none).
+    #[serde(rename = "DriverOpts", skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
+    /// What was asked on connect that Docker shows as `IPAMConfig`: the
+    /// `LinkLocalIPs` (omitted when none).
+    #[serde(rename = "IPAMConfig", skip_serializing_if = "Option::is_none")]
+    pub ipam_config: Option<EndpointIpamBody>,
 }
 
 /// `GET /networks/{id}/stats` answer.
@@ -565,7 +622,7 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_string(&n).unwrap(),
-            r#"{"Name":"n","Id":"","Created":"","Scope":"","Driver":"","EnableIPv4":true,"EnableIPv6":false,"Internal":false,"Attachable":false,"IPAM":{"Driver":"default","Options":{},"Config":[{"Subnet":"10.0.0.0/24","Gateway":"10.0.0.1"}]},"Containers":{},"Options":{},"Labels":{}}"#
+            r#"{"Name":"n","Id":"","Created":"","Scope":"","Driver":"","EnableIPv4":true,"EnableIPv6":false,"Internal":false,"Attachable":false,"IPAM":{"Driver":"default","Options":{},"Config":[{"Subnet":"10.0.0.0/24","Gateway":"10.0.0.1"}]},"Ingress":false,"ConfigFrom":{"Network":""},"ConfigOnly":false,"Containers":{},"Options":{},"Labels":{}}"#
         );
         let back: NetworkResource =
             serde_json::from_value(serde_json::to_value(&n).unwrap()).unwrap();

@@ -48,7 +48,7 @@ pub fn parse_endpoint_mac(s: &str) -> std::result::Result<[u8; 6], String> {
 }
 
 /// A network (CNM `Network`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
     /// 64-hex id.
     #[serde(default)]
@@ -107,6 +107,14 @@ pub struct Network {
     /// Endpoints by endpoint id.
     #[serde(default)]
     pub endpoints: BTreeMap<String, Endpoint>,
+    /// A configuration network (Docker's `ConfigOnly`): it holds IPAM settings and
+    /// options for networks created `--config-from` it; no data plane, no endpoints.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub config_only: bool,
+    /// The configuration network whose IPAM settings and options this one took
+    /// (Docker's `ConfigFrom.Network`: its name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_from: Option<String>,
 }
 
 impl Network {
@@ -203,7 +211,7 @@ pub fn parse_mtu(v: &str) -> Result<u32> {
 }
 
 /// An endpoint (CNM `Endpoint`): one switch port, joined to one sandbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     /// 64-hex id.
     #[serde(default)]
@@ -236,6 +244,15 @@ pub struct Endpoint {
     /// Network-scoped aliases (Docker's `EndpointConfig.Aliases`), in request order.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// Endpoint driver options (Docker's `EndpointConfig.DriverOpts`), as accepted:
+    /// only `com.docker.network.endpoint.ifname`, whose value is [`Endpoint::interface`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
+    /// Link-local addresses on the interface besides the network's
+    /// (`EndpointConfig.IPAMConfig.LinkLocalIPs`): IPv4 in 169.254.0.0/16 (added
+    /// as /16), IPv6 in fe80::/10 (added as /64).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub link_local_ips: Vec<std::net::IpAddr>,
 }
 
 /// A sandbox (CNM `Sandbox`): a network namespace, its resolv.conf/hosts and its
@@ -369,6 +386,7 @@ mod tests {
             ipv6: None,
             prefix_len_v6: 0,
             aliases: vec!["web".into()],
+            ..Endpoint::default()
         };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(

@@ -128,6 +128,7 @@ pub fn create_body(a: &NetworkCreate) -> anyhow::Result<NetworkCreateBody> {
         internal: Some(a.internal),
         attachable: Some(a.attachable),
         enable_ipv6: Some(a.ipv6),
+        ..NetworkCreateBody::default()
     })
 }
 
@@ -239,6 +240,7 @@ pub fn connect_body(a: &ConnectArgs) -> ConnectBody {
     let ipam = EndpointIpamBody {
         ipv4_address: a.ip.map(|ip| ip.to_string()),
         ipv6_address: a.ip6.map(|ip| ip.to_string()),
+        link_local_ips: (!a.link_local_ips.is_empty()).then(|| a.link_local_ips.clone()),
     };
     ConnectBody {
         container: a.sandbox.clone(),
@@ -246,6 +248,9 @@ pub fn connect_body(a: &ConnectArgs) -> ConnectBody {
             ipam_config: (ipam != EndpointIpamBody::default()).then_some(ipam),
             aliases: (!a.aliases.is_empty()).then(|| a.aliases.clone()),
             mac_address: a.mac_address.clone(),
+            driver_opts: (!a.driver_opts.is_empty()).then(|| map_of(&a.driver_opts)),
+            links: (!a.links.is_empty()).then(|| a.links.clone()),
+            gw_priority: None,
         }),
     }
 }

@@ -43,11 +43,16 @@ pub fn connect_bodies(a: &RunArgs, sandbox: &str) -> Vec<(String, ConnectBody)> 
         .map(|(i, n)| {
             let mut cfg = EndpointConfigBody::default();
             if i == 0 {
-                cfg.ipam_config = a.ip.map(|ip| EndpointIpamBody {
-                    ipv4_address: Some(ip.to_string()),
-                    ipv6_address: None,
-                });
+                let ipam = EndpointIpamBody {
+                    ipv4_address: a.ip.map(|ip| ip.to_string()),
+                    link_local_ips: (!a.link_local_ips.is_empty())
+                        .then(|| a.link_local_ips.clone()),
+                    ..EndpointIpamBody::default()
+                };
+                cfg.ipam_config = (ipam != EndpointIpamBody::default()).then_some(ipam);
                 cfg.aliases = (!a.aliases.is_empty()).then(|| a.aliases.clone());
+                cfg.driver_opts =
+                    (!a.driver_opts.is_empty()).then(|| a.driver_opts.iter().cloned().collect());
             }
             let body = ConnectBody {
                 container: sandbox.to_string(),

@@ -250,6 +250,8 @@ async fn network_shape_matches_docs() {
         keys(&v),
         [
             "Attachable",
+            "ConfigFrom",
+            "ConfigOnly",
             "Containers",
             "Created",
             "Driver",
@@ -257,6 +259,7 @@ async fn network_shape_matches_docs() {
             "EnableIPv6",
             "IPAM",
             "Id",
+            "Ingress",
             "Internal",
             "Labels",
             "Name",
@@ -1200,4 +1203,95 @@ async fn connect_mac_aliases_and_ipv6_in_one_request() {
         )
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
+}
+
+#[tokio::test]
+async fn connect_endpoint_driver_opts() {
+    let h = harness();
+    let nid = h.net1().await;
+    let sb1 = h.sandbox("sb1").await;
+    let before = state(&h).await;
+    let ifname = IFNAME_OPTION;
+    let bad: &[(String, StatusCode, &str)] = &[
+        (
+            r#"{"DriverOpts":{"com.example.x":"1"}}"#.to_string(),
+            StatusCode::BAD_REQUEST,
+            "endpoint driver option \"com.example.x\" is not supported",
+        ),
+        (
+            format!(r#"{{"DriverOpts":{{"{ifname}":"0123456789abcdef"}}}}"#),
+            StatusCode::BAD_REQUEST,
+            "interface name",
+        ),
+        (
+            format!(r#"{{"DriverOpts":{{"{ifname}":"a/b"}}}}"#),
+            StatusCode::BAD_REQUEST,
+            "interface name",
+        ),
+        (
+            format!(r#"{{"DriverOpts":{{"{ifname}":"a b"}}}}"#),
+            StatusCode::BAD_REQUEST,
+            "interface name",
+        ),
+        (
+            format!(r#"{{"DriverOpts":{{"{ifname}":".."}}}}"#),
+            StatusCode::BAD_REQUEST,
+            "interface name",
+        ),
+        (
+            format!(r#"{{"DriverOpts":{{"{ifname}":""}}}}"#),
+            StatusCode::BAD_REQUEST,
+            "interface name",
+        ),
+        // The sandbox (our own namespace here) has a device named lo.
+        (
+            format!(r#"{{"DriverOpts":{{"{ifname}":"lo"}}}}"#),
+            StatusCode::CONFLICT,
+            "already has an interface named lo (a device in its namespace)",
+        ),
+        (
+            r#"{"Links":["c1:db"]}"#.to_string(),
+            StatusCode::BAD_REQUEST,
+            "EndpointConfig.Links (c1:db) is not supported",
+        ),
+        (
+            r#"{"GwPriority":5}"#.to_string(),
+            StatusCode::BAD_REQUEST,
+            "EndpointConfig.GwPriority (5) is not supported",
+        ),
+    ];
+    for (cfg, status, want) in bad {
+        let body = format!(r#"{{"Container":"sb1","EndpointConfig":{cfg}}}"#);
+        let (s, v) = h.post(&format!("/networks/{nid}/connect"), &body).await;
+        assert_eq!(s, *status, "{cfg}: {v}");
+        assert!(message(&v).contains(want), "{cfg}: {v}");
+    }
+    assert_eq!(
+        state(&h).await,
+        before,
+        "a refused connect changed something"
+    );
+    // Output-only fields (as dockerd) and empty Links/GwPriority 0 are ignored.
+    let body = format!(
+        r#"{{"Container":"sb1","EndpointConfig":{{"DriverOpts":{{"{ifname}":"web0"}},"Links":[],"GwPriority":0,"NetworkID":"x","EndpointID":"y","Gateway":"1.2.3.4","IPAddress":"9.9.9.9"}}}}"#
+    );
+    let (s, v) = h.post(&format!("/networks/{nid}/connect"), &body).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, v) = h.get("/sandboxes/sb1").await;
+    assert_eq!(v["Endpoints"]["net1"]["Interface"], "web0");
+    assert_eq!(v["Endpoints"]["net1"]["DriverOpts"][ifname], "web0");
+    assert_ne!(v["Endpoints"]["net1"]["IPv4Address"], "9.9.9.9/24");
+    let (_, v) = h.get("/networks/net1").await;
+    assert_eq!(v["Containers"][&sb1]["DriverOpts"][ifname], "web0");
+    // The sandbox's own endpoint on another network already has the name.
+    h.post(
+        "/networks/create",
+        r#"{"Name":"net2","IPAM":{"Config":[{"Subnet":"10.11.0.0/24"}]}}"#,
+    )
+    .await;
+    let body =
+        format!(r#"{{"Container":"sb1","EndpointConfig":{{"DriverOpts":{{"{ifname}":"web0"}}}}}}"#);
+    let (s, v) = h.post("/networks/net2/connect", &body).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(message(&v).contains("its endpoint on network net1"), "{v}");
 }

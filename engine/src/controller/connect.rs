@@ -73,6 +73,19 @@ impl Inner {
                 net.name, net.driver
             )));
         }
+        if !driver.capabilities().needs_addresses
+            && (opts.ifname.is_some() || !opts.link_local_ips.is_empty())
+        {
+            return Err(Error::InvalidRequest(format!(
+                "network {} (driver {}) gives endpoints no device: drop the {} driver option and the LinkLocalIPs",
+                net.name,
+                net.driver,
+                super::IFNAME_OPTION
+            )));
+        }
+        if let Some(ifname) = &opts.ifname {
+            check_ifname_free(&store, &sb, Arc::clone(&ns), ifname).await?;
+        }
         if let Some(mac) = opts.mac {
             if net.endpoints.values().any(|e| e.mac == Some(mac)) {
                 return Err(Error::Conflict(format!(
@@ -175,6 +188,12 @@ impl Inner {
             ipv6,
             prefix_len_v6: net.ipv6.as_ref().map_or(0, |c| c.subnet.prefix_len()),
             aliases: opts.aliases,
+            driver_opts: opts
+                .ifname
+                .iter()
+                .map(|n| (super::IFNAME_OPTION.to_string(), n.clone()))
+                .collect(),
+            link_local_ips: opts.link_local_ips,
         };
         // The driver's endpoint (it may choose the MAC and addresses).
         let (d, n, ep) = (Arc::clone(&driver), net.clone(), endpoint.clone());
@@ -211,14 +230,15 @@ impl Inner {
         txn.on_undo("leave", move || d.leave(&n, &e));
         // The sandbox layer applies the description.
         let layer = self.drivers.sandbox_layer();
-        let (l, e, name, desc) = (
+        let (l, e, name, desc, ifname) = (
             Arc::clone(&layer),
             endpoint.id.clone(),
             sb.name.clone(),
-            join.clone(),
+            crate::sandbox_layer::with_link_local(&join, &endpoint.link_local_ips),
+            opts.ifname.clone(),
         );
         endpoint.interface = blocking("configure the interface", move || {
-            l.apply(&e, &ns, &name, &desc, None)
+            l.apply(&e, &ns, &name, &desc, ifname.as_deref())
         })
         .await?;
         let e = endpoint.id.clone();
@@ -270,6 +290,39 @@ impl Inner {
         self.commit(txn, changes).await?;
         Ok((endpoint, sb_after))
     }
+}
+
+/// An interface name asked for (`com.docker.network.endpoint.ifname`) must not be
+/// taken in the sandbox: by another endpoint's interface or by any device there (409).
+async fn check_ifname_free(
+    store: &Store,
+    sb: &Sandbox,
+    ns: Arc<tapnet_sandbox::netns::Netns>,
+    ifname: &str,
+) -> Result<()> {
+    let taken = |by: String| {
+        Error::Conflict(format!(
+            "sandbox {} already has an interface named {ifname} ({by}): choose another {}",
+            sb.name,
+            super::IFNAME_OPTION
+        ))
+    };
+    if let Some((n, _)) = store
+        .endpoints_of_sandbox(&sb.id)
+        .into_iter()
+        .find(|(_, e)| e.interface == ifname)
+    {
+        return Err(taken(format!("its endpoint on network {}", n.name)));
+    }
+    let names = blocking("list the sandbox's interfaces", move || {
+        tapnet_sandbox::iface::link_names(&ns)
+            .map_err(|e| Error::os("list the sandbox's interfaces", e))
+    })
+    .await?;
+    if names.iter().any(|n| n == ifname) {
+        return Err(taken("a device in its namespace".into()));
+    }
+    Ok(())
 }
 
 /// Docker's rules for `host` and `none`: a sandbox on one of them is on no other

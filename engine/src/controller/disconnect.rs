@@ -117,7 +117,10 @@ impl Inner {
                     let (ns, name) = (self.netns_of(sid), sb_name.clone());
                     txn.on_undo(format!("set up {} again", endpoint.interface), move || {
                         let ns = no_namespace(ns, &name)?;
-                        let desc = lock(&slot).take().unwrap_or(before);
+                        let desc = crate::sandbox_layer::with_link_local(
+                            &lock(&slot).take().unwrap_or(before),
+                            &e.link_local_ips,
+                        );
                         let ifname = Some(e.interface.as_str()).filter(|n| !n.is_empty());
                         l.apply(&e.id, &ns, &name, &desc, ifname).map(drop)
                     });

@@ -127,7 +127,19 @@ pub struct ConnectOptions {
     pub mac: Option<[u8; 6]>,
     /// Network-scoped aliases (`EndpointConfig.Aliases`), in request order.
     pub aliases: Vec<String>,
+    /// The interface's name in the sandbox
+    /// (`EndpointConfig.DriverOpts["com.docker.network.endpoint.ifname"]`; already a
+    /// valid interface name). Default: the next free `<prefix>N`.
+    pub ifname: Option<String>,
+    /// Link-local addresses to add to the interface
+    /// (`EndpointConfig.IPAMConfig.LinkLocalIPs`; already checked: 169.254.0.0/16 or
+    /// fe80::/10, no duplicates).
+    pub link_local_ips: Vec<IpAddr>,
 }
+
+/// The one endpoint driver option tapnet implements (Docker 27): the name of the
+/// endpoint's interface in the sandbox.
+pub const IFNAME_OPTION: &str = "com.docker.network.endpoint.ifname";
 
 /// The default `bridge` network's settings (dockerd's `--bip`, `--fixed-cidr`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

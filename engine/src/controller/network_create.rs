@@ -99,6 +99,8 @@ impl Inner {
             options: req.options.clone(),
             labels: req.labels.clone(),
             endpoints: BTreeMap::new(),
+            config_only: false,
+            config_from: None,
         };
         let mut txn = Txn::new(format!("create network {}", network.name));
         let r = self

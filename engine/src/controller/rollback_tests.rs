@@ -466,6 +466,7 @@ async fn restore_fails_cleanly_when_its_cleanup_cannot_commit() {
         ipv6: None,
         prefix_len_v6: 0,
         aliases: Vec::new(),
+        ..Default::default()
     };
     crate::store::commit(rig.store.as_ref(), &[Change::PutEndpoint(orphan)]).unwrap();
     let records = rig.store.dump();

@@ -173,6 +173,7 @@ async fn connect_options_mac_and_aliases() {
         ipv6: Some("fd00:1::7".parse().unwrap()),
         mac: Some(mac),
         aliases: vec!["web".into(), "www".into()],
+        ..ConnectOptions::default()
     };
     // The custom MAC overrides 02:42:<IPv4>; addresses and aliases are kept.
     let ep = ctl.connect("n", "sb", opts.clone()).await.unwrap();
@@ -256,6 +257,7 @@ fn endpoint_mac_without_ipv4() {
         options: BTreeMap::new(),
         labels: BTreeMap::new(),
         endpoints: BTreeMap::new(),
+        ..Default::default()
     };
     let custom = [0x02, 0x42, 0xac, 0x11, 0, 0x99];
     // IPv6-only: the requested MAC, else a random 02:42: one; none without a device.

@@ -352,6 +352,7 @@ mod tests {
             options: BTreeMap::from([("a".to_string(), "b".to_string())]),
             labels: BTreeMap::new(),
             endpoints: BTreeMap::new(),
+            ..Default::default()
         }
     }
 
@@ -379,6 +380,7 @@ mod tests {
             ipv6: Some(format!("fd00:1::{last}").parse().unwrap()),
             prefix_len_v6: 64,
             aliases: vec!["web".into()],
+            ..Default::default()
         }
     }
 
