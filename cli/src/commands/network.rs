@@ -20,9 +20,9 @@ use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::net::IpAddr;
 use tapnet_types::api::{
-    ConnectBody, CreateNetworkResponse, DisconnectBody, EndpointConfigBody, EndpointIpamBody,
-    FdbResource, GatewayStatsResource, IpamBody, IpamConfigBody, NetworkCreateBody,
-    NetworkPruneResponse, NetworkResource, StatsResource,
+    ConfigReference, ConnectBody, CreateNetworkResponse, DisconnectBody, EndpointConfigBody,
+    EndpointIpamBody, FdbResource, GatewayStatsResource, IpamBody, IpamConfigBody,
+    NetworkCreateBody, NetworkPruneResponse, NetworkResource, StatsResource,
 };
 
 /// Run one `network` subcommand.
@@ -128,6 +128,13 @@ pub fn create_body(a: &NetworkCreate) -> anyhow::Result<NetworkCreateBody> {
         internal: Some(a.internal),
         attachable: Some(a.attachable),
         enable_ipv6: Some(a.ipv6),
+        scope: a.scope.clone(),
+        ingress: a.ingress.then_some(true),
+        config_only: a.config_only.then_some(true),
+        config_from: a
+            .config_from
+            .clone()
+            .map(|network| ConfigReference { network }),
         ..NetworkCreateBody::default()
     })
 }

@@ -44,6 +44,13 @@ impl Inner {
             .get(&sid)
             .cloned()
             .ok_or_else(|| not_found("sandbox", sandbox))?;
+        if net.config_only {
+            return Err(Error::Forbidden(format!(
+                "network {} is a configuration network (--config-only): cannot create endpoint on configuration-only network; \
+                 create a network with --config-from {} and connect to that",
+                net.name, net.name
+            )));
+        }
         if net.endpoint_of(&sid).is_some() {
             return Err(Error::Conflict(format!(
                 "sandbox {} is already connected to network {}",
