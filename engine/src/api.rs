@@ -7,7 +7,10 @@
 //! before any handler runs. Every error answer is `{"message": ...}` with the status
 //! from [`Error::status`]; request bodies are limited to [`BODY_LIMIT`] bytes (413
 //! above). `filters` query parameters are decoded and validated by [`filters`]
-//! before anything is done. Docker endpoints tapnet does not serve (`/containers`,
+//! before anything is done. Docker request fields tapnet does not implement (`Scope:
+//! swarm`, `Ingress`, `EnableIPv4: false`, endpoint `Links`, `GwPriority`, driver
+//! options other than `com.docker.network.endpoint.ifname`) are refused with a 400
+//! naming them; output-only fields are ignored as dockerd does. Docker endpoints tapnet does not serve (`/containers`,
 //! `/images`, ...) are 404 with a message saying what tapnet serves. Handlers only
 //! parse and shape JSON; the [`Controller`] does the work, so a rejected request
 //! changes nothing. The request and answer bodies are [`tapnet_types::api`]'s

@@ -9,7 +9,10 @@
 //!   the record of what was done, and undoes exactly that on leave. No driver
 //!   configures an interface itself.
 //! * Naming: the interface becomes the first free `<dst_prefix>N` in the sandbox (an
-//!   empty prefix keeps its name); a restore uses the recorded name. An interface
+//!   empty prefix keeps its name), or the name the connect asked for
+//!   (`com.docker.network.endpoint.ifname`, passed to [`SandboxLayer::apply`]); a
+//!   restore uses the recorded name. The endpoint's link-local addresses are added to
+//!   the description's ([`with_link_local`]) at connect and restore. An interface
 //!   without an IPv6 address gets IPv6 turned off (as dockerd does). Default routes
 //!   go via the gateways only where the sandbox has none of that family yet.
 //! * The CNM sequence is the controller's: its connect runs `create_endpoint` →

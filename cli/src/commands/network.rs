@@ -882,4 +882,77 @@ b
             );
         });
     }
+
+    #[test]
+    fn compat_flags_reach_the_bodies() {
+        let NetworkCmd::Create(a) = cmd(&[
+            "create",
+            "--config-only",
+            "--subnet",
+            "10.5.0.0/24",
+            "-o",
+            "k=v",
+            "cfg",
+        ]) else {
+            panic!()
+        };
+        let b = create_body(&a).unwrap();
+        assert_eq!(b["ConfigOnly"], true);
+        assert!(
+            b.get("ConfigFrom").is_none() && b.get("Scope").is_none(),
+            "{b}"
+        );
+        assert!(b.get("Ingress").is_none(), "{b}");
+        let NetworkCmd::Create(a) = cmd(&[
+            "create",
+            "--config-from",
+            "cfg",
+            "--scope",
+            "swarm",
+            "--ingress",
+            "n",
+        ]) else {
+            panic!()
+        };
+        let b = create_body(&a).unwrap();
+        assert_eq!(b["ConfigFrom"], serde_json::json!({"Network": "cfg"}));
+        assert_eq!(
+            (&b["Scope"], &b["Ingress"]),
+            (&serde_json::json!("swarm"), &serde_json::json!(true))
+        );
+        assert!(b.get("ConfigOnly").is_none(), "{b}");
+        let NetworkCmd::Connect(a) = cmd(&[
+            "connect",
+            "--driver-opt",
+            "com.docker.network.endpoint.ifname=lan0",
+            "--link-local-ip",
+            "169.254.1.1",
+            "--link-local-ip",
+            "fe80::1",
+            "--link",
+            "db:d",
+            "net",
+            "sb",
+        ]) else {
+            panic!()
+        };
+        assert_eq!(
+            connect_body(&a),
+            serde_json::json!({"Container": "sb", "EndpointConfig": {
+                "IPAMConfig": {"LinkLocalIPs": ["169.254.1.1", "fe80::1"]},
+                "DriverOpts": {"com.docker.network.endpoint.ifname": "lan0"},
+                "Links": ["db:d"]}})
+        );
+        // A driver option must be KEY=VALUE, as docker's.
+        let argv = [
+            "tapnet",
+            "network",
+            "connect",
+            "--driver-opt",
+            "novalue",
+            "n",
+            "s",
+        ];
+        assert!(Cli::try_parse_from(argv).is_err());
+    }
 }

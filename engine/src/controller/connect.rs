@@ -1,13 +1,17 @@
 //! Operation: connect a sandbox to a network (CNM `CreateEndpoint` + `Join`).
 //!
 //! Steps, under the locks of the network and the sandbox: resolve and validate
-//! (already connected, `host`/`none` exclusivity, static addresses and MAC against
-//! the driver, MAC unique on the network) → allocate the IPv4 and IPv6 addresses
+//! (a configuration network: 403; already connected, `host`/`none` exclusivity,
+//! static addresses, MAC, interface name and link-local addresses against the driver,
+//! MAC unique on the network, an asked-for interface name free in the sandbox: 409)
+//! → allocate the IPv4 and IPv6 addresses
 //! (undo: release; on a global network the IPv4 and IPv6 addresses are first
 //! claimed in the cluster store, undo: free them) → the driver's `create_endpoint` (undo: `delete_endpoint`; what
 //! the driver chose is merged into the endpoint) → `join`, which describes the
-//! interface (undo: `leave`) → the sandbox layer applies the description: move or
-//! rename, MAC, MTU, addresses, routes (undo: the layer's undo) → publish the
+//! interface (undo: `leave`) → the sandbox layer applies the description, with the
+//! endpoint's link-local addresses added, under the asked-for name
+//! ([`super::IFNAME_OPTION`]) or the next free one: move or rename, MAC, MTU,
+//! addresses, routes (undo: the layer's undo) → publish the
 //! sandbox's ports if this is its first non-internal network with a gateway service
 //! that the driver did not disable (undo: unpublish each) → record a global network's
 //! endpoint in the cluster store (undo: delete it) → commit the endpoint and the

@@ -1,11 +1,14 @@
 //! Operation: create a network (CNM `NewNetwork`), and the pre-defined networks.
 //!
-//! Steps: validate (name unique under the `networks` lock, driver and IPAM driver
-//! known, single-instance drivers, IPv6 and IPAM config consistent with the driver,
-//! driver options) → reserve the pools, gateways and auxiliary addresses (undo:
+//! Steps: validate (name unique under the `networks` lock; a `config_from` network
+//! takes its configuration network's settings first, dockerd's rules and messages;
+//! driver and IPAM driver known, `Scope` the driver's own, single-instance drivers
+//! (configuration networks do not count), IPv6 and IPAM config consistent with the
+//! driver, driver options) → reserve the pools, gateways and auxiliary addresses (undo:
 //! release) → a global network (see `global`) claims its name and VNI in the cluster
 //! store (undo: free them) → the driver's data plane (undo: `delete_network`) → commit
-//! the record (a global network's to the cluster store) → publish.
+//! the record (a global network's to the cluster store) → publish. A configuration
+//! network (`config_only`) is only validated and committed: no pools, no driver.
 
 use super::ipam_steps::{name_overlap, reserve_family, FamilyRequest, IpamTxn};
 use super::{Controller, DefaultBridge, Inner, NetworkCreate, NETWORKS_LOCK};
