@@ -594,6 +594,57 @@ fn link_local_ips() {
             env.ping("b", "fe80::a:1%eth0", 2),
             "after restart b -> a (IPv6)"
         );
+        // A tap lost while the daemon was down is re-created from the record: the
+        // asked-for name and the link-local addresses come back.
+        env.sandbox("d");
+        env.ok(&[
+            "network",
+            "connect",
+            "--driver-opt",
+            &format!("{IFNAME}=ll7"),
+            "--link-local-ip",
+            "169.254.10.7",
+            "ll",
+            "d",
+        ]);
+        let path_d = env.netns_path("d");
+        env.stop_daemon();
+        let out = env.nsenter(&path_d, &["ip", "link", "del", "ll7"]);
+        assert!(out.status.success(), "{out:?}");
+        env.start_daemon();
+        assert!(
+            env.daemon_log()
+                .contains("re-creating it from the stored record"),
+            "{}",
+            env.daemon_log()
+        );
+        let addrs = env.exec_ok("d", &["ip", "-o", "addr", "show", "dev", "ll7"]);
+        assert!(addrs.contains("169.254.10.7/16"), "{addrs}");
+        assert!(
+            env.ping("b", "169.254.10.7", 2),
+            "re-created d by link-local"
+        );
+
+        // The same link-local address twice on a network: 409, nothing made.
+        env.sandbox("e");
+        refused(
+            env,
+            "POST",
+            "/networks/ll/connect",
+            r#"{"Container":"e","EndpointConfig":{"IPAMConfig":{"LinkLocalIPs":["169.254.10.2"]}}}"#,
+            409,
+            "link-local address 169.254.10.2 is already used on network ll",
+        );
+        // A network whose endpoints have no device takes no link-local address.
+        refused(
+            env,
+            "POST",
+            "/networks/none/connect",
+            r#"{"Container":"e","EndpointConfig":{"IPAMConfig":{"LinkLocalIPs":["169.254.10.9"]}}}"#,
+            400,
+            "gives endpoints no device",
+        );
+
         // Removed with the endpoint.
         env.docker_ok(&["network", "disconnect", "ll", "a"]);
         let addrs = env.exec_ok("a", &["ip", "-o", "addr", "show"]);

@@ -3,7 +3,8 @@
 //! Steps, under the locks of the network and the sandbox: resolve and validate
 //! (a configuration network: 403; already connected, `host`/`none` exclusivity,
 //! static addresses, MAC, interface name and link-local addresses against the driver,
-//! MAC unique on the network, an asked-for interface name free in the sandbox: 409)
+//! MAC and link-local addresses unique on the network, an asked-for interface name
+//! free in the sandbox: 409)
 //! → allocate the IPv4 and IPv6 addresses
 //! (undo: release; on a global network the IPv4 and IPv6 addresses are first
 //! claimed in the cluster store, undo: free them) → the driver's `create_endpoint` (undo: `delete_endpoint`; what
@@ -93,6 +94,22 @@ impl Inner {
                 net.driver,
                 super::IFNAME_OPTION
             )));
+        }
+        for ip in &opts.link_local_ips {
+            if let Some(e) = net
+                .endpoints
+                .values()
+                .find(|e| e.link_local_ips.contains(ip))
+            {
+                let by = store
+                    .sandboxes
+                    .get(&e.sandbox_id)
+                    .map_or(e.sandbox_id.as_str(), |s| s.name.as_str());
+                return Err(Error::Conflict(format!(
+                    "link-local address {ip} is already used on network {} (by sandbox {by})",
+                    net.name
+                )));
+            }
         }
         if let Some(ifname) = &opts.ifname {
             check_ifname_free(&store, &sb, Arc::clone(&ns), ifname).await?;
