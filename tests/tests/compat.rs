@@ -482,6 +482,21 @@ fn unsupported_options_are_refused_by_name() {
             );
             assert_eq!(state(env), before, "tapnet {args:?} changed something");
         }
+        // Flags of the docker CLI alone.
+        for (args, want) in [
+            (
+                &["network", "create", "--ipv4=false", "x"][..],
+                "EnableIPv4=false is not supported",
+            ),
+            (
+                &["network", "connect", "--gw-priority", "5", "n1", "b"][..],
+                "GwPriority",
+            ),
+        ] {
+            let err = env.docker_fails(args);
+            assert!(err.contains(want), "docker {args:?}: {err}");
+            assert_eq!(state(env), before, "docker {args:?} changed something");
+        }
         for (body, want) in [
             (
                 r#"{"Name":"x","EnableIPv4":false}"#,
