@@ -535,6 +535,42 @@ mod lifecycle_tests {
     }
 
     #[test]
+    fn link_local_addresses_join_the_description_once() {
+        let ips: Vec<std::net::IpAddr> =
+            vec!["169.254.3.4".parse().unwrap(), "fe80::7".parse().unwrap()];
+        let joined = with_link_local(&description(), &ips);
+        let addrs = joined.interface.as_ref().map(|i| i.addresses.clone());
+        let want: Vec<IpNet> = vec![
+            "10.0.0.2/24".parse().unwrap(),
+            "169.254.3.4/16".parse().unwrap(),
+            "fe80::7/64".parse().unwrap(),
+        ];
+        assert_eq!(addrs, Some(want));
+        // Idempotent (a rolled-back leave applies a recorded description again).
+        assert_eq!(with_link_local(&joined, &ips), joined);
+        // An IPv6 link-local address keeps IPv6 on.
+        assert!(!spec_of(&joined, None).unwrap().unwrap().disable_ipv6);
+        // No interface: nothing to add to.
+        let none = JoinDescription::default();
+        assert_eq!(with_link_local(&none, &ips), none);
+        // Restore adds them too, under the recorded (asked-for) name.
+        let (layer, ns, d) = (SandboxLayer::new(DryRun), own_netns(), Counting::default());
+        d.recreate.store(true, Ordering::SeqCst);
+        let mut ep = endpoint();
+        ep.interface = "lan0".into();
+        ep.link_local_ips = ips;
+        layer.restore(&d, &network(), &ep, &ns, "sb").unwrap();
+        let rec = lock(&layer.records)
+            .get("e")
+            .map(|r| r.applied.clone())
+            .unwrap();
+        assert_eq!(rec.name, "lan0");
+        let joined = layer.description("e").unwrap();
+        let n = joined.interface.map(|i| i.addresses.len());
+        assert_eq!(n, Some(2));
+    }
+
+    #[test]
     fn failed_sandbox_setup_records_nothing() {
         let (layer, ns) = (SandboxLayer::new(Refuse), own_netns());
         let mut join = description();
