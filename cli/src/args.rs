@@ -150,6 +150,19 @@ pub struct NetworkCreate {
     /// value, as Docker's `-o encrypted`).
     #[arg(short = 'o', long = "opt", value_name = "KEY[=VALUE]", value_parser = parse_opt)]
     pub opts: Vec<(String, String)>,
+    /// Create a configuration-only network: it holds --subnet/--gateway/--ip-range/
+    /// --aux-address/--ipv6/-o/--label for networks made with --config-from.
+    #[arg(long)]
+    pub config_only: bool,
+    /// Take the IPAM settings, options and labels from this configuration-only network.
+    #[arg(long, value_name = "NAME")]
+    pub config_from: Option<String>,
+    /// Scope: local, or global for a global-scope driver (overlay); swarm is refused.
+    #[arg(long, value_name = "SCOPE")]
+    pub scope: Option<String>,
+    /// Create a swarm routing-mesh network (refused: tapnet has no swarm).
+    #[arg(long)]
+    pub ingress: bool,
     /// Name of the new network.
     pub name: String,
 }

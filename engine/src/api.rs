@@ -7,7 +7,10 @@
 //! before any handler runs. Every error answer is `{"message": ...}` with the status
 //! from [`Error::status`]; request bodies are limited to [`BODY_LIMIT`] bytes (413
 //! above). `filters` query parameters are decoded and validated by [`filters`]
-//! before anything is done. Docker endpoints tapnet does not serve (`/containers`,
+//! before anything is done. Docker request fields tapnet does not implement (`Scope:
+//! swarm`, `Ingress`, `EnableIPv4: false`, endpoint `Links`, `GwPriority`, driver
+//! options other than `com.docker.network.endpoint.ifname`) are refused with a 400
+//! naming them; output-only fields are ignored as dockerd does. Docker endpoints tapnet does not serve (`/containers`,
 //! `/images`, ...) are 404 with a message saying what tapnet serves. Handlers only
 //! parse and shape JSON; the [`Controller`] does the work, so a rejected request
 //! changes nothing. The request and answer bodies are [`tapnet_types::api`]'s
@@ -250,6 +253,36 @@ pub fn network_create_request(body: NetworkCreateBody) -> ApiResult<NetworkCreat
     if body.name.is_empty() {
         return Err(ApiError::bad_request("network name is required (\"Name\")"));
     }
+    if body.ingress == Some(true) {
+        return Err(ApiError::bad_request(
+            "Ingress is not supported: tapnet has no swarm routing mesh (--ingress)",
+        ));
+    }
+    if body.enable_ipv4 == Some(false) {
+        return Err(ApiError::bad_request(
+            "EnableIPv4=false is not supported: every tapnet network has an IPv4 subnet (--ipv4=false)",
+        ));
+    }
+    let scope = non_empty(&body.scope).map(str::to_string);
+    match scope.as_deref() {
+        None | Some("local" | "global") => {}
+        Some("swarm") => {
+            return Err(ApiError::bad_request(
+                "Scope \"swarm\" is not supported: tapnet is not a swarm manager (--scope swarm); \
+                 use local, or global with the overlay driver",
+            ))
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid Scope {other:?}: give local or global (--scope)"
+            )))
+        }
+    }
+    let config_from = body
+        .config_from
+        .as_ref()
+        .map(|c| c.network.trim().to_string())
+        .filter(|n| !n.is_empty());
     let mut req = NetworkCreate {
         name: body.name,
         driver: body.driver.unwrap_or_default(),
@@ -258,6 +291,9 @@ pub fn network_create_request(body: NetworkCreateBody) -> ApiResult<NetworkCreat
         internal: body.internal.unwrap_or(false),
         attachable: body.attachable.unwrap_or(false),
         enable_ipv6: body.enable_ipv6.unwrap_or(false),
+        scope,
+        config_only: body.config_only.unwrap_or(false),
+        config_from,
         ..NetworkCreate::default()
     };
     if let Some(ipam) = body.ipam {
@@ -560,7 +596,8 @@ fn ipam_config_resources(net: &Network) -> Vec<IpamConfigResource> {
     if let Some(v6) = &net.ipv6 {
         out.push(IpamConfigResource {
             subnet: v6.subnet.to_string(),
-            gateway: v6.gateway.to_string(),
+            // `::`: a configuration network's entry without a gateway.
+            gateway: to_string_or_empty(Some(v6.gateway).filter(|g| !g.is_unspecified())),
             ip_range: v6.ip_range.map(|r| r.to_string()),
             auxiliary_addresses: v6
                 .aux_addresses
@@ -841,7 +878,8 @@ async fn network_disconnect(
 }
 
 /// `POST /networks/prune`: removes custom networks without endpoints that pass the
-/// `until`/`label`/`label!` filters; one that cannot be removed is logged and kept.
+/// `until`/`label`/`label!` filters, except configuration networks (as dockerd); one
+/// that cannot be removed is logged and kept.
 async fn network_prune(State(ctl): Ctl, uri: Uri) -> ApiResult<Json<NetworkPruneResponse>> {
     let q = query_map(&uri)?;
     let f = filters::Filters::parse(q.get("filters").map(String::as_str))?;
@@ -850,7 +888,7 @@ async fn network_prune(State(ctl): Ctl, uri: Uri) -> ApiResult<Json<NetworkPrune
     let candidates = store
         .networks
         .values()
-        .filter(|n| pf.prunable(n))
+        .filter(|n| !n.config_only && pf.prunable(n))
         .map(|n| n.id.clone())
         .collect();
     let deleted = ctl.prune(candidates).await;

@@ -9,7 +9,10 @@
 //!   the record of what was done, and undoes exactly that on leave. No driver
 //!   configures an interface itself.
 //! * Naming: the interface becomes the first free `<dst_prefix>N` in the sandbox (an
-//!   empty prefix keeps its name); a restore uses the recorded name. An interface
+//!   empty prefix keeps its name), or the name the connect asked for
+//!   (`com.docker.network.endpoint.ifname`, passed to [`SandboxLayer::apply`]); a
+//!   restore uses the recorded name. The endpoint's link-local addresses are added to
+//!   the description's ([`with_link_local`]) at connect and restore. An interface
 //!   without an IPv6 address gets IPv6 turned off (as dockerd does). Default routes
 //!   go via the gateways only where the sandbox has none of that family yet.
 //! * The CNM sequence is the controller's: its connect runs `create_endpoint` →
@@ -529,6 +532,42 @@ mod lifecycle_tests {
         let none = JoinDescription::default();
         assert_eq!(layer.apply("f", &ns, "sb", &none, None).unwrap(), "");
         assert!(lock(&layer.records).is_empty());
+    }
+
+    #[test]
+    fn link_local_addresses_join_the_description_once() {
+        let ips: Vec<std::net::IpAddr> =
+            vec!["169.254.3.4".parse().unwrap(), "fe80::7".parse().unwrap()];
+        let joined = with_link_local(&description(), &ips);
+        let addrs = joined.interface.as_ref().map(|i| i.addresses.clone());
+        let want: Vec<IpNet> = vec![
+            "10.0.0.2/24".parse().unwrap(),
+            "169.254.3.4/16".parse().unwrap(),
+            "fe80::7/64".parse().unwrap(),
+        ];
+        assert_eq!(addrs, Some(want));
+        // Idempotent (a rolled-back leave applies a recorded description again).
+        assert_eq!(with_link_local(&joined, &ips), joined);
+        // An IPv6 link-local address keeps IPv6 on.
+        assert!(!spec_of(&joined, None).unwrap().unwrap().disable_ipv6);
+        // No interface: nothing to add to.
+        let none = JoinDescription::default();
+        assert_eq!(with_link_local(&none, &ips), none);
+        // Restore adds them too, under the recorded (asked-for) name.
+        let (layer, ns, d) = (SandboxLayer::new(DryRun), own_netns(), Counting::default());
+        d.recreate.store(true, Ordering::SeqCst);
+        let mut ep = endpoint();
+        ep.interface = "lan0".into();
+        ep.link_local_ips = ips;
+        layer.restore(&d, &network(), &ep, &ns, "sb").unwrap();
+        let rec = lock(&layer.records)
+            .get("e")
+            .map(|r| r.applied.clone())
+            .unwrap();
+        assert_eq!(rec.name, "lan0");
+        let joined = layer.description("e").unwrap();
+        let n = joined.interface.map(|i| i.addresses.len());
+        assert_eq!(n, Some(2));
     }
 
     #[test]

@@ -109,6 +109,8 @@ pub struct Network {
     pub endpoints: BTreeMap<String, Endpoint>,
     /// A configuration network (Docker's `ConfigOnly`): it holds IPAM settings and
     /// options for networks created `--config-from` it; no data plane, no endpoints.
+    /// Its subnets are settings only (no pool is taken: `ipv4_pool` is `None` and
+    /// IPAM never sees them); an IPv6 entry given without a gateway has `::`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub config_only: bool,
     /// The configuration network whose IPAM settings and options this one took

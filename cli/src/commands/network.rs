@@ -20,9 +20,9 @@ use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::net::IpAddr;
 use tapnet_types::api::{
-    ConnectBody, CreateNetworkResponse, DisconnectBody, EndpointConfigBody, EndpointIpamBody,
-    FdbResource, GatewayStatsResource, IpamBody, IpamConfigBody, NetworkCreateBody,
-    NetworkPruneResponse, NetworkResource, StatsResource,
+    ConfigReference, ConnectBody, CreateNetworkResponse, DisconnectBody, EndpointConfigBody,
+    EndpointIpamBody, FdbResource, GatewayStatsResource, IpamBody, IpamConfigBody,
+    NetworkCreateBody, NetworkPruneResponse, NetworkResource, StatsResource,
 };
 
 /// Run one `network` subcommand.
@@ -128,6 +128,13 @@ pub fn create_body(a: &NetworkCreate) -> anyhow::Result<NetworkCreateBody> {
         internal: Some(a.internal),
         attachable: Some(a.attachable),
         enable_ipv6: Some(a.ipv6),
+        scope: a.scope.clone(),
+        ingress: a.ingress.then_some(true),
+        config_only: a.config_only.then_some(true),
+        config_from: a
+            .config_from
+            .clone()
+            .map(|network| ConfigReference { network }),
         ..NetworkCreateBody::default()
     })
 }
@@ -874,5 +881,78 @@ b
                 "Error response from daemon: network nope not found"
             );
         });
+    }
+
+    #[test]
+    fn compat_flags_reach_the_bodies() {
+        let NetworkCmd::Create(a) = cmd(&[
+            "create",
+            "--config-only",
+            "--subnet",
+            "10.5.0.0/24",
+            "-o",
+            "k=v",
+            "cfg",
+        ]) else {
+            panic!()
+        };
+        let b = create_body(&a).unwrap();
+        assert_eq!(b["ConfigOnly"], true);
+        assert!(
+            b.get("ConfigFrom").is_none() && b.get("Scope").is_none(),
+            "{b}"
+        );
+        assert!(b.get("Ingress").is_none(), "{b}");
+        let NetworkCmd::Create(a) = cmd(&[
+            "create",
+            "--config-from",
+            "cfg",
+            "--scope",
+            "swarm",
+            "--ingress",
+            "n",
+        ]) else {
+            panic!()
+        };
+        let b = create_body(&a).unwrap();
+        assert_eq!(b["ConfigFrom"], serde_json::json!({"Network": "cfg"}));
+        assert_eq!(
+            (&b["Scope"], &b["Ingress"]),
+            (&serde_json::json!("swarm"), &serde_json::json!(true))
+        );
+        assert!(b.get("ConfigOnly").is_none(), "{b}");
+        let NetworkCmd::Connect(a) = cmd(&[
+            "connect",
+            "--driver-opt",
+            "com.docker.network.endpoint.ifname=lan0",
+            "--link-local-ip",
+            "169.254.1.1",
+            "--link-local-ip",
+            "fe80::1",
+            "--link",
+            "db:d",
+            "net",
+            "sb",
+        ]) else {
+            panic!()
+        };
+        assert_eq!(
+            connect_body(&a),
+            serde_json::json!({"Container": "sb", "EndpointConfig": {
+                "IPAMConfig": {"LinkLocalIPs": ["169.254.1.1", "fe80::1"]},
+                "DriverOpts": {"com.docker.network.endpoint.ifname": "lan0"},
+                "Links": ["db:d"]}})
+        );
+        // A driver option must be KEY=VALUE, as docker's.
+        let argv = [
+            "tapnet",
+            "network",
+            "connect",
+            "--driver-opt",
+            "novalue",
+            "n",
+            "s",
+        ];
+        assert!(Cli::try_parse_from(argv).is_err());
     }
 }

@@ -211,6 +211,28 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_options_go_to_the_first_network() {
+        let a = args(&[
+            "--network",
+            "n1",
+            "--network",
+            "n2",
+            "--driver-opt",
+            "com.docker.network.endpoint.ifname=up0",
+            "--link-local-ip",
+            "169.254.3.3",
+            "sh",
+        ]);
+        let b = connect_bodies(&a, "ID");
+        assert_eq!(
+            b[0].1["EndpointConfig"],
+            json!({"IPAMConfig": {"LinkLocalIPs": ["169.254.3.3"]},
+                   "DriverOpts": {"com.docker.network.endpoint.ifname": "up0"}})
+        );
+        assert_eq!(b[1].1["EndpointConfig"], json!({}));
+    }
+
+    #[test]
     fn exit_codes() {
         assert_eq!(exit_code(ExitStatus::from_raw(0)), 0);
         assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);

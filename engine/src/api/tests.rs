@@ -1295,3 +1295,94 @@ async fn connect_endpoint_driver_opts() {
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     assert!(message(&v).contains("its endpoint on network net1"), "{v}");
 }
+
+#[tokio::test]
+async fn create_refuses_swarm_options_by_name() {
+    let h = harness();
+    h.net1().await;
+    let before = state(&h).await;
+    let bad: &[(&str, StatusCode, &str)] = &[
+        (
+            r#"{"Name":"x","Scope":"swarm"}"#,
+            StatusCode::BAD_REQUEST,
+            "Scope \"swarm\" is not supported",
+        ),
+        (
+            r#"{"Name":"x","Scope":"global"}"#,
+            StatusCode::BAD_REQUEST,
+            "Scope \"global\" is not supported for driver bridge",
+        ),
+        (
+            r#"{"Name":"x","Scope":"nowhere"}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid Scope \"nowhere\"",
+        ),
+        (
+            r#"{"Name":"x","Ingress":true}"#,
+            StatusCode::BAD_REQUEST,
+            "Ingress is not supported",
+        ),
+        (
+            r#"{"Name":"x","EnableIPv4":false}"#,
+            StatusCode::BAD_REQUEST,
+            "EnableIPv4=false is not supported",
+        ),
+        (
+            r#"{"Name":"x","ConfigFrom":{"Network":"net1"}}"#,
+            StatusCode::NOT_FOUND,
+            "network net1 is not a configuration network",
+        ),
+        (
+            r#"{"Name":"x","ConfigOnly":true,"Attachable":true}"#,
+            StatusCode::FORBIDDEN,
+            "Network operator fields",
+        ),
+    ];
+    for (body, status, want) in bad {
+        let (s, v) = h.post("/networks/create", body).await;
+        assert_eq!(s, *status, "{body}: {v}");
+        assert!(message(&v).contains(want), "{body}: {v}");
+    }
+    assert_eq!(
+        state(&h).await,
+        before,
+        "a refused create changed something"
+    );
+    // Accepted: the driver's own scope, Ingress false, EnableIPv4 true.
+    let (s, v) = h
+        .post(
+            "/networks/create",
+            r#"{"Name":"ok","Scope":"local","Ingress":false,"EnableIPv4":true}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // A configuration network and one from it, as inspect shows them.
+    let (s, v) = h
+        .post(
+            "/networks/create",
+            r#"{"Name":"cfg","ConfigOnly":true,"Options":{"com.docker.network.driver.mtu":"1400"},"IPAM":{"Config":[{"Subnet":"10.20.0.0/24"}]}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = h
+        .post(
+            "/networks/create",
+            r#"{"Name":"web","Driver":"bridge","ConfigFrom":{"Network":"cfg"},"IPAM":{"Driver":"default","Config":[],"Options":{}},"Options":{},"Labels":{}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (_, cfg) = h.get("/networks/cfg").await;
+    assert_eq!(
+        (&cfg["ConfigOnly"], &cfg["Driver"], &cfg["Scope"]),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!("null"),
+            &serde_json::json!("local")
+        )
+    );
+    assert_eq!(cfg["IPAM"]["Config"][0]["Gateway"], "");
+    let (_, web) = h.get("/networks/web").await;
+    assert_eq!(web["ConfigFrom"]["Network"], "cfg");
+    assert_eq!(web["IPAM"]["Config"][0]["Subnet"], "10.20.0.0/24");
+    assert_eq!(web["Options"]["com.docker.network.driver.mtu"], "1400");
+}

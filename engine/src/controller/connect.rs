@@ -1,13 +1,18 @@
 //! Operation: connect a sandbox to a network (CNM `CreateEndpoint` + `Join`).
 //!
 //! Steps, under the locks of the network and the sandbox: resolve and validate
-//! (already connected, `host`/`none` exclusivity, static addresses and MAC against
-//! the driver, MAC unique on the network) → allocate the IPv4 and IPv6 addresses
+//! (a configuration network: 403; already connected, `host`/`none` exclusivity,
+//! static addresses, MAC, interface name and link-local addresses against the driver,
+//! MAC and link-local addresses unique on the network, an asked-for interface name
+//! free in the sandbox: 409)
+//! → allocate the IPv4 and IPv6 addresses
 //! (undo: release; on a global network the IPv4 and IPv6 addresses are first
 //! claimed in the cluster store, undo: free them) → the driver's `create_endpoint` (undo: `delete_endpoint`; what
 //! the driver chose is merged into the endpoint) → `join`, which describes the
-//! interface (undo: `leave`) → the sandbox layer applies the description: move or
-//! rename, MAC, MTU, addresses, routes (undo: the layer's undo) → publish the
+//! interface (undo: `leave`) → the sandbox layer applies the description, with the
+//! endpoint's link-local addresses added, under the asked-for name
+//! ([`super::IFNAME_OPTION`]) or the next free one: move or rename, MAC, MTU,
+//! addresses, routes (undo: the layer's undo) → publish the
 //! sandbox's ports if this is its first non-internal network with a gateway service
 //! that the driver did not disable (undo: unpublish each) → record a global network's
 //! endpoint in the cluster store (undo: delete it) → commit the endpoint and the
@@ -44,6 +49,13 @@ impl Inner {
             .get(&sid)
             .cloned()
             .ok_or_else(|| not_found("sandbox", sandbox))?;
+        if net.config_only {
+            return Err(Error::Forbidden(format!(
+                "network {} is a configuration network (--config-only): cannot create endpoint on configuration-only network; \
+                 create a network with --config-from {} and connect to that",
+                net.name, net.name
+            )));
+        }
         if net.endpoint_of(&sid).is_some() {
             return Err(Error::Conflict(format!(
                 "sandbox {} is already connected to network {}",
@@ -82,6 +94,22 @@ impl Inner {
                 net.driver,
                 super::IFNAME_OPTION
             )));
+        }
+        for ip in &opts.link_local_ips {
+            if let Some(e) = net
+                .endpoints
+                .values()
+                .find(|e| e.link_local_ips.contains(ip))
+            {
+                let by = store
+                    .sandboxes
+                    .get(&e.sandbox_id)
+                    .map_or(e.sandbox_id.as_str(), |s| s.name.as_str());
+                return Err(Error::Conflict(format!(
+                    "link-local address {ip} is already used on network {} (by sandbox {by})",
+                    net.name
+                )));
+            }
         }
         if let Some(ifname) = &opts.ifname {
             check_ifname_free(&store, &sb, Arc::clone(&ns), ifname).await?;

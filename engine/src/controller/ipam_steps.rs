@@ -289,8 +289,10 @@ pub(super) fn name_overlap(e: Error, store: &Store) -> Error {
         return e;
     };
     let owner = store.networks.values().find(|n| {
-        n.subnet.map(IpNet::V4) == Some(other)
-            || n.ipv6.as_ref().map(|c| IpNet::V6(c.subnet)) == Some(other)
+        // A configuration network took no pool.
+        !n.config_only
+            && (n.subnet.map(IpNet::V4) == Some(other)
+                || n.ipv6.as_ref().map(|c| IpNet::V6(c.subnet)) == Some(other))
     });
     match owner {
         Some(n) => Error::Conflict(format!(

@@ -98,6 +98,15 @@ pub struct NetworkCreate {
     pub attachable: bool,
     /// IPv6 requested.
     pub enable_ipv6: bool,
+    /// `Scope` asked for (`None`: the driver's). Only the driver's own scope
+    /// (`local`, or `global` for a global-scope driver) is accepted.
+    pub scope: Option<String>,
+    /// A configuration network (`ConfigOnly`): record the IPAM settings, options
+    /// and labels; driver `null`, no data plane, no pools taken, no endpoints.
+    pub config_only: bool,
+    /// Take the IPAM settings, options and labels from this configuration network
+    /// (`ConfigFrom.Network`, by name); nothing of those may be given besides.
+    pub config_from: Option<String>,
 }
 
 /// The IPv6 part of a [`NetworkCreate`].

@@ -1,11 +1,14 @@
 //! Operation: create a network (CNM `NewNetwork`), and the pre-defined networks.
 //!
-//! Steps: validate (name unique under the `networks` lock, driver and IPAM driver
-//! known, single-instance drivers, IPv6 and IPAM config consistent with the driver,
-//! driver options) → reserve the pools, gateways and auxiliary addresses (undo:
+//! Steps: validate (name unique under the `networks` lock; a `config_from` network
+//! takes its configuration network's settings first, dockerd's rules and messages;
+//! driver and IPAM driver known, `Scope` the driver's own, single-instance drivers
+//! (configuration networks do not count), IPv6 and IPAM config consistent with the
+//! driver, driver options) → reserve the pools, gateways and auxiliary addresses (undo:
 //! release) → a global network (see `global`) claims its name and VNI in the cluster
 //! store (undo: free them) → the driver's data plane (undo: `delete_network`) → commit
-//! the record (a global network's to the cluster store) → publish.
+//! the record (a global network's to the cluster store) → publish. A configuration
+//! network (`config_only`) is only validated and committed: no pools, no driver.
 
 use super::ipam_steps::{name_overlap, reserve_family, FamilyRequest, IpamTxn};
 use super::{Controller, DefaultBridge, Inner, NetworkCreate, NETWORKS_LOCK};
@@ -21,8 +24,23 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 impl Inner {
-    pub(super) async fn create_network(&self, req: NetworkCreate) -> Result<String> {
+    pub(super) async fn create_network(&self, mut req: NetworkCreate) -> Result<String> {
         super::validate_name("network", &req.name)?;
+        check_config_network_fields(&req)?;
+        let _held = self.locks.acquire([NETWORKS_LOCK.to_string()]).await;
+        let store = self.model();
+        if store.networks.values().any(|n| n.name == req.name) {
+            return Err(Error::Conflict(format!(
+                "network with name {} already exists",
+                req.name
+            )));
+        }
+        if req.config_only {
+            return self.create_config_network(req).await;
+        }
+        if let Some(from) = req.config_from.clone() {
+            apply_config_network(&mut req, &store, &from)?;
+        }
         let driver_name = if req.driver.is_empty() {
             "bridge"
         } else {
@@ -33,22 +51,26 @@ impl Inner {
         } else {
             req.ipam_driver.as_str()
         };
-        let _held = self.locks.acquire([NETWORKS_LOCK.to_string()]).await;
-        let store = self.model();
-        if store.networks.values().any(|n| n.name == req.name) {
-            return Err(Error::Conflict(format!(
-                "network with name {} already exists",
-                req.name
-            )));
-        }
         let driver = self.drivers.get(driver_name)?;
+        if let Some(scope) = &req.scope {
+            let own = driver.capabilities().scope.as_str();
+            if scope != own {
+                return Err(Error::InvalidRequest(format!(
+                    "Scope {scope:?} is not supported for driver {driver_name}: its networks are {own}-scope \
+                     (give --scope {own} or leave it out)"
+                )));
+            }
+        }
         if ipam_driver != self.ipam().name() {
             return Err(Error::NotFound(format!(
                 "plugin \"{ipam_driver}\" not found"
             )));
         }
         if driver.capabilities().single_instance
-            && store.networks.values().any(|n| n.driver == driver_name)
+            && store
+                .networks
+                .values()
+                .any(|n| n.driver == driver_name && !n.config_only)
         {
             return Err(Error::Forbidden(format!(
                 "only one instance of \"{driver_name}\" network is allowed"
@@ -100,7 +122,7 @@ impl Inner {
             labels: req.labels.clone(),
             endpoints: BTreeMap::new(),
             config_only: false,
-            config_from: None,
+            config_from: req.config_from.clone(),
         };
         let mut txn = Txn::new(format!("create network {}", network.name));
         let r = self
@@ -161,6 +183,164 @@ impl Inner {
         });
         Ok(id)
     }
+}
+
+impl Inner {
+    /// Create a configuration network (`ConfigOnly`): its record only, under the
+    /// `networks` lock the caller holds. Driver `null`, scope `local`; the IPAM
+    /// settings are recorded as given (an IPv6 entry without a gateway has `::`),
+    /// no pool is taken and no driver is called.
+    async fn create_config_network(&self, req: NetworkCreate) -> Result<String> {
+        if let Some(v6) = &req.ipv6 {
+            if !req.enable_ipv6 {
+                return Err(Error::InvalidRequest(format!(
+                    "an IPv6 subnet ({}) was given but EnableIPv6 is false: set EnableIPv6 (--ipv6) to use it",
+                    v6.subnet
+                )));
+            }
+        }
+        if req.enable_ipv6 && req.ipv6.is_none() {
+            return Err(Error::InvalidRequest(
+                "EnableIPv6 needs an IPv6 subnet: add an IPAM.Config entry with an IPv6 Subnet (--subnet fd00::/64)".into(),
+            ));
+        }
+        let ipam_driver = if req.ipam_driver.is_empty() {
+            "default"
+        } else {
+            req.ipam_driver.as_str()
+        };
+        if ipam_driver != self.ipam().name() {
+            return Err(Error::NotFound(format!(
+                "plugin \"{ipam_driver}\" not found"
+            )));
+        }
+        let network = Network {
+            id: model::new_id(),
+            name: req.name.clone(),
+            driver: "null".into(),
+            created: model::now_rfc3339(),
+            scope: "local".into(),
+            enable_ipv6: req.enable_ipv6,
+            ipam_driver: ipam_driver.to_string(),
+            ipam_options: req.ipam_options.clone(),
+            subnet: req.subnet,
+            gateway: req.gateway,
+            ip_range: req.ip_range,
+            aux_addresses: req.aux_addresses.clone(),
+            ipv6: req.ipv6.as_ref().map(|r| Ipv6Config {
+                subnet: r.subnet,
+                gateway: r.gateway.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED),
+                ip_range: r.ip_range,
+                aux_addresses: r.aux_addresses.clone(),
+                pool: String::new(),
+            }),
+            options: req.options.clone(),
+            labels: req.labels.clone(),
+            config_only: true,
+            ..Network::default()
+        };
+        let txn = Txn::new(format!("create configuration network {}", network.name));
+        let r = self
+            .commit(&txn, vec![Change::PutNetwork(Box::new(network.clone()))])
+            .await;
+        txn.finish(r).await?;
+        let id = network.id.clone();
+        tracing::info!(network = %network.name, id = %id, "configuration network created");
+        self.publish(|s| {
+            s.networks.insert(id.clone(), network);
+        });
+        Ok(id)
+    }
+}
+
+/// dockerd's rules for `ConfigOnly` and `ConfigFrom` (403, its messages): a
+/// configuration network has no operator fields (`Internal`, `Attachable`, `Scope`)
+/// and depends on no other one.
+fn check_config_network_fields(req: &NetworkCreate) -> Result<()> {
+    if req.config_only {
+        if req.internal || req.attachable || req.scope.is_some() {
+            return Err(Error::Forbidden(
+                "configuration network can only contain network specific fields. Network operator \
+                 fields like [ ingress | internal | attachable | scope ] are not supported."
+                    .into(),
+            ));
+        }
+        if req.config_from.is_some() {
+            return Err(Error::Forbidden(
+                "a configuration network cannot depend on another configuration network".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Fill `req` from configuration network `from` (dockerd's `applyConfigurationTo`):
+/// IPAM driver, options and pools, IPv6, driver options and labels. `from` must be a
+/// configuration network (404 as dockerd otherwise), and `req` must set none of
+/// those itself (403, dockerd's messages, naming what was given).
+fn apply_config_network(req: &mut NetworkCreate, store: &Store, from: &str) -> Result<()> {
+    let Some(cfg) = store
+        .networks
+        .values()
+        .find(|n| n.name == from && n.config_only)
+    else {
+        let why = if store.networks.values().any(|n| n.name == from) {
+            format!(
+                " (network {from} is not a configuration network: create one with --config-only)"
+            )
+        } else {
+            String::new()
+        };
+        return Err(Error::NotFound(format!(
+            "configuration network {from:?} does not exist{why}"
+        )));
+    };
+    let mut given = Vec::new();
+    if !(req.ipam_driver.is_empty() || req.ipam_driver == "default") {
+        given.push("IPAM.Driver");
+    }
+    if req.subnet.is_some() || req.ipv6.is_some() {
+        given.push("IPAM.Config");
+    }
+    if !req.ipam_options.is_empty() {
+        given.push("IPAM.Options");
+    }
+    if req.enable_ipv6 {
+        given.push("EnableIPv6");
+    }
+    if !req.labels.is_empty() {
+        given.push("Labels");
+    }
+    if !given.is_empty() {
+        return Err(Error::Forbidden(format!(
+            "user specified configurations are not supported if the network depends on a configuration network (given: {})",
+            given.join(", ")
+        )));
+    }
+    if !req.options.is_empty() {
+        let mut keys: Vec<&str> = req.options.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        return Err(Error::Forbidden(format!(
+            "network driver options are not supported if the network depends on a configuration network (given: {})",
+            keys.join(", ")
+        )));
+    }
+    req.ipam_driver = cfg.ipam_driver.clone();
+    req.ipam_options = cfg.ipam_options.clone();
+    req.subnet = cfg.subnet;
+    req.gateway = cfg.gateway;
+    req.ip_range = cfg.ip_range;
+    req.aux_addresses = cfg.aux_addresses.clone();
+    req.enable_ipv6 = cfg.enable_ipv6;
+    req.ipv6 = cfg.ipv6.as_ref().map(|c| super::Ipv6Request {
+        subnet: c.subnet,
+        gateway: Some(c.gateway).filter(|g| !g.is_unspecified()),
+        ip_range: c.ip_range,
+        aux_addresses: c.aux_addresses.clone(),
+    });
+    req.options = cfg.options.clone();
+    req.labels = cfg.labels.clone();
+    Ok(())
 }
 
 /// Reserve the IPv4 (and IPv6) pools of a new network in `tx` and fill in its record.

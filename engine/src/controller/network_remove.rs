@@ -1,10 +1,11 @@
 //! Operation: remove a network (CNM `Delete`).
 //!
 //! Steps, under the `networks` lock and the network's: refuse pre-defined networks
-//! (403) and networks with endpoints (409; a global network: endpoints on any host,
+//! (403), a configuration network that a `ConfigFrom` network uses (403, dockerd's
+//! "configuration network %q is in use") and networks with endpoints (409; a global network: endpoints on any host,
 //! from the cluster store) → remove the driver's data plane (undo:
 //! create it again) → commit the deletion. After the commit: give the pools back to
-//! IPAM and publish.
+//! IPAM (a configuration network took none) and publish.
 
 use super::ipam_steps::network_pools;
 use super::{net_key, not_found, Inner, NETWORKS_LOCK};
@@ -33,6 +34,23 @@ impl Inner {
                 "{} is a pre-defined network and cannot be removed",
                 network.name
             )));
+        }
+        if network.config_only {
+            let mut users: Vec<&str> = store
+                .networks
+                .values()
+                .filter(|n| n.config_from.as_deref() == Some(network.name.as_str()))
+                .map(|n| n.name.as_str())
+                .collect();
+            if !users.is_empty() {
+                users.sort_unstable();
+                return Err(Error::Forbidden(format!(
+                    "configuration network {:?} is in use (by network {}): remove {} first",
+                    network.name,
+                    users.join(", "),
+                    if users.len() == 1 { "it" } else { "them" }
+                )));
+            }
         }
         if !network.endpoints.is_empty() {
             let mut names: Vec<String> = network
@@ -74,7 +92,10 @@ impl Inner {
         }
         .await;
         txn.finish(r).await?;
-        self.release(&network_pools(&network));
+        if !network.config_only {
+            // A configuration network took no pools (its subnet may be another's).
+            self.release(&network_pools(&network));
+        }
         self.publish(|s| {
             s.networks.remove(&id);
         });

@@ -5,7 +5,8 @@
 //! gone (path missing or not a network namespace) is removed with its endpoints
 //! (their addresses are free again) and logged; namespace files under
 //! `<exec-root>/netns` that no record names (a removal whose unmount failed) are
-//! removed. IPAM is rebuilt with [`restore_network_ipam`] for every network (pools,
+//! removed. IPAM is rebuilt with [`restore_network_ipam`] for every network but the
+//! configuration networks (`config_only`: they took no pools) (pools,
 //! gateways, auxiliary addresses, every endpoint's IPv4 and IPv6 address); pool ids
 //! that came out different are recorded again. Each network's switch is re-created,
 //! then every endpoint is restored ([`Driver::restore_endpoint`]) on a small pool of
@@ -238,6 +239,10 @@ impl Inner {
         {
             let mut ipam = self.ipam();
             for net in store.networks.values_mut() {
+                if net.config_only {
+                    // Settings only: no pools were taken.
+                    continue;
+                }
                 let before = (net.ipv4_pool.clone(), net.ipv6.clone());
                 match restore_network_ipam(ipam.as_mut(), net) {
                     Ok(dropped) => {

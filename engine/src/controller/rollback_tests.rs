@@ -15,7 +15,7 @@ use crate::sandbox_layer::{SandboxLayer, SandboxOps};
 use crate::store::mem::MemStore;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
-use tapnet_sandbox::iface::{Applied, Spec};
+use tapnet_sandbox::iface::{Applied, Naming, Spec};
 
 /// What the fake driver can be told to fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -155,7 +155,12 @@ impl SandboxOps for Ops {
             ));
         }
         self.0.configured.fetch_add(1, Ordering::SeqCst);
-        Ok(Applied::assumed(spec, "eth0"))
+        // The name asked for, else eth0.
+        let name = match &spec.naming {
+            Naming::Exact(n) => n.as_str(),
+            _ => "eth0",
+        };
+        Ok(Applied::assumed(spec, name))
     }
     fn undo(&self, _: &Netns, _: &Applied) -> tapnet_sandbox::Result<()> {
         if self.0.check(Step::Undo).is_err() {
@@ -604,4 +609,81 @@ async fn published_ports_roll_back() {
     rig.ctl.disconnect("n", "p", false).await.unwrap();
     assert_eq!(published(), 0);
     assert_eq!(rig.ctl.sandbox("p").await.unwrap().published, None);
+}
+
+/// Configuration networks: a failed commit of their create or removal changes
+/// nothing; neither touches the driver or IPAM (a `config_from` network's own create
+/// rolls back as any other, and leaves the configuration network as it was).
+#[tokio::test]
+async fn config_networks_roll_back_a_failed_commit() {
+    let rig = Rig::new();
+    let cfg = NetworkCreate {
+        name: "cfg".into(),
+        subnet: Some("10.9.0.0/24".parse().unwrap()),
+        config_only: true,
+        ..NetworkCreate::default()
+    };
+    let before = rig.state().await;
+    rig.store.fail_next(1);
+    let e = rig.ctl.create_network(cfg.clone()).await.unwrap_err();
+    assert!(e.to_string().contains("injected failure"), "{e}");
+    assert_eq!(rig.state().await, before);
+    rig.ctl.create_network(cfg).await.unwrap();
+    assert_eq!(
+        rig.fake.live().0,
+        0,
+        "a configuration network has no data plane"
+    );
+    let with_cfg = rig.state().await;
+    let from = NetworkCreate {
+        name: "web".into(),
+        config_from: Some("cfg".into()),
+        ..NetworkCreate::default()
+    };
+    rig.store.fail_next(1);
+    assert!(rig.ctl.create_network(from.clone()).await.is_err());
+    assert_eq!(rig.state().await, with_cfg);
+    // Nothing of cfg's subnet stayed reserved by the failed try.
+    rig.ctl.create_network(from).await.unwrap();
+    rig.ctl.delete_network("web").await.unwrap();
+    rig.store.fail_next(1);
+    assert!(rig.ctl.delete_network("cfg").await.is_err());
+    assert_eq!(rig.state().await, with_cfg);
+    rig.ctl.delete_network("cfg").await.unwrap();
+    assert_eq!(rig.state().await, before);
+}
+
+/// A connect asking for an interface name and link-local addresses rolls back
+/// like any other at every step, and the name is free again afterwards.
+#[tokio::test]
+async fn connect_with_ifname_and_link_local_rolls_back() {
+    let rig = Rig::new();
+    rig.network().await;
+    rig.sandbox("s").await;
+    let before = rig.state().await;
+    let opts = ConnectOptions {
+        ifname: Some("tnx9".into()),
+        link_local_ips: vec!["169.254.9.9".parse().unwrap()],
+        ..Rig::connect_opts()
+    };
+    for step in [Step::CreateEndpoint, Step::Join, Step::Apply] {
+        rig.fake.fail(step);
+        let e = rig.ctl.connect("n", "s", opts.clone()).await.unwrap_err();
+        assert!(e.to_string().contains("injected"), "{step:?}: {e}");
+        assert_eq!(rig.state().await, before, "{step:?}");
+        rig.fake.heal();
+    }
+    rig.store.fail_next(1);
+    assert!(rig.ctl.connect("n", "s", opts.clone()).await.is_err());
+    assert_eq!(rig.state().await, before);
+    let ep = rig.ctl.connect("n", "s", opts).await.unwrap();
+    assert_eq!(ep.interface, "tnx9");
+    assert_eq!(
+        ep.link_local_ips,
+        ["169.254.9.9".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        ep.driver_opts.get(IFNAME_OPTION).map(String::as_str),
+        Some("tnx9")
+    );
 }

@@ -487,3 +487,115 @@ async fn restore_then_default_networks_rebuilds_everything() {
     drop(ctl);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A configuration network: recorded only (no pool: a network may take its subnet
+/// meanwhile, and removing it releases nothing), not a second `null` network, not
+/// connectable; a `config_from` network takes its settings; both survive a restart,
+/// where the configuration network is not replayed into IPAM; in use, it stays.
+#[tokio::test]
+async fn config_networks_record_settings_and_survive_restart() {
+    let dir = std::env::temp_dir().join(format!("tapnet-cfgnet-{}", model::new_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = NetworkCreate {
+        name: "cfg".into(),
+        driver: "bridge".into(),
+        subnet: Some("10.5.0.0/24".parse().unwrap()),
+        gateway: Some("10.5.0.9".parse().unwrap()),
+        options: BTreeMap::from([(model::MTU_OPTION.into(), "1400".into())]),
+        enable_ipv6: true,
+        ipv6: Some(Ipv6Request {
+            subnet: "fd00:5::/64".parse().unwrap(),
+            gateway: None,
+            ip_range: None,
+            aux_addresses: BTreeMap::new(),
+        }),
+        config_only: true,
+        ..NetworkCreate::default()
+    };
+    let from = |name: &str| NetworkCreate {
+        name: name.into(),
+        config_from: Some("cfg".into()),
+        ..NetworkCreate::default()
+    };
+    let before = {
+        let ctl = controller_with_db(&dir);
+        ctl.restore().await.unwrap();
+        ctl.create_network(cfg.clone()).await.unwrap();
+        // Not a second null network: the pre-defined `none` is still made.
+        ctl.ensure_default_networks(&DefaultBridge::default())
+            .await
+            .unwrap();
+        let rec = ctl.network("cfg").await.unwrap();
+        assert!(rec.config_only);
+        assert_eq!((rec.driver.as_str(), rec.scope.as_str()), ("null", "local"));
+        assert_eq!(rec.ipv4_pool, None);
+        // No pool taken: a twin and an ordinary network with that subnet are fine.
+        let twin = NetworkCreate {
+            name: "twin".into(),
+            ..cfg.clone()
+        };
+        ctl.create_network(twin).await.unwrap();
+        let plain = NetworkCreate {
+            name: "plain".into(),
+            subnet: cfg.subnet,
+            ..NetworkCreate::default()
+        };
+        ctl.create_network(plain).await.unwrap();
+        ctl.delete_network("plain").await.unwrap();
+        ctl.create_network(from("web")).await.unwrap();
+        let web = ctl.network("web").await.unwrap();
+        assert_eq!(web.config_from.as_deref(), Some("cfg"));
+        assert_eq!(web.subnet, cfg.subnet);
+        assert_eq!(web.gateway, cfg.gateway);
+        assert_eq!(web.options, cfg.options);
+        assert_eq!(
+            web.ipv6.as_ref().map(|c| c.subnet),
+            Some("fd00:5::/64".parse().unwrap())
+        );
+        assert!(web.ipv4_pool.is_some());
+        // Removing the twin releases nothing of web's pool.
+        ctl.delete_network("twin").await.unwrap();
+        let e = ctl.create_network(NetworkCreate {
+            name: "clash".into(),
+            subnet: cfg.subnet,
+            ..NetworkCreate::default()
+        });
+        let e = e.await.unwrap_err();
+        assert_eq!(e.status(), 409, "{e}");
+        assert!(e.to_string().contains("network web"), "{e}");
+        ctl.create_sandbox(Some("sb".into()), Some("/proc/self/ns/net".into()))
+            .await
+            .unwrap();
+        let e = ctl
+            .connect("cfg", "sb", ConnectOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), 403, "{e}");
+        let ep = ctl
+            .connect("web", "sb", ConnectOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(ep.ipv4, Some("10.5.0.1".parse().unwrap()));
+        let e = ctl.delete_network("cfg").await.unwrap_err();
+        assert_eq!(e.status(), 403, "{e}");
+        assert!(
+            e.to_string()
+                .contains("configuration network \"cfg\" is in use (by network web)"),
+            "{e}"
+        );
+        ctl.snapshot().await.networks.clone()
+    };
+    let ctl = controller_with_db(&dir);
+    let report = ctl.restore().await.unwrap();
+    assert_eq!(report.endpoints, 1);
+    ctl.ensure_default_networks(&DefaultBridge::default())
+        .await
+        .unwrap();
+    assert_eq!(ctl.snapshot().await.networks, before);
+    assert_eq!(ctl.delete_network("cfg").await.unwrap_err().status(), 403);
+    ctl.disconnect("web", "sb", false).await.unwrap();
+    ctl.delete_network("web").await.unwrap();
+    ctl.delete_network("cfg").await.unwrap();
+    drop(ctl);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -682,15 +682,22 @@ impl Driver for BridgeDriver {
     }
 }
 
-/// How an endpoint's port joins the switch: role endpoint, its MAC and addresses as
-/// policy, anti-spoofing as configured.
+/// How an endpoint's port joins the switch: role endpoint, its MAC and addresses
+/// (with its link-local ones) as policy, anti-spoofing as configured.
 fn endpoint_options(endpoint: &Endpoint, port_security: bool) -> PortOptions {
     let policy = endpoint.mac.map(|mac| {
-        let mut p = PortPolicy::new(
-            MacAddr(mac),
+        // The endpoint's link-local addresses (`LinkLocalIPs`) are its own too.
+        let (mut v4, mut v6): (Vec<_>, Vec<_>) = (
             endpoint.ipv4.into_iter().collect(),
             endpoint.ipv6.into_iter().collect(),
         );
+        for ip in &endpoint.link_local_ips {
+            match ip {
+                std::net::IpAddr::V4(a) => v4.push(*a),
+                std::net::IpAddr::V6(a) => v6.push(*a),
+            }
+        }
+        let mut p = PortPolicy::new(MacAddr(mac), v4, v6);
         p.spoof_check = port_security;
         p
     });
