@@ -150,6 +150,12 @@ pub struct NetworkCreate {
     /// value, as Docker's `-o encrypted`).
     #[arg(short = 'o', long = "opt", value_name = "KEY[=VALUE]", value_parser = parse_opt)]
     pub opts: Vec<(String, String)>,
+    /// IP address management driver (`default`, or an IPAM plugin's name).
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    pub ipam_driver: String,
+    /// Options of the IPAM driver (repeatable).
+    #[arg(long = "ipam-opt", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub ipam_opts: Vec<(String, String)>,
     /// Name of the new network.
     pub name: String,
 }
