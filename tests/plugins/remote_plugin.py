@@ -330,7 +330,7 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "garbage":
             return self.answer(200, None, raw=b"this is not json")
         if mode == "shape":
-            return self.answer(200, {"InterfaceName": "oops", "Address": 7, "PoolID": [1], "Pool": {}})
+            return self.answer(200, {"Interface": 5, "InterfaceName": "oops", "Address": 7, "PoolID": [1], "Pool": {}})
         with LOCK:
             try:
                 if method in ("NetworkDriver.Join", "IpamDriver.RequestAddress"):

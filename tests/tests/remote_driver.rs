@@ -27,7 +27,12 @@ impl Plugin {
     /// Start the plugin listening on `<dir>/<PLUGIN>.sock`; wait for the socket unless
     /// `wait` is false.
     fn start(env: &Env, dir: &Path, extra: &[&str], wait: bool) -> Plugin {
-        let socket = dir.join(format!("{PLUGIN}.sock"));
+        Plugin::start_named(env, dir, PLUGIN, extra, wait)
+    }
+
+    /// [`Plugin::start`] under another name.
+    fn start_named(env: &Env, dir: &Path, name: &str, extra: &[&str], wait: bool) -> Plugin {
+        let socket = dir.join(format!("{name}.sock"));
         let log = env.root.join("plugin.log");
         let f = std::fs::OpenOptions::new()
             .create(true)
@@ -84,7 +89,6 @@ impl Plugin {
     }
 
     /// Inject `mode` into `method` ("" clears).
-    #[allow(dead_code)]
     fn mode(&self, method: &str, mode: &str) {
         let body = serde_json::json!({"method": method, "mode": mode}).to_string();
         self.curl(&["-X", "POST", "-d", &body, "http://plugin/debug/mode"]);
@@ -345,5 +349,423 @@ fn remote_network_driver_end_to_end() {
             plugin.calls("NetworkDriver.DeleteNetwork")[0]["NetworkID"],
             nid.as_str()
         );
+    });
+}
+
+/// `tapnet` failing: its stderr (the daemon's message).
+fn fails(env: &Env, args: &[&str]) -> String {
+    env.fails(args)
+}
+
+/// The addresses a plugin pool holds.
+fn pool_addresses(st: &Value) -> Vec<String> {
+    let mut v: Vec<String> = st["pools"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|p| p["addresses"].as_object().unwrap().keys().cloned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn remote_ipam_end_to_end() {
+    in_namespace("remote_ipam_end_to_end", |env| {
+        let dir = plugin_env(env, &[]);
+        let plugin = Plugin::start(env, &dir, &["--requires-mac"], true);
+        // tapnet's own bridge driver with the plugin's addresses.
+        env.ok(&[
+            "network",
+            "create",
+            "--ipam-driver",
+            PLUGIN,
+            "--subnet",
+            "10.62.0.0/24",
+            "--ip-range",
+            "10.62.0.128/25",
+            "--ipam-opt",
+            "zone=z1",
+            "inet",
+        ]);
+        let st = plugin.state();
+        let pools = st["pools"].as_object().unwrap();
+        assert_eq!(pools.len(), 1, "{st}");
+        let pool = pools.values().next().unwrap();
+        assert_eq!(pool["pool"], "10.62.0.0/24");
+        assert_eq!(pool["sub"], "10.62.0.128/25");
+        assert_eq!(pool["options"]["zone"], "z1");
+        assert_eq!(
+            pool["space"], "rlocal",
+            "GetDefaultAddressSpaces' local space"
+        );
+        assert_eq!(pool["addresses"]["10.62.0.1"]["gateway"], true);
+        let inspect = env.get("/networks/inet");
+        assert_eq!(inspect["IPAM"]["Driver"], PLUGIN);
+        assert_eq!(inspect["IPAM"]["Options"]["zone"], "z1");
+        assert_eq!(inspect["IPAM"]["Config"][0]["Gateway"], "10.62.0.1");
+
+        env.sandbox("a");
+        env.sandbox("b");
+        env.ok(&["network", "connect", "--ip", "10.62.0.200", "inet", "a"]);
+        let b = env.connect("inet", "b");
+        assert_eq!(env.ip_of("inet", "a"), "10.62.0.200");
+        assert_eq!(b, "10.62.0.129", "the plugin's first address of the range");
+        let st = plugin.state();
+        let asked = plugin.calls("IpamDriver.RequestAddress");
+        assert!(
+            asked.iter().any(|c| c["Address"] == "10.62.0.200"),
+            "{asked:?}"
+        );
+        // RequiresMACAddress: the endpoint's MAC came with the request and is the one
+        // the sandbox's interface has.
+        let mac = st["pools"].as_object().unwrap().values().next().unwrap()["addresses"]
+            ["10.62.0.200"]["mac"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(!mac.is_empty(), "{st}");
+        let link = env.exec_ok("a", &["ip", "-o", "link", "show", "eth0"]);
+        assert!(link.contains(&mac), "{link} lacks {mac}");
+        assert!(env.ping("a", &b, 3));
+        assert!(env.ping("b", "10.62.0.200", 2));
+        assert!(
+            env.ping("a", "10.62.0.1", 2),
+            "tapnet's gateway at the plugin's gateway address"
+        );
+
+        // A remote driver with the plugin's IPAM and no subnet: the plugin picks one.
+        env.ok(&[
+            "network",
+            "create",
+            "-d",
+            PLUGIN,
+            "--ipam-driver",
+            PLUGIN,
+            "both",
+        ]);
+        let inspect = env.get("/networks/both");
+        assert_eq!(inspect["IPAM"]["Config"][0]["Subnet"], "10.77.1.0/24");
+        assert_eq!(inspect["IPAM"]["Config"][0]["Gateway"], "10.77.1.1");
+        let a2 = env.connect("both", "a");
+        assert_eq!(a2, "10.77.1.2");
+        let b2 = env.connect("both", "b");
+        assert!(env.ping("a", &b2, 2));
+        assert!(
+            env.ping("b", "10.77.1.1", 2),
+            "the plugin bridge's gateway address"
+        );
+
+        // Restart: the plugin keeps its pools (no replay); releases still reach it.
+        let pools_asked = plugin.calls("IpamDriver.RequestPool").len();
+        env.stop_daemon();
+        env.start_daemon_with(&flags_ref(&daemon_flags(&dir, &[])));
+        assert_eq!(plugin.calls("IpamDriver.RequestPool").len(), pools_asked);
+        assert!(env.ping("a", &b, 2));
+        env.ok(&["network", "disconnect", "inet", "b"]);
+        let released = plugin.calls("IpamDriver.ReleaseAddress");
+        assert_eq!(released.last().unwrap()["Address"], "10.62.0.129");
+        // Connect after the restart: the plugin hands out the freed address again.
+        assert_eq!(env.connect("inet", "b"), "10.62.0.129");
+
+        for (n, s) in [("inet", "a"), ("inet", "b"), ("both", "a"), ("both", "b")] {
+            env.ok(&["network", "disconnect", n, s]);
+        }
+        env.ok(&["network", "rm", "inet", "both"]);
+        let st = plugin.state();
+        assert_eq!(
+            st["pools"],
+            serde_json::json!({}),
+            "ReleaseAddress(gateway) + ReleasePool"
+        );
+        assert_eq!(st["networks"], serde_json::json!({}));
+        assert_eq!(plugin.calls("IpamDriver.ReleasePool").len(), 2);
+    });
+}
+
+/// What tapnet and the plugin hold: the sandbox has no endpoint on `network` and
+/// no interface besides lo; the plugin holds no endpoint, join or endpoint address.
+fn assert_nothing_half_made(env: &Env, plugin: &Plugin, sandbox: &str, network: &str) {
+    let sb = env.get(&format!("/sandboxes/{sandbox}"));
+    assert!(
+        sb["Endpoints"].get(network).is_none(),
+        "{sandbox} has an endpoint on {network}: {sb}"
+    );
+    let links = env.exec_ok(sandbox, &["ip", "-o", "link", "show"]);
+    assert_eq!(links.lines().count(), 1, "only lo in {sandbox}: {links}");
+    let net = env.get(&format!("/networks/{network}"));
+    assert_eq!(net["Containers"], serde_json::json!({}), "{net}");
+    let st = plugin.state();
+    assert_eq!(st["endpoints"], serde_json::json!({}), "{st}");
+    assert_eq!(st["joined"], serde_json::json!({}), "{st}");
+    // Only gateways stay allocated.
+    for p in st["pools"].as_object().unwrap().values() {
+        for (a, v) in p["addresses"].as_object().unwrap() {
+            assert_eq!(v["gateway"], true, "{a} still allocated: {st}");
+        }
+    }
+    // No veth of the plugin is left in tapnetd's namespace.
+    let host = links_of_host();
+    assert!(!host.contains("rtc"), "a plugin interface is left: {host}");
+}
+
+fn links_of_host() -> String {
+    links(&["-o", "link", "show"])
+}
+
+#[test]
+fn remote_failures_leave_nothing() {
+    in_namespace("remote_failures_leave_nothing", |env| {
+        let dir = plugin_env(env, &[]);
+        env.sandbox("a");
+
+        // Not found (nothing in the plugin dir): 404 after the retry deadline.
+        let e = fails(
+            env,
+            &[
+                "network",
+                "create",
+                "-d",
+                PLUGIN,
+                "--subnet",
+                "10.63.0.0/24",
+                "x",
+            ],
+        );
+        assert!(e.contains("plugin \"remote-test\" not found"), "{e}");
+        let e = fails(env, &["network", "create", "--ipam-driver", "nosuch", "x"]);
+        assert!(e.contains("plugin \"nosuch\" not found"), "{e}");
+        let ls = env.ok(&["network", "ls", "-q", "--no-trunc"]);
+        assert_eq!(ls.lines().count(), 3, "only the pre-defined networks: {ls}");
+
+        // A plugin that is not a network driver; a global one without a cluster store.
+        let mut ipam_only =
+            Plugin::start_named(env, &dir, "ipamonly", &["--implements", "IpamDriver"], true);
+        let e = fails(env, &["network", "create", "-d", "ipamonly", "x"]);
+        assert!(e.contains("does not implement NetworkDriver"), "{e}");
+        ipam_only.stop();
+        let mut global = Plugin::start_named(env, &dir, "globalp", &["--scope", "global"], true);
+        let e = fails(env, &["network", "create", "-d", "globalp", "x"]);
+        assert!(e.contains("global scope and needs a cluster store"), "{e}");
+        assert!(global.state()["networks"].as_object().unwrap().is_empty());
+        global.stop();
+
+        let plugin = Plugin::start(env, &dir, &["--slow", "3"], true);
+        // CreateNetwork failing in each way: no network in tapnet, none in the plugin,
+        // the IPAM pool given back (the same subnet works afterwards).
+        for (mode, want) in [
+            ("err", "injected failure in NetworkDriver.CreateNetwork"),
+            ("err200", "injected failure in NetworkDriver.CreateNetwork"),
+            ("garbage", "not JSON"),
+            ("slow", "did not answer within"),
+            ("close", "NetworkDriver.CreateNetwork"),
+        ] {
+            plugin.mode("NetworkDriver.CreateNetwork", mode);
+            let e = fails(
+                env,
+                &[
+                    "network",
+                    "create",
+                    "-d",
+                    PLUGIN,
+                    "--subnet",
+                    "10.63.0.0/24",
+                    "rnet",
+                ],
+            );
+            assert!(
+                e.contains("plugin \"remote-test\"") && e.contains(want),
+                "{mode}: {e}"
+            );
+            let (code, _) = env.api("GET", "/networks/rnet", None);
+            assert_eq!(code, 404, "{mode}: a half-made network");
+            assert!(plugin.state()["networks"].as_object().unwrap().is_empty());
+        }
+        plugin.mode("NetworkDriver.CreateNetwork", "");
+        env.ok(&[
+            "network",
+            "create",
+            "-d",
+            PLUGIN,
+            "--subnet",
+            "10.63.0.0/24",
+            "rnet",
+        ]);
+
+        // Each failing step of connect unwinds the ones before it.
+        for (method, mode, want) in [
+            ("NetworkDriver.CreateEndpoint", "err", "injected failure"),
+            (
+                "NetworkDriver.CreateEndpoint",
+                "slow",
+                "did not answer within",
+            ),
+            (
+                "NetworkDriver.CreateEndpoint",
+                "shape",
+                "unexpected answer at Interface",
+            ),
+            ("NetworkDriver.Join", "err", "injected failure"),
+            ("NetworkDriver.Join", "garbage", "not JSON"),
+            ("NetworkDriver.Join", "shape", "InterfaceName"),
+            (
+                "NetworkDriver.Join",
+                "srcname",
+                "\"nosuchdev0\") does not exist",
+            ),
+            (
+                "NetworkDriver.ProgramExternalConnectivity",
+                "err",
+                "injected failure",
+            ),
+        ] {
+            plugin.mode(method, mode);
+            let e = fails(env, &["network", "connect", "rnet", "a"]);
+            assert!(
+                e.contains("plugin \"remote-test\"") && e.contains(want),
+                "{method} {mode}: {e}"
+            );
+            plugin.mode(method, "");
+            assert_nothing_half_made(env, &plugin, "a", "rnet");
+        }
+        // After all that, the first address is still free: every one was given back.
+        assert_eq!(env.connect("rnet", "a"), "10.63.0.2");
+        // A failing Leave keeps the endpoint (nothing half-removed), as the rollback
+        // joins it again.
+        plugin.mode("NetworkDriver.Leave", "err");
+        let e = fails(env, &["network", "disconnect", "rnet", "a"]);
+        assert!(e.contains("injected failure in NetworkDriver.Leave"), "{e}");
+        plugin.mode("NetworkDriver.Leave", "");
+        assert_eq!(env.ip_of("rnet", "a"), "10.63.0.2");
+        env.ok(&["network", "disconnect", "rnet", "a"]);
+        assert_nothing_half_made(env, &plugin, "a", "rnet");
+
+        // IPAM: an address outside the pool is released again; a driver failing after
+        // RequestAddress releases the address; a failing pool request leaves no pool.
+        env.ok(&[
+            "network",
+            "create",
+            "-d",
+            PLUGIN,
+            "--ipam-driver",
+            PLUGIN,
+            "--subnet",
+            "10.64.0.0/24",
+            "both",
+        ]);
+        plugin.mode("IpamDriver.RequestAddress", "outside");
+        let e = fails(env, &["network", "connect", "both", "a"]);
+        assert!(
+            e.contains("192.0.2.77") && e.contains("not in the pool"),
+            "{e}"
+        );
+        plugin.mode("IpamDriver.RequestAddress", "");
+        assert_eq!(pool_addresses(&plugin.state()), ["10.64.0.1"]);
+        plugin.mode("NetworkDriver.CreateEndpoint", "err");
+        fails(env, &["network", "connect", "both", "a"]);
+        plugin.mode("NetworkDriver.CreateEndpoint", "");
+        let released = plugin.calls("IpamDriver.ReleaseAddress");
+        assert_eq!(released.last().unwrap()["Address"], "10.64.0.2");
+        assert_nothing_half_made(env, &plugin, "a", "both");
+        assert_eq!(pool_addresses(&plugin.state()), ["10.64.0.1"]);
+        for (method, mode) in [
+            ("IpamDriver.RequestPool", "err"),
+            ("IpamDriver.RequestPool", "shape"),
+            ("IpamDriver.RequestAddress", "err"),
+            ("NetworkDriver.CreateNetwork", "err"),
+        ] {
+            plugin.mode(method, mode);
+            let e = fails(
+                env,
+                &[
+                    "network",
+                    "create",
+                    "-d",
+                    PLUGIN,
+                    "--ipam-driver",
+                    PLUGIN,
+                    "--subnet",
+                    "10.65.0.0/24",
+                    "half",
+                ],
+            );
+            assert!(e.contains("plugin \"remote-test\""), "{method} {mode}: {e}");
+            plugin.mode(method, "");
+            let (code, _) = env.api("GET", "/networks/half", None);
+            assert_eq!(code, 404);
+            let st = plugin.state();
+            let pools: Vec<&String> = st["pools"].as_object().unwrap().keys().collect();
+            assert_eq!(
+                pools.len(),
+                1,
+                "{method} {mode}: only both's pool is left: {st}"
+            );
+        }
+
+        // The plugin down after it was activated: 503 naming it, nothing changed.
+        let mut plugin = plugin;
+        plugin.stop();
+        let e = fails(env, &["network", "connect", "rnet", "a"]);
+        assert!(
+            e.contains("plugin \"remote-test\" cannot be reached"),
+            "{e}"
+        );
+        let sb = env.get("/sandboxes/a");
+        assert_eq!(sb["Endpoints"], serde_json::json!({}), "{sb}");
+        let (code, _) = env.api(
+            "POST",
+            "/networks/rnet/connect",
+            Some(r#"{"Container":"a"}"#),
+        );
+        assert_eq!(code, 503);
+    });
+}
+
+#[test]
+fn remote_plugin_found_with_backoff() {
+    in_namespace("remote_plugin_found_with_backoff", |env| {
+        let dir = plugin_env(env, &[]);
+        env.stop_daemon();
+        let dir_s = dir.display().to_string();
+        env.start_daemon_with(&[
+            "--plugin-dir",
+            &dir_s,
+            "--plugin-retry-deadline",
+            "10s",
+            "--plugin-timeout",
+            "2s",
+        ]);
+        // The plugin's socket appears about 1.5 s after the call starts: discovery
+        // looks again after 1 s and 2 s (dockerd's backoff) and finds it.
+        let socket = dir.join(format!("{PLUGIN}.sock"));
+        let plugin = Plugin::start(env, &dir, &["--delay-start", "1.5"], false);
+        assert!(!socket.exists());
+        env.ok(&[
+            "network",
+            "create",
+            "-d",
+            PLUGIN,
+            "--subnet",
+            "10.66.0.0/24",
+            "late",
+        ]);
+        assert_eq!(plugin.calls("NetworkDriver.CreateNetwork").len(), 1);
+        assert!(env.daemon_log().contains("plugin activated"));
+        // A socket nobody listens on (the plugin restarting): connections are refused
+        // and retried until the new plugin listens.
+        drop(plugin);
+        let stale = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        drop(stale);
+        assert!(socket.exists());
+        let plugin = Plugin::start(env, &dir, &["--delay-start", "1.5"], false);
+        env.sandbox("a");
+        // The new plugin process knows no network: its refusal proves the call reached it.
+        let e = fails(env, &["network", "connect", "late", "a"]);
+        assert!(e.contains("no network"), "{e}");
+        assert!(env
+            .daemon_log()
+            .contains("unable to connect to plugin; retrying"));
+        assert_eq!(plugin.calls("NetworkDriver.CreateEndpoint").len(), 1);
+        assert_nothing_half_made(env, &plugin, "a", "late");
     });
 }
