@@ -610,3 +610,211 @@ impl Driver for RemoteDriver {
         self.oper_info(network_id, endpoint_id)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::remote::PluginConfig;
+
+    fn network() -> Network {
+        Network {
+            id: "n1".into(),
+            name: "rnet".into(),
+            driver: "p".into(),
+            created: String::new(),
+            scope: "local".into(),
+            internal: false,
+            attachable: false,
+            enable_ipv6: false,
+            ipam_driver: "default".into(),
+            ipam_options: BTreeMap::new(),
+            subnet: Some("10.61.0.0/24".parse().unwrap()),
+            gateway: Some(Ipv4Addr::new(10, 61, 0, 1)),
+            ip_range: None,
+            aux_addresses: BTreeMap::from([("printer".into(), Ipv4Addr::new(10, 61, 0, 9))]),
+            ipv4_pool: None,
+            ipv6: None,
+            options: BTreeMap::from([("color".into(), "blue".into())]),
+            labels: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+        }
+    }
+
+    fn endpoint() -> Endpoint {
+        Endpoint {
+            id: "e1".into(),
+            network_id: "n1".into(),
+            sandbox_id: "s".into(),
+            interface: String::new(),
+            mac: Some([2, 0x42, 10, 61, 0, 2]),
+            ipv4: Some(Ipv4Addr::new(10, 61, 0, 2)),
+            prefix_len: 24,
+            ipv6: None,
+            prefix_len_v6: 0,
+            aliases: Vec::new(),
+        }
+    }
+
+    fn driver() -> RemoteDriver {
+        let cfg = PluginConfig::new(std::path::Path::new("/nonexistent"));
+        RemoteDriver::new("p", Arc::new(Plugins::new(cfg)))
+    }
+
+    #[test]
+    fn create_network_body_is_dockers() {
+        let v = serde_json::to_value(create_network_request(&network())).unwrap();
+        assert_eq!(v["NetworkID"], "n1");
+        assert_eq!(v["IPv4Data"][0]["Pool"], "10.61.0.0/24");
+        assert_eq!(v["IPv4Data"][0]["Gateway"], "10.61.0.1/24");
+        assert_eq!(v["IPv4Data"][0]["AuxAddresses"]["printer"], "10.61.0.9/24");
+        assert_eq!(v["IPv6Data"], serde_json::json!([]));
+        assert_eq!(v["Options"][api::OPT_GENERIC]["color"], "blue");
+        assert_eq!(v["Options"][api::OPT_ENABLE_IPV6], false);
+        let i = serde_json::to_value(interface_of(&endpoint())).unwrap();
+        assert_eq!(
+            i,
+            serde_json::json!({"Address": "10.61.0.2/24", "AddressIPv6": "", "MacAddress": "02:42:0a:3d:00:02"})
+        );
+    }
+
+    #[test]
+    fn capabilities_answer() {
+        let caps = |s: &str, c: &str| {
+            capabilities_of(
+                "p",
+                &api::CapabilitiesResponse {
+                    scope: s.into(),
+                    connectivity_scope: c.into(),
+                },
+            )
+        };
+        let l = caps("local", "").unwrap();
+        assert_eq!(
+            (l.scope, l.connectivity_scope),
+            (Scope::Local, Scope::Local)
+        );
+        assert!(l.needs_addresses && !l.gateway_service && !l.single_instance);
+        let g = caps("global", "").unwrap();
+        assert_eq!(g.connectivity_scope, Scope::Global);
+        assert_eq!(
+            caps("local", "global").unwrap().connectivity_scope,
+            Scope::Global
+        );
+        let e = caps("swarm", "").unwrap_err();
+        assert_eq!(e.status(), 502);
+        assert!(e.to_string().contains("invalid Scope \"swarm\""), "{e}");
+    }
+
+    #[test]
+    fn endpoint_answer() {
+        let empty = api::CreateEndpointResponse::default();
+        assert_eq!(
+            endpoint_description("p", &empty).unwrap(),
+            EndpointDescription::default()
+        );
+        let chosen = api::CreateEndpointResponse {
+            interface: Some(api::EndpointInterface {
+                address: "10.61.0.7/24".into(),
+                address_ipv6: String::new(),
+                mac_address: "02:00:00:00:00:07".into(),
+            }),
+        };
+        let d = endpoint_description("p", &chosen).unwrap();
+        assert_eq!(d.ipv4, Some("10.61.0.7/24".parse().unwrap()));
+        assert_eq!(d.mac, Some([2, 0, 0, 0, 0, 7]));
+        // Adopted where the endpoint had nothing.
+        let mut ep = Endpoint {
+            ipv4: None,
+            mac: None,
+            ..endpoint()
+        };
+        d.apply_to(&mut ep).unwrap();
+        assert_eq!(ep.ipv4, Some(Ipv4Addr::new(10, 61, 0, 7)));
+        // Nonsense is refused by field.
+        for (field, bad) in [("Address", "10.61.0.7"), ("MacAddress", "zz")] {
+            let mut i = api::EndpointInterface::default();
+            match field {
+                "Address" => i.address = bad.into(),
+                _ => i.mac_address = bad.into(),
+            }
+            let e = endpoint_description("p", &api::CreateEndpointResponse { interface: Some(i) })
+                .unwrap_err();
+            assert!(e.to_string().contains(field), "{e}");
+        }
+    }
+
+    #[test]
+    fn join_answer() {
+        let d = driver();
+        let resp = api::JoinResponse {
+            interface_name: Some(api::InterfaceName {
+                src_name: "veth1".into(),
+                dst_prefix: "eth".into(),
+            }),
+            gateway: "10.61.0.1".into(),
+            gateway_ipv6: String::new(),
+            static_routes: vec![
+                api::StaticRoute {
+                    destination: "10.99.0.0/24".into(),
+                    route_type: api::ROUTE_NEXT_HOP,
+                    next_hop: "10.61.0.1".into(),
+                },
+                api::StaticRoute {
+                    destination: "10.98.0.0/24".into(),
+                    route_type: api::ROUTE_CONNECTED,
+                    next_hop: String::new(),
+                },
+            ],
+            disable_gateway_service: true,
+        };
+        let j = d.describe(&network(), &endpoint(), &resp).unwrap();
+        let i = j.interface.as_ref().unwrap();
+        assert_eq!(
+            i.source,
+            InterfaceSource::MoveIn {
+                host_name: "veth1".into()
+            }
+        );
+        assert_eq!(i.dst_prefix, "eth");
+        assert_eq!(i.addresses, vec!["10.61.0.2/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            i.mtu, None,
+            "no MTU option: the plugin's device keeps its own"
+        );
+        assert_eq!(j.gateway_v4, Some(Ipv4Addr::new(10, 61, 0, 1)));
+        assert_eq!(
+            j.static_routes[0].next_hop,
+            Some(IpAddr::V4(Ipv4Addr::new(10, 61, 0, 1)))
+        );
+        assert_eq!(j.static_routes[1].next_hop, None);
+        assert!(j.disable_gateway_service);
+        // Nonsense: no interface, a bad gateway, a bad route type, a next hop missing.
+        let mut bad = resp.clone();
+        bad.interface_name = None;
+        assert!(d
+            .describe(&network(), &endpoint(), &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("SrcName"));
+        let mut bad = resp.clone();
+        bad.gateway = "nope".into();
+        assert!(d
+            .describe(&network(), &endpoint(), &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("Gateway"));
+        let mut bad = resp.clone();
+        bad.static_routes[1].route_type = 7;
+        assert!(d
+            .describe(&network(), &endpoint(), &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("RouteType 7"));
+        let mut bad = resp;
+        bad.static_routes[0].next_hop = String::new();
+        let e = d.describe(&network(), &endpoint(), &bad).unwrap_err();
+        assert_eq!(e.status(), 502);
+        assert!(e.to_string().contains("NextHop"), "{e}");
+    }
+}
