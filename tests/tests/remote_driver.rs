@@ -277,6 +277,22 @@ fn remote_network_driver_end_to_end() {
                 .len(),
             2
         );
+        // A sandbox with published ports: the plugin gets them as Docker's portmap.
+        env.ok(&["sandbox", "create", "-p", "8080:80", "web"]);
+        env.ok(&["network", "connect", "rnet", "web"]);
+        let ew = endpoint_id(env, "rnet", "web");
+        let pm = &plugin.state()["external"][&ew][0];
+        assert_eq!(pm["Proto"], 6, "{pm}");
+        assert_eq!(pm["Port"], 80, "{pm}");
+        assert_eq!(pm["HostPort"], 8080, "{pm}");
+        assert_eq!(pm["IP"], "10.61.0.4", "{pm}");
+        env.ok(&["sandbox", "rm", "web"]);
+        let st = plugin.state();
+        assert!(
+            st["external"].get(&ew).is_none(),
+            "revoked on sandbox rm: {st}"
+        );
+        assert!(st["endpoints"].get(&ew).is_none(), "{st}");
 
         // Real traffic through the plugin's kernel bridge.
         assert!(env.ping("a", &b, 3), "a cannot ping b through the plugin");
@@ -537,6 +553,38 @@ fn remote_failures_leave_nothing() {
         assert!(e.contains("plugin \"nosuch\" not found"), "{e}");
         let ls = env.ok(&["network", "ls", "-q", "--no-trunc"]);
         assert_eq!(ls.lines().count(), 3, "only the pre-defined networks: {ls}");
+
+        // Found through a .json spec file pointing elsewhere; a spec asking for TLS is
+        // refused by name.
+        let elsewhere = env.root.join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let mut by_spec = Plugin::start_named(env, &elsewhere, "specp", &[], true);
+        std::fs::write(
+            dir.join("specp.json"),
+            format!(
+                r#"{{"Name":"specp","Addr":"unix://{}","TLSConfig":null}}"#,
+                by_spec.socket.display()
+            ),
+        )
+        .unwrap();
+        env.ok(&[
+            "network",
+            "create",
+            "-d",
+            "specp",
+            "--subnet",
+            "10.67.0.0/24",
+            "viaspec",
+        ]);
+        assert_eq!(by_spec.calls("NetworkDriver.CreateNetwork").len(), 1);
+        env.ok(&["network", "rm", "viaspec"]);
+        by_spec.stop();
+        std::fs::write(dir.join("tlsp.spec"), "https://127.0.0.1:9443\n").unwrap();
+        let e = fails(env, &["network", "create", "-d", "tlsp", "x"]);
+        assert!(
+            e.contains("TLS is not supported") && e.contains("tlsp.spec"),
+            "{e}"
+        );
 
         // A plugin that is not a network driver; a global one without a cluster store.
         let mut ipam_only =
