@@ -258,6 +258,12 @@ fn remote_network_driver_end_to_end() {
             !link_exists(&cont_a),
             "{cont_a} should have moved into the sandbox"
         );
+        // Inspect shows the plugin's EndpointOperInfo.
+        let sb = env.get("/sandboxes/a");
+        assert_eq!(
+            sb["Endpoints"]["rnet"]["DriverInfo"]["host_veth"], st["joined"][&ea]["host"],
+            "{sb}"
+        );
         let on_bridge = links(&["-o", "link", "show", "master", &bridge]);
         assert_eq!(on_bridge.lines().count(), 2, "{on_bridge}");
         // Docker's bodies: CreateEndpoint got the address and MAC, Join the sandbox key.
@@ -720,6 +726,7 @@ fn remote_failures_leave_nothing() {
             ("IpamDriver.RequestPool", "err"),
             ("IpamDriver.RequestPool", "shape"),
             ("IpamDriver.RequestAddress", "err"),
+            ("IpamDriver.RequestAddress", "slow"),
             ("NetworkDriver.CreateNetwork", "err"),
         ] {
             plugin.mode(method, mode);

@@ -397,6 +397,10 @@ pub struct SandboxEndpointResource {
     /// Network-scoped aliases (omitted when there are none).
     #[serde(rename = "Aliases", skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// What the network's driver says of the endpoint (a remote driver's
+    /// `EndpointOperInfo` `Value`; omitted when empty).
+    #[serde(rename = "DriverInfo", skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_info: BTreeMap<String, serde_json::Value>,
 }
 
 /// `GET /networks/{id}/stats` answer.

@@ -495,6 +495,25 @@ impl Controller {
         blocking("read network FDB", move || driver.fdb(&net.id)).await
     }
 
+    /// What network `nid`'s driver says of endpoint `eid` (Docker `EndpointOperInfo`;
+    /// empty for drivers without, and when the driver cannot answer: logged).
+    pub async fn endpoint_info(&self, nid: &str, eid: &str) -> BTreeMap<String, serde_json::Value> {
+        let Some(net) = self.inner.model().networks.get(nid).cloned() else {
+            return BTreeMap::new();
+        };
+        let Ok(driver) = self.inner.drivers.get(&net.driver) else {
+            return BTreeMap::new();
+        };
+        let (n, e) = (nid.to_string(), eid.to_string());
+        match blocking("endpoint info", move || driver.endpoint_info(&n, &e)).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::warn!(network = %net.name, error = %e, "endpoint info");
+                BTreeMap::new()
+            }
+        }
+    }
+
     async fn network_and_driver(&self, what: &str) -> Result<(Network, Arc<dyn Driver>)> {
         let net = self.network(what).await?;
         let driver = self.inner.drivers.get(&net.driver)?;
