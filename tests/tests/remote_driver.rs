@@ -490,6 +490,36 @@ fn remote_ipam_end_to_end() {
         // Connect after the restart: the plugin hands out the freed address again.
         assert_eq!(env.connect("inet", "b"), "10.62.0.129");
 
+        // The stock docker CLI against tapnetd does the same.
+        env.docker_ok(&[
+            "network",
+            "create",
+            "-d",
+            PLUGIN,
+            "--ipam-driver",
+            PLUGIN,
+            "--ipam-opt",
+            "k=v",
+            "dnet",
+        ]);
+        let d: Value =
+            serde_json::from_str(&env.docker_ok(&["network", "inspect", "dnet"])).unwrap();
+        assert_eq!(d[0]["Driver"], PLUGIN);
+        assert_eq!(d[0]["IPAM"]["Driver"], PLUGIN);
+        assert_eq!(d[0]["IPAM"]["Config"][0]["Subnet"], "10.77.2.0/24");
+        env.docker_ok(&["network", "rm", "dnet"]);
+        assert_eq!(
+            plugin.state()["pools"].as_object().unwrap().len(),
+            2,
+            "{}\n{}",
+            plugin.state(),
+            env.daemon_log()
+                .lines()
+                .filter(|l| l.contains("WARN"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+
         for (n, s) in [("inet", "a"), ("inet", "b"), ("both", "a"), ("both", "b")] {
             env.ok(&["network", "disconnect", n, s]);
         }
@@ -501,7 +531,7 @@ fn remote_ipam_end_to_end() {
             "ReleaseAddress(gateway) + ReleasePool"
         );
         assert_eq!(st["networks"], serde_json::json!({}));
-        assert_eq!(plugin.calls("IpamDriver.ReleasePool").len(), 2);
+        assert_eq!(plugin.calls("IpamDriver.ReleasePool").len(), 3);
     });
 }
 
