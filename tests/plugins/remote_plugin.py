@@ -308,6 +308,8 @@ class Handler(BaseHTTPRequestHandler):
                     MODES.pop(req.get("method", ""), None)
             return self.answer(200, {})
         if method == "Plugin.Activate":
+            with LOCK:
+                STATE["calls"].append({"method": method, "body": req, "mode": ""})
             return self.answer(200, {"Implements": ARGS.implements.split(",")})
         fn = METHODS.get(method)
         if fn is None:

@@ -327,7 +327,11 @@ fn remote_network_driver_end_to_end() {
             1,
             "a restored network is not created again"
         );
-        assert!(plugin.state()["calls"].as_array().unwrap().len() >= calls_before);
+        assert_eq!(
+            plugin.state()["calls"].as_array().unwrap().len(),
+            calls_before,
+            "restore does not call the plugin (it is activated on first use)"
+        );
         assert_eq!(endpoint_id(env, "rnet", "a"), ea);
         assert!(env.ping("a", &b, 2));
         tcp_exchange(env, "b", &b, "a", &a);
@@ -335,6 +339,11 @@ fn remote_network_driver_end_to_end() {
         // Disconnect after the restart: revoke, the interface leaves the sandbox, Leave,
         // DeleteEndpoint; the plugin holds only a.
         env.ok(&["network", "disconnect", "rnet", "b"]);
+        assert_eq!(
+            plugin.calls("Plugin.Activate").len(),
+            2,
+            "activated again by the first call after the restart"
+        );
         let st = plugin.state();
         assert!(st["joined"].get(&eb).is_none(), "{st}");
         assert!(st["endpoints"].get(&eb).is_none(), "{st}");

@@ -41,7 +41,7 @@ impl Inner {
                 req.name
             )));
         }
-        let driver = self.drivers.get(driver_name)?;
+        let driver = self.drivers.get_active(driver_name)?;
         self.ipam()
             .check_driver(ipam_driver)
             .map_err(|e| Error::ipam(format!("create network {}", req.name), e))?;

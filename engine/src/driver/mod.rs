@@ -640,6 +640,23 @@ impl DriverRegistry {
     pub fn plugins(&self) -> Option<&Arc<crate::remote::Plugins>> {
         self.plugins.as_ref()
     }
+    /// The driver for a new network: like [`DriverRegistry::get`], but a remote
+    /// driver is activated (its plugin asked for its capabilities) if it was not yet.
+    pub fn get_active(&self, name: &str) -> Result<Arc<dyn Driver>> {
+        if let Some(d) = self.drivers.get(name) {
+            return Ok(Arc::clone(d));
+        }
+        let Some(plugins) = &self.plugins else {
+            return self.get(name);
+        };
+        match may_block(|| plugins.active_network_driver(name)) {
+            Ok(d) => Ok(d),
+            Err(e) => Err(Error::Plugin {
+                op: format!("driver {name}"),
+                source: e,
+            }),
+        }
+    }
     /// The driver of a recorded network (daemon start): like [`DriverRegistry::get`],
     /// but a remote driver is not contacted until its first call.
     pub fn get_restored(&self, name: &str) -> Result<Arc<dyn Driver>> {
@@ -664,7 +681,8 @@ impl DriverRegistry {
     /// The driver called `name`, or a 404 "plugin not found" error as Docker gives.
     /// A name that is not registered is a remote driver when plugins are on: found,
     /// activated and asked for its capabilities on first use (this may wait up to
-    /// the plugins' retry deadline).
+    /// the plugins' retry deadline); a remote driver already in use is returned as it
+    /// is (a restored one activates on its first call).
     pub fn get(&self, name: &str) -> Result<Arc<dyn Driver>> {
         if let Some(d) = self.drivers.get(name) {
             return Ok(Arc::clone(d));

@@ -219,17 +219,28 @@ impl Plugins {
         Ok(Client::new(name, found.addr, self.config.timing))
     }
 
-    /// The network driver of plugin `name`: the one in use, else the plugin found,
+    /// The network driver of plugin `name`: the one in use (activated or not: a
+    /// restored one is activated by its first call), else the plugin found,
     /// activated and asked for its capabilities now.
     pub fn network_driver(self: &Arc<Self>, name: &str) -> Result<Arc<RemoteDriver>, PluginError> {
         if let Some(d) = lock(&self.drivers).get(name) {
-            d.ensure_active()?;
             return Ok(Arc::clone(d));
         }
         let d = Arc::new(RemoteDriver::new(name, Arc::clone(self)));
         d.ensure_active()?;
         let mut drivers = lock(&self.drivers);
         Ok(Arc::clone(drivers.entry(name.to_string()).or_insert(d)))
+    }
+
+    /// [`Plugins::network_driver`], activated (its capabilities known) before it is
+    /// returned: for a new network.
+    pub fn active_network_driver(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<Arc<RemoteDriver>, PluginError> {
+        let d = self.network_driver(name)?;
+        d.ensure_active()?;
+        Ok(d)
     }
 
     /// The network driver of plugin `name` for networks restored from the store: not
