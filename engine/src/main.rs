@@ -93,7 +93,7 @@ struct Args {
     plugin_dirs: Vec<PathBuf>,
     /// How long a plugin that is not found or refuses connections is retried
     /// (dockerd's backoff 1s, 2s, 4s, ...; dockerd: 30s).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = cluster::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", env = "TAPNET_PLUGIN_RETRY_DEADLINE", value_parser = cluster::parse_duration)]
     plugin_retry_deadline: std::time::Duration,
     /// How long one plugin call may take before it fails.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = cluster::parse_duration)]
