@@ -26,7 +26,9 @@
 //! Drivers: `bridge` (a userspace switch, a tap per endpoint), `overlay` (a bridge
 //! network whose switch also has a VXLAN tunnel port, see [`overlay`]), `null` (endpoints get
 //! no device: the sandbox keeps only loopback) and `host` (endpoints share the daemon
-//! host's namespace: no device, no address). A driver without addresses
+//! host's namespace: no device, no address), and `remote` drivers: Docker network
+//! plugins written by others, looked up by name when no driver of that name is
+//! registered ([`remote`], [`crate::remote`]). A driver without addresses
 //! ([`Capabilities::needs_addresses`] false) gets no IPAM pool and its endpoints no
 //! address; a [`Capabilities::single_instance`] driver may back only one network
 //! (Docker: "only one instance of "host" network is allowed"). A driver that has no

@@ -4,7 +4,7 @@
 //! Contract: [`Plugins`] finds a plugin by name ([`discovery`]), activates it
 //! (`/Plugin.Activate`, which must list the subsystem asked for: `NetworkDriver` or
 //! `IpamDriver`, else a 400 naming what it implements), and keeps one driver object
-//! per name ([`crate::driver::remote::RemoteDriver`], [`ipam::RemoteIpam`]). A plugin
+//! per name ([`crate::driver::remote::RemoteDriver`]; IPAM plugins: [`ipam::WithPlugins`]). A plugin
 //! not found is searched again with dockerd's backoff until the retry deadline (so a
 //! plugin starting with the daemon is found), then "plugin not found" (404). A
 //! plugin's failure is a [`PluginError`] carrying the plugin's name, the method and
@@ -12,7 +12,9 @@
 //! [`PluginError::status`]).
 //!
 //! Networks restored at daemon start get their driver without contacting the plugin
-//! ([`Plugins::restored_driver`]): it is activated on its first call.
+//! ([`Plugins::restored_driver`]): it is activated on its first call, or when a new
+//! network is made with it ([`Plugins::active_network_driver`]: its capabilities must
+//! be known then). Reads never activate a plugin.
 
 pub mod client;
 pub mod discovery;
