@@ -20,6 +20,7 @@ Fault injection (POST /debug/mode {"method": M, "mode": X}; mode "" clears):
   close    close the connection without an answer
   srcname  (Join) name an interface that does not exist (the veth is still made)
   outside  (RequestAddress) answer an address outside the pool (still allocated)
+  mac      (CreateEndpoint) create the endpoint but answer a MAC of its own choosing
 
 Usage: remote_plugin.py --socket PATH [--scope local|global] [--requires-mac]
                         [--implements NetworkDriver,IpamDriver] [--delay-start S]
@@ -337,6 +338,9 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 if method in ("NetworkDriver.Join", "IpamDriver.RequestAddress"):
                     resp = fn(req, mode)
+                elif mode == "mac" and method == "NetworkDriver.CreateEndpoint":
+                    fn(req)
+                    resp = {"Interface": {"MacAddress": "02:00:00:00:00:99"}}
                 else:
                     resp = fn(req)
             except (Failure, RuntimeError, KeyError, ValueError) as e:

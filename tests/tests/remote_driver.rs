@@ -711,6 +711,8 @@ fn remote_failures_leave_nothing() {
                 "err",
                 "injected failure",
             ),
+            // A MAC the endpoint already had: Docker's fill-only rule.
+            ("NetworkDriver.CreateEndpoint", "mac", "chose a MAC address"),
         ] {
             plugin.mode(method, mode);
             let e = fails(env, &["network", "connect", "rnet", "a"]);

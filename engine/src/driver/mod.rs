@@ -457,7 +457,7 @@ pub trait Driver: Send + Sync {
         let _ = (network_id, endpoint_id);
         Ok(())
     }
-    /// Docker `ProgramExternalConnectivity`: the endpoint is its sandbox's way out
+    /// Docker `ProgramExternalConnectivity`: the endpoint may be its sandbox's way out
     /// (not internal, gateway service not disabled); `ports` are the sandbox's
     /// published ports. Default: nothing to do (tapnet's own drivers publish through
     /// [`Driver::publish`]).

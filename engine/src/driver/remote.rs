@@ -23,7 +23,9 @@
 //! * `Leave` runs after the sandbox layer moved the interface back; `DeleteEndpoint`,
 //!   `DeleteNetwork` as in the CNM lifecycle.
 //! * `ProgramExternalConnectivity` gets the sandbox's published ports
-//!   (`com.docker.network.portmap`) on the endpoint that is the sandbox's way out;
+//!   (`com.docker.network.portmap`) for each endpoint of a non-internal network whose
+//!   `Join` did not set `DisableGatewayService` (dockerd: only the sandbox's gateway
+//!   endpoint);
 //!   `RevokeExternalConnectivity` before it leaves.
 
 use super::{
@@ -484,7 +486,25 @@ impl Driver for RemoteDriver {
                 options,
             },
         )?;
-        endpoint_description(&self.name, &resp).map_err(|e| plugin_err("create endpoint", e))
+        // A bad answer (including one breaking Docker's fill-only rule, checked here so
+        // the error names the plugin): the plugin's endpoint is ours to take back, as
+        // the controller undoes only completed steps.
+        let checked = endpoint_description(&self.name, &resp).and_then(|desc| {
+            match desc.apply_to(&mut req.endpoint.clone()) {
+                Ok(()) => Ok(desc),
+                Err(e) => Err(PluginError::bad(
+                    &self.name,
+                    "NetworkDriver.CreateEndpoint",
+                    format!("{e} (a plugin may only fill what the request left empty)"),
+                )),
+            }
+        });
+        checked.map_err(|e| {
+            if let Err(de) = self.delete_endpoint(&req.network.id, &req.endpoint.id) {
+                tracing::warn!(plugin = %self.name, error = %de, "delete endpoint after a bad answer");
+            }
+            plugin_err("create endpoint", e)
+        })
     }
 
     fn join(&self, req: &JoinRequest<'_>) -> Result<JoinDescription> {
