@@ -82,12 +82,13 @@ def create_network(req):
     br = bridge_name(nid)
     ip("link", "add", br, "type", "bridge")
     ip("link", "set", br, "up")
-    for d in req.get("IPv4Data") or []:
+    for d in (req.get("IPv4Data") or []) + (req.get("IPv6Data") or []):
         if d.get("Gateway"):
-            ip("addr", "add", d["Gateway"], "dev", br)
+            ip("addr", "add", d["Gateway"], "dev", br, *(["nodad"] if ":" in d["Gateway"] else []))
     STATE["networks"][nid] = {
         "bridge": br,
         "ipv4": req.get("IPv4Data") or [],
+        "ipv6": req.get("IPv6Data") or [],
         "options": req.get("Options") or {},
     }
     return {}
@@ -133,9 +134,14 @@ def join(req, mode=""):
     for d in net["ipv4"]:
         if d.get("Gateway"):
             gw = d["Gateway"].split("/")[0]
+    gw6 = ""
+    for d in net.get("ipv6") or []:
+        if d.get("Gateway"):
+            gw6 = d["Gateway"].split("/")[0]
     resp = {
         "InterfaceName": {"SrcName": "nosuchdev0" if mode == "srcname" else cont, "DstPrefix": "eth"},
         "Gateway": gw,
+        "GatewayIPv6": gw6,
         "StaticRoutes": [],
         "DisableGatewayService": False,
     }

@@ -865,3 +865,60 @@ fn remote_plugin_found_with_backoff() {
         assert_nothing_half_made(env, &plugin, "a", "late");
     });
 }
+
+#[test]
+fn remote_network_driver_dual_stack() {
+    in_namespace("remote_network_driver_dual_stack", |env| {
+        let dir = plugin_env(env, &[]);
+        let plugin = Plugin::start(env, &dir, &[], true);
+        env.ok(&[
+            "network",
+            "create",
+            "-d",
+            PLUGIN,
+            "--ipv6",
+            "--subnet",
+            "10.68.0.0/24",
+            "--subnet",
+            "fd00:68::/64",
+            "r6",
+        ]);
+        let st = plugin.state();
+        let net = st["networks"].as_object().unwrap().values().next().unwrap();
+        assert_eq!(net["ipv6"][0]["Pool"], "fd00:68::/64");
+        assert_eq!(net["ipv6"][0]["Gateway"], "fd00:68::1/64");
+        assert_eq!(net["options"]["com.docker.network.enable_ipv6"], true);
+        env.sandbox("a");
+        env.sandbox("b");
+        env.connect("r6", "a");
+        env.connect("r6", "b");
+        let sb = env.get("/sandboxes/b");
+        let b6 = sb["Endpoints"]["r6"]["IPv6Address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(b6, "fd00:68::3/64");
+        let ce = plugin.calls("NetworkDriver.CreateEndpoint");
+        assert_eq!(ce[0]["Interface"]["AddressIPv6"], "fd00:68::2/64");
+        let addrs = env.exec_ok("a", &["ip", "-o", "-6", "addr", "show", "eth0"]);
+        assert!(addrs.contains("fd00:68::2/64"), "{addrs}");
+        let routes = env.exec_ok("a", &["ip", "-6", "route"]);
+        assert!(
+            routes.contains("default via fd00:68::1 dev eth0"),
+            "{routes}"
+        );
+        // IPv6 through the plugin's bridge: to b and to the bridge's gateway address.
+        for dst in ["fd00:68::3", "fd00:68::1"] {
+            let out = env.exec(
+                "a",
+                &["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "2", dst],
+            );
+            assert!(out.status.success(), "ping {dst}: {out:?}");
+        }
+        for s in ["a", "b"] {
+            env.ok(&["network", "disconnect", "r6", s]);
+        }
+        env.ok(&["network", "rm", "r6"]);
+        assert_eq!(plugin.state()["networks"], serde_json::json!({}));
+    });
+}
