@@ -578,9 +578,21 @@ impl Inner {
         Ok((held, nid, sid, self.model()))
     }
 
-    /// The IPAM, for a short synchronous step.
+    /// The IPAM, for a short synchronous step. An IPAM plugin's calls run under
+    /// this lock: a caller that has to wait for it tells a multi-threaded runtime
+    /// first (`block_in_place`), so waiters never stall the runtime's workers.
     fn ipam(&self) -> MutexGuard<'_, Box<dyn Ipam>> {
-        lock(&self.ipam)
+        match self.ipam.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => match tokio::runtime::Handle::try_current()
+            {
+                Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                    tokio::task::block_in_place(|| lock(&self.ipam))
+                }
+                _ => lock(&self.ipam),
+            },
+        }
     }
 
     /// A compensation that gives `taken` back to IPAM.
