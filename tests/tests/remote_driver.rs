@@ -756,6 +756,18 @@ fn remote_failures_leave_nothing() {
         );
         plugin.mode("IpamDriver.RequestAddress", "");
         assert_eq!(pool_addresses(&plugin.state()), ["10.64.0.1"]);
+        // The same after a daemon restart (tapnet no longer knows the pool from
+        // RequestPool: the network's subnet decides).
+        env.stop_daemon();
+        env.start_daemon_with(&flags_ref(&daemon_flags(&dir, &[])));
+        plugin.mode("IpamDriver.RequestAddress", "outside");
+        let e = fails(env, &["network", "connect", "both", "a"]);
+        assert!(
+            e.contains("192.0.2.77") && e.contains("outside the network's subnet"),
+            "{e}"
+        );
+        plugin.mode("IpamDriver.RequestAddress", "");
+        assert_eq!(pool_addresses(&plugin.state()), ["10.64.0.1"]);
         plugin.mode("NetworkDriver.CreateEndpoint", "err");
         fails(env, &["network", "connect", "both", "a"]);
         plugin.mode("NetworkDriver.CreateEndpoint", "");

@@ -172,6 +172,13 @@ impl Inner {
                     .request_address(&pool, opts.ipv6.map(IpAddr::V6), &none)
                     .map_err(|e| Error::ipam(txn.op(), e))?
                 {
+                    IpAddr::V6(a) if net.ipv6.as_ref().is_some_and(|c| !c.subnet.contains(&a)) => {
+                        return Err(Error::Driver(format!(
+                            "{}: IPAM ({}) returned {a}, outside the network's IPv6 subnet",
+                            txn.op(),
+                            net.ipam_driver
+                        )))
+                    }
                     IpAddr::V6(a) => Some(a),
                     IpAddr::V4(a) => {
                         return Err(Error::InvalidRequest(format!(

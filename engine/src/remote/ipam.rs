@@ -18,7 +18,7 @@
 //! `ReleaseAddress`, `ReleasePool` as asked. Plugin errors are [`IpamError::Plugin`].
 
 use super::{PluginError, Plugins};
-use crate::ipam::{Ipam, IpamError, Pool, PoolRequest, GATEWAY_ADDRESS_TYPE, REQUEST_ADDRESS_TYPE};
+use crate::ipam::{Ipam, IpamError, Pool, PoolRequest, REQUEST_ADDRESS_TYPE};
 use crate::remote::client::Client;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
@@ -279,9 +279,6 @@ impl Ipam for WithPlugins {
                 return Err(bad(format!("address {addr} is not in the pool {s}")));
             }
         }
-        let _ = options
-            .get(REQUEST_ADDRESS_TYPE)
-            .filter(|t| *t == GATEWAY_ADDRESS_TYPE);
         Ok(addr)
     }
 
