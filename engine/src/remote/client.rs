@@ -308,7 +308,7 @@ pub fn decode<R: DeserializeOwned>(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use tapnet_types::plugin::{JoinResponse, RequestPoolResponse};
+    use tapnet_types::plugin::{JoinResponse, RequestPoolResponse, CONTENT_TYPE_V1};
 
     #[test]
     fn dockerd_backoff() {
@@ -397,6 +397,40 @@ mod tests {
         assert_eq!(e.status(), 503);
         assert!(e.to_string().contains("gave up after 2 attempts"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tcp_plugin_gets_dockers_request() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !String::from_utf8_lossy(&req).contains("{}") {
+                let k = s.read(&mut buf).unwrap();
+                assert!(k > 0, "request ended early");
+                req.extend_from_slice(&buf[..k]);
+            }
+            let body = br#"{"Implements":["NetworkDriver","IpamDriver"]}"#;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE_V1}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            s.write_all(head.as_bytes()).unwrap();
+            s.write_all(body).unwrap();
+            String::from_utf8_lossy(&req).into_owned()
+        });
+        let c = Client::new("t", Addr::Tcp(addr.to_string()), Timing::default());
+        let a = c.activate().unwrap();
+        assert_eq!(a.implements, ["NetworkDriver", "IpamDriver"]);
+        let req = server.join().unwrap().to_lowercase();
+        assert!(req.starts_with("post /plugin.activate http/1.1"), "{req}");
+        assert!(
+            req.contains(&format!("content-type: {CONTENT_TYPE}")),
+            "{req}"
+        );
     }
 
     #[test]
