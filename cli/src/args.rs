@@ -163,6 +163,12 @@ pub struct NetworkCreate {
     /// Create a swarm routing-mesh network (refused: tapnet has no swarm).
     #[arg(long)]
     pub ingress: bool,
+    /// IP address management driver (`default`, or an IPAM plugin's name).
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    pub ipam_driver: String,
+    /// Options of the IPAM driver (repeatable).
+    #[arg(long = "ipam-opt", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub ipam_opts: Vec<(String, String)>,
     /// Name of the new network.
     pub name: String,
 }

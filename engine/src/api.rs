@@ -639,6 +639,7 @@ pub fn sandbox_resource(sb: &Sandbox, store: &Store) -> SandboxResource {
                         ),
                         ..EndpointIpamBody::default()
                     }),
+                    driver_info: BTreeMap::new(),
                 },
             )
         })
@@ -942,7 +943,11 @@ async fn sandbox_inspect(
         .sandboxes
         .get(&sid)
         .ok_or_else(|| Error::NotFound(format!("sandbox {id} not found")))?;
-    Ok(Json(sandbox_resource(sb, &store)))
+    let mut res = sandbox_resource(sb, &store);
+    for e in res.endpoints.values_mut() {
+        e.driver_info = ctl.endpoint_info(&e.network_id, &e.endpoint_id).await;
+    }
+    Ok(Json(res))
 }
 
 async fn sandbox_delete(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<StatusCode> {

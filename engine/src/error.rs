@@ -90,6 +90,17 @@ pub enum Error {
         #[source]
         source: StoreError,
     },
+    /// A remote driver or IPAM plugin failed (HTTP status by
+    /// [`crate::remote::PluginError::status`]: 404 not found, 503 unreachable, 504
+    /// too slow, 500 refused, 502 nonsense).
+    #[error("{op}: {source}")]
+    Plugin {
+        /// The operation, e.g. "join sb1".
+        op: String,
+        /// The cause (names the plugin and the method).
+        #[source]
+        source: crate::remote::PluginError,
+    },
     /// A blocking task panicked or was cancelled (HTTP 500).
     #[error("{op}: background task failed: {message}")]
     Task {
@@ -183,6 +194,8 @@ impl Error {
                 IpamError::InUse { .. } | IpamError::Overlap { .. } => 409,
                 IpamError::PoolsExhausted | IpamError::Exhausted { .. } => 503,
                 IpamError::UnknownPool(_) => 500,
+                IpamError::UnknownDriver(_) => 404,
+                IpamError::Plugin(e) => e.status(),
             },
             Error::Gateway { source, .. } => match source {
                 tapnet_nat::Error::PortInUse { .. } => 409,
@@ -193,6 +206,7 @@ impl Error {
                 source: StoreError::Unavailable { .. },
                 ..
             } => 503,
+            Error::Plugin { source, .. } => source.status(),
             Error::Os { .. }
             | Error::Driver(_)
             | Error::Datapath { .. }

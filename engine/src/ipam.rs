@@ -94,6 +94,12 @@ pub enum IpamError {
     /// The pool is not known (internal inconsistency).
     #[error("no address pool {0}")]
     UnknownPool(String),
+    /// No IPAM driver of that name (HTTP 404, as Docker's "plugin not found").
+    #[error("plugin \"{0}\" not found")]
+    UnknownDriver(String),
+    /// An IPAM plugin failed (status by [`crate::remote::PluginError::status`]).
+    #[error("{0}")]
+    Plugin(crate::remote::PluginError),
 }
 
 /// What a network asks of IPAM (libnetwork's `RequestPool` arguments).
@@ -138,6 +144,33 @@ pub trait Ipam: Send {
     ) -> Result<IpAddr, IpamError>;
     /// Free an address (freeing an unallocated address is not an error).
     fn release_address(&mut self, pool_id: &str, addr: IpAddr) -> Result<(), IpamError>;
+    /// Check that IPAM driver `driver` (a network's `IPAM.Driver`; empty: the
+    /// default) can be used. Default: only this driver's own name.
+    fn check_driver(&mut self, driver: &str) -> Result<(), IpamError> {
+        if driver.is_empty() || driver == self.name() {
+            Ok(())
+        } else {
+            Err(IpamError::UnknownDriver(driver.to_string()))
+        }
+    }
+    /// Reserve a pool from IPAM driver `driver` (empty or this driver's name:
+    /// [`Ipam::request_pool`]; others: see [`crate::remote::ipam`]).
+    fn request_pool_of(&mut self, driver: &str, req: &PoolRequest) -> Result<Pool, IpamError> {
+        self.check_driver(driver)?;
+        self.request_pool(req)
+    }
+    /// Whether address requests of `pool_id` must carry the endpoint's MAC (an IPAM
+    /// plugin's `RequiresMACAddress`). Default: no.
+    fn requires_mac(&mut self, pool_id: &str) -> bool {
+        let _ = pool_id;
+        false
+    }
+    /// Whether the pools of driver `driver` are kept by the driver itself across a
+    /// daemon restart (an IPAM plugin), so they are not replayed. Default: no.
+    fn keeps_own_state(&self, driver: &str) -> bool {
+        let _ = driver;
+        false
+    }
 }
 
 /// Options that ask for a gateway address.

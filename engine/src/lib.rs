@@ -33,6 +33,7 @@ pub mod error;
 pub mod ipam;
 pub mod model;
 pub mod ports;
+pub mod remote;
 pub mod sandbox_files;
 pub mod sandbox_layer;
 pub mod store;

@@ -17,6 +17,9 @@ use tapnet_engine::driver::overlay::OverlayDriver;
 use tapnet_engine::driver::record::{HOST_DRIVER, NULL_DRIVER};
 use tapnet_engine::driver::DriverRegistry;
 use tapnet_engine::ipam::{default_pools, DefaultIpam, DefaultPool};
+use tapnet_engine::remote::client::Timing;
+use tapnet_engine::remote::ipam::WithPlugins;
+use tapnet_engine::remote::{PluginConfig, Plugins};
 use tapnet_engine::store::Db;
 use tapnet_engine::{api, Controller};
 use tokio::signal::unix::{signal, SignalKind};
@@ -83,6 +86,18 @@ struct Args {
     /// Address the VXLAN socket binds.
     #[arg(long, default_value = "0.0.0.0", value_name = "ADDR")]
     data_path_addr: std::net::IpAddr,
+    /// Directory searched for remote network and IPAM plugins (`NAME.sock`,
+    /// `NAME/NAME.sock`, `NAME.spec`, `NAME.json`), in order; repeatable. Default:
+    /// dockerd's /run/docker/plugins, /etc/docker/plugins, /usr/lib/docker/plugins.
+    #[arg(long = "plugin-dir", value_name = "DIR")]
+    plugin_dirs: Vec<PathBuf>,
+    /// How long a plugin that is not found or refuses connections is retried
+    /// (dockerd's backoff 1s, 2s, 4s, ...; dockerd: 30s).
+    #[arg(long, value_name = "DURATION", default_value = "30s", env = "TAPNET_PLUGIN_RETRY_DEADLINE", value_parser = cluster::parse_duration)]
+    plugin_retry_deadline: std::time::Duration,
+    /// How long one plugin call may take before it fails.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = cluster::parse_duration)]
+    plugin_timeout: std::time::Duration,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -196,7 +211,16 @@ async fn main() -> anyhow::Result<()> {
         .with_upstream_dns(upstream);
     let bridge = Arc::new(bridge);
     let overlay = overlay_driver(&args, Arc::clone(&bridge));
-    let mut drivers = DriverRegistry::new();
+    let mut plugin_config = PluginConfig::new(&args.exec_root);
+    if !args.plugin_dirs.is_empty() {
+        plugin_config.dirs = args.plugin_dirs.clone();
+    }
+    plugin_config.timing = Timing {
+        retry_deadline: args.plugin_retry_deadline,
+        call_timeout: args.plugin_timeout,
+    };
+    let plugins = Arc::new(Plugins::new(plugin_config));
+    let mut drivers = DriverRegistry::new().with_plugins(Arc::clone(&plugins));
     drivers.register(bridge);
     drivers.register(Arc::new(overlay));
     drivers.register(Arc::new(NULL_DRIVER));
@@ -208,7 +232,10 @@ async fn main() -> anyhow::Result<()> {
     };
     let routes = host_routes().await;
     tracing::debug!(?routes, "host routes avoided by default pools");
-    let ipam = DefaultIpam::with_default_pools(pools).avoid(routes);
+    let ipam = WithPlugins::new(
+        Box::new(DefaultIpam::with_default_pools(pools).avoid(routes)),
+        plugins,
+    );
     let data_root = args.data_root.clone();
     let db = tokio::task::spawn_blocking(move || Db::open(&data_root))
         .await

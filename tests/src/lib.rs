@@ -469,6 +469,9 @@ impl Env {
             .arg(self.root.join("data"))
             .args(extra)
             .env("RUST_LOG", "debug")
+            // An unknown driver name is looked up as a plugin with dockerd's retries
+            // (30 s): tests that want them give --plugin-retry-deadline.
+            .env("TAPNET_PLUGIN_RETRY_DEADLINE", "1s")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

@@ -454,6 +454,10 @@ pub struct SandboxEndpointResource {
     /// `LinkLocalIPs` (omitted when none).
     #[serde(rename = "IPAMConfig", skip_serializing_if = "Option::is_none")]
     pub ipam_config: Option<EndpointIpamBody>,
+    /// What the network's driver says of the endpoint (a remote driver's
+    /// `EndpointOperInfo` `Value`; omitted when empty).
+    #[serde(rename = "DriverInfo", skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_info: BTreeMap<String, serde_json::Value>,
 }
 
 /// `GET /networks/{id}/stats` answer.

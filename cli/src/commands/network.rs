@@ -119,9 +119,9 @@ pub fn create_body(a: &NetworkCreate) -> anyhow::Result<NetworkCreateBody> {
         name: a.name.clone(),
         driver: Some(a.driver.clone()),
         ipam: Some(IpamBody {
-            driver: Some("default".into()),
+            driver: Some(a.ipam_driver.clone()),
             config: Some(ipam_config(a)?),
-            options: None,
+            options: (!a.ipam_opts.is_empty()).then(|| map_of(&a.ipam_opts)),
         }),
         options: Some(map_of(&a.opts)),
         labels: Some(map_of(&a.labels)),

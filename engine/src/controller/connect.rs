@@ -170,13 +170,34 @@ impl Inner {
         // Addresses.
         let (ipv4, ipv6, taken) = {
             let mut ipam = self.ipam();
+            // An IPAM plugin that requires the MAC gets it with the request.
+            let mut options = BTreeMap::new();
+            if v4_pool(net).is_some_and(|p| ipam.requires_mac(&p))
+                || v6_pool(net).is_some_and(|p| ipam.requires_mac(&p))
+            {
+                let mac = default_mac(driver.as_ref(), opts.mac, None, net);
+                opts.mac = mac;
+                if let Some(m) = mac {
+                    options.insert(
+                        tapnet_types::plugin::OPT_MAC_ADDRESS.to_string(),
+                        model::format_mac(&m),
+                    );
+                }
+            }
+            let none = options;
             let mut tx = IpamTxn::new(ipam.as_mut());
-            let none = BTreeMap::new();
             let ipv4 = match v4_pool(net) {
                 Some(pool) => match tx
                     .request_address(&pool, opts.ipv4.map(IpAddr::V4), &none)
                     .map_err(|e| Error::ipam(txn.op(), e))?
                 {
+                    IpAddr::V4(a) if net.subnet.is_some_and(|s| !s.contains(&a)) => {
+                        return Err(Error::Driver(format!(
+                            "{}: IPAM ({}) returned {a}, outside the network's subnet",
+                            txn.op(),
+                            net.ipam_driver
+                        )))
+                    }
                     IpAddr::V4(a) => Some(a),
                     IpAddr::V6(a) => {
                         return Err(Error::InvalidRequest(format!(
@@ -192,6 +213,13 @@ impl Inner {
                     .request_address(&pool, opts.ipv6.map(IpAddr::V6), &none)
                     .map_err(|e| Error::ipam(txn.op(), e))?
                 {
+                    IpAddr::V6(a) if net.ipv6.as_ref().is_some_and(|c| !c.subnet.contains(&a)) => {
+                        return Err(Error::Driver(format!(
+                            "{}: IPAM ({}) returned {a}, outside the network's IPv6 subnet",
+                            txn.op(),
+                            net.ipam_driver
+                        )))
+                    }
                     IpAddr::V6(a) => Some(a),
                     IpAddr::V4(a) => {
                         return Err(Error::InvalidRequest(format!(
@@ -274,6 +302,23 @@ impl Inner {
             format!("undo the setup of {}", endpoint.interface),
             move || layer.undo(&e),
         );
+        // Docker `ProgramExternalConnectivity` (remote drivers; a no-op for others).
+        if !join.disable_gateway_service && !net.internal {
+            let (d, n, ep, ports) = (
+                Arc::clone(&driver),
+                net.id.clone(),
+                endpoint.clone(),
+                sb.port_bindings.clone(),
+            );
+            blocking("program external connectivity", move || {
+                d.program_external_connectivity(&n, &ep, &ports)
+            })
+            .await?;
+            let (d, n, e) = (Arc::clone(&driver), net.id.clone(), endpoint.id.clone());
+            txn.on_undo("revoke external connectivity", move || {
+                d.revoke_external_connectivity(&n, &e)
+            });
+        }
         // Published ports go to the first non-internal bridge network joined.
         let mut sb_after = None;
         if let (Some(a), None) = (ipv4, &sb.published) {

@@ -103,6 +103,25 @@ impl Inner {
                 Ok(())
             });
         }
+        // Docker `RevokeExternalConnectivity` (remote drivers; a no-op for others).
+        let (d, n, e) = (Arc::clone(&driver), nid.to_string(), endpoint.id.clone());
+        match blocking("revoke external connectivity", move || {
+            d.revoke_external_connectivity(&n, &e)
+        })
+        .await
+        {
+            Ok(()) => {
+                let (d, n, ep) = (Arc::clone(&driver), nid.to_string(), endpoint.clone());
+                let ports = sb.map(|s| s.port_bindings.clone()).unwrap_or_default();
+                txn.on_undo("program external connectivity again", move || {
+                    d.program_external_connectivity(&n, &ep, &ports)
+                });
+            }
+            Err(e) if force => {
+                tracing::warn!(error = %e, "forced disconnect: revoking external connectivity failed");
+            }
+            Err(e) => return Err(e),
+        }
         // The sandbox layer's setup first (a moved-in device goes back to the host
         // before the driver removes it). Its compensation applies the description again:
         // the one a rolled-back `leave` re-joined with, else the one it had.

@@ -42,6 +42,8 @@ pub fn release(ipam: &mut dyn Ipam, taken: &[Taken]) {
 pub struct IpamTxn<'a> {
     ipam: &'a mut dyn Ipam,
     taken: Vec<Taken>,
+    /// The IPAM driver pools are requested from (empty: the default).
+    driver: String,
 }
 
 impl<'a> IpamTxn<'a> {
@@ -50,12 +52,19 @@ impl<'a> IpamTxn<'a> {
         IpamTxn {
             ipam,
             taken: Vec::new(),
+            driver: String::new(),
         }
     }
 
-    /// Request a pool; remembered.
+    /// Request pools from IPAM driver `driver` (a network's `IPAM.Driver`).
+    pub fn with_driver(mut self, driver: &str) -> IpamTxn<'a> {
+        self.driver = driver.to_string();
+        self
+    }
+
+    /// Request a pool (from the transaction's driver); remembered.
     pub fn request_pool(&mut self, req: &PoolRequest) -> std::result::Result<Pool, IpamError> {
-        let pool = self.ipam.request_pool(req)?;
+        let pool = self.ipam.request_pool_of(&self.driver, req)?;
         self.taken.push(Taken::Pool(pool.id.clone()));
         Ok(pool)
     }
@@ -111,6 +120,13 @@ pub(super) fn reserve_family(
         .map_err(|e| Error::ipam(format!("network {network}"), e))?;
     let gateway = tx
         .request_address(&pool.id, req.gateway, &gateway_options())
+        .and_then(|gw| match pool.subnet.contains(&gw) {
+            true => Ok(gw),
+            false => Err(IpamError::NotInSubnet {
+                addr: gw,
+                subnet: pool.subnet,
+            }),
+        })
         .map_err(|e| match e {
             IpamError::NotInSubnet { .. } | IpamError::Reserved { .. } => {
                 Error::InvalidRequest(format!("network {network}: invalid gateway: {e}"))
@@ -173,6 +189,10 @@ pub fn restore_network_ipam(
     ipam: &mut dyn Ipam,
     net: &mut Network,
 ) -> Result<Vec<(Endpoint, Error)>> {
+    if ipam.keeps_own_state(&net.ipam_driver) {
+        // An IPAM plugin: it kept its pools and addresses.
+        return Ok(Vec::new());
+    }
     {
         let mut tx = IpamTxn::new(ipam);
         let mut v4_pool = None;
@@ -258,13 +278,29 @@ pub(super) fn v6_pool(net: &Network) -> Option<String> {
     })
 }
 
-/// What a network's records hold in IPAM: its pools.
+/// What a network's records hold in IPAM: its pools (and, in a plugin's pools,
+/// which forget nothing by themselves, the gateway and auxiliary addresses, released
+/// before their pool).
 pub(super) fn network_pools(net: &Network) -> Vec<Taken> {
-    [v4_pool(net), v6_pool(net)]
-        .into_iter()
-        .flatten()
-        .map(Taken::Pool)
-        .collect()
+    let mut taken = Vec::new();
+    if let Some(pool) = v4_pool(net) {
+        taken.push(Taken::Pool(pool.clone()));
+        if crate::remote::ipam::is_plugin_pool(&pool) {
+            let addrs = net
+                .gateway
+                .into_iter()
+                .chain(net.aux_addresses.values().copied());
+            taken.extend(addrs.map(|a| Taken::Address(pool.clone(), IpAddr::V4(a))));
+        }
+    }
+    if let (Some(pool), Some(c)) = (v6_pool(net), &net.ipv6) {
+        taken.push(Taken::Pool(pool.clone()));
+        if crate::remote::ipam::is_plugin_pool(&pool) {
+            let addrs = std::iter::once(c.gateway).chain(c.aux_addresses.values().copied());
+            taken.extend(addrs.map(|a| Taken::Address(pool.clone(), IpAddr::V6(a))));
+        }
+    }
+    taken
 }
 
 /// What an endpoint holds in IPAM: its addresses.

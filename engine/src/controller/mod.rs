@@ -516,6 +516,25 @@ impl Controller {
         blocking("read network FDB", move || driver.fdb(&net.id)).await
     }
 
+    /// What network `nid`'s driver says of endpoint `eid` (Docker `EndpointOperInfo`;
+    /// empty for drivers without, and when the driver cannot answer: logged).
+    pub async fn endpoint_info(&self, nid: &str, eid: &str) -> BTreeMap<String, serde_json::Value> {
+        let Some(net) = self.inner.model().networks.get(nid).cloned() else {
+            return BTreeMap::new();
+        };
+        let Ok(driver) = self.inner.drivers.get(&net.driver) else {
+            return BTreeMap::new();
+        };
+        let (n, e) = (nid.to_string(), eid.to_string());
+        match blocking("endpoint info", move || driver.endpoint_info(&n, &e)).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::warn!(network = %net.name, error = %e, "endpoint info");
+                BTreeMap::new()
+            }
+        }
+    }
+
     async fn network_and_driver(&self, what: &str) -> Result<(Network, Arc<dyn Driver>)> {
         let net = self.network(what).await?;
         let driver = self.inner.drivers.get(&net.driver)?;
@@ -580,9 +599,21 @@ impl Inner {
         Ok((held, nid, sid, self.model()))
     }
 
-    /// The IPAM, for a short synchronous step.
+    /// The IPAM, for a short synchronous step. An IPAM plugin's calls run under
+    /// this lock: a caller that has to wait for it tells a multi-threaded runtime
+    /// first (`block_in_place`), so waiters never stall the runtime's workers.
     fn ipam(&self) -> MutexGuard<'_, Box<dyn Ipam>> {
-        lock(&self.ipam)
+        match self.ipam.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => match tokio::runtime::Handle::try_current()
+            {
+                Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                    tokio::task::block_in_place(|| lock(&self.ipam))
+                }
+                _ => lock(&self.ipam),
+            },
+        }
     }
 
     /// A compensation that gives `taken` back to IPAM.

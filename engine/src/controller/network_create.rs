@@ -51,7 +51,7 @@ impl Inner {
         } else {
             req.ipam_driver.as_str()
         };
-        let driver = self.drivers.get(driver_name)?;
+        let driver = self.drivers.get_active(driver_name)?;
         if let Some(scope) = &req.scope {
             let own = driver.capabilities().scope.as_str();
             if scope != own {
@@ -61,10 +61,18 @@ impl Inner {
                 )));
             }
         }
-        if ipam_driver != self.ipam().name() {
-            return Err(Error::NotFound(format!(
-                "plugin \"{ipam_driver}\" not found"
-            )));
+        self.ipam()
+            .check_driver(ipam_driver)
+            .map_err(|e| Error::ipam(format!("create network {}", req.name), e))?;
+        if driver.capabilities().scope == crate::driver::Scope::Global && driver_name != "overlay" {
+            return Err(Error::InvalidRequest(match self.cluster {
+                None => format!(
+                    "driver {driver_name} has global scope and needs a cluster store (--cluster-store)"
+                ),
+                Some(_) => format!(
+                    "driver {driver_name} has global scope: global remote drivers are not supported (only overlay networks are global)"
+                ),
+            }));
         }
         if driver.capabilities().single_instance
             && store
@@ -142,7 +150,7 @@ impl Inner {
         if driver.capabilities().needs_addresses {
             let taken = {
                 let mut ipam = self.ipam();
-                let mut tx = IpamTxn::new(ipam.as_mut());
+                let mut tx = IpamTxn::new(ipam.as_mut()).with_driver(&network.ipam_driver);
                 reserve_network_pools(&mut tx, req, &mut network)
                     .map_err(|e| name_overlap(e, store))?;
                 tx.commit()

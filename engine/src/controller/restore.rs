@@ -270,7 +270,7 @@ impl Inner {
         // Data plane: one switch per network, then the endpoints in parallel.
         let mut jobs: Vec<RestoreJob> = Vec::new();
         for net in store.networks.values() {
-            let driver = match self.drivers.get(&net.driver) {
+            let driver = match self.drivers.get_restored(&net.driver) {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(network = %net.name, error = %e, "network's driver is missing; its endpoints stay detached");
@@ -279,7 +279,7 @@ impl Inner {
             };
             let (d, n) = (Arc::clone(&driver), net.clone());
             if let Err(e) = blocking("restore network", move || {
-                d.create_network(&NetworkRequest { network: &n })
+                d.restore_network(&NetworkRequest { network: &n })
             })
             .await
             {
@@ -376,7 +376,7 @@ impl Inner {
             let on_net = net
                 .and_then(|n| n.endpoint_of(sid))
                 .is_some_and(|e| e.ipv4.map(IpAddr::V4) == Some(p.sandbox_ip));
-            let driver = net.and_then(|n| self.drivers.get(&n.driver).ok());
+            let driver = net.and_then(|n| self.drivers.get_restored(&n.driver).ok());
             let (Some(driver), true) = (driver, on_net) else {
                 tracing::warn!(sandbox = %sb.name, "published ports' network is gone; ports released");
                 let after = Sandbox {

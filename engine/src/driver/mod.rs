@@ -26,7 +26,9 @@
 //! Drivers: `bridge` (a userspace switch, a tap per endpoint), `overlay` (a bridge
 //! network whose switch also has a VXLAN tunnel port, see [`overlay`]), `null` (endpoints get
 //! no device: the sandbox keeps only loopback) and `host` (endpoints share the daemon
-//! host's namespace: no device, no address). A driver without addresses
+//! host's namespace: no device, no address), and `remote` drivers: Docker network
+//! plugins written by others, looked up by name when no driver of that name is
+//! registered ([`remote`], [`crate::remote`]). A driver without addresses
 //! ([`Capabilities::needs_addresses`] false) gets no IPAM pool and its endpoints no
 //! address; a [`Capabilities::single_instance`] driver may back only one network
 //! (Docker: "only one instance of "host" network is allowed"). A driver that has no
@@ -35,6 +37,7 @@
 pub mod bridge;
 pub mod overlay;
 pub mod record;
+pub mod remote;
 
 use crate::error::{Error, Result};
 use crate::model::{Endpoint, Network};
@@ -410,6 +413,11 @@ pub trait Driver: Send + Sync {
     }
     /// Create the data-plane side of a network (Docker `CreateNetwork`).
     fn create_network(&self, req: &NetworkRequest<'_>) -> Result<()>;
+    /// Daemon start: bring back the data-plane side of a recorded network. Default:
+    /// [`Driver::create_network`] (a remote driver does nothing: the plugin kept it).
+    fn restore_network(&self, req: &NetworkRequest<'_>) -> Result<()> {
+        self.create_network(req)
+    }
     /// Remove the data-plane side of a network (it has no endpoints left; Docker
     /// `DeleteNetwork`).
     fn delete_network(&self, network_id: &str) -> Result<()>;
@@ -448,6 +456,35 @@ pub trait Driver: Send + Sync {
     fn delete_endpoint(&self, network_id: &str, endpoint_id: &str) -> Result<()> {
         let _ = (network_id, endpoint_id);
         Ok(())
+    }
+    /// Docker `ProgramExternalConnectivity`: the endpoint may be its sandbox's way out
+    /// (not internal, gateway service not disabled); `ports` are the sandbox's
+    /// published ports. Default: nothing to do (tapnet's own drivers publish through
+    /// [`Driver::publish`]).
+    fn program_external_connectivity(
+        &self,
+        network_id: &str,
+        endpoint: &Endpoint,
+        ports: &[tapnet_types::ports::PortBinding],
+    ) -> Result<()> {
+        let _ = (network_id, endpoint, ports);
+        Ok(())
+    }
+    /// Docker `RevokeExternalConnectivity`: undo
+    /// [`Driver::program_external_connectivity`]. Default: nothing to do.
+    fn revoke_external_connectivity(&self, network_id: &str, endpoint_id: &str) -> Result<()> {
+        let _ = (network_id, endpoint_id);
+        Ok(())
+    }
+    /// Docker `EndpointOperInfo`: driver-specific facts about an endpoint, for
+    /// inspect. Default: none.
+    fn endpoint_info(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<BTreeMap<String, serde_json::Value>> {
+        let _ = (network_id, endpoint_id);
+        Ok(BTreeMap::new())
     }
     /// Replace the names the network's embedded DNS answers (default: no DNS).
     fn set_names(&self, network_id: &str, names: Vec<NameRecord>) -> Result<()> {
@@ -554,11 +591,25 @@ pub enum RemoteChange {
     },
 }
 
-/// Drivers by name, and the sandbox layer that applies what they describe.
+/// Drivers by name, and the sandbox layer that applies what they describe. A name
+/// that is not registered is looked up as a remote driver (a network plugin, see
+/// [`crate::remote`]) when the registry has [`DriverRegistry::with_plugins`].
 #[derive(Clone)]
 pub struct DriverRegistry {
     drivers: BTreeMap<String, Arc<dyn Driver>>,
     sandbox: Arc<SandboxLayer>,
+    plugins: Option<Arc<crate::remote::Plugins>>,
+}
+
+/// Run `f`, which may block (plugin discovery and activation), telling a
+/// multi-threaded tokio runtime first if called on one of its workers.
+fn may_block<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }
 
 impl Default for DriverRegistry {
@@ -579,6 +630,50 @@ impl DriverRegistry {
         DriverRegistry {
             drivers: BTreeMap::new(),
             sandbox: Arc::new(layer),
+            plugins: None,
+        }
+    }
+    /// Look names that are not registered up as remote network drivers in `plugins`.
+    pub fn with_plugins(mut self, plugins: Arc<crate::remote::Plugins>) -> DriverRegistry {
+        self.plugins = Some(plugins);
+        self
+    }
+    /// The plugins, if remote drivers are on.
+    pub fn plugins(&self) -> Option<&Arc<crate::remote::Plugins>> {
+        self.plugins.as_ref()
+    }
+    /// The driver for a new network: like [`DriverRegistry::get`], but a remote
+    /// driver is activated (its plugin asked for its capabilities) if it was not yet.
+    pub fn get_active(&self, name: &str) -> Result<Arc<dyn Driver>> {
+        if let Some(d) = self.drivers.get(name) {
+            return Ok(Arc::clone(d));
+        }
+        let Some(plugins) = &self.plugins else {
+            return self.get(name);
+        };
+        match may_block(|| plugins.active_network_driver(name)) {
+            Ok(d) => Ok(d),
+            Err(e) => Err(Error::Plugin {
+                op: format!("driver {name}"),
+                source: e,
+            }),
+        }
+    }
+    /// The driver of a recorded network (daemon start): like [`DriverRegistry::get`],
+    /// but a remote driver is not contacted until its first call.
+    pub fn get_restored(&self, name: &str) -> Result<Arc<dyn Driver>> {
+        if let Some(d) = self.drivers.get(name) {
+            return Ok(Arc::clone(d));
+        }
+        match &self.plugins {
+            Some(p) => match p.restored_driver(name) {
+                Ok(d) => Ok(d),
+                Err(e) => Err(Error::Plugin {
+                    op: format!("driver {name}"),
+                    source: e,
+                }),
+            },
+            None => self.get(name),
         }
     }
     /// Register `driver` under its name (replacing any driver of that name).
@@ -586,11 +681,24 @@ impl DriverRegistry {
         self.drivers.insert(driver.name().to_string(), driver);
     }
     /// The driver called `name`, or a 404 "plugin not found" error as Docker gives.
+    /// A name that is not registered is a remote driver when plugins are on: found,
+    /// activated and asked for its capabilities on first use (this may wait up to
+    /// the plugins' retry deadline); a remote driver already in use is returned as it
+    /// is (a restored one activates on its first call).
     pub fn get(&self, name: &str) -> Result<Arc<dyn Driver>> {
-        self.drivers
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("plugin \"{name}\" not found")))
+        if let Some(d) = self.drivers.get(name) {
+            return Ok(Arc::clone(d));
+        }
+        let Some(plugins) = &self.plugins else {
+            return Err(Error::NotFound(format!("plugin \"{name}\" not found")));
+        };
+        match may_block(|| plugins.network_driver(name)) {
+            Ok(d) => Ok(d),
+            Err(e) => Err(Error::Plugin {
+                op: format!("driver {name}"),
+                source: e,
+            }),
+        }
     }
     /// Every registered driver.
     pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Driver>> {
