@@ -1,0 +1,205 @@
+//! The macvlan driver: a "lan" network namespace joined to the daemon's namespace by a
+//! veth pair; the daemon-side end `lan0` (up, no address) is the macvlan parent, the
+//! lan side `eth0` has 192.168.50.1/24 (the network's gateway, a router on the LAN)
+//! and runs the servers. Everything is checked with real traffic through the switch and
+//! its AF_PACKET uplink port.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+use tapnet_sandbox::netns::Netns;
+use tapnet_tests::{connect_in, in_namespace, tcp_server, Env};
+
+const LAN_HOST: &str = "192.168.50.1";
+const SUBNET: &str = "192.168.50.0/24";
+
+/// Build the lan namespace (`/run/netns/lan`, on a private tmpfs over `/run`) and the
+/// veth parent `lan0`.
+fn lan(env: &Env) -> Netns {
+    env.host_cmd(&["mount", "-t", "tmpfs", "tapnet-test-run", "/run"]);
+    std::fs::create_dir_all("/run/netns").unwrap();
+    env.host_cmd(&["ip", "netns", "add", "lan"]);
+    env.host_cmd(&[
+        "ip", "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", "lan",
+    ]);
+    env.host_cmd(&["ip", "link", "set", "lan0", "up"]);
+    env.host_cmd(&[
+        "ip",
+        "-n",
+        "lan",
+        "addr",
+        "add",
+        "192.168.50.1/24",
+        "dev",
+        "eth0",
+    ]);
+    env.host_cmd(&["ip", "-n", "lan", "link", "set", "eth0", "up"]);
+    env.host_cmd(&["ip", "-n", "lan", "link", "set", "lo", "up"]);
+    Netns::open(Path::new("/run/netns/lan")).expect("open /run/netns/lan")
+}
+
+/// A command in the lan namespace.
+fn in_lan(env: &Env, cmd: &[&str]) -> std::process::Output {
+    env.nsenter(Path::new("/run/netns/lan"), cmd)
+}
+
+fn create_macvlan(env: &Env, name: &str) {
+    env.ok(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "-o",
+        "parent=lan0",
+        "-o",
+        "macvlan_mode=bridge",
+        "--subnet",
+        SUBNET,
+        "--gateway",
+        LAN_HOST,
+        name,
+    ]);
+}
+
+/// `ping` from the lan namespace; true when every echo was answered.
+fn lan_ping(env: &Env, ip: &str) -> bool {
+    in_lan(
+        env,
+        &["ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "2", ip],
+    )
+    .status
+    .success()
+}
+
+/// The MAC of `eth0` in `sandbox`.
+fn sandbox_mac(env: &Env, sandbox: &str) -> String {
+    let out = env.exec_ok(sandbox, &["cat", "/sys/class/net/eth0/address"]);
+    out.trim().to_string()
+}
+
+/// The MAC of the lan host's `eth0` (netlink: `/sys` is the test namespace's).
+fn lan_mac(env: &Env) -> String {
+    let out = in_lan(env, &["ip", "-o", "link", "show", "eth0"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let after = text
+        .split("link/ether ")
+        .nth(1)
+        .expect("link/ether in ip link");
+    after.split_whitespace().next().unwrap().to_string()
+}
+
+/// The lan host's neighbour entry for `ip` (`ip neigh` lladdr), if any.
+fn lan_neigh(env: &Env, ip: &str) -> Option<String> {
+    let out = in_lan(env, &["ip", "neigh", "show", ip]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut it = text.split_whitespace();
+    while let Some(w) = it.next() {
+        if w == "lladdr" {
+            return it.next().map(str::to_string);
+        }
+    }
+    None
+}
+
+/// A TCP server in `ns` answering each connection with `"hello from " + what` after
+/// reading one line.
+fn hello_server(ns: &Netns, addr: &str) -> tapnet_tests::Server {
+    tcp_server(ns, addr, |mut s| {
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf);
+        let _ = s.write_all(b"hello\n");
+    })
+}
+
+/// Connect from `ns` to `addr`, send a line, return the answer.
+fn hello_client(ns: &Netns, addr: &str) -> String {
+    let mut s = connect_in(ns, addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.write_all(b"hi\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn stats(env: &Env, net: &str) -> Value {
+    env.get(&format!("/networks/{net}/stats"))
+}
+
+/// The switch counters of the uplink port (endpoint id `uplink`).
+fn uplink_port(v: &Value) -> Value {
+    v["Ports"]
+        .as_array()
+        .expect("Ports")
+        .iter()
+        .find(|p| p["EndpointID"] == "uplink")
+        .cloned()
+        .unwrap_or_else(|| panic!("no uplink port in {v}"))
+}
+
+#[test]
+fn sandboxes_reach_each_other_and_the_lan_with_their_own_macs() {
+    in_namespace(
+        "sandboxes_reach_each_other_and_the_lan_with_their_own_macs",
+        |env| {
+            let lan_ns = lan(env);
+            create_macvlan(env, "mv");
+            env.sandbox("a");
+            env.sandbox("b");
+            let ip_a = env.connect("mv", "a");
+            let ip_b = env.connect("mv", "b");
+            assert!(
+                ip_a.starts_with("192.168.50.") && ip_a != LAN_HOST,
+                "{ip_a}"
+            );
+
+            // Through the switch: a ↔ b, ICMP and TCP.
+            assert!(
+                env.ping("a", &ip_b, 3),
+                "a cannot ping b\n{}",
+                env.daemon_log()
+            );
+            let b_ns = env.sandbox_ns("b");
+            let _srv_b = hello_server(&b_ns, &format!("{ip_b}:7000"));
+            let a_ns = env.sandbox_ns("a");
+            assert_eq!(hello_client(&a_ns, &format!("{ip_b}:7000")), "hello\n");
+
+            // Through the uplink: each sandbox ↔ the lan host, both ways.
+            let _srv_lan = hello_server(&lan_ns, &format!("{LAN_HOST}:7001"));
+            for (sb, ns, ip) in [("a", &a_ns, &ip_a), ("b", &b_ns, &ip_b)] {
+                assert!(env.ping(sb, LAN_HOST, 3), "{sb} cannot ping the lan host");
+                assert_eq!(hello_client(ns, &format!("{LAN_HOST}:7001")), "hello\n");
+                assert!(lan_ping(env, ip), "the lan host cannot ping {sb}");
+                // The lan host knows each sandbox by its own MAC.
+                let mac = sandbox_mac(env, sb);
+                assert_eq!(lan_neigh(env, ip).as_deref(), Some(mac.as_str()), "{sb}");
+            }
+            assert_ne!(sandbox_mac(env, "a"), sandbox_mac(env, "b"));
+            let _srv_a = hello_server(&a_ns, &format!("{ip_a}:7002"));
+            assert_eq!(hello_client(&lan_ns, &format!("{ip_a}:7002")), "hello\n");
+
+            // The default route is the network's gateway, the lan router.
+            let routes = env.exec_ok("a", &["ip", "-4", "route", "show", "default"]);
+            assert!(routes.contains(&format!("via {LAN_HOST}")), "{routes}");
+
+            // The uplink shows in the stats and the FDB.
+            let v = stats(env, "mv");
+            let up = uplink_port(&v);
+            assert!(tapnet_tests::n(&up, "RxPackets") > 0, "{up}");
+            assert!(tapnet_tests::n(&up, "TxPackets") > 0, "{up}");
+            assert!(v["Uplink"]["rx_frames"].as_u64().unwrap() > 0, "{v}");
+            assert!(v["Uplink"]["tx_frames"].as_u64().unwrap() > 0, "{v}");
+            let fdb = env.get("/networks/mv/fdb");
+            let lan_mac = lan_mac(env);
+            let row = fdb
+                .as_array()
+                .expect("fdb rows")
+                .iter()
+                .find(|r| r["MacAddress"] == lan_mac.as_str())
+                .unwrap_or_else(|| panic!("lan MAC {lan_mac} not in {fdb}"));
+            assert_eq!(row["EndpointID"], "uplink", "{row}");
+        },
+    );
+}
