@@ -203,3 +203,211 @@ fn sandboxes_reach_each_other_and_the_lan_with_their_own_macs() {
         },
     );
 }
+
+/// A deterministic payload of `len` bytes.
+fn payload(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x1234_5678;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn bulk_tcp_crosses_the_uplink_byte_exact_both_ways() {
+    in_namespace("bulk_tcp_crosses_the_uplink_byte_exact_both_ways", |env| {
+        let lan_ns = lan(env);
+        create_macvlan(env, "mv");
+        env.sandbox("a");
+        env.connect("mv", "a");
+        let a_ns = env.sandbox_ns("a");
+        const LEN: usize = 16 << 20;
+        let data = payload(LEN);
+        let before = uplink_port(&stats(env, "mv"));
+
+        // Sandbox → lan host: the lan server reads everything and answers what it got.
+        let _sink = tcp_server(&lan_ns, &format!("{LAN_HOST}:7100"), move |mut s| {
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            let ok = got.len() == LEN && got == payload(LEN);
+            let _ = s.write_all(format!("{} {ok}", got.len()).as_bytes());
+        });
+        let mut c = connect_in(&a_ns, &format!("{LAN_HOST}:7100"), Duration::from_secs(5))
+            .expect("connect to the lan sink");
+        c.write_all(&data).expect("send the payload");
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer, format!("{LEN} true"), "sandbox → lan");
+
+        // Lan host → sandbox: a lan server sends the payload to a sandbox client.
+        let _src = tcp_server(&lan_ns, &format!("{LAN_HOST}:7101"), |mut s| {
+            let _ = s.write_all(&payload(LEN));
+        });
+        let mut c = connect_in(&a_ns, &format!("{LAN_HOST}:7101"), Duration::from_secs(5))
+            .expect("connect to the lan source");
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), LEN, "lan → sandbox length");
+        assert!(got == data, "lan → sandbox bytes differ");
+
+        // The uplink's counters saw both directions' bytes (vnet headers excluded).
+        let after = uplink_port(&stats(env, "mv"));
+        let d = |f: &str| tapnet_tests::n(&after, f) - tapnet_tests::n(&before, f);
+        assert!(
+            d("TxBytes") >= LEN as u64,
+            "uplink tx bytes {}",
+            d("TxBytes")
+        );
+        assert!(
+            d("RxBytes") >= LEN as u64,
+            "uplink rx bytes {}",
+            d("RxBytes")
+        );
+        // Super-frames, not 1500-byte frames: far fewer frames than MTU-sized segments.
+        assert!(
+            d("TxPackets") < (LEN / 1448) as u64,
+            "uplink sent {} frames for {LEN} bytes: no GSO",
+            d("TxPackets")
+        );
+        let v = stats(env, "mv");
+        for drop in [
+            "rx_truncated",
+            "rx_malformed",
+            "tx_malformed",
+            "tx_too_long",
+        ] {
+            assert_eq!(v["Uplink"][drop], 0, "{drop}: {v}");
+        }
+    });
+}
+
+/// `POST /networks/create` with `body`; (status, message).
+fn create_raw(env: &Env, body: &str) -> (u16, String) {
+    let (code, v) = env.api("POST", "/networks/create", Some(body));
+    (code, v["message"].as_str().unwrap_or_default().to_string())
+}
+
+#[test]
+fn bad_parent_mode_or_option_is_a_400_and_creates_nothing() {
+    in_namespace(
+        "bad_parent_mode_or_option_is_a_400_and_creates_nothing",
+        |env| {
+            let _lan = lan(env);
+            let count = |env: &Env| env.get("/networks").as_array().unwrap().len();
+            let before = count(env);
+            let body = |opts: &str| {
+                format!(
+                    r#"{{"Name":"mv","Driver":"macvlan","Options":{{{opts}}},"IPAM":{{"Config":[{{"Subnet":"{SUBNET}"}}]}}}}"#
+                )
+            };
+            for (opts, needle) in [
+                (r#""parent":"nosuch0""#, "nosuch0"),
+                (r#""parent":"lan0.10""#, "802.1q"),
+                (r#""parent":"lan0","macvlan_mode":"vepa""#, "vepa"),
+                (r#""parent":"lan0","macvlan_mode":"passthru""#, "passthru"),
+                (r#""parent":"lan0","ipvlan_mode":"l2""#, "ipvlan_mode"),
+                ("", "parent"),
+            ] {
+                let (code, msg) = create_raw(env, &body(opts));
+                assert_eq!(code, 400, "{opts}: {msg}");
+                assert!(msg.contains(needle), "{opts}: {msg}");
+                assert_eq!(count(env), before, "{opts} left a network");
+            }
+            // The CLI says the same.
+            let err = env.fails(&[
+                "network",
+                "create",
+                "-d",
+                "macvlan",
+                "-o",
+                "parent=lan0",
+                "-o",
+                "macvlan_mode=private",
+                "--subnet",
+                SUBNET,
+                "mv",
+            ]);
+            assert!(err.contains("private"), "{err}");
+            // Nothing was held: the same name and subnet work once the options are right.
+            create_macvlan(env, "mv");
+            // One macvlan network per parent.
+            let (code, msg) = create_raw(
+                env,
+                r#"{"Name":"mv2","Driver":"macvlan","Options":{"parent":"lan0"},"IPAM":{"Config":[{"Subnet":"192.168.51.0/24"}]}}"#,
+            );
+            assert_eq!(code, 409, "{msg}");
+            assert!(msg.contains("lan0"), "{msg}");
+            assert_eq!(count(env), before + 1);
+        },
+    );
+}
+
+#[test]
+fn internal_macvlan_has_no_uplink() {
+    in_namespace("internal_macvlan_has_no_uplink", |env| {
+        let _lan = lan(env);
+        env.ok(&[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--internal",
+            "--subnet",
+            SUBNET,
+            "mvi",
+        ]);
+        env.sandbox("a");
+        env.sandbox("b");
+        env.connect("mvi", "a");
+        let ip_b = env.connect("mvi", "b");
+        assert!(
+            env.ping("a", &ip_b, 2),
+            "internal endpoints reach each other"
+        );
+        assert!(
+            !env.ping("a", LAN_HOST, 1),
+            "an internal network reached the lan"
+        );
+        let v = stats(env, "mvi");
+        assert!(
+            v["Ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["EndpointID"] != "uplink"),
+            "{v}"
+        );
+    });
+}
+
+#[test]
+fn a_daemon_restart_keeps_sandboxes_on_the_lan() {
+    in_namespace("a_daemon_restart_keeps_sandboxes_on_the_lan", |env| {
+        let lan_ns = lan(env);
+        create_macvlan(env, "mv");
+        env.sandbox("a");
+        let ip_a = env.connect("mv", "a");
+        assert!(env.ping("a", LAN_HOST, 2));
+        env.stop_daemon();
+        env.start_daemon();
+        let _srv = hello_server(&lan_ns, &format!("{LAN_HOST}:7200"));
+        assert!(
+            env.ping("a", LAN_HOST, 3),
+            "after the restart a cannot ping the lan host\n{}",
+            env.daemon_log()
+        );
+        let a_ns = env.sandbox_ns("a");
+        assert_eq!(hello_client(&a_ns, &format!("{LAN_HOST}:7200")), "hello\n");
+        assert!(
+            lan_ping(env, &ip_a),
+            "the lan host cannot reach a after the restart"
+        );
+        let up = uplink_port(&stats(env, "mv"));
+        assert!(tapnet_tests::n(&up, "TxPackets") > 0, "{up}");
+    });
+}
