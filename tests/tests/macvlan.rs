@@ -411,3 +411,27 @@ fn a_daemon_restart_keeps_sandboxes_on_the_lan() {
         assert!(tapnet_tests::n(&up, "TxPackets") > 0, "{up}");
     });
 }
+
+#[test]
+fn published_ports_on_a_macvlan_only_sandbox_are_refused_by_name() {
+    in_namespace(
+        "published_ports_on_a_macvlan_only_sandbox_are_refused_by_name",
+        |env| {
+            let _lan = lan(env);
+            create_macvlan(env, "mv");
+            env.ok(&["sandbox", "create", "-p", "8080:80", "web"]);
+            let err = env.fails(&["network", "connect", "mv", "web"]);
+            assert!(err.contains("-p") && err.contains("macvlan"), "{err}");
+            let v = env.get("/sandboxes/web");
+            assert!(
+                v["Endpoints"].as_object().is_none_or(|m| m.is_empty()),
+                "{v}"
+            );
+            // Published on a bridge network first, the sandbox may join the macvlan too.
+            env.network("br", "10.77.0.0/24");
+            env.connect("br", "web");
+            env.connect("mv", "web");
+            assert!(env.ping("web", LAN_HOST, 2));
+        },
+    );
+}
