@@ -343,6 +343,19 @@ fn bad_parent_mode_or_option_is_a_400_and_creates_nothing() {
             assert_eq!(code, 409, "{msg}");
             assert!(msg.contains("lan0"), "{msg}");
             assert_eq!(count(env), before + 1);
+            // The uplink holds the parent promiscuous while the network exists, and
+            // removing the network closes it.
+            let flags = || {
+                let out = std::process::Command::new("ip")
+                    .args(["-d", "-o", "link", "show", "lan0"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            assert!(flags().contains("promiscuity 1"), "{}", flags());
+            env.ok(&["network", "rm", "mv"]);
+            assert!(flags().contains("promiscuity 0"), "{}", flags());
+            assert_eq!(count(env), before);
         },
     );
 }
