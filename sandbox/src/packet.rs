@@ -49,6 +49,14 @@ const TX_DATA_OFFSET: usize = libc::TPACKET2_HDRLEN - std::mem::size_of::<libc::
 /// The longest frame (vnet header + Ethernet) a write takes.
 pub const MAX_TX_FRAME: usize = SLOT_SIZE - TX_DATA_OFFSET;
 
+// A 64 KiB GSO frame with its Ethernet and vnet headers fits one tx slot; slots are
+// whole pages and the data offset keeps the tpacket alignment.
+const _: () = {
+    assert!(MAX_TX_FRAME >= VNET_HDR_LEN + 14 + 65_535);
+    assert!(TX_DATA_OFFSET.is_multiple_of(libc::TPACKET_ALIGNMENT));
+    assert!(SLOT_SIZE.is_multiple_of(4096));
+};
+
 /// Counters of a [`PacketSocket`] (single writer: the thread using the socket).
 #[derive(Debug, Default)]
 pub struct PacketStats {
@@ -530,5 +538,19 @@ impl Drop for PacketSocket {
         unsafe {
             libc::munmap(self.map.cast::<libc::c_void>(), self.map_len);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_interface_is_named() {
+        let e = PacketSocket::open("nosuchif0").unwrap_err().to_string();
+        assert!(e.contains("nosuchif0"), "{e}");
+        let e = PacketSocket::open("a\0b").unwrap_err().to_string();
+        assert!(e.contains("NUL"), "{e}");
     }
 }
