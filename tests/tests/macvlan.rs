@@ -448,3 +448,67 @@ fn published_ports_on_a_macvlan_only_sandbox_are_refused_by_name() {
         },
     );
 }
+
+#[test]
+fn only_frames_for_the_sandboxes_reach_them() {
+    in_namespace("only_frames_for_the_sandboxes_reach_them", |env| {
+        let _lan = lan(env);
+        create_macvlan(env, "mv");
+        env.sandbox("a");
+        env.connect("mv", "a");
+        let mac_a = sandbox_mac(env, "a");
+        let mac_bytes: Vec<String> = mac_a.split(':').map(|b| format!("0x{b}")).collect();
+        let mac_py = format!("bytes([{}])", mac_bytes.join(","));
+        // The sandbox counts frames of ethertype 0x88b5 reaching its eth0.
+        let capture = std::thread::scope(|s| {
+            let cap = s.spawn(|| {
+                env.python(
+                    "a",
+                    r#"
+import socket, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88b5))
+s.bind(("eth0", 0))
+s.settimeout(0.2)
+n = 0
+end = time.time() + 3
+while time.time() < end:
+    try:
+        f = s.recv(65535)
+    except socket.timeout:
+        continue
+    n += 1
+print(n)
+"#,
+                )
+            });
+            std::thread::sleep(Duration::from_millis(800));
+            // From the lan: 5 frames to a, 5 to a MAC nobody has, 5 VLAN-tagged to a.
+            let code = format!(
+                r#"
+import socket
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+src = s.getsockname()[4][:6]
+a = {mac_py}
+other = bytes([2, 0, 0, 0, 0, 0x99])
+for _ in range(5):
+    s.send(a + src + b"\x88\xb5" + b"x" * 50)
+    s.send(other + src + b"\x88\xb5" + b"y" * 50)
+    s.send(a + src + b"\x81\x00\x00\x0a\x88\xb5" + b"z" * 50)
+"#
+            );
+            let out = in_lan(env, &[tapnet_tests::python3(), "-c", &code]);
+            assert!(out.status.success(), "{out:?}");
+            cap.join().unwrap()
+        });
+        assert!(capture.status.success(), "{capture:?}");
+        let got: u32 = String::from_utf8_lossy(&capture.stdout)
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(got, 5, "frames of 0x88b5 reaching a");
+        let v = stats(env, "mv");
+        assert!(v["Uplink"]["rx_not_ours"].as_u64().unwrap() >= 5, "{v}");
+        assert_eq!(v["Uplink"]["rx_vlan"], 5, "{v}");
+    });
+}
