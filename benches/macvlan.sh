@@ -82,5 +82,5 @@ ko=$(median "${k_out[@]}") to=$(median "${t_out[@]}") ki=$(median "${k_in[@]}") 
 printf '\n%-40s %10s %10s %8s\n' "metric (median of $RUNS)" "tapnet" "kernel" "ratio"
 printf '%-40s %10.2f %10.2f %8.2f\n' "sandbox -> lan host TCP (Gbit/s)" "$to" "$ko" "$($PY -c "print($to/$ko)")"
 printf '%-40s %10.2f %10.2f %8.2f\n' "lan host -> sandbox TCP (Gbit/s)" "$ti" "$ki" "$($PY -c "print($ti/$ki)")"
-T network stats mv 2>/dev/null | json 'd.get("Uplink")' >&2 || true
+echo "uplink counters: $(curl -s --unix-socket $d/tapnet.sock http://tapnet/networks/mv/stats | json 'd.get("Uplink")')" >&2
 echo "machine: $(nproc) cores, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
