@@ -19,7 +19,11 @@
 //! * promiscuous membership (`PACKET_ADD_MEMBERSHIP` `PACKET_MR_PROMISC`), so frames for
 //!   every MAC behind the switch arrive; dropped with the socket;
 //! * `PACKET_IGNORE_OUTGOING`, so what this (or any) socket sends on the interface is not
-//!   read back (and `PACKET_OUTGOING` frames are skipped should the kernel lack it).
+//!   read back (and `PACKET_OUTGOING` frames are skipped should the kernel lack it);
+//! * a classic BPF filter ([`mac_filter`], replaced by [`PacketSocket::set_macs`]) that
+//!   keeps, in the kernel, only frames to a group address (broadcast, multicast) or to
+//!   one of the given MACs, so other hosts' unicast on a promiscuous parent never costs
+//!   a ring slot or a copy. Until the first `set_macs` only group frames pass.
 //!
 //! Reads drop and count ([`PacketStats`]) frames the port cannot forward: truncated
 //! (longer than a ring slot), VLAN-tagged (the uplink is untagged), with a vnet header
@@ -56,6 +60,51 @@ const _: () = {
     assert!(TX_DATA_OFFSET.is_multiple_of(libc::TPACKET_ALIGNMENT));
     assert!(SLOT_SIZE.is_multiple_of(4096));
 };
+
+/// Most MACs [`mac_filter`] takes (5 instructions each within the kernel's 4096); with
+/// more, the filter keeps every frame (the caller filters).
+pub const MAX_FILTER_MACS: usize = 800;
+
+/// What a filter returns for a frame it keeps: all of it.
+const BPF_ACCEPT: u32 = u32::MAX;
+
+fn bpf(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code: u16::try_from(code).unwrap_or(0),
+        jt,
+        jf,
+        k,
+    }
+}
+
+/// The classic BPF program that keeps frames whose destination MAC is a group address
+/// or one of `macs` (any frame when there are more than [`MAX_FILTER_MACS`]). Per MAC:
+/// `ld [2]; jeq low32; ldh [0]; jeq high16; ret accept` — every jump is local, so the
+/// program has no 255-instruction reach limit.
+pub fn mac_filter(macs: &[[u8; 6]]) -> Vec<libc::sock_filter> {
+    use libc::{BPF_ABS, BPF_B, BPF_H, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    if macs.len() > MAX_FILTER_MACS {
+        return vec![bpf(BPF_RET | BPF_K, 0, 0, BPF_ACCEPT)];
+    }
+    let mut p = vec![
+        bpf(BPF_LD | BPF_B | BPF_ABS, 0, 0, 0),
+        bpf(BPF_JMP | BPF_JSET | BPF_K, 0, 1, 1),
+        bpf(BPF_RET | BPF_K, 0, 0, BPF_ACCEPT),
+    ];
+    for m in macs {
+        let low = u32::from_be_bytes([m[2], m[3], m[4], m[5]]);
+        let high = u32::from(u16::from_be_bytes([m[0], m[1]]));
+        p.extend([
+            bpf(BPF_LD | BPF_W | BPF_ABS, 0, 0, 2),
+            bpf(BPF_JMP | BPF_JEQ | BPF_K, 0, 3, low),
+            bpf(BPF_LD | BPF_H | BPF_ABS, 0, 0, 0),
+            bpf(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, high),
+            bpf(BPF_RET | BPF_K, 0, 0, BPF_ACCEPT),
+        ]);
+    }
+    p.push(bpf(BPF_RET | BPF_K, 0, 0, 0));
+    p
+}
 
 /// Counters of a [`PacketSocket`] (single writer: the thread using the socket).
 #[derive(Debug, Default)]
@@ -261,6 +310,7 @@ impl PacketSocket {
                 &mreq,
             ),
         )?;
+        sock.set_macs(&[])?;
         // SAFETY: an all-zero sockaddr_ll is a valid value (then filled in below).
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as libc::c_ushort;
@@ -278,6 +328,24 @@ impl PacketSocket {
             return Err(os(format!("bind the packet socket to {name}")));
         }
         Ok(sock)
+    }
+
+    /// Keep only group-addressed frames and frames to `macs` (see [`mac_filter`]),
+    /// replacing the previous filter.
+    pub fn set_macs(&self, macs: &[[u8; 6]]) -> Result<()> {
+        let mut prog = mac_filter(macs);
+        let fprog = libc::sock_fprog {
+            len: libc::c_ushort::try_from(prog.len())
+                .map_err(|_| Error::Invalid(format!("BPF program of {} insns", prog.len())))?,
+            filter: prog.as_mut_ptr(),
+        };
+        // SO_ATTACH_FILTER copies the program: `prog` only has to live through the call.
+        setsockopt(&self.fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog).map_err(|source| {
+            Error::Os {
+                op: format!("SO_ATTACH_FILTER on the packet socket of {}", self.name),
+                source,
+            }
+        })
     }
 
     /// The interface's name.
@@ -545,6 +613,19 @@ impl Drop for PacketSocket {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mac_filter_shape() {
+        let a = [0x02, 0x42, 0xc0, 0xa8, 0x32, 0x02];
+        let p = mac_filter(&[a]);
+        assert_eq!(p.len(), 3 + 5 + 1);
+        assert_eq!(p[4].k, 0xc0a8_3202);
+        assert_eq!(p[6].k, 0x0242);
+        assert_eq!(p.last().unwrap().k, 0);
+        assert_eq!(mac_filter(&[]).len(), 4);
+        assert_eq!(mac_filter(&vec![a; MAX_FILTER_MACS + 1]).len(), 1);
+        assert!(mac_filter(&vec![a; MAX_FILTER_MACS]).len() <= 4096);
+    }
 
     #[test]
     fn a_missing_interface_is_named() {

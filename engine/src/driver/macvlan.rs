@@ -13,11 +13,12 @@
 //! sandbox with `-p` that is not yet published elsewhere is refused when it connects)
 //! and no embedded DNS (capability `gateway_service` false), as with Docker's macvlan.
 //!
-//! The uplink reads every frame on the parent (promiscuous) and passes the switch only
+//! The uplink's socket is promiscuous on the parent, but passes the switch only
 //! broadcast/multicast frames and unicast frames to one of the network's endpoint MACs
-//! (kept current by [`UplinkControl::SetMacs`] at every join, restore and leave);
-//! other LAN unicast is counted `rx_not_ours` and dropped, so sandboxes do not see
-//! their neighbours' traffic. One macvlan network per parent (a second is a 409: both
+//! (kept current by [`UplinkControl::SetMacs`] at every join, restore and leave): a
+//! BPF filter drops other LAN unicast in the kernel, and what was already in the ring
+//! is dropped and counted `rx_not_ours`, so sandboxes do not see their neighbours'
+//! traffic. One macvlan network per parent (a second is a 409: both
 //! uplinks would read the same frames and neither would see the other's sends).
 //!
 //! Options (anything else is refused with a 400 that names it):
@@ -128,6 +129,11 @@ impl FrameIo for UplinkPort {
         };
         match *msg {
             UplinkControl::SetMacs(macs) => {
+                // The kernel's filter first (frames for a MAC not yet in it would be
+                // dropped there), then ours, which catches what was already queued.
+                self.sock
+                    .set_macs(&macs)
+                    .map_err(|e| io::Error::other(e.to_string()))?;
                 self.macs = macs.into_iter().collect();
                 Ok(PortReply::Done)
             }
