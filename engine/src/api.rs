@@ -692,6 +692,11 @@ pub fn stats_resource(net: &Network, report: &NetworkReport, store: &Store) -> S
                 port: t.port.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
                 socket: t.socket.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
             }),
+        uplink: report
+            .uplink
+            .iter()
+            .map(|(k, n)| (k.to_string(), *n))
+            .collect(),
     }
 }
 

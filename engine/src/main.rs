@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tapnet_engine::controller::DefaultBridge;
 use tapnet_engine::driver::bridge::BridgeDriver;
+use tapnet_engine::driver::macvlan::MacvlanDriver;
 use tapnet_engine::driver::overlay::OverlayDriver;
 use tapnet_engine::driver::record::{HOST_DRIVER, NULL_DRIVER};
 use tapnet_engine::driver::DriverRegistry;
@@ -220,9 +221,11 @@ async fn main() -> anyhow::Result<()> {
         call_timeout: args.plugin_timeout,
     };
     let plugins = Arc::new(Plugins::new(plugin_config));
+    let macvlan = MacvlanDriver::new(Arc::clone(&bridge));
     let mut drivers = DriverRegistry::new().with_plugins(Arc::clone(&plugins));
     drivers.register(bridge);
     drivers.register(Arc::new(overlay));
+    drivers.register(Arc::new(macvlan));
     drivers.register(Arc::new(NULL_DRIVER));
     drivers.register(Arc::new(HOST_DRIVER));
     let pools = if args.default_address_pools.is_empty() {

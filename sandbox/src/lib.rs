@@ -8,12 +8,15 @@
 //!   set MAC/MTU/addresses/routes, and undo all of it.
 //! * [`netlink`]: the small rtnetlink client (links, addresses, routes) used by `tap`
 //!   and `iface`.
+//! * [`packet`]: AF_PACKET sockets with rx/tx rings and vnet headers (the macvlan
+//!   driver's uplink port on a host interface).
 //!
 //! This is the only crate with `unsafe`; every block carries a `// SAFETY:` note.
 
 pub mod iface;
 pub mod netlink;
 pub mod netns;
+pub mod packet;
 pub mod tap;
 
 use std::io;

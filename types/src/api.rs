@@ -478,6 +478,12 @@ pub struct StatsResource {
     /// The tunnel's counters (overlay networks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<TunnelStatsResource>,
+    /// The uplink packet socket's counters (macvlan networks): `rx_frames`,
+    /// `tx_frames`, `rx_ring_drops`, drops by reason (`rx_truncated`, `rx_vlan`,
+    /// `rx_malformed`, `tx_malformed`, `tx_ring_full`, ...), `rx_not_ours`. The
+    /// switch's counters of its port are in `Ports` (endpoint id `uplink`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub uplink: BTreeMap<String, u64>,
 }
 
 /// The tunnel part of [`StatsResource`] (overlay networks).

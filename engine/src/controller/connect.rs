@@ -64,6 +64,14 @@ impl Inner {
         }
         let driver = self.drivers.get(&net.driver)?;
         check_exclusive(&self.drivers, &store, &net, &sb, driver.as_ref())?;
+        // macvlan has no gateway to publish through (Docker publishes nothing there):
+        // ports not yet published on another network are refused, not dropped.
+        if net.driver == "macvlan" && !sb.port_bindings.is_empty() && sb.published.is_none() {
+            return Err(Error::InvalidRequest(format!(
+                "sandbox {} publishes ports (-p) but network {} (driver macvlan) cannot                  publish them: connect the sandbox to a bridge network first, or create it                  without -p (macvlan endpoints are reached directly at their address)",
+                sb.name, net.name
+            )));
+        }
         if !driver.capabilities().needs_addresses && (opts.ipv4.is_some() || opts.ipv6.is_some()) {
             return Err(Error::InvalidRequest(format!(
                 "network {} (driver {}) gives endpoints no addresses: drop the static IPv4Address/IPv6Address",

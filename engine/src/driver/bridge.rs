@@ -94,18 +94,20 @@ struct BridgeNetwork {
     ports: HashMap<String, BridgePort>,
     /// The gateway; `None` only while a network is being torn down.
     gateway: Option<GatewayHandle>,
-    /// The gateway's switch port.
-    gateway_port: PortId,
+    /// The gateway's switch port (`None`: a network without a userspace gateway,
+    /// macvlan).
+    gateway_port: Option<PortId>,
     /// That port's counters (what the switch sent to and got from the gateway).
-    gateway_port_stats: Arc<PortStats>,
+    gateway_port_stats: Option<Arc<PortStats>>,
     /// This network's subnets and gateway addresses (what other gateways isolate).
     own: Vec<IpNet>,
     /// Anti-spoofing on endpoint ports.
     port_security: bool,
     /// The MTU endpoints (and the gateway) get.
     mtu: u32,
-    /// The switch port of the network's uplink (overlay: the VXLAN tunnel port).
-    uplink: Option<PortId>,
+    /// The switch port of the network's uplink (overlay: the VXLAN tunnel port;
+    /// macvlan: the packet socket on the parent) and its counters.
+    uplink: Option<(PortId, Arc<PortStats>)>,
 }
 
 impl BridgeNetwork {
@@ -249,8 +251,10 @@ impl BridgeDriver {
         let net = nets
             .get(network_id)
             .ok_or_else(|| Self::unknown(network_id))?;
-        let port = net
+        let (port, _) = net
             .uplink
+            .as_ref()
+            .map(|(p, s)| (*p, s))
             .ok_or_else(|| Error::Driver(format!("network {network_id} has no uplink port")))?;
         net.handle
             .control_port(port, msg)
@@ -259,7 +263,21 @@ impl BridgeDriver {
 
     /// The switch port of `network_id`'s uplink, if it has one.
     pub(crate) fn uplink_port(&self, network_id: &str) -> Option<PortId> {
-        lock(&self.networks).get(network_id).and_then(|n| n.uplink)
+        lock(&self.networks)
+            .get(network_id)
+            .and_then(|n| n.uplink.as_ref().map(|(p, _)| *p))
+    }
+
+    /// The switch's counters of `network_id`'s uplink port, if it has one (reported
+    /// with endpoint id `uplink`).
+    pub(crate) fn uplink_report(&self, network_id: &str) -> Option<PortReport> {
+        lock(&self.networks).get(network_id).and_then(|n| {
+            n.uplink.as_ref().map(|(port, stats)| PortReport {
+                endpoint_id: "uplink".into(),
+                port: *port,
+                stats: stats.snapshot(),
+            })
+        })
     }
 
     /// The MTU the driver gives endpoints of `network_id`.
@@ -271,14 +289,17 @@ impl BridgeDriver {
     }
 
     /// The shared part of `create_network` of the switch-based drivers (`bridge`,
-    /// `overlay`): a switch, the userspace gateway on it, endpoints of `mtu`, and
-    /// `uplink` (overlay: the VXLAN port) attached as a port without a policy. The
-    /// network joins the gateways' isolation lists. On failure nothing is left.
+    /// `overlay`, `macvlan`): a switch, the userspace gateway on it (unless `gateway`
+    /// is false: macvlan, whose gateway is a router on the parent's segment),
+    /// endpoints of `mtu`, and `uplink` (overlay: the VXLAN port; macvlan: the packet
+    /// socket) attached as a port without a policy. The network joins the gateways'
+    /// isolation lists. On failure nothing is left.
     pub(crate) fn create_switch_network(
         &self,
         network: &Network,
         mtu: u32,
         uplink: Option<Box<dyn FrameIo>>,
+        gateway: bool,
     ) -> Result<()> {
         let icc = network.icc()?;
         let port_security = network.port_security()?;
@@ -308,7 +329,7 @@ impl BridgeDriver {
         let uplink = match uplink {
             None => None,
             Some(io) => match handle.add_port_with(io, PortOptions::default()) {
-                Ok((port, _stats)) => Some(port),
+                Ok((port, stats)) => Some((port, stats)),
                 Err(e) => {
                     if let Err(r) = handle.remove() {
                         tracing::warn!(error = %r, "removing switch after a failed uplink");
@@ -320,8 +341,31 @@ impl BridgeDriver {
                 }
             },
         };
-        let own = own_nets(network);
+        // A network without gateway (macvlan: a LAN segment) is not isolated from
+        // the others' gateways: their sandboxes reach it as any outside address.
+        let own = if gateway {
+            own_nets(network)
+        } else {
+            Vec::new()
+        };
         let mut nets = lock(&self.networks);
+        if !gateway {
+            nets.insert(
+                network.id.clone(),
+                BridgeNetwork {
+                    handle,
+                    ports: HashMap::new(),
+                    gateway: None,
+                    gateway_port: None,
+                    gateway_port_stats: None,
+                    own,
+                    port_security,
+                    mtu,
+                    uplink,
+                },
+            );
+            return Ok(());
+        }
         let isolated: Vec<IpNet> = nets.values().flat_map(|n| n.own.clone()).collect();
         let mut cfg = tapnet_nat::Config::new(crate::model::mac_for(gw4), gw4, subnet.prefix_len());
         cfg.ipv6 = network
@@ -383,8 +427,8 @@ impl BridgeDriver {
                 handle,
                 ports: HashMap::new(),
                 gateway: Some(gateway),
-                gateway_port,
-                gateway_port_stats,
+                gateway_port: Some(gateway_port),
+                gateway_port_stats: Some(gateway_port_stats),
                 own,
                 port_security,
                 mtu,
@@ -416,7 +460,7 @@ impl Driver for BridgeDriver {
     }
 
     fn create_network(&self, req: &NetworkRequest<'_>) -> Result<()> {
-        self.create_switch_network(req.network, req.network.mtu()?, None)
+        self.create_switch_network(req.network, req.network.mtu()?, None, true)
     }
 
     fn delete_network(&self, network_id: &str) -> Result<()> {
@@ -429,8 +473,10 @@ impl Driver for BridgeDriver {
         if let Some(gw) = net.gateway.take() {
             gw.shutdown();
         }
-        let _ = net.handle.remove_port(net.gateway_port);
-        if let Some(uplink) = net.uplink {
+        if let Some(gw_port) = net.gateway_port {
+            let _ = net.handle.remove_port(gw_port);
+        }
+        if let Some((uplink, _)) = net.uplink {
             let _ = net.handle.remove_port(uplink);
         }
         for (ep, port) in net.ports {
@@ -635,12 +681,15 @@ impl Driver for BridgeDriver {
             fdb_limit_hits: counters.fdb_limit_hits,
             ports,
             gateway: net.gateway.as_ref().map(GatewayHandle::stats),
-            gateway_port: Some(PortReport {
-                endpoint_id: String::new(),
-                port: net.gateway_port,
-                stats: net.gateway_port_stats.snapshot(),
-            }),
+            gateway_port: net.gateway_port.zip(net.gateway_port_stats.as_ref()).map(
+                |(port, stats)| PortReport {
+                    endpoint_id: String::new(),
+                    port,
+                    stats: stats.snapshot(),
+                },
+            ),
             tunnel: None,
+            uplink: Vec::new(),
         })
     }
 

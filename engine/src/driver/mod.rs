@@ -24,7 +24,9 @@
 //! says how overlay, remote, CNI and macvlan drivers fit.
 //!
 //! Drivers: `bridge` (a userspace switch, a tap per endpoint), `overlay` (a bridge
-//! network whose switch also has a VXLAN tunnel port, see [`overlay`]), `null` (endpoints get
+//! network whose switch also has a VXLAN tunnel port, see [`overlay`]), `macvlan` (a
+//! switch without gateway whose uplink port is a packet socket on a host interface,
+//! see [`macvlan`]), `null` (endpoints get
 //! no device: the sandbox keeps only loopback) and `host` (endpoints share the daemon
 //! host's namespace: no device, no address), and `remote` drivers: Docker network
 //! plugins written by others, looked up by name when no driver of that name is
@@ -35,6 +37,7 @@
 //! switch returns empty reports.
 
 pub mod bridge;
+pub mod macvlan;
 pub mod overlay;
 pub mod record;
 pub mod remote;
@@ -368,6 +371,9 @@ pub struct NetworkReport {
     pub gateway_port: Option<PortReport>,
     /// The tunnel's counters (overlay networks).
     pub tunnel: Option<TunnelReport>,
+    /// The uplink socket's counters, by name (macvlan networks:
+    /// `tapnet_sandbox::packet::PacketStatsSnapshot`; empty for other drivers).
+    pub uplink: Vec<(&'static str, u64)>,
 }
 
 /// Counters of an overlay network's tunnel: its VXLAN port and the daemon's VXLAN

@@ -336,7 +336,7 @@ impl Driver for OverlayDriver {
             "overlay network: VXLAN port on the daemon's socket"
         );
         self.bridge
-            .create_switch_network(network, mtu, Some(Box::new(port)))?;
+            .create_switch_network(network, mtu, Some(Box::new(port)), true)?;
         self.vnis
             .lock()
             .unwrap_or_else(|p| p.into_inner())
