@@ -21,8 +21,15 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 impl Inner {
-    pub(super) async fn create_network(&self, req: NetworkCreate) -> Result<String> {
+    pub(super) async fn create_network(
+        &self,
+        req: NetworkCreate,
+        id: Option<String>,
+    ) -> Result<String> {
         super::validate_name("network", &req.name)?;
+        if let Some(id) = &id {
+            model::validate_id("network", id)?;
+        }
         let driver_name = if req.driver.is_empty() {
             "bridge"
         } else {
@@ -39,6 +46,11 @@ impl Inner {
             return Err(Error::Conflict(format!(
                 "network with name {} already exists",
                 req.name
+            )));
+        }
+        if let Some(id) = id.as_ref().filter(|id| store.networks.contains_key(*id)) {
+            return Err(Error::Conflict(format!(
+                "network with id {id} already exists"
             )));
         }
         let driver = self.drivers.get(driver_name)?;
@@ -80,7 +92,7 @@ impl Inner {
         driver.validate_options(&req.options)?;
         self.check_encryption(driver_name, &req.options)?;
         let network = Network {
-            id: model::new_id(),
+            id: id.unwrap_or_else(model::new_id),
             name: req.name.clone(),
             driver: driver_name.to_string(),
             created: model::now_rfc3339(),
