@@ -15,6 +15,11 @@ command -v iperf3 >/dev/null || need+=(iperf3)
 # docker.io holds the CLI but also pulls in dockerd's dependencies (containerd, runc,
 # iptables, tini; ~150 MB); only the client is used, no docker daemon is started.
 command -v docker >/dev/null || need+=(docker.io)
+# tests/tests/docker_plugin.rs runs the real dockerd (tapnet as its network plugin):
+# some machines have a docker client but no daemon, so look for dockerd itself.
+command -v dockerd >/dev/null || need+=(docker.io)
+# ... and its containers run a busybox image made from the static busybox.
+{ [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; } || need+=(busybox-static)
 # The etcd client crate (engine/src/store/etcd.rs) compiles etcd's protobufs with
 # protoc; the cluster-store tests (tests/tests/etcd.rs) run a real etcd.
 command -v protoc >/dev/null || need+=(protobuf-compiler)

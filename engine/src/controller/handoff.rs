@@ -252,6 +252,7 @@ impl Inner {
                     lock(&self.netns)
                         .entry(sb.id.clone())
                         .or_insert_with(|| Arc::clone(&ns));
+                    tracing::info!(sandbox = %sb.name, path = %sb.netns_path.display(), "hand-off sandbox's namespace opened");
                     ns
                 }
             };
