@@ -66,10 +66,19 @@ fn port_of(env: &Env, net: &str, ep: &str) -> Option<Value> {
 }
 
 /// A TCP exchange from `from` to `to`:7000, where `to` runs `nc -ll -p 7000 -e echo
-/// pong-<to>`.
+/// pong-<to>` (retried until the server listens: a container is "running" before its
+/// process has bound its port).
 fn exchange(d: &Dockerd, from: &str, to: &str) {
-    let out = d.ok(&["exec", from, "nc", "-w", "5", to, "7000"]);
-    assert_eq!(out, format!("pong-{to}"), "{from} -> {to}");
+    let mut last = String::new();
+    wait_for(&format!("a TCP exchange {from} -> {to}"), || {
+        let out = d.docker(&["exec", from, "nc", "-w", "5", to, "7000"]);
+        last = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        last.trim() == format!("pong-{to}")
+    });
 }
 
 /// POST garbage (and other bad calls) to the plugin socket: each answers `{"Err"}`.
@@ -269,19 +278,29 @@ fn docker_plugin_end_to_end() {
             "netstat",
             "-tn",
         ]);
-        let mut s = connect_in(
-            &wan.ns,
-            &format!("{WAN_HOST_IP}:8080"),
-            Duration::from_secs(5),
-        )
-        .expect("connect to the published port");
-        let client = s.local_addr().unwrap();
-        let mut seen = String::new();
-        let _ = s.read_to_string(&mut seen);
-        assert!(
-            seen.contains(&client.to_string()),
-            "the server saw {seen:?}, not {client}"
-        );
+        // (until the server inside listens, the gateway's connection is refused and the
+        // client reads nothing)
+        let mut last = String::new();
+        wait_for("the published server to answer", || {
+            let Ok(mut s) = connect_in(
+                &wan.ns,
+                &format!("{WAN_HOST_IP}:8080"),
+                Duration::from_secs(5),
+            ) else {
+                return false;
+            };
+            let client = s.local_addr().unwrap();
+            last.clear();
+            let _ = s.read_to_string(&mut last);
+            if last.contains("ESTABLISHED") {
+                assert!(
+                    last.contains(&client.to_string()),
+                    "the server saw {last:?}, not {client}"
+                );
+                return true;
+            }
+            false
+        });
         d.ok(&["rm", "-f", "web"]);
         wait_for("the published port to close", || {
             connect_in(

@@ -351,3 +351,94 @@ pub async fn release_address(p: &Plugin, body: &[u8]) -> PluginResult<Empty> {
         })
         .await
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::driver::DriverRegistry;
+    use crate::ipam::DefaultIpam;
+    use crate::Controller;
+
+    fn plugin(file: &std::path::Path) -> Arc<Plugin> {
+        let ctl = Controller::new(
+            DriverRegistry::new(),
+            Box::new(DefaultIpam::new()),
+            &std::env::temp_dir(),
+        );
+        Plugin::new(ctl, None, file.to_path_buf()).unwrap()
+    }
+
+    async fn addr(p: &Plugin, body: &str) -> PluginResult<String> {
+        request_address(p, body.as_bytes()).await.map(|r| r.address)
+    }
+
+    #[tokio::test]
+    async fn pools_and_addresses_survive_a_restart() {
+        let dir = std::env::temp_dir().join(format!("tapnet-ipam-{}", crate::model::new_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pools.json");
+        let p = plugin(&file);
+        // Default pools: the first free one, then the next.
+        let a = request_pool(&p, b"{}").await.unwrap();
+        assert_eq!(
+            (a.pool_id.as_str(), a.pool.as_str()),
+            ("tapnet/172.17.0.0/16", "172.17.0.0/16")
+        );
+        let b = request_pool(&p, br#"{"AddressSpace":"tapnet-local"}"#)
+            .await
+            .unwrap();
+        assert_eq!(b.pool, "172.18.0.0/16");
+        // Overlaps, IPv6, options and bad input are refused by name.
+        let e = request_pool(&p, br#"{"Pool":"172.17.5.0/24"}"#)
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("overlaps"), "{}", e.message);
+        assert!(request_pool(&p, br#"{"V6":true}"#)
+            .await
+            .unwrap_err()
+            .message
+            .contains("IPv4"));
+        let e = request_pool(&p, br#"{"Pool":"10.1.0.0/24","Options":{"x":"1"}}"#)
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("option x"), "{}", e.message);
+        assert_eq!(request_pool(&p, b"nonsense").await.unwrap_err().status, 400);
+        // Gateway first, then the next free; a given address; a taken one.
+        let gw = r#"{"PoolID":"tapnet/172.17.0.0/16","Options":{"RequestAddressType":"com.docker.network.gateway"}}"#;
+        assert_eq!(addr(&p, gw).await.unwrap(), "172.17.0.1/16");
+        let any = r#"{"PoolID":"tapnet/172.17.0.0/16"}"#;
+        assert_eq!(addr(&p, any).await.unwrap(), "172.17.0.2/16");
+        let fixed = r#"{"PoolID":"tapnet/172.17.0.0/16","Address":"172.17.0.9"}"#;
+        assert_eq!(addr(&p, fixed).await.unwrap(), "172.17.0.9/16");
+        assert_eq!(addr(&p, fixed).await.unwrap_err().status, 409);
+        // A restart (a new plugin on the same file) keeps them.
+        drop(p);
+        let p = plugin(&file);
+        assert_eq!(addr(&p, any).await.unwrap(), "172.17.0.3/16");
+        release_address(
+            &p,
+            br#"{"PoolID":"tapnet/172.17.0.0/16","Address":"172.17.0.2"}"#,
+        )
+        .await
+        .unwrap();
+        assert_eq!(addr(&p, any).await.unwrap(), "172.17.0.2/16");
+        release_pool(&p, br#"{"PoolID":"tapnet/172.18.0.0/16"}"#)
+            .await
+            .unwrap();
+        assert_eq!(
+            release_pool(&p, br#"{"PoolID":"tapnet/172.18.0.0/16"}"#)
+                .await
+                .unwrap_err()
+                .status,
+            404
+        );
+        // A sub-pool bounds the allocations.
+        let s = request_pool(&p, br#"{"Pool":"10.50.0.0/24","SubPool":"10.50.0.128/25"}"#)
+            .await
+            .unwrap();
+        let body = format!(r#"{{"PoolID":"{}"}}"#, s.pool_id);
+        assert_eq!(addr(&p, &body).await.unwrap(), "10.50.0.129/24");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
