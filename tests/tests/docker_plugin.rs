@@ -357,7 +357,25 @@ fn docker_plugin_end_to_end() {
         assert_eq!(ip3, ip2, "the released address is given again");
         exchange(&d, "c1", "c3");
 
-        // Restarts: dockerd (live-restore), then tapnetd; tapnetd, then dockerd.
+        // Restarts: dockerd (live-restore), then tapnetd; tapnetd, then dockerd. A TCP
+        // connection from c3 to c1 streams through all of them (c1 echoes a line every
+        // 0.2 s back), and a new exchange works after each.
+        d.ok(&["exec", "-d", "c1", "nc", "-l", "-p", "7001", "-e", "cat"]);
+        let lines = |d: &Dockerd| -> usize {
+            let out = d.docker(&["exec", "c3", "cat", "/got"]);
+            String::from_utf8_lossy(&out.stdout).lines().count()
+        };
+        // (connects again until the server listens; once lines flow, a broken
+        // connection ends it for good)
+        d.ok(&[
+            "exec",
+            "-d",
+            "c3",
+            "sh",
+            "-c",
+            "while ! [ -s /got ]; do (while true; do echo x; sleep 0.2; done | nc c1 7001 > /got); sleep 0.2; done",
+        ]);
+        wait_for("c3's stream to c1 to start", || lines(&d) > 2);
         d.restart();
         exchange(&d, "c1", "c3");
         restart_tapnetd(env);
@@ -366,6 +384,10 @@ fn docker_plugin_end_to_end() {
         restart_tapnetd(env);
         d.restart();
         exchange(&d, "c1", "c3");
+        let before = lines(&d);
+        wait_for("the stream that crossed every restart to go on", || {
+            lines(&d) > before + 5
+        });
         // After the restarts, rm still releases.
         d.ok(&[
             "run",
