@@ -19,6 +19,14 @@
 //!   `restore_endpoint`, then apply under the recorded name when the device was
 //!   re-created, or only record the description (assumed applied,
 //!   [`iface::Applied::assumed`]) when the device survived.
+//! * Hand-off sandboxes ([`crate::model::Sandbox::handoff`], dockerd through the
+//!   Docker plugin): the driver made the device in the daemon's namespace;
+//!   [`SandboxLayer::hand_off`] sets only its MAC, MTU and txqueuelen there, leaves it
+//!   down and records the description; the runtime moves, renames and configures it,
+//!   and undoes that itself, so undo only forgets the record. On restore
+//!   ([`SandboxLayer::restore_handed_off`]) the device found in the sandbox is re-opened
+//!   and recorded; one that had to be re-created is refused (the runtime would not
+//!   configure it again).
 //! * Records live in memory; after a daemon restart [`SandboxLayer::restore`] rebuilds
 //!   them. An endpoint without a record (no device, or never restored) has nothing to
 //!   undo.

@@ -9,7 +9,9 @@
 //!   renamed only while down, and a moved device always is), sets MAC, MTU and
 //!   txqueuelen, brings `lo` up, turns IPv6 off on the device if asked (no router
 //!   solicitation, DAD or MLD), adds the addresses (IPv6 ones with `nodad`: usable at
-//!   once), sets the device up, adds the default route via each gateway (only in a
+//!   once), sets the device up (with [`Spec::leave_down`] neither the device nor `lo`
+//!   is set up: for a device another party moves and brings up), adds the default
+//!   route via each gateway (only in a
 //!   family that has no default route in the sandbox yet) and the static routes (all
 //!   on this device). It returns an [`Applied`] record of what it changed.
 //! * If any step fails, the steps before it are undone and the error is returned:
