@@ -435,6 +435,32 @@ fn docker_plugin_end_to_end() {
             .contains("namespace of a Docker container vanished"));
         let _ = d.docker(&["rm", "-f", "c5"]);
 
+        // A container removed while tapnetd is down: dockerd moves its tap back to
+        // tapnetd's namespace and its Leave fails; the next start drops the endpoint,
+        // frees the address and deletes the tap.
+        d.ok(&[
+            "run",
+            "-d",
+            "--network",
+            "tn1",
+            "--name",
+            "c6",
+            "bb",
+            "sleep",
+            "1000",
+        ]);
+        let (ep6, _, _, _) = docker_endpoint(&d, "c6", "tn1");
+        env.stop_daemon();
+        let _ = d.docker(&["rm", "-f", "c6"]);
+        restart_tapnetd(env);
+        assert!(port_of(env, "tn1", &ep6).is_none());
+        let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+        let links = String::from_utf8_lossy(&links.stdout).into_owned();
+        assert!(
+            !links.contains(": tap"),
+            "the handed-back tap is deleted: {links}"
+        );
+
         // A device deleted without Leave: tapnet notices and releases the endpoint.
         let out = env.nsenter(std::path::Path::new(&key3), &["ip", "link", "del", "eth0"]);
         assert!(

@@ -14,7 +14,9 @@
 //! the gateways get their names and published ports back. A hand-off sandbox's
 //! devices were renamed by its runtime: each endpoint's device is found by its MAC
 //! and its new name recorded (an endpoint whose device is gone is dropped), then
-//! re-opened and recorded as handed off, never re-created. Records that do not make
+//! re-opened and recorded as handed off, never re-created. The taps of hand-off
+//! endpoints dropped at start that are back in the daemon's namespace (dockerd moves a
+//! device out before its `Leave`, which failed while tapnetd was down) are deleted. Records that do not make
 //! sense (unreadable, an endpoint of an unknown network or sandbox, a pool that
 //! overlaps another) are logged and left out; with a cluster store an endpoint of an
 //! unknown network is set aside instead (perhaps of a global network, see `global`).
@@ -193,6 +195,15 @@ impl Inner {
                 }
             }
         }
+        // Devices of hand-off sandboxes that are gone: dockerd moves a device back to
+        // this namespace before its `Leave`; with tapnetd down, the tap stays here.
+        let mut handed_back: HashSet<[u8; 6]> = store
+            .networks
+            .values()
+            .flat_map(|n| n.endpoints.values())
+            .filter(|e| stale.iter().any(|s| s.handoff && s.id == e.sandbox_id))
+            .filter_map(|e| e.mac)
+            .collect();
         for sb in &stale {
             store.sandboxes.remove(&sb.id);
             changes.push(Change::DeleteSandbox(sb.id.clone()));
@@ -301,11 +312,20 @@ impl Inner {
             }
             for id in gone {
                 if let Some(e) = net.endpoints.remove(&id) {
+                    handed_back.extend(e.mac);
                     self.release(&endpoint_addresses(net, &e));
                     tracing::warn!(network = %net.name, endpoint = %id, ip = ?e.ipv4, "the handed-off device of an endpoint is gone from its sandbox; endpoint dropped, its address is free");
                     changes.push(Change::DeleteEndpoint(id));
                 }
             }
+        }
+
+        if !handed_back.is_empty() {
+            blocking("remove handed-back taps", move || {
+                remove_handed_back(&handed_back);
+                Ok(())
+            })
+            .await?;
         }
 
         // Data plane: one switch per network, then the endpoints in parallel.
@@ -497,6 +517,35 @@ fn find_handed_off(
         }
     }
     out
+}
+
+/// Delete the taps in the daemon's namespace that carry one of `macs` (endpoints of
+/// hand-off sandboxes dropped at start; named `tap…` by the bridge driver), logged.
+fn remove_handed_back(macs: &HashSet<[u8; 6]>) {
+    let found = match super::handoff::links(None) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list this namespace's devices to remove handed-back taps");
+            return;
+        }
+    };
+    for (name, mac) in found {
+        if !name.starts_with("tap") || !mac.is_some_and(|m| macs.contains(&m)) {
+            continue;
+        }
+        let removed = tapnet_sandbox::netlink::Handle::new().and_then(|mut nl| {
+            match nl.link_index(&name)? {
+                Some(i) => nl.delete_link(i),
+                None => Ok(()),
+            }
+        });
+        match removed {
+            Ok(()) => {
+                tracing::warn!(tap = %name, "tap of a removed Docker container, handed back while tapnetd was down, deleted")
+            }
+            Err(e) => tracing::warn!(tap = %name, error = %e, "deleting a handed-back tap"),
+        }
+    }
 }
 
 /// Remove the namespace files under `dir` that are not in `named` (best effort).
