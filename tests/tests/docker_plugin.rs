@@ -152,6 +152,19 @@ fn docker_plugin_end_to_end() {
         ]);
         assert!(err.contains("mtu"), "{err}");
         assert!(!d.docker(&["network", "inspect", "tnbad"]).status.success());
+        let err = d.fails(&[
+            "network",
+            "create",
+            "-d",
+            "tapnet",
+            "--subnet",
+            "10.61.0.0/24",
+            "-o",
+            "com.docker.network.bridge.name=br9",
+            "tnbad",
+        ]);
+        assert!(err.contains("com.docker.network.bridge.name"), "{err}");
+        assert!(!d.docker(&["network", "inspect", "tnbad"]).status.success());
 
         // Two containers reach each other by name and by address, through tapnet's switch.
         d.ok(&[

@@ -3,7 +3,7 @@
 //!
 //! | dockerd | tapnet |
 //! |---|---|
-//! | `CreateNetwork` | create a `bridge` network with id `NetworkID`, the pool and gateway of `IPv4Data` (`IPv6Data`: IPv6 on), `-o` options as driver options, `internal`; name `docker-<id>` until dockerd's name is read ([`super::dockerd`]) |
+//! | `CreateNetwork` | create a `bridge` network with id `NetworkID`, the pool and gateway of `IPv4Data` (`IPv6Data`: IPv6 on), `-o` options as driver options (only [`SUPPORTED_OPTIONS`]; others refused by name; values checked by the driver), `internal`; name `docker-<id>` until dockerd's name is read ([`super::dockerd`]) |
 //! | `DeleteNetwork` | remove it |
 //! | `CreateEndpoint` | remember the endpoint's address and MAC until `Join`; answer the MAC tapnet will give it when dockerd gave none |
 //! | `Join` | adopt `SandboxKey` as a hand-off sandbox (once per namespace), connect it with `EndpointID` and the remembered address/MAC; answer `InterfaceName` {the tap made in tapnetd's namespace, `eth`} and the network's gateways |
@@ -108,6 +108,33 @@ fn generic_options(options: &proto::Options) -> PluginResult<BTreeMap<String, St
     Ok(out)
 }
 
+/// The `-o` options a plugin network takes: the ones tapnet's bridge driver
+/// implements. Any other is refused by name (dockerd's bridge options such as
+/// `com.docker.network.bridge.name` mean nothing to a userspace switch).
+pub const SUPPORTED_OPTIONS: [&str; 3] = [
+    model::MTU_OPTION,
+    model::ICC_OPTION,
+    model::PORT_SECURITY_OPTION,
+];
+
+/// Refuse the options tapnet does not implement, naming them.
+fn check_options(options: &BTreeMap<String, String>) -> PluginResult<()> {
+    let unknown: Vec<&str> = options
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !SUPPORTED_OPTIONS.contains(k))
+        .collect();
+    match unknown.as_slice() {
+        [] => Ok(()),
+        names => Err(PluginError::bad(format!(
+            "driver option{} {} not supported by tapnet (it takes {})",
+            if names.len() > 1 { "s" } else { "" },
+            names.join(", "),
+            SUPPORTED_OPTIONS.join(", ")
+        ))),
+    }
+}
+
 /// The request a `CreateNetwork` body makes (pure: no state read).
 pub fn network_request(req: &CreateNetworkRequest) -> PluginResult<NetworkCreate> {
     let v4 = match req.ipv4_data.as_slice() {
@@ -186,7 +213,11 @@ pub fn network_request(req: &CreateNetworkRequest) -> PluginResult<NetworkCreate
         aux_addresses,
         enable_ipv6: ipv6.is_some(),
         ipv6,
-        options: generic_options(&req.options)?,
+        options: {
+            let o = generic_options(&req.options)?;
+            check_options(&o)?;
+            o
+        },
         labels,
         internal: bool_option(&req.options, proto::OPT_INTERNAL)?,
         ..NetworkCreate::default()
@@ -612,6 +643,12 @@ mod tests {
         r.options
             .insert(proto::OPT_GENERIC.into(), serde_json::json!({"mtu": 1400}));
         assert!(network_request(&r).unwrap_err().message.contains("mtu"));
+        r.options.insert(
+            proto::OPT_GENERIC.into(),
+            serde_json::json!({"com.docker.network.bridge.name": "br9", "foo": "1"}),
+        );
+        let e = network_request(&r).unwrap_err().message;
+        assert!(e.contains("com.docker.network.bridge.name, foo"), "{e}");
     }
 
     #[test]
