@@ -221,7 +221,21 @@ fn docker_plugin_end_to_end() {
         let resolv = d.ok(&["exec", "c1", "cat", "/etc/resolv.conf"]);
         assert!(resolv.contains("127.0.0.11"), "{resolv}");
 
-        // `docker network inspect` and `tapnet network inspect` agree.
+        // `docker network inspect` and `tapnet network inspect` agree (tapnet names a
+        // container's sandbox after the container once dockerd lists it).
+        wait_for(
+            "tapnet to name the sandboxes after their containers",
+            || {
+                let mut names: Vec<String> = env.get("/networks/tn1")["Containers"]
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .map(|c| c["Name"].as_str().unwrap().to_string())
+                    .collect();
+                names.sort();
+                names == ["c1", "c2"]
+            },
+        );
         let dv = json(&d.ok(&["network", "inspect", "tn1"]));
         let tv = json(&String::from_utf8_lossy(
             &env.tapnet(&["network", "inspect", "tn1"]).stdout,
@@ -238,7 +252,7 @@ fn docker_plugin_end_to_end() {
             tv["IPAM"]["Config"][0]["Gateway"]
         );
         let addrs = |v: &Value| {
-            let mut a: Vec<(String, String)> = v["Containers"]
+            let mut a: Vec<(String, String, String)> = v["Containers"]
                 .as_object()
                 .unwrap()
                 .values()
@@ -246,6 +260,7 @@ fn docker_plugin_end_to_end() {
                     (
                         c["EndpointID"].as_str().unwrap().into(),
                         c["IPv4Address"].as_str().unwrap().into(),
+                        c["Name"].as_str().unwrap().into(),
                     )
                 })
                 .collect();

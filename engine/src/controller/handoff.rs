@@ -4,6 +4,8 @@
 //! * [`Inner::rename_network`]: give a network the name its runtime knows it by
 //!   (dockerd does not send the name with `CreateNetwork`): under the `networks` lock
 //!   and the network's, the name checked and unique → commit → publish.
+//! * [`Inner::rename_sandbox`]: the same for a sandbox (a container's name), under
+//!   the `sandboxes` lock and the sandbox's; its networks' DNS names follow.
 //! * [`Inner::publish_ports`]: publish a sandbox's ports after it joined (Docker's
 //!   `ProgramExternalConnectivity` comes after `Join`), under the `sandboxes` lock,
 //!   the sandbox's and the network's: the sandbox is on the network with an IPv4
@@ -80,6 +82,50 @@ impl Inner {
                 n.name = network.name;
             }
         });
+        Ok(())
+    }
+
+    pub(super) async fn rename_sandbox(&self, what: &str, name: &str) -> Result<()> {
+        super::validate_name("sandbox", name)?;
+        let sid = self.model().resolve_sandbox(what)?;
+        let _held = self
+            .locks
+            .acquire([SANDBOXES_LOCK.to_string(), sb_key(&sid)])
+            .await;
+        let store = self.model();
+        let mut sandbox = store
+            .sandboxes
+            .get(&sid)
+            .cloned()
+            .ok_or_else(|| not_found("sandbox", what))?;
+        if sandbox.name == name {
+            return Ok(());
+        }
+        if store.sandboxes.values().any(|s| s.name == name) {
+            return Err(Error::Conflict(format!(
+                "sandbox with name {name} already exists"
+            )));
+        }
+        let old = std::mem::replace(&mut sandbox.name, name.to_string());
+        let txn = Txn::new(format!("rename sandbox {old} to {name}"));
+        let r = self
+            .commit(&txn, vec![Change::PutSandbox(sandbox.clone())])
+            .await;
+        txn.finish(r).await?;
+        tracing::info!(id = %sid, from = %old, to = %name, "sandbox renamed");
+        self.publish(|s| {
+            s.sandboxes.insert(sid.clone(), sandbox);
+        });
+        let networks: Vec<String> = self
+            .model()
+            .endpoints_of_sandbox(&sid)
+            .into_iter()
+            .map(|(n, _)| n.id.clone())
+            .collect();
+        for nid in networks {
+            self.refresh_names(&nid).await;
+        }
+        self.refresh_files(&sid).await;
         Ok(())
     }
 

@@ -541,6 +541,15 @@ impl Controller {
         .await
     }
 
+    /// Rename a sandbox (the name its runtime knows it by; see `handoff`).
+    pub async fn rename_sandbox(&self, what: &str, name: &str) -> Result<()> {
+        let (inner, what, name) = (Arc::clone(&self.inner), what.to_string(), name.to_string());
+        to_the_end("rename sandbox", async move {
+            inner.rename_sandbox(&what, &name).await
+        })
+        .await
+    }
+
     /// Publish `bindings` of a sandbox already on `network` at its gateway (Docker's
     /// `ProgramExternalConnectivity`); returns where they are bound.
     pub async fn publish_ports(

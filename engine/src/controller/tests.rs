@@ -551,4 +551,11 @@ async fn caller_chosen_ids_and_rename() {
         .await
         .unwrap_err();
     assert_eq!(err.status(), 409, "{err}");
+    // A sandbox takes its container's name; a taken name is refused.
+    ctl.rename_sandbox("sb", "c1").await.unwrap();
+    assert_eq!(ctl.sandbox("c1").await.unwrap().id, ep.sandbox_id);
+    assert_eq!(
+        ctl.rename_sandbox("sb2", "c1").await.unwrap_err().status(),
+        409
+    );
 }

@@ -5,7 +5,9 @@
 //! [`name_later`] polls `GET /networks/{id}` on dockerd's socket (`--docker-host`)
 //! until the network is there (or [`NAME_WAIT`] passed) and renames the tapnet network
 //! to it. Until then (and if dockerd cannot be reached) the network is called
-//! `docker-<first 12 digits of the id>`. One request per connection (hyper's
+//! `docker-<first 12 digits of the id>`. A container's sandbox likewise takes the
+//! container's name ([`sandbox_name_later`], from the network's `Containers`) once
+//! dockerd lists its endpoint; until then it is `docker-<sandbox key>`. One request per connection (hyper's
 //! `http1::handshake` over a unix stream), each bounded by [`REQUEST_TIMEOUT`].
 
 use crate::Controller;
@@ -101,6 +103,65 @@ impl DockerApi {
             _ => return Ok(None),
         }
         Ok(v.get("Name").and_then(|n| n.as_str()).map(str::to_string))
+    }
+}
+
+impl DockerApi {
+    /// The name of the container whose endpoint `endpoint_id` is on network
+    /// `network_id` (`Containers` of dockerd's `GET /networks/{id}`); `Ok(None)` while
+    /// dockerd does not list it.
+    pub async fn container_name(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<Option<String>, String> {
+        let (status, body) = self.get(&format!("/networks/{network_id}")).await?;
+        if !status.is_success() {
+            return Ok(None);
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| format!("dockerd's network {network_id}: {e}"))?;
+        let found = v
+            .get("Containers")
+            .and_then(|c| c.as_object())
+            .and_then(|c| {
+                c.values()
+                    .find(|e| e.get("EndpointID").and_then(|i| i.as_str()) == Some(endpoint_id))
+            })
+            .and_then(|e| e.get("Name"))
+            .and_then(|n| n.as_str())
+            .map(str::to_string);
+        Ok(found)
+    }
+}
+
+/// Rename the sandbox of endpoint `endpoint_id` (on `network_id`) to its container's
+/// name once dockerd lists it (see the module doc). Logs what happened; never fails.
+pub async fn sandbox_name_later(
+    ctl: Controller,
+    docker: DockerApi,
+    network_id: String,
+    endpoint_id: String,
+) {
+    let deadline = tokio::time::Instant::now() + NAME_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        let sid = ctl
+            .snapshot()
+            .await
+            .networks
+            .get(&network_id)
+            .and_then(|n| n.endpoints.get(&endpoint_id))
+            .map(|e| e.sandbox_id.clone());
+        let Some(sid) = sid else {
+            return;
+        };
+        if let Ok(Some(name)) = docker.container_name(&network_id, &endpoint_id).await {
+            if let Err(e) = ctl.rename_sandbox(&sid, &name).await {
+                tracing::warn!(sandbox = %sid, name = %name, error = %e, "cannot give the sandbox its container's name");
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

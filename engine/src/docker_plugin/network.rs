@@ -6,7 +6,7 @@
 //! | `CreateNetwork` | create a `bridge` network with id `NetworkID`, the pool and gateway of `IPv4Data` (`IPv6Data`: IPv6 on), `-o` options as driver options (only [`SUPPORTED_OPTIONS`]; others refused by name; values checked by the driver), `internal`; name `docker-<id>` until dockerd's name is read ([`super::dockerd`]) |
 //! | `DeleteNetwork` | remove it |
 //! | `CreateEndpoint` | remember the endpoint's address and MAC until `Join`; answer the MAC tapnet will give it when dockerd gave none |
-//! | `Join` | adopt `SandboxKey` as a hand-off sandbox (once per namespace), connect it with `EndpointID` and the remembered address/MAC; answer `InterfaceName` {the tap made in tapnetd's namespace, `eth`} and the network's gateways |
+//! | `Join` | adopt `SandboxKey` as a hand-off sandbox (once per namespace; named after the container once dockerd lists it), connect it with `EndpointID` and the remembered address/MAC; answer `InterfaceName` {the tap made in tapnetd's namespace, `eth`} and the network's gateways |
 //! | `ProgramExternalConnectivity` | publish `com.docker.network.portmap` at the network's gateway |
 //! | `RevokeExternalConnectivity` | unpublish |
 //! | `Leave` | disconnect (the tap is destroyed); the sandbox goes with its last endpoint |
@@ -486,6 +486,14 @@ pub async fn join(p: &Plugin, body: &[u8]) -> PluginResult<JoinResponse> {
             return Err(e.into());
         }
     };
+    if let (true, Some(docker)) = (adopted, &p.docker) {
+        tokio::spawn(dockerd::sandbox_name_later(
+            p.ctl.clone(),
+            docker.clone(),
+            net.id.clone(),
+            ep.id.clone(),
+        ));
+    }
     Ok(JoinResponse {
         interface_name: Some(InterfaceName {
             src_name: ep.interface,
