@@ -624,6 +624,45 @@ mod lifecycle_tests {
     }
 
     #[test]
+    fn hand_off_keeps_the_device_down_in_place_and_undo_only_forgets() {
+        // Refuse: undo of a handed-off record must not reach the ops.
+        struct Recording(Arc<Mutex<Vec<Spec>>>);
+        impl SandboxOps for Recording {
+            fn apply(&self, _: &Netns, spec: &Spec) -> tapnet_sandbox::Result<Applied> {
+                lock(&self.0).push(spec.clone());
+                Ok(Applied::assumed(spec, "tap1"))
+            }
+            fn undo(&self, _: &Netns, _: &Applied) -> tapnet_sandbox::Result<()> {
+                Err(tapnet_sandbox::Error::Invalid("undo must not run".into()))
+            }
+        }
+        let specs = Arc::new(Mutex::new(Vec::new()));
+        let layer = SandboxLayer::new(Recording(Arc::clone(&specs)));
+        let ns = own_netns();
+        let mut join = description();
+        if let Some(i) = join.interface.as_mut() {
+            i.source = InterfaceSource::InSandbox {
+                name: "tap1".into(),
+            };
+        }
+        assert_eq!(layer.hand_off("e", &ns, &join).unwrap(), "tap1");
+        assert!(layer.is_handed_off("e"));
+        // In place, named as it is, MAC and MTU set, left down, nothing else.
+        let spec = lock(&specs)[0].clone();
+        assert_eq!(spec.naming, Naming::Keep);
+        assert_eq!(
+            (spec.mac, spec.mtu),
+            (Some([2, 0x42, 10, 0, 0, 2]), Some(1450))
+        );
+        assert!(spec.leave_down && spec.addresses.is_empty() && spec.routes.is_empty());
+        assert_eq!((spec.gateway_v4, spec.disable_ipv6), (None, false));
+        assert_eq!(layer.description("e"), Some(join));
+        layer.undo("e").unwrap();
+        assert!(!layer.is_handed_off("e"));
+        assert_eq!(layer.description("e"), None);
+    }
+
+    #[test]
     fn failed_sandbox_setup_records_nothing() {
         let (layer, ns) = (SandboxLayer::new(Refuse), own_netns());
         let mut join = description();
