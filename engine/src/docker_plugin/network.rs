@@ -380,6 +380,8 @@ pub async fn endpoint_info(p: &Plugin, body: &[u8]) -> PluginResult<EndpointInfo
 /// Take endpoint `id` off tapnet (disconnect; its sandbox goes with its last
 /// endpoint). Nothing there: nothing to do.
 pub(super) async fn release(p: &Plugin, id: &str, why: &str) -> PluginResult<()> {
+    // (a join must not find the sandbox this removes)
+    let _one = p.net.adopt.lock().await;
     let Some((sid, ep)) = joined(p, id).await else {
         return Ok(());
     };
