@@ -406,8 +406,16 @@ fn docker_plugin_end_to_end() {
         wait_for("c3's stream to c1 to start", || lines(&d) > 2);
         d.restart();
         exchange(&d, "c1", "c3");
+        // (before a restart tapnet knows the tap by the name it handed off)
+        let handed = port_of(env, "tn1", &ep1).unwrap()["Interface"].clone();
+        assert!(
+            handed.as_str().is_some_and(|n| n.starts_with("tap")),
+            "{handed}"
+        );
         restart_tapnetd(env);
         exchange(&d, "c3", "c1");
+        // The restore found c1's tap by MAC under dockerd's name and recorded it.
+        assert_eq!(port_of(env, "tn1", &ep1).unwrap()["Interface"], "eth0");
         assert!(port_of(env, "tn1", &ep1).is_some() && port_of(env, "tn1", &ep3).is_some());
         restart_tapnetd(env);
         d.restart();
