@@ -83,7 +83,7 @@ for i in $(seq 1 "$N"); do
     nsenter --net="/run/netns/h$i" "$BIN/tapnetd" -H "unix://$W/h$i/run/tapnet.sock" \
         --exec-root "$W/h$i/run" --data-root "$W/h$i/data" \
         --cluster-store etcd://192.0.2.254:2379 --cluster-advertise "192.0.2.$i" \
-        --data-path-addr "192.0.2.$i" --cluster-ttl "$TTL" >"$W/h$i/log" 2>&1 &
+        --data-path-addr "192.0.2.$i" --cluster-ttl "$TTL" --docker-plugin=false >"$W/h$i/log" 2>&1 &
     DPID[$i]=$!
     PIDS+=("${DPID[$i]}")
 done

@@ -11,17 +11,19 @@ command -v curl >/dev/null || need+=(curl)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v iperf3 >/dev/null || need+=(iperf3)
 [ -x /usr/bin/python3 ] || command -v python3 >/dev/null || need+=(python3)
-# tests/tests/docker_cli.rs drives tapnetd with the stock docker client. Debian's
-# docker.io holds the CLI but also pulls in dockerd's dependencies (containerd, runc,
-# iptables, tini; ~150 MB); only the client is used, no docker daemon is started.
-command -v docker >/dev/null || need+=(docker.io)
+# tests/tests/docker_cli.rs drives tapnetd with the stock docker client;
+# tests/tests/docker_plugin.rs runs the real dockerd (tapnet as its network plugin), in
+# the test's own namespaces. Some machines have a docker client but no daemon, so look
+# for dockerd itself: Debian's docker.io has both (and containerd, runc, iptables).
+command -v dockerd >/dev/null || need+=(docker.io)
 # The etcd client crate (engine/src/store/etcd.rs) compiles etcd's protobufs with
 # protoc; the cluster-store tests (tests/tests/etcd.rs) run a real etcd.
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
 # tests/tests/cni.rs runs podman (CNI backend) with tapnet-cni: two busybox containers
-# on a tapnet network (image: Debian's static busybox; podman's own CNI plugins).
+# on a tapnet network (image: Debian's static busybox; podman's own CNI plugins); the
+# dockerd tests' image is the same static busybox.
 command -v podman >/dev/null || need+=(podman)
 [ -d /usr/lib/cni ] || need+=(containernetworking-plugins)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || need+=(busybox-static)

@@ -16,6 +16,9 @@
 //!   network.
 //! * [`api`]: the Docker-compatible HTTP API on a unix socket (`docs/api.md`); its
 //!   bodies are `tapnet_types::api`'s.
+//! * [`docker_plugin`]: tapnet as a Docker network and IPAM plugin (dockerd's
+//!   `NetworkDriver.*`/`IpamDriver.*` calls on `/run/docker/plugins/tapnet.sock`,
+//!   mapped onto the controller).
 //! * [`store`]: the redb database under `--data-root` (one transaction per mutation).
 //! * [`error`]: the error enum and its single mapping to HTTP status codes, and the
 //!   store's error.
@@ -23,11 +26,12 @@
 //! Module dependencies run one way (no circle): `ipam` and `error` are at the
 //! bottom (`error` uses only `ipam`'s error type and other crates), `model` and
 //! `ports` use `error`, `store` uses `model` and `error`; `driver`,
-//! `sandbox_files`, `controller` and `api` sit on top.
+//! `sandbox_files`, `controller`, `api` and `docker_plugin` sit on top.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod controller;
+pub mod docker_plugin;
 pub mod driver;
 pub mod error;
 pub mod ipam;

@@ -99,6 +99,22 @@ struct Args {
     /// How long one plugin call may take before it fails.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = cluster::parse_duration)]
     plugin_timeout: std::time::Duration,
+    /// Serve Docker's network and IPAM plugin protocol, so dockerd runs containers
+    /// on tapnet networks (`docker network create -d tapnet`); `--docker-plugin=false`
+    /// turns it off.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", require_equals = true, value_name = "BOOL")]
+    docker_plugin: bool,
+    /// The plugin's socket (dockerd discovers plugins in /run/docker/plugins).
+    #[arg(long, default_value = tapnet_engine::docker_plugin::DEFAULT_SOCKET, value_name = "PATH")]
+    docker_plugin_socket: PathBuf,
+    /// dockerd's API, where the plugin reads the names of its networks.
+    #[arg(
+        long,
+        default_value = "unix:///run/docker.sock",
+        value_name = "unix:///PATH"
+    )]
+    docker_host: String,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -161,6 +177,42 @@ fn overlay_driver(args: &Args, bridge: Arc<BridgeDriver>) -> OverlayDriver {
     OverlayDriver::new(bridge, addr)
 }
 
+/// Start tapnet's Docker plugin: its socket (served until `stop` turns true), the
+/// watch on vanished containers, and the names of plugin networks still unnamed.
+async fn start_docker_plugin(
+    args: &Args,
+    controller: &Arc<Controller>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    use tapnet_engine::docker_plugin::{self, dockerd, network::PLUGIN_LABEL};
+    let docker = dockerd::DockerApi::from_host(&args.docker_host).map_err(anyhow::Error::msg)?;
+    let ipam_file = args.data_root.join("docker-plugin-ipam.json");
+    let ctl = Controller::clone(controller);
+    let plugin = docker_plugin::Plugin::new(ctl.clone(), Some(docker.clone()), ipam_file)
+        .context("start the Docker plugin")?;
+    for net in ctl.snapshot().await.networks.values() {
+        if net.labels.contains_key(PLUGIN_LABEL) && net.name == dockerd::placeholder_name(&net.id) {
+            tokio::spawn(dockerd::name_later(
+                ctl.clone(),
+                docker.clone(),
+                net.id.clone(),
+            ));
+        }
+    }
+    tokio::spawn(docker_plugin::watch::run(Arc::downgrade(&plugin)));
+    let path = args.docker_plugin_socket.clone();
+    Ok(tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let r = docker_plugin::serve(&path, plugin, shutdown).await;
+        if let Err(e) = &r {
+            tracing::error!(socket = %path.display(), error = %e, "cannot serve the Docker plugin; tapnetd goes on without it");
+        }
+        r
+    }))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -220,6 +272,9 @@ async fn main() -> anyhow::Result<()> {
         retry_deadline: args.plugin_retry_deadline,
         call_timeout: args.plugin_timeout,
     };
+    if args.docker_plugin {
+        plugin_config.own_socket = Some(args.docker_plugin_socket.clone());
+    }
     let plugins = Arc::new(Plugins::new(plugin_config));
     let macvlan = MacvlanDriver::new(Arc::clone(&bridge));
     let mut drivers = DriverRegistry::new().with_plugins(Arc::clone(&plugins));
@@ -269,7 +324,23 @@ async fn main() -> anyhow::Result<()> {
         controller.shutdown().await;
         bail!("load the global networks from the cluster store: {e}");
     }
-    let served = api::serve_unix(&socket, api::router(Arc::clone(&controller)), terminated()).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let plugin = match args.docker_plugin {
+        true => Some(start_docker_plugin(&args, &controller, stop_rx).await?),
+        false => None,
+    };
+    let stop = async move {
+        terminated().await;
+        let _ = stop_tx.send(true);
+    };
+    let served = api::serve_unix(&socket, api::router(Arc::clone(&controller)), stop).await;
+    if let Some(task) = plugin {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {}
+            Err(e) => tracing::error!(error = %e, "the Docker plugin's task failed"),
+        }
+    }
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::debug!(error = %e, "removing socket");
     }

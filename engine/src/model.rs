@@ -28,6 +28,17 @@ pub fn new_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Check an id a caller chose (Docker's `NetworkID`, `EndpointID`): 64 lowercase
+/// hex digits, as tapnet's own.
+pub fn validate_id(kind: &str, id: &str) -> Result<()> {
+    if is_full_id(id) {
+        return Ok(());
+    }
+    Err(Error::InvalidRequest(format!(
+        "invalid {kind} id {id:?}: give 64 lowercase hex digits"
+    )))
+}
+
 /// Whether `s` looks like a full id.
 pub fn is_full_id(s: &str) -> bool {
     s.len() == 64

@@ -22,6 +22,14 @@
 //!   `restore_endpoint`, then apply under the recorded name when the device was
 //!   re-created, or only record the description (assumed applied,
 //!   [`iface::Applied::assumed`]) when the device survived.
+//! * Hand-off sandboxes ([`crate::model::Sandbox::handoff`], dockerd through the
+//!   Docker plugin): the driver made the device in the daemon's namespace;
+//!   [`SandboxLayer::hand_off`] sets only its MAC, MTU and txqueuelen there, leaves it
+//!   down and records the description; the runtime moves, renames and configures it,
+//!   and undoes that itself, so undo only forgets the record. On restore
+//!   ([`SandboxLayer::restore_handed_off`]) the device found in the sandbox is re-opened
+//!   and recorded; one that had to be re-created is refused (the runtime would not
+//!   configure it again).
 //! * Records live in memory; after a daemon restart [`SandboxLayer::restore`] rebuilds
 //!   them. An endpoint without a record (no device, or never restored) has nothing to
 //!   undo.
@@ -65,6 +73,9 @@ struct Record {
     applied: Applied,
     /// The description applied (so a rolled-back leave can apply it again).
     join: JoinDescription,
+    /// The device was handed to the sandbox's runtime ([`SandboxLayer::hand_off`]):
+    /// what is done in the sandbox is the runtime's to undo, so undo only forgets.
+    handed_off: bool,
 }
 
 /// The sandbox layer (see the module doc).
@@ -197,9 +208,73 @@ impl SandboxLayer {
                 sandbox: Arc::clone(sandbox),
                 applied,
                 join: join.clone(),
+                handed_off: false,
             },
         );
         Ok(ifname)
+    }
+
+    /// A hand-off sandbox's join (see [`crate::model::Sandbox::handoff`]): the
+    /// driver made the device in `host` (the daemon's namespace, which it was given as
+    /// the sandbox); set its MAC, MTU and txqueuelen there and leave it down, under its
+    /// name, with no address or route: the runtime moves it into the sandbox, renames
+    /// and configures it. Records the description (undo only forgets it). Returns the
+    /// device's name in `host`.
+    pub fn hand_off(
+        &self,
+        endpoint_id: &str,
+        host: &Arc<Netns>,
+        join: &JoinDescription,
+    ) -> Result<String> {
+        let Some(mut spec) = spec_of(join, None)? else {
+            return Ok(String::new());
+        };
+        spec.naming = Naming::Keep;
+        spec.addresses.clear();
+        spec.disable_ipv6 = false;
+        spec.gateway_v4 = None;
+        spec.gateway_v6 = None;
+        spec.routes.clear();
+        spec.leave_down = true;
+        let applied = self.ops.apply(host, &spec).map_err(|e| {
+            Error::os(
+                format!("prepare the device to hand off ({})", what(&spec, "host")),
+                e,
+            )
+        })?;
+        let ifname = applied.name.clone();
+        lock(&self.records).insert(
+            endpoint_id.to_string(),
+            Record {
+                sandbox: Arc::clone(host),
+                applied,
+                join: join.clone(),
+                handed_off: true,
+            },
+        );
+        Ok(ifname)
+    }
+
+    /// Record a handed-off device that survived a daemon restart (undo only forgets).
+    pub fn adopt_handed_off(
+        &self,
+        endpoint_id: &str,
+        sandbox: &Arc<Netns>,
+        join: &JoinDescription,
+        name: &str,
+    ) -> Result<()> {
+        self.adopt(endpoint_id, sandbox, join, name)?;
+        if let Some(r) = lock(&self.records).get_mut(endpoint_id) {
+            r.handed_off = true;
+        }
+        Ok(())
+    }
+
+    /// Whether `endpoint_id`'s device was handed off to its sandbox's runtime.
+    pub fn is_handed_off(&self, endpoint_id: &str) -> bool {
+        lock(&self.records)
+            .get(endpoint_id)
+            .is_some_and(|r| r.handed_off)
     }
 
     /// Record `join` as applied, under `name`, without touching the sandbox (an
@@ -220,6 +295,7 @@ impl SandboxLayer {
                 sandbox: Arc::clone(sandbox),
                 applied: Applied::assumed(&spec, name),
                 join: join.clone(),
+                handed_off: false,
             },
         );
         Ok(())
@@ -236,6 +312,9 @@ impl SandboxLayer {
         let Some(rec) = lock(&self.records).remove(endpoint_id) else {
             return Ok(());
         };
+        if rec.handed_off {
+            return Ok(());
+        }
         self.ops.undo(&rec.sandbox, &rec.applied).map_err(|e| {
             Error::os(
                 format!(
@@ -278,6 +357,45 @@ impl SandboxLayer {
             (Restored::Recreated, name) => self
                 .apply(&endpoint.id, sandbox, sandbox_name, &restored.join, name)
                 .map(drop),
+        };
+        if let Err(e) = done {
+            if let Err(cleanup) = driver.leave(&network.id, &endpoint.id) {
+                tracing::warn!(error = %cleanup, "cleanup after a failed restore");
+            }
+            return Err(e);
+        }
+        Ok(restored.how)
+    }
+}
+
+impl SandboxLayer {
+    /// Daemon restart of an endpoint of a hand-off sandbox: its device was found in
+    /// the sandbox as `endpoint.interface` (the runtime renamed it); the driver
+    /// re-opens it and the description is recorded as handed off. A device the driver
+    /// had to re-create is not handed over again (the runtime configured the first
+    /// one): the driver leaves and the endpoint fails to restore.
+    pub fn restore_handed_off(
+        &self,
+        driver: &dyn Driver,
+        network: &Network,
+        endpoint: &Endpoint,
+        sandbox: &Arc<Netns>,
+        sandbox_name: &str,
+    ) -> Result<Restored> {
+        let restored = driver.restore_endpoint(&JoinRequest {
+            network,
+            endpoint,
+            sandbox,
+            sandbox_name,
+        })?;
+        let done = match restored.how {
+            Restored::Reopened => {
+                self.adopt_handed_off(&endpoint.id, sandbox, &restored.join, &endpoint.interface)
+            }
+            Restored::Recreated => Err(Error::Driver(format!(
+                "the device of endpoint {} is gone from sandbox {sandbox_name}, whose runtime configured it",
+                endpoint.id
+            ))),
         };
         if let Err(e) = done {
             if let Err(cleanup) = driver.leave(&network.id, &endpoint.id) {
@@ -568,6 +686,45 @@ mod lifecycle_tests {
         let joined = layer.description("e").unwrap();
         let n = joined.interface.map(|i| i.addresses.len());
         assert_eq!(n, Some(2));
+    }
+
+    #[test]
+    fn hand_off_keeps_the_device_down_in_place_and_undo_only_forgets() {
+        // Refuse: undo of a handed-off record must not reach the ops.
+        struct Recording(Arc<Mutex<Vec<Spec>>>);
+        impl SandboxOps for Recording {
+            fn apply(&self, _: &Netns, spec: &Spec) -> tapnet_sandbox::Result<Applied> {
+                lock(&self.0).push(spec.clone());
+                Ok(Applied::assumed(spec, "tap1"))
+            }
+            fn undo(&self, _: &Netns, _: &Applied) -> tapnet_sandbox::Result<()> {
+                Err(tapnet_sandbox::Error::Invalid("undo must not run".into()))
+            }
+        }
+        let specs = Arc::new(Mutex::new(Vec::new()));
+        let layer = SandboxLayer::new(Recording(Arc::clone(&specs)));
+        let ns = own_netns();
+        let mut join = description();
+        if let Some(i) = join.interface.as_mut() {
+            i.source = InterfaceSource::InSandbox {
+                name: "tap1".into(),
+            };
+        }
+        assert_eq!(layer.hand_off("e", &ns, &join).unwrap(), "tap1");
+        assert!(layer.is_handed_off("e"));
+        // In place, named as it is, MAC and MTU set, left down, nothing else.
+        let spec = lock(&specs)[0].clone();
+        assert_eq!(spec.naming, Naming::Keep);
+        assert_eq!(
+            (spec.mac, spec.mtu),
+            (Some([2, 0x42, 10, 0, 0, 2]), Some(1450))
+        );
+        assert!(spec.leave_down && spec.addresses.is_empty() && spec.routes.is_empty());
+        assert_eq!((spec.gateway_v4, spec.disable_ipv6), (None, false));
+        assert_eq!(layer.description("e"), Some(join));
+        layer.undo("e").unwrap();
+        assert!(!layer.is_handed_off("e"));
+        assert_eq!(layer.description("e"), None);
     }
 
     #[test]

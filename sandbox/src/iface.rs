@@ -9,7 +9,9 @@
 //!   renamed only while down, and a moved device always is), sets MAC, MTU and
 //!   txqueuelen, brings `lo` up, turns IPv6 off on the device if asked (no router
 //!   solicitation, DAD or MLD), adds the addresses (IPv6 ones with `nodad`: usable at
-//!   once), sets the device up, adds the default route via each gateway (only in a
+//!   once), sets the device up (with [`Spec::leave_down`] neither the device nor `lo`
+//!   is set up: for a device another party moves and brings up), adds the default
+//!   route via each gateway (only in a
 //!   family that has no default route in the sandbox yet) and the static routes (all
 //!   on this device). It returns an [`Applied`] record of what it changed.
 //! * If any step fails, the steps before it are undone and the error is returned:
@@ -94,6 +96,9 @@ pub struct Spec {
     /// Static routes, added on this device (their `oif` is ignored). One that exists
     /// already is an error.
     pub routes: Vec<Route>,
+    /// Leave the device (and `lo`) as they are, down or up: for a device that another
+    /// party (dockerd) moves into its sandbox and brings up afterwards.
+    pub leave_down: bool,
 }
 
 impl Spec {
@@ -110,6 +115,7 @@ impl Spec {
             gateway_v4: None,
             gateway_v6: None,
             routes: Vec::new(),
+            leave_down: false,
         }
     }
 }
@@ -384,7 +390,7 @@ fn configure_into(nl: &mut Handle, link: &Link, spec: &Spec, applied: &mut Appli
             applied.txqueuelen_was = link.txqueuelen;
         }
     }
-    if let Some(lo) = nl.link(LOOPBACK)? {
+    if let Some(lo) = nl.link(LOOPBACK)?.filter(|_| !spec.leave_down) {
         if !lo.up {
             nl.set_up(lo.index)
                 .map_err(|e| name_link(e, lo.index, LOOPBACK))?;
@@ -400,7 +406,7 @@ fn configure_into(nl: &mut Handle, link: &Link, spec: &Spec, applied: &mut Appli
         nl.add_address(index, addr, len).map_err(on_link)?;
         applied.addresses.push((addr, len));
     }
-    if !link.up {
+    if !link.up && !spec.leave_down {
         nl.set_up(index).map_err(on_link)?;
         applied.set_up = true;
     }

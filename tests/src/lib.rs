@@ -124,6 +124,10 @@ pub struct Env {
 
 impl Env {
     fn start() -> Env {
+        Env::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Env {
         // A private tmpfs: the daemon's dirs and every file the test makes.
         let root = PathBuf::from(std::env::var_os(ROOT_ENV).expect("TAPNET_IT_ROOT set"));
         let status = Command::new("mount")
@@ -147,7 +151,7 @@ impl Env {
             daemon: None,
             netns: None,
         };
-        env.start_daemon();
+        env.start_daemon_with(extra);
         env
     }
 
@@ -467,6 +471,12 @@ impl Env {
             .arg(self.root.join("run"))
             .arg("--data-root")
             .arg(self.root.join("data"))
+            // The Docker plugin's default socket is the machine's /run/docker/plugins:
+            // off unless the test asks for it.
+            .args(
+                (!extra.iter().any(|a| a.starts_with("--docker-plugin")))
+                    .then_some("--docker-plugin=false"),
+            )
             .args(extra)
             .env("RUST_LOG", "debug")
             // An unknown driver name is looked up as a plugin with dockerd's retries
@@ -636,7 +646,10 @@ impl Env {
     /// private tmpfs first, inside the test's own mount namespace, so `ip netns add`
     /// touches nothing on the machine.
     pub fn wan(&self) -> Wan {
-        self.host_cmd(&["mount", "-t", "tmpfs", "tapnet-test-run", "/run"]);
+        // (A test under `in_root_namespace` has a private /run already.)
+        if !Path::new(PRIVATE_RUN_MARK).exists() {
+            self.host_cmd(&["mount", "-t", "tmpfs", "tapnet-test-run", "/run"]);
+        }
         std::fs::create_dir_all("/run/netns").unwrap();
         self.host_cmd(&["ip", "netns", "add", "wan"]);
         self.host_cmd(&[
@@ -1410,4 +1423,273 @@ pub fn hostb_etcd_flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
 /// The path of a built workspace binary (`tapnet-cni`, ...), next to `tapnetd`.
 pub fn built_binary(name: &str) -> PathBuf {
     bin_path(name)
+}
+
+// ---------------------------------------------------------------------------------------
+// A real dockerd (Debian's docker.io) for the Docker plugin tests.
+// ---------------------------------------------------------------------------------------
+
+/// Marks a /run that is the test's own tmpfs (see [`in_root_namespace`]).
+const PRIVATE_RUN_MARK: &str = "/run/.tapnet-test-private";
+
+/// Where [`in_root_namespace`] tests run dockerd (under the test's root).
+pub fn dockerd_dir(root: &Path) -> PathBuf {
+    root.join("docker")
+}
+
+/// Run `body` inside fresh net + mount + pid namespaces *without* a user namespace
+/// (dockerd, containerd and runc need the real root), with a private tmpfs over
+/// `/run` (so `/run/docker/plugins` and `/run/netns` are the test's own) and `tapnetd`
+/// started with its Docker plugin on `/run/docker/plugins/tapnet.sock` and dockerd's
+/// socket at `<root>/docker/d.sock` (see [`Dockerd`]). Every process the test starts
+/// dies with its pid namespace. As [`in_namespace`] otherwise.
+pub fn in_root_namespace(name: &str, body: impl FnOnce(&mut Env)) {
+    if std::env::var(INNER_ENV).as_deref() == Ok(name) {
+        let root = PathBuf::from(std::env::var_os(ROOT_ENV).expect("TAPNET_IT_ROOT set"));
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "tapnet-test-run", "/run"])
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "cannot mount a tmpfs on /run");
+        std::fs::create_dir_all("/run/netns").unwrap();
+        std::fs::create_dir_all("/run/docker/plugins").unwrap();
+        std::fs::write(PRIVATE_RUN_MARK, b"").unwrap();
+        let host = format!("unix://{}/d.sock", dockerd_dir(&root).display());
+        let mut env = Env::start_with(&["--docker-plugin=true", "--docker-host", &host]);
+        body(&mut env);
+        env.stop();
+        return;
+    }
+    let exe = std::env::current_exe().expect("current test executable");
+    let root = std::env::temp_dir().join(format!("tapnet-it-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&root).expect("create the test's root directory");
+    let out = Command::new("unshare")
+        .args([
+            "--net",
+            "--mount",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--propagation",
+            "private",
+        ])
+        .arg(&exe)
+        .args([
+            "--exact",
+            name,
+            "--nocapture",
+            "--test-threads",
+            "1",
+            "--include-ignored",
+        ])
+        .env(INNER_ENV, name)
+        .env(ROOT_ENV, &root)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run unshare(1) to get a test namespace: {e}"));
+    let _ = std::fs::remove_dir_all(&root);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "test {name} failed inside its namespace (it needs root: net+mount+pid namespaces without a user namespace):\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "test {name}: the inner run did not execute the test:\n{stdout}\n{stderr}"
+    );
+}
+
+/// A real dockerd in the test's namespaces (`--iptables=false --ip6tables=false
+/// --bridge=none --live-restore`), its data root, exec root, socket and log under
+/// `<root>/docker/`; the stock docker client drives it. Dropping it removes every
+/// container and stops dockerd.
+pub struct Dockerd {
+    child: Option<Child>,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its API socket.
+    pub socket: PathBuf,
+}
+
+impl Dockerd {
+    /// Start dockerd and wait until it answers; import the busybox image `bb`
+    /// (a tar of /bin/busybox and its applet links).
+    pub fn start(root: &Path) -> Dockerd {
+        let dir = dockerd_dir(root);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut d = Dockerd {
+            child: None,
+            socket: dir.join("d.sock"),
+            dir,
+        };
+        d.spawn();
+        if !d.docker(&["image", "inspect", "bb"]).status.success() {
+            d.import_busybox();
+        }
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("log"))
+            .unwrap();
+        let child = Command::new("dockerd")
+            .args([
+                "--iptables=false",
+                "--ip6tables=false",
+                "--bridge=none",
+                "--live-restore",
+            ])
+            .arg("--data-root")
+            .arg(self.dir.join("data"))
+            .arg("--exec-root")
+            .arg(self.dir.join("exec"))
+            .arg("--pidfile")
+            .arg(self.dir.join("d.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn dockerd (Debian's docker.io; scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.docker(&["version"]).status.success() {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("dockerd exited early ({st}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not answer within 60 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn import_busybox(&self) {
+        let img = self.dir.join("img");
+        let bin = img.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy("/bin/busybox", bin.join("busybox"))
+            .expect("copy /bin/busybox (busybox-static)");
+        let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" && !applet.is_empty() {
+                let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+            }
+        }
+        let tar = Command::new("tar")
+            .arg("-C")
+            .arg(&img)
+            .args(["-cf", "-", "."])
+            .output()
+            .unwrap();
+        assert!(tar.status.success());
+        let mut child = Command::new(docker_bin())
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(["import", "-", "bb:latest"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(&tar.stdout).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "docker import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// dockerd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    /// Run the docker client against this dockerd.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new(docker_bin())
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args)
+            .output()
+            .expect("run docker")
+    }
+
+    /// Run the docker client; panic unless it succeeds. Returns stdout, trimmed.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Run the docker client; panic if it succeeds. Returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            !out.status.success(),
+            "docker {args:?} should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Stop dockerd with SIGTERM (running containers stay: `--live-restore`).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("dockerd did not stop within 30 s of SIGTERM");
+        }
+    }
+
+    /// Start dockerd again (after [`Dockerd::stop`]).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let ids = self.docker(&["ps", "-aq"]);
+            for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+                let _ = self.docker(&["rm", "-f", id]);
+            }
+            if let Some(mut child) = self.child.take() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                let _ = child.wait();
+            }
+        }
+    }
 }

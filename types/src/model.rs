@@ -289,6 +289,12 @@ pub struct Sandbox {
     /// bridge network).
     #[serde(default)]
     pub published: Option<crate::ports::Published>,
+    /// The sandbox's runtime (dockerd, through tapnet's Docker plugin) moves each
+    /// endpoint's device into the namespace and configures it: tapnet makes the device
+    /// in its own namespace and hands it over (Docker `Join`'s `SrcName`), and applies
+    /// nothing inside the sandbox.
+    #[serde(default)]
+    pub handoff: bool,
 }
 
 #[cfg(test)]

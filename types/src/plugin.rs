@@ -12,7 +12,8 @@
 //!   and the content type [`CONTENT_TYPE`]; every answer is JSON with that content
 //!   type. A failed call answers [`ErrorResponse`] (`{"Err": "..."}`), with any HTTP
 //!   status (dockerd reads `Err` whatever the status).
-//! * Deserialization is lenient: missing fields take their defaults (dockerd omits
+//! * Deserialization is lenient: missing fields take their defaults, and `null` maps
+//!   and lists read as empty (dockerd omits
 //!   empty ones), unknown fields are ignored. Serialization omits nothing a peer
 //!   reads: dockerd decodes absent and empty alike.
 //! * `Options` maps hold arbitrary JSON ([`serde_json::Value`]): dockerd puts
@@ -22,6 +23,16 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+
+/// Deserialize `null` as the default (dockerd sends `"Options":null`,
+/// `"IPv6Data":null`, ...).
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
 
 /// The content type of every plugin request and answer (dockerd sends and accepts
 /// it; plugins commonly answer `application/vnd.docker.plugins.v1+json`, which
@@ -60,6 +71,7 @@ pub type Options = BTreeMap<String, Value>;
 #[serde(rename_all = "PascalCase", default)]
 pub struct ActivateResponse {
     /// Subsystems served: [`NETWORK_DRIVER`], [`IPAM_DRIVER`], ….
+    #[serde(deserialize_with = "nullable")]
     pub implements: Vec<String>,
 }
 
@@ -100,6 +112,7 @@ pub struct IpamData {
     pub gateway: String,
     /// Auxiliary addresses by name, each with prefix length.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(deserialize_with = "nullable")]
     pub aux_addresses: BTreeMap<String, String>,
 }
 
@@ -111,12 +124,15 @@ pub struct CreateNetworkRequest {
     #[serde(rename = "NetworkID")]
     pub network_id: String,
     /// Options: [`OPT_GENERIC`], [`OPT_ENABLE_IPV6`], [`OPT_INTERNAL`], ….
+    #[serde(deserialize_with = "nullable")]
     pub options: Options,
     /// IPv4 pools.
     #[serde(rename = "IPv4Data")]
+    #[serde(deserialize_with = "nullable")]
     pub ipv4_data: Vec<IpamData>,
     /// IPv6 pools.
     #[serde(rename = "IPv6Data")]
+    #[serde(deserialize_with = "nullable")]
     pub ipv6_data: Vec<IpamData>,
 }
 
@@ -163,6 +179,7 @@ pub struct CreateEndpointRequest {
     /// What IPAM gave the endpoint (may be empty: the driver chooses).
     pub interface: Option<EndpointInterface>,
     /// Options ([`OPT_MAC_ADDRESS`], exposed ports, …).
+    #[serde(deserialize_with = "nullable")]
     pub options: Options,
 }
 
@@ -194,6 +211,7 @@ pub struct EndpointRequest {
 #[serde(rename_all = "PascalCase", default)]
 pub struct EndpointInfoResponse {
     /// Free-form operational data (dockerd keeps it as the endpoint's driver info).
+    #[serde(deserialize_with = "nullable")]
     pub value: BTreeMap<String, Value>,
 }
 
@@ -210,6 +228,7 @@ pub struct JoinRequest {
     /// Path of the sandbox's network namespace.
     pub sandbox_key: String,
     /// Options.
+    #[serde(deserialize_with = "nullable")]
     pub options: Options,
 }
 
@@ -256,6 +275,7 @@ pub struct JoinResponse {
     pub gateway_ipv6: String,
     /// Extra routes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(deserialize_with = "nullable")]
     pub static_routes: Vec<StaticRoute>,
     /// The network is not the container's way out (dockerd then adds no
     /// `docker_gwbridge`; tapnet: published ports do not use this network).
@@ -269,6 +289,7 @@ pub struct DiscoveryRequest {
     /// 1: node discovery; 2: datastore config; 3: datastore update.
     pub discovery_type: i64,
     /// Type-specific data.
+    #[serde(deserialize_with = "nullable")]
     pub discovery_data: Value,
 }
 
@@ -283,6 +304,7 @@ pub struct ExternalConnectivityRequest {
     #[serde(rename = "EndpointID")]
     pub endpoint_id: String,
     /// Options: [`OPT_PORTMAP`], [`OPT_EXPOSED_PORTS`].
+    #[serde(deserialize_with = "nullable")]
     pub options: Options,
 }
 
@@ -359,6 +381,7 @@ pub struct RequestPoolRequest {
     /// Wanted sub-pool for allocations (`--ip-range`), CIDR; may be empty.
     pub sub_pool: String,
     /// Options (`--ipam-opt`).
+    #[serde(deserialize_with = "nullable")]
     pub options: BTreeMap<String, String>,
     /// An IPv6 pool.
     #[serde(rename = "V6")]
@@ -375,6 +398,7 @@ pub struct RequestPoolResponse {
     /// The pool, CIDR.
     pub pool: String,
     /// Extra data (`com.docker.network.gateway`: the gateway with prefix length).
+    #[serde(deserialize_with = "nullable")]
     pub data: BTreeMap<String, String>,
 }
 
@@ -397,6 +421,7 @@ pub struct RequestAddressRequest {
     /// Wanted address without prefix length (empty: any free one).
     pub address: String,
     /// Options ([`OPT_REQUEST_ADDRESS_TYPE`], [`OPT_MAC_ADDRESS`]).
+    #[serde(deserialize_with = "nullable")]
     pub options: BTreeMap<String, String>,
 }
 
@@ -407,6 +432,7 @@ pub struct RequestAddressResponse {
     /// The address with the pool's prefix length (`10.60.0.2/24`).
     pub address: String,
     /// Extra data.
+    #[serde(deserialize_with = "nullable")]
     pub data: BTreeMap<String, String>,
 }
 
@@ -452,6 +478,18 @@ mod tests {
         .unwrap();
         assert_eq!(ports[0].host_port, 8080);
         assert_eq!(ports[0].proto, PROTO_TCP);
+    }
+
+    #[test]
+    fn nulls_read_as_empty() {
+        let r: RequestAddressRequest =
+            serde_json::from_str(r#"{"PoolID":"p","Address":"","Options":null}"#).unwrap();
+        assert!(r.options.is_empty());
+        let c: CreateNetworkRequest = serde_json::from_str(
+            r#"{"NetworkID":"n","Options":null,"IPv4Data":null,"IPv6Data":null}"#,
+        )
+        .unwrap();
+        assert!(c.ipv4_data.is_empty() && c.options.is_empty());
     }
 
     #[test]

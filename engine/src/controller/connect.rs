@@ -12,7 +12,9 @@
 //! interface (undo: `leave`) → the sandbox layer applies the description, with the
 //! endpoint's link-local addresses added, under the asked-for name
 //! ([`super::IFNAME_OPTION`]) or the next free one: move or rename, MAC, MTU,
-//! addresses, routes (undo: the layer's undo) → publish the
+//! addresses, routes (undo: the layer's undo; for a hand-off sandbox the driver makes
+//! the device in the daemon's namespace and the layer only sets its MAC/MTU there, see
+//! [`crate::sandbox_layer::SandboxLayer::hand_off`]) → publish the
 //! sandbox's ports if this is its first non-internal network with a gateway service
 //! that the driver did not disable (undo: unpublish each) → record a global network's
 //! endpoint in the cluster store (undo: delete it) → commit the endpoint and the
@@ -37,6 +39,7 @@ impl Inner {
         network: &str,
         sandbox: &str,
         opts: ConnectOptions,
+        endpoint_id: Option<String>,
     ) -> Result<Endpoint> {
         let (_held, nid, sid, store) = self.lock_pair(network, sandbox).await?;
         let net = store
@@ -84,9 +87,18 @@ impl Inner {
                 net.name
             )));
         }
-        let ns = self.netns_of(&sid).ok_or_else(|| {
-            Error::InvalidRequest(format!("sandbox {} has no open namespace", sb.name))
-        })?;
+        // A hand-off sandbox's namespace may not exist yet (dockerd joins before runc
+        // made it): the driver works in the daemon's namespace anyway.
+        let ns = match (self.netns_of(&sid), sb.handoff) {
+            (Some(ns), _) => ns,
+            (None, true) => blocking("open the daemon's namespace", host_netns).await?,
+            (None, false) => {
+                return Err(Error::InvalidRequest(format!(
+                    "sandbox {} has no open namespace",
+                    sb.name
+                )))
+            }
+        };
         if opts.mac.is_some() && !driver.capabilities().needs_addresses {
             return Err(Error::InvalidRequest(format!(
                 "network {} (driver {}) gives endpoints no device: drop the MacAddress",
@@ -131,9 +143,19 @@ impl Inner {
                 )));
             }
         }
+        if let Some(id) = &endpoint_id {
+            model::validate_id("endpoint", id)?;
+            if store
+                .networks
+                .values()
+                .any(|n| n.endpoints.contains_key(id))
+            {
+                return Err(Error::Conflict(format!("endpoint {id} already exists")));
+            }
+        }
         let mut txn = Txn::new(format!("connect {} to network {}", sb.name, net.name));
         let r = self
-            .connect_steps(&mut txn, &net, &sb, driver, ns, opts)
+            .connect_steps(&mut txn, &net, &sb, driver, ns, opts, endpoint_id)
             .await;
         let (endpoint, sb_after) = txn.finish(r).await?;
         tracing::info!(
@@ -161,6 +183,7 @@ impl Inner {
         Ok(endpoint)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn connect_steps(
         &self,
         txn: &mut Txn,
@@ -169,6 +192,7 @@ impl Inner {
         driver: Arc<dyn Driver>,
         ns: Arc<tapnet_sandbox::netns::Netns>,
         mut opts: ConnectOptions,
+        endpoint_id: Option<String>,
     ) -> Result<(Endpoint, Option<Sandbox>)> {
         let global = self.is_global(&net.id);
         if global {
@@ -242,7 +266,7 @@ impl Inner {
         };
         self.undo_ipam(txn, taken);
         let mut endpoint = Endpoint {
-            id: model::new_id(),
+            id: endpoint_id.unwrap_or_else(model::new_id),
             network_id: net.id.clone(),
             sandbox_id: sb.id.clone(),
             interface: String::new(),
@@ -273,13 +297,19 @@ impl Inner {
             d.delete_endpoint(&n, &e)
         });
         chosen.apply_to(&mut endpoint)?;
-        // Join: the driver describes the interface.
+        // Join: the driver describes the interface. A hand-off sandbox's device is
+        // made in the daemon's own namespace (the driver is given that one as the
+        // sandbox), for the runtime to move in.
+        let host = match sb.handoff {
+            true => Some(blocking("open the daemon's namespace", host_netns).await?),
+            false => None,
+        };
         let (d, n, ep, name, sandbox) = (
             Arc::clone(&driver),
             net.clone(),
             endpoint.clone(),
             sb.name.clone(),
-            Arc::clone(&ns),
+            Arc::clone(host.as_ref().unwrap_or(&ns)),
         );
         let join = blocking("join", move || {
             d.join(&JoinRequest {
@@ -301,8 +331,9 @@ impl Inner {
             crate::sandbox_layer::with_link_local(&join, &endpoint.link_local_ips),
             opts.ifname.clone(),
         );
-        endpoint.interface = blocking("configure the interface", move || {
-            l.apply(&e, &ns, &name, &desc, ifname.as_deref())
+        endpoint.interface = blocking("configure the interface", move || match host {
+            Some(host) => l.hand_off(&e, &host, &desc),
+            None => l.apply(&e, &ns, &name, &desc, ifname.as_deref()),
         })
         .await?;
         let e = endpoint.id.clone();
@@ -404,6 +435,14 @@ async fn check_ifname_free(
         return Err(taken("a device in its namespace".into()));
     }
     Ok(())
+}
+
+/// The daemon's own network namespace (where a hand-off sandbox's devices are made).
+pub(super) fn host_netns() -> Result<Arc<tapnet_sandbox::netns::Netns>> {
+    let path = std::path::Path::new("/proc/self/ns/net");
+    tapnet_sandbox::netns::Netns::open(path)
+        .map(Arc::new)
+        .map_err(|e| Error::os("open the daemon's network namespace", e))
 }
 
 /// Docker's rules for `host` and `none`: a sandbox on one of them is on no other

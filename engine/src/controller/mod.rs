@@ -33,6 +33,7 @@
 mod connect;
 mod disconnect;
 mod global;
+mod handoff;
 mod ipam_steps;
 pub mod keys;
 mod network_create;
@@ -47,6 +48,7 @@ mod sandbox_remove;
 mod tests;
 
 pub use global::{ClusterNode, GlobalEndpoint};
+pub use handoff::Vanished;
 pub use ipam_steps::{restore_network_ipam, IpamTxn, Taken};
 pub use restore::RestoreReport;
 
@@ -400,10 +402,19 @@ impl Controller {
     /// Create a network (CNM `NewNetwork`). Returns its id.
     pub async fn create_network(&self, req: NetworkCreate) -> Result<String> {
         let inner = Arc::clone(&self.inner);
-        to_the_end(
-            "create network",
-            async move { inner.create_network(req).await },
-        )
+        to_the_end("create network", async move {
+            inner.create_network(req, None).await
+        })
+        .await
+    }
+
+    /// [`Controller::create_network`] with the id chosen by the caller (Docker's
+    /// `NetworkID`, through the plugin); 409 if a network has it already.
+    pub async fn create_network_as(&self, id: String, req: NetworkCreate) -> Result<String> {
+        let inner = Arc::clone(&self.inner);
+        to_the_end("create network", async move {
+            inner.create_network(req, Some(id)).await
+        })
         .await
     }
 
@@ -457,7 +468,23 @@ impl Controller {
     ) -> Result<String> {
         let inner = Arc::clone(&self.inner);
         to_the_end("create sandbox", async move {
-            inner.create_sandbox(name, netns_path, port_bindings).await
+            inner
+                .create_sandbox(name, netns_path, port_bindings, false)
+                .await
+        })
+        .await
+    }
+
+    /// Adopt the namespace at `netns_path` as a hand-off sandbox (see
+    /// [`model::Sandbox::handoff`]): on connect, each endpoint's device is made in the
+    /// daemon's own namespace and handed to the caller, who moves it in and configures
+    /// it (Docker `Join`). Returns its id.
+    pub async fn adopt_handoff_sandbox(&self, name: String, netns_path: PathBuf) -> Result<String> {
+        let inner = Arc::clone(&self.inner);
+        to_the_end("create sandbox", async move {
+            inner
+                .create_sandbox(Some(name), Some(netns_path), Vec::new(), true)
+                .await
         })
         .await
     }
@@ -486,7 +513,31 @@ impl Controller {
             network.to_string(),
             sandbox.to_string(),
         );
-        to_the_end("connect", async move { inner.connect(&n, &s, opts).await }).await
+        to_the_end(
+            "connect",
+            async move { inner.connect(&n, &s, opts, None).await },
+        )
+        .await
+    }
+
+    /// [`Controller::connect`] with the endpoint's id chosen by the caller (Docker's
+    /// `EndpointID`, through the plugin); 409 if an endpoint has it already.
+    pub async fn connect_as(
+        &self,
+        network: &str,
+        sandbox: &str,
+        opts: ConnectOptions,
+        endpoint_id: String,
+    ) -> Result<model::Endpoint> {
+        let (inner, n, s) = (
+            Arc::clone(&self.inner),
+            network.to_string(),
+            sandbox.to_string(),
+        );
+        to_the_end("connect", async move {
+            inner.connect(&n, &s, opts, Some(endpoint_id)).await
+        })
+        .await
     }
 
     /// Disconnect a sandbox from a network (CNM `Leave` + `Delete` endpoint).
@@ -500,6 +551,60 @@ impl Controller {
             inner.disconnect(&n, &s, force).await
         })
         .await
+    }
+
+    /// Rename a network (the name its runtime knows it by; see `handoff`).
+    pub async fn rename_network(&self, what: &str, name: &str) -> Result<()> {
+        let (inner, what, name) = (Arc::clone(&self.inner), what.to_string(), name.to_string());
+        to_the_end("rename network", async move {
+            inner.rename_network(&what, &name).await
+        })
+        .await
+    }
+
+    /// Rename a sandbox (the name its runtime knows it by; see `handoff`).
+    pub async fn rename_sandbox(&self, what: &str, name: &str) -> Result<()> {
+        let (inner, what, name) = (Arc::clone(&self.inner), what.to_string(), name.to_string());
+        to_the_end("rename sandbox", async move {
+            inner.rename_sandbox(&what, &name).await
+        })
+        .await
+    }
+
+    /// Publish `bindings` of a sandbox already on `network` at its gateway (Docker's
+    /// `ProgramExternalConnectivity`); returns where they are bound.
+    pub async fn publish_ports(
+        &self,
+        network: &str,
+        sandbox: &str,
+        bindings: Vec<PortBinding>,
+    ) -> Result<Vec<ports::BoundPort>> {
+        let (inner, n, s) = (
+            Arc::clone(&self.inner),
+            network.to_string(),
+            sandbox.to_string(),
+        );
+        to_the_end("publish ports", async move {
+            inner.publish_ports(&n, &s, bindings).await
+        })
+        .await
+    }
+
+    /// Close a sandbox's published ports and forget its bindings (Docker's
+    /// `RevokeExternalConnectivity`); nothing published: nothing to do.
+    pub async fn unpublish_ports(&self, sandbox: &str) -> Result<()> {
+        let (inner, s) = (Arc::clone(&self.inner), sandbox.to_string());
+        to_the_end(
+            "unpublish ports",
+            async move { inner.unpublish_ports(&s).await },
+        )
+        .await
+    }
+
+    /// The hand-off sandboxes and endpoints whose namespace or device is gone (see
+    /// `handoff`); changes nothing.
+    pub async fn vanished(&self) -> Result<Vanished> {
+        self.inner.vanished().await
     }
 
     /// Counters of a network's switch.

@@ -24,8 +24,15 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 impl Inner {
-    pub(super) async fn create_network(&self, mut req: NetworkCreate) -> Result<String> {
+    pub(super) async fn create_network(
+        &self,
+        mut req: NetworkCreate,
+        id: Option<String>,
+    ) -> Result<String> {
         super::validate_name("network", &req.name)?;
+        if let Some(id) = &id {
+            model::validate_id("network", id)?;
+        }
         check_config_network_fields(&req)?;
         let _held = self.locks.acquire([NETWORKS_LOCK.to_string()]).await;
         let store = self.model();
@@ -33,6 +40,11 @@ impl Inner {
             return Err(Error::Conflict(format!(
                 "network with name {} already exists",
                 req.name
+            )));
+        }
+        if let Some(id) = id.as_ref().filter(|id| store.networks.contains_key(*id)) {
+            return Err(Error::Conflict(format!(
+                "network with id {id} already exists"
             )));
         }
         if req.config_only {
@@ -110,7 +122,7 @@ impl Inner {
         driver.validate_options(&req.options)?;
         self.check_encryption(driver_name, &req.options)?;
         let network = Network {
-            id: model::new_id(),
+            id: id.unwrap_or_else(model::new_id),
             name: req.name.clone(),
             driver: driver_name.to_string(),
             created: model::now_rfc3339(),

@@ -12,7 +12,12 @@
 //! then every endpoint is restored ([`Driver::restore_endpoint`]) on a small pool of
 //! blocking threads; an endpoint that cannot be restored is dropped and logged. All
 //! removals are committed in one store transaction, then the model is published and
-//! the gateways get their names and published ports back. Records that do not make
+//! the gateways get their names and published ports back. A hand-off sandbox's
+//! devices were renamed by its runtime: each endpoint's device is found by its MAC
+//! and its new name recorded (an endpoint whose device is gone is dropped), then
+//! re-opened and recorded as handed off, never re-created. The taps of hand-off
+//! endpoints dropped at start that are back in the daemon's namespace (dockerd moves a
+//! device out before its `Leave`, which failed while tapnetd was down) are deleted. Records that do not make
 //! sense (unreadable, an endpoint of an unknown network or sandbox, a pool that
 //! overlaps another) are logged and left out; with a cluster store an endpoint of an
 //! unknown network is set aside instead (perhaps of a global network, see `global`).
@@ -59,6 +64,8 @@ struct RestoreJob {
     endpoint: Endpoint,
     netns: Arc<Netns>,
     sandbox_name: String,
+    /// Of a hand-off sandbox (its device found by MAC, see [`find_handed_off`]).
+    handoff: bool,
 }
 
 /// Threads that restore endpoints at start (namespace entry + `TUNSETIFF` is cheap,
@@ -84,7 +91,12 @@ fn restore_parallel(
                     break;
                 };
                 // restore_endpoint → the sandbox layer applies or records.
-                let r = layer.restore(
+                let restore = match job.handoff {
+                    true => SandboxLayer::restore_handed_off,
+                    false => SandboxLayer::restore,
+                };
+                let r = restore(
+                    layer,
                     job.driver.as_ref(),
                     &job.network,
                     &job.endpoint,
@@ -114,7 +126,7 @@ fn restore_parallel(
 
 /// Whether opening a stored namespace path failed because the namespace is gone
 /// (the path is missing, or no longer a network namespace, e.g. after `umount`).
-fn namespace_gone(e: &tapnet_sandbox::Error) -> bool {
+pub(super) fn namespace_gone(e: &tapnet_sandbox::Error) -> bool {
     match e {
         tapnet_sandbox::Error::Os { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
         tapnet_sandbox::Error::Invalid(_) => true,
@@ -184,6 +196,15 @@ impl Inner {
                 }
             }
         }
+        // Devices of hand-off sandboxes that are gone: dockerd moves a device back to
+        // this namespace before its `Leave`; with tapnetd down, the tap stays here.
+        let mut handed_back: HashSet<[u8; 6]> = store
+            .networks
+            .values()
+            .flat_map(|n| n.endpoints.values())
+            .filter(|e| stale.iter().any(|s| s.handoff && s.id == e.sandbox_id))
+            .filter_map(|e| e.mac)
+            .collect();
         for sb in &stale {
             store.sandboxes.remove(&sb.id);
             changes.push(Change::DeleteSandbox(sb.id.clone()));
@@ -267,6 +288,51 @@ impl Inner {
             store.networks.remove(&id);
         }
 
+        // Hand-off sandboxes: their runtime renamed each device; find it by MAC.
+        let handoff: Vec<(String, Arc<Netns>)> = store
+            .sandboxes
+            .values()
+            .filter(|s| s.handoff)
+            .filter_map(|s| netns.get(&s.id).map(|ns| (s.id.clone(), Arc::clone(ns))))
+            .collect();
+        let found = blocking("find handed-off devices", move || {
+            Ok(find_handed_off(handoff))
+        })
+        .await?;
+        for net in store.networks.values_mut() {
+            let mut gone = Vec::new();
+            for ep in net.endpoints.values_mut() {
+                let Some(names) = found.get(&ep.sandbox_id) else {
+                    continue;
+                };
+                match ep.mac.and_then(|m| names.get(&m)) {
+                    Some(name) if *name != ep.interface => {
+                        tracing::info!(endpoint = %ep.id, from = %ep.interface, to = %name, "handed-off device found under its new name");
+                        ep.interface = name.clone();
+                        changes.push(Change::PutEndpoint(ep.clone()));
+                    }
+                    Some(_) => {}
+                    None => gone.push(ep.id.clone()),
+                }
+            }
+            for id in gone {
+                if let Some(e) = net.endpoints.remove(&id) {
+                    handed_back.extend(e.mac);
+                    self.release(&endpoint_addresses(net, &e));
+                    tracing::warn!(network = %net.name, endpoint = %id, ip = ?e.ipv4, "the handed-off device of an endpoint is gone from its sandbox; endpoint dropped, its address is free");
+                    changes.push(Change::DeleteEndpoint(id));
+                }
+            }
+        }
+
+        if !handed_back.is_empty() {
+            blocking("remove handed-back taps", move || {
+                remove_handed_back(&handed_back);
+                Ok(())
+            })
+            .await?;
+        }
+
         // Data plane: one switch per network, then the endpoints in parallel.
         let mut jobs: Vec<RestoreJob> = Vec::new();
         for net in store.networks.values() {
@@ -300,6 +366,7 @@ impl Inner {
                     endpoint: ep.clone(),
                     netns: Arc::clone(ns),
                     sandbox_name: sb.name.clone(),
+                    handoff: sb.handoff,
                 });
             }
         }
@@ -431,6 +498,58 @@ impl Inner {
                 s.sandboxes.insert(sb.id.clone(), sb);
             }
         });
+    }
+}
+
+/// The devices (MAC → name) in each hand-off sandbox's namespace; a sandbox whose
+/// links cannot be listed is left out (its endpoints are then restored by name).
+fn find_handed_off(
+    sandboxes: Vec<(String, Arc<Netns>)>,
+) -> HashMap<String, HashMap<[u8; 6], String>> {
+    let mut out = HashMap::new();
+    for (sid, ns) in sandboxes {
+        match super::handoff::links(Some(&ns)) {
+            Ok(links) => {
+                let by_mac = links
+                    .into_iter()
+                    .filter_map(|(name, mac)| mac.map(|m| (m, name)))
+                    .collect();
+                out.insert(sid, by_mac);
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %sid, error = %e, "cannot list the devices of a hand-off sandbox")
+            }
+        }
+    }
+    out
+}
+
+/// Delete the taps in the daemon's namespace that carry one of `macs` (endpoints of
+/// hand-off sandboxes dropped at start; named `tap…` by the bridge driver), logged.
+fn remove_handed_back(macs: &HashSet<[u8; 6]>) {
+    let found = match super::handoff::links(None) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list this namespace's devices to remove handed-back taps");
+            return;
+        }
+    };
+    for (name, mac) in found {
+        if !name.starts_with("tap") || !mac.is_some_and(|m| macs.contains(&m)) {
+            continue;
+        }
+        let removed = tapnet_sandbox::netlink::Handle::new().and_then(|mut nl| {
+            match nl.link_index(&name)? {
+                Some(i) => nl.delete_link(i),
+                None => Ok(()),
+            }
+        });
+        match removed {
+            Ok(()) => {
+                tracing::warn!(tap = %name, "tap of a removed Docker container, handed back while tapnetd was down, deleted")
+            }
+            Err(e) => tracing::warn!(tap = %name, error = %e, "deleting a handed-back tap"),
+        }
     }
 }
 

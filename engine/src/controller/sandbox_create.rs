@@ -1,4 +1,6 @@
-//! Operation: create a sandbox (a new namespace, or adopt one by path).
+//! Operation: create a sandbox (a new namespace, or adopt one by path; an adopted
+//! one may be a hand-off sandbox, whose runtime configures its interfaces, see
+//! [`crate::model::Sandbox::handoff`]).
 //!
 //! Steps: validate the name and `NetnsPath` → adopt the namespace at `NetnsPath`
 //! *before any lock is taken* (the path is the user's: [`Netns::open`] checks its type
@@ -24,6 +26,7 @@ impl Inner {
         name: Option<String>,
         netns_path: Option<PathBuf>,
         port_bindings: Vec<PortBinding>,
+        handoff: bool,
     ) -> Result<String> {
         let id = model::new_id();
         let name = name
@@ -40,13 +43,14 @@ impl Inner {
                 }
                 let p = p.clone();
                 Some(
-                    blocking("adopt namespace", move || {
-                        Netns::open(&p).map_err(|e| {
-                            Error::InvalidRequest(format!(
-                                "cannot adopt NetnsPath {}: {e}",
-                                p.display()
-                            ))
-                        })
+                    blocking("adopt namespace", move || match Netns::open(&p) {
+                        Ok(ns) => Ok(Some(ns)),
+                        // dockerd joins before runc made the namespace: opened later.
+                        Err(e) if handoff && super::restore::namespace_gone(&e) => Ok(None),
+                        Err(e) => Err(Error::InvalidRequest(format!(
+                            "cannot adopt NetnsPath {}: {e}",
+                            p.display()
+                        ))),
                     })
                     .await?,
                 )
@@ -79,6 +83,7 @@ impl Inner {
         let r = async {
             let (ns, owned) = match adopted {
                 Some(ns) => (ns, false),
+                None if handoff => (None, false),
                 None => {
                     let path = self.exec_root.join("netns").join(&id);
                     let p = path.clone();
@@ -91,20 +96,30 @@ impl Inner {
                     txn.on_undo(format!("remove namespace {}", path.display()), move || {
                         Netns::destroy(&path).map_err(|e| Error::os("remove namespace", e))
                     });
-                    (ns, true)
+                    (Some(ns), true)
                 }
             };
             let files = sandbox_files::dir(&self.exec_root, &id);
+            // A hand-off sandbox's runtime writes its resolv.conf and hosts (empty
+            // paths: tapnet writes none).
+            let file = |f: &str| match handoff {
+                true => PathBuf::new(),
+                false => files.join(f),
+            };
             let sandbox = Sandbox {
                 id: id.clone(),
                 name: name.clone(),
-                netns_path: ns.path().to_path_buf(),
+                netns_path: ns.as_ref().map_or_else(
+                    || netns_path.clone().unwrap_or_default(),
+                    |n| n.path().to_path_buf(),
+                ),
                 owned,
                 created: model::now_rfc3339(),
-                resolv_conf_path: files.join("resolv.conf"),
-                hosts_path: files.join("hosts"),
+                resolv_conf_path: file("resolv.conf"),
+                hosts_path: file("hosts"),
                 port_bindings,
                 published: None,
+                handoff,
             };
             let resolv = sandbox_files::render_resolv_conf(None, &self.nameservers);
             txn.on_undo("remove sandbox files", move || {
@@ -124,7 +139,9 @@ impl Inner {
         };
         txn.commit();
         tracing::info!(sandbox = %sandbox.name, path = %sandbox.netns_path.display(), owned = sandbox.owned, "sandbox created");
-        lock(&self.netns).insert(id.clone(), Arc::new(ns));
+        if let Some(ns) = ns {
+            lock(&self.netns).insert(id.clone(), Arc::new(ns));
+        }
         self.publish(|s| {
             s.sandboxes.insert(id.clone(), sandbox);
         });

@@ -599,3 +599,77 @@ async fn config_networks_record_settings_and_survive_restart() {
     drop(ctl);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn caller_chosen_ids_and_rename() {
+    let (ctl, _) = controller();
+    let id = model::new_id();
+    let req = NetworkCreate {
+        name: "docker-x".into(),
+        subnet: Some("10.7.0.0/24".parse().unwrap()),
+        ..NetworkCreate::default()
+    };
+    // A bad id is refused; a good one is the network's.
+    let err = ctl
+        .create_network_as("nope".into(), req.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), 400, "{err}");
+    assert_eq!(
+        ctl.create_network_as(id.clone(), req.clone())
+            .await
+            .unwrap(),
+        id
+    );
+    let again = NetworkCreate {
+        name: "other".into(),
+        subnet: Some("10.8.0.0/24".parse().unwrap()),
+        ..NetworkCreate::default()
+    };
+    let err = ctl.create_network_as(id.clone(), again).await.unwrap_err();
+    assert_eq!(err.status(), 409, "{err}");
+    // Rename: the new name resolves, a taken or invalid name is refused.
+    ctl.rename_network(&id, "tn1").await.unwrap();
+    assert_eq!(ctl.network("tn1").await.unwrap().id, id);
+    assert!(ctl.network("docker-x").await.is_err());
+    ctl.create_network(NetworkCreate {
+        name: "tn2".into(),
+        subnet: Some("10.9.0.0/24".parse().unwrap()),
+        ..NetworkCreate::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        ctl.rename_network(&id, "tn2").await.unwrap_err().status(),
+        409
+    );
+    assert_eq!(
+        ctl.rename_network(&id, "-bad").await.unwrap_err().status(),
+        400
+    );
+    // An endpoint with the caller's id; the same id again is a conflict.
+    ctl.create_sandbox(Some("sb".into()), Some("/proc/self/ns/net".into()))
+        .await
+        .unwrap();
+    ctl.create_sandbox(Some("sb2".into()), Some("/proc/self/ns/net".into()))
+        .await
+        .unwrap();
+    let eid = model::new_id();
+    let ep = ctl
+        .connect_as("tn1", "sb", ConnectOptions::default(), eid.clone())
+        .await
+        .unwrap();
+    assert_eq!(ep.id, eid);
+    let err = ctl
+        .connect_as("tn2", "sb2", ConnectOptions::default(), eid)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), 409, "{err}");
+    // A sandbox takes its container's name; a taken name is refused.
+    ctl.rename_sandbox("sb", "c1").await.unwrap();
+    assert_eq!(ctl.sandbox("c1").await.unwrap().id, ep.sandbox_id);
+    assert_eq!(
+        ctl.rename_sandbox("sb2", "c1").await.unwrap_err().status(),
+        409
+    );
+}

@@ -137,7 +137,9 @@ pub struct JoinRequest<'a> {
     /// The endpoint (on restore: as recorded, with its interface name).
     pub endpoint: &'a Endpoint,
     /// The sandbox's open namespace (a driver that creates its device in place, like
-    /// a tap, does it here).
+    /// a tap, does it here). For a hand-off sandbox
+    /// ([`crate::model::Sandbox::handoff`]) it is the daemon's own namespace: the
+    /// device is made there, for the sandbox's runtime to move in.
     pub sandbox: &'a Netns,
     /// The sandbox's name, for messages.
     pub sandbox_name: &'a str,

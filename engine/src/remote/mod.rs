@@ -136,6 +136,10 @@ pub struct PluginConfig {
     /// Where remote network drivers keep what a restart needs (each endpoint's
     /// `Join` answer): `<exec-root>/plugins`, which lives as long as the interfaces.
     pub state_dir: PathBuf,
+    /// This daemon's own Docker plugin socket (`--docker-plugin-socket`), if it serves
+    /// one: a plugin found there is tapnetd itself, refused (a network driven by it
+    /// would call back into the daemon that is creating it).
+    pub own_socket: Option<PathBuf>,
 }
 
 impl PluginConfig {
@@ -145,6 +149,7 @@ impl PluginConfig {
             dirs: discovery::DEFAULT_DIRS.iter().map(PathBuf::from).collect(),
             timing: Timing::default(),
             state_dir: exec_root.join("plugins"),
+            own_socket: None,
         }
     }
 }
@@ -201,6 +206,17 @@ impl Plugins {
             tracing::debug!(plugin = name, "plugin not found; looking again in {wait:?}");
             std::thread::sleep(wait);
         };
+        if let (discovery::Addr::Unix(p), Some(own)) = (&found.addr, &self.config.own_socket) {
+            if p == own {
+                return Err(PluginError::Spec {
+                    plugin: name.to_string(),
+                    message: format!(
+                        "{} is this tapnetd's own Docker plugin socket (for dockerd): create the network with -d bridge",
+                        p.display()
+                    ),
+                });
+            }
+        }
         // The rest of the deadline is the connection's.
         let timing = Timing {
             retry_deadline: deadline
@@ -253,5 +269,32 @@ impl Plugins {
         Ok(Arc::clone(drivers.entry(name.to_string()).or_insert_with(
             || Arc::new(RemoteDriver::new(name, Arc::clone(self))),
         )))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_daemons_own_plugin_socket_is_refused() {
+        let dir = std::env::temp_dir().join(format!("tapnet-own-socket-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("tapnet.sock");
+        let _ = std::fs::remove_file(&sock);
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let mut config = PluginConfig::new(&dir);
+        config.dirs = vec![dir.clone()];
+        config.own_socket = Some(sock.clone());
+        let err = Plugins::new(config)
+            .activate("tapnet", tapnet_types::plugin::NETWORK_DRIVER)
+            .unwrap_err();
+        assert_eq!(err.status(), 400);
+        assert!(
+            err.to_string().contains("own Docker plugin socket"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
