@@ -49,17 +49,24 @@ fn run_in_namespace(name: &str, user_ns: bool, body: impl FnOnce(&mut Env)) {
         env.stop();
         return;
     }
+    let mut args: Vec<&str> = if user_ns {
+        vec!["--user", "--map-root-user"]
+    } else {
+        Vec::new()
+    };
+    args.extend(["--net", "--mount", "--propagation", "private"]);
+    run_outer(name, &args);
+}
+
+/// The outer half of a namespace test: run this test's executable again, for `name`
+/// only, under `unshare` with `unshare_args`; the inner run (marked by `INNER_ENV`)
+/// does the work. Fails with the inner run's output if it failed or ran no test.
+fn run_outer(name: &str, unshare_args: &[&str]) {
     let exe = std::env::current_exe().expect("current test executable");
     let root = std::env::temp_dir().join(format!("tapnet-it-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&root).expect("create the test's root directory");
-    let user_args: &[&str] = if user_ns {
-        &["--user", "--map-root-user"]
-    } else {
-        &[]
-    };
     let out = Command::new("unshare")
-        .args(user_args)
-        .args(["--net", "--mount", "--propagation", "private"])
+        .args(unshare_args)
         .arg(&exe)
         // --include-ignored: the outer run already chose this test (`-- --ignored` too).
         .args([
@@ -82,8 +89,10 @@ fn run_in_namespace(name: &str, user_ns: bool, body: impl FnOnce(&mut Env)) {
     if !out.status.success() {
         if stderr.contains("unshare failed") || stderr.contains("unshare:") {
             panic!(
-                "test {name}: could not create user+net+mount namespaces (are user namespaces \
-                 enabled? sysctl kernel.unprivileged_userns_clone / user.max_user_namespaces):\n{stderr}"
+                "test {name}: could not create its namespaces (unshare {}; it needs root, and \
+                 user namespaces enabled where --user is asked: sysctl \
+                 kernel.unprivileged_userns_clone / user.max_user_namespaces):\n{stderr}",
+                unshare_args.join(" ")
             );
         }
         panic!(
@@ -1460,11 +1469,9 @@ pub fn in_root_namespace(name: &str, body: impl FnOnce(&mut Env)) {
         env.stop();
         return;
     }
-    let exe = std::env::current_exe().expect("current test executable");
-    let root = std::env::temp_dir().join(format!("tapnet-it-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&root).expect("create the test's root directory");
-    let out = Command::new("unshare")
-        .args([
+    run_outer(
+        name,
+        &[
             "--net",
             "--mount",
             "--pid",
@@ -1472,31 +1479,7 @@ pub fn in_root_namespace(name: &str, body: impl FnOnce(&mut Env)) {
             "--mount-proc",
             "--propagation",
             "private",
-        ])
-        .arg(&exe)
-        .args([
-            "--exact",
-            name,
-            "--nocapture",
-            "--test-threads",
-            "1",
-            "--include-ignored",
-        ])
-        .env(INNER_ENV, name)
-        .env(ROOT_ENV, &root)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run unshare(1) to get a test namespace: {e}"));
-    let _ = std::fs::remove_dir_all(&root);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "test {name} failed inside its namespace (it needs root: net+mount+pid namespaces without a user namespace):\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "test {name}: the inner run did not execute the test:\n{stdout}\n{stderr}"
+        ],
     );
 }
 
