@@ -363,8 +363,8 @@ pub fn network_create_request(body: NetworkCreateBody) -> ApiResult<NetworkCreat
 
 /// Validate a connect body: the sandbox and the [`ConnectOptions`] (static
 /// addresses, MAC, aliases). A MAC must be well-formed, unicast and not all-zero;
-/// an alias must be 1–255 characters without whitespace; duplicate aliases are
-/// dropped.
+/// aliases follow [`tapnet_types::model::check_aliases`] (DNS labels, at most
+/// [`tapnet_types::model::MAX_ALIASES`], duplicates dropped case-insensitively).
 pub fn connect_request(body: ConnectBody) -> ApiResult<(String, ConnectOptions)> {
     if body.container.is_empty() {
         return Err(ApiError::bad_request(
@@ -441,15 +441,9 @@ pub fn connect_request(body: ConnectBody) -> ApiResult<(String, ConnectOptions)>
                 .map_err(|why| ApiError::bad_request(format!("invalid MacAddress {m:?}: {why}")))
         })
         .transpose()?;
-    for a in cfg.aliases.iter().flatten() {
-        if a.is_empty() || a.len() > 255 || a.chars().any(char::is_whitespace) {
-            return Err(ApiError::bad_request(format!(
-                "invalid alias {a:?} in Aliases: give 1 to 255 characters without spaces"
-            )));
-        }
-        if !opts.aliases.contains(a) {
-            opts.aliases.push(a.clone());
-        }
+    if let Some(aliases) = &cfg.aliases {
+        opts.aliases = tapnet_types::model::check_aliases(aliases)
+            .map_err(|why| ApiError::bad_request(format!("{why} (in Aliases)")))?;
     }
     Ok((body.container, opts))
 }

@@ -27,6 +27,10 @@
 //!   subnet if the address is free;
 //! * every failure leaves the state unchanged; nothing is ever handed out twice.
 //!
+//! [`check_address_class`] says whether a subnet (or address) is one a network can
+//! use at all: never multicast, loopback, unspecified, link-local or reserved
+//! ([`refused_class`]); the controller asks it before reserving anything.
+//!
 //! The state is reconstructable: pool ids are derived from the subnet
 //! (`LocalDefault/<subnet>`), so replaying `request_pool` with each known subnet and
 //! range, then `request_address` with each recorded address (gateway, auxiliary,
@@ -277,6 +281,49 @@ fn from_u128(v6: bool, n: u128) -> IpAddr {
         IpAddr::V6(n.into())
     } else {
         IpAddr::V4(Ipv4Addr::from(u32::try_from(n).unwrap_or(u32::MAX)))
+    }
+}
+
+/// Address ranges no network's subnet, IP range, gateway or auxiliary address may
+/// overlap, with what they are: they cannot be a network's own unicast addresses.
+const REFUSED_RANGES: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "\"this network\" (unspecified)"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    (
+        "240.0.0.0/4",
+        "reserved (class E, with the broadcast address 255.255.255.255)",
+    ),
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+];
+
+/// The first refused range (multicast, loopback, unspecified, link-local, reserved)
+/// that `net` overlaps, with its class; `None` for an ordinary unicast subnet. A
+/// subnet containing `::` (`::/64`, `::/0`) overlaps the unspecified address.
+pub fn refused_class(net: IpNet) -> Option<(IpNet, &'static str)> {
+    REFUSED_RANGES.iter().find_map(|(range, class)| {
+        let range: IpNet = range.parse().ok()?;
+        let same_family = matches!(
+            (range, net),
+            (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_))
+        );
+        (same_family && overlaps(&range, &net)).then_some((range, *class))
+    })
+}
+
+/// Check that `net` (named `what`: "subnet", "IP range", "gateway", …) is in no
+/// refused range ([`refused_class`]); the error names it, the class and the range.
+pub fn check_address_class(what: &str, net: IpNet) -> Result<(), String> {
+    match refused_class(net) {
+        None => Ok(()),
+        Some((range, class)) => Err(format!(
+            "{what} {net} overlaps {range}, the {class} range: a network needs ordinary \
+             unicast addresses, such as 10.1.0.0/24 or fd00:1::/64"
+        )),
     }
 }
 
@@ -930,5 +977,41 @@ mod tests {
             Err(IpamError::UnknownPool("LocalDefault/10.0.0.0/24".into()))
         );
         assert!(ipam.release_pool("x").is_err());
+    }
+
+    #[test]
+    fn refused_address_classes() {
+        for (bad, class) in [
+            ("224.1.0.0/24", "multicast"),
+            ("239.255.255.0/30", "multicast"),
+            ("127.0.0.0/24", "loopback"),
+            ("0.0.0.0/8", "unspecified"),
+            ("0.0.0.0/0", "unspecified"),
+            ("169.254.0.0/24", "link-local"),
+            ("255.255.255.255/32", "broadcast"),
+            ("240.0.0.0/24", "reserved"),
+            ("ff02::/64", "multicast"),
+            ("::/64", "unspecified"),
+            ("::/0", "unspecified"),
+            ("::1/128", "loopback"),
+            ("fe80::/64", "link-local"),
+            ("fe80::/9", "link-local"),
+        ] {
+            let e = check_address_class("subnet", net(bad)).unwrap_err();
+            assert!(e.contains(bad) && e.contains(class), "{bad}: {e}");
+        }
+        for ok in [
+            "10.0.0.0/8",
+            "172.17.0.0/16",
+            "192.168.1.0/24",
+            "1.0.0.0/24",
+            "223.255.255.0/24",
+            "fd00:1::/64",
+            "2001:db8::/64",
+            "::ffff:0:0/96",
+            "fec0::/10",
+        ] {
+            assert_eq!(check_address_class("subnet", net(ok)), Ok(()), "{ok}");
+        }
     }
 }

@@ -47,6 +47,58 @@ pub fn parse_endpoint_mac(s: &str) -> std::result::Result<[u8; 6], String> {
     Ok(mac.0)
 }
 
+/// The most aliases one endpoint may have (`EndpointConfig.Aliases`, `--alias`).
+pub const MAX_ALIASES: usize = 64;
+
+/// Check an endpoint's aliases and return them without duplicates, in request order
+/// (the first spelling of each is kept). Each alias is one DNS label (RFC 1123):
+/// 1 to 63 ASCII letters, digits and hyphens, not starting or ending with a hyphen.
+/// Aliases are compared case-insensitively (`WEB` and `web` are one name, as DNS
+/// compares them). A dotted alias is refused: it would shadow an outside name (such
+/// as `example.com`) for every sandbox of the network. At most [`MAX_ALIASES`]
+/// entries. The error names the alias and the rule.
+pub fn check_aliases(aliases: &[String]) -> std::result::Result<Vec<String>, String> {
+    if aliases.len() > MAX_ALIASES {
+        return Err(format!(
+            "too many aliases ({}): an endpoint may have at most {MAX_ALIASES}",
+            aliases.len()
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(aliases.len());
+    for a in aliases {
+        check_alias(a).map_err(|why| format!("invalid alias {a:?}: {why}"))?;
+        if !out.iter().any(|o| o.eq_ignore_ascii_case(a)) {
+            out.push(a.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn check_alias(a: &str) -> std::result::Result<(), &'static str> {
+    if a.is_empty() {
+        return Err("an alias cannot be empty");
+    }
+    if a.contains('.') {
+        return Err(
+            "an alias cannot contain a dot: a dotted name would shadow an outside name \
+             (such as example.com) for every sandbox of the network; give a single DNS label",
+        );
+    }
+    if !a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(
+            "give a DNS label (RFC 1123): letters, digits and hyphens only, \
+             no spaces or control characters",
+        );
+    }
+    if a.len() > 63 {
+        return Err("a DNS label is at most 63 characters");
+    }
+    if a.starts_with('-') || a.ends_with('-') {
+        return Err("a DNS label cannot start or end with a hyphen");
+    }
+    Ok(())
+}
+
 /// A network (CNM `Network`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
@@ -413,6 +465,43 @@ mod tests {
                 id: "s".into(),
                 ..Sandbox::default()
             }
+        );
+    }
+
+    #[test]
+    fn aliases_are_dns_labels_deduped_case_insensitively() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            check_aliases(&v(&["web", "WEB", "api-1", "Web", "x"])).unwrap(),
+            v(&["web", "api-1", "x"])
+        );
+        let long = "a".repeat(63);
+        assert_eq!(check_aliases(&v(&[&long])).unwrap(), v(&[&long]));
+        for (bad, why) in [
+            ("", "empty"),
+            ("a b", "letters, digits and hyphens"),
+            ("a\u{7}b", "control characters"),
+            ("-web", "hyphen"),
+            ("web-", "hyphen"),
+            ("web_1", "letters, digits and hyphens"),
+            ("google.com", "shadow an outside name"),
+            ("web.", "dot"),
+            ("é", "letters, digits"),
+        ] {
+            let e = check_aliases(&v(&["ok", bad])).unwrap_err();
+            assert!(
+                e.contains(&format!("{bad:?}")) && e.contains(why),
+                "{bad:?}: {e}"
+            );
+        }
+        let e = check_aliases(&v(&[&"a".repeat(64)])).unwrap_err();
+        assert!(e.contains("63"), "{e}");
+        let many: Vec<String> = (0..=MAX_ALIASES).map(|i| format!("a{i}")).collect();
+        let e = check_aliases(&many).unwrap_err();
+        assert!(e.contains("at most 64") && e.contains("65"), "{e}");
+        assert_eq!(
+            check_aliases(&many[..MAX_ALIASES]).unwrap().len(),
+            MAX_ALIASES
         );
     }
 }

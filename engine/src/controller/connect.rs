@@ -3,8 +3,9 @@
 //! Steps, under the locks of the network and the sandbox: resolve and validate
 //! (a configuration network: 403; already connected, `host`/`none` exclusivity,
 //! static addresses, MAC, interface name and link-local addresses against the driver,
-//! MAC and link-local addresses unique on the network, an asked-for interface name
-//! free in the sandbox: 409)
+//! aliases by [`tapnet_types::model::check_aliases`]: 400; MAC and link-local
+//! addresses unique on the network and the MAC not the gateway's `02:42:<gateway>`,
+//! an asked-for interface name free in the sandbox: 409)
 //! → allocate the IPv4 and IPv6 addresses
 //! (undo: release; on a global network the IPv4 and IPv6 addresses are first
 //! claimed in the cluster store, undo: free them) → the driver's `create_endpoint` (undo: `delete_endpoint`; what
@@ -59,6 +60,10 @@ impl Inner {
                 net.name, net.name
             )));
         }
+        // Every entry point (API, CNI, Docker plugin) gets the same alias rules.
+        let mut opts = opts;
+        opts.aliases =
+            tapnet_types::model::check_aliases(&opts.aliases).map_err(Error::InvalidRequest)?;
         if net.endpoint_of(&sid).is_some() {
             return Err(Error::Conflict(format!(
                 "sandbox {} is already connected to network {}",
@@ -135,13 +140,7 @@ impl Inner {
             check_ifname_free(&store, &sb, Arc::clone(&ns), ifname).await?;
         }
         if let Some(mac) = opts.mac {
-            if net.endpoints.values().any(|e| e.mac == Some(mac)) {
-                return Err(Error::Conflict(format!(
-                    "MAC address {} is already used on network {}",
-                    model::format_mac(&mac),
-                    net.name
-                )));
-            }
+            check_mac_free(&store, &net, mac)?;
         }
         if let Some(id) = &endpoint_id {
             model::validate_id("endpoint", id)?;
@@ -404,6 +403,37 @@ impl Inner {
     }
 }
 
+/// The MAC of a network's gateway as tapnet gives it (`02:42:<gateway IPv4>`: the
+/// bridge and overlay drivers' in-process gateway). Reserved on every network with
+/// an IPv4 gateway, so that no endpoint can take a gateway over.
+fn gateway_mac(net: &Network) -> Option<[u8; 6]> {
+    net.gateway.map(model::mac_for)
+}
+
+/// A requested MAC must be neither the network's gateway's (it would take the
+/// gateway over for every sandbox of the network) nor another endpoint's (409).
+fn check_mac_free(store: &Store, net: &Network, mac: [u8; 6]) -> Result<()> {
+    if gateway_mac(net) == Some(mac) {
+        return Err(Error::Conflict(format!(
+            "MAC address {} is the gateway's MAC on network {}: choose another",
+            model::format_mac(&mac),
+            net.name
+        )));
+    }
+    if let Some(e) = net.endpoints.values().find(|e| e.mac == Some(mac)) {
+        let by = store
+            .sandboxes
+            .get(&e.sandbox_id)
+            .map_or(e.sandbox_id.as_str(), |s| s.name.as_str());
+        return Err(Error::Conflict(format!(
+            "MAC address {} is already used on network {} (by sandbox {by}): choose another",
+            model::format_mac(&mac),
+            net.name
+        )));
+    }
+    Ok(())
+}
+
 /// An interface name asked for (`com.docker.network.endpoint.ifname`) must not be
 /// taken in the sandbox: by another endpoint's interface or by any device there (409).
 async fn check_ifname_free(
@@ -480,8 +510,8 @@ fn check_exclusive(
 }
 
 /// The MAC of a new endpoint: none without a device (`null`, `host`); else the
-/// requested one, else `02:42:<IPv4>`, else (IPv6-only) a random `02:42:…` address
-/// not used on the network.
+/// requested one, else `02:42:<IPv4>` when no other endpoint (nor the gateway) has
+/// it, else a random `02:42:…` address not used on the network.
 pub(super) fn default_mac(
     driver: &dyn Driver,
     requested: Option<[u8; 6]>,
@@ -491,13 +521,20 @@ pub(super) fn default_mac(
     if !driver.capabilities().needs_addresses {
         return None;
     }
-    if let Some(mac) = requested.or_else(|| ipv4.map(model::mac_for)) {
+    if let Some(mac) = requested {
+        return Some(mac);
+    }
+    let used = |mac: [u8; 6]| {
+        net.endpoints.values().any(|e| e.mac == Some(mac)) || gateway_mac(net) == Some(mac)
+    };
+    // `02:42:<IPv4>` unless another endpoint asked for that MAC before.
+    if let Some(mac) = ipv4.map(model::mac_for).filter(|m| !used(*m)) {
         return Some(mac);
     }
     loop {
         let mut mac = [0x02, 0x42, 0, 0, 0, 0];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut mac[2..]);
-        if !net.endpoints.values().any(|e| e.mac == Some(mac)) {
+        if !used(mac) {
             return Some(mac);
         }
     }

@@ -4,7 +4,8 @@
 //! takes its configuration network's settings first, dockerd's rules and messages;
 //! driver and IPAM driver known, `Scope` the driver's own, single-instance drivers
 //! (configuration networks do not count), IPv6 and IPAM config consistent with the
-//! driver, driver options) → reserve the pools, gateways and auxiliary addresses (undo:
+//! driver, driver options; subnets, ranges, gateways and auxiliary addresses not
+//! multicast, loopback, unspecified, link-local or reserved: 400) → reserve the pools, gateways and auxiliary addresses (undo:
 //! release) → a global network (see `global`) claims its name and VNI in the cluster
 //! store (undo: free them) → the driver's data plane (undo: `delete_network`) → commit
 //! the record (a global network's to the cluster store) → publish. A configuration
@@ -34,6 +35,7 @@ impl Inner {
             model::validate_id("network", id)?;
         }
         check_config_network_fields(&req)?;
+        check_address_classes(&req)?;
         let _held = self.locks.acquire([NETWORKS_LOCK.to_string()]).await;
         let store = self.model();
         if store.networks.values().any(|n| n.name == req.name) {
@@ -363,6 +365,36 @@ fn apply_config_network(req: &mut NetworkCreate, store: &Store, from: &str) -> R
     Ok(())
 }
 
+/// The requested subnets, IP ranges, gateways and auxiliary addresses must be
+/// ordinary unicast addresses ([`crate::ipam::check_address_class`]): 400 naming the
+/// subnet and its class, before anything is reserved.
+fn check_address_classes(req: &NetworkCreate) -> Result<()> {
+    let mut all: Vec<(&str, IpNet)> = Vec::new();
+    all.extend(req.subnet.map(|n| ("subnet", IpNet::V4(n))));
+    all.extend(req.ip_range.map(|n| ("IP range", IpNet::V4(n))));
+    all.extend(req.gateway.map(|a| ("gateway", IpNet::from(IpAddr::V4(a)))));
+    all.extend(
+        req.aux_addresses
+            .values()
+            .map(|a| ("auxiliary address", IpNet::from(IpAddr::V4(*a)))),
+    );
+    if let Some(r6) = &req.ipv6 {
+        all.push(("subnet", IpNet::V6(r6.subnet)));
+        all.extend(r6.ip_range.map(|n| ("IP range", IpNet::V6(n))));
+        all.extend(r6.gateway.map(|a| ("gateway", IpNet::from(IpAddr::V6(a)))));
+        all.extend(
+            r6.aux_addresses
+                .values()
+                .map(|a| ("auxiliary address", IpNet::from(IpAddr::V6(*a)))),
+        );
+    }
+    for (what, net) in all {
+        crate::ipam::check_address_class(what, net)
+            .map_err(|why| Error::InvalidRequest(format!("network {}: {why}", req.name)))?;
+    }
+    Ok(())
+}
+
 /// Reserve the IPv4 (and IPv6) pools of a new network in `tx` and fill in its record.
 fn reserve_network_pools(
     tx: &mut IpamTxn<'_>,
@@ -381,6 +413,13 @@ fn reserve_network_pools(
         v6: false,
     };
     let (pool4, gw4) = reserve_family(tx, &req.name, &v4, &req.ipam_options)?;
+    // A pool IPAM chose (a default pool, a plugin's) obeys the same rules.
+    crate::ipam::check_address_class("subnet", pool4.subnet).map_err(|why| {
+        Error::InvalidRequest(format!(
+            "network {}: IPAM returned an unusable pool: {why}",
+            req.name
+        ))
+    })?;
     let (IpNet::V4(subnet), IpAddr::V4(gw)) = (pool4.subnet, gw4) else {
         return Err(Error::InvalidRequest(format!(
             "network {}: IPAM returned a non-IPv4 pool for the IPv4 subnet",

@@ -673,3 +673,48 @@ async fn caller_chosen_ids_and_rename() {
         409
     );
 }
+
+#[tokio::test]
+async fn connect_refuses_gateway_and_taken_macs_and_bad_aliases() {
+    let (ctl, flaky) = controller();
+    dual_stack(&ctl).await;
+    ctl.create_sandbox(Some("sb2".into()), Some("/proc/self/ns/net".into()))
+        .await
+        .unwrap();
+    let with = |mac: Option<[u8; 6]>, aliases: &[&str]| ConnectOptions {
+        mac,
+        aliases: aliases.iter().map(|a| a.to_string()).collect(),
+        ..ConnectOptions::default()
+    };
+    // sb asks for the MAC that 02:42:<IPv4> would give the next endpoint (10.1.0.3).
+    let taken = [0x02, 0x42, 10, 1, 0, 3];
+    let ep = ctl
+        .connect("n", "sb", with(Some(taken), &["Web", "WEB", "api"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        ep.aliases,
+        ["Web", "api"],
+        "deduplicated case-insensitively"
+    );
+    let before = ctl.snapshot().await.networks.clone();
+    let cases: &[(ConnectOptions, u16, &str)] = &[
+        (with(Some([0x02, 0x42, 10, 1, 0, 1]), &[]), 409, "gateway"),
+        (with(Some(taken), &[]), 409, "by sandbox sb"),
+        (with(None, &["google.com"]), 400, "shadow"),
+        (with(None, &["a\u{1}"]), 400, "control"),
+    ];
+    for (opts, status, text) in cases {
+        let e = ctl.connect("n", "sb2", opts.clone()).await.unwrap_err();
+        assert_eq!(e.status(), *status, "{opts:?}: {e}");
+        assert!(e.to_string().contains(text), "{opts:?}: {e}");
+        assert_eq!(ctl.snapshot().await.networks, before);
+    }
+    assert_eq!(flaky.endpoints.load(Ordering::SeqCst), 1);
+    // sb took 10.1.0.2; sb2 gets 10.1.0.3, whose 02:42: MAC sb asked for: a random
+    // one instead.
+    let e2 = ctl.connect("n", "sb2", with(None, &[])).await.unwrap();
+    assert_eq!(e2.ipv4, Some("10.1.0.3".parse().unwrap()));
+    let m2 = e2.mac.unwrap();
+    assert!(m2 != taken && m2[..2] == [0x02, 0x42], "{m2:?}");
+}
