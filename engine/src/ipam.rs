@@ -242,7 +242,16 @@ impl DefaultPool {
                 base.prefix_len()
             ));
         }
+        check_address_class("base", IpNet::V4(base))
+            .map_err(|why| format!("invalid default address pool {s:?}: {why}"))?;
         Ok(DefaultPool { base, size })
+    }
+
+    /// A pool without [`DefaultPool::parse`]'s checks (tests of what the controller
+    /// does with a pool no operator could configure, as a plugin might return).
+    #[cfg(test)]
+    pub(crate) fn unchecked(base: Ipv4Net, size: u8) -> DefaultPool {
+        DefaultPool { base, size }
     }
 
     fn subnets(&self) -> impl Iterator<Item = Ipv4Net> {
@@ -977,6 +986,14 @@ mod tests {
             Err(IpamError::UnknownPool("LocalDefault/10.0.0.0/24".into()))
         );
         assert!(ipam.release_pool("x").is_err());
+    }
+
+    #[test]
+    fn default_pools_in_refused_classes_are_refused() {
+        for bad in ["base=224.0.0.0/8,size=24", "base=127.0.0.0/8,size=24"] {
+            let e = DefaultPool::parse(bad).unwrap_err();
+            assert!(e.contains(bad) && e.contains("range"), "{e}");
+        }
     }
 
     #[test]

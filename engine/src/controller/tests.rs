@@ -718,3 +718,86 @@ async fn connect_refuses_gateway_and_taken_macs_and_bad_aliases() {
     let m2 = e2.mac.unwrap();
     assert!(m2 != taken && m2[..2] == [0x02, 0x42], "{m2:?}");
 }
+
+#[tokio::test]
+async fn unusable_subnets_and_gateways_reserve_nothing() {
+    let (ctl, _) = controller();
+    let v6 = |s: &str| Ipv6Request {
+        subnet: s.parse().unwrap(),
+        gateway: None,
+        ip_range: None,
+        aux_addresses: BTreeMap::new(),
+    };
+    let cases = [
+        (
+            NetworkCreate {
+                subnet: Some("224.1.0.0/24".parse().unwrap()),
+                ..NetworkCreate::default()
+            },
+            "multicast",
+        ),
+        (
+            NetworkCreate {
+                gateway: Some("127.0.0.1".parse().unwrap()),
+                ..NetworkCreate::default()
+            },
+            "loopback",
+        ),
+        // The IPv4 subnet is fine; the IPv6 one is not: the IPv4 pool stays free.
+        (
+            NetworkCreate {
+                subnet: Some("10.1.0.0/24".parse().unwrap()),
+                enable_ipv6: true,
+                ipv6: Some(v6("::/64")),
+                ..NetworkCreate::default()
+            },
+            "unspecified",
+        ),
+        (
+            NetworkCreate {
+                subnet: Some("10.1.0.0/24".parse().unwrap()),
+                enable_ipv6: true,
+                ipv6: Some(v6("fe80::/64")),
+                ..NetworkCreate::default()
+            },
+            "link-local",
+        ),
+    ];
+    let before = ctl.snapshot().await.networks.clone();
+    for (mut req, class) in cases {
+        req.name = "bad".into();
+        let e = ctl.create_network(req).await.unwrap_err();
+        assert_eq!(e.status(), 400, "{e}");
+        assert!(e.to_string().contains(class), "{e}");
+        assert_eq!(ctl.snapshot().await.networks, before);
+    }
+    dual_stack(&ctl).await;
+}
+
+#[tokio::test]
+async fn an_unusable_pool_from_ipam_is_released() {
+    let mut reg = DriverRegistry::with_sandbox_layer(SandboxLayer::new(DryRun));
+    reg.register(Arc::new(Flaky::default()));
+    let pools = ["224.1.0.0/16", "10.9.0.0/16"]
+        .map(|p| crate::ipam::DefaultPool::unchecked(p.parse().unwrap(), 24));
+    let ctl = Controller::new(
+        reg,
+        Box::new(DefaultIpam::with_default_pools(pools.to_vec())),
+        &std::env::temp_dir().join(format!("tapnet-ctl-test-{}", model::new_id())),
+    );
+    let req = |name: &str| NetworkCreate {
+        name: name.into(),
+        ..NetworkCreate::default()
+    };
+    let e = ctl.create_network(req("a")).await.unwrap_err();
+    assert_eq!(e.status(), 400, "{e}");
+    assert!(
+        e.to_string().contains("IPAM returned an unusable pool")
+            && e.to_string().contains("224.1.0.0/24"),
+        "{e}"
+    );
+    assert!(ctl.snapshot().await.networks.is_empty());
+    // Released: the same default pool is offered (and refused) again, not skipped.
+    let e = ctl.create_network(req("b")).await.unwrap_err();
+    assert!(e.to_string().contains("224.1.0.0/24"), "{e}");
+}
