@@ -137,6 +137,20 @@ fn macs_and_aliases_are_checked_and_a_fine_connect_works() {
             let err = env.fails(&["network", "connect", "--alias", "google.com", "net1", "b"]);
             assert!(err.contains("google.com"), "{err}");
             assert_eq!(state(env), before);
+            // tapnet run: refused, and it leaves no sandbox behind.
+            let err = env.fails(&[
+                "run",
+                "--name",
+                "r1",
+                "--network",
+                "net1",
+                "--alias",
+                "google.com",
+                "--",
+                "true",
+            ]);
+            assert!(err.contains("google.com"), "{err}");
+            assert_eq!(state(env), before);
 
             // 64 aliases are fine; b and c connect normally and reach a by its alias.
             let max: Vec<String> = (0..64).map(|i| format!("\"b{i}\"")).collect();
@@ -156,6 +170,7 @@ fn macs_and_aliases_are_checked_and_a_fine_connect_works() {
             assert!(c_mac != "02:42:0a:61:00:01" && c_mac != "02:aa:00:00:00:0a");
             assert!(env.ping("b", "web", 2), "b pings a by alias web");
             assert!(env.ping("c", "api", 2), "c pings a by alias api");
+            assert!(env.ping("c", "WEB", 2), "names compare case-insensitively");
             assert!(env.ping("a", "db", 2), "a pings c by alias db");
             assert!(env.ping("a", "b63", 2), "a pings b by its 64th alias");
             let gw = env.gateway_of("net1");
