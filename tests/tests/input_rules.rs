@@ -101,7 +101,7 @@ fn macs_and_aliases_are_checked_and_a_fine_connect_works() {
 
             // Aliases: DNS labels only, named in the message.
             for (alias, why) in [
-                ("bad alias", "letters, digits and hyphens"),
+                ("bad alias", "letters, digits, hyphens"),
                 ("ctl\\u0001x", "control characters"),
                 ("-web", "hyphen"),
                 ("google.com", "shadow an outside name"),

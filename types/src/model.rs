@@ -52,7 +52,9 @@ pub const MAX_ALIASES: usize = 64;
 
 /// Check an endpoint's aliases and return them without duplicates, in request order
 /// (the first spelling of each is kept). Each alias is one DNS label (RFC 1123):
-/// 1 to 63 ASCII letters, digits and hyphens, not starting or ending with a hyphen.
+/// 1 to 63 ASCII letters, digits and hyphens, not starting or ending with a hyphen;
+/// `_` is also allowed, because Docker and podman container names (which runtimes
+/// pass as aliases, e.g. podman through CNI) may contain it and Docker resolves them.
 /// Aliases are compared case-insensitively (`WEB` and `web` are one name, as DNS
 /// compares them). A dotted alias is refused: it would shadow an outside name (such
 /// as `example.com`) for every sandbox of the network. At most [`MAX_ALIASES`]
@@ -84,9 +86,12 @@ fn check_alias(a: &str) -> std::result::Result<(), &'static str> {
              (such as example.com) for every sandbox of the network; give a single DNS label",
         );
     }
-    if !a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+    if !a
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return Err(
-            "give a DNS label (RFC 1123): letters, digits and hyphens only, \
+            "give a DNS label (RFC 1123): letters, digits, hyphens (and `_`) only, \
              no spaces or control characters",
         );
     }
@@ -472,18 +477,18 @@ mod tests {
     fn aliases_are_dns_labels_deduped_case_insensitively() {
         let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            check_aliases(&v(&["web", "WEB", "api-1", "Web", "x"])).unwrap(),
-            v(&["web", "api-1", "x"])
+            check_aliases(&v(&["web", "WEB", "api-1", "Web", "x", "my_db"])).unwrap(),
+            v(&["web", "api-1", "x", "my_db"])
         );
         let long = "a".repeat(63);
         assert_eq!(check_aliases(&v(&[&long])).unwrap(), v(&[&long]));
         for (bad, why) in [
             ("", "empty"),
-            ("a b", "letters, digits and hyphens"),
+            ("a b", "letters, digits, hyphens"),
             ("a\u{7}b", "control characters"),
             ("-web", "hyphen"),
             ("web-", "hyphen"),
-            ("web_1", "letters, digits and hyphens"),
+            ("web+1", "letters, digits, hyphens"),
             ("google.com", "shadow an outside name"),
             ("web.", "dot"),
             ("é", "letters, digits"),
