@@ -53,6 +53,28 @@ pub enum Command {
     Port(PortArgs),
     /// Print a shell completion script (`source <(tapnet completion bash)`).
     Completion(CompletionArgs),
+    /// Show the client's and the daemon's versions.
+    Version(SystemArgs),
+    /// Show what the daemon runs on and what it holds (`docker info`'s top part).
+    Info(SystemArgs),
+}
+
+/// Output format of `tapnet version` and `tapnet info`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum SystemFormat {
+    /// Indented `Key: value` lines, like docker's.
+    #[default]
+    Text,
+    /// One JSON object.
+    Json,
+}
+
+/// `tapnet version|info`
+#[derive(Debug, Args)]
+pub struct SystemArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = SystemFormat::Text)]
+    pub format: SystemFormat,
 }
 
 /// Shells `tapnet completion` can write a script for.

@@ -1,6 +1,7 @@
 //! The HTTP API (see `docs/api.md`, the contract).
 //!
-//! Contract: Docker-compatible network endpoints plus tapnet's `/sandboxes`,
+//! Contract: Docker-compatible network endpoints (and `/_ping`, `/version`, `/info`)
+//! plus tapnet's `/sandboxes`,
 //! `/networks/{id}/stats` and `/networks/{id}/fdb`, served over a unix socket.
 //! Every path may carry a `/v{major}.{minor}` prefix; a version outside
 //! [`MIN_API_VERSION`]..=[`API_VERSION`] is refused with 400 and Docker's message
@@ -37,10 +38,11 @@ use std::sync::Arc;
 pub use tapnet_types::api::{
     ConfigReference, ConnectBody, ContainerResource, CreateNetworkResponse, CreateSandboxResponse,
     DisconnectBody, EndpointConfigBody, EndpointIpamBody, ErrorBody, FdbResource,
-    FlowStatsResource, GatewayStatsResource, IpamBody, IpamConfigBody, IpamConfigResource,
-    IpamResource, NetworkCreateBody, NetworkPruneResponse, NetworkResource, PeerResource,
-    PortStatsResource, SandboxCreateBody, SandboxEndpointResource, SandboxResource, StatsResource,
-    VersionComponent, VersionDetails, VersionPlatform, VersionResponse,
+    FlowStatsResource, GatewayStatsResource, InfoPlugins, InfoResponse, InfoSwarm, IpamBody,
+    IpamConfigBody, IpamConfigResource, IpamResource, NetworkCreateBody, NetworkPruneResponse,
+    NetworkResource, PeerResource, PortStatsResource, SandboxCreateBody, SandboxEndpointResource,
+    SandboxResource, StatsResource, VersionComponent, VersionDetails, VersionPlatform,
+    VersionResponse,
 };
 
 /// The Docker Engine API version tapnet speaks (the highest it accepts; the docker
@@ -784,6 +786,139 @@ async fn version() -> Response {
     Json(version_body()).into_response()
 }
 
+/// What the daemon was started with that `GET /info` reports (set once by
+/// `tapnetd` before serving; unset, e.g. in unit tests: empty strings).
+#[derive(Debug, Clone, Default)]
+pub struct DaemonInfo {
+    /// `--data-root`.
+    pub data_root: PathBuf,
+    /// `--exec-root`.
+    pub exec_root: PathBuf,
+    /// `--cluster-store`, if given.
+    pub cluster_store: Option<String>,
+    /// `--cluster-advertise`, if given.
+    pub cluster_advertise: Option<String>,
+}
+
+static DAEMON_INFO: std::sync::OnceLock<DaemonInfo> = std::sync::OnceLock::new();
+
+/// Record the daemon's settings for `GET /info` (the first call wins).
+pub fn set_daemon_info(info: DaemonInfo) {
+    if DAEMON_INFO.set(info).is_err() {
+        tracing::warn!("set_daemon_info called twice: the first settings are kept");
+    }
+}
+
+/// The network drivers built into tapnetd, in `docker info`'s order.
+const BUILTIN_NETWORK_DRIVERS: [&str; 5] = ["bridge", "host", "macvlan", "null", "overlay"];
+
+/// A file's content, trimmed; empty when it cannot be read.
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// `MemTotal` of `/proc/meminfo` in bytes (0 when absent or malformed).
+pub fn parse_meminfo_total(meminfo: &str) -> u64 {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|rest| {
+            let mut f = rest.split_whitespace();
+            let n = f.next()?.parse::<u64>().ok()?;
+            match f.next() {
+                Some("kB") => n.checked_mul(1024),
+                None => Some(n),
+                Some(_) => None,
+            }
+        })
+        .unwrap_or(0)
+}
+
+/// `PRETTY_NAME` of an os-release file (unquoted), else `Linux`.
+pub fn parse_os_release(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim().trim_matches('"').trim_matches('\'').to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "Linux".into())
+}
+
+/// The `GET /info` answer for this model and these settings.
+pub fn info_body(store: &Store, daemon: &DaemonInfo) -> InfoResponse {
+    let mut network: Vec<String> = BUILTIN_NETWORK_DRIVERS
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    for n in store.networks.values() {
+        if !network.contains(&n.driver) {
+            network.push(n.driver.clone());
+        }
+    }
+    let sandboxes = store.sandboxes.len() as u64;
+    let os_release = std::fs::read_to_string("/etc/os-release")
+        .or_else(|_| std::fs::read_to_string("/usr/lib/os-release"))
+        .unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let system_time = crate::model::rfc3339(now.as_secs()).replacen(
+        'Z',
+        &format!(".{:09}Z", now.subsec_nanos()),
+        1,
+    );
+    InfoResponse {
+        id: read_trimmed("/etc/machine-id"),
+        containers: sandboxes,
+        containers_running: sandboxes,
+        containers_paused: 0,
+        containers_stopped: 0,
+        images: 0,
+        driver: "none".into(),
+        driver_status: Vec::new(),
+        plugins: InfoPlugins {
+            volume: Vec::new(),
+            network,
+            authorization: None,
+            log: Vec::new(),
+        },
+        system_time,
+        logging_driver: "none".into(),
+        cgroup_driver: "none".into(),
+        kernel_version: read_trimmed("/proc/sys/kernel/osrelease"),
+        operating_system: parse_os_release(&os_release),
+        os_type: "linux".into(),
+        architecture: std::env::consts::ARCH.into(),
+        ncpu: std::thread::available_parallelism()
+            .map(|n| n.get() as u64)
+            .unwrap_or(1),
+        mem_total: parse_meminfo_total(
+            &std::fs::read_to_string("/proc/meminfo").unwrap_or_default(),
+        ),
+        docker_root_dir: daemon.data_root.display().to_string(),
+        name: read_trimmed("/proc/sys/kernel/hostname"),
+        labels: Vec::new(),
+        server_version: env!("CARGO_PKG_VERSION").into(),
+        swarm: InfoSwarm {
+            local_node_state: "inactive".into(),
+            ..InfoSwarm::default()
+        },
+        warnings: Vec::new(),
+        tapnet_networks: store.networks.len() as u64,
+        tapnet_cluster_store: daemon.cluster_store.clone().unwrap_or_default(),
+        tapnet_cluster_advertise: daemon.cluster_advertise.clone().unwrap_or_default(),
+        tapnet_exec_root: daemon.exec_root.display().to_string(),
+    }
+}
+
+/// `GET /info`: Docker's `SystemInfo` shape (see [`info_body`]).
+async fn info(State(ctl): Ctl) -> Json<InfoResponse> {
+    let store = ctl.snapshot().await;
+    let daemon = DAEMON_INFO.get().cloned().unwrap_or_default();
+    Json(info_body(&store, &daemon))
+}
+
 async fn network_create(
     State(ctl): Ctl,
     JsonBody(body): JsonBody<NetworkCreateBody>,
@@ -959,7 +1094,7 @@ async fn not_found_fallback(uri: Uri) -> ApiError {
         status: StatusCode::NOT_FOUND,
         message: format!(
             "page not found: {}: tapnetd serves only Docker's network endpoints (/networks/...), \
-             /_ping, /version and tapnet's /sandboxes; a docker container is a tapnet sandbox",
+             /_ping, /version, /info and tapnet's /sandboxes; a docker container is a tapnet sandbox",
             uri.path()
         ),
     }
@@ -1051,6 +1186,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
     let api = Router::new()
         .route("/_ping", get(ping))
         .route("/version", get(version))
+        .route("/info", get(info))
         .route("/networks", get(network_list))
         .route("/networks/create", post(network_create))
         .route("/networks/prune", post(network_prune))

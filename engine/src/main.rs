@@ -333,6 +333,12 @@ async fn main() -> anyhow::Result<()> {
         terminated().await;
         let _ = stop_tx.send(true);
     };
+    api::set_daemon_info(api::DaemonInfo {
+        data_root: args.data_root.clone(),
+        exec_root: args.exec_root.clone(),
+        cluster_store: args.cluster_store.clone(),
+        cluster_advertise: args.cluster_advertise.clone(),
+    });
     let served = api::serve_unix(&socket, api::router(Arc::clone(&controller)), stop).await;
     if let Some(task) = plugin {
         match task.await {

@@ -579,6 +579,104 @@ pub struct FdbResource {
     pub vtep: String,
 }
 
+/// Answer of `GET /info`: the fields of Docker's `SystemInfo` that describe a
+/// network daemon (what `docker info` prints), plus tapnet's own under `Tapnet*` keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct InfoResponse {
+    /// A stable id of this host (`/etc/machine-id`; empty when unreadable).
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Number of sandboxes (a docker container is a tapnet sandbox).
+    pub containers: u64,
+    /// Sandboxes are always "running" (a namespace exists while the sandbox does).
+    pub containers_running: u64,
+    /// Always 0.
+    pub containers_paused: u64,
+    /// Always 0.
+    pub containers_stopped: u64,
+    /// Always 0: tapnet has no images.
+    pub images: u64,
+    /// The storage driver: `none` (tapnet stores no images).
+    pub driver: String,
+    /// `[]`.
+    pub driver_status: Vec<Vec<String>>,
+    /// The network drivers served and those in use.
+    pub plugins: InfoPlugins,
+    /// The daemon's time (RFC 3339, nanoseconds).
+    pub system_time: String,
+    /// `none`: tapnet runs no containers.
+    pub logging_driver: String,
+    /// `none`.
+    pub cgroup_driver: String,
+    /// The kernel release (`uname -r`).
+    pub kernel_version: String,
+    /// The distribution's `PRETTY_NAME` (`/etc/os-release`).
+    pub operating_system: String,
+    /// `linux`.
+    #[serde(rename = "OSType")]
+    pub os_type: String,
+    /// The machine (`uname -m`).
+    pub architecture: String,
+    /// CPUs usable by the daemon.
+    #[serde(rename = "NCPU")]
+    pub ncpu: u64,
+    /// Physical memory in bytes (`/proc/meminfo` `MemTotal`).
+    pub mem_total: u64,
+    /// The data root (`--data-root`).
+    pub docker_root_dir: String,
+    /// The host name.
+    pub name: String,
+    /// Labels (none).
+    pub labels: Vec<String>,
+    /// The daemon's version.
+    pub server_version: String,
+    /// Swarm: always inactive.
+    pub swarm: InfoSwarm,
+    /// Warnings for the client to print.
+    pub warnings: Vec<String>,
+    /// tapnet: number of networks.
+    pub tapnet_networks: u64,
+    /// tapnet: the cluster store (`--cluster-store`), empty without one.
+    pub tapnet_cluster_store: String,
+    /// tapnet: this node's advertise address and data-path port, empty without a
+    /// cluster store.
+    pub tapnet_cluster_advertise: String,
+    /// tapnet: the runtime directory (`--exec-root`).
+    pub tapnet_exec_root: String,
+}
+
+/// `Plugins` of [`InfoResponse`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct InfoPlugins {
+    /// Volume drivers (none).
+    pub volume: Vec<String>,
+    /// Network drivers: the built-in ones, then remote ones used by a network.
+    pub network: Vec<String>,
+    /// Authorization plugins (none).
+    pub authorization: Option<Vec<String>>,
+    /// Log drivers (none).
+    pub log: Vec<String>,
+}
+
+/// `Swarm` of [`InfoResponse`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct InfoSwarm {
+    /// Empty.
+    #[serde(rename = "NodeID")]
+    pub node_id: String,
+    /// Empty.
+    pub node_addr: String,
+    /// `inactive`.
+    pub local_node_state: String,
+    /// `false`.
+    pub control_available: bool,
+    /// Empty.
+    pub error: String,
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -9,6 +9,7 @@ pub mod exec;
 pub mod network;
 pub mod run;
 pub mod sandbox;
+pub mod system;
 
 use crate::args::{Cli, Command};
 use crate::client::{seg, Client, ClientError};
@@ -71,6 +72,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Network(cmd) => network::run(&client, cmd, &mut o).await,
             Command::Sandbox(cmd) => sandbox::run(&client, cmd, &mut o).await,
             Command::Port(a) => sandbox::port(&client, &a, &mut o).await,
+            Command::Version(a) => system::version(&client, &a, &mut o).await,
+            Command::Info(a) => system::info(&client, &a, &mut o).await,
             Command::Exec(_) | Command::Run(_) | Command::Completion(_) => Ok(()),
         }
     });

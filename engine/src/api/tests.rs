@@ -1386,3 +1386,76 @@ async fn create_refuses_swarm_options_by_name() {
     assert_eq!(web["IPAM"]["Config"][0]["Subnet"], "10.20.0.0/24");
     assert_eq!(web["Options"]["com.docker.network.driver.mtu"], "1400");
 }
+
+#[test]
+fn meminfo_and_os_release_parsing() {
+    let m = "MemFree:  10 kB\nMemTotal:       24736532 kB\n";
+    assert_eq!(parse_meminfo_total(m), 24_736_532 * 1024);
+    assert_eq!(parse_meminfo_total("MemTotal: 5\n"), 5);
+    // Absent, malformed, overflowing or odd units: 0, never a panic.
+    for bad in [
+        "",
+        "MemTotal:\n",
+        "MemTotal: x kB\n",
+        "MemTotal: 99999999999999999999 kB\n",
+        "MemTotal: 18446744073709551615 kB\n",
+        "MemTotal: 1 MB\n",
+    ] {
+        assert_eq!(parse_meminfo_total(bad), 0, "{bad:?}");
+    }
+    assert_eq!(
+        parse_os_release("NAME=x\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n"),
+        "Debian GNU/Linux 12 (bookworm)"
+    );
+    assert_eq!(parse_os_release("PRETTY_NAME='Alpine'\n"), "Alpine");
+    assert_eq!(parse_os_release("PRETTY_NAME=\"\"\n"), "Linux");
+    assert_eq!(parse_os_release(""), "Linux");
+}
+
+#[test]
+fn info_lists_remote_drivers_in_use_and_counts() {
+    let mut store = Store::default();
+    for (id, driver) in [("n1", "bridge"), ("n2", "weave"), ("n3", "weave")] {
+        store.networks.insert(
+            id.into(),
+            Network {
+                id: id.into(),
+                name: id.into(),
+                driver: driver.into(),
+                ..Network::default()
+            },
+        );
+    }
+    let daemon = DaemonInfo {
+        data_root: "/var/lib/tapnet".into(),
+        exec_root: "/run/tapnet".into(),
+        cluster_store: Some("etcd://10.0.0.1:2379".into()),
+        cluster_advertise: Some("10.0.0.2".into()),
+    };
+    let i = info_body(&store, &daemon);
+    assert_eq!(
+        i.plugins.network,
+        ["bridge", "host", "macvlan", "null", "overlay", "weave"]
+    );
+    assert_eq!((i.tapnet_networks, i.containers, i.images), (3, 0, 0));
+    assert_eq!(i.docker_root_dir, "/var/lib/tapnet");
+    assert_eq!(i.tapnet_cluster_store, "etcd://10.0.0.1:2379");
+    assert_eq!(i.tapnet_cluster_advertise, "10.0.0.2");
+    assert_eq!(i.swarm.local_node_state, "inactive");
+    let v = serde_json::to_value(&i).unwrap();
+    for k in [
+        "ID",
+        "NCPU",
+        "OSType",
+        "MemTotal",
+        "DockerRootDir",
+        "SystemTime",
+    ] {
+        assert!(v.get(k).is_some(), "{k} missing: {v}");
+    }
+    let t = v["SystemTime"].as_str().unwrap();
+    assert!(
+        t.len() == "2026-01-01T00:00:00.000000000Z".len() && t.ends_with('Z'),
+        "{t}"
+    );
+}

@@ -1,0 +1,179 @@
+//! `GET /info`, `docker info` against tapnetd, `tapnet version` and `tapnet info`:
+//! the values are the real ones of this machine and of the daemon's state.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use serde_json::Value;
+use std::process::Command;
+use tapnet_tests::{docker_bin, in_namespace, n};
+
+fn uname(flag: &str) -> String {
+    let out = Command::new("uname").arg(flag).output().expect("run uname");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn nproc() -> u64 {
+    let out = Command::new("nproc").output().expect("run nproc");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn mem_total_kib() -> u64 {
+    let m = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let line = m.lines().find(|l| l.starts_with("MemTotal:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn strs(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn info_reports_machine_and_state() {
+    in_namespace("info_reports_machine_and_state", |env| {
+        let i = env.get("/info");
+        assert_eq!(i["KernelVersion"], uname("-r"), "{i}");
+        assert_eq!(i["Architecture"], uname("-m"), "{i}");
+        assert_eq!(i["Name"], uname("-n"), "{i}");
+        assert_eq!(n(&i, "NCPU"), nproc(), "{i}");
+        assert!(n(&i, "NCPU") >= 1);
+        assert_eq!(n(&i, "MemTotal"), mem_total_kib() * 1024, "{i}");
+        assert_eq!(i["OSType"], "linux");
+        assert_eq!(i["Swarm"]["LocalNodeState"], "inactive");
+        assert_eq!(
+            i["DockerRootDir"],
+            env.root.join("data").display().to_string()
+        );
+        assert_eq!(
+            i["TapnetExecRoot"],
+            env.root.join("run").display().to_string()
+        );
+        assert_eq!(i["TapnetClusterStore"], "");
+        let plugins = strs(&i["Plugins"]["Network"]);
+        for d in ["bridge", "host", "macvlan", "null", "overlay"] {
+            assert!(plugins.contains(&d), "{d} missing: {plugins:?}");
+        }
+        assert_eq!(i["ServerVersion"], env.get("/version")["Version"]);
+        // The system time is RFC 3339 and now-ish (same date as the host's clock).
+        let t = i["SystemTime"].as_str().unwrap();
+        let today = Command::new("date")
+            .args(["-u", "+%Y-%m-%d"])
+            .output()
+            .unwrap();
+        let today = String::from_utf8(today.stdout).unwrap();
+        assert!(t.ends_with('Z') && t.contains('T'), "{t}");
+        assert!(
+            t.starts_with(today.trim()) || t < today.trim(),
+            "{t} vs {today}"
+        );
+
+        // Counts follow the state: the pre-defined networks, no sandboxes yet.
+        let nets0 = env.get("/networks").as_array().unwrap().len() as u64;
+        assert_eq!(n(&i, "TapnetNetworks"), nets0);
+        assert_eq!(n(&i, "Containers"), 0);
+        env.network("infonet", "10.93.0.0/24");
+        env.sandbox("a");
+        env.sandbox("b");
+        let i = env.get("/info");
+        assert_eq!(n(&i, "TapnetNetworks"), nets0 + 1, "{i}");
+        assert_eq!(n(&i, "Containers"), 2, "{i}");
+        assert_eq!(n(&i, "ContainersRunning"), 2, "{i}");
+        assert_eq!(n(&i, "Images"), 0);
+        // Versioned path and HEAD-less method checks like the other endpoints.
+        assert_eq!(env.get("/v1.47/info")["Containers"], 2);
+        let (code, _) = env.api("POST", "/info", None);
+        assert_eq!(code, 405);
+    });
+}
+
+#[test]
+fn docker_info_works_against_tapnetd() {
+    docker_bin();
+    in_namespace("docker_info_works_against_tapnetd", |env| {
+        env.sandbox("c1");
+        let out = env.docker_ok(&["info", "--format", "{{json .}}"]);
+        let i: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{out}: {e}"));
+        assert_eq!(i["KernelVersion"], uname("-r"), "{i}");
+        assert_eq!(n(&i, "NCPU"), nproc());
+        assert_eq!(n(&i, "Containers"), 1);
+        assert!(strs(&i["Plugins"]["Network"]).contains(&"bridge"));
+        assert_eq!(i["ServerErrors"], Value::Null, "{i}");
+        // The plain text form too (what people run).
+        let text = env.docker_ok(&["info"]);
+        assert!(
+            text.contains(&format!("Kernel Version: {}", uname("-r"))),
+            "{text}"
+        );
+        assert!(text.contains("Containers: 1"), "{text}");
+        assert!(
+            text.contains(" Network: bridge host macvlan null overlay"),
+            "{text}"
+        );
+    });
+}
+
+#[test]
+fn tapnet_version_and_info() {
+    in_namespace("tapnet_version_and_info", |env| {
+        let server = env.get("/version")["Version"].as_str().unwrap().to_string();
+        let out = env.ok(&["version"]);
+        assert!(out.starts_with("Client:\n"), "{out}");
+        assert!(out.contains("\nServer: tapnet\n tapnetd:\n"), "{out}");
+        assert!(
+            out.contains(&format!("  Version:          {server}\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains("API version:      1.47 (minimum version 1.24)"),
+            "{out}"
+        );
+        let j: Value = serde_json::from_str(&env.ok(&["version", "--format", "json"])).unwrap();
+        assert_eq!(j["Server"]["Version"], server.as_str());
+        assert_eq!(j["Server"]["ApiVersion"], "1.47");
+        assert_eq!(j["Client"]["Os"], "linux");
+
+        env.network("infonet", "10.94.0.0/24");
+        env.sandbox("s1");
+        let nets = env.get("/networks").as_array().unwrap().len();
+        let text = env.ok(&["info"]);
+        assert!(
+            text.contains(&format!(" Server Version: {server}\n")),
+            "{text}"
+        );
+        assert!(text.contains(&format!(" Networks: {nets}\n")), "{text}");
+        assert!(text.contains(" Sandboxes: 1\n"), "{text}");
+        assert!(
+            text.contains(&format!(" Kernel Version: {}\n", uname("-r"))),
+            "{text}"
+        );
+        assert!(text.contains(" Cluster Store: none\n"), "{text}");
+        let j: Value = serde_json::from_str(&env.ok(&["info", "--format", "json"])).unwrap();
+        assert_eq!(n(&j, "Containers"), 1);
+        assert_eq!(n(&j, "TapnetNetworks"), nets as u64);
+
+        // Daemon gone: version still prints the client block, then fails.
+        env.stop_daemon();
+        let out = env.tapnet(&["version"]);
+        assert!(!out.status.success());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.starts_with("Client:\n") && !stdout.contains("Server"),
+            "{stdout}"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("Cannot connect to the tapnet daemon"),
+            "{stderr}"
+        );
+        let err = env.fails(&["info"]);
+        assert!(err.contains("Cannot connect to the tapnet daemon"), "{err}");
+    });
+}
