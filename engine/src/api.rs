@@ -1,6 +1,7 @@
 //! The HTTP API (see `docs/api.md`, the contract).
 //!
-//! Contract: Docker-compatible network endpoints (and `/_ping`, `/version`, `/info`)
+//! Contract: Docker-compatible network endpoints (and `/_ping`, `/version`, `/info`,
+//! `/events`)
 //! plus tapnet's `/sandboxes`,
 //! `/networks/{id}/stats` and `/networks/{id}/fdb`, served over a unix socket.
 //! Every path may carry a `/v{major}.{minor}` prefix; a version outside
@@ -17,6 +18,7 @@
 //! changes nothing. The request and answer bodies are [`tapnet_types::api`]'s
 //! (re-exported here), shared with the CLI.
 
+pub mod events;
 pub mod filters;
 
 use crate::controller::{ConnectOptions, Controller, Ipv6Request, NetworkCreate, IFNAME_OPTION};
@@ -912,6 +914,12 @@ pub fn info_body(store: &Store, daemon: &DaemonInfo) -> InfoResponse {
     }
 }
 
+/// `GET /events`: see [`events`].
+async fn events_stream(State(ctl): Ctl, uri: Uri) -> ApiResult<Response> {
+    let f = events::parse_query(&uri)?;
+    Ok(events::stream(&ctl, f))
+}
+
 /// `GET /info`: Docker's `SystemInfo` shape (see [`info_body`]).
 async fn info(State(ctl): Ctl) -> Json<InfoResponse> {
     let store = ctl.snapshot().await;
@@ -1094,7 +1102,7 @@ async fn not_found_fallback(uri: Uri) -> ApiError {
         status: StatusCode::NOT_FOUND,
         message: format!(
             "page not found: {}: tapnetd serves only Docker's network endpoints (/networks/...), \
-             /_ping, /version, /info and tapnet's /sandboxes; a docker container is a tapnet sandbox",
+             /_ping, /version, /info, /events and tapnet's /sandboxes; a docker container is a tapnet sandbox",
             uri.path()
         ),
     }
@@ -1187,6 +1195,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/_ping", get(ping))
         .route("/version", get(version))
         .route("/info", get(info))
+        .route("/events", get(events_stream))
         .route("/networks", get(network_list))
         .route("/networks/create", post(network_create))
         .route("/networks/prune", post(network_prune))

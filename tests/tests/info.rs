@@ -177,3 +177,136 @@ fn tapnet_version_and_info() {
         assert!(err.contains("Cannot connect to the tapnet daemon"), "{err}");
     });
 }
+
+/// Start `cmd` with its stdout piped; lines arrive on the returned channel.
+fn spawn_lines(mut cmd: Command) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn next_line(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
+    rx.recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("no {what} event: {e}"))
+}
+
+#[test]
+fn events_stream_network_changes() {
+    in_namespace("events_stream_network_changes", |env| {
+        // `-i`: the answer's headers come first, and the daemon subscribes before it
+        // answers, so once they are read every later change is in the stream.
+        let mut curl = Command::new("curl");
+        curl.args(["-siN", "--unix-socket"])
+            .arg(&env.socket)
+            .arg("http://tapnet/events?filters=%7B%22type%22%3A%5B%22network%22%5D%7D");
+        let (mut child, rx) = spawn_lines(curl);
+        let status = next_line(&rx, "status line");
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        loop {
+            let h = next_line(&rx, "header");
+            if h.trim().is_empty() {
+                break;
+            }
+        }
+        // The body's leading empty line (it pushes the headers out).
+        assert_eq!(next_line(&rx, "leading newline").trim(), "");
+        let name = "ev0".to_string();
+        env.network(&name, "10.95.0.0/24");
+        let line = next_line(&rx, "create");
+        let ev: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(ev["Type"], "network");
+        assert_eq!(ev["Action"], "create");
+        assert_eq!(ev["Actor"]["Attributes"]["name"], name.as_str());
+        assert_eq!(ev["Actor"]["Attributes"]["type"], "bridge");
+        assert_eq!(ev["scope"], "local");
+        let id = env.get(&format!("/networks/{name}"))["Id"].clone();
+        assert_eq!(ev["Actor"]["ID"], id);
+        assert_eq!(n(&ev, "time"), n(&ev, "timeNano") / 1_000_000_000);
+
+        let sb = env.sandbox("s1");
+        env.connect(&name, "s1");
+        let ev: Value = serde_json::from_str(&next_line(&rx, "connect")).unwrap();
+        assert_eq!(ev["Action"], "connect");
+        assert_eq!(ev["Actor"]["ID"], id);
+        assert_eq!(ev["Actor"]["Attributes"]["container"], sb.as_str());
+        env.ok(&["network", "disconnect", &name, "s1"]);
+        let ev: Value = serde_json::from_str(&next_line(&rx, "disconnect")).unwrap();
+        assert_eq!(ev["Action"], "disconnect");
+        env.ok(&["network", "rm", &name]);
+        let ev: Value = serde_json::from_str(&next_line(&rx, "destroy")).unwrap();
+        assert_eq!(ev["Action"], "destroy");
+        assert_eq!(ev["Actor"]["Attributes"]["name"], name.as_str());
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        // No history: since/until refused by name; unknown filters refused.
+        let (code, v) = env.api("GET", "/events?since=1", None);
+        assert_eq!(code, 400, "{v}");
+        assert!(v["message"].as_str().unwrap().contains("since"), "{v}");
+        let (code, v) = env.api("GET", "/events?until=1", None);
+        assert_eq!(code, 400, "{v}");
+        let (code, v) = env.api(
+            "GET",
+            "/events?filters=%7B%22image%22%3A%5B%22x%22%5D%7D",
+            None,
+        );
+        assert_eq!(code, 400, "{v}");
+        assert!(v["message"].as_str().unwrap().contains("image"), "{v}");
+    });
+}
+
+#[test]
+fn docker_events_receives_network_create() {
+    docker_bin();
+    in_namespace("docker_events_receives_network_create", |env| {
+        let mut cmd = Command::new(docker_bin());
+        cmd.arg("-H")
+            .arg(format!("unix://{}", env.socket.display()))
+            .args([
+                "events",
+                "--filter",
+                "type=network",
+                "--format",
+                "{{json .}}",
+            ])
+            .env("DOCKER_CONFIG", env.root.join("docker-config"))
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_CONTEXT");
+        let (mut child, rx) = spawn_lines(cmd);
+        // When docker has subscribed is not visible from here: create networks until
+        // it prints an event, which must be the create of one of them.
+        let mut created = Vec::new();
+        let mut got = None;
+        for i in 0..50 {
+            let name = format!("dev{i}");
+            env.network(&name, &format!("10.96.{i}.0/24"));
+            created.push(name);
+            if let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                got = Some(l);
+                break;
+            }
+        }
+        let line = got.expect("docker events printed nothing within 50 creates");
+        let ev: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(ev["Type"], "network", "{ev}");
+        assert_eq!(ev["Action"], "create", "{ev}");
+        let name = ev["Actor"]["Attributes"]["name"].as_str().unwrap();
+        assert!(created.iter().any(|c| c == name), "{ev} not in {created:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    });
+}

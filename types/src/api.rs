@@ -677,6 +677,39 @@ pub struct InfoSwarm {
     pub error: String,
 }
 
+/// One line of `GET /events`: Docker's `events.Message` for a network event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMessage {
+    /// `network`.
+    #[serde(rename = "Type")]
+    pub kind: String,
+    /// `create`, `destroy`, `connect` or `disconnect`.
+    #[serde(rename = "Action")]
+    pub action: String,
+    /// The network and what the event is about.
+    #[serde(rename = "Actor")]
+    pub actor: EventActor,
+    /// `local` (or `swarm` for global networks, as dockerd says).
+    pub scope: String,
+    /// Seconds since the epoch.
+    pub time: i64,
+    /// Nanoseconds since the epoch.
+    #[serde(rename = "timeNano")]
+    pub time_nano: i64,
+}
+
+/// `Actor` of an [`EventMessage`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct EventActor {
+    /// The network's id.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// `name` and `type` (the network's driver); `container` (the sandbox id) for
+    /// connect and disconnect.
+    pub attributes: BTreeMap<String, String>,
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

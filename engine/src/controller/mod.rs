@@ -263,8 +263,24 @@ pub(crate) struct Inner {
     model: ArcSwap<Store>,
     /// Serialises publishing (each publish applies its change to the latest model).
     publishing: Mutex<()>,
+    /// Every published change (model before and after), for `GET /events`.
+    changes: tokio::sync::broadcast::Sender<ModelChange>,
     locks: Locks,
 }
+
+/// One published change of the model: the model before and after it (see
+/// [`Controller::subscribe_changes`]).
+#[derive(Debug, Clone)]
+pub struct ModelChange {
+    /// The model before the change.
+    pub before: Arc<Store>,
+    /// The model after it.
+    pub after: Arc<Store>,
+}
+
+/// Changes a slow [`Controller::subscribe_changes`] receiver may lag behind by
+/// before it misses some (it is then told how many it missed).
+pub const CHANGES_BACKLOG: usize = 1024;
 
 /// The network controller (see the module doc).
 #[derive(Clone)]
@@ -320,6 +336,7 @@ impl Controller {
                 netns: Mutex::new(HashMap::new()),
                 model: ArcSwap::from_pointee(Store::default()),
                 publishing: Mutex::new(()),
+                changes: tokio::sync::broadcast::channel(CHANGES_BACKLOG).0,
                 locks: Locks::default(),
             }),
         }
@@ -370,6 +387,11 @@ impl Controller {
         store: Arc<dyn KvStore>,
     ) -> Controller {
         Controller::build(drivers, ipam, exec_root, Some(store))
+    }
+
+    /// Every change published from now on (after its commit), in order.
+    pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<ModelChange> {
+        self.inner.changes.subscribe()
     }
 
     /// The published model (never waits for a mutation).
@@ -681,9 +703,15 @@ impl Inner {
     /// Apply `f` to the latest model and publish the result (after a commit).
     fn publish(&self, f: impl FnOnce(&mut Store)) {
         let _one_at_a_time = lock(&self.publishing);
-        let mut next = Store::clone(&self.model.load());
+        let before = self.model.load_full();
+        let mut next = Store::clone(&before);
         f(&mut next);
-        self.model.store(Arc::new(next));
+        let after = Arc::new(next);
+        self.model.store(Arc::clone(&after));
+        if self.changes.receiver_count() > 0 {
+            // No receiver left in between: nothing to tell.
+            let _ = self.changes.send(ModelChange { before, after });
+        }
     }
 
     /// Resolve a network and a sandbox, lock both, and return their ids with the
