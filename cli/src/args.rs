@@ -57,6 +57,19 @@ pub enum Command {
     Version(SystemArgs),
     /// Show what the daemon runs on and what it holds (`docker info`'s top part).
     Info(SystemArgs),
+    /// Stream network events (create, destroy, connect, disconnect) until interrupted.
+    Events(EventsArgs),
+}
+
+/// `tapnet events`
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Filter: type=network, event=ACTION, network=NAME|ID, container=SANDBOX (repeatable).
+    #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub filters: Vec<(String, String)>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = SystemFormat::Text)]
+    pub format: SystemFormat,
 }
 
 /// Output format of `tapnet version` and `tapnet info`.

@@ -201,6 +201,69 @@ impl Client {
     }
 }
 
+impl Client {
+    /// `GET path` and hand each line of the (streamed) answer to `on_line` as it
+    /// arrives, until the daemon ends the answer or `on_line` fails. A non-2xx answer
+    /// is a [`ClientError::Daemon`] as for the other requests.
+    pub async fn get_lines(
+        &self,
+        path: &str,
+        mut on_line: impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> anyhow::Result<()> {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|cause| ClientError::Connect {
+                    socket: self.socket.clone(),
+                    cause,
+                })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(HOST, "tapnet")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Protocol(format!("bad request {path}: {e}")))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let raw = body
+                .collect()
+                .await
+                .map_err(|e| ClientError::Protocol(format!("reading the answer: {e}")))?
+                .to_bytes();
+            return Err(ClientError::Daemon {
+                status,
+                message: error_message(status, &raw),
+            }
+            .into());
+        }
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| ClientError::Protocol(format!("reading the answer: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=nl).collect();
+                on_line(&line[..nl])?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A request body as JSON.
 fn encode<B: Serialize + ?Sized>(path: &str, body: &B) -> Result<Bytes, ClientError> {
     serde_json::to_vec(body)

@@ -310,3 +310,58 @@ fn docker_events_receives_network_create() {
         child.wait().unwrap();
     });
 }
+
+#[test]
+fn tapnet_events_prints_network_events() {
+    in_namespace("tapnet_events_prints_network_events", |env| {
+        let bin = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("tapnet");
+        let mut cmd = Command::new(bin);
+        cmd.arg("-H")
+            .arg(format!("unix://{}", env.socket.display()))
+            .args(["events", "--filter", "event=create"]);
+        let (mut child, rx) = spawn_lines(cmd);
+        // As with docker: create networks until the subscribed CLI prints one.
+        let mut created = Vec::new();
+        let mut got = None;
+        for i in 0..50 {
+            let name = format!("tev{i}");
+            env.network(&name, &format!("10.97.{i}.0/24"));
+            created.push(name);
+            if let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                got = Some(l);
+                break;
+            }
+        }
+        let line = got.expect("tapnet events printed nothing within 50 creates");
+        let name = created
+            .iter()
+            .find(|c| line.contains(&format!("name={c}, type=bridge)")))
+            .unwrap_or_else(|| panic!("{line} names none of {created:?}"));
+        let id = env.get(&format!("/networks/{name}"))["Id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(line.contains(&format!(" network create {id} (")), "{line}");
+        // Only creates pass the filter: a connect prints nothing before the next create.
+        env.sandbox("s1");
+        env.connect(name, "s1");
+        env.network("tev-last", "10.98.0.0/24");
+        loop {
+            let l = next_line(&rx, "create of tev-last");
+            assert!(l.contains(" network create "), "{l}");
+            if l.contains("name=tev-last,") {
+                break;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let err = env.fails(&["events", "--filter", "image=x"]);
+        assert!(err.contains("invalid filter 'image'"), "{err}");
+    });
+}

@@ -74,6 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Port(a) => sandbox::port(&client, &a, &mut o).await,
             Command::Version(a) => system::version(&client, &a, &mut o).await,
             Command::Info(a) => system::info(&client, &a, &mut o).await,
+            Command::Events(a) => system::events(&client, &a, &mut o).await,
             Command::Exec(_) | Command::Run(_) | Command::Completion(_) => Ok(()),
         }
     });

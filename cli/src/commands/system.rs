@@ -5,11 +5,11 @@
 //! then fails with the connection error (as `docker version` does).
 
 use super::Out;
-use crate::args::{SystemArgs, SystemFormat};
+use crate::args::{EventsArgs, SystemArgs, SystemFormat};
 use crate::client::Client;
 use crate::output::pretty_json;
 use serde::Serialize;
-use tapnet_types::api::{InfoResponse, VersionResponse};
+use tapnet_types::api::{EventMessage, InfoResponse, VersionResponse};
 
 /// The client half of `tapnet version`.
 #[derive(Debug, Serialize)]
@@ -87,6 +87,70 @@ pub async fn info(c: &Client, a: &SystemArgs, o: &mut Out<'_>) -> anyhow::Result
     Ok(())
 }
 
+/// `tapnet events`: one line per event until the daemon or the user ends it.
+pub async fn events(c: &Client, a: &EventsArgs, o: &mut Out<'_>) -> anyhow::Result<()> {
+    let path = super::network::with_filters("/events", &a.filters);
+    let format = a.format;
+    let out = &mut *o.out;
+    c.get_lines(&path, |line| {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        match format {
+            SystemFormat::Json => out.write_all(line)?,
+            SystemFormat::Text => match serde_json::from_slice::<EventMessage>(line) {
+                Ok(ev) => out.write_all(event_text(&ev).as_bytes())?,
+                Err(_) => out.write_all(line)?,
+            },
+        }
+        out.write_all(b"\n")?;
+        out.flush()
+    })
+    .await
+}
+
+/// An event as `docker events` prints it:
+/// `2026-11-30T20:11:07.123456789Z network create ID (name=web, type=bridge)`.
+pub fn event_text(ev: &EventMessage) -> String {
+    let attrs: Vec<String> = ev
+        .actor
+        .attributes
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!(
+        "{} {} {} {} ({})",
+        rfc3339_nanos(ev.time_nano),
+        ev.kind,
+        ev.action,
+        ev.actor.id,
+        attrs.join(", ")
+    )
+}
+
+/// Nanoseconds since the epoch as RFC 3339 UTC with nanoseconds.
+pub fn rfc3339_nanos(nanos: i64) -> String {
+    let secs = nanos.div_euclid(1_000_000_000);
+    let frac = nanos.rem_euclid(1_000_000_000);
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
 /// The human-readable `tapnet info`.
 pub fn info_text(i: &InfoResponse) -> String {
     let or_none = |s: &str| {
@@ -135,7 +199,33 @@ pub fn human_bytes(n: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn rfc3339_from_nanos() {
+        assert_eq!(rfc3339_nanos(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            rfc3339_nanos(951_782_400_000_000_001),
+            "2000-02-29T00:00:00.000000001Z"
+        );
+        assert_eq!(
+            rfc3339_nanos(1_796_069_467_123_456_789),
+            "2026-11-30T20:11:07.123456789Z"
+        );
+    }
+
+    #[test]
+    fn event_text_like_docker() {
+        let ev: EventMessage = serde_json::from_str(
+            r#"{"Type":"network","Action":"create","Actor":{"ID":"abc","Attributes":{"name":"web","type":"bridge"}},"scope":"local","time":0,"timeNano":5}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            event_text(&ev),
+            "1970-01-01T00:00:00.000000005Z network create abc (name=web, type=bridge)"
+        );
+    }
 
     #[test]
     fn human_bytes_in_binary_units() {

@@ -1459,3 +1459,90 @@ fn info_lists_remote_drivers_in_use_and_counts() {
         "{t}"
     );
 }
+
+#[test]
+fn events_of_a_change_and_their_filters() {
+    use crate::controller::ModelChange;
+    use crate::model::Endpoint;
+    let net = |id: &str, eps: &[(&str, &str)]| Network {
+        id: id.into(),
+        name: format!("name-{id}"),
+        driver: "bridge".into(),
+        endpoints: eps
+            .iter()
+            .map(|(e, sb)| {
+                (
+                    e.to_string(),
+                    Endpoint {
+                        id: e.to_string(),
+                        network_id: id.into(),
+                        sandbox_id: sb.to_string(),
+                        ..Endpoint::default()
+                    },
+                )
+            })
+            .collect(),
+        ..Network::default()
+    };
+    let mut before = Store::default();
+    before
+        .networks
+        .insert("a".into(), net("a", &[("e1", "s1")]));
+    before.networks.insert("b".into(), net("b", &[]));
+    let mut after = Store::default();
+    after.networks.insert("a".into(), net("a", &[("e2", "s2")]));
+    after.networks.insert("c".into(), net("c", &[]));
+    let change = ModelChange {
+        before: Arc::new(before),
+        after: Arc::new(after),
+    };
+    let now = std::time::UNIX_EPOCH + std::time::Duration::new(7, 5);
+    let evs = events::events_of(&change, now);
+    let got: Vec<(&str, &str, Option<&str>)> = evs
+        .iter()
+        .map(|e| {
+            (
+                e.action.as_str(),
+                e.actor.id.as_str(),
+                e.actor.attributes.get("container").map(String::as_str),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("create", "c", None),
+            ("connect", "a", Some("s2")),
+            ("disconnect", "a", Some("s1")),
+            ("destroy", "b", None),
+        ]
+    );
+    assert_eq!((evs[0].time, evs[0].time_nano), (7, 7_000_000_005));
+    assert_eq!(evs[0].scope, "local");
+    let f = |pairs: &[(&str, &str)]| filters::Filters::from_pairs(pairs.iter().copied());
+    let pass = |fl: &filters::Filters| {
+        evs.iter()
+            .filter(|e| events::event_matches(fl, e, &change.after))
+            .count()
+    };
+    assert_eq!(pass(&f(&[])), 4);
+    assert_eq!(pass(&f(&[("type", "network")])), 4);
+    assert_eq!(pass(&f(&[("type", "container")])), 0);
+    assert_eq!(pass(&f(&[("event", "connect"), ("event", "destroy")])), 2);
+    assert_eq!(pass(&f(&[("network", "name-a")])), 2);
+    assert_eq!(pass(&f(&[("container", "s1")])), 1);
+}
+
+#[tokio::test]
+async fn events_query_is_checked_before_streaming() {
+    let h = harness();
+    for q in [
+        "since=1",
+        "until=1",
+        "foo=1",
+        "filters=%7B%22image%22%3A%5B%22x%22%5D%7D",
+    ] {
+        let (s, v) = h.get(&format!("/events?{q}")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {v}");
+    }
+}
