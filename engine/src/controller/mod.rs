@@ -10,7 +10,8 @@
 //!   goes away (the HTTP handler is dropped) never stops an operation half-way.
 //! * **Reads never wait.** The model is an immutable [`Store`] published in an
 //!   `ArcSwap` after each commit; [`Controller::snapshot`] and every read load it
-//!   without taking a lock.
+//!   without taking a lock. Each publish is also broadcast, model before and after,
+//!   to [`Controller::subscribe_changes`] receivers (`GET /events`), in order.
 //! * **Locks per object.** A mutation takes the locks of the objects it changes, all
 //!   at once in one global order (see [`Locks`]): `n/<id>` per network, `s/<id>` per
 //!   sandbox, `networks` / `sandboxes` for creating and removing (name uniqueness).
