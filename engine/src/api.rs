@@ -670,6 +670,7 @@ pub fn stats_resource(net: &Network, report: &NetworkReport, store: &Store) -> S
         network: net.id.clone(),
         fdb_entries: report.fdb_entries,
         fdb_limit_hits: report.fdb_limit_hits,
+        fdb_port_limit_hits: report.fdb_port_limit_hits,
         ports,
         gateway: report.gateway.as_ref().map(|g| GatewayStatsResource {
             switch_port: report

@@ -1109,6 +1109,7 @@ impl Worker {
         net.next_port = net.next_port.wrapping_add(1);
         let stats = Arc::new(PortStats::default());
         net.switch.set_port(id, opts.role, opts.policy);
+        net.switch.set_port_fdb_limit(id, opts.fdb_limit);
         net.ports.push(Port {
             id,
             role: opts.role,

@@ -490,6 +490,7 @@ fn endpoint(n: u8) -> PortOptions {
     PortOptions {
         role: PortRole::Endpoint,
         policy: Some(PortPolicy::new(MacAddr(mac(n)), vec![ip4(n)], vec![])),
+        fdb_limit: None,
     }
 }
 
@@ -497,6 +498,7 @@ fn gateway() -> PortOptions {
     PortOptions {
         role: PortRole::Gateway,
         policy: None,
+        fdb_limit: None,
     }
 }
 
@@ -623,6 +625,7 @@ fn gateway_port_is_not_checked() {
         PortOptions {
             role: PortRole::Gateway,
             policy: Some(PortPolicy::new(MacAddr(mac(1)), vec![ip4(1)], vec![])),
+            fdb_limit: None,
         },
     );
     let a = TestPort::add_with(&net, endpoint(2));

@@ -470,6 +470,9 @@ pub struct StatsResource {
     pub fdb_entries: usize,
     /// MACs not learned because the FDB was full.
     pub fdb_limit_hits: u64,
+    /// MACs not learned because their port already held its limit of learned MACs
+    /// (1024 per port; a network's uplink or tunnel port has the network's limit).
+    pub fdb_port_limit_hits: u64,
     /// Per-port counters.
     pub ports: Vec<PortStatsResource>,
     /// The gateway's counters (bridge networks).

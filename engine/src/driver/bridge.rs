@@ -328,7 +328,15 @@ impl BridgeDriver {
         };
         let uplink = match uplink {
             None => None,
-            Some(io) => match handle.add_port_with(io, PortOptions::default()) {
+            // The uplink (macvlan parent, overlay tunnel) stands for every remote host:
+            // only the network's limit bounds what it learns.
+            Some(io) => match handle.add_port_with(
+                io,
+                PortOptions {
+                    fdb_limit: Some(SwitchConfig::default().fdb_limit),
+                    ..PortOptions::default()
+                },
+            ) {
                 Ok((port, stats)) => Some((port, stats)),
                 Err(e) => {
                     if let Err(r) = handle.remove() {
@@ -395,6 +403,7 @@ impl BridgeDriver {
                     PortOptions {
                         role: PortRole::Gateway,
                         policy: None,
+                        fdb_limit: None,
                     },
                 )
                 .map_err(|e| {
@@ -679,6 +688,7 @@ impl Driver for BridgeDriver {
         Ok(NetworkReport {
             fdb_entries: fdb.len(),
             fdb_limit_hits: counters.fdb_limit_hits,
+            fdb_port_limit_hits: counters.fdb_port_limit_hits,
             ports,
             gateway: net.gateway.as_ref().map(GatewayHandle::stats),
             gateway_port: net.gateway_port.zip(net.gateway_port_stats.as_ref()).map(
@@ -753,6 +763,7 @@ fn endpoint_options(endpoint: &Endpoint, port_security: bool) -> PortOptions {
     PortOptions {
         role: PortRole::Endpoint,
         policy,
+        fdb_limit: None,
     }
 }
 

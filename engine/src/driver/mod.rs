@@ -365,6 +365,8 @@ pub struct NetworkReport {
     pub fdb_entries: usize,
     /// MACs not learned because the FDB was full.
     pub fdb_limit_hits: u64,
+    /// MACs not learned because their port held its limit of learned MACs.
+    pub fdb_port_limit_hits: u64,
     /// Per-port counters.
     pub ports: Vec<PortReport>,
     /// The gateway's counters (networks with a userspace gateway).
