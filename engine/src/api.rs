@@ -11,7 +11,8 @@
 //! swarm`, `Ingress`, `EnableIPv4: false`, endpoint `Links`, `GwPriority`, driver
 //! options other than `com.docker.network.endpoint.ifname`) are refused with a 400
 //! naming them; output-only fields are ignored as dockerd does. Docker endpoints tapnet does not serve (`/containers`,
-//! `/images`, ...) are 404 with a message saying what tapnet serves. Handlers only
+//! `/images`, ...) are 404 with a message saying what tapnet serves. A client that
+//! stalls mid-request is cut off ([`HttpTimeouts`], see [`serve_unix`]). Handlers only
 //! parse and shape JSON; the [`Controller`] does the work, so a rejected request
 //! changes nothing. The request and answer bodies are [`tapnet_types::api`]'s
 //! (re-exported here), shared with the CLI.
@@ -1078,35 +1079,10 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .layer(axum::middleware::from_fn(rewrite_and_tag))
 }
 
-/// Serve `router` on a unix socket at `path` until `shutdown` completes: removes a
-/// stale socket file, creates parent directories, sets mode 0660.
-pub async fn serve_unix(
-    path: &std::path::Path,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
-        Ok(_) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket", path.display()),
-            ))
-        }
-        Err(_) => {}
-    }
-    let listener = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    tracing::info!(socket = %path.display(), "API listening");
-    tokio::select! {
-        r = async { axum::serve(listener, router).await } => r,
-        () = shutdown => Ok(()),
-    }
-}
+mod server;
+pub use server::{
+    closed_on_error, serve_unix, HttpTimeouts, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT,
+};
 
 #[cfg(test)]
 mod tests;
