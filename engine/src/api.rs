@@ -711,6 +711,8 @@ fn port_stats_resource(
         rx_bytes: p.stats.rx_bytes,
         tx_packets: p.stats.tx_packets,
         tx_bytes: p.stats.tx_bytes,
+        fdb_entries: p.fdb_entries,
+        fdb_limit_hits: p.fdb_limit_hits,
         drops: p
             .stats
             .drops

@@ -483,6 +483,14 @@ impl Switch {
         self.port_fdb.get(&port).copied().unwrap_or_default()
     }
 
+    /// The FDB's view of every port that has learned or been refused a MAC, or has its own
+    /// limit, sorted by port.
+    pub fn ports_fdb(&self) -> Vec<(PortId, PortFdb)> {
+        let mut v: Vec<(PortId, PortFdb)> = self.port_fdb.iter().map(|(&p, f)| (p, *f)).collect();
+        v.sort_unstable_by_key(|(p, _)| *p);
+        v
+    }
+
     /// Recompute every port's `learned` from the FDB (after a bulk removal).
     fn recount(&mut self) {
         for p in self.port_fdb.values_mut() {

@@ -559,6 +559,12 @@ pub struct PortStatsResource {
     pub tx_packets: u64,
     /// Bytes sent.
     pub tx_bytes: u64,
+    /// MACs learned on the port now.
+    pub fdb_entries: usize,
+    /// Frames from the port whose new source MAC was not learned because the port
+    /// already held its limit of learned MACs (counted in the network's
+    /// `FdbPortLimitHits` too).
+    pub fdb_limit_hits: u64,
     /// Drops by reason name.
     pub drops: BTreeMap<String, u64>,
 }

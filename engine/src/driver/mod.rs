@@ -356,6 +356,10 @@ pub struct PortReport {
     pub port: PortId,
     /// Its counters.
     pub stats: PortStatsSnapshot,
+    /// MACs learned on it now.
+    pub fdb_entries: usize,
+    /// MACs from it not learned because it held its limit of learned MACs.
+    pub fdb_limit_hits: u64,
 }
 
 /// Counters of one network.
