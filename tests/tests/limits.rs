@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
-use tapnet_tests::{in_namespace, Env};
+use tapnet_tests::{in_namespace, n, Env};
 
 /// Generous upper bound on waiting for the daemon to close a stalled connection (its
 /// timeouts are 2 s here): not a timing assertion, a bound on a hung test.
@@ -85,5 +85,68 @@ fn stalled_http_clients_are_cut_off_and_block_nobody() {
             log.matches("HTTP connection closed").count() >= 3,
             "daemon log:\n{log}"
         );
+    });
+}
+
+/// Frames `x` sends from 10,000 made-up source MACs (more than a network's whole FDB) (broadcast, a local experimental
+/// ethertype) on its eth0.
+const MAC_FLOOD: &str = r#"
+import socket
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+for i in range(10000):
+    src = bytes([0x06, 0xee, 0, 0, i >> 8, i & 0xff])
+    s.send(b"\xff" * 6 + src + b"\x88\xb5" + b"\x00" * 46)
+print("sent")
+"#;
+
+#[test]
+fn one_port_cannot_fill_the_fdb() {
+    in_namespace("one_port_cannot_fill_the_fdb", |env| {
+        env.ok(&[
+            "network",
+            "create",
+            "--subnet",
+            "10.86.0.0/24",
+            "-o",
+            "com.tapnet.port_security=false",
+            "open",
+        ]);
+        env.sandbox("x");
+        env.connect("open", "x");
+        let out = env.python("x", MAC_FLOOD);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("sent"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Joiners after the flood are learned (without the per-port limit the FDB would
+        // be full), and unicast between them is not flooded to x.
+        env.sandbox("b");
+        env.sandbox("c");
+        let ip_b = env.connect("open", "b");
+        env.connect("open", "c");
+        assert!(env.ping("c", &ip_b, 1));
+        let tx_x = n(&env.port_stats("open", "x"), "TxPackets");
+        assert!(env.ping("c", &ip_b, 10));
+        // 20 unicast frames between b and c: none of them went to x.
+        let tx_x_after = n(&env.port_stats("open", "x"), "TxPackets");
+        assert!(
+            tx_x_after - tx_x < 10,
+            "unicast between b and c reached x: {tx_x} -> {tx_x_after}"
+        );
+
+        let stats = env.get("/networks/open/stats");
+        let x = env.port_stats("open", "x");
+        assert_eq!(n(&x, "FdbEntries"), 1024, "{x}");
+        let hits = n(&x, "FdbLimitHits");
+        assert!((10_000 - 1024..=10_000).contains(&hits), "{x}");
+        assert_eq!(n(&stats, "FdbPortLimitHits"), hits, "{stats}");
+        assert_eq!(n(&stats, "FdbLimitHits"), 0, "{stats}");
+        for s in ["b", "c"] {
+            let p = env.port_stats("open", s);
+            assert!(n(&p, "FdbEntries") >= 1, "{s} not learned: {p}");
+            assert_eq!(n(&p, "FdbLimitHits"), 0, "{p}");
+        }
     });
 }
