@@ -72,6 +72,7 @@ fn setup_policy(macs: usize) -> (Switch, Vec<(Vec<u8>, PortId)>) {
     let mut sw = Switch::new(SwitchConfig {
         ageing_ms: u64::MAX / 2,
         fdb_limit: macs * 2,
+        fdb_port_limit: macs * 2,
         ..SwitchConfig::default()
     });
     let bcast = [0xff; 6];
@@ -105,6 +106,7 @@ fn setup(macs: usize) -> (Switch, Vec<(Vec<u8>, PortId)>) {
     let mut sw = Switch::new(SwitchConfig {
         ageing_ms: u64::MAX / 2,
         fdb_limit: macs * 2,
+        fdb_port_limit: macs * 2,
         ..SwitchConfig::default()
     });
     let bcast = [0xff; 6];

@@ -13,7 +13,8 @@
 //! swarm`, `Ingress`, `EnableIPv4: false`, endpoint `Links`, `GwPriority`, driver
 //! options other than `com.docker.network.endpoint.ifname`) are refused with a 400
 //! naming them; output-only fields are ignored as dockerd does. Docker endpoints tapnet does not serve (`/containers`,
-//! `/images`, ...) are 404 with a message saying what tapnet serves. Handlers only
+//! `/images`, ...) are 404 with a message saying what tapnet serves. A client that
+//! stalls mid-request is cut off ([`HttpTimeouts`], see [`serve_unix`]). Handlers only
 //! parse and shape JSON; the [`Controller`] does the work, so a rejected request
 //! changes nothing. The request and answer bodies are [`tapnet_types::api`]'s
 //! (re-exported here), shared with the CLI.
@@ -674,6 +675,7 @@ pub fn stats_resource(net: &Network, report: &NetworkReport, store: &Store) -> S
         network: net.id.clone(),
         fdb_entries: report.fdb_entries,
         fdb_limit_hits: report.fdb_limit_hits,
+        fdb_port_limit_hits: report.fdb_port_limit_hits,
         ports,
         gateway: report.gateway.as_ref().map(|g| GatewayStatsResource {
             switch_port: report
@@ -713,6 +715,8 @@ fn port_stats_resource(
         rx_bytes: p.stats.rx_bytes,
         tx_packets: p.stats.tx_packets,
         tx_bytes: p.stats.tx_bytes,
+        fdb_entries: p.fdb_entries,
+        fdb_limit_hits: p.fdb_limit_hits,
         drops: p
             .stats
             .drops
@@ -1222,35 +1226,10 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .layer(axum::middleware::from_fn(rewrite_and_tag))
 }
 
-/// Serve `router` on a unix socket at `path` until `shutdown` completes: removes a
-/// stale socket file, creates parent directories, sets mode 0660.
-pub async fn serve_unix(
-    path: &std::path::Path,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
-        Ok(_) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket", path.display()),
-            ))
-        }
-        Err(_) => {}
-    }
-    let listener = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    tracing::info!(socket = %path.display(), "API listening");
-    tokio::select! {
-        r = async { axum::serve(listener, router).await } => r,
-        () = shutdown => Ok(()),
-    }
-}
+mod server;
+pub use server::{
+    closed_on_error, serve_unix, HttpTimeouts, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT,
+};
 
 #[cfg(test)]
 mod tests;

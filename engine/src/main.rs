@@ -96,6 +96,14 @@ struct Args {
     /// (dockerd's backoff 1s, 2s, 4s, ...; dockerd: 30s).
     #[arg(long, value_name = "DURATION", default_value = "30s", env = "TAPNET_PLUGIN_RETRY_DEADLINE", value_parser = cluster::parse_duration)]
     plugin_retry_deadline: std::time::Duration,
+    /// How long a client may take to send a request's head (line and headers) to the
+    /// API and plugin sockets before its connection is closed (hidden: for tests).
+    #[arg(long, value_name = "DURATION", default_value = "10s", env = "TAPNET_HTTP_HEADER_TIMEOUT", value_parser = cluster::parse_duration, hide = true)]
+    http_header_timeout: std::time::Duration,
+    /// How long a client may take to send a request's body, from its head (hidden: for
+    /// tests).
+    #[arg(long, value_name = "DURATION", default_value = "30s", env = "TAPNET_HTTP_BODY_TIMEOUT", value_parser = cluster::parse_duration, hide = true)]
+    http_body_timeout: std::time::Duration,
     /// How long one plugin call may take before it fails.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = cluster::parse_duration)]
     plugin_timeout: std::time::Duration,
@@ -177,6 +185,14 @@ fn overlay_driver(args: &Args, bridge: Arc<BridgeDriver>) -> OverlayDriver {
     OverlayDriver::new(bridge, addr)
 }
 
+/// The HTTP servers' timeouts the flags ask for.
+fn http_timeouts(args: &Args) -> api::HttpTimeouts {
+    api::HttpTimeouts {
+        header: args.http_header_timeout,
+        body: args.http_body_timeout,
+    }
+}
+
 /// Start tapnet's Docker plugin: its socket (served until `stop` turns true), the
 /// watch on vanished containers, and the names of plugin networks still unnamed.
 async fn start_docker_plugin(
@@ -201,11 +217,12 @@ async fn start_docker_plugin(
     }
     tokio::spawn(docker_plugin::watch::run(Arc::downgrade(&plugin)));
     let path = args.docker_plugin_socket.clone();
+    let timeouts = http_timeouts(args);
     Ok(tokio::spawn(async move {
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        let r = docker_plugin::serve(&path, plugin, shutdown).await;
+        let r = docker_plugin::serve(&path, plugin, timeouts, shutdown).await;
         if let Err(e) = &r {
             tracing::error!(socket = %path.display(), error = %e, "cannot serve the Docker plugin; tapnetd goes on without it");
         }
@@ -339,7 +356,13 @@ async fn main() -> anyhow::Result<()> {
         cluster_store: args.cluster_store.clone(),
         cluster_advertise: args.cluster_advertise.clone(),
     });
-    let served = api::serve_unix(&socket, api::router(Arc::clone(&controller)), stop).await;
+    let served = api::serve_unix(
+        &socket,
+        api::router(Arc::clone(&controller)),
+        http_timeouts(&args),
+        stop,
+    )
+    .await;
     if let Some(task) = plugin {
         match task.await {
             Ok(Ok(())) => {}

@@ -25,6 +25,13 @@
 //!   [`DropReason::IccDenied`]; broadcast, multicast and unknown unicast become
 //!   [`Action::ToGateways`]. Frames from a gateway port are switched as usual. Learning is
 //!   unchanged.
+//! * **FDB limits**: a new source MAC is learned only while the FDB holds fewer than
+//!   [`SwitchConfig::fdb_limit`] entries *and* its ingress port fewer than its own limit
+//!   ([`SwitchConfig::fdb_port_limit`], or the port's [`PortOptions::fdb_limit`]), so one
+//!   port cannot fill the table and starve later joiners. A MAC not learned is counted
+//!   ([`SwitchCounters`], [`PortFdb::limit_hits`]) and its frame is still forwarded.
+//!   The per-port counts are exact: kept in step on learn, move, ageing (on lookup and in
+//!   [`Switch::expire`]), policy change and port removal.
 //! * [`check_vnet_hdr`] validates the virtio-net header that precedes every frame on a
 //!   port, so that the switch never hands a tap a header the kernel would reject.
 //! * Frames are plain byte slices supplied by containers. Every parser here tests the
@@ -131,6 +138,12 @@ pub struct SwitchConfig {
     pub ageing_ms: u64,
     /// Maximum number of learned MACs in this switch (default 8192).
     pub fdb_limit: usize,
+    /// Maximum number of learned MACs per port (default 1024, an eighth of the network
+    /// limit: a container has one MAC, a nested bridge or VM a handful, so 1024 is
+    /// generous, yet one port can take at most an eighth of the table and later joiners
+    /// are still learned). A port added with [`PortOptions::fdb_limit`] (an uplink or a
+    /// tunnel that stands for many hosts) has its own limit instead.
+    pub fdb_port_limit: usize,
     /// Inter-container communication (default true). When false, endpoint ports reach
     /// gateway ports only (Docker's `com.docker.network.bridge.enable_icc=false`).
     pub icc: bool,
@@ -141,6 +154,7 @@ impl Default for SwitchConfig {
         SwitchConfig {
             ageing_ms: 300_000,
             fdb_limit: 8192,
+            fdb_port_limit: 1024,
             icc: true,
         }
     }
@@ -191,6 +205,9 @@ pub struct PortOptions {
     pub role: PortRole,
     /// Addresses and anti-spoofing (meaningful for endpoint ports).
     pub policy: Option<PortPolicy>,
+    /// This port's learned-MAC limit, in place of [`SwitchConfig::fdb_port_limit`]
+    /// (`None`: the config's). Set with [`Switch::set_port_fdb_limit`].
+    pub fdb_limit: Option<usize>,
 }
 
 /// One FDB entry as reported to the control plane.
@@ -209,6 +226,23 @@ pub struct FdbEntry {
 pub struct SwitchCounters {
     /// Frames whose new source MAC was not learned because the FDB was full.
     pub fdb_limit_hits: u64,
+    /// Frames whose new source MAC was not learned because their ingress port already
+    /// held its limit of learned MACs ([`SwitchConfig::fdb_port_limit`]); per port in
+    /// [`Switch::port_fdb`].
+    pub fdb_port_limit_hits: u64,
+}
+
+/// What the FDB holds for one port, as reported to the control plane.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortFdb {
+    /// MACs learned on the port now (expired entries included until
+    /// [`Switch::expire`] runs).
+    pub learned: usize,
+    /// Frames from the port whose new source MAC was not learned because the port was at
+    /// its limit.
+    pub limit_hits: u64,
+    /// The port's own limit, if it has one ([`PortOptions::fdb_limit`]).
+    pub limit: Option<usize>,
 }
 
 /// Length of an Ethernet II header (dst, src, ethertype).
@@ -379,6 +413,9 @@ pub struct Switch {
     config: SwitchConfig,
     fdb: FxHashMap<u64, Entry>,
     ports: FxHashMap<PortId, PortState>,
+    /// Per port: learned MACs (exact: kept in step with `fdb` on every insert, move and
+    /// removal), limit hits and limit override. A port without an entry has none.
+    port_fdb: FxHashMap<PortId, PortFdb>,
     /// `decide` must consult the port table: ICC is off or some port is checked.
     filtering: bool,
     counters: SwitchCounters,
@@ -391,6 +428,7 @@ impl Switch {
             config,
             fdb: FxHashMap::default(),
             ports: FxHashMap::default(),
+            port_fdb: FxHashMap::default(),
             filtering: !config.icc,
             counters: SwitchCounters::default(),
         }
@@ -418,6 +456,7 @@ impl Switch {
             let mac = state.mac;
             self.fdb
                 .retain(|&m, e| (e.port != port || m == mac) && (m != mac || e.port == port));
+            self.recount();
         }
         self.ports.insert(port, state);
         self.refresh_filtering();
@@ -431,6 +470,59 @@ impl Switch {
     /// The policy of `port`, if it has one.
     pub fn port_policy(&self, port: PortId) -> Option<&PortPolicy> {
         self.ports.get(&port).and_then(|p| p.policy.as_ref())
+    }
+
+    /// Give `port` its own learned-MAC limit (`None`: [`SwitchConfig::fdb_port_limit`]).
+    /// MACs already learned beyond a lowered limit stay until they age out or move.
+    pub fn set_port_fdb_limit(&mut self, port: PortId, limit: Option<usize>) {
+        self.port_fdb.entry(port).or_default().limit = limit;
+    }
+
+    /// The FDB's view of `port` (all zeros for a port that never learned anything).
+    pub fn port_fdb(&self, port: PortId) -> PortFdb {
+        self.port_fdb.get(&port).copied().unwrap_or_default()
+    }
+
+    /// The FDB's view of every port that has learned or been refused a MAC, or has its own
+    /// limit, sorted by port.
+    pub fn ports_fdb(&self) -> Vec<(PortId, PortFdb)> {
+        let mut v: Vec<(PortId, PortFdb)> = self.port_fdb.iter().map(|(&p, f)| (p, *f)).collect();
+        v.sort_unstable_by_key(|(p, _)| *p);
+        v
+    }
+
+    /// Recompute every port's `learned` from the FDB (after a bulk removal).
+    fn recount(&mut self) {
+        for p in self.port_fdb.values_mut() {
+            p.learned = 0;
+        }
+        for e in self.fdb.values() {
+            self.port_fdb.entry(e.port).or_default().learned += 1;
+        }
+    }
+
+    /// Remove the entry of `mac` (learned on `port`), keeping the port's count exact.
+    #[inline]
+    fn unlearn(&mut self, mac: u64, port: PortId) {
+        if self.fdb.remove(&mac).is_some() {
+            if let Some(p) = self.port_fdb.get_mut(&port) {
+                p.learned = p.learned.saturating_sub(1);
+            }
+        }
+    }
+
+    /// True when `port` may learn one more MAC; counts a hit when it may not.
+    #[inline]
+    fn port_has_room(&mut self, port: PortId) -> bool {
+        let default = self.config.fdb_port_limit;
+        let p = self.port_fdb.entry(port).or_default();
+        if p.learned < p.limit.unwrap_or(default) {
+            true
+        } else {
+            p.limit_hits += 1;
+            self.counters.fdb_port_limit_hits += 1;
+            false
+        }
     }
 
     fn refresh_filtering(&mut self) {
@@ -496,7 +588,8 @@ impl Switch {
         }
         match self.fdb.get(&dst) {
             Some(e) if now_ms.saturating_sub(e.last_seen_ms) > self.config.ageing_ms => {
-                self.fdb.remove(&dst);
+                let port = e.port;
+                self.unlearn(dst, port);
                 flood
             }
             Some(e) if e.port == ingress => Action::Drop(DropReason::SameSegment),
@@ -508,28 +601,41 @@ impl Switch {
         }
     }
 
-    /// Learn (or refresh, or move) `src` on `port`.
+    /// Learn (or refresh, or move) `src` on `port`. A new MAC is learned only if the
+    /// network and the port are both under their limits. A MAC moving to a port at its
+    /// limit is forgotten (frames to it flood) rather than left pointing at the port it
+    /// left.
     #[inline(always)]
     fn learn(&mut self, src: u64, port: PortId, now_ms: u64) {
         if let Some(e) = self.fdb.get_mut(&src) {
-            e.port = port;
-            e.last_seen_ms = now_ms;
+            if e.port == port {
+                e.last_seen_ms = now_ms;
+                return;
+            }
+            let old = e.port;
+            self.unlearn(src, old);
+            // Room in the network is certain: the entry just left it.
         } else if self.fdb.len() >= self.config.fdb_limit {
             self.counters.fdb_limit_hits += 1;
-        } else {
-            self.fdb.insert(
-                src,
-                Entry {
-                    port,
-                    last_seen_ms: now_ms,
-                },
-            );
+            return;
         }
+        if !self.port_has_room(port) {
+            return;
+        }
+        self.port_fdb.entry(port).or_default().learned += 1;
+        self.fdb.insert(
+            src,
+            Entry {
+                port,
+                last_seen_ms: now_ms,
+            },
+        );
     }
 
     /// Forget `port`: every FDB entry learned on it, and its role and policy (port removed).
     pub fn forget_port(&mut self, port: PortId) {
         self.fdb.retain(|_, e| e.port != port);
+        self.port_fdb.remove(&port);
         if self.ports.remove(&port).is_some() {
             self.refresh_filtering();
         }
@@ -538,8 +644,12 @@ impl Switch {
     /// Remove entries older than the ageing time.
     pub fn expire(&mut self, now_ms: u64) {
         let ageing = self.config.ageing_ms;
+        let before = self.fdb.len();
         self.fdb
             .retain(|_, e| now_ms.saturating_sub(e.last_seen_ms) <= ageing);
+        if self.fdb.len() != before {
+            self.recount();
+        }
     }
 
     /// Snapshot of the FDB, sorted by MAC.

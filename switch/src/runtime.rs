@@ -44,7 +44,8 @@
 pub use crate::core::{PortOptions, PortPolicy, PortRole};
 
 use crate::core::{
-    check_vnet_hdr, Action, DropReason, FdbEntry, PortId, Switch, SwitchConfig, SwitchCounters,
+    check_vnet_hdr, Action, DropReason, FdbEntry, PortFdb, PortId, Switch, SwitchConfig,
+    SwitchCounters,
 };
 use crate::VNET_HDR_LEN;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -498,6 +499,10 @@ enum Command {
         net: u64,
         reply: Reply<SwitchCounters>,
     },
+    PortFdb {
+        net: u64,
+        reply: Reply<Vec<(PortId, PortFdb)>>,
+    },
     Shutdown,
 }
 
@@ -697,6 +702,15 @@ impl NetworkHandle {
     pub fn counters(&self) -> Result<SwitchCounters, Error> {
         let net = self.net;
         call(&self.tx, &self.waker, |reply| Command::Counters {
+            net,
+            reply,
+        })
+    }
+    /// The FDB's view of each port: learned MACs, limit hits, own limit
+    /// ([`Switch::ports_fdb`]).
+    pub fn port_fdb(&self) -> Result<Vec<(PortId, PortFdb)>, Error> {
+        let net = self.net;
+        call(&self.tx, &self.waker, |reply| Command::PortFdb {
             net,
             reply,
         })
@@ -1067,6 +1081,14 @@ impl Worker {
                     .ok_or(Error::WorkerGone);
                 let _ = reply.send(r);
             }
+            Command::PortFdb { net, reply } => {
+                let r = self
+                    .networks
+                    .get(&net)
+                    .map(|n| n.switch.ports_fdb())
+                    .ok_or(Error::WorkerGone);
+                let _ = reply.send(r);
+            }
             Command::Counters { net, reply } => {
                 let r = self
                     .networks
@@ -1109,6 +1131,7 @@ impl Worker {
         net.next_port = net.next_port.wrapping_add(1);
         let stats = Arc::new(PortStats::default());
         net.switch.set_port(id, opts.role, opts.policy);
+        net.switch.set_port_fdb_limit(id, opts.fdb_limit);
         net.ports.push(Port {
             id,
             role: opts.role,

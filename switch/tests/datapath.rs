@@ -390,6 +390,45 @@ fn fdb_limit_is_reported() {
 }
 
 #[test]
+fn fdb_port_limit_is_reported_per_port() {
+    let dp = Datapath::start(1).unwrap();
+    let net = dp
+        .add_network(SwitchConfig {
+            ageing_ms: 300_000,
+            fdb_port_limit: 2,
+            ..SwitchConfig::default()
+        })
+        .unwrap();
+    let p = [
+        TestPort::add(&net),
+        TestPort::add(&net),
+        TestPort::add(&net),
+    ];
+    // Port 0 sends from four MACs: two are learned, two refused and counted.
+    for n in 1..=4 {
+        p[0].send(&frame(BCAST, mac(n), 0));
+        p[1].recv();
+        p[2].recv();
+    }
+    // A later joiner on port 1 is still learned: unicast to it from port 2 is not
+    // flooded to port 0.
+    p[1].send(&frame(BCAST, mac(9), 0));
+    p[0].recv();
+    p[2].recv();
+    p[2].send(&frame(mac(9), mac(10), 0));
+    p[1].recv();
+    p[0].assert_empty();
+    assert_eq!(net.fdb().unwrap().len(), 4);
+    assert_eq!(net.counters().unwrap().fdb_port_limit_hits, 2);
+    let ports = net.port_fdb().unwrap();
+    let of = |id: u32| ports.iter().find(|(q, _)| *q == id).unwrap().1;
+    assert_eq!((of(p[0].id).learned, of(p[0].id).limit_hits), (2, 2));
+    assert_eq!((of(p[1].id).learned, of(p[1].id).limit_hits), (1, 0));
+    assert_eq!((of(p[2].id).learned, of(p[2].id).limit_hits), (1, 0));
+    dp.shutdown();
+}
+
+#[test]
 fn start_zero_means_one_per_core() {
     let dp = Datapath::start(0).unwrap();
     assert!(dp.workers() >= 1);
@@ -490,6 +529,7 @@ fn endpoint(n: u8) -> PortOptions {
     PortOptions {
         role: PortRole::Endpoint,
         policy: Some(PortPolicy::new(MacAddr(mac(n)), vec![ip4(n)], vec![])),
+        fdb_limit: None,
     }
 }
 
@@ -497,6 +537,7 @@ fn gateway() -> PortOptions {
     PortOptions {
         role: PortRole::Gateway,
         policy: None,
+        fdb_limit: None,
     }
 }
 
@@ -623,6 +664,7 @@ fn gateway_port_is_not_checked() {
         PortOptions {
             role: PortRole::Gateway,
             policy: Some(PortPolicy::new(MacAddr(mac(1)), vec![ip4(1)], vec![])),
+            fdb_limit: None,
         },
     );
     let a = TestPort::add_with(&net, endpoint(2));

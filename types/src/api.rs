@@ -470,6 +470,9 @@ pub struct StatsResource {
     pub fdb_entries: usize,
     /// MACs not learned because the FDB was full.
     pub fdb_limit_hits: u64,
+    /// MACs not learned because their port already held its limit of learned MACs
+    /// (1024 per port; a network's uplink or tunnel port has the network's limit).
+    pub fdb_port_limit_hits: u64,
     /// Per-port counters.
     pub ports: Vec<PortStatsResource>,
     /// The gateway's counters (bridge networks).
@@ -556,6 +559,12 @@ pub struct PortStatsResource {
     pub tx_packets: u64,
     /// Bytes sent.
     pub tx_bytes: u64,
+    /// MACs learned on the port now.
+    pub fdb_entries: usize,
+    /// Frames from the port whose new source MAC was not learned because the port
+    /// already held its limit of learned MACs (counted in the network's
+    /// `FdbPortLimitHits` too).
+    pub fdb_limit_hits: u64,
     /// Drops by reason name.
     pub drops: BTreeMap<String, u64>,
 }

@@ -733,9 +733,10 @@ b
 
     #[test]
     fn stats_table_and_json() {
-        let s = json!({"Network": ID1, "FdbEntries": 2, "FdbLimitHits": 0, "Ports": [
+        let s = json!({"Network": ID1, "FdbEntries": 2, "FdbLimitHits": 0, "FdbPortLimitHits": 5, "Ports": [
             {"EndpointID": ID1, "Sandbox": "sb1", "Interface": "eth0", "Port": 0,
              "RxPackets": 10, "RxBytes": 980, "TxPackets": 9, "TxBytes": 882,
+             "FdbEntries": 1, "FdbLimitHits": 5,
              "Drops": {"truncated": 1, "bad_source_mac": 2, "bad_vnet_hdr": 0, "same_segment": 0, "tx_error": 0}}]});
         assert_eq!(
             stats_output(&s, &switch_args(&[])),

@@ -328,7 +328,16 @@ async fn network_shape_matches_docs() {
     assert_eq!(v.as_array().unwrap().len(), 1);
     let (s, v) = h.get("/networks/net1/stats").await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(keys(&v), ["FdbEntries", "FdbLimitHits", "Network", "Ports"]);
+    assert_eq!(
+        keys(&v),
+        [
+            "FdbEntries",
+            "FdbLimitHits",
+            "FdbPortLimitHits",
+            "Network",
+            "Ports"
+        ]
+    );
     let (s, v) = h.get("/networks/net1/fdb").await;
     assert_eq!(s, StatusCode::OK);
     assert!(v.as_array().unwrap().is_empty());

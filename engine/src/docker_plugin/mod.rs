@@ -233,14 +233,15 @@ pub fn router(plugin: Arc<Plugin>) -> Router {
 }
 
 /// Serve the plugin protocol on the unix socket `path` until `shutdown`, then remove
-/// the socket.
+/// the socket. A client that stalls mid-request is cut off after `timeouts`.
 pub async fn serve(
     path: &std::path::Path,
     plugin: Arc<Plugin>,
+    timeouts: crate::api::HttpTimeouts,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     tracing::info!(socket = %path.display(), "Docker plugin listening");
-    let r = crate::api::serve_unix(path, router(plugin), shutdown).await;
+    let r = crate::api::serve_unix(path, router(plugin), timeouts, shutdown).await;
     if let Err(e) = std::fs::remove_file(path) {
         tracing::debug!(error = %e, "removing the plugin socket");
     }

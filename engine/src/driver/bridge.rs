@@ -53,7 +53,9 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tapnet_nat::{Gateway, GatewayHandle, NameRecord, Proto, PublishSpec};
 use tapnet_sandbox::tap::Tap;
-use tapnet_switch::core::{MacAddr, PortId, PortOptions, PortPolicy, PortRole, SwitchConfig};
+use tapnet_switch::core::{
+    MacAddr, PortFdb, PortId, PortOptions, PortPolicy, PortRole, SwitchConfig,
+};
 use tapnet_switch::runtime::{DatagramPort, Datapath, FrameIo, NetworkHandle, PortStats};
 
 /// Socket buffer asked for on both ends of the switch↔gateway socketpair. A 64 KiB
@@ -272,10 +274,15 @@ impl BridgeDriver {
     /// with endpoint id `uplink`).
     pub(crate) fn uplink_report(&self, network_id: &str) -> Option<PortReport> {
         lock(&self.networks).get(network_id).and_then(|n| {
-            n.uplink.as_ref().map(|(port, stats)| PortReport {
-                endpoint_id: "uplink".into(),
-                port: *port,
-                stats: stats.snapshot(),
+            n.uplink.as_ref().map(|(port, stats)| {
+                let fdb = port_fdb_of(&n.handle, *port);
+                PortReport {
+                    endpoint_id: "uplink".into(),
+                    port: *port,
+                    stats: stats.snapshot(),
+                    fdb_entries: fdb.learned,
+                    fdb_limit_hits: fdb.limit_hits,
+                }
             })
         })
     }
@@ -328,7 +335,15 @@ impl BridgeDriver {
         };
         let uplink = match uplink {
             None => None,
-            Some(io) => match handle.add_port_with(io, PortOptions::default()) {
+            // The uplink (macvlan parent, overlay tunnel) stands for every remote host:
+            // only the network's limit bounds what it learns.
+            Some(io) => match handle.add_port_with(
+                io,
+                PortOptions {
+                    fdb_limit: Some(SwitchConfig::default().fdb_limit),
+                    ..PortOptions::default()
+                },
+            ) {
                 Ok((port, stats)) => Some((port, stats)),
                 Err(e) => {
                     if let Err(r) = handle.remove() {
@@ -395,6 +410,7 @@ impl BridgeDriver {
                     PortOptions {
                         role: PortRole::Gateway,
                         policy: None,
+                        fdb_limit: None,
                     },
                 )
                 .map_err(|e| {
@@ -666,6 +682,13 @@ impl Driver for BridgeDriver {
             .handle
             .counters()
             .map_err(|e| Error::datapath(op(), e))?;
+        let port_fdb: HashMap<PortId, PortFdb> = net
+            .handle
+            .port_fdb()
+            .map_err(|e| Error::datapath(op(), e))?
+            .into_iter()
+            .collect();
+        let fdb_of = |port: PortId| port_fdb.get(&port).copied().unwrap_or_default();
         let mut ports: Vec<PortReport> = net
             .ports
             .iter()
@@ -673,12 +696,15 @@ impl Driver for BridgeDriver {
                 endpoint_id: ep.clone(),
                 port: p.port,
                 stats: p.stats.snapshot(),
+                fdb_entries: fdb_of(p.port).learned,
+                fdb_limit_hits: fdb_of(p.port).limit_hits,
             })
             .collect();
         ports.sort_by_key(|p| p.port);
         Ok(NetworkReport {
             fdb_entries: fdb.len(),
             fdb_limit_hits: counters.fdb_limit_hits,
+            fdb_port_limit_hits: counters.fdb_port_limit_hits,
             ports,
             gateway: net.gateway.as_ref().map(GatewayHandle::stats),
             gateway_port: net.gateway_port.zip(net.gateway_port_stats.as_ref()).map(
@@ -686,6 +712,8 @@ impl Driver for BridgeDriver {
                     endpoint_id: String::new(),
                     port,
                     stats: stats.snapshot(),
+                    fdb_entries: fdb_of(port).learned,
+                    fdb_limit_hits: fdb_of(port).limit_hits,
                 },
             ),
             tunnel: None,
@@ -753,7 +781,17 @@ fn endpoint_options(endpoint: &Endpoint, port_security: bool) -> PortOptions {
     PortOptions {
         role: PortRole::Endpoint,
         policy,
+        fdb_limit: None,
     }
+}
+
+/// The switch's FDB view of `port` (zeros when the worker cannot say).
+fn port_fdb_of(handle: &NetworkHandle, port: PortId) -> PortFdb {
+    handle
+        .port_fdb()
+        .ok()
+        .and_then(|v| v.into_iter().find(|(p, _)| *p == port))
+        .map_or_else(PortFdb::default, |(_, f)| f)
 }
 
 /// A network's subnets and gateway addresses, as other gateways isolate them.

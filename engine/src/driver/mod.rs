@@ -356,6 +356,10 @@ pub struct PortReport {
     pub port: PortId,
     /// Its counters.
     pub stats: PortStatsSnapshot,
+    /// MACs learned on it now.
+    pub fdb_entries: usize,
+    /// MACs from it not learned because it held its limit of learned MACs.
+    pub fdb_limit_hits: u64,
 }
 
 /// Counters of one network.
@@ -365,6 +369,8 @@ pub struct NetworkReport {
     pub fdb_entries: usize,
     /// MACs not learned because the FDB was full.
     pub fdb_limit_hits: u64,
+    /// MACs not learned because their port held its limit of learned MACs.
+    pub fdb_port_limit_hits: u64,
     /// Per-port counters.
     pub ports: Vec<PortReport>,
     /// The gateway's counters (networks with a userspace gateway).

@@ -1054,3 +1054,100 @@ fn a_checked_port_takes_its_mac_over_from_another_port() {
     assert_eq!(entry_port(&s, A), None);
     assert_eq!(s.decide(&ip(A, B), 2, 0), Action::Flood { except: 2 });
 }
+
+/// A locally administered unicast MAC numbered `n`.
+fn nth_mac(n: u32) -> [u8; 6] {
+    let b = n.to_be_bytes();
+    [0x06, 0xee, b[0], b[1], b[2], b[3]]
+}
+
+#[test]
+fn one_port_cannot_fill_the_fdb() {
+    let mut s = sw();
+    let limit = SwitchConfig::default().fdb_port_limit;
+    assert!(limit < SwitchConfig::default().fdb_limit);
+    // Port 1 sends from 10,000 MACs: it keeps only its limit.
+    for n in 0..10_000 {
+        assert_eq!(
+            s.decide(&ip(BCAST, nth_mac(n)), 1, 0),
+            Action::Flood { except: 1 }
+        );
+    }
+    assert_eq!(s.fdb_len(), limit);
+    assert_eq!(s.port_fdb(1).learned, limit);
+    assert_eq!(s.port_fdb(1).limit_hits, 10_000 - limit as u64);
+    assert_eq!(s.counters().fdb_port_limit_hits, 10_000 - limit as u64);
+    assert_eq!(s.counters().fdb_limit_hits, 0);
+    // A later joiner is still learned, and unicast to it is not flooded to port 1.
+    s.decide(&ip(BCAST, B), 2, 1);
+    assert_eq!(entry_port(&s, B), Some(2));
+    assert_eq!(s.decide(&ip(B, C), 3, 2), Action::Unicast(2));
+    assert_eq!(s.decide(&ip(C, B), 2, 3), Action::Unicast(3));
+    assert_eq!(s.port_fdb(2).learned, 1);
+    assert_eq!(s.port_fdb(2).limit_hits, 0);
+    // The MACs port 1 kept still refresh (no more hits).
+    s.decide(&ip(BCAST, nth_mac(0)), 1, 4);
+    assert_eq!(s.port_fdb(1).limit_hits, 10_000 - limit as u64);
+}
+
+#[test]
+fn port_fdb_counts_exact_on_move_ageing_and_removal() {
+    let mut s = Switch::new(SwitchConfig {
+        ageing_ms: 1000,
+        fdb_limit: 16,
+        fdb_port_limit: 2,
+        ..SwitchConfig::default()
+    });
+    s.decide(&ip(BCAST, A), 1, 0);
+    s.decide(&ip(BCAST, B), 1, 0);
+    s.decide(&ip(BCAST, C), 1, 0);
+    assert_eq!(entry_port(&s, C), None);
+    assert_eq!(s.port_fdb(1).learned, 2);
+    assert_eq!(s.port_fdb(1).limit_hits, 1);
+    // A moves to port 2: port 1 has room again, and learns C.
+    s.decide(&ip(BCAST, A), 2, 1);
+    assert_eq!(entry_port(&s, A), Some(2));
+    assert_eq!((s.port_fdb(1).learned, s.port_fdb(2).learned), (1, 1));
+    s.decide(&ip(BCAST, C), 1, 1);
+    assert_eq!(entry_port(&s, C), Some(1));
+    assert_eq!(s.port_fdb(1).learned, 2);
+    // A MAC moving to a port at its own limit is forgotten, not left on the old port.
+    s.set_port_fdb_limit(2, Some(1));
+    assert_eq!(s.port_fdb(2).limit, Some(1));
+    s.decide(&ip(BCAST, B), 2, 2);
+    assert_eq!(entry_port(&s, B), None);
+    assert_eq!((s.port_fdb(1).learned, s.port_fdb(2).learned), (1, 1));
+    assert_eq!(s.port_fdb(2).limit_hits, 1);
+    assert_eq!(s.counters().fdb_port_limit_hits, 2);
+    assert_eq!(s.decide(&ip(B, A), 2, 2), Action::Flood { except: 2 });
+    // Ageing on lookup: the stale destination entry leaves its port's count.
+    s.decide(&ip(BCAST, B), 3, 500);
+    assert_eq!(s.decide(&ip(C, B), 3, 1500), Action::Flood { except: 3 });
+    assert_eq!(entry_port(&s, C), None);
+    assert_eq!(s.port_fdb(1).learned, 0);
+    // expire(): A (seen at 2 on port 2) goes, B (seen at 1500 on port 3) stays.
+    s.expire(1200);
+    assert_eq!((s.port_fdb(2).learned, s.port_fdb(3).learned), (0, 1));
+    assert_eq!(s.fdb_len(), 1);
+    // Port 1 has room for two again.
+    s.decide(&ip(BCAST, A), 1, 1500);
+    s.decide(&ip(BCAST, C), 1, 1500);
+    assert_eq!(s.port_fdb(1).learned, 2);
+    // Removal forgets the port's entries and counts.
+    s.forget_port(1);
+    assert_eq!(s.port_fdb(1), PortFdb::default());
+    assert_eq!(s.fdb_len(), 1);
+    // A checked policy forgets the port's other MACs; the count follows.
+    s.decide(&ip(BCAST, C), 4, 1500);
+    s.decide(&ip(BCAST, A), 4, 1500);
+    assert_eq!(s.port_fdb(4).learned, 2);
+    s.set_port(
+        4,
+        PortRole::Endpoint,
+        Some(PortPolicy::new(MacAddr(A), vec![], vec![])),
+    );
+    assert_eq!(s.port_fdb(4).learned, 1);
+    // The sum of the per-port counts is the FDB's size.
+    let sum: usize = (1..=4).map(|p| s.port_fdb(p).learned).sum();
+    assert_eq!(sum, s.fdb_len());
+}
