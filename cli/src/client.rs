@@ -138,6 +138,29 @@ impl Client {
         Ok((status, parse_body(&raw)))
     }
 
+    /// A new HTTP/1 connection to the daemon's socket: the sender and the connection
+    /// future the caller must drive.
+    async fn connect(
+        &self,
+    ) -> Result<
+        (
+            hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+            hyper::client::conn::http1::Connection<TokioIo<UnixStream>, Full<Bytes>>,
+        ),
+        ClientError,
+    > {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|cause| ClientError::Connect {
+                    socket: self.socket.clone(),
+                    cause,
+                })?;
+        hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
     /// One exchange: the status and raw body of a 2xx answer, else
     /// [`ClientError::Daemon`] with the daemon's message.
     async fn request(
@@ -146,16 +169,7 @@ impl Client {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|cause| ClientError::Connect {
-                    socket: self.socket.clone(),
-                    cause,
-                })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let (mut sender, conn) = self.connect().await?;
         // Drive the connection; it ends once `sender` is dropped. Its errors also
         // surface through `send_request`, so the result is not needed here.
         let conn = tokio::spawn(async move {
@@ -210,16 +224,7 @@ impl Client {
         path: &str,
         mut on_line: impl FnMut(&[u8]) -> io::Result<()>,
     ) -> anyhow::Result<()> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|cause| ClientError::Connect {
-                    socket: self.socket.clone(),
-                    cause,
-                })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let (mut sender, conn) = self.connect().await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
