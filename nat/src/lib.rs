@@ -14,12 +14,16 @@
 //!   [`flows`] (flow tables with idle timeouts and limits), [`dns`] (embedded DNS answers,
 //!   the upstream forwarder's retries and timeouts);
 //! * [`tcp`]: the smoltcp any-IP stack that terminates TCP, over in-memory queues;
-//! * [`runtime`]: the thread, `mio`, the host sockets, the control handle.
-#![forbid(unsafe_code)]
+//! * [`runtime`]: the thread, `mio`, the host sockets, the control handle;
+//! * [`budget`]: the process-wide descriptor budget every gateway's flows draw on;
+//!   [`mem`]: the allocator settings that give flow memory back to the system.
+#![deny(unsafe_code)]
 
+pub mod budget;
 pub mod core;
 pub mod dns;
 pub mod flows;
+pub mod mem;
 pub mod runtime;
 pub mod stats;
 pub mod tcp;
@@ -81,16 +85,38 @@ pub struct Limits {
     pub udp_idle: Duration,
     /// ICMP echo flow idle timeout.
     pub icmp_idle: Duration,
+    /// Most DNS queries of the network waiting for an upstream answer at once.
+    pub dns_pending: usize,
+    /// Most concurrent connections (TCP) or clients (UDP) per published port.
+    pub published_conns: usize,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            per_endpoint: 4096,
-            per_network: 65536,
-            udp_idle: Duration::from_secs(60),
-            icmp_idle: Duration::from_secs(30),
+impl Limits {
+    /// The built-in defaults (see `docs/security.md`).
+    pub const BUILTIN: Limits = Limits {
+        per_endpoint: 4096,
+        per_network: 65536,
+        udp_idle: Duration::from_secs(60),
+        icmp_idle: Duration::from_secs(30),
+        dns_pending: 1024,
+        published_conns: 4096,
+    };
+
+    /// Make `self` the limits [`Limits::default`] (and so [`Config::new`]) gives from now
+    /// on, process-wide: the daemon sets them from its flags at start.
+    pub fn set_process_default(self) {
+        if let Ok(mut d) = DEFAULT_LIMITS.write() {
+            *d = self;
         }
+    }
+}
+
+static DEFAULT_LIMITS: std::sync::RwLock<Limits> = std::sync::RwLock::new(Limits::BUILTIN);
+
+impl Default for Limits {
+    /// [`Limits::BUILTIN`], or what [`Limits::set_process_default`] set.
+    fn default() -> Self {
+        DEFAULT_LIMITS.read().map(|d| *d).unwrap_or(Limits::BUILTIN)
     }
 }
 

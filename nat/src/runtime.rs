@@ -24,7 +24,24 @@
 //!   forwarder runs on the time of the loop turn, read once when the poll returns; the
 //!   poll sleeps no longer than the forwarder's next deadline.
 //! * Frame contents never make the thread panic.
+//! * Limits (`docs/security.md`): a new UDP, TCP or ICMP egress flow is admitted by the
+//!   per-endpoint and per-network [`Limiter`], then by a descriptor of the process-wide
+//!   [`crate::budget`]; a forwarded DNS query by the network's pending-forward cap
+//!   ([`crate::Limits::dns_pending`]; past it the query gets SERVFAIL) and a descriptor
+//!   (held until its answer, its SERVFAIL or its timeout); a published-port connection by
+//!   its port's cap ([`crate::Limits::published_conns`]) and a descriptor (past either it
+//!   is accepted and reset at once: `SO_LINGER` 0), a published UDP client by the same cap
+//!   on the port's client table. Every refusal is counted as a drop
+//!   ([`DropReason::FlowLimit`], [`DropReason::FdBudget`], [`DropReason::DnsLimit`],
+//!   [`DropReason::PublishedConnLimit`]) and logged once per episode, not per packet.
+//!   Permits are held by the flow records, so they go back whenever a flow does.
+//! * Memory: the per-flow buffers are bounded ([`crate::tcp::SOCKET_BUF`] each way,
+//!   [`DNS_TCP_MAX`] per DNS-over-TCP connection, at most [`DNS_TCP_CONNS_MAX`] of
+//!   them); when the last TCP flow ends after at
+//!   least [`TRIM_AFTER_FLOWS`] were open at once, free heap pages go back to the system
+//!   ([`crate::mem::trim`]).
 
+use crate::budget::{self, FdPermit};
 use crate::core::{self, Core, Verdict, DNS_PORT};
 use crate::dns::{Answer, Forward, Forwarder, Names};
 use crate::flows::{FlowTable, LimitKind, Limiter};
@@ -59,6 +76,9 @@ const OUT_QUEUE_MAX: usize = 4096;
 const RX_BATCH: usize = 256;
 /// Most bytes buffered for one DNS-over-TCP connection.
 const DNS_TCP_MAX: usize = 65537;
+/// Most DNS-over-TCP connections open at once on one gateway (each holds a TCP socket's
+/// buffers); past it a new one is reset.
+const DNS_TCP_CONNS_MAX: usize = 256;
 
 type Reply<T> = Sender<Result<T, Error>>;
 
@@ -293,12 +313,14 @@ struct IcmpKey {
 struct UdpFlow {
     sock: UdpSocket,
     token: Token,
+    _fd: FdPermit,
 }
 
 struct IcmpFlow {
     sock: Socket,
     raw: bool,
     token: Token,
+    _fd: FdPermit,
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -326,11 +348,18 @@ struct TcpFlow {
     shut_wr: bool,
     /// Counted against the limiter under this source.
     limited: Option<IpAddr>,
+    /// A published-port connection: counted against that port (its bound address).
+    published: Option<SocketAddr>,
+    _fd: FdPermit,
 }
 
 struct PubTcp {
     spec: PublishSpec,
     listener: TcpListener,
+    /// Connections open now.
+    conns: usize,
+    /// The connection limit refused one since `conns` was last below it (logged).
+    refusing: bool,
 }
 
 struct PubUdp {
@@ -350,6 +379,7 @@ enum DnsClient {
 struct DnsSock {
     sock: Option<UdpSocket>,
     token: Token,
+    _fd: FdPermit,
 }
 
 struct DnsConn {
@@ -391,7 +421,18 @@ struct Worker {
     offloads: bool,
     /// With tap offloads: the MSS each sandbox announced, by (sandbox, far end).
     mss: FxHashMap<(SocketAddr, SocketAddr), u16>,
+    /// `Limits::dns_pending`, `Limits::published_conns`.
+    dns_pending_max: usize,
+    published_max: usize,
+    /// The DNS pending limit refused a query since the queue was last below 3/4 of it.
+    dns_refusing: bool,
+    /// Most TCP flows open at once since the last [`crate::mem::trim`].
+    tcp_peak: usize,
 }
+
+/// TCP flows a gateway must have had open at once before its last one ending makes it
+/// hand free memory back ([`crate::mem::trim`]).
+const TRIM_AFTER_FLOWS: usize = 64;
 
 fn smol_now(start: Instant) -> smoltcp::time::Instant {
     smoltcp::time::Instant::from_micros(
@@ -436,10 +477,16 @@ impl Worker {
             }
         }
         let offloads = cfg.tap_offloads;
+        let dns_pending_max = cfg.limits.dns_pending;
+        let published_max = cfg.limits.published_conns;
         let dns = Forwarder::new(cfg.upstream_dns.clone(), cfg.dns_timeout);
         Worker {
             offloads,
             mss: FxHashMap::default(),
+            dns_pending_max,
+            published_max,
+            dns_refusing: false,
+            tcp_peak: 0,
             core: Core::new(cfg),
             names,
             stack,
@@ -767,6 +814,40 @@ impl Worker {
         }
     }
 
+    /// One descriptor of the process's budget for a new flow or query, or `None` (counted
+    /// as [`DropReason::FdBudget`], logged once per episode).
+    fn fd(&mut self, what: &str) -> Option<FdPermit> {
+        match budget::global().acquire() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.stats.dropped(DropReason::FdBudget);
+                if e.first {
+                    tracing::warn!(
+                        limit = e.limit, what,
+                        "gateway: the daemon's descriptor budget for flows is spent; new flows, DNS forwards and published-port connections are refused until flows end"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Admit a new flow from `src`: its endpoint's and network's flow limits, then a
+    /// descriptor of the budget. `None` (counted, logged once) if any refuses it.
+    fn admit(&mut self, src: IpAddr, proto: &str) -> Option<FdPermit> {
+        if !self.limit(src, proto) {
+            return None;
+        }
+        match self.fd(proto) {
+            Some(p) => Some(p),
+            None => {
+                self.limiter.release(src);
+                Stats::inc(&self.stats.flow_limit_hits);
+                None
+            }
+        }
+    }
+
     fn limit(&mut self, src: IpAddr, proto: &str) -> bool {
         match self.limiter.acquire(src) {
             Ok(()) => true,
@@ -817,9 +898,9 @@ impl Worker {
         }
         let key = (src, dst);
         if self.udp.touch(&key, now).is_none() {
-            if !self.limit(src.ip(), "udp") {
+            let Some(fd) = self.admit(src.ip(), "udp") else {
                 return;
-            }
+            };
             let sock = match UdpSocket::bind(unspecified_for(dst.ip())).and_then(|s| {
                 s.connect(dst)?;
                 Ok(s)
@@ -845,7 +926,15 @@ impl Worker {
                 self.stats.dropped(DropReason::HostSocket);
                 return;
             }
-            self.udp.insert(key, UdpFlow { sock, token }, now);
+            self.udp.insert(
+                key,
+                UdpFlow {
+                    sock,
+                    token,
+                    _fd: fd,
+                },
+                now,
+            );
             self.stats.flow_opened(FlowProto::Udp);
         }
         if let Some(f) = self.udp.get(&key) {
@@ -890,7 +979,14 @@ impl Worker {
             let client = canonical(client);
             let sandbox = SocketAddr::new(p.spec.sandbox_ip, p.spec.sandbox_port);
             let presented = present_client(&self.core, client, sandbox);
-            p.clients.insert(presented, client, now);
+            if p.clients.touch(&presented, now).is_none() {
+                if p.clients.len() >= self.published_max {
+                    // Memory, not descriptors: a bounded table of clients.
+                    self.stats.dropped(DropReason::PublishedConnLimit);
+                    continue;
+                }
+                p.clients.insert(presented, client, now);
+            }
             let payload = self.buf.get(..n).unwrap_or_default().to_vec();
             match core::udp_packet(presented, sandbox, &payload) {
                 Some(pkt) => self.send_ip(pkt),
@@ -934,9 +1030,9 @@ impl Worker {
         let now = self.now_ms();
         let key = IcmpKey { src, ident, dst };
         if self.icmp.touch(&key, now).is_none() {
-            if !self.limit(src, "icmp") {
+            let Some(permit) = self.admit(src, "icmp") else {
                 return;
-            }
+            };
             let Some((sock, raw)) = self.ping_socket(dst) else {
                 self.limiter.release(src);
                 self.stats.dropped(DropReason::PingNotPermitted);
@@ -955,7 +1051,16 @@ impl Worker {
                 self.stats.dropped(DropReason::HostSocket);
                 return;
             }
-            self.icmp.insert(key, IcmpFlow { sock, raw, token }, now);
+            self.icmp.insert(
+                key,
+                IcmpFlow {
+                    sock,
+                    raw,
+                    token,
+                    _fd: permit,
+                },
+                now,
+            );
             self.stats.flow_opened(FlowProto::Icmp);
         }
         let Some(f) = self.icmp.get(&key) else {
@@ -1057,9 +1162,9 @@ impl Worker {
             self.stack.push_in(buf, at);
             return;
         }
-        if !self.limit(src.ip(), "tcp") {
+        let Some(fd) = self.admit(src.ip(), "tcp") else {
             return;
-        }
+        };
         // The SYN is held until the host connect completes: a small copy, once per flow.
         let packet = buf.get(at).unwrap_or_default().to_vec();
         self.stack.recycle(buf);
@@ -1096,8 +1201,11 @@ impl Worker {
                 host_eof: false,
                 shut_wr: false,
                 limited: Some(src.ip()),
+                published: None,
+                _fd: fd,
             },
         );
+        self.tcp_peak = self.tcp_peak.max(self.tcp.len());
     }
 
     fn is_published_reply(&self, src: SocketAddr, _dst: SocketAddr) -> bool {
@@ -1173,6 +1281,12 @@ impl Worker {
         self.mss.remove(&(f.inside, f.outside));
         if let Some(src) = f.limited {
             self.limiter.release(src);
+        }
+        if let Some(p) = f.published.and_then(|b| self.pub_tcp.get_mut(&b)) {
+            p.conns = p.conns.saturating_sub(1);
+            if p.conns < self.published_max {
+                p.refusing = false;
+            }
         }
         self.stats.flow_closed(FlowProto::Tcp);
     }
@@ -1300,7 +1414,16 @@ impl Worker {
                     return;
                 }
             };
-            let sandbox = SocketAddr::new(p.spec.sandbox_ip, p.spec.sandbox_port);
+            let (conns, spec) = (p.conns, p.spec);
+            if conns >= self.published_max {
+                self.refuse_published(bound, stream, "connection limit of the published port");
+                continue;
+            }
+            let Some(fd) = self.fd("published tcp") else {
+                self.refuse_published(bound, stream, "descriptor budget");
+                continue;
+            };
+            let sandbox = SocketAddr::new(spec.sandbox_ip, spec.sandbox_port);
             let presented = present_client(&self.core, canonical(client), sandbox);
             let Some(h) = self.stack.connect(presented, sandbox) else {
                 self.stats.dropped(DropReason::HostSocket);
@@ -1328,8 +1451,31 @@ impl Worker {
                     host_eof: false,
                     shut_wr: false,
                     limited: None,
+                    published: Some(bound),
+                    _fd: fd,
                 },
             );
+            if let Some(p) = self.pub_tcp.get_mut(&bound) {
+                p.conns += 1;
+            }
+            self.tcp_peak = self.tcp_peak.max(self.tcp.len());
+        }
+    }
+
+    /// Close a just-accepted published-port connection at once (RST: `SO_LINGER` 0)
+    /// because `why` refuses it; counted, logged once while the port keeps refusing.
+    fn refuse_published(&mut self, bound: SocketAddr, stream: TcpStream, why: &str) {
+        let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        drop(stream);
+        self.stats.dropped(DropReason::PublishedConnLimit);
+        if let Some(p) = self.pub_tcp.get_mut(&bound) {
+            if !p.refusing {
+                p.refusing = true;
+                tracing::warn!(
+                    port = %bound, limit = self.published_max, open = p.conns, why,
+                    "gateway: published port refuses new connections"
+                );
+            }
         }
     }
 
@@ -1343,6 +1489,24 @@ impl Worker {
             }
             Answer::Ignore => self.stats.dropped(DropReason::Malformed),
             Answer::Forward => {
+                if self.dns.waiting() >= self.dns_pending_max {
+                    self.stats.dropped(DropReason::DnsLimit);
+                    if !self.dns_refusing {
+                        self.dns_refusing = true;
+                        tracing::warn!(
+                            limit = self.dns_pending_max,
+                            "gateway: too many DNS queries wait for the upstream servers; new ones get SERVFAIL"
+                        );
+                    }
+                    Stats::inc(&self.stats.dns_servfail);
+                    if let Some(r) = crate::dns::servfail(&query) {
+                        self.dns_reply(client, r);
+                    }
+                    return;
+                }
+                if self.dns.waiting() < self.dns_pending_max / 4 * 3 {
+                    self.dns_refusing = false;
+                }
                 Stats::inc(&self.stats.dns_forwarded);
                 let step = self.dns.start(client, query, rand::random(), self.turn_ms);
                 self.dns_step(Some(step));
@@ -1382,8 +1546,18 @@ impl Worker {
                 d.token
             }
             None => {
+                let Some(fd) = self.fd("dns forward") else {
+                    return false;
+                };
                 let token = self.token(Owner::Dns(id));
-                self.dns_socks.insert(id, DnsSock { sock: None, token });
+                self.dns_socks.insert(
+                    id,
+                    DnsSock {
+                        sock: None,
+                        token,
+                        _fd: fd,
+                    },
+                );
                 token
             }
         };
@@ -1482,6 +1656,11 @@ impl Worker {
                 break;
             };
             if self.stack.socket(h).state() != State::Listen {
+                if self.dns_conns.len() >= DNS_TCP_CONNS_MAX {
+                    // Reset now; removed below once closed.
+                    self.stack.socket(h).abort();
+                    self.stats.dropped(DropReason::DnsLimit);
+                }
                 self.dns_conns.push(DnsConn {
                     handle: h,
                     buf: Vec::new(),
@@ -1601,7 +1780,15 @@ impl Worker {
                     .registry()
                     .register(&mut l, token, Interest::READABLE)
                     .map_err(io_err("register published listener"))?;
-                self.pub_tcp.insert(bound, PubTcp { spec, listener: l });
+                self.pub_tcp.insert(
+                    bound,
+                    PubTcp {
+                        spec,
+                        listener: l,
+                        conns: 0,
+                        refusing: false,
+                    },
+                );
             }
             HostSock::Udp(mut u) => {
                 let token = self.token(Owner::PubUdp(bound));
@@ -1661,6 +1848,14 @@ impl Worker {
         }
         for p in self.pub_udp.values_mut() {
             let _ = p.clients.expire(now_ms);
+        }
+        if self.tcp.is_empty() && self.tcp_peak >= TRIM_AFTER_FLOWS {
+            // A busy period is over: give its memory back (see `crate::mem`).
+            self.tcp_peak = 0;
+            crate::mem::trim();
+        }
+        if self.dns.waiting() < self.dns_pending_max / 4 * 3 {
+            self.dns_refusing = false;
         }
         if self.mss.len() > self.tcp.len() {
             // MSS of refused SYNs and of DNS connections: keep only live flows' (a

@@ -33,11 +33,17 @@ pub enum DropReason {
     Undeliverable,
     /// Protocol not handled (IP fragments, other L4 protocols).
     Unsupported,
+    /// The process-wide descriptor budget for flows is spent ([`crate::budget`]).
+    FdBudget,
+    /// Too many DNS queries of the network are waiting for an upstream answer.
+    DnsLimit,
+    /// A published port has as many connections as it may hold: a new one is closed.
+    PublishedConnLimit,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 16;
     /// Every reason, in index order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Truncated,
@@ -53,6 +59,9 @@ impl DropReason {
         DropReason::TxError,
         DropReason::Undeliverable,
         DropReason::Unsupported,
+        DropReason::FdBudget,
+        DropReason::DnsLimit,
+        DropReason::PublishedConnLimit,
     ];
     /// Stable snake-case name.
     pub fn name(self) -> &'static str {
@@ -70,6 +79,9 @@ impl DropReason {
             DropReason::TxError => "tx_error",
             DropReason::Undeliverable => "undeliverable",
             DropReason::Unsupported => "unsupported",
+            DropReason::FdBudget => "fd_budget",
+            DropReason::DnsLimit => "dns_limit",
+            DropReason::PublishedConnLimit => "published_conn_limit",
         }
     }
 }
