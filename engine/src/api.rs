@@ -1228,7 +1228,8 @@ pub fn router(ctl: Arc<Controller>) -> Router {
 
 mod server;
 pub use server::{
-    closed_on_error, serve_unix, HttpTimeouts, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT,
+    closed_on_error, connection_counts, serve_unix, ConnectionCounts, HttpTimeouts,
+    BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, MAX_CONNECTIONS,
 };
 
 #[cfg(test)]

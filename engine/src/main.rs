@@ -126,6 +126,74 @@ struct Args {
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter).
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// File descriptors kept for the daemon itself (store, taps, network sockets,
+    /// plugins) out of its `RLIMIT_NOFILE`; default max(256, limit/8). The rest, less
+    /// the API's share, is the budget of every network's flows (docs/security.md).
+    #[arg(long, value_name = "N")]
+    fd_reserve: Option<u64>,
+    /// Most concurrent connections on the API socket (and on the Docker plugin
+    /// socket); default limit/16 within 16..=1024.
+    #[arg(long, value_name = "N")]
+    max_api_connections: Option<u64>,
+    /// Most DNS queries of one network waiting for the upstream servers at once; new
+    /// ones get SERVFAIL.
+    #[arg(long, value_name = "N", default_value_t = tapnet_nat::Limits::BUILTIN.dns_pending)]
+    max_dns_pending: usize,
+    /// Most concurrent connections (TCP) or clients (UDP) of one published port; new
+    /// ones are closed at once.
+    #[arg(long, value_name = "N", default_value_t = tapnet_nat::Limits::BUILTIN.published_conns)]
+    max_published_connections: usize,
+    /// Most concurrent flows (UDP, TCP, ICMP) per sandbox address on a network.
+    #[arg(long, value_name = "N", default_value_t = tapnet_nat::Limits::BUILTIN.per_endpoint)]
+    max_flows_per_endpoint: usize,
+    /// Most concurrent flows on one network.
+    #[arg(long, value_name = "N", default_value_t = tapnet_nat::Limits::BUILTIN.per_network)]
+    max_flows_per_network: usize,
+    /// Set RLIMIT_NOFILE (soft and hard) to N before sharing it out, instead of raising
+    /// the soft limit to the hard one (hidden: for tests of the limits).
+    #[arg(long, value_name = "N", hide = true)]
+    rlimit_nofile: Option<u64>,
+}
+
+/// Raise the soft `RLIMIT_NOFILE` to the hard limit and share the descriptors out
+/// (`tapnet_nat::budget::split`): the flows' budget and the API's connection cap.
+fn fd_budget(args: &Args) -> tapnet_nat::budget::FdSplit {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Some(n) = args.rlimit_nofile {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, n, n) {
+            tracing::warn!(error = %e, n, "cannot set RLIMIT_NOFILE");
+        }
+    }
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE; assuming 1024");
+            (1024, 1024)
+        }
+    };
+    let raised = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(error = %e, soft, hard, "cannot raise RLIMIT_NOFILE");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    let split = tapnet_nat::budget::split(raised, args.fd_reserve, args.max_api_connections);
+    tapnet_nat::budget::global().set_limit(usize::try_from(split.flows).unwrap_or(usize::MAX));
+    tracing::info!(
+        soft_was = soft,
+        hard,
+        nofile = raised,
+        reserve = split.reserve,
+        api_connections_per_socket = split.api_connections,
+        flows = split.flows,
+        "file descriptors: RLIMIT_NOFILE raised and shared"
+    );
+    split
 }
 
 fn socket_path(host: &str) -> anyhow::Result<PathBuf> {
@@ -185,13 +253,18 @@ fn overlay_driver(args: &Args, bridge: Arc<BridgeDriver>) -> OverlayDriver {
     OverlayDriver::new(bridge, addr)
 }
 
-/// The HTTP servers' timeouts the flags ask for.
+/// The HTTP servers' timeouts and connection cap the flags ask for.
 fn http_timeouts(args: &Args) -> api::HttpTimeouts {
+    let max = API_CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed);
     api::HttpTimeouts {
         header: args.http_header_timeout,
         body: args.http_body_timeout,
+        max_connections: if max == 0 { api::MAX_CONNECTIONS } else { max },
     }
 }
+
+/// The API's connection cap from [`fd_budget`] (0: not computed).
+static API_CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Start tapnet's Docker plugin: its socket (served until `stop` turns true), the
 /// watch on vanished containers, and the names of plugin networks still unnamed.
@@ -240,6 +313,23 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Before any thread allocates: flow memory goes back to the system (tapnet_nat::mem).
+    if !tapnet_nat::mem::tune() {
+        tracing::debug!("allocator mmap threshold not set (not glibc)");
+    }
+    let split = fd_budget(&args);
+    API_CONNECTIONS.store(
+        usize::try_from(split.api_connections).unwrap_or(usize::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    tapnet_nat::Limits {
+        per_endpoint: args.max_flows_per_endpoint,
+        per_network: args.max_flows_per_network,
+        dns_pending: args.max_dns_pending,
+        published_conns: args.max_published_connections,
+        ..tapnet_nat::Limits::BUILTIN
+    }
+    .set_process_default();
 
     let socket = socket_path(&args.host)?;
     let cluster = cluster::connect(

@@ -15,17 +15,28 @@
 //! A connection closed on a timeout or an error is logged at debug and counted
 //! ([`closed_on_error`]). Connections are served concurrently: a stalled one never
 //! delays another.
+//!
+//! At most [`HttpTimeouts::max_connections`] connections are open on one socket (each
+//! costs a descriptor: the daemon's budget gives the API its share, see
+//! `docs/security.md`). A connection past the cap sheds the connection that has been idle
+//! (no request being handled) the longest, so a fresh client is always served while
+//! idle or stalled clients hold the slots; when every open connection is handling a
+//! request, the new one is refused (closed at once). Both are counted
+//! ([`connection_counts`]) and logged once per episode (until the count falls below three
+//! quarters of the cap).
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tower::ServiceExt;
 
 /// Default time a client has to send a request's head: 10 s (a local client sends it
@@ -35,13 +46,19 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// at most [`crate::api::BODY_LIMIT`] bytes over a local socket.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long the server waits for a client (see the module docs).
+/// Default cap on concurrent connections per socket (the daemon sizes it from its
+/// descriptor limit).
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// How long the server waits for a client, and how many it holds (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HttpTimeouts {
     /// Request head (line and headers).
     pub header: Duration,
     /// Request body, from the end of the head.
     pub body: Duration,
+    /// Most connections open at once on the socket (at least 1).
+    pub max_connections: usize,
 }
 
 impl Default for HttpTimeouts {
@@ -49,7 +66,109 @@ impl Default for HttpTimeouts {
         HttpTimeouts {
             header: HEADER_READ_TIMEOUT,
             body: BODY_READ_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
         }
+    }
+}
+
+static SHED: AtomicU64 = AtomicU64::new(0);
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// Connection-cap counters since the daemon started, every socket together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionCounts {
+    /// Idle connections closed to make room for a new one.
+    pub shed: u64,
+    /// New connections closed at once because every open one was busy.
+    pub refused: u64,
+}
+
+/// The connection-cap counters ([`ConnectionCounts`]).
+pub fn connection_counts() -> ConnectionCounts {
+    ConnectionCounts {
+        shed: SHED.load(Ordering::Relaxed),
+        refused: REFUSED.load(Ordering::Relaxed),
+    }
+}
+
+/// One open connection, as the cap sees it.
+struct ConnState {
+    /// Requests being handled.
+    busy: AtomicUsize,
+    /// When it last finished a request (or opened).
+    idle_since: Mutex<Instant>,
+    /// Told to close (shed).
+    shed: tokio::sync::Notify,
+}
+
+/// The open connections of one socket.
+struct Conns {
+    max: usize,
+    open: Mutex<(u64, HashMap<u64, Arc<ConnState>>)>,
+    logged: AtomicBool,
+}
+
+impl Conns {
+    /// Make room for and register a new connection: `None` if it must be refused.
+    fn admit(&self) -> Option<(u64, Arc<ConnState>)> {
+        let Ok(mut g) = self.open.lock() else {
+            return None;
+        };
+        let (next, open) = &mut *g;
+        if open.len() >= self.max {
+            let oldest_idle = open
+                .iter()
+                .filter(|(_, c)| c.busy.load(Ordering::Acquire) == 0)
+                .min_by_key(|(_, c)| c.idle_since.lock().map(|t| *t).ok())
+                .map(|(&id, _)| id);
+            let first = !self.logged.swap(true, Ordering::Relaxed);
+            match oldest_idle.and_then(|id| open.remove(&id)) {
+                Some(victim) => {
+                    victim.shed.notify_one();
+                    let n = SHED.fetch_add(1, Ordering::Relaxed) + 1;
+                    if first {
+                        tracing::warn!(limit = self.max, shed = n, "API connection limit reached: the longest-idle connections are closed to serve new ones");
+                    }
+                }
+                None => {
+                    let n = REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
+                    if first {
+                        tracing::warn!(limit = self.max, refused = n, "API connection limit reached with every connection busy: new connections are refused");
+                    }
+                    return None;
+                }
+            }
+        }
+        let id = *next;
+        *next += 1;
+        let c = Arc::new(ConnState {
+            busy: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            shed: tokio::sync::Notify::new(),
+        });
+        open.insert(id, Arc::clone(&c));
+        Some((id, c))
+    }
+
+    fn remove(&self, id: u64) {
+        if let Ok(mut g) = self.open.lock() {
+            g.1.remove(&id);
+            if g.1.len() < self.max / 4 * 3 {
+                self.logged.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Deregisters a connection when its task ends.
+struct Registered {
+    conns: Arc<Conns>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.conns.remove(self.id);
     }
 }
 
@@ -125,6 +244,11 @@ pub async fn serve_unix(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.header);
+    let conns = Arc::new(Conns {
+        max: timeouts.max_connections.max(1),
+        open: Mutex::new((0, HashMap::new())),
+        logged: AtomicBool::new(false),
+    });
     let accept = async move {
         loop {
             let stream = match listener.accept().await {
@@ -136,23 +260,48 @@ pub async fn serve_unix(
                     continue;
                 }
             };
+            let Some((id, state)) = conns.admit() else {
+                drop(stream);
+                continue;
+            };
+            let registered = Registered {
+                conns: Arc::clone(&conns),
+                id,
+            };
             let body_timeout = timeouts.body;
+            let (begin, end) = (Arc::clone(&state), Arc::clone(&state));
             let svc = router
                 .clone()
                 .map_request(move |req: Request<hyper::body::Incoming>| {
+                    begin.busy.fetch_add(1, Ordering::AcqRel);
                     req.map(|b| {
                         Body::new(TimedBody {
                             inner: Body::new(b),
                             deadline: Box::pin(tokio::time::sleep(body_timeout)),
                         })
                     })
+                })
+                .map_response(move |resp| {
+                    if let Ok(mut t) = end.idle_since.lock() {
+                        *t = Instant::now();
+                    }
+                    end.busy.fetch_sub(1, Ordering::AcqRel);
+                    resp
                 });
             let conn =
                 builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    let n = CLOSED_ON_ERROR.fetch_add(1, Ordering::Relaxed) + 1;
-                    tracing::debug!(error = %e, closed_on_error = n, "HTTP connection closed");
+                let _registered = registered;
+                tokio::select! {
+                    r = conn => {
+                        if let Err(e) = r {
+                            let n = CLOSED_ON_ERROR.fetch_add(1, Ordering::Relaxed) + 1;
+                            tracing::debug!(error = %e, closed_on_error = n, "HTTP connection closed");
+                        }
+                    }
+                    () = state.shed.notified() => {
+                        tracing::debug!("HTTP connection shed (connection limit)");
+                    }
                 }
             });
         }
