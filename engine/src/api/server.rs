@@ -311,3 +311,44 @@ pub async fn serve_unix(
         () = shutdown => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod conn_cap_tests {
+    use super::*;
+
+    fn conns(max: usize) -> Conns {
+        Conns {
+            max,
+            open: Mutex::new((0, HashMap::new())),
+            logged: AtomicBool::new(false),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_longest_idle_connection_is_shed_and_busy_ones_never_are() {
+        let c = conns(2);
+        let (a, sa) = c.admit().expect("room");
+        std::thread::sleep(Duration::from_millis(2));
+        let (b, sb) = c.admit().expect("room");
+        let shed_before = connection_counts().shed;
+        // Full: `a` has been idle the longest and goes.
+        let (_n, _sn) = c.admit().expect("a is shed for the new one");
+        tokio::time::timeout(Duration::from_secs(5), sa.shed.notified())
+            .await
+            .expect("a was told to close");
+        assert!(connection_counts().shed > shed_before);
+        assert!(!c.open.lock().expect("lock").1.contains_key(&a));
+        // Both open ones busy: the newest is refused, nobody is shed.
+        sb.busy.fetch_add(1, Ordering::AcqRel);
+        _sn.busy.fetch_add(1, Ordering::AcqRel);
+        let refused_before = connection_counts().refused;
+        assert!(c.admit().is_none());
+        assert!(connection_counts().refused > refused_before);
+        assert_eq!(c.open.lock().expect("lock").1.len(), 2);
+        // One done: it can be shed again.
+        sb.busy.fetch_sub(1, Ordering::AcqRel);
+        assert!(c.admit().is_some());
+        assert!(!c.open.lock().expect("lock").1.contains_key(&b));
+        c.remove(b);
+    }
+}
