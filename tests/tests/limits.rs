@@ -244,6 +244,7 @@ print("sent")
 "#
             );
             let env_ref = &*env;
+            let mut slowest_get = Duration::ZERO;
             let (outs, slowest, rounds) = while_flooding(
                 || {
                     std::thread::scope(|s| {
@@ -257,6 +258,10 @@ print("sent")
                     })
                 },
                 |i| {
+                    let t0 = std::time::Instant::now();
+                    let (code, v) = env_ref.api("GET", "/networks", None);
+                    slowest_get = slowest_get.max(t0.elapsed());
+                    assert_eq!(code, 200, "{v}");
                     env_ref.ok(&["network", "ls"]);
                     env_ref.ok(&["sandbox", "create", &format!("during{i}")]);
                 },
@@ -268,7 +273,10 @@ print("sent")
                     String::from_utf8_lossy(&o.stderr)
                 );
             }
-            eprintln!("during the flood: {rounds} rounds of network ls + sandbox create, slowest {slowest:?}");
+            eprintln!(
+                "during the flood: {rounds} rounds of GET /networks + network ls + sandbox create, \
+                 slowest round {slowest:?}, slowest GET /networks {slowest_get:?}"
+            );
             // After it too.
             env.ok(&["network", "ls"]);
             env.ok(&["sandbox", "create", "after"]);
