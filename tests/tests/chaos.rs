@@ -529,3 +529,173 @@ fn full_data_root_fails_mutations_cleanly() {
         assert_consistent(env);
     });
 }
+
+/// The devices other than `lo` in a namespace the test holds open.
+fn links_in(ns: &Netns) -> Vec<String> {
+    ns.run(|| {
+        let out = std::process::Command::new("ip")
+            .args(["-j", "link", "show"])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap().to_string())
+            .filter(|n| n != "lo")
+            .collect::<Vec<_>>()
+    })
+    .unwrap()
+}
+
+/// Make sandbox `name`'s namespace vanish under the daemon: its processes killed,
+/// its file unmounted and deleted. Returns the namespace, held open by the test
+/// (only to look inside).
+fn vanish(env: &Env, name: &str) -> Netns {
+    let path = env.netns_path(name);
+    let held = Netns::open(&path).unwrap();
+    let mut proc = std::process::Command::new(tapnet_tests::built_binary("tapnet"))
+        .arg("-H")
+        .arg(format!("unix://{}", env.socket.display()))
+        .args(["exec", name, "--", "sleep", "300"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    proc.kill().unwrap();
+    proc.wait().unwrap();
+    held
+}
+
+/// Sandboxes whose namespace vanishes while connected (processes killed, file
+/// unmounted and deleted, the daemon running): disconnect and removal succeed, the
+/// taps go, the addresses are free again and handed out once, and a restart finds
+/// nothing of them.
+#[test]
+fn sandbox_whose_namespace_vanishes_is_released() {
+    in_namespace("sandbox_whose_namespace_vanishes_is_released", |env| {
+        env.network("n1", "10.95.0.0/24");
+        env.network("n2", "10.96.0.0/24");
+        for s in ["a", "b", "d"] {
+            env.sandbox(s);
+        }
+        env.connect("n1", "a");
+        let ip_b = env.connect("n1", "b");
+        let ip_d = env.connect("n1", "d");
+        let ip_d2 = env.connect("n2", "d");
+        let ns_b = vanish(env, "b");
+        let ns_d = vanish(env, "d");
+        assert_eq!(links_in(&ns_b), ["eth0"]);
+        assert_eq!(links_in(&ns_d), ["eth0", "eth1"]);
+
+        // b: disconnect, then remove.
+        env.ok(&["network", "disconnect", "n1", "b"]);
+        assert!(
+            links_in(&ns_b).is_empty(),
+            "b's tap stayed: {:?}",
+            links_in(&ns_b)
+        );
+        env.ok(&["sandbox", "rm", "b"]);
+        // d: removed while still connected to two networks.
+        env.ok(&["sandbox", "rm", "d"]);
+        assert!(
+            links_in(&ns_d).is_empty(),
+            "d's taps stayed: {:?}",
+            links_in(&ns_d)
+        );
+        assert_eq!(env.get("/sandboxes").as_array().unwrap().len(), 1);
+        assert_consistent(env);
+
+        // Their addresses are free again, each handed out once.
+        env.sandbox("c");
+        env.sandbox("e");
+        assert_eq!(env.connect("n1", "c"), ip_b);
+        assert_eq!(env.connect("n1", "e"), ip_d);
+        assert_eq!(env.connect("n2", "c"), ip_d2);
+        assert!(
+            env.ping("a", &ip_b, 2),
+            "a cannot reach c at b's old address"
+        );
+        assert_consistent(env);
+        env.kill9_daemon();
+        env.start_daemon();
+        assert_consistent(env);
+    });
+}
+
+/// What a connect cut short by a crash leaves (regression: they stayed, the
+/// address of one was handed out again): taps no endpoint names, one configured
+/// with an address, one under the bridge driver's temporary name, and the files of
+/// a sandbox create cut short. The next start removes them; in an adopted
+/// namespace it removes only taps under the temporary name.
+#[test]
+fn leftovers_of_operations_cut_short_are_removed_at_start() {
+    in_namespace(
+        "leftovers_of_operations_cut_short_are_removed_at_start",
+        |env| {
+            env.network("n1", "10.97.0.0/24");
+            env.sandbox("a");
+            env.connect("n1", "a");
+            let adopted = env.root.join("adopted-ns");
+            std::fs::write(&adopted, b"").unwrap();
+            sh(&format!("unshare --net={} true", adopted.display()));
+            env.api_ok(
+                "POST",
+                "/sandboxes",
+                Some(&format!(
+                    r#"{{"Name":"b","NetnsPath":"{}"}}"#,
+                    adopted.display()
+                )),
+            );
+            env.connect("n1", "b");
+            let path_a = env.netns_path("a");
+            env.kill9_daemon();
+            let in_ns = |path: &Path, cmd: &str| {
+                sh(&format!("nsenter --net={} sh -c '{cmd}'", path.display()));
+            };
+            in_ns(
+                &path_a,
+                "ip tuntap add dev eth1 mode tap vnet_hdr && ip addr add 10.97.0.4/24 dev eth1 && \
+             ip link set eth1 up && ip tuntap add dev tap0123456789ab mode tap vnet_hdr",
+            );
+            in_ns(
+            &adopted,
+            "ip tuntap add dev tap0123456789ab mode tap vnet_hdr && ip tuntap add dev mine mode tap",
+        );
+            let files = env.exec_root().join("sandboxes").join("f".repeat(64));
+            std::fs::create_dir_all(&files).unwrap();
+            std::fs::write(files.join("hosts"), b"").unwrap();
+            env.start_daemon();
+
+            let links = |path: &Path| {
+                let mut l: Vec<String> = tapnet_tests::kernel_links(Some(path))
+                    .unwrap()
+                    .into_iter()
+                    .map(|l| l.name)
+                    .collect();
+                l.sort();
+                l
+            };
+            assert_eq!(links(&path_a), ["eth0"]);
+            assert_eq!(
+                links(&adopted),
+                ["eth0", "mine"],
+                "an adopted namespace's own tap is kept"
+            );
+            assert!(!files.exists(), "files of no sandbox stayed");
+            let log = env.daemon_log();
+            assert!(
+                log.contains("orphan tap (an operation cut short by a crash) removed"),
+                "{log}"
+            );
+            in_ns(&adopted, "ip link del mine");
+            // The leftover's address is handed out once, and works.
+            env.sandbox("c");
+            assert_eq!(env.connect("n1", "c"), "10.97.0.4");
+            assert!(env.ping("a", "10.97.0.4", 2));
+            assert_consistent(env);
+        },
+    );
+}
