@@ -5,7 +5,11 @@
 //! gone (path missing or not a network namespace) is removed with its endpoints
 //! (their addresses are free again) and logged; namespace files under
 //! `<exec-root>/netns` that no record names (a removal whose unmount failed) are
-//! removed. IPAM is rebuilt with [`restore_network_ipam`] for every network but the
+//! removed, and so are what operations cut short by a crash leave: sandbox-file
+//! directories of no sandbox, and taps in a sandbox's namespace that no endpoint
+//! record names (made or renamed before their commit; in an adopted namespace only
+//! taps under the bridge driver's temporary name `tap<12 hex>`, the rest is the
+//! runtime's; hand-off sandboxes are the runtime's entirely). IPAM is rebuilt with [`restore_network_ipam`] for every network but the
 //! configuration networks (`config_only`: they took no pools) (pools,
 //! gateways, auxiliary addresses, every endpoint's IPv4 and IPv6 address); pool ids
 //! that came out different are recorded again. Each network's switch is re-created,
