@@ -514,6 +514,20 @@ fn full_data_root_fails_mutations_cleanly() {
         );
         // The network still forwards.
         assert!(env.ping("a", &ip_b, 2), "a cannot reach b");
+        // A daemon (re)started on the full disk starts, restores and answers reads.
+        let before = state(env);
+        fill_data_root(env);
+        env.kill9_daemon();
+        env.start_daemon();
+        assert_eq!(
+            state(env),
+            before,
+            "state changed across a start on a full disk"
+        );
+        assert!(
+            env.ping("a", &ip_b, 2),
+            "a cannot reach b after a start on a full disk"
+        );
 
         // Space again: mutations work without a restart.
         free_data_root(env);
