@@ -54,12 +54,15 @@ fn table_of(key: &str) -> Option<(RecordTable, &str)> {
     .find_map(|(prefix, table)| key.strip_prefix(prefix).map(|id| (table, id)))
 }
 
+/// How to open the database (again).
+type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>;
+
 /// The redb database (see the module doc).
 pub struct Db {
     /// `None` only between closing and re-opening after an I/O error.
     db: RwLock<Option<Database>>,
-    /// The database file, to re-open it; `None` in memory.
-    file: Option<PathBuf>,
+    /// Opens the database again after an I/O error; `None` in memory.
+    reopen_with: Option<Opener>,
     path: String,
     /// An I/O error happened: redb refuses every call until re-opened.
     failed: AtomicBool,
@@ -77,8 +80,14 @@ impl Db {
     pub fn open(data_root: &Path) -> Result<Db, StoreError> {
         let path: PathBuf = data_root.join(DB_FILE);
         let name = path.display().to_string();
-        let db = Database::create(&path).map_err(|e| db_err(&name, e))?;
-        Db::init(db, name, Some(path))
+        let opener: Opener = Box::new(move || Database::create(&path));
+        Db::with_opener(name, opener)
+    }
+
+    /// A database opened (and, after an I/O error, re-opened) by `open`.
+    fn with_opener(name: String, open: Opener) -> Result<Db, StoreError> {
+        let db = open().map_err(|e| db_err(&name, e))?;
+        Db::init(db, name, Some(open))
     }
 
     /// A database in memory (tests).
@@ -89,10 +98,10 @@ impl Db {
         Db::init(db, "memory".to_string(), None)
     }
 
-    fn init(db: Database, path: String, file: Option<PathBuf>) -> Result<Db, StoreError> {
+    fn init(db: Database, path: String, reopen_with: Option<Opener>) -> Result<Db, StoreError> {
         let this = Db {
             db: RwLock::new(None),
-            file,
+            reopen_with,
             path,
             failed: AtomicBool::new(false),
             watchers: Watchers::default(),
@@ -157,13 +166,13 @@ impl Db {
         if !self.failed.load(Ordering::Acquire) {
             return Ok(()); // Another call re-opened it meanwhile.
         }
-        let Some(file) = &self.file else {
+        let Some(open) = &self.reopen_with else {
             self.failed.store(false, Ordering::Release);
             return Ok(());
         };
         // Close first: redb locks the file.
         drop(db.take());
-        let opened = Database::create(file).map_err(|e| self.err(e))?;
+        let opened = open().map_err(|e| self.err(e))?;
         *db = Some(opened);
         self.failed.store(false, Ordering::Release);
         tracing::warn!(database = %self.path, "database re-opened after an I/O error");
@@ -538,6 +547,75 @@ mod tests {
         assert_eq!(loaded.orphan_endpoints, vec![orphan]);
         drop(db);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A backend whose writes fail with `ENOSPC` while `full` is set (a full disk).
+    #[derive(Debug)]
+    struct FillableBackend {
+        mem: std::sync::Arc<redb::backends::InMemoryBackend>,
+        full: std::sync::Arc<AtomicBool>,
+    }
+
+    impl redb::StorageBackend for FillableBackend {
+        fn len(&self) -> std::io::Result<u64> {
+            self.mem.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.mem.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.mem.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.mem.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            if self.full.load(Ordering::Relaxed) {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.mem.write(offset, data)
+        }
+    }
+
+    #[test]
+    fn full_disk_fails_cleanly_and_the_database_comes_back() {
+        let mem = std::sync::Arc::new(redb::backends::InMemoryBackend::new());
+        let full = std::sync::Arc::new(AtomicBool::new(false));
+        let (m, f) = (std::sync::Arc::clone(&mem), std::sync::Arc::clone(&full));
+        let db = Db::with_opener(
+            "fillable".into(),
+            Box::new(move || {
+                Database::builder().create_with_backend(FillableBackend {
+                    mem: std::sync::Arc::clone(&m),
+                    full: std::sync::Arc::clone(&f),
+                })
+            }),
+        )
+        .unwrap();
+        let (a, b, c, d) = (sandbox("a"), sandbox("b"), sandbox("c"), sandbox("d"));
+        db.commit(&[Change::PutSandbox(a.clone())]).unwrap();
+        full.store(true, Ordering::Relaxed);
+        // An error, not a panic; the disk named as the reason (HTTP 507).
+        let err = db.commit(&[Change::PutSandbox(b)]).unwrap_err();
+        assert!(err.is_no_space(), "{err}");
+        assert!(err.to_string().contains("No space left on device"), "{err}");
+        // Still full: the next call re-opens and fails for the same reason.
+        let err = db.commit(&[Change::PutSandbox(c)]).unwrap_err();
+        assert!(err.is_no_space(), "{err}");
+        // Space again: the next call works (redb refused everything until re-opened).
+        full.store(false, Ordering::Relaxed);
+        db.commit(&[Change::PutSandbox(d.clone())]).unwrap();
+        let names: Vec<String> = db
+            .load()
+            .unwrap()
+            .store
+            .sandboxes
+            .values()
+            .map(|s| s.name.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(names, ["a", "d"], "a failed commit left something behind");
     }
 
     #[test]
