@@ -603,6 +603,14 @@ fn sandbox_whose_namespace_vanishes_is_released() {
         let ns_d = vanish(env, "d");
         assert_eq!(links_in(&ns_b), ["eth0"]);
         assert_eq!(links_in(&ns_d), ["eth0", "eth1"]);
+        // The daemon notices on the next connect: nothing could use a device there.
+        let before = state(env);
+        let (code, v) = env.api("POST", "/networks/n2/connect", Some(r#"{"Container":"b"}"#));
+        assert_eq!(code, 409, "{v}");
+        let msg = v["message"].as_str().unwrap();
+        assert!(msg.contains("has lost its network namespace"), "{msg}");
+        assert_eq!(state(env), before);
+        assert_eq!(links_in(&ns_b), ["eth0"]);
 
         // b: disconnect, then remove.
         env.ok(&["network", "disconnect", "n1", "b"]);
