@@ -2052,7 +2052,7 @@ impl Env {
     /// IPAM's allocated set is exactly the endpoints' addresses, the gateways and the
     /// auxiliary addresses, seen from outside: on every bridge network a probe
     /// sandbox asks each of those as a static address (must be refused, 409), and
-    /// each free address of the subnet (the first 16 above the network address on a
+    /// each free address of the subnet (the first 8 above the network address on a
     /// larger one) (must be given, then disconnected).
     fn probe_ipam(&self, api: &StateView, problems: &mut Vec<String>) {
         let nets = self.get("/networks");
@@ -2114,7 +2114,7 @@ impl Env {
                 );
             }
             let size = 1u64 << (32 - len);
-            let hosts = (size.saturating_sub(2)).min(16) as u32;
+            let hosts = (size.saturating_sub(2)).min(8) as u32;
             let first = u32::from(base) + 1;
             let candidates: Vec<std::net::Ipv4Addr> = taken
                 .iter()

@@ -175,7 +175,7 @@ fn ensure_connected(env: &Env, network: &str, sandbox: &str) -> String {
 
 /// `kill -9` of tapnetd five times during a storm of connects and disconnects from
 /// several client threads, some of which close their connection mid-request, while
-/// another thread creates, connects and removes sandboxes. After the last restart
+/// another thread creates, connects and removes sandboxes and one more networks. After the last restart
 /// the store, memory and kernel agree, and the network forwards.
 #[test]
 fn kill9_storm_during_connects_leaves_store_memory_and_kernel_agreeing() {
@@ -190,6 +190,7 @@ fn kill9_storm_during_connects_leaves_store_memory_and_kernel_agreeing() {
             for s in &names {
                 env.sandbox(s);
             }
+            env.sandbox("ws");
             let stop = AtomicBool::new(false);
             let outcomes: Mutex<BTreeMap<(String, Outcome), u64>> = Mutex::default();
             let churned = AtomicU64::new(0);
@@ -267,6 +268,53 @@ fn kill9_storm_during_connects_leaves_store_memory_and_kernel_agreeing() {
                         }
                     });
                 }
+                // Network churn: create, connect, disconnect, remove.
+                {
+                    let (stop, socket, record) = (&stop, &socket, &record);
+                    scope.spawn(move || {
+                        let mut rng = Rng(seed ^ 0xaaaa);
+                        let mut k = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            k += 1;
+                            // Three names, reused: a name freed by a removal that
+                            // a kill cut short (or not) is taken again.
+                            let net = format!("w{}", k % 3);
+                            let steps = [
+                                (
+                                    "network create",
+                                    "POST",
+                                    "/networks/create".to_string(),
+                                    format!(
+                                        r#"{{"Name":"{net}","IPAM":{{"Config":[{{"Subnet":"10.98.{}.0/28"}}]}}}}"#,
+                                        k % 3
+                                    ),
+                                ),
+                                (
+                                    "connect",
+                                    "POST",
+                                    format!("/networks/{net}/connect"),
+                                    r#"{"Container":"ws"}"#.to_string(),
+                                ),
+                                (
+                                    "disconnect",
+                                    "POST",
+                                    format!("/networks/{net}/disconnect"),
+                                    r#"{"Container":"ws"}"#.to_string(),
+                                ),
+                                ("network rm", "DELETE", format!("/networks/{net}"), String::new()),
+                            ];
+                            for (op, method, path, body) in steps {
+                                let abandon = (rng.below(4) == 0)
+                                    .then(|| Duration::from_millis(rng.below(6)));
+                                let o = request(socket, method, &path, &body, abandon);
+                                record(op, o);
+                                if matches!(o, Outcome::Refused | Outcome::Cut) {
+                                    std::thread::sleep(Duration::from_millis(20));
+                                }
+                            }
+                        }
+                    });
+                }
                 // The kill storm: five kills at varying points.
                 for wait in [400u64, 150, 700, 250, 500] {
                     std::thread::sleep(Duration::from_millis(wait));
@@ -300,7 +348,24 @@ fn kill9_storm_during_connects_leaves_store_memory_and_kernel_agreeing() {
             );
             // Abandoned operations run to their end in the daemon; then it is still.
             settled(|| state(env));
+            let t0 = Instant::now();
             assert_consistent(env);
+            eprintln!(
+                "{} networks; consistency check took {:?}",
+                env.get("/networks").as_array().unwrap().len(),
+                t0.elapsed()
+            );
+
+            // The networks the storm left can be removed (their endpoints first).
+            for n in env.get("/networks").as_array().unwrap() {
+                let name = n["Name"].as_str().unwrap();
+                if name.starts_with('w') {
+                    for c in n["Containers"].as_object().unwrap().values() {
+                        env.ok(&["network", "disconnect", name, c["Name"].as_str().unwrap()]);
+                    }
+                    env.ok(&["network", "rm", name]);
+                }
+            }
 
             // The network still forwards.
             let ip1 = ensure_connected(env, "n1", "s1");
