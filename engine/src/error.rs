@@ -81,7 +81,8 @@ pub enum Error {
     #[error("{0}")]
     Driver(String),
     /// The persistent store failed (HTTP 500; 503 when the store cannot be reached,
-    /// [`StoreError::Unavailable`]); the mutation was not recorded.
+    /// [`StoreError::Unavailable`]; 507 when its disk is full,
+    /// [`StoreError::is_no_space`]); the mutation was not recorded.
     #[error("{op}: store: {source}")]
     Store {
         /// The operation, e.g. "connect sb1 to network net1".
@@ -206,6 +207,8 @@ impl Error {
                 source: StoreError::Unavailable { .. },
                 ..
             } => 503,
+            // The data root's file system is full (WebDAV's Insufficient Storage).
+            Error::Store { source, .. } if source.is_no_space() => 507,
             Error::Plugin { source, .. } => source.status(),
             Error::Os { .. }
             | Error::Driver(_)

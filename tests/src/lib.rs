@@ -1676,3 +1676,515 @@ impl Drop for Dockerd {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Consistency of the store, the daemon's memory and the kernel (tests/tests/chaos.rs).
+// ---------------------------------------------------------------------------------------
+
+/// One device in a network namespace, as `ip -d -j addr show` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelLink {
+    /// Interface name.
+    pub name: String,
+    /// `linkinfo.info_kind` (`tun` for a tap, `veth`, ...; empty for none).
+    pub kind: String,
+    /// MAC address, lowercase.
+    pub mac: String,
+    /// Global (non-link-local) addresses, `addr/len`.
+    pub addrs: Vec<String>,
+}
+
+/// The devices other than `lo` in the network namespace at `netns` (`None`: the
+/// test's own namespace). `Err` with `ip`'s message if it cannot be entered.
+pub fn kernel_links(netns: Option<&Path>) -> Result<Vec<KernelLink>, String> {
+    let mut cmd = match netns {
+        Some(p) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", p.display())).arg("ip");
+            c
+        }
+        None => Command::new("ip"),
+    };
+    let out = cmd
+        .args(["-d", "-j", "addr", "show"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("run ip: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("ip -j: {e}"))?;
+    let mut links = Vec::new();
+    for l in v.as_array().cloned().unwrap_or_default() {
+        let name = l["ifname"].as_str().unwrap_or_default().to_string();
+        if name == "lo" {
+            continue;
+        }
+        let addrs = l["addr_info"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|a| a["scope"] != "link")
+            .filter_map(|a| Some(format!("{}/{}", a["local"].as_str()?, a["prefixlen"])))
+            .collect();
+        links.push(KernelLink {
+            name,
+            kind: l["linkinfo"]["info_kind"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            mac: l["address"]
+                .as_str()
+                .unwrap_or_default()
+                .to_ascii_lowercase(),
+            addrs,
+        });
+    }
+    Ok(links)
+}
+
+/// One endpoint as the API, or the store, records it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct EndpointView {
+    network: String,
+    id: String,
+    sandbox: String,
+    ipv4: String,
+    ipv6: String,
+    mac: String,
+    interface: String,
+}
+
+/// Networks (id → name), sandboxes (id → (name, netns path)) and endpoints of the
+/// local scope, as the API or the store has them.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct StateView {
+    networks: std::collections::BTreeMap<String, String>,
+    sandboxes: std::collections::BTreeMap<String, (String, String)>,
+    endpoints: std::collections::BTreeSet<EndpointView>,
+}
+
+fn cidr_or_empty<T: std::fmt::Display>(a: Option<T>, len: u8) -> String {
+    a.map_or_else(String::new, |a| format!("{a}/{len}"))
+}
+
+impl Env {
+    /// Where this daemon's data root is (`<root>/data`).
+    pub fn data_root(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// Where this daemon's exec root is (`<root>/run`).
+    pub fn exec_root(&self) -> PathBuf {
+        self.root.join("run")
+    }
+
+    /// The local-scope state as the API answers it (`GET /networks`, `GET /sandboxes`).
+    fn api_view(&self, problems: &mut Vec<String>) -> StateView {
+        let nets = self.get("/networks");
+        let sbs = self.get("/sandboxes");
+        let mut view = StateView::default();
+        let mut interfaces = std::collections::BTreeMap::new();
+        for s in sbs.as_array().cloned().unwrap_or_default() {
+            let sid = s["Id"].as_str().unwrap_or_default().to_string();
+            view.sandboxes.insert(
+                sid.clone(),
+                (
+                    s["Name"].as_str().unwrap_or_default().to_string(),
+                    s["NetnsPath"].as_str().unwrap_or_default().to_string(),
+                ),
+            );
+            for (_, e) in s["Endpoints"].as_object().cloned().unwrap_or_default() {
+                interfaces.insert(
+                    e["EndpointID"].as_str().unwrap_or_default().to_string(),
+                    e["Interface"].as_str().unwrap_or_default().to_string(),
+                );
+            }
+        }
+        for n in nets.as_array().cloned().unwrap_or_default() {
+            if n["Scope"] != "local" {
+                continue;
+            }
+            let nid = n["Id"].as_str().unwrap_or_default().to_string();
+            view.networks
+                .insert(nid.clone(), n["Name"].as_str().unwrap_or_default().into());
+            for (sid, c) in n["Containers"].as_object().cloned().unwrap_or_default() {
+                let id = c["EndpointID"].as_str().unwrap_or_default().to_string();
+                let Some(interface) = interfaces.remove(&id) else {
+                    problems.push(format!(
+                        "API: endpoint {id} of network {} (sandbox {sid}) is missing from its sandbox's Endpoints",
+                        n["Name"]
+                    ));
+                    continue;
+                };
+                view.endpoints.insert(EndpointView {
+                    network: nid.clone(),
+                    id,
+                    sandbox: sid,
+                    ipv4: c["IPv4Address"].as_str().unwrap_or_default().to_string(),
+                    ipv6: c["IPv6Address"].as_str().unwrap_or_default().to_string(),
+                    mac: c["MacAddress"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_ascii_lowercase(),
+                    interface,
+                });
+            }
+        }
+        for (id, _) in interfaces {
+            problems.push(format!(
+                "API: a sandbox lists endpoint {id}, which no local network has"
+            ));
+        }
+        view
+    }
+
+    /// The local-scope state as the store has it: a copy of the database file
+    /// (the daemon holds its lock) opened with the engine's own reader.
+    fn store_view(&self, problems: &mut Vec<String>) -> Option<StateView> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static COPIES: AtomicUsize = AtomicUsize::new(0);
+        let dir = self.root.join(format!(
+            "store-copy-{}",
+            COPIES.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db_file = tapnet_engine::store::DB_FILE;
+        if let Err(e) = std::fs::copy(self.data_root().join(db_file), dir.join(db_file)) {
+            problems.push(format!("store: cannot copy the database: {e}"));
+            return None;
+        }
+        let loaded = tapnet_engine::store::Db::open(&dir).and_then(|db| db.load());
+        let _ = std::fs::remove_dir_all(&dir);
+        let loaded = match loaded {
+            Ok(l) => l,
+            Err(e) => {
+                problems.push(format!("store: cannot read the database: {e}"));
+                return None;
+            }
+        };
+        if loaded.skipped > 0 {
+            problems.push(format!("store: {} unreadable records", loaded.skipped));
+        }
+        for e in &loaded.orphan_endpoints {
+            problems.push(format!(
+                "store: endpoint {} of unknown network {}",
+                e.id, e.network_id
+            ));
+        }
+        let mut view = StateView::default();
+        for (id, s) in &loaded.store.sandboxes {
+            view.sandboxes.insert(
+                id.clone(),
+                (s.name.clone(), s.netns_path.display().to_string()),
+            );
+        }
+        for (id, n) in &loaded.store.networks {
+            if n.scope != "local" {
+                continue;
+            }
+            view.networks.insert(id.clone(), n.name.clone());
+            for e in n.endpoints.values() {
+                view.endpoints.insert(EndpointView {
+                    network: id.clone(),
+                    id: e.id.clone(),
+                    sandbox: e.sandbox_id.clone(),
+                    ipv4: cidr_or_empty(e.ipv4, e.prefix_len),
+                    ipv6: cidr_or_empty(e.ipv6, e.prefix_len_v6),
+                    mac: e
+                        .mac
+                        .map(|m| tapnet_engine::model::format_mac(&m))
+                        .unwrap_or_default(),
+                    interface: e.interface.clone(),
+                });
+            }
+        }
+        Some(view)
+    }
+
+    /// Everything that disagrees between the store, the daemon's memory (its API
+    /// answers) and the kernel; empty when they agree. See [`assert_consistent`].
+    /// With `probe_ipam`, IPAM is probed through static-address connects (this
+    /// writes: not while the data root is full).
+    pub fn consistency_problems(&self, probe_ipam: bool) -> Vec<String> {
+        let mut problems = Vec::new();
+        let api = self.api_view(&mut problems);
+        // The store equals memory.
+        if let Some(store) = self.store_view(&mut problems) {
+            for (what, a, s) in [
+                (
+                    "networks",
+                    format!("{:?}", api.networks),
+                    format!("{:?}", store.networks),
+                ),
+                (
+                    "sandboxes",
+                    format!("{:?}", api.sandboxes),
+                    format!("{:?}", store.sandboxes),
+                ),
+            ] {
+                if a != s {
+                    problems.push(format!(
+                        "store and API differ on {what}:\n  API:   {a}\n  store: {s}"
+                    ));
+                }
+            }
+            for e in api.endpoints.difference(&store.endpoints) {
+                problems.push(format!("endpoint in the API but not in the store: {e:?}"));
+            }
+            for e in store.endpoints.difference(&api.endpoints) {
+                problems.push(format!("endpoint in the store but not in the API: {e:?}"));
+            }
+        }
+        // The kernel equals memory: every endpoint's device is in its sandbox with its
+        // MAC and addresses; every tap or veth in a sandbox is an endpoint's.
+        let mut kernel_addrs: Vec<(String, String)> = Vec::new();
+        for (sid, (name, path)) in &api.sandboxes {
+            let links = match kernel_links(Some(Path::new(path))) {
+                Ok(l) => l,
+                Err(e) => {
+                    problems.push(format!(
+                        "sandbox {name}: its namespace {path} cannot be entered: {e}"
+                    ));
+                    continue;
+                }
+            };
+            let mine: Vec<&EndpointView> = api
+                .endpoints
+                .iter()
+                .filter(|e| &e.sandbox == sid && !e.interface.is_empty())
+                .collect();
+            for e in &mine {
+                match links.iter().find(|l| l.name == e.interface) {
+                    None => problems.push(format!(
+                        "sandbox {name}: endpoint {} has no device {} in the kernel",
+                        e.id, e.interface
+                    )),
+                    Some(l) => {
+                        if !e.mac.is_empty() && l.mac != e.mac {
+                            problems.push(format!(
+                                "sandbox {name}: {} has MAC {} in the kernel, {} in the API",
+                                l.name, l.mac, e.mac
+                            ));
+                        }
+                        for a in [&e.ipv4, &e.ipv6] {
+                            if !a.is_empty() && !l.addrs.contains(a) {
+                                problems.push(format!(
+                                    "sandbox {name}: {} lacks its address {a} (kernel: {:?})",
+                                    l.name, l.addrs
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+            for l in &links {
+                let owned = mine.iter().any(|e| e.interface == l.name);
+                if !owned && matches!(l.kind.as_str(), "tun" | "veth") {
+                    problems.push(format!(
+                        "sandbox {name}: orphan {} device {} ({}, {:?}) that no endpoint names",
+                        l.kind, l.name, l.mac, l.addrs
+                    ));
+                }
+                for a in &l.addrs {
+                    kernel_addrs.push((a.clone(), format!("{name}/{}", l.name)));
+                }
+            }
+        }
+        // The daemon's own namespace holds no tap or veth of an endpoint.
+        match kernel_links(self.netns.as_deref()) {
+            Ok(links) => {
+                for l in links
+                    .iter()
+                    .filter(|l| matches!(l.kind.as_str(), "tun" | "veth"))
+                {
+                    problems.push(format!(
+                        "daemon's namespace: orphan {} device {} ({})",
+                        l.kind, l.name, l.mac
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!("daemon's namespace: {e}")),
+        }
+        // No address twice: not in the API, not in the kernel.
+        let mut seen = std::collections::BTreeMap::new();
+        for e in &api.endpoints {
+            for a in [&e.ipv4, &e.ipv6] {
+                if a.is_empty() {
+                    continue;
+                }
+                if let Some(other) = seen.insert(a.clone(), e.id.clone()) {
+                    problems.push(format!(
+                        "API: address {a} is held by endpoints {other} and {}",
+                        e.id
+                    ));
+                }
+            }
+        }
+        let mut in_kernel = std::collections::BTreeMap::new();
+        for (a, at) in &kernel_addrs {
+            if let Some(other) = in_kernel.insert(a.clone(), at.clone()) {
+                problems.push(format!("kernel: address {a} is on {other} and on {at}"));
+            }
+        }
+        // Namespace and sandbox-file directories of no sandbox.
+        for (dir, what) in [("netns", "namespace file"), ("sandboxes", "sandbox files")] {
+            let Ok(entries) = std::fs::read_dir(self.exec_root().join(dir)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                if !api.sandboxes.contains_key(&file) {
+                    problems.push(format!(
+                        "exec root: {what} {} of no sandbox",
+                        entry.path().display()
+                    ));
+                }
+            }
+        }
+        if probe_ipam && problems.is_empty() {
+            self.probe_ipam(&api, &mut problems);
+        }
+        problems
+    }
+
+    /// IPAM's allocated set is exactly the endpoints' addresses, the gateways and the
+    /// auxiliary addresses, seen from outside: on every bridge network a probe
+    /// sandbox asks each of those as a static address (must be refused, 409), and
+    /// each free address of the subnet (the first 8 above the network address on a
+    /// larger one) (must be given, then disconnected).
+    fn probe_ipam(&self, api: &StateView, problems: &mut Vec<String>) {
+        let nets = self.get("/networks");
+        let probe = "consistency-probe";
+        let (code, v) = self.api(
+            "POST",
+            "/sandboxes",
+            Some(&format!(r#"{{"Name":"{probe}"}}"#)),
+        );
+        if code != 201 && code != 200 {
+            problems.push(format!(
+                "IPAM probe: cannot create the probe sandbox: {code} {v}"
+            ));
+            return;
+        }
+        for n in nets.as_array().cloned().unwrap_or_default() {
+            if n["Driver"] != "bridge" || n["Scope"] != "local" {
+                continue;
+            }
+            let nid = n["Id"].as_str().unwrap_or_default();
+            let name = n["Name"].as_str().unwrap_or_default();
+            let Some(cfg) = n["IPAM"]["Config"].as_array().and_then(|c| {
+                c.iter()
+                    .find(|c| !c["Subnet"].as_str().unwrap_or("").contains(':'))
+            }) else {
+                continue;
+            };
+            let Some((base, len)) = cfg["Subnet"]
+                .as_str()
+                .and_then(|s| s.split_once('/'))
+                .and_then(|(a, l)| {
+                    Some((
+                        a.parse::<std::net::Ipv4Addr>().ok()?,
+                        l.parse::<u32>().ok()?,
+                    ))
+                })
+            else {
+                continue;
+            };
+            let mut taken: std::collections::BTreeSet<std::net::Ipv4Addr> = api
+                .endpoints
+                .iter()
+                .filter(|e| e.network == nid)
+                .filter_map(|e| e.ipv4.split('/').next()?.parse().ok())
+                .collect();
+            taken.extend(
+                cfg["Gateway"]
+                    .as_str()
+                    .and_then(|g| g.parse::<std::net::Ipv4Addr>().ok()),
+            );
+            for (_, a) in cfg["AuxiliaryAddresses"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
+            {
+                taken.extend(
+                    a.as_str()
+                        .and_then(|a| a.parse::<std::net::Ipv4Addr>().ok()),
+                );
+            }
+            let size = 1u64 << (32 - len);
+            let hosts = (size.saturating_sub(2)).min(8) as u32;
+            let first = u32::from(base) + 1;
+            let candidates: Vec<std::net::Ipv4Addr> = taken
+                .iter()
+                .copied()
+                .chain((first..first + hosts).map(std::net::Ipv4Addr::from))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            for ip in candidates {
+                let body = format!(
+                    r#"{{"Container":"{probe}","EndpointConfig":{{"IPAMConfig":{{"IPv4Address":"{ip}"}}}}}}"#
+                );
+                let (code, v) = self.api("POST", &format!("/networks/{nid}/connect"), Some(&body));
+                let held = taken.contains(&ip);
+                match (held, code) {
+                    (true, 409) => {}
+                    (false, 200) => {}
+                    (true, 200) => problems.push(format!(
+                        "IPAM: {ip} on network {name} is held (endpoint, gateway or aux) but IPAM handed it out again"
+                    )),
+                    (false, 409) => problems.push(format!(
+                        "IPAM: {ip} on network {name} is allocated but no endpoint holds it (leaked): {v}"
+                    )),
+                    (_, c) => problems.push(format!(
+                        "IPAM probe: static connect of {ip} to {name}: {c} {v}"
+                    )),
+                }
+                if code == 200 {
+                    let (code, v) = self.api(
+                        "POST",
+                        &format!("/networks/{nid}/disconnect"),
+                        Some(&format!(r#"{{"Container":"{probe}"}}"#)),
+                    );
+                    if code != 200 {
+                        problems.push(format!("IPAM probe: disconnect: {code} {v}"));
+                        break;
+                    }
+                }
+            }
+        }
+        let (code, v) = self.api("DELETE", &format!("/sandboxes/{probe}"), None);
+        if !(200..300).contains(&code) {
+            problems.push(format!(
+                "IPAM probe: cannot remove the probe sandbox: {code} {v}"
+            ));
+        }
+    }
+}
+
+/// Assert that the store, the daemon's memory and the kernel agree (call when no
+/// operation is in flight):
+/// * the store (a copy of the database file, read with the engine's reader) holds
+///   exactly the networks, sandboxes and endpoints the API answers (local scope);
+/// * every endpoint's device is in its sandbox's namespace with its MAC and
+///   addresses, and every tap or veth in a sandbox is an endpoint's; the daemon's
+///   namespace holds no tap or veth (hand-off sandboxes are not covered);
+/// * no address is held twice, in the API or in the kernel;
+/// * every namespace file and sandbox-file directory under the exec root is a
+///   sandbox's;
+/// * IPAM's allocated set on each bridge network is exactly the endpoints'
+///   addresses, the gateway and the auxiliary addresses (probed with static
+///   connects of a `consistency-probe` sandbox, removed afterwards).
+///
+/// Panics with every disagreement found and the daemon's log.
+pub fn assert_consistent(env: &Env) {
+    let problems = env.consistency_problems(true);
+    assert!(
+        problems.is_empty(),
+        "store, memory and kernel disagree:\n- {}\n--- daemon log\n{}",
+        problems.join("\n- "),
+        env.daemon_log()
+    );
+}

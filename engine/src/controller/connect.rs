@@ -5,7 +5,8 @@
 //! static addresses, MAC, interface name and link-local addresses against the driver,
 //! aliases by [`tapnet_types::model::check_aliases`]: 400; MAC and link-local
 //! addresses unique on the network and the MAC not the gateway's `02:42:<gateway>`,
-//! an asked-for interface name free in the sandbox: 409)
+//! an asked-for interface name free in the sandbox, the sandbox's namespace still
+//! the one its path names, i.e. not vanished: 409)
 //! → allocate the IPv4 and IPv6 addresses
 //! (undo: release; on a global network the IPv4 and IPv6 addresses are first
 //! claimed in the cluster store, undo: free them) → the driver's `create_endpoint` (undo: `delete_endpoint`; what
@@ -104,6 +105,25 @@ impl Inner {
                 )))
             }
         };
+        // A namespace that vanished under the sandbox (its processes ended, its file
+        // unmounted or removed) lives on only through our descriptor: nothing could
+        // use a device made there.
+        if !sb.handoff {
+            let held = Arc::clone(&ns);
+            let gone = blocking("check the sandbox's namespace", move || {
+                Ok(!super::handoff::same_namespace(&held))
+            })
+            .await?;
+            if gone {
+                return Err(Error::Conflict(format!(
+                    "sandbox {} has lost its network namespace ({} no longer names it): \
+                     remove the sandbox (tapnet sandbox rm {})",
+                    sb.name,
+                    sb.netns_path.display(),
+                    sb.name
+                )));
+            }
+        }
         if opts.mac.is_some() && !driver.capabilities().needs_addresses {
             return Err(Error::InvalidRequest(format!(
                 "network {} (driver {}) gives endpoints no device: drop the MacAddress",

@@ -361,7 +361,7 @@ pub(super) fn links(ns: Option<&Netns>) -> Result<Vec<(String, Option<[u8; 6]>)>
 }
 
 /// Whether `ns`'s path still names the namespace `ns` holds open.
-fn same_namespace(ns: &Netns) -> bool {
+pub(super) fn same_namespace(ns: &Netns) -> bool {
     use std::os::unix::fs::MetadataExt;
     let Ok(held) = ns.file().metadata() else {
         return true;

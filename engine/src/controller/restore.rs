@@ -5,7 +5,11 @@
 //! gone (path missing or not a network namespace) is removed with its endpoints
 //! (their addresses are free again) and logged; namespace files under
 //! `<exec-root>/netns` that no record names (a removal whose unmount failed) are
-//! removed. IPAM is rebuilt with [`restore_network_ipam`] for every network but the
+//! removed, and so are what operations cut short by a crash leave: sandbox-file
+//! directories of no sandbox, and taps in a sandbox's namespace that no endpoint
+//! record names (made or renamed before their commit; in an adopted namespace only
+//! taps under the bridge driver's temporary name `tap<12 hex>`, the rest is the
+//! runtime's; hand-off sandboxes are the runtime's entirely). IPAM is rebuilt with [`restore_network_ipam`] for every network but the
 //! configuration networks (`config_only`: they took no pools) (pools,
 //! gateways, auxiliary addresses, every endpoint's IPv4 and IPv6 address); pool ids
 //! that came out different are recorded again. Each network's switch is re-created,
@@ -253,6 +257,37 @@ impl Inner {
                 }
             }
         }
+
+        // Taps left in sandboxes by operations a crash cut short (made or renamed
+        // before their commit, or given back by a disconnect's undo before its commit):
+        // no record names them. Before the data plane, so a tap a disconnect renamed
+        // back to its temporary name does not stop its endpoint's re-creation.
+        let sweep: Vec<(Arc<Netns>, String, bool, HashSet<String>)> = store
+            .sandboxes
+            .values()
+            .filter(|s| !s.handoff)
+            .filter_map(|s| {
+                let ns = netns.get(&s.id)?;
+                let named = store
+                    .networks
+                    .values()
+                    .flat_map(|n| n.endpoints.values())
+                    .filter(|e| e.sandbox_id == s.id)
+                    .map(|e| e.interface.clone())
+                    .collect();
+                Some((Arc::clone(ns), s.name.clone(), s.owned, named))
+            })
+            .collect();
+        let dir = self.exec_root.join("sandboxes");
+        let sandbox_ids: HashSet<String> = store.sandboxes.keys().cloned().collect();
+        blocking("remove orphan taps and files", move || {
+            for (ns, name, owned, named) in sweep {
+                remove_orphan_taps(&ns, &name, owned, &named);
+            }
+            remove_unnamed_sandbox_files(&dir, &sandbox_ids);
+            Ok(())
+        })
+        .await?;
 
         // IPAM replay: the one replay of a recorded network (pools, gateways,
         // auxiliary addresses, every endpoint's IPv4 and IPv6 address).
@@ -569,6 +604,67 @@ fn remove_unnamed_namespaces(dir: &std::path::Path, named: &HashSet<PathBuf>) {
             }
             Err(err) => {
                 tracing::warn!(path = %path.display(), error = %err, "removing a namespace file of no sandbox")
+            }
+        }
+    }
+}
+
+/// Whether `name` is the bridge driver's temporary tap name (`tap` + 12 hex digits).
+fn is_temporary_tap_name(name: &str) -> bool {
+    name.strip_prefix("tap")
+        .is_some_and(|h| h.len() == 12 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Delete the taps in sandbox `name`'s namespace that no endpoint record names (see
+/// [`Inner::restore`]): every such tap in a namespace tapnet created (`owned`); in an
+/// adopted one only taps under the temporary name (the runtime's own devices are left
+/// alone; a renamed leftover there is logged). A device that is not a tap, or that a
+/// process holds, cannot be re-opened and is left.
+fn remove_orphan_taps(ns: &Netns, name: &str, owned: bool, named: &HashSet<String>) {
+    let links = match super::handoff::links(Some(ns)) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(sandbox = %name, error = %e, "cannot list the devices of a sandbox to remove orphan taps");
+            return;
+        }
+    };
+    for (dev, _) in links {
+        if dev == "lo" || named.contains(&dev) {
+            continue;
+        }
+        let Ok(tap) = tapnet_sandbox::tap::Tap::reopen(ns, &dev) else {
+            continue;
+        };
+        if !owned && !is_temporary_tap_name(&dev) {
+            tracing::warn!(sandbox = %name, tap = %dev, "a tap no endpoint names in an adopted namespace; left alone");
+            continue;
+        }
+        match tap.destroy() {
+            Ok(()) => {
+                tracing::warn!(sandbox = %name, tap = %dev, "orphan tap (an operation cut short by a crash) removed")
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %name, tap = %dev, error = %e, "removing an orphan tap")
+            }
+        }
+    }
+}
+
+/// Remove the sandbox-file directories under `dir` of no sandbox in `ids` (a create
+/// cut short before its commit, a removal after it).
+fn remove_unnamed_sandbox_files(dir: &std::path::Path, ids: &HashSet<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if ids.contains(&id) {
+            continue;
+        }
+        match std::fs::remove_dir_all(e.path()) {
+            Ok(()) => tracing::warn!(dir = %e.path().display(), "files of no sandbox removed"),
+            Err(err) => {
+                tracing::warn!(dir = %e.path().display(), error = %err, "removing files of no sandbox")
             }
         }
     }

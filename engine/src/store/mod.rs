@@ -139,6 +139,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+impl StoreError {
+    /// The store's file system is full (`ENOSPC`): the mutation was not recorded;
+    /// it can succeed once space is free (HTTP 507).
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            StoreError::Db { source, .. } => {
+                matches!(&**source, ::redb::Error::Io(e) if e.kind() == std::io::ErrorKind::StorageFull)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Key prefix of network records.
 pub const NETWORKS: &str = "networks/";
 /// Key prefix of sandbox records.

@@ -13,6 +13,11 @@
 //!   commit.
 //! * Only one process can open the database at a time (redb locks the file); the
 //!   lock dies with the process, so a `kill -9`'d daemon does not block its restart.
+//! * An I/O error (a full disk: `ENOSPC`) fails that call with the OS error in the
+//!   message and writes nothing. redb then refuses every later call
+//!   (`PreviousIo`), so the next call closes the database and opens it again (redb
+//!   repairs it from its last commit); until that succeeds (space is free again),
+//!   each call fails with the reason. A full disk never needs a daemon restart.
 
 use super::{
     Change, Compare, KeyValue, KvOp, KvStore, Loaded, Revision, StoreError, Watchers,
@@ -20,6 +25,8 @@ use super::{
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{RwLock, RwLockReadGuard};
 
 /// File name of the database under the data root.
 pub const DB_FILE: &str = "tapnet.db";
@@ -47,10 +54,18 @@ fn table_of(key: &str) -> Option<(RecordTable, &str)> {
     .find_map(|(prefix, table)| key.strip_prefix(prefix).map(|id| (table, id)))
 }
 
+/// How to open the database (again).
+type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>;
+
 /// The redb database (see the module doc).
 pub struct Db {
-    db: Database,
+    /// `None` only between closing and re-opening after an I/O error.
+    db: RwLock<Option<Database>>,
+    /// Opens the database again after an I/O error; `None` in memory.
+    reopen_with: Option<Opener>,
     path: String,
+    /// An I/O error happened: redb refuses every call until re-opened.
+    failed: AtomicBool,
     watchers: Watchers,
 }
 
@@ -65,8 +80,14 @@ impl Db {
     pub fn open(data_root: &Path) -> Result<Db, StoreError> {
         let path: PathBuf = data_root.join(DB_FILE);
         let name = path.display().to_string();
-        let db = Database::create(&path).map_err(|e| db_err(&name, e))?;
-        Db::init(db, name)
+        let opener: Opener = Box::new(move || Database::create(&path));
+        Db::with_opener(name, opener)
+    }
+
+    /// A database opened (and, after an I/O error, re-opened) by `open`.
+    fn with_opener(name: String, open: Opener) -> Result<Db, StoreError> {
+        let db = open().map_err(|e| db_err(&name, e))?;
+        Db::init(db, name, Some(open))
     }
 
     /// A database in memory (tests).
@@ -74,16 +95,18 @@ impl Db {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(|e| db_err("memory", e))?;
-        Db::init(db, "memory".to_string())
+        Db::init(db, "memory".to_string(), None)
     }
 
-    fn init(db: Database, path: String) -> Result<Db, StoreError> {
+    fn init(db: Database, path: String, reopen_with: Option<Opener>) -> Result<Db, StoreError> {
         let this = Db {
-            db,
+            db: RwLock::new(None),
+            reopen_with,
             path,
+            failed: AtomicBool::new(false),
             watchers: Watchers::default(),
         };
-        let tx = this.db.begin_write().map_err(|e| this.err(e))?;
+        let tx = db.begin_write().map_err(|e| this.err(e))?;
         {
             for t in [NETWORKS, SANDBOXES, ENDPOINTS] {
                 tx.open_table(t).map_err(|e| this.err(e))?;
@@ -110,11 +133,50 @@ impl Db {
             }
         }
         tx.commit().map_err(|e| this.err(e))?;
+        *this.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db);
         Ok(this)
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> StoreError {
+        let e = e.into();
+        if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+            self.failed.store(true, Ordering::Release);
+        }
         db_err(&self.path, e)
+    }
+
+    /// The open database; after an I/O error, closed and opened again first (see
+    /// the module doc).
+    fn database(&self) -> Result<RwLockReadGuard<'_, Option<Database>>, StoreError> {
+        if self.failed.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some(_) => Ok(guard),
+            None => Err(StoreError::Unavailable {
+                store: self.path.clone(),
+                message: "the database is being re-opened after an I/O error".into(),
+            }),
+        }
+    }
+
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if !self.failed.load(Ordering::Acquire) {
+            return Ok(()); // Another call re-opened it meanwhile.
+        }
+        let Some(open) = &self.reopen_with else {
+            self.failed.store(false, Ordering::Release);
+            return Ok(());
+        };
+        // Close first: redb locks the file.
+        drop(db.take());
+        let opened = open().map_err(|e| self.err(e))?;
+        *db = Some(opened);
+        self.failed.store(false, Ordering::Release);
+        tracing::warn!(database = %self.path, "database re-opened after an I/O error");
+        Ok(())
     }
 
     /// The database file.
@@ -139,7 +201,11 @@ impl KvStore for Db {
     }
 
     fn range(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let db = self.database()?;
+        let db = db
+            .as_ref()
+            .ok_or_else(|| self.err(redb::Error::DatabaseClosed))?;
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
         let revs = tx.open_table(REVISIONS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for (p, table) in [
@@ -186,7 +252,11 @@ impl KvStore for Db {
             })?;
             targets.push((table, id, op));
         }
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let db = self.database()?;
+        let db = db
+            .as_ref()
+            .ok_or_else(|| self.err(redb::Error::DatabaseClosed))?;
+        let tx = db.begin_write().map_err(|e| self.err(e))?;
         let revision = {
             let mut revs = tx.open_table(REVISIONS).map_err(|e| self.err(e))?;
             for c in compares {
@@ -458,7 +528,8 @@ mod tests {
             ])
             .unwrap();
             // A corrupt record and one under the wrong key, written behind the API.
-            let tx = db.db.begin_write().unwrap();
+            let guard = db.db.read().unwrap();
+            let tx = guard.as_ref().unwrap().begin_write().unwrap();
             {
                 let mut t = tx.open_table(SANDBOXES).unwrap();
                 t.insert("deadbeef", b"{not json".as_slice()).unwrap();
@@ -478,12 +549,82 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A backend whose writes fail with `ENOSPC` while `full` is set (a full disk).
+    #[derive(Debug)]
+    struct FillableBackend {
+        mem: std::sync::Arc<redb::backends::InMemoryBackend>,
+        full: std::sync::Arc<AtomicBool>,
+    }
+
+    impl redb::StorageBackend for FillableBackend {
+        fn len(&self) -> std::io::Result<u64> {
+            self.mem.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.mem.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.mem.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.mem.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            if self.full.load(Ordering::Relaxed) {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.mem.write(offset, data)
+        }
+    }
+
+    #[test]
+    fn full_disk_fails_cleanly_and_the_database_comes_back() {
+        let mem = std::sync::Arc::new(redb::backends::InMemoryBackend::new());
+        let full = std::sync::Arc::new(AtomicBool::new(false));
+        let (m, f) = (std::sync::Arc::clone(&mem), std::sync::Arc::clone(&full));
+        let db = Db::with_opener(
+            "fillable".into(),
+            Box::new(move || {
+                Database::builder().create_with_backend(FillableBackend {
+                    mem: std::sync::Arc::clone(&m),
+                    full: std::sync::Arc::clone(&f),
+                })
+            }),
+        )
+        .unwrap();
+        let (a, b, c, d) = (sandbox("a"), sandbox("b"), sandbox("c"), sandbox("d"));
+        db.commit(&[Change::PutSandbox(a.clone())]).unwrap();
+        full.store(true, Ordering::Relaxed);
+        // An error, not a panic; the disk named as the reason (HTTP 507).
+        let err = db.commit(&[Change::PutSandbox(b)]).unwrap_err();
+        assert!(err.is_no_space(), "{err}");
+        assert!(err.to_string().contains("No space left on device"), "{err}");
+        // Still full: the next call re-opens and fails for the same reason.
+        let err = db.commit(&[Change::PutSandbox(c)]).unwrap_err();
+        assert!(err.is_no_space(), "{err}");
+        // Space again: the next call works (redb refused everything until re-opened).
+        full.store(false, Ordering::Relaxed);
+        db.commit(&[Change::PutSandbox(d.clone())]).unwrap();
+        let names: Vec<String> = db
+            .load()
+            .unwrap()
+            .store
+            .sandboxes
+            .values()
+            .map(|s| s.name.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(names, ["a", "d"], "a failed commit left something behind");
+    }
+
     #[test]
     fn newer_schema_is_refused() {
         let dir = tempdir("schema");
         {
             let db = Db::open(&dir).unwrap();
-            let tx = db.db.begin_write().unwrap();
+            let guard = db.db.read().unwrap();
+            let tx = guard.as_ref().unwrap().begin_write().unwrap();
             tx.open_table(META)
                 .unwrap()
                 .insert("schema_version", SCHEMA_VERSION + 1)
