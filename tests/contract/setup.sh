@@ -14,6 +14,12 @@ py=/usr/bin/python3
 [ -x "$py" ] || py=$(command -v python3)
 rm -rf "$venv"
 mkdir -p "$(dirname "$venv")"
+if ! "$py" -c 'import ensurepip, venv' 2>/dev/null; then
+    # Debian splits venv/ensurepip into python3-venv.
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >&2
+fi
 "$py" -m venv "$venv" >&2
 "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$VERSION" >&2
 "$venv/bin/schemathesis" --version >&2
