@@ -244,3 +244,46 @@ fn state_check_catches_a_rejection_that_changes_state() {
         },
     );
 }
+
+/// Every path `api::router()` routes is in `docs/openapi.yaml`, and every path there is
+/// routed: a route added without its contract fails here (document it in openapi.yaml
+/// and docs/api.md). A source scan: it needs no daemon.
+#[test]
+fn openapi_documents_every_routed_path() {
+    let src = std::fs::read_to_string(repo().join("engine/src/api.rs")).unwrap();
+    let mut routed: Vec<String> = Vec::new();
+    for (at, _) in src.match_indices(".route(") {
+        let rest = &src[at + ".route(".len()..];
+        let start = rest.find('"').expect("a quoted path after .route(");
+        let end = rest[start + 1..]
+            .find('"')
+            .expect("the path's closing quote");
+        routed.push(rest[start + 1..start + 1 + end].to_string());
+    }
+    assert!(
+        routed.len() >= 10,
+        "found only {routed:?} in engine/src/api.rs"
+    );
+    let spec = std::fs::read_to_string(repo().join("docs/openapi.yaml")).unwrap();
+    let mut in_paths = false;
+    let mut documented: Vec<String> = Vec::new();
+    for line in spec.lines() {
+        if line == "paths:" {
+            in_paths = true;
+            continue;
+        }
+        if in_paths && !line.starts_with(' ') && !line.is_empty() {
+            break;
+        }
+        if let Some(p) = line.strip_prefix("  /").and_then(|p| p.strip_suffix(':')) {
+            documented.push(format!("/{p}"));
+        }
+    }
+    routed.sort();
+    documented.sort();
+    assert_eq!(
+        routed, documented,
+        "engine/src/api.rs router() and docs/openapi.yaml `paths` differ: document each \
+         route (request, answers, errors) in docs/openapi.yaml and docs/api.md"
+    );
+}
