@@ -1652,3 +1652,56 @@ async fn contract_findings_are_refused_before_the_kernel_sees_them() {
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
 }
+
+/// More of what the contract probes found: an `IPRange` of only the subnet's network
+/// or broadcast address made the first connect panic in IPAM (500 "task panicked");
+/// an MTU above a tap's 65521 made every connect 500 (EINVAL).
+#[tokio::test]
+async fn contract_findings_ranges_and_mtu() {
+    let h = harness();
+    h.sandbox("sb1").await;
+    let before = state(&h).await;
+    for (subnet, range) in [
+        ("10.30.0.0/24", "10.30.0.0/32"),
+        ("10.31.0.0/24", "10.31.0.255/32"),
+        ("10.32.0.0/30", "10.32.0.3/32"),
+    ] {
+        let body = format!(
+            r#"{{"Name":"r","IPAM":{{"Config":[{{"Subnet":"{subnet}","IPRange":"{range}"}}]}}}}"#
+        );
+        let (s, v) = h.post("/networks/create", &body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{range}: {v}");
+        assert!(
+            message(&v).contains(&format!(
+                "{range} holds only the network or broadcast address"
+            )),
+            "{range}: {v}"
+        );
+    }
+    let (s, v) = h
+        .post(
+            "/networks/create",
+            r#"{"Name":"m","Options":{"com.docker.network.driver.mtu":"65522"},"IPAM":{"Config":[{"Subnet":"10.33.0.0/24"}]}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(message(&v).contains("between 68 and 65521"), "{v}");
+    assert_eq!(
+        state(&h).await,
+        before,
+        "a refused create changed something"
+    );
+    // A one-address range that is a host address works, and the connect gets it.
+    create(
+        &h,
+        r#"{"Name":"one","Options":{"com.docker.network.driver.mtu":"65521"},
+            "IPAM":{"Config":[{"Subnet":"10.34.0.0/24","IPRange":"10.34.0.77/32"}]}}"#,
+    )
+    .await;
+    let (s, v) = h
+        .post("/networks/one/connect", r#"{"Container":"sb1"}"#)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, v) = h.get("/sandboxes/sb1").await;
+    assert_eq!(v["Endpoints"]["one"]["IPv4Address"], "10.34.0.77/24");
+}
