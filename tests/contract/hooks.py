@@ -17,7 +17,9 @@ snapshots.
 * Bias: about half of the generated path ids name an object that exists (the
   fixtures and the pre-defined networks) and half of the connect/disconnect bodies
   name the fixture sandbox, so generated bodies reach the controller's validation
-  rather than stopping at 404.
+  rather than stopping at 404; connects also try MACs the network already has, and
+  network creates the kernel's and IPAM's boundaries (MTUs around 1280 and 65521
+  with and without IPv6, one-address IP ranges at the network/broadcast address).
 """
 
 import http.client
@@ -36,9 +38,11 @@ FIXTURE_PEER = "contract-peer"
 PEER_MAC = "02:42:0a:d5:00:63"
 # The gateway's MAC on FIXTURE_NET (02:42 + 10.213.0.1).
 GATEWAY_MAC = "02:42:0a:d5:00:01"
+# Connected by `accepted_network_takes_an_endpoint` only (never a generated target).
+FIXTURE_PROBE = "contract-probe"
 NETWORK_IDS = ["bridge", "none", "host", FIXTURE_NET]
 SANDBOX_IDS = [FIXTURE_SANDBOX, FIXTURE_PEER]
-FIXTURE_SANDBOXES = {FIXTURE_SANDBOX, FIXTURE_PEER}
+FIXTURE_SANDBOXES = {FIXTURE_SANDBOX, FIXTURE_PEER, FIXTURE_PROBE}
 PREDEFINED = {"bridge", "none", "host"}
 # Generated objects kept at most (the oldest beyond this are removed between calls).
 KEEP_NETWORKS = 6
@@ -247,6 +251,32 @@ def rejected_request_changes_nothing(ctx, response, case):
     return None
 
 
+@schemathesis.check
+def accepted_network_takes_an_endpoint(ctx, response, case):
+    """A network the API created (201) can take an endpoint: connecting the probe
+    sandbox answers 200 (then it is disconnected) or a 4xx, never a 5xx; the one
+    server-side answer allowed is 503 `no free address` (a range that holds only the
+    gateway, as dockerd)."""
+    if case.operation.path != "/networks/create" or response.status_code != 201:
+        return None
+    try:
+        nid = response.json()["Id"]
+    except Exception as e:  # noqa: BLE001 - a 201 without an id is a finding too
+        raise AssertionError(f"201 without an Id: {response.text[:200]}") from e
+    for other in ("none", "host"):
+        api("POST", f"/networks/{other}/disconnect", {"Container": FIXTURE_PROBE, "Force": True})
+    status, body = api("POST", f"/networks/{nid}/connect", {"Container": FIXTURE_PROBE})
+    if status == 200:
+        api("POST", f"/networks/{nid}/disconnect", {"Container": FIXTURE_PROBE, "Force": True})
+    message = (body or {}).get("message", "") if isinstance(body, dict) else ""
+    if status >= 500 and not (status == 503 and "no free address" in message):
+        raise AssertionError(
+            f"network {nid} was created ({case.body!r}) but connecting a sandbox to it "
+            f"answered {status}: {message}"
+        )
+    return None
+
+
 def _op(context):
     op = context.operation
     if op is None:
@@ -263,7 +293,11 @@ def _existing(kind, i, fixed):
         names = [o["Name"] for o in _get(f"/{kind}")]
     except AssertionError:
         names = []
-    generated = [n for n in reversed(names) if n not in fixed and n not in PREDEFINED]
+    generated = [
+        n
+        for n in reversed(names)
+        if n not in fixed and n not in PREDEFINED and n not in FIXTURE_SANDBOXES
+    ]
     if not generated and kind == "networks":
         # Prune (tested before) leaves none: make one, so a DELETE can succeed.
         _SPARE[0] += 1
@@ -300,5 +334,26 @@ def flatmap_body(context, body):
             # MACs the network already has: the peer's and the gateway's (409 each).
             for mac in (PEER_MAC, GATEWAY_MAC, PEER_MAC.upper()):
                 choices.append({**ours, "EndpointConfig": {**cfg, "MacAddress": mac}})
+        return st.sampled_from(choices)
+    if method == "POST" and path == "/networks/create" and isinstance(body, dict):
+        # The kernel's and IPAM's boundaries, which random strings seldom reach: MTUs
+        # around IPv6's 1280 and a tap's 65521, and one-address IP ranges at the
+        # subnet's network and broadcast addresses.
+        choices = [body]
+        opts = body.get("Options") if isinstance(body.get("Options"), dict) else {}
+        for mtu in ("68", "1279", "1280", "65521", "65522"):
+            for v6 in (False, True):
+                b = {**body, "Options": {**opts, "com.docker.network.driver.mtu": mtu}}
+                if v6:
+                    b["EnableIPv6"] = True
+                    b["IPAM"] = {"Config": [{"Subnet": "10.241.0.0/24"}, {"Subnet": "fd00:241::/64"}]}
+                choices.append(b)
+        for subnet, ip_range in (
+            ("10.242.0.0/24", "10.242.0.0/32"),
+            ("10.242.0.0/24", "10.242.0.255/32"),
+            ("10.242.0.0/30", "10.242.0.2/31"),
+            ("10.242.0.0/24", "10.242.0.77/32"),
+        ):
+            choices.append({**body, "IPAM": {"Config": [{"Subnet": subnet, "IPRange": ip_range}]}})
         return st.sampled_from(choices)
     return st.just(body)

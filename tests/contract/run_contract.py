@@ -9,7 +9,7 @@ loopback TCP port (127.0.0.1, ephemeral, inside the test's network namespace) to
 socket, then runs schemathesis twice: once on the versioned paths (`/v1.47`, what the
 docker CLI sends) with every phase but stateful, once on the unversioned paths with
 fewer examples. Checks: `not_a_server_error` and hooks.py's
-`rejected_request_changes_nothing`. `GET /events` (a stream that never ends by itself)
+`rejected_request_changes_nothing` and `accepted_network_takes_an_endpoint`. `GET /events` (a stream that never ends by itself)
 and `HEAD /_ping` are left out. Exit status: 0 when both runs found nothing.
 """
 
@@ -84,7 +84,7 @@ def schemathesis(args, base_url, examples, phases, report_name, extra=(), env_ex
         "--url",
         base_url,
         "--checks",
-        "not_a_server_error,rejected_request_changes_nothing",
+        "not_a_server_error,rejected_request_changes_nothing,accepted_network_takes_an_endpoint",
         "--workers",
         "1",
         "--max-examples",

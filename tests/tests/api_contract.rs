@@ -7,9 +7,10 @@
 //! outer half of each test, before the test's network namespace exists.
 //! `tests/contract/run_contract.py` forwards a loopback TCP port in the namespace to
 //! the daemon's unix socket and runs schemathesis with the checks
-//! `not_a_server_error` and `rejected_request_changes_nothing`
+//! `not_a_server_error`, `rejected_request_changes_nothing`
 //! (`tests/contract/hooks.py`: `GET /networks` and `GET /sandboxes` before and after
-//! every 4xx must be equal). Any finding fails the test with schemathesis's report
+//! every 4xx must be equal) and `accepted_network_takes_an_endpoint` (a created
+//! network takes a connect without a 5xx). Any finding fails the test with schemathesis's report
 //! (each with a `curl` line to reproduce it). `TAPNET_CONTRACT_EXAMPLES` and
 //! `TAPNET_CONTRACT_SEED` change the run's size and seed (defaults: 100, 10).
 
