@@ -42,3 +42,9 @@ cargo build --workspace --bins
 cargo test --workspace
 # The benchmarks compile and run one iteration each (figures: docs/benchmarks.md).
 cargo bench -p tapnet-benches --bench switch_decide -- --test
+# tests/tests/api_contract.rs (run by `cargo test` above) runs schemathesis from PyPI
+# against a live tapnetd; tests/contract/setup.sh makes its virtualenv once under
+# ~/.cache/tapnet (python3-venv from apt if missing; the test itself calls it first).
+# Calling it here too keeps a machine that ran this script able to run the contract
+# test offline later. Details: docs/testing.md, "API contract".
+bash tests/contract/setup.sh >/dev/null

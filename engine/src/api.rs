@@ -435,7 +435,7 @@ pub fn connect_request(body: ConnectBody) -> ApiResult<(String, ConnectOptions)>
         tapnet_sandbox::iface::validate_ifname(v).map_err(|_| {
             ApiError::bad_request(format!(
                 "invalid {IFNAME_OPTION} {v:?}: give a Linux interface name of 1 to 15 bytes \
-                 without '/', ':' or whitespace, not \".\" or \"..\""
+                 without '/', ':', '%' or whitespace, not \".\", \"..\", \"all\" or \"default\""
             ))
         })?;
         opts.ifname = Some(v.clone());
@@ -451,6 +451,25 @@ pub fn connect_request(body: ConnectBody) -> ApiResult<(String, ConnectOptions)>
             .map_err(|why| ApiError::bad_request(format!("{why} (in Aliases)")))?;
     }
     Ok((body.container, opts))
+}
+
+/// Published ports listen on a host address: a multicast or broadcast `HostIp` can
+/// take no connection (Linux even lets a TCP socket bind one), so it is refused.
+pub fn check_host_ips(bindings: &[tapnet_types::ports::PortBinding]) -> ApiResult<()> {
+    for b in bindings {
+        let why = match b.host_ip {
+            IpAddr::V4(a) if a.is_broadcast() => "the broadcast address",
+            a if a.is_multicast() => "a multicast address",
+            _ => continue,
+        };
+        return Err(ApiError::bad_request(format!(
+            "invalid port binding {:?}: HostIp {} is {why}: give a unicast address of this \
+             host, or leave HostIp empty for all addresses",
+            b.key(),
+            b.host_ip
+        )));
+    }
+    Ok(())
 }
 
 /// A `LinkLocalIPs` entry: an IPv4 address in 169.254.0.0/16 (not its network or
@@ -1064,6 +1083,7 @@ async fn sandbox_create(
         Some(m) => crate::ports::parse_port_bindings(m)?,
         None => Vec::new(),
     };
+    check_host_ips(&bindings)?;
     let id = ctl.create_sandbox_with(body.name, path, bindings).await?;
     Ok((StatusCode::CREATED, Json(CreateSandboxResponse { id })).into_response())
 }

@@ -409,6 +409,11 @@ impl SubnetAllocator {
             _ => self.pool.subnet,
         };
         let (lo, hi) = self.host_bounds(&within);
+        if lo > hi {
+            // A range of only the subnet's network or broadcast address (refused on
+            // create; a pool recorded before that was refused has nothing to give).
+            return Err(IpamError::Exhausted { subnet: within });
+        }
         let mut candidate = lo;
         for &a in self.used.range(lo..=hi) {
             if a == candidate {
@@ -527,6 +532,21 @@ impl Ipam for DefaultIpam {
             if range.trunc() != range || !subnet.contains(&range) {
                 return Err(IpamError::InvalidRange(format!(
                     "{range} must be a subnet inside {subnet}"
+                )));
+            }
+            // Only the subnet's network address, or (IPv4) its broadcast address: no
+            // address in it can be handed out.
+            let first = to_u128(subnet.network()) + 1;
+            let last = match subnet {
+                IpNet::V4(_) => to_u128(subnet.broadcast()).saturating_sub(1),
+                IpNet::V6(_) => to_u128(subnet.broadcast()),
+            };
+            let only_reserved =
+                to_u128(range.network()).max(first) > to_u128(range.broadcast()).min(last);
+            if only_reserved {
+                return Err(IpamError::InvalidRange(format!(
+                    "{range} holds only the network or broadcast address of {subnet}: no \
+                     address in it can be handed out; give a larger range"
                 )));
             }
         }

@@ -26,7 +26,8 @@
 //! * [`configure`] is the same configuration on a link of the current thread's
 //!   namespace through an open [`Handle`]; [`crate::tap::Tap::create`] uses it, so
 //!   there is one implementation of "configure an interface".
-//! * Interface names: [`validate_ifname`] checks a name as the kernel does;
+//! * Interface names: [`validate_ifname`] checks a name as the kernel does (and
+//!   refuses `%` templates, `all` and `default`);
 //!   [`next_free_name`] gives the first free `prefixN`.
 
 use crate::netlink::{Handle, Link, Route};
@@ -181,15 +182,20 @@ impl Applied {
     }
 }
 
-/// Check an interface name the way the kernel's `dev_valid_name` does.
+/// Check an interface name the way the kernel's `dev_valid_name` does, and refuse
+/// the names it does not take literally: one with `%` is a template the kernel fills
+/// in (`a%d` becomes `a0`), and `all` and `default` (the names of
+/// `/proc/sys/net/*/conf/all` and `default`) are refused with EINVAL.
 pub fn validate_ifname(name: &str) -> Result<()> {
     let bad = name.is_empty()
         || name.len() >= libc::IFNAMSIZ
         || name == "."
         || name == ".."
+        || name == "all"
+        || name == "default"
         || name
             .bytes()
-            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace());
+            .any(|b| b == b'/' || b == b':' || b == b'%' || b == 0 || b.is_ascii_whitespace());
     if bad {
         Err(Error::Invalid(format!("invalid interface name {name:?}")))
     } else {
@@ -513,6 +519,11 @@ mod tests {
         assert!(validate_ifname("a b").is_err());
         assert!(validate_ifname("..").is_err());
         assert!(validate_ifname("a:1").is_err());
+        // Not taken literally by the kernel.
+        assert!(validate_ifname("a%d").is_err());
+        assert!(validate_ifname("all").is_err());
+        assert!(validate_ifname("default").is_err());
+        assert!(validate_ifname("all0").is_ok());
     }
 
     #[test]

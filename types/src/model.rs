@@ -259,12 +259,17 @@ pub fn parse_bool_option(name: &str, v: &str) -> Result<bool> {
     }
 }
 
-/// Parse and check an MTU option value.
+/// The largest MTU an endpoint's tap takes: the kernel's 65535 less the 14-byte
+/// Ethernet header (`tun`'s `max_mtu`); a larger one fails every connect with EINVAL.
+pub const MAX_MTU: u32 = 65_521;
+
+/// Parse and check an MTU option value (68 to [`MAX_MTU`]).
 pub fn parse_mtu(v: &str) -> Result<u32> {
     match v.trim().parse::<u32>() {
-        Ok(m) if (68..=65_535).contains(&m) => Ok(m),
+        Ok(m) if (68..=MAX_MTU).contains(&m) => Ok(m),
         _ => Err(Error::Invalid(format!(
-            "invalid {MTU_OPTION} {v:?}: give a number between 68 and 65535"
+            "invalid {MTU_OPTION} {v:?}: give a number between 68 and {MAX_MTU} \
+             (the largest MTU of a tap device)"
         ))),
     }
 }
@@ -405,8 +410,11 @@ mod tests {
         assert_eq!(parse_mtu(" 1450 ").unwrap(), 1450);
         assert_eq!(
             parse_mtu("10").unwrap_err().to_string(),
-            "invalid com.docker.network.driver.mtu \"10\": give a number between 68 and 65535"
+            "invalid com.docker.network.driver.mtu \"10\": give a number between 68 and 65521 \
+             (the largest MTU of a tap device)"
         );
+        assert_eq!(parse_mtu("65521").unwrap(), 65521);
+        assert!(parse_mtu("65522").is_err());
         assert!(parse_bool_option("x", "T").unwrap());
         assert!(!parse_bool_option("x", "0").unwrap());
         assert_eq!(

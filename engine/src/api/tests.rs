@@ -1555,3 +1555,153 @@ async fn events_query_is_checked_before_streaming() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {v}");
     }
 }
+
+/// What the API contract run and its probes found (docs/testing.md, "API contract"):
+/// each of these reached the kernel and came back as a 500 (or was accepted and could
+/// never work); now each is a 400 that names the field, before anything is made.
+#[tokio::test]
+async fn contract_findings_are_refused_before_the_kernel_sees_them() {
+    let h = harness();
+    let nid = h.net1().await;
+    h.sandbox("sb1").await;
+    let before = state(&h).await;
+    let ifname = IFNAME_OPTION;
+    // Interface names the kernel does not take literally: EINVAL for `all` and
+    // `default` (was 500), `a%d` renamed to `a0` (was recorded as `a%d`).
+    for name in ["all", "default", "a%d", "%d"] {
+        let body = format!(
+            r#"{{"Container":"sb1","EndpointConfig":{{"DriverOpts":{{"{ifname}":"{name}"}}}}}}"#
+        );
+        let (s, v) = h.post(&format!("/networks/{nid}/connect"), &body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{name}: {v}");
+        assert!(
+            message(&v).contains(&format!("invalid {ifname} \"{name}\"")),
+            "{name}: {v}"
+        );
+    }
+    // IPv6 on an MTU under 1280: the kernel refuses the address (was 500 on connect).
+    let (s, v) = h
+        .post(
+            "/networks/create",
+            r#"{"Name":"v6small","EnableIPv6":true,"Options":{"com.docker.network.driver.mtu":"1279"},
+               "IPAM":{"Config":[{"Subnet":"10.20.0.0/24"},{"Subnet":"fd00:20::/64"}]}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        message(&v).contains("com.docker.network.driver.mtu 1279 is too small for IPv6"),
+        "{v}"
+    );
+    // Published ports on a multicast or broadcast host address (was accepted, then
+    // "bound" to an address that takes no connection).
+    for ip in ["224.0.0.1", "255.255.255.255", "ff02::1"] {
+        let body = format!(
+            r#"{{"Name":"pub","PortBindings":{{"80/tcp":[{{"HostIp":"{ip}","HostPort":"8080"}}]}}}}"#
+        );
+        let (s, v) = h.post("/sandboxes", &body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{ip}: {v}");
+        assert!(
+            message(&v).contains(&format!("HostIp {ip} is ")),
+            "{ip}: {v}"
+        );
+    }
+    assert_eq!(
+        state(&h).await,
+        before,
+        "a refused request changed something"
+    );
+
+    // The boundaries are accepted: MTU 1280 with IPv6, an IPv4 link-local address on
+    // a small-MTU network, an ordinary interface name.
+    create(
+        &h,
+        r#"{"Name":"v6ok","EnableIPv6":true,"Options":{"com.docker.network.driver.mtu":"1280"},
+            "IPAM":{"Config":[{"Subnet":"10.21.0.0/24"},{"Subnet":"fd00:21::/64"}]}}"#,
+    )
+    .await;
+    create(
+        &h,
+        r#"{"Name":"small","Options":{"com.docker.network.driver.mtu":"576"},
+            "IPAM":{"Config":[{"Subnet":"10.22.0.0/24"}]}}"#,
+    )
+    .await;
+    let before = state(&h).await;
+    let (s, v) = h
+        .post(
+            "/networks/small/connect",
+            r#"{"Container":"sb1","EndpointConfig":{"IPAMConfig":{"LinkLocalIPs":["fe80::5"]}}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        message(&v).contains("LinkLocalIPs has the IPv6 address fe80::5"),
+        "{v}"
+    );
+    assert_eq!(
+        state(&h).await,
+        before,
+        "a refused connect changed something"
+    );
+    let (s, v) = h
+        .post(
+            "/networks/small/connect",
+            &format!(
+                r#"{{"Container":"sb1","EndpointConfig":{{"IPAMConfig":{{"LinkLocalIPs":["169.254.7.7"]}},"DriverOpts":{{"{ifname}":"all0"}}}}}}"#
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+/// More of what the contract probes found: an `IPRange` of only the subnet's network
+/// or broadcast address made the first connect panic in IPAM (500 "task panicked");
+/// an MTU above a tap's 65521 made every connect 500 (EINVAL).
+#[tokio::test]
+async fn contract_findings_ranges_and_mtu() {
+    let h = harness();
+    h.sandbox("sb1").await;
+    let before = state(&h).await;
+    for (subnet, range) in [
+        ("10.30.0.0/24", "10.30.0.0/32"),
+        ("10.31.0.0/24", "10.31.0.255/32"),
+        ("10.32.0.0/30", "10.32.0.3/32"),
+    ] {
+        let body = format!(
+            r#"{{"Name":"r","IPAM":{{"Config":[{{"Subnet":"{subnet}","IPRange":"{range}"}}]}}}}"#
+        );
+        let (s, v) = h.post("/networks/create", &body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{range}: {v}");
+        assert!(
+            message(&v).contains(&format!(
+                "{range} holds only the network or broadcast address"
+            )),
+            "{range}: {v}"
+        );
+    }
+    let (s, v) = h
+        .post(
+            "/networks/create",
+            r#"{"Name":"m","Options":{"com.docker.network.driver.mtu":"65522"},"IPAM":{"Config":[{"Subnet":"10.33.0.0/24"}]}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(message(&v).contains("between 68 and 65521"), "{v}");
+    assert_eq!(
+        state(&h).await,
+        before,
+        "a refused create changed something"
+    );
+    // A one-address range that is a host address works, and the connect gets it.
+    create(
+        &h,
+        r#"{"Name":"one","Options":{"com.docker.network.driver.mtu":"65521"},
+            "IPAM":{"Config":[{"Subnet":"10.34.0.0/24","IPRange":"10.34.0.77/32"}]}}"#,
+    )
+    .await;
+    let (s, v) = h
+        .post("/networks/one/connect", r#"{"Container":"sb1"}"#)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, v) = h.get("/sandboxes/sb1").await;
+    assert_eq!(v["Endpoints"]["one"]["IPv4Address"], "10.34.0.77/24");
+}

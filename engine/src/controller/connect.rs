@@ -3,6 +3,7 @@
 //! Steps, under the locks of the network and the sandbox: resolve and validate
 //! (a configuration network: 403; already connected, `host`/`none` exclusivity,
 //! static addresses, MAC, interface name and link-local addresses against the driver,
+//! no IPv6 address on a network whose MTU is under 1280,
 //! aliases by [`tapnet_types::model::check_aliases`]: 400; MAC and link-local
 //! addresses unique on the network and the MAC not the gateway's `02:42:<gateway>`,
 //! an asked-for interface name free in the sandbox, the sandbox's namespace still
@@ -140,6 +141,7 @@ impl Inner {
                 super::IFNAME_OPTION
             )));
         }
+        check_ipv6_mtu(&net, &opts.link_local_ips)?;
         for ip in &opts.link_local_ips {
             if let Some(e) = net
                 .endpoints
@@ -558,4 +560,31 @@ pub(super) fn default_mac(
             return Some(mac);
         }
     }
+}
+
+/// IPv6 addresses (the network's, or IPv6 `LinkLocalIPs`) need an MTU of at least
+/// 1280: the kernel refuses them on a smaller link, so such a connect is a 400 (a
+/// network stored before its create refused the pair keeps answering so).
+fn check_ipv6_mtu(net: &Network, link_local_ips: &[IpAddr]) -> Result<()> {
+    let Some(v) = net.options.get(model::MTU_OPTION) else {
+        return Ok(());
+    };
+    let mtu = model::parse_mtu(v)?;
+    if mtu >= super::network_create::IPV6_MIN_MTU {
+        return Ok(());
+    }
+    let what = if net.ipv6.is_some() {
+        "the network has IPv6".to_string()
+    } else if let Some(ip) = link_local_ips.iter().find(|ip| ip.is_ipv6()) {
+        format!("LinkLocalIPs has the IPv6 address {ip}")
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidRequest(format!(
+        "network {} has {} {mtu}, too small for IPv6 (at least {}), and {what}: \
+         give IPv4 link-local addresses only, or use a network with a larger MTU",
+        net.name,
+        model::MTU_OPTION,
+        super::network_create::IPV6_MIN_MTU
+    )))
 }

@@ -4,8 +4,8 @@
 //! takes its configuration network's settings first, dockerd's rules and messages;
 //! driver and IPAM driver known, `Scope` the driver's own, single-instance drivers
 //! (configuration networks do not count), IPv6 and IPAM config consistent with the
-//! driver, driver options; subnets, ranges, gateways and auxiliary addresses not
-//! multicast, loopback, unspecified, link-local or reserved: 400) → reserve the pools, gateways and auxiliary addresses (undo:
+//! driver, driver options, no MTU under 1280 with IPv6; subnets, ranges, gateways and
+//! auxiliary addresses not multicast, loopback, unspecified, link-local or reserved: 400) → reserve the pools, gateways and auxiliary addresses (undo:
 //! release) → a global network (see `global`) claims its name and VNI in the cluster
 //! store (undo: free them) → the driver's data plane (undo: `delete_network`) → commit
 //! the record (a global network's to the cluster store) → publish. A configuration
@@ -122,6 +122,7 @@ impl Inner {
             ));
         }
         driver.validate_options(&req.options)?;
+        check_ipv6_mtu(&req)?;
         self.check_encryption(driver_name, &req.options)?;
         let network = Network {
             id: id.unwrap_or_else(model::new_id),
@@ -362,6 +363,31 @@ fn apply_config_network(req: &mut NetworkCreate, store: &Store, from: &str) -> R
     });
     req.options = cfg.options.clone();
     req.labels = cfg.labels.clone();
+    Ok(())
+}
+
+/// The smallest MTU IPv6 runs on (RFC 8200 section 5); the kernel refuses IPv6
+/// addresses on a smaller link.
+pub(super) const IPV6_MIN_MTU: u32 = 1280;
+
+/// An IPv6 network (`EnableIPv6`) with `com.docker.network.driver.mtu` below
+/// [`IPV6_MIN_MTU`] could connect nothing (400).
+fn check_ipv6_mtu(req: &NetworkCreate) -> Result<()> {
+    let Some(v) = req
+        .options
+        .get(model::MTU_OPTION)
+        .filter(|_| req.enable_ipv6)
+    else {
+        return Ok(());
+    };
+    let mtu = model::parse_mtu(v)?;
+    if mtu < IPV6_MIN_MTU {
+        return Err(Error::InvalidRequest(format!(
+            "{} {mtu} is too small for IPv6 (EnableIPv6): IPv6 needs an MTU of at least \
+             {IPV6_MIN_MTU}; raise the MTU or leave IPv6 off",
+            model::MTU_OPTION
+        )));
+    }
     Ok(())
 }
 

@@ -29,7 +29,8 @@
 //!   with `ip link add link eth0 name eth0.10 type vlan id 10`).
 //! * [`MODE_OPTION`] `macvlan_mode`: only `bridge` (the default); `vepa`, `private`,
 //!   `passthru` and anything else are refused by name.
-//! * `com.docker.network.driver.mtu`: the endpoints' MTU (default: the parent's).
+//! * `com.docker.network.driver.mtu`: the endpoints' MTU (default: the parent's, at
+//!   most a tap's largest, 65521).
 //! * `com.tapnet.port_security`, as on bridge networks.
 //!
 //! `--internal`: no uplink at all (endpoints reach only each other; no default
@@ -334,7 +335,8 @@ impl Driver for MacvlanDriver {
         };
         let mtu = match network.options.get(MTU_OPTION) {
             Some(v) => crate::model::parse_mtu(v)?,
-            None => parent_mtu.unwrap_or(1500),
+            // A tap takes at most MAX_MTU (a loopback parent has 65536).
+            None => parent_mtu.unwrap_or(1500).min(tapnet_types::model::MAX_MTU),
         };
         let uplink: Option<Box<dyn FrameIo>> = match &parent {
             Some(p) => {
