@@ -62,7 +62,7 @@ fn unescape(f: &str) -> String {
     f.replace("\\t", "\t").replace("\\n", "\n")
 }
 
-/// A template error as docker prints one (`template: ...`).
+/// A template error as docker prints one (`template parsing error: ...`).
 #[derive(Debug)]
 pub struct FormatError(pub String);
 
@@ -74,8 +74,15 @@ impl std::fmt::Display for FormatError {
 
 impl std::error::Error for FormatError {}
 
+/// Docker's words for any template failure: `template parsing error: template: ...`.
 fn template_error(e: TemplateError) -> anyhow::Error {
-    FormatError(format!("template: {e}")).into()
+    let msg = e.to_string();
+    let msg = if msg.starts_with("template:") {
+        msg
+    } else {
+        format!("template: {msg}")
+    };
+    FormatError(format!("template parsing error: {msg}")).into()
 }
 
 /// Render rows: each row an object of docker's keys; `header` gives the column title
@@ -447,13 +454,17 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        assert!(
-            bad("{{.Nope}}").starts_with("template: "),
-            "{}",
-            bad("{{.Nope}}")
+        let e = bad("{{.Nope}}");
+        assert_eq!(
+            e,
+            "template parsing error: template: map has no entry for key: Nope"
         );
-        assert!(bad("{{.Name").starts_with("template: "));
-        assert!(bad("{{nofunc .Name}}").starts_with("template: "));
+        let e = bad("{{.Name");
+        assert!(
+            e.starts_with("template parsing error: template: ") && e.contains("unclosed action"),
+            "{e}"
+        );
+        assert!(bad("{{nofunc .Name}}").contains("nofunc"));
     }
 
     #[test]

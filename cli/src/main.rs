@@ -28,6 +28,16 @@ fn main() -> ExitCode {
     let cli = match args::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::MissingSubcommand | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                if let Some(help) = commands::help_of_unfinished(std::env::args_os()) {
+                    print!("{help}");
+                    return ExitCode::SUCCESS;
+                }
+            }
             let _ = e.print();
             return ExitCode::from(commands::usage_exit(&e));
         }

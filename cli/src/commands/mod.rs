@@ -132,9 +132,38 @@ pub fn usage_exit(e: &clap::Error) -> u8 {
     }
 }
 
+/// The help of the command a line names but does not finish (`tapnet -H X`,
+/// `tapnet network`): docker prints it and exits 0. `None` if `args` do not parse
+/// that far.
+pub fn help_of_unfinished(args: impl IntoIterator<Item = std::ffi::OsString>) -> Option<String> {
+    use clap::CommandFactory;
+    fn relax(cmd: clap::Command) -> clap::Command {
+        let names: Vec<String> = cmd
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .collect();
+        let mut cmd = cmd.subcommand_required(false).arg_required_else_help(false);
+        for n in names {
+            cmd = cmd.mut_subcommand(n, relax);
+        }
+        cmd
+    }
+    let matches = relax(crate::args::Cli::command())
+        .try_get_matches_from(args)
+        .ok()?;
+    let mut cmd = crate::args::Cli::command();
+    cmd.build();
+    let mut m = &matches;
+    while let Some((name, sub)) = m.subcommand() {
+        cmd = cmd.find_subcommand(name)?.clone();
+        m = sub;
+    }
+    Some(cmd.render_help().to_string())
+}
+
 /// `GET {base}/{target}` for each target; print the found objects as a pretty JSON
-/// array (no `format`, or `json`) or `format` run on each (a Go template), and each
-/// failure to stderr. Fails with [`Exit`]`(1)` if any target failed.
+/// array (no `format`), a one-line JSON array (`json`, as docker's), or `format` run
+/// on each (a Go template), and each failure to stderr. Fails with [`Exit`]`(1)` if any target failed.
 pub async fn inspect_each(
     c: &Client,
     base: &str,
@@ -146,6 +175,7 @@ pub async fn inspect_each(
         None | Some("") | Some("json") => None,
         Some(f) => Some(inspect_template(f)?),
     };
+    let compact = format == Some("json");
     let mut found = Vec::with_capacity(targets.len());
     let mut failed = false;
     for t in targets {
@@ -159,6 +189,7 @@ pub async fn inspect_each(
         }
     }
     match &template {
+        None if compact => writeln!(o.out, "{}", serde_json::Value::Array(found))?,
         None => writeln!(o.out, "{}", pretty_json(&found))?,
         Some(t) => {
             for v in &found {
@@ -250,6 +281,26 @@ pub(crate) mod tests {
         assert_eq!(code(&["network", "ls", "--help"]), 0);
         assert_eq!(code(&["--version"]), 0);
         assert_eq!(code(&[]), 0);
+    }
+
+    #[test]
+    fn unfinished_lines_get_their_commands_help() {
+        let help = |a: &[&str]| {
+            help_of_unfinished(
+                std::iter::once("tapnet")
+                    .chain(a.iter().copied())
+                    .map(std::ffi::OsString::from),
+            )
+        };
+        let h = help(&["-H", "unix:///x"]).unwrap();
+        assert!(h.contains("Usage: tapnet [OPTIONS] <COMMAND>"), "{h}");
+        let h = help(&["-H", "unix:///x", "network"]).unwrap();
+        assert!(
+            h.contains("Usage: tapnet network [OPTIONS] <COMMAND>"),
+            "{h}"
+        );
+        assert!(h.contains("connect"), "{h}");
+        assert!(help(&["network", "--bogus"]).is_none());
     }
 
     #[test]

@@ -901,6 +901,34 @@ b
     }
 
     #[test]
+    fn inspect_json_and_templates() {
+        rt().block_on(async {
+            let obj = r#"{"Name":"a","Id":"1","IPAM":{"Config":[{"Subnet":"10.0.0.0/24"}]}}"#;
+            let d = fake_daemon(vec![(200, obj), (200, obj), (200, r#"{"Name":"b"}"#)]);
+            let mut cap = Captured::default();
+            run(&d.client, cmd(&["inspect", "--format", "json", "a"]), &mut cap.term())
+                .await
+                .unwrap();
+            assert_eq!(
+                cap.out(),
+                "[{\"IPAM\":{\"Config\":[{\"Subnet\":\"10.0.0.0/24\"}]},\"Id\":\"1\",\"Name\":\"a\"}]\n"
+            );
+            let mut cap = Captured::default();
+            let f = "{{.Name}}: {{range .IPAM.Config}}{{.Subnet}}{{end}}";
+            run(&d.client, cmd(&["inspect", "-f", f, "a", "b"]), &mut cap.term())
+                .await
+                .unwrap();
+            assert_eq!(cap.out(), "a: 10.0.0.0/24\nb: \n");
+            // A template that does not parse: nothing asked, docker's message.
+            let e = run(&d.client, cmd(&["inspect", "-f", "{{.Name", "a"]), &mut cap.term())
+                .await
+                .unwrap_err();
+            assert!(e.to_string().starts_with("template parsing error: "), "{e}");
+            assert_eq!(d.seen.lock().unwrap().len(), 3);
+        });
+    }
+
+    #[test]
     fn daemon_error_on_single_target_command_is_an_error() {
         rt().block_on(async {
             let d = fake_daemon(vec![(404, r#"{"message":"network nope not found"}"#)]);
