@@ -473,7 +473,7 @@ pub struct RunArgs {
     /// background).
     #[arg(long, hide = true, value_name = "SANDBOX")]
     pub in_sandbox: Option<String>,
-    /// The command and its arguments (a command that starts with `-` after `--`).
+    /// The command and its arguments (after `--` if the command starts with `-`).
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub cmd: Vec<String>,
 }
@@ -647,6 +647,71 @@ mod tests {
     #[test]
     fn clap_definition_is_valid() {
         Cli::command().debug_assert();
+    }
+
+    /// docs/cli.md has a section for every command, and it names each of the
+    /// command's flags: the help and the documentation describe the same CLI.
+    #[test]
+    fn docs_cover_every_command_and_flag() {
+        const DOC: &str = include_str!("../../docs/cli.md");
+        fn section(path: &str) -> Option<&'static str> {
+            let token = format!("`{path}`");
+            let start = DOC.match_indices(&token).map(|(i, _)| i).find(|&i| {
+                DOC[..i]
+                    .rsplit('\n')
+                    .next()
+                    .is_some_and(|l| l.starts_with('#'))
+            })?;
+            let body = &DOC[start..];
+            let end = body.find("\n#").unwrap_or(body.len());
+            Some(&body[..end])
+        }
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let subs: Vec<&clap::Command> = cmd
+                .get_subcommands()
+                .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+                .collect();
+            if subs.is_empty() {
+                let Some(text) = section(path) else {
+                    missing.push(format!("no section for `{path}`"));
+                    return;
+                };
+                for a in cmd.get_arguments() {
+                    let Some(long) = a.get_long() else { continue };
+                    if a.is_hide_set() || a.is_global_set() || ["help", "version"].contains(&long) {
+                        continue;
+                    }
+                    if !text.contains(&format!("--{long}")) {
+                        missing.push(format!("`{path}` section lacks --{long}"));
+                    }
+                }
+            }
+            for s in subs {
+                let p = if path.is_empty() {
+                    s.get_name().to_string()
+                } else {
+                    format!("{path} {}", s.get_name())
+                };
+                walk(s, &p, missing);
+            }
+        }
+        // Sections end at the next heading: a flag of one command does not count for
+        // another.
+        let rm = section("sandbox rm").unwrap_or_default();
+        assert!(rm.contains("--force") && !rm.contains("--format"), "{rm}");
+        assert!(!section("network prune")
+            .unwrap_or_default()
+            .contains("--mac-address"));
+        assert!(section("nosuch").is_none());
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "docs/cli.md is behind the CLI:\n{}",
+            missing.join("\n")
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    // `COMPLETE=bash tapnet -- ...` is a shell asking for completions.
+    // `TAPNET_COMPLETE=bash tapnet -- ...` is a shell asking for completions.
     commands::completion::complete_if_asked();
     let cli = match args::Cli::try_parse() {
         Ok(cli) => cli,

@@ -1,6 +1,6 @@
 //! Shell completion: `tapnet completion bash|zsh|fish` prints a script that
 //! registers `tapnet` itself as the completer (clap_complete's dynamic completion,
-//! `CompleteEnv`): on TAB the shell runs `COMPLETE=<shell> tapnet -- <words>`, which
+//! `CompleteEnv`): on TAB the shell runs `TAPNET_COMPLETE=<shell> tapnet -- <words>`, which
 //! completes subcommands and flags from the clap definition and network and sandbox
 //! names by asking the daemon (`GET /networks`, `GET /sandboxes`), at the socket
 //! given by `-H` on the line being completed, else `TAPNET_HOST`, else the default.
@@ -17,9 +17,9 @@ use std::time::Duration;
 use tapnet_types::api::{NetworkResource, SandboxResource};
 
 /// The environment variable that makes `tapnet` answer a completion request.
-pub const COMPLETE_VAR: &str = "COMPLETE";
+pub const COMPLETE_VAR: &str = "TAPNET_COMPLETE";
 
-/// Answer a completion request and exit, if this process is one (`COMPLETE` set).
+/// Answer a completion request and exit, if this process is one (`TAPNET_COMPLETE` set).
 pub fn complete_if_asked() {
     clap_complete::CompleteEnv::with_factory(Cli::command)
         .var(COMPLETE_VAR)
@@ -139,18 +139,18 @@ mod tests {
             "{s}"
         );
         assert!(
-            s.contains("COMPLETE=\"bash\"") && s.contains("/usr/bin/tapnet"),
+            s.contains("TAPNET_COMPLETE=\"bash\"") && s.contains("/usr/bin/tapnet"),
             "{s}"
         );
         let s = script(CompletionShell::Zsh);
         assert!(s.starts_with("#compdef tapnet"), "{s}");
-        assert!(s.contains("COMPLETE=\"zsh\""), "{s}");
+        assert!(s.contains("TAPNET_COMPLETE=\"zsh\""), "{s}");
         let s = script(CompletionShell::Fish);
         assert!(
             s.contains("complete --keep-order --exclusive --command tapnet"),
             "{s}"
         );
-        assert!(s.contains("COMPLETE=fish"), "{s}");
+        assert!(s.contains("TAPNET_COMPLETE=fish"), "{s}");
     }
 
     #[test]
