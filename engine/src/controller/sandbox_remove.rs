@@ -15,7 +15,9 @@
 //! (`DELETE /sandboxes/{id}?force=1`, `tapnet sandbox rm -f`), which ends them first:
 //! SIGTERM, then SIGKILL to those still there after [`GRACE`], each by pid, only
 //! while that pid is still in the namespace. An adopted namespace's processes are
-//! not tapnet's: they never block the removal and are never signalled.
+//! not tapnet's: they never block the removal and are never signalled. The check
+//! runs before the removal's locks: a process that enters the namespace after it
+//! keeps the (unmounted) namespace alive, as it would have before this check.
 
 use super::ipam_steps::endpoint_addresses;
 use super::{lock, net_key, not_found, sb_key, Inner};
