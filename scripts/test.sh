@@ -27,6 +27,9 @@ command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v podman >/dev/null || need+=(podman)
 [ -d /usr/lib/cni ] || need+=(containernetworking-plugins)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || need+=(busybox-static)
+# tests/tests/cli.rs completes network and sandbox names in real bash, zsh and fish.
+command -v zsh >/dev/null || need+=(zsh)
+command -v fish >/dev/null || need+=(fish)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -1,9 +1,13 @@
 //! The command line: `tapnet [-H HOST] network|sandbox|exec ...`, parsed with clap.
 //!
 //! Value parsers here do the purely local validation (`KEY=VALUE` pairs, IPv4
-//! addresses) so that mistakes are reported by clap before anything is sent.
+//! addresses) so that mistakes are reported by clap before anything is sent (and
+//! exit 125, as docker's usage errors do). Arguments that name a network or a
+//! sandbox complete to the daemon's names ([`crate::commands::completion`]).
 
+use crate::commands::completion::{networks as net_names, sandboxes as sb_names};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::ArgValueCompleter;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
@@ -46,13 +50,15 @@ pub enum Command {
     /// Run a command inside a sandbox's network namespace.
     #[command(override_usage = "tapnet exec [OPTIONS] SANDBOX [--] CMD [ARGS...]")]
     Exec(ExecArgs),
-    /// Create a sandbox, connect it, run a command in it, then remove it.
+    /// Create a sandbox, connect it, and run a command in it (`docker run`).
     #[command(override_usage = "tapnet run [OPTIONS] [--] CMD [ARGS...]")]
     Run(RunArgs),
     /// List a sandbox's published ports (`80/tcp -> 0.0.0.0:8080`).
     Port(PortArgs),
     /// Print a shell completion script (`source <(tapnet completion bash)`).
     Completion(CompletionArgs),
+    /// Write a man page for tapnet and for each of its commands into DIR.
+    Man(ManArgs),
     /// Show the client's and the daemon's versions.
     Version(SystemArgs),
     /// Show what the daemon runs on and what it holds (`docker info`'s top part).
@@ -97,6 +103,16 @@ pub enum CompletionShell {
     Bash,
     /// Z shell.
     Zsh,
+    /// fish.
+    Fish,
+}
+
+/// `tapnet man DIR`
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory to write the pages to (made if missing).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 /// `tapnet completion SHELL`
@@ -107,21 +123,13 @@ pub struct CompletionArgs {
     pub shell: CompletionShell,
 }
 
-/// Output format of list-like commands.
+/// Output format of `network stats` and `network fdb`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum ListFormat {
     /// Aligned columns with a header.
     #[default]
     Table,
     /// One JSON object per line.
-    Json,
-}
-
-/// Output format of `inspect` (only JSON: the array of objects).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
-pub enum InspectFormat {
-    /// A pretty-printed JSON array.
-    #[default]
     Json,
 }
 
@@ -133,11 +141,11 @@ pub enum NetworkCmd {
     /// List networks.
     #[command(alias = "list")]
     Ls(NetworkLsArgs),
-    /// Show one or more networks in detail (JSON).
-    Inspect(InspectArgs),
+    /// Show one or more networks in detail (JSON, or --format TEMPLATE).
+    Inspect(NetworkInspectArgs),
     /// Remove one or more networks.
     #[command(alias = "remove")]
-    Rm(RmArgs),
+    Rm(NetworkRmArgs),
     /// Connect a sandbox to a network.
     Connect(ConnectArgs),
     /// Disconnect a sandbox from a network.
@@ -211,34 +219,72 @@ pub struct NetworkCreate {
 /// Flags shared by `network ls` and `sandbox ls`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Only print ids.
+    /// Only print ids (with the default table format).
     #[arg(short, long)]
     pub quiet: bool,
-    /// Do not truncate ids.
+    /// Do not truncate ids (12 characters otherwise).
     #[arg(long)]
     pub no_trunc: bool,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t)]
-    pub format: ListFormat,
+    /// Format output: `table`, `table TEMPLATE` (aligned, with a header), `json`
+    /// (an object per line), or a Go TEMPLATE run for each row, e.g. '{{.Name}}'.
+    #[arg(long, value_name = "FORMAT", default_value = "table")]
+    pub format: String,
 }
 
-/// Flags of `inspect`.
+/// `tapnet network inspect`
 #[derive(Debug, Args)]
-pub struct InspectArgs {
-    /// Output format.
-    #[arg(short, long, value_enum, default_value_t)]
-    pub format: InspectFormat,
+pub struct NetworkInspectArgs {
+    /// Format output: a Go TEMPLATE run on each network object (e.g.
+    /// '{{range .IPAM.Config}}{{.Subnet}}{{end}}'), or `json` (the default: a JSON array).
+    #[arg(short, long, value_name = "FORMAT")]
+    pub format: Option<String>,
     /// Names, ids or unique id prefixes.
-    #[arg(required = true, value_name = "NAME|ID")]
+    #[arg(required = true, value_name = "NAME|ID", add = ArgValueCompleter::new(net_names))]
     pub targets: Vec<String>,
 }
 
-/// Arguments of `rm`.
+/// `tapnet sandbox inspect`
 #[derive(Debug, Args)]
-pub struct RmArgs {
+pub struct SandboxInspectArgs {
+    /// Format output: a Go TEMPLATE run on each sandbox object (e.g.
+    /// '{{.NetnsPath}}'), or `json` (the default: a JSON array).
+    #[arg(short, long, value_name = "FORMAT")]
+    pub format: Option<String>,
     /// Names, ids or unique id prefixes.
-    #[arg(required = true, value_name = "NAME|ID")]
+    #[arg(required = true, value_name = "NAME|ID", add = ArgValueCompleter::new(sb_names))]
     pub targets: Vec<String>,
+}
+
+/// `tapnet network rm`
+#[derive(Debug, Args)]
+pub struct NetworkRmArgs {
+    /// Names, ids or unique id prefixes.
+    #[arg(required = true, value_name = "NAME|ID", add = ArgValueCompleter::new(net_names))]
+    pub targets: Vec<String>,
+}
+
+/// `tapnet sandbox rm`
+#[derive(Debug, Args)]
+pub struct SandboxRmArgs {
+    /// Remove the sandbox even while processes run in it: they get SIGTERM, then
+    /// SIGKILL after a grace period.
+    #[arg(short, long)]
+    pub force: bool,
+    /// Names, ids or unique id prefixes.
+    #[arg(required = true, value_name = "NAME|ID", add = ArgValueCompleter::new(sb_names))]
+    pub targets: Vec<String>,
+}
+
+/// `tapnet sandbox ls`
+#[derive(Debug, Args)]
+pub struct SandboxLsArgs {
+    /// Filter: name= (part of the name), id= (id prefix), network= (network name or
+    /// id prefix) (repeatable; a key given twice matches either value).
+    #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub filters: Vec<(String, String)>,
+    /// -q, --no-trunc, --format.
+    #[command(flatten)]
+    pub list: ListArgs,
 }
 
 /// `tapnet network ls`
@@ -291,8 +337,10 @@ pub struct ConnectArgs {
     #[arg(long = "link", value_name = "CONTAINER[:ALIAS]")]
     pub links: Vec<String>,
     /// Network name or id.
+    #[arg(add = ArgValueCompleter::new(net_names))]
     pub network: String,
     /// Sandbox name or id.
+    #[arg(add = ArgValueCompleter::new(sb_names))]
     pub sandbox: String,
 }
 
@@ -303,8 +351,10 @@ pub struct DisconnectArgs {
     #[arg(short, long)]
     pub force: bool,
     /// Network name or id.
+    #[arg(add = ArgValueCompleter::new(net_names))]
     pub network: String,
     /// Sandbox name or id.
+    #[arg(add = ArgValueCompleter::new(sb_names))]
     pub sandbox: String,
 }
 
@@ -318,6 +368,7 @@ pub struct SwitchArgs {
     #[arg(long, value_enum, default_value_t)]
     pub format: ListFormat,
     /// Network name or id.
+    #[arg(add = ArgValueCompleter::new(net_names))]
     pub network: String,
 }
 
@@ -326,14 +377,15 @@ pub struct SwitchArgs {
 pub enum SandboxCmd {
     /// Create a sandbox (a new network namespace, or adopt one); prints its id.
     Create(SandboxCreate),
-    /// List sandboxes.
-    #[command(alias = "list")]
-    Ls(ListArgs),
-    /// Show one or more sandboxes in detail (JSON).
-    Inspect(InspectArgs),
-    /// Remove one or more sandboxes (disconnecting them from every network).
+    /// List sandboxes: addresses, published ports, age (`docker ps`).
+    #[command(alias = "list", alias = "ps")]
+    Ls(SandboxLsArgs),
+    /// Show one or more sandboxes in detail (JSON, or --format TEMPLATE).
+    Inspect(SandboxInspectArgs),
+    /// Remove one or more sandboxes (disconnecting them from every network); refused
+    /// while processes run in a sandbox tapnet created, unless -f.
     #[command(alias = "remove")]
-    Rm(RmArgs),
+    Rm(SandboxRmArgs),
 }
 
 /// `tapnet sandbox create`
@@ -354,6 +406,7 @@ pub struct SandboxCreate {
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     /// Sandbox name or id.
+    #[arg(add = ArgValueCompleter::new(sb_names))]
     pub sandbox: String,
     /// The command and its arguments.
     #[arg(
@@ -365,21 +418,36 @@ pub struct ExecArgs {
     pub cmd: Vec<String>,
 }
 
-/// `tapnet run [OPTIONS] [--] CMD [ARGS...]`
+/// `tapnet run [OPTIONS] [--] CMD [ARGS...]`: docker run's networking flags.
+/// Flags go before CMD; everything from CMD on is the command's.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Name of the sandbox (default: a random one).
+    /// Remove the sandbox when the command exits (ending what still runs in it);
+    /// without it the sandbox stays, as a docker container does.
+    #[arg(long)]
+    pub rm: bool,
+    /// Run the command in the background and print the sandbox id.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Name of the sandbox (default: the id's first 12 characters).
     #[arg(long)]
     pub name: Option<String>,
-    /// Network to connect to (repeatable; default: bridge).
-    #[arg(long = "network", alias = "net", value_name = "NET")]
+    /// Connect to a network (repeatable; default: bridge). --ip, --ip6,
+    /// --network-alias and --mac-address apply to the first.
+    #[arg(long = "network", alias = "net", value_name = "NET", add = ArgValueCompleter::new(net_names))]
     pub networks: Vec<String>,
-    /// Static IPv4 address on the first network.
+    /// IPv4 address on the first network.
     #[arg(long)]
     pub ip: Option<Ipv4Addr>,
+    /// IPv6 address on the first network.
+    #[arg(long)]
+    pub ip6: Option<Ipv6Addr>,
     /// Network-scoped alias on the first network (repeatable).
-    #[arg(long = "alias", value_name = "ALIAS")]
+    #[arg(long = "network-alias", alias = "alias", value_name = "ALIAS")]
     pub aliases: Vec<String>,
+    /// MAC address on the first network, e.g. 02:42:ac:11:00:99.
+    #[arg(long, value_name = "MAC")]
+    pub mac_address: Option<String>,
     /// Endpoint driver option on the first network (repeatable): only
     /// com.docker.network.endpoint.ifname=NAME.
     #[arg(long = "driver-opt", value_name = "KEY=VALUE", value_parser = parse_kv)]
@@ -390,23 +458,41 @@ pub struct RunArgs {
     /// Publish a port: [HOSTIP:][HOSTPORT:]PORT[/tcp|udp] (repeatable).
     #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = parse_publish)]
     pub publish: Vec<Publish>,
-    /// Keep the sandbox after the command exits (default: remove it).
-    #[arg(long)]
-    pub keep: bool,
-    /// The command and its arguments.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    /// Set an environment variable for the command (repeatable); KEY alone passes
+    /// this shell's KEY, if set.
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]", value_parser = parse_env)]
+    pub env: Vec<(String, Option<String>)>,
+    /// Keep standard input open for the command (otherwise it reads nothing).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Accepted for docker compatibility: the command runs on this terminal (tapnet
+    /// allocates no pseudo-terminal of its own).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Run in this existing sandbox instead of making one (what `-d` runs in the
+    /// background).
+    #[arg(long, hide = true, value_name = "SANDBOX")]
+    pub in_sandbox: Option<String>,
+    /// The command and its arguments (after `--` if the command starts with `-`).
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub cmd: Vec<String>,
+}
+
+/// Parse `-e KEY[=VALUE]`.
+pub fn parse_env(s: &str) -> Result<(String, Option<String>), String> {
+    match s.split_once('=') {
+        Some(("", _)) => Err(format!("invalid environment variable: {s}")),
+        Some((k, v)) => Ok((k.to_string(), Some(v.to_string()))),
+        None if s.is_empty() => Err("invalid environment variable: empty".to_string()),
+        None => Ok((s.to_string(), None)),
+    }
 }
 
 /// `tapnet port SANDBOX [PORT[/PROTO]]`
 #[derive(Debug, Args)]
 pub struct PortArgs {
     /// Sandbox name or id.
+    #[arg(add = ArgValueCompleter::new(sb_names))]
     pub sandbox: String,
     /// Only this container port (`80` or `80/tcp`).
     pub port: Option<String>,
@@ -561,6 +647,71 @@ mod tests {
     #[test]
     fn clap_definition_is_valid() {
         Cli::command().debug_assert();
+    }
+
+    /// docs/cli.md has a section for every command, and it names each of the
+    /// command's flags: the help and the documentation describe the same CLI.
+    #[test]
+    fn docs_cover_every_command_and_flag() {
+        const DOC: &str = include_str!("../../docs/cli.md");
+        fn section(path: &str) -> Option<&'static str> {
+            let token = format!("`{path}`");
+            let start = DOC.match_indices(&token).map(|(i, _)| i).find(|&i| {
+                DOC[..i]
+                    .rsplit('\n')
+                    .next()
+                    .is_some_and(|l| l.starts_with('#'))
+            })?;
+            let body = &DOC[start..];
+            let end = body.find("\n#").unwrap_or(body.len());
+            Some(&body[..end])
+        }
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let subs: Vec<&clap::Command> = cmd
+                .get_subcommands()
+                .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+                .collect();
+            if subs.is_empty() {
+                let Some(text) = section(path) else {
+                    missing.push(format!("no section for `{path}`"));
+                    return;
+                };
+                for a in cmd.get_arguments() {
+                    let Some(long) = a.get_long() else { continue };
+                    if a.is_hide_set() || a.is_global_set() || ["help", "version"].contains(&long) {
+                        continue;
+                    }
+                    if !text.contains(&format!("--{long}")) {
+                        missing.push(format!("`{path}` section lacks --{long}"));
+                    }
+                }
+            }
+            for s in subs {
+                let p = if path.is_empty() {
+                    s.get_name().to_string()
+                } else {
+                    format!("{path} {}", s.get_name())
+                };
+                walk(s, &p, missing);
+            }
+        }
+        // Sections end at the next heading: a flag of one command does not count for
+        // another.
+        let rm = section("sandbox rm").unwrap_or_default();
+        assert!(rm.contains("--force") && !rm.contains("--format"), "{rm}");
+        assert!(!section("network prune")
+            .unwrap_or_default()
+            .contains("--mac-address"));
+        assert!(section("nosuch").is_none());
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "docs/cli.md is behind the CLI:\n{}",
+            missing.join("\n")
+        );
     }
 
     #[test]
@@ -737,7 +888,15 @@ mod tests {
             panic!()
         };
         assert_eq!(c.shell, CompletionShell::Zsh);
+        let Command::Completion(c) = parse(&["completion", "fish"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(c.shell, CompletionShell::Fish);
         assert!(parse(&["completion", "tcsh"]).is_err());
+        let Command::Man(m) = parse(&["man", "/tmp/m"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(m.dir, PathBuf::from("/tmp/m"));
     }
 
     #[test]
@@ -757,15 +916,20 @@ mod tests {
         };
         assert!(filters.is_empty());
         assert!(!l.quiet && !l.no_trunc);
-        assert_eq!(l.format, ListFormat::Table);
+        assert_eq!(l.format, "table");
         let NetworkCmd::Ls(NetworkLsArgs { list: l, .. }) =
             network(&["list", "-q", "--no-trunc", "--format", "json"])
         else {
             panic!()
         };
         assert!(l.quiet && l.no_trunc);
-        assert_eq!(l.format, ListFormat::Json);
-        assert!(parse(&["network", "ls", "--format", "{{.Name}}"]).is_err());
+        assert_eq!(l.format, "json");
+        let NetworkCmd::Ls(NetworkLsArgs { list: l, .. }) =
+            network(&["ls", "--format", "{{.Name}}"])
+        else {
+            panic!()
+        };
+        assert_eq!(l.format, "{{.Name}}");
     }
 
     #[test]
@@ -777,7 +941,11 @@ mod tests {
         let NetworkCmd::Inspect(i) = network(&["inspect", "--format", "json", "a"]) else {
             panic!()
         };
-        assert_eq!(i.format, InspectFormat::Json);
+        assert_eq!(i.format.as_deref(), Some("json"));
+        let NetworkCmd::Inspect(i) = network(&["inspect", "-f", "{{.Id}}", "a"]) else {
+            panic!()
+        };
+        assert_eq!(i.format.as_deref(), Some("{{.Id}}"));
         assert!(parse(&["network", "inspect"]).is_err());
         let NetworkCmd::Rm(r) = network(&["rm", "a", "b"]) else {
             panic!()
@@ -847,7 +1015,14 @@ mod tests {
         let SandboxCmd::Ls(l) = sandbox(&["ls", "-q", "--no-trunc", "--format", "json"]) else {
             panic!()
         };
-        assert!(l.quiet && l.no_trunc && l.format == ListFormat::Json);
+        assert!(l.list.quiet && l.list.no_trunc && l.list.format == "json");
+        let SandboxCmd::Ls(l) = sandbox(&["ps", "-f", "name=a", "--filter", "network=n"]) else {
+            panic!()
+        };
+        assert_eq!(
+            l.filters,
+            [("name".into(), "a".into()), ("network".into(), "n".into())]
+        );
         let SandboxCmd::Inspect(i) = sandbox(&["inspect", "a", "b"]) else {
             panic!()
         };
@@ -856,6 +1031,11 @@ mod tests {
             panic!()
         };
         assert_eq!(r.targets, ["a"]);
+        assert!(!r.force);
+        let SandboxCmd::Rm(r) = sandbox(&["rm", "-f", "a", "b"]) else {
+            panic!()
+        };
+        assert!(r.force && r.targets == ["a", "b"]);
         assert!(parse(&["sandbox", "create"]).is_err());
         assert!(parse(&["sandbox", "rm"]).is_err());
     }
@@ -917,7 +1097,7 @@ mod tests {
             "x",
             "-p",
             "80",
-            "--keep",
+            "--rm",
             "--",
             "ping",
             "-c1",
@@ -931,12 +1111,16 @@ mod tests {
         assert_eq!(r.networks, ["a", "b"]);
         assert_eq!(r.ip, Some("10.0.0.5".parse().unwrap()));
         assert_eq!(r.aliases, ["x"]);
-        assert!(r.keep);
+        assert!(r.rm);
         assert_eq!(r.cmd, ["ping", "-c1", "h"]);
         let Command::Run(r) = parse(&["run", "true"]).unwrap().command else {
             panic!()
         };
-        assert!(r.networks.is_empty() && !r.keep && r.cmd == ["true"]);
+        assert!(r.networks.is_empty() && !r.rm && r.cmd == ["true"]);
+        assert!(
+            parse(&["run", "--keep", "true"]).is_err(),
+            "gone: keeping is the default"
+        );
         assert!(parse(&["run"]).is_err());
         let Command::Port(p) = parse(&["port", "sb", "80/tcp"]).unwrap().command else {
             panic!()

@@ -1,5 +1,9 @@
-//! Output helpers: aligned tables, docker-style id truncation, JSON printing.
+//! Output helpers: aligned tables, docker-style id truncation, JSON printing, and
+//! times as docker prints them (Go's `time.Time.String()`, "2 minutes ago"; jiff).
 
+use jiff::fmt::friendly::{Designator, Direction, Spacing, SpanPrinter};
+use jiff::tz::Offset;
+use jiff::{Span, Timestamp, Unit};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -81,11 +85,89 @@ pub fn kv_list(m: &BTreeMap<String, String>) -> String {
         .join(",")
 }
 
+/// An RFC 3339 time as Go's `time.Time.String()` prints it in UTC (what docker's
+/// `CreatedAt` columns show): `2026-11-23 14:00:00.5 +0000 UTC`. Unparseable input
+/// is returned as it is.
+pub fn go_time(rfc3339: &str) -> String {
+    match rfc3339.parse::<Timestamp>() {
+        Ok(t) => t.strftime("%Y-%m-%d %H:%M:%S%.f +0000 UTC").to_string(),
+        Err(_) => rfc3339.to_string(),
+    }
+}
+
+/// How long before `now` the RFC 3339 time `created` was, in its largest whole
+/// calendar unit, as `docker ps` prints it: `2 minutes ago`, `1 day ago`, `Less
+/// than a second ago`. Empty if `created` cannot be read.
+pub fn ago(created: &str, now: Timestamp) -> String {
+    let Ok(t) = created.parse::<Timestamp>() else {
+        return String::new();
+    };
+    if now.duration_since(t).as_secs() < 1 {
+        return "Less than a second ago".to_string();
+    }
+    let (from, to) = (Offset::UTC.to_datetime(t), Offset::UTC.to_datetime(now));
+    let Ok(span) = from.until((Unit::Year, to)) else {
+        return String::new();
+    };
+    let units = [
+        (i64::from(span.get_years()), Unit::Year),
+        (i64::from(span.get_months()), Unit::Month),
+        (i64::from(span.get_days()), Unit::Day),
+        (i64::from(span.get_hours()), Unit::Hour),
+        (span.get_minutes(), Unit::Minute),
+        (span.get_seconds(), Unit::Second),
+    ];
+    let Some((n, unit)) = units.into_iter().find(|(n, _)| *n != 0) else {
+        return "Less than a second ago".to_string();
+    };
+    let one = match unit {
+        Unit::Year => Span::new().try_years(-n),
+        Unit::Month => Span::new().try_months(-n),
+        Unit::Day => Span::new().try_days(-n),
+        Unit::Hour => Span::new().try_hours(-n),
+        Unit::Minute => Span::new().try_minutes(-n),
+        _ => Span::new().try_seconds(-n),
+    };
+    match one {
+        Ok(s) => SpanPrinter::new()
+            .designator(Designator::Verbose)
+            .spacing(Spacing::BetweenUnitsAndDesignators)
+            .direction(Direction::Suffix)
+            .span_to_string(&s),
+        Err(_) => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn times_as_docker_prints_them() {
+        assert_eq!(
+            go_time("2026-11-23T14:00:00Z"),
+            "2026-11-23 14:00:00 +0000 UTC"
+        );
+        assert_eq!(
+            go_time("2026-11-23T14:00:00.25Z"),
+            "2026-11-23 14:00:00.25 +0000 UTC"
+        );
+        assert_eq!(go_time("nope"), "nope");
+        let now: Timestamp = "2026-11-30T12:00:00Z".parse().unwrap();
+        assert_eq!(ago("2026-11-30T12:00:00Z", now), "Less than a second ago");
+        assert_eq!(ago("2026-11-30T11:59:59Z", now), "1 second ago");
+        assert_eq!(ago("2026-11-30T11:58:00Z", now), "2 minutes ago");
+        assert_eq!(ago("2026-11-30T11:57:30Z", now), "2 minutes ago");
+        assert_eq!(ago("2026-11-30T09:00:00Z", now), "3 hours ago");
+        assert_eq!(ago("2026-11-29T11:00:00Z", now), "1 day ago");
+        assert_eq!(ago("2026-10-01T12:00:00Z", now), "1 month ago");
+        assert_eq!(ago("2024-01-01T00:00:00Z", now), "2 years ago");
+        // A clock that went backwards is not "in the future".
+        assert_eq!(ago("2026-11-30T12:05:00Z", now), "Less than a second ago");
+        assert_eq!(ago("", now), "");
+    }
 
     #[test]
     fn ids_are_truncated_to_12() {

@@ -1116,8 +1116,36 @@ async fn sandbox_inspect(
     Ok(Json(res))
 }
 
-async fn sandbox_delete(State(ctl): Ctl, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    ctl.delete_sandbox(&id).await?;
+/// `DELETE /sandboxes/{id}[?force=1]` (docker's `DELETE /containers/{id}?force=1`):
+/// 409 naming the pids while processes run in a sandbox tapnet made, unless forced.
+async fn sandbox_delete(
+    State(ctl): Ctl,
+    Path(id): Path<String>,
+    uri: Uri,
+) -> ApiResult<StatusCode> {
+    let q = query_map(&uri)?;
+    let mut force = false;
+    for (k, v) in &q {
+        match k.as_str() {
+            "force" => {
+                force = match v.to_ascii_lowercase().as_str() {
+                    "1" | "true" | "yes" => true,
+                    "" | "0" | "false" | "no" => false,
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "invalid value for force: {v:?} (1, true, 0 or false)"
+                        )))
+                    }
+                }
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "query parameter {other:?} is not supported on DELETE /sandboxes/{{id}} (only force)"
+                )))
+            }
+        }
+    }
+    ctl.remove_sandbox(&id, force).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

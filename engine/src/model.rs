@@ -55,26 +55,14 @@ pub fn now_rfc3339() -> String {
     rfc3339(secs)
 }
 
-/// Format seconds since the epoch as RFC 3339 UTC.
+/// Format seconds since the epoch as RFC 3339 UTC (jiff); past jiff's range (year
+/// 9999) the latest time it has.
 pub fn rfc3339(secs: u64) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    let t = i64::try_from(secs)
+        .ok()
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .unwrap_or(jiff::Timestamp::MAX);
+    t.to_string()
 }
 
 /// Parse a boolean driver option as Go's `strconv.ParseBool` (what dockerd uses).
@@ -205,6 +193,11 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_442_400), "2026-11-23T14:00:00Z");
+        assert!(
+            rfc3339(u64::MAX).starts_with("9999-"),
+            "{}",
+            rfc3339(u64::MAX)
+        );
     }
 
     #[test]

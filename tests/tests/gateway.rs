@@ -530,6 +530,7 @@ fn tapnet_run_exit_code_rm_keep_and_streaming() {
         // Exit code, output, and the sandbox removed afterwards.
         let out = env.tapnet(&[
             "run",
+            "--rm",
             "--network",
             "net1",
             "--",
@@ -553,6 +554,7 @@ fn tapnet_run_exit_code_rm_keep_and_streaming() {
         );
         let out = env.tapnet(&[
             "run",
+            "--rm",
             "--name",
             "runner",
             "--network",
@@ -575,10 +577,9 @@ fn tapnet_run_exit_code_rm_keep_and_streaming() {
         assert!(text.contains(&format!("peer={ip_peer}")), "{text}");
         assert_eq!(sandbox_names(env), before);
 
-        // --keep keeps it, connected.
+        // Without --rm it stays, connected (as a docker container does).
         let out = env.tapnet(&[
             "run",
-            "--keep",
             "--name",
             "kept",
             "--network",
@@ -595,7 +596,7 @@ fn tapnet_run_exit_code_rm_keep_and_streaming() {
         // Output is streamed: the first line arrives while the command still runs.
         let mut child = Command::new(tapnet_bin(env))
             .args(["-H", &format!("unix://{}", env.socket.display())])
-            .args(["run", "--network", "net1", "--", "sh", "-c"])
+            .args(["run", "--rm", "--network", "net1", "--", "sh", "-c"])
             .arg("echo first; sleep 4; echo second")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -75,6 +75,7 @@ fn gateway_files_dns_and_run() {
         // tapnet run: runs, streams, returns the exit code, cleans up.
         let out = env.tapnet(&[
             "run",
+            "--rm",
             "--name",
             "r1",
             "--network",
@@ -90,10 +91,20 @@ fn gateway_files_dns_and_run() {
             String::from_utf8_lossy(&out.stdout).contains("1 received"),
             "{out:?}"
         );
-        let out = env.tapnet(&["run", "--network", "net1", "--", "sh", "-c", "exit 7"]);
+        let out = env.tapnet(&[
+            "run",
+            "--rm",
+            "--network",
+            "net1",
+            "--",
+            "sh",
+            "-c",
+            "exit 7",
+        ]);
         assert_eq!(out.status.code(), Some(7), "{out:?}");
         let out = env.tapnet(&[
             "run",
+            "--rm",
             "--name",
             "r2",
             "--network",
@@ -121,17 +132,8 @@ fn gateway_files_dns_and_run() {
         ]);
         assert!(!out.status.success());
         assert!(!env.ok(&["sandbox", "ls"]).contains("r3"));
-        // --keep keeps it.
-        env.ok(&[
-            "run",
-            "--name",
-            "r4",
-            "--keep",
-            "--network",
-            "net1",
-            "--",
-            "true",
-        ]);
+        // Without --rm it stays (as a docker container does).
+        env.ok(&["run", "--name", "r4", "--network", "net1", "--", "true"]);
         assert!(env.ok(&["sandbox", "ls"]).contains("r4"));
 
         // Gateway counters.

@@ -2,10 +2,14 @@
 //!
 //! Commands write to an [`Out`] (stdout/stderr in the binary, buffers in tests).
 //! Errors that were already printed (e.g. one of several `rm` targets failed) are
-//! returned as [`Exit`] so that `main` only sets the exit code.
+//! returned as [`Exit`] so that `main` only sets the exit code. Exit codes are
+//! docker's: 0 success, 1 an error (the daemon's, or a template's), 125 a usage
+//! error (clap's, see [`usage_exit`]) or `tapnet run`'s own failure, 126/127 a
+//! command that cannot run / is not found, else the command's own code.
 
 pub mod completion;
 pub mod exec;
+pub mod man;
 pub mod network;
 pub mod run;
 pub mod sandbox;
@@ -13,6 +17,7 @@ pub mod system;
 
 use crate::args::{Cli, Command};
 use crate::client::{seg, Client, ClientError};
+use crate::format::{inspect_template, render_one};
 use crate::output::pretty_json;
 use std::fmt;
 use std::io::{self, Write};
@@ -49,10 +54,21 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Completion(a) = &cli.command {
+        let exe = std::env::current_exe()?;
         let mut stdout = io::stdout().lock();
-        completion::write_script(a.shell, &mut stdout);
+        completion::write_script(a.shell, &exe.to_string_lossy(), &mut stdout)?;
         stdout.flush()?;
         return Ok(());
+    }
+    if let Command::Man(a) = &cli.command {
+        let (mut stdout, mut stderr) = (io::stdout().lock(), io::stderr().lock());
+        return man::run(
+            &a.dir,
+            &mut Out {
+                out: &mut stdout,
+                err: &mut stderr,
+            },
+        );
     }
     let client = Client::from_host(&cli.host)?;
     let command = match cli.command {
@@ -75,7 +91,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Version(a) => system::version(&client, &a, &mut o).await,
             Command::Info(a) => system::info(&client, &a, &mut o).await,
             Command::Events(a) => system::events(&client, &a, &mut o).await,
-            Command::Exec(_) | Command::Run(_) | Command::Completion(_) => Ok(()),
+            Command::Exec(_) | Command::Run(_) | Command::Completion(_) | Command::Man(_) => Ok(()),
         }
     });
     o.out.flush()?;
@@ -100,14 +116,66 @@ pub fn report(result: anyhow::Result<()>) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// The usage-error exit code (docker's, for a flag it cannot parse).
+pub const USAGE_EXIT: u8 = 125;
+
+/// The exit code for a command line clap refused: 0 for `--help`/`--version` and
+/// for a bare `tapnet`/`tapnet network` (which print the help, as docker's do), else
+/// [`USAGE_EXIT`].
+pub fn usage_exit(e: &clap::Error) -> u8 {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
+        _ => USAGE_EXIT,
+    }
+}
+
+/// The help of the command a line names but does not finish (`tapnet -H X`,
+/// `tapnet network`): docker prints it and exits 0. `None` if `args` do not parse
+/// that far.
+pub fn help_of_unfinished(args: impl IntoIterator<Item = std::ffi::OsString>) -> Option<String> {
+    use clap::CommandFactory;
+    fn relax(cmd: clap::Command) -> clap::Command {
+        let names: Vec<String> = cmd
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .collect();
+        let mut cmd = cmd.subcommand_required(false).arg_required_else_help(false);
+        for n in names {
+            cmd = cmd.mut_subcommand(n, relax);
+        }
+        cmd
+    }
+    let matches = relax(crate::args::Cli::command())
+        .try_get_matches_from(args)
+        .ok()?;
+    let mut cmd = crate::args::Cli::command();
+    cmd.build();
+    let mut m = &matches;
+    while let Some((name, sub)) = m.subcommand() {
+        cmd = cmd.find_subcommand(name)?.clone();
+        m = sub;
+    }
+    Some(cmd.render_help().to_string())
+}
+
 /// `GET {base}/{target}` for each target; print the found objects as a pretty JSON
-/// array and each failure to stderr. Fails with [`Exit`]`(1)` if any target failed.
+/// array (no `format`), a one-line JSON array (`json`, as docker's), or `format` run
+/// on each (a Go template), and each failure to stderr. Fails with [`Exit`]`(1)` if any target failed.
 pub async fn inspect_each(
     c: &Client,
     base: &str,
     targets: &[String],
+    format: Option<&str>,
     o: &mut Out<'_>,
 ) -> anyhow::Result<()> {
+    let template = match format {
+        None | Some("") | Some("json") => None,
+        Some(f) => Some(inspect_template(f)?),
+    };
+    let compact = format == Some("json");
     let mut found = Vec::with_capacity(targets.len());
     let mut failed = false;
     for t in targets {
@@ -120,24 +188,33 @@ pub async fn inspect_each(
             Err(e) => return Err(e.into()),
         }
     }
-    writeln!(o.out, "{}", pretty_json(&found))?;
+    match &template {
+        None if compact => writeln!(o.out, "{}", serde_json::Value::Array(found))?,
+        None => writeln!(o.out, "{}", pretty_json(&found))?,
+        Some(t) => {
+            for v in &found {
+                o.out.write_all(render_one(t, v)?.as_bytes())?;
+            }
+        }
+    }
     if failed {
         return Err(Exit(1).into());
     }
     Ok(())
 }
 
-/// `DELETE {base}/{target}` for each target, printing each removed target as given
-/// and each failure to stderr. Fails with [`Exit`]`(1)` if any target failed.
+/// `DELETE {base}/{target}{query}` for each target, printing each removed target as
+/// given and each failure to stderr. Fails with [`Exit`]`(1)` if any target failed.
 pub async fn remove_each(
     c: &Client,
     base: &str,
     targets: &[String],
+    query: &str,
     o: &mut Out<'_>,
 ) -> anyhow::Result<()> {
     let mut failed = false;
     for t in targets {
-        match c.delete(&format!("{base}/{}", seg(t))).await {
+        match c.delete(&format!("{base}/{}{query}", seg(t))).await {
             Ok(_) => writeln!(o.out, "{t}")?,
             Err(e @ ClientError::Daemon { .. }) => {
                 writeln!(o.err, "{e}")?;
@@ -185,6 +262,45 @@ pub(crate) mod tests {
             Ok(()) => Some(0),
             Err(e) => e.downcast_ref::<Exit>().map(|x| x.0),
         }
+    }
+
+    #[test]
+    fn usage_errors_exit_125_help_exits_0() {
+        use crate::args::Cli;
+        use clap::Parser;
+        let code = |a: &[&str]| {
+            usage_exit(
+                &Cli::try_parse_from(std::iter::once("tapnet").chain(a.iter().copied()))
+                    .unwrap_err(),
+            )
+        };
+        assert_eq!(code(&["network", "ls", "--bogus"]), 125);
+        assert_eq!(code(&["nope"]), 125);
+        assert_eq!(code(&["network", "create"]), 125);
+        assert_eq!(code(&["--help"]), 0);
+        assert_eq!(code(&["network", "ls", "--help"]), 0);
+        assert_eq!(code(&["--version"]), 0);
+        assert_eq!(code(&[]), 0);
+    }
+
+    #[test]
+    fn unfinished_lines_get_their_commands_help() {
+        let help = |a: &[&str]| {
+            help_of_unfinished(
+                std::iter::once("tapnet")
+                    .chain(a.iter().copied())
+                    .map(std::ffi::OsString::from),
+            )
+        };
+        let h = help(&["-H", "unix:///x"]).unwrap();
+        assert!(h.contains("Usage: tapnet [OPTIONS] <COMMAND>"), "{h}");
+        let h = help(&["-H", "unix:///x", "network"]).unwrap();
+        assert!(
+            h.contains("Usage: tapnet network [OPTIONS] <COMMAND>"),
+            "{h}"
+        );
+        assert!(h.contains("connect"), "{h}");
+        assert!(help(&["network", "--bogus"]).is_none());
     }
 
     #[test]

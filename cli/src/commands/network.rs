@@ -4,7 +4,10 @@
 //! (`create_body` pairs each `--gateway`/`--ip-range`/`--aux-address` with the
 //! `--subnet` that contains it and refuses one that fits none, as docker does). The
 //! bodies sent and the answers read are the typed ones of [`tapnet_types::api`];
-//! `inspect` prints the daemon's objects as they came.
+//! `inspect` prints the daemon's objects as they came, or runs `--format` on each.
+//! `ls` prints rows with the keys of docker's network list (`.ID .Name .Driver
+//! .Scope .IPv6 .Internal .Labels .CreatedAt`) through [`crate::format`]; filters
+//! are the daemon's (`GET /networks?filters=`).
 
 use super::{inspect_each, remove_each, Out};
 use crate::args::{
@@ -12,7 +15,8 @@ use crate::args::{
     PruneArgs, SwitchArgs,
 };
 use crate::client::{seg, Client};
-use crate::output::{json_line, kv_list, short_id, table};
+use crate::format::{list_format, render_list};
+use crate::output::{go_time, json_line, kv_list, short_id, table};
 use anyhow::bail;
 use ipnet::IpNet;
 use serde_json::{json, Map, Value};
@@ -30,8 +34,10 @@ pub async fn run(c: &Client, cmd: NetworkCmd, o: &mut Out<'_>) -> anyhow::Result
     match cmd {
         NetworkCmd::Create(a) => create(c, &a, o).await,
         NetworkCmd::Ls(a) => ls(c, &a, o).await,
-        NetworkCmd::Inspect(a) => inspect_each(c, "/networks", &a.targets, o).await,
-        NetworkCmd::Rm(a) => remove_each(c, "/networks", &a.targets, o).await,
+        NetworkCmd::Inspect(a) => {
+            inspect_each(c, "/networks", &a.targets, a.format.as_deref(), o).await
+        }
+        NetworkCmd::Rm(a) => remove_each(c, "/networks", &a.targets, "", o).await,
         NetworkCmd::Connect(a) => connect(c, &a).await,
         NetworkCmd::Disconnect(a) => disconnect(c, &a).await,
         NetworkCmd::Prune(a) => prune(c, &a, o, &mut std::io::stdin().lock()).await,
@@ -148,39 +154,47 @@ async fn create(c: &Client, a: &NetworkCreate, o: &mut Out<'_>) -> anyhow::Resul
     Ok(())
 }
 
-/// What `network ls` prints for these networks (as listed by `GET /networks`).
-pub fn ls_output(mut nets: Vec<NetworkResource>, a: &ListArgs) -> String {
+/// `network ls`'s default table (docker's).
+pub const LS_TABLE: &str = "table {{.ID}}\t{{.Name}}\t{{.Driver}}\t{{.Scope}}";
+
+/// Column titles of `network ls` (docker's).
+pub const LS_HEADER: &[(&str, &str)] = &[
+    ("ID", "NETWORK ID"),
+    ("Name", "NAME"),
+    ("Driver", "DRIVER"),
+    ("Scope", "SCOPE"),
+    ("IPv4", "IPV4"),
+    ("IPv6", "IPV6"),
+    ("Internal", "INTERNAL"),
+    ("Labels", "LABELS"),
+    ("CreatedAt", "CREATED AT"),
+];
+
+/// One `network ls` row: docker's keys, every value a string.
+pub fn ls_row(n: &NetworkResource, no_trunc: bool) -> Map<String, Value> {
+    let row = json!({
+        "ID": short_id(&n.id, no_trunc),
+        "Name": n.name,
+        "Driver": n.driver,
+        "Scope": n.scope,
+        "IPv4": n.enable_ipv4.to_string(),
+        "IPv6": n.enable_ipv6.to_string(),
+        "Internal": n.internal.to_string(),
+        "Labels": kv_list(&n.labels),
+        "CreatedAt": go_time(&n.created),
+    });
+    match row {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+/// What `network ls` prints for these networks (as listed by `GET /networks`),
+/// sorted by name as docker sorts them.
+pub fn ls_output(mut nets: Vec<NetworkResource>, a: &ListArgs) -> anyhow::Result<String> {
     nets.sort_by(|x, y| x.name.cmp(&y.name));
-    let id = |n: &NetworkResource| short_id(&n.id, a.no_trunc).to_string();
-    if a.quiet {
-        return nets.iter().map(|n| id(n) + "\n").collect();
-    }
-    match a.format {
-        ListFormat::Table => {
-            let rows: Vec<Vec<String>> = nets
-                .iter()
-                .map(|n| vec![id(n), n.name.clone(), n.driver.clone(), n.scope.clone()])
-                .collect();
-            table(&["NETWORK ID", "NAME", "DRIVER", "SCOPE"], &rows)
-        }
-        ListFormat::Json => nets
-            .iter()
-            .map(|n| {
-                json!({
-                    "CreatedAt": n.created,
-                    "Driver": n.driver,
-                    "ID": id(n),
-                    "IPv6": n.enable_ipv6.to_string(),
-                    "Internal": n.internal.to_string(),
-                    "Labels": kv_list(&n.labels),
-                    "Name": n.name,
-                    "Scope": n.scope,
-                })
-                .to_string()
-                    + "\n"
-            })
-            .collect(),
-    }
+    let rows: Vec<Map<String, Value>> = nets.iter().map(|n| ls_row(n, a.no_trunc)).collect();
+    render_list(&list_format(&a.format, a.quiet, LS_TABLE), LS_HEADER, &rows)
 }
 
 /// Docker's `filters` JSON for `KEY=VALUE` pairs: `{"key":{"value":true}}`.
@@ -205,7 +219,7 @@ pub fn with_filters(path: &str, pairs: &[(String, String)]) -> String {
 
 async fn ls(c: &Client, a: &NetworkLsArgs, o: &mut Out<'_>) -> anyhow::Result<()> {
     let nets: Vec<NetworkResource> = c.get_as(&with_filters("/networks", &a.filters)).await?;
-    write!(o.out, "{}", ls_output(nets, &a.list))?;
+    write!(o.out, "{}", ls_output(nets, &a.list)?)?;
     Ok(())
 }
 
@@ -432,7 +446,7 @@ mod tests {
     }
 
     fn ls_output(nets: Vec<Value>, a: &ListArgs) -> String {
-        super::ls_output(nets.iter().map(from_json).collect(), a)
+        super::ls_output(nets.iter().map(from_json).collect(), a).unwrap()
     }
 
     fn stats_output(s: &Value, a: &SwitchArgs) -> String {
@@ -697,9 +711,9 @@ b
     fn ls_table_sorted_and_truncated() {
         assert_eq!(
             ls_output(nets(), &list_args(&[])),
-            "NETWORK ID     NAME    DRIVER   SCOPE\n\
-             111111111111   alpha   bridge   local\n\
-             222222222222   zeta    bridge   local\n"
+            "NETWORK ID     NAME      DRIVER    SCOPE\n\
+             111111111111   alpha     bridge    local\n\
+             222222222222   zeta      bridge    local\n"
         );
         assert_eq!(
             ls_output(nets(), &list_args(&["-q"])),
@@ -711,7 +725,24 @@ b
         );
         assert_eq!(
             ls_output(vec![], &list_args(&[])),
-            "NETWORK ID   NAME   DRIVER   SCOPE\n"
+            "NETWORK ID   NAME      DRIVER    SCOPE\n"
+        );
+        assert_eq!(
+            ls_output(
+                nets(),
+                &list_args(&["--no-trunc", "--format", "table {{.ID}}\\t{{.Labels}}"])
+            ),
+            format!(
+                "NETWORK ID{}LABELS\n{ID1}   \n{ID2}   team=a\n",
+                " ".repeat(57)
+            )
+        );
+        assert_eq!(
+            ls_output(
+                nets(),
+                &list_args(&["--format", "{{.Name}} {{.CreatedAt}} {{.IPv6}}"])
+            ),
+            "alpha 2026-11-23 13:00:00 +0000 UTC false\nzeta 2026-11-23 14:00:00 +0000 UTC false\n"
         );
     }
 
@@ -725,8 +756,8 @@ b
         assert_eq!(lines.len(), 2);
         assert_eq!(
             lines[1],
-            json!({"CreatedAt": "2026-11-23T14:00:00Z", "Driver": "bridge", "ID": "222222222222",
-                   "IPv6": "false", "Internal": "false", "Labels": "team=a", "Name": "zeta",
+            json!({"CreatedAt": "2026-11-23 14:00:00 +0000 UTC", "Driver": "bridge", "ID": "222222222222",
+                   "IPv4": "false", "IPv6": "false", "Internal": "false", "Labels": "team=a", "Name": "zeta",
                    "Scope": "local"})
         );
     }
@@ -866,6 +897,34 @@ b
                 cap.err(),
                 "Error response from daemon: network x not found\n"
             );
+        });
+    }
+
+    #[test]
+    fn inspect_json_and_templates() {
+        rt().block_on(async {
+            let obj = r#"{"Name":"a","Id":"1","IPAM":{"Config":[{"Subnet":"10.0.0.0/24"}]}}"#;
+            let d = fake_daemon(vec![(200, obj), (200, obj), (200, r#"{"Name":"b"}"#)]);
+            let mut cap = Captured::default();
+            run(&d.client, cmd(&["inspect", "--format", "json", "a"]), &mut cap.term())
+                .await
+                .unwrap();
+            assert_eq!(
+                cap.out(),
+                "[{\"IPAM\":{\"Config\":[{\"Subnet\":\"10.0.0.0/24\"}]},\"Id\":\"1\",\"Name\":\"a\"}]\n"
+            );
+            let mut cap = Captured::default();
+            let f = "{{.Name}}: {{range .IPAM.Config}}{{.Subnet}}{{end}}";
+            run(&d.client, cmd(&["inspect", "-f", f, "a", "b"]), &mut cap.term())
+                .await
+                .unwrap();
+            assert_eq!(cap.out(), "a: 10.0.0.0/24\nb: \n");
+            // A template that does not parse: nothing asked, docker's message.
+            let e = run(&d.client, cmd(&["inspect", "-f", "{{.Name", "a"]), &mut cap.term())
+                .await
+                .unwrap_err();
+            assert!(e.to_string().starts_with("template parsing error: "), "{e}");
+            assert_eq!(d.seen.lock().unwrap().len(), 3);
         });
     }
 

@@ -1,22 +1,33 @@
-//! `tapnet run [--name N] [--network NET]... [--ip IP] [--alias A]... [-p SPEC]...
-//! [--keep] -- CMD [ARGS...]`: create a sandbox (with its published ports), connect
-//! it to each network (default `bridge`; `--ip`/`--alias` apply to the first), run
-//! CMD inside it, and remove the sandbox afterwards unless `--keep`.
+//! `tapnet run [OPTIONS] [--] CMD [ARGS...]`: docker run's networking half. Create a
+//! sandbox (`--name`, its published ports `-p`), connect it to each `--network`
+//! (default `bridge`; `--ip`, `--ip6`, `--network-alias`, `--mac-address`,
+//! `--driver-opt`, `--link-local-ip` apply to the first), run CMD inside it. The
+//! sandbox stays afterwards, as a docker container does, unless `--rm`, which
+//! removes it (ending anything CMD left running in it: `?force=1`).
 //!
+//! Flags are read up to CMD; everything from CMD on is CMD's (`--` is optional).
 //! CMD runs as a child process: this binary again, as `tapnet exec SANDBOX -- CMD`,
 //! so it gets exactly what `exec` gives (private mount namespace with the sandbox's
 //! resolv.conf and hosts, the network namespace) while this process stays outside
-//! to clean up. The child inherits stdin/stdout/stderr; SIGINT and SIGTERM received
-//! here are forwarded to it; the exit code is CMD's (128+N if a signal N killed it).
-//! If any setup step fails, the sandbox is removed again (which disconnects it).
+//! to clean up. CMD gets this process's environment plus `-e`; its stdin only with
+//! `-i` (else it reads nothing, as in docker); stdout and stderr are inherited
+//! (`-t` is accepted: CMD is on this terminal already). SIGINT and SIGTERM
+//! received here are forwarded to it.
+//!
+//! `-d` runs the same thing in the background (`tapnet run --in-sandbox ID ...`, in
+//! its own process group, standard streams on /dev/null) and prints the sandbox id.
+//!
+//! Exit codes are docker run's: CMD's own (128+N if signal N killed it), 126/127 if
+//! CMD cannot run / is not found, 125 if tapnet itself failed (a setup step the
+//! daemon refused: the sandbox is removed again).
 
-use super::{runtime, sandbox::port_bindings, Exit};
+use super::{runtime, sandbox::port_bindings, Exit, USAGE_EXIT};
 use crate::args::RunArgs;
 use crate::client::{seg, Client};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, ExitStatus};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus, Stdio};
 use tapnet_types::api::{
     ConnectBody, CreateSandboxResponse, EndpointConfigBody, EndpointIpamBody, SandboxCreateBody,
 };
@@ -45,12 +56,13 @@ pub fn connect_bodies(a: &RunArgs, sandbox: &str) -> Vec<(String, ConnectBody)> 
             if i == 0 {
                 let ipam = EndpointIpamBody {
                     ipv4_address: a.ip.map(|ip| ip.to_string()),
+                    ipv6_address: a.ip6.map(|ip| ip.to_string()),
                     link_local_ips: (!a.link_local_ips.is_empty())
                         .then(|| a.link_local_ips.clone()),
-                    ..EndpointIpamBody::default()
                 };
                 cfg.ipam_config = (ipam != EndpointIpamBody::default()).then_some(ipam);
                 cfg.aliases = (!a.aliases.is_empty()).then(|| a.aliases.clone());
+                cfg.mac_address = a.mac_address.clone();
                 cfg.driver_opts =
                     (!a.driver_opts.is_empty()).then(|| a.driver_opts.iter().cloned().collect());
             }
@@ -59,6 +71,18 @@ pub fn connect_bodies(a: &RunArgs, sandbox: &str) -> Vec<(String, ConnectBody)> 
                 endpoint_config: Some(cfg),
             };
             (n, body)
+        })
+        .collect()
+}
+
+/// The `-e` variables as `KEY=VALUE` pairs: `KEY` alone takes `lookup(KEY)`, and is
+/// left out if that is unset (docker's rule).
+pub fn env_pairs(a: &RunArgs, lookup: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+    a.env
+        .iter()
+        .filter_map(|(k, v)| match v {
+            Some(v) => Some((k.clone(), v.clone())),
+            None => lookup(k).map(|v| (k.clone(), v)),
         })
         .collect()
 }
@@ -90,27 +114,38 @@ async fn setup(c: &Client, a: &RunArgs) -> anyhow::Result<String> {
     Ok(id)
 }
 
+/// Remove the sandbox, ending what still runs in it.
 async fn remove(c: &Client, id: &str) {
-    if let Err(e) = c.delete(&format!("/sandboxes/{}", seg(id))).await {
+    if let Err(e) = c.delete(&format!("/sandboxes/{}?force=1", seg(id))).await {
         eprintln!("tapnet: removing sandbox {id}: {e}");
     }
 }
 
-/// Run the command in sandbox `id` as a child `tapnet exec`, forwarding signals.
-async fn run_child(host: &str, id: &str, cmd: &[String]) -> anyhow::Result<ExitStatus> {
-    let (mut int, mut term) = (
-        signal(SignalKind::interrupt())?,
-        signal(SignalKind::terminate())?,
-    );
-    let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
-        .arg("-H")
+/// The `tapnet exec` child that runs CMD in sandbox `id`.
+fn exec_command(host: &str, id: &str, a: &RunArgs) -> anyhow::Result<Command> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("-H")
         .arg(host)
         .arg("exec")
         .arg(id)
         .arg("--")
-        .args(cmd)
-        .spawn()?;
+        .args(&a.cmd)
+        .envs(env_pairs(a, |k| std::env::var(k).ok()))
+        .stdin(if a.interactive {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
+    Ok(cmd)
+}
+
+/// Run CMD in sandbox `id` as a child `tapnet exec`, forwarding signals.
+async fn run_child(host: &str, id: &str, a: &RunArgs) -> anyhow::Result<ExitStatus> {
+    let (mut int, mut term) = (
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::terminate())?,
+    );
+    let mut child = exec_command(host, id, a)?.spawn()?;
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let mut wait = tokio::task::spawn_blocking(move || child.wait());
     loop {
@@ -122,16 +157,61 @@ async fn run_child(host: &str, id: &str, cmd: &[String]) -> anyhow::Result<ExitS
     }
 }
 
+/// The arguments of the background `tapnet run` that `-d` starts for sandbox `id`.
+pub fn detached_args(host: &str, id: &str, a: &RunArgs) -> Vec<String> {
+    let mut v: Vec<String> = vec!["-H".into(), host.into(), "run".into()];
+    if a.rm {
+        v.push("--rm".into());
+    }
+    v.extend(["--in-sandbox".to_string(), id.to_string()]);
+    for (k, val) in env_pairs(a, |k| std::env::var(k).ok()) {
+        v.extend(["-e".to_string(), format!("{k}={val}")]);
+    }
+    v.push("--".into());
+    v.extend(a.cmd.iter().cloned());
+    v
+}
+
+/// Start the background run of `-d`: its own process group (the terminal's signals
+/// do not reach it), standard streams on /dev/null.
+fn spawn_detached(host: &str, id: &str, a: &RunArgs) -> anyhow::Result<()> {
+    Command::new(std::env::current_exe()?)
+        .args(detached_args(host, id, a))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()?;
+    Ok(())
+}
+
+/// tapnet's own failure in a run: printed, exit 125.
+fn failed(e: anyhow::Error) -> anyhow::Error {
+    eprintln!("tapnet: {e:#}");
+    Exit(USAGE_EXIT).into()
+}
+
 /// `tapnet run`.
 pub fn run(c: &Client, host: &str, a: RunArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
-        let id = setup(c, &a).await?;
-        let status = run_child(host, &id, &a.cmd).await;
-        if !a.keep {
+        let id = match &a.in_sandbox {
+            Some(id) => id.clone(),
+            None => setup(c, &a).await.map_err(failed)?,
+        };
+        if a.detach && a.in_sandbox.is_none() {
+            if let Err(e) = spawn_detached(host, &id, &a) {
+                remove(c, &id).await;
+                return Err(failed(e));
+            }
+            println!("{id}");
+            return Ok(());
+        }
+        let status = run_child(host, &id, &a).await;
+        if a.rm {
             remove(c, &id).await;
         }
-        let code = exit_code(status?);
+        let code = exit_code(status.map_err(failed)?);
         if code == 0 {
             Ok(())
         } else {
@@ -230,6 +310,117 @@ mod tests {
                    "DriverOpts": {"com.docker.network.endpoint.ifname": "up0"}})
         );
         assert_eq!(b[1].1["EndpointConfig"], json!({}));
+    }
+
+    #[test]
+    fn docker_run_flags_before_the_command_only() {
+        let a = args(&[
+            "--rm",
+            "-d",
+            "-i",
+            "-t",
+            "--name",
+            "w",
+            "--network",
+            "n1",
+            "--net",
+            "n2",
+            "--ip6",
+            "fd00::9",
+            "--network-alias",
+            "web",
+            "--mac-address",
+            "02:42:ac:11:00:99",
+            "-e",
+            "A=1",
+            "--env",
+            "B",
+            "-p",
+            "8080:80",
+            "ping",
+            "-c1",
+            "--rm",
+            "-e",
+            "x",
+        ]);
+        assert!(a.rm && a.detach && a.interactive && a.tty);
+        assert_eq!(a.networks, ["n1", "n2"]);
+        // Everything from the command on is the command's, tapnet's flags included.
+        assert_eq!(a.cmd, ["ping", "-c1", "--rm", "-e", "x"]);
+        assert_eq!(
+            a.env,
+            [
+                ("A".to_string(), Some("1".to_string())),
+                ("B".to_string(), None)
+            ]
+        );
+        let b = connect_bodies(&a, "ID");
+        assert_eq!(
+            b[0].1["EndpointConfig"],
+            json!({"IPAMConfig": {"IPv6Address": "fd00::9"}, "Aliases": ["web"],
+                   "MacAddress": "02:42:ac:11:00:99"})
+        );
+        assert_eq!(b[1].1["EndpointConfig"], json!({}));
+        let a = args(&["--", "--weird-cmd", "-x"]);
+        assert_eq!(a.cmd, ["--weird-cmd", "-x"]);
+        assert!(!a.rm && !a.detach && !a.interactive);
+        // Flags tapnet does not know are usage errors, before the command.
+        let argv = |v: &[&str]| Cli::try_parse_from(["tapnet", "run"].iter().chain(v).copied());
+        assert!(argv(&["--bogus", "true"]).is_err());
+        assert!(argv(&["--rm"]).is_err(), "a command is required");
+        assert!(argv(&["-e", "=x", "true"]).is_err());
+        assert!(argv(&["--ip", "300.1.1.1", "true"]).is_err());
+    }
+
+    #[test]
+    fn env_and_detached_arguments() {
+        let a = args(&[
+            "--rm",
+            "-e",
+            "A=1",
+            "-e",
+            "HOME",
+            "-e",
+            "NOPE_UNSET",
+            "sh",
+            "-c",
+            "x",
+        ]);
+        let look = |k: &str| (k == "HOME").then(|| "/root".to_string());
+        assert_eq!(
+            env_pairs(&a, look),
+            [
+                ("A".to_string(), "1".to_string()),
+                ("HOME".to_string(), "/root".to_string())
+            ]
+        );
+        let d = detached_args(
+            "unix:///s",
+            "ID",
+            &args(&["--rm", "-e", "A=1", "-d", "sleep", "9"]),
+        );
+        assert_eq!(
+            d,
+            [
+                "-H",
+                "unix:///s",
+                "run",
+                "--rm",
+                "--in-sandbox",
+                "ID",
+                "-e",
+                "A=1",
+                "--",
+                "sleep",
+                "9"
+            ]
+        );
+        // What -d starts parses back to the same run.
+        let back = Cli::try_parse_from(std::iter::once("tapnet".to_string()).chain(d)).unwrap();
+        let Cmd::Run(r) = back.command else { panic!() };
+        assert_eq!(r.in_sandbox.as_deref(), Some("ID"));
+        assert!(r.rm && !r.detach);
+        assert_eq!(r.cmd, ["sleep", "9"]);
     }
 
     #[test]

@@ -1,13 +1,20 @@
 //! `tapnet sandbox ...`: create, ls, inspect, rm; `tapnet port`.
 //!
 //! The bodies sent and the answers read are the typed ones of
-//! [`tapnet_types::api`]; `inspect` prints the daemon's objects as they came.
+//! [`tapnet_types::api`]; `inspect` prints the daemon's objects as they came, or
+//! runs `--format` on each. `ls` is `docker ps`'s counterpart: newest first, rows
+//! with the keys `.ID .Name .Names .RunningFor .CreatedAt .Networks .Addresses
+//! .Ports .NetnsPath .Owned` through [`crate::format`]; its filters (`name=`, `id=`,
+//! `network=`) are applied here. `rm -f` asks the daemon to end the processes in
+//! the sandbox (`DELETE /sandboxes/{id}?force=1`).
 
 use super::{inspect_each, remove_each, Out};
-use crate::args::{ListArgs, ListFormat, Publish, SandboxCmd, SandboxCreate};
+use crate::args::{Publish, SandboxCmd, SandboxCreate, SandboxLsArgs};
 use crate::client::Client;
-use crate::output::{short_id, table};
-use serde_json::json;
+use crate::format::{list_format, render_list};
+use crate::output::{ago, go_time, short_id};
+use jiff::Timestamp;
+use serde_json::{json, Map, Value};
 use tapnet_types::api::{CreateSandboxResponse, SandboxCreateBody, SandboxResource};
 use tapnet_types::ports::{PortBindingBody, PortBindingsBody};
 
@@ -17,11 +24,16 @@ pub async fn run(c: &Client, cmd: SandboxCmd, o: &mut Out<'_>) -> anyhow::Result
         SandboxCmd::Create(a) => create(c, &a, o).await,
         SandboxCmd::Ls(a) => {
             let sbs: Vec<SandboxResource> = c.get_as("/sandboxes").await?;
-            write!(o.out, "{}", ls_output(sbs, &a))?;
+            write!(o.out, "{}", ls_output(sbs, &a, Timestamp::now())?)?;
             Ok(())
         }
-        SandboxCmd::Inspect(a) => inspect_each(c, "/sandboxes", &a.targets, o).await,
-        SandboxCmd::Rm(a) => remove_each(c, "/sandboxes", &a.targets, o).await,
+        SandboxCmd::Inspect(a) => {
+            inspect_each(c, "/sandboxes", &a.targets, a.format.as_deref(), o).await
+        }
+        SandboxCmd::Rm(a) => {
+            let query = if a.force { "?force=1" } else { "" };
+            remove_each(c, "/sandboxes", &a.targets, query, o).await
+        }
     }
 }
 
@@ -119,42 +131,139 @@ async fn create(c: &Client, a: &SandboxCreate, o: &mut Out<'_>) -> anyhow::Resul
 
 /// Names of the networks a sandbox is on, sorted, comma-separated.
 fn networks(sb: &SandboxResource) -> String {
-    let mut names: Vec<&str> = sb.endpoints.keys().map(String::as_str).collect();
-    names.sort_unstable();
+    let names: Vec<&str> = sb.endpoints.keys().map(String::as_str).collect();
     names.join(",")
 }
 
-/// What `sandbox ls` prints for these sandboxes (as listed by `GET /sandboxes`).
-pub fn ls_output(mut sbs: Vec<SandboxResource>, a: &ListArgs) -> String {
-    sbs.sort_by(|x, y| x.name.cmp(&y.name));
-    let id = |s: &SandboxResource| short_id(&s.id, a.no_trunc).to_string();
-    if a.quiet {
-        return sbs.iter().map(|s| id(s) + "\n").collect();
-    }
-    match a.format {
-        ListFormat::Table => {
-            let rows: Vec<Vec<String>> = sbs
-                .iter()
-                .map(|s| vec![id(s), s.name.clone(), networks(s)])
-                .collect();
-            table(&["SANDBOX ID", "NAME", "NETWORKS"], &rows)
+/// The sandbox's addresses (without prefix length), network by network (by name),
+/// IPv4 before IPv6, comma-separated.
+fn addresses(sb: &SandboxResource) -> String {
+    let mut out = Vec::new();
+    for ep in sb.endpoints.values() {
+        for a in [&ep.ipv4_address, &ep.ipv6_address] {
+            if let Some(ip) = a.split('/').next().filter(|ip| !ip.is_empty()) {
+                out.push(ip.to_string());
+            }
         }
-        ListFormat::Json => sbs
-            .iter()
-            .map(|s| {
-                json!({
-                    "CreatedAt": s.created,
-                    "ID": id(s),
-                    "Name": s.name,
-                    "NetnsPath": s.netns_path,
-                    "Networks": networks(s),
-                    "Owned": s.owned.to_string(),
-                })
-                .to_string()
-                    + "\n"
-            })
-            .collect(),
     }
+    out.join(",")
+}
+
+/// Published ports as `docker ps` shows them: `0.0.0.0:8080->80/tcp,
+/// [::]:8080->80/tcp`; a port not bound (yet) as `80/tcp`.
+fn ports(sb: &SandboxResource) -> String {
+    let mut rows: Vec<(u32, String, String)> = Vec::new();
+    for (key, hosts) in &sb.ports {
+        let num: u32 = key
+            .split('/')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u32::MAX);
+        match hosts {
+            Some(hs) if !hs.is_empty() => {
+                for h in hs {
+                    let host = if h.host_ip.contains(':') {
+                        format!("[{}]:{}", h.host_ip, h.host_port)
+                    } else {
+                        format!("{}:{}", h.host_ip, h.host_port)
+                    };
+                    rows.push((num, key.clone(), format!("{host}->{key}")));
+                }
+            }
+            _ => rows.push((num, key.clone(), key.clone())),
+        }
+    }
+    rows.sort();
+    rows.into_iter()
+        .map(|(_, _, s)| s)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `sandbox ls`'s default table.
+pub const LS_TABLE: &str =
+    "table {{.ID}}\t{{.Name}}\t{{.RunningFor}}\t{{.Networks}}\t{{.Addresses}}\t{{.Ports}}";
+
+/// Column titles of `sandbox ls`.
+pub const LS_HEADER: &[(&str, &str)] = &[
+    ("ID", "SANDBOX ID"),
+    ("Name", "NAME"),
+    ("Names", "NAMES"),
+    ("RunningFor", "CREATED"),
+    ("CreatedAt", "CREATED AT"),
+    ("Networks", "NETWORKS"),
+    ("Addresses", "ADDRESSES"),
+    ("Ports", "PORTS"),
+    ("NetnsPath", "NETNS PATH"),
+    ("Owned", "OWNED"),
+];
+
+/// One `sandbox ls` row (every value a string).
+pub fn ls_row(s: &SandboxResource, no_trunc: bool, now: Timestamp) -> Map<String, Value> {
+    let row = json!({
+        "ID": short_id(&s.id, no_trunc),
+        "Name": s.name,
+        "Names": s.name,
+        "RunningFor": ago(&s.created, now),
+        "CreatedAt": go_time(&s.created),
+        "Networks": networks(s),
+        "Addresses": addresses(s),
+        "Ports": ports(s),
+        "NetnsPath": s.netns_path,
+        "Owned": s.owned.to_string(),
+    });
+    match row {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+/// Whether `s` passes `sandbox ls`'s filters: each key given must match one of its
+/// values (`name=`: part of the name; `id=`: id prefix; `network=`: a network the
+/// sandbox is on, by name or id prefix).
+pub fn matches(s: &SandboxResource, filters: &[(String, String)]) -> anyhow::Result<bool> {
+    for (k, _) in filters {
+        if !["name", "id", "network"].contains(&k.as_str()) {
+            anyhow::bail!("invalid filter '{k}'");
+        }
+    }
+    let any = |key: &str, f: &dyn Fn(&str) -> bool| {
+        let mut vals = filters.iter().filter(|(k, _)| k == key).peekable();
+        vals.peek().is_none() || vals.any(|(_, v)| f(v))
+    };
+    Ok(any("name", &|v| s.name.contains(v))
+        && any("id", &|v| s.id.starts_with(v))
+        && any("network", &|v| {
+            s.endpoints
+                .iter()
+                .any(|(name, ep)| name == v || (!v.is_empty() && ep.network_id.starts_with(v)))
+        }))
+}
+
+/// What `sandbox ls` prints for these sandboxes (as listed by `GET /sandboxes`) at
+/// `now`: newest first, as `docker ps`.
+pub fn ls_output(
+    sbs: Vec<SandboxResource>,
+    a: &SandboxLsArgs,
+    now: Timestamp,
+) -> anyhow::Result<String> {
+    let mut kept = Vec::with_capacity(sbs.len());
+    for s in sbs {
+        if matches(&s, &a.filters)? {
+            kept.push(s);
+        }
+    }
+    let stamp = |s: &SandboxResource| s.created.parse::<Timestamp>().ok();
+    kept.sort_by(|x, y| stamp(y).cmp(&stamp(x)).then_with(|| x.name.cmp(&y.name)));
+    let rows: Vec<Map<String, Value>> = kept
+        .iter()
+        .map(|s| ls_row(s, a.list.no_trunc, now))
+        .collect();
+    render_list(
+        &list_format(&a.list.format, a.list.quiet, LS_TABLE),
+        LS_HEADER,
+        &rows,
+    )
 }
 
 #[cfg(test)]
@@ -187,8 +296,12 @@ mod tests {
         super::port_output(&from_json(sb), filter)
     }
 
-    fn ls_output(sbs: Vec<Value>, a: &ListArgs) -> String {
-        super::ls_output(sbs.iter().map(from_json).collect(), a)
+    fn now() -> Timestamp {
+        "2026-11-30T12:00:00Z".parse().unwrap()
+    }
+
+    fn ls_output(sbs: Vec<Value>, a: &SandboxLsArgs) -> String {
+        super::ls_output(sbs.iter().map(from_json).collect(), a, now()).unwrap()
     }
 
     fn cmd(args: &[&str]) -> SandboxCmd {
@@ -199,7 +312,7 @@ mod tests {
         }
     }
 
-    fn list_args(args: &[&str]) -> ListArgs {
+    fn list_args(args: &[&str]) -> SandboxLsArgs {
         match cmd(&[&["ls"], args].concat()) {
             SandboxCmd::Ls(a) => a,
             other => panic!("{other:?}"),
@@ -257,9 +370,16 @@ mod tests {
     fn sbs() -> Vec<Value> {
         vec![
             json!({"Id": ID1, "Name": "sb2", "NetnsPath": "/run/tapnet/netns/a", "Owned": true,
-                   "Endpoints": {"net2": {}, "net1": {}}}),
+                   "Created": "2026-11-30T11:58:00Z",
+                   "Endpoints": {
+                       "net2": {"NetworkID": "2222", "IPv4Address": "10.2.0.5/24",
+                                "IPv6Address": "fd00::5/64"},
+                       "net1": {"NetworkID": "1111", "IPv4Address": "10.1.0.5/24"}},
+                   "Ports": {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"},
+                                        {"HostIp": "::", "HostPort": "8080"}],
+                             "53/udp": null}}),
             json!({"Id": "bbbb", "Name": "sb1", "NetnsPath": "/proc/1/ns/net", "Owned": false,
-                   "Endpoints": {}}),
+                   "Created": "2026-11-30T09:00:00Z", "Endpoints": {}}),
         ]
     }
 
@@ -287,27 +407,68 @@ mod tests {
     }
 
     #[test]
-    fn ls_table() {
+    fn ls_table_like_docker_ps() {
         assert_eq!(
             ls_output(sbs(), &list_args(&[])),
-            "SANDBOX ID     NAME   NETWORKS\n\
-             bbbb           sb1\n\
-             aaaaaaaaaaaa   sb2    net1,net2\n"
+            format!(
+                "SANDBOX ID     NAME      CREATED         NETWORKS    ADDRESSES                   PORTS\n\
+                 aaaaaaaaaaaa   sb2       2 minutes ago   net1,net2   10.1.0.5,10.2.0.5,fd00::5   53/udp, 0.0.0.0:8080->80/tcp, [::]:8080->80/tcp\n\
+                 bbbb           sb1       3 hours ago{}\n",
+                // Empty cells before the last are padded, as Go's tabwriter pads them.
+                " ".repeat(5 + 12 + 28)
+            )
         );
         assert_eq!(
             ls_output(sbs(), &list_args(&["-q", "--no-trunc"])),
-            format!("bbbb\n{ID1}\n")
+            format!("{ID1}\nbbbb\n")
         );
+        assert_eq!(
+            ls_output(
+                sbs(),
+                &list_args(&["--format", "{{.Names}} {{.Owned}} {{.CreatedAt}}"])
+            ),
+            "sb2 true 2026-11-30 11:58:00 +0000 UTC\nsb1 false 2026-11-30 09:00:00 +0000 UTC\n"
+        );
+        assert_eq!(
+            ls_output(sbs(), &list_args(&["--format", "table {{.Name}}\\t{{.Ports}}", "-q"])),
+            "NAME      PORTS\nsb2       53/udp, 0.0.0.0:8080->80/tcp, [::]:8080->80/tcp\nsb1       \n"
+        );
+    }
+
+    #[test]
+    fn ls_filters() {
+        let names = |args: &[&str]| {
+            let mut a = vec!["--format", "{{.Name}}"];
+            a.extend_from_slice(args);
+            ls_output(sbs(), &list_args(&a))
+        };
+        assert_eq!(names(&["--filter", "name=b2"]), "sb2\n");
+        assert_eq!(names(&["--filter", "name=sb"]), "sb2\nsb1\n");
+        assert_eq!(names(&["-f", "id=bb"]), "sb1\n");
+        assert_eq!(names(&["-f", "network=net1"]), "sb2\n");
+        assert_eq!(names(&["-f", "network=2222"]), "sb2\n");
+        assert_eq!(names(&["-f", "network=net"]), "");
+        // Two values of a key: either; two keys: both.
+        assert_eq!(names(&["-f", "name=sb1", "-f", "name=sb2"]), "sb2\nsb1\n");
+        assert_eq!(names(&["-f", "name=sb1", "-f", "network=net1"]), "");
+        let e = super::ls_output(
+            sbs().iter().map(from_json).collect(),
+            &list_args(&["-f", "label=x"]),
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "invalid filter 'label'");
     }
 
     #[test]
     fn ls_json() {
         let out = ls_output(sbs(), &list_args(&["--format", "json"]));
-        let first: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        let last: Value = serde_json::from_str(out.lines().nth(1).unwrap()).unwrap();
         assert_eq!(
-            first,
-            json!({"CreatedAt": "", "ID": "bbbb", "Name": "sb1", "NetnsPath": "/proc/1/ns/net",
-                   "Networks": "", "Owned": "false"})
+            last,
+            json!({"Addresses": "", "CreatedAt": "2026-11-30 09:00:00 +0000 UTC", "ID": "bbbb",
+                   "Name": "sb1", "Names": "sb1", "NetnsPath": "/proc/1/ns/net", "Networks": "",
+                   "Owned": "false", "Ports": "", "RunningFor": "3 hours ago"})
         );
     }
 
@@ -318,6 +479,7 @@ mod tests {
                 (201, r#"{"Id":"abc"}"#),
                 (204, ""),
                 (404, r#"{"message":"no such sandbox: y"}"#),
+                (204, ""),
             ]);
             let mut cap = Captured::default();
             run(&d.client, cmd(&["create", "sb1"]), &mut cap.term())
@@ -330,15 +492,21 @@ mod tests {
                 cap.err(),
                 "Error response from daemon: no such sandbox: y\n"
             );
-            let seen = d.seen.lock().unwrap();
-            assert_eq!(
-                (seen[0].method.as_str(), seen[0].path.as_str()),
-                ("POST", "/sandboxes")
-            );
-            assert_eq!(
-                (seen[1].method.as_str(), seen[1].path.as_str()),
-                ("DELETE", "/sandboxes/sb1")
-            );
+            {
+                let seen = d.seen.lock().unwrap();
+                assert_eq!(
+                    (seen[0].method.as_str(), seen[0].path.as_str()),
+                    ("POST", "/sandboxes")
+                );
+                assert_eq!(
+                    (seen[1].method.as_str(), seen[1].path.as_str()),
+                    ("DELETE", "/sandboxes/sb1")
+                );
+            }
+            run(&d.client, cmd(&["rm", "-f", "sb 2"]), &mut cap.term())
+                .await
+                .unwrap();
+            assert_eq!(d.seen.lock().unwrap()[3].path, "/sandboxes/sb%202?force=1");
         });
     }
 }

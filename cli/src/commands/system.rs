@@ -128,27 +128,13 @@ pub fn event_text(ev: &EventMessage) -> String {
     )
 }
 
-/// Nanoseconds since the epoch as RFC 3339 UTC with nanoseconds.
+/// Nanoseconds since the epoch as RFC 3339 UTC with nanoseconds (docker's event
+/// time); out of jiff's range (beyond year 9999) prints the raw number.
 pub fn rfc3339_nanos(nanos: i64) -> String {
-    let secs = nanos.div_euclid(1_000_000_000);
-    let frac = nanos.rem_euclid(1_000_000_000);
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    match jiff::Timestamp::from_nanosecond(i128::from(nanos)) {
+        Ok(t) => format!("{t:.9}"),
+        Err(_) => nanos.to_string(),
+    }
 }
 
 /// The human-readable `tapnet info`.

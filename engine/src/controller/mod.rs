@@ -522,6 +522,19 @@ impl Controller {
         .await
     }
 
+    /// Remove a sandbox as `DELETE /sandboxes/{id}` does: one whose namespace tapnet
+    /// made is refused (409, naming the pids) while processes run in it, unless
+    /// `force`, which ends them first (SIGTERM, then SIGKILL); then as
+    /// [`Controller::delete_sandbox`].
+    pub async fn remove_sandbox(&self, what: &str, force: bool) -> Result<()> {
+        let (inner, what) = (Arc::clone(&self.inner), what.to_string());
+        to_the_end("remove sandbox", async move {
+            inner.check_sandbox_processes(&what, force).await?;
+            inner.delete_sandbox(&what).await
+        })
+        .await
+    }
+
     /// Connect a sandbox to a network (CNM `CreateEndpoint` + `Join`) with the
     /// static addresses, MAC and aliases of `opts`. A MAC already used by another
     /// endpoint of the network is a conflict (409).
