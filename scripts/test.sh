@@ -27,6 +27,10 @@ command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v podman >/dev/null || need+=(podman)
 [ -d /usr/lib/cni ] || need+=(containernetworking-plugins)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || need+=(busybox-static)
+# tests/tests/capture.rs reads `tapnet capture` files with the real tcpdump;
+# tests/tests/metrics.rs parses /metrics with the Prometheus client library's parser.
+command -v tcpdump >/dev/null || need+=(tcpdump)
+python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

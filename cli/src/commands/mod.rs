@@ -4,6 +4,7 @@
 //! Errors that were already printed (e.g. one of several `rm` targets failed) are
 //! returned as [`Exit`] so that `main` only sets the exit code.
 
+pub mod capture;
 pub mod completion;
 pub mod exec;
 pub mod network;
@@ -58,6 +59,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let command = match cli.command {
         Command::Exec(args) => return exec::run(&client, args),
         Command::Run(args) => return run::run(&client, &cli.host, args),
+        Command::Capture(args) => return capture::run(&client, args),
         other => other,
     };
     let rt = runtime()?;
@@ -75,7 +77,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Version(a) => system::version(&client, &a, &mut o).await,
             Command::Info(a) => system::info(&client, &a, &mut o).await,
             Command::Events(a) => system::events(&client, &a, &mut o).await,
-            Command::Exec(_) | Command::Run(_) | Command::Completion(_) => Ok(()),
+            Command::Exec(_) | Command::Run(_) | Command::Completion(_) | Command::Capture(_) => {
+                Ok(())
+            }
         }
     });
     o.out.flush()?;

@@ -56,7 +56,9 @@ use tapnet_sandbox::tap::Tap;
 use tapnet_switch::core::{
     MacAddr, PortFdb, PortId, PortOptions, PortPolicy, PortRole, SwitchConfig,
 };
-use tapnet_switch::runtime::{DatagramPort, Datapath, FrameIo, NetworkHandle, PortStats};
+use tapnet_switch::runtime::{
+    CaptureScope, DatagramPort, Datapath, FrameIo, NetworkHandle, PortStats,
+};
 
 /// Socket buffer asked for on both ends of the switch↔gateway socketpair. A 64 KiB
 /// GSO super-frame costs its full size in the sender's buffer; the default
@@ -718,7 +720,35 @@ impl Driver for BridgeDriver {
             ),
             tunnel: None,
             uplink: Vec::new(),
+            capture_subscribers: net.handle.capture_subscribers(),
         })
+    }
+
+    fn capture(
+        &self,
+        network_id: &str,
+        endpoint_id: Option<&str>,
+    ) -> Result<tapnet_switch::runtime::Capture> {
+        let nets = lock(&self.networks);
+        let net = nets
+            .get(network_id)
+            .ok_or_else(|| Self::unknown(network_id))?;
+        let scope = match endpoint_id {
+            None => CaptureScope::Network,
+            Some(ep) => CaptureScope::Port(
+                net.ports
+                    .get(ep)
+                    .ok_or_else(|| {
+                        Error::NotFound(format!(
+                            "endpoint {ep} has no switch port on network {network_id}"
+                        ))
+                    })?
+                    .port,
+            ),
+        };
+        net.handle
+            .capture(scope)
+            .map_err(|e| Error::datapath(format!("capture on network {network_id}"), e))
     }
 
     fn fdb(&self, network_id: &str) -> Result<Vec<FdbRow>> {
