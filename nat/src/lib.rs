@@ -20,6 +20,7 @@
 pub mod core;
 pub mod dns;
 pub mod flows;
+mod hostsock;
 pub mod runtime;
 pub mod stats;
 pub mod tcp;

@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::net::Ipv6Addr;
-use tapnet_tests::{in_namespace, Env};
+use std::time::Duration;
+use tapnet_tests::{connect_in, in_namespace, tcp_server, udp_echo_in, Env, WAN_HOST_IP, WAN_IP};
 
 /// An IPv6 subnet: network address and prefix length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,5 +145,143 @@ fn ipv6_without_subnet_takes_a_ula_64() {
         assert_eq!(s4.to_string(), "fd42:1:2::/64");
         env.ok(&["network", "create", "--ipv6", "--subnet", "fd99::/64", "u5"]);
         assert_eq!(v6_config(env, "u5").0.to_string(), "fd99::/64");
+    });
+}
+
+/// Read one line from `c`.
+fn read_line(c: &mut std::net::TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        std::io::Read::read_exact(c, &mut byte).expect("a line from the sandbox");
+        line.push(byte[0]);
+    }
+    String::from_utf8(line).unwrap().trim().to_string()
+}
+
+/// The greeting of the server in the sandbox, seen from the wan through `addr`.
+fn greeting(wan: &tapnet_tests::Wan, addr: &str) -> String {
+    let mut c = connect_in(&wan.ns, addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect to {addr} from the wan: {e}"));
+    read_line(&mut c)
+}
+
+/// One UDP request/response from the wan to `addr` (either family), retried up to 5
+/// times (1 s each): the reply and where it came from.
+fn udp_roundtrip(
+    wan: &tapnet_tests::Wan,
+    addr: &str,
+    payload: &[u8],
+) -> Option<(Vec<u8>, std::net::SocketAddr)> {
+    let to: std::net::SocketAddr = addr.parse().unwrap();
+    let local = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+    let sock = wan.run(|| std::net::UdpSocket::bind(local)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut buf = vec![0u8; 2048];
+    for _ in 0..5 {
+        sock.send_to(payload, to).unwrap();
+        if let Ok((k, from)) = sock.recv_from(&mut buf) {
+            return Some((buf[..k].to_vec(), from));
+        }
+    }
+    None
+}
+
+#[test]
+fn publish_without_host_ip_listens_on_v4_and_v6() {
+    in_namespace("publish_without_host_ip_listens_on_v4_and_v6", |env| {
+        let wan = env.wan();
+        // IPv6 on the wan link too: host fd77::1, wan fd77::2.
+        env.host_cmd(&["ip", "addr", "add", "fd77::1/64", "dev", "wan0", "nodad"]);
+        env.host_cmd(&[
+            "ip",
+            "-n",
+            "wan",
+            "addr",
+            "add",
+            "fd77::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        env.network("pub", "10.97.0.0/24");
+        env.ok(&[
+            "sandbox",
+            "create",
+            "-p",
+            "8080:80",
+            "-p",
+            "9999:99/udp",
+            "-p",
+            "0.0.0.0:8082:80",
+            "-p",
+            "81",
+            "web",
+        ]);
+        env.connect("pub", "web");
+        let ns = env.sandbox_ns("web");
+        let server = tcp_server(&ns, "0.0.0.0:80", |mut s| {
+            let peer = s.peer_addr().unwrap();
+            let _ = std::io::Write::write_all(&mut s, format!("hello {peer}\n").as_bytes());
+        });
+        let _server81 = tcp_server(&ns, "0.0.0.0:81", |mut s| {
+            let _ = std::io::Write::write_all(&mut s, b"hello 81\n");
+        });
+        let udp = udp_echo_in(&ns, "0.0.0.0:99");
+
+        // The same port over IPv4 and IPv6, bytes back from the sandbox.
+        let v4 = greeting(&wan, &format!("{WAN_HOST_IP}:8080"));
+        assert!(v4.starts_with(&format!("hello {WAN_IP}:")), "{v4}");
+        let v6 = greeting(&wan, "[fd77::1]:8080");
+        // An IPv6 client reaches the IPv4 sandbox from the network's gateway address.
+        assert!(v6.starts_with("hello 10.97.0.1:"), "{v6}");
+        assert_eq!(server.seen().len(), 2);
+        for addr in [format!("{WAN_HOST_IP}:9999"), "[fd77::1]:9999".to_string()] {
+            let (reply, from) = udp_roundtrip(&wan, &addr, b"dual udp")
+                .unwrap_or_else(|| panic!("no UDP reply through {addr}"));
+            assert_eq!(reply, b"dual udp");
+            assert_eq!(from.to_string(), addr);
+        }
+        assert_eq!(udp.seen().len(), 2, "{:?}", udp.seen());
+        // An explicit 0.0.0.0 is IPv4 only.
+        assert!(greeting(&wan, &format!("{WAN_HOST_IP}:8082")).starts_with("hello "));
+        assert!(connect_in(&wan.ns, "[fd77::1]:8082", Duration::from_secs(5)).is_err());
+
+        // The API lists both sockets, as dockerd does; a picked port is the same on both.
+        let v = env.get("/sandboxes/web");
+        let ports = &v["Ports"];
+        assert_eq!(
+            ports["80/tcp"],
+            serde_json::json!([
+                {"HostIp": "0.0.0.0", "HostPort": "8080"},
+                {"HostIp": "::", "HostPort": "8080"},
+                {"HostIp": "0.0.0.0", "HostPort": "8082"}
+            ]),
+            "{v}"
+        );
+        assert_eq!(
+            ports["99/udp"],
+            serde_json::json!([{"HostIp": "0.0.0.0", "HostPort": "9999"}, {"HostIp": "::", "HostPort": "9999"}]),
+            "{v}"
+        );
+        let picked = ports["81/tcp"][0]["HostPort"].as_str().unwrap().to_string();
+        assert_eq!(ports["81/tcp"][1]["HostPort"], picked.as_str(), "{v}");
+        assert_eq!(greeting(&wan, &format!("[fd77::1]:{picked}")), "hello 81");
+        assert_eq!(
+            greeting(&wan, &format!("{WAN_HOST_IP}:{picked}")),
+            "hello 81"
+        );
+
+        // A daemon restart binds both again.
+        env.stop_daemon();
+        env.start_daemon();
+        assert!(greeting(&wan, "[fd77::1]:8080").starts_with("hello 10.97.0.1:"));
+        assert!(greeting(&wan, &format!("{WAN_HOST_IP}:8080")).starts_with("hello "));
+
+        // Removing the sandbox frees both families' sockets.
+        env.ok(&["sandbox", "rm", "web"]);
+        drop(std::net::TcpListener::bind("0.0.0.0:8080").expect("IPv4 8080 freed"));
+        drop(std::net::TcpListener::bind("[::]:8080").expect("IPv6 8080 freed"));
+        drop(std::net::UdpSocket::bind("[::]:9999").expect("IPv6 9999 freed"));
     });
 }

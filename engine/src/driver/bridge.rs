@@ -547,17 +547,19 @@ impl Driver for BridgeDriver {
             .gateway
             .as_ref()
             .ok_or_else(|| Self::unknown(network_id))?;
-        gw.publish(spec).map_err(|e| {
-            Error::gateway(
-                format!(
-                    "publish {}/{} of {}",
-                    spec.sandbox_port,
-                    proto_name(spec.proto),
-                    spec.sandbox_ip
-                ),
-                e,
-            )
-        })
+        crate::ports::publish_dual(spec, |s| gw.publish(s), |p, a| gw.unpublish(p, a)).map_err(
+            |e| {
+                Error::gateway(
+                    format!(
+                        "publish {}/{} of {}",
+                        spec.sandbox_port,
+                        proto_name(spec.proto),
+                        spec.sandbox_ip
+                    ),
+                    e,
+                )
+            },
+        )
     }
 
     fn unpublish(&self, network_id: &str, proto: Proto, addr: SocketAddr) -> Result<()> {
@@ -566,8 +568,7 @@ impl Driver for BridgeDriver {
             .get(network_id)
             .ok_or_else(|| Self::unknown(network_id))?;
         match &net.gateway {
-            Some(gw) => gw
-                .unpublish(proto, addr)
+            Some(gw) => crate::ports::unpublish_dual(proto, addr, |p, a| gw.unpublish(p, a))
                 .map_err(|e| Error::gateway(format!("unpublish {addr}/{}", proto_name(proto)), e)),
             None => Ok(()),
         }
