@@ -243,10 +243,15 @@ fn capture_count_to_stdout_and_errors() {
         assert_eq!(lines.lines().count(), 4, "{lines}");
         wait_subscribers(env, "cnt", 0);
 
-        // Errors: unknown target, a sandbox on no network, a bad query parameter.
+        // Errors: unknown target, a sandbox on no network (no file made), a bad query
+        // parameter.
+        env.sandbox("lonely");
         let err = env.fails(&["capture", "nosuch"]);
         assert!(err.contains("no network or sandbox named nosuch"), "{err}");
-        env.sandbox("lonely");
+        let never = PathBuf::from(&env.root).join("never.pcap");
+        let err = env.fails(&["capture", "lonely", "-w", never.to_str().unwrap()]);
+        assert!(err.contains("not connected"), "{err}");
+        assert!(!never.exists(), "a refused capture made its file");
         let err = env.fails(&["capture", "lonely"]);
         assert!(err.contains("not connected"), "{err}");
         let (code, v) = env.api("GET", "/networks/cnt/capture?snaplen=10", None);

@@ -130,13 +130,6 @@ pub fn run(c: &Client, a: CaptureArgs) -> anyhow::Result<()> {
     let rt = super::runtime()?;
     rt.block_on(async {
         let path = capture_path(c, &a).await?;
-        let mut out: Box<dyn Write> = match &a.write {
-            Some(p) if p.as_os_str() != "-" => Box::new(io::BufWriter::new(
-                std::fs::File::create(p)
-                    .with_context(|| format!("cannot write {}", p.display()))?,
-            )),
-            _ => Box::new(io::stdout().lock()),
-        };
         let stream =
             UnixStream::connect(c.socket())
                 .await
@@ -173,6 +166,14 @@ pub fn run(c: &Client, a: CaptureArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| String::from_utf8_lossy(&raw).trim().to_string());
             return Err(ClientError::Daemon { status, message }.into());
         }
+        // The file is made only once the daemon has accepted the capture.
+        let mut out: Box<dyn Write> = match &a.write {
+            Some(p) if p.as_os_str() != "-" => Box::new(io::BufWriter::new(
+                std::fs::File::create(p)
+                    .with_context(|| format!("cannot write {}", p.display()))?,
+            )),
+            _ => Box::new(io::stdout().lock()),
+        };
         let mut copier = Copier {
             pending: Vec::new(),
             parser: None,
