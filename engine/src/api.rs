@@ -1140,7 +1140,7 @@ async fn not_found_fallback(uri: Uri) -> ApiError {
         status: StatusCode::NOT_FOUND,
         message: format!(
             "page not found: {}: tapnetd serves only Docker's network endpoints (/networks/...), \
-             /_ping, /version, /info, /events and tapnet's /sandboxes; a docker container is a tapnet sandbox",
+             /_ping, /version, /info, /events, /metrics and tapnet's /sandboxes; a docker container is a tapnet sandbox",
             uri.path()
         ),
     }
