@@ -254,6 +254,35 @@ fn capture_count_to_stdout_and_errors() {
         assert!(!never.exists(), "a refused capture made its file");
         let err = env.fails(&["capture", "lonely"]);
         assert!(err.contains("not connected"), "{err}");
+        // A name that is a network's and a sandbox's: refused, the id is needed.
+        env.network("twin", "10.98.0.0/24");
+        env.sandbox("twin");
+        let err = env.fails(&["capture", "twin"]);
+        assert!(err.contains("both a network and a sandbox"), "{err}");
+        // At most 16 captures of one network (curl as the client): the 17th is 429, and
+        // killing the clients removes every subscriber.
+        let curls: Vec<Child> = (0..16)
+            .map(|_| {
+                Command::new("curl")
+                    .args(["-sN", "--unix-socket"])
+                    .arg(&env.socket)
+                    .args(["-o", "/dev/null", "http://tapnet/networks/cnt/capture"])
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .expect("run curl")
+            })
+            .collect();
+        wait_subscribers(env, "cnt", 16);
+        let (code, v) = env.api("GET", "/networks/cnt/capture", None);
+        assert_eq!(code, 429, "{v}");
+        assert!(
+            v["message"].as_str().unwrap().contains("16 captures"),
+            "{v}"
+        );
+        for c in curls {
+            stop(c);
+        }
+        wait_subscribers(env, "cnt", 0);
         let (code, v) = env.api("GET", "/networks/cnt/capture?snaplen=10", None);
         assert_eq!(code, 400, "{v}");
         let (code, v) = env.api("GET", "/sandboxes/a/capture?network=nosuch", None);

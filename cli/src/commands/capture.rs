@@ -3,8 +3,8 @@
 //! (what the sandbox sends and is sent) to a file or stdout, for `tcpdump -r` or
 //! Wireshark.
 //!
-//! The target is looked up as a network first, then as a sandbox; a name that is both
-//! is refused (give the id). The daemon's stream (`GET /networks/{id}/capture` or
+//! The target is a network or a sandbox of that exact name or id (a name that is both
+//! is refused: give the id), else the one whose id starts with it. The daemon's stream (`GET /networks/{id}/capture` or
 //! `GET /sandboxes/{id}/capture?network=`) is copied record by record: only whole pcap
 //! records are written, so a capture stopped by a signal leaves a file that reads to its
 //! last frame. `-c COUNT` stops after COUNT frames.
@@ -41,43 +41,65 @@ pub struct CaptureArgs {
     pub network: Option<String>,
 }
 
-/// Whether `GET path` finds something (404: no; other errors are errors).
-async fn exists(c: &Client, path: &str) -> anyhow::Result<bool> {
-    match c.get(path).await {
-        Ok(_) => Ok(true),
-        Err(ClientError::Daemon { status, .. }) if status.as_u16() == 404 => Ok(false),
+/// How `GET base/target` matched: by full name or id, by id prefix only, or not at all
+/// (404, or a prefix matching several: the daemon's message is kept for the error).
+enum Match {
+    Exact,
+    Prefix,
+    No(Option<String>),
+}
+
+async fn lookup(c: &Client, base: &str, target: &str) -> anyhow::Result<Match> {
+    match c.get(&format!("{base}/{}", seg(target))).await {
+        Ok((_, v)) => {
+            let is = |k: &str| v[k].as_str() == Some(target);
+            Ok(if is("Name") || is("Id") {
+                Match::Exact
+            } else {
+                Match::Prefix
+            })
+        }
+        Err(ClientError::Daemon { status, message }) if matches!(status.as_u16(), 400 | 404) => {
+            Ok(Match::No((status.as_u16() == 400).then_some(message)))
+        }
         Err(e) => Err(e.into()),
     }
 }
 
-/// The capture path for `a`.
+/// The capture path for `a`: a network or sandbox of that exact name or id (both:
+/// refused), else the one an id prefix names.
 async fn capture_path(c: &Client, a: &CaptureArgs) -> anyhow::Result<String> {
     let t = seg(&a.target);
-    let net = exists(c, &format!("/networks/{t}")).await?;
-    let sb = exists(c, &format!("/sandboxes/{t}")).await?;
-    match (net, sb) {
-        (true, true) => anyhow::bail!(
-            "{} is both a network and a sandbox: give the id of the one to capture",
+    let net = lookup(c, "/networks", &a.target).await?;
+    let sb = lookup(c, "/sandboxes", &a.target).await?;
+    let is_net = match (&net, &sb) {
+        (Match::Exact, Match::Exact) | (Match::Prefix, Match::Prefix) => anyhow::bail!(
+            "{} names both a network and a sandbox: give the full id of the one to capture",
             a.target
         ),
-        (true, false) => {
-            if a.network.is_some() {
-                anyhow::bail!(
-                    "--network is for a sandbox target; {} is a network",
-                    a.target
-                );
-            }
-            Ok(format!("/networks/{t}/capture"))
+        (Match::Exact, _) | (Match::Prefix, Match::No(_)) => true,
+        (_, Match::Exact) | (Match::No(_), Match::Prefix) => false,
+        (Match::No(n), Match::No(s)) => match n.as_ref().or(s.as_ref()) {
+            Some(msg) => anyhow::bail!("Error response from daemon: {msg}"),
+            None => anyhow::bail!(
+                "Error response from daemon: no network or sandbox named {}",
+                a.target
+            ),
+        },
+    };
+    if is_net {
+        if a.network.is_some() {
+            anyhow::bail!(
+                "--network is for a sandbox target; {} is a network",
+                a.target
+            );
         }
-        (false, true) => Ok(match &a.network {
-            Some(n) => format!("/sandboxes/{t}/capture?network={}", seg(n)),
-            None => format!("/sandboxes/{t}/capture"),
-        }),
-        (false, false) => anyhow::bail!(
-            "Error response from daemon: no network or sandbox named {}",
-            a.target
-        ),
+        return Ok(format!("/networks/{t}/capture"));
     }
+    Ok(match &a.network {
+        Some(n) => format!("/sandboxes/{t}/capture?network={}", seg(n)),
+        None => format!("/sandboxes/{t}/capture"),
+    })
 }
 
 /// Copies whole pcap records from the stream to `out`, counting them.
