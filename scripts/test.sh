@@ -30,6 +30,11 @@ dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed"
 # tests/tests/cli.rs completes network and sandbox names in real bash, zsh and fish.
 command -v zsh >/dev/null || need+=(zsh)
 command -v fish >/dev/null || need+=(fish)
+
+# tests/tests/capture.rs reads `tapnet capture` files with the real tcpdump;
+# tests/tests/metrics.rs parses /metrics with the Prometheus client library's parser.
+command -v tcpdump >/dev/null || need+=(tcpdump)
+python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -65,6 +65,9 @@ pub enum Command {
     Info(SystemArgs),
     /// Stream network events (create, destroy, connect, disconnect) until interrupted.
     Events(EventsArgs),
+    /// Write a pcap capture of a network's or a sandbox's frames (for tcpdump -r, Wireshark).
+    #[command(override_usage = "tapnet capture [OPTIONS] NET|SANDBOX")]
+    Capture(crate::commands::capture::CaptureArgs),
 }
 
 /// `tapnet events`

@@ -3,7 +3,10 @@
 //! Contract: Docker-compatible network endpoints (and `/_ping`, `/version`, `/info`,
 //! `/events`)
 //! plus tapnet's `/sandboxes`,
-//! `/networks/{id}/stats` and `/networks/{id}/fdb`, served over a unix socket.
+//! `/networks/{id}/stats`, `/networks/{id}/fdb`, the pcap streams
+//! `/networks/{id}/capture` and `/sandboxes/{id}/capture` ([`crate::capture`]) and
+//! Prometheus `/metrics` ([`crate::metrics`], which also counts and times every request
+//! by route), served over a unix socket.
 //! Every path may carry a `/v{major}.{minor}` prefix; a version outside
 //! [`MIN_API_VERSION`]..=[`API_VERSION`] is refused with 400 and Docker's message
 //! before any handler runs. Every error answer is `{"message": ...}` with the status
@@ -1116,6 +1119,37 @@ async fn sandbox_inspect(
     Ok(Json(res))
 }
 
+/// `GET /networks/{id}/capture`: see [`crate::capture`].
+async fn network_capture(State(ctl): Ctl, Path(id): Path<String>, uri: Uri) -> ApiResult<Response> {
+    let q = query_map(&uri)?;
+    if let Some(k) = q.keys().next() {
+        return Err(ApiError::bad_request(format!(
+            "query parameter {k:?} is not supported by a network capture"
+        )));
+    }
+    crate::capture::stream(&ctl, Some(&id), None).await
+}
+
+/// `GET /sandboxes/{id}/capture[?network=NET]`: see [`crate::capture`].
+async fn sandbox_capture(State(ctl): Ctl, Path(id): Path<String>, uri: Uri) -> ApiResult<Response> {
+    let q = query_map(&uri)?;
+    if let Some(k) = q.keys().find(|k| *k != "network") {
+        return Err(ApiError::bad_request(format!(
+            "query parameter {k:?} is not supported by a sandbox capture (only network)"
+        )));
+    }
+    let network = q
+        .get("network")
+        .map(String::as_str)
+        .filter(|n| !n.is_empty());
+    crate::capture::stream(&ctl, network, Some(&id)).await
+}
+
+/// `GET /metrics`: see [`crate::metrics`].
+async fn metrics(State(ctl): Ctl) -> Response {
+    crate::metrics::render(&ctl).await
+}
+
 /// `DELETE /sandboxes/{id}[?force=1]` (docker's `DELETE /containers/{id}?force=1`):
 /// 409 naming the pids while processes run in a sandbox tapnet made, unless forced.
 async fn sandbox_delete(
@@ -1154,7 +1188,7 @@ async fn not_found_fallback(uri: Uri) -> ApiError {
         status: StatusCode::NOT_FOUND,
         message: format!(
             "page not found: {}: tapnetd serves only Docker's network endpoints (/networks/...), \
-             /_ping, /version, /info, /events and tapnet's /sandboxes; a docker container is a tapnet sandbox",
+             /_ping, /version, /info, /events, /metrics and tapnet's /sandboxes; a docker container is a tapnet sandbox",
             uri.path()
         ),
     }
@@ -1259,6 +1293,9 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/networks/{id}/disconnect", post(network_disconnect))
         .route("/networks/{id}/stats", get(network_stats))
         .route("/networks/{id}/fdb", get(network_fdb))
+        .route("/networks/{id}/capture", get(network_capture))
+        .route("/sandboxes/{id}/capture", get(sandbox_capture))
+        .route("/metrics", get(metrics))
         .route("/sandboxes", get(sandbox_list).post(sandbox_create))
         .route(
             "/sandboxes/{id}",
@@ -1267,6 +1304,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .fallback(not_found_fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(ctl);
     // The outer router rewrites the URI before the inner one routes it.
     Router::new()

@@ -16,7 +16,12 @@
 //!   local defaults: 172.17.0.0/16 … 172.31.0.0/16, then 192.168.0.0/16 cut into
 //!   /20s; or the `--default-address-pool base=CIDR,size=N` list instead) that
 //!   overlaps neither a pool already handed out nor a route of the daemon's host
-//!   ([`DefaultIpam::avoid`]); IPv6 pools always need an explicit subnet;
+//!   ([`DefaultIpam::avoid`]); without a requested subnet an IPv6 pool is the first free
+//!   /64 of the IPv6 default pool: a unique local /48 (RFC 4193, `fdXX:XXXX:XXXX::/48`)
+//!   whose 40-bit global ID is derived from the host's machine id
+//!   ([`DefaultPoolV6::for_host`]; the same host always gets the same /48, as dockerd
+//!   27 does), or the `--default-ipv6-pool base=CIDR,size=N` list instead
+//!   ([`DefaultIpam::with_v6_pools`]);
 //! * a requested subnet must be its own network address, leave room for a gateway and
 //!   an endpoint (IPv4 /30, IPv6 /126 at most), and overlap no pool handed out
 //!   ([`IpamError::Overlap`] names the other subnet);
@@ -36,9 +41,9 @@
 //! range, then `request_address` with each recorded address (gateway, auxiliary,
 //! endpoints), reproduces exactly the allocations made before a restart.
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Option key of [`Ipam::request_address`] saying what the address is for (libnetwork's
 /// `ipamapi.RequestAddressType`).
@@ -109,7 +114,7 @@ pub enum IpamError {
 /// What a network asks of IPAM (libnetwork's `RequestPool` arguments).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PoolRequest {
-    /// A specific subnet, or `None` for one from the default pools (IPv4 only).
+    /// A specific subnet, or `None` for one from the default pools.
     pub subnet: Option<IpNet>,
     /// Restrict dynamic allocation to this sub-range (must lie in the subnet).
     pub ip_range: Option<IpNet>,
@@ -255,6 +260,101 @@ impl DefaultPool {
     }
 
     fn subnets(&self) -> impl Iterator<Item = Ipv4Net> {
+        self.base.subnets(self.size).into_iter().flatten()
+    }
+}
+
+/// One IPv6 default pool (`--default-ipv6-pool`): `base` cut into subnets of prefix
+/// length `size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DefaultPoolV6 {
+    /// The range the subnets are cut from.
+    pub base: Ipv6Net,
+    /// Prefix length of each subnet.
+    pub size: u8,
+}
+
+/// Prefix length of the subnets the IPv6 default pool hands out.
+pub const DEFAULT_V6_SUBNET_LEN: u8 = 64;
+
+impl DefaultPoolV6 {
+    /// Parse `base=CIDR,size=N` with an IPv6 base (`size`: the base's length to 120).
+    pub fn parse(s: &str) -> Result<DefaultPoolV6, String> {
+        let bad = |why: String| format!("invalid default IPv6 pool {s:?}: {why}");
+        let (mut base, mut size) = (None, None);
+        for part in s.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| bad("expected base=CIDR,size=N".into()))?;
+            match k.trim() {
+                "base" => {
+                    base = Some(
+                        v.trim()
+                            .parse::<Ipv6Net>()
+                            .map_err(|_| bad(format!("base {v:?} is not an IPv6 CIDR")))?,
+                    )
+                }
+                "size" => {
+                    size = Some(
+                        v.trim()
+                            .parse::<u8>()
+                            .map_err(|_| bad(format!("size {v:?} is not a prefix length")))?,
+                    )
+                }
+                other => return Err(bad(format!("unknown key {other:?} (use base and size)"))),
+            }
+        }
+        let (Some(base), Some(size)) = (base, size) else {
+            return Err(bad("both base=CIDR and size=N are required".into()));
+        };
+        if base.trunc() != base {
+            return Err(bad(format!("base has host bits set; use {}", base.trunc())));
+        }
+        if size < base.prefix_len() || size > 120 {
+            return Err(bad(format!(
+                "size must be between {} and 120",
+                base.prefix_len()
+            )));
+        }
+        check_address_class("base", IpNet::V6(base)).map_err(bad)?;
+        Ok(DefaultPoolV6 { base, size })
+    }
+
+    /// The unique local /48 of a host with this machine id (RFC 4193: `fd` + a 40-bit
+    /// global ID, here the first 40 bits of the SHA-256 of the id), cut into /64s.
+    pub fn for_machine_id(machine_id: &str) -> DefaultPoolV6 {
+        let d = ring::digest::digest(&ring::digest::SHA256, machine_id.trim().as_bytes());
+        let g = d.as_ref();
+        let byte = |i: usize| u16::from(g.get(i).copied().unwrap_or(0));
+        let addr = Ipv6Addr::new(
+            0xfd00 | byte(0),
+            (byte(1) << 8) | byte(2),
+            (byte(3) << 8) | byte(4),
+            0,
+            0,
+            0,
+            0,
+            0,
+        );
+        let base = Ipv6Net::new(addr, 48).unwrap_or_default();
+        DefaultPoolV6 {
+            base,
+            size: DEFAULT_V6_SUBNET_LEN,
+        }
+    }
+
+    /// [`DefaultPoolV6::for_machine_id`] of this host's `/etc/machine-id` (or, without
+    /// one, its hostname).
+    pub fn for_host() -> DefaultPoolV6 {
+        let id = std::fs::read_to_string("/etc/machine-id")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .unwrap_or_default();
+        DefaultPoolV6::for_machine_id(&id)
+    }
+
+    fn subnets(&self) -> impl Iterator<Item = Ipv6Net> {
         self.base.subnets(self.size).into_iter().flatten()
     }
 }
@@ -438,6 +538,7 @@ impl SubnetAllocator {
 #[derive(Debug, Clone)]
 pub struct DefaultIpam {
     defaults: Vec<DefaultPool>,
+    defaults_v6: Vec<DefaultPoolV6>,
     avoid: Vec<Ipv4Net>,
     pools: BTreeMap<String, SubnetAllocator>,
 }
@@ -463,6 +564,7 @@ impl DefaultIpam {
     pub fn with_default_pools(defaults: Vec<DefaultPool>) -> DefaultIpam {
         DefaultIpam {
             defaults,
+            defaults_v6: vec![DefaultPoolV6::for_host()],
             avoid: Vec::new(),
             pools: BTreeMap::new(),
         }
@@ -473,6 +575,32 @@ impl DefaultIpam {
     pub fn avoid(mut self, routes: Vec<Ipv4Net>) -> DefaultIpam {
         self.avoid = routes;
         self
+    }
+
+    /// These IPv6 default pools instead of the host's unique local /48
+    /// (`--default-ipv6-pool`; empty: none, an IPv6 network then needs a subnet).
+    pub fn with_v6_pools(mut self, pools: Vec<DefaultPoolV6>) -> DefaultIpam {
+        self.defaults_v6 = pools;
+        self
+    }
+
+    fn pick_default_v6(&self) -> Result<IpNet, IpamError> {
+        if self.defaults_v6.is_empty() {
+            return Err(IpamError::InvalidSubnet(
+                "an IPv6 network needs an explicit IPv6 subnet (IPAM Config Subnet): \
+                 the daemon has no default IPv6 pool"
+                    .into(),
+            ));
+        }
+        for dp in &self.defaults_v6 {
+            for candidate in dp.subnets() {
+                let c = IpNet::V6(candidate);
+                if self.overlapping(&c).is_none() {
+                    return Ok(c);
+                }
+            }
+        }
+        Err(IpamError::PoolsExhausted)
     }
 
     fn overlapping(&self, subnet: &IpNet) -> Option<IpNet> {
@@ -521,11 +649,7 @@ impl Ipam for DefaultIpam {
                     "an IP range needs an explicit subnet".into(),
                 ))
             }
-            None if req.v6 => {
-                return Err(IpamError::InvalidSubnet(
-                    "an IPv6 network needs an explicit IPv6 subnet (IPAM Config Subnet)".into(),
-                ))
-            }
+            None if req.v6 => self.pick_default_v6()?,
             None => self.pick_default()?,
         };
         if let Some(range) = req.ip_range {
@@ -745,13 +869,6 @@ mod tests {
                     ..Default::default()
                 },
                 "not an IPv4",
-            ),
-            (
-                PoolRequest {
-                    v6: true,
-                    ..Default::default()
-                },
-                "explicit IPv6 subnet",
             ),
             (
                 PoolRequest {
@@ -996,6 +1113,69 @@ mod tests {
             before.request_pool(&PoolRequest::default()).unwrap(),
             after.request_pool(&PoolRequest::default()).unwrap()
         );
+    }
+
+    #[test]
+    fn v6_default_pool_is_the_hosts_ula_48_as_64s() {
+        let dp = DefaultPoolV6::for_machine_id("0123456789abcdef0123456789abcdef");
+        assert_eq!(
+            dp,
+            DefaultPoolV6::for_machine_id("0123456789abcdef0123456789abcdef\n")
+        );
+        assert_ne!(dp, DefaultPoolV6::for_machine_id("another machine"));
+        assert_eq!((dp.base.prefix_len(), dp.size), (48, 64));
+        assert_eq!(dp.base.addr().segments()[0] & 0xff00, 0xfd00, "{dp:?}");
+        let mut ipam = DefaultIpam::new().with_v6_pools(vec![dp]);
+        let v6 = PoolRequest {
+            v6: true,
+            ..PoolRequest::default()
+        };
+        let a = pool_with_gw(&mut ipam, &v6);
+        let b = pool_with_gw(&mut ipam, &v6);
+        let base = IpNet::V6(dp.base);
+        assert!(base.contains(&a.subnet) && base.contains(&b.subnet));
+        assert_eq!((a.subnet.prefix_len(), b.subnet.prefix_len()), (64, 64));
+        assert_ne!(a.subnet, b.subnet);
+        // A user's /64 inside the pool is skipped; a released one is handed out again.
+        let IpNet::V6(a6) = a.subnet else { panic!() };
+        let third =
+            Ipv6Net::new(Ipv6Addr::from(u128::from(a6.network()) + (2u128 << 64)), 64).unwrap();
+        ipam.request_pool(&PoolRequest {
+            subnet: Some(IpNet::V6(third)),
+            v6: true,
+            ..PoolRequest::default()
+        })
+        .unwrap();
+        let IpNet::V6(c6) = ipam.request_pool(&v6).unwrap().subnet else {
+            panic!()
+        };
+        assert_eq!(
+            u128::from(c6.network()),
+            u128::from(a6.network()) + (3u128 << 64)
+        );
+        ipam.release_pool(&a.id).unwrap();
+        assert_eq!(ipam.request_pool(&v6).unwrap().subnet, a.subnet);
+        // No pool: an explicit subnet is needed.
+        let mut none = DefaultIpam::new().with_v6_pools(Vec::new());
+        let e = none.request_pool(&v6).unwrap_err();
+        assert!(e.to_string().contains("explicit IPv6 subnet"), "{e}");
+        // A small pool runs out.
+        let small = DefaultPoolV6::parse("base=fd00:1::/63,size=64").unwrap();
+        let mut ipam = DefaultIpam::new().with_v6_pools(vec![small]);
+        ipam.request_pool(&v6).unwrap();
+        ipam.request_pool(&v6).unwrap();
+        assert_eq!(ipam.request_pool(&v6), Err(IpamError::PoolsExhausted));
+        for bad in [
+            "base=10.0.0.0/8,size=24",
+            "base=fd00::1/48,size=64",
+            "base=fd00::/48,size=40",
+            "base=fd00::/48,size=121",
+            "base=ff00::/48,size=64",
+            "size=64",
+        ] {
+            let e = DefaultPoolV6::parse(bad).unwrap_err();
+            assert!(e.contains("default IPv6 pool"), "{bad}: {e}");
+        }
     }
 
     #[test]

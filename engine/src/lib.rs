@@ -16,6 +16,10 @@
 //!   network.
 //! * [`api`]: the Docker-compatible HTTP API on a unix socket (`docs/api.md`); its
 //!   bodies are `tapnet_types::api`'s.
+//! * [`capture`]: `GET /networks/{id}/capture` and `/sandboxes/{id}/capture`, pcap
+//!   streams of a switch's frames.
+//! * [`metrics`]: `GET /metrics`, Prometheus text exposition of the datapath's,
+//!   gateways' and API's counters.
 //! * [`docker_plugin`]: tapnet as a Docker network and IPAM plugin (dockerd's
 //!   `NetworkDriver.*`/`IpamDriver.*` calls on `/run/docker/plugins/tapnet.sock`,
 //!   mapped onto the controller).
@@ -30,11 +34,13 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod capture;
 pub mod controller;
 pub mod docker_plugin;
 pub mod driver;
 pub mod error;
 pub mod ipam;
+pub mod metrics;
 pub mod model;
 pub mod ports;
 pub mod remote;

@@ -17,7 +17,7 @@ use tapnet_engine::driver::macvlan::MacvlanDriver;
 use tapnet_engine::driver::overlay::OverlayDriver;
 use tapnet_engine::driver::record::{HOST_DRIVER, NULL_DRIVER};
 use tapnet_engine::driver::DriverRegistry;
-use tapnet_engine::ipam::{default_pools, DefaultIpam, DefaultPool};
+use tapnet_engine::ipam::{default_pools, DefaultIpam, DefaultPool, DefaultPoolV6};
 use tapnet_engine::remote::client::Timing;
 use tapnet_engine::remote::ipam::WithPlugins;
 use tapnet_engine::remote::{PluginConfig, Plugins};
@@ -60,6 +60,11 @@ struct Args {
     /// pools 172.17-31.0.0/16 and 192.168.0.0/16 as /20s).
     #[arg(long = "default-address-pool", value_name = "base=CIDR,size=N", value_parser = DefaultPool::parse)]
     default_address_pools: Vec<DefaultPool>,
+    /// Default IPv6 pool `base=CIDR,size=N` (repeatable) that `--ipv6` networks without
+    /// an IPv6 subnet take a subnet from; default: this host's unique local /48
+    /// (fdXX:XXXX:XXXX::/48 from /etc/machine-id) as /64s.
+    #[arg(long = "default-ipv6-pool", value_name = "base=CIDR,size=N", value_parser = DefaultPoolV6::parse)]
+    default_ipv6_pools: Vec<DefaultPoolV6>,
     /// Upstream DNS server of the gateways' embedded DNS (repeatable; default: the
     /// nameservers of the host's /etc/resolv.conf, loopback ones skipped).
     #[arg(long = "dns", value_name = "IP")]
@@ -398,7 +403,14 @@ async fn main() -> anyhow::Result<()> {
     let routes = host_routes().await;
     tracing::debug!(?routes, "host routes avoided by default pools");
     let ipam = WithPlugins::new(
-        Box::new(DefaultIpam::with_default_pools(pools).avoid(routes)),
+        Box::new({
+            let ipam = DefaultIpam::with_default_pools(pools).avoid(routes);
+            if args.default_ipv6_pools.is_empty() {
+                ipam
+            } else {
+                ipam.with_v6_pools(args.default_ipv6_pools.clone())
+            }
+        }),
         plugins,
     );
     let data_root = args.data_root.clone();

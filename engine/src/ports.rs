@@ -8,9 +8,17 @@
 //! gives a 409 "port 8080/tcp is already in use on 0.0.0.0" for the first one taken.
 //! The real bind happens at the network's gateway when the sandbox joins its first
 //! non-internal bridge network (see [`crate::controller`]).
+//!
+//! Dual stack: a binding without a host address (`-p 8080:80`, `HostIp: ""`) has host
+//! IP `::`, and means every address of both families, as with dockerd: [`publish_dual`]
+//! binds two sockets on the same port, `0.0.0.0` (which picks the port when none is
+//! given) and `[::]` (IPv6-only), and the binding is recorded as `[::]:PORT`;
+//! [`unpublish_dual`] closes both. On a host without IPv6 the IPv4 socket alone is
+//! bound (logged). [`check_free`] checks both families of such a binding. A binding
+//! with an explicit `0.0.0.0` stays IPv4-only.
 
 use crate::error::{Error, Result};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 pub use tapnet_types::ports::{
     clashes, ports_resource, BoundPort, PortBinding, PortBindingBody, PortBindingsBody, PortProto,
     PortResource, PortsResource, Published,
@@ -52,16 +60,44 @@ pub fn in_use(b: &PortBinding) -> Error {
     ))
 }
 
-/// Check that every fixed host port can be bound right now (binds and closes).
+/// Whether `ip` is the "both families" host address of a binding without one (`::`).
+pub fn is_dual(ip: IpAddr) -> bool {
+    ip == IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+}
+
+/// The OS says this host has no IPv6 (the family or the address is unavailable).
+fn no_ipv6(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
+    )
+}
+
+/// Check that every fixed host port can be bound right now (binds and closes); a
+/// binding without a host address on both families (IPv6 skipped on a host without it).
 pub fn check_free(bindings: &[PortBinding]) -> Result<()> {
     for b in bindings.iter().filter(|b| b.host_port != 0) {
-        let addr = SocketAddr::new(b.host_ip, b.host_port);
+        let addrs = if is_dual(b.host_ip) {
+            vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED), b.host_ip]
+        } else {
+            vec![b.host_ip]
+        };
+        for ip in addrs {
+            check_one(b, SocketAddr::new(ip, b.host_port))?;
+        }
+    }
+    Ok(())
+}
+
+fn check_one(b: &PortBinding, addr: SocketAddr) -> Result<()> {
+    {
         let r = match b.proto {
             PortProto::Tcp => TcpListener::bind(addr).map(drop),
             PortProto::Udp => UdpSocket::bind(addr).map(drop),
         };
         match r {
             Ok(()) => {}
+            Err(e) if addr.is_ipv6() && is_dual(b.host_ip) && no_ipv6(&e) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Err(in_use(b)),
             Err(e) => {
                 return Err(Error::InvalidRequest(format!(
@@ -74,6 +110,62 @@ pub fn check_free(bindings: &[PortBinding]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Publish `spec` through `publish` (one host socket each call), both families for a
+/// host address of `::` (see the module doc): `0.0.0.0` first, then `[::]` on the port
+/// it got; if the IPv6 socket fails for another reason than a host without IPv6, the
+/// IPv4 one is closed again (`unpublish`) and the error returned. Returns the address
+/// to record (`[::]:PORT` for both families).
+pub fn publish_dual(
+    spec: tapnet_nat::PublishSpec,
+    publish: impl Fn(tapnet_nat::PublishSpec) -> std::result::Result<SocketAddr, tapnet_nat::Error>,
+    unpublish: impl Fn(tapnet_nat::Proto, SocketAddr) -> std::result::Result<(), tapnet_nat::Error>,
+) -> std::result::Result<SocketAddr, tapnet_nat::Error> {
+    if !is_dual(spec.host_ip) {
+        return publish(spec);
+    }
+    let v4 = publish(tapnet_nat::PublishSpec {
+        host_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        ..spec
+    })?;
+    let v6 = tapnet_nat::PublishSpec {
+        host_port: v4.port(),
+        ..spec
+    };
+    match publish(v6) {
+        Ok(addr) => Ok(addr),
+        Err(tapnet_nat::Error::Io { source, .. }) if no_ipv6(&source) => {
+            tracing::warn!(port = v4.port(), error = %source, "no IPv6 on this host: port published on IPv4 only");
+            Ok(SocketAddr::new(spec.host_ip, v4.port()))
+        }
+        Err(e) => {
+            if let Err(u) = unpublish(spec.proto, v4) {
+                tracing::warn!(error = %u, "closing the IPv4 socket of a port again");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Close what [`publish_dual`] opened at `addr`: both sockets for `[::]:PORT` (the
+/// IPv6 one may be absent on a host without IPv6).
+pub fn unpublish_dual(
+    proto: tapnet_nat::Proto,
+    addr: SocketAddr,
+    unpublish: impl Fn(tapnet_nat::Proto, SocketAddr) -> std::result::Result<(), tapnet_nat::Error>,
+) -> std::result::Result<(), tapnet_nat::Error> {
+    if !is_dual(addr.ip()) {
+        return unpublish(proto, addr);
+    }
+    let v4 = unpublish(
+        proto,
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port()),
+    );
+    match unpublish(proto, addr) {
+        Ok(()) | Err(tapnet_nat::Error::NotPublished { .. }) => v4,
+        Err(e) => v4.and(Err(e)),
+    }
 }
 
 #[cfg(test)]
@@ -116,7 +208,7 @@ mod tests {
             PortBinding {
                 port: 443,
                 proto: PortProto::Tcp,
-                host_ip: "0.0.0.0".parse().unwrap(),
+                host_ip: "::".parse().unwrap(),
                 host_port: 0
             }
         );
@@ -211,5 +303,85 @@ mod tests {
             serde_json::to_value(ports_resource(&b, Some(&p))).unwrap(),
             serde_json::json!({"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "32768"}], "53/udp": null})
         );
+    }
+
+    #[test]
+    fn dual_publish_binds_both_families_on_one_port() {
+        use std::cell::RefCell;
+        use tapnet_nat::{Error as NatError, Proto, PublishSpec};
+        let spec = PublishSpec {
+            host_ip: "::".parse().unwrap(),
+            host_port: 0,
+            proto: Proto::Tcp,
+            sandbox_ip: "10.0.0.2".parse().unwrap(),
+            sandbox_port: 80,
+        };
+        let io = |errno: i32| NatError::Io {
+            op: "bind".into(),
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        // `v6`: what binding the IPv6 socket does.
+        let run = |v6: Option<i32>| {
+            let opened = RefCell::new(Vec::<SocketAddr>::new());
+            let closed = RefCell::new(Vec::<SocketAddr>::new());
+            let r = publish_dual(
+                spec,
+                |s| {
+                    let port = if s.host_port == 0 { 40000 } else { s.host_port };
+                    match (s.host_ip.is_ipv6(), v6) {
+                        (true, Some(errno)) => Err(io(errno)),
+                        _ => {
+                            let a = SocketAddr::new(s.host_ip, port);
+                            opened.borrow_mut().push(a);
+                            Ok(a)
+                        }
+                    }
+                },
+                |_, a| {
+                    closed.borrow_mut().push(a);
+                    Ok(())
+                },
+            );
+            (r, opened.into_inner(), closed.into_inner())
+        };
+        let (r, opened, closed) = run(None);
+        assert_eq!(r.unwrap(), "[::]:40000".parse().unwrap());
+        assert_eq!(
+            opened,
+            vec![
+                "0.0.0.0:40000".parse().unwrap(),
+                "[::]:40000".parse().unwrap()
+            ]
+        );
+        assert!(closed.is_empty());
+        // No IPv6 on the host: IPv4 alone.
+        let (r, opened, closed) = run(Some(libc::EAFNOSUPPORT));
+        assert_eq!(r.unwrap(), "[::]:40000".parse().unwrap());
+        assert_eq!(opened, vec!["0.0.0.0:40000".parse().unwrap()]);
+        assert!(closed.is_empty());
+        // Another failure: the IPv4 socket is closed again.
+        let (r, _, closed) = run(Some(libc::EACCES));
+        assert!(r.is_err());
+        assert_eq!(closed, vec!["0.0.0.0:40000".parse::<SocketAddr>().unwrap()]);
+        // Unpublishing closes both; an absent IPv6 socket is no error.
+        let closed = RefCell::new(Vec::new());
+        unpublish_dual(Proto::Tcp, "[::]:40000".parse().unwrap(), |p, a| {
+            closed.borrow_mut().push(a);
+            if a.is_ipv6() {
+                Err(NatError::NotPublished { proto: p, addr: a })
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+        assert_eq!(closed.into_inner().len(), 2);
+        // A single-family address is one socket.
+        let n = RefCell::new(0);
+        unpublish_dual(Proto::Udp, "127.0.0.1:53".parse().unwrap(), |_, _| {
+            *n.borrow_mut() += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n.into_inner(), 1);
     }
 }

@@ -24,6 +24,8 @@ pub mod core;
 pub mod dns;
 pub mod flows;
 pub mod mem;
+
+mod hostsock;
 pub mod runtime;
 pub mod stats;
 pub mod tcp;

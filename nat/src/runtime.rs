@@ -241,12 +241,12 @@ impl GatewayHandle {
         };
         let (sock, bound) = match spec.proto {
             Proto::Tcp => {
-                let l = TcpListener::bind(addr).map_err(in_use)?;
+                let l = crate::hostsock::bind_tcp(addr).map_err(in_use)?;
                 let b = l.local_addr().map_err(io_err("local address"))?;
                 (HostSock::Tcp(l), b)
             }
             Proto::Udp => {
-                let u = UdpSocket::bind(addr).map_err(in_use)?;
+                let u = crate::hostsock::bind_udp(addr).map_err(in_use)?;
                 let b = u.local_addr().map_err(io_err("local address"))?;
                 (HostSock::Udp(u), b)
             }
@@ -875,11 +875,12 @@ impl Worker {
 
     fn udp_out(&mut self, src: SocketAddr, dst: SocketAddr, payload: &[u8]) {
         let now = self.now_ms();
-        // A sandbox answering a published-port client?
-        if let Some(p) = self
+        // A sandbox answering a published-port client? (One sandbox port may be published
+        // on several host sockets: IPv4 and IPv6 of one binding.)
+        for p in self
             .pub_udp
             .values_mut()
-            .find(|p| SocketAddr::new(p.spec.sandbox_ip, p.spec.sandbox_port) == src)
+            .filter(|p| SocketAddr::new(p.spec.sandbox_ip, p.spec.sandbox_port) == src)
         {
             if let Some(client) = p.clients.touch(&dst, now).copied() {
                 if p.sock.send_to(payload, client).is_err() {

@@ -37,6 +37,17 @@
 //! * Counters are atomics with a single writer (the worker); readers use [`PortStats`].
 //!   rx counts every frame read (dropped ones too), tx every frame written; byte counts
 //!   exclude the vnet header.
+//! * **Capture taps** ([`NetworkHandle::capture`]): a subscriber gets a copy of every
+//!   frame the network's switch reads from any port ([`CaptureScope::Network`]), or of
+//!   every frame one port sends and is sent ([`CaptureScope::Port`]), Ethernet only (the
+//!   vnet header stripped), timestamped (wall clock) when the worker switches it, dropped
+//!   ones included. Each subscriber has a bounded queue ([`CAPTURE_QUEUE_FRAMES`] frames,
+//!   [`CAPTURE_QUEUE_BYTES`] bytes); a frame that does not fit is dropped and counted
+//!   ([`Capture::dropped`]), so a slow reader never slows the datapath. A network has at
+//!   most [`MAX_CAPTURES`] subscribers ([`Error::TooManyCaptures`]). Dropping the
+//!   [`Capture`] removes the subscriber (a worker also drops one whose reader is gone,
+//!   and a port's subscribers when the port is removed: their reader sees the end).
+//!   With no subscriber the hot path pays one branch per frame (an empty `Vec`).
 //! * Frame contents never make a worker panic. A port whose `recv` fails with anything
 //!   but `WouldBlock`/`Interrupted` (or returns 0, end of stream) is deregistered from
 //!   the poll and logged, and stays in the table until the control plane removes it.
@@ -59,7 +70,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A port's frame I/O. Frames carry a [`crate::VNET_HDR_LEN`]-byte virtio-net
 /// header in front of the Ethernet frame. The fd must be non-blocking; it is
@@ -423,6 +434,9 @@ pub enum Error {
     /// No such port on this network.
     #[error("no port {0} on this network")]
     NoSuchPort(PortId),
+    /// The network has [`MAX_CAPTURES`] capture subscribers already.
+    #[error("network has {MAX_CAPTURES} capture subscribers already")]
+    TooManyCaptures,
     /// The port refused or failed a control message.
     #[error("port {port}: control message: {source}")]
     PortControl {
@@ -443,6 +457,12 @@ pub const RECV_BUF_LEN: usize = 65536 + 2048;
 pub const BATCH_BUF_LEN: usize = 4 * RECV_BUF_LEN;
 /// How often, in milliseconds, a worker ages out FDB entries.
 const EXPIRE_EVERY_MS: u64 = 1000;
+/// Most frames waiting in one capture subscriber's queue.
+pub const CAPTURE_QUEUE_FRAMES: usize = 4096;
+/// Most bytes waiting in one capture subscriber's queue (Ethernet bytes).
+pub const CAPTURE_QUEUE_BYTES: usize = 16 << 20;
+/// Most capture subscribers of one network.
+pub const MAX_CAPTURES: usize = 16;
 /// The waker's token; port tokens are slab indexes and never reach it.
 const WAKER: Token = Token(usize::MAX);
 
@@ -462,6 +482,7 @@ enum Command {
     AddNetwork {
         net: u64,
         config: SwitchConfig,
+        captures: Arc<AtomicUsize>,
         reply: Reply<()>,
     },
     RemoveNetwork {
@@ -502,6 +523,16 @@ enum Command {
     PortFdb {
         net: u64,
         reply: Reply<Vec<(PortId, PortFdb)>>,
+    },
+    AddCapture {
+        net: u64,
+        tap: CaptureTap,
+        reply: Reply<()>,
+    },
+    /// No reply: sent by a dropped [`Capture`].
+    RemoveCapture {
+        net: u64,
+        id: u64,
     },
     Shutdown,
 }
@@ -588,15 +619,19 @@ impl Datapath {
         let i = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len().max(1);
         let w = self.workers.get(i).ok_or(Error::WorkerGone)?;
         let net = self.next_net.fetch_add(1, Ordering::Relaxed);
+        let captures = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::clone(&captures);
         call(&w.tx, &w.waker, |reply| Command::AddNetwork {
             net,
             config,
+            captures: shared,
             reply,
         })?;
         Ok(NetworkHandle {
             tx: w.tx.clone(),
             waker: Arc::clone(&w.waker),
             net,
+            captures,
         })
     }
 
@@ -633,6 +668,8 @@ pub struct NetworkHandle {
     tx: Sender<Command>,
     waker: Arc<Waker>,
     net: u64,
+    /// Capture subscribers now (written by the worker).
+    captures: Arc<AtomicUsize>,
 }
 
 impl NetworkHandle {
@@ -715,6 +752,39 @@ impl NetworkHandle {
             reply,
         })
     }
+    /// Subscribe to a copy of the network's frames (see the module doc): `scope` says
+    /// which. [`Error::TooManyCaptures`] past [`MAX_CAPTURES`]; [`Error::NoSuchPort`]
+    /// for a port scope naming no port.
+    pub fn capture(&self, scope: CaptureScope) -> Result<Capture, Error> {
+        static NEXT_CAPTURE: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT_CAPTURE.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::bounded(CAPTURE_QUEUE_FRAMES);
+        let shared = Arc::new(CaptureShared::default());
+        let tap = CaptureTap {
+            id,
+            scope,
+            tx,
+            shared: Arc::clone(&shared),
+        };
+        let net = self.net;
+        call(&self.tx, &self.waker, |reply| Command::AddCapture {
+            net,
+            tap,
+            reply,
+        })?;
+        Ok(Capture {
+            rx,
+            shared,
+            id,
+            net,
+            tx: self.tx.clone(),
+            waker: Arc::clone(&self.waker),
+        })
+    }
+    /// Capture subscribers of this network now.
+    pub fn capture_subscribers(&self) -> usize {
+        self.captures.load(Ordering::Relaxed)
+    }
     /// Remove the network from its worker (all ports must have been removed; any left are dropped).
     pub fn remove(self) -> Result<(), Error> {
         let net = self.net;
@@ -722,6 +792,125 @@ impl NetworkHandle {
             net,
             reply,
         })
+    }
+}
+
+/// Which frames a capture subscriber gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaptureScope {
+    /// Every frame the switch reads, from any port.
+    Network,
+    /// Every frame this port sends to the switch, and every frame the switch sends it.
+    Port(PortId),
+}
+
+/// One captured frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapturedFrame {
+    /// When the worker switched it (wall clock).
+    pub time: SystemTime,
+    /// The Ethernet frame (the vnet header removed).
+    pub data: Vec<u8>,
+}
+
+/// Counters shared by a subscriber and its worker.
+#[derive(Debug, Default)]
+struct CaptureShared {
+    /// Ethernet bytes queued, not yet taken by the reader.
+    queued_bytes: AtomicUsize,
+    /// Frames not queued because the queue was full.
+    dropped: AtomicU64,
+}
+
+/// A capture subscription ([`NetworkHandle::capture`]): read frames with
+/// [`Capture::recv_timeout`]. Dropping it removes the subscriber from the worker.
+pub struct Capture {
+    rx: Receiver<CapturedFrame>,
+    shared: Arc<CaptureShared>,
+    id: u64,
+    net: u64,
+    tx: Sender<Command>,
+    waker: Arc<Waker>,
+}
+
+impl Capture {
+    /// The next frame, waiting at most `timeout`. `Disconnected` once the network or
+    /// its worker is gone.
+    pub fn recv_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<CapturedFrame, crossbeam_channel::RecvTimeoutError> {
+        let f = self.rx.recv_timeout(timeout)?;
+        self.shared
+            .queued_bytes
+            .fetch_sub(f.data.len(), Ordering::Relaxed);
+        Ok(f)
+    }
+    /// Frames this subscriber missed because its queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture")
+            .field("id", &self.id)
+            .field("net", &self.net)
+            .field("dropped", &self.dropped())
+            .finish()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        // A worker that is gone has dropped the subscriber already.
+        let _ = self.tx.send(Command::RemoveCapture {
+            net: self.net,
+            id: self.id,
+        });
+        let _ = self.waker.wake();
+    }
+}
+
+/// A subscriber as the worker holds it.
+struct CaptureTap {
+    id: u64,
+    scope: CaptureScope,
+    tx: Sender<CapturedFrame>,
+    shared: Arc<CaptureShared>,
+}
+
+impl CaptureTap {
+    /// Queue a copy of `eth`, or count it dropped. False when the reader is gone.
+    fn offer(&self, eth: &[u8], time: SystemTime) -> bool {
+        let queued = self.shared.queued_bytes.load(Ordering::Relaxed);
+        if queued.saturating_add(eth.len()) > CAPTURE_QUEUE_BYTES {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        self.shared
+            .queued_bytes
+            .fetch_add(eth.len(), Ordering::Relaxed);
+        let frame = CapturedFrame {
+            time,
+            data: eth.to_vec(),
+        };
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(e) => {
+                self.shared
+                    .queued_bytes
+                    .fetch_sub(eth.len(), Ordering::Relaxed);
+                match e {
+                    crossbeam_channel::TrySendError::Full(_) => {
+                        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                        true
+                    }
+                    crossbeam_channel::TrySendError::Disconnected(_) => false,
+                }
+            }
+        }
     }
 }
 
@@ -781,6 +970,10 @@ struct Network {
     next_port: PortId,
     /// Indexes (in `ports`) of ports with queued frames; capacity reserved for every port.
     dirty: Vec<usize>,
+    /// Capture subscribers (empty: nothing to do per frame).
+    taps: Vec<CaptureTap>,
+    /// `taps.len()`, for the control plane.
+    captures: Arc<AtomicUsize>,
 }
 
 impl Network {
@@ -849,6 +1042,44 @@ impl Network {
                     }
                 }
             }
+        }
+        if !self.taps.is_empty() {
+            self.tap_frame(i, frame, action);
+        }
+    }
+
+    /// Offer a frame received on `self.ports[i]` (vnet header + Ethernet frame), switched
+    /// to `action`, to every capture subscriber whose scope takes it.
+    #[cold]
+    fn tap_frame(&mut self, i: usize, frame: &[u8], action: Action) {
+        let Some(eth) = frame.get(VNET_HDR_LEN..) else {
+            return;
+        };
+        let Some(ingress) = self.ports.get(i).map(|p| p.id) else {
+            return;
+        };
+        let time = SystemTime::now();
+        let ports = &self.ports;
+        let sent_to = |p: PortId| match action {
+            Action::Drop(_) => false,
+            Action::Unicast(q) => q == p,
+            Action::Flood { except } => except != p,
+            Action::ToGateways => ports
+                .binary_search_by_key(&p, |x| x.id)
+                .ok()
+                .and_then(|j| ports.get(j))
+                .is_some_and(|x| x.role == PortRole::Gateway),
+        };
+        let before = self.taps.len();
+        self.taps.retain(|t| {
+            let wanted = match t.scope {
+                CaptureScope::Network => true,
+                CaptureScope::Port(p) => p == ingress || sent_to(p),
+            };
+            !wanted || t.offer(eth, time)
+        });
+        if self.taps.len() != before {
+            self.captures.store(self.taps.len(), Ordering::Relaxed);
         }
     }
 }
@@ -1025,7 +1256,12 @@ impl Worker {
     fn handle(&mut self, cmd: Command) {
         // Reply errors mean the caller stopped waiting; nothing to do about it.
         match cmd {
-            Command::AddNetwork { net, config, reply } => {
+            Command::AddNetwork {
+                net,
+                config,
+                captures,
+                reply,
+            } => {
                 self.networks.insert(
                     net,
                     Network {
@@ -1033,12 +1269,15 @@ impl Worker {
                         ports: Vec::new(),
                         next_port: 0,
                         dirty: Vec::new(),
+                        taps: Vec::new(),
+                        captures,
                     },
                 );
                 let _ = reply.send(Ok(()));
             }
             Command::RemoveNetwork { net, reply } => {
                 if let Some(network) = self.networks.remove(&net) {
+                    network.captures.store(0, Ordering::Relaxed);
                     for port in &network.ports {
                         self.release(port);
                     }
@@ -1097,8 +1336,31 @@ impl Worker {
                     .ok_or(Error::WorkerGone);
                 let _ = reply.send(r);
             }
+            Command::AddCapture { net, tap, reply } => {
+                let _ = reply.send(self.add_capture(net, tap));
+            }
+            Command::RemoveCapture { net, id } => {
+                if let Some(n) = self.networks.get_mut(&net) {
+                    n.taps.retain(|t| t.id != id);
+                    n.captures.store(n.taps.len(), Ordering::Relaxed);
+                }
+            }
             Command::Shutdown => {}
         }
+    }
+
+    fn add_capture(&mut self, net_id: u64, tap: CaptureTap) -> Result<(), Error> {
+        let net = self.networks.get_mut(&net_id).ok_or(Error::WorkerGone)?;
+        if let CaptureScope::Port(p) = tap.scope {
+            net.index_of(p).ok_or(Error::NoSuchPort(p))?;
+        }
+        if net.taps.len() >= MAX_CAPTURES {
+            net.captures.store(net.taps.len(), Ordering::Relaxed);
+            return Err(Error::TooManyCaptures);
+        }
+        net.taps.push(tap);
+        net.captures.store(net.taps.len(), Ordering::Relaxed);
+        Ok(())
     }
 
     fn add_port(
@@ -1187,6 +1449,9 @@ impl Worker {
         let i = net.index_of(id).ok_or(Error::NoSuchPort(id))?;
         let port = net.ports.remove(i);
         net.switch.forget_port(id);
+        // The port's own subscribers end: their readers see the stream close.
+        net.taps.retain(|t| t.scope != CaptureScope::Port(id));
+        net.captures.store(net.taps.len(), Ordering::Relaxed);
         self.release(&port);
         Ok(port.io)
     }

@@ -478,11 +478,6 @@ fn bad_ipam_config_is_refused_and_changes_nothing() {
                 &["EnableIPv6"],
             ),
             (
-                r#"{"Name":"x","EnableIPv6":true,"IPAM":{"Config":[{"Subnet":"10.61.0.0/24"}]}}"#,
-                400,
-                &["EnableIPv6", "IPv6 Subnet"],
-            ),
-            (
                 r#"{"Name":"x","EnableIPv6":true,"IPAM":{"Config":[{"Subnet":"fd00:61::/64","Gateway":"10.61.0.1"}]}}"#,
                 400,
                 &["invalid gateway"],

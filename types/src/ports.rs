@@ -5,14 +5,17 @@
 //! ([`Error::Invalid`]); it refuses two bindings that ask for the same host port
 //! ([`clashes`]). Whether a host port is free is not decided here (that needs the
 //! OS: the engine checks it). [`ports_resource`] lists every requested container
-//! port, with its bound host addresses or `null` while not bound. [`PortBinding`],
+//! port, with its bound host addresses or `null` while not bound. A binding without a
+//! host address (`HostIp` empty or absent) has host IP `::`: every address of both
+//! families, as dockerd's `-p 8080:80` (the engine binds `0.0.0.0` and `[::]`, and
+//! [`ports_resource`] lists both); an explicit `0.0.0.0` means IPv4 only. [`PortBinding`],
 //! [`BoundPort`] and [`Published`] are stored records: their serde shape does not
 //! change.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Transport protocol of a published port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -128,7 +131,8 @@ pub fn parse_port_bindings(map: &PortBindingsBody) -> Result<Vec<PortBinding>> {
         for h in hosts {
             let ip_s = h.host_ip.as_deref().map(str::trim).unwrap_or("");
             let host_ip = if ip_s.is_empty() {
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+                // Both families (see the module doc).
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
             } else {
                 ip_s.trim_start_matches('[')
                     .trim_end_matches(']')
@@ -199,7 +203,15 @@ pub fn ports_resource(bindings: &[PortBinding], published: Option<&Published>) -
         let bound = published.and_then(|p| p.ports.iter().find(|x| x.binding == *b));
         let entry = out.entry(b.key()).or_insert(None);
         if let Some(x) = bound {
-            entry.get_or_insert_with(Vec::new).push(PortResource {
+            let list = entry.get_or_insert_with(Vec::new);
+            if x.host.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+                // Both families: dockerd lists the IPv4 socket, then the IPv6 one.
+                list.push(PortResource {
+                    host_ip: Ipv4Addr::UNSPECIFIED.to_string(),
+                    host_port: x.host.port().to_string(),
+                });
+            }
+            list.push(PortResource {
                 host_ip: x.host.ip().to_string(),
                 host_port: x.host.port().to_string(),
             });
@@ -292,6 +304,37 @@ mod tests {
         assert_eq!(
             serde_json::to_value(ports_resource(&[b], None)).unwrap(),
             json!({"80/tcp": null})
+        );
+    }
+
+    #[test]
+    fn no_host_ip_is_both_families() {
+        let m: PortBindingsBody = [
+            ("80/tcp".to_string(), Some(vec![body("", "8080")])),
+            ("81/tcp".to_string(), Some(vec![body("0.0.0.0", "8081")])),
+        ]
+        .into_iter()
+        .collect();
+        let b = parse_port_bindings(&m).unwrap();
+        assert_eq!(b[0].host_ip, "::".parse::<IpAddr>().unwrap());
+        assert_eq!(b[1].host_ip, "0.0.0.0".parse::<IpAddr>().unwrap());
+        // A both-families binding clashes with any address on its port.
+        let v4 = PortBinding {
+            host_ip: "127.0.0.1".parse().unwrap(),
+            ..b[0]
+        };
+        assert!(clashes(&b[0], &v4));
+        let p = Published {
+            network_id: "n".into(),
+            sandbox_ip: "10.0.0.2".parse().unwrap(),
+            ports: vec![BoundPort {
+                binding: b[0],
+                host: "[::]:8080".parse().unwrap(),
+            }],
+        };
+        assert_eq!(
+            serde_json::to_value(ports_resource(&b[..1], Some(&p))).unwrap(),
+            json!({"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}, {"HostIp": "::", "HostPort": "8080"}]})
         );
     }
 }

@@ -7,6 +7,7 @@
 //! error (clap's, see [`usage_exit`]) or `tapnet run`'s own failure, 126/127 a
 //! command that cannot run / is not found, else the command's own code.
 
+pub mod capture;
 pub mod completion;
 pub mod exec;
 pub mod man;
@@ -74,6 +75,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let command = match cli.command {
         Command::Exec(args) => return exec::run(&client, args),
         Command::Run(args) => return run::run(&client, &cli.host, args),
+        Command::Capture(args) => return capture::run(&client, args),
         other => other,
     };
     let rt = runtime()?;
@@ -91,7 +93,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Version(a) => system::version(&client, &a, &mut o).await,
             Command::Info(a) => system::info(&client, &a, &mut o).await,
             Command::Events(a) => system::events(&client, &a, &mut o).await,
-            Command::Exec(_) | Command::Run(_) | Command::Completion(_) | Command::Man(_) => Ok(()),
+            Command::Exec(_)
+            | Command::Run(_)
+            | Command::Completion(_)
+            | Command::Man(_)
+            | Command::Capture(_) => Ok(()),
         }
     });
     o.out.flush()?;

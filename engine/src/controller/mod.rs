@@ -651,6 +651,67 @@ impl Controller {
         Ok((net, report))
     }
 
+    /// Subscribe to a copy of network `network`'s frames ([`Driver::capture`]); with
+    /// `sandbox`, only those of the sandbox's port on that network (`network` may then
+    /// be omitted when the sandbox is on exactly one network). Returns the network and
+    /// the sandbox's endpoint id, if any, with the subscription.
+    pub async fn capture(
+        &self,
+        network: Option<&str>,
+        sandbox: Option<&str>,
+    ) -> Result<(Network, Option<String>, tapnet_switch::runtime::Capture)> {
+        let (net, endpoint) = {
+            let store = self.inner.model();
+            let nid = network.map(|n| store.resolve_network(n)).transpose()?;
+            match sandbox {
+                None => {
+                    let nid = nid.ok_or_else(|| {
+                        Error::InvalidRequest("capture: give a network or a sandbox".into())
+                    })?;
+                    let net = store
+                        .networks
+                        .get(&nid)
+                        .cloned()
+                        .ok_or_else(|| Error::NotFound(format!("network {nid} not found")))?;
+                    (net, None)
+                }
+                Some(sb) => {
+                    let sid = store.resolve_sandbox(sb)?;
+                    let on: Vec<_> = store
+                        .endpoints_of_sandbox(&sid)
+                        .into_iter()
+                        .filter(|(n, _)| nid.as_ref().is_none_or(|id| &n.id == id))
+                        .collect();
+                    match on.as_slice() {
+                        [(n, e)] => ((*n).clone(), Some(e.id.clone())),
+                        [] => {
+                            return Err(Error::NotFound(match network {
+                                Some(n) => format!("sandbox {sb} is not connected to network {n}"),
+                                None => format!("sandbox {sb} is not connected to any network"),
+                            }))
+                        }
+                        more => {
+                            let names: Vec<&str> =
+                                more.iter().map(|(n, _)| n.name.as_str()).collect();
+                            return Err(Error::InvalidRequest(format!(
+                                "sandbox {sb} is on {} networks ({}): say which one (network=NAME)",
+                                names.len(),
+                                names.join(", ")
+                            )));
+                        }
+                    }
+                }
+            }
+        };
+        let driver = self.inner.drivers.get(&net.driver)?;
+        let (nid, ep) = (net.id.clone(), endpoint.clone());
+        let cap = blocking("start a capture", move || {
+            driver.capture(&nid, ep.as_deref())
+        })
+        .await?;
+        Ok((net, endpoint, cap))
+    }
+
     /// A network's forwarding table.
     pub async fn network_fdb(&self, what: &str) -> Result<Vec<FdbRow>> {
         let (net, driver) = self.network_and_driver(what).await?;

@@ -116,11 +116,6 @@ impl Inner {
                 "driver {driver_name} gives endpoints no addresses: drop the IPAM config and EnableIPv6"
             )));
         }
-        if driver.capabilities().needs_addresses && req.enable_ipv6 && req.ipv6.is_none() {
-            return Err(Error::InvalidRequest(
-                "EnableIPv6 needs an IPv6 subnet: add an IPAM.Config entry with an IPv6 Subnet (--subnet fd00::/64)".into(),
-            ));
-        }
         driver.validate_options(&req.options)?;
         check_ipv6_mtu(&req)?;
         self.check_encryption(driver_name, &req.options)?;
@@ -457,6 +452,36 @@ fn reserve_network_pools(
     network.ip_range = req.ip_range;
     network.aux_addresses = req.aux_addresses.clone();
     network.ipv4_pool = Some(pool4.id);
+    if let (None, true) = (&req.ipv6, req.enable_ipv6) {
+        // EnableIPv6 without a subnet: a /64 of the IPAM's default IPv6 pool.
+        let fam = FamilyRequest {
+            subnet: None,
+            gateway: None,
+            ip_range: None,
+            aux: Vec::new(),
+            v6: true,
+        };
+        let (pool6, gw6) = reserve_family(tx, &req.name, &fam, &req.ipam_options)?;
+        crate::ipam::check_address_class("IPv6 subnet", pool6.subnet).map_err(|why| {
+            Error::InvalidRequest(format!(
+                "network {}: IPAM returned an unusable IPv6 pool: {why}",
+                req.name
+            ))
+        })?;
+        let (IpNet::V6(subnet), IpAddr::V6(gateway)) = (pool6.subnet, gw6) else {
+            return Err(Error::InvalidRequest(format!(
+                "network {}: IPAM returned a non-IPv6 pool for the IPv6 subnet",
+                req.name
+            )));
+        };
+        network.ipv6 = Some(Ipv6Config {
+            subnet,
+            gateway,
+            ip_range: None,
+            aux_addresses: BTreeMap::new(),
+            pool: pool6.id,
+        });
+    }
     if let Some(r6) = &req.ipv6 {
         let fam = FamilyRequest {
             subnet: Some(IpNet::V6(r6.subnet)),

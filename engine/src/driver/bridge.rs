@@ -56,7 +56,9 @@ use tapnet_sandbox::tap::Tap;
 use tapnet_switch::core::{
     MacAddr, PortFdb, PortId, PortOptions, PortPolicy, PortRole, SwitchConfig,
 };
-use tapnet_switch::runtime::{DatagramPort, Datapath, FrameIo, NetworkHandle, PortStats};
+use tapnet_switch::runtime::{
+    CaptureScope, DatagramPort, Datapath, FrameIo, NetworkHandle, PortStats,
+};
 
 /// Socket buffer asked for on both ends of the switch↔gateway socketpair. A 64 KiB
 /// GSO super-frame costs its full size in the sender's buffer; the default
@@ -545,17 +547,19 @@ impl Driver for BridgeDriver {
             .gateway
             .as_ref()
             .ok_or_else(|| Self::unknown(network_id))?;
-        gw.publish(spec).map_err(|e| {
-            Error::gateway(
-                format!(
-                    "publish {}/{} of {}",
-                    spec.sandbox_port,
-                    proto_name(spec.proto),
-                    spec.sandbox_ip
-                ),
-                e,
-            )
-        })
+        crate::ports::publish_dual(spec, |s| gw.publish(s), |p, a| gw.unpublish(p, a)).map_err(
+            |e| {
+                Error::gateway(
+                    format!(
+                        "publish {}/{} of {}",
+                        spec.sandbox_port,
+                        proto_name(spec.proto),
+                        spec.sandbox_ip
+                    ),
+                    e,
+                )
+            },
+        )
     }
 
     fn unpublish(&self, network_id: &str, proto: Proto, addr: SocketAddr) -> Result<()> {
@@ -564,8 +568,7 @@ impl Driver for BridgeDriver {
             .get(network_id)
             .ok_or_else(|| Self::unknown(network_id))?;
         match &net.gateway {
-            Some(gw) => gw
-                .unpublish(proto, addr)
+            Some(gw) => crate::ports::unpublish_dual(proto, addr, |p, a| gw.unpublish(p, a))
                 .map_err(|e| Error::gateway(format!("unpublish {addr}/{}", proto_name(proto)), e)),
             None => Ok(()),
         }
@@ -718,7 +721,35 @@ impl Driver for BridgeDriver {
             ),
             tunnel: None,
             uplink: Vec::new(),
+            capture_subscribers: net.handle.capture_subscribers(),
         })
+    }
+
+    fn capture(
+        &self,
+        network_id: &str,
+        endpoint_id: Option<&str>,
+    ) -> Result<tapnet_switch::runtime::Capture> {
+        let nets = lock(&self.networks);
+        let net = nets
+            .get(network_id)
+            .ok_or_else(|| Self::unknown(network_id))?;
+        let scope = match endpoint_id {
+            None => CaptureScope::Network,
+            Some(ep) => CaptureScope::Port(
+                net.ports
+                    .get(ep)
+                    .ok_or_else(|| {
+                        Error::NotFound(format!(
+                            "endpoint {ep} has no switch port on network {network_id}"
+                        ))
+                    })?
+                    .port,
+            ),
+        };
+        net.handle
+            .capture(scope)
+            .map_err(|e| Error::datapath(format!("capture on network {network_id}"), e))
     }
 
     fn fdb(&self, network_id: &str) -> Result<Vec<FdbRow>> {

@@ -430,6 +430,14 @@ impl Driver for MacvlanDriver {
     }
 
     /// The switch's FDB; MACs learned on the uplink have endpoint id `uplink`.
+    fn capture(
+        &self,
+        network_id: &str,
+        endpoint_id: Option<&str>,
+    ) -> Result<tapnet_switch::runtime::Capture> {
+        self.bridge.capture(network_id, endpoint_id)
+    }
+
     fn fdb(&self, network_id: &str) -> Result<Vec<FdbRow>> {
         let mut rows = self.bridge.fdb(network_id)?;
         if let Some(port) = self.bridge.uplink_port(network_id) {

@@ -382,6 +382,8 @@ pub struct NetworkReport {
     /// The uplink socket's counters, by name (macvlan networks:
     /// `tapnet_sandbox::packet::PacketStatsSnapshot`; empty for other drivers).
     pub uplink: Vec<(&'static str, u64)>,
+    /// Capture subscribers of the network's switch now ([`Driver::capture`]).
+    pub capture_subscribers: usize,
 }
 
 /// Counters of an overlay network's tunnel: its VXLAN port and the daemon's VXLAN
@@ -522,6 +524,21 @@ pub trait Driver: Send + Sync {
     fn report(&self, network_id: &str) -> Result<NetworkReport> {
         let _ = network_id;
         Ok(NetworkReport::default())
+    }
+    /// Subscribe to a copy of the frames of the network's switch: all of them, or
+    /// (`endpoint_id`) those the endpoint's port sends and is sent (see
+    /// `tapnet_switch::runtime::NetworkHandle::capture`). Drivers without a switch
+    /// refuse (400).
+    fn capture(
+        &self,
+        network_id: &str,
+        endpoint_id: Option<&str>,
+    ) -> Result<tapnet_switch::runtime::Capture> {
+        let _ = (network_id, endpoint_id);
+        Err(Error::InvalidRequest(format!(
+            "driver {} has no switch to capture on",
+            self.name()
+        )))
     }
     /// The network's forwarding table.
     fn fdb(&self, network_id: &str) -> Result<Vec<FdbRow>> {
