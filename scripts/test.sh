@@ -42,3 +42,7 @@ cargo build --workspace --bins
 cargo test --workspace
 # The benchmarks compile and run one iteration each (figures: docs/benchmarks.md).
 cargo bench -p tapnet-benches --bench switch_decide -- --test
+
+# Every cargo-fuzz target for a short time over its committed corpus (nightly and
+# cargo-fuzz are installed if missing; the 10-minute runs: docs/testing.md, "Fuzzing").
+scripts/fuzz.sh 20
