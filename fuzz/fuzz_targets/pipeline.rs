@@ -20,7 +20,8 @@
 //! Asserted (besides "no panic"): every frame the gateway puts on the switch passes the
 //! switch's header and source checks (never dropped as truncated, bad source MAC or bad
 //! vnet header) and comes from the gateway's MAC; the gateway's work stays bounded (at
-//! most `MAX_OUT_PER_FRAME` frames out per frame in: no feedback loop); the flow
+//! most `OUT_BASE` + `OUT_PER_CLASSIFIED` per frame it classified: no feedback loop;
+//! a GSO super-frame with a tiny `gso_size` is many frames); the flow
 //! limiter never admits more than its limits; with ICC off no frame from one sandbox
 //! port ever reaches another sandbox port.
 #![no_main]
@@ -40,7 +41,12 @@ use tapnet_switch::core::{
 };
 use tapnet_switch::VNET_HDR_LEN;
 
-const MAX_OUT_PER_FRAME: usize = 256;
+/// Frames the gateway may put on the switch per input record: a few for the record
+/// itself and, per frame it classified (a GSO super-frame is many: one per segment, and
+/// a sandbox may pick a `gso_size` of 1), a reply, a flushed neighbour queue (32) and
+/// what the TCP stack sends for one segment.
+const OUT_BASE: usize = 64;
+const OUT_PER_CLASSIFIED: usize = 40;
 const PER_ENDPOINT: usize = 2;
 const PER_NETWORK: usize = 4;
 
@@ -57,8 +63,10 @@ struct Net {
     now_ms: u64,
     /// Frames waiting for the switch: (ingress port, datagram).
     queue: VecDeque<(u32, Vec<u8>)>,
-    /// Frames the gateway put on the switch for the current input frame.
+    /// Frames the gateway put on the switch for the current input record.
     out: usize,
+    /// Frames the gateway classified for the current input record.
+    classified: usize,
     icc: bool,
 }
 
@@ -120,6 +128,7 @@ impl Net {
             now_ms: 0,
             queue: VecDeque::new(),
             out: 0,
+            classified: 0,
             icc,
         }
     }
@@ -181,6 +190,7 @@ impl Net {
             match vnet::prepare_offloaded(&mut dg) {
                 Ok(true) => {
                     let eth = dg.get(VNET_HDR_LEN..).unwrap_or_default().to_vec();
+                    self.classified += 1;
                     let v = self.core.classify(&eth);
                     self.verdict(v, &eth);
                     return;
@@ -193,6 +203,7 @@ impl Net {
             return;
         }
         for f in frames {
+            self.classified += 1;
             let v = self.core.classify(&f);
             self.verdict(v, &f);
         }
@@ -314,7 +325,12 @@ impl Net {
     /// The gateway puts a frame on the switch.
     fn emit(&mut self, eth: &[u8]) {
         self.out += 1;
-        assert!(self.out <= MAX_OUT_PER_FRAME, "gateway output unbounded");
+        assert!(
+            self.out <= OUT_BASE + OUT_PER_CLASSIFIED * self.classified,
+            "gateway output unbounded: {} frames out for {} classified",
+            self.out,
+            self.classified
+        );
         let mut dg = vnet::with_zero_hdr(eth);
         if self.offloads {
             let (hdr, frame) = dg.split_at_mut(VNET_HDR_LEN);
@@ -344,6 +360,7 @@ fuzz_target!(|data: &[u8]| {
     let mut net = Net::new(input.byte());
     while let Some((tag, body)) = input.record() {
         net.out = 0;
+        net.classified = 0;
         match tag & 7 {
             0..=5 => {
                 net.now_ms += 1;
