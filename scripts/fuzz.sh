@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run every cargo-fuzz target (fuzz/fuzz_targets/) for SECONDS each (default 20) over its
+# Run every cargo-fuzz target (fuzz/fuzz_targets/) for SECONDS each (default 15) over its
 # committed corpus (fuzz/corpus/TARGET), one after another, single process. A crash
 # fails the script and leaves the input under fuzz/artifacts/TARGET/.
 #
@@ -8,13 +8,15 @@
 # Needs the nightly toolchain (libFuzzer's coverage instrumentation) and cargo-fuzz;
 # installs both when missing. Targets are built without a sanitizer (`-s none`): the
 # crates fuzzed are `#![forbid(unsafe_code)]`, so AddressSanitizer would only slow the
-# runs; debug assertions and overflow checks are on. New corpus entries found during a
+# runs; and unoptimized (`-D`, debug assertions and overflow checks on): a short run is
+# mostly the corpus replayed, and the optimized build takes several times longer to
+# compile (docs/testing.md, "Fuzzing"; the long runs there are optimized, `-O`). New corpus entries found during a
 # run go to a scratch directory, so the committed corpus is left as it is.
 # The long runs and their results: docs/testing.md, "Fuzzing".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-secs="${1:-20}"
+secs="${1:-15}"
 if ! rustup toolchain list | grep -q '^nightly'; then
     rustup toolchain install nightly --profile minimal
 fi
@@ -24,7 +26,7 @@ fi
 
 cd fuzz
 targets=$(cargo +nightly fuzz list)
-cargo +nightly fuzz build -s none
+cargo +nightly fuzz build -s none -D
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 for t in $targets; do
@@ -32,7 +34,7 @@ for t in $targets; do
     echo "fuzz: $t for ${secs}s"
     # New inputs go to the scratch directory (first corpus dir); the committed corpus
     # (second) is only read.
-    if ! cargo +nightly fuzz run -s none "$t" "$scratch/$t" "corpus/$t" -- \
+    if ! cargo +nightly fuzz run -s none -D "$t" "$scratch/$t" "corpus/$t" -- \
         -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1 \
         >"$scratch/$t.log" 2>&1; then
         tail -n 40 "$scratch/$t.log" >&2

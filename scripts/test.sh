@@ -45,4 +45,4 @@ cargo bench -p tapnet-benches --bench switch_decide -- --test
 
 # Every cargo-fuzz target for a short time over its committed corpus (nightly and
 # cargo-fuzz are installed if missing; the 10-minute runs: docs/testing.md, "Fuzzing").
-scripts/fuzz.sh 20
+scripts/fuzz.sh 15
