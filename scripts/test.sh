@@ -56,3 +56,8 @@ cargo bench -p tapnet-benches --bench switch_decide -- --test
 # Calling it here too keeps a machine that ran this script able to run the contract
 # test offline later. Details: docs/testing.md, "API contract".
 bash tests/contract/setup.sh >/dev/null
+
+
+# Every cargo-fuzz target for a short time over its committed corpus (nightly and
+# cargo-fuzz are installed if missing; the 10-minute runs: docs/testing.md, "Fuzzing").
+scripts/fuzz.sh 15

@@ -419,7 +419,8 @@ impl Core {
         if !to_us || repr.dst_addr.is_multicast() {
             return Verdict::Ignore;
         }
-        if !src_known || repr.src_addr.is_unspecified() {
+        // The gateway's own address as a source is a spoof (as in `ipv4`): no work for it.
+        if !src_known || repr.src_addr.is_unspecified() || repr.src_addr == gw6 {
             return Verdict::DropReason(DropReason::NotForUs);
         }
         match repr.next_header {

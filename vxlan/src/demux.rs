@@ -228,20 +228,8 @@ impl Shared {
             self.stats.malformed.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        let mut at = 0;
-        while at < data.len() {
-            let end = (at + stride).min(data.len());
-            match data.get(at..end).map(header::decap) {
-                Some(Ok((vni, _))) => match runs.last_mut() {
-                    Some((v, _, e)) if *v == vni && *e == at => *e = end,
-                    _ => runs.push((vni, at, end)),
-                },
-                _ => {
-                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            at = end;
-        }
+        let malformed = split_runs(data, stride, runs);
+        self.stats.malformed.fetch_add(malformed, Ordering::Relaxed);
         true
     }
 
@@ -292,7 +280,30 @@ impl Shared {
 }
 
 /// `(VNI, start, end)` of a run in a batch.
-type Run = (Vni, usize, usize);
+pub type Run = (Vni, usize, usize);
+
+/// Split `data`, datagrams `stride` bytes apart (the last maybe shorter), into runs of
+/// consecutive well-formed datagrams of one VNI, appended to `runs` as `(VNI, start,
+/// end)`; returns the number of malformed datagrams skipped. Pure: the dispatcher's
+/// (and a lone port's) parsing of a received batch, exposed for the fuzz targets.
+#[doc(hidden)]
+pub fn split_runs(data: &[u8], stride: usize, runs: &mut Vec<Run>) -> u64 {
+    let stride = stride.max(1);
+    let mut malformed = 0;
+    let mut at = 0;
+    while at < data.len() {
+        let end = at.saturating_add(stride).min(data.len());
+        match data.get(at..end).map(header::decap) {
+            Some(Ok((vni, _))) => match runs.last_mut() {
+                Some((v, _, e)) if *v == vni && *e == at => *e = end,
+                _ => runs.push((vni, at, end)),
+            },
+            _ => malformed += 1,
+        }
+        at = end;
+    }
+    malformed
+}
 
 /// A port's hold on its VNI; dropping it unregisters the VNI.
 #[derive(Debug)]
@@ -611,5 +622,46 @@ impl Dispatcher {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn dg(vni: u32, inner_len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; header::VXLAN_HDR_LEN + inner_len];
+        header::encap(Vni::new(vni).unwrap(), &vec![0x02; inner_len], &mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn split_runs_groups_by_vni_and_counts_malformed() {
+        let stride = dg(1, 20).len();
+        let mut batch = Vec::new();
+        batch.extend(dg(1, 20));
+        batch.extend(dg(1, 20));
+        batch.extend(vec![0u8; stride]); // I flag clear: malformed
+        batch.extend(dg(2, 20));
+        batch.extend(dg(2, 14)); // the last, shorter
+        let mut runs = Vec::new();
+        let malformed = split_runs(&batch, stride, &mut runs);
+        assert_eq!(malformed, 1);
+        let v = |n| Vni::new(n).unwrap();
+        assert_eq!(
+            runs,
+            vec![(v(1), 0, 2 * stride), (v(2), 3 * stride, batch.len())]
+        );
+    }
+
+    #[test]
+    fn split_runs_never_panics_on_a_short_tail_or_zero_stride() {
+        let mut runs = Vec::new();
+        // A tail shorter than a VXLAN header, and a stride of 0 (read as 1).
+        assert_eq!(split_runs(&[0x08, 0, 0], 64, &mut runs), 1);
+        assert!(runs.is_empty());
+        assert_eq!(split_runs(&[0x08; 3], 0, &mut runs), 3);
+        assert!(runs.is_empty());
     }
 }

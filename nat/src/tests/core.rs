@@ -389,3 +389,26 @@ fn ipv6_frames_that_resolve_a_neighbour_are_delivered_with_the_queue() {
     assert_eq!(adverts.len(), 1, "no neighbour advertisement");
     assert_eq!(payloads_to_nine(&datagrams), vec![b"queued".to_vec()]);
 }
+
+/// Found by the `gateway_classify` fuzz target: an IPv6 packet whose source is the
+/// gateway's own address was handed to the I/O layer as a sandbox's (a DNS query here;
+/// UDP, TCP and echo alike), where IPv4 refused it. Both families drop it now.
+#[test]
+fn packets_from_the_gateways_own_address_are_not_for_us() {
+    let mut core = Core::new(cfg());
+    for (src, dst) in [
+        ("[fd00::1]:5001", "[fd00::1]:53"),
+        ("[fd00::1]:5001", "[2001:db8::1]:53"),
+        ("172.17.0.1:5001", "172.17.0.1:53"),
+        ("172.17.0.1:5001", "8.8.8.8:53"),
+    ] {
+        let p =
+            crate::core::udp_packet(src.parse().expect("addr"), dst.parse().expect("addr"), b"q")
+                .expect("packet");
+        assert_eq!(
+            core.classify(&from_nine(&p)),
+            Verdict::DropReason(DropReason::NotForUs),
+            "{src} -> {dst}"
+        );
+    }
+}
