@@ -111,6 +111,8 @@ def schemathesis(args, base_url, examples, phases, report_name, extra=(), env_ex
         "none",
         "--exclude-path",
         "/events",
+        "--exclude-path-regex",
+        "/capture$",
         "--exclude-method",
         "HEAD",
         "--suppress-health-check",
