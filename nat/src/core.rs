@@ -35,6 +35,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 pub const DNS_PORT: u16 = 53;
 /// Most IP packets queued per neighbour while its MAC is being resolved.
 const PENDING_PER_NEIGHBOUR: usize = 32;
+/// Most neighbours waiting to be resolved at once; past it an arbitrary waiting one is
+/// given up (its queue dropped), so a neighbour that never answers cannot hold a place.
+pub const MAX_PENDING_NEIGHBOURS: usize = 256;
+/// Most addresses the neighbour table holds for one MAC (an IPv4 address, IPv6 global
+/// and link-local ones, and a few more): a sender claiming more is not learned further.
+pub const NEIGHBOURS_PER_MAC: usize = 16;
+/// Most neighbours one gateway knows; past it an arbitrary one is forgotten (it is
+/// learned again from its next frame, or solicited).
+pub const MAX_NEIGHBOURS: usize = 16_384;
 /// IPv4 broadcast.
 const BROADCAST: Mac = [0xff; 6];
 
@@ -109,6 +118,10 @@ pub struct Core {
     v4net: Ipv4Net,
     v6net: Option<Ipv6Net>,
     neigh: FxHashMap<IpAddr, Mac>,
+    /// How many addresses each MAC holds in `neigh`.
+    per_mac: FxHashMap<Mac, usize>,
+    /// Learns refused by [`NEIGHBOURS_PER_MAC`].
+    neigh_refused: u64,
     /// IP packets waiting for their destination's MAC.
     pending: FxHashMap<IpAddr, Vec<Vec<u8>>>,
 }
@@ -137,6 +150,8 @@ impl Core {
             v4net,
             v6net,
             neigh: FxHashMap::default(),
+            per_mac: FxHashMap::default(),
+            neigh_refused: 0,
             pending: FxHashMap::default(),
         }
     }
@@ -186,15 +201,52 @@ impl Core {
     }
 
     /// Record `ip` at `mac` (the engine may also tell the core directly).
+    /// At most [`NEIGHBOURS_PER_MAC`] addresses per MAC and [`MAX_NEIGHBOURS`] in all:
+    /// a MAC at its limit is not learned at a new address (counted in
+    /// [`Core::neighbours_refused`]; an address it moves to that MAC is forgotten, not
+    /// kept stale); a full table forgets an arbitrary neighbour for the new one.
     pub fn learn(&mut self, ip: IpAddr, mac: Mac) {
-        if self.on_network(ip) && !self.is_gateway(ip) && is_unicast_mac(&mac) {
-            self.neigh.insert(ip, mac);
+        if !(self.on_network(ip) && !self.is_gateway(ip) && is_unicast_mac(&mac)) {
+            return;
         }
+        if self.neigh.get(&ip) == Some(&mac) {
+            return;
+        }
+        if self.per_mac.get(&mac).copied().unwrap_or(0) >= NEIGHBOURS_PER_MAC {
+            self.neigh_refused += 1;
+            self.unlearn(ip);
+            return;
+        }
+        if !self.neigh.contains_key(&ip) && self.neigh.len() >= MAX_NEIGHBOURS {
+            if let Some(victim) = self.neigh.keys().next().copied() {
+                self.unlearn(victim);
+            }
+        }
+        self.unlearn(ip);
+        self.neigh.insert(ip, mac);
+        *self.per_mac.entry(mac).or_insert(0) += 1;
+    }
+
+    /// Drop `ip` from the neighbour table, keeping the per-MAC counts.
+    fn unlearn(&mut self, ip: IpAddr) {
+        if let Some(old) = self.neigh.remove(&ip) {
+            if let Some(n) = self.per_mac.get_mut(&old) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_mac.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Learns refused because the MAC held [`NEIGHBOURS_PER_MAC`] addresses already.
+    pub fn neighbours_refused(&self) -> u64 {
+        self.neigh_refused
     }
 
     /// Forget a neighbour (its endpoint left).
     pub fn forget(&mut self, ip: IpAddr) {
-        self.neigh.remove(&ip);
+        self.unlearn(ip);
         self.pending.remove(&ip);
     }
 
@@ -612,6 +664,11 @@ impl Core {
         if !self.on_network(dst) {
             return Err(None);
         }
+        if !self.pending.contains_key(&dst) && self.pending.len() >= MAX_PENDING_NEIGHBOURS {
+            if let Some(victim) = self.pending.keys().next().copied() {
+                self.pending.remove(&victim);
+            }
+        }
         let q = self.pending.entry(dst).or_default();
         let first = q.is_empty();
         if q.len() < PENDING_PER_NEIGHBOUR {
@@ -661,6 +718,11 @@ impl Core {
                 ))
             }
         }
+    }
+
+    /// Number of neighbours waiting to be resolved (for tests and introspection).
+    pub fn pending_neighbours(&self) -> usize {
+        self.pending.len()
     }
 
     /// Number of neighbours known (for tests and introspection).

@@ -412,3 +412,53 @@ fn packets_from_the_gateways_own_address_are_not_for_us() {
         );
     }
 }
+
+#[test]
+fn neighbour_table_is_bounded_per_mac_and_in_all() {
+    use crate::core::{MAX_NEIGHBOURS, MAX_PENDING_NEIGHBOURS, NEIGHBOURS_PER_MAC};
+    let mut core = Core::new(cfg());
+    let attacker = [2, 0, 0, 0, 0, 0x66];
+    // One MAC claiming 100 link-local addresses (anti-spoofing lets fe80::/10 through).
+    for i in 0..100u16 {
+        let ip = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, i + 1));
+        core.learn(ip, attacker);
+    }
+    assert_eq!(core.neighbours(), NEIGHBOURS_PER_MAC);
+    assert_eq!(core.neighbours_refused(), 100 - NEIGHBOURS_PER_MAC as u64);
+    // Another sender is still learned.
+    let honest = IpAddr::V4(Ipv4Addr::new(172, 17, 0, 9));
+    core.learn(honest, [2, 0, 0, 0, 0, 9]);
+    assert_eq!(core.neighbour(honest), Some([2, 0, 0, 0, 0, 9]));
+    // An address moved to a MAC at its limit is forgotten, not kept stale.
+    core.learn(honest, attacker);
+    assert_eq!(core.neighbour(honest), None);
+    // Forgetting gives the MAC its place back.
+    core.forget(IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)));
+    core.learn(honest, attacker);
+    assert_eq!(core.neighbour(honest), Some(attacker));
+
+    // The whole table: distinct MACs past MAX_NEIGHBOURS keep it at its size, and the
+    // newest is learned.
+    let mut core = Core::new(cfg());
+    let n = u32::try_from(MAX_NEIGHBOURS).expect("fits") + 100;
+    for i in 0..n {
+        let [_, a, b, c] = (i + 2).to_be_bytes();
+        let ip = IpAddr::V4(Ipv4Addr::new(172, 17, b, c));
+        core.learn(ip, [2, 1, 0, a, b, c]);
+    }
+    assert_eq!(core.neighbours(), MAX_NEIGHBOURS);
+    let [_, _, b, c] = (n + 1).to_be_bytes();
+    assert!(core
+        .neighbour(IpAddr::V4(Ipv4Addr::new(172, 17, b, c)))
+        .is_some());
+
+    // Packets to on-network addresses that never answer: a bounded number wait.
+    let mut core = Core::new(cfg());
+    for i in 0..1000u16 {
+        let [hi, lo] = (i + 2).to_be_bytes();
+        let mut p = vec![0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 172, 17, 0, 1];
+        p.extend_from_slice(&[172, 17, hi, lo]);
+        assert!(core.frame_to(p).is_err(), "no MAC known yet");
+    }
+    assert_eq!(core.pending_neighbours(), MAX_PENDING_NEIGHBOURS);
+}
