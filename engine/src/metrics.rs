@@ -172,6 +172,11 @@ struct Scrape {
     dns_servfail: Family<NetLabels, Counter>,
     networks: Gauge,
     sandboxes: Gauge,
+    fd_budget_limit: Gauge,
+    fd_budget_used: Gauge,
+    fd_budget_refused: Counter,
+    api_conns_shed: Counter,
+    api_conns_refused: Counter,
 }
 
 fn gauge_of(n: u64) -> i64 {
@@ -357,6 +362,31 @@ impl Scrape {
         );
         r.register("tapnet_networks", "Networks", self.networks);
         r.register("tapnet_sandboxes", "Sandboxes", self.sandboxes);
+        r.register(
+            "tapnet_fd_budget_limit",
+            "Descriptors the process-wide flow budget may hand out (docs/security.md)",
+            self.fd_budget_limit,
+        );
+        r.register(
+            "tapnet_fd_budget_used",
+            "Descriptors of the flow budget held now",
+            self.fd_budget_used,
+        );
+        r.register(
+            "tapnet_fd_budget_refused",
+            "Flows, DNS forwards and published-port connections refused by the budget",
+            self.fd_budget_refused,
+        );
+        r.register(
+            "tapnet_api_connections_shed",
+            "Idle API connections closed to make room for a new one",
+            self.api_conns_shed,
+        );
+        r.register(
+            "tapnet_api_connections_refused",
+            "New API connections closed at once because every open one was busy",
+            self.api_conns_refused,
+        );
         let api = api_metrics();
         r.register(
             "tapnet_api_requests",
@@ -378,6 +408,13 @@ pub async fn render(ctl: &Controller) -> Response {
     let scrape = Scrape::default();
     scrape.networks.set(gauge_of(store.networks.len() as u64));
     scrape.sandboxes.set(gauge_of(store.sandboxes.len() as u64));
+    let budget = tapnet_nat::budget::global();
+    scrape.fd_budget_limit.set(gauge_of(budget.limit() as u64));
+    scrape.fd_budget_used.set(gauge_of(budget.used() as u64));
+    scrape.fd_budget_refused.inc_by(budget.refused());
+    let conns = crate::api::connection_counts();
+    scrape.api_conns_shed.inc_by(conns.shed);
+    scrape.api_conns_refused.inc_by(conns.refused);
     let mut nets: Vec<_> = store.networks.values().collect();
     nets.sort_by(|a, b| a.name.cmp(&b.name));
     for n in nets.into_iter().filter(|n| !n.config_only) {

@@ -187,6 +187,13 @@ s.send(b"\xff" * 6 + mac + b"\x08\x00" + ip + b"\x00" * 26)
         );
         assert_eq!(sample(&m, "tapnet_networks", &[]), networks as f64);
         assert_eq!(sample(&m, "tapnet_sandboxes", &[]), 2.0);
+        // The process-wide descriptor budget (docs/security.md) and the API connection cap.
+        let limit = sample(&m, "tapnet_fd_budget_limit", &[]);
+        assert!(limit > 0.0, "a budget sized from RLIMIT_NOFILE: {limit}");
+        assert!(sample(&m, "tapnet_fd_budget_used", &[]) <= limit);
+        assert_eq!(sample(&m, "tapnet_fd_budget_refused_total", &[]), 0.0);
+        assert_eq!(sample(&m, "tapnet_api_connections_refused_total", &[]), 0.0);
+        assert_eq!(sample(&m, "tapnet_api_connections_shed_total", &[]), 0.0);
         // The API: 3 answered stats requests (at least: the helpers made more), timed.
         let route = [
             ("method", "GET"),
