@@ -224,6 +224,27 @@ impl Client {
         path: &str,
         mut on_line: impl FnMut(&[u8]) -> io::Result<()>,
     ) -> anyhow::Result<()> {
+        let mut body = self.get_stream(path).await?;
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| ClientError::Protocol(format!("reading the answer: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=nl).collect();
+                on_line(&line[..nl])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `GET path` and the answer's body as it streams in (the connection is driven in
+    /// the background until the body is dropped). A non-2xx answer is a
+    /// [`ClientError::Daemon`] as for the other requests.
+    pub async fn get_stream(&self, path: &str) -> anyhow::Result<hyper::body::Incoming> {
         let (mut sender, conn) = self.connect().await?;
         tokio::spawn(async move {
             let _ = conn.await;
@@ -239,7 +260,7 @@ impl Client {
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let status = resp.status();
-        let mut body = resp.into_body();
+        let body = resp.into_body();
         if !status.is_success() {
             let raw = body
                 .collect()
@@ -252,20 +273,7 @@ impl Client {
             }
             .into());
         }
-        let mut pending = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame =
-                frame.map_err(|e| ClientError::Protocol(format!("reading the answer: {e}")))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            pending.extend_from_slice(&data);
-            while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=nl).collect();
-                on_line(&line[..nl])?;
-            }
-        }
-        Ok(())
+        Ok(body)
     }
 }
 

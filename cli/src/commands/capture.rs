@@ -12,17 +12,11 @@
 use crate::client::{seg, Client, ClientError};
 use anyhow::Context;
 use clap::Args;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::header::HOST;
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
 use pcap_file::pcap::PcapParser;
 use pcap_file::PcapError;
 use std::io::{self, Write};
 use std::path::PathBuf;
-use tapnet_types::api::ErrorBody;
-use tokio::net::UnixStream;
 
 /// `tapnet capture`
 #[derive(Debug, Args)]
@@ -152,42 +146,7 @@ pub fn run(c: &Client, a: CaptureArgs) -> anyhow::Result<()> {
     let rt = super::runtime()?;
     rt.block_on(async {
         let path = capture_path(c, &a).await?;
-        let stream =
-            UnixStream::connect(c.socket())
-                .await
-                .map_err(|cause| ClientError::Connect {
-                    socket: c.socket().to_path_buf(),
-                    cause,
-                })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = Request::builder()
-            .method(Method::GET)
-            .uri(&path)
-            .header(HOST, "tapnet")
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ClientError::Protocol(format!("bad request {path}: {e}")))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let status = resp.status();
-        let mut body = resp.into_body();
-        if !status.is_success() {
-            let raw = body
-                .collect()
-                .await
-                .map_err(|e| ClientError::Protocol(format!("reading the answer: {e}")))?
-                .to_bytes();
-            let message = serde_json::from_slice::<ErrorBody>(&raw)
-                .map(|b| b.message)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&raw).trim().to_string());
-            return Err(ClientError::Daemon { status, message }.into());
-        }
+        let mut body = c.get_stream(&path).await?;
         // The file is made only once the daemon has accepted the capture.
         let mut out: Box<dyn Write> = match &a.write {
             Some(p) if p.as_os_str() != "-" => Box::new(io::BufWriter::new(
