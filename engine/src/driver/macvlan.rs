@@ -429,7 +429,6 @@ impl Driver for MacvlanDriver {
         Ok(report)
     }
 
-    /// The switch's FDB; MACs learned on the uplink have endpoint id `uplink`.
     fn capture(
         &self,
         network_id: &str,
@@ -438,6 +437,7 @@ impl Driver for MacvlanDriver {
         self.bridge.capture(network_id, endpoint_id)
     }
 
+    /// The switch's FDB; MACs learned on the uplink have endpoint id `uplink`.
     fn fdb(&self, network_id: &str) -> Result<Vec<FdbRow>> {
         let mut rows = self.bridge.fdb(network_id)?;
         if let Some(port) = self.bridge.uplink_port(network_id) {

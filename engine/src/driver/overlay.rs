@@ -455,9 +455,6 @@ impl Driver for OverlayDriver {
         Ok(report)
     }
 
-    /// The switch's FDB, each MAC behind the tunnel with the VTEP the tunnel sends it
-    /// to (its static or learned entry); a remote endpoint the store announced that has
-    /// not sent anything yet is listed too (on the tunnel's port, age 0).
     fn capture(
         &self,
         network_id: &str,
@@ -466,6 +463,9 @@ impl Driver for OverlayDriver {
         self.bridge.capture(network_id, endpoint_id)
     }
 
+    /// The switch's FDB, each MAC behind the tunnel with the VTEP the tunnel sends it
+    /// to (its static or learned entry); a remote endpoint the store announced that has
+    /// not sent anything yet is listed too (on the tunnel's port, age 0).
     fn fdb(&self, network_id: &str) -> Result<Vec<FdbRow>> {
         let mut rows = self.bridge.fdb(network_id)?;
         let reply = self.bridge.control_uplink_reply(
