@@ -428,4 +428,100 @@ bridge\tRR 64 B p50\tus\tlower\ttapnet\tkernel\t-\t15\t-\n";
         assert!(s.contains("\n0.40\n"));
         assert!(svg(&parse("").unwrap(), "x").is_err());
     }
+
+    /// The bench scripts parse (`bash -n`).
+    #[test]
+    fn compare_scripts_parse() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for f in [
+            "compare.sh",
+            "lib/measure.sh",
+            "lib/overlay_pair.sh",
+            "lib/inner.sh",
+        ] {
+            let st = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(root.join(f))
+                .status()
+                .unwrap();
+            assert!(st.success(), "bash -n {f}");
+        }
+    }
+
+    /// What benches/lib/measure.sh records from iperf3's and sockperf's output is what
+    /// this parser reads: run its m_tcp/m_udp/m_rr against stand-ins that print known
+    /// output, then check the figures.
+    #[test]
+    fn measure_sh_records_what_the_chart_reads() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = std::env::temp_dir().join(format!("tapnet-chart-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let iperf3 = r#"#!/bin/sh
+case "$*" in
+*9999*) echo '{"error": "unable to connect"}'; exit 1 ;;
+*" -u "*) echo '{"end":{"sum":{"packets":1000000,"lost_packets":200000,"seconds":2.0}}}' ;;
+*) echo '{"end":{"sum_received":{"bytes":1000000000,"bits_per_second":8.0e9}}}' ;;
+esac
+"#;
+        let sockperf = "#!/bin/sh\n\
+echo 'sockperf: ---> percentile 99.000 =    8.807'\n\
+echo 'sockperf: ---> percentile 90.000 =    5.673'\n\
+echo 'sockperf: ---> percentile 50.000 =    3.479'\n";
+        for (name, body) in [("iperf3", iperf3), ("sockperf", sockperf)] {
+            let p = dir.join(name);
+            std::fs::write(&p, body).unwrap();
+            let st = std::process::Command::new("chmod")
+                .arg("+x")
+                .arg(&p)
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        let res = dir.join("res.tsv");
+        let path = format!(
+            "{}:{}",
+            dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let script = r#". benches/lib/measure.sh
+m_tcp bridge "TCP 1 stream" tapnet kernel rwfwd 1 "" 10.0.0.2 5201
+m_udp bridge "UDP 64 B delivered" tapnet kernel - "" 10.0.0.2 5201
+m_rr bridge tapnet kernel - "" 10.0.0.2 11111
+m_tcp egress "TCP out" pasta direct - 1 "" 10.0.0.2 9999
+"#;
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .current_dir(root.parent().unwrap())
+            .env("PATH", path)
+            .env("PY", "python3")
+            .env("SECS", "1")
+            .env("RES", &res)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&res).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let rows = parse(&text).unwrap();
+        let get = |m: &str| rows.iter().find(|r| r.metric == m).unwrap();
+        let tcp = get("TCP 1 stream");
+        assert_eq!(
+            (tcp.setup.as_str(), tcp.values.as_slice()),
+            ("tapnet", &[8.0][..])
+        );
+        assert_eq!(tcp.ref2.as_deref(), Some("rwfwd"));
+        assert_eq!(tcp.cpu.len(), 1, "CPU per Gbit recorded: {text}");
+        // (1,000,000 sent - 200,000 lost) / 2 s = 0.4 Mpps.
+        assert_eq!(get("UDP 64 B delivered").values, vec![0.4]);
+        assert_eq!(get("RR 64 B p50").values, vec![3.479]);
+        assert_eq!(get("RR 64 B p99").values, vec![8.807]);
+        assert_eq!(get("RR 64 B p99").better, Better::Lower);
+        let failed = get("TCP out");
+        assert!(failed.values.is_empty());
+        assert_eq!(failed.skip.as_deref(), Some("iperf3 failed"));
+    }
 }
