@@ -34,7 +34,9 @@
 #   TAPNET_COMPARE_DOCS      1: write the table into docs/benchmarks.md and the chart to
 #                            docs/compare.svg; 0: don't. Default: only for a full run.
 #   TAPNET_COMPARE_NO_INSTALL=1  never call apt-get (missing optional peers are skipped)
-# Results: target/compare/results.tsv (every run), table.md, compare.svg.
+#   TAPNET_COMPARE_REPORT=1  measure nothing: redraw the table and chart of the last run
+# Results: target/compare/results.tsv (every run), meta (machine, date, commit, load),
+# table.md, compare.svg.
 #
 # Packages (Debian): iperf3 sockperf slirp4netns passt vde2 openvswitch-switch, installed
 # with apt-get when missing (as root, non-interactively; services are not started: the
@@ -55,43 +57,61 @@ done
 want() { case ",$ONLY," in *",$1,"*) return 0 ;; esac; return 1; }
 
 if [ -z "${TAPNET_COMPARE_INNER:-}" ]; then
-    T0=$(date +%s)
-    # command -> Debian package; the first four are required, the rest optional.
-    need=() required=(iperf3:iperf3 sockperf:sockperf slirp4netns:slirp4netns pasta:passt)
-    optional=(vde_switch:vde2 ovs-vswitchd:openvswitch-switch)
-    for cp in "${required[@]}" "${optional[@]}"; do
-        PATH=$PATH:/usr/sbin:/sbin command -v "${cp%%:*}" >/dev/null || need+=("${cp##*:}")
-    done
-    if [ ${#need[@]} -gt 0 ] && [ -z "${TAPNET_COMPARE_NO_INSTALL:-}" ]; then
-        echo "installing: ${need[*]}" >&2
-        SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-        $SUDO apt-get update -qq
-        # One at a time: an optional package that fails to install only skips its rows.
-        for p in "${need[@]}"; do
-            DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$p" >/dev/null ||
-                echo "could not install $p" >&2
-        done
-    fi
-    for cp in "${required[@]}"; do
-        command -v "${cp%%:*}" >/dev/null || { echo "${cp%%:*} is needed: apt-get install ${cp##*:}" >&2; exit 1; }
-    done
-    cargo build --release --bins >&2
     OUT=$PWD/target/compare
-    mkdir -p "$OUT"
-    : >"$OUT/results.tsv"
-    env TAPNET_COMPARE_INNER=1 TAPNET_COMPARE_OUT="$OUT" PATH="$PATH:/usr/sbin:/sbin" \
-        unshare -Urnm --propagation private bash "$0" "$@"
-    secs=$(($(date +%s) - T0))
+    if [ -z "${TAPNET_COMPARE_REPORT:-}" ]; then
+        T0=$(date +%s)
+        # command -> Debian package; the first four are required, the rest optional.
+        need=() required=(iperf3:iperf3 sockperf:sockperf slirp4netns:slirp4netns pasta:passt)
+        optional=(vde_switch:vde2 ovs-vswitchd:openvswitch-switch)
+        for cp in "${required[@]}" "${optional[@]}"; do
+            PATH=$PATH:/usr/sbin:/sbin command -v "${cp%%:*}" >/dev/null || need+=("${cp##*:}")
+        done
+        if [ ${#need[@]} -gt 0 ] && [ -z "${TAPNET_COMPARE_NO_INSTALL:-}" ]; then
+            echo "installing: ${need[*]}" >&2
+            SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+            $SUDO apt-get update -qq
+            # One at a time: an optional package that fails to install only skips its rows.
+            for p in "${need[@]}"; do
+                DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$p" >/dev/null ||
+                    echo "could not install $p" >&2
+            done
+        fi
+        for cp in "${required[@]}"; do
+            command -v "${cp%%:*}" >/dev/null || { echo "${cp%%:*} is needed: apt-get install ${cp##*:}" >&2; exit 1; }
+        done
+        cargo build --release --bins >&2
+        mkdir -p "$OUT"
+        : >"$OUT/results.tsv"
+        rm -f "$OUT/meta"
+        env TAPNET_COMPARE_INNER=1 TAPNET_COMPARE_OUT="$OUT" PATH="$PATH:/usr/sbin:/sbin" \
+            unshare -Urnm --propagation private bash "$0" "$@"
+        commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+        git diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
+        {
+            printf 'M_SECS=%q\n' "$SECS"
+            printf 'M_REPS=%q\n' "$REPS"
+            printf 'M_ONLY=%q\n' "$ONLY"
+            printf 'M_ARGS=%q\n' "${TAPNETD_ARGS:-}"
+            printf 'M_TOTAL=%q\n' "$(($(date +%s) - T0))"
+            printf 'M_BG=%q\n' "$(cat "$OUT/background" 2>/dev/null || echo "?")"
+            printf 'M_MACHINE=%q\n' "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), kernel $(uname -r)"
+            printf 'M_COMMIT=%q\n' "$commit"
+            printf 'M_WHEN=%q\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
+            printf 'M_LOAD=%q\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+        } >"$OUT/meta"
+    fi
+    # The report: from target/compare/results.tsv and meta (TAPNET_COMPARE_REPORT=1 redraws
+    # it from the last run without measuring again).
+    [ -s "$OUT/meta" ] || { echo "no finished run in $OUT" >&2; exit 1; }
+    # shellcheck disable=SC1091
+    . "$OUT/meta"
+    [ -z "${TAPNET_COMPARE_REPORT:-}" ] || cargo build --release -p tapnet-benches --bin chart >&2
     target/release/chart "$OUT/results.tsv" --markdown "$OUT/table.md" --svg "$OUT/compare.svg" \
-        --title "tapnet: benches/compare.sh, ratios (median of $REPS runs of ${SECS} s)"
+        --title "tapnet: benches/compare.sh, ratios (median of $M_REPS runs of ${M_SECS} s)"
     echo
     cat "$OUT/table.md"
-    bg=$(cat "$OUT/background" 2>/dev/null || echo "?")
-    machine="$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), kernel $(uname -r)"
-    commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-    git diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
-    when=$(date -u '+%Y-%m-%d %H:%M UTC')
-    load=$(cut -d' ' -f1-3 /proc/loadavg)
+    machine=$M_MACHINE commit=$M_COMMIT when=$M_WHEN load=$M_LOAD bg=$M_BG secs=$M_TOTAL
+    SECS=$M_SECS REPS=$M_REPS ONLY=$M_ONLY TAPNETD_ARGS=$M_ARGS
     echo
     echo "machine: $machine; $when; commit $commit"
     echo "background load before the run: ${bg}% of the machine busy; load average after: $load"

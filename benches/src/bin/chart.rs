@@ -18,7 +18,8 @@
 //! * `cpu` is that run's CPU seconds per Gbit (for `Gbit/s`) or per million packets (for
 //!   `Mpps`), or `-`.
 //!
-//! Rows keep the order in which their (group, metric, setup) first appear. Medians are
+//! Rows are grouped by group, then metric, in the order these first appear; within a
+//! metric, setups keep the order in which they first appear. Medians are
 //! over the runs of a row (the mean of the middle two for an even count). A malformed
 //! line is refused with its line number; nothing is written then.
 #![forbid(unsafe_code)]
@@ -118,6 +119,29 @@ fn parse(text: &str) -> Result<Vec<Row>, String> {
             }
         }
     }
+    // Group by (group, metric), in order of first appearance; the sort is stable.
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for r in &rows {
+        let k = (r.group.clone(), r.metric.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let groups: Vec<&String> = keys.iter().map(|k| &k.0).fold(Vec::new(), |mut v, g| {
+        if !v.contains(&g) {
+            v.push(g);
+        }
+        v
+    });
+    let rank = |r: &Row| {
+        let g = groups.iter().position(|g| **g == r.group).unwrap_or(0);
+        let m = keys
+            .iter()
+            .position(|k| k.0 == r.group && k.1 == r.metric)
+            .unwrap_or(0);
+        (g, m)
+    };
+    rows.sort_by_key(|r| rank(r));
     Ok(rows)
 }
 
@@ -231,6 +255,9 @@ fn bars(rows: &[Row]) -> Vec<(String, f64, String)> {
         .collect()
 }
 
+/// Where the chart's ratio axis ends.
+const AXIS_CAP: f64 = 3.0;
+
 fn svg(rows: &[Row], title: &str) -> Result<String, String> {
     let bars = bars(rows);
     if bars.is_empty() {
@@ -242,7 +269,14 @@ fn svg(rows: &[Row], title: &str) -> Result<String, String> {
             setups.push(s);
         }
     }
-    let xmax = bars.iter().map(|b| b.1).fold(1.0f64, f64::max) * 1.15;
+    // Ratios far above 1 (a peer's p99 several times the kernel's) would squash every
+    // other bar: the axis stops at AXIS_CAP, longer bars end there and keep their label.
+    let xmax = bars
+        .iter()
+        .map(|b| b.1)
+        .fold(1.0f64, f64::max)
+        .min(AXIS_CAP)
+        * 1.15;
     let n = bars.len();
     let height = 90 + 22 * n as u32;
     let mut buf = String::new();
@@ -294,7 +328,10 @@ fn svg(rows: &[Row], title: &str) -> Result<String, String> {
             .draw_series(bars.iter().enumerate().map(|(i, (_, x, _))| {
                 Text::new(
                     format!("{x:.2}"),
-                    (*x + xmax * 0.005, SegmentValue::Exact(n - 1 - i)),
+                    (
+                        x.min(AXIS_CAP) + xmax * 0.005,
+                        SegmentValue::Exact(n - 1 - i),
+                    ),
                     ("sans-serif", 12),
                 )
             }))
@@ -427,6 +464,31 @@ bridge\tRR 64 B p50\tus\tlower\ttapnet\tkernel\t-\t15\t-\n";
         assert!(s.contains("bridge RR 64 B p50 — tapnet (÷ kernel, lower is better)"));
         assert!(s.contains("\n0.40\n"));
         assert!(svg(&parse("").unwrap(), "x").is_err());
+    }
+
+    #[test]
+    fn rows_are_grouped_by_metric_in_order_of_first_appearance() {
+        // The script loops setup by setup; the table lists metric by metric.
+        let text = "g\tA\tGbit/s\thigher\tk\t-\t-\t1\t-\n\
+g\tB\tGbit/s\thigher\tk\t-\t-\t1\t-\n\
+g\tA\tGbit/s\thigher\tt\tk\t-\t1\t-\n\
+g\tB\tGbit/s\thigher\tt\tk\t-\t1\t-\n\
+h\tA\tGbit/s\thigher\tk\t-\t-\t1\t-\n";
+        let rows = parse(text).unwrap();
+        let order: Vec<(&str, &str, &str)> = rows
+            .iter()
+            .map(|r| (r.group.as_str(), r.metric.as_str(), r.setup.as_str()))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                ("g", "A", "k"),
+                ("g", "A", "t"),
+                ("g", "B", "k"),
+                ("g", "B", "t"),
+                ("h", "A", "k")
+            ]
+        );
     }
 
     /// The bench scripts parse (`bash -n`).
