@@ -31,6 +31,10 @@
 #   TAPNET_COMPARE_ONLY      groups to run (comma-separated; default bridge,egress,overlay)
 #   TAPNET_COMPARE_REPS      runs per measurement (default 3; the median is reported)
 #   TAPNETD_ARGS             extra tapnetd flags (e.g. "--tap-io rw")
+#   TAPNETD_ARGS_B           if set, a second tapnetd with these flags is measured beside
+#                            the first in the bridge and egress groups (rows "tapnet-b",
+#                            "tapnet-nat-b", "tapnet-pub-b", each also ÷ the first daemon's
+#                            row), e.g. TAPNETD_ARGS="--tap-io uring" TAPNETD_ARGS_B="--tap-io rw"
 #   TAPNET_COMPARE_DOCS      1: write the table into docs/benchmarks.md and the chart to
 #                            docs/compare.svg; 0: don't. Default: only for a full run.
 #   TAPNET_COMPARE_NO_INSTALL=1  never call apt-get (missing optional peers are skipped)
@@ -92,6 +96,7 @@ if [ -z "${TAPNET_COMPARE_INNER:-}" ]; then
             printf 'M_REPS=%q\n' "$REPS"
             printf 'M_ONLY=%q\n' "$ONLY"
             printf 'M_ARGS=%q\n' "${TAPNETD_ARGS:-}"
+        printf 'M_ARGS_B=%q\n' "${TAPNETD_ARGS_B:-}"
             printf 'M_TOTAL=%q\n' "$(($(date +%s) - T0))"
             printf 'M_BG=%q\n' "$(cat "$OUT/background" 2>/dev/null || echo "?")"
             printf 'M_MACHINE=%q\n' "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), kernel $(uname -r)"
@@ -111,17 +116,19 @@ if [ -z "${TAPNET_COMPARE_INNER:-}" ]; then
     echo
     cat "$OUT/table.md"
     machine=$M_MACHINE commit=$M_COMMIT when=$M_WHEN load=$M_LOAD bg=$M_BG secs=$M_TOTAL
-    SECS=$M_SECS REPS=$M_REPS ONLY=$M_ONLY TAPNETD_ARGS=$M_ARGS
+    SECS=$M_SECS REPS=$M_REPS ONLY=$M_ONLY TAPNETD_ARGS=$M_ARGS TAPNETD_ARGS_B=${M_ARGS_B:-}
+    args="TAPNETD_ARGS='${TAPNETD_ARGS:-}'"
+    [ -z "$TAPNETD_ARGS_B" ] || args="$args, tapnet-b: TAPNETD_ARGS_B='$TAPNETD_ARGS_B'"
     echo
     echo "machine: $machine; $when; commit $commit"
     echo "background load before the run: ${bg}% of the machine busy; load average after: $load"
-    echo "total run time: ${secs} s (SECONDS=$SECS, $REPS runs each, groups $ONLY, TAPNETD_ARGS='${TAPNETD_ARGS:-}')"
+    echo "total run time: ${secs} s (SECONDS=$SECS, $REPS runs each, groups $ONLY, $args)"
     docs=${TAPNET_COMPARE_DOCS:-}
     [ -n "$docs" ] || { [ "$ONLY" = "$ALL" ] && docs=1 || docs=0; }
     if [ "$docs" = 1 ]; then
         cp "$OUT/compare.svg" docs/compare.svg
         {
-            echo "Run: \`bash benches/compare.sh $SECS\` on $when, commit $commit, TAPNETD_ARGS='${TAPNETD_ARGS:-}'."
+            echo "Run: \`bash benches/compare.sh $SECS\` on $when, commit $commit, $args."
             echo "Machine: $machine. Background load before the run: ${bg}% of the machine busy;"
             echo "load average after: $load. Total run time ${secs} s."
             echo "Each figure is the median of $REPS runs of $SECS s (all runs listed); CPU is machine-wide"
@@ -166,17 +173,25 @@ background_load >"$TAPNET_COMPARE_OUT/background"
 echo "background: $(cat "$TAPNET_COMPARE_OUT/background")% of the machine busy" >&2
 
 T="target/release/tapnet -H unix:///run/tapnet/tapnet.sock"
-tapnetd_started=""
+TB="target/release/tapnet -H unix:///run/tapnet-b/tapnet.sock"
+# With TAPNETD_ARGS_B set, a second daemon ("tapnet-b": its own socket, roots and flags)
+# runs beside the first, and the bridge and egress groups measure both in the same run.
+B=""
+[ -z "${TAPNETD_ARGS_B:-}" ] || B=1
+declare -A tapnetd_started
+# start_tapnetd [b]
 start_tapnetd() {
-    [ -n "$tapnetd_started" ] && return 0
-    mkdir -p /run/tapnet
-    # shellcheck disable=SC2086 # TAPNETD_ARGS is a list of flags
-    target/release/tapnetd -H unix:///run/tapnet/tapnet.sock --exec-root /run/tapnet \
-        --data-root /run/tapnet-data --dns 198.18.0.2 ${TAPNETD_ARGS:-} >/run/tapnetd.log 2>&1 &
+    local v=${1:-} dir=/run/tapnet cli=$T args=${TAPNETD_ARGS:-}
+    [ -z "$v" ] || dir=/run/tapnet-b cli=$TB args=${TAPNETD_ARGS_B:-}
+    [ -n "${tapnetd_started[x$v]:-}" ] && return 0
+    mkdir -p $dir
+    # shellcheck disable=SC2086 # the args are a list of flags
+    target/release/tapnetd -H unix://$dir/tapnet.sock --exec-root $dir \
+        --data-root $dir-data --dns 198.18.0.2 $args >$dir.log 2>&1 &
     pids+=($!)
-    for _ in $(seq 100); do $T network ls >/dev/null 2>&1 && break; sleep 0.1; done
-    $T network ls >/dev/null 2>&1 || { echo "tapnetd did not start:" >&2; cat /run/tapnetd.log >&2; exit 1; }
-    tapnetd_started=1
+    for _ in $(seq 100); do $cli network ls >/dev/null 2>&1 && break; sleep 0.1; done
+    $cli network ls >/dev/null 2>&1 || { echo "tapnetd did not start:" >&2; cat $dir.log >&2; exit 1; }
+    tapnetd_started[x$v]=1
 }
 
 declare -A CLI IP SKIP
@@ -225,6 +240,16 @@ bridge_setup() {
     done
     CLI[tapnet]="$T exec bt1 --" IP[tapnet]=10.201.0.12
     servers "$T exec bt2 --" 10.201.0.12
+    if [ -n "$B" ]; then
+        start_tapnetd b
+        $TB network create --subnet 10.204.0.0/24 cmpbrb >/dev/null
+        for i in 1 2; do
+            $TB sandbox create bb$i >/dev/null
+            $TB network connect --ip 10.204.0.1$i cmpbrb bb$i
+        done
+        CLI[tapnet-b]="$TB exec bb1 --" IP[tapnet-b]=10.204.0.12
+        servers "$TB exec bb2 --" 10.204.0.12
+    fi
 
     # VDE: vde_switch with two tap ports, each moved into a container namespace
     if command -v vde_switch >/dev/null; then
@@ -283,20 +308,22 @@ bridge_setup() {
     fi
     sleep 0.5
     local s
-    for s in kernel rwfwd tapnet vde ovs; do
+    for s in "${bridge_setups[@]}"; do
         [ -z "${SKIP[$s]:-}" ] || continue
         wait_ping "${CLI[$s]}" "${IP[$s]}" || SKIP[$s]="no connectivity (set-up failed)"
     done
 }
 
+bridge_setups=(kernel rwfwd tapnet ${B:+tapnet-b} vde ovs)
 bridge_metrics=("TCP 1 stream:Gbit/s:higher" "TCP 4 streams:Gbit/s:higher"
     "UDP 64 B delivered:Mpps:higher" "RR 64 B p50:us:lower" "RR 64 B p99:us:lower")
 bridge_run() {
     local s r1 r2
-    for s in kernel rwfwd tapnet vde ovs; do
+    for s in "${bridge_setups[@]}"; do
         r1=kernel r2=-
         [ $s = kernel ] && r1=-
         [ $s = tapnet ] && r2=rwfwd
+        [ $s = tapnet-b ] && r2=tapnet
         if [ -n "${SKIP[$s]:-}" ]; then
             [ "$1" = 1 ] && skip_all bridge $s $r1 "${SKIP[$s]}" "${bridge_metrics[@]}"
             continue
@@ -340,6 +367,17 @@ egress_setup() {
     $T sandbox create eg1 >/dev/null
     $T network connect cmpeg eg1
     CLI[tapnet-nat]="$T exec eg1 --"
+    if [ -n "$B" ]; then
+        start_tapnetd b
+        $TB network create --subnet 10.205.0.0/24 cmpegb >/dev/null
+        $TB sandbox create egb1 >/dev/null
+        $TB network connect cmpegb egb1
+        CLI[tapnet-nat-b]="$TB exec egb1 --"
+        $TB sandbox create -p 5302:5201 pubb >/dev/null
+        $TB network connect cmpegb pubb
+        $TB exec pubb -- iperf3 -s -p 5201 >/dev/null 2>&1 &
+        pids+=($!)
+    fi
 
     # published port: wan -> host:5301 -> sandbox pub:5201, vs wan -> host:5202 directly
     $T sandbox create -p 5301:5201 pub >/dev/null
@@ -350,18 +388,20 @@ egress_setup() {
     pids+=($!)
     sleep 0.5
     # A TCP connect, not a ping: pasta answers pings only where ping sockets are allowed.
-    for s in direct slirp1500 slirp65520 pasta tapnet-nat; do
+    for s in "${egress_setups[@]}"; do
         wait_tcp "${CLI[$s]}" 198.18.0.2 11111 || SKIP[$s]="no connectivity (set-up failed)"
     done
 }
 
+egress_setups=(direct tapnet-nat ${B:+tapnet-nat-b} slirp1500 slirp65520 pasta)
 egress_metrics=("TCP out:Gbit/s:higher" "TCP in (-R):Gbit/s:higher")
 egress_run() {
     local s r1 r2
-    for s in direct tapnet-nat slirp1500 slirp65520 pasta; do
+    for s in "${egress_setups[@]}"; do
         r1=direct r2=-
         [ $s = direct ] && r1=-
         [ $s = tapnet-nat ] && r2=slirp65520
+        [ $s = tapnet-nat-b ] && r2=tapnet-nat
         if [ -n "${SKIP[$s]:-}" ]; then
             [ "$1" = 1 ] && skip_all egress $s $r1 "${SKIP[$s]}" "${egress_metrics[@]}"
             continue
@@ -372,8 +412,10 @@ egress_run() {
     local W="ip netns exec wan"
     m_tcp published "TCP wan→server" direct - - 1 "$W" 198.18.0.1 5202
     m_tcp published "TCP wan→server" tapnet-pub direct - 1 "$W" 198.18.0.1 5301
+    [ -z "$B" ] || m_tcp published "TCP wan→server" tapnet-pub-b direct tapnet-pub 1 "$W" 198.18.0.1 5302
     m_tcp published "TCP server→wan (-R)" direct - - 1 "$W" 198.18.0.1 5202 -R
     m_tcp published "TCP server→wan (-R)" tapnet-pub direct - 1 "$W" 198.18.0.1 5301 -R
+    [ -z "$B" ] || m_tcp published "TCP server→wan (-R)" tapnet-pub-b direct tapnet-pub 1 "$W" 198.18.0.1 5302 -R
 }
 
 # ------------------------------------------------------------------ overlay
