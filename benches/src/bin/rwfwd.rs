@@ -1,0 +1,131 @@
+//! The one-read-one-write forwarder: the baseline of `benches/compare.sh`.
+//!
+//! `rwfwd NETNS_A IPV4_A/LEN NETNS_B IPV4_B/LEN [MTU]` creates a tap named `eth0` in each
+//! of the two network namespaces (paths such as `/run/netns/f1`), exactly as tapnet
+//! creates a sandbox's tap (`tapnet_sandbox::tap::Tap::create`: `IFF_VNET_HDR`, offloads
+//! CSUM|TSO4|TSO6 and USO where the kernel has them, txqueuelen 10000), gives each the
+//! address, brings it up, prints `ready` on stdout and then forwards frames between the
+//! two taps, one thread per direction: one blocking `read` and one `write` per frame,
+//! the 10-byte virtio-net header and any GSO super-frame passed through untouched.
+//! Nothing else (no switching, no parsing, no batching): what it reaches is the limit of
+//! the one-syscall-per-frame I/O model that tapnet's datapath started from.
+//!
+//! It runs until killed. The taps are persistent devices inside the two namespaces: they
+//! go with the namespaces (the bench script's private namespaces are discarded on exit).
+#![allow(missing_docs)]
+
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tapnet_sandbox::netns::Netns;
+use tapnet_sandbox::tap::{Tap, TapConfig};
+
+/// Largest frame a tap hands out with TSO on: vnet header + 64 KiB super-frame.
+const BUF: usize = 10 + 65_536 + 14 + 64;
+
+fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (ip, len) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s}: expected IPV4/LEN"))?;
+    let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{s}: {e}"))?;
+    let len: u8 = len.parse().map_err(|e| format!("{s}: {e}"))?;
+    if len > 32 {
+        return Err(format!("{s}: prefix length above 32"));
+    }
+    Ok((ip, len))
+}
+
+fn make_tap(ns: &str, cidr: (Ipv4Addr, u8), mac_last: u8, mtu: u32) -> Result<Tap, String> {
+    let netns = Netns::open(Path::new(ns)).map_err(|e| e.to_string())?;
+    let cfg = TapConfig {
+        name: "eth0".into(),
+        mac: [0x02, 0x52, 0x57, 0x46, 0x57, mac_last],
+        mtu,
+        txqueuelen: 10_000,
+        ipv4: Some(cidr),
+        ..TapConfig::default()
+    };
+    let tap = Tap::create(&netns, &cfg).map_err(|e| format!("tap in {ns}: {e}"))?;
+    // Blocking reads: the thread sleeps in read(2) until a frame is there.
+    let fd = tap.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL take and return plain integers; `fd` is the tap's open fd,
+    // which `tap` keeps open for the whole call.
+    let rc = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 {
+            flags
+        } else {
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK)
+        }
+    };
+    if rc < 0 {
+        return Err(format!(
+            "fcntl on tap in {ns}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(tap)
+}
+
+/// Forward every frame read from `from` to `to`, forever (until an I/O error).
+fn pump(from: &Tap, to: &Tap) -> std::io::Error {
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return e,
+        };
+        // A full queue on the other side drops the frame, as a switch would.
+        if let Some(frame) = buf.get(..n) {
+            let _ = to.write(frame);
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let [ns_a, ip_a, ns_b, ip_b, rest @ ..] = args else {
+        return Err("usage: rwfwd NETNS_A IPV4_A/LEN NETNS_B IPV4_B/LEN [MTU]".into());
+    };
+    let mtu = match rest.first() {
+        Some(m) => m.parse().map_err(|e| format!("MTU {m}: {e}"))?,
+        None => 1500,
+    };
+    let a = Arc::new(make_tap(ns_a, parse_cidr(ip_a)?, 1, mtu)?);
+    let b = Arc::new(make_tap(ns_b, parse_cidr(ip_b)?, 2, mtu)?);
+    println!("ready");
+    let (a2, b2) = (Arc::clone(&a), Arc::clone(&b));
+    let back = std::thread::spawn(move || pump(&b2, &a2));
+    let err = pump(&a, &b);
+    let _ = back.join();
+    Err(format!("tap read: {err}"))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rwfwd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parses_and_refuses_bad_input() {
+        assert_eq!(
+            parse_cidr("10.0.0.1/24"),
+            Ok((Ipv4Addr::new(10, 0, 0, 1), 24))
+        );
+        assert!(parse_cidr("10.0.0.1").is_err());
+        assert!(parse_cidr("10.0.0.1/33").is_err());
+        assert!(parse_cidr("x/24").is_err());
+    }
+}
