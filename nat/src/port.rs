@@ -25,6 +25,10 @@
 //!   frame from the full queue.
 //! * Wake-ups only on the empty → non-empty edge (decided under the queue's lock, so none
 //!   is lost): a consumer that is already draining the queue is not woken per frame.
+//!   Toward the gateway, only while the gateway is parked: it calls
+//!   [`GatewayLink::park`] before it sleeps (which fails if frames are queued) and
+//!   [`GatewayLink::unpark`] when it wakes, and reads the queue on every loop turn; a frame
+//!   queued while it runs costs no `eventfd` write.
 //! * When one end is dropped the other end's sends fail with `ConnectionRefused` (as on a
 //!   socket pair whose peer is closed); its receives drain what was queued, then say
 //!   `WouldBlock`.
@@ -75,6 +79,8 @@ struct Shared {
     gateway_space: EventFd,
     switch_gone: AtomicBool,
     gateway_gone: AtomicBool,
+    /// The gateway is (about to be) asleep: the next frame must signal `gateway_ready`.
+    gateway_parked: AtomicBool,
 }
 
 /// A lock that a panicking holder cannot poison for the other side: the queues hold
@@ -104,6 +110,7 @@ pub fn link() -> io::Result<(SwitchPort, GatewayLink)> {
         gateway_space: eventfd()?,
         switch_gone: AtomicBool::new(false),
         gateway_gone: AtomicBool::new(false),
+        gateway_parked: AtomicBool::new(true),
     });
     Ok((
         SwitchPort {
@@ -168,7 +175,9 @@ impl FrameIo for SwitchPort {
         q.bytes += frame.len();
         q.frames.push_back(buf);
         drop(q);
-        if was_empty {
+        // The gateway parks only after finding the queue empty under this lock, having
+        // set the flag first: either it sees this frame or this sees the flag.
+        if was_empty && s.gateway_parked.swap(false, Ordering::SeqCst) {
             signal(&s.gateway_ready);
         }
         Ok(frame.len())
@@ -198,6 +207,23 @@ impl GatewayLink {
     /// Becomes readable when a full queue toward the switch has room again.
     pub fn space_fd(&self) -> RawFd {
         self.shared.gateway_space.as_raw_fd()
+    }
+
+    /// About to sleep: from now on the first frame queued signals [`Self::ready_fd`].
+    /// False (and not parked) if frames are queued already: do not sleep.
+    pub fn park(&self) -> bool {
+        self.shared.gateway_parked.store(true, Ordering::SeqCst);
+        if lock(&self.shared.to_gateway).frames.is_empty() {
+            return true;
+        }
+        self.shared.gateway_parked.store(false, Ordering::SeqCst);
+        false
+    }
+
+    /// Awake: frames queued from now on are not signalled (the caller reads the queue
+    /// on every turn until it parks again).
+    pub fn unpark(&self) {
+        self.shared.gateway_parked.store(false, Ordering::SeqCst);
     }
 
     /// Move up to `max` queued frames into `out`; how many.

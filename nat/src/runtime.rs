@@ -18,7 +18,9 @@
 //!   link, and each loop turn moves the buffers of frames the switch took into the stack's
 //!   pool and the pool's surplus (beyond `LINK_KEEP`, 16) back to the link, so frames are
 //!   built and received in reused buffers both ways. At most `RX_BATCH` (256) frames are taken
-//!   per turn; if more are queued the next poll does not sleep.
+//!   per turn; if more are queued the next poll does not sleep. The link is read on every
+//!   loop turn and signals the gateway only while it is parked in the poll
+//!   ([`GatewayLink::park`]).
 //! * TCP: an egress SYN starts a non-blocking host connect and is held; the SYN is fed to
 //!   the stack (a socket listening on its destination) only once the host connection is
 //!   up, so a refused connect outside is answered with an RST to the SYN inside. Bytes are
@@ -615,6 +617,11 @@ impl Worker {
             if self.switch_more {
                 timeout = Duration::ZERO;
             }
+            if let SwitchLink::Queue(l) = &self.switch {
+                if !self.switch_more && !l.park() {
+                    timeout = Duration::ZERO;
+                }
+            }
             if let Some(d) = self.stack.poll_delay(now) {
                 timeout = timeout.min(Duration::from_micros(d.total_micros()));
             }
@@ -630,6 +637,11 @@ impl Worker {
             }
             self.turn_ms = self.now_ms();
             let mut switch_readable = false;
+            if let SwitchLink::Queue(l) = &self.switch {
+                l.unpark();
+                // Frames queued while awake are not signalled: look on every turn.
+                switch_readable = true;
+            }
             for ev in events.iter() {
                 match ev.token() {
                     WAKER => {}

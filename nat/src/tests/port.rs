@@ -120,3 +120,29 @@ fn a_dropped_end_refuses_sends_and_drains_what_was_queued() {
         "a gateway waiting for room is woken"
     );
 }
+
+#[test]
+fn the_gateway_is_signalled_only_while_parked() {
+    let (mut sw, gw) = link().expect("link");
+    let mut q = VecDeque::new();
+    // Parked from the start: the first frame signals, the next one does not.
+    sw.send(&frame(1, 60)).expect("send");
+    sw.send(&frame(2, 60)).expect("send");
+    assert!(fired(&gw.shared.gateway_ready));
+    assert!(!fired(&gw.shared.gateway_ready));
+    // Frames queued: parking fails (the caller must not sleep).
+    assert!(!gw.park());
+    assert_eq!(gw.recv(&mut q, 16), 2);
+    // Awake: a frame into the empty queue is not signalled (the caller reads every turn).
+    gw.unpark();
+    sw.send(&frame(3, 60)).expect("send");
+    assert!(!fired(&gw.shared.gateway_ready));
+    assert_eq!(gw.recv(&mut q, 16), 1);
+    // Parked on an empty queue: the next frame signals.
+    assert!(gw.park());
+    sw.send(&frame(4, 60)).expect("send");
+    assert!(fired(&gw.shared.gateway_ready));
+    assert_eq!(gw.recv(&mut q, 16), 1);
+    let tags: Vec<u8> = q.iter().map(|f| f[0]).collect();
+    assert_eq!(tags, [1, 2, 3, 4]);
+}
