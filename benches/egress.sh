@@ -10,9 +10,15 @@
 # Single-stream TCP for SECONDS each:
 #   (a) tapnet sandbox -> wan through tapnet's NAT (sandbox MTU 1500)
 #   (b) slirp4netns namespace -> wan (`slirp4netns --configure --mtu 1500`, same MTU)
+#   (b64) slirp4netns at its best setting, `--mtu 65520` (how rootless Docker/Podman run it)
+#   (p) pasta (Debian `passt`) namespace -> wan (its default MTU 65520)
 #   (c) the host namespace -> wan directly (veth, kernel only)
 #   (d) wan -> tapnet sandbox through a published port (`-p 5201:5201`)
-# plus, for information, the reverse directions of (a) and (b) (`iperf3 -R`).
+#   (pd) wan -> pasta namespace through its forwarded port (`-t 5202:5201`)
+# plus the reverse directions of (a), (b), (b64) and (p) (`iperf3 -R`). Beside each figure:
+# the forwarding process's CPU time (all threads, user + system) per Gbit moved.
+# TAPNET_GATEWAY_LINK=socketpair runs tapnetd with the socket-pair switch<->gateway link
+# (default: the in-process link, `tapnet_nat::port`).
 # TAPNET_PERF=1 also records tapnetd with `perf record -e cpu-clock -g` during (a) into
 # /tmp/tapnet-egress.perf.data and during (a-R) into /tmp/tapnet-ingress.perf.data.
 set -euo pipefail
@@ -23,6 +29,7 @@ if [ -z "${TAPNET_EGRESS_INNER:-}" ]; then
     need=()
     command -v iperf3 >/dev/null || need+=(iperf3)
     command -v slirp4netns >/dev/null || need+=(slirp4netns)
+    command -v pasta >/dev/null || need+=(passt)
     if [ ${#need[@]} -gt 0 ]; then
         echo "installing: ${need[*]}" >&2
         SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -39,6 +46,21 @@ fi
 # iperf3 JSON on stdin -> received Gbit/s
 gbps() { $PY -c 'import json,sys; d=json.load(sys.stdin); print("%.2f" % (d["end"]["sum_received"]["bits_per_second"]/1e9))'; }
 ratio() { $PY -c "print('%.2f' % ($1/$2))"; }
+# CPU time of the forwarding process (all its threads, user + system)
+TCK=$(getconf CLK_TCK)
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# run NAME PID CMD...: iperf3 JSON from CMD -> Gbit/s into $NAME, and the CPU the forwarder
+# PID spent per Gbit moved (ms/Gbit) into ${NAME}_cpu
+run() {
+    local name=$1 pid=$2 t0 t1 g
+    shift 2
+    t0=$(ticks "$pid")
+    g=$("$@" | gbps)
+    t1=$(ticks "$pid")
+    printf -v "$name" '%s' "$g"
+    printf -v "${name}_cpu" '%s' \
+        "$($PY -c "print('%.0f' % (($t1-$t0)*1000/$TCK/max($g*$SECS,1e-9)))")"
+}
 
 # --- the wan
 ip netns add wan
@@ -59,11 +81,39 @@ echo "direct host -> wan: $direct Gbit/s" >&2
 # --- (b) slirp4netns
 ip netns add s1
 slirp4netns --configure --mtu 1500 --netns-type=path /run/netns/s1 tap0 >/run/slirp.log 2>&1 &
-pids+=($!)
+pid=$!
+pids+=($pid)
 for _ in $(seq 100); do ip -n s1 route 2>/dev/null | grep -q default && break; sleep 0.1; done
-slirp=$(ip netns exec s1 iperf3 -c 198.18.0.2 -p 5201 -t "$SECS" -J | gbps)
-slirp_r=$(ip netns exec s1 iperf3 -R -c 198.18.0.2 -p 5201 -t "$SECS" -J | gbps)
+run slirp $pid ip netns exec s1 iperf3 -c 198.18.0.2 -p 5201 -t "$SECS" -J
+run slirp_r $pid ip netns exec s1 iperf3 -R -c 198.18.0.2 -p 5201 -t "$SECS" -J
 echo "slirp4netns -> wan: $slirp Gbit/s (reverse $slirp_r)" >&2
+
+# --- (b64) slirp4netns at MTU 65520
+ip netns add s2
+slirp4netns --configure --mtu 65520 --netns-type=path /run/netns/s2 tap0 >/run/slirp64.log 2>&1 &
+pid=$!
+pids+=($pid)
+for _ in $(seq 100); do ip -n s2 route 2>/dev/null | grep -q default && break; sleep 0.1; done
+run slirp64 $pid ip netns exec s2 iperf3 -c 198.18.0.2 -p 5201 -t "$SECS" -J
+run slirp64_r $pid ip netns exec s2 iperf3 -R -c 198.18.0.2 -p 5201 -t "$SECS" -J
+echo "slirp4netns --mtu 65520 -> wan: $slirp64 Gbit/s (reverse $slirp64_r)" >&2
+
+# --- (p) pasta: its namespace gets its own address and gateway (explicit, so they do not
+# copy wan0's), its outbound interface is wan0; host port 5202 forwards to its 5201.
+ip netns add p1
+pasta --config-net -a 10.203.0.2 -n 24 -g 10.203.0.1 --no-map-gw -i wan0 \
+    -t 5202:5201 -u none -T none -U none --runas 0 -f -q \
+    --netns /run/netns/p1 >/run/pasta.log 2>&1 &
+pid=$!
+pids+=($pid)
+for _ in $(seq 100); do ip -n p1 route 2>/dev/null | grep -q default && break; sleep 0.1; done
+run pasta_e $pid ip netns exec p1 iperf3 -c 198.18.0.2 -p 5201 -t "$SECS" -J
+run pasta_r $pid ip netns exec p1 iperf3 -R -c 198.18.0.2 -p 5201 -t "$SECS" -J
+ip netns exec p1 iperf3 -s -p 5201 >/dev/null 2>&1 &
+pids+=($!)
+sleep 0.5
+run pasta_pub $pid ip netns exec wan iperf3 -c 198.18.0.1 -p 5202 -t "$SECS" -J
+echo "pasta -> wan: $pasta_e Gbit/s (reverse $pasta_r, forwarded port $pasta_pub)" >&2
 
 # --- (a) tapnet NAT egress
 mkdir -p /run/tapnet
@@ -82,13 +132,13 @@ if [ -n "${TAPNET_PERF:-}" ]; then
         >/dev/null 2>&1 &
     pids+=($!)
 fi
-tapnet=$($T exec t1 -- iperf3 -c 198.18.0.2 -p 5201 -t "$SECS" -J | gbps)
+run tapnet $tapnetd $T exec t1 -- iperf3 -c 198.18.0.2 -p 5201 -t "$SECS" -J
 if [ -n "${TAPNET_PERF:-}" ]; then
     perf record -e cpu-clock -g -p "$tapnetd" -o /tmp/tapnet-ingress.perf.data -- sleep "$SECS" \
         >/dev/null 2>&1 &
     pids+=($!)
 fi
-tapnet_r=$($T exec t1 -- iperf3 -R -c 198.18.0.2 -p 5201 -t "$SECS" -J | gbps)
+run tapnet_r $tapnetd $T exec t1 -- iperf3 -R -c 198.18.0.2 -p 5201 -t "$SECS" -J
 echo "tapnet NAT -> wan: $tapnet Gbit/s (reverse $tapnet_r)" >&2
 
 # --- (d) published port, wan -> sandbox
@@ -97,17 +147,27 @@ $T network connect bench pub
 $T exec pub -- iperf3 -s -p 5201 >/dev/null 2>&1 &
 pids+=($!)
 sleep 0.5
-published=$(ip netns exec wan iperf3 -c 198.18.0.1 -p 5201 -t "$SECS" -J | gbps)
+run published $tapnetd ip netns exec wan iperf3 -c 198.18.0.1 -p 5201 -t "$SECS" -J
 echo "wan -> published port -> sandbox: $published Gbit/s" >&2
 
-printf '\n%-44s %10s %10s %10s\n' "single-stream TCP (Gbit/s)" "figure" "/slirp" "/direct"
-printf '%-44s %10s %10s %10s\n' "(a) tapnet NAT egress, sandbox -> wan" "$tapnet" \
-    "$(ratio "$tapnet" "$slirp")" "$(ratio "$tapnet" "$direct")"
-printf '%-44s %10s\n' "(b) slirp4netns, namespace -> wan" "$slirp"
-printf '%-44s %10s\n' "(c) direct, host namespace -> wan" "$direct"
-printf '%-44s %10s %10s %10s\n' "(d) published port, wan -> sandbox" "$published" "" \
-    "$(ratio "$published" "$direct")"
-printf '%-44s %10s %10s\n' "(a-R) tapnet NAT, wan -> sandbox (-R)" "$tapnet_r" \
-    "$(ratio "$tapnet_r" "$slirp_r")"
-printf '%-44s %10s\n' "(b-R) slirp4netns, wan -> namespace (-R)" "$slirp_r"
+best=$($PY -c "print(max($slirp64, $pasta_e))")
+best_r=$($PY -c "print(max($slirp64_r, $pasta_r))")
+row() { printf '%-46s %8s %8s %11s %10s %8s\n' "$@"; }
+echo
+echo "link: ${TAPNET_GATEWAY_LINK:-queue (default)}; CPU = the forwarding process's CPU ms per Gbit moved"
+row "single-stream TCP (Gbit/s)" "figure" "CPU" "/slirp65520" "/best peer" "/direct"
+row "(a) tapnet NAT egress, sandbox -> wan" "$tapnet" "$tapnet_cpu" \
+    "$(ratio "$tapnet" "$slirp64")" "$(ratio "$tapnet" "$best")" "$(ratio "$tapnet" "$direct")"
+row "(b) slirp4netns --mtu 1500, namespace -> wan" "$slirp" "$slirp_cpu"
+row "(b64) slirp4netns --mtu 65520, namespace -> wan" "$slirp64" "$slirp64_cpu"
+row "(p) pasta, namespace -> wan" "$pasta_e" "$pasta_e_cpu"
+row "(c) direct, host namespace -> wan" "$direct"
+row "(d) published port, wan -> sandbox" "$published" "$published_cpu" "" \
+    "$(ratio "$published" "$pasta_pub")" "$(ratio "$published" "$direct")"
+row "(pd) pasta forwarded port, wan -> namespace" "$pasta_pub" "$pasta_pub_cpu"
+row "(a-R) tapnet NAT, wan -> sandbox (-R)" "$tapnet_r" "$tapnet_r_cpu" \
+    "$(ratio "$tapnet_r" "$slirp64_r")" "$(ratio "$tapnet_r" "$best_r")" "$(ratio "$tapnet_r" "$direct")"
+row "(b-R) slirp4netns --mtu 1500 (-R)" "$slirp_r" "$slirp_r_cpu"
+row "(b64-R) slirp4netns --mtu 65520 (-R)" "$slirp64_r" "$slirp64_r_cpu"
+row "(p-R) pasta (-R)" "$pasta_r" "$pasta_r_cpu"
 echo "machine: $(nproc) cores, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"

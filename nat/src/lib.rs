@@ -1,11 +1,12 @@
 //! tapnet-nat: the userspace gateway of a bridge network.
 //!
-//! The gateway is a switch port. The engine makes a `DatagramPort::pair()`, attaches the
-//! port end to the network's switch and hands the other end to [`Gateway::spawn`], which
-//! runs the gateway on its own thread with its own `mio::Poll`. Every datagram on that
-//! socket is a [`tapnet_switch::VNET_HDR_LEN`]-byte virtio-net header and an Ethernet
-//! frame; frames the gateway emits carry a zeroed header (the gateway computes every
-//! checksum itself), frames it receives may be GSO super-frames ([`vnet`] segments them).
+//! The gateway is a switch port. The engine makes an in-process [`port::link`] (or, for
+//! comparison, a `DatagramPort::pair()`), attaches the port end to the network's switch
+//! and hands the other end to [`Gateway::spawn`], which runs the gateway on its own
+//! thread with its own `mio::Poll`. Every frame on that link is a
+//! [`tapnet_switch::VNET_HDR_LEN`]-byte virtio-net header and an Ethernet frame; frames
+//! the gateway emits carry a zeroed header (the gateway computes every checksum itself),
+//! frames it receives may be GSO super-frames ([`vnet`] segments them).
 //!
 //! Shape (boringtun/quinn style):
 //!
@@ -15,6 +16,7 @@
 //!   the upstream forwarder's retries and timeouts);
 //! * [`tcp`]: the smoltcp any-IP stack that terminates TCP, over in-memory queues;
 //! * [`runtime`]: the thread, `mio`, the host sockets, the control handle;
+//! * [`port`]: the in-process switch↔gateway link (shared frame queues, `eventfd` wake-ups);
 //! * [`budget`]: the process-wide descriptor budget every gateway's flows draw on;
 //!   [`mem`]: the allocator settings that give flow memory back to the system.
 #![deny(unsafe_code)]
@@ -26,12 +28,13 @@ pub mod flows;
 pub mod mem;
 
 mod hostsock;
+pub mod port;
 pub mod runtime;
 pub mod stats;
 pub mod tcp;
 pub mod vnet;
 
-pub use runtime::{Gateway, GatewayHandle};
+pub use runtime::{Gateway, GatewayHandle, Link};
 pub use stats::{DropReason, FlowProto, Stats, StatsSnapshot};
 
 use ipnet::IpNet;

@@ -3,15 +3,24 @@
 //!
 //! Contract:
 //!
-//! * [`Gateway::spawn`] takes the peer end of a `DatagramPort::pair()` (made non-blocking
-//!   here) and starts the thread. The [`GatewayHandle`] talks to it with commands over a
+//! * [`Gateway::spawn`] takes its end of the link to the switch ([`Link`]): the peer end of
+//!   a `DatagramPort::pair()` (made non-blocking here) or a [`GatewayLink`] of an
+//!   in-process [`crate::port::link`] (what the engine uses), and starts the thread. The [`GatewayHandle`] talks to it with commands over a
 //!   crossbeam channel plus a `mio::Waker`, like the switch runtime; every call waits for
 //!   the thread's answer; a stopped thread answers [`Error::Gone`].
 //! * [`GatewayHandle::publish`] binds the host socket on the caller's thread, so "address
 //!   in use" comes back as [`Error::PortInUse`] and nothing is left half-made.
-//! * Frames to the switch carry a zeroed vnet header. When the switch socket's queue is
-//!   full, frames wait in a bounded queue flushed on writability; past the bound they are
-//!   dropped and counted ([`DropReason::TxError`]).
+//! * Frames to the switch carry a zeroed vnet header. When the switch socket's (or the
+//!   link's) queue is full, frames wait in a bounded queue flushed on writability (the
+//!   link's space signal); past the bound they are dropped and counted
+//!   ([`DropReason::TxError`]). On the in-process link a received frame's buffer is the
+//!   gateway's: a big TCP segment's goes to the stack as is, the others go back to the
+//!   link, and each loop turn moves the buffers of frames the switch took into the stack's
+//!   pool and the pool's surplus (beyond `LINK_KEEP`, 16) back to the link, so frames are
+//!   built and received in reused buffers both ways. At most `RX_BATCH` (256) frames are taken
+//!   per turn; if more are queued the next poll does not sleep. The link is read on every
+//!   loop turn and signals the gateway only while it is parked in the poll
+//!   ([`GatewayLink::park`]).
 //! * TCP: an egress SYN starts a non-blocking host connect and is held; the SYN is fed to
 //!   the stack (a socket listening on its destination) only once the host connection is
 //!   up, so a refused connect outside is answered with an RST to the SYN inside. Bytes are
@@ -45,6 +54,7 @@ use crate::budget::{self, FdPermit};
 use crate::core::{self, Core, Verdict, DNS_PORT};
 use crate::dns::{Answer, Forward, Forwarder, Names};
 use crate::flows::{FlowTable, LimitKind, Limiter};
+use crate::port::GatewayLink;
 use crate::stats::{DropReason, FlowProto, Stats, StatsSnapshot};
 use crate::tcp::{Stack, TX_HEADROOM};
 use crate::vnet;
@@ -70,6 +80,11 @@ use tapnet_switch::VNET_HDR_LEN;
 
 const WAKER: Token = Token(usize::MAX);
 const SWITCH: Token = Token(0);
+/// The in-process link's "room again toward the switch" descriptor.
+const SWITCH_SPACE: Token = Token(usize::MAX - 1);
+/// Spare buffers the gateway keeps in its own pool before giving the rest back to the
+/// in-process link (for the switch to fill).
+const LINK_KEEP: usize = 16;
 /// Frames waiting for room on the switch socket.
 const OUT_QUEUE_MAX: usize = 4096;
 /// Switch datagrams read per loop turn.
@@ -111,6 +126,32 @@ enum HostSock {
 /// Starts gateways.
 pub struct Gateway;
 
+/// The gateway's end of its link to the switch.
+pub enum Link {
+    /// The peer end of a `DatagramPort::pair()` (one datagram per frame).
+    Socket(UnixDatagram),
+    /// The gateway's end of an in-process [`crate::port::link`] (shared frame queues).
+    Queue(GatewayLink),
+}
+
+impl From<UnixDatagram> for Link {
+    fn from(s: UnixDatagram) -> Link {
+        Link::Socket(s)
+    }
+}
+
+impl From<GatewayLink> for Link {
+    fn from(l: GatewayLink) -> Link {
+        Link::Queue(l)
+    }
+}
+
+/// The link as the worker holds it.
+enum SwitchLink {
+    Socket(mio::net::UnixDatagram),
+    Queue(GatewayLink),
+}
+
 /// Control handle of a running gateway. Dropping it stops the gateway.
 pub struct GatewayHandle {
     tx: Sender<Command>,
@@ -127,16 +168,34 @@ fn io_err(op: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
 }
 
 impl Gateway {
-    /// Run a gateway for `config` on `sock` (the switch port's peer end) on a new thread.
-    pub fn spawn(config: Config, sock: UnixDatagram) -> Result<GatewayHandle, Error> {
-        sock.set_nonblocking(true)
-            .map_err(io_err("set gateway socket non-blocking"))?;
+    /// Run a gateway for `config` on `link` (the switch port's peer end: a socket or an
+    /// in-process link) on a new thread.
+    pub fn spawn(config: Config, link: impl Into<Link>) -> Result<GatewayHandle, Error> {
         let poll = Poll::new().map_err(io_err("create poll"))?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(io_err("create waker"))?);
-        let mut switch = mio::net::UnixDatagram::from_std(sock);
-        poll.registry()
-            .register(&mut switch, SWITCH, Interest::READABLE | Interest::WRITABLE)
-            .map_err(io_err("register gateway socket"))?;
+        let switch = match link.into() {
+            Link::Socket(sock) => {
+                sock.set_nonblocking(true)
+                    .map_err(io_err("set gateway socket non-blocking"))?;
+                let mut switch = mio::net::UnixDatagram::from_std(sock);
+                poll.registry()
+                    .register(&mut switch, SWITCH, Interest::READABLE | Interest::WRITABLE)
+                    .map_err(io_err("register gateway socket"))?;
+                SwitchLink::Socket(switch)
+            }
+            Link::Queue(l) => {
+                let r = poll.registry();
+                r.register(&mut SourceFd(&l.ready_fd()), SWITCH, Interest::READABLE)
+                    .map_err(io_err("register gateway link"))?;
+                r.register(
+                    &mut SourceFd(&l.space_fd()),
+                    SWITCH_SPACE,
+                    Interest::READABLE,
+                )
+                .map_err(io_err("register gateway link"))?;
+                SwitchLink::Queue(l)
+            }
+        };
         let (tx, rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(Stats::default());
         let mut subnets = vec![IpNet::V4(
@@ -392,7 +451,9 @@ struct Worker {
     names: Names,
     stack: Stack,
     poll: Poll,
-    switch: mio::net::UnixDatagram,
+    switch: SwitchLink,
+    /// In-process link: frames are left in the link's queue (poll again at once).
+    switch_more: bool,
     rx: Receiver<Command>,
     stats: Arc<Stats>,
     start: Instant,
@@ -455,7 +516,7 @@ impl Worker {
     fn new(
         cfg: Config,
         poll: Poll,
-        switch: mio::net::UnixDatagram,
+        switch: SwitchLink,
         rx: Receiver<Command>,
         stats: Arc<Stats>,
         subnets: Vec<IpNet>,
@@ -492,6 +553,7 @@ impl Worker {
             stack,
             poll,
             switch,
+            switch_more: false,
             rx,
             stats,
             start,
@@ -552,6 +614,14 @@ impl Worker {
         loop {
             let now = smol_now(self.start);
             let mut timeout = Duration::from_millis(500);
+            if self.switch_more {
+                timeout = Duration::ZERO;
+            }
+            if let SwitchLink::Queue(l) = &self.switch {
+                if !self.switch_more && !l.park() {
+                    timeout = Duration::ZERO;
+                }
+            }
             if let Some(d) = self.stack.poll_delay(now) {
                 timeout = timeout.min(Duration::from_micros(d.total_micros()));
             }
@@ -567,6 +637,11 @@ impl Worker {
             }
             self.turn_ms = self.now_ms();
             let mut switch_readable = false;
+            if let SwitchLink::Queue(l) = &self.switch {
+                l.unpark();
+                // Frames queued while awake are not signalled: look on every turn.
+                switch_readable = true;
+            }
             for ev in events.iter() {
                 match ev.token() {
                     WAKER => {}
@@ -578,16 +653,18 @@ impl Worker {
                             self.flush_out();
                         }
                     }
+                    SWITCH_SPACE => self.flush_out(),
                     t => self.host_event(t, ev.is_readable(), ev.is_writable()),
                 }
             }
             if !self.drain_commands() {
                 return;
             }
-            if switch_readable {
+            if switch_readable || self.switch_more {
                 self.read_switch();
             }
             self.service_tcp();
+            self.balance_buffers();
             let ms = self.now_ms();
             if ms.saturating_sub(last_tick) >= 1000 {
                 last_tick = ms;
@@ -620,13 +697,12 @@ impl Worker {
             hdr.copy_from_slice(&vnet::offload_hdr(frame, mtu, mss));
         }
         if self.out.is_empty() {
-            match self.switch.send(&f) {
-                Ok(_) => {
+            match self.link_send(f) {
+                Ok(()) => {
                     Stats::inc(&self.stats.frames_out);
-                    self.stack.recycle(f);
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err((back, io::ErrorKind::WouldBlock)) => f = back,
                 Err(_) => {
                     self.stats.dropped(DropReason::TxError);
                     return;
@@ -641,20 +717,50 @@ impl Worker {
     }
 
     fn flush_out(&mut self) {
-        while let Some(f) = self.out.front() {
-            match self.switch.send(f) {
-                Ok(_) => {
-                    Stats::inc(&self.stats.frames_out);
-                    if let Some(f) = self.out.pop_front() {
-                        self.stack.recycle(f);
-                    }
+        while let Some(f) = self.out.pop_front() {
+            match self.link_send(f) {
+                Ok(()) => Stats::inc(&self.stats.frames_out),
+                Err((back, io::ErrorKind::WouldBlock)) => {
+                    self.out.push_front(back);
+                    return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => {
-                    self.stats.dropped(DropReason::TxError);
-                    self.out.pop_front();
-                }
+                Err(_) => self.stats.dropped(DropReason::TxError),
             }
+        }
+    }
+
+    /// Hand one datagram to the switch; on failure give it back with the error's kind.
+    fn link_send(&mut self, f: Vec<u8>) -> Result<(), (Vec<u8>, io::ErrorKind)> {
+        match &self.switch {
+            SwitchLink::Socket(s) => loop {
+                match s.send(&f) {
+                    Ok(_) => {
+                        self.stack.recycle(f);
+                        return Ok(());
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err((f, e.kind())),
+                }
+            },
+            SwitchLink::Queue(l) => l.send(f),
+        }
+    }
+
+    /// In-process link: buffers of frames the switch took go back to the stack's pool,
+    /// and the pool's surplus (receive buffers the stack consumed) to the link, for the
+    /// switch to fill.
+    fn balance_buffers(&mut self) {
+        let SwitchLink::Queue(l) = &self.switch else {
+            return;
+        };
+        let mut bufs = Vec::new();
+        l.take_spent(&mut bufs);
+        for b in bufs.drain(..) {
+            self.stack.recycle(b);
+        }
+        self.stack.take_surplus(LINK_KEEP, &mut bufs);
+        for b in bufs {
+            l.give(b);
         }
     }
 
@@ -702,73 +808,115 @@ impl Worker {
     }
 
     fn read_switch(&mut self) {
-        let mut frames = Vec::new();
+        self.switch_more = false;
+        if matches!(self.switch, SwitchLink::Queue(_)) {
+            self.read_link();
+            return;
+        }
         for _ in 0..RX_BATCH {
-            let n = match self.switch.recv(&mut self.buf) {
+            let SwitchLink::Socket(sock) = &self.switch else {
+                return;
+            };
+            let n = match sock.recv(&mut self.buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             };
-            Stats::inc(&self.stats.frames_in);
-            frames.clear();
-            if self.offloads {
-                let dg = self.buf.get_mut(..n).unwrap_or_default();
-                match vnet::prepare_offloaded(dg) {
-                    Ok(true) => {
-                        let eth = self.buf.get(VNET_HDR_LEN..n).unwrap_or_default();
-                        let v = self.core.classify(eth);
-                        match self.unflush(v) {
-                            Verdict::Tcp { at, src, dst, syn } => {
-                                let at = at.start + VNET_HDR_LEN..at.end + VNET_HDR_LEN;
-                                if at.len() < crate::tcp::POOL_MIN_LEN {
-                                    // A small segment (an ACK): copying it is cheaper
-                                    // than giving up the 64 KiB receive buffer.
-                                    let p = self.buf.get(at.clone()).unwrap_or_default();
-                                    let len = p.len();
-                                    self.tcp_in(p.to_vec(), 0..len, src, dst, syn);
-                                } else {
-                                    // Hand the receive buffer itself to the stack (no
-                                    // copy of the segment); receive the next datagram
-                                    // into a pooled one.
-                                    let fresh =
-                                        self.stack.buffer(tapnet_switch::runtime::RECV_BUF_LEN);
-                                    let buf = std::mem::replace(&mut self.buf, fresh);
-                                    self.tcp_in(buf, at, src, dst, syn);
-                                }
-                            }
-                            v => self.handle_verdict(v),
-                        }
-                        continue;
-                    }
-                    Ok(false) => {}
-                    Err(r) => {
-                        self.stats.dropped(r);
-                        continue;
-                    }
-                }
-            }
-            let dg = self.buf.get(..n).unwrap_or_default();
-            if let Err(r) = vnet::ingest(dg, &mut frames) {
-                self.stats.dropped(r);
-                continue;
-            }
-            for f in std::mem::take(&mut frames) {
-                let v = self.core.classify(&f);
-                match self.unflush(v) {
-                    Verdict::Tcp { at, src, dst, syn } => self.tcp_in(f, at, src, dst, syn),
-                    v => self.handle_verdict(v),
-                }
-            }
+            let dg = std::mem::take(&mut self.buf);
+            self.buf = match self.datagram(dg, n) {
+                Some(b) => b,
+                // The stack kept the buffer: receive the next datagram into a pooled one.
+                None => self.stack.buffer(tapnet_switch::runtime::RECV_BUF_LEN),
+            };
         }
         // More may be queued: mio is edge-triggered, so poll again without sleeping.
-        if let Err(e) = self.poll.registry().reregister(
-            &mut self.switch,
-            SWITCH,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            tracing::warn!(error = %e, "gateway: reregister switch socket");
+        if let SwitchLink::Socket(sock) = &mut self.switch {
+            if let Err(e) = self.poll.registry().reregister(
+                sock,
+                SWITCH,
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                tracing::warn!(error = %e, "gateway: reregister switch socket");
+            }
         }
+    }
+
+    /// Read the in-process link: up to [`RX_BATCH`] frames; if it had more, the next poll
+    /// does not sleep.
+    fn read_link(&mut self) {
+        let SwitchLink::Queue(l) = &self.switch else {
+            return;
+        };
+        let mut frames = VecDeque::new();
+        self.switch_more = l.recv(&mut frames, RX_BATCH) == RX_BATCH;
+        let mut back = Vec::new();
+        for dg in frames {
+            let n = dg.len();
+            if let Some(b) = self.datagram(dg, n) {
+                back.push(b);
+            }
+        }
+        if let SwitchLink::Queue(l) = &self.switch {
+            for b in back {
+                l.give(b);
+            }
+        }
+    }
+
+    /// One switch datagram (its first `n` bytes of `dg`): classify and handle it. Gives
+    /// the buffer back unless the TCP stack kept it.
+    fn datagram(&mut self, mut dg: Vec<u8>, n: usize) -> Option<Vec<u8>> {
+        Stats::inc(&self.stats.frames_in);
+        if n > dg.len() {
+            self.stats.dropped(DropReason::Truncated);
+            return Some(dg);
+        }
+        if self.offloads {
+            match vnet::prepare_offloaded(&mut dg[..n]) {
+                Ok(true) => {
+                    let eth = dg.get(VNET_HDR_LEN..n).unwrap_or_default();
+                    let v = self.core.classify(eth);
+                    match self.unflush(v) {
+                        Verdict::Tcp { at, src, dst, syn } => {
+                            let at = at.start + VNET_HDR_LEN..at.end + VNET_HDR_LEN;
+                            if at.len() < crate::tcp::POOL_MIN_LEN {
+                                // A small segment (an ACK): copying it is cheaper than
+                                // giving up the 64 KiB receive buffer.
+                                let p = dg.get(at.clone()).unwrap_or_default().to_vec();
+                                let len = p.len();
+                                self.tcp_in(p, 0..len, src, dst, syn);
+                                return Some(dg);
+                            }
+                            // Hand the receive buffer itself to the stack (no copy of
+                            // the segment).
+                            self.tcp_in(dg, at, src, dst, syn);
+                            return None;
+                        }
+                        v => self.handle_verdict(v),
+                    }
+                    return Some(dg);
+                }
+                Ok(false) => {}
+                Err(r) => {
+                    self.stats.dropped(r);
+                    return Some(dg);
+                }
+            }
+        }
+        let mut frames = Vec::new();
+        if let Err(r) = vnet::ingest(&dg[..n], &mut frames) {
+            self.stats.dropped(r);
+            return Some(dg);
+        }
+        for f in frames {
+            let v = self.core.classify(&f);
+            match self.unflush(v) {
+                Verdict::Tcp { at, src, dst, syn } => self.tcp_in(f, at, src, dst, syn),
+                v => self.handle_verdict(v),
+            }
+        }
+        Some(dg)
     }
 
     /// Send the frames a verdict flushed from the neighbour queue; what is left to do

@@ -219,6 +219,15 @@ impl Stack {
         }
     }
 
+    /// Move the pool's buffers beyond the first `keep` into `into` (for the in-process
+    /// link, whose switch end fills them with frames toward the gateway).
+    pub fn take_surplus(&mut self, keep: usize, into: &mut Vec<Vec<u8>>) {
+        self.reclaim();
+        if self.dev.pool.len() > keep {
+            into.extend(self.dev.pool.drain(keep..));
+        }
+    }
+
     fn reclaim(&mut self) {
         while let Some(b) = self.dev.spent.pop() {
             if self.dev.pool.len() >= POOL_MAX {

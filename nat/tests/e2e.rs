@@ -1,5 +1,7 @@
 //! In-process end-to-end tests: a smoltcp "sandbox" on the far end of the gateway's
-//! socketpair, real host servers on 127.0.0.1. No privileges, loopback traffic only.
+//! socketpair (or, for the `linked_*` tests, of its in-process link,
+//! `tapnet_nat::port`), real host servers on 127.0.0.1. No privileges, loopback traffic
+//! only.
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
@@ -14,13 +16,36 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
+use tapnet_nat::port::SwitchPort;
 use tapnet_nat::{Config, Gateway, GatewayHandle, NameRecord, Proto, PublishSpec};
+use tapnet_switch::runtime::FrameIo;
 
 const GW: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
 const SB: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
 
+/// The switch side of the gateway's link, played by the sandbox.
+enum Wire {
+    Socket(UnixDatagram),
+    Link(SwitchPort),
+}
+
+impl Wire {
+    fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Wire::Socket(s) => s.recv(buf),
+            Wire::Link(p) => p.recv(buf),
+        }
+    }
+    fn send(&mut self, frame: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Wire::Socket(s) => s.send(frame),
+            Wire::Link(p) => p.send(frame),
+        }
+    }
+}
+
 struct Dev {
-    sock: UnixDatagram,
+    sock: Wire,
     rx: VecDeque<Vec<u8>>,
     tx: VecDeque<Vec<u8>>,
 }
@@ -116,16 +141,30 @@ impl Sandbox {
 }
 
 fn start(cfg_fn: impl FnOnce(&mut Config)) -> (GatewayHandle, Sandbox) {
-    // What DatagramPort::pair() does: the port end plays the switch side (here: the
-    // sandbox directly), the peer end goes to the gateway.
-    let (port, peer) = UnixDatagram::pair().expect("pair");
-    port.set_nonblocking(true).expect("nonblocking");
+    start_on(false, cfg_fn)
+}
+
+/// With `linked`, the gateway runs on an in-process link (`tapnet_nat::port::link`),
+/// otherwise on a socket pair.
+fn start_on(linked: bool, cfg_fn: impl FnOnce(&mut Config)) -> (GatewayHandle, Sandbox) {
     let mut cfg = Config::new([2, 0, 0, 0, 0, 1], GW, 24);
     cfg.rewrite_loopback_clients = false;
     cfg_fn(&mut cfg);
-    let gw = Gateway::spawn(cfg, peer).expect("spawn");
+    let (gw, wire) = if linked {
+        let (port, link) = tapnet_nat::port::link().expect("link");
+        (Gateway::spawn(cfg, link).expect("spawn"), Wire::Link(port))
+    } else {
+        // What DatagramPort::pair() does: the port end plays the switch side (here: the
+        // sandbox directly), the peer end goes to the gateway.
+        let (port, peer) = UnixDatagram::pair().expect("pair");
+        port.set_nonblocking(true).expect("nonblocking");
+        (
+            Gateway::spawn(cfg, peer).expect("spawn"),
+            Wire::Socket(port),
+        )
+    };
     let mut dev = Dev {
-        sock: port,
+        sock: wire,
         rx: VecDeque::new(),
         tx: VecDeque::new(),
     };
@@ -157,6 +196,15 @@ fn pattern(n: usize) -> Vec<u8> {
 
 #[test]
 fn tcp_egress_transfers_10mb_intact_with_half_close() {
+    tcp_egress_10mb(false);
+}
+
+#[test]
+fn linked_tcp_egress_transfers_10mb_intact_with_half_close() {
+    tcp_egress_10mb(true);
+}
+
+fn tcp_egress_10mb(linked: bool) {
     let server = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = server.local_addr().expect("addr");
     // Echo server: copies until EOF (our half-close), then closes its side.
@@ -175,7 +223,7 @@ fn tcp_egress_transfers_10mb_intact_with_half_close() {
         s.shutdown(std::net::Shutdown::Write).expect("shutdown");
         total
     });
-    let (gw, mut sb) = start(|_| {});
+    let (gw, mut sb) = start_on(linked, |_| {});
     let h = sb.tcp();
     let now = sb.now();
     let _ = now;
@@ -614,4 +662,259 @@ fn icmp_echo_egress_or_counted_drop() {
         }
         None => eprintln!("ping sockets and raw sockets not permitted here: drop counted"),
     }
+}
+
+/// Read everything the sandbox's socket `h` has.
+fn drain(sb: &mut Sandbox, h: SocketHandle, got: &mut Vec<u8>, at_most: usize) {
+    let s = sb.sockets.get_mut::<tcp::Socket<'_>>(h);
+    let mut taken = 0;
+    while s.can_recv() && taken < at_most {
+        taken += s
+            .recv(|b| {
+                let k = b.len().min(at_most - taken);
+                got.extend_from_slice(&b[..k]);
+                (k, k)
+            })
+            .expect("recv");
+    }
+}
+
+/// A sandbox connection to the host server at `addr`, from `port`.
+fn connect_out(sb: &mut Sandbox, addr: SocketAddr, port: u16) -> SocketHandle {
+    let h = sb.tcp();
+    let cx = sb.iface.context();
+    sb.sockets
+        .get_mut::<tcp::Socket<'_>>(h)
+        .connect(
+            cx,
+            IpEndpoint::new(IpAddress::Ipv4(Ipv4Addr::LOCALHOST), addr.port()),
+            port,
+        )
+        .expect("connect");
+    h
+}
+
+#[test]
+fn published_port_bulk_both_ways_with_half_close() {
+    published_bulk(false);
+}
+
+#[test]
+fn linked_published_port_bulk_both_ways_with_half_close() {
+    published_bulk(true);
+}
+
+/// A published-port client sends 6 MB and half-closes; the sandbox checks every byte,
+/// answers 6 MB of another pattern and closes; the client checks every byte.
+fn published_bulk(linked: bool) {
+    let (gw, mut sb) = start_on(linked, |_| {});
+    let bound = gw
+        .publish(PublishSpec {
+            host_ip: Ipv4Addr::LOCALHOST.into(),
+            host_port: 0,
+            proto: Proto::Tcp,
+            sandbox_ip: SB.into(),
+            sandbox_port: 8081,
+        })
+        .expect("publish");
+    let up = pattern(6 << 20);
+    let down: Vec<u8> = pattern((6 << 20) + 13).into_iter().rev().collect();
+    let (up2, down2) = (up.clone(), down.clone());
+    let client = std::thread::spawn(move || {
+        let mut c = TcpStream::connect(bound).expect("connect");
+        let writer = {
+            let mut w = c.try_clone().expect("clone");
+            std::thread::spawn(move || {
+                w.write_all(&up2).expect("write");
+                w.shutdown(std::net::Shutdown::Write).expect("half-close");
+            })
+        };
+        let mut r = Vec::new();
+        c.read_to_end(&mut r).expect("read");
+        writer.join().expect("writer");
+        assert!(
+            r == down2,
+            "the client got {} bytes, not the sandbox's",
+            r.len()
+        );
+    });
+    let h = sb.tcp();
+    sb.sockets
+        .get_mut::<tcp::Socket<'_>>(h)
+        .listen(8081)
+        .expect("listen");
+    let mut got = Vec::new();
+    let mut sent = 0;
+    let mut closed = false;
+    sb.run_until(120, |sb| {
+        drain(sb, h, &mut got, usize::MAX);
+        let s = sb.sockets.get_mut::<tcp::Socket<'_>>(h);
+        // Answer once the client's half-close arrived after all its bytes.
+        if got.len() == up.len() && !s.may_recv() {
+            if sent < down.len() && s.can_send() {
+                sent += s.send_slice(&down[sent..]).expect("send");
+            }
+            if sent == down.len() && !closed {
+                s.close();
+                closed = true;
+            }
+        }
+        closed && client.is_finished()
+    });
+    assert!(
+        got == up,
+        "the sandbox got {} bytes, not the client's",
+        got.len()
+    );
+    client.join().expect("client");
+}
+
+#[test]
+fn tcp_resets_cross_the_gateway_both_ways() {
+    resets(false);
+}
+
+#[test]
+fn linked_tcp_resets_cross_the_gateway_both_ways() {
+    resets(true);
+}
+
+/// An abort inside reaches the host as a reset (not an end of stream), and a reset
+/// outside aborts the sandbox's connection (no FIN, no CloseWait).
+fn resets(linked: bool) {
+    let server = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let host = std::thread::spawn(move || {
+        // First connection: read until the sandbox's abort shows.
+        let (mut a, _) = server.accept().expect("accept");
+        let mut buf = [0u8; 16];
+        let mut got = Vec::new();
+        let first_end = loop {
+            match a.read(&mut buf) {
+                Ok(0) => break None,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => break Some(e.kind()),
+            }
+        };
+        // Second connection: send a little, then reset it (SO_LINGER 0).
+        let (mut b, _) = server.accept().expect("accept");
+        b.write_all(b"bye").expect("write");
+        std::thread::sleep(Duration::from_millis(200));
+        socket2::SockRef::from(&b)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
+        drop(b);
+        (got, first_end)
+    });
+    let (_gw, mut sb) = start_on(linked, |_| {});
+    let h = connect_out(&mut sb, addr, 40100);
+    let mut aborted = false;
+    let mut sent = false;
+    sb.run_until(10, |sb| {
+        let s = sb.sockets.get_mut::<tcp::Socket<'_>>(h);
+        if s.state() == tcp::State::Established && !sent && s.can_send() {
+            s.send_slice(b"abc").expect("send");
+            sent = true;
+        } else if sent && !aborted && s.send_queue() == 0 {
+            s.abort();
+            aborted = true;
+        }
+        aborted && s.state() == tcp::State::Closed
+    });
+    let h2 = connect_out(&mut sb, addr, 40101);
+    let mut got = Vec::new();
+    let mut close_wait = false;
+    let mut established = false;
+    sb.run_until(10, |sb| {
+        drain(sb, h2, &mut got, usize::MAX);
+        let s = sb.sockets.get_mut::<tcp::Socket<'_>>(h2);
+        established |= s.state() == tcp::State::Established;
+        close_wait |= s.state() == tcp::State::CloseWait;
+        established && s.state() == tcp::State::Closed
+    });
+    let (first, first_end) = host.join().expect("host");
+    assert_eq!(first, b"abc");
+    assert_eq!(
+        first_end,
+        Some(std::io::ErrorKind::ConnectionReset),
+        "the sandbox's abort must reach the host as a reset"
+    );
+    assert_eq!(got, b"bye");
+    assert!(
+        !close_wait,
+        "a reset outside must not look like a clean close"
+    );
+}
+
+#[test]
+fn slow_readers_both_ways_get_every_byte() {
+    slow_readers(false);
+}
+
+#[test]
+fn linked_slow_readers_both_ways_get_every_byte() {
+    slow_readers(true);
+}
+
+/// Windows close and reopen: a host reader that starts late and reads in small pieces,
+/// and a sandbox that reads at most 2 KiB per turn, each getting 3 MB intact.
+fn slow_readers(linked: bool) {
+    const LEN: usize = 3 << 20;
+    let server = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let host = std::thread::spawn(move || {
+        // Upload: the host reads late and slowly.
+        let (mut up, _) = server.accept().expect("accept");
+        std::thread::sleep(Duration::from_millis(500));
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = up.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.len() % (256 << 10) < 4096 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // Download: the host writes everything at once; the sandbox reads slowly.
+        let (mut down, _) = server.accept().expect("accept");
+        down.write_all(&pattern(LEN + 1)[1..]).expect("write");
+        drop(down);
+        got
+    });
+    let (_gw, mut sb) = start_on(linked, |_| {});
+    let data = pattern(LEN);
+    let h = connect_out(&mut sb, addr, 40200);
+    let mut sent = 0;
+    let mut closed = false;
+    sb.run_until(60, |sb| {
+        let s = sb.sockets.get_mut::<tcp::Socket<'_>>(h);
+        if sent < data.len() && s.can_send() {
+            sent += s.send_slice(&data[sent..]).expect("send");
+        }
+        if sent == data.len() && !closed {
+            s.close();
+            closed = true;
+        }
+        closed && matches!(s.state(), tcp::State::FinWait2 | tcp::State::TimeWait)
+    });
+    let h2 = connect_out(&mut sb, addr, 40201);
+    let mut got = Vec::new();
+    sb.run_until(60, |sb| {
+        drain(sb, h2, &mut got, 2048);
+        let s = sb.sockets.get_mut::<tcp::Socket<'_>>(h2);
+        got.len() == LEN && !s.may_recv()
+    });
+    assert!(
+        got == pattern(LEN + 1)[1..],
+        "the sandbox's download differs"
+    );
+    let up = host.join().expect("host");
+    assert!(
+        up == data,
+        "the host got {} bytes, not the sandbox's",
+        up.len()
+    );
 }

@@ -19,8 +19,10 @@
 //! name: a re-created tap is exactly what join + the sandbox layer make. The tap work
 //! runs without the driver's lock, so endpoints can be restored in parallel.
 //!
-//! Each network also gets a userspace gateway (`tapnet_nat`): a `DatagramPort` pair, one
-//! end attached to the switch with [`PortRole::Gateway`], the other run by
+//! Each network also gets a userspace gateway (`tapnet_nat`): a link (in-process frame
+//! queues, `tapnet_nat::port`; a `DatagramPort` socket pair with
+//! `TAPNET_GATEWAY_LINK=socketpair`), one end attached to the switch with
+//! [`PortRole::Gateway`], the other run by
 //! [`tapnet_nat::Gateway`] with MAC `02:42:<gateway IPv4>`, the network's gateway
 //! addresses, MTU, `internal` flag and the daemon's upstream DNS servers. Every
 //! gateway's isolation list is every other bridge network's subnets and gateway
@@ -64,6 +66,10 @@ use tapnet_switch::runtime::{
 /// GSO super-frame costs its full size in the sender's buffer; the default
 /// (`net.core.wmem_default`, about 208 KiB) holds three of them.
 pub const GATEWAY_SOCKET_BUFFER: usize = 8 << 20;
+
+/// Environment variable choosing the switch↔gateway link: `socketpair` for the socket
+/// pair, anything else (or unset) for the in-process link ([`tapnet_nat::port`]).
+pub const GATEWAY_LINK_ENV: &str = "TAPNET_GATEWAY_LINK";
 
 /// `txqueuelen` of endpoint taps: large enough that a TCP window never overflows.
 pub const TAP_TXQUEUELEN: u32 = 10_000;
@@ -408,7 +414,7 @@ impl BridgeDriver {
             })?;
             let (gw_port, gw_stats) = handle
                 .add_port_with(
-                    Box::new(port),
+                    port,
                     PortOptions {
                         role: PortRole::Gateway,
                         policy: None,
@@ -856,11 +862,18 @@ fn refresh_isolation(nets: &HashMap<String, BridgeNetwork>) {
     }
 }
 
-/// The switch↔gateway socket pair: the port end (non-blocking, for the switch) and the
-/// gateway's end, both with raised socket buffers so bursts of GSO super-frames fit
-/// (past `net.core.{w,r}mem_max` only a privileged process can: `SO_*BUFFORCE`).
-fn gateway_pair() -> io::Result<(DatagramPort, UnixDatagram)> {
+/// The switch↔gateway link: the port end (for the switch) and the gateway's end. By
+/// default an in-process link (`tapnet_nat::port`: shared frame queues, one user-space
+/// copy per frame); with `TAPNET_GATEWAY_LINK=socketpair` in the daemon's environment a
+/// socket pair (for comparison), both ends with raised socket buffers so bursts of GSO
+/// super-frames fit (past `net.core.{w,r}mem_max` only a privileged process can:
+/// `SO_*BUFFORCE`).
+fn gateway_pair() -> io::Result<(Box<dyn FrameIo>, tapnet_nat::Link)> {
     use nix::sys::socket::{setsockopt, sockopt};
+    if std::env::var_os(GATEWAY_LINK_ENV).is_none_or(|v| v != "socketpair") {
+        let (port, gw) = tapnet_nat::port::link()?;
+        return Ok((Box::new(port), gw.into()));
+    }
     let (a, b) = UnixDatagram::pair()?;
     for s in [&a, &b] {
         let snd = setsockopt(s, sockopt::SndBufForce, &GATEWAY_SOCKET_BUFFER)
@@ -871,7 +884,7 @@ fn gateway_pair() -> io::Result<(DatagramPort, UnixDatagram)> {
             tracing::debug!(error = %e, "could not raise the gateway socket buffers");
         }
     }
-    Ok((DatagramPort::new(a)?, b))
+    Ok((Box::new(DatagramPort::new(a)?), b.into()))
 }
 
 /// `tcp` or `udp`.
