@@ -28,6 +28,10 @@
 # functions, and how much of a core the forwarder's threads used and what share of
 # that was copying.
 #
+# Environment: TAPNET_TCPBOUND_REPS (runs per variant, default 3); TAPNET_TCPBOUND_OUT
+# (results directory, default target/tcp_bound); TAPNET_TCPBOUND_REPORT=1 measures
+# nothing and redraws the table of the results directory's last run.
+#
 # Everything runs in a private network+mount namespace; nothing is left behind; every
 # process started is ended by pid on exit. Results: target/tcp_bound/{results.tsv,table.md}.
 set -euo pipefail
