@@ -10,6 +10,12 @@
 //! Nothing else (no switching, no parsing, no batching): what it reaches is the limit of
 //! the one-syscall-per-frame I/O model that tapnet's datapath started from.
 //!
+//! `--extra-copies N` (after the MTU, which must then be given) is a probe for
+//! `benches/tcp_bound.sh`: each frame is also copied N times in user space (into a
+//! scratch buffer, `memcpy`-sized like the kernel's own copies) before it is written, to
+//! price one copy of every byte in the forwarder's thread. Without it (or with 0) the
+//! forwarder is exactly the baseline above.
+//!
 //! It runs until killed. The taps are persistent devices inside the two namespaces: they
 //! go with the namespaces (the bench script's private namespaces are discarded on exit).
 #![allow(missing_docs)]
@@ -35,6 +41,19 @@ fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
         return Err(format!("{s}: prefix length above 32"));
     }
     Ok((ip, len))
+}
+
+/// The flags after the MTU: `--extra-copies N` (default 0); anything else is refused.
+fn parse_flags(flags: &[String]) -> Result<u32, String> {
+    match flags {
+        [] => Ok(0),
+        [f, n] if f == "--extra-copies" => {
+            n.parse().map_err(|e| format!("--extra-copies {n}: {e}"))
+        }
+        [f, ..] => Err(format!(
+            "{f}: unknown or incomplete flag (known: --extra-copies N)"
+        )),
+    }
 }
 
 fn make_tap(ns: &str, cidr: (Ipv4Addr, u8), mac_last: u8, mtu: u32) -> Result<Tap, String> {
@@ -69,9 +88,11 @@ fn make_tap(ns: &str, cidr: (Ipv4Addr, u8), mac_last: u8, mtu: u32) -> Result<Ta
     Ok(tap)
 }
 
-/// Forward every frame read from `from` to `to`, forever (until an I/O error).
-fn pump(from: &Tap, to: &Tap) -> std::io::Error {
+/// Forward every frame read from `from` to `to`, forever (until an I/O error), copying
+/// each one `extra_copies` more times in user space first (0: the plain baseline).
+fn pump(from: &Tap, to: &Tap, extra_copies: u32) -> std::io::Error {
     let mut buf = vec![0u8; BUF];
+    let mut scratch = vec![0u8; if extra_copies > 0 { BUF } else { 0 }];
     loop {
         let n = match from.read(&mut buf) {
             Ok(n) => n,
@@ -80,6 +101,13 @@ fn pump(from: &Tap, to: &Tap) -> std::io::Error {
         };
         // A full queue on the other side drops the frame, as a switch would.
         if let Some(frame) = buf.get(..n) {
+            for _ in 0..extra_copies {
+                if let Some(dst) = scratch.get_mut(..n) {
+                    dst.copy_from_slice(frame);
+                }
+                // Keep the copy: nothing reads `scratch`, so the optimiser could drop it.
+                std::hint::black_box(&mut scratch);
+            }
             let _ = to.write(frame);
         }
     }
@@ -87,18 +115,21 @@ fn pump(from: &Tap, to: &Tap) -> std::io::Error {
 
 fn run(args: &[String]) -> Result<(), String> {
     let [ns_a, ip_a, ns_b, ip_b, rest @ ..] = args else {
-        return Err("usage: rwfwd NETNS_A IPV4_A/LEN NETNS_B IPV4_B/LEN [MTU]".into());
+        return Err(
+            "usage: rwfwd NETNS_A IPV4_A/LEN NETNS_B IPV4_B/LEN [MTU [--extra-copies N]]".into(),
+        );
     };
     let mtu = match rest.first() {
         Some(m) => m.parse().map_err(|e| format!("MTU {m}: {e}"))?,
         None => 1500,
     };
+    let extra_copies = parse_flags(rest.get(1..).unwrap_or_default())?;
     let a = Arc::new(make_tap(ns_a, parse_cidr(ip_a)?, 1, mtu)?);
     let b = Arc::new(make_tap(ns_b, parse_cidr(ip_b)?, 2, mtu)?);
     println!("ready");
     let (a2, b2) = (Arc::clone(&a), Arc::clone(&b));
-    let back = std::thread::spawn(move || pump(&b2, &a2));
-    let err = pump(&a, &b);
+    let back = std::thread::spawn(move || pump(&b2, &a2, extra_copies));
+    let err = pump(&a, &b, extra_copies);
     let _ = back.join();
     Err(format!("tap read: {err}"))
 }
@@ -127,5 +158,16 @@ mod tests {
         assert!(parse_cidr("10.0.0.1").is_err());
         assert!(parse_cidr("10.0.0.1/33").is_err());
         assert!(parse_cidr("x/24").is_err());
+    }
+
+    #[test]
+    fn flags_parse_and_refuse_bad_input() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(parse_flags(&v(&[])), Ok(0));
+        assert_eq!(parse_flags(&v(&["--extra-copies", "2"])), Ok(2));
+        assert!(parse_flags(&v(&["--extra-copies"])).is_err());
+        assert!(parse_flags(&v(&["--extra-copies", "x"])).is_err());
+        assert!(parse_flags(&v(&["--copies", "1"])).is_err());
+        assert!(parse_flags(&v(&["--extra-copies", "1", "junk"])).is_err());
     }
 }
