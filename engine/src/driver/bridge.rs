@@ -110,11 +110,17 @@ impl BridgeNetwork {
         tap_depth: usize,
     ) -> std::result::Result<(), tapnet_switch::runtime::Error> {
         let opts = endpoint_options(endpoint, self.port_security);
-        let (io, _path) = tapnet_sandbox::uring::open_port(Arc::clone(&tap), tap_io, tap_depth)
+        let (io, path) = tapnet_sandbox::uring::open_port(Arc::clone(&tap), tap_io, tap_depth)
             .map_err(|source| tapnet_switch::runtime::Error::Io {
                 op: "open tap port",
                 source,
             })?;
+        tracing::info!(
+            endpoint = %endpoint.id,
+            tap = tap.name(),
+            path = path.as_str(),
+            "tap port attached"
+        );
         let (port, stats) = self.handle.add_port_with(io, opts)?;
         self.ports
             .insert(endpoint.id.clone(), BridgePort { port, stats, tap });
