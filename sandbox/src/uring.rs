@@ -20,8 +20,9 @@
 //!   the ring looked at again when `recv_batch` finds nothing (completions are posted by
 //!   the worker's own thread, in task work, so none is missed); reads that complete
 //!   during a write on an idle port are signalled by hand. A read that fails with anything
-//!   but `ENOBUFS`/`EINTR`/`EAGAIN`/`ECANCELED` stops the port (that error, after the
-//!   frames read before it).
+//!   but `ENOBUFS`/`EINTR`/`EAGAIN`/`ECANCELED` or an empty read (seen at the end of
+//!   a multishot run) stops the port (that error, after the frames read before it);
+//!   `recv_batch` never returns `Ok(0)` (end of stream: a tap has none).
 //! * [`FrameIo::send_batch`] submits every write of the batch (up to [`MAX_WRITES`]) in
 //!   one `io_uring_enter`; the kernel issues them in order, inline, and the call waits
 //!   for all their completions before returning (the frames' memory is the caller's).
@@ -467,11 +468,17 @@ impl UringTap {
                 break;
             };
             if res <= 0 {
+                // A completion without a frame may still hold a buffer: back to the ring.
+                if let Some(bid) = io_uring::cqueue::buffer_select(flags) {
+                    self.provide(bid);
+                    provided = true;
+                }
                 match -res {
-                    // The multishot read ended for a reason that re-arming cures (no
-                    // buffer left, ...): `armed` is already false.
-                    libc::ENOBUFS | libc::EINTR | libc::EAGAIN | libc::ECANCELED => continue,
-                    0 => stop = Some(io::ErrorKind::UnexpectedEof.into()),
+                    // The multishot read ended (or posted nothing) for a reason that
+                    // re-arming cures: no buffer left, interrupted, or an empty read,
+                    // which a tap never returns for a frame (seen under load at the end
+                    // of a multishot run); `armed` is already false if it ended.
+                    0 | libc::ENOBUFS | libc::EINTR | libc::EAGAIN | libc::ECANCELED => continue,
                     _ => stop = Some(cqe_err(res)),
                 }
                 break;
@@ -538,30 +545,40 @@ impl FrameIo for UringTap {
         // Busy: completions need no wake-up until the port says it has none.
         self.set_eventfd(false);
         let mut n = 0;
-        self.reap();
-        let stop = self.take_done(batch, &mut n);
-        let armed = self.arm();
-        if let Some(e) = stop.or(armed.err()) {
-            if n == 0 {
-                return Err(e);
-            }
-            batch.set_stop(e);
-            return Ok(n);
-        }
-        if self.done.is_empty() && self.ring.completion().is_empty() {
-            // Going idle: wake-ups on from here. Completions are posted by this thread
-            // (task work), so one posted before this is seen below, and one posted
-            // after it signals the eventfd.
-            self.set_eventfd(true);
+        // Completions that carry no frame (the multishot read ended and was submitted
+        // again) are taken without counting: look again, a few times, before saying so.
+        for _ in 0..4 {
             self.reap();
-            if self.done.is_empty() {
+            let stop = self.take_done(batch, &mut n);
+            let armed = self.arm();
+            if let Some(e) = stop.or(armed.err()) {
                 if n == 0 {
-                    return Err(io::ErrorKind::WouldBlock.into());
+                    return Err(e);
                 }
-                batch.set_stop(io::ErrorKind::WouldBlock.into());
+                batch.set_stop(e);
+                return Ok(n);
+            }
+            if self.done.is_empty() && self.ring.completion().is_empty() {
+                // Going idle: wake-ups on from here. Completions are posted by this
+                // thread (task work), so one posted before this is seen below, and one
+                // posted after it signals the eventfd.
+                self.set_eventfd(true);
+                self.reap();
+                if self.done.is_empty() {
+                    if n == 0 {
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    batch.set_stop(io::ErrorKind::WouldBlock.into());
+                    return Ok(n);
+                }
+                self.set_eventfd(false);
+            }
+            if n > 0 {
+                return Ok(n);
             }
         }
-        Ok(n)
+        // Still nothing but frameless completions: the worker asks again.
+        Err(io::ErrorKind::Interrupted.into())
     }
 
     fn send_batch(&mut self, frames: Frames<'_>) -> Result<(), SendBatchError> {
