@@ -40,6 +40,9 @@
 //!   [`TapIo::Auto`] then falls back to [`RwTap`] (one `read`/`write` per frame), logs
 //!   the first fallback and counts every port per path ([`path_counts`]).
 //!
+//! * The ring uses cooperative task work (`IORING_SETUP_COOP_TASKRUN`, `TASKRUN_FLAG`)
+//!   where the kernel has it: frames arriving while the worker runs do not interrupt it;
+//!   `recv_batch` enters the kernel when the flag says reads are waiting to complete.
 //! * Threads: io_uring completes a read that waited for data in task work run by the
 //!   thread that *submitted* it, interrupting that thread's blocking system calls
 //!   (`EINTR`). So the port submits nothing until its first `recv_batch` (the worker
@@ -289,7 +292,21 @@ impl UringTap {
         // Room for every write of a chunk plus every frame the buffers can hold.
         let cq = u32::try_from(2 * (MAX_WRITES + entries))
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let ring = IoUring::builder().setup_cqsize(cq).build(sq)?;
+        // Cooperative task work: a frame arriving while the worker runs does not
+        // interrupt it (no IPI); the read runs at its next system call (the flag says
+        // when one is due). Kernels before 5.19 refuse the flags: plain ring then.
+        let ring = match IoUring::builder()
+            .setup_cqsize(cq)
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .build(sq)
+        {
+            Ok(ring) => ring,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                IoUring::builder().setup_cqsize(cq).build(sq)?
+            }
+            Err(e) => return Err(e),
+        };
         // SAFETY: eventfd takes no pointers; the result is checked before use.
         let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if efd < 0 {
@@ -548,6 +565,10 @@ impl FrameIo for UringTap {
         // Completions that carry no frame (the multishot read ended and was submitted
         // again) are taken without counting: look again, a few times, before saying so.
         for _ in 0..4 {
+            if self.ring.submission().taskrun() {
+                // Task work is due (reads ready to complete): one enter runs it.
+                self.submit(0)?;
+            }
             self.reap();
             let stop = self.take_done(batch, &mut n);
             let armed = self.arm();
