@@ -15,9 +15,11 @@
 //!   one [`FrameBatch`], decides every frame of the batch, then hands each egress port the
 //!   frames it gets in one [`FrameIo::send_batch`] (per-port order is arrival order). Both
 //!   have defaults that fall back to one [`FrameIo::recv`]/[`FrameIo::send`] per frame
-//!   (what a tap uses); a port with a vectored call overrides them. The batch buffer and
-//!   the per-port send lists are allocated when the worker and the port are made, so the
-//!   hot path does not allocate.
+//!   (what a tap on `--tap-io rw` uses); a port with a vectored call overrides them (an
+//!   io_uring tap port lends the batch its filled buffers instead of copying them:
+//!   [`FrameBatch::push_loan`]). The batch buffer and the per-port send lists are
+//!   allocated when the worker and the port are made, so the hot path does not allocate
+//!   (lent buffers' spares stay in the batch after warm-up).
 //! * Per frame: the virtio-net header is checked ([`check_vnet_hdr`]), the Ethernet frame
 //!   goes through [`Switch::decide`] with `now_ms` read once per poll turn from a
 //!   monotonic clock started with the worker, and the frame is written *unchanged*
