@@ -12,7 +12,7 @@ use ipnet::Ipv4Net;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tapnet_engine::controller::DefaultBridge;
-use tapnet_engine::driver::bridge::BridgeDriver;
+use tapnet_engine::driver::bridge::{BridgeDriver, TapIo};
 use tapnet_engine::driver::macvlan::MacvlanDriver;
 use tapnet_engine::driver::overlay::OverlayDriver;
 use tapnet_engine::driver::record::{HOST_DRIVER, NULL_DRIVER};
@@ -48,6 +48,15 @@ struct Args {
     /// Datapath worker threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
+    /// How endpoint taps move frames: `uring` (io_uring, reads kept in flight, writes
+    /// batched), `rw` (one read/write system call per frame) or `auto` (io_uring where
+    /// the kernel allows it, else rw; logged once).
+    #[arg(long = "tap-io", value_name = "auto|uring|rw", default_value = "auto", value_parser = parse_tap_io)]
+    tap_io: TapIo,
+    /// io_uring reads kept in flight per tap port (1-4096; each owns a 66 KiB buffer).
+    #[arg(long = "tap-io-depth", value_name = "N", default_value_t = tapnet_sandbox::uring::DEFAULT_DEPTH as u16,
+          value_parser = clap::value_parser!(u16).range(1..=4096))]
+    tap_io_depth: u16,
     /// Gateway address and prefix of the default `bridge` network, e.g. 10.99.0.1/24
     /// (dockerd's `--bip`).
     #[arg(long, value_name = "CIDR")]
@@ -369,11 +378,28 @@ async fn main() -> anyhow::Result<()> {
         .map(|ip| std::net::SocketAddr::new(*ip, 53))
         .collect();
     let workers = args.workers;
+    let tap_io = args.tap_io;
+    match (tap_io, tapnet_sandbox::uring::probe()) {
+        (TapIo::Rw, _) => tracing::info!("tap I/O: one read/write per frame (--tap-io rw)"),
+        (_, Ok(())) => tracing::info!(
+            depth = args.tap_io_depth,
+            "tap I/O: io_uring (--tap-io {})",
+            tap_io.as_str()
+        ),
+        (TapIo::Uring, Err(e)) => {
+            bail!("--tap-io uring: io_uring is not available here: {e}")
+        }
+        (TapIo::Auto, Err(e)) => tracing::warn!(
+            error = %e,
+            "tap I/O: io_uring unavailable, one read/write per frame (--tap-io auto)"
+        ),
+    }
     let bridge = tokio::task::spawn_blocking(move || BridgeDriver::start(workers))
         .await
         .context("start datapath")?
         .context("start datapath")?
-        .with_upstream_dns(upstream);
+        .with_upstream_dns(upstream)
+        .with_tap_io(tap_io, usize::from(args.tap_io_depth));
     let bridge = Arc::new(bridge);
     let overlay = overlay_driver(&args, Arc::clone(&bridge));
     let mut plugin_config = PluginConfig::new(&args.exec_root);
@@ -479,4 +505,9 @@ async fn main() -> anyhow::Result<()> {
     served.with_context(|| format!("serve API on {}", socket.display()))?;
     tracing::info!("tapnetd stopped");
     Ok(())
+}
+
+/// `--tap-io`'s value.
+fn parse_tap_io(s: &str) -> Result<TapIo, String> {
+    s.parse()
 }

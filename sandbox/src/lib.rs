@@ -10,6 +10,8 @@
 //!   and `iface`.
 //! * [`packet`]: AF_PACKET sockets with rx/tx rings and vnet headers (the macvlan
 //!   driver's uplink port on a host interface).
+//! * [`uring`]: tap switch ports: batched I/O on io_uring, or one `read`/`write` per
+//!   frame, chosen at run time (`tapnetd --tap-io`).
 //!
 //! This is the only crate with `unsafe`; every block carries a `// SAFETY:` note.
 
@@ -18,6 +20,7 @@ pub mod netlink;
 pub mod netns;
 pub mod packet;
 pub mod tap;
+pub mod uring;
 
 use std::io;
 

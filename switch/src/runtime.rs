@@ -15,9 +15,11 @@
 //!   one [`FrameBatch`], decides every frame of the batch, then hands each egress port the
 //!   frames it gets in one [`FrameIo::send_batch`] (per-port order is arrival order). Both
 //!   have defaults that fall back to one [`FrameIo::recv`]/[`FrameIo::send`] per frame
-//!   (what a tap uses); a port with a vectored call overrides them. The batch buffer and
-//!   the per-port send lists are allocated when the worker and the port are made, so the
-//!   hot path does not allocate.
+//!   (what a tap on `--tap-io rw` uses); a port with a vectored call overrides them (an
+//!   io_uring tap port lends the batch its filled buffers instead of copying them:
+//!   [`FrameBatch::push_loan`]). The batch buffer and the per-port send lists are
+//!   allocated when the worker and the port are made, so the hot path does not allocate
+//!   (lent buffers' spares stay in the batch after warm-up).
 //! * Per frame: the virtio-net header is checked ([`check_vnet_hdr`]), the Ethernet frame
 //!   goes through [`Switch::decide`] with `now_ms` read once per poll turn from a
 //!   monotonic clock started with the worker, and the frame is written *unchanged*
@@ -178,10 +180,22 @@ pub struct SendBatchError {
 ///
 /// A receive needs [`FrameBatch::frame_room`] bytes (the longest frame a port may
 /// return): the batch is full when it holds its frame limit or has less room than that.
+///
+/// A port that reads into buffers of its own (io_uring reads kept in flight) does not
+/// copy them in: it *lends* the filled buffer to the batch ([`FrameBatch::push_loan`])
+/// and takes a spare one in exchange ([`FrameBatch::take_buffer`]), so a 64 KiB
+/// super-frame is never copied. [`FrameBatch::clear`] keeps lent buffers as spares, so
+/// after the first batches the exchange allocates nothing; the spares are at most the
+/// frame limit.
 pub struct FrameBatch {
     buf: Box<[u8]>,
-    /// `(start, len)` of each frame in `buf`, in arrival order.
-    spans: Vec<(usize, usize)>,
+    /// Where each frame is, in arrival order.
+    spans: Vec<Span>,
+    /// Buffers lent to the batch with their frame ([`FrameBatch::push_loan`]); they go
+    /// to `pool` at [`FrameBatch::clear`].
+    loans: Vec<Box<[u8]>>,
+    /// Spare buffers for [`FrameBatch::take_buffer`].
+    pool: Vec<Box<[u8]>>,
     /// Bytes of `buf` in use.
     used: usize,
     /// Most frames the current fill may take (at most `spans`' capacity).
@@ -198,6 +212,8 @@ impl FrameBatch {
         FrameBatch {
             buf: vec![0u8; bytes.max(frame_room)].into_boxed_slice(),
             spans: Vec::with_capacity(max_frames),
+            loans: Vec::with_capacity(max_frames),
+            pool: Vec::with_capacity(max_frames),
             used: 0,
             limit: max_frames,
             max_frames,
@@ -209,6 +225,7 @@ impl FrameBatch {
     /// Empty the batch (and forget a stop error); the frame limit goes back to the maximum.
     pub fn clear(&mut self) {
         self.spans.clear();
+        self.pool.append(&mut self.loans);
         self.used = 0;
         self.limit = self.max_frames;
         self.stop = None;
@@ -252,21 +269,61 @@ impl FrameBatch {
             return;
         }
         let len = len.min(self.buf.len() - self.used);
-        self.spans.push((self.used, len));
+        self.spans.push(Span::Packed {
+            start: self.used,
+            len,
+        });
         self.used += len;
+    }
+
+    /// Frames the batch may still take before its frame limit.
+    pub fn room(&self) -> usize {
+        self.limit.saturating_sub(self.spans.len())
+    }
+
+    /// Add the first `len` bytes of `buf` (capped to its length) as the next frame,
+    /// without copying: the batch keeps `buf` as a spare after [`FrameBatch::clear`].
+    /// At the frame limit the buffer is handed back as `Err`.
+    pub fn push_loan(&mut self, buf: Box<[u8]>, len: usize) -> Result<(), Box<[u8]>> {
+        if self.spans.len() >= self.limit {
+            return Err(buf);
+        }
+        self.spans.push(Span::Lent {
+            index: self.loans.len(),
+            len: len.min(buf.len()),
+        });
+        self.loans.push(buf);
+        Ok(())
+    }
+
+    /// A buffer of at least `len` bytes: a spare one if there is one that big, else a
+    /// new zeroed one. Its contents are whatever the last frame left.
+    pub fn take_buffer(&mut self, len: usize) -> Box<[u8]> {
+        while let Some(b) = self.pool.pop() {
+            if b.len() >= len {
+                return b;
+            }
+        }
+        vec![0u8; len].into_boxed_slice()
     }
 
     /// Frame `i`.
     pub fn get(&self, i: usize) -> Option<&[u8]> {
-        let &(start, len) = self.spans.get(i)?;
-        self.buf.get(start..start + len)
+        self.span(self.spans.get(i)?)
+    }
+
+    fn span(&self, span: &Span) -> Option<&[u8]> {
+        match *span {
+            Span::Packed { start, len } => self.buf.get(start..start + len),
+            Span::Lent { index, len } => self.loans.get(index)?.get(..len),
+        }
     }
 
     /// The frames in arrival order.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
         self.spans
             .iter()
-            .map(|&(start, len)| self.buf.get(start..start + len).unwrap_or_default())
+            .map(|span| self.span(span).unwrap_or_default())
     }
 
     /// Record the error that ended a fill after some frames were read.
@@ -280,11 +337,22 @@ impl FrameBatch {
     }
 }
 
+/// Where a frame of a [`FrameBatch`] is.
+#[derive(Clone, Copy, Debug)]
+enum Span {
+    /// In the batch's own buffer.
+    Packed { start: usize, len: usize },
+    /// In lent buffer `index`.
+    Lent { index: usize, len: usize },
+}
+
 impl std::fmt::Debug for FrameBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Not the buffer: it is hundreds of KiB.
         f.debug_struct("FrameBatch")
             .field("frames", &self.spans.len())
+            .field("lent", &self.loans.len())
+            .field("spare_buffers", &self.pool.len())
             .field("bytes_used", &self.used)
             .field("bytes", &self.buf.len())
             .field("limit", &self.limit)

@@ -50,7 +50,6 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tapnet_nat::{Gateway, GatewayHandle, NameRecord, Proto, PublishSpec};
@@ -74,24 +73,10 @@ pub const GATEWAY_LINK_ENV: &str = "TAPNET_GATEWAY_LINK";
 /// `txqueuelen` of endpoint taps: large enough that a TCP window never overflows.
 pub const TAP_TXQUEUELEN: u32 = 10_000;
 
-/// A tap device as a switch port.
-#[derive(Debug, Clone)]
-pub struct TapPort(pub Arc<Tap>);
-
-impl AsRawFd for TapPort {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-}
-
-impl FrameIo for TapPort {
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
-    }
-    fn send(&mut self, frame: &[u8]) -> io::Result<usize> {
-        self.0.write(frame)
-    }
-}
+/// A tap device as a switch port, one `read`/`write` per frame (`--tap-io rw`, and the
+/// fallback of `auto`).
+pub use tapnet_sandbox::uring::RwTap as TapPort;
+pub use tapnet_sandbox::uring::{TapIo, TapIoPath};
 
 struct BridgePort {
     port: PortId,
@@ -127,11 +112,22 @@ impl BridgeNetwork {
         &mut self,
         endpoint: &Endpoint,
         tap: Arc<Tap>,
+        tap_io: TapIo,
+        tap_depth: usize,
     ) -> std::result::Result<(), tapnet_switch::runtime::Error> {
         let opts = endpoint_options(endpoint, self.port_security);
-        let (port, stats) = self
-            .handle
-            .add_port_with(Box::new(TapPort(Arc::clone(&tap))), opts)?;
+        let (io, path) = tapnet_sandbox::uring::open_port(Arc::clone(&tap), tap_io, tap_depth)
+            .map_err(|source| tapnet_switch::runtime::Error::Io {
+                op: "open tap port",
+                source,
+            })?;
+        tracing::info!(
+            endpoint = %endpoint.id,
+            tap = tap.name(),
+            path = path.as_str(),
+            "tap port attached"
+        );
+        let (port, stats) = self.handle.add_port_with(io, opts)?;
         self.ports
             .insert(endpoint.id.clone(), BridgePort { port, stats, tap });
         Ok(())
@@ -144,6 +140,10 @@ pub struct BridgeDriver {
     /// Upstream DNS servers of every gateway.
     upstream_dns: Vec<SocketAddr>,
     networks: Mutex<HashMap<String, BridgeNetwork>>,
+    /// How endpoint taps move frames.
+    tap_io: TapIo,
+    /// io_uring reads in flight per tap port.
+    tap_depth: usize,
 }
 
 impl std::fmt::Debug for BridgeDriver {
@@ -229,7 +229,22 @@ impl BridgeDriver {
             datapath: Mutex::new(Some(datapath)),
             upstream_dns: Vec::new(),
             networks: Mutex::new(HashMap::new()),
+            tap_io: TapIo::Auto,
+            tap_depth: tapnet_sandbox::uring::DEFAULT_DEPTH,
         }
+    }
+
+    /// Move endpoint taps' frames this way (ports attached from now on), with `depth`
+    /// io_uring reads in flight per port.
+    pub fn with_tap_io(mut self, mode: TapIo, depth: usize) -> BridgeDriver {
+        self.tap_io = mode;
+        self.tap_depth = depth;
+        self
+    }
+
+    /// The tap I/O mode asked for.
+    pub fn tap_io(&self) -> TapIo {
+        self.tap_io
     }
 
     /// Use these upstream DNS servers for the gateways of networks created from now on.
@@ -591,9 +606,11 @@ impl Driver for BridgeDriver {
         let tap = Arc::new(tap);
         let what = format!("{name} of sandbox {sandbox_name}");
         let attached = match lock(&self.networks).get_mut(&network.id) {
-            Some(net) => net.attach(endpoint, Arc::clone(&tap)).map_err(|e| {
-                Error::datapath(format!("attach {what} to network {}", network.name), e)
-            }),
+            Some(net) => net
+                .attach(endpoint, Arc::clone(&tap), self.tap_io, self.tap_depth)
+                .map_err(|e| {
+                    Error::datapath(format!("attach {what} to network {}", network.name), e)
+                }),
             None => Err(Self::unknown(&network.id)),
         };
         if let Err(e) = attached {
@@ -635,7 +652,7 @@ impl Driver for BridgeDriver {
         let net = nets
             .get_mut(&network.id)
             .ok_or_else(|| Self::unknown(&network.id))?;
-        match net.attach(endpoint, Arc::clone(&tap)) {
+        match net.attach(endpoint, Arc::clone(&tap), self.tap_io, self.tap_depth) {
             Ok(()) => Ok(RestoreDescription { how, join }),
             Err(e) => {
                 drop(nets);
