@@ -48,10 +48,11 @@ struct Args {
     /// Datapath worker threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
-    /// How endpoint taps move frames: `uring` (io_uring, reads kept in flight, writes
-    /// batched), `rw` (one read/write system call per frame) or `auto` (io_uring where
-    /// the kernel allows it, else rw; logged once).
-    #[arg(long = "tap-io", value_name = "auto|uring|rw", default_value = "auto", value_parser = parse_tap_io)]
+    /// How endpoint taps move frames: `rw` (one read/write system call per frame, the
+    /// default: the faster path for bulk TCP), `uring` (io_uring, reads kept in flight,
+    /// writes batched: ~1.4x the small-packet rate) or `auto` (io_uring where the kernel
+    /// allows it, else rw; logged once). See docs/benchmarks.md.
+    #[arg(long = "tap-io", value_name = "auto|uring|rw", default_value = "rw", value_parser = parse_tap_io)]
     tap_io: TapIo,
     /// io_uring reads kept in flight per tap port (1-4096; each owns a 66 KiB buffer).
     #[arg(long = "tap-io-depth", value_name = "N", default_value_t = tapnet_sandbox::uring::DEFAULT_DEPTH as u16,
