@@ -964,6 +964,59 @@ impl Wan {
     }
 }
 
+/// Send `total` bytes of a position-dependent pattern over TCP from sandbox `from` to
+/// `to_ip:port` in sandbox `to` through the network, and assert that every byte
+/// arrives, in order (a reordered or corrupt byte names its offset).
+pub fn tcp_bytes(env: &Env, from: &str, to: &str, to_ip: &str, port: u16, total: usize) {
+    use std::io::{Read, Write};
+    fn pattern(i: usize) -> u8 {
+        (i % 251) as u8 ^ (i >> 12) as u8
+    }
+    let ns_from = env.sandbox_ns(from);
+    let listener = env
+        .sandbox_ns(to)
+        .run(move || std::net::TcpListener::bind(("0.0.0.0", port)))
+        .expect("enter the receiver's namespace")
+        .unwrap_or_else(|e| panic!("{to}: listen on port {port}: {e}"));
+    let receiver = std::thread::spawn(move || -> Result<usize, String> {
+        let (mut s, _) = listener.accept().map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let k = s
+                .read(&mut buf)
+                .map_err(|e| format!("read after {got} bytes: {e}"))?;
+            if k == 0 {
+                return Ok(got);
+            }
+            for &byte in &buf[..k] {
+                if byte != pattern(got) {
+                    return Err(format!("corrupt or reordered byte at offset {got}"));
+                }
+                got += 1;
+            }
+        }
+    });
+    let addr = format!("{to_ip}:{port}");
+    let mut stream = ns_from
+        .run(|| std::net::TcpStream::connect(&addr))
+        .expect("enter the sender's namespace")
+        .unwrap_or_else(|e| panic!("{from} cannot reach {addr}: {e}"));
+    stream
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .expect("set a write timeout");
+    let data: Vec<u8> = (0..total).map(pattern).collect();
+    stream.write_all(&data).expect("send the pattern");
+    drop(stream);
+    let got = receiver
+        .join()
+        .expect("receiver thread")
+        .unwrap_or_else(|e| panic!("{from} -> {to}: {e}"));
+    assert_eq!(got, total, "{from} -> {to}: not every byte arrived");
+}
+
 /// A TCP server bound in `ns` at `addr`; every accepted connection (with [`IO_TIMEOUT`]
 /// on reads and writes) is handled by `handle` on its own thread.
 pub fn tcp_server(

@@ -9,7 +9,6 @@
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -115,52 +114,6 @@ fn settled<T: PartialEq>(mut f: impl FnMut() -> T) -> T {
 /// Everything the API says about networks and sandboxes.
 fn state(env: &Env) -> (Value, Value) {
     (env.get("/networks"), env.get("/sandboxes"))
-}
-
-/// Send `total` bytes of a pattern from sandbox `from` to `to_ip`:5001 in sandbox
-/// `to` over TCP through the network; assert every byte arrives, in order.
-fn tcp_bytes(env: &Env, from: &str, to: &str, to_ip: &str, total: usize) {
-    let pattern = |i: usize| (i % 251) as u8;
-    let ns_from = Netns::open(&env.netns_path(from)).unwrap();
-    let ns_to = Netns::open(&env.netns_path(to)).unwrap();
-    let listener = ns_to
-        .run(|| TcpListener::bind("0.0.0.0:5001"))
-        .unwrap()
-        .unwrap();
-    let receiver = std::thread::spawn(move || -> Result<usize, String> {
-        let (mut s, _) = listener.accept().map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(20)))
-            .map_err(|e| e.to_string())?;
-        let mut got = 0usize;
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let k = s
-                .read(&mut buf)
-                .map_err(|e| format!("read after {got} bytes: {e}"))?;
-            if k == 0 {
-                return Ok(got);
-            }
-            for &b in &buf[..k] {
-                if b != pattern(got) {
-                    return Err(format!("corrupt byte at offset {got}"));
-                }
-                got += 1;
-            }
-        }
-    });
-    let addr = format!("{to_ip}:5001");
-    let mut stream = ns_from
-        .run(|| TcpStream::connect(&addr))
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{from} cannot reach {addr}: {e}"));
-    stream
-        .set_write_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let data: Vec<u8> = (0..total).map(pattern).collect();
-    stream.write_all(&data).unwrap();
-    drop(stream);
-    let got = receiver.join().unwrap().unwrap();
-    assert_eq!(got, total, "{from} -> {to}: not every byte arrived");
 }
 
 /// Connect `sandbox` to `network` unless it is already; returns its IPv4 address.
@@ -371,7 +324,7 @@ fn kill9_storm_during_connects_leaves_store_memory_and_kernel_agreeing() {
             let ip1 = ensure_connected(env, "n1", "s1");
             ensure_connected(env, "n1", "s0");
             assert!(env.ping("s0", &ip1, 2), "s0 cannot ping s1 ({ip1})");
-            tcp_bytes(env, "s0", "s1", &ip1, 1 << 20);
+            tapnet_tests::tcp_bytes(env, "s0", "s1", &ip1, 5001, 1 << 20);
 
             // The store is what memory says: a last kill -9 changes nothing.
             let before = state(env);

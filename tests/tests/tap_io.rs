@@ -4,60 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
-use tapnet_sandbox::netns::Netns;
 use tapnet_tests::{in_namespace, Env};
-
-fn pattern(i: usize) -> u8 {
-    (i % 251) as u8 ^ (i >> 12) as u8
-}
-
-/// 1 MiB from `a` to `b` (at `ip_b`) over TCP, checked byte by byte on arrival.
-fn tcp_mib(env: &Env, ip_b: &str, port: u16) {
-    const TOTAL: usize = 1 << 20;
-    let ns_a = Netns::open(&env.netns_path("a")).unwrap();
-    let ns_b = Netns::open(&env.netns_path("b")).unwrap();
-    let listener = ns_b
-        .run(move || TcpListener::bind(("0.0.0.0", port)))
-        .unwrap()
-        .unwrap();
-    let receiver = std::thread::spawn(move || -> Result<usize, String> {
-        let (mut s, _) = listener.accept().map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(|e| e.to_string())?;
-        let mut got = 0usize;
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let k = s
-                .read(&mut buf)
-                .map_err(|e| format!("read after {got} bytes: {e}"))?;
-            if k == 0 {
-                return Ok(got);
-            }
-            for &byte in &buf[..k] {
-                if byte != pattern(got) {
-                    return Err(format!("corrupt or reordered byte at offset {got}"));
-                }
-                got += 1;
-            }
-        }
-    });
-    let addr = format!("{ip_b}:{port}");
-    let mut stream = ns_a.run(|| TcpStream::connect(&addr)).unwrap().unwrap();
-    let data: Vec<u8> = (0..TOTAL).map(pattern).collect();
-    stream.write_all(&data).unwrap();
-    drop(stream);
-    assert_eq!(receiver.join().unwrap().unwrap(), TOTAL);
-}
 
 fn traffic(env: &Env, ip_a: &str, ip_b: &str, port: u16) {
     assert!(env.ping("a", ip_b, 3), "a cannot ping b");
     assert!(env.ping("b", ip_a, 3), "b cannot ping a");
-    tcp_mib(env, ip_b, port);
+    tapnet_tests::tcp_bytes(env, "a", "b", ip_b, port, 1 << 20);
 }
 
 fn check_mode(env: &mut Env, mode: &str, log_says: &str, subnet: &str) {
