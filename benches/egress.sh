@@ -18,7 +18,8 @@
 # plus the reverse directions of (a), (b), (b64) and (p) (`iperf3 -R`). Beside each figure:
 # the forwarding process's CPU time (all threads, user + system) per Gbit moved.
 # TAPNET_GATEWAY_LINK=socketpair runs tapnetd with the socket-pair switch<->gateway link
-# (default: the in-process link, `tapnet_nat::port`).
+# (default: the in-process link, `tapnet_nat::port`). TAPNETD_ARGS adds flags to tapnetd
+# (e.g. `--tap-io uring`).
 # TAPNET_PERF=1 also records tapnetd with `perf record -e cpu-clock -g` during (a) into
 # /tmp/tapnet-egress.perf.data and during (a-R) into /tmp/tapnet-ingress.perf.data.
 set -euo pipefail
@@ -118,7 +119,7 @@ echo "pasta -> wan: $pasta_e Gbit/s (reverse $pasta_r, forwarded port $pasta_pub
 # --- (a) tapnet NAT egress
 mkdir -p /run/tapnet
 target/release/tapnetd -H unix:///run/tapnet/tapnet.sock --exec-root /run/tapnet \
-    --data-root /run/tapnet-data --dns 198.18.0.2 >/run/tapnetd.log 2>&1 &
+    --data-root /run/tapnet-data --dns 198.18.0.2 ${TAPNETD_ARGS:-} >/run/tapnetd.log 2>&1 &
 tapnetd=$!
 pids+=($tapnetd)
 T="target/release/tapnet -H unix:///run/tapnet/tapnet.sock"
