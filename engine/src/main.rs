@@ -52,7 +52,7 @@ struct Args {
     /// default: the faster path for bulk TCP), `uring` (io_uring, reads kept in flight,
     /// writes batched: ~1.4x the small-packet rate) or `auto` (io_uring where the kernel
     /// allows it, else rw; logged once). See docs/benchmarks.md.
-    #[arg(long = "tap-io", value_name = "auto|uring|rw", default_value = "rw", value_parser = parse_tap_io)]
+    #[arg(long = "tap-io", value_name = "auto|uring|rw", default_value = TapIo::default().as_str(), value_parser = parse_tap_io)]
     tap_io: TapIo,
     /// io_uring reads kept in flight per tap port (1-4096; each owns a 66 KiB buffer).
     #[arg(long = "tap-io-depth", value_name = "N", default_value_t = tapnet_sandbox::uring::DEFAULT_DEPTH as u16,

@@ -229,7 +229,7 @@ impl BridgeDriver {
             datapath: Mutex::new(Some(datapath)),
             upstream_dns: Vec::new(),
             networks: Mutex::new(HashMap::new()),
-            tap_io: TapIo::Rw,
+            tap_io: TapIo::default(),
             tap_depth: tapnet_sandbox::uring::DEFAULT_DEPTH,
         }
     }
