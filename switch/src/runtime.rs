@@ -3,8 +3,20 @@
 //! Contract:
 //!
 //! * [`Datapath::start`] spawns N workers, each owning a `mio::Poll`, a `mio::Waker` and
-//!   the receiving end of a command channel. A network (its [`Switch`] and all its ports)
-//!   lives entirely on one worker, picked round-robin, so the hot path takes no locks.
+//!   the receiving end of a command channel, all on one clock. A network (its [`Switch`]
+//!   and all its ports) lives on one worker, picked round-robin (the *owner*), unless it
+//!   is spread ([`Datapath::add_network_spread`]) over the owner and the next workers
+//!   (*shards*). The switch (FDB, port table, switch counters) and the capture
+//!   subscribers are shared by a network's shards behind one mutex, taken once per
+//!   batch (uncontended on a network with one shard); sends happen outside it.
+//! * **Multi-queue ports** ([`NetworkHandle::add_port_queues`]): queue 0 goes to the
+//!   owner, queue k to shard k. The owner holds a queue of every port; a shard reads its
+//!   queues and writes a switched frame to the egress port's queue on the same shard, or,
+//!   for a port with no queue there (a gateway or tunnel port, a single-queue tap), hands
+//!   a copy to the owner (one command and one wake-up per batch, counted:
+//!   [`NetworkHandle::relayed`]), which writes it. A port is added on the owner first and
+//!   removed from the other shards first, so a shard never holds a queue of a port the
+//!   switch does not know. The owner alone ages the FDB and answers the control plane.
 //! * The control plane talks to a network through a [`NetworkHandle`]: every call sends a
 //!   command with a one-shot reply channel, wakes the worker and waits for the answer.
 //!   A worker that has stopped answers [`Error::WorkerGone`].
@@ -36,7 +48,8 @@
 //!   and an optional [`PortPolicy`] that [`NetworkHandle::set_policy`] replaces (addresses
 //!   change); both live in the network's [`Switch`] port table, so anti-spoofing and ICC are
 //!   decided by [`Switch::decide`]. Policy drops are counted per reason like any other.
-//! * Counters are atomics with a single writer (the worker); readers use [`PortStats`].
+//! * Counters are atomics, added to with `fetch_add` (a multi-queue port's counters have
+//!   one writer per shard); readers use [`PortStats`].
 //!   rx counts every frame read (dropped ones too), tx every frame written; byte counts
 //!   exclude the vnet header.
 //! * **Capture taps** ([`NetworkHandle::capture`]): a subscriber gets a copy of every
@@ -70,7 +83,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -505,6 +518,14 @@ pub enum Error {
     /// The network has [`MAX_CAPTURES`] capture subscribers already.
     #[error("network has {MAX_CAPTURES} capture subscribers already")]
     TooManyCaptures,
+    /// More queues than the network has shards.
+    #[error("{queues} queues given but the network is spread over {shards} workers")]
+    TooManyQueues {
+        /// Queues given.
+        queues: usize,
+        /// Shards of the network.
+        shards: usize,
+    },
     /// The port refused or failed a control message.
     #[error("port {port}: control message: {source}")]
     PortControl {
@@ -537,10 +558,7 @@ const WAKER: Token = Token(usize::MAX);
 /// Add to a counter that only the worker writes (a plain load + store, no locked op).
 #[inline(always)]
 fn bump(c: &AtomicU64, by: u64) {
-    c.store(
-        c.load(Ordering::Relaxed).wrapping_add(by),
-        Ordering::Relaxed,
-    );
+    c.fetch_add(by, Ordering::Relaxed);
 }
 
 type Reply<T> = Sender<Result<T, Error>>;
@@ -549,9 +567,31 @@ type Reply<T> = Sender<Result<T, Error>>;
 enum Command {
     AddNetwork {
         net: u64,
-        config: SwitchConfig,
-        captures: Arc<AtomicUsize>,
+        shared: Arc<Mutex<Shared>>,
+        /// `None` on the owner; the owner's address on every other shard.
+        relay: Option<RelayTo>,
         reply: Reply<()>,
+    },
+    /// Attach queue `io` of the owner's port `port` to this (non-owner) shard.
+    AddQueue {
+        net: u64,
+        port: PortId,
+        role: PortRole,
+        io: Box<dyn FrameIo>,
+        stats: Arc<PortStats>,
+        reply: Reply<()>,
+    },
+    /// Detach this shard's queue of `port` (nothing if it has none).
+    RemoveQueue {
+        net: u64,
+        port: PortId,
+        reply: Reply<()>,
+    },
+    /// Frames a shard switched to ports it has no queue of; sent by the owner.
+    Relay {
+        net: u64,
+        frames: Vec<Vec<u8>>,
+        to: Vec<(u32, PortId)>,
     },
     RemoveNetwork {
         net: u64,
@@ -627,6 +667,13 @@ pub struct Datapath {
     next_net: AtomicU64,
 }
 
+/// The owner's address, as a non-owner shard holds it.
+struct RelayTo {
+    tx: Sender<Command>,
+    waker: Arc<Waker>,
+    relayed: Arc<AtomicU64>,
+}
+
 /// The control plane's side of one worker.
 struct WorkerHandle {
     tx: Sender<Command>,
@@ -647,6 +694,8 @@ impl Datapath {
             next_worker: AtomicUsize::new(0),
             next_net: AtomicU64::new(0),
         };
+        // One clock for every worker: a network spread over several shares its FDB.
+        let start = Instant::now();
         for i in 0..n {
             let poll = Poll::new().map_err(|source| Error::Io {
                 op: "create poll",
@@ -660,7 +709,7 @@ impl Datapath {
                     })?,
                 );
             let (tx, rx) = crossbeam_channel::unbounded();
-            let worker = Worker::new(poll, rx);
+            let worker = Worker::new(poll, rx, start);
             let thread = std::thread::Builder::new()
                 .name(format!("tapnet-dp{i}"))
                 .spawn(move || worker.run())
@@ -684,22 +733,73 @@ impl Datapath {
 
     /// Create a switch for a network on one of the workers (picked round-robin).
     pub fn add_network(&self, config: SwitchConfig) -> Result<NetworkHandle, Error> {
-        let i = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len().max(1);
-        let w = self.workers.get(i).ok_or(Error::WorkerGone)?;
+        self.add_network_spread(config, 1)
+    }
+
+    /// Create a switch for a network spread over `shards` workers (at most
+    /// [`Datapath::workers`]; 0 or 1 is [`Datapath::add_network`]): the owner (picked
+    /// round-robin) and the next `shards - 1` workers. Each worker reads and writes the
+    /// queues of multi-queue ports given to it ([`NetworkHandle::add_port_queues`]),
+    /// switching under the network's one shared switch (see the module doc).
+    pub fn add_network_spread(
+        &self,
+        config: SwitchConfig,
+        shards: usize,
+    ) -> Result<NetworkHandle, Error> {
+        let workers = self.workers.len().max(1);
+        let shards = shards.clamp(1, workers);
+        let first = self.next_worker.fetch_add(1, Ordering::Relaxed) % workers;
         let net = self.next_net.fetch_add(1, Ordering::Relaxed);
         let captures = Arc::new(AtomicUsize::new(0));
-        let shared = Arc::clone(&captures);
-        call(&w.tx, &w.waker, |reply| Command::AddNetwork {
-            net,
-            config,
-            captures: shared,
-            reply,
-        })?;
+        let relayed = Arc::new(AtomicU64::new(0));
+        let shared = Arc::new(Mutex::new(Shared {
+            switch: Switch::new(config),
+            dir: Vec::new(),
+            next_port: 0,
+            taps: Vec::new(),
+            captures: Arc::clone(&captures),
+        }));
+        let mut on: Vec<ShardAddr> = Vec::with_capacity(shards);
+        for k in 0..shards {
+            let w = self
+                .workers
+                .get((first + k) % workers)
+                .ok_or(Error::WorkerGone)?;
+            let relay = on.first().map(|owner| RelayTo {
+                tx: owner.tx.clone(),
+                waker: Arc::clone(&owner.waker),
+                relayed: Arc::clone(&relayed),
+            });
+            let shared = Arc::clone(&shared);
+            let added = call(&w.tx, &w.waker, |reply| Command::AddNetwork {
+                net,
+                shared,
+                relay,
+                reply,
+            });
+            if let Err(e) = added {
+                // Unwind: the shards made so far forget the network.
+                for s in on.iter().rev() {
+                    let _ = call(&s.tx, &s.waker, |reply| Command::RemoveNetwork {
+                        net,
+                        reply,
+                    });
+                }
+                return Err(e);
+            }
+            on.push(ShardAddr {
+                tx: w.tx.clone(),
+                waker: Arc::clone(&w.waker),
+            });
+        }
+        let owner = on.remove(0);
         Ok(NetworkHandle {
-            tx: w.tx.clone(),
-            waker: Arc::clone(&w.waker),
+            tx: owner.tx,
+            waker: owner.waker,
+            shards: on,
             net,
             captures,
+            relayed,
         })
     }
 
@@ -733,11 +833,22 @@ impl Drop for Datapath {
 /// Control-plane handle to one network's switch. Dropping it does not remove the
 /// network; call [`NetworkHandle::remove`].
 pub struct NetworkHandle {
+    /// The owner's worker.
     tx: Sender<Command>,
     waker: Arc<Waker>,
+    /// The other shards' workers, in shard order (empty: the network is on one worker).
+    shards: Vec<ShardAddr>,
     net: u64,
-    /// Capture subscribers now (written by the worker).
+    /// Capture subscribers now (written by the workers).
     captures: Arc<AtomicUsize>,
+    /// Frames other shards relayed to the owner.
+    relayed: Arc<AtomicU64>,
+}
+
+/// The control plane's address of one shard's worker.
+struct ShardAddr {
+    tx: Sender<Command>,
+    waker: Arc<Waker>,
 }
 
 impl NetworkHandle {
@@ -761,6 +872,57 @@ impl NetworkHandle {
             reply,
         })
     }
+    /// Attach a multi-queue port: `ios[0]` on the owner (as [`NetworkHandle::add_port_with`]),
+    /// `ios[k]` on shard `k`, all counted on the one [`PortStats`] returned. A shard given
+    /// no queue relays this port's frames to the owner. More queues than shards is
+    /// [`Error::TooManyQueues`], no queues `InvalidInput`; on any failure every queue
+    /// attached so far is detached again.
+    pub fn add_port_queues(
+        &self,
+        ios: Vec<Box<dyn FrameIo>>,
+        opts: PortOptions,
+    ) -> Result<(PortId, Arc<PortStats>), Error> {
+        if ios.len() > self.shards() {
+            return Err(Error::TooManyQueues {
+                queues: ios.len(),
+                shards: self.shards(),
+            });
+        }
+        let role = opts.role;
+        let mut ios = ios.into_iter();
+        let first = ios.next().ok_or(Error::Io {
+            op: "attach a multi-queue port",
+            source: io::Error::new(io::ErrorKind::InvalidInput, "no queues given"),
+        })?;
+        let (port, stats) = self.add_port_with(first, opts)?;
+        for (shard, io) in self.shards.iter().zip(ios) {
+            let net = self.net;
+            let st = Arc::clone(&stats);
+            let added = call(&shard.tx, &shard.waker, |reply| Command::AddQueue {
+                net,
+                port,
+                role,
+                io,
+                stats: st,
+                reply,
+            });
+            if let Err(e) = added {
+                // Unwind: the queues attached so far, then the port.
+                let _ = self.remove_port(port);
+                return Err(e);
+            }
+        }
+        Ok((port, stats))
+    }
+    /// Workers this network is spread over (1: only the owner).
+    pub fn shards(&self) -> usize {
+        1 + self.shards.len()
+    }
+    /// Frames other shards switched to ports they hold no queue of and relayed to the
+    /// owner (each frame once, whatever the number of its egress ports).
+    pub fn relayed(&self) -> u64 {
+        self.relayed.load(Ordering::Relaxed)
+    }
     /// Replace a port's policy (`None`: no policy, no anti-spoofing). Frames read after
     /// the call returns are judged by the new policy.
     pub fn set_policy(&self, port: PortId, policy: Option<PortPolicy>) -> Result<(), Error> {
@@ -772,9 +934,17 @@ impl NetworkHandle {
             reply,
         })
     }
-    /// Detach a port, forgetting its FDB entries; hands the `FrameIo` back to the caller.
+    /// Detach a port, forgetting its FDB entries; hands the `FrameIo` back to the caller
+    /// (queue 0 of a multi-queue port: the other shards' queues are dropped first).
     pub fn remove_port(&self, port: PortId) -> Result<Box<dyn FrameIo>, Error> {
         let net = self.net;
+        for shard in &self.shards {
+            call(&shard.tx, &shard.waker, |reply| Command::RemoveQueue {
+                net,
+                port,
+                reply,
+            })?;
+        }
         call(&self.tx, &self.waker, |reply| Command::RemovePort {
             net,
             port,
@@ -853,9 +1023,15 @@ impl NetworkHandle {
     pub fn capture_subscribers(&self) -> usize {
         self.captures.load(Ordering::Relaxed)
     }
-    /// Remove the network from its worker (all ports must have been removed; any left are dropped).
+    /// Remove the network from its workers (all ports must have been removed; any left are dropped).
     pub fn remove(self) -> Result<(), Error> {
         let net = self.net;
+        for shard in &self.shards {
+            call(&shard.tx, &shard.waker, |reply| Command::RemoveNetwork {
+                net,
+                reply,
+            })?;
+        }
         call(&self.tx, &self.waker, |reply| Command::RemoveNetwork {
             net,
             reply,
@@ -1031,112 +1207,48 @@ impl Port {
     }
 }
 
-/// One network on its worker: the switch and its ports, sorted by id.
-struct Network {
+/// What every shard of a network shares: the switch (FDB, port table, counters), the
+/// port directory and the capture subscribers. Locked once per batch; on a network with
+/// one shard the lock is never contended.
+struct Shared {
     switch: Switch,
-    ports: Vec<Port>,
+    /// Every port of the network and its role, sorted by id. The owner holds a queue of
+    /// each; another shard only of the multi-queue ports given one for it.
+    dir: Vec<(PortId, PortRole)>,
     next_port: PortId,
-    /// Indexes (in `ports`) of ports with queued frames; capacity reserved for every port.
-    dirty: Vec<usize>,
     /// Capture subscribers (empty: nothing to do per frame).
     taps: Vec<CaptureTap>,
     /// `taps.len()`, for the control plane.
     captures: Arc<AtomicUsize>,
 }
 
-impl Network {
-    fn index_of(&self, id: PortId) -> Option<usize> {
-        self.ports.binary_search_by_key(&id, |p| p.id).ok()
+impl Shared {
+    fn role_of(&self, id: PortId) -> Option<PortRole> {
+        self.dir
+            .binary_search_by_key(&id, |&(p, _)| p)
+            .ok()
+            .and_then(|j| self.dir.get(j))
+            .map(|&(_, r)| r)
     }
 
-    /// Switch a batch of frames received on `self.ports[i]`, then send each egress port
-    /// its share.
-    #[inline]
-    fn forward_batch(&mut self, i: usize, batch: &FrameBatch, now_ms: u64) {
-        for (k, frame) in batch.iter().enumerate() {
-            // A batch holds at most BATCH frames.
-            self.forward(i, k as u32, frame, now_ms);
-        }
-        for j in self.dirty.drain(..) {
-            if let Some(port) = self.ports.get_mut(j) {
-                port.flush(batch);
-            }
-        }
-    }
-
-    /// Switch frame `k` of the batch (vnet header + Ethernet frame) received on
-    /// `self.ports[i]`: count it and queue it on its egress port(s).
-    #[inline]
-    fn forward(&mut self, i: usize, k: u32, frame: &[u8], now_ms: u64) {
-        let Some(ingress) = self.ports.get(i) else {
-            return;
-        };
-        let stats = &ingress.stats;
-        bump(&stats.rx_packets, 1);
-        bump(
-            &stats.rx_bytes,
-            frame.len().saturating_sub(VNET_HDR_LEN) as u64,
-        );
-        let action = match frame.split_at_checked(VNET_HDR_LEN) {
-            None => Action::Drop(DropReason::Truncated),
-            Some((hdr, eth)) => match check_vnet_hdr(hdr, eth.len()) {
-                Err(r) => Action::Drop(r),
-                Ok(()) => self.switch.decide(eth, ingress.id, now_ms),
-            },
-        };
-        let dirty = &mut self.dirty;
-        match action {
-            Action::Drop(r) => bump(&stats.drops[r as usize], 1),
-            Action::Unicast(p) => {
-                if let Ok(j) = self.ports.binary_search_by_key(&p, |p| p.id) {
-                    if let Some(port) = self.ports.get_mut(j) {
-                        if port.queue(k) {
-                            dirty.push(j);
-                        }
-                    }
-                }
-            }
-            Action::Flood { except } => {
-                for (j, port) in self.ports.iter_mut().enumerate() {
-                    if port.id != except && port.queue(k) {
-                        dirty.push(j);
-                    }
-                }
-            }
-            Action::ToGateways => {
-                for (j, port) in self.ports.iter_mut().enumerate() {
-                    if port.role == PortRole::Gateway && port.queue(k) {
-                        dirty.push(j);
-                    }
-                }
-            }
-        }
-        if !self.taps.is_empty() {
-            self.tap_frame(i, frame, action);
-        }
-    }
-
-    /// Offer a frame received on `self.ports[i]` (vnet header + Ethernet frame), switched
+    /// Offer a frame received on port `ingress` (vnet header + Ethernet frame), switched
     /// to `action`, to every capture subscriber whose scope takes it.
     #[cold]
-    fn tap_frame(&mut self, i: usize, frame: &[u8], action: Action) {
+    fn tap_frame(&mut self, ingress: PortId, frame: &[u8], action: Action) {
         let Some(eth) = frame.get(VNET_HDR_LEN..) else {
             return;
         };
-        let Some(ingress) = self.ports.get(i).map(|p| p.id) else {
-            return;
-        };
         let time = SystemTime::now();
-        let ports = &self.ports;
+        let dir = &self.dir;
         let sent_to = |p: PortId| match action {
             Action::Drop(_) => false,
             Action::Unicast(q) => q == p,
             Action::Flood { except } => except != p,
-            Action::ToGateways => ports
-                .binary_search_by_key(&p, |x| x.id)
+            Action::ToGateways => dir
+                .binary_search_by_key(&p, |&(x, _)| x)
                 .ok()
-                .and_then(|j| ports.get(j))
-                .is_some_and(|x| x.role == PortRole::Gateway),
+                .and_then(|j| dir.get(j))
+                .is_some_and(|&(_, r)| r == PortRole::Gateway),
         };
         let before = self.taps.len();
         self.taps.retain(|t| {
@@ -1148,6 +1260,227 @@ impl Network {
         });
         if self.taps.len() != before {
             self.captures.store(self.taps.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Lock a network's shared part. A worker that panicked while holding it left nothing
+/// half-written that matters more than stopping the datapath, so poisoning is ignored.
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A shard's way to the owner for frames to ports it holds no queue of.
+struct Relay {
+    net: u64,
+    tx: Sender<Command>,
+    waker: Arc<Waker>,
+    /// Frames relayed (for the control plane).
+    relayed: Arc<AtomicU64>,
+    /// The current batch's copies and their (copy index, port) targets.
+    frames: Vec<Vec<u8>>,
+    to: Vec<(u32, PortId)>,
+    /// Frame `k` of the batch is `frames[copied.1]` when `copied.0 == k`.
+    copied: Option<(u32, u32)>,
+}
+
+impl Relay {
+    /// Relay frame `k` of the batch to port `to`.
+    fn push(&mut self, k: u32, frame: &[u8], to: PortId) {
+        let idx = match self.copied {
+            Some((kk, idx)) if kk == k => idx,
+            _ => {
+                let idx = self.frames.len() as u32;
+                self.frames.push(frame.to_vec());
+                self.copied = Some((k, idx));
+                idx
+            }
+        };
+        self.to.push((idx, to));
+    }
+
+    /// Hand the batch's relayed frames to the owner (one command, one wake-up).
+    fn flush(&mut self) {
+        self.copied = None;
+        if self.to.is_empty() {
+            self.frames.clear();
+            return;
+        }
+        let frames = std::mem::take(&mut self.frames);
+        let to = std::mem::take(&mut self.to);
+        bump(&self.relayed, frames.len() as u64);
+        // The owner gone means the network is being removed: the frames go with it.
+        if self
+            .tx
+            .send(Command::Relay {
+                net: self.net,
+                frames,
+                to,
+            })
+            .is_ok()
+        {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// One shard of a network on its worker: the ports (queues) it reads and writes, sorted
+/// by id, and the shared part.
+struct Network {
+    shared: Arc<Mutex<Shared>>,
+    local: Local,
+}
+
+/// A shard's own ports and per-batch scratch.
+struct Local {
+    ports: Vec<Port>,
+    /// Indexes (in `ports`) of ports with queued frames; capacity reserved for every port.
+    dirty: Vec<usize>,
+    /// `None` on the owner (it holds a queue of every port); on other shards, where
+    /// frames for ports without a local queue go.
+    relay: Option<Relay>,
+}
+
+impl Network {
+    fn index_of(&self, id: PortId) -> Option<usize> {
+        self.local.index_of(id)
+    }
+
+    /// Switch a batch of frames received on `self.local.ports[i]` (under the shared
+    /// lock), then send each egress port its share (outside it).
+    #[inline]
+    fn forward_batch(&mut self, i: usize, batch: &FrameBatch, now_ms: u64) {
+        {
+            let mut sh = lock(&self.shared);
+            for (k, frame) in batch.iter().enumerate() {
+                // A batch holds at most BATCH frames.
+                self.local.forward(&mut sh, i, k as u32, frame, now_ms);
+            }
+        }
+        let Local {
+            ports,
+            dirty,
+            relay,
+        } = &mut self.local;
+        for j in dirty.drain(..) {
+            if let Some(port) = ports.get_mut(j) {
+                port.flush(batch);
+            }
+        }
+        if let Some(r) = relay {
+            r.flush();
+        }
+    }
+}
+
+impl Local {
+    fn index_of(&self, id: PortId) -> Option<usize> {
+        self.ports.binary_search_by_key(&id, |p| p.id).ok()
+    }
+
+    /// Send frames another shard relayed (owner only), one write each, counted on the
+    /// egress port like switched ones. A port removed meanwhile is skipped.
+    fn send_relayed(&mut self, frames: &[Vec<u8>], to: &[(u32, PortId)]) {
+        for &(idx, id) in to {
+            let (Some(frame), Some(i)) = (frames.get(idx as usize), self.index_of(id)) else {
+                continue;
+            };
+            let Some(port) = self.ports.get_mut(i) else {
+                continue;
+            };
+            let sent = loop {
+                match port.io.send(frame) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    r => break r.is_ok(),
+                }
+            };
+            if sent {
+                bump(&port.stats.tx_packets, 1);
+                bump(
+                    &port.stats.tx_bytes,
+                    frame.len().saturating_sub(VNET_HDR_LEN) as u64,
+                );
+            } else {
+                bump(&port.stats.drops[DropReason::TxError as usize], 1);
+            }
+        }
+    }
+
+    /// Queue frame `k` for port `id`: on its local queue, or relayed to the owner.
+    #[inline]
+    fn queue_to(&mut self, id: PortId, k: u32, frame: &[u8]) {
+        match self.ports.binary_search_by_key(&id, |p| p.id) {
+            Ok(j) => {
+                if let Some(port) = self.ports.get_mut(j) {
+                    if port.queue(k) {
+                        self.dirty.push(j);
+                    }
+                }
+            }
+            Err(_) => {
+                if let Some(r) = &mut self.relay {
+                    r.push(k, frame, id);
+                }
+            }
+        }
+    }
+
+    /// Switch frame `k` of the batch (vnet header + Ethernet frame) received on
+    /// `self.ports[i]`: count it and queue it on its egress port(s).
+    #[inline]
+    fn forward(&mut self, sh: &mut Shared, i: usize, k: u32, frame: &[u8], now_ms: u64) {
+        let Some(ingress) = self.ports.get(i) else {
+            return;
+        };
+        let ingress_id = ingress.id;
+        let stats = &ingress.stats;
+        bump(&stats.rx_packets, 1);
+        bump(
+            &stats.rx_bytes,
+            frame.len().saturating_sub(VNET_HDR_LEN) as u64,
+        );
+        let action = match frame.split_at_checked(VNET_HDR_LEN) {
+            None => Action::Drop(DropReason::Truncated),
+            Some((hdr, eth)) => match check_vnet_hdr(hdr, eth.len()) {
+                Err(r) => Action::Drop(r),
+                Ok(()) => sh.switch.decide(eth, ingress_id, now_ms),
+            },
+        };
+        match action {
+            Action::Drop(r) => bump(&stats.drops[r as usize], 1),
+            Action::Unicast(p) => self.queue_to(p, k, frame),
+            Action::Flood { except } if self.relay.is_none() => {
+                for (j, port) in self.ports.iter_mut().enumerate() {
+                    if port.id != except && port.queue(k) {
+                        self.dirty.push(j);
+                    }
+                }
+            }
+            Action::ToGateways if self.relay.is_none() => {
+                for (j, port) in self.ports.iter_mut().enumerate() {
+                    if port.role == PortRole::Gateway && port.queue(k) {
+                        self.dirty.push(j);
+                    }
+                }
+            }
+            // A shard that holds queues of only some ports walks the directory.
+            Action::Flood { except } => {
+                for &(p, _) in &sh.dir {
+                    if p != except {
+                        self.queue_to(p, k, frame);
+                    }
+                }
+            }
+            Action::ToGateways => {
+                for &(p, role) in &sh.dir {
+                    if role == PortRole::Gateway {
+                        self.queue_to(p, k, frame);
+                    }
+                }
+            }
+        }
+        if !sh.taps.is_empty() {
+            sh.tap_frame(ingress_id, frame, action);
         }
     }
 }
@@ -1177,7 +1510,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(poll: Poll, rx: Receiver<Command>) -> Worker {
+    fn new(poll: Poll, rx: Receiver<Command>, start: Instant) -> Worker {
         Worker {
             poll,
             rx,
@@ -1187,7 +1520,7 @@ impl Worker {
             ready: Vec::new(),
             still_ready: Vec::new(),
             batch: FrameBatch::new(BATCH, RECV_BUF_LEN, BATCH_BUF_LEN),
-            start: Instant::now(),
+            start,
         }
     }
 
@@ -1220,8 +1553,11 @@ impl Worker {
             }
             let now = self.now_ms();
             if now.saturating_sub(last_expire) >= EXPIRE_EVERY_MS {
-                for net in self.networks.values_mut() {
-                    net.switch.expire(now);
+                // The owner ages a spread network's shared FDB.
+                for net in self.networks.values() {
+                    if net.local.relay.is_none() {
+                        lock(&net.shared).switch.expire(now);
+                    }
                 }
                 last_expire = now;
             }
@@ -1267,7 +1603,7 @@ impl Worker {
         };
         let mut budget = BATCH;
         while budget > 0 {
-            let Some(port) = net.ports.get_mut(i) else {
+            let Some(port) = net.local.ports.get_mut(i) else {
                 return false;
             };
             if !port.registered {
@@ -1300,7 +1636,7 @@ impl Worker {
                 Some(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Some(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Some(e) => {
-                    if let Some(port) = net.ports.get_mut(i) {
+                    if let Some(port) = net.local.ports.get_mut(i) {
                         retire_port(&self.poll, net_id, port, &e);
                     }
                     return false;
@@ -1326,31 +1662,69 @@ impl Worker {
         match cmd {
             Command::AddNetwork {
                 net,
-                config,
-                captures,
+                shared,
+                relay,
                 reply,
             } => {
+                let relay = relay.map(|r| Relay {
+                    net,
+                    tx: r.tx,
+                    waker: r.waker,
+                    relayed: r.relayed,
+                    frames: Vec::new(),
+                    to: Vec::new(),
+                    copied: None,
+                });
                 self.networks.insert(
                     net,
                     Network {
-                        switch: Switch::new(config),
-                        ports: Vec::new(),
-                        next_port: 0,
-                        dirty: Vec::new(),
-                        taps: Vec::new(),
-                        captures,
+                        shared,
+                        local: Local {
+                            ports: Vec::new(),
+                            dirty: Vec::new(),
+                            relay,
+                        },
                     },
                 );
                 let _ = reply.send(Ok(()));
             }
             Command::RemoveNetwork { net, reply } => {
                 if let Some(network) = self.networks.remove(&net) {
-                    network.captures.store(0, Ordering::Relaxed);
-                    for port in &network.ports {
+                    if network.local.relay.is_none() {
+                        let mut sh = lock(&network.shared);
+                        sh.taps.clear();
+                        sh.captures.store(0, Ordering::Relaxed);
+                    }
+                    for port in &network.local.ports {
                         self.release(port);
                     }
                 }
                 let _ = reply.send(Ok(()));
+            }
+            Command::AddQueue {
+                net,
+                port,
+                role,
+                io,
+                stats,
+                reply,
+            } => {
+                let _ = reply.send(self.add_queue(net, port, role, io, stats));
+            }
+            Command::RemoveQueue { net, port, reply } => {
+                let removed = self.networks.get_mut(&net).and_then(|n| {
+                    let i = n.index_of(port)?;
+                    Some(n.local.ports.remove(i))
+                });
+                if let Some(p) = removed {
+                    self.release(&p);
+                }
+                let _ = reply.send(Ok(()));
+            }
+            Command::Relay { net, frames, to } => {
+                if let Some(n) = self.networks.get_mut(&net) {
+                    n.local.send_relayed(&frames, &to);
+                }
             }
             Command::AddPort {
                 net,
@@ -1384,7 +1758,7 @@ impl Worker {
                 let r = self
                     .networks
                     .get(&net)
-                    .map(|n| (now, n.switch.fdb()))
+                    .map(|n| (now, lock(&n.shared).switch.fdb()))
                     .ok_or(Error::WorkerGone);
                 let _ = reply.send(r);
             }
@@ -1392,7 +1766,7 @@ impl Worker {
                 let r = self
                     .networks
                     .get(&net)
-                    .map(|n| n.switch.ports_fdb())
+                    .map(|n| lock(&n.shared).switch.ports_fdb())
                     .ok_or(Error::WorkerGone);
                 let _ = reply.send(r);
             }
@@ -1400,7 +1774,7 @@ impl Worker {
                 let r = self
                     .networks
                     .get(&net)
-                    .map(|n| n.switch.counters())
+                    .map(|n| lock(&n.shared).switch.counters())
                     .ok_or(Error::WorkerGone);
                 let _ = reply.send(r);
             }
@@ -1408,9 +1782,10 @@ impl Worker {
                 let _ = reply.send(self.add_capture(net, tap));
             }
             Command::RemoveCapture { net, id } => {
-                if let Some(n) = self.networks.get_mut(&net) {
-                    n.taps.retain(|t| t.id != id);
-                    n.captures.store(n.taps.len(), Ordering::Relaxed);
+                if let Some(n) = self.networks.get(&net) {
+                    let mut sh = lock(&n.shared);
+                    sh.taps.retain(|t| t.id != id);
+                    sh.captures.store(sh.taps.len(), Ordering::Relaxed);
                 }
             }
             Command::Shutdown => {}
@@ -1418,16 +1793,17 @@ impl Worker {
     }
 
     fn add_capture(&mut self, net_id: u64, tap: CaptureTap) -> Result<(), Error> {
-        let net = self.networks.get_mut(&net_id).ok_or(Error::WorkerGone)?;
+        let net = self.networks.get(&net_id).ok_or(Error::WorkerGone)?;
+        let mut sh = lock(&net.shared);
         if let CaptureScope::Port(p) = tap.scope {
-            net.index_of(p).ok_or(Error::NoSuchPort(p))?;
+            sh.role_of(p).ok_or(Error::NoSuchPort(p))?;
         }
-        if net.taps.len() >= MAX_CAPTURES {
-            net.captures.store(net.taps.len(), Ordering::Relaxed);
+        if sh.taps.len() >= MAX_CAPTURES {
+            sh.captures.store(sh.taps.len(), Ordering::Relaxed);
             return Err(Error::TooManyCaptures);
         }
-        net.taps.push(tap);
-        net.captures.store(net.taps.len(), Ordering::Relaxed);
+        sh.taps.push(tap);
+        sh.captures.store(sh.taps.len(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -1437,6 +1813,55 @@ impl Worker {
         io: Box<dyn FrameIo>,
         opts: PortOptions,
     ) -> Result<(PortId, Arc<PortStats>), Error> {
+        let shared = Arc::clone(&self.networks.get(&net_id).ok_or(Error::WorkerGone)?.shared);
+        let id = lock(&shared).next_port;
+        let stats = Arc::new(PortStats::default());
+        self.attach(net_id, id, opts.role, io, Arc::clone(&stats))?;
+        // Registered: now the switch may send to it (the owner holds every port).
+        let mut sh = lock(&shared);
+        sh.next_port = id.wrapping_add(1);
+        sh.switch.set_port(id, opts.role, opts.policy);
+        sh.switch.set_port_fdb_limit(id, opts.fdb_limit);
+        if let Err(j) = sh.dir.binary_search_by_key(&id, |&(p, _)| p) {
+            sh.dir.insert(j, (id, opts.role));
+        }
+        Ok((id, stats))
+    }
+
+    /// Attach a queue of the owner's port `id` to this shard.
+    fn add_queue(
+        &mut self,
+        net_id: u64,
+        id: PortId,
+        role: PortRole,
+        io: Box<dyn FrameIo>,
+        stats: Arc<PortStats>,
+    ) -> Result<(), Error> {
+        let net = self.networks.get(&net_id).ok_or(Error::WorkerGone)?;
+        if net.local.relay.is_none() || net.index_of(id).is_some() {
+            return Err(Error::Io {
+                op: "attach a port queue",
+                source: io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "this shard holds a queue of the port already",
+                ),
+            });
+        }
+        if lock(&net.shared).role_of(id).is_none() {
+            return Err(Error::NoSuchPort(id));
+        }
+        self.attach(net_id, id, role, io, stats)
+    }
+
+    /// Register `io` with the poll and put it in the shard's port table as port `id`.
+    fn attach(
+        &mut self,
+        net_id: u64,
+        id: PortId,
+        role: PortRole,
+        io: Box<dyn FrameIo>,
+        stats: Arc<PortStats>,
+    ) -> Result<(), Error> {
         let net = self.networks.get_mut(&net_id).ok_or(Error::WorkerGone)?;
         let token = match self.free.pop() {
             Some(t) => t,
@@ -1457,22 +1882,23 @@ impl Worker {
                 source,
             });
         }
-        let id = net.next_port;
-        net.next_port = net.next_port.wrapping_add(1);
-        let stats = Arc::new(PortStats::default());
-        net.switch.set_port(id, opts.role, opts.policy);
-        net.switch.set_port_fdb_limit(id, opts.fdb_limit);
-        net.ports.push(Port {
-            id,
-            role: opts.role,
-            io,
-            stats: Arc::clone(&stats),
-            token,
-            registered: true,
-            txq: Vec::with_capacity(BATCH),
-        });
+        // Ids are unique on a shard (add_queue checks); keep the table sorted.
+        let at = net.local.ports.partition_point(|p| p.id < id);
+        net.local.ports.insert(
+            at,
+            Port {
+                id,
+                role,
+                io,
+                stats,
+                token,
+                registered: true,
+                txq: Vec::with_capacity(BATCH),
+            },
+        );
         // Every port can be dirty at once: no allocation while switching.
-        net.dirty.reserve(net.ports.len());
+        let n = net.local.ports.len();
+        net.local.dirty.reserve(n);
         if let Some(slot) = self.slots.get_mut(token) {
             *slot = Some(Slot {
                 net: net_id,
@@ -1482,7 +1908,7 @@ impl Worker {
         }
         // Frames may already be queued; one read finds out.
         self.mark_ready(token);
-        Ok((id, stats))
+        Ok(())
     }
 
     fn set_policy(
@@ -1491,10 +1917,10 @@ impl Worker {
         id: PortId,
         policy: Option<PortPolicy>,
     ) -> Result<(), Error> {
-        let net = self.networks.get_mut(&net_id).ok_or(Error::WorkerGone)?;
-        let i = net.index_of(id).ok_or(Error::NoSuchPort(id))?;
-        let role = net.ports.get(i).ok_or(Error::NoSuchPort(id))?.role;
-        net.switch.set_port(id, role, policy);
+        let net = self.networks.get(&net_id).ok_or(Error::WorkerGone)?;
+        let mut sh = lock(&net.shared);
+        let role = sh.role_of(id).ok_or(Error::NoSuchPort(id))?;
+        sh.switch.set_port(id, role, policy);
         Ok(())
     }
 
@@ -1506,7 +1932,7 @@ impl Worker {
     ) -> Result<PortReply, Error> {
         let net = self.networks.get_mut(&net_id).ok_or(Error::WorkerGone)?;
         let i = net.index_of(id).ok_or(Error::NoSuchPort(id))?;
-        let port = net.ports.get_mut(i).ok_or(Error::NoSuchPort(id))?;
+        let port = net.local.ports.get_mut(i).ok_or(Error::NoSuchPort(id))?;
         port.io
             .control(msg)
             .map_err(|source| Error::PortControl { port: id, source })
@@ -1515,11 +1941,17 @@ impl Worker {
     fn remove_port(&mut self, net_id: u64, id: PortId) -> Result<Box<dyn FrameIo>, Error> {
         let net = self.networks.get_mut(&net_id).ok_or(Error::WorkerGone)?;
         let i = net.index_of(id).ok_or(Error::NoSuchPort(id))?;
-        let port = net.ports.remove(i);
-        net.switch.forget_port(id);
-        // The port's own subscribers end: their readers see the stream close.
-        net.taps.retain(|t| t.scope != CaptureScope::Port(id));
-        net.captures.store(net.taps.len(), Ordering::Relaxed);
+        let port = net.local.ports.remove(i);
+        {
+            let mut sh = lock(&net.shared);
+            sh.switch.forget_port(id);
+            if let Ok(j) = sh.dir.binary_search_by_key(&id, |&(p, _)| p) {
+                sh.dir.remove(j);
+            }
+            // The port's own subscribers end: their readers see the stream close.
+            sh.taps.retain(|t| t.scope != CaptureScope::Port(id));
+            sh.captures.store(sh.taps.len(), Ordering::Relaxed);
+        }
         self.release(&port);
         Ok(port.io)
     }
