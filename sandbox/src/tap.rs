@@ -15,6 +15,17 @@
 //!   leaves naming and configuration to the sandbox layer ([`iface::apply`]).
 //! * Dropping a [`Tap`] only closes the fd: the device persists (daemon restart, then
 //!   [`Tap::reopen`]). [`Tap::destroy`] removes it.
+//! * Multi-queue: [`create_down_queues`] makes the bare device with `IFF_MULTI_QUEUE`
+//!   and one [`Tap`] per queue (the same all-or-nothing contract as
+//!   [`Tap::create_down`]; one queue asked for gives exactly [`Tap::create_down`]'s
+//!   single-queue device). Each queue is an independent fd: a frame written to any
+//!   queue enters the namespace; a frame the namespace sends is read from exactly one
+//!   queue, which the kernel picks per flow (see [`create_down_queues`]). The vnet
+//!   header size and offloads are device-wide in the kernel; every queue sets them
+//!   anyway, so each fd is right on its own. [`reopen_queues`] re-attaches after a
+//!   restart, whichever kind the device is. The device goes away only once
+//!   persistence is cleared *and* every queue's fd is closed: [`destroy_queues`], or
+//!   [`Tap::destroy`] on one queue and dropping the others.
 
 use crate::iface::{self, Source, Spec};
 use crate::netlink::Handle;
@@ -155,6 +166,222 @@ fn open_tun() -> Result<OwnedFd> {
 
 const TAP_FLAGS: libc::c_int = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
 
+/// The most queues a multi-queue tap takes (the kernel's `MAX_TAP_QUEUES`: attaching
+/// one more fails with `E2BIG`).
+pub const MAX_QUEUES: usize = 256;
+
+/// `TUNGETIFF`: the flags of the device `fd` is attached to.
+fn tun_get_flags(fd: &OwnedFd) -> io::Result<libc::c_int> {
+    // SAFETY: `ifreq` is plain old data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    // SAFETY: TUNGETIFF writes a `struct ifreq` through the pointer, which points to a
+    // live, properly sized `ifreq`; `fd` is open.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNGETIFF, &mut ifr) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: TUNGETIFF filled in the flags member of the union.
+    let flags = unsafe { ifr.ifr_ifru.ifru_flags };
+    // The kernel's flags are an unsigned short; keep the bits.
+    Ok(libc::c_int::from(flags as u16))
+}
+
+/// Refuse a queue count outside `1..=MAX_QUEUES` before anything is touched.
+fn check_queues(name: &str, queues: usize) -> Result<()> {
+    if (1..=MAX_QUEUES).contains(&queues) {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "tap {name}: {queues} queues asked for; a tap has 1 to {MAX_QUEUES}"
+        )))
+    }
+}
+
+/// Attach one more fd to the existing tap `name` with `flags` and set its vnet header
+/// size and offloads. Run inside the namespace.
+fn attach_queue(name: &str, flags: libc::c_int, what: &str) -> Result<(OwnedFd, libc::c_uint)> {
+    let fd = open_tun().map_err(|e| match e {
+        Error::Os { op, source } => os_err(format!("{op} ({what} of {name})"), source),
+        other => other,
+    })?;
+    tun_set_iff(&fd, name, flags).map_err(|e| os_err(format!("TUNSETIFF {name} ({what})"), e))?;
+    let offloads = tun_setup_offloads(&fd, name)?;
+    Ok((fd, offloads))
+}
+
+/// Make the bare tap `name` in `ns` (down, unconfigured, like [`Tap::create_down`]) with
+/// `queues` queues, and return one [`Tap`] per queue, element `k` being queue `k`.
+///
+/// * `queues == 1`: exactly [`Tap::create_down`] (a single-queue device, no
+///   `IFF_MULTI_QUEUE`), so the default path is unchanged.
+/// * `queues` in `2..=`[`MAX_QUEUES`]: an `IFF_MULTI_QUEUE` device; every queue's fd is
+///   non-blocking with the same vnet header size and offloads (each reads GSO
+///   super-frames with a vnet header). The device's real queue count is the number of
+///   attached fds. The kernel picks the queue a frame from the namespace is read on by
+///   its flow: a symmetric hash of addresses and ports, mapped onto the attached
+///   queues; once a frame of that flow has been *written* to some queue, later frames of
+///   the flow (both directions hash alike) are read from that queue (the tun driver's
+///   flow table, entries expire after a few seconds idle).
+/// * `0` or more than [`MAX_QUEUES`]: [`Error::Invalid`], nothing created.
+///
+/// All or nothing: a taken name is refused before anything is touched; any later
+/// failure (opening or attaching a queue, its offloads, persistence, the netlink
+/// look-up) clears persistence and closes every fd, so the device vanishes.
+pub fn create_down_queues(ns: &Netns, name: &str, queues: usize) -> Result<Vec<Tap>> {
+    validate_ifname(name)?;
+    check_queues(name, queues)?;
+    if queues == 1 {
+        return Tap::create_down(ns, name).map(|t| vec![t]);
+    }
+    let mq = TAP_FLAGS | libc::IFF_MULTI_QUEUE;
+    ns.run(|| -> Result<Vec<Tap>> {
+        let mut nl = Handle::new()?;
+        if nl.link_index(name)?.is_some() {
+            return Err(Error::Invalid(format!(
+                "interface {name} already exists in {}",
+                ns.path().display()
+            )));
+        }
+        let first = open_tun()?;
+        tun_set_iff(&first, name, mq | libc::IFF_TUN_EXCL).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                Error::Invalid(format!(
+                    "interface {name} already exists in {}",
+                    ns.path().display()
+                ))
+            } else {
+                os_err(format!("TUNSETIFF {name} (multi-queue)"), e)
+            }
+        })?;
+        // From here on the device exists: every failure goes through the clean-up below.
+        let mut fds = vec![first];
+        let made = (|| -> Result<(u32, Vec<libc::c_uint>)> {
+            let mut offloads = vec![tun_setup_offloads(&fds[0], name)?];
+            for k in 1..queues {
+                let (fd, off) = attach_queue(name, mq, &format!("queue {k}"))?;
+                fds.push(fd);
+                offloads.push(off);
+            }
+            tun_set_persist(&fds[0], true)
+                .map_err(|e| os_err(format!("TUNSETPERSIST 1 on {name}"), e))?;
+            let index = nl.link_index(name)?.ok_or_else(|| {
+                Error::Invalid(format!("tap {name} vanished right after creation"))
+            })?;
+            Ok((index, offloads))
+        })();
+        match made {
+            Ok((ifindex, offloads)) => Ok(fds
+                .into_iter()
+                .zip(offloads)
+                .map(|(fd, offloads)| Tap {
+                    fd,
+                    name: name.to_string(),
+                    ifindex,
+                    offloads,
+                })
+                .collect()),
+            Err(e) => {
+                if let Err(pe) = tun_set_persist(&fds[0], false) {
+                    tracing::warn!(tap = name, error = %pe, "TUNSETPERSIST 0 during cleanup failed");
+                }
+                drop(fds);
+                Err(e)
+            }
+        }
+    })?
+}
+
+/// Re-attach to the existing persistent tap `name` in `ns` after a daemon restart,
+/// whether it was made single- or multi-queue. Returns:
+///
+/// * a multi-queue device: exactly `queues` [`Tap`]s, element `k` being the `k`-th queue
+///   attached now (added to any queues some other fd still holds; the kernel numbers
+///   all attached queues together);
+/// * a single-queue device: exactly one [`Tap`], whatever `queues` says (the caller
+///   sees `len() == 1` and runs one worker).
+///
+/// `queues` outside `1..=`[`MAX_QUEUES`] is [`Error::Invalid`]. The kind is found by
+/// trying `TUNSETIFF` without `IFF_MULTI_QUEUE` and, when the kernel answers `EINVAL`
+/// (the flag must match the device's), with it; `TUNGETIFF` then confirms the kind.
+/// On failure every fd opened here is closed and the device is left as it was
+/// (persistent: never removed here). A single-queue device already attached elsewhere
+/// is refused (`EBUSY`), as in [`Tap::reopen`] (which only re-attaches single-queue
+/// devices: on a multi-queue one it fails with `EINVAL`).
+pub fn reopen_queues(ns: &Netns, name: &str, queues: usize) -> Result<Vec<Tap>> {
+    validate_ifname(name)?;
+    check_queues(name, queues)?;
+    ns.run(|| -> Result<Vec<Tap>> {
+        let mut nl = Handle::new()?;
+        let Some(ifindex) = nl.link_index(name)? else {
+            return Err(Error::Invalid(format!(
+                "no interface {name} in {}",
+                ns.path().display()
+            )));
+        };
+        let first = open_tun()?;
+        let mut flags = TAP_FLAGS;
+        if let Err(e) = tun_set_iff(&first, name, flags) {
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(os_err(
+                    format!(
+                        "TUNSETIFF {name} (reattach to existing tap in {})",
+                        ns.path().display()
+                    ),
+                    e,
+                ));
+            }
+            flags |= libc::IFF_MULTI_QUEUE;
+            tun_set_iff(&first, name, flags).map_err(|e| {
+                os_err(
+                    format!(
+                        "TUNSETIFF {name} (reattach to existing tap in {}, single- and multi-queue)",
+                        ns.path().display()
+                    ),
+                    e,
+                )
+            })?;
+        }
+        let got = tun_get_flags(&first).map_err(|e| os_err(format!("TUNGETIFF {name}"), e))?;
+        if got & libc::IFF_MULTI_QUEUE != flags & libc::IFF_MULTI_QUEUE {
+            return Err(Error::Invalid(format!(
+                "tap {name}: attached with flags {flags:#x} but the device reports {got:#x}"
+            )));
+        }
+        let mut taps = vec![Tap {
+            offloads: tun_setup_offloads(&first, name)?,
+            fd: first,
+            name: name.to_string(),
+            ifindex,
+        }];
+        if flags & libc::IFF_MULTI_QUEUE != 0 {
+            for k in 1..queues {
+                let (fd, offloads) = attach_queue(name, flags, &format!("reattach queue {k}"))?;
+                taps.push(Tap {
+                    fd,
+                    name: name.to_string(),
+                    ifindex,
+                    offloads,
+                });
+            }
+        }
+        Ok(taps)
+    })?
+}
+
+/// Remove a tap made by [`create_down_queues`] (or re-opened by [`reopen_queues`]):
+/// clear persistence through the first queue and close every queue's fd, so the device
+/// disappears (provided no other fd outside `queues` is still attached). An empty
+/// vector is refused.
+pub fn destroy_queues(queues: Vec<Tap>) -> Result<()> {
+    let mut it = queues.into_iter();
+    let Some(first) = it.next() else {
+        return Err(Error::Invalid("destroy_queues: no queue given".into()));
+    };
+    // Close the other queues first: the last close of a non-persistent device removes it.
+    drop(it);
+    first.destroy()
+}
+
 /// Everything after `TUNSETIFF` in [`Tap::create`]; run inside the namespace. With a
 /// `spec`, the device is configured by [`iface::configure`] (the one implementation of
 /// "configure an interface").
@@ -253,6 +480,8 @@ impl Tap {
     }
 
     /// Re-attach to an existing persistent tap named `name` in `ns` (daemon restart).
+    /// Single-queue devices only (a multi-queue one answers `EINVAL`: use
+    /// [`reopen_queues`], which takes either kind).
     pub fn reopen(ns: &Netns, name: &str) -> Result<Tap> {
         validate_ifname(name)?;
         ns.run(|| -> Result<Tap> {
@@ -324,7 +553,10 @@ impl Tap {
         }
     }
 
-    /// Clear persistence and close: the device disappears from its namespace.
+    /// Clear persistence and close: the device disappears from its namespace. For a
+    /// multi-queue device this is any one queue: persistence is device-wide, and the
+    /// device disappears when the last queue's fd closes (so drop the other queues too,
+    /// or use [`destroy_queues`]).
     pub fn destroy(self) -> Result<()> {
         tun_set_persist(&self.fd, false)
             .map_err(|e| os_err(format!("TUNSETPERSIST 0 on {}", self.name), e))?;

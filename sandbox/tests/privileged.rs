@@ -813,3 +813,436 @@ fn iface_failures_leave_nothing() {
         tap.destroy().expect("destroy");
     });
 }
+
+// ---------------------------------------------------------------- multi-queue taps
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::AsRawFd;
+use tapnet_sandbox::tap::{create_down_queues, destroy_queues, reopen_queues, MAX_QUEUES};
+use tapnet_wire::checksum;
+use tapnet_wire::vnet::VIRTIO_NET_HDR_GSO_UDP_L4;
+
+/// The MAC the tests answer ARP with (the "gateway" 10.0.0.1 behind the tap).
+const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+/// The MAC `cfg(_, 2)` gives the tap.
+const TAP_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+/// Configure the bare tap `name` in `ns` as `cfg(name, 2)` says (10.0.0.2/24, up).
+fn configure_bare(ns: &Netns, name: &str) {
+    let spec = cfg(name, 2).spec();
+    ns.run(|| -> tapnet_sandbox::Result<_> {
+        let mut nl = Handle::new()?;
+        let link = nl.link(name)?.expect("the tap exists");
+        iface::configure(&mut nl, &link, &spec)
+    })
+    .expect("run")
+    .expect("configure the bare tap");
+}
+
+/// Read every queue of `taps` in turn until `f(queue, frame)` says done; panics after
+/// `timeout`.
+fn read_queues(taps: &[Tap], timeout: Duration, mut f: impl FnMut(usize, &[u8]) -> bool) {
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 65536 + VNET_HDR_LEN];
+    loop {
+        let mut idle = true;
+        for (k, tap) in taps.iter().enumerate() {
+            match tap.read(&mut buf) {
+                Ok(n) => {
+                    idle = false;
+                    if f(k, &buf[..n]) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("read queue {k}: {e}"),
+            }
+        }
+        assert!(Instant::now() < deadline, "not done within {timeout:?}");
+        if idle {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// The ARP reply (vnet header + Ethernet) from `GW_MAC` to the ARP request `frame`.
+fn arp_reply(frame: &[u8]) -> Vec<u8> {
+    let eth = &frame[VNET_HDR_LEN..];
+    let mut f = vec![0u8; VNET_HDR_LEN];
+    f.extend_from_slice(&eth[6..12]);
+    f.extend_from_slice(&GW_MAC);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+    f.extend_from_slice(&GW_MAC);
+    f.extend_from_slice(&eth[38..42]); // the address asked for
+    f.extend_from_slice(&eth[22..28]); // back to the asker
+    f.extend_from_slice(&eth[28..32]);
+    f
+}
+
+/// An IPv4 frame's protocol, source and destination ports, L4 payload length and vnet
+/// `gso_type`; `None` for anything else.
+fn l4_of(frame: &[u8]) -> Option<(u8, u16, u16, usize, u8)> {
+    let eth = &frame[VNET_HDR_LEN..];
+    if eth.len() < 34 || eth[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &eth[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let l4 = &ip[ihl..];
+    let sport = u16::from_be_bytes([l4[0], l4[1]]);
+    let dport = u16::from_be_bytes([l4[2], l4[3]]);
+    let l4_hdr = match ip[9] {
+        17 => 8,
+        6 => usize::from(l4[12] >> 4) * 4,
+        _ => return None,
+    };
+    // A GSO super-frame's IP total length may be 0 or stale: count what was read.
+    let payload = (ip.len() - ihl - l4_hdr).min(if total > 0 { total } else { usize::MAX });
+    Some((ip[9], sport, dport, payload, frame[1]))
+}
+
+/// What `flows_from_ns` saw: per (protocol, source port), the queues the flow's frames
+/// were read from, the L4 payload bytes and the `gso_type`s.
+#[derive(Default, Debug)]
+struct FlowSeen {
+    queues: BTreeSet<usize>,
+    bytes: usize,
+    gso_types: BTreeSet<u8>,
+}
+
+/// Start `udp` UDP flows (one `UDP_SEGMENT` send of 4 × 1000 bytes each, so a
+/// super-frame where the tap has USO) and `tcp` TCP connections (their SYNs) from
+/// 10.0.0.2 in `ns` to 10.0.0.1, each from its own source port; answer ARP on queue 0;
+/// read every queue of `taps` until every flow's data is in.
+fn flows_from_ns(
+    ns: &Netns,
+    taps: &[Tap],
+    udp: usize,
+    tcp: usize,
+) -> BTreeMap<(u8, u16), FlowSeen> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let (udp_socks, tcp_socks) = ns
+        .run(|| {
+            let udp_socks: Vec<std::net::UdpSocket> = (0..udp)
+                .map(|_| {
+                    let s = std::net::UdpSocket::bind("10.0.0.2:0").expect("bind udp");
+                    socket::setsockopt(&s, sockopt::UdpGsoSegment, &1000).expect("UDP_SEGMENT");
+                    s.send_to(&[0x5a; 4000], "10.0.0.1:9").expect("send udp");
+                    s
+                })
+                .collect();
+            let tcp_socks: Vec<std::os::fd::OwnedFd> = (0..tcp)
+                .map(|i| {
+                    let s = socket::socket(
+                        AddressFamily::Inet,
+                        SockType::Stream,
+                        SockFlag::SOCK_NONBLOCK,
+                        None,
+                    )
+                    .expect("tcp socket");
+                    let to = SockaddrIn::new(10, 0, 0, 1, 5000 + i as u16);
+                    match socket::connect(s.as_raw_fd(), &to) {
+                        Err(nix::errno::Errno::EINPROGRESS) => {}
+                        other => panic!("non-blocking connect: {other:?}"),
+                    }
+                    s
+                })
+                .collect();
+            (udp_socks, tcp_socks)
+        })
+        .expect("run");
+    let ports: BTreeSet<(u8, u16)> = udp_socks
+        .iter()
+        .map(|s| (17, s.local_addr().expect("local addr").port()))
+        .chain(tcp_socks.iter().map(|s| {
+            let a: SockaddrIn = socket::getsockname(s.as_raw_fd()).expect("getsockname");
+            (6, a.port())
+        }))
+        .collect();
+    assert_eq!(ports.len(), udp + tcp, "every flow has its own source port");
+    let mut seen: BTreeMap<(u8, u16), FlowSeen> = BTreeMap::new();
+    let gw = Ipv4Addr::new(10, 0, 0, 1);
+    let done = |seen: &BTreeMap<(u8, u16), FlowSeen>| {
+        ports.iter().all(|p| match (p.0, seen.get(p)) {
+            (17, Some(f)) => f.bytes >= 4000,
+            (6, Some(_)) => true,
+            _ => false,
+        })
+    };
+    read_queues(taps, Duration::from_secs(5), |k, frame| {
+        if is_arp_request_for(frame, gw) {
+            let reply = arp_reply(frame);
+            assert_eq!(taps[0].write(&reply).expect("write ARP reply"), reply.len());
+            return false;
+        }
+        if let Some((proto, sport, _, bytes, gso)) = l4_of(frame) {
+            if ports.contains(&(proto, sport)) {
+                let f = seen.entry((proto, sport)).or_default();
+                f.queues.insert(k);
+                f.bytes += bytes;
+                f.gso_types.insert(gso);
+            }
+        }
+        done(&seen)
+    });
+    drop((udp_socks, tcp_socks));
+    seen
+}
+
+/// An Ethernet/IPv4/UDP frame (vnet header all zero, checksums right) from
+/// 10.0.0.1:`sport` to 10.0.0.2:`dport` carrying `payload`, addressed to the tap.
+fn udp_frame_to_ns(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let (src, dst) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+    let udp_len = 8 + payload.len();
+    let mut f = vec![0u8; VNET_HDR_LEN];
+    f.extend_from_slice(&TAP_MAC);
+    f.extend_from_slice(&GW_MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let ip_at = f.len();
+    f.extend_from_slice(&[0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0]);
+    f[ip_at + 2..ip_at + 4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    checksum::fill_ipv4_header(&mut f[ip_at..]).expect("ipv4 header");
+    let udp_at = f.len();
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    let c = checksum::pseudo_v4(src, dst, 17, udp_len as u32)
+        .add_bytes(&f[udp_at..])
+        .checksum();
+    f[udp_at + 6..udp_at + 8].copy_from_slice(&(if c == 0 { 0xffff } else { c }).to_be_bytes());
+    f
+}
+
+/// Write one UDP datagram into `ns` on every queue of `taps` (each to its own socket in
+/// the namespace) and check each arrives byte for byte, from the right source.
+fn deliver_on_every_queue(ns: &Netns, taps: &[Tap]) {
+    let socks: Vec<std::net::UdpSocket> = ns
+        .run(|| {
+            (0..taps.len())
+                .map(|k| {
+                    let s = std::net::UdpSocket::bind(("10.0.0.2", 7000 + k as u16))
+                        .expect("bind receiver");
+                    s.set_read_timeout(Some(Duration::from_secs(3)))
+                        .expect("read timeout");
+                    s
+                })
+                .collect()
+        })
+        .expect("run");
+    for (k, tap) in taps.iter().enumerate() {
+        let payload: Vec<u8> = (0..1200).map(|i| (i * 7 + k * 13) as u8).collect();
+        let frame = udp_frame_to_ns(6000 + k as u16, 7000 + k as u16, &payload);
+        assert_eq!(tap.write(&frame).expect("write to queue"), frame.len());
+        let mut buf = [0u8; 2048];
+        let (n, from) = socks[k]
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("datagram written on queue {k} not delivered: {e}"));
+        assert_eq!(&buf[..n], &payload[..], "queue {k}: payload differs");
+        assert_eq!(
+            from.to_string(),
+            format!("10.0.0.1:{}", 6000 + k),
+            "queue {k}"
+        );
+    }
+}
+
+#[test]
+fn tap_multi_queue_spreads_flows_and_takes_writes_on_every_queue() {
+    in_ns(
+        "tap_multi_queue_spreads_flows_and_takes_writes_on_every_queue",
+        |s| {
+            let path = s.path("ns");
+            let ns = Netns::create(&path).expect("create");
+            let taps = create_down_queues(&ns, "eth0", 4).expect("4-queue tap");
+            assert_eq!(taps.len(), 4);
+            let base = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+            for t in &taps {
+                assert_eq!(t.name(), "eth0");
+                assert_eq!(t.ifindex(), taps[0].ifindex());
+                assert_eq!(t.offloads(), taps[0].offloads());
+                assert_eq!(t.offloads() & base, base);
+            }
+            let l = &ip_json(&path, &["-d", "link", "show", "eth0"])[0];
+            let tun = &l["linkinfo"]["info_data"];
+            assert_eq!(tun["type"], "tap", "{l}");
+            assert_eq!(tun["multi_queue"], true, "{l}");
+            assert_eq!(tun["vnet_hdr"], true, "{l}");
+            assert_eq!(tun["persist"], true, "{l}");
+            assert!(
+                !l["flags"].to_string().contains("\"UP\""),
+                "created down: {l}"
+            );
+            configure_bare(&ns, "eth0");
+
+            // Frames from the namespace: every flow arrives whole, each on one queue,
+            // and the flows use more than one queue.
+            let seen = flows_from_ns(&ns, &taps, 16, 16);
+            let uso = taps[0].offloads() & libc::TUN_F_USO4 != 0;
+            let mut per_queue = [0usize; 4];
+            for (flow, f) in &seen {
+                assert_eq!(f.queues.len(), 1, "flow {flow:?} on several queues: {f:?}");
+                per_queue[*f.queues.first().expect("a queue")] += 1;
+                if flow.0 == 17 {
+                    assert_eq!(f.bytes, 4000, "flow {flow:?}: {f:?}");
+                    if uso {
+                        // One UDP GSO super-frame, whatever queue it came from.
+                        assert_eq!(
+                            f.gso_types,
+                            BTreeSet::from([VIRTIO_NET_HDR_GSO_UDP_L4]),
+                            "flow {flow:?}"
+                        );
+                    }
+                }
+            }
+            eprintln!("flows per queue: {per_queue:?} (USO: {uso})");
+            assert!(
+                per_queue.iter().filter(|&&n| n > 0).count() >= 2,
+                "all 32 flows on one queue: {per_queue:?}"
+            );
+
+            // Frames into the namespace: a datagram written to any queue is delivered.
+            deliver_on_every_queue(&ns, &taps);
+
+            // Destroy on queue 0 alone clears persistence; the device goes with the last fd.
+            let mut taps = taps.into_iter();
+            taps.next()
+                .expect("queue 0")
+                .destroy()
+                .expect("destroy queue 0");
+            let tun = &ip_json(&path, &["-d", "link", "show", "eth0"])[0]["linkinfo"]["info_data"];
+            assert_eq!(tun["persist"], false, "{tun}");
+            drop(taps);
+            assert_eq!(link_names(&ns).expect("links"), vec!["lo".to_string()]);
+        },
+    );
+}
+
+#[test]
+fn tap_multi_queue_reopen_both_kinds() {
+    in_ns("tap_multi_queue_reopen_both_kinds", |s| {
+        // A multi-queue device: drop every fd, reopen with another queue count.
+        let path = s.path("mq");
+        let ns = Netns::create(&path).expect("create");
+        let index = {
+            let taps = create_down_queues(&ns, "eth0", 4).expect("4-queue tap");
+            configure_bare(&ns, "eth0");
+            taps[0].ifindex()
+        };
+        assert!(link_names(&ns)
+            .expect("links")
+            .contains(&"eth0".to_string()));
+        // The single-queue call cannot attach to it (the flag must match).
+        let err = Tap::reopen(&ns, "eth0").expect_err("Tap::reopen on a multi-queue tap");
+        assert!(err.to_string().contains("Invalid argument"), "{err}");
+        let taps = reopen_queues(&ns, "eth0", 2).expect("reopen 2 queues");
+        assert_eq!(taps.len(), 2);
+        for t in &taps {
+            assert_eq!(t.ifindex(), index);
+        }
+        let seen = flows_from_ns(&ns, &taps, 8, 8);
+        assert_eq!(seen.len(), 16, "{seen:?}");
+        deliver_on_every_queue(&ns, &taps);
+        // More queues can join the ones still attached.
+        let more = reopen_queues(&ns, "eth0", 1).expect("one more queue");
+        assert_eq!(more.len(), 1);
+        let all: Vec<Tap> = taps.into_iter().chain(more).collect();
+        deliver_on_every_queue(&ns, &all);
+        destroy_queues(all).expect("destroy");
+        assert_eq!(link_names(&ns).expect("links"), vec!["lo".to_string()]);
+
+        // A single-queue device: one queue back, whatever was asked for.
+        let path = s.path("sq");
+        let ns = Netns::create(&path).expect("create");
+        let index = Tap::create_down(&ns, "eth0").expect("single tap").ifindex();
+        configure_bare(&ns, "eth0");
+        let tun = &ip_json(&path, &["-d", "link", "show", "eth0"])[0]["linkinfo"]["info_data"];
+        assert_eq!(tun["multi_queue"], false, "{tun}");
+        let taps = reopen_queues(&ns, "eth0", 4).expect("reopen single-queue tap");
+        assert_eq!(taps.len(), 1);
+        assert_eq!(taps[0].ifindex(), index);
+        // Attached elsewhere: refused, the device and its fd untouched.
+        let err = reopen_queues(&ns, "eth0", 1).expect_err("second attach");
+        assert!(err.to_string().contains("TUNSETIFF eth0"), "{err}");
+        let seen = flows_from_ns(&ns, &taps, 4, 4);
+        assert_eq!(seen.len(), 8, "{seen:?}");
+        deliver_on_every_queue(&ns, &taps);
+        destroy_queues(taps).expect("destroy");
+        assert_eq!(link_names(&ns).expect("links"), vec!["lo".to_string()]);
+        let err = reopen_queues(&ns, "eth0", 1).expect_err("reopen missing");
+        assert!(err.to_string().contains("no interface eth0"), "{err}");
+    });
+}
+
+/// `RLIMIT_NOFILE` soft limit (the hard one kept).
+fn set_nofile(soft: libc::rlim_t) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write a live `rlimit`.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
+        r.rlim_cur = soft;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0);
+    }
+}
+
+#[test]
+fn tap_multi_queue_refusals_leave_nothing() {
+    in_ns("tap_multi_queue_refusals_leave_nothing", |s| {
+        let path = s.path("ns");
+        let ns = Netns::create(&path).expect("create");
+        let lo_only = vec!["lo".to_string()];
+        for bad in [0, MAX_QUEUES + 1, usize::MAX] {
+            let err = create_down_queues(&ns, "eth0", bad).expect_err("bad queue count");
+            assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+            assert!(err.to_string().contains(&format!("{bad} queues")), "{err}");
+            assert_eq!(link_names(&ns).expect("links"), lo_only);
+            let err = reopen_queues(&ns, "eth0", bad).expect_err("bad queue count");
+            assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+        }
+        let err = create_down_queues(&ns, "lo", 2).expect_err("taken name");
+        assert!(err.to_string().contains("already exists"), "{err}");
+        let err = create_down_queues(&ns, "this-name-is-too-long", 2).expect_err("long");
+        assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+        assert_eq!(link_names(&ns).expect("links"), lo_only);
+
+        // Failures half-way (out of fds while attaching queue k): nothing is left.
+        let probe = std::fs::File::open("/dev/null").expect("open /dev/null");
+        let lowest = probe.as_raw_fd() as libc::rlim_t;
+        drop(probe);
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes a live `rlimit`.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) }, 0);
+        let (mut midway, mut made) = (0, 0);
+        for extra in 0..16 {
+            set_nofile(lowest + extra);
+            let res = create_down_queues(&ns, "eth0", 8);
+            set_nofile(r.rlim_cur);
+            match res {
+                Ok(taps) => {
+                    assert_eq!(taps.len(), 8);
+                    made += 1;
+                    destroy_queues(taps).expect("destroy");
+                }
+                Err(e) => {
+                    eprintln!("limit {}: {e}", lowest + extra);
+                    if e.to_string().contains("(queue ") {
+                        midway += 1;
+                    }
+                }
+            }
+            assert_eq!(link_names(&ns).expect("links"), lo_only, "limit +{extra}");
+        }
+        assert!(midway > 0, "no failure while attaching a queue");
+        assert!(made > 0, "never succeeded");
+    });
+}
