@@ -58,6 +58,12 @@ struct Args {
     #[arg(long = "tap-io-depth", value_name = "N", default_value_t = tapnet_sandbox::uring::DEFAULT_DEPTH as u16,
           value_parser = clap::value_parser!(u16).range(1..=4096))]
     tap_io_depth: u16,
+    /// Queues per endpoint tap (`IFF_MULTI_QUEUE`), one per datapath worker: a network is
+    /// spread over this many workers so several flows use several cores (1 = one worker
+    /// per network, the default; at most the number of workers). See docs/benchmarks.md.
+    #[arg(long = "tap-queues", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    tap_queues: u16,
     /// Gateway address and prefix of the default `bridge` network, e.g. 10.99.0.1/24
     /// (dockerd's `--bip`).
     #[arg(long, value_name = "CIDR")]
@@ -321,6 +327,17 @@ async fn start_docker_plugin(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Refused before anything is set up: one queue per datapath worker at most.
+    let workers = match args.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    if usize::from(args.tap_queues) > workers {
+        bail!(
+            "--tap-queues {}: at most one queue per datapath worker ({workers}; raise --workers)",
+            args.tap_queues
+        );
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .with_context(|| format!("--log-level {:?}", args.log_level))?;
     tracing_subscriber::fmt()
@@ -400,7 +417,10 @@ async fn main() -> anyhow::Result<()> {
         .context("start datapath")?
         .context("start datapath")?
         .with_upstream_dns(upstream)
-        .with_tap_io(tap_io, usize::from(args.tap_io_depth));
+        .with_tap_io(tap_io, usize::from(args.tap_io_depth))
+        .with_tap_queues(usize::from(args.tap_queues))
+        .context("--tap-queues")?;
+    tracing::info!(queues = bridge.tap_queues(), "endpoint tap queues");
     let bridge = Arc::new(bridge);
     let overlay = overlay_driver(&args, Arc::clone(&bridge));
     let mut plugin_config = PluginConfig::new(&args.exec_root);

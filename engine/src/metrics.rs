@@ -12,7 +12,10 @@
 //!   `tapnet_port_tx_bytes`, `tapnet_port_drops` (`reason`: the switch's drop reasons),
 //!   `tapnet_port_fdb_entries` (gauge);
 //! * per network (`network`): `tapnet_fdb_entries` (gauge), `tapnet_fdb_limit_hits`
-//!   (`scope`: `network`, `port`), `tapnet_capture_subscribers` (gauge);
+//!   (`scope`: `network`, `port`), `tapnet_capture_subscribers` (gauge),
+//!   `tapnet_datapath_frames` (frames read by each datapath worker of the network,
+//!   `key` = shard index, owner `0`; several with `--tap-queues`),
+//!   `tapnet_datapath_relayed_frames` (frames a non-owner worker handed to the owner);
 //! * per network with a userspace gateway: `tapnet_gateway_frames` (`direction`: `in`,
 //!   `out`), `tapnet_gateway_drops` (`reason`), `tapnet_gateway_flows_active` (gauge,
 //!   `proto`), `tapnet_gateway_flows` (flows opened, `proto`),
@@ -161,6 +164,8 @@ struct Scrape {
     fdb_entries: Family<NetLabels, Gauge>,
     fdb_limit_hits: Family<NetKeyLabels, Counter>,
     captures: Family<NetLabels, Gauge>,
+    shard_frames: Family<NetKeyLabels, Counter>,
+    relayed: Family<NetLabels, Counter>,
     gw_frames: Family<NetKeyLabels, Counter>,
     gw_drops: Family<NetKeyLabels, Counter>,
     flows_active: Family<NetKeyLabels, Gauge>,
@@ -209,6 +214,23 @@ impl Scrape {
                 })
                 .inc_by(*n);
         }
+    }
+
+    /// A network's datapath workers: frames each read, frames relayed to the owner.
+    fn shards(&self, name: &str, frames: &[u64], relayed: u64) {
+        for (k, n) in frames.iter().enumerate() {
+            self.shard_frames
+                .get_or_create(&NetKeyLabels {
+                    network: name.to_string(),
+                    key: k.to_string(),
+                })
+                .inc_by(*n);
+        }
+        self.relayed
+            .get_or_create(&NetLabels {
+                network: name.to_string(),
+            })
+            .inc_by(relayed);
     }
 
     fn network(&self, name: &str, s: &tapnet_types::api::StatsResource, captures: usize) {
@@ -314,6 +336,16 @@ impl Scrape {
             "tapnet_capture_subscribers",
             "Packet captures running on the network's switch",
             self.captures,
+        );
+        r.register(
+            "tapnet_datapath_frames",
+            "Frames each datapath worker (key = shard, 0 = owner) of the network read",
+            self.shard_frames,
+        );
+        r.register(
+            "tapnet_datapath_relayed_frames",
+            "Frames a non-owner worker switched to a port it holds no queue of, handed to the owner",
+            self.relayed,
         );
         r.register(
             "tapnet_gateway_frames",
@@ -422,6 +454,7 @@ pub async fn render(ctl: &Controller) -> Response {
             Ok((net, report)) => {
                 let s = crate::api::stats_resource(&net, &report, &store);
                 scrape.network(&net.name, &s, report.capture_subscribers);
+                scrape.shards(&net.name, &report.shard_frames, report.relayed);
             }
             Err(e) => tracing::warn!(network = %n.name, error = %e, "metrics: counters"),
         }

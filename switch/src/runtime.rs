@@ -570,6 +570,7 @@ enum Command {
         shared: Arc<Mutex<Shared>>,
         /// `None` on the owner; the owner's address on every other shard.
         relay: Option<RelayTo>,
+        read: Arc<AtomicU64>,
         reply: Reply<()>,
     },
     /// Attach queue `io` of the owner's port `port` to this (non-owner) shard.
@@ -760,6 +761,7 @@ impl Datapath {
             captures: Arc::clone(&captures),
         }));
         let mut on: Vec<ShardAddr> = Vec::with_capacity(shards);
+        let mut read_by = Vec::with_capacity(shards);
         for k in 0..shards {
             let w = self
                 .workers
@@ -771,10 +773,13 @@ impl Datapath {
                 relayed: Arc::clone(&relayed),
             });
             let shared = Arc::clone(&shared);
+            let read = Arc::new(AtomicU64::new(0));
+            let counted = Arc::clone(&read);
             let added = call(&w.tx, &w.waker, |reply| Command::AddNetwork {
                 net,
                 shared,
                 relay,
+                read: counted,
                 reply,
             });
             if let Err(e) = added {
@@ -791,6 +796,7 @@ impl Datapath {
                 tx: w.tx.clone(),
                 waker: Arc::clone(&w.waker),
             });
+            read_by.push(read);
         }
         let owner = on.remove(0);
         Ok(NetworkHandle {
@@ -800,6 +806,7 @@ impl Datapath {
             net,
             captures,
             relayed,
+            read_by,
         })
     }
 
@@ -843,6 +850,8 @@ pub struct NetworkHandle {
     captures: Arc<AtomicUsize>,
     /// Frames other shards relayed to the owner.
     relayed: Arc<AtomicU64>,
+    /// Frames each shard read, in shard order.
+    read_by: Vec<Arc<AtomicU64>>,
 }
 
 /// The control plane's address of one shard's worker.
@@ -922,6 +931,14 @@ impl NetworkHandle {
     /// owner (each frame once, whatever the number of its egress ports).
     pub fn relayed(&self) -> u64 {
         self.relayed.load(Ordering::Relaxed)
+    }
+    /// Frames each shard read from its ports so far, in shard order (owner first): how
+    /// the kernel spread the flows over a multi-queue tap's queues.
+    pub fn shard_frames(&self) -> Vec<u64> {
+        self.read_by
+            .iter()
+            .map(|r| r.load(Ordering::Relaxed))
+            .collect()
     }
     /// Replace a port's policy (`None`: no policy, no anti-spoofing). Frames read after
     /// the call returns are judged by the new policy.
@@ -1333,6 +1350,8 @@ struct Network {
 
 /// A shard's own ports and per-batch scratch.
 struct Local {
+    /// Frames this shard read (for the control plane: [`NetworkHandle::shard_frames`]).
+    read: Arc<AtomicU64>,
     ports: Vec<Port>,
     /// Indexes (in `ports`) of ports with queued frames; capacity reserved for every port.
     dirty: Vec<usize>,
@@ -1361,6 +1380,7 @@ impl Network {
             ports,
             dirty,
             relay,
+            ..
         } = &mut self.local;
         for j in dirty.drain(..) {
             if let Some(port) = ports.get_mut(j) {
@@ -1630,6 +1650,7 @@ impl Worker {
                 }
             }
             budget = budget.saturating_sub(self.batch.len().max(1));
+            bump(&net.local.read, self.batch.len() as u64);
             net.forward_batch(i, &self.batch, now_ms);
             match self.batch.take_stop() {
                 None => {}
@@ -1664,6 +1685,7 @@ impl Worker {
                 net,
                 shared,
                 relay,
+                read,
                 reply,
             } => {
                 let relay = relay.map(|r| Relay {
@@ -1680,6 +1702,7 @@ impl Worker {
                     Network {
                         shared,
                         local: Local {
+                            read,
                             ports: Vec::new(),
                             dirty: Vec::new(),
                             relay,

@@ -146,6 +146,8 @@ fn spread_network_switches_on_every_shard() {
         a.stats.snapshot().rx_packets == 3 && b.stats.snapshot().tx_packets == 3
     });
     assert_eq!(g.stats.snapshot().tx_packets, 2);
+    // Shard 1 read A's two frames on queue 1 plus the ab frame; the owner the rest.
+    assert_eq!(net.shard_frames(), vec![2, 3]);
 
     // The capture saw every frame the switch read, from both shards.
     let mut seen = 0;

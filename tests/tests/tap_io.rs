@@ -86,3 +86,124 @@ fn bad_tap_io_value_is_refused_by_name() {
         "{err}"
     );
 }
+
+/// `tapnet_datapath_frames_total` of network `net`, by shard, from `/metrics`.
+fn shard_frames(env: &Env, net: &str) -> Vec<u64> {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "30", "--unix-socket"])
+        .arg(&env.socket)
+        .arg("http://tapnet/metrics")
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut by_shard: Vec<(usize, u64)> = text
+        .lines()
+        .filter(|l| l.starts_with("tapnet_datapath_frames_total{"))
+        .filter(|l| l.contains(&format!("network=\"{net}\"")))
+        .map(|l| {
+            let key = l.split("key=\"").nth(1).unwrap().split('"').next().unwrap();
+            let value = l.rsplit(' ').next().unwrap();
+            (key.parse().unwrap(), value.parse().unwrap())
+        })
+        .collect();
+    by_shard.sort();
+    by_shard.into_iter().map(|(_, v)| v).collect()
+}
+
+/// The `numtxqueues` of a sandbox's `eth0`: 1 for a single-queue tap, the kernel's
+/// maximum (256) for a multi-queue one (the queues attached are the real ones).
+fn tx_queues(env: &Env, sandbox: &str) -> String {
+    let link = env.exec_ok(sandbox, &["ip", "-d", "link", "show", "eth0"]);
+    link.split_whitespace()
+        .skip_while(|w| *w != "numtxqueues")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no numtxqueues in {link}"))
+        .to_string()
+}
+
+/// 16 TCP connections of 256 KiB each, every byte checked: each is a new flow the kernel
+/// hashes to one of the tap's queues.
+fn flows(env: &Env, ip_b: &str, first_port: u16) {
+    for i in 0..16 {
+        tapnet_tests::tcp_bytes(env, "a", "b", ip_b, first_port + i, 256 << 10);
+    }
+}
+
+#[test]
+fn tap_queues_spread_a_network_over_two_workers() {
+    in_namespace("tap_queues_spread_a_network_over_two_workers", |env| {
+        let mq = ["--workers", "2", "--tap-queues", "2"];
+        env.restart_fresh(&mq);
+        env.network("n1", "10.83.0.0/24");
+        env.sandbox("a");
+        env.sandbox("b");
+        let ip_a = env.connect("n1", "a");
+        let ip_b = env.connect("n1", "b");
+        assert_eq!(tx_queues(env, "a"), "256", "a's tap is not multi-queue");
+        assert_eq!(tx_queues(env, "b"), "256", "b's tap is not multi-queue");
+        traffic(env, &ip_a, &ip_b, 5101);
+        flows(env, &ip_b, 5200);
+        // Both workers switched frames: the flows were spread over the queues.
+        let frames = shard_frames(env, "n1");
+        assert_eq!(frames.len(), 2, "{frames:?}");
+        assert!(frames.iter().all(|&f| f > 100), "{frames:?}");
+        // The gateway's port has one queue: a worker without it relays to the owner.
+        assert!(env.ping("a", &env.gateway_of("n1"), 2));
+
+        // Restart: the multi-queue taps are re-opened with both queues.
+        env.stop_daemon();
+        env.start_daemon_with(&mq);
+        traffic(env, &ip_a, &ip_b, 5102);
+        flows(env, &ip_b, 5300);
+        let frames = shard_frames(env, "n1");
+        assert!(frames.iter().all(|&f| f > 100), "{frames:?}");
+
+        // Restart on one queue: the multi-queue device is re-opened on one fd and still
+        // carries everything.
+        env.stop_daemon();
+        env.start_daemon_with(&["--tap-queues", "1"]);
+        traffic(env, &ip_a, &ip_b, 5103);
+        assert_eq!(shard_frames(env, "n1").len(), 1);
+        for s in ["a", "b"] {
+            env.ok(&["sandbox", "rm", s]);
+        }
+        env.ok(&["network", "rm", "n1"]);
+    });
+}
+
+#[test]
+fn more_tap_queues_than_workers_is_refused_by_name() {
+    let exe = std::env::current_exe().unwrap();
+    let tapnetd: PathBuf = exe.parent().unwrap().parent().unwrap().join("tapnetd");
+    let root = std::env::temp_dir().join(format!("tapnet-tap-queues-{}", std::process::id()));
+    for (args, says) in [
+        (
+            &["--workers", "2", "--tap-queues", "3"][..],
+            "--tap-queues 3",
+        ),
+        (&["--tap-queues", "0"][..], "--tap-queues"),
+    ] {
+        // `timeout`: a daemon that wrongly starts is stopped, and fails the test.
+        let out = Command::new("timeout")
+            .arg("20")
+            .arg(&tapnetd)
+            .args(args)
+            .arg("-H")
+            .arg(format!("unix://{}", root.join("api.sock").display()))
+            .arg("--data-root")
+            .arg(root.join("data"))
+            .arg("--exec-root")
+            .arg(root.join("run"))
+            .arg("--docker-plugin=false")
+            .output()
+            .expect("run tapnetd");
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(
+            !root.join("data").exists(),
+            "{args:?}: state made before refusing"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}

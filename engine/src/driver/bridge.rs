@@ -81,7 +81,18 @@ pub use tapnet_sandbox::uring::{TapIo, TapIoPath};
 struct BridgePort {
     port: PortId,
     stats: Arc<PortStats>,
+    /// Queue 0 of the tap (the fd that owns the device: [`destroy_tap`] takes it).
     tap: Arc<Tap>,
+    /// The tap's other queues (`--tap-queues`), dropped before the device is destroyed.
+    queues: Vec<Arc<Tap>>,
+}
+
+impl BridgePort {
+    /// Destroy the tap: the other queues' fds are closed first.
+    fn destroy(self, what: &str) -> Result<()> {
+        drop(self.queues);
+        destroy_tap(self.tap, what)
+    }
 }
 
 struct BridgeNetwork {
@@ -106,30 +117,54 @@ struct BridgeNetwork {
 }
 
 impl BridgeNetwork {
-    /// Attach an endpoint's tap to the switch with the endpoint's port policy and record
-    /// the port.
+    /// Attach an endpoint's tap (its queues, queue 0 first: one per shard of the
+    /// network at most) to the switch with the endpoint's port policy and record the port.
     fn attach(
         &mut self,
         endpoint: &Endpoint,
-        tap: Arc<Tap>,
+        taps: Vec<Arc<Tap>>,
         tap_io: TapIo,
         tap_depth: usize,
     ) -> std::result::Result<(), tapnet_switch::runtime::Error> {
         let opts = endpoint_options(endpoint, self.port_security);
-        let (io, path) = tapnet_sandbox::uring::open_port(Arc::clone(&tap), tap_io, tap_depth)
-            .map_err(|source| tapnet_switch::runtime::Error::Io {
-                op: "open tap port",
-                source,
-            })?;
+        let mut ios: Vec<Box<dyn FrameIo>> = Vec::with_capacity(taps.len());
+        let mut path = None;
+        for tap in &taps {
+            let (io, p) = tapnet_sandbox::uring::open_port(Arc::clone(tap), tap_io, tap_depth)
+                .map_err(|source| tapnet_switch::runtime::Error::Io {
+                    op: "open tap port",
+                    source,
+                })?;
+            ios.push(io);
+            path = Some(p);
+        }
+        let mut taps = taps.into_iter();
+        let tap = taps.next().ok_or(tapnet_switch::runtime::Error::Io {
+            op: "open tap port",
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no tap queues"),
+        })?;
         tracing::info!(
             endpoint = %endpoint.id,
             tap = tap.name(),
-            path = path.as_str(),
+            path = path.map_or("", |p| p.as_str()),
+            queues = ios.len(),
             "tap port attached"
         );
-        let (port, stats) = self.handle.add_port_with(io, opts)?;
-        self.ports
-            .insert(endpoint.id.clone(), BridgePort { port, stats, tap });
+        let (port, stats) = if ios.len() == 1 {
+            let io = ios.pop().ok_or(tapnet_switch::runtime::Error::WorkerGone)?;
+            self.handle.add_port_with(io, opts)?
+        } else {
+            self.handle.add_port_queues(ios, opts)?
+        };
+        self.ports.insert(
+            endpoint.id.clone(),
+            BridgePort {
+                port,
+                stats,
+                tap,
+                queues: taps.collect(),
+            },
+        );
         Ok(())
     }
 }
@@ -144,6 +179,8 @@ pub struct BridgeDriver {
     tap_io: TapIo,
     /// io_uring reads in flight per tap port.
     tap_depth: usize,
+    /// Queues per endpoint tap; networks are spread over this many workers.
+    tap_queues: usize,
 }
 
 impl std::fmt::Debug for BridgeDriver {
@@ -172,6 +209,16 @@ fn destroy_tap(tap: Arc<Tap>, what: &str) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Destroy a tap given as its queues (queue 0 first): the others are closed first.
+fn destroy_queues(mut taps: Vec<Arc<Tap>>, what: &str) -> Result<()> {
+    if taps.is_empty() {
+        return Ok(());
+    }
+    let first = taps.remove(0);
+    drop(taps);
+    destroy_tap(first, what)
 }
 
 /// The name a new tap gets in the sandbox until the sandbox layer renames it:
@@ -231,7 +278,35 @@ impl BridgeDriver {
             networks: Mutex::new(HashMap::new()),
             tap_io: TapIo::default(),
             tap_depth: tapnet_sandbox::uring::DEFAULT_DEPTH,
+            tap_queues: 1,
         }
+    }
+
+    /// Give endpoint taps `queues` queues (`IFF_MULTI_QUEUE`) and spread networks
+    /// created from now on over as many datapath workers, so several flows of one network
+    /// use several cores. More queues than workers is an error naming both.
+    pub fn with_tap_queues(mut self, queues: usize) -> Result<BridgeDriver> {
+        let workers = lock(&self.datapath).as_ref().map_or(0, Datapath::workers);
+        if queues == 0 || queues > workers {
+            return Err(Error::InvalidRequest(format!(
+                "--tap-queues {queues}: must be 1 to the number of datapath workers ({workers}; --workers)"
+            )));
+        }
+        self.tap_queues = queues;
+        Ok(self)
+    }
+
+    /// Queues per endpoint tap.
+    pub fn tap_queues(&self) -> usize {
+        self.tap_queues
+    }
+
+    /// How many queues a tap on `network_id` gets: one per shard of its switch.
+    fn queues_of(&self, network_id: &str) -> Result<usize> {
+        lock(&self.networks)
+            .get(network_id)
+            .map(|n| n.handle.shards())
+            .ok_or_else(|| Self::unknown(network_id))
     }
 
     /// Move endpoint taps' frames this way (ports attached from now on), with `depth`
@@ -350,10 +425,13 @@ impl BridgeDriver {
                 op(),
                 tapnet_switch::runtime::Error::WorkerGone,
             ))?;
-            dp.add_network(SwitchConfig {
-                icc,
-                ..SwitchConfig::default()
-            })
+            dp.add_network_spread(
+                SwitchConfig {
+                    icc,
+                    ..SwitchConfig::default()
+                },
+                self.tap_queues,
+            )
             .map_err(|e| Error::datapath(op(), e))?
         };
         let uplink = match uplink {
@@ -521,7 +599,7 @@ impl Driver for BridgeDriver {
         for (ep, port) in net.ports {
             // Not expected (the controller leaves first), but never leak a tap.
             let _ = net.handle.remove_port(port.port);
-            destroy_tap(port.tap, &format!("endpoint {ep}"))?;
+            port.destroy(&format!("endpoint {ep}"))?;
         }
         net.handle
             .remove()
@@ -601,20 +679,24 @@ impl Driver for BridgeDriver {
         let description = describe(network, endpoint, &name, self.mtu_of(&network.id)?)?;
         // The tap is made without the driver's lock: joins on other networks (and
         // reads of counters) do not wait for namespace and tap work.
-        let tap = Tap::create_down(req.sandbox, &name)
-            .map_err(|e| Error::os(format!("create tap {name} in sandbox {sandbox_name}"), e))?;
-        let tap = Arc::new(tap);
+        let queues = self.queues_of(&network.id)?;
+        let taps: Vec<Arc<Tap>> =
+            tapnet_sandbox::tap::create_down_queues(req.sandbox, &name, queues)
+                .map_err(|e| Error::os(format!("create tap {name} in sandbox {sandbox_name}"), e))?
+                .into_iter()
+                .map(Arc::new)
+                .collect();
         let what = format!("{name} of sandbox {sandbox_name}");
         let attached = match lock(&self.networks).get_mut(&network.id) {
             Some(net) => net
-                .attach(endpoint, Arc::clone(&tap), self.tap_io, self.tap_depth)
+                .attach(endpoint, taps.clone(), self.tap_io, self.tap_depth)
                 .map_err(|e| {
                     Error::datapath(format!("attach {what} to network {}", network.name), e)
                 }),
             None => Err(Self::unknown(&network.id)),
         };
         if let Err(e) = attached {
-            if let Err(cleanup) = destroy_tap(tap, &what) {
+            if let Err(cleanup) = destroy_queues(taps, &what) {
                 tracing::warn!(error = %cleanup, "cleanup after failed attach");
             }
             return Err(e);
@@ -626,9 +708,11 @@ impl Driver for BridgeDriver {
         let (network, endpoint, sandbox_name) = (req.network, req.endpoint, req.sandbox_name);
         let mtu = self.mtu_of(&network.id)?;
         let name = endpoint.interface.as_str();
-        let (tap, how, join) = match Tap::reopen(req.sandbox, name) {
-            Ok(tap) => (
-                tap,
+        let queues = self.queues_of(&network.id)?;
+        let (taps, how, join) = match tapnet_sandbox::tap::reopen_queues(req.sandbox, name, queues)
+        {
+            Ok(taps) => (
+                taps,
                 Restored::Reopened,
                 describe(network, endpoint, name, mtu)?,
             ),
@@ -641,18 +725,19 @@ impl Driver for BridgeDriver {
                 );
                 let temp = tap_name(endpoint);
                 let join = describe(network, endpoint, &temp, mtu)?;
-                let tap = Tap::create_down(req.sandbox, &temp).map_err(|e| {
-                    Error::os(format!("re-create tap {name} in sandbox {sandbox_name}"), e)
-                })?;
-                (tap, Restored::Recreated, join)
+                let taps = tapnet_sandbox::tap::create_down_queues(req.sandbox, &temp, queues)
+                    .map_err(|e| {
+                        Error::os(format!("re-create tap {name} in sandbox {sandbox_name}"), e)
+                    })?;
+                (taps, Restored::Recreated, join)
             }
         };
-        let tap = Arc::new(tap);
+        let taps: Vec<Arc<Tap>> = taps.into_iter().map(Arc::new).collect();
         let mut nets = lock(&self.networks);
         let net = nets
             .get_mut(&network.id)
             .ok_or_else(|| Self::unknown(&network.id))?;
-        match net.attach(endpoint, Arc::clone(&tap), self.tap_io, self.tap_depth) {
+        match net.attach(endpoint, taps.clone(), self.tap_io, self.tap_depth) {
             Ok(()) => Ok(RestoreDescription { how, join }),
             Err(e) => {
                 drop(nets);
@@ -660,7 +745,7 @@ impl Driver for BridgeDriver {
                 // remove one we just made.
                 if how == Restored::Recreated {
                     let what = format!("{name} of sandbox {sandbox_name}");
-                    if let Err(cleanup) = destroy_tap(tap, &what) {
+                    if let Err(cleanup) = destroy_queues(taps, &what) {
                         tracing::warn!(error = %cleanup, "cleanup after failed attach");
                     }
                 }
@@ -692,9 +777,8 @@ impl Driver for BridgeDriver {
             }
             port
         };
-        drop(port.stats);
         // The tap is destroyed without the driver's lock.
-        destroy_tap(port.tap, &format!("endpoint {endpoint_id}"))
+        port.destroy(&format!("endpoint {endpoint_id}"))
     }
 
     fn report(&self, network_id: &str) -> Result<NetworkReport> {
@@ -745,6 +829,8 @@ impl Driver for BridgeDriver {
             tunnel: None,
             uplink: Vec::new(),
             capture_subscribers: net.handle.capture_subscribers(),
+            shard_frames: net.handle.shard_frames(),
+            relayed: net.handle.relayed(),
         })
     }
 

@@ -384,6 +384,12 @@ pub struct NetworkReport {
     pub uplink: Vec<(&'static str, u64)>,
     /// Capture subscribers of the network's switch now ([`Driver::capture`]).
     pub capture_subscribers: usize,
+    /// Frames each datapath worker of the network read, owner first (one entry unless
+    /// `--tap-queues` spread the network over several workers).
+    pub shard_frames: Vec<u64>,
+    /// Frames a non-owner worker switched to a port it holds no queue of and handed to
+    /// the owner.
+    pub relayed: u64,
 }
 
 /// Counters of an overlay network's tunnel: its VXLAN port and the daemon's VXLAN
