@@ -19,11 +19,17 @@
 # with 4 flows on 2 queues, 1 run in 8) and the 1-minute load average from `uptime`
 # just before the run.
 #
+# With TAPNET_MQ_PERF=1 (real root and perf(1) needed: the script then runs in
+# `unshare -nm` instead of `unshare -Urnm`, so kernel symbols resolve) every client run
+# is under `perf record -e cpu-clock -a`, and one more column gives the CPU the kernel
+# spent on the flow hash a multi-queue tap needs per packet (`siphash`, the flow
+# dissector, `__skb_get_hash_symmetric*`), in the same unit as the CPU column.
+#
 # Environment: RWFWD_QUEUES (queue counts, default "1 2"); TAPNET_MQ_REPS (runs per test
 # and queue count, default 3); TAPNET_MQ_TESTS (default "tcp1 tcp4 udp1 udp4");
-# TAPNET_MQ_OUT (results directory, default target/mq_rwfwd).
+# TAPNET_MQ_OUT (results directory, default target/mq_rwfwd); TAPNET_MQ_PERF=1 (above).
 #
-# Everything runs in a private user+network+mount namespace; nothing is left behind;
+# Everything runs in a private (user+)network+mount namespace; nothing is left behind;
 # every process started is ended by pid on exit. Results: target/mq_rwfwd/{results.tsv,
 # table.md}.
 set -euo pipefail
@@ -46,6 +52,12 @@ if [ -z "${TAPNET_MQ_INNER:-}" ]; then
         echo "secs: $SECS, runs per test and queue count: $REPS, queue counts: $QUEUES"
         echo "uptime before: $(uptime)"
     } >"$OUT/meta"
+    if [ "${TAPNET_MQ_PERF:-0}" = 1 ]; then
+        [ "$(id -u)" = 0 ] && command -v perf >/dev/null ||
+            { echo "TAPNET_MQ_PERF=1 needs root and perf(1)" >&2; exit 1; }
+        echo "perf: cpu-clock -a during every client run" >>"$OUT/meta"
+        exec env TAPNET_MQ_INNER=1 unshare -nm --propagation private bash "$0" "$@"
+    fi
     exec env TAPNET_MQ_INNER=1 unshare -Urnm --propagation private bash "$0" "$@"
 fi
 
@@ -83,9 +95,19 @@ thread_ticks() {
     done
 }
 
-# one Q TEST: one run, one line in results.tsv.
+PERF=${TAPNET_MQ_PERF:-0}
+# hash_ticks FILE: perf samples (at 999 Hz) in the flow-hash functions, and in all.
+hash_ticks() {
+    perf report -i "$1" --no-children --sort sym --stdio -F sample,sym --percent-limit 0 \
+        -t $'\t' 2>/dev/null | awk -F'\t' '
+        $1 ~ /^ *[0-9]+ *$/ { n = $1 + 0; all += n
+            if ($2 ~ /siphash|skb_get_hash|flow_dissect|flow_hash/) h += n }
+        END { print h + 0 }'
+}
+
+# one Q TEST REP: one run, one line in results.tsv.
 one() {
-    local q=$1 t=$2 args load b0 b1 t0 t1 out fig
+    local q=$1 t=$2 rep=$3 args load b0 b1 t0 t1 out fig pf=() pdata hash=-
     case $t in
         tcp1) args=(-P 1) ;;
         tcp4) args=(-P 4) ;;
@@ -96,14 +118,19 @@ one() {
     load=$(awk '{print $1}' /proc/loadavg)
     t0=$(thread_ticks "${FPID[$q]}")
     b0=$(busy)
-    if ! out=$(ip netns exec a$q iperf3 -c "${SIP[$q]}" -p 5201 -t "$SECS" -J "${args[@]}" 2>/dev/null); then
+    if [ "$PERF" = 1 ]; then
+        pdata=$OUT/perf.$t.q$q.r$rep.data
+        pf=(perf record -q -e cpu-clock -F 999 -a -o "$pdata" --)
+    fi
+    if ! out=$("${pf[@]}" ip netns exec a$q iperf3 -c "${SIP[$q]}" -p 5201 -t "$SECS" -J "${args[@]}" 2>/dev/null); then
         printf '%s\t%s\tfail\n' "$t" "$q" >>"$OUT/results.tsv"
         echo "  $t q$q: iperf3 failed" >&2
         return 0
     fi
     b1=$(busy)
     t1=$(thread_ticks "${FPID[$q]}")
-    fig=$(printf '%s' "$out" | T0="$t0" T1="$t1" $PY -c "
+    [ "$PERF" != 1 ] || hash=$(hash_ticks "$pdata")
+    fig=$(printf '%s' "$out" | T0="$t0" T1="$t1" HASH="$hash" $PY -c "
 import json, os, sys
 end = json.load(sys.stdin)['end']
 cpu = ($b1 - $b0) / $HZ
@@ -114,14 +141,18 @@ secs = float(end.get('sum_received', end.get('sum', {})).get('seconds', $SECS) o
 used = [(t1[k] - t0.get(k, 0)) / $HZ / secs for k in t1]
 fwd = sum(used)
 busy = sum(1 for u in used if u > 0.05)
+h = os.environ['HASH']
+hcpu = None if h == '-' else int(h) / 999.0
 if '$t'.startswith('tcp'):
     e = end['sum_received']
     gbit = e['bytes'] * 8 / 1e9
-    print('%.3f\tGbit/s\t%s\t%.2f\t%d' % (e['bits_per_second'] / 1e9, '%.4f' % (cpu / gbit) if gbit else '-', fwd, busy))
+    per = lambda c: '%.4f' % (c / gbit) if gbit and c is not None else '-'
+    print('%.3f\tGbit/s\t%s\t%.2f\t%d\t%s' % (e['bits_per_second'] / 1e9, per(cpu), fwd, busy, per(hcpu)))
 else:
     e = end.get('sum_received') or end['sum']
     pk = e['packets'] - e['lost_packets']
-    print('%.4f\tMpps\t%s\t%.2f\t%d' % (pk / e['seconds'] / 1e6, '%.3f' % (cpu / (pk / 1e6)) if pk else '-', fwd, busy))
+    per = lambda c: '%.3f' % (c / (pk / 1e6)) if pk and c is not None else '-'
+    print('%.4f\tMpps\t%s\t%.2f\t%d\t%s' % (pk / e['seconds'] / 1e6, per(cpu), fwd, busy, per(hcpu)))
 ")
     printf '%s\t%s\t%s\t%s\n' "$t" "$q" "$fig" "$load" >>"$OUT/results.tsv"
     echo "  $t q$q: $fig load $load" >&2
@@ -131,7 +162,7 @@ for rep in $(seq "$REPS"); do
     echo "repetition $rep of $REPS ($(uptime))" >&2
     for t in $TESTS; do
         for q in $QUEUES; do
-            one "$q" "$t"
+            one "$q" "$t" "$rep"
         done
     done
 done
@@ -145,24 +176,26 @@ tests = []
 for r in rows:
     if r[0] not in tests:
         tests.append(r[0])
-print('| test | queues | median | runs | CPU s per unit (median) | forwarder cores (median) | busy fwd threads per run | load (1 min) per run | × 1 queue |')
-print('|---|---:|---:|---|---:|---:|---|---|---:|')
+print('| test | queues | median | runs | CPU s per unit (median) | forwarder cores (median) | busy fwd threads per run | load (1 min) per run | × 1 queue | flow hash CPU s per unit (median) |')
+print('|---|---:|---:|---|---:|---:|---|---|---:|---:|')
 for t in tests:
     base = None
     for q in queues:
         ok = [r for r in rows if r[0] == t and r[1] == q and r[2] != 'fail']
         if not ok:
-            print('| %s | %s | failed | | | | | | |' % (t, q)); continue
+            print('| %s | %s | failed | | | | | | | |' % (t, q)); continue
         v = [float(r[2]) for r in ok]
         m = statistics.median(v)
         if base is None:
             base = m
         cpu = [float(r[4]) for r in ok if r[4] != '-']
-        print('| %s | %s | %.3f %s | %s | %s | %.2f | %s | %s | %.2f |' % (
+        hc = [float(r[7]) for r in ok if r[7] != '-']
+        print('| %s | %s | %.3f %s | %s | %s | %.2f | %s | %s | %.2f | %s |' % (
             t, q, m, ok[0][3], ' '.join('%.3f' % x for x in v),
             '%.3f' % statistics.median(cpu) if cpu else '-',
             statistics.median(float(r[5]) for r in ok), ' '.join(r[6] for r in ok),
-            ' '.join(r[7] for r in ok), m / base if base else 0))
+            ' '.join(r[8] for r in ok), m / base if base else 0,
+            '%.3f' % statistics.median(hc) if hc else '-'))
 EOF
 echo >&2
 cat "$OUT/meta" >&2
