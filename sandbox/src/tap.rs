@@ -221,7 +221,9 @@ fn attach_queue(name: &str, flags: libc::c_int, what: &str) -> Result<(OwnedFd, 
 ///   its flow: a symmetric hash of addresses and ports, mapped onto the attached
 ///   queues; once a frame of that flow has been *written* to some queue, later frames of
 ///   the flow (both directions hash alike) are read from that queue (the tun driver's
-///   flow table, entries expire after a few seconds idle).
+///   flow table, entries expire after a few seconds idle). Closing one queue's fd
+///   renumbers the rest (the kernel moves the last queue into the freed index), and the
+///   flows it carried move to the remaining queues.
 /// * `0` or more than [`MAX_QUEUES`]: [`Error::Invalid`], nothing created.
 ///
 /// All or nothing: a taken name is refused before anything is touched; any later

@@ -1208,6 +1208,11 @@ fn tap_multi_queue_refusals_leave_nothing() {
         }
         let err = create_down_queues(&ns, "lo", 2).expect_err("taken name");
         assert!(err.to_string().contains("already exists"), "{err}");
+        // Not a tap: refused both ways (single- and multi-queue), lo untouched.
+        let lo_before = ip_json(&path, &["-d", "link", "show", "lo"]);
+        let err = reopen_queues(&ns, "lo", 2).expect_err("reopen a non-tap");
+        assert!(err.to_string().contains("single- and multi-queue"), "{err}");
+        assert_eq!(ip_json(&path, &["-d", "link", "show", "lo"]), lo_before);
         let err = create_down_queues(&ns, "this-name-is-too-long", 2).expect_err("long");
         assert!(matches!(err, Error::Invalid(_)), "{err:?}");
         assert_eq!(link_names(&ns).expect("links"), lo_only);
