@@ -698,7 +698,8 @@ fn leftovers_of_operations_cut_short_are_removed_at_start() {
             in_ns(
                 &path_a,
                 "ip tuntap add dev eth1 mode tap vnet_hdr && ip addr add 10.97.0.4/24 dev eth1 && \
-             ip link set eth1 up && ip tuntap add dev tap0123456789ab mode tap vnet_hdr",
+             ip link set eth1 up && ip tuntap add dev tap0123456789ab mode tap vnet_hdr && \
+             ip tuntap add dev tapfedcba987654 mode tap vnet_hdr multi_queue",
             );
             in_ns(
             &adopted,

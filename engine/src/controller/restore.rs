@@ -632,14 +632,15 @@ fn remove_orphan_taps(ns: &Netns, name: &str, owned: bool, named: &HashSet<Strin
         if dev == "lo" || named.contains(&dev) {
             continue;
         }
-        let Ok(tap) = tapnet_sandbox::tap::Tap::reopen(ns, &dev) else {
+        // Either kind of tap (`--tap-queues`): one queue is enough to clear persistence.
+        let Ok(tap) = tapnet_sandbox::tap::reopen_queues(ns, &dev, 1) else {
             continue;
         };
         if !owned && !is_temporary_tap_name(&dev) {
             tracing::warn!(sandbox = %name, tap = %dev, "a tap no endpoint names in an adopted namespace; left alone");
             continue;
         }
-        match tap.destroy() {
+        match tapnet_sandbox::tap::destroy_queues(tap) {
             Ok(()) => {
                 tracing::warn!(sandbox = %name, tap = %dev, "orphan tap (an operation cut short by a crash) removed")
             }
