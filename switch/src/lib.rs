@@ -8,6 +8,7 @@
 //!   moved in batches ([`runtime::FrameIo::recv_batch`], [`runtime::FrameIo::send_batch`])
 //!   and reachable from the control plane ([`runtime::NetworkHandle::control_port`]),
 //!   counters the control plane reads.
+//! * [`testing`] holds the frame and wait helpers the integration tests share.
 //!
 //! The wire formats (virtio-net header, checksums, [`core::MacAddr`]) live in
 //! [`tapnet_wire`].
@@ -19,6 +20,7 @@
 
 pub mod core;
 pub mod runtime;
+pub mod testing;
 
 /// Length of the virtio-net header that prefixes every frame on a port
 /// (`struct virtio_net_hdr`, as set by `TUNSETVNETHDRSZ` default); see [`tapnet_wire::vnet`].

@@ -8,23 +8,7 @@ use tapnet_switch::core::SwitchConfig;
 use tapnet_switch::runtime::{
     Capture, CaptureScope, DatagramPort, Datapath, Error, NetworkHandle, MAX_CAPTURES,
 };
-use tapnet_switch::VNET_HDR_LEN;
-
-const BCAST: [u8; 6] = [0xff; 6];
-
-fn mac(n: u8) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0, n]
-}
-
-/// vnet header + Ethernet frame (IPv4 ethertype) filled with `tag`.
-fn frame(dst: [u8; 6], src: [u8; 6], tag: u8) -> Vec<u8> {
-    let mut f = vec![0u8; VNET_HDR_LEN];
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&[0x08, 0x00]);
-    f.resize(VNET_HDR_LEN + 14 + 46, tag);
-    f
-}
+use tapnet_switch::testing::{frame, mac, BCAST};
 
 fn port(net: &NetworkHandle) -> (u32, UnixDatagram) {
     let (p, peer) = DatagramPort::pair().unwrap();

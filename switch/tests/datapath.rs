@@ -5,29 +5,14 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tapnet_switch::core::{DropReason, MacAddr, SwitchConfig};
 use tapnet_switch::runtime::{
     DatagramPort, Datapath, Error, FrameIo, NetworkHandle, PortOptions, PortPolicy, PortRole,
     PortStats,
 };
+use tapnet_switch::testing::{frame, mac, wait_until, BCAST};
 use tapnet_switch::VNET_HDR_LEN;
-
-const BCAST: [u8; 6] = [0xff; 6];
-
-fn mac(n: u8) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0, n]
-}
-
-/// vnet header (all zero: no GSO, no checksum) + IPv4 Ethernet frame with a tag byte.
-fn frame(dst: [u8; 6], src: [u8; 6], tag: u8) -> Vec<u8> {
-    let mut f = vec![0u8; VNET_HDR_LEN];
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&[0x08, 0x00]);
-    f.resize(VNET_HDR_LEN + 14 + 46, tag);
-    f
-}
 
 struct TestPort {
     id: u32,
@@ -72,14 +57,6 @@ impl TestPort {
             io::ErrorKind::WouldBlock,
             "unexpected frame"
         );
-    }
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

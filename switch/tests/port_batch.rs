@@ -8,12 +8,13 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tapnet_switch::core::{DropReason, SwitchConfig};
 use tapnet_switch::runtime::{
     DatagramPort, Datapath, Error, FrameBatch, FrameIo, Frames, NetworkHandle, PortControl,
     PortReply, PortStats, SendBatchError,
 };
+use tapnet_switch::testing::wait_until;
 use tapnet_switch::VNET_HDR_LEN;
 
 fn frame(src: u8, tag: u8) -> Vec<u8> {
@@ -242,14 +243,6 @@ impl FrameIo for BatchPort {
             },
             _ => Err(io::ErrorKind::Unsupported.into()),
         }
-    }
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

@@ -8,29 +8,13 @@
 use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tapnet_switch::core::{MacAddr, SwitchConfig};
 use tapnet_switch::runtime::{
     CaptureScope, DatagramPort, Datapath, Error, FrameIo, NetworkHandle, PortOptions, PortRole,
     PortStats,
 };
-use tapnet_switch::VNET_HDR_LEN;
-
-const BCAST: [u8; 6] = [0xff; 6];
-
-fn mac(n: u8) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0, n]
-}
-
-/// vnet header (no GSO) + IPv4 Ethernet frame padded with a tag byte.
-fn frame(dst: [u8; 6], src: [u8; 6], tag: u8) -> Vec<u8> {
-    let mut f = vec![0u8; VNET_HDR_LEN];
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&[0x08, 0x00]);
-    f.resize(VNET_HDR_LEN + 14 + 46, tag);
-    f
-}
+use tapnet_switch::testing::{frame, mac, wait_until, BCAST};
 
 /// A port with one socket pair per queue; `peers[k]` is the test's end of queue k.
 struct MqPort {
@@ -76,14 +60,6 @@ impl MqPort {
                 "unexpected frame on queue {q}"
             );
         }
-    }
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

@@ -311,6 +311,17 @@ impl Env {
         out.status.success()
     }
 
+    /// The body of `GET /metrics` (OpenMetrics text).
+    pub fn metrics_text(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "30", "--unix-socket"])
+            .arg(&self.socket)
+            .arg("http://tapnet/metrics")
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The stats entry of the port of `sandbox` on `network`.
     pub fn port_stats(&self, network: &str, sandbox: &str) -> Value {
         let v = self.get(&format!("/networks/{network}/stats"));

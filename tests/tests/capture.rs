@@ -91,13 +91,7 @@ fn udp_marker(env: &Env, sandbox: &str, ip: &str, marker: &str) {
 
 /// `tapnet_capture_subscribers{network="NET"}` from `/metrics`.
 fn subscribers(env: &Env, net: &str) -> u64 {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "30", "--unix-socket"])
-        .arg(&env.socket)
-        .arg("http://tapnet/metrics")
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = env.metrics_text();
     let prefix = format!("tapnet_capture_subscribers{{network=\"{net}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))

@@ -89,13 +89,7 @@ fn bad_tap_io_value_is_refused_by_name() {
 
 /// `tapnet_datapath_frames_total` of network `net`, by shard, from `/metrics`.
 fn shard_frames(env: &Env, net: &str) -> Vec<u64> {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "30", "--unix-socket"])
-        .arg(&env.socket)
-        .arg("http://tapnet/metrics")
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = env.metrics_text();
     let mut by_shard: Vec<(usize, u64)> = text
         .lines()
         .filter(|l| l.starts_with("tapnet_datapath_frames_total{"))

@@ -7,9 +7,10 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::UnixDatagram;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tapnet_switch::core::SwitchConfig;
 use tapnet_switch::runtime::{DatagramPort, Datapath, NetworkHandle, PortControl, PortReply};
+use tapnet_switch::testing::{mac, wait_until, BCAST};
 use tapnet_switch::VNET_HDR_LEN;
 use tapnet_vxlan::crypt::{self, KeyMaterial, KeyRing, KeySet};
 use tapnet_vxlan::header::{decap, encap, Vni};
@@ -18,12 +19,6 @@ use tapnet_vxlan::udp::Sender;
 use tapnet_vxlan::{VxlanControl, VxlanPort, VxlanStats, VxlanStatsSnapshot};
 use tapnet_wire::gso::Segmenter;
 use tapnet_wire::vnet;
-
-const BCAST: [u8; 6] = [0xff; 6];
-
-fn mac(n: u8) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0, n]
-}
 
 fn vni() -> Vni {
     Vni::new(4242).unwrap()
@@ -96,14 +91,6 @@ impl Side {
     }
     fn vx(&self) -> VxlanStatsSnapshot {
         self.vx.snapshot()
-    }
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

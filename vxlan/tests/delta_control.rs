@@ -6,28 +6,18 @@
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::unix::net::UnixDatagram;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tapnet_switch::core::SwitchConfig;
 use tapnet_switch::runtime::{DatagramPort, Datapath, NetworkHandle, PortControl, PortReply};
+use tapnet_switch::testing::{frame, wait_until, BCAST};
 use tapnet_switch::VNET_HDR_LEN;
 use tapnet_vxlan::header::{encap, Vni};
 use tapnet_vxlan::table::TableConfig;
 use tapnet_vxlan::{VxlanControl, VxlanPort, VxlanStats};
 use tapnet_wire::MacAddr;
 
-const BCAST: [u8; 6] = [0xff; 6];
-
 fn vni() -> Vni {
     Vni::new(4242).unwrap()
-}
-
-fn frame(dst: [u8; 6], src: [u8; 6], tag: u8) -> Vec<u8> {
-    let mut f = vec![0u8; VNET_HDR_LEN];
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&[0x08, 0x00]);
-    f.resize(VNET_HDR_LEN + 14 + 46, tag);
-    f
 }
 
 struct Side {
@@ -76,14 +66,6 @@ impl Side {
         let n = self.ep.recv(&mut buf).expect("frame expected");
         buf.truncate(n);
         buf
-    }
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

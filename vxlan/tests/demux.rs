@@ -8,26 +8,12 @@ use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 use tapnet_switch::core::SwitchConfig;
 use tapnet_switch::runtime::{DatagramPort, Datapath, NetworkHandle, PortControl, PortReply};
+use tapnet_switch::testing::{frame, mac, BCAST};
 use tapnet_switch::VNET_HDR_LEN;
 use tapnet_vxlan::header::{encap, Vni};
 use tapnet_vxlan::table::TableConfig;
 use tapnet_vxlan::{VxlanControl, VxlanSocket, VxlanStats};
 use tapnet_wire::MacAddr;
-
-const BCAST: [u8; 6] = [0xff; 6];
-
-fn mac(n: u8) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0, n]
-}
-
-fn frame(dst: [u8; 6], src: [u8; 6], tag: u8) -> Vec<u8> {
-    let mut f = vec![0u8; VNET_HDR_LEN];
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&[0x08, 0x00]);
-    f.resize(VNET_HDR_LEN + 14 + 46, tag);
-    f
-}
 
 struct Net {
     _net: NetworkHandle,

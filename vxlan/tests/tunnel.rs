@@ -5,35 +5,20 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tapnet_switch::core::SwitchConfig;
 use tapnet_switch::runtime::{
     DatagramPort, Datapath, NetworkHandle, PortControl, PortReply, PortStats,
 };
+use tapnet_switch::testing::{frame, mac, wait_until, BCAST};
 use tapnet_switch::VNET_HDR_LEN;
 use tapnet_vxlan::header::{decap, encap, Vni};
 use tapnet_vxlan::table::TableConfig;
 use tapnet_vxlan::{VxlanControl, VxlanPort, VxlanStats, VxlanStatsSnapshot};
 use tapnet_wire::checksum;
 
-const BCAST: [u8; 6] = [0xff; 6];
-
-fn mac(n: u8) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0, n]
-}
-
 fn vni() -> Vni {
     Vni::new(4242).unwrap()
-}
-
-/// Zero vnet header + IPv4 Ethernet frame with a tag byte.
-fn frame(dst: [u8; 6], src: [u8; 6], tag: u8) -> Vec<u8> {
-    let mut f = vec![0u8; VNET_HDR_LEN];
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&[0x08, 0x00]);
-    f.resize(VNET_HDR_LEN + 14 + 46, tag);
-    f
 }
 
 struct Endpoint {
@@ -114,14 +99,6 @@ fn raw_recv(s: &UdpSocket) -> (Vec<u8>, SocketAddr) {
     let (n, from) = s.recv_from(&mut buf).expect("datagram expected");
     buf.truncate(n);
     (buf, from)
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 fn pair() -> (Datapath, Side, Side, UdpSocket, SocketAddr) {
