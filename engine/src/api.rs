@@ -826,6 +826,14 @@ pub struct DaemonInfo {
     pub cluster_store: Option<String>,
     /// `--cluster-advertise`, if given.
     pub cluster_advertise: Option<String>,
+    /// Datapath worker threads.
+    pub workers: usize,
+    /// `--tap-io` as given.
+    pub tap_io: String,
+    /// The tap I/O path in effect (`rw` or `uring`).
+    pub tap_io_path: String,
+    /// `--tap-queues`.
+    pub tap_queues: usize,
 }
 
 static DAEMON_INFO: std::sync::OnceLock<DaemonInfo> = std::sync::OnceLock::new();
@@ -937,6 +945,10 @@ pub fn info_body(store: &Store, daemon: &DaemonInfo) -> InfoResponse {
         tapnet_cluster_store: daemon.cluster_store.clone().unwrap_or_default(),
         tapnet_cluster_advertise: daemon.cluster_advertise.clone().unwrap_or_default(),
         tapnet_exec_root: daemon.exec_root.display().to_string(),
+        tapnet_datapath_workers: daemon.workers as u64,
+        tapnet_tap_io: daemon.tap_io.clone(),
+        tapnet_tap_io_path: daemon.tap_io_path.clone(),
+        tapnet_tap_queues: daemon.tap_queues as u64,
     }
 }
 

@@ -12,7 +12,7 @@ use ipnet::Ipv4Net;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tapnet_engine::controller::DefaultBridge;
-use tapnet_engine::driver::bridge::{BridgeDriver, TapIo};
+use tapnet_engine::driver::bridge::{BridgeDriver, TapIo, TapIoPath};
 use tapnet_engine::driver::macvlan::MacvlanDriver;
 use tapnet_engine::driver::overlay::OverlayDriver;
 use tapnet_engine::driver::record::{HOST_DRIVER, NULL_DRIVER};
@@ -328,13 +328,13 @@ async fn start_docker_plugin(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Refused before anything is set up: one queue per datapath worker at most.
-    let workers = match args.workers {
+    let dp_workers = match args.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    if usize::from(args.tap_queues) > workers {
+    if usize::from(args.tap_queues) > dp_workers {
         bail!(
-            "--tap-queues {}: at most one queue per datapath worker ({workers}; raise --workers)",
+            "--tap-queues {}: at most one queue per datapath worker ({dp_workers}; raise --workers)",
             args.tap_queues
         );
     }
@@ -397,21 +397,30 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let workers = args.workers;
     let tap_io = args.tap_io;
-    match (tap_io, tapnet_sandbox::uring::probe()) {
-        (TapIo::Rw, _) => tracing::info!("tap I/O: one read/write per frame (--tap-io rw)"),
-        (_, Ok(())) => tracing::info!(
-            depth = args.tap_io_depth,
-            "tap I/O: io_uring (--tap-io {})",
-            tap_io.as_str()
-        ),
+    let tap_io_path = match (tap_io, tapnet_sandbox::uring::probe()) {
+        (TapIo::Rw, _) => {
+            tracing::info!("tap I/O: one read/write per frame (--tap-io rw)");
+            TapIoPath::Rw
+        }
+        (_, Ok(())) => {
+            tracing::info!(
+                depth = args.tap_io_depth,
+                "tap I/O: io_uring (--tap-io {})",
+                tap_io.as_str()
+            );
+            TapIoPath::Uring
+        }
         (TapIo::Uring, Err(e)) => {
             bail!("--tap-io uring: io_uring is not available here: {e}")
         }
-        (TapIo::Auto, Err(e)) => tracing::warn!(
-            error = %e,
-            "tap I/O: io_uring unavailable, one read/write per frame (--tap-io auto)"
-        ),
-    }
+        (TapIo::Auto, Err(e)) => {
+            tracing::warn!(
+                error = %e,
+                "tap I/O: io_uring unavailable, one read/write per frame (--tap-io auto)"
+            );
+            TapIoPath::Rw
+        }
+    };
     let bridge = tokio::task::spawn_blocking(move || BridgeDriver::start(workers))
         .await
         .context("start datapath")?
@@ -504,6 +513,10 @@ async fn main() -> anyhow::Result<()> {
         exec_root: args.exec_root.clone(),
         cluster_store: args.cluster_store.clone(),
         cluster_advertise: args.cluster_advertise.clone(),
+        workers: dp_workers,
+        tap_io: args.tap_io.as_str().to_string(),
+        tap_io_path: tap_io_path.as_str().to_string(),
+        tap_queues: usize::from(args.tap_queues),
     });
     let served = api::serve_unix(
         &socket,

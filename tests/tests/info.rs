@@ -57,6 +57,11 @@ fn info_reports_machine_and_state() {
             env.root.join("run").display().to_string()
         );
         assert_eq!(i["TapnetClusterStore"], "");
+        // The datapath as started (defaults: one worker per CPU, rw, one queue).
+        assert_eq!(n(&i, "TapnetDatapathWorkers"), nproc(), "{i}");
+        assert_eq!(i["TapnetTapIo"], "rw", "{i}");
+        assert_eq!(i["TapnetTapIoPath"], "rw", "{i}");
+        assert_eq!(n(&i, "TapnetTapQueues"), 1, "{i}");
         let plugins = strs(&i["Plugins"]["Network"]);
         for d in ["bridge", "host", "macvlan", "null", "overlay"] {
             assert!(plugins.contains(&d), "{d} missing: {plugins:?}");

@@ -23,6 +23,9 @@ fn check_mode(env: &mut Env, mode: &str, log_says: &str, subnet: &str) {
         "--tap-io {mode}: the log does not say {log_says:?}:\n{}",
         env.daemon_log()
     );
+    let info = env.get("/info");
+    assert_eq!(info["TapnetTapIo"], mode, "{info}");
+    assert_eq!(info["TapnetTapIoPath"], path, "{info}");
     env.network("n1", subnet);
     env.sandbox("a");
     env.sandbox("b");
@@ -133,6 +136,9 @@ fn tap_queues_spread_a_network_over_two_workers() {
         env.sandbox("b");
         let ip_a = env.connect("n1", "a");
         let ip_b = env.connect("n1", "b");
+        let info = env.get("/info");
+        assert_eq!(tapnet_tests::n(&info, "TapnetTapQueues"), 2, "{info}");
+        assert_eq!(tapnet_tests::n(&info, "TapnetDatapathWorkers"), 2, "{info}");
         assert_eq!(tx_queues(env, "a"), "256", "a's tap is not multi-queue");
         assert_eq!(tx_queues(env, "b"), "256", "b's tap is not multi-queue");
         traffic(env, &ip_a, &ip_b, 5101);

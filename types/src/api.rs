@@ -653,6 +653,14 @@ pub struct InfoResponse {
     pub tapnet_cluster_advertise: String,
     /// tapnet: the runtime directory (`--exec-root`).
     pub tapnet_exec_root: String,
+    /// tapnet: datapath worker threads (`--workers`, resolved).
+    pub tapnet_datapath_workers: u64,
+    /// tapnet: how endpoint taps move frames as asked (`--tap-io`: `rw`, `uring`, `auto`).
+    pub tapnet_tap_io: String,
+    /// tapnet: the path taps get (`rw` or `uring`: `auto` resolved by probing io_uring).
+    pub tapnet_tap_io_path: String,
+    /// tapnet: queues per endpoint tap (`--tap-queues`; the workers a network spans).
+    pub tapnet_tap_queues: u64,
 }
 
 /// `Plugins` of [`InfoResponse`].

@@ -156,6 +156,13 @@ pub fn info_text(i: &InfoResponse) -> String {
     line("Cluster Advertise", or_none(&i.tapnet_cluster_advertise));
     line("Data Root", i.docker_root_dir.clone());
     line("Exec Root", i.tapnet_exec_root.clone());
+    line(
+        "Datapath",
+        format!(
+            "{} workers, tap I/O {} ({}), {} queue(s) per tap",
+            i.tapnet_datapath_workers, i.tapnet_tap_io_path, i.tapnet_tap_io, i.tapnet_tap_queues
+        ),
+    );
     line("Kernel Version", i.kernel_version.clone());
     line("Operating System", i.operating_system.clone());
     line("OSType", i.os_type.clone());
@@ -230,6 +237,10 @@ mod tests {
             server_version: "9.9.9".into(),
             tapnet_networks: 4,
             containers: 2,
+            tapnet_datapath_workers: 2,
+            tapnet_tap_io: "rw".into(),
+            tapnet_tap_io_path: "rw".into(),
+            tapnet_tap_queues: 1,
             ..InfoResponse::default()
         };
         let t = info_text(&i);
@@ -238,5 +249,9 @@ mod tests {
         assert!(t.contains(" Networks: 4\n"), "{t}");
         assert!(t.contains(" Sandboxes: 2\n"), "{t}");
         assert!(t.contains(" Cluster Store: none\n"), "{t}");
+        assert!(
+            t.contains(" Datapath: 2 workers, tap I/O rw (rw), 1 queue(s) per tap\n"),
+            "{t}"
+        );
     }
 }

@@ -1440,8 +1440,21 @@ fn info_lists_remote_drivers_in_use_and_counts() {
         exec_root: "/run/tapnet".into(),
         cluster_store: Some("etcd://10.0.0.1:2379".into()),
         cluster_advertise: Some("10.0.0.2".into()),
+        workers: 3,
+        tap_io: "auto".into(),
+        tap_io_path: "uring".into(),
+        tap_queues: 2,
     };
     let i = info_body(&store, &daemon);
+    assert_eq!(
+        (
+            i.tapnet_datapath_workers,
+            i.tapnet_tap_io.as_str(),
+            i.tapnet_tap_io_path.as_str(),
+            i.tapnet_tap_queues
+        ),
+        (3, "auto", "uring", 2)
+    );
     assert_eq!(
         i.plugins.network,
         ["bridge", "host", "macvlan", "null", "overlay", "weave"]
