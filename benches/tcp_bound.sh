@@ -28,7 +28,8 @@
 # functions, and how much of a core the forwarder's threads used and what share of
 # that was copying.
 #
-# Environment: TAPNET_TCPBOUND_REPS (runs per variant, default 3); TAPNET_TCPBOUND_OUT
+# Environment: TAPNET_TCPBOUND_ONLY (comma-separated variant names to run, default all);
+# TAPNETD_ARGS (extra tapnetd flags); TAPNET_TCPBOUND_REPS (runs per variant, default 3); TAPNET_TCPBOUND_OUT
 # (results directory, default target/tcp_bound); TAPNET_TCPBOUND_REPORT=1 measures
 # nothing and redraws the table of the results directory's last run.
 #
@@ -57,6 +58,14 @@ VARIANTS=(
     "tapnet|tapnet|::|"
     "tapnet F0 CS1|tapnet|1:1:0|"
 )
+if [ -n "${TAPNET_TCPBOUND_ONLY:-}" ]; then
+    picked=()
+    for v in "${VARIANTS[@]}"; do
+        case ",$TAPNET_TCPBOUND_ONLY," in *",${v%%|*},"*) picked+=("$v") ;; esac
+    done
+    [ ${#picked[@]} -gt 0 ] || { echo "TAPNET_TCPBOUND_ONLY matches no variant" >&2; exit 2; }
+    VARIANTS=("${picked[@]}")
+fi
 parse_variant() { # sets VN VS VC VSV VF VT
     local pl
     IFS='|' read -r VN VS pl VT <<<"$1"
@@ -257,8 +266,9 @@ rwfwd_setup rwfwd_copy e 222 --extra-copies 1
 
 # tapnet
 mkdir -p /run/tapnet
+# shellcheck disable=SC2086 # TAPNETD_ARGS is a word list
 target/release/tapnetd -H unix:///run/tapnet/tapnet.sock --exec-root /run/tapnet \
-    --data-root /run/tapnet-data >/run/tapnetd.log 2>&1 &
+    --data-root /run/tapnet-data ${TAPNETD_ARGS:-} >/run/tapnetd.log 2>&1 &
 pids+=($!)
 FPID[tapnet]=$!
 T="target/release/tapnet -H unix:///run/tapnet/tapnet.sock"
