@@ -179,3 +179,58 @@ fn queue_count_checked_and_unwound() {
     let spread = dp.add_network_spread(SwitchConfig::default(), 8).unwrap();
     assert_eq!(spread.shards(), 2);
 }
+
+#[test]
+fn ports_come_and_go_on_a_spread_network_under_traffic() {
+    let dp = Datapath::start(2).unwrap();
+    let net = dp.add_network_spread(SwitchConfig::default(), 2).unwrap();
+    let a = MqPort::add(&net, 2, PortRole::Endpoint);
+    // Frames flow on both of A's queues, to a MAC that keeps moving between ports.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let senders: Vec<_> = a
+        .peers
+        .iter()
+        .map(|p| {
+            let p = p.try_clone().unwrap();
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut sent = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // A full socket buffer is fine: the worker drains it.
+                    if p.send(&frame(mac(0xb), mac(0xa), 7)).is_ok() {
+                        sent += 1;
+                    }
+                }
+                sent
+            })
+        })
+        .collect();
+    for round in 0..40u8 {
+        let queues = 1 + usize::from(round % 2);
+        let b = MqPort::add(&net, queues, PortRole::Endpoint);
+        // B announces itself on its last queue, so the FDB points at it.
+        b.peers[queues - 1]
+            .send(&frame(BCAST, mac(0xb), round))
+            .unwrap();
+        // A's frames reach B on some queue.
+        let mut buf = [0u8; 2048];
+        let got = b.peers.iter().any(|p| {
+            p.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            p.recv(&mut buf).is_ok()
+        });
+        assert!(got, "round {round}: nothing reached B");
+        net.remove_port(b.id).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent: u64 = senders.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(sent > 0);
+    // Everything A sent was read and counted, whichever shard read it.
+    wait_until("A's frames counted", || {
+        a.stats.snapshot().rx_packets >= sent
+    });
+    // Only A is left: the directory and the FDB agree.
+    assert!(net.fdb().unwrap().iter().all(|e| e.port == a.id));
+    net.remove_port(a.id).unwrap();
+    net.remove().unwrap();
+}
