@@ -150,9 +150,10 @@ fn tap_queues_spread_a_network_over_two_workers() {
         // The gateway's port has one queue: a worker without it relays to the owner.
         assert!(env.ping("a", &env.gateway_of("n1"), 2));
 
-        // Restart: the multi-queue taps are re-opened with both queues.
+        // Restart, on io_uring: the multi-queue taps are re-opened with both queues,
+        // each queue its own ring.
         env.stop_daemon();
-        env.start_daemon_with(&mq);
+        env.start_daemon_with(&["--workers", "2", "--tap-queues", "2", "--tap-io", "uring"]);
         traffic(env, &ip_a, &ip_b, 5102);
         flows(env, &ip_b, 5300);
         let frames = shard_frames(env, "n1");
