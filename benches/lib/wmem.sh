@@ -8,9 +8,9 @@
 # it fills, pasta (Debian 12's 2023-03-09 build) drops the rest of what it read, sends a
 # single duplicate ACK, and the namespace's TCP recovers only by retransmission timeout:
 # stalls of 0.2-0.8 s. With this VM's 4 MiB cap that gave pasta "TCP out" 0.15 Gbit/s;
-# from 16 MiB up, no stall (docs/benchmarks.md, "pasta egress"). tapnet's gateway sets
-# its buffers with SO_SNDBUFFORCE and iperf3, slirp4netns and the direct path set none,
-# so only pasta's figure depends on it.
+# from 16 MiB up, no stall (docs/benchmarks.md, "Round 4"). tapnet's egress sockets,
+# iperf3 and slirp4netns set no send buffer (autotuned within tcp_wmem) and tapnet's
+# socket-pair link uses SO_SNDBUFFORCE, so only pasta's figure depends on it.
 #
 # TAPNET_BENCH_WMEM_MAX (bytes, default 33554432): raise net.core.wmem_max to at least
 # this for the run (root only; restored by wmem_restore). 0 leaves the host alone.
