@@ -37,6 +37,9 @@
 #                            row), e.g. TAPNETD_ARGS="--tap-io uring" TAPNETD_ARGS_B="--tap-io rw"
 #   TAPNET_COMPARE_DOCS      1: write the table into docs/benchmarks.md and the chart to
 #                            docs/compare.svg; 0: don't. Default: only for a full run.
+#   TAPNET_BENCH_WMEM_MAX    the host's net.core.wmem_max during an egress run (default
+#                            32 MiB, restored after; 0: leave it): pasta's send buffer,
+#                            below 16 MiB its TCP out stalls (benches/lib/wmem.sh)
 #   TAPNET_COMPARE_NO_INSTALL=1  never call apt-get (missing optional peers are skipped)
 #   TAPNET_COMPARE_REPORT=1  measure nothing: redraw the table and chart of the last run
 # Results: target/compare/results.tsv (every run), meta (machine, date, commit, load),
@@ -87,8 +90,15 @@ if [ -z "${TAPNET_COMPARE_INNER:-}" ]; then
         mkdir -p "$OUT"
         : >"$OUT/results.tsv"
         rm -f "$OUT/meta"
+        # pasta's send buffer is capped by the host's net.core.wmem_max (benches/lib/wmem.sh)
+        . benches/lib/wmem.sh
+        if want egress; then
+            wmem_raise
+            trap wmem_restore EXIT
+        fi
         env TAPNET_COMPARE_INNER=1 TAPNET_COMPARE_OUT="$OUT" PATH="$PATH:/usr/sbin:/sbin" \
             unshare -Urnm --propagation private bash "$0" "$@"
+        wmem_restore
         commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
         git diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
         {

@@ -20,6 +20,9 @@
 # TAPNET_GATEWAY_LINK=socketpair runs tapnetd with the socket-pair switch<->gateway link
 # (default: the in-process link, `tapnet_nat::port`). TAPNETD_ARGS adds flags to tapnetd
 # (e.g. `--tap-io uring`).
+# TAPNET_BENCH_WMEM_MAX: the host's net.core.wmem_max during the run (benches/lib/wmem.sh:
+# pasta's send buffer; below 16 MiB pasta's egress stalls). Beside pasta's and tapnet's
+# figures: the sender's TCP retransmissions (a stalling path shows them).
 # TAPNET_PERF=1 also records tapnetd with `perf record -e cpu-clock -g` during (a) into
 # /tmp/tapnet-egress.perf.data and during (a-R) into /tmp/tapnet-ingress.perf.data.
 set -euo pipefail
@@ -38,7 +41,11 @@ if [ -z "${TAPNET_EGRESS_INNER:-}" ]; then
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
     fi
     cargo build --release --bins >&2
-    exec env TAPNET_EGRESS_INNER=1 unshare -Urnm --propagation private bash "$0" "$@"
+    . benches/lib/wmem.sh
+    wmem_raise
+    trap wmem_restore EXIT
+    env TAPNET_EGRESS_INNER=1 unshare -Urnm --propagation private bash "$0" "$@"
+    exit
 fi
 
 # Inside the namespace: /run, lo, PY, pids, json (see benches/lib/inner.sh).
@@ -50,15 +57,19 @@ ratio() { $PY -c "print('%.2f' % ($1/$2))"; }
 # CPU time of the forwarding process (all its threads, user + system)
 TCK=$(getconf CLK_TCK)
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-# run NAME PID CMD...: iperf3 JSON from CMD -> Gbit/s into $NAME, and the CPU the forwarder
-# PID spent per Gbit moved (ms/Gbit) into ${NAME}_cpu
+# run NAME PID CMD...: iperf3 JSON from CMD -> Gbit/s into $NAME, the CPU the forwarder
+# PID spent per Gbit moved (ms/Gbit) into ${NAME}_cpu, the sender's retransmissions into
+# ${NAME}_rtx
 run() {
-    local name=$1 pid=$2 t0 t1 g
+    local name=$1 pid=$2 t0 t1 g out
     shift 2
     t0=$(ticks "$pid")
-    g=$("$@" | gbps)
+    out=$("$@")
     t1=$(ticks "$pid")
+    g=$(printf '%s' "$out" | gbps)
     printf -v "$name" '%s' "$g"
+    printf -v "${name}_rtx" '%s' \
+        "$(printf '%s' "$out" | json 'd["end"]["sum_sent"].get("retransmits", "-")')"
     printf -v "${name}_cpu" '%s' \
         "$($PY -c "print('%.0f' % (($t1-$t0)*1000/$TCK/max($g*$SECS,1e-9)))")"
 }
@@ -114,7 +125,8 @@ ip netns exec p1 iperf3 -s -p 5201 >/dev/null 2>&1 &
 pids+=($!)
 sleep 0.5
 run pasta_pub $pid ip netns exec wan iperf3 -c 198.18.0.1 -p 5202 -t "$SECS" -J
-echo "pasta -> wan: $pasta_e Gbit/s (reverse $pasta_r, forwarded port $pasta_pub)" >&2
+echo "pasta -> wan: $pasta_e Gbit/s, $pasta_e_rtx retransmissions (reverse $pasta_r," \
+    "forwarded port $pasta_pub)" >&2
 
 # --- (a) tapnet NAT egress
 mkdir -p /run/tapnet
@@ -140,7 +152,8 @@ if [ -n "${TAPNET_PERF:-}" ]; then
     pids+=($!)
 fi
 run tapnet_r $tapnetd $T exec t1 -- iperf3 -R -c 198.18.0.2 -p 5201 -t "$SECS" -J
-echo "tapnet NAT -> wan: $tapnet Gbit/s (reverse $tapnet_r)" >&2
+echo "tapnet NAT -> wan: $tapnet Gbit/s, $tapnet_rtx retransmissions (reverse $tapnet_r," \
+    "$tapnet_r_rtx)" >&2
 
 # --- (d) published port, wan -> sandbox
 $T sandbox create -p 5201:5201 pub >/dev/null

@@ -4,9 +4,9 @@
 //!
 //! * [`tune`] (once, at daemon start, before threads allocate) fixes glibc's mmap
 //!   threshold at [`MMAP_THRESHOLD`]. glibc raises the threshold on its own each time an
-//!   mmapped block is freed, up to 32 MiB; after that the 256 KiB TCP socket buffers of a
-//!   flow ([`crate::tcp::SOCKET_BUF`]) come from the gateway thread's arena, where
-//!   `calloc` zeroes (touches) all of them and a freed block in the middle of a heap is
+//!   mmapped block is freed, up to 32 MiB; after that the TCP socket buffers of a flow
+//!   ([`crate::tcp::SOCKET_BUF`], [`crate::tcp::TO_SANDBOX_BUF`]) come from the gateway
+//!   thread's arena, where `calloc` zeroes (touches) all of them and a freed block in the middle of a heap is
 //!   never given back: waves of short connections left the RSS at its high-water mark.
 //!   With the threshold fixed, each such buffer is its own mapping: untouched pages cost
 //!   nothing, and `free` unmaps it.

@@ -44,7 +44,8 @@
 //!   ([`DropReason::FlowLimit`], [`DropReason::FdBudget`], [`DropReason::DnsLimit`],
 //!   [`DropReason::PublishedConnLimit`]) and logged once per episode, not per packet.
 //!   Permits are held by the flow records, so they go back whenever a flow does.
-//! * Memory: the per-flow buffers are bounded ([`crate::tcp::SOCKET_BUF`] each way,
+//! * Memory: the per-flow buffers are bounded ([`crate::tcp::SOCKET_BUF`] from the
+//!   sandbox, [`crate::tcp::TO_SANDBOX_BUF`] toward it,
 //!   [`DNS_TCP_MAX`] per DNS-over-TCP connection, at most [`DNS_TCP_CONNS_MAX`] of
 //!   them); when the last TCP flow ends after at
 //!   least [`TRIM_AFTER_FLOWS`] were open at once, free heap pages go back to the system

@@ -14,8 +14,10 @@
 //! * Sockets are created per flow: [`Stack::listen`] for egress (a socket listening on the
 //!   SYN's destination, created just before the SYN is pushed) and [`Stack::connect`] for
 //!   published ports (a connection *from* the client's address into the sandbox).
-//! * Buffers are bounded ([`SOCKET_BUF`] per direction per flow): when a buffer is full
-//!   smoltcp's window closes, which is the backpressure toward the sandbox.
+//! * Buffers are bounded per flow ([`SOCKET_BUF`] from the sandbox, [`TO_SANDBOX_BUF`]
+//!   toward it): when the buffer from the sandbox is full smoltcp's window closes, which
+//!   is the backpressure toward the sandbox; when the one toward it is full the runtime
+//!   stops reading the host socket.
 
 use crate::Config;
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
@@ -27,8 +29,16 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Range;
 
-/// Bytes of buffer per direction per TCP flow.
+/// Bytes of buffer per TCP flow for data from the sandbox (the window it is offered).
 pub const SOCKET_BUF: usize = 256 * 1024;
+
+/// Bytes of buffer per TCP flow for data toward the sandbox: the most the stack keeps in
+/// flight to it. With 64 KiB GSO super-frames, 256 KiB was four frames in flight, and
+/// every round trip through the switch thread and the sandbox's ACK stalled the flow
+/// (docs/benchmarks.md, "NAT ingress": 1 MiB moved ~20% more per second at ~15% less
+/// CPU per Gbit). Like every buffer of [`crate::mem`]'s size it is its own mapping: pages
+/// cost memory only once data has passed through them.
+pub const TO_SANDBOX_BUF: usize = 1024 * 1024;
 
 /// The stack's interface MTU with tap offloads: segments up to 64 KiB (sent to the
 /// sandbox as GSO super-frames; the MSS the sandbox sees is clamped to the real MTU).
@@ -260,7 +270,7 @@ impl Stack {
     fn new_socket() -> tcp::Socket<'static> {
         let mut s = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0u8; SOCKET_BUF]),
-            tcp::SocketBuffer::new(vec![0u8; SOCKET_BUF]),
+            tcp::SocketBuffer::new(vec![0u8; TO_SANDBOX_BUF]),
         );
         s.set_nagle_enabled(false);
         s.set_ack_delay(None);
