@@ -7,7 +7,10 @@
 //! user-space copy: the switch's [`SwitchPort::send`] copies the frame into a reused buffer
 //! the gateway then owns (and may hand to its TCP stack without copying again); a frame
 //! from the gateway is a buffer the gateway built in place, which [`SwitchPort::recv`]
-//! copies into the switch's receive buffer and hands back for reuse.
+//! copies into the switch's receive buffer and hands back for reuse. The switch reads in
+//! batches: there a frame of at least [`LEND_MIN`] bytes is not copied at all but lent to
+//! the switch's batch (`FrameBatch::push_loan`), which writes it to the tap from the
+//! gateway's buffer; a spare buffer of the batch goes back to the gateway in its place.
 //!
 //! Contract:
 //!
@@ -41,7 +44,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tapnet_switch::runtime::FrameIo;
+use tapnet_switch::runtime::{FrameBatch, FrameIo};
 
 /// Most bytes of frames queued per direction (the socket pair's buffer size).
 pub const QUEUE_BYTES: usize = 8 << 20;
@@ -131,7 +134,94 @@ impl AsRawFd for SwitchPort {
     }
 }
 
+/// Frames from the gateway at least this long are lent to the switch's batch instead of
+/// copied (when their buffer has little room past the frame: see [`lendable`]).
+pub const LEND_MIN: usize = 16 * 1024;
+
+/// Whether `frame` is worth lending: long, and its buffer's spare capacity small enough
+/// that filling it (a boxed slice has no spare capacity) costs little next to a copy.
+fn lendable(frame: &Vec<u8>) -> bool {
+    frame.len() >= LEND_MIN && frame.capacity() - frame.len() <= frame.len() / 8
+}
+
+impl SwitchPort {
+    /// The next frame toward the switch if `take` accepts it (it sees the frame).
+    fn pop_if(&self, take: impl FnOnce(&Vec<u8>) -> bool) -> Option<Vec<u8>> {
+        let s = &*self.shared;
+        let mut q = lock(&s.to_switch);
+        if !take(q.frames.front()?) {
+            return None;
+        }
+        let f = q.frames.pop_front()?;
+        q.bytes -= f.len();
+        if std::mem::take(&mut q.space_wanted) {
+            signal(&s.gateway_space);
+        }
+        Some(f)
+    }
+
+    /// Hand a consumed buffer back for the gateway to reuse.
+    fn spent(&self, buf: Vec<u8>) {
+        let mut spent = lock(&self.shared.switch_spent);
+        if spent.len() < SPARE_MAX {
+            spent.push(buf);
+        }
+    }
+}
+
 impl FrameIo for SwitchPort {
+    /// Long frames (a 64 KiB super-frame toward a sandbox) are lent to the batch
+    /// ([`FrameBatch::push_loan`]): the switch writes them to the tap from the buffer the
+    /// gateway built them in, and the batch's spare buffers go back to the gateway in
+    /// their place. Short ones are copied.
+    fn recv_batch(&mut self, batch: &mut FrameBatch) -> io::Result<usize> {
+        if batch.room() == 0 {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        let mut n = 0;
+        while batch.room() > 0 {
+            let full = batch.is_full();
+            let Some(mut frame) = self.pop_if(|f| lendable(f) || !full) else {
+                if n == 0 {
+                    // Not reached when full: the worker clears the batch before a read.
+                    return Err(if full {
+                        io::ErrorKind::InvalidInput
+                    } else {
+                        io::ErrorKind::WouldBlock
+                    }
+                    .into());
+                }
+                if !full {
+                    batch.set_stop(io::ErrorKind::WouldBlock.into());
+                }
+                break;
+            };
+            if lendable(&frame) {
+                let len = frame.len();
+                frame.resize(frame.capacity(), 0);
+                if let Err(back) = batch.push_loan(frame.into_boxed_slice(), len) {
+                    // Not reached: the batch had room. Copy instead of losing it.
+                    let k = len.min(back.len()).min(batch.spare().len());
+                    batch.spare()[..k].copy_from_slice(&back[..k]);
+                    batch.commit(k);
+                } else {
+                    let spare = batch.take_buffer(0);
+                    if spare.len() >= LEND_MIN {
+                        self.spent(spare.into_vec());
+                    }
+                }
+            } else {
+                let spare = batch.spare();
+                let k = frame.len().min(spare.len());
+                spare[..k].copy_from_slice(&frame[..k]);
+                batch.commit(k);
+                self.spent(frame);
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let s = &*self.shared;
         let frame = {

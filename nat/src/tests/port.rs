@@ -146,3 +146,61 @@ fn the_gateway_is_signalled_only_while_parked() {
     let tags: Vec<u8> = q.iter().map(|f| f[0]).collect();
     assert_eq!(tags, [1, 2, 3, 4]);
 }
+
+#[test]
+fn batches_lend_long_frames_and_copy_short_ones_in_order() {
+    use tapnet_switch::runtime::{BATCH, BATCH_BUF_LEN, RECV_BUF_LEN};
+    let (mut sw, gw) = link().expect("link");
+    // A super-frame in a snug buffer (lent), a short frame (copied), a long frame in a
+    // roomy buffer (copied: filling its spare capacity would cost as much), another
+    // super-frame (lent).
+    let snug = |tag: u8| {
+        let mut b = Vec::with_capacity(65_536 + 12);
+        b.extend_from_slice(&frame(tag, 65_536 + 12));
+        b
+    };
+    let mut roomy = Vec::with_capacity(65_536 + 12);
+    roomy.extend_from_slice(&frame(3, 20_000));
+    let sent = [snug(1), frame(2, 80), roomy, snug(4)];
+    let want: Vec<Vec<u8>> = sent.iter().map(|f| f.to_vec()).collect();
+    for f in sent {
+        gw.send(f).expect("send");
+    }
+    let mut batch = FrameBatch::new(BATCH, RECV_BUF_LEN, BATCH_BUF_LEN);
+    assert_eq!(sw.recv_batch(&mut batch).expect("batch"), 4);
+    let stop = batch.take_stop().expect("stopped at the empty queue");
+    assert_eq!(stop.kind(), io::ErrorKind::WouldBlock);
+    let got: Vec<&[u8]> = batch.iter().collect();
+    assert_eq!(got.len(), 4);
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(*g, &w[..], "frames whole and in order");
+    }
+    // The short and the roomy frames were copied: their buffers went back for reuse.
+    let mut spent = Vec::new();
+    gw.take_spent(&mut spent);
+    assert_eq!(spent.len(), 2);
+    // Empty now: WouldBlock, no frame.
+    batch.clear();
+    let e = sw.recv_batch(&mut batch).expect_err("empty");
+    assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    // A lent frame is read from the gateway's own buffer.
+    let own = snug(5);
+    let ptr = own.as_ptr();
+    gw.send(own).expect("send");
+    assert_eq!(sw.recv_batch(&mut batch).expect("batch"), 1);
+    assert_eq!(
+        batch.get(0).map(<[u8]>::as_ptr),
+        Some(ptr),
+        "lent, not copied"
+    );
+    assert_eq!(batch.get(0).map(<[u8]>::len), Some(65_536 + 12));
+    // After the batch is cleared its spare buffers go back to the gateway.
+    batch.clear();
+    gw.send(snug(6)).expect("send");
+    assert_eq!(sw.recv_batch(&mut batch).expect("batch"), 1);
+    gw.take_spent(&mut spent);
+    assert!(
+        spent.iter().any(|b| b.len() >= LEND_MIN),
+        "a spare buffer of the batch went back to the gateway"
+    );
+}
