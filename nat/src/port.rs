@@ -118,6 +118,9 @@ pub fn link() -> io::Result<(SwitchPort, GatewayLink)> {
     Ok((
         SwitchPort {
             shared: Arc::clone(&shared),
+            // For A/B measurements (benches/egress.sh): TAPNET_GATEWAY_LEND=0 copies
+            // every frame, as before lending existed.
+            lend: std::env::var_os("TAPNET_GATEWAY_LEND").is_none_or(|v| v != "0"),
         },
         GatewayLink { shared },
     ))
@@ -126,6 +129,8 @@ pub fn link() -> io::Result<(SwitchPort, GatewayLink)> {
 /// The switch's end of a [`link`]: a port.
 pub struct SwitchPort {
     shared: Arc<Shared>,
+    /// Lend long frames to the batch (else copy every frame).
+    lend: bool,
 }
 
 impl AsRawFd for SwitchPort {
@@ -181,7 +186,8 @@ impl FrameIo for SwitchPort {
         let mut n = 0;
         while batch.room() > 0 {
             let full = batch.is_full();
-            let Some(mut frame) = self.pop_if(|f| lendable(f) || !full) else {
+            let lend = self.lend;
+            let Some(mut frame) = self.pop_if(|f| (lend && lendable(f)) || !full) else {
                 if n == 0 {
                     // Not reached when full: the worker clears the batch before a read.
                     return Err(if full {
@@ -196,7 +202,7 @@ impl FrameIo for SwitchPort {
                 }
                 break;
             };
-            if lendable(&frame) {
+            if lend && lendable(&frame) {
                 let len = frame.len();
                 frame.resize(frame.capacity(), 0);
                 if let Err(back) = batch.push_loan(frame.into_boxed_slice(), len) {
