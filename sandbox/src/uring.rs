@@ -98,8 +98,9 @@ pub enum TapIo {
     Auto,
     /// io_uring only: opening a port fails if io_uring cannot be set up.
     Uring,
-    /// One `read`/`write` system call per frame: the default, faster than io_uring for
-    /// bulk TCP through the gateway (docs/benchmarks.md, the comparison run).
+    /// One `read`/`write` system call per frame: the default, chosen when io_uring's
+    /// earlier (cooperative task work) build lost to it on bulk TCP through the gateway
+    /// (docs/benchmarks.md, the comparison run and "Why io_uring lost on gateway TCP").
     #[default]
     Rw,
 }
