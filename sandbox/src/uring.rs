@@ -6,9 +6,10 @@
 //!   its own. One multishot read (`IORING_OP_READ_MULTISHOT`) stays in flight, taking
 //!   `depth` [`RECV_BUF_LEN`] buffers the port owns from a provided-buffer ring; the
 //!   kernel reads every queued frame on one wake-up, one completion per frame.
-//!   Completions are signalled on an eventfd registered with the ring, and the port's
-//!   [`AsRawFd`] is that eventfd, so the worker's edge-triggered poll works as for any
-//!   port.
+//!   Completions (and, on a deferred ring, reads waiting to run) are signalled on an
+//!   eventfd registered with the ring, and the port's [`AsRawFd`] is that eventfd, so
+//!   the worker's edge-triggered poll works as for any port. The eventfd is for
+//!   edge-triggered polling only: its counter is never emptied.
 //! * [`FrameIo::recv_batch`] takes completed reads in completion order (which is the
 //!   tap's queue order) without a system call per frame: each filled buffer is *lent*
 //!   to the batch ([`FrameBatch::push_loan`]) and a spare one from the batch takes its
@@ -16,16 +17,17 @@
 //!   buffer left: the tap keeps the frames) it is submitted again, one
 //!   `io_uring_enter`. The eventfd is signalled only while the port is idle: it is
 //!   turned off (`IORING_CQ_EVENTFD_DISABLED`, no system call) while the worker keeps
-//!   the port on its ready list and while the port writes, and turned on, drained and
-//!   the ring looked at again when `recv_batch` finds nothing (completions are posted by
-//!   the worker's own thread, in task work, so none is missed); reads that complete
-//!   during a write on an idle port are signalled by hand. A read that fails with anything
+//!   the port on its ready list and while the port writes, and turned on and the ring
+//!   looked at again (completions and the `TASKRUN` flag) when `recv_batch` finds
+//!   nothing, so none is missed; reads that complete or become due during a write on an
+//!   idle port are signalled by hand. A read that fails with anything
 //!   but `ENOBUFS`/`EINTR`/`EAGAIN`/`ECANCELED` or an empty read (seen at the end of
 //!   a multishot run) stops the port (that error, after the frames read before it);
 //!   `recv_batch` never returns `Ok(0)` (end of stream: a tap has none).
 //! * [`FrameIo::send_batch`] submits every write of the batch (up to [`MAX_WRITES`]) in
-//!   one `io_uring_enter`; the kernel issues them in order, inline, and the call waits
-//!   for all their completions before returning (the frames' memory is the caller's).
+//!   one `io_uring_enter` that does not ask for completions (so deferred reads do not
+//!   run in it); the kernel issues them in order, inline, and the call waits for any
+//!   not complete yet before returning (the frames' memory is the caller's).
 //!   They are not linked (`IOSQE_IO_LINK` runs each next write from task work: measured
 //!   15% fewer frames/s), so the writes after a failed one were done too: the first
 //!   failure is reported as the contract says, and the results of the writes after it
@@ -34,20 +36,30 @@
 //!   completions seen meanwhile are kept for the next `recv_batch`.
 //! * Dropping the port cancels the read in flight and waits for its last completion,
 //!   then unregisters the buffer ring, before the buffers are freed (the kernel never
-//!   writes freed memory); if waiting fails they are leaked instead.
+//!   writes freed memory); if waiting fails they are leaked instead. A deferred ring
+//!   refuses both to any thread but its submitter (`EEXIST`: the control thread drops
+//!   a port its worker gave back); then the ring is closed first, which cancels the read
+//!   without running it (see `Drop`), and the buffers are freed after.
 //! * [`open_port`] picks the path for a tap: [`TapIo::Uring`] fails if io_uring cannot
 //!   be set up (ENOSYS, EPERM from `kernel.io_uring_disabled` or seccomp, ENOMEM);
 //!   [`TapIo::Auto`] then falls back to [`RwTap`] (one `read`/`write` per frame), logs
 //!   the first fallback and counts every port per path ([`path_counts`]).
 //!
-//! * The ring uses cooperative task work (`IORING_SETUP_COOP_TASKRUN`, `TASKRUN_FLAG`)
-//!   where the kernel has it: frames arriving while the worker runs do not interrupt it;
-//!   `recv_batch` enters the kernel when the flag says reads are waiting to complete.
-//! * Threads: io_uring completes a read that waited for data in task work run by the
-//!   thread that *submitted* it, interrupting that thread's blocking system calls
-//!   (`EINTR`). So the port submits nothing until its first `recv_batch` (the worker
-//!   calls it when the port is added): every read is submitted, and completed, on the
-//!   port's worker thread, whose poll retries `EINTR`.
+//! * Task work: io_uring completes a read that waited for data in task work of the
+//!   thread that *submitted* it. The ring defers it (`IORING_SETUP_DEFER_TASKRUN` with
+//!   `SINGLE_ISSUER`, Linux 6.1+): a frame arriving on the tap signals the eventfd from
+//!   the sender's context (as a readable tap wakes an epoll waiter) and its read runs
+//!   only when `recv_batch` enters the ring asking for completions (the `TASKRUN` flag
+//!   says one is due), never inside the worker's other system calls. The ring is made
+//!   disabled (`R_DISABLED`) and enabled by the thread that first uses the port (the
+//!   worker's first `recv_batch`), which becomes its single issuer; the port submits
+//!   nothing before. Kernels without deferred task work get cooperative task work
+//!   (`COOP_TASKRUN`, 5.19+: the read runs at the worker's next system call, which a
+//!   sleeping worker's poll returns from with `EINTR`), else a plain ring.
+//!   [`set_deferred_taskrun`] picks the cooperative ring on any kernel (tests, A/B).
+//!   Why deferred: with cooperative task work the worker's poll returned `EINTR` on
+//!   about one wake-up in ten and the reads ran inside its writes and eventfd signals;
+//!   bulk TCP through the gateway lost to read/write (docs/benchmarks.md).
 //!
 //! Why a multishot read and not N plain reads in flight: every plain read waiting on
 //! the tap has its own poll entry on the tap's wait queue, so each arriving frame woke
@@ -62,9 +74,10 @@ use io_uring::{opcode, types, IoUring};
 use std::alloc::Layout;
 use std::collections::VecDeque;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use tapnet_switch::runtime::{FrameBatch, FrameIo, Frames, SendBatchError, RECV_BUF_LEN};
 
@@ -85,8 +98,9 @@ pub enum TapIo {
     Auto,
     /// io_uring only: opening a port fails if io_uring cannot be set up.
     Uring,
-    /// One `read`/`write` system call per frame: the default, faster than io_uring for
-    /// bulk TCP through the gateway (docs/benchmarks.md, the comparison run).
+    /// One `read`/`write` system call per frame: the default, chosen when io_uring's
+    /// earlier (cooperative task work) build lost to it on bulk TCP through the gateway
+    /// (docs/benchmarks.md, the comparison run and "Why io_uring lost on gateway TCP").
     #[default]
     Rw,
 }
@@ -137,6 +151,15 @@ static URING_PORTS: AtomicU64 = AtomicU64::new(0);
 static RW_PORTS: AtomicU64 = AtomicU64::new(0);
 static FALLBACKS: AtomicU64 = AtomicU64::new(0);
 static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
+/// New ports try deferred task work first (see [`set_deferred_taskrun`]).
+static DEFER: AtomicBool = AtomicBool::new(true);
+
+/// Whether ports made from now on try `IORING_SETUP_DEFER_TASKRUN` first (the default)
+/// or go straight to cooperative task work, the ring older kernels (5.19–6.0) get:
+/// lets tests and benchmarks run both kinds of ring on one kernel.
+pub fn set_deferred_taskrun(on: bool) {
+    DEFER.store(on, Ordering::Relaxed);
+}
 
 /// Ports opened on each path since the process started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -216,7 +239,14 @@ impl FrameIo for RwTap {
 
 /// A tap as a switch port on io_uring (see the module doc).
 pub struct UringTap {
-    ring: IoUring,
+    /// Closed explicitly in `drop`, before the buffers it may write are freed.
+    ring: ManuallyDrop<IoUring>,
+    /// Task work is deferred (`IORING_SETUP_DEFER_TASKRUN`): reads run only when this
+    /// port's thread enters the ring asking for completions.
+    defer: bool,
+    /// The ring is enabled (a deferred ring is made disabled and enabled by the thread
+    /// that first uses the port, which becomes its only submitter).
+    enabled: bool,
     tap: Arc<Tap>,
     /// Signalled by the ring on every completion; what the worker polls.
     event: OwnedFd,
@@ -293,18 +323,39 @@ impl UringTap {
         // Room for every write of a chunk plus every frame the buffers can hold.
         let cq = u32::try_from(2 * (MAX_WRITES + entries))
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // Cooperative task work: a frame arriving while the worker runs does not
-        // interrupt it (no IPI); the read runs at its next system call (the flag says
-        // when one is due). Kernels before 5.19 refuse the flags: plain ring then.
-        let ring = match IoUring::builder()
-            .setup_cqsize(cq)
-            .setup_coop_taskrun()
-            .setup_taskrun_flag()
-            .build(sq)
-        {
-            Ok(ring) => ring,
+        // Deferred task work (6.1+): a frame arriving on the tap signals the eventfd
+        // from the sender's context, like a readable tap under epoll, and its read runs
+        // only when the worker asks for completions (`recv_batch`), never inside another
+        // system call (see the module doc). The ring is created disabled so that the
+        // thread that first uses the port, not this one, becomes its single issuer.
+        // Older kernels: cooperative task work (5.19+; the read runs at the worker's next
+        // system call, no IPI), else a plain ring.
+        let deferred = if DEFER.load(Ordering::Relaxed) {
+            IoUring::builder()
+                .setup_cqsize(cq)
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_taskrun_flag()
+                .setup_r_disabled()
+                .build(sq)
+        } else {
+            Err(io::Error::from_raw_os_error(libc::EINVAL))
+        };
+        let (ring, defer, enabled) = match deferred {
+            Ok(ring) => (ring, true, false),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                IoUring::builder().setup_cqsize(cq).build(sq)?
+                match IoUring::builder()
+                    .setup_cqsize(cq)
+                    .setup_coop_taskrun()
+                    .setup_taskrun_flag()
+                    .build(sq)
+                {
+                    Ok(ring) => (ring, false, true),
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        (IoUring::builder().setup_cqsize(cq).build(sq)?, false, true)
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             Err(e) => return Err(e),
         };
@@ -327,7 +378,9 @@ impl UringTap {
             return Err(io::ErrorKind::OutOfMemory.into());
         };
         let mut port = UringTap {
-            ring,
+            ring: ManuallyDrop::new(ring),
+            defer,
+            enabled,
             tap,
             event,
             bufs: (0..entries)
@@ -368,6 +421,45 @@ impl UringTap {
     /// The multishot read is in flight (for tests).
     pub fn in_flight(&self) -> bool {
         self.armed
+    }
+
+    /// The port's task work is deferred (`IORING_SETUP_DEFER_TASKRUN`; else
+    /// cooperative, or plain on kernels before 5.19).
+    pub fn deferred(&self) -> bool {
+        self.defer
+    }
+
+    /// Enable a deferred ring on first use: the calling thread becomes its only
+    /// submitter (the worker, whose first `recv_batch` comes before anything else).
+    fn enable(&mut self) -> io::Result<()> {
+        if !self.enabled {
+            self.ring.submitter().register_enable_rings()?;
+            self.enabled = true;
+        }
+        Ok(())
+    }
+
+    /// Deferred reads are waiting to run (the ring's `TASKRUN` flag; also set by
+    /// cooperative task work). Ordered after a preceding eventfd enable: a read queued
+    /// after this load finds the eventfd on and signals it.
+    fn taskrun_due(&mut self) -> bool {
+        fence(Ordering::SeqCst);
+        self.ring.submission().taskrun()
+    }
+
+    /// `io_uring_enter` that submits what is queued without asking for completions:
+    /// deferred reads do not run in it (writes complete inline and are posted anyway).
+    fn submit_only(&mut self) -> io::Result<()> {
+        let n = u32::try_from(self.ring.submission().len()).unwrap_or(u32::MAX);
+        loop {
+            // SAFETY: no argument pointer; `n` entries are queued in the submission ring.
+            match unsafe { self.ring.submitter().enter::<libc::sigset_t>(n, 0, 0, None) } {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Put buffer `bid` in the buffer ring (seen by the kernel after [`Self::publish`]).
@@ -453,7 +545,9 @@ impl UringTap {
 
     /// Turn the eventfd's signal on (the port is idle: the poll must learn of the next
     /// completion) or off (the port is busy on the worker's ready list, or writing).
-    /// Turning it on empties its counter.
+    /// Its counter is not emptied (a `read` per idle spell, measured: 0.6 system calls
+    /// per frame of bulk TCP): the fd is for edge-triggered polling, where every signal
+    /// is an event whatever the count.
     fn set_eventfd(&mut self, on: bool) {
         if on == self.evfd_on {
             return;
@@ -461,9 +555,6 @@ impl UringTap {
         self.evfd_on = on;
         if on {
             self.ring.completion().enable_eventfd();
-            let mut v = [0u8; 8];
-            // SAFETY: reads at most 8 bytes into `v`, a live local; the fd is open.
-            let _ = unsafe { libc::read(self.event.as_raw_fd(), v.as_mut_ptr().cast(), v.len()) };
         } else {
             self.ring.completion().disable_eventfd();
         }
@@ -560,6 +651,7 @@ impl FrameIo for UringTap {
         if batch.room() == 0 {
             return Err(io::ErrorKind::InvalidInput.into());
         }
+        self.enable()?;
         // Busy: completions need no wake-up until the port says it has none.
         self.set_eventfd(false);
         let mut n = 0;
@@ -586,7 +678,7 @@ impl FrameIo for UringTap {
                 // posted after it signals the eventfd.
                 self.set_eventfd(true);
                 self.reap();
-                if self.done.is_empty() {
+                if self.done.is_empty() && !(self.defer && self.taskrun_due()) {
                     if n == 0 {
                         return Err(io::ErrorKind::WouldBlock.into());
                     }
@@ -615,7 +707,10 @@ impl FrameIo for UringTap {
         if was_idle {
             self.evfd_on = true;
             self.ring.completion().enable_eventfd();
-            if !self.done.is_empty() || !self.ring.completion().is_empty() {
+            if !self.done.is_empty()
+                || !self.ring.completion().is_empty()
+                || (self.defer && self.taskrun_due())
+            {
                 self.kick();
             }
         }
@@ -627,6 +722,9 @@ impl UringTap {
     /// [`FrameIo::send_batch`] without the eventfd handling.
     fn write_all(&mut self, frames: Frames<'_>) -> Result<(), SendBatchError> {
         let fd = types::Fd(self.tap.as_raw_fd());
+        if let Err(error) = self.enable() {
+            return Err(SendBatchError { sent: 0, error });
+        }
         // Frames written past an earlier failure: the caller sends them again (the
         // contract says they were not tried); answer with what their write did.
         let mut base = 0;
@@ -648,6 +746,21 @@ impl UringTap {
         while base < frames.len() {
             let chunk = frames.after(base);
             let count = chunk.len().min(MAX_WRITES);
+            if count == 1 {
+                // One frame: a plain `write` is the same system call count and cheaper
+                // than a submission (bulk TCP's ACKs mostly come one per batch).
+                let frame = chunk.get(0).unwrap_or_default();
+                let error = match self.tap.write(frame) {
+                    Ok(n) => write_error(i32::try_from(n).unwrap_or(i32::MAX), frame.len()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => Some(e),
+                };
+                if let Some(error) = error {
+                    return Err(SendBatchError { sent: base, error });
+                }
+                base += 1;
+                continue;
+            }
             self.write_res.clear();
             self.write_res.resize(count, None);
             let mut queued = 0;
@@ -674,8 +787,17 @@ impl UringTap {
             }
             let mut complete = 0;
             let mut wait_err = None;
+            // Writes to a tap complete inline: submit without waiting first, so that
+            // deferred reads are not run here; wait only for any that did not.
+            let mut first = true;
             while complete < queued {
-                if let Err(e) = self.submit(1) {
+                let r = if first {
+                    self.submit_only()
+                } else {
+                    self.submit(1)
+                };
+                first = false;
+                if let Err(e) = r {
                     wait_err = Some(e);
                     break;
                 }
@@ -728,6 +850,10 @@ impl UringTap {
 
 impl Drop for UringTap {
     fn drop(&mut self) {
+        // Cancel the read and wait for its last completion. A deferred ring refuses
+        // every thread but its submitter (`EEXIST`), e.g. the control thread that
+        // removed the port from its worker: then it is closed first, below.
+        let mut refused = false;
         if self.armed {
             let cancel = opcode::AsyncCancel::new(READ_TAG)
                 .build()
@@ -740,10 +866,38 @@ impl Drop for UringTap {
                 match self.ring.submit_and_wait(1) {
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
+                    Err(e) => {
+                        refused = e.raw_os_error() == Some(libc::EEXIST);
+                        break;
+                    }
                 }
                 self.reap();
             }
+        }
+        let released = if self.armed {
+            false
+        } else if !self.br_registered {
+            true
+        } else {
+            match self.ring.submitter().unregister_buf_ring(BGID) {
+                Ok(()) => true,
+                Err(e) => {
+                    refused |= e.raw_os_error() == Some(libc::EEXIST);
+                    false
+                }
+            }
+        };
+        // SAFETY: the ring is not used after this.
+        unsafe { ManuallyDrop::drop(&mut self.ring) };
+        // A deferred ring that refused us is safe to free once closed: its read runs
+        // only as task work in its submitter's `io_uring_enter` on this ring, which no
+        // longer comes (the port left its thread), and closing the last reference marks
+        // the ring dying before `close` returns, after which its task work cancels the
+        // read instead of running it; nothing else reads the tap into our buffers.
+        if released || (refused && self.defer) {
+            // SAFETY: allocated in `new` with this layout; the kernel no longer uses it.
+            unsafe { std::alloc::dealloc(self.br.as_ptr().cast(), self.br_layout) };
+            return;
         }
         if self.armed {
             tracing::error!(
@@ -753,12 +907,7 @@ impl Drop for UringTap {
             for buf in &mut self.bufs {
                 std::mem::forget(std::mem::take(buf));
             }
-            return; // and the buffer ring's memory
         }
-        if self.br_registered && self.ring.submitter().unregister_buf_ring(BGID).is_err() {
-            return; // leak the buffer ring's memory rather than free what the kernel holds
-        }
-        // SAFETY: allocated in `new` with this layout; the kernel no longer uses it.
-        unsafe { std::alloc::dealloc(self.br.as_ptr().cast(), self.br_layout) };
+        // Leak the buffer ring's memory rather than free what the kernel may hold.
     }
 }

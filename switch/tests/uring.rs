@@ -439,3 +439,76 @@ fn drop_with_reads_in_flight_then_reopened_tap_works() {
         flood.join().unwrap();
     });
 }
+
+/// Open descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+/// The daemon's life cycle of a port: made on one thread, used on its worker, dropped on
+/// the first thread after `remove_port` while its worker lives on and frames still
+/// arrive. A deferred ring refuses that thread (single issuer) for the cancel and the
+/// buffer ring's unregistration, so it is closed first: the drop must close the ring's
+/// and the eventfd's descriptors (a leaked ring fails this) and leave the tap working
+/// for the next port. Both kinds of ring.
+#[test]
+fn port_dropped_on_another_thread_than_its_worker_closes_its_ring() {
+    in_ns(
+        "port_dropped_on_another_thread_than_its_worker_closes_its_ring",
+        |dir| {
+            let ((na, ta, _), _) = two_sandboxes(dir);
+            let tx = udp_in(&na, "10.0.0.2:0");
+            tx.set_broadcast(true).unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let flood = std::thread::spawn({
+                let stop = Arc::clone(&stop);
+                move || {
+                    let payload = [0xc3u8; 1400];
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = tx.send_to(&payload, "10.0.0.255:7201");
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            });
+            let is_flood = |f: &[u8]| {
+                f.len() == VNET_HDR_LEN + 14 + 20 + 8 + 1400
+                    && f[VNET_HDR_LEN + 36..VNET_HDR_LEN + 38] == 7201u16.to_be_bytes()
+            };
+            for deferred in [true, false] {
+                uring::set_deferred_taskrun(deferred);
+                let fds = open_fds();
+                for _ in 0..5 {
+                    let port = UringTap::new(Arc::clone(&ta), 32).expect("uring port");
+                    assert_eq!(port.deferred(), deferred, "kind of ring");
+                    // The worker lives on after handing the port back and keeps making
+                    // system calls (where cooperative task work would run).
+                    let (back_tx, back_rx) = std::sync::mpsc::channel();
+                    let done = Arc::new(AtomicBool::new(false));
+                    let worker = std::thread::spawn({
+                        let done = Arc::clone(&done);
+                        move || {
+                            let mut port = port;
+                            recv_until(&mut port, Duration::from_secs(5), is_flood);
+                            back_tx.send(port).unwrap();
+                            while !done.load(Ordering::Relaxed) {
+                                std::thread::sleep(Duration::from_millis(1));
+                            }
+                        }
+                    });
+                    let port = back_rx.recv().unwrap();
+                    assert!(port.in_flight());
+                    drop(port); // not on its worker; frames arriving
+                    std::thread::sleep(Duration::from_millis(50));
+                    done.store(true, Ordering::Relaxed);
+                    worker.join().unwrap();
+                }
+                assert_eq!(open_fds(), fds, "ring and eventfd descriptors closed");
+                let mut port = UringTap::new(Arc::clone(&ta), 8).expect("uring port after drops");
+                recv_until(&mut port, Duration::from_secs(5), is_flood);
+            }
+            uring::set_deferred_taskrun(true);
+            stop.store(true, Ordering::Relaxed);
+            flood.join().unwrap();
+        },
+    );
+}
