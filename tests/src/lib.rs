@@ -975,11 +975,40 @@ impl Wan {
     }
 }
 
+/// Read `s` to its end, checking byte `i` of the stream against `pattern(i)`; the bytes
+/// read so far go to `progress` after each read. Errors name the offset.
+pub fn read_checked(
+    s: &mut std::net::TcpStream,
+    pattern: fn(usize) -> u8,
+    progress: Option<&std::sync::atomic::AtomicUsize>,
+) -> Result<usize, String> {
+    use std::io::Read;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let k = s
+            .read(&mut buf)
+            .map_err(|e| format!("read after {got} bytes: {e}"))?;
+        if k == 0 {
+            return Ok(got);
+        }
+        for &byte in &buf[..k] {
+            if byte != pattern(got) {
+                return Err(format!("corrupt or reordered byte at offset {got}"));
+            }
+            got += 1;
+        }
+        if let Some(p) = progress {
+            p.store(got, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// Send `total` bytes of a position-dependent pattern over TCP from sandbox `from` to
 /// `to_ip:port` in sandbox `to` through the network, and assert that every byte
 /// arrives, in order (a reordered or corrupt byte names its offset).
 pub fn tcp_bytes(env: &Env, from: &str, to: &str, to_ip: &str, port: u16, total: usize) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     fn pattern(i: usize) -> u8 {
         (i % 251) as u8 ^ (i >> 12) as u8
     }
@@ -993,22 +1022,7 @@ pub fn tcp_bytes(env: &Env, from: &str, to: &str, to_ip: &str, port: u16, total:
         let (mut s, _) = listener.accept().map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(30)))
             .map_err(|e| e.to_string())?;
-        let mut got = 0usize;
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let k = s
-                .read(&mut buf)
-                .map_err(|e| format!("read after {got} bytes: {e}"))?;
-            if k == 0 {
-                return Ok(got);
-            }
-            for &byte in &buf[..k] {
-                if byte != pattern(got) {
-                    return Err(format!("corrupt or reordered byte at offset {got}"));
-                }
-                got += 1;
-            }
-        }
+        read_checked(&mut s, pattern, None)
     });
     let addr = format!("{to_ip}:{port}");
     let mut stream = ns_from

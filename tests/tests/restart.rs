@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use serde_json::Value;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -117,23 +117,7 @@ fn tcp_stream_survives_kill9_and_restart() {
         let receiver = std::thread::spawn(move || -> Result<usize, String> {
             let (mut s, _) = listener.accept().map_err(|e| e.to_string())?;
             s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
-            let mut got = 0usize;
-            let mut buf = vec![0u8; 1 << 16];
-            loop {
-                let k = s
-                    .read(&mut buf)
-                    .map_err(|e| format!("read after {got} bytes: {e}"))?;
-                if k == 0 {
-                    return Ok(got);
-                }
-                for &byte in &buf[..k] {
-                    if byte != pattern(got) {
-                        return Err(format!("corrupt or reordered byte at offset {got}"));
-                    }
-                    got += 1;
-                }
-                rx_count.store(got, Ordering::Relaxed);
-            }
+            tapnet_tests::read_checked(&mut s, pattern, Some(&rx_count))
         });
         let addr = format!("{ip_b}:5001");
         let mut stream = ns_a.run(|| TcpStream::connect(&addr)).unwrap().unwrap();
