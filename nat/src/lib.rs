@@ -34,7 +34,7 @@ pub mod stats;
 pub mod tcp;
 pub mod vnet;
 
-pub use runtime::{Gateway, GatewayHandle, Link};
+pub use runtime::{Gateway, GatewayHandle, InlineGateway, Link};
 pub use stats::{DropReason, FlowProto, Stats, StatsSnapshot};
 
 use ipnet::IpNet;

@@ -145,8 +145,39 @@ pub const LEND_MIN: usize = 16 * 1024;
 
 /// Whether `frame` is worth lending: long, and its buffer's spare capacity small enough
 /// that filling it (a boxed slice has no spare capacity) costs little next to a copy.
-fn lendable(frame: &Vec<u8>) -> bool {
+pub(crate) fn lendable(frame: &Vec<u8>) -> bool {
     frame.len() >= LEND_MIN && frame.capacity() - frame.len() <= frame.len() / 8
+}
+
+/// Append `frame` to `batch` (which has room for one more): lent if [`lendable`], else
+/// copied. Returns a buffer for the producer to reuse: the batch's spare one given in
+/// exchange for a lent frame, or the copied frame's own.
+pub(crate) fn lend_or_copy(batch: &mut FrameBatch, mut frame: Vec<u8>) -> Option<Vec<u8>> {
+    if !lendable(&frame) {
+        copy_into(batch, &frame);
+        return Some(frame);
+    }
+    let len = frame.len();
+    frame.resize(frame.capacity(), 0);
+    match batch.push_loan(frame.into_boxed_slice(), len) {
+        Err(back) => {
+            // Not reached: the batch had room. Copy instead of losing it.
+            copy_into(batch, &back[..len.min(back.len())]);
+            None
+        }
+        Ok(()) => {
+            let spare = batch.take_buffer(0);
+            (spare.len() >= LEND_MIN).then(|| spare.into_vec())
+        }
+    }
+}
+
+/// Copy `frame` into `batch`'s spare room (cut to it).
+fn copy_into(batch: &mut FrameBatch, frame: &[u8]) {
+    let spare = batch.spare();
+    let k = frame.len().min(spare.len());
+    spare[..k].copy_from_slice(&frame[..k]);
+    batch.commit(k);
 }
 
 impl SwitchPort {
@@ -187,7 +218,7 @@ impl FrameIo for SwitchPort {
         while batch.room() > 0 {
             let full = batch.is_full();
             let lend = self.lend;
-            let Some(mut frame) = self.pop_if(|f| (lend && lendable(f)) || !full) else {
+            let Some(frame) = self.pop_if(|f| (lend && lendable(f)) || !full) else {
                 if n == 0 {
                     // Not reached when full: the worker clears the batch before a read.
                     return Err(if full {
@@ -202,26 +233,11 @@ impl FrameIo for SwitchPort {
                 }
                 break;
             };
-            if lend && lendable(&frame) {
-                let len = frame.len();
-                frame.resize(frame.capacity(), 0);
-                if let Err(back) = batch.push_loan(frame.into_boxed_slice(), len) {
-                    // Not reached: the batch had room. Copy instead of losing it.
-                    let k = len.min(back.len()).min(batch.spare().len());
-                    batch.spare()[..k].copy_from_slice(&back[..k]);
-                    batch.commit(k);
-                } else {
-                    let spare = batch.take_buffer(0);
-                    if spare.len() >= LEND_MIN {
-                        self.spent(spare.into_vec());
-                    }
-                }
-            } else {
-                let spare = batch.spare();
-                let k = frame.len().min(spare.len());
-                spare[..k].copy_from_slice(&frame[..k]);
-                batch.commit(k);
+            if !lend && !batch.is_full() {
+                copy_into(batch, &frame);
                 self.spent(frame);
+            } else if let Some(spare) = lend_or_copy(batch, frame) {
+                self.spent(spare);
             }
             n += 1;
         }

@@ -65,6 +65,8 @@ use ipnet::IpNet;
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use rustc_hash::FxHashMap;
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::State;
@@ -72,17 +74,22 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use tapnet_switch::runtime::{FrameBatch, FrameIo};
 use tapnet_switch::VNET_HDR_LEN;
 
 const WAKER: Token = Token(usize::MAX);
 const SWITCH: Token = Token(0);
 /// The in-process link's "room again toward the switch" descriptor.
 const SWITCH_SPACE: Token = Token(usize::MAX - 1);
+/// The inline gateway's timer (its next deadline).
+const TIMER: Token = Token(usize::MAX - 2);
+/// Poll events taken per loop turn.
+const EVENTS: usize = 1024;
 /// Spare buffers the gateway keeps in its own pool before giving the rest back to the
 /// in-process link (for the switch to fill).
 const LINK_KEEP: usize = 16;
@@ -151,6 +158,29 @@ impl From<GatewayLink> for Link {
 enum SwitchLink {
     Socket(mio::net::UnixDatagram),
     Queue(GatewayLink),
+    /// The gateway runs on the switch worker ([`InlineGateway`]): plain queues, no locks.
+    Inline(InlineQueues),
+}
+
+/// The frames between the switch and an [`InlineGateway`], both ways, and spare buffers.
+#[derive(Default)]
+struct InlineQueues {
+    /// Frames from the switch, not yet handled.
+    inbox: VecDeque<Vec<u8>>,
+    inbox_bytes: usize,
+    /// Frames toward the switch, not yet taken.
+    outbox: VecDeque<Vec<u8>>,
+    outbox_bytes: usize,
+    /// Buffers for frames from the switch.
+    spare: Vec<Vec<u8>>,
+}
+
+impl InlineQueues {
+    fn give(&mut self, buf: Vec<u8>) {
+        if self.spare.len() < crate::port::SPARE_MAX {
+            self.spare.push(buf);
+        }
+    }
 }
 
 /// Control handle of a running gateway. Dropping it stops the gateway.
@@ -199,18 +229,7 @@ impl Gateway {
         };
         let (tx, rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(Stats::default());
-        let mut subnets = vec![IpNet::V4(
-            ipnet::Ipv4Net::new(config.ipv4, config.ipv4_prefix.min(32))
-                .unwrap_or_else(|_| ipnet::Ipv4Net::from(config.ipv4))
-                .trunc(),
-        )];
-        if let Some((a, p)) = config.ipv6 {
-            subnets.push(IpNet::V6(
-                ipnet::Ipv6Net::new(a, p.min(128))
-                    .unwrap_or_else(|_| ipnet::Ipv6Net::from(a))
-                    .trunc(),
-            ));
-        }
+        let subnets = subnets_of(&config);
         let internal = config.internal;
         let worker = Worker::new(
             config,
@@ -232,6 +251,267 @@ impl Gateway {
             subnets,
             thread: Some(thread),
         })
+    }
+
+    /// A gateway for `config` that runs on the switch worker serving its port: the
+    /// returned [`InlineGateway`] is that port (attach it to the network's switch), the
+    /// handle controls it as it controls a spawned one. No thread of its own and no
+    /// wake-ups between threads: frames from the switch are handled, and the frames
+    /// they cause are handed back, in the worker's own loop turns (see
+    /// [`InlineGateway`]). The gateway lives as long as the port: removing the port
+    /// closes its host sockets; [`GatewayHandle::shutdown`] makes the port end.
+    pub fn inline(config: Config) -> Result<(GatewayHandle, InlineGateway), Error> {
+        let poll = Poll::new().map_err(io_err("create poll"))?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(io_err("create waker"))?);
+        let timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )
+        .map_err(|e| Error::Io {
+            op: "create the gateway timer".into(),
+            source: e.into(),
+        })?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&timer.as_fd().as_raw_fd()),
+                TIMER,
+                Interest::READABLE,
+            )
+            .map_err(io_err("register gateway timer"))?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let stats = Arc::new(Stats::default());
+        let subnets = subnets_of(&config);
+        let internal = config.internal;
+        let switch = SwitchLink::Inline(InlineQueues::default());
+        let worker = Worker::new(
+            config,
+            poll,
+            switch,
+            rx,
+            Arc::clone(&stats),
+            subnets.clone(),
+        );
+        let port = InlineGateway {
+            worker: Box::new(worker),
+            events: Events::with_capacity(EVENTS),
+            timer,
+            armed: None,
+            waker: Arc::clone(&waker),
+            stopped: false,
+        };
+        let handle = GatewayHandle {
+            tx,
+            waker,
+            stats,
+            internal,
+            subnets,
+            thread: None,
+        };
+        Ok((handle, port))
+    }
+}
+
+/// The subnets a gateway serves: its IPv4 one and, if any, its IPv6 one.
+fn subnets_of(config: &Config) -> Vec<IpNet> {
+    let mut subnets = vec![IpNet::V4(
+        ipnet::Ipv4Net::new(config.ipv4, config.ipv4_prefix.min(32))
+            .unwrap_or_else(|_| ipnet::Ipv4Net::from(config.ipv4))
+            .trunc(),
+    )];
+    if let Some((a, p)) = config.ipv6 {
+        subnets.push(IpNet::V6(
+            ipnet::Ipv6Net::new(a, p.min(128))
+                .unwrap_or_else(|_| ipnet::Ipv6Net::from(a))
+                .trunc(),
+        ));
+    }
+    subnets
+}
+
+/// A gateway run by the switch worker that serves it ([`Gateway::inline`]), as that
+/// worker's port.
+///
+/// * Its descriptor is the gateway's own `epoll` (host sockets, the control handle's
+///   waker, a `timerfd` armed for the gateway's next deadline), registered in the worker's
+///   poll like any port's: it becomes readable when anything of the gateway's is.
+/// * [`FrameIo::send`] queues a frame for the gateway (a copy into a reused buffer) and,
+///   on the queue's empty → non-empty edge, rings the waker so the worker comes back to
+///   this port after its batch; past [`crate::port::QUEUE_BYTES`] it says `WouldBlock`.
+/// * [`FrameIo::recv_batch`] runs the gateway's loop turns without sleeping (host
+///   events, commands, the queued frames, the TCP stack, expiry) until nothing is
+///   pending, then hands over the frames they produced: long ones lent to the batch
+///   ([`FrameBatch::push_loan`]), short ones copied. With none, it arms the timer and
+///   says `WouldBlock`. Once the gateway was told to stop it reads end of stream (the
+///   switch retires the port) and refuses frames.
+pub struct InlineGateway {
+    worker: Box<Worker>,
+    events: Events,
+    timer: TimerFd,
+    /// When the timer fires, if armed.
+    armed: Option<Instant>,
+    waker: Arc<Waker>,
+    stopped: bool,
+}
+
+/// The inline timer never waits less than this (a deadline due now is served by the
+/// turn the timer causes, not by spinning).
+const TIMER_MIN: Duration = Duration::from_micros(50);
+
+impl InlineGateway {
+    fn queues(&mut self) -> &mut InlineQueues {
+        match &mut self.worker.switch {
+            SwitchLink::Inline(q) => q,
+            // Not reached: an inline gateway's worker is made with inline queues.
+            _ => unreachable!("inline gateway without inline queues"),
+        }
+    }
+
+    /// Run loop turns without sleeping until nothing is pending.
+    fn service(&mut self) {
+        loop {
+            if let Err(e) = self
+                .worker
+                .poll
+                .poll(&mut self.events, Some(Duration::ZERO))
+            {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "gateway: poll failed; stopping");
+                    self.stopped = true;
+                    return;
+                }
+            }
+            if !self.worker.turn(&self.events) {
+                self.stopped = true;
+                return;
+            }
+            let more_events = self.events.iter().count() >= EVENTS;
+            if !more_events && !self.worker.switch_more {
+                break;
+            }
+        }
+        self.worker.flush_out();
+    }
+
+    /// Arm the timer for the gateway's next deadline, unless it is armed for an earlier
+    /// one that has not passed (an early turn is harmless, a late one is not).
+    fn arm(&mut self) {
+        let timeout = self.worker.next_timeout(false).max(TIMER_MIN);
+        let now = Instant::now();
+        let at = now + timeout;
+        if self.armed.is_some_and(|t| t > now && t <= at) {
+            return;
+        }
+        let spec = TimeSpec::from_duration(timeout);
+        match self
+            .timer
+            .set(Expiration::OneShot(spec), TimerSetTimeFlags::empty())
+        {
+            Ok(()) => self.armed = Some(at),
+            Err(e) => tracing::warn!(error = %e, "gateway: arm timer"),
+        }
+    }
+
+    /// The next frame toward the switch, after a service if none is waiting.
+    fn pop_out(&mut self, lendable: impl FnOnce(&Vec<u8>) -> bool) -> Option<Vec<u8>> {
+        let q = self.queues();
+        if !lendable(q.outbox.front()?) {
+            return None;
+        }
+        let f = q.outbox.pop_front()?;
+        q.outbox_bytes -= f.len();
+        Some(f)
+    }
+}
+
+impl AsRawFd for InlineGateway {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.worker.poll.as_raw_fd()
+    }
+}
+
+impl FrameIo for InlineGateway {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.stopped {
+            return Ok(0);
+        }
+        if self.queues().outbox.is_empty() {
+            self.service();
+            if self.stopped {
+                return Ok(0);
+            }
+        }
+        let Some(f) = self.pop_out(|_| true) else {
+            self.arm();
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let n = f.len().min(buf.len());
+        buf[..n].copy_from_slice(&f[..n]);
+        self.worker.stack.recycle(f);
+        Ok(n)
+    }
+
+    fn recv_batch(&mut self, batch: &mut FrameBatch) -> io::Result<usize> {
+        if batch.room() == 0 {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        if self.stopped {
+            return Ok(0);
+        }
+        if self.queues().outbox.is_empty() {
+            self.service();
+            if self.stopped {
+                return Ok(0);
+            }
+        }
+        let mut n = 0;
+        while batch.room() > 0 {
+            let full = batch.is_full();
+            let Some(frame) = self.pop_out(|f| crate::port::lendable(f) || !full) else {
+                self.worker.flush_out();
+                if self.queues().outbox.is_empty() {
+                    self.arm();
+                    if n == 0 {
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    if !full {
+                        batch.set_stop(io::ErrorKind::WouldBlock.into());
+                    }
+                    break;
+                }
+                if full {
+                    break;
+                }
+                continue;
+            };
+            if let Some(spare) = crate::port::lend_or_copy(batch, frame) {
+                self.worker.stack.recycle(spare);
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn send(&mut self, frame: &[u8]) -> io::Result<usize> {
+        if self.stopped {
+            return Err(io::ErrorKind::ConnectionRefused.into());
+        }
+        let q = self.queues();
+        if !q.inbox.is_empty() && q.inbox_bytes + frame.len() > crate::port::QUEUE_BYTES {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let mut buf = q.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(frame);
+        let was_empty = q.inbox.is_empty();
+        q.inbox_bytes += frame.len();
+        q.inbox.push_back(buf);
+        if was_empty {
+            // The worker comes back to this port (its poll) once its batch is done.
+            if let Err(e) = self.waker.wake() {
+                tracing::warn!(error = %e, "gateway: wake");
+            }
+        }
+        Ok(frame.len())
     }
 }
 
@@ -455,6 +735,8 @@ struct Worker {
     switch: SwitchLink,
     /// In-process link: frames are left in the link's queue (poll again at once).
     switch_more: bool,
+    /// When expiry last ran (`now_ms`).
+    last_tick: u64,
     rx: Receiver<Command>,
     stats: Arc<Stats>,
     start: Instant,
@@ -555,6 +837,7 @@ impl Worker {
             poll,
             switch,
             switch_more: false,
+            last_tick: 0,
             rx,
             stats,
             start,
@@ -610,69 +893,89 @@ impl Worker {
     }
 
     fn run(mut self) {
-        let mut events = Events::with_capacity(1024);
-        let mut last_tick = 0u64;
+        let mut events = Events::with_capacity(EVENTS);
         loop {
-            let now = smol_now(self.start);
-            let mut timeout = Duration::from_millis(500);
-            if self.switch_more {
-                timeout = Duration::ZERO;
-            }
-            if let SwitchLink::Queue(l) = &self.switch {
-                if !self.switch_more && !l.park() {
-                    timeout = Duration::ZERO;
-                }
-            }
-            if let Some(d) = self.stack.poll_delay(now) {
-                timeout = timeout.min(Duration::from_micros(d.total_micros()));
-            }
-            if let Some(deadline) = self.dns.next_deadline() {
-                let now_ms = u64::try_from(now.total_millis()).unwrap_or(0);
-                timeout = timeout.min(Duration::from_millis(deadline.saturating_sub(now_ms)));
-            }
+            let timeout = self.next_timeout(true);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(error = %e, "gateway: poll failed; stopping");
                     return;
                 }
             }
-            self.turn_ms = self.now_ms();
-            let mut switch_readable = false;
-            if let SwitchLink::Queue(l) = &self.switch {
+            if !self.turn(&events) {
+                return;
+            }
+        }
+    }
+
+    /// How long the loop may sleep: until the stack's or the DNS forwarder's next
+    /// deadline, at most 500 ms (the once-a-second expiry), zero while frames wait in the
+    /// link. With `park`, a thread about to sleep on the in-process link parks it first.
+    fn next_timeout(&mut self, park: bool) -> Duration {
+        let now = smol_now(self.start);
+        let mut timeout = Duration::from_millis(500);
+        if self.switch_more {
+            timeout = Duration::ZERO;
+        }
+        if let SwitchLink::Queue(l) = &self.switch {
+            if park && !self.switch_more && !l.park() {
+                timeout = Duration::ZERO;
+            }
+        }
+        if let Some(d) = self.stack.poll_delay(now) {
+            timeout = timeout.min(Duration::from_micros(d.total_micros()));
+        }
+        if let Some(deadline) = self.dns.next_deadline() {
+            let now_ms = u64::try_from(now.total_millis()).unwrap_or(0);
+            timeout = timeout.min(Duration::from_millis(deadline.saturating_sub(now_ms)));
+        }
+        timeout
+    }
+
+    /// One loop turn after the poll returned `events`: host sockets, commands, frames
+    /// from the switch, the stack, expiry. False when the gateway must stop.
+    fn turn(&mut self, events: &Events) -> bool {
+        self.turn_ms = self.now_ms();
+        let mut switch_readable = false;
+        match &self.switch {
+            SwitchLink::Queue(l) => {
                 l.unpark();
                 // Frames queued while awake are not signalled: look on every turn.
                 switch_readable = true;
             }
-            for ev in events.iter() {
-                match ev.token() {
-                    WAKER => {}
-                    SWITCH => {
-                        if ev.is_readable() {
-                            switch_readable = true;
-                        }
-                        if ev.is_writable() {
-                            self.flush_out();
-                        }
-                    }
-                    SWITCH_SPACE => self.flush_out(),
-                    t => self.host_event(t, ev.is_readable(), ev.is_writable()),
-                }
-            }
-            if !self.drain_commands() {
-                return;
-            }
-            if switch_readable || self.switch_more {
-                self.read_switch();
-            }
-            self.service_tcp();
-            self.balance_buffers();
-            let ms = self.now_ms();
-            if ms.saturating_sub(last_tick) >= 1000 {
-                last_tick = ms;
-                self.expire(ms);
-            }
-            self.dns_timeouts(self.turn_ms);
+            SwitchLink::Inline(q) => switch_readable = !q.inbox.is_empty(),
+            SwitchLink::Socket(_) => {}
         }
+        for ev in events.iter() {
+            match ev.token() {
+                WAKER | TIMER => {}
+                SWITCH => {
+                    if ev.is_readable() {
+                        switch_readable = true;
+                    }
+                    if ev.is_writable() {
+                        self.flush_out();
+                    }
+                }
+                SWITCH_SPACE => self.flush_out(),
+                t => self.host_event(t, ev.is_readable(), ev.is_writable()),
+            }
+        }
+        if !self.drain_commands() {
+            return false;
+        }
+        if switch_readable || self.switch_more {
+            self.read_switch();
+        }
+        self.service_tcp();
+        self.balance_buffers();
+        let ms = self.now_ms();
+        if ms.saturating_sub(self.last_tick) >= 1000 {
+            self.last_tick = ms;
+            self.expire(ms);
+        }
+        self.dns_timeouts(self.turn_ms);
+        true
     }
 
     // ---- switch side -------------------------------------------------------------
@@ -732,7 +1035,7 @@ impl Worker {
 
     /// Hand one datagram to the switch; on failure give it back with the error's kind.
     fn link_send(&mut self, f: Vec<u8>) -> Result<(), (Vec<u8>, io::ErrorKind)> {
-        match &self.switch {
+        match &mut self.switch {
             SwitchLink::Socket(s) => loop {
                 match s.send(&f) {
                     Ok(_) => {
@@ -744,6 +1047,14 @@ impl Worker {
                 }
             },
             SwitchLink::Queue(l) => l.send(f),
+            SwitchLink::Inline(q) => {
+                if !q.outbox.is_empty() && q.outbox_bytes + f.len() > crate::port::QUEUE_BYTES {
+                    return Err((f, io::ErrorKind::WouldBlock));
+                }
+                q.outbox_bytes += f.len();
+                q.outbox.push_back(f);
+                Ok(())
+            }
         }
     }
 
@@ -751,6 +1062,14 @@ impl Worker {
     /// and the pool's surplus (receive buffers the stack consumed) to the link, for the
     /// switch to fill.
     fn balance_buffers(&mut self) {
+        if let SwitchLink::Inline(q) = &mut self.switch {
+            let mut bufs = Vec::new();
+            let room = crate::port::SPARE_MAX.saturating_sub(q.spare.len());
+            self.stack.take_surplus(LINK_KEEP, &mut bufs);
+            let keep = bufs.len().min(room);
+            q.spare.extend(bufs.drain(..keep));
+            return;
+        }
         let SwitchLink::Queue(l) = &self.switch else {
             return;
         };
@@ -812,6 +1131,21 @@ impl Worker {
         self.switch_more = false;
         if matches!(self.switch, SwitchLink::Queue(_)) {
             self.read_link();
+            return;
+        }
+        if let SwitchLink::Inline(q) = &mut self.switch {
+            let n = q.inbox.len().min(RX_BATCH);
+            let frames: Vec<Vec<u8>> = q.inbox.drain(..n).collect();
+            q.inbox_bytes -= frames.iter().map(Vec::len).sum::<usize>();
+            self.switch_more = !q.inbox.is_empty();
+            for dg in frames {
+                let n = dg.len();
+                if let Some(b) = self.datagram(dg, n) {
+                    if let SwitchLink::Inline(q) = &mut self.switch {
+                        q.give(b);
+                    }
+                }
+            }
             return;
         }
         for _ in 0..RX_BATCH {

@@ -1,7 +1,8 @@
 //! In-process end-to-end tests: a smoltcp "sandbox" on the far end of the gateway's
 //! socketpair (or, for the `linked_*` tests, of its in-process link,
-//! `tapnet_nat::port`), real host servers on 127.0.0.1. No privileges, loopback traffic
-//! only.
+//! `tapnet_nat::port`; for the `inline_*` tests, the sandbox drives an
+//! [`InlineGateway`] as the switch worker would, on its own thread), real host servers on
+//! 127.0.0.1. No privileges, loopback traffic only.
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
@@ -17,7 +18,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 use tapnet_nat::port::SwitchPort;
-use tapnet_nat::{Config, Gateway, GatewayHandle, NameRecord, Proto, PublishSpec};
+use tapnet_nat::{Config, Gateway, GatewayHandle, InlineGateway, NameRecord, Proto, PublishSpec};
 use tapnet_switch::runtime::FrameIo;
 
 const GW: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
@@ -27,6 +28,18 @@ const SB: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
 enum Wire {
     Socket(UnixDatagram),
     Link(SwitchPort),
+    Inline(Box<InlineGateway>),
+}
+
+/// How the gateway is reached.
+#[derive(Clone, Copy)]
+enum Via {
+    /// A socket pair, the gateway on its thread.
+    Socket,
+    /// The in-process link, the gateway on its thread.
+    Link,
+    /// The gateway run by the caller's thread ([`Gateway::inline`]).
+    Inline,
 }
 
 impl Wire {
@@ -34,12 +47,14 @@ impl Wire {
         match self {
             Wire::Socket(s) => s.recv(buf),
             Wire::Link(p) => p.recv(buf),
+            Wire::Inline(g) => g.recv(buf),
         }
     }
     fn send(&mut self, frame: &[u8]) -> std::io::Result<usize> {
         match self {
             Wire::Socket(s) => s.send(frame),
             Wire::Link(p) => p.send(frame),
+            Wire::Inline(g) => g.send(frame),
         }
     }
 }
@@ -123,6 +138,19 @@ impl Sandbox {
         }
         panic!("timed out");
     }
+    /// Run `f` (a call on the gateway's handle) on another thread while this one pumps:
+    /// an inline gateway answers its handle only while its port is served.
+    fn while_pumping<T: Send>(&mut self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            let call = scope.spawn(f);
+            while !call.is_finished() {
+                self.pump();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            call.join().expect("gateway call")
+        })
+    }
+
     fn tcp(&mut self) -> SocketHandle {
         let s = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0; 256 * 1024]),
@@ -141,18 +169,21 @@ impl Sandbox {
 }
 
 fn start(cfg_fn: impl FnOnce(&mut Config)) -> (GatewayHandle, Sandbox) {
-    start_on(false, cfg_fn)
+    start_on(Via::Socket, cfg_fn)
 }
 
-/// With `linked`, the gateway runs on an in-process link (`tapnet_nat::port::link`),
-/// otherwise on a socket pair.
-fn start_on(linked: bool, cfg_fn: impl FnOnce(&mut Config)) -> (GatewayHandle, Sandbox) {
+/// A gateway reached `via` a socket pair, the in-process link (`tapnet_nat::port::link`)
+/// or run inline by the sandbox's thread.
+fn start_on(via: Via, cfg_fn: impl FnOnce(&mut Config)) -> (GatewayHandle, Sandbox) {
     let mut cfg = Config::new([2, 0, 0, 0, 0, 1], GW, 24);
     cfg.rewrite_loopback_clients = false;
     cfg_fn(&mut cfg);
-    let (gw, wire) = if linked {
+    let (gw, wire) = if let Via::Link = via {
         let (port, link) = tapnet_nat::port::link().expect("link");
         (Gateway::spawn(cfg, link).expect("spawn"), Wire::Link(port))
+    } else if let Via::Inline = via {
+        let (gw, port) = Gateway::inline(cfg).expect("inline");
+        (gw, Wire::Inline(Box::new(port)))
     } else {
         // What DatagramPort::pair() does: the port end plays the switch side (here: the
         // sandbox directly), the peer end goes to the gateway.
@@ -196,15 +227,20 @@ fn pattern(n: usize) -> Vec<u8> {
 
 #[test]
 fn tcp_egress_transfers_10mb_intact_with_half_close() {
-    tcp_egress_10mb(false);
+    tcp_egress_10mb(Via::Socket);
 }
 
 #[test]
 fn linked_tcp_egress_transfers_10mb_intact_with_half_close() {
-    tcp_egress_10mb(true);
+    tcp_egress_10mb(Via::Link);
 }
 
-fn tcp_egress_10mb(linked: bool) {
+#[test]
+fn inline_tcp_egress_transfers_10mb_intact_with_half_close() {
+    tcp_egress_10mb(Via::Inline);
+}
+
+fn tcp_egress_10mb(via: Via) {
     let server = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = server.local_addr().expect("addr");
     // Echo server: copies until EOF (our half-close), then closes its side.
@@ -223,7 +259,7 @@ fn tcp_egress_10mb(linked: bool) {
         s.shutdown(std::net::Shutdown::Write).expect("shutdown");
         total
     });
-    let (gw, mut sb) = start_on(linked, |_| {});
+    let (gw, mut sb) = start_on(via, |_| {});
     let h = sb.tcp();
     let now = sb.now();
     let _ = now;
@@ -696,25 +732,32 @@ fn connect_out(sb: &mut Sandbox, addr: SocketAddr, port: u16) -> SocketHandle {
 
 #[test]
 fn published_port_bulk_both_ways_with_half_close() {
-    published_bulk(false);
+    published_bulk(Via::Socket);
 }
 
 #[test]
 fn linked_published_port_bulk_both_ways_with_half_close() {
-    published_bulk(true);
+    published_bulk(Via::Link);
+}
+
+#[test]
+fn inline_published_port_bulk_both_ways_with_half_close() {
+    published_bulk(Via::Inline);
 }
 
 /// A published-port client sends 6 MB and half-closes; the sandbox checks every byte,
 /// answers 6 MB of another pattern and closes; the client checks every byte.
-fn published_bulk(linked: bool) {
-    let (gw, mut sb) = start_on(linked, |_| {});
-    let bound = gw
-        .publish(PublishSpec {
-            host_ip: Ipv4Addr::LOCALHOST.into(),
-            host_port: 0,
-            proto: Proto::Tcp,
-            sandbox_ip: SB.into(),
-            sandbox_port: 8081,
+fn published_bulk(via: Via) {
+    let (gw, mut sb) = start_on(via, |_| {});
+    let bound = sb
+        .while_pumping(|| {
+            gw.publish(PublishSpec {
+                host_ip: Ipv4Addr::LOCALHOST.into(),
+                host_port: 0,
+                proto: Proto::Tcp,
+                sandbox_ip: SB.into(),
+                sandbox_port: 8081,
+            })
         })
         .expect("publish");
     let up = pattern(6 << 20);
@@ -771,17 +814,22 @@ fn published_bulk(linked: bool) {
 
 #[test]
 fn tcp_resets_cross_the_gateway_both_ways() {
-    resets(false);
+    resets(Via::Socket);
 }
 
 #[test]
 fn linked_tcp_resets_cross_the_gateway_both_ways() {
-    resets(true);
+    resets(Via::Link);
+}
+
+#[test]
+fn inline_tcp_resets_cross_the_gateway_both_ways() {
+    resets(Via::Inline);
 }
 
 /// An abort inside reaches the host as a reset (not an end of stream), and a reset
 /// outside aborts the sandbox's connection (no FIN, no CloseWait).
-fn resets(linked: bool) {
+fn resets(via: Via) {
     let server = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = server.local_addr().expect("addr");
     let host = std::thread::spawn(move || {
@@ -806,7 +854,7 @@ fn resets(linked: bool) {
         drop(b);
         (got, first_end)
     });
-    let (_gw, mut sb) = start_on(linked, |_| {});
+    let (_gw, mut sb) = start_on(via, |_| {});
     let h = connect_out(&mut sb, addr, 40100);
     let mut aborted = false;
     let mut sent = false;
@@ -848,17 +896,22 @@ fn resets(linked: bool) {
 
 #[test]
 fn slow_readers_both_ways_get_every_byte() {
-    slow_readers(false);
+    slow_readers(Via::Socket);
 }
 
 #[test]
 fn linked_slow_readers_both_ways_get_every_byte() {
-    slow_readers(true);
+    slow_readers(Via::Link);
+}
+
+#[test]
+fn inline_slow_readers_both_ways_get_every_byte() {
+    slow_readers(Via::Inline);
 }
 
 /// Windows close and reopen: a host reader that starts late and reads in small pieces,
 /// and a sandbox that reads at most 2 KiB per turn, each getting 3 MB intact.
-fn slow_readers(linked: bool) {
+fn slow_readers(via: Via) {
     const LEN: usize = 3 << 20;
     let server = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = server.local_addr().expect("addr");
@@ -884,7 +937,7 @@ fn slow_readers(linked: bool) {
         drop(down);
         got
     });
-    let (_gw, mut sb) = start_on(linked, |_| {});
+    let (_gw, mut sb) = start_on(via, |_| {});
     let data = pattern(LEN);
     let h = connect_out(&mut sb, addr, 40200);
     let mut sent = 0;
@@ -917,4 +970,20 @@ fn slow_readers(linked: bool) {
         "the host got {} bytes, not the sandbox's",
         up.len()
     );
+}
+
+/// An inline gateway told to stop ends its port: the switch reads end of stream (and
+/// retires the port) and frames toward it are refused; its handle's calls say `Gone`.
+#[test]
+fn inline_shutdown_ends_the_port() {
+    let cfg = Config::new([2, 0, 0, 0, 0, 1], GW, 24);
+    let (gw, mut port) = Gateway::inline(cfg).expect("inline");
+    let mut buf = vec![0u8; 70000];
+    // Nothing to say yet: no frame, and the port is not ended.
+    let e = port.recv(&mut buf).expect_err("no frame yet");
+    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+    gw.shutdown();
+    assert_eq!(port.recv(&mut buf).expect("end of stream"), 0);
+    let e = port.send(&[0u8; 60]).expect_err("refused");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
 }

@@ -496,7 +496,7 @@ impl BridgeDriver {
         // The gateway faces the network's taps (IFF_VNET_HDR): GSO both ways.
         cfg.tap_offloads = true;
         let started = (|| {
-            let (port, peer) = gateway_pair().map_err(|e| {
+            let (port, peer) = gateway_pair(&cfg).map_err(|e| {
                 Error::os(
                     format!("create the gateway socket pair of network {}", network.name),
                     tapnet_sandbox::Error::Os {
@@ -517,7 +517,11 @@ impl BridgeDriver {
                 .map_err(|e| {
                     Error::datapath(format!("attach the gateway of network {}", network.name), e)
                 })?;
-            match Gateway::spawn(cfg, peer) {
+            let spawned = match peer {
+                GatewayEnd::Ready(gw) => Ok(gw),
+                GatewayEnd::Spawn(link) => Gateway::spawn(cfg, link),
+            };
+            match spawned {
                 Ok(gw) => Ok((gw_port, gw_stats, gw)),
                 Err(e) => {
                     let _ = handle.remove_port(gw_port);
@@ -971,11 +975,16 @@ fn refresh_isolation(nets: &HashMap<String, BridgeNetwork>) {
 /// socket pair (for comparison), both ends with raised socket buffers so bursts of GSO
 /// super-frames fit (past `net.core.{w,r}mem_max` only a privileged process can:
 /// `SO_*BUFFORCE`).
-fn gateway_pair() -> io::Result<(Box<dyn FrameIo>, tapnet_nat::Link)> {
+fn gateway_pair(cfg: &tapnet_nat::Config) -> io::Result<(Box<dyn FrameIo>, GatewayEnd)> {
     use nix::sys::socket::{setsockopt, sockopt};
-    if std::env::var_os(GATEWAY_LINK_ENV).is_none_or(|v| v != "socketpair") {
+    let link = std::env::var(GATEWAY_LINK_ENV).unwrap_or_default();
+    if link == "inline" {
+        let (gw, port) = Gateway::inline(cfg.clone()).map_err(io::Error::other)?;
+        return Ok((Box::new(port), GatewayEnd::Ready(gw)));
+    }
+    if link != "socketpair" {
         let (port, gw) = tapnet_nat::port::link()?;
-        return Ok((Box::new(port), gw.into()));
+        return Ok((Box::new(port), GatewayEnd::Spawn(gw.into())));
     }
     let (a, b) = UnixDatagram::pair()?;
     for s in [&a, &b] {
@@ -987,7 +996,14 @@ fn gateway_pair() -> io::Result<(Box<dyn FrameIo>, tapnet_nat::Link)> {
             tracing::debug!(error = %e, "could not raise the gateway socket buffers");
         }
     }
-    Ok((Box::new(DatagramPort::new(a)?), b.into()))
+    Ok((Box::new(DatagramPort::new(a)?), GatewayEnd::Spawn(b.into())))
+}
+
+/// The gateway's side of [`gateway_pair`]: a link for a gateway thread still to start,
+/// or a gateway already made (inline: the port end is the gateway).
+enum GatewayEnd {
+    Spawn(tapnet_nat::Link),
+    Ready(tapnet_nat::GatewayHandle),
 }
 
 /// `tcp` or `udp`.
