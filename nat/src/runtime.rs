@@ -1,8 +1,16 @@
-//! The gateway's I/O layer: one thread, one `mio::Poll`, the switch-port socket and every
-//! host socket the gateway opens.
+//! The gateway's I/O layer: one `mio::Poll`, the switch link and every host socket the
+//! gateway opens, run either on a thread of its own ([`Gateway::spawn`]) or inline, by
+//! the switch worker that serves the gateway's port ([`Gateway::inline`]).
 //!
 //! Contract:
 //!
+//! * Both ways run the same loop turn (host events, commands, frames from the switch,
+//!   the TCP stack, expiry) over the same state; only the waiting differs. The thread
+//!   sleeps in its poll until the next deadline. Inline, the poll's descriptor is the
+//!   port's (the switch worker's poll watches it), a `timerfd` in it stands for the next
+//!   deadline, and frames cross between switch and gateway in plain queues owned by the
+//!   port ([`InlineGateway`]): no thread, no lock, no wake-up between threads. Inline,
+//!   the gateway's handle is answered only while the switch worker runs.
 //! * [`Gateway::spawn`] takes its end of the link to the switch ([`Link`]): the peer end of
 //!   a `DatagramPort::pair()` (made non-blocking here) or a [`GatewayLink`] of an
 //!   in-process [`crate::port::link`] (what the engine uses), and starts the thread. The [`GatewayHandle`] talks to it with commands over a

@@ -19,11 +19,12 @@
 //! name: a re-created tap is exactly what join + the sandbox layer make. The tap work
 //! runs without the driver's lock, so endpoints can be restored in parallel.
 //!
-//! Each network also gets a userspace gateway (`tapnet_nat`): a link (in-process frame
-//! queues, `tapnet_nat::port`; a `DatagramPort` socket pair with
-//! `TAPNET_GATEWAY_LINK=socketpair`), one end attached to the switch with
-//! [`PortRole::Gateway`], the other run by
-//! [`tapnet_nat::Gateway`] with MAC `02:42:<gateway IPv4>`, the network's gateway
+//! Each network also gets a userspace gateway (`tapnet_nat`), attached to the switch as a
+//! port with [`PortRole::Gateway`] and run inline by the switch worker that serves the
+//! network ([`tapnet_nat::InlineGateway`]: no thread of its own; for comparisons
+//! `TAPNET_GATEWAY_LINK=queue` runs it on its own thread behind the in-process link,
+//! `tapnet_nat::port`, and `TAPNET_GATEWAY_LINK=socketpair` behind a `DatagramPort`
+//! socket pair), [`tapnet_nat::Gateway`] with MAC `02:42:<gateway IPv4>`, the network's gateway
 //! addresses, MTU, `internal` flag and the daemon's upstream DNS servers. Every
 //! gateway's isolation list is every other bridge network's subnets and gateway
 //! addresses, kept current as networks come and go. Endpoint ports get a
@@ -66,8 +67,10 @@ use tapnet_switch::runtime::{
 /// (`net.core.wmem_default`, about 208 KiB) holds three of them.
 pub const GATEWAY_SOCKET_BUFFER: usize = 8 << 20;
 
-/// Environment variable choosing the switch↔gateway link: `socketpair` for the socket
-/// pair, anything else (or unset) for the in-process link ([`tapnet_nat::port`]).
+/// Environment variable choosing how the gateway meets its switch, for comparisons:
+/// `queue` runs the gateway on a thread of its own behind the in-process link
+/// ([`tapnet_nat::port`]), `socketpair` on its own thread behind a socket pair; anything
+/// else (or unset) runs it inline on the switch worker ([`tapnet_nat::InlineGateway`]).
 pub const GATEWAY_LINK_ENV: &str = "TAPNET_GATEWAY_LINK";
 
 /// `txqueuelen` of endpoint taps: large enough that a TCP window never overflows.
@@ -969,22 +972,25 @@ fn refresh_isolation(nets: &HashMap<String, BridgeNetwork>) {
     }
 }
 
-/// The switch↔gateway link: the port end (for the switch) and the gateway's end. By
-/// default an in-process link (`tapnet_nat::port`: shared frame queues, one user-space
-/// copy per frame); with `TAPNET_GATEWAY_LINK=socketpair` in the daemon's environment a
-/// socket pair (for comparison), both ends with raised socket buffers so bursts of GSO
+/// The gateway's port (for the switch) and the gateway's end. By default the gateway
+/// itself, run inline by the switch worker; with `TAPNET_GATEWAY_LINK=queue` in the
+/// daemon's environment an in-process link (`tapnet_nat::port`: shared frame queues, one
+/// user-space copy per frame) to a gateway thread; with `TAPNET_GATEWAY_LINK=socketpair`
+/// a socket pair to a gateway thread (for comparison), both ends with raised socket buffers so bursts of GSO
 /// super-frames fit (past `net.core.{w,r}mem_max` only a privileged process can:
 /// `SO_*BUFFORCE`).
 fn gateway_pair(cfg: &tapnet_nat::Config) -> io::Result<(Box<dyn FrameIo>, GatewayEnd)> {
     use nix::sys::socket::{setsockopt, sockopt};
-    let link = std::env::var(GATEWAY_LINK_ENV).unwrap_or_default();
-    if link == "inline" {
-        let (gw, port) = Gateway::inline(cfg.clone()).map_err(io::Error::other)?;
-        return Ok((Box::new(port), GatewayEnd::Ready(gw)));
-    }
-    if link != "socketpair" {
-        let (port, gw) = tapnet_nat::port::link()?;
-        return Ok((Box::new(port), GatewayEnd::Spawn(gw.into())));
+    match std::env::var(GATEWAY_LINK_ENV).unwrap_or_default().as_str() {
+        "queue" => {
+            let (port, gw) = tapnet_nat::port::link()?;
+            return Ok((Box::new(port), GatewayEnd::Spawn(gw.into())));
+        }
+        "socketpair" => {}
+        _ => {
+            let (gw, port) = Gateway::inline(cfg.clone()).map_err(io::Error::other)?;
+            return Ok((Box::new(port), GatewayEnd::Ready(gw)));
+        }
     }
     let (a, b) = UnixDatagram::pair()?;
     for s in [&a, &b] {
