@@ -34,7 +34,9 @@
 #   TAPNETD_ARGS_B           if set, a second tapnetd with these flags is measured beside
 #                            the first in the bridge and egress groups (rows "tapnet-b",
 #                            "tapnet-nat-b", "tapnet-pub-b", each also ÷ the first daemon's
-#                            row), e.g. TAPNETD_ARGS="--tap-io uring" TAPNETD_ARGS_B="--tap-io rw"
+#                            row), e.g. TAPNETD_ARGS="--tap-io uring" TAPNETD_ARGS_B="--tap-io rw";
+#                            words of the form NAME=VALUE set the daemon's environment, e.g.
+#                            TAPNETD_ARGS_B="TAPNET_GATEWAY_LINK=queue" (gateway thread)
 #   TAPNET_COMPARE_DOCS      1: write the table into docs/benchmarks.md and the chart to
 #                            docs/compare.svg; 0: don't. Default: only for a full run.
 #   TAPNET_BENCH_WMEM_MAX    the host's net.core.wmem_max during an egress run (default
@@ -195,9 +197,16 @@ start_tapnetd() {
     [ -z "$v" ] || dir=/run/tapnet-b cli=$TB args=${TAPNETD_ARGS_B:-}
     [ -n "${tapnetd_started[x$v]:-}" ] && return 0
     mkdir -p $dir
-    # shellcheck disable=SC2086 # the args are a list of flags
-    target/release/tapnetd -H unix://$dir/tapnet.sock --exec-root $dir \
-        --data-root $dir-data --dns 198.18.0.2 $args >$dir.log 2>&1 &
+    # NAME=VALUE words set the daemon's environment, the others are flags.
+    local envs=() flags=() a
+    for a in $args; do
+        case $a in
+            [A-Z_]*=*) envs+=("$a") ;;
+            *) flags+=("$a") ;;
+        esac
+    done
+    env "${envs[@]}" target/release/tapnetd -H unix://$dir/tapnet.sock --exec-root $dir \
+        --data-root $dir-data --dns 198.18.0.2 "${flags[@]}" >$dir.log 2>&1 &
     pids+=($!)
     for _ in $(seq 100); do $cli network ls >/dev/null 2>&1 && break; sleep 0.1; done
     $cli network ls >/dev/null 2>&1 || { echo "tapnetd did not start:" >&2; cat $dir.log >&2; exit 1; }
