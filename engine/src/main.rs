@@ -430,6 +430,10 @@ async fn main() -> anyhow::Result<()> {
         .with_tap_queues(usize::from(args.tap_queues))
         .context("--tap-queues")?;
     tracing::info!(queues = bridge.tap_queues(), "endpoint tap queues");
+    tracing::info!(
+        placement = tapnet_engine::driver::bridge::gateway_placement(),
+        "network gateways"
+    );
     let bridge = Arc::new(bridge);
     let overlay = overlay_driver(&args, Arc::clone(&bridge));
     let mut plugin_config = PluginConfig::new(&args.exec_root);

@@ -972,6 +972,31 @@ fn refresh_isolation(nets: &HashMap<String, BridgeNetwork>) {
     }
 }
 
+/// Where network gateways run, as [`GATEWAY_LINK_ENV`] chooses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placement {
+    Inline,
+    Queue,
+    SocketPair,
+}
+
+fn placement() -> Placement {
+    match std::env::var(GATEWAY_LINK_ENV).unwrap_or_default().as_str() {
+        "queue" => Placement::Queue,
+        "socketpair" => Placement::SocketPair,
+        _ => Placement::Inline,
+    }
+}
+
+/// Where network gateways run, in words (logged at start).
+pub fn gateway_placement() -> &'static str {
+    match placement() {
+        Placement::Queue => "own thread, in-process link (TAPNET_GATEWAY_LINK=queue)",
+        Placement::SocketPair => "own thread, socket pair (TAPNET_GATEWAY_LINK=socketpair)",
+        Placement::Inline => "inline on the switch worker",
+    }
+}
+
 /// The gateway's port (for the switch) and the gateway's end. By default the gateway
 /// itself, run inline by the switch worker; with `TAPNET_GATEWAY_LINK=queue` in the
 /// daemon's environment an in-process link (`tapnet_nat::port`: shared frame queues, one
@@ -981,13 +1006,13 @@ fn refresh_isolation(nets: &HashMap<String, BridgeNetwork>) {
 /// `SO_*BUFFORCE`).
 fn gateway_pair(cfg: &tapnet_nat::Config) -> io::Result<(Box<dyn FrameIo>, GatewayEnd)> {
     use nix::sys::socket::{setsockopt, sockopt};
-    match std::env::var(GATEWAY_LINK_ENV).unwrap_or_default().as_str() {
-        "queue" => {
+    match placement() {
+        Placement::Queue => {
             let (port, gw) = tapnet_nat::port::link()?;
             return Ok((Box::new(port), GatewayEnd::Spawn(gw.into())));
         }
-        "socketpair" => {}
-        _ => {
+        Placement::SocketPair => {}
+        Placement::Inline => {
             let (gw, port) = Gateway::inline(cfg.clone()).map_err(io::Error::other)?;
             return Ok((Box::new(port), GatewayEnd::Ready(gw)));
         }
