@@ -374,30 +374,47 @@ impl InlineGateway {
         }
     }
 
-    /// Run loop turns without sleeping until nothing is pending.
+    /// Run loop turns without sleeping until nothing is pending. A panic in the gateway
+    /// (a bug: frame contents must never cause one) stops this gateway, not the switch
+    /// worker that runs it and its other ports.
     fn service(&mut self) {
-        loop {
-            if let Err(e) = self
-                .worker
-                .poll
-                .poll(&mut self.events, Some(Duration::ZERO))
-            {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!(error = %e, "gateway: poll failed; stopping");
-                    self.stopped = true;
-                    return;
+        let (worker, events) = (&mut self.worker, &mut self.events);
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            loop {
+                if let Err(e) = worker.poll.poll(events, Some(Duration::ZERO)) {
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        tracing::error!(error = %e, "gateway: poll failed; stopping");
+                        return false;
+                    }
+                }
+                if !worker.turn(events) {
+                    return false;
+                }
+                let more_events = events.iter().count() >= EVENTS;
+                if !more_events && !worker.switch_more {
+                    break;
                 }
             }
-            if !self.worker.turn(&self.events) {
-                self.stopped = true;
-                return;
-            }
-            let more_events = self.events.iter().count() >= EVENTS;
-            if !more_events && !self.worker.switch_more {
-                break;
+            worker.flush_out();
+            true
+        }));
+        match served {
+            Ok(true) => {}
+            Ok(false) => self.stop(),
+            Err(_) => {
+                tracing::error!("gateway panicked; it is stopped (its network's switch goes on)");
+                self.stop();
             }
         }
-        self.worker.flush_out();
+    }
+
+    /// Stop for good: the port reads end of stream from now on, and the handle's calls
+    /// (queued or future) say [`Error::Gone`] instead of waiting for a gateway that no
+    /// longer runs. Host sockets close when the switch drops the port.
+    fn stop(&mut self) {
+        self.stopped = true;
+        let (_, gone) = crossbeam_channel::unbounded();
+        self.worker.rx = gone;
     }
 
     /// Arm the timer for the gateway's next deadline, unless it is armed for an earlier
