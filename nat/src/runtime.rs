@@ -235,30 +235,13 @@ impl Gateway {
                 SwitchLink::Queue(l)
             }
         };
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let stats = Arc::new(Stats::default());
-        let subnets = subnets_of(&config);
-        let internal = config.internal;
-        let worker = Worker::new(
-            config,
-            poll,
-            switch,
-            rx,
-            Arc::clone(&stats),
-            subnets.clone(),
-        );
+        let (mut handle, worker) = assemble(config, poll, waker, switch);
         let thread = std::thread::Builder::new()
             .name("tapnet-gw".into())
             .spawn(move || worker.run())
             .map_err(io_err("spawn gateway thread"))?;
-        Ok(GatewayHandle {
-            tx,
-            waker,
-            stats,
-            internal,
-            subnets,
-            thread: Some(thread),
-        })
+        handle.thread = Some(thread);
+        Ok(handle)
     }
 
     /// A gateway for `config` that runs on the switch worker serving its port: the
@@ -286,37 +269,40 @@ impl Gateway {
                 Interest::READABLE,
             )
             .map_err(io_err("register gateway timer"))?;
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let stats = Arc::new(Stats::default());
-        let subnets = subnets_of(&config);
-        let internal = config.internal;
         let switch = SwitchLink::Inline(InlineQueues::default());
-        let worker = Worker::new(
-            config,
-            poll,
-            switch,
-            rx,
-            Arc::clone(&stats),
-            subnets.clone(),
-        );
+        let (handle, worker) = assemble(config, poll, Arc::clone(&waker), switch);
         let port = InlineGateway {
             worker: Box::new(worker),
             events: Events::with_capacity(EVENTS),
             timer,
             armed: None,
-            waker: Arc::clone(&waker),
-            stopped: false,
-        };
-        let handle = GatewayHandle {
-            tx,
             waker,
-            stats,
-            internal,
-            subnets,
-            thread: None,
+            stopped: false,
         };
         Ok((handle, port))
     }
+}
+
+/// A gateway's state and its handle (no thread yet) for `config` over `poll` and `switch`.
+fn assemble(
+    config: Config,
+    poll: Poll,
+    waker: Arc<Waker>,
+    switch: SwitchLink,
+) -> (GatewayHandle, Worker) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let stats = Arc::new(Stats::default());
+    let subnets = subnets_of(&config);
+    let handle = GatewayHandle {
+        tx,
+        waker,
+        stats: Arc::clone(&stats),
+        internal: config.internal,
+        subnets: subnets.clone(),
+        thread: None,
+    };
+    let worker = Worker::new(config, poll, switch, rx, stats, subnets);
+    (handle, worker)
 }
 
 /// The subnets a gateway serves: its IPv4 one and, if any, its IPv6 one.
@@ -436,7 +422,16 @@ impl InlineGateway {
         }
     }
 
-    /// The next frame toward the switch, after a service if none is waiting.
+    /// Serve the gateway unless frames already wait for the switch; false once it is
+    /// stopped (the port then reads end of stream).
+    fn fill(&mut self) -> bool {
+        if !self.stopped && self.queues().outbox.is_empty() {
+            self.service();
+        }
+        !self.stopped
+    }
+
+    /// The next frame toward the switch if `lendable` accepts it (it sees the frame).
     fn pop_out(&mut self, lendable: impl FnOnce(&Vec<u8>) -> bool) -> Option<Vec<u8>> {
         let q = self.queues();
         if !lendable(q.outbox.front()?) {
@@ -456,14 +451,8 @@ impl AsRawFd for InlineGateway {
 
 impl FrameIo for InlineGateway {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.stopped {
+        if !self.fill() {
             return Ok(0);
-        }
-        if self.queues().outbox.is_empty() {
-            self.service();
-            if self.stopped {
-                return Ok(0);
-            }
         }
         let Some(f) = self.pop_out(|_| true) else {
             self.arm();
@@ -479,14 +468,8 @@ impl FrameIo for InlineGateway {
         if batch.room() == 0 {
             return Err(io::ErrorKind::InvalidInput.into());
         }
-        if self.stopped {
+        if !self.fill() {
             return Ok(0);
-        }
-        if self.queues().outbox.is_empty() {
-            self.service();
-            if self.stopped {
-                return Ok(0);
-            }
         }
         let mut n = 0;
         while batch.room() > 0 {
