@@ -449,6 +449,20 @@ impl Podman {
                 .unwrap();
             assert!(out.status.success(), "mount tmpfs on {m}: {out:?}");
         }
+        // crun refuses a hybrid cgroup hierarchy (v1 controllers beside a cgroup2 with
+        // controllers of its own): the containers run without cgroups
+        // (`cgroups = "disabled"` below), over a plain cgroup2 in this mount namespace.
+        let fs = Command::new("stat")
+            .args(["-f", "-c", "%T", "/sys/fs/cgroup"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&fs.stdout).trim() != "cgroup2fs" {
+            let out = Command::new("mount")
+                .args(["-t", "cgroup2", "none", "/sys/fs/cgroup"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "mount cgroup2: {out:?}");
+        }
         let dir = env.root.join("podman");
         let bin = dir.join("cni-bin");
         let netd = dir.join("net.d");
@@ -460,6 +474,7 @@ impl Podman {
             dir.join("containers.conf"),
             format!(
                 "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\
+                 cgroups = \"disabled\"\n\
                  [network]\nnetwork_backend = \"cni\"\nnetwork_config_dir = \"{}\"\n\
                  cni_plugin_dirs = [\"{}\", \"/usr/lib/cni\"]\n",
                 netd.display(),
