@@ -1079,6 +1079,13 @@ pub fn udp_echo_in(ns: &tapnet_sandbox::netns::Netns, addr: &str) -> Server {
         .run(|| std::net::UdpSocket::bind(addr))
         .expect("enter namespace")
         .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    // Bursts of thousands of flows (the flow-limit test) must not overflow the echo's
+    // receive queue while its thread waits for a CPU: the largest buffer allowed
+    // (`SO_RCVBUFFORCE` as real root, else `SO_RCVBUF` up to `net.core.rmem_max`).
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(&sock, sockopt::RcvBufForce, &(8 << 20)).is_err() {
+        let _ = setsockopt(&sock, sockopt::RcvBuf, &(8 << 20));
+    }
     let peers: Peers = Default::default();
     let server = Server {
         addr: sock.local_addr().unwrap(),
