@@ -22,6 +22,13 @@
 //!   refuses offload, see [`crate::udp`]). **Every datagram to a peer goes through one
 //!   function, `VxlanPort::transmit`** (a batch of same-stride datagrams and their
 //!   destination): the one place where datagrams are sealed (encrypted networks, below).
+//!   The one exception, for networks in clear only: a TCP super-frame (`GSO_TCPV4/6`) of
+//!   more than one segment is not copied at all ([`crate::gather`]): each segment's
+//!   headers (VXLAN to TCP, checksums complete) are written to a small buffer and the
+//!   datagrams go out as `sendmsg` iovecs — header, then the payload's slice of the
+//!   switch's frame — through `VxlanPort::transmit_cut`, same batching, GSO and
+//!   fallbacks, same bytes on the wire (counted `tx_gathered`); a port with keys never
+//!   takes that way (`transmit_cut` refuses it).
 //!   A frame
 //!   that cannot be segmented or encapsulated is counted
 //!   ([`VxlanStatsSnapshot::tx_invalid`]) and refused with `InvalidData` (the switch
@@ -83,11 +90,12 @@
 use crate::coalesce::Coalescer;
 use crate::crypt::{self, KeyRing, KeySet};
 use crate::demux::DemuxRx;
+use crate::gather::TcpCut;
 use crate::header::{self, Vni, VXLAN_HDR_LEN};
 use crate::suppress::NeighTable;
 use crate::table::{Dest, Learned, TableConfig, VtepTable};
 use crate::udp::{self, Sender};
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
@@ -178,6 +186,7 @@ pub struct VxlanStats {
     tx_no_key: AtomicU64,
     tx_bytes: AtomicU64,
     rx_bytes: AtomicU64,
+    tx_gathered: AtomicU64,
 }
 
 /// A copy of a [`VxlanStats`].
@@ -228,6 +237,9 @@ pub struct VxlanStatsSnapshot {
     pub tx_bytes: u64,
     /// Inner frame bytes received from the tunnel and handed to the switch.
     pub rx_bytes: u64,
+    /// Of `tx_frames`, the segments of TSO super-frames sent *gathered*: headers from a
+    /// small buffer, payload straight from the switch's frame (no copy in user space).
+    pub tx_gathered: u64,
 }
 
 impl VxlanStats {
@@ -255,6 +267,7 @@ impl VxlanStats {
             auth_failed: l(&self.auth_failed),
             tx_bytes: l(&self.tx_bytes),
             rx_bytes: l(&self.rx_bytes),
+            tx_gathered: l(&self.tx_gathered),
             tx_no_key: l(&self.tx_no_key),
         }
     }
@@ -329,6 +342,8 @@ pub struct VxlanPort {
     stats: Arc<VxlanStats>,
     /// Transmit scratch: datagrams (VXLAN header + frame) laid `stride` apart.
     tx: Vec<u8>,
+    /// Gathered transmit: each segment's headers (VXLAN to TCP), see [`crate::gather`].
+    tx_hdrs: Vec<u8>,
     start: Instant,
     last_expire_ms: u64,
     /// Keys of an encrypted network (`None`: datagrams in clear).
@@ -404,6 +419,7 @@ impl VxlanPort {
             self_addr,
             stats: Arc::new(VxlanStats::default()),
             tx: vec![0u8; MAX_DATAGRAM],
+            tx_hdrs: Vec::new(),
             start: Instant::now(),
             last_expire_ms: 0,
             crypt: None,
@@ -586,6 +602,61 @@ impl VxlanPort {
         };
         let refused = sender.gso_refused();
         let sent = sender.send(sock, batch, stride, to);
+        bump(&stats.gso_refused, sender.gso_refused() - refused);
+        bump(&stats.tx_datagrams, sent.datagrams);
+        bump(&stats.tx_bytes, sent.bytes);
+        bump(&stats.tx_errors, sent.errors);
+        match sent.last_error {
+            Some(e) if sent.datagrams == 0 => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// The gathered twin of [`Self::transmit`], for a port **without keys** (one with
+    /// keys refuses: nothing is sent, `tx_invalid`; sealing needs the datagrams whole in
+    /// `tx`, so `send` never comes here then): the segments of `cut` (headers written to
+    /// `tx_hdrs`, payloads left where they are in the switch's frame) go, as UDP GSO
+    /// sends of `sendmsg` iovecs, to the VTEP the table gives for the inner destination,
+    /// or to every VTEP of the VNI. `Ok` if at least one copy went out.
+    fn transmit_cut(&mut self, cut: &TcpCut<'_>) -> io::Result<()> {
+        let VxlanPort {
+            sock,
+            vni,
+            table,
+            stats,
+            tx_hdrs,
+            sender,
+            crypt,
+            ..
+        } = self;
+        if crypt.is_some() {
+            bump(&stats.tx_invalid, 1);
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        cut.write_headers(*vni, tx_hdrs);
+        let hl = cut.header_len();
+        let mut parts = Vec::with_capacity(2 * cut.len());
+        for (i, h) in tx_hdrs.chunks_exact(hl).take(cut.len()).enumerate() {
+            parts.push(IoSlice::new(h));
+            parts.push(IoSlice::new(cut.payload(i)));
+        }
+        let frames = cut.len() as u64;
+        bump(&stats.tx_frames, frames);
+        bump(&stats.tx_gathered, frames);
+        let dst = cut.dst_mac().map_or(MacAddr::BROADCAST, MacAddr);
+        let one;
+        let to: &[SocketAddr] = match table.lookup(*vni, dst) {
+            Dest::Unicast(addr) => {
+                one = [addr];
+                &one
+            }
+            Dest::Flood(all) => {
+                bump(&stats.tx_flooded, frames);
+                all
+            }
+        };
+        let refused = sender.gso_refused();
+        let sent = sender.send_gathered(sock, &parts, 2, cut.stride(), to);
         bump(&stats.gso_refused, sender.gso_refused() - refused);
         bump(&stats.tx_datagrams, sent.datagrams);
         bump(&stats.tx_bytes, sent.bytes);
@@ -889,6 +960,13 @@ impl FrameIo for VxlanPort {
             out.copy_from_slice(eth);
             self.send_one(eth.len())?;
             return Ok(frame.len());
+        }
+        // A TSO super-frame on a network in clear: no copy of its payload here, the
+        // datagrams go out gathered (headers + slices of `frame`).
+        if self.crypt.is_none() {
+            if let Some(cut) = TcpCut::new(&hdr, eth) {
+                return self.transmit_cut(&cut).map(|()| frame.len());
+            }
         }
         let Ok(mut seg) = Segmenter::with_header(&hdr, eth) else {
             return invalid(&self.stats);

@@ -240,6 +240,10 @@ fn gso_super_frames_are_segmented_before_encapsulation() {
     wait_until("counters", || a.vx().tx_datagrams == 6);
     let s = a.vx();
     assert_eq!((s.tx_frames, s.tx_flooded, s.tx_invalid), (3, 3, 0));
+    assert_eq!(
+        s.tx_gathered, 3,
+        "sent gathered: headers + slices of the frame"
+    );
     dp.shutdown();
 }
 
@@ -432,6 +436,54 @@ fn a_super_frame_crosses_the_tunnel_as_one_gso_send_and_comes_out_merged() {
     });
     let (sa, sb) = (a.vx(), b.vx());
     assert_eq!((sa.tx_frames, sa.tx_datagrams, sa.gso_refused), (47, 94, 0));
+    assert_eq!(sa.tx_gathered, 47);
     assert_eq!((sb.rx_datagrams, sb.rx_merged), (47, 47 - frames));
+    dp.shutdown();
+}
+
+#[test]
+fn a_super_frame_to_a_known_vtep_goes_out_gathered_to_it_alone() {
+    let (dp, a, b, c, _) = pair();
+    c.set_nonblocking(true).unwrap();
+    assert!(matches!(
+        a.control(VxlanControl::SetStatics(vec![(
+            tapnet_wire::MacAddr(mac(0xb)),
+            b.addr
+        )])),
+        PortReply::Done
+    ));
+    // 10 segments of 1,000 bytes, unicast to B: B's endpoint gets every payload byte
+    // (merged), C nothing; no segment was copied in user space on A.
+    let sf = tso4(mac(0xb), 10_000, 1000);
+    a.ep.send(&sf);
+    let mut payload = Vec::new();
+    while payload.len() < 10_000 {
+        let got = b.ep.recv();
+        let g = &got[VNET_HDR_LEN..];
+        let h = &sf[VNET_HDR_LEN..];
+        assert_eq!(
+            (&g[..16], &g[26..38]),
+            (&h[..16], &h[26..38]),
+            "addresses, ports"
+        );
+        assert!(checksum::verify(&g[14..34]), "IPv4 header checksum");
+        payload.extend_from_slice(&g[54..]);
+    }
+    assert_eq!(payload, sf[VNET_HDR_LEN + 54..]);
+    // A one-segment TSO frame takes the copying way, and arrives as well.
+    a.ep.send(&tso4(mac(0xb), 700, 1000));
+    let got = b.ep.recv();
+    assert_eq!(
+        got[VNET_HDR_LEN + 54..],
+        tso4(mac(0xb), 700, 1000)[VNET_HDR_LEN + 54..]
+    );
+    wait_until("counters", || a.vx().tx_datagrams == 11);
+    let sa = a.vx();
+    assert_eq!(
+        (sa.tx_frames, sa.tx_gathered, sa.tx_flooded, sa.tx_errors),
+        (11, 10, 0, 0)
+    );
+    let mut buf = [0u8; 2000];
+    assert!(c.recv(&mut buf).is_err(), "nothing flooded to C");
     dp.shutdown();
 }
