@@ -106,6 +106,18 @@ impl<'a> TcpCut<'a> {
         self.header_len() + self.mss
     }
 
+    /// Payload bytes of every segment but the last (the GSO size).
+    pub fn mss(&self) -> usize {
+        self.mss
+    }
+
+    /// Whether the last segment is full too (a payload that is a multiple of the MSS,
+    /// as TCP's TSO frames are but for the end of a burst): then the next frame's
+    /// datagrams may follow it in the same UDP GSO send.
+    pub fn ends_full(&self) -> bool {
+        (self.frame.len() - self.h.payload_off).is_multiple_of(self.mss)
+    }
+
     /// Segment `i`'s payload, where it lies in the frame.
     pub fn payload(&self, i: usize) -> &'a [u8] {
         let start = self.h.payload_off + i * self.mss;
@@ -119,13 +131,13 @@ impl<'a> TcpCut<'a> {
     }
 
     /// Write every segment's headers (VXLAN header for `vni`, then Ethernet, IP and
-    /// TCP, lengths, ids and checksums filled in) into `out`, `header_len()` bytes
-    /// apart, growing it as needed.
-    pub fn write_headers(&self, vni: Vni, out: &mut Vec<u8>) {
+    /// TCP, lengths, ids and checksums filled in) into `out` from offset `at`,
+    /// `header_len()` bytes apart, growing it as needed. Returns where they end.
+    pub fn write_headers(&self, vni: Vni, out: &mut Vec<u8>, at: usize) -> usize {
         let hl = self.header_len();
-        let need = hl * self.count;
-        if out.len() < need {
-            out.resize(need, 0);
+        let end = at + hl * self.count;
+        if out.len() < end {
+            out.resize(end, 0);
         }
         let h = self.h;
         let template = self.frame.get(..h.payload_off).unwrap_or_default();
@@ -135,7 +147,8 @@ impl<'a> TcpCut<'a> {
             self.frame.get(h.ip_off + 12..h.ip_off + 20)
         }
         .unwrap_or_default();
-        for (i, seg) in out.chunks_exact_mut(hl).take(self.count).enumerate() {
+        let region = out.get_mut(at..end).unwrap_or_default();
+        for (i, seg) in region.chunks_exact_mut(hl).enumerate() {
             let _ = header::emit_header(vni, seg);
             let Some(f) = seg.get_mut(VXLAN_HDR_LEN..) else {
                 continue;
@@ -177,6 +190,7 @@ impl<'a> TcpCut<'a> {
                 .checksum();
             set(f, h.l4_off + 16, &c.to_be_bytes());
         }
+        end
     }
 }
 
@@ -220,8 +234,15 @@ mod tests {
     fn gathered(sf: &[u8], vni: Vni) -> Option<(Vec<Vec<u8>>, usize)> {
         let (hdr, eth) = vnet::split(sf).ok()?;
         let cut = TcpCut::new(&hdr, eth)?;
-        let mut hb = Vec::new();
-        cut.write_headers(vni, &mut hb);
+        // Written after 5 bytes of something else: offsets are honoured.
+        let mut hb = vec![0xee; 5];
+        assert_eq!(
+            cut.write_headers(vni, &mut hb, 5),
+            5 + cut.len() * cut.header_len()
+        );
+        assert_eq!(hb[..5], [0xee; 5]);
+        let hb = hb.split_off(5);
+        assert_eq!(cut.ends_full(), (payload_of(sf)).is_multiple_of(cut.mss()));
         let hl = cut.header_len();
         let out = (0..cut.len())
             .map(|i| {
@@ -231,6 +252,12 @@ mod tests {
             })
             .collect();
         Some((out, cut.stride()))
+    }
+
+    fn payload_of(sf: &[u8]) -> usize {
+        let (_, eth) = vnet::split(sf).unwrap();
+        let h = Headers::parse(eth, L4::Tcp).unwrap();
+        eth.len() - h.payload_off
     }
 
     /// The copying way: VXLAN header + `Segmenter::next_into`'s frame.
