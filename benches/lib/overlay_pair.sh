@@ -6,7 +6,7 @@
 # 192.0.2.1/24 <-> 192.0.2.2/24, MTU 1500. On each host:
 #   kernel: `vxlan` VNI 100 (UDP 8472, remote = the other host) on a Linux bridge and a
 #           veth into container namespace ovk1/ovk2 (MTU 1450, 10.100.0.1/2);
-#   tapnet: one tapnetd (with $TAPNETD_ARGS) in the host's namespace, a static overlay
+#   tapnet: one tapnetd ($TAPNETD, default target/release/tapnetd; with $TAPNETD_ARGS) in the host's namespace, a static overlay
 #           network (VNI 4242, UDP 4789, peers = the other host) and sandbox ovt1/ovt2
 #           (10.101.0.11/12).
 # Sets OV_K_CLI/OV_K_SRV and OV_T_CLI/OV_T_SRV (command prefixes for host 1's and host
@@ -38,7 +38,7 @@ overlay_pair_setup() {
         d=/run/tapnet-ovh$i
         mkdir -p $d
         # shellcheck disable=SC2086 # TAPNETD_ARGS is a list of flags
-        nsenter --net=/run/netns/ovh$i target/release/tapnetd -H unix://$d/tapnet.sock \
+        nsenter --net=/run/netns/ovh$i "${TAPNETD:-target/release/tapnetd}" -H unix://$d/tapnet.sock \
             --exec-root $d/run --data-root $d/data ${TAPNETD_ARGS:-} >$d/tapnetd.log 2>&1 &
         pids+=($!)
     done

@@ -146,13 +146,16 @@ fn static_overlay_between_two_hosts() {
         }
 
         // TCP across hosts: 4 MiB from a to b (GSO super-frames from the tap are cut to
-        // the inner MTU before encapsulation; nothing exceeds the underlay's 1500).
-        let got = std::thread::scope(|s| {
+        // the inner MTU before encapsulation; nothing exceeds the underlay's 1500). The
+        // bytes are a pattern, their digest compared: the segments A sends gathered
+        // (headers + slices of the tap's frame, see tapnet_vxlan::gather) must carry
+        // every byte in order.
+        let (client, got) = std::thread::scope(|s| {
             let server = s.spawn(|| {
                 b.python(
                     "sb",
                     r#"
-import socket
+import hashlib, socket
 l = socket.socket()
 l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 l.bind(("10.90.0.20", 5001))
@@ -161,12 +164,14 @@ l.settimeout(20)
 c, _ = l.accept()
 c.settimeout(20)
 n = 0
+h = hashlib.sha256()
 while True:
     d = c.recv(65536)
     if not d:
         break
     n += len(d)
-print(n)
+    h.update(d)
+print(n, h.hexdigest())
 "#,
                 )
             });
@@ -174,17 +179,25 @@ print(n)
             let client = a.python(
                 "sa",
                 r#"
-import socket
+import hashlib, socket
+data = (bytes(range(251)) * 16712)[: 4 << 20]
 c = socket.create_connection(("10.90.0.20", 5001), timeout=20)
-c.sendall(b"x" * (4 << 20))
+c.sendall(data)
 c.close()
+print(len(data), hashlib.sha256(data).hexdigest())
 "#,
             );
             assert!(client.status.success(), "{client:?}");
-            server.join().unwrap()
+            (client, server.join().unwrap())
         });
         assert!(got.status.success(), "{got:?}");
-        assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "4194304");
+        assert_eq!(
+            String::from_utf8_lossy(&got.stdout).trim(),
+            String::from_utf8_lossy(&client.stdout).trim()
+        );
+        assert!(String::from_utf8_lossy(&got.stdout).starts_with("4194304 "));
+        let t = &a.get("/networks/ov/stats")["Tunnel"];
+        assert!(tapnet_tests::n(&t["Port"], "tx_gathered") > 0, "{t}");
 
         // The anycast gateway: each host's own gateway answers, once (a remote copy
         // would show up as DUP! replies), with the same MAC on both hosts.

@@ -16,6 +16,8 @@
 //! * [`udp`]: the UDP I/O: batches of datagrams sent with segmentation offload
 //!   (`UDP_SEGMENT`, `sendmmsg` for replication) and read with `UDP_GRO` + `recvmmsg`,
 //!   with run-time fallbacks.
+//! * [`gather`]: a TSO super-frame cut into VXLAN datagrams sent with `sendmsg` iovecs
+//!   (headers from a small buffer, payload from the switch's frame: no copy).
 //! * [`coalesce`]: received TCP segments of one flow merged back into a GSO super-frame
 //!   (software GRO) for the tap.
 //! * [`demux`]: [`demux::VxlanSocket`], the daemon's one UDP socket and the dispatcher
@@ -29,6 +31,7 @@
 pub mod coalesce;
 pub mod crypt;
 pub mod demux;
+pub mod gather;
 pub mod header;
 pub mod port;
 pub mod suppress;

@@ -22,6 +22,18 @@
 //!   refuses offload, see [`crate::udp`]). **Every datagram to a peer goes through one
 //!   function, `VxlanPort::transmit`** (a batch of same-stride datagrams and their
 //!   destination): the one place where datagrams are sealed (encrypted networks, below).
+//!   The one exception, for networks in clear only: a TCP super-frame (`GSO_TCPV4/6`) of
+//!   more than one segment is not copied at all ([`crate::gather`]): each segment's
+//!   headers (VXLAN to TCP, checksums complete) are written to a small buffer and the
+//!   datagrams go out as `sendmsg` iovecs — header, then the payload's slice of the
+//!   switch's frame — through `VxlanPort::transmit_cuts`, same batching, GSO and
+//!   fallbacks, same bytes on the wire (counted `tx_gathered`); a port with keys never
+//!   takes that way (`transmit_cuts` refuses it). [`FrameIo::send_batch`] goes one step
+//!   further: consecutive such frames to one VTEP (a unicast entry), of one header
+//!   length and MSS, each but the last a whole number of segments (TCP's TSO frames
+//!   are), are sent as *one* gathered batch (a *train*, at most 16 frames), so the UDP
+//!   GSO sends are full: a 46-segment frame alone needs a send of 44 datagrams and one
+//!   of 2 (a send carries at most ~64 KiB).
 //!   A frame
 //!   that cannot be segmented or encapsulated is counted
 //!   ([`VxlanStatsSnapshot::tx_invalid`]) and refused with `InvalidData` (the switch
@@ -83,24 +95,27 @@
 use crate::coalesce::Coalescer;
 use crate::crypt::{self, KeyRing, KeySet};
 use crate::demux::DemuxRx;
+use crate::gather::TcpCut;
 use crate::header::{self, Vni, VXLAN_HDR_LEN};
 use crate::suppress::NeighTable;
 use crate::table::{Dest, Learned, TableConfig, VtepTable};
 use crate::udp::{self, Sender};
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tapnet_switch::runtime::{FrameIo, PortControl, PortReply};
+use tapnet_switch::runtime::{FrameIo, Frames, PortControl, PortReply, SendBatchError};
 use tapnet_wire::gso::Segmenter;
 use tapnet_wire::vnet::{self, VNET_HDR_LEN, ZERO_HDR};
 use tapnet_wire::MacAddr;
 
 /// Largest UDP payload over IPv4, the size of the port's transmit buffer.
 const MAX_DATAGRAM: usize = 65_535;
+/// Most frames sent as one gathered batch by `send_batch` (a *train*).
+const MAX_TRAIN: usize = 16;
 /// How often, in milliseconds, learned entries are aged.
 const EXPIRE_EVERY_MS: u64 = 1000;
 
@@ -178,6 +193,7 @@ pub struct VxlanStats {
     tx_no_key: AtomicU64,
     tx_bytes: AtomicU64,
     rx_bytes: AtomicU64,
+    tx_gathered: AtomicU64,
 }
 
 /// A copy of a [`VxlanStats`].
@@ -228,6 +244,9 @@ pub struct VxlanStatsSnapshot {
     pub tx_bytes: u64,
     /// Inner frame bytes received from the tunnel and handed to the switch.
     pub rx_bytes: u64,
+    /// Of `tx_frames`, the segments of TSO super-frames sent *gathered*: headers from a
+    /// small buffer, payload straight from the switch's frame (no copy in user space).
+    pub tx_gathered: u64,
 }
 
 impl VxlanStats {
@@ -255,6 +274,7 @@ impl VxlanStats {
             auth_failed: l(&self.auth_failed),
             tx_bytes: l(&self.tx_bytes),
             rx_bytes: l(&self.rx_bytes),
+            tx_gathered: l(&self.tx_gathered),
             tx_no_key: l(&self.tx_no_key),
         }
     }
@@ -329,6 +349,8 @@ pub struct VxlanPort {
     stats: Arc<VxlanStats>,
     /// Transmit scratch: datagrams (VXLAN header + frame) laid `stride` apart.
     tx: Vec<u8>,
+    /// Gathered transmit: each segment's headers (VXLAN to TCP), see [`crate::gather`].
+    tx_hdrs: Vec<u8>,
     start: Instant,
     last_expire_ms: u64,
     /// Keys of an encrypted network (`None`: datagrams in clear).
@@ -404,6 +426,7 @@ impl VxlanPort {
             self_addr,
             stats: Arc::new(VxlanStats::default()),
             tx: vec![0u8; MAX_DATAGRAM],
+            tx_hdrs: Vec::new(),
             start: Instant::now(),
             last_expire_ms: 0,
             crypt: None,
@@ -586,6 +609,122 @@ impl VxlanPort {
         };
         let refused = sender.gso_refused();
         let sent = sender.send(sock, batch, stride, to);
+        bump(&stats.gso_refused, sender.gso_refused() - refused);
+        bump(&stats.tx_datagrams, sent.datagrams);
+        bump(&stats.tx_bytes, sent.bytes);
+        bump(&stats.tx_errors, sent.errors);
+        match sent.last_error {
+            Some(e) if sent.datagrams == 0 => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// The train of frames starting at `frames[i]`, into `cuts` (emptied first): the
+    /// longest run (at most [`MAX_TRAIN`]) of TSO frames that `send` would send gathered
+    /// (network in clear, not local-only), all to one VTEP (a unicast entry: flooded
+    /// frames are not trained), with the same header length and MSS, every one but the
+    /// last ending on a full segment, so that their datagrams form one UDP GSO batch.
+    fn train<'a>(&self, frames: Frames<'a>, i: usize, cuts: &mut Vec<TcpCut<'a>>) {
+        cuts.clear();
+        if self.crypt.is_some() {
+            return;
+        }
+        let mut to = None;
+        for k in i..frames.len().min(i + MAX_TRAIN) {
+            let Some(frame) = frames.get(k) else {
+                break;
+            };
+            let Ok((hdr, eth)) = vnet::split(frame) else {
+                break;
+            };
+            if eth.len() < tapnet_wire::ETH_HDR_LEN || self.is_local_only(eth) {
+                break;
+            }
+            let Some(cut) = TcpCut::new(&hdr, eth) else {
+                break;
+            };
+            let dst = cut.dst_mac().map_or(MacAddr::BROADCAST, MacAddr);
+            let Dest::Unicast(addr) = self.table.lookup(self.vni, dst) else {
+                break;
+            };
+            if let Some(prev) = cuts.last() {
+                if to != Some(addr)
+                    || !prev.ends_full()
+                    || prev.header_len() != cut.header_len()
+                    || prev.mss() != cut.mss()
+                {
+                    break;
+                }
+            }
+            to = Some(addr);
+            cuts.push(cut);
+        }
+    }
+
+    /// The gathered twin of [`Self::transmit`], for a port **without keys** (one with
+    /// keys refuses: nothing is sent, `tx_invalid`; sealing needs the datagrams whole in
+    /// `tx`, so `send` never comes here then): the segments of `cut` (headers written to
+    /// `tx_hdrs`, payloads left where they are in the switch's frame) go, as UDP GSO
+    /// sends of `sendmsg` iovecs, to the VTEP the table gives for the inner destination,
+    /// or to every VTEP of the VNI. `Ok` if at least one copy went out.
+    fn transmit_cuts(&mut self, cuts: &[TcpCut<'_>]) -> io::Result<()> {
+        let VxlanPort {
+            sock,
+            vni,
+            table,
+            stats,
+            tx_hdrs,
+            sender,
+            crypt,
+            ..
+        } = self;
+        if crypt.is_some() {
+            bump(&stats.tx_invalid, 1);
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        let Some(first) = cuts.first() else {
+            return Ok(());
+        };
+        let (hl, stride) = (first.header_len(), first.stride());
+        // One batch: same layout, and every frame but the last ends on a full segment.
+        let n = cuts.len();
+        let fits = cuts.iter().enumerate().all(|(k, c)| {
+            c.header_len() == hl && c.stride() == stride && (k + 1 == n || c.ends_full())
+        });
+        if !fits {
+            bump(&stats.tx_invalid, n as u64);
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        let mut end = 0;
+        for c in cuts {
+            end = c.write_headers(*vni, tx_hdrs, end);
+        }
+        let segments: usize = cuts.iter().map(|c| c.len()).sum();
+        let mut parts = Vec::with_capacity(2 * segments);
+        let mut hdrs = tx_hdrs.get(..end).unwrap_or_default().chunks_exact(hl);
+        for c in cuts {
+            for i in 0..c.len() {
+                parts.push(IoSlice::new(hdrs.next().unwrap_or_default()));
+                parts.push(IoSlice::new(c.payload(i)));
+            }
+        }
+        let frames = segments as u64;
+        bump(&stats.tx_frames, frames);
+        bump(&stats.tx_gathered, frames);
+        let dst = first.dst_mac().map_or(MacAddr::BROADCAST, MacAddr);
+        let one;
+        let to: &[SocketAddr] = match table.lookup(*vni, dst) {
+            Dest::Unicast(addr) => {
+                one = [addr];
+                &one
+            }
+            Dest::Flood(all) => {
+                bump(&stats.tx_flooded, frames);
+                all
+            }
+        };
+        let refused = sender.gso_refused();
+        let sent = sender.send_gathered(sock, &parts, 2, stride, to);
         bump(&stats.gso_refused, sender.gso_refused() - refused);
         bump(&stats.tx_datagrams, sent.datagrams);
         bump(&stats.tx_bytes, sent.bytes);
@@ -890,6 +1029,13 @@ impl FrameIo for VxlanPort {
             self.send_one(eth.len())?;
             return Ok(frame.len());
         }
+        // A TSO super-frame on a network in clear: no copy of its payload here, the
+        // datagrams go out gathered (headers + slices of `frame`).
+        if self.crypt.is_none() {
+            if let Some(cut) = TcpCut::new(&hdr, eth) {
+                return self.transmit_cuts(&[cut]).map(|()| frame.len());
+            }
+        }
         let Ok(mut seg) = Segmenter::with_header(&hdr, eth) else {
             return invalid(&self.stats);
         };
@@ -942,6 +1088,38 @@ impl FrameIo for VxlanPort {
             }
         }
         result
+    }
+
+    /// Frames one at a time through [`FrameIo::send`], but for *trains*: consecutive
+    /// TSO frames to one VTEP (see `VxlanPort::train`) go out as one gathered batch, so
+    /// the UDP GSO sends are full (a 46-segment frame alone takes a send of 44 and one
+    /// of 2). A train that fails whole is reported at its first frame (the switch goes
+    /// on with the next one, the rest of the train then frame by frame).
+    fn send_batch(&mut self, frames: Frames<'_>) -> Result<(), SendBatchError> {
+        let mut cuts = Vec::new();
+        let mut i = 0;
+        while i < frames.len() {
+            self.train(frames, i, &mut cuts);
+            if cuts.len() > 1 {
+                if let Err(error) = self.transmit_cuts(&cuts) {
+                    return Err(SendBatchError { sent: i, error });
+                }
+                i += cuts.len();
+                continue;
+            }
+            let Some(frame) = frames.get(i) else {
+                break;
+            };
+            loop {
+                match self.send(frame) {
+                    Ok(_) => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(error) => return Err(SendBatchError { sent: i, error }),
+                }
+            }
+            i += 1;
+        }
+        Ok(())
     }
 
     fn control(&mut self, msg: PortControl) -> io::Result<PortReply> {

@@ -336,6 +336,62 @@ impl Sender {
         sent
     }
 
+    /// Send a *gathered* batch to every address of `to`: datagram `i` is the
+    /// concatenation of `parts[i * per .. (i + 1) * per]` (each datagram `per` slices:
+    /// headers from one buffer, payload from another, so nothing is copied into a batch
+    /// first), every datagram `stride` bytes but the last. Chunked, offloaded and
+    /// falling back exactly like [`Sender::send`] (same GSO state); datagrams whose
+    /// lengths disagree with `stride` are not sent (`InvalidInput`, counted an error).
+    pub fn send_gathered(
+        &mut self,
+        sock: &UdpSocket,
+        parts: &[IoSlice<'_>],
+        per: usize,
+        stride: usize,
+        to: &[SocketAddr],
+    ) -> Sent {
+        let mut sent = Sent::default();
+        let per = per.max(1);
+        if to.is_empty() || parts.is_empty() || !parts.len().is_multiple_of(per) || stride == 0 {
+            return sent;
+        }
+        let count = parts.len() / per;
+        let len_of = |d: &[IoSlice<'_>]| d.iter().map(|s| s.len()).sum::<usize>();
+        // Every datagram but the last `stride` bytes, the last at most: the GSO layout.
+        let fits = parts.chunks(per).enumerate().all(|(i, d)| {
+            let n = len_of(d);
+            n == stride || (i + 1 == count && n > 0 && n <= stride)
+        });
+        if !fits || stride > usize::from(u16::MAX) {
+            sent.errors += 1;
+            sent.last_error = Some(io::ErrorKind::InvalidInput.into());
+            return sent;
+        }
+        let per_chunk = (MAX_GSO_BYTES / stride).clamp(1, MAX_GSO_SEGMENTS);
+        let fd = sock.as_raw_fd();
+        for addr in to {
+            let to = SockaddrStorage::from(*addr);
+            for chunk in parts.chunks(per_chunk * per) {
+                let len = len_of(chunk);
+                if self.gso && chunk.len() > per {
+                    match send_iov(fd, chunk, len, Some(stride), &to, &mut sent) {
+                        Ok(()) => continue,
+                        // Over the path MTU: this chunk plain, GSO stays on (see `send`).
+                        Err(Errno::EMSGSIZE) => {}
+                        Err(_) => {
+                            self.gso = false;
+                            self.refused += 1;
+                        }
+                    }
+                }
+                for d in chunk.chunks(per) {
+                    let _ = send_iov(fd, d, len_of(d), None, &to, &mut sent);
+                }
+            }
+        }
+        sent
+    }
+
     /// Send `chunk` to every address (`segment`: with `UDP_SEGMENT`). `Err` only when the
     /// kernel refused segmentation offload before anything of the chunk went out.
     fn send_chunk(
@@ -359,23 +415,10 @@ impl Sender {
         let fd = sock.as_raw_fd();
         let iov = [IoSlice::new(chunk)];
         if self.addrs.len() == 1 {
-            let to = self.addrs.first().copied().flatten();
-            loop {
-                match sendmsg(fd, &iov, cmsgs, MsgFlags::empty(), to.as_ref()) {
-                    Ok(_) => {
-                        sent.datagrams += datagrams;
-                        sent.bytes += chunk.len() as u64;
-                        return Ok(());
-                    }
-                    Err(Errno::EINTR) => continue,
-                    Err(e) if seg.is_some() && gso_refused(e) => return Err(e),
-                    Err(e) => {
-                        sent.errors += 1;
-                        sent.last_error = Some(e.into());
-                        return Ok(());
-                    }
-                }
-            }
+            return match self.addrs.first().copied().flatten() {
+                Some(to) => send_iov(fd, &iov, chunk.len(), segment, &to, sent),
+                None => Ok(()),
+            };
         }
         // Head-end replication: the same chunk to every VTEP in one sendmmsg. (The
         // headers are made here: nix's are not `Send`, and a port moves to its worker.)
@@ -411,6 +454,45 @@ impl Sender {
             }
         }
         Ok(())
+    }
+}
+
+/// One `sendmsg` of the datagram (or, with `segment`, the `UDP_SEGMENT` batch) made of
+/// `iov` (`len` bytes) to `to`, counted in `sent`. `Err` only when the kernel refused
+/// segmentation offload (nothing went out); other errors are counted and `Ok`.
+fn send_iov(
+    fd: std::os::fd::RawFd,
+    iov: &[IoSlice<'_>],
+    len: usize,
+    segment: Option<usize>,
+    to: &SockaddrStorage,
+    sent: &mut Sent,
+) -> Result<(), Errno> {
+    let datagrams = segment.map_or(1, |s| len.div_ceil(s.max(1))) as u64;
+    let seg = segment.and_then(|s| u16::try_from(s).ok());
+    let cmsg_one: [ControlMessage<'_>; 1];
+    let cmsgs: &[ControlMessage<'_>] = match seg.as_ref() {
+        Some(s) => {
+            cmsg_one = [ControlMessage::UdpGsoSegments(s)];
+            &cmsg_one
+        }
+        None => &[],
+    };
+    loop {
+        match sendmsg(fd, iov, cmsgs, MsgFlags::empty(), Some(to)) {
+            Ok(_) => {
+                sent.datagrams += datagrams;
+                sent.bytes += len as u64;
+                return Ok(());
+            }
+            Err(Errno::EINTR) => continue,
+            Err(e) if seg.is_some() && gso_refused(e) => return Err(e),
+            Err(e) => {
+                sent.errors += 1;
+                sent.last_error = Some(e.into());
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -456,6 +538,94 @@ mod tests {
                 assert!(buf[..n].iter().all(|&x| x == i));
             }
         }
+    }
+
+    /// `n` gathered datagrams of `stride` bytes (the last `last`): a 3-byte "header"
+    /// from one buffer, the rest from another, datagram `i` filled with `i`.
+    fn gathered(n: usize, stride: usize, last: usize) -> (Vec<u8>, Vec<u8>) {
+        let (mut hdrs, mut body) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let len = if i + 1 == n { last } else { stride };
+            hdrs.extend(std::iter::repeat_n(i as u8, 3));
+            body.extend(std::iter::repeat_n(i as u8, len - 3));
+        }
+        (hdrs, body)
+    }
+
+    fn parts<'a>(hdrs: &'a [u8], body: &'a [u8], stride: usize) -> Vec<IoSlice<'a>> {
+        hdrs.chunks(3)
+            .zip(body.chunks(stride - 3))
+            .flat_map(|(h, b)| [IoSlice::new(h), IoSlice::new(b)])
+            .collect()
+    }
+
+    #[test]
+    fn a_gathered_batch_arrives_as_the_datagrams_it_describes() {
+        for gso in [true, false] {
+            let (tx, rx, rx2) = (socket(), socket(), socket());
+            let mut s = Sender::new();
+            // Without GSO: the plain fallback, one sendmsg of two iovecs per datagram.
+            s.gso = gso;
+            // 70 datagrams: more than one GSO send (64 segments at most per send).
+            let (h, b) = gathered(70, 900, 500);
+            let p = parts(&h, &b, 900);
+            let to = [
+                rx.local_addr().unwrap_or_else(|e| panic!("{e}")),
+                rx2.local_addr().unwrap_or_else(|e| panic!("{e}")),
+            ];
+            let sent = s.send_gathered(&tx, &p, 2, 900, &to);
+            assert_eq!((sent.datagrams, sent.errors), (140, 0), "gso {gso}");
+            assert_eq!(sent.bytes, 2 * (69 * 900 + 500));
+            for r in [&rx, &rx2] {
+                let mut buf = [0u8; 2000];
+                for i in 0..70u8 {
+                    let n = r.recv(&mut buf).unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(n, if i == 69 { 500 } else { 900 });
+                    assert!(buf[..n].iter().all(|&x| x == i), "datagram {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn with_gro_a_gathered_batch_is_read_whole() {
+        let (tx, rx) = (socket(), socket());
+        assert!(enable_gro(&rx), "this kernel has UDP_GRO");
+        let (h, b) = gathered(5, 1200, 1000);
+        let p = parts(&h, &b, 1200);
+        let to = [rx.local_addr().unwrap_or_else(|e| panic!("{e}"))];
+        let mut s = Sender::new();
+        assert_eq!(s.send_gathered(&tx, &p, 2, 1200, &to).datagrams, 5);
+        std::thread::sleep(Duration::from_millis(20));
+        let mut buf = vec![0u8; RECV_BUF];
+        let r = recv_one(&rx, &mut buf).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((r.len, r.stride, r.truncated), (5800, 1200, false));
+        let want: Vec<u8> = (0..5u8)
+            .flat_map(|i| std::iter::repeat_n(i, if i == 4 { 1000 } else { 1200 }))
+            .collect();
+        assert_eq!(&buf[..r.len], &want[..]);
+    }
+
+    #[test]
+    fn a_gathered_batch_off_its_stride_is_not_sent() {
+        let (tx, rx) = (socket(), socket());
+        rx.set_nonblocking(true).unwrap_or_else(|e| panic!("{e}"));
+        let to = [rx.local_addr().unwrap_or_else(|e| panic!("{e}"))];
+        let mut s = Sender::new();
+        let (h, b) = gathered(3, 900, 500);
+        let p = parts(&h, &b, 900);
+        // A middle datagram shorter than the stride; a last one longer; a ragged list.
+        for (p, stride, per) in [(&p[..], 1000, 2), (&p[..], 500, 2), (&p[..5], 900, 2)] {
+            let sent = s.send_gathered(&tx, p, per, stride, &to);
+            assert_eq!((sent.datagrams, sent.bytes), (0, 0));
+            assert_eq!(sent.errors, u64::from(p.len().is_multiple_of(per)));
+        }
+        let mut buf = [0u8; 2000];
+        assert_eq!(
+            rx.recv(&mut buf).map_err(|e| e.kind()),
+            Err(io::ErrorKind::WouldBlock),
+            "nothing went out"
+        );
     }
 
     #[test]

@@ -288,6 +288,10 @@ fn a_sealed_super_frame_crosses_as_gso_sends_and_comes_out_merged() {
     });
     let (sa, sb) = (a.vx(), b.vx());
     assert_eq!((sa.tx_frames, sa.tx_no_key, sa.gso_refused), (47, 0, 0));
+    assert_eq!(
+        sa.tx_gathered, 0,
+        "sealed datagrams are built whole in the port's buffer"
+    );
     assert_eq!((sb.rx_merged, sb.auth_failed), (47 - frames, 0));
     dp.shutdown();
 }

@@ -1,9 +1,11 @@
 //! The send path's run-time fallback, against a real kernel refusal: in a private
 //! user+net namespace (unprivileged: `unshare -Urn`), loopback's MTU is set to 1500, so a
 //! `UDP_SEGMENT` send of 2,000-byte datagrams is refused (`EMSGSIZE`); the batch must go
-//! out as plain datagrams (fragmented by the kernel) and arrive whole.
+//! out as plain datagrams (fragmented by the kernel) and arrive whole — for contiguous
+//! batches and gathered ones (`Sender::send_gathered`) alike.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::IoSlice;
 use std::net::UdpSocket;
 use std::process::Command;
 use std::time::Duration;
@@ -48,6 +50,31 @@ fn body() {
     for i in 0..4u8 {
         let n = rx.recv(&mut buf).unwrap();
         assert_eq!((n, buf[0]), (1000, i));
+    }
+
+    // The gathered send (headers and payload from separate buffers, as a TSO frame goes
+    // out, see `tapnet_vxlan::gather`) falls back the same way: segments over the MTU
+    // plain and fragmented, GSO kept; segments that fit still offloaded.
+    for (stride, n) in [(2000usize, 3u8), (1000, 4)] {
+        let hdrs: Vec<u8> = (0..n).flat_map(|i| [i; 10]).collect();
+        let body: Vec<u8> = (0..n)
+            .flat_map(|i| std::iter::repeat_n(i, stride - 10))
+            .collect();
+        let parts: Vec<IoSlice<'_>> = hdrs
+            .chunks(10)
+            .zip(body.chunks(stride - 10))
+            .flat_map(|(h, b)| [IoSlice::new(h), IoSlice::new(b)])
+            .collect();
+        let sent = s.send_gathered(&tx, &parts, 2, stride, &to);
+        assert_eq!((sent.datagrams, sent.errors), (u64::from(n), 0), "{stride}");
+        let mut buf = [0u8; 4000];
+        for i in 0..n {
+            let got = rx.recv(&mut buf).unwrap();
+            assert_eq!(got, stride);
+            assert!(buf[..got].iter().all(|&b| b == i), "datagram {i}");
+        }
+        assert!(s.gso_enabled());
+        assert_eq!(s.gso_refused(), 0);
     }
 }
 

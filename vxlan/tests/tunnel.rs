@@ -240,6 +240,10 @@ fn gso_super_frames_are_segmented_before_encapsulation() {
     wait_until("counters", || a.vx().tx_datagrams == 6);
     let s = a.vx();
     assert_eq!((s.tx_frames, s.tx_flooded, s.tx_invalid), (3, 3, 0));
+    assert_eq!(
+        s.tx_gathered, 3,
+        "sent gathered: headers + slices of the frame"
+    );
     dp.shutdown();
 }
 
@@ -432,6 +436,117 @@ fn a_super_frame_crosses_the_tunnel_as_one_gso_send_and_comes_out_merged() {
     });
     let (sa, sb) = (a.vx(), b.vx());
     assert_eq!((sa.tx_frames, sa.tx_datagrams, sa.gso_refused), (47, 94, 0));
+    assert_eq!(sa.tx_gathered, 47);
     assert_eq!((sb.rx_datagrams, sb.rx_merged), (47, 47 - frames));
     dp.shutdown();
+}
+
+#[test]
+fn a_super_frame_to_a_known_vtep_goes_out_gathered_to_it_alone() {
+    let (dp, a, b, c, _) = pair();
+    c.set_nonblocking(true).unwrap();
+    assert!(matches!(
+        a.control(VxlanControl::SetStatics(vec![(
+            tapnet_wire::MacAddr(mac(0xb)),
+            b.addr
+        )])),
+        PortReply::Done
+    ));
+    // 10 segments of 1,000 bytes, unicast to B: B's endpoint gets every payload byte
+    // (merged), C nothing; no segment was copied in user space on A.
+    let sf = tso4(mac(0xb), 10_000, 1000);
+    a.ep.send(&sf);
+    let mut payload = Vec::new();
+    while payload.len() < 10_000 {
+        let got = b.ep.recv();
+        let g = &got[VNET_HDR_LEN..];
+        let h = &sf[VNET_HDR_LEN..];
+        assert_eq!(
+            (&g[..16], &g[26..38]),
+            (&h[..16], &h[26..38]),
+            "addresses, ports"
+        );
+        assert!(checksum::verify(&g[14..34]), "IPv4 header checksum");
+        payload.extend_from_slice(&g[54..]);
+    }
+    assert_eq!(payload, sf[VNET_HDR_LEN + 54..]);
+    // A one-segment TSO frame takes the copying way, and arrives as well.
+    a.ep.send(&tso4(mac(0xb), 700, 1000));
+    let got = b.ep.recv();
+    assert_eq!(
+        got[VNET_HDR_LEN + 54..],
+        tso4(mac(0xb), 700, 1000)[VNET_HDR_LEN + 54..]
+    );
+    wait_until("counters", || a.vx().tx_datagrams == 11);
+    let sa = a.vx();
+    assert_eq!(
+        (sa.tx_frames, sa.tx_gathered, sa.tx_flooded, sa.tx_errors),
+        (11, 10, 0, 0)
+    );
+    let mut buf = [0u8; 2000];
+    assert!(c.recv(&mut buf).is_err(), "nothing flooded to C");
+    dp.shutdown();
+}
+
+#[test]
+fn consecutive_super_frames_to_one_vtep_go_out_as_full_gso_sends() {
+    use tapnet_switch::runtime::{FrameBatch, FrameIo, Frames, RECV_BUF_LEN};
+    use tapnet_vxlan::udp;
+    // A port alone (no switch): its send_batch is called directly, as the switch does.
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut port = VxlanPort::new(sock, vni(), TableConfig::default()).unwrap();
+    let stats = port.stats();
+    let (rx, rx_addr) = raw_vtep();
+    assert!(udp::enable_gro(&rx), "this kernel has UDP_GRO");
+    udp::set_buffers(&rx); // 6 batches of up to 64 KiB: more than the default buffer
+    rx.set_nonblocking(true).unwrap();
+    for m in [
+        VxlanControl::SetPeers(vec![rx_addr]),
+        VxlanControl::SetStatics(vec![(tapnet_wire::MacAddr(mac(0xb)), rx_addr)]),
+    ] {
+        port.control(PortControl::Custom(Box::new(m))).unwrap();
+    }
+    // Four TSO frames of 1,000-byte segments: 64, 64, 63.5 (the last segment short), 64.
+    // A send carries at most 61 datagrams of 1,062 bytes. Frames 0-2 are one train (only
+    // its last frame may end short): 192 datagrams in sends of 61, 61, 61, 9; frame 3
+    // after the short one starts anew: 61 + 3. Six sends, where frame by frame took 8.
+    let frames = [
+        tso4(mac(0xb), 64_000, 1000),
+        tso4(mac(0xb), 64_000, 1000),
+        tso4(mac(0xb), 63_500, 1000),
+        tso4(mac(0xb), 64_000, 1000),
+    ];
+    let mut batch = FrameBatch::new(64, RECV_BUF_LEN, 8 * RECV_BUF_LEN);
+    let mut want = Vec::new();
+    for f in &frames {
+        batch.spare()[..f.len()].copy_from_slice(f);
+        batch.commit(f.len());
+        let mut segs = Vec::new();
+        tapnet_wire::gso::segment_to_vecs(f, &mut segs).unwrap();
+        for s in segs {
+            let mut d = vec![0u8; 8 + s.len()];
+            encap(vni(), &s, &mut d).unwrap();
+            want.extend_from_slice(&d);
+        }
+    }
+    port.send_batch(Frames::all(&batch)).unwrap();
+    let s = stats.snapshot();
+    assert_eq!(
+        (s.tx_frames, s.tx_gathered, s.tx_datagrams),
+        (256, 256, 256)
+    );
+    assert_eq!((s.tx_errors, s.tx_invalid, s.gso_refused), (0, 0, 0));
+    // What arrived: the same bytes as the copying way, in GRO batches one per send.
+    let mut buf = vec![0u8; udp::RECV_BUF];
+    let (mut got, mut batches) = (Vec::new(), Vec::new());
+    wait_until("every datagram", || {
+        while let Ok(r) = udp::recv_one(&rx, &mut buf) {
+            got.extend_from_slice(&buf[..r.len]);
+            batches.push(r.len.div_ceil(r.stride));
+        }
+        got.len() >= want.len()
+    });
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "the bytes differ from the copying way's");
+    assert_eq!(batches, [61, 61, 61, 9, 61, 3]);
 }

@@ -443,6 +443,7 @@ impl Driver for OverlayDriver {
                 ("unknown_vtep", p.unknown_vtep),
                 ("rx_merged", p.rx_merged),
                 ("gso_refused", p.gso_refused),
+                ("tx_gathered", p.tx_gathered),
             ],
             socket: vec![
                 ("datagrams", s.datagrams),
