@@ -834,6 +834,8 @@ pub struct DaemonInfo {
     pub tap_io_path: String,
     /// `--tap-queues`.
     pub tap_queues: usize,
+    /// Where network gateways run (`TapnetGateway`).
+    pub gateway: String,
 }
 
 static DAEMON_INFO: std::sync::OnceLock<DaemonInfo> = std::sync::OnceLock::new();
@@ -949,6 +951,7 @@ pub fn info_body(store: &Store, daemon: &DaemonInfo) -> InfoResponse {
         tapnet_tap_io: daemon.tap_io.clone(),
         tapnet_tap_io_path: daemon.tap_io_path.clone(),
         tapnet_tap_queues: daemon.tap_queues as u64,
+        tapnet_gateway: daemon.gateway.clone(),
     }
 }
 

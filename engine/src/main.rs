@@ -430,10 +430,8 @@ async fn main() -> anyhow::Result<()> {
         .with_tap_queues(usize::from(args.tap_queues))
         .context("--tap-queues")?;
     tracing::info!(queues = bridge.tap_queues(), "endpoint tap queues");
-    tracing::info!(
-        placement = tapnet_engine::driver::bridge::gateway_placement(),
-        "network gateways"
-    );
+    let gateway = tapnet_engine::driver::bridge::Placement::current();
+    tracing::info!(placement = gateway.describe(), "network gateways");
     let bridge = Arc::new(bridge);
     let overlay = overlay_driver(&args, Arc::clone(&bridge));
     let mut plugin_config = PluginConfig::new(&args.exec_root);
@@ -521,6 +519,7 @@ async fn main() -> anyhow::Result<()> {
         tap_io: args.tap_io.as_str().to_string(),
         tap_io_path: tap_io_path.as_str().to_string(),
         tap_queues: usize::from(args.tap_queues),
+        gateway: gateway.as_str().into(),
     });
     let served = api::serve_unix(
         &socket,

@@ -62,6 +62,7 @@ fn info_reports_machine_and_state() {
         assert_eq!(i["TapnetTapIo"], "rw", "{i}");
         assert_eq!(i["TapnetTapIoPath"], "rw", "{i}");
         assert_eq!(n(&i, "TapnetTapQueues"), 1, "{i}");
+        assert_eq!(i["TapnetGateway"], "inline", "{i}");
         let plugins = strs(&i["Plugins"]["Network"]);
         for d in ["bridge", "host", "macvlan", "null", "overlay"] {
             assert!(plugins.contains(&d), "{d} missing: {plugins:?}");

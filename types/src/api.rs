@@ -661,6 +661,10 @@ pub struct InfoResponse {
     pub tapnet_tap_io_path: String,
     /// tapnet: queues per endpoint tap (`--tap-queues`; the workers a network spans).
     pub tapnet_tap_queues: u64,
+    /// tapnet: where network gateways run: `inline` (on the switch worker serving the
+    /// network, the default), `queue` or `socketpair` (a thread of their own, for
+    /// comparisons: `TAPNET_GATEWAY_LINK`).
+    pub tapnet_gateway: String,
 }
 
 /// `Plugins` of [`InfoResponse`].

@@ -159,8 +159,12 @@ pub fn info_text(i: &InfoResponse) -> String {
     line(
         "Datapath",
         format!(
-            "{} workers, tap I/O {} ({}), {} queue(s) per tap",
-            i.tapnet_datapath_workers, i.tapnet_tap_io_path, i.tapnet_tap_io, i.tapnet_tap_queues
+            "{} workers, tap I/O {} ({}), {} queue(s) per tap, gateways {}",
+            i.tapnet_datapath_workers,
+            i.tapnet_tap_io_path,
+            i.tapnet_tap_io,
+            i.tapnet_tap_queues,
+            i.tapnet_gateway
         ),
     );
     line("Kernel Version", i.kernel_version.clone());
@@ -241,6 +245,7 @@ mod tests {
             tapnet_tap_io: "rw".into(),
             tapnet_tap_io_path: "rw".into(),
             tapnet_tap_queues: 1,
+            tapnet_gateway: "inline".into(),
             ..InfoResponse::default()
         };
         let t = info_text(&i);
@@ -250,7 +255,9 @@ mod tests {
         assert!(t.contains(" Sandboxes: 2\n"), "{t}");
         assert!(t.contains(" Cluster Store: none\n"), "{t}");
         assert!(
-            t.contains(" Datapath: 2 workers, tap I/O rw (rw), 1 queue(s) per tap\n"),
+            t.contains(
+                " Datapath: 2 workers, tap I/O rw (rw), 1 queue(s) per tap, gateways inline\n"
+            ),
             "{t}"
         );
     }

@@ -974,26 +974,41 @@ fn refresh_isolation(nets: &HashMap<String, BridgeNetwork>) {
 
 /// Where network gateways run, as [`GATEWAY_LINK_ENV`] chooses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Placement {
+pub enum Placement {
+    /// On the switch worker that serves the network (the default).
     Inline,
+    /// On a thread of their own, behind the in-process link.
     Queue,
+    /// On a thread of their own, behind a socket pair.
     SocketPair,
 }
 
-fn placement() -> Placement {
-    match std::env::var(GATEWAY_LINK_ENV).unwrap_or_default().as_str() {
-        "queue" => Placement::Queue,
-        "socketpair" => Placement::SocketPair,
-        _ => Placement::Inline,
+impl Placement {
+    /// The placement this daemon's environment chooses.
+    pub fn current() -> Placement {
+        match std::env::var(GATEWAY_LINK_ENV).unwrap_or_default().as_str() {
+            "queue" => Placement::Queue,
+            "socketpair" => Placement::SocketPair,
+            _ => Placement::Inline,
+        }
     }
-}
 
-/// Where network gateways run, in words (logged at start).
-pub fn gateway_placement() -> &'static str {
-    match placement() {
-        Placement::Queue => "own thread, in-process link (TAPNET_GATEWAY_LINK=queue)",
-        Placement::SocketPair => "own thread, socket pair (TAPNET_GATEWAY_LINK=socketpair)",
-        Placement::Inline => "inline on the switch worker",
+    /// Its name in `GET /info` (`TapnetGateway`): `inline`, `queue` or `socketpair`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Placement::Inline => "inline",
+            Placement::Queue => "queue",
+            Placement::SocketPair => "socketpair",
+        }
+    }
+
+    /// In words (logged at start).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Placement::Queue => "own thread, in-process link (TAPNET_GATEWAY_LINK=queue)",
+            Placement::SocketPair => "own thread, socket pair (TAPNET_GATEWAY_LINK=socketpair)",
+            Placement::Inline => "inline on the switch worker",
+        }
     }
 }
 
@@ -1006,7 +1021,7 @@ pub fn gateway_placement() -> &'static str {
 /// `SO_*BUFFORCE`).
 fn gateway_pair(cfg: &tapnet_nat::Config) -> io::Result<(Box<dyn FrameIo>, GatewayEnd)> {
     use nix::sys::socket::{setsockopt, sockopt};
-    match placement() {
+    match Placement::current() {
         Placement::Queue => {
             let (port, gw) = tapnet_nat::port::link()?;
             return Ok((Box::new(port), GatewayEnd::Spawn(gw.into())));
