@@ -312,8 +312,9 @@ def main():
     except ImportError:
         pass
 
-    # vxlan_gather: config byte (bits 0-4: header offset, bit 7: buffer pre-sized), VNI
-    # (3 bytes LE), then vnet header + frame: TSO super-frames to cut.
+    # vxlan_gather: config byte (bits 0-4: header offset, bit 6: pad length follows,
+    # bit 7: buffer pre-sized), VNI (3 bytes LE), [u16 LE pad: the target appends
+    # pad * 17 / 16 bytes to the frame], then vnet header + frame: TSO super-frames to cut.
     ts = b"\x01\x01\x08\x0a" + struct.pack("!II", 5, 6)  # NOP NOP timestamps
     vni3 = struct.pack("<I", VNI)[:3]
     for name, cfg, f in [
@@ -325,6 +326,10 @@ def main():
         ("v4-one-seg", 0x00, tso(False, 80, 100, 0x19)),
     ]:
         write(out, "vxlan_gather", name, bytes([cfg]) + vni3 + f)
+    # Near 64 KiB once padded: 63,750 bytes of payload in 1448-byte segments; and an IPv6
+    # frame whose one segment would exceed the payload length field (refused).
+    write(out, "vxlan_gather", "v4-64k", b"\x40" + vni3 + struct.pack("<H", 59750) + tso(False, 250, 1448, 0x18))
+    write(out, "vxlan_gather", "v6-too-long", b"\x40" + vni3 + struct.pack("<H", 61680) + tso(True, 100, 65535, 0x10))
 
     # api_bodies: selector byte, then the JSON body.
     bodies = {

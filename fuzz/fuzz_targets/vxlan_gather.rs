@@ -4,10 +4,12 @@
 //! copying way it must equal, `tapnet_wire::gso::Segmenter::next_into` behind a VXLAN
 //! header (`header::encap`).
 //!
-//! Input: a config byte (bits 0-4: the offset `write_headers` starts at; bit 7: the
-//! header buffer is already longer than needed, else it grows), three bytes of VNI
-//! (little-endian, 24 bits), then the 10-byte virtio-net header and the Ethernet frame
-//! (the rest of the input).
+//! Input: a config byte (bits 0-4: the offset `write_headers` starts at; bit 6: a pad
+//! length follows the VNI; bit 7: the header buffer is already longer than needed, else
+//! it grows), three bytes of VNI (little-endian, 24 bits), with bit 6 a u16 LE `pad`,
+//! then the 10-byte virtio-net header and the Ethernet frame (the rest of the input),
+//! to which `pad * 17 / 16` pattern bytes are appended: a small input can describe a
+//! super-frame near the 64 KiB limits of the IP length fields.
 //!
 //! Asserted (besides "no panic"): `TcpCut::new` accepts exactly the TSO super-frames
 //! (`GSO_TCPV4`/`GSO_TCPV6`, ECN allowed) that `Segmenter::with_header` accepts and cuts
@@ -37,7 +39,23 @@ fuzz_target!(|data: &[u8]| {
     let cfg = input.byte();
     let vni_raw = u32::from_le_bytes([input.byte(), input.byte(), input.byte(), 0]);
     let vni = Vni::new(vni_raw).expect("24-bit VNI");
+    let pad = if cfg & 0x40 != 0 {
+        usize::from(input.u16()) * 17 / 16
+    } else {
+        0
+    };
     let rest = input.bytes(usize::MAX);
+    let padded: Vec<u8>;
+    let rest = if pad > 0 {
+        padded = rest
+            .iter()
+            .copied()
+            .chain((0..pad).map(|i| (i * 7 + i / 251) as u8))
+            .collect();
+        &padded[..]
+    } else {
+        rest
+    };
     let Ok((hdr, frame)) = vnet::split(rest) else {
         return;
     };
