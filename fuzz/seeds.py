@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Write the seed corpora of tapnet's fuzz targets: real frames (ARP, IPv4/IPv6
-UDP/TCP/ICMP, NDP, DNS queries, GSO super-frames), VXLAN datagrams (clear and
+UDP/TCP/ICMP, NDP, DNS queries, GSO and TSO super-frames), VXLAN datagrams (clear and
 AES-256-GCM sealed) and API bodies from the tests, in each target's input format
 (see fuzz/src/lib.rs and the doc comment of each target).
 
@@ -181,6 +181,29 @@ def gso_tcpv4(i=1, segs=3, mss=1000):
     return hdr + f
 
 
+def tso(v6_=False, payload_len=250, mss=100, flags=0x19, ecn=False, opts=b""):
+    """A TSO super-frame (GSO_TCPV4/GSO_TCPV6, ECN bit if `ecn`) with NEEDS_CSUM, as a
+    tap hands it: one TCP header (`flags` as sent: FIN/PSH belong on the last segment,
+    CWR on the first), the partial (pseudo-header) checksum, `payload_len` bytes."""
+    m, dst_mac = ep_mac(1), ep_mac(2)
+    if v6_:
+        src, dst, etype, ip_len = ep6(1), ep6(2), 0x86DD, 40
+    else:
+        src, dst, etype, ip_len = ep4(1), ep4(2), 0x0800, 20
+    payload = bytes((k * 7 + k // 251) & 0xFF for k in range(payload_len))
+    t = tcp(src, dst, 44000, 5201, 0xFFFFFF00, 77, flags, payload, opts)
+    ps = (~csum(pseudo(src, dst, 6, len(t)))) & 0xFFFF
+    t = t[:16] + struct.pack("!H", ps) + t[18:]
+    ip = ipv6(src, dst, 6, t) if v6_ else ipv4(src, dst, 6, t, ident=0xFFFE)
+    f = eth(dst_mac, m, etype, ip)
+    gso = (4 if v6_ else 1) | (0x80 if ecn else 0)
+    l4 = 14 + ip_len
+    # flags NEEDS_CSUM, gso type, hdr_len, gso_size, csum_start, csum_offset (10 bytes:
+    # tapnet's ports use the header without num_buffers).
+    hdr = struct.pack("<BBHHHH", 1, gso, l4 + 20 + len(opts), mss, l4, 16)
+    return hdr + f
+
+
 def vnet(f):
     return ZERO_HDR + f
 
@@ -288,6 +311,25 @@ def main():
         write(out, "vxlan_packet", "03-sealed-replay", b"\x03" + rec(0, b"\0\0" + sealed[0]) + rec(0, b"\0\0" + sealed[0]))
     except ImportError:
         pass
+
+    # vxlan_gather: config byte (bits 0-4: header offset, bit 6: pad length follows,
+    # bit 7: buffer pre-sized), VNI (3 bytes LE), [u16 LE pad: the target appends
+    # pad * 17 / 16 bytes to the frame], then vnet header + frame: TSO super-frames to cut.
+    ts = b"\x01\x01\x08\x0a" + struct.pack("!II", 5, 6)  # NOP NOP timestamps
+    vni3 = struct.pack("<I", VNI)[:3]
+    for name, cfg, f in [
+        ("v4-fin", 0x00, tso(False, 250, 100, 0x19)),
+        ("v4-ecn-cwr", 0x85, tso(False, 300, 100, 0xD8, ecn=True)),
+        ("v4-ts-wrap", 0x03, tso(False, 129, 64, 0x18, opts=ts)),
+        ("v6-ack", 0x80, tso(True, 300, 120, 0x10)),
+        ("v6-ecn-cwr-fin", 0x07, tso(True, 200, 64, 0xD9, ecn=True, opts=ts)),
+        ("v4-one-seg", 0x00, tso(False, 80, 100, 0x19)),
+    ]:
+        write(out, "vxlan_gather", name, bytes([cfg]) + vni3 + f)
+    # Near 64 KiB once padded: 63,750 bytes of payload in 1448-byte segments; and an IPv6
+    # frame whose one segment would exceed the payload length field (refused).
+    write(out, "vxlan_gather", "v4-64k", b"\x40" + vni3 + struct.pack("<H", 59750) + tso(False, 250, 1448, 0x18))
+    write(out, "vxlan_gather", "v6-too-long", b"\x40" + vni3 + struct.pack("<H", 61680) + tso(True, 100, 65535, 0x10))
 
     # api_bodies: selector byte, then the JSON body.
     bodies = {
