@@ -176,8 +176,9 @@ def gso_tcpv4(i=1, segs=3, mss=1000):
     ps = (~csum(pseudo(a4, dst, 6, len(t)))) & 0xFFFF
     t = t[:16] + struct.pack("!H", ps) + t[18:]
     f = eth(GW_MAC, m, 0x0800, ipv4(a4, dst, 6, t))
-    # flags NEEDS_CSUM, gso TCPV4, hdr_len, gso_size, csum_start, csum_offset, num_buffers
-    hdr = struct.pack("<BBHHHHH", 1, 1, 54, mss, 34, 16, 0)
+    # flags NEEDS_CSUM, gso TCPV4, hdr_len, gso_size, csum_start, csum_offset: the 10-byte
+    # header tapnet's ports use (no num_buffers)
+    hdr = struct.pack("<BBHHHH", 1, 1, 54, mss, 34, 16)
     return hdr + f
 
 
