@@ -281,6 +281,30 @@ impl VxlanStats {
 }
 
 /// Add to a counter only the worker writes.
+/// The VTEPs `dest` stands for; a flood of `frames` frames is counted.
+fn vteps<'d>(dest: &'d Dest<'_>, stats: &VxlanStats, frames: u64) -> &'d [SocketAddr] {
+    match dest {
+        Dest::Unicast(addr) => std::slice::from_ref(addr),
+        Dest::Flood(all) => {
+            bump(&stats.tx_flooded, frames);
+            all
+        }
+    }
+}
+
+/// Count what one send did (`refused`: GSO refusals it met); `Ok` if any datagram went
+/// out, else its last error.
+fn counted(stats: &VxlanStats, sent: crate::udp::Sent, refused: u64) -> io::Result<()> {
+    bump(&stats.gso_refused, refused);
+    bump(&stats.tx_datagrams, sent.datagrams);
+    bump(&stats.tx_bytes, sent.bytes);
+    bump(&stats.tx_errors, sent.errors);
+    match sent.last_error {
+        Some(e) if sent.datagrams == 0 => Err(e),
+        _ => Ok(()),
+    }
+}
+
 fn bump(c: &AtomicU64, by: u64) {
     c.store(
         c.load(Ordering::Relaxed).wrapping_add(by),
@@ -596,27 +620,10 @@ impl VxlanPort {
         };
         let frames = batch.len().div_ceil(stride.max(1)) as u64;
         bump(&stats.tx_frames, frames);
-        let one;
-        let to: &[SocketAddr] = match table.lookup(*vni, dst) {
-            Dest::Unicast(addr) => {
-                one = [addr];
-                &one
-            }
-            Dest::Flood(all) => {
-                bump(&stats.tx_flooded, frames);
-                all
-            }
-        };
+        let dest = table.lookup(*vni, dst);
         let refused = sender.gso_refused();
-        let sent = sender.send(sock, batch, stride, to);
-        bump(&stats.gso_refused, sender.gso_refused() - refused);
-        bump(&stats.tx_datagrams, sent.datagrams);
-        bump(&stats.tx_bytes, sent.bytes);
-        bump(&stats.tx_errors, sent.errors);
-        match sent.last_error {
-            Some(e) if sent.datagrams == 0 => Err(e),
-            _ => Ok(()),
-        }
+        let sent = sender.send(sock, batch, stride, vteps(&dest, stats, frames));
+        counted(stats, sent, sender.gso_refused() - refused)
     }
 
     /// The train of frames starting at `frames[i]`, into `cuts` (emptied first): the
@@ -712,27 +719,10 @@ impl VxlanPort {
         bump(&stats.tx_frames, frames);
         bump(&stats.tx_gathered, frames);
         let dst = first.dst_mac().map_or(MacAddr::BROADCAST, MacAddr);
-        let one;
-        let to: &[SocketAddr] = match table.lookup(*vni, dst) {
-            Dest::Unicast(addr) => {
-                one = [addr];
-                &one
-            }
-            Dest::Flood(all) => {
-                bump(&stats.tx_flooded, frames);
-                all
-            }
-        };
+        let dest = table.lookup(*vni, dst);
         let refused = sender.gso_refused();
-        let sent = sender.send_gathered(sock, &parts, 2, stride, to);
-        bump(&stats.gso_refused, sender.gso_refused() - refused);
-        bump(&stats.tx_datagrams, sent.datagrams);
-        bump(&stats.tx_bytes, sent.bytes);
-        bump(&stats.tx_errors, sent.errors);
-        match sent.last_error {
-            Some(e) if sent.datagrams == 0 => Err(e),
-            _ => Ok(()),
-        }
+        let sent = sender.send_gathered(sock, &parts, 2, stride, vteps(&dest, stats, frames));
+        counted(stats, sent, sender.gso_refused() - refused)
     }
 
     /// Seal every datagram of the batch at `tx[range]` (`stride` apart, the last maybe
