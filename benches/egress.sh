@@ -17,8 +17,9 @@
 #   (pd) wan -> pasta namespace through its forwarded port (`-t 5202:5201`)
 # plus the reverse directions of (a), (b), (b64) and (p) (`iperf3 -R`). Beside each figure:
 # the forwarding process's CPU time (all threads, user + system) per Gbit moved.
-# TAPNET_GATEWAY_LINK=socketpair runs tapnetd with the socket-pair switch<->gateway link
-# (default: the in-process link, `tapnet_nat::port`). TAPNETD_ARGS adds flags to tapnetd
+# TAPNET_GATEWAY_LINK=queue runs tapnetd's gateways on their own thread behind the
+# in-process link (`tapnet_nat::port`), =socketpair behind a socket pair (default: inline
+# on the switch worker, `tapnet_nat::InlineGateway`). TAPNETD_ARGS adds flags to tapnetd
 # (e.g. `--tap-io uring`).
 # TAPNET_BENCH_WMEM_MAX: the host's net.core.wmem_max during the run (benches/lib/wmem.sh:
 # pasta's send buffer; below 16 MiB pasta's egress stalls). Beside pasta's and tapnet's
