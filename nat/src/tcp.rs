@@ -30,7 +30,22 @@ use std::net::SocketAddr;
 use std::ops::Range;
 
 /// Bytes of buffer per TCP flow for data from the sandbox (the window it is offered).
-pub const SOCKET_BUF: usize = 256 * 1024;
+/// With 256 KiB an upload at ~10 Gbit/s kept hitting the closed window: four super-frames
+/// in flight, an ACK per loop turn, a host-socket write per super-frame. 1 MiB moved
+/// 10–20 % more at ~25 % less CPU per Gbit (docs/benchmarks.md, "Round 6"); like every
+/// buffer of [`crate::mem`]'s size it is its own mapping, whose pages cost memory only
+/// once data has passed through them.
+pub const SOCKET_BUF: usize = 1024 * 1024;
+
+/// The unit of the window the stack offers a sandbox: smoltcp scales it by
+/// 2^(bits of [`SOCKET_BUF`] − 16) and rounds the free space *down* to that unit, so the
+/// window's right edge moves back by up to a unit minus one byte whenever a segment that
+/// is not a whole number of units arrives into a nearly full buffer. A sender already
+/// past the new edge loses the tail of a segment (Linux retransmitted ~20 segments per
+/// 5 s of upload at 1 MiB). The MSS announced to sandboxes is therefore a multiple of
+/// this unit ([`crate::vnet::clamp_syn_mss`]): full segments never straddle a unit.
+pub const WINDOW_UNIT: usize =
+    1 << ((usize::BITS - SOCKET_BUF.leading_zeros()) as usize).saturating_sub(16);
 
 /// Bytes of buffer per TCP flow for data toward the sandbox: the most the stack keeps in
 /// flight to it. With 64 KiB GSO super-frames, 256 KiB was four frames in flight, and

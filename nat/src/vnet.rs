@@ -169,10 +169,13 @@ pub fn raise_syn_mss(ip: &mut [u8]) -> Option<u16> {
 }
 
 /// A SYN or SYN-ACK of the TCP stack on its way to a sandbox: clamp its MSS option to
-/// what fits the network's MTU (`mtu` − IP header − 20).
+/// what fits the network's MTU (`mtu` − IP header − 20), rounded down to a multiple of
+/// [`crate::tcp::WINDOW_UNIT`] (so the sandbox's full segments never leave the stack's
+/// rounded window edge behind; see there).
 pub fn clamp_syn_mss(ip: &mut [u8], mtu: usize) {
     rewrite_syn_mss(ip, |v6, old| {
         let fit = mtu.saturating_sub(if v6 { 60 } else { 40 });
+        let fit = (fit - fit % crate::tcp::WINDOW_UNIT).max(crate::tcp::WINDOW_UNIT);
         old.min(u16::try_from(fit).unwrap_or(u16::MAX))
     });
 }

@@ -281,11 +281,15 @@ fn syn_mss_raised_and_clamped() {
     );
     // The rest of the options untouched.
     assert_eq!(&ip[44..], &hex("0101 0402 01030307")[..]);
+    // MTU 1500 fits MSS 1460, rounded down to the window unit (32 bytes): 1440.
+    assert_eq!(crate::tcp::WINDOW_UNIT, 32);
     clamp_syn_mss(&mut ip, 1500);
-    assert_eq!(&ip[40..44], &hex("020405b4")[..]);
+    assert_eq!(&ip[40..44], &hex("020405a0")[..]);
     clamp_syn_mss(&mut ip, 9000);
-    assert_eq!(&ip[40..44], &hex("020405b4")[..], "clamping never raises");
-    // IPv6: MTU 1500 fits MSS 1440.
+    assert_eq!(&ip[40..44], &hex("020405a0")[..], "clamping never raises");
+    clamp_syn_mss(&mut ip, 576);
+    assert_eq!(&ip[40..44], &hex("02040200")[..], "536 rounds down to 512");
+    // IPv6: MTU 1500 fits MSS 1440, already a whole number of units.
     let mut ip6 = hex(IPV6_TCP);
     ip6.extend_from_slice(&hex(TCP_SYN_MSS));
     assert_eq!(raise_syn_mss(&mut ip6), Some(1460));
