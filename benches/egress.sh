@@ -169,7 +169,7 @@ best=$($PY -c "print(max($slirp64, $pasta_e))")
 best_r=$($PY -c "print(max($slirp64_r, $pasta_r))")
 row() { printf '%-46s %8s %8s %11s %10s %8s\n' "$@"; }
 echo
-echo "link: ${TAPNET_GATEWAY_LINK:-queue (default)}; CPU = the forwarding process's CPU ms per Gbit moved"
+echo "gateway: ${TAPNET_GATEWAY_LINK:-inline on the switch worker (default)}; CPU = the forwarding process's CPU ms per Gbit moved"
 row "single-stream TCP (Gbit/s)" "figure" "CPU" "/slirp65520" "/best peer" "/direct"
 row "(a) tapnet NAT egress, sandbox -> wan" "$tapnet" "$tapnet_cpu" \
     "$(ratio "$tapnet" "$slirp64")" "$(ratio "$tapnet" "$best")" "$(ratio "$tapnet" "$direct")"

@@ -1141,18 +1141,26 @@ impl Worker {
             self.read_link();
             return;
         }
-        if let SwitchLink::Inline(q) = &mut self.switch {
-            let n = q.inbox.len().min(RX_BATCH);
-            let frames: Vec<Vec<u8>> = q.inbox.drain(..n).collect();
-            q.inbox_bytes -= frames.iter().map(Vec::len).sum::<usize>();
-            self.switch_more = !q.inbox.is_empty();
-            for dg in frames {
+        if matches!(self.switch, SwitchLink::Inline(_)) {
+            // Frames are taken one by one (no batch vector per turn); only the switch
+            // worker, which runs this turn, fills the inbox.
+            for _ in 0..RX_BATCH {
+                let SwitchLink::Inline(q) = &mut self.switch else {
+                    return;
+                };
+                let Some(dg) = q.inbox.pop_front() else {
+                    break;
+                };
+                q.inbox_bytes -= dg.len();
                 let n = dg.len();
                 if let Some(b) = self.datagram(dg, n) {
                     if let SwitchLink::Inline(q) = &mut self.switch {
                         q.give(b);
                     }
                 }
+            }
+            if let SwitchLink::Inline(q) = &self.switch {
+                self.switch_more = !q.inbox.is_empty();
             }
             return;
         }
