@@ -277,6 +277,7 @@ impl Gateway {
             timer,
             armed: None,
             waker,
+            woken: false,
             stopped: false,
         };
         Ok((handle, port))
@@ -344,6 +345,8 @@ pub struct InlineGateway {
     /// When the timer fires, if armed.
     armed: Option<Instant>,
     waker: Arc<Waker>,
+    /// The waker was rung since the worker last served this port.
+    woken: bool,
     stopped: bool,
 }
 
@@ -394,6 +397,35 @@ impl InlineGateway {
         }
     }
 
+    /// Handle a frame from the switch where it lies, when nothing is queued before it
+    /// ([`Worker::datagram_in_place`]); false if it needs the copying path. A panic stops
+    /// the gateway (as in [`InlineGateway::service`]) and counts as handled.
+    fn in_place(&mut self, frame: &[u8]) -> bool {
+        let worker = &mut self.worker;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            worker.datagram_in_place(frame)
+        })) {
+            Ok(done) => done,
+            Err(_) => {
+                tracing::error!("gateway panicked; it is stopped (its network's switch goes on)");
+                self.stop();
+                true
+            }
+        }
+    }
+
+    /// Have the worker come back to this port (its poll) once its batch is done: ring the
+    /// waker unless it was rung since the worker last served the port.
+    fn want_turn(&mut self) {
+        if self.woken {
+            return;
+        }
+        self.woken = true;
+        if let Err(e) = self.waker.wake() {
+            tracing::warn!(error = %e, "gateway: wake");
+        }
+    }
+
     /// Stop for good: the port reads end of stream from now on, and the handle's calls
     /// (queued or future) say [`Error::Gone`] instead of waiting for a gateway that no
     /// longer runs. Host sockets close when the switch drops the port.
@@ -423,8 +455,11 @@ impl InlineGateway {
     }
 
     /// Serve the gateway unless frames already wait for the switch; false once it is
-    /// stopped (the port then reads end of stream).
+    /// stopped (the port then reads end of stream). The worker is serving the port, so the
+    /// waker's event is spent: the next frame from the switch rings it again (the port
+    /// stays ready while it hands over frames, and serves the gateway once they are out).
     fn fill(&mut self) -> bool {
+        self.woken = false;
         if !self.stopped && self.queues().outbox.is_empty() {
             self.service();
         }
@@ -503,6 +538,13 @@ impl FrameIo for InlineGateway {
         if self.stopped {
             return Err(io::ErrorKind::ConnectionRefused.into());
         }
+        if self.queues().inbox.is_empty() && self.in_place(frame) {
+            self.want_turn();
+            return Ok(frame.len());
+        }
+        if self.stopped {
+            return Err(io::ErrorKind::ConnectionRefused.into());
+        }
         let q = self.queues();
         if !q.inbox.is_empty() && q.inbox_bytes + frame.len() > crate::port::QUEUE_BYTES {
             return Err(io::ErrorKind::WouldBlock.into());
@@ -510,15 +552,9 @@ impl FrameIo for InlineGateway {
         let mut buf = q.spare.pop().unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(frame);
-        let was_empty = q.inbox.is_empty();
         q.inbox_bytes += frame.len();
         q.inbox.push_back(buf);
-        if was_empty {
-            // The worker comes back to this port (its poll) once its batch is done.
-            if let Err(e) = self.waker.wake() {
-                tracing::warn!(error = %e, "gateway: wake");
-            }
-        }
+        self.want_turn();
         Ok(frame.len())
     }
 }
@@ -1213,6 +1249,47 @@ impl Worker {
                 l.give(b);
             }
         }
+    }
+
+    /// Inline gateway, nothing queued before it: handle the switch datagram `dg` where it
+    /// lies, without copying it, if [`vnet::ready_in_place`] says the offload preparation
+    /// has nothing to change. TCP segments of known flows go to the stack at once
+    /// ([`Stack::ingest`]); a SYN (whose MSS option is rewritten) and new flows take a copy
+    /// of the segment, as on the copying path. False (nothing done) if the datagram needs
+    /// the copying path.
+    fn datagram_in_place(&mut self, dg: &[u8]) -> bool {
+        if !self.offloads || !vnet::ready_in_place(dg) {
+            return false;
+        }
+        Stats::inc(&self.stats.frames_in);
+        let eth = dg.get(VNET_HDR_LEN..).unwrap_or_default();
+        let v = self.core.classify(eth);
+        match self.unflush(v) {
+            Verdict::Tcp { at, src, dst, syn } => {
+                let Some(ip) = eth.get(at) else {
+                    self.stats.dropped(DropReason::Truncated);
+                    return true;
+                };
+                if syn {
+                    let p = ip.to_vec();
+                    let len = p.len();
+                    self.tcp_in(p, 0..len, src, dst, syn);
+                    return true;
+                }
+                // As `tcp_in` for a segment without SYN: the stack takes it, unless its
+                // flow's host connect is still pending.
+                let pending = self
+                    .tcp_by_key
+                    .get(&(src, dst))
+                    .and_then(|id| self.tcp.get(id))
+                    .is_some_and(|f| f.syn.is_some());
+                if !pending {
+                    self.stack.ingest(ip, smol_now(self.start));
+                }
+            }
+            v => self.handle_verdict(v),
+        }
+        true
     }
 
     /// One switch datagram (its first `n` bytes of `dg`): classify and handle it. Gives

@@ -176,6 +176,55 @@ impl Device for QueueDevice {
     }
 }
 
+/// Receive token over a packet the caller lends ([`Stack::ingest`]).
+pub struct LentRx<'a>(&'a [u8]);
+
+impl phy::RxToken for LentRx<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+}
+
+/// The stack's device with one lent packet to receive; what the stack sends meanwhile
+/// goes to the usual transmit queue.
+struct LentDevice<'a, 'p> {
+    pkt: Option<&'p [u8]>,
+    q: &'a mut QueueDevice,
+}
+
+impl Device for LentDevice<'_, '_> {
+    type RxToken<'b>
+        = LentRx<'b>
+    where
+        Self: 'b;
+    type TxToken<'b>
+        = TxTok<'b>
+    where
+        Self: 'b;
+
+    fn receive(&mut self, _t: Instant) -> Option<(LentRx<'_>, TxTok<'_>)> {
+        let pkt = self.pkt.take()?;
+        Some((
+            LentRx(pkt),
+            TxTok {
+                tx: &mut self.q.tx,
+                pool: &mut self.q.pool,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _t: Instant) -> Option<TxTok<'_>> {
+        Some(TxTok {
+            tx: &mut self.q.tx,
+            pool: &mut self.q.pool,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.q.capabilities()
+    }
+}
+
 /// The smoltcp stack of one gateway.
 pub struct Stack {
     iface: Interface,
@@ -229,6 +278,28 @@ impl Stack {
     /// recycled once the stack has consumed the packet).
     pub fn push_in(&mut self, buf: Vec<u8>, at: Range<usize>) {
         self.dev.rx.push_back((buf, at));
+    }
+
+    /// Process the IP packet `ip` now, where it lies (no copy of the packet: smoltcp copies
+    /// a segment's payload into its flow's buffer). Packets queued before it are processed
+    /// first, so the stack sees them in order; what it sends waits in the transmit queue
+    /// ([`Stack::take_tx`]) and timers wait for [`Stack::poll`].
+    pub fn ingest(&mut self, ip: &[u8], now: Instant) {
+        use smoltcp::iface::PollIngressSingleResult;
+        while !self.dev.rx.is_empty() {
+            if let PollIngressSingleResult::None =
+                self.iface
+                    .poll_ingress_single(now, &mut self.dev, &mut self.sockets)
+            {
+                break;
+            }
+        }
+        let mut dev = LentDevice {
+            pkt: Some(ip),
+            q: &mut self.dev,
+        };
+        self.iface
+            .poll_ingress_single(now, &mut dev, &mut self.sockets);
     }
 
     /// A packet buffer of `len` bytes from the pool (contents unspecified).

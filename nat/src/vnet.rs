@@ -86,6 +86,29 @@ pub fn prepare_offloaded(dg: &mut [u8]) -> Result<bool, DropReason> {
     }
 }
 
+/// Offload mode: whether [`prepare_offloaded`] would leave this datagram untouched and
+/// return `Ok(true)`, so the gateway may handle it where it lies (no copy): a valid header,
+/// and no GSO but TCP's with the IP length already right, no partial checksum to complete
+/// but a TCP one. Anything else (including what `prepare_offloaded` would drop) is `false`
+/// and takes the copying path, which counts the drop.
+pub fn ready_in_place(dg: &[u8]) -> bool {
+    let Ok((hdr, eth)) = vnet::split(dg) else {
+        return false;
+    };
+    if hdr.check(eth.len()).is_err() {
+        return false;
+    }
+    match hdr.gso_type() {
+        Some(GsoType::None) => {
+            !hdr.needs_csum() || tcp_offsets(eth.get(ETH_HDR_LEN..).unwrap_or_default()).is_some()
+        }
+        Some(GsoType::TcpV4 | GsoType::TcpV6) => {
+            Headers::parse(eth, L4::Tcp).is_ok_and(|h| h.ip_len_matches(eth))
+        }
+        _ => false,
+    }
+}
+
 /// Where the TCP header of an IP packet lies: `(v6, l4_off, tcp_hdr_len)`, `None` if the
 /// packet is not a well-formed unfragmented TCP packet (no IPv6 extension headers).
 fn tcp_offsets(ip: &[u8]) -> Option<(bool, usize, usize)> {

@@ -40,6 +40,9 @@ enum Via {
     Link,
     /// The gateway run by the caller's thread ([`Gateway::inline`]).
     Inline,
+    /// Inline, with tap offloads (as the engine runs it): frames from the sandbox are
+    /// handled where they lie (no copy), big segments toward it leave as GSO frames.
+    InlineOffload,
 }
 
 impl Wire {
@@ -63,6 +66,8 @@ struct Dev {
     sock: Wire,
     rx: VecDeque<Vec<u8>>,
     tx: VecDeque<Vec<u8>>,
+    /// Tap offloads: frames up to 64 KiB, TCP checksums left partial by the gateway.
+    offloads: bool,
 }
 struct Rx(Vec<u8>);
 struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
@@ -93,6 +98,12 @@ impl Device for Dev {
         let mut c = DeviceCapabilities::default();
         c.medium = Medium::Ethernet;
         c.max_transmission_unit = 1514;
+        if self.offloads {
+            // What a tap with offloads hands the kernel: GSO super-frames whose TCP
+            // checksum is partial (the kernel takes them as valid).
+            c.max_transmission_unit = 65535 + 14;
+            c.checksum.tcp = phy::Checksum::Tx;
+        }
         c
     }
 }
@@ -177,11 +188,12 @@ fn start(cfg_fn: impl FnOnce(&mut Config)) -> (GatewayHandle, Sandbox) {
 fn start_on(via: Via, cfg_fn: impl FnOnce(&mut Config)) -> (GatewayHandle, Sandbox) {
     let mut cfg = Config::new([2, 0, 0, 0, 0, 1], GW, 24);
     cfg.rewrite_loopback_clients = false;
+    cfg.tap_offloads = matches!(via, Via::InlineOffload);
     cfg_fn(&mut cfg);
     let (gw, wire) = if let Via::Link = via {
         let (port, link) = tapnet_nat::port::link().expect("link");
         (Gateway::spawn(cfg, link).expect("spawn"), Wire::Link(port))
-    } else if let Via::Inline = via {
+    } else if let Via::Inline | Via::InlineOffload = via {
         let (gw, port) = Gateway::inline(cfg).expect("inline");
         (gw, Wire::Inline(Box::new(port)))
     } else {
@@ -198,6 +210,7 @@ fn start_on(via: Via, cfg_fn: impl FnOnce(&mut Config)) -> (GatewayHandle, Sandb
         sock: wire,
         rx: VecDeque::new(),
         tx: VecDeque::new(),
+        offloads: matches!(via, Via::InlineOffload),
     };
     let mut ic = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress([
         2, 0, 0, 0, 0, 2,
@@ -238,6 +251,11 @@ fn linked_tcp_egress_transfers_10mb_intact_with_half_close() {
 #[test]
 fn inline_tcp_egress_transfers_10mb_intact_with_half_close() {
     tcp_egress_10mb(Via::Inline);
+}
+
+#[test]
+fn inline_offload_tcp_egress_transfers_10mb_intact_with_half_close() {
+    tcp_egress_10mb(Via::InlineOffload);
 }
 
 fn tcp_egress_10mb(via: Via) {
@@ -745,6 +763,11 @@ fn inline_published_port_bulk_both_ways_with_half_close() {
     published_bulk(Via::Inline);
 }
 
+#[test]
+fn inline_offload_published_port_bulk_both_ways_with_half_close() {
+    published_bulk(Via::InlineOffload);
+}
+
 /// A published-port client sends 6 MB and half-closes; the sandbox checks every byte,
 /// answers 6 MB of another pattern and closes; the client checks every byte.
 fn published_bulk(via: Via) {
@@ -825,6 +848,11 @@ fn linked_tcp_resets_cross_the_gateway_both_ways() {
 #[test]
 fn inline_tcp_resets_cross_the_gateway_both_ways() {
     resets(Via::Inline);
+}
+
+#[test]
+fn inline_offload_tcp_resets_cross_the_gateway_both_ways() {
+    resets(Via::InlineOffload);
 }
 
 /// An abort inside reaches the host as a reset (not an end of stream), and a reset
@@ -909,6 +937,11 @@ fn inline_slow_readers_both_ways_get_every_byte() {
     slow_readers(Via::Inline);
 }
 
+#[test]
+fn inline_offload_slow_readers_both_ways_get_every_byte() {
+    slow_readers(Via::InlineOffload);
+}
+
 /// Windows close and reopen: a host reader that starts late and reads in small pieces,
 /// and a sandbox that reads at most 2 KiB per turn, each getting 3 MB intact.
 fn slow_readers(via: Via) {
@@ -986,4 +1019,69 @@ fn inline_shutdown_ends_the_port() {
     assert_eq!(port.recv(&mut buf).expect("end of stream"), 0);
     let e = port.send(&[0u8; 60]).expect_err("refused");
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
+/// Readiness as the switch worker sees it: every frame the switch hands an inline
+/// gateway makes the port readable (its waker), even when the frame was handled at once
+/// and its reply left the port in the same `recv_batch` — the worker then stops serving
+/// the port until its next event, so a missing wake-up would leave the next frames
+/// unanswered until some timer. Both with tap offloads (frames handled where they lie)
+/// and without (frames queued).
+#[test]
+fn inline_port_is_readable_after_every_frame_it_is_sent() {
+    use std::os::fd::AsRawFd;
+    use tapnet_switch::runtime::FrameBatch;
+    for offloads in [true, false] {
+        let mut cfg = Config::new([2, 0, 0, 0, 0, 1], GW, 24);
+        cfg.tap_offloads = offloads;
+        let (_gw, mut port) = Gateway::inline(cfg).expect("inline");
+        // The worker's poll: edge-triggered, so only a new event counts.
+        let mut poll = mio::Poll::new().expect("poll");
+        let fd = port.as_raw_fd();
+        poll.registry()
+            .register(
+                &mut mio::unix::SourceFd(&fd),
+                mio::Token(0),
+                mio::Interest::READABLE,
+            )
+            .expect("register");
+        let mut events = mio::Events::with_capacity(8);
+        let mut readable = || {
+            poll.poll(&mut events, Some(Duration::ZERO)).expect("poll");
+            !events.is_empty()
+        };
+        readable();
+        // ARP request for the gateway from 172.30.0.2 (02:00:00:00:00:02), after a zeroed
+        // virtio-net header: answered by an ARP reply.
+        let mut frame = vec![0u8; 10];
+        frame.extend_from_slice(&[0xff; 6]);
+        frame.extend_from_slice(&[2, 0, 0, 0, 0, 2, 0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+        frame.extend_from_slice(&[2, 0, 0, 0, 0, 2, 172, 30, 0, 2, 0, 0, 0, 0, 0, 0]);
+        frame.extend_from_slice(&[172, 30, 0, 1]);
+        let mut batch = FrameBatch::new(64, 70_000, 1 << 20);
+        for round in 0..4 {
+            port.send(&frame).expect("send");
+            assert!(
+                readable(),
+                "offloads {offloads}, round {round}: a frame was sent but the port is not readable"
+            );
+            // What the worker does: read batches until one stops short.
+            let mut replies = 0;
+            loop {
+                batch.clear();
+                match port.recv_batch(&mut batch) {
+                    Ok(n) => replies += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("recv_batch: {e}"),
+                }
+                if batch.take_stop().is_some() {
+                    break;
+                }
+            }
+            assert_eq!(
+                replies, 1,
+                "offloads {offloads}, round {round}: one ARP reply"
+            );
+        }
+    }
 }

@@ -178,6 +178,24 @@ impl Headers {
             .unwrap_or_default()
     }
 
+    /// Whether the IP length field already describes `frame` whole (what
+    /// [`Headers::set_ip_len`] would write). `frame` must be the one parsed.
+    pub fn ip_len_matches(&self, frame: &[u8]) -> bool {
+        let len = frame.len();
+        let Some(ip) = frame.get(self.ip_off..) else {
+            return false;
+        };
+        let (at, want) = if self.ipv6 {
+            (4, len.checked_sub(self.l4_off))
+        } else {
+            (2, len.checked_sub(self.ip_off))
+        };
+        match (ip.get(at..at + 2), want) {
+            (Some(b), Some(w)) => usize::from(u16::from_be_bytes([b[0], b[1]])) == w,
+            _ => false,
+        }
+    }
+
     /// Make the IP length field describe `frame` whole (IPv4 total length, refilling the
     /// header checksum; IPv6 payload length). `frame` must be the one parsed.
     pub fn set_ip_len(&self, frame: &mut [u8]) -> Result<(), Error> {
