@@ -329,9 +329,15 @@ fn subnets_of(config: &Config) -> Vec<IpNet> {
 /// * Its descriptor is the gateway's own `epoll` (host sockets, the control handle's
 ///   waker, a `timerfd` armed for the gateway's next deadline), registered in the worker's
 ///   poll like any port's: it becomes readable when anything of the gateway's is.
-/// * [`FrameIo::send`] queues a frame for the gateway (a copy into a reused buffer) and,
-///   on the queue's empty → non-empty edge, rings the waker so the worker comes back to
-///   this port after its batch; past [`crate::port::QUEUE_BYTES`] it says `WouldBlock`.
+/// * [`FrameIo::send`] hands a frame to the gateway. When nothing is queued before it and
+///   the frame needs no offload preparation (tap offloads on: no GSO but TCP's with a
+///   correct IP length, no partial checksum but TCP's), it is handled where it lies, in
+///   the switch's batch: a TCP segment goes into the stack at once (smoltcp copies its
+///   payload into the flow's buffer, the only copy), anything else as on the queued path.
+///   Otherwise it is queued (a copy into a reused buffer); past
+///   [`crate::port::QUEUE_BYTES`] queued it says `WouldBlock`. Either way the waker rings,
+///   once until the worker next serves the port, so the worker comes back to this port
+///   after its batch for the rest of the turn (host writes, ACKs).
 /// * [`FrameIo::recv_batch`] runs the gateway's loop turns without sleeping (host
 ///   events, commands, the queued frames, the TCP stack, expiry) until nothing is
 ///   pending, then hands over the frames they produced: long ones lent to the batch
