@@ -1260,7 +1260,7 @@ impl Worker {
     /// Inline gateway, nothing queued before it: handle the switch datagram `dg` where it
     /// lies, without copying it, if [`vnet::ready_in_place`] says the offload preparation
     /// has nothing to change. TCP segments of known flows go to the stack at once
-    /// ([`Stack::ingest`]); a SYN (whose MSS option is rewritten) and new flows take a copy
+    /// ([`Stack::ingest`]); a SYN or SYN-ACK (whose MSS option is rewritten) takes a copy
     /// of the segment, as on the copying path. False (nothing done) if the datagram needs
     /// the copying path.
     fn datagram_in_place(&mut self, dg: &[u8]) -> bool {
@@ -1276,7 +1276,8 @@ impl Worker {
                     self.stats.dropped(DropReason::Truncated);
                     return true;
                 };
-                if syn {
+                if syn || vnet::has_syn(ip) {
+                    // A SYN or SYN-ACK: its MSS option is rewritten (`tcp_in`), in a copy.
                     let p = ip.to_vec();
                     let len = p.len();
                     self.tcp_in(p, 0..len, src, dst, syn);

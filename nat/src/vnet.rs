@@ -185,6 +185,12 @@ fn rewrite_syn_mss(ip: &mut [u8], f: impl FnOnce(bool, u16) -> u16) -> Option<u1
     None
 }
 
+/// Whether `ip` is a TCP packet with the SYN flag (a SYN or a SYN-ACK: the packets whose
+/// MSS option the gateway rewrites).
+pub fn has_syn(ip: &[u8]) -> bool {
+    tcp_offsets(ip).is_some_and(|(_, l4, _)| ip.get(l4 + 13).is_some_and(|f| f & 0x02 != 0))
+}
+
 /// A sandbox's SYN or SYN-ACK on its way into the TCP stack: raise its MSS option to
 /// [`BIG_MSS`] and return the sandbox's real MSS.
 pub fn raise_syn_mss(ip: &mut [u8]) -> Option<u16> {
