@@ -174,11 +174,13 @@ fi
 
 # ---------------------------------------------------------------- inside the namespace
 # /run, lo, PY, pids, json (benches/lib/inner.sh); rec/m_tcp/m_udp/m_rr/servers
-# (benches/lib/measure.sh); overlay_pair_setup (benches/lib/overlay_pair.sh).
+# (benches/lib/measure.sh); overlay_pair_setup (benches/lib/overlay_pair.sh); wan_setup
+# (benches/lib/wan.sh).
 . benches/lib/inner.sh
 RES=$TAPNET_COMPARE_OUT/results.tsv
 . benches/lib/measure.sh
 . benches/lib/overlay_pair.sh
+. benches/lib/wan.sh
 
 echo "measuring the background load (2 s)..." >&2
 background_load >"$TAPNET_COMPARE_OUT/background"
@@ -356,13 +358,7 @@ bridge_run() {
 
 # ------------------------------------------------------------------ egress set-up
 egress_setup() {
-    ip netns add wan
-    ip link add wan0 type veth peer name eth0 netns wan
-    ip addr add 198.18.0.1/24 dev wan0
-    ip link set wan0 up
-    ip -n wan addr add 198.18.0.2/24 dev eth0
-    ip -n wan link set eth0 up
-    ip -n wan link set lo up
+    wan_setup
     # pasta copies the address and default route of the host's outbound interface.
     ip route add default via 198.18.0.2
     servers "ip netns exec wan" 198.18.0.2

@@ -32,13 +32,8 @@ TCK=$(getconf CLK_TCK)
 R=""
 [ -n "${EGRESS_AB_REVERSE:-}" ] && R="-R"
 
-ip netns add wan
-ip link add wan0 type veth peer name eth0 netns wan
-ip addr add 198.18.0.1/24 dev wan0
-ip link set wan0 up
-ip -n wan addr add 198.18.0.2/24 dev eth0
-ip -n wan link set eth0 up
-ip -n wan link set lo up
+. benches/lib/wan.sh
+wan_setup
 ip netns exec wan iperf3 -s -p 5201 >/dev/null 2>&1 &
 pids+=($!)
 CLI=target/release/tapnet
