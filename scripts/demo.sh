@@ -47,7 +47,7 @@ curl -sS -o /dev/null -w 'GET http://127.0.0.1:18080/ -> %{http_code}\n' http://
 kill "$web"; wait "$web" 2>/dev/null || true
 "$TAPNET" port demo-beta
 # A one-shot sandbox, removed afterwards:
-"$TAPNET" run --network demo -- ping -c 1 web
+"$TAPNET" run --rm --network demo -- ping -c 1 web
 "$TAPNET" network stats demo
 "$TAPNET" network fdb demo
 set +x

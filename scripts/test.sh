@@ -58,6 +58,13 @@ cargo bench -p tapnet-benches --bench switch_decide -- --test
 bash tests/contract/setup.sh >/dev/null
 
 
+# The README's main job as a user runs it, twice (the second run must find nothing left
+# of the first: a one-shot sandbox once stayed behind and the next run's `network create`
+# failed), in a private mount and network namespace: its own /run and /var/lib on tmpfs,
+# its own loopback, so the host's daemon state is not touched.
+unshare -mn --propagation private bash -c 'mount -t tmpfs demo /run &&
+    mount -t tmpfs demo /var/lib && ip link set lo up &&
+    bash scripts/demo.sh && bash scripts/demo.sh'
 # Every cargo-fuzz target for a short time over its committed corpus (nightly and
 # cargo-fuzz are installed if missing; the 10-minute runs: docs/testing.md, "Fuzzing").
 scripts/fuzz.sh 15
