@@ -280,7 +280,6 @@ impl VxlanStats {
     }
 }
 
-/// Add to a counter only the worker writes.
 /// The VTEPs `dest` stands for; a flood of `frames` frames is counted.
 fn vteps<'d>(dest: &'d Dest<'_>, stats: &VxlanStats, frames: u64) -> &'d [SocketAddr] {
     match dest {
@@ -305,6 +304,7 @@ fn counted(stats: &VxlanStats, sent: crate::udp::Sent, refused: u64) -> io::Resu
     }
 }
 
+/// Add to a counter only the worker writes.
 fn bump(c: &AtomicU64, by: u64) {
     c.store(
         c.load(Ordering::Relaxed).wrapping_add(by),

@@ -316,16 +316,9 @@ impl Sender {
         let per_chunk = (MAX_GSO_BYTES / stride).clamp(1, MAX_GSO_SEGMENTS);
         for chunk in batch.chunks(per_chunk * stride) {
             if self.gso && chunk.len() > stride {
-                match self.send_chunk(sock, chunk, Some(stride), &mut sent) {
-                    Ok(()) => continue,
-                    // Segments larger than the path MTU (an inner MTU set too large):
-                    // this chunk goes out plain, for the kernel to fragment; GSO stays on.
-                    Err(Errno::EMSGSIZE) => {}
-                    Err(_) => {
-                        // Refused: off for good, and this chunk goes out plain.
-                        self.gso = false;
-                        self.refused += 1;
-                    }
+                let r = self.send_chunk(sock, chunk, Some(stride), &mut sent);
+                if self.offloaded(r) {
+                    continue;
                 }
             }
             for d in chunk.chunks(stride) {
@@ -374,14 +367,9 @@ impl Sender {
             for chunk in parts.chunks(per_chunk * per) {
                 let len = len_of(chunk);
                 if self.gso && chunk.len() > per {
-                    match send_iov(fd, chunk, len, Some(stride), &to, &mut sent) {
-                        Ok(()) => continue,
-                        // Over the path MTU: this chunk plain, GSO stays on (see `send`).
-                        Err(Errno::EMSGSIZE) => {}
-                        Err(_) => {
-                            self.gso = false;
-                            self.refused += 1;
-                        }
+                    let r = send_iov(fd, chunk, len, Some(stride), &to, &mut sent);
+                    if self.offloaded(r) {
+                        continue;
                     }
                 }
                 for d in chunk.chunks(per) {
@@ -390,6 +378,22 @@ impl Sender {
             }
         }
         sent
+    }
+
+    /// What one `UDP_SEGMENT` send's result means for its chunk and for GSO: true if it
+    /// went out; false if the chunk must go out plain instead. Segments larger than the
+    /// path MTU (`EMSGSIZE`: an inner MTU set too large) leave GSO on, for the kernel to
+    /// fragment this chunk's plain datagrams; any other refusal turns GSO off for good.
+    fn offloaded(&mut self, r: Result<(), Errno>) -> bool {
+        match r {
+            Ok(()) => true,
+            Err(Errno::EMSGSIZE) => false,
+            Err(_) => {
+                self.gso = false;
+                self.refused += 1;
+                false
+            }
+        }
     }
 
     /// Send `chunk` to every address (`segment`: with `UDP_SEGMENT`). `Err` only when the
