@@ -548,9 +548,6 @@ impl FrameIo for InlineGateway {
             self.want_turn();
             return Ok(frame.len());
         }
-        if self.stopped {
-            return Err(io::ErrorKind::ConnectionRefused.into());
-        }
         let q = self.queues();
         if !q.inbox.is_empty() && q.inbox_bytes + frame.len() > crate::port::QUEUE_BYTES {
             return Err(io::ErrorKind::WouldBlock.into());
@@ -1285,12 +1282,7 @@ impl Worker {
                 }
                 // As `tcp_in` for a segment without SYN: the stack takes it, unless its
                 // flow's host connect is still pending.
-                let pending = self
-                    .tcp_by_key
-                    .get(&(src, dst))
-                    .and_then(|id| self.tcp.get(id))
-                    .is_some_and(|f| f.syn.is_some());
-                if !pending {
+                if !self.connect_pending((src, dst)) {
                     self.stack.ingest(ip, smol_now(self.start));
                 }
             }
@@ -1713,6 +1705,15 @@ impl Worker {
     // ---- TCP --------------------------------------------------------------------------
 
     /// One TCP segment from the sandbox side: the IP packet at `at` in `buf`.
+    /// The egress flow `key` (sandbox, far end) waits for its host connect: its SYN is
+    /// held, and what the sandbox sends meanwhile (retransmissions) is ignored.
+    fn connect_pending(&self, key: (SocketAddr, SocketAddr)) -> bool {
+        self.tcp_by_key
+            .get(&key)
+            .and_then(|id| self.tcp.get(id))
+            .is_some_and(|f| f.syn.is_some())
+    }
+
     fn tcp_in(
         &mut self,
         mut buf: Vec<u8>,
@@ -1732,12 +1733,10 @@ impl Worker {
                 self.mss.insert(key, mss);
             }
         }
-        if let Some(id) = self.tcp_by_key.get(&key) {
-            if self.tcp.get(id).is_some_and(|f| f.syn.is_some()) {
-                // Host connect still pending: the SYN is held, retransmissions ignored.
-                return;
+        if self.tcp_by_key.contains_key(&key) {
+            if !self.connect_pending(key) {
+                self.stack.push_in(buf, at);
             }
-            self.stack.push_in(buf, at);
             return;
         }
         if !syn || self.core.is_gateway(dst.ip()) || self.is_published_reply(src, dst) {

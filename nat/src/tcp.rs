@@ -177,7 +177,7 @@ impl Device for QueueDevice {
 }
 
 /// Receive token over a packet the caller lends ([`Stack::ingest`]).
-pub struct LentRx<'a>(&'a [u8]);
+struct LentRx<'a>(&'a [u8]);
 
 impl phy::RxToken for LentRx<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
