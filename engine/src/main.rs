@@ -48,10 +48,10 @@ struct Args {
     /// Datapath worker threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
-    /// How endpoint taps move frames: `rw` (one read/write system call per frame, the
-    /// default: the faster path for bulk TCP), `uring` (io_uring, reads kept in flight,
-    /// writes batched: ~1.4x the small-packet rate) or `auto` (io_uring where the kernel
-    /// allows it, else rw; logged once). See docs/benchmarks.md.
+    /// How endpoint taps move frames: `auto` (the default: io_uring where the kernel
+    /// allows it, else rw; logged once), `uring` (io_uring only: reads kept in flight,
+    /// writes batched, ~1.2x the small-packet rate of rw) or `rw` (one read/write system
+    /// call per frame). See docs/benchmarks.md.
     #[arg(long = "tap-io", value_name = "auto|uring|rw", default_value = TapIo::default().as_str(), value_parser = parse_tap_io)]
     tap_io: TapIo,
     /// io_uring reads kept in flight per tap port (1-4096; each owns a 66 KiB buffer).

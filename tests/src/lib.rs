@@ -469,21 +469,31 @@ impl Env {
     /// Start `tapnetd` with extra command-line flags (e.g. `--bip`) and wait until it
     /// answers `/_ping`.
     pub fn start_daemon_with(&mut self, extra: &[&str]) {
+        self.start_daemon_via(None, extra);
+    }
+
+    /// As [`Env::start_daemon_with`], with `tapnetd` started through `wrapper`, a helper
+    /// binary of this crate (`src/bin/`) that execs its arguments (so the child's pid is
+    /// still the daemon's), e.g. `deny_io_uring`.
+    pub fn start_daemon_via(&mut self, wrapper: Option<&str>, extra: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
         let mut cmd = match &self.netns {
-            None => Command::new(bin_path("tapnetd")),
+            None => Command::new(bin_path(wrapper.unwrap_or("tapnetd"))),
             Some(ns) => {
                 // nsenter execs tapnetd (no fork): the child's pid is the daemon's.
                 let mut c = Command::new("nsenter");
                 c.arg(format!("--net={}", ns.display()))
-                    .arg(bin_path("tapnetd"));
+                    .arg(bin_path(wrapper.unwrap_or("tapnetd")));
                 c
             }
         };
+        if wrapper.is_some() {
+            cmd.arg(bin_path("tapnetd"));
+        }
         let child = cmd
             .arg("-H")
             .arg(format!("unix://{}", self.socket.display()))

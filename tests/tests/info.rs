@@ -57,10 +57,16 @@ fn info_reports_machine_and_state() {
             env.root.join("run").display().to_string()
         );
         assert_eq!(i["TapnetClusterStore"], "");
-        // The datapath as started (defaults: one worker per CPU, rw, one queue).
+        // The datapath as started (defaults: one worker per CPU, io_uring where the
+        // kernel allows it, one queue).
         assert_eq!(n(&i, "TapnetDatapathWorkers"), nproc(), "{i}");
-        assert_eq!(i["TapnetTapIo"], "rw", "{i}");
-        assert_eq!(i["TapnetTapIoPath"], "rw", "{i}");
+        assert_eq!(i["TapnetTapIo"], "auto", "{i}");
+        let path = if tapnet_sandbox::uring::probe().is_ok() {
+            "uring"
+        } else {
+            "rw"
+        };
+        assert_eq!(i["TapnetTapIoPath"], path, "{i}");
         assert_eq!(n(&i, "TapnetTapQueues"), 1, "{i}");
         assert_eq!(i["TapnetGateway"], "inline", "{i}");
         let plugins = strs(&i["Plugins"]["Network"]);

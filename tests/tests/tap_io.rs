@@ -74,6 +74,66 @@ fn uring_and_rw_tap_io_carry_ping_and_tcp_across_a_restart() {
     );
 }
 
+/// The default, `auto`, where io_uring is refused (as under Docker's default seccomp
+/// profile): the daemon says so once, takes one read/write per frame, and carries ping
+/// and TCP; with `--tap-io uring` it refuses to start, by name.
+#[test]
+fn auto_falls_back_to_rw_where_io_uring_is_refused() {
+    in_namespace("auto_falls_back_to_rw_where_io_uring_is_refused", |env| {
+        env.stop_daemon();
+        env.start_daemon_via(Some("deny_io_uring"), &[]);
+        let log = env.daemon_log();
+        assert!(
+            log.contains("tap I/O: io_uring unavailable, one read/write per frame (--tap-io auto)"),
+            "{log}"
+        );
+        let info = env.get("/info");
+        assert_eq!(info["TapnetTapIo"], "auto", "{info}");
+        assert_eq!(info["TapnetTapIoPath"], "rw", "{info}");
+        env.network("n1", "10.84.0.0/24");
+        env.sandbox("a");
+        env.sandbox("b");
+        let ip_a = env.connect("n1", "a");
+        let ip_b = env.connect("n1", "b");
+        traffic(env, &ip_a, &ip_b, 5003);
+        let rw_ports = env
+            .daemon_log()
+            .lines()
+            .filter(|l| l.contains("tap port attached") && l.contains("path=\"rw\""))
+            .count();
+        assert_eq!(rw_ports, 2, "{}", env.daemon_log());
+        for s in ["a", "b"] {
+            env.ok(&["sandbox", "rm", s]);
+        }
+        env.ok(&["network", "rm", "n1"]);
+        env.stop_daemon();
+    });
+    // `--tap-io uring` where io_uring is refused: the daemon does not start.
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let root = std::env::temp_dir().join(format!("tapnet-deny-uring-{}", std::process::id()));
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(dir.join("deny_io_uring"))
+        .arg(dir.join("tapnetd"))
+        .args(["--tap-io", "uring", "--docker-plugin=false"])
+        .arg("-H")
+        .arg(format!("unix://{}", root.join("api.sock").display()))
+        .arg("--data-root")
+        .arg(root.join("data"))
+        .arg("--exec-root")
+        .arg(root.join("run"))
+        .output()
+        .expect("run tapnetd");
+    let _ = std::fs::remove_dir_all(&root);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without io_uring: {err}");
+    assert!(
+        err.contains("--tap-io uring: io_uring is not available here"),
+        "{err}"
+    );
+}
+
 #[test]
 fn bad_tap_io_value_is_refused_by_name() {
     let exe = std::env::current_exe().unwrap();
