@@ -628,6 +628,16 @@ impl AsRawFd for UringTap {
 }
 
 impl FrameIo for UringTap {
+    /// Cancel the read in flight on the worker, the ring's submitter ([`FrameIo::detach`]).
+    fn detach(&mut self) {
+        if self.quiesce() {
+            tracing::debug!(
+                tap = self.tap.name(),
+                "io_uring port detached off its worker"
+            );
+        }
+    }
+
     /// One frame, copied (the worker uses [`FrameIo::recv_batch`]).
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut batch = FrameBatch::new(1, 0, 0);
@@ -850,11 +860,12 @@ impl UringTap {
     }
 }
 
-impl Drop for UringTap {
-    fn drop(&mut self) {
-        // Cancel the read and wait for its last completion. A deferred ring refuses
-        // every thread but its submitter (`EEXIST`), e.g. the control thread that
-        // removed the port from its worker: then it is closed first, below.
+impl UringTap {
+    /// Cancel the multishot read and wait for its last completion, then unregister the
+    /// buffer ring. True if the ring refused (`EEXIST`: a deferred ring answers only
+    /// the thread that submitted to it). Afterwards no request of this ring holds the
+    /// tap's file, so the device goes as soon as its descriptor is closed.
+    fn quiesce(&mut self) -> bool {
         let mut refused = false;
         if self.armed {
             let cancel = opcode::AsyncCancel::new(READ_TAG)
@@ -876,19 +887,24 @@ impl Drop for UringTap {
                 self.reap();
             }
         }
-        let released = if self.armed {
-            false
-        } else if !self.br_registered {
-            true
-        } else {
+        if !self.armed && self.br_registered {
             match self.ring.submitter().unregister_buf_ring(BGID) {
-                Ok(()) => true,
-                Err(e) => {
-                    refused |= e.raw_os_error() == Some(libc::EEXIST);
-                    false
-                }
+                Ok(()) => self.br_registered = false,
+                Err(e) => refused |= e.raw_os_error() == Some(libc::EEXIST),
             }
-        };
+        }
+        refused
+    }
+}
+
+impl Drop for UringTap {
+    fn drop(&mut self) {
+        // Cancel the read and wait for its last completion (done already if the port's
+        // worker detached it, `FrameIo::detach`). A deferred ring refuses every thread
+        // but its submitter (`EEXIST`), e.g. the control thread that removed the port
+        // from its worker: then it is closed first, below.
+        let refused = self.quiesce();
+        let released = !self.armed && !self.br_registered;
         // SAFETY: the ring is not used after this.
         unsafe { ManuallyDrop::drop(&mut self.ring) };
         // A deferred ring that refused us is safe to free once closed: its read runs

@@ -150,6 +150,14 @@ pub trait FrameIo: AsRawFd + Send {
         Ok(())
     }
 
+    /// The port is being removed ([`NetworkHandle::remove_port`]): stop any I/O the
+    /// kernel still does on its behalf, so that the device goes as soon as the caller
+    /// drops the port. Runs on the port's worker, after its last batch (an io_uring port
+    /// cancels its read in flight here: the ring takes that only from this thread, and a
+    /// read left in flight would keep the tap open until the ring's asynchronous
+    /// teardown). The default does nothing.
+    fn detach(&mut self) {}
+
     /// Handle a control-plane message ([`NetworkHandle::control_port`]). Runs on the
     /// port's worker, between batches. The default refuses with `Unsupported`.
     fn control(&mut self, msg: PortControl) -> io::Result<PortReply> {
@@ -1976,7 +1984,9 @@ impl Worker {
             sh.captures.store(sh.taps.len(), Ordering::Relaxed);
         }
         self.release(&port);
-        Ok(port.io)
+        let mut io = port.io;
+        io.detach();
+        Ok(io)
     }
 
     /// Take a port out of the poll, the token slab and the ready list.

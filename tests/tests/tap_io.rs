@@ -52,6 +52,17 @@ fn check_mode(env: &mut Env, mode: &str, log_says: &str, subnet: &str) {
         tapnet_tests::n(&stats, "RxPackets") > 0,
         "no frames counted on b's port: {stats}"
     );
+    // Disconnect: b's eth0 is gone when the call returns, and b connects again as eth0.
+    env.ok(&["network", "disconnect", "n1", "b"]);
+    let links = env.exec_ok("b", &["ip", "-o", "link", "show"]);
+    assert!(
+        !links.contains("eth0"),
+        "--tap-io {mode}: eth0 stayed: {links}"
+    );
+    let ip_b = env.connect("n1", "b");
+    let links = env.exec_ok("b", &["ip", "-o", "link", "show"]);
+    assert!(links.contains("eth0"), "--tap-io {mode}: {links}");
+    traffic(env, &ip_a, &ip_b, 5004);
     for s in ["a", "b"] {
         env.ok(&["sandbox", "rm", s]);
     }
