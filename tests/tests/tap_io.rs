@@ -4,8 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use tapnet_tests::{in_namespace, Env};
 
 fn traffic(env: &Env, ip_a: &str, ip_b: &str, port: u16) {
@@ -120,22 +120,8 @@ fn auto_falls_back_to_rw_where_io_uring_is_refused() {
         env.stop_daemon();
     });
     // `--tap-io uring` where io_uring is refused: the daemon does not start.
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
     let root = std::env::temp_dir().join(format!("tapnet-deny-uring-{}", std::process::id()));
-    let out = Command::new("timeout")
-        .arg("20")
-        .arg(dir.join("deny_io_uring"))
-        .arg(dir.join("tapnetd"))
-        .args(["--tap-io", "uring", "--docker-plugin=false"])
-        .arg("-H")
-        .arg(format!("unix://{}", root.join("api.sock").display()))
-        .arg("--data-root")
-        .arg(root.join("data"))
-        .arg("--exec-root")
-        .arg(root.join("run"))
-        .output()
-        .expect("run tapnetd");
+    let out = run_refused(Some("deny_io_uring"), &["--tap-io", "uring"], &root);
     let _ = std::fs::remove_dir_all(&root);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started without io_uring: {err}");
@@ -243,10 +229,32 @@ fn tap_queues_spread_a_network_over_two_workers() {
     });
 }
 
+/// Run `tapnetd ARGS` (through `wrapper`, a helper binary of the tests crate, if given)
+/// with its socket and state under `root`, for flags that must stop it from starting:
+/// under `timeout`, so a daemon that wrongly starts is stopped and fails the caller.
+fn run_refused(wrapper: Option<&str>, args: &[&str], root: &Path) -> Output {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let mut cmd = Command::new("timeout");
+    cmd.arg("20");
+    if let Some(w) = wrapper {
+        cmd.arg(dir.join(w));
+    }
+    cmd.arg(dir.join("tapnetd"))
+        .args(args)
+        .arg("-H")
+        .arg(format!("unix://{}", root.join("api.sock").display()))
+        .arg("--data-root")
+        .arg(root.join("data"))
+        .arg("--exec-root")
+        .arg(root.join("run"))
+        .arg("--docker-plugin=false")
+        .output()
+        .expect("run tapnetd")
+}
+
 #[test]
 fn more_tap_queues_than_workers_is_refused_by_name() {
-    let exe = std::env::current_exe().unwrap();
-    let tapnetd: PathBuf = exe.parent().unwrap().parent().unwrap().join("tapnetd");
     let root = std::env::temp_dir().join(format!("tapnet-tap-queues-{}", std::process::id()));
     for (args, says) in [
         (
@@ -255,20 +263,7 @@ fn more_tap_queues_than_workers_is_refused_by_name() {
         ),
         (&["--tap-queues", "0"][..], "--tap-queues"),
     ] {
-        // `timeout`: a daemon that wrongly starts is stopped, and fails the test.
-        let out = Command::new("timeout")
-            .arg("20")
-            .arg(&tapnetd)
-            .args(args)
-            .arg("-H")
-            .arg(format!("unix://{}", root.join("api.sock").display()))
-            .arg("--data-root")
-            .arg(root.join("data"))
-            .arg("--exec-root")
-            .arg(root.join("run"))
-            .arg("--docker-plugin=false")
-            .output()
-            .expect("run tapnetd");
+        let out = run_refused(None, args, &root);
         assert!(!out.status.success(), "{args:?} was accepted");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(says), "{args:?}: {err}");
