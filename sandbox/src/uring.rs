@@ -266,6 +266,10 @@ pub struct UringTap {
     br_registered: bool,
     /// The multishot read is in flight.
     armed: bool,
+    /// A frame was handed out since the last [`FrameIo::trim`].
+    read_since_trim: bool,
+    /// The receive buffers' pages were given back and no frame has been read since.
+    trimmed: bool,
     /// The eventfd is signalled on completions (the port is idle).
     evfd_on: bool,
     /// Read completions taken from the ring, not yet handed out: `(result, flags)`.
@@ -395,6 +399,8 @@ impl UringTap {
             tail: 0,
             br_registered: false,
             armed: false,
+            read_since_trim: false,
+            trimmed: false,
             evfd_on: true,
             done: VecDeque::with_capacity(entries),
             write_res: Vec::with_capacity(MAX_WRITES),
@@ -611,6 +617,8 @@ impl UringTap {
                 break;
             }
             *n += 1;
+            self.read_since_trim = true;
+            self.trimmed = false;
             self.provide(bid);
             provided = true;
         }
@@ -628,6 +636,11 @@ impl AsRawFd for UringTap {
 }
 
 impl FrameIo for UringTap {
+    /// Give back the receive buffers' pages of a port idle for a tick (`trim_idle`).
+    fn trim(&mut self) {
+        self.trim_idle();
+    }
+
     /// Cancel the read in flight on the worker, the ring's submitter ([`FrameIo::detach`]).
     fn detach(&mut self) {
         if self.quiesce() {
@@ -866,6 +879,19 @@ impl UringTap {
     /// the thread that submitted to it). Afterwards no request of this ring holds the
     /// tap's file, so the device goes as soon as its descriptor is closed.
     fn quiesce(&mut self) -> bool {
+        let mut refused = self.cancel_read();
+        if !self.armed && self.br_registered {
+            match self.ring.submitter().unregister_buf_ring(BGID) {
+                Ok(()) => self.br_registered = false,
+                Err(e) => refused |= e.raw_os_error() == Some(libc::EEXIST),
+            }
+        }
+        refused
+    }
+
+    /// Cancel the multishot read and wait for its last completion (what it read meanwhile
+    /// stays in `done`). True if the ring refused (`EEXIST`: not its submitter).
+    fn cancel_read(&mut self) -> bool {
         let mut refused = false;
         if self.armed {
             let cancel = opcode::AsyncCancel::new(READ_TAG)
@@ -887,13 +913,54 @@ impl UringTap {
                 self.reap();
             }
         }
-        if !self.armed && self.br_registered {
-            match self.ring.submitter().unregister_buf_ring(BGID) {
-                Ok(()) => self.br_registered = false,
-                Err(e) => refused |= e.raw_os_error() == Some(libc::EEXIST),
-            }
-        }
         refused
+    }
+
+    /// [`FrameIo::trim`]: once a port has read nothing for a whole tick, stop its read,
+    /// give the pages of its receive buffers back to the kernel, and read again. The
+    /// buffers stay allocated and in the ring; their pages come back, zeroed, as frames
+    /// fill them. Nothing is lost: frames that arrive meanwhile wait in the tap, and a
+    /// frame the read took before it stopped keeps the buffers as they are.
+    fn trim_idle(&mut self) {
+        if std::mem::take(&mut self.read_since_trim) || self.trimmed || !self.enabled {
+            return;
+        }
+        if self.done.iter().any(|&(res, _)| res > 0) || self.cancel_read() {
+            return;
+        }
+        if !self.armed && !self.done.iter().any(|&(res, _)| res > 0) {
+            for buf in &mut self.bufs {
+                release_pages(buf);
+            }
+            self.trimmed = true;
+        }
+        if let Err(e) = self.arm() {
+            tracing::warn!(tap = self.tap.name(), error = %e, "io_uring read not re-armed after trim");
+        }
+        // The cancel's completion (and any frame) is taken by the next `recv_batch`.
+        if !self.done.is_empty() || !self.ring.completion().is_empty() {
+            self.kick();
+        }
+    }
+}
+
+/// Give the whole pages inside `buf` back to the kernel (`MADV_DONTNEED`): they read as
+/// zeros afterwards and cost memory again only once written. `buf` must be ours alone
+/// (no read in flight may write it). Errors are ignored: the pages just stay.
+fn release_pages(buf: &mut [u8]) {
+    // SAFETY: sysconf reads a constant of the system; no memory is involved.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let start = buf.as_mut_ptr() as usize;
+    let first = start.div_ceil(page) * page;
+    let end = (start + buf.len()) / page * page;
+    if end > first {
+        // SAFETY: [first, end) lies inside `buf`, which we hold exclusively (`&mut`, and
+        // the caller guarantees no read in flight writes it); it is private anonymous
+        // memory from the allocator, where MADV_DONTNEED only replaces the contents with
+        // zeros, which every later use overwrites before reading.
+        unsafe {
+            libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_DONTNEED);
+        }
     }
 }
 

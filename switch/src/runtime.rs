@@ -158,6 +158,12 @@ pub trait FrameIo: AsRawFd + Send {
     /// teardown). The default does nothing.
     fn detach(&mut self) {}
 
+    /// Called on the port's worker about once a second ([`EXPIRE_EVERY_MS`]): a port that
+    /// has read nothing since the previous call may give back memory it keeps for reads
+    /// (an io_uring port's receive buffers, 2 MiB once bulk TCP has filled them all). The
+    /// default does nothing.
+    fn trim(&mut self) {}
+
     /// Handle a control-plane message ([`NetworkHandle::control_port`]). Runs on the
     /// port's worker, between batches. The default refuses with `Unsupported`.
     fn control(&mut self, msg: PortControl) -> io::Result<PortReply> {
@@ -1585,6 +1591,12 @@ impl Worker {
                 for net in self.networks.values() {
                     if net.local.relay.is_none() {
                         lock(&net.shared).switch.expire(now);
+                    }
+                }
+                // Ports idle since the last tick give back what they keep for reads.
+                for net in self.networks.values_mut() {
+                    for port in net.local.ports.iter_mut().filter(|p| p.registered) {
+                        port.io.trim();
                     }
                 }
                 last_expire = now;
