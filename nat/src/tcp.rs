@@ -202,22 +202,13 @@ impl Device for LentDevice<'_, '_> {
     where
         Self: 'b;
 
-    fn receive(&mut self, _t: Instant) -> Option<(LentRx<'_>, TxTok<'_>)> {
+    fn receive(&mut self, t: Instant) -> Option<(LentRx<'_>, TxTok<'_>)> {
         let pkt = self.pkt.take()?;
-        Some((
-            LentRx(pkt),
-            TxTok {
-                tx: &mut self.q.tx,
-                pool: &mut self.q.pool,
-            },
-        ))
+        Some((LentRx(pkt), self.q.transmit(t)?))
     }
 
-    fn transmit(&mut self, _t: Instant) -> Option<TxTok<'_>> {
-        Some(TxTok {
-            tx: &mut self.q.tx,
-            pool: &mut self.q.pool,
-        })
+    fn transmit(&mut self, t: Instant) -> Option<TxTok<'_>> {
+        self.q.transmit(t)
     }
 
     fn capabilities(&self) -> DeviceCapabilities {

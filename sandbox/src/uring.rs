@@ -916,6 +916,11 @@ impl UringTap {
         refused
     }
 
+    /// A completed read holds a frame not yet handed out (its buffer is in use).
+    fn frame_waiting(&self) -> bool {
+        self.done.iter().any(|&(res, _)| res > 0)
+    }
+
     /// [`FrameIo::trim`]: once a port has read nothing for a whole tick, stop its read,
     /// give the pages of its receive buffers back to the kernel, and read again. The
     /// buffers stay allocated and in the ring; their pages come back, zeroed, as frames
@@ -925,12 +930,14 @@ impl UringTap {
         if std::mem::take(&mut self.read_since_trim) || self.trimmed || !self.enabled {
             return;
         }
-        if self.done.iter().any(|&(res, _)| res > 0) || self.cancel_read() {
+        if self.frame_waiting() || self.cancel_read() {
             return;
         }
-        if !self.armed && !self.done.iter().any(|&(res, _)| res > 0) {
+        if !self.armed && !self.frame_waiting() {
+            // SAFETY: sysconf reads a constant of the system; no memory is involved.
+            let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) });
             for buf in &mut self.bufs {
-                release_pages(buf);
+                release_pages(buf, page.unwrap_or(4096));
             }
             self.trimmed = true;
         }
@@ -944,12 +951,11 @@ impl UringTap {
     }
 }
 
-/// Give the whole pages inside `buf` back to the kernel (`MADV_DONTNEED`): they read as
-/// zeros afterwards and cost memory again only once written. `buf` must be ours alone
-/// (no read in flight may write it). Errors are ignored: the pages just stay.
-fn release_pages(buf: &mut [u8]) {
-    // SAFETY: sysconf reads a constant of the system; no memory is involved.
-    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+/// Give the whole pages (of `page` bytes) inside `buf` back to the kernel
+/// (`MADV_DONTNEED`): they read as zeros afterwards and cost memory again only once
+/// written. `buf` must be ours alone (no read in flight may write it). Errors are
+/// ignored: the pages just stay.
+fn release_pages(buf: &mut [u8], page: usize) {
     let start = buf.as_mut_ptr() as usize;
     let first = start.div_ceil(page) * page;
     let end = (start + buf.len()) / page * page;
