@@ -10,6 +10,7 @@
 //!   and `iface`.
 //! * [`packet`]: AF_PACKET sockets with rx/tx rings and vnet headers (the macvlan
 //!   driver's uplink port on a host interface).
+//! * [`sched`]: the nice value of one thread (`tapnetd --worker-nice`).
 //! * [`uring`]: tap switch ports: batched I/O on io_uring, or one `read`/`write` per
 //!   frame, chosen at run time (`tapnetd --tap-io`).
 //!
@@ -19,6 +20,7 @@ pub mod iface;
 pub mod netlink;
 pub mod netns;
 pub mod packet;
+pub mod sched;
 pub mod tap;
 pub mod uring;
 

@@ -9,6 +9,9 @@
 //!   (*shards*). The switch (FDB, port table, switch counters) and the capture
 //!   subscribers are shared by a network's shards behind one mutex, taken once per
 //!   batch (uncontended on a network with one shard); sends happen outside it.
+//!   [`Datapath::start_with`] has each worker thread run a [`WorkerInit`] first (the
+//!   daemon sets the workers' nice value there) and fails, stopping the workers already
+//!   started, if one returns an error.
 //! * **Multi-queue ports** ([`NetworkHandle::add_port_queues`]): queue 0 goes to the
 //!   owner, queue k to shard k. The owner holds a queue of every port; a shard reads its
 //!   queues and writes a switched frame to the egress port's queue on the same shard, or,
@@ -689,6 +692,10 @@ struct RelayTo {
     relayed: Arc<AtomicU64>,
 }
 
+/// Run by every datapath worker thread before it serves anything
+/// ([`Datapath::start_with`]).
+pub type WorkerInit = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
+
 /// The control plane's side of one worker.
 struct WorkerHandle {
     tx: Sender<Command>,
@@ -699,6 +706,13 @@ struct WorkerHandle {
 impl Datapath {
     /// Start `workers` worker threads (0 = one per core).
     pub fn start(workers: usize) -> Result<Datapath, Error> {
+        Datapath::start_with(workers, None)
+    }
+
+    /// [`Datapath::start`], each worker thread first running `init` (e.g. to set its own
+    /// nice value). The call returns once every worker ran it; if one fails, the workers
+    /// started so far are stopped and its error is returned.
+    pub fn start_with(workers: usize, init: Option<WorkerInit>) -> Result<Datapath, Error> {
         let n = match workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -725,9 +739,18 @@ impl Datapath {
                 );
             let (tx, rx) = crossbeam_channel::unbounded();
             let worker = Worker::new(poll, rx, start);
+            let init = init.clone();
+            let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
             let thread = std::thread::Builder::new()
                 .name(format!("tapnet-dp{i}"))
-                .spawn(move || worker.run())
+                .spawn(move || {
+                    let ready = init.map_or(Ok(()), |f| f());
+                    let ok = ready.is_ok();
+                    let _ = ready_tx.send(ready);
+                    if ok {
+                        worker.run();
+                    }
+                })
                 .map_err(|source| Error::Io {
                     op: "spawn datapath worker",
                     source,
@@ -737,6 +760,13 @@ impl Datapath {
                 waker,
                 thread: Some(thread),
             });
+            let ready = ready_rx
+                .recv()
+                .unwrap_or_else(|_| Err(io::Error::other("worker thread ended before set-up")));
+            ready.map_err(|source| Error::Io {
+                op: "set up datapath worker",
+                source,
+            })?;
         }
         Ok(dp)
     }

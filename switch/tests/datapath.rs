@@ -702,3 +702,71 @@ fn icc_off_endpoints_reach_only_the_gateway() {
     assert_eq!(net.fdb().unwrap().len(), 3);
     dp.shutdown();
 }
+
+#[test]
+fn worker_init_runs_on_every_worker_before_it_serves() {
+    let names = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&names);
+    let init: tapnet_switch::runtime::WorkerInit = Arc::new(move || {
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        seen.lock().unwrap().push(name);
+        Ok(())
+    });
+    let dp = Datapath::start_with(2, Some(init)).unwrap();
+    let mut got = names.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(
+        got,
+        vec!["tapnet-dp0", "tapnet-dp1"],
+        "ran on each worker, once"
+    );
+    // The workers serve as usual.
+    let net = dp.add_network(SwitchConfig::default()).unwrap();
+    let a = TestPort::add(&net);
+    let b = TestPort::add(&net);
+    let f = frame(BCAST, mac(0xa), 1);
+    a.send(&f);
+    assert_eq!(b.recv(), f);
+    dp.shutdown();
+}
+
+#[test]
+fn a_failing_worker_init_fails_the_start_and_stops_the_workers() {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let first = Arc::new(std::sync::Mutex::new(None));
+    let (n, tid) = (Arc::clone(&calls), Arc::clone(&first));
+    let init: tapnet_switch::runtime::WorkerInit = Arc::new(move || {
+        // The second worker fails: the first, already running, must be stopped.
+        if n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            return Err(io::Error::from_raw_os_error(libc_eacces()));
+        }
+        *tid.lock().unwrap() = std::fs::read_link("/proc/thread-self").ok();
+        Ok(())
+    });
+    let err = Datapath::start_with(3, Some(init))
+        .err()
+        .expect("start fails");
+    let msg = err.to_string();
+    assert!(msg.contains("set up datapath worker"), "{msg}");
+    assert!(msg.contains("denied"), "{msg}");
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "no worker is started after the failing one"
+    );
+    // The first worker was stopped and joined: its thread is gone.
+    let task = first
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("first worker's thread");
+    assert!(
+        !std::path::Path::new("/proc").join(&task).exists(),
+        "{task:?} still runs"
+    );
+}
+
+/// EACCES (the error a refused nice value gives).
+fn libc_eacces() -> i32 {
+    13
+}

@@ -1,6 +1,7 @@
 //! `tapnetd --tap-io`: endpoint taps on io_uring and on one read/write per frame carry
 //! ping and 1 MiB of TCP (checked byte by byte) between two sandboxes, also after a
-//! daemon restart (taps re-opened); a bad value is refused by name.
+//! daemon restart (taps re-opened); a bad value is refused by name. `--worker-nice` sets
+//! the datapath workers' nice value and nothing else's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -145,6 +146,79 @@ fn bad_tap_io_value_is_refused_by_name() {
         err.contains("--tap-io") && err.contains("auto, uring or rw"),
         "{err}"
     );
+}
+
+/// Nice value of every thread of process `pid`, by thread name (`/proc/PID/task/*/stat`:
+/// the name in parentheses, then the 19th field is the nice value).
+fn thread_nices(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(t.unwrap().path().join("stat")) else {
+            continue;
+        };
+        let (open, close) = (stat.find('(').unwrap(), stat.rfind(')').unwrap());
+        let name = stat[open + 1..close].to_string();
+        let nice = stat[close + 2..]
+            .split(' ')
+            .nth(16)
+            .unwrap()
+            .parse()
+            .unwrap();
+        out.push((name, nice));
+    }
+    out
+}
+
+/// `--worker-nice N` sets the nice value of the datapath workers, and of nothing else in
+/// the daemon; traffic flows as before. An out-of-range value is refused by name.
+#[test]
+fn worker_nice_applies_to_the_datapath_workers_only() {
+    in_namespace("worker_nice_applies_to_the_datapath_workers_only", |env| {
+        env.restart_fresh(&["--workers", "2", "--worker-nice", "7"]);
+        let nices = thread_nices(env.daemon_pid().expect("daemon pid"));
+        let workers: Vec<_> = nices
+            .iter()
+            .filter(|(n, _)| n.starts_with("tapnet-dp"))
+            .collect();
+        assert_eq!(workers.len(), 2, "{nices:?}");
+        assert!(workers.iter().all(|(_, v)| *v == 7), "{nices:?}");
+        let others: Vec<_> = nices
+            .iter()
+            .filter(|(n, _)| !n.starts_with("tapnet-dp"))
+            .collect();
+        // The daemon's other threads keep the nice value it was started with (ours).
+        let ours = thread_nices(std::process::id())[0].1;
+        assert!(
+            !others.is_empty() && others.iter().all(|(_, v)| *v == ours),
+            "{nices:?}"
+        );
+        assert!(
+            env.daemon_log().contains("datapath workers' nice value"),
+            "{}",
+            env.daemon_log()
+        );
+        env.network("n1", "10.85.0.0/24");
+        env.sandbox("a");
+        env.sandbox("b");
+        let ip_a = env.connect("n1", "a");
+        let ip_b = env.connect("n1", "b");
+        traffic(env, &ip_a, &ip_b, 5005);
+        for s in ["a", "b"] {
+            env.ok(&["sandbox", "rm", s]);
+        }
+        env.ok(&["network", "rm", "n1"]);
+    });
+    let exe = std::env::current_exe().unwrap();
+    let tapnetd: PathBuf = exe.parent().unwrap().parent().unwrap().join("tapnetd");
+    for bad in ["20", "-21", "low"] {
+        let out = Command::new(&tapnetd)
+            .args(["--worker-nice", bad])
+            .output()
+            .expect("run tapnetd");
+        assert!(!out.status.success(), "--worker-nice {bad} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--worker-nice"), "{bad}: {err}");
+    }
 }
 
 /// `tapnet_datapath_frames_total` of network `net`, by shard, from `/metrics`.

@@ -268,8 +268,23 @@ fn describe(
 impl BridgeDriver {
     /// Start the datapath with `workers` threads (0 = one per core) and wrap it.
     pub fn start(workers: usize) -> Result<BridgeDriver> {
-        let datapath =
-            Datapath::start(workers).map_err(|e| Error::datapath("start datapath", e))?;
+        BridgeDriver::start_with_nice(workers, None)
+    }
+
+    /// [`BridgeDriver::start`] with every datapath worker thread at nice value `nice`
+    /// (the daemon's other threads keep theirs): `tapnetd --worker-nice`. An error names
+    /// the flag and the kernel's refusal (a value below the current one needs
+    /// `CAP_SYS_NICE`).
+    pub fn start_with_nice(workers: usize, nice: Option<i32>) -> Result<BridgeDriver> {
+        let init: Option<tapnet_switch::runtime::WorkerInit> = nice.map(|n| {
+            let f = move || {
+                tapnet_sandbox::sched::set_thread_nice(n)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("--worker-nice {n}: {e}")))
+            };
+            std::sync::Arc::new(f) as tapnet_switch::runtime::WorkerInit
+        });
+        let datapath = Datapath::start_with(workers, init)
+            .map_err(|e| Error::datapath("start datapath", e))?;
         Ok(BridgeDriver::with_datapath(datapath))
     }
 
