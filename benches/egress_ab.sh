@@ -4,8 +4,11 @@
 #   bash benches/egress_ab.sh [SECONDS] [ROUNDS] BIN_OR_ENV...
 #
 # Each BIN_OR_ENV is a tapnetd binary, optionally preceded by NAME=VALUE words for its
-# environment, joined with commas: `target/release/tapnetd` or
-# `TAPNET_GATEWAY_LINK=queue,target/release/tapnetd`. For every round, every build in
+# environment and followed by its extra arguments, joined with commas:
+# `target/release/tapnetd`, `TAPNET_GATEWAY_LINK=queue,target/release/tapnetd` or
+# `target/release/tapnetd,--worker-nice,10`. EGRESS_AB_HOGS=N keeps N busy loops (one
+# process each, nice 0) running through every run: the machine under CPU-bound load of
+# other processes. For every round, every build in
 # turn: a fresh daemon, a bridge network and a sandbox, then one single-stream `iperf3`
 # of SECONDS (default 5) from the sandbox to a server in a "wan" namespace behind a veth
 # (198.18.0.2), as in benches/egress.sh. EGRESS_AB_REVERSE=1 runs `iperf3 -R` instead
@@ -42,13 +45,18 @@ CLI=target/release/tapnet
 # one BUILD N: start its daemon, measure once, stop it; prints "gbps cpu rtx in out"
 one() {
     local spec=$1 bin envs=() d=/run/ab$2 dpid t0 t1 out
+    local args=() i=0
     IFS=, read -r -a parts <<<"$spec"
-    bin=${parts[-1]}
-    envs=("${parts[@]:0:${#parts[@]}-1}")
+    while [ $i -lt ${#parts[@]} ] && [[ ${parts[$i]} =~ ^[A-Za-z_][A-Za-z0-9_]*= ]]; do
+        envs+=("${parts[$i]}")
+        i=$((i + 1))
+    done
+    bin=${parts[$i]}
+    args=("${parts[@]:$((i + 1))}")
     # A directory per run: the stopped daemon's sandboxes stay (live restore).
     mkdir -p $d
     env "${envs[@]}" "$bin" -H unix://$d/tapnet.sock --exec-root $d/run --data-root $d/data \
-        --dns 198.18.0.2 >$d.log 2>&1 &
+        --dns 198.18.0.2 "${args[@]}" >$d.log 2>&1 &
     dpid=$!
     local T="$CLI -H unix://$d/tapnet.sock"
     for _ in $(seq 100); do $T network ls >/dev/null 2>&1 && break; sleep 0.1; done
@@ -72,6 +80,11 @@ fin, fout = (m.group(1), m.group(2)) if m else ("-", "-")
 print("%.2f %.0f %s %s %s" % (g, (t1 - t0) * 1000 / tck / max(g * secs, 1e-9),
       d["end"]["sum_sent"].get("retransmits", "-"), fin, fout))' "$t0" "$t1" "$TCK" "$SECS" "$stats"
 }
+
+for _ in $(seq "${EGRESS_AB_HOGS:-0}"); do
+    bash -c 'while :; do :; done' &
+    pids+=($!)
+done
 
 declare -A all
 printf '%-6s %-60s %8s %8s %6s %9s %9s\n' round build Gbit/s ms/Gbit rtx frames-in frames-out
