@@ -6,7 +6,8 @@
 #
 # TAPNET_TAP_IO=auto|uring|rw picks tapnetd's --tap-io (default auto);
 # TAPNET_TAP_IO_DEPTH=N its --tap-io-depth; TAPNET_E2E_SKIP_KERNEL=1 skips the kernel
-# bridge run (for A/B runs of tapnet alone); TAPNET_E2E_STRACE=1 counts tapnetd's system
+# bridge run (for A/B runs of tapnet alone); TAPNETD_ARGS adds tapnetd flags
+# (e.g. "--worker-nice 10"); TAPNET_E2E_STRACE=1 counts tapnetd's system
 # calls (strace -c -f) during tapnet's UDP run and prints them per frame sent (strace
 # slows the run: its figures are for attribution only).
 #
@@ -24,6 +25,10 @@ fi
 
 # Inside the namespace: /run, lo, PY, pids, json (see benches/lib/inner.sh).
 . benches/lib/inner.sh
+
+# UdpRcvbufErrors (datagrams dropped because the receiving socket's buffer was full) in
+# the namespace of PREFIX ("ip netns exec k2", "tapnet exec t2 --").
+rcvbuf_errors() { $1 nstat -asz UdpRcvbufErrors 2>/dev/null | awk '/UdpRcvbufErrors/{print $2; exit}' | grep . || echo 0; }
 
 # utime+stime of process PID, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -43,8 +48,22 @@ run_pair() {
     fi
     local cpu0=0
     [ -n "${tapnetd_pid:-}" ] && cpu0=$(cpu_ticks "$tapnetd_pid")
+    local drops0 drops1
+    drops0=$(rcvbuf_errors "$srv")
     $cli iperf3 -c "$ip" -p 5201 -u -l 64 -b 0 -t "$SECS" -J >/run/udp.json
+    drops1=$(rcvbuf_errors "$srv")
     udp=$(json '(d["end"]["sum"]["packets"]-d["end"]["sum"]["lost_packets"])/d["end"]["sum"]["seconds"]/1e6' </run/udp.json)
+    # Where the lost packets went: the receiving socket's overflow (UdpRcvbufErrors in
+    # the receiver's namespace) against everything lost on the way.
+    $PY - "$name" "$drops0" "$drops1" /run/udp.json >&2 <<'PYEOF'
+import json, sys
+e = json.load(open(sys.argv[4]))["end"]["sum"]
+s = e["seconds"]
+drops = int(sys.argv[3]) - int(sys.argv[2])
+print("%s: UDP 64 B sent %.3f Mpps, lost %.1f %%; dropped by the receiving socket "
+      "(its buffer full) %.3f Mpps" % (sys.argv[1], e["packets"] / s / 1e6,
+      100.0 * e["lost_packets"] / max(e["packets"], 1), drops / s / 1e6))
+PYEOF
     if [ -n "${tapnetd_pid:-}" ]; then
         local ticks=$(( $(cpu_ticks "$tapnetd_pid") - cpu0 )) hz
         hz=$(getconf CLK_TCK)
@@ -92,7 +111,7 @@ fi
 mkdir -p /run/tapnet
 target/release/tapnetd -H unix:///run/tapnet/tapnet.sock --exec-root /run/tapnet \
     --data-root /run/tapnet-data --tap-io "${TAPNET_TAP_IO:-auto}" \
-    ${TAPNET_TAP_IO_DEPTH:+--tap-io-depth "$TAPNET_TAP_IO_DEPTH"} >/run/tapnetd.log 2>&1 &
+    ${TAPNET_TAP_IO_DEPTH:+--tap-io-depth "$TAPNET_TAP_IO_DEPTH"} ${TAPNETD_ARGS:-} >/run/tapnetd.log 2>&1 &
 tapnetd_pid=$!
 pids+=($!)
 T="target/release/tapnet -H unix:///run/tapnet/tapnet.sock"

@@ -51,8 +51,9 @@ struct Args {
     /// Nice value of the datapath worker threads only (-20..19; default: the daemon's
     /// own). A higher value lets the containers' own threads run first when they and the
     /// workers compete for the cores: on a 2-core machine whose load is the containers'
-    /// traffic, 10 moved ~1.5x the small packets and ~1.3x the NAT upload, but under
-    /// CPU-bound work of other processes it moved less than half. See docs/cli.md.
+    /// traffic, 10 moved 1.5x the small packets and 1.3x the NAT upload, but with
+    /// CPU-bound work in the same scheduling group it moved less than a third. See
+    /// docs/cli.md.
     #[arg(long = "worker-nice", value_name = "N", allow_negative_numbers = true,
           value_parser = clap::value_parser!(i32).range(-20..=19))]
     worker_nice: Option<i32>,

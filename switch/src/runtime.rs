@@ -161,7 +161,7 @@ pub trait FrameIo: AsRawFd + Send {
     /// teardown). The default does nothing.
     fn detach(&mut self) {}
 
-    /// Called on the port's worker about once a second ([`EXPIRE_EVERY_MS`]): a port that
+    /// Called on the port's worker about once a second (every 1,000 ms, `EXPIRE_EVERY_MS`): a port that
     /// has read nothing since the previous call may give back memory it keeps for reads
     /// (an io_uring port's receive buffers, 2 MiB once bulk TCP has filled them all). The
     /// default does nothing.
