@@ -278,8 +278,14 @@ impl BridgeDriver {
     pub fn start_with_nice(workers: usize, nice: Option<i32>) -> Result<BridgeDriver> {
         let init: Option<tapnet_switch::runtime::WorkerInit> = nice.map(|n| {
             let f = move || {
-                tapnet_sandbox::sched::set_thread_nice(n)
-                    .map_err(|e| std::io::Error::new(e.kind(), format!("--worker-nice {n}: {e}")))
+                tapnet_sandbox::sched::set_thread_nice(n).map_err(|e| {
+                    let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                        " (a value below the daemon's own needs CAP_SYS_NICE)"
+                    } else {
+                        ""
+                    };
+                    std::io::Error::new(e.kind(), format!("--worker-nice {n}: {e}{hint}"))
+                })
             };
             std::sync::Arc::new(f) as tapnet_switch::runtime::WorkerInit
         });
