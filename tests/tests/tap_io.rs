@@ -15,6 +15,26 @@ fn traffic(env: &Env, ip_a: &str, ip_b: &str, port: u16) {
     tapnet_tests::tcp_bytes(env, "a", "b", ip_b, port, 1 << 20);
 }
 
+/// Network `n1` on `subnet` with sandboxes `a` and `b` on it, carrying [`traffic`] on
+/// `port`; their addresses.
+fn pair_with_traffic(env: &Env, subnet: &str, port: u16) -> (String, String) {
+    env.network("n1", subnet);
+    env.sandbox("a");
+    env.sandbox("b");
+    let ip_a = env.connect("n1", "a");
+    let ip_b = env.connect("n1", "b");
+    traffic(env, &ip_a, &ip_b, port);
+    (ip_a, ip_b)
+}
+
+/// Remove what [`pair_with_traffic`] made.
+fn remove_pair(env: &Env) {
+    for s in ["a", "b"] {
+        env.ok(&["sandbox", "rm", s]);
+    }
+    env.ok(&["network", "rm", "n1"]);
+}
+
 fn check_mode(env: &mut Env, mode: &str, log_says: &str, subnet: &str) {
     let path = if mode == "uring" { "uring" } else { "rw" };
     let port_path = format!("path=\"{path}\"");
@@ -27,12 +47,7 @@ fn check_mode(env: &mut Env, mode: &str, log_says: &str, subnet: &str) {
     let info = env.get("/info");
     assert_eq!(info["TapnetTapIo"], mode, "{info}");
     assert_eq!(info["TapnetTapIoPath"], path, "{info}");
-    env.network("n1", subnet);
-    env.sandbox("a");
-    env.sandbox("b");
-    let ip_a = env.connect("n1", "a");
-    let ip_b = env.connect("n1", "b");
-    traffic(env, &ip_a, &ip_b, 5001);
+    let (ip_a, ip_b) = pair_with_traffic(env, subnet, 5001);
     let attached = |log: &str| {
         log.lines()
             .filter(|l| l.contains("tap port attached") && l.contains(&port_path))
@@ -64,10 +79,7 @@ fn check_mode(env: &mut Env, mode: &str, log_says: &str, subnet: &str) {
     let links = env.exec_ok("b", &["ip", "-o", "link", "show"]);
     assert!(links.contains("eth0"), "--tap-io {mode}: {links}");
     traffic(env, &ip_a, &ip_b, 5004);
-    for s in ["a", "b"] {
-        env.ok(&["sandbox", "rm", s]);
-    }
-    env.ok(&["network", "rm", "n1"]);
+    remove_pair(env);
 }
 
 #[test]
@@ -102,22 +114,14 @@ fn auto_falls_back_to_rw_where_io_uring_is_refused() {
         let info = env.get("/info");
         assert_eq!(info["TapnetTapIo"], "auto", "{info}");
         assert_eq!(info["TapnetTapIoPath"], "rw", "{info}");
-        env.network("n1", "10.84.0.0/24");
-        env.sandbox("a");
-        env.sandbox("b");
-        let ip_a = env.connect("n1", "a");
-        let ip_b = env.connect("n1", "b");
-        traffic(env, &ip_a, &ip_b, 5003);
+        pair_with_traffic(env, "10.84.0.0/24", 5003);
         let rw_ports = env
             .daemon_log()
             .lines()
             .filter(|l| l.contains("tap port attached") && l.contains("path=\"rw\""))
             .count();
         assert_eq!(rw_ports, 2, "{}", env.daemon_log());
-        for s in ["a", "b"] {
-            env.ok(&["sandbox", "rm", s]);
-        }
-        env.ok(&["network", "rm", "n1"]);
+        remove_pair(env);
         env.stop_daemon();
     });
     // `--tap-io uring` where io_uring is refused: the daemon does not start.
@@ -197,16 +201,8 @@ fn worker_nice_applies_to_the_datapath_workers_only() {
             "{}",
             env.daemon_log()
         );
-        env.network("n1", "10.85.0.0/24");
-        env.sandbox("a");
-        env.sandbox("b");
-        let ip_a = env.connect("n1", "a");
-        let ip_b = env.connect("n1", "b");
-        traffic(env, &ip_a, &ip_b, 5005);
-        for s in ["a", "b"] {
-            env.ok(&["sandbox", "rm", s]);
-        }
-        env.ok(&["network", "rm", "n1"]);
+        pair_with_traffic(env, "10.85.0.0/24", 5005);
+        remove_pair(env);
     });
     let exe = std::env::current_exe().unwrap();
     let tapnetd: PathBuf = exe.parent().unwrap().parent().unwrap().join("tapnetd");
@@ -296,10 +292,7 @@ fn tap_queues_spread_a_network_over_two_workers() {
         env.start_daemon_with(&["--tap-queues", "1"]);
         traffic(env, &ip_a, &ip_b, 5103);
         assert_eq!(shard_frames(env, "n1").len(), 1);
-        for s in ["a", "b"] {
-            env.ok(&["sandbox", "rm", s]);
-        }
-        env.ok(&["network", "rm", "n1"]);
+        remove_pair(env);
     });
 }
 
