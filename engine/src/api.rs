@@ -834,6 +834,8 @@ pub struct DaemonInfo {
     pub tap_io_path: String,
     /// `--tap-queues`.
     pub tap_queues: usize,
+    /// The datapath workers' nice value (`--worker-nice`, else the daemon's own).
+    pub worker_nice: i32,
     /// Where network gateways run (`TapnetGateway`).
     pub gateway: String,
 }
@@ -951,6 +953,7 @@ pub fn info_body(store: &Store, daemon: &DaemonInfo) -> InfoResponse {
         tapnet_tap_io: daemon.tap_io.clone(),
         tapnet_tap_io_path: daemon.tap_io_path.clone(),
         tapnet_tap_queues: daemon.tap_queues as u64,
+        tapnet_worker_nice: i64::from(daemon.worker_nice),
         tapnet_gateway: daemon.gateway.clone(),
     }
 }

@@ -434,6 +434,11 @@ async fn main() -> anyhow::Result<()> {
     if let Some(n) = worker_nice {
         tracing::info!(nice = n, "datapath workers' nice value (--worker-nice)");
     }
+    // What `/info` reports: the flag's value, else the daemon's own (the workers inherit it).
+    let worker_nice_in_effect = match worker_nice {
+        Some(n) => n,
+        None => tapnet_sandbox::sched::thread_nice().unwrap_or(0),
+    };
     let bridge =
         tokio::task::spawn_blocking(move || BridgeDriver::start_with_nice(workers, worker_nice))
             .await
@@ -533,6 +538,7 @@ async fn main() -> anyhow::Result<()> {
         tap_io: args.tap_io.as_str().to_string(),
         tap_io_path: tap_io_path.as_str().to_string(),
         tap_queues: usize::from(args.tap_queues),
+        worker_nice: worker_nice_in_effect,
         gateway: gateway.as_str().into(),
     });
     let served = api::serve_unix(

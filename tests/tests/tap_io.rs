@@ -201,6 +201,10 @@ fn worker_nice_applies_to_the_datapath_workers_only() {
             "{}",
             env.daemon_log()
         );
+        let info = env.get("/info");
+        assert_eq!(info["TapnetWorkerNice"], 7, "{info}");
+        let text = env.ok(&["info"]);
+        assert!(text.contains("2 workers at nice 7,"), "{text}");
         pair_with_traffic(env, "10.85.0.0/24", 5005);
         remove_pair(env);
     });

@@ -661,6 +661,8 @@ pub struct InfoResponse {
     pub tapnet_tap_io_path: String,
     /// tapnet: queues per endpoint tap (`--tap-queues`; the workers a network spans).
     pub tapnet_tap_queues: u64,
+    /// tapnet: the datapath workers' nice value (`--worker-nice`, else the daemon's own).
+    pub tapnet_worker_nice: i64,
     /// tapnet: where network gateways run: `inline` (on the switch worker serving the
     /// network, the default), `queue` or `socketpair` (a thread of their own, for
     /// comparisons: `TAPNET_GATEWAY_LINK`).

@@ -159,8 +159,9 @@ pub fn info_text(i: &InfoResponse) -> String {
     line(
         "Datapath",
         format!(
-            "{} workers, tap I/O {} ({}), {} queue(s) per tap, gateways {}",
+            "{} workers at nice {}, tap I/O {} ({}), {} queue(s) per tap, gateways {}",
             i.tapnet_datapath_workers,
+            i.tapnet_worker_nice,
             i.tapnet_tap_io_path,
             i.tapnet_tap_io,
             i.tapnet_tap_queues,
@@ -256,7 +257,7 @@ mod tests {
         assert!(t.contains(" Cluster Store: none\n"), "{t}");
         assert!(
             t.contains(
-                " Datapath: 2 workers, tap I/O rw (rw), 1 queue(s) per tap, gateways inline\n"
+                " Datapath: 2 workers at nice 0, tap I/O rw (rw), 1 queue(s) per tap, gateways inline\n"
             ),
             "{t}"
         );

@@ -1444,6 +1444,7 @@ fn info_lists_remote_drivers_in_use_and_counts() {
         tap_io: "auto".into(),
         tap_io_path: "uring".into(),
         tap_queues: 2,
+        worker_nice: 7,
         gateway: "queue".into(),
     };
     let i = info_body(&store, &daemon);
@@ -1453,9 +1454,10 @@ fn info_lists_remote_drivers_in_use_and_counts() {
             i.tapnet_tap_io.as_str(),
             i.tapnet_tap_io_path.as_str(),
             i.tapnet_tap_queues,
+            i.tapnet_worker_nice,
             i.tapnet_gateway.as_str()
         ),
-        (3, "auto", "uring", 2, "queue")
+        (3, "auto", "uring", 2, 7, "queue")
     );
     assert_eq!(
         i.plugins.network,
