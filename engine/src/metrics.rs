@@ -22,6 +22,13 @@
 //!   `tapnet_gateway_flow_limit_hits` (flows refused by a limit), `tapnet_dns_queries`
 //!   (queries answered or forwarded), `tapnet_dns_answers` (answered from the network's
 //!   names), `tapnet_dns_forwards` (forwarded upstream), `tapnet_dns_servfail`;
+//! * per datapath worker thread (`worker` = its name, `tapnet-dp0`, …), from the
+//!   kernel's scheduler statistics of the thread (`/proc/self/task/*/schedstat`, `stat`):
+//!   `tapnet_datapath_worker_cpu_seconds` (time on a CPU),
+//!   `tapnet_datapath_worker_wait_seconds` (time ready to run but waiting for a CPU:
+//!   how much the containers and everything else kept the worker waiting),
+//!   `tapnet_datapath_worker_schedules` (times put on a CPU) and
+//!   `tapnet_datapath_worker_nice` (gauge; `--worker-nice`);
 //! * daemon: `tapnet_networks`, `tapnet_sandboxes` (gauges),
 //!   `tapnet_api_requests` (`method`, `route` = the matched route template, or
 //!   `unmatched`; `status`) and the histogram `tapnet_api_request_duration_seconds`
@@ -153,6 +160,67 @@ struct NetKeyLabels {
 }
 
 /// Families filled at scrape time.
+/// Labels of the per-worker families: the worker thread's name (`tapnet-dp0`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: String,
+}
+
+/// What the kernel keeps of one thread's scheduling (`/proc/PID/task/TID/schedstat`:
+/// time on a CPU and time runnable waiting for one, in ns, and times scheduled) and its
+/// nice value (`stat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ThreadSched {
+    run_ns: u64,
+    wait_ns: u64,
+    schedules: u64,
+    nice: i64,
+}
+
+/// `schedstat`: three numbers.
+fn parse_schedstat(text: &str) -> Option<(u64, u64, u64)> {
+    let mut f = text.split_whitespace().map(|w| w.parse::<u64>().ok());
+    Some((f.next()??, f.next()??, f.next()??))
+}
+
+/// The nice value in `stat`: the 19th field, counted after the name in parentheses (which
+/// may hold spaces and parentheses itself).
+fn parse_nice(stat: &str) -> Option<i64> {
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    rest.split_whitespace().nth(16)?.parse().ok()
+}
+
+/// Every datapath worker thread of this process (named `tapnet-dp*`), by name.
+fn worker_threads() -> Vec<(String, ThreadSched)> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, ThreadSched)> = dir
+        .filter_map(|t| {
+            let path = t.ok()?.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?;
+            let name = name.trim();
+            if !name.starts_with("tapnet-dp") {
+                return None;
+            }
+            let (run_ns, wait_ns, schedules) =
+                parse_schedstat(&std::fs::read_to_string(path.join("schedstat")).ok()?)?;
+            let nice = parse_nice(&std::fs::read_to_string(path.join("stat")).ok()?)?;
+            Some((
+                name.to_string(),
+                ThreadSched {
+                    run_ns,
+                    wait_ns,
+                    schedules,
+                    nice,
+                },
+            ))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 #[derive(Default)]
 struct Scrape {
     rx_packets: Family<PortLabels, Counter>,
@@ -182,6 +250,10 @@ struct Scrape {
     fd_budget_refused: Counter,
     api_conns_shed: Counter,
     api_conns_refused: Counter,
+    worker_cpu: Family<WorkerLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    worker_wait: Family<WorkerLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    worker_schedules: Family<WorkerLabels, Counter>,
+    worker_nice: Family<WorkerLabels, Gauge>,
 }
 
 fn gauge_of(n: u64) -> i64 {
@@ -189,6 +261,20 @@ fn gauge_of(n: u64) -> i64 {
 }
 
 impl Scrape {
+    fn worker(&self, name: &str, t: &ThreadSched) {
+        let l = WorkerLabels {
+            worker: name.to_string(),
+        };
+        self.worker_cpu
+            .get_or_create(&l)
+            .inc_by(t.run_ns as f64 / 1e9);
+        self.worker_wait
+            .get_or_create(&l)
+            .inc_by(t.wait_ns as f64 / 1e9);
+        self.worker_schedules.get_or_create(&l).inc_by(t.schedules);
+        self.worker_nice.get_or_create(&l).set(t.nice);
+    }
+
     fn port(&self, net: &str, p: &tapnet_types::api::PortStatsResource) {
         let l = PortLabels {
             network: net.to_string(),
@@ -419,6 +505,26 @@ impl Scrape {
             "New API connections closed at once because every open one was busy",
             self.api_conns_refused,
         );
+        r.register(
+            "tapnet_datapath_worker_cpu_seconds",
+            "Time each datapath worker thread ran on a CPU",
+            self.worker_cpu,
+        );
+        r.register(
+            "tapnet_datapath_worker_wait_seconds",
+            "Time each datapath worker thread was ready to run but waited for a CPU",
+            self.worker_wait,
+        );
+        r.register(
+            "tapnet_datapath_worker_schedules",
+            "Times each datapath worker thread was put on a CPU",
+            self.worker_schedules,
+        );
+        r.register(
+            "tapnet_datapath_worker_nice",
+            "Nice value of each datapath worker thread (--worker-nice)",
+            self.worker_nice,
+        );
         let api = api_metrics();
         r.register(
             "tapnet_api_requests",
@@ -447,6 +553,9 @@ pub async fn render(ctl: &Controller) -> Response {
     let conns = crate::api::connection_counts();
     scrape.api_conns_shed.inc_by(conns.shed);
     scrape.api_conns_refused.inc_by(conns.refused);
+    for (name, t) in worker_threads() {
+        scrape.worker(&name, &t);
+    }
     let mut nets: Vec<_> = store.networks.values().collect();
     nets.sort_by(|a, b| a.name.cmp(&b.name));
     for n in nets.into_iter().filter(|n| !n.config_only) {
@@ -474,6 +583,56 @@ pub async fn render(ctl: &Controller) -> Response {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scheduler_files_are_parsed_and_bad_ones_refused() {
+        assert_eq!(parse_schedstat("12345 678 9\n"), Some((12345, 678, 9)));
+        assert_eq!(parse_schedstat("12345 678"), None);
+        assert_eq!(parse_schedstat("a b c"), None);
+        // The name may hold spaces and parentheses; the nice value is field 19.
+        let stat = "42 (tapnet (dp) 0) S 1 42 42 0 -1 4194560 0 0 0 0 5 6 0 0 20 7 1 0";
+        assert_eq!(parse_nice(stat), Some(7));
+        assert_eq!(parse_nice("42 (x) S 1"), None);
+        assert_eq!(parse_nice("no parenthesis"), None);
+    }
+
+    #[test]
+    fn worker_threads_are_found_by_name_with_their_scheduling() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            .name("tapnet-dp-test".into())
+            .spawn(move || {
+                // Burn a little CPU so the thread has run time, then wait to be told.
+                let mut x = 0u64;
+                for i in 0..2_000_000u64 {
+                    x = x.wrapping_mul(31).wrapping_add(i);
+                }
+                std::hint::black_box(x);
+                let _ = rx.recv();
+            })
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let found = worker_threads();
+        let (_, sched) = found
+            .iter()
+            .find(|(n, _)| n == "tapnet-dp-test")
+            .expect("the worker thread is listed");
+        assert!(sched.run_ns > 0 && sched.schedules > 0, "{sched:?}");
+        let s = Scrape::default();
+        s.worker("tapnet-dp-test", sched);
+        let mut out = String::new();
+        encode(&mut out, &s.registry()).unwrap();
+        assert!(
+            out.contains("tapnet_datapath_worker_schedules_total{worker=\"tapnet-dp-test\"}"),
+            "{out}"
+        );
+        assert!(
+            out.contains("tapnet_datapath_worker_nice{worker=\"tapnet-dp-test\"}"),
+            "{out}"
+        );
+        tx.send(()).unwrap();
+        t.join().unwrap();
+    }
     use tapnet_types::api::{PortStatsResource, StatsResource};
 
     #[test]

@@ -206,6 +206,25 @@ fn worker_nice_applies_to_the_datapath_workers_only() {
         let text = env.ok(&["info"]);
         assert!(text.contains("2 workers at nice 7,"), "{text}");
         pair_with_traffic(env, "10.85.0.0/24", 5005);
+        // /metrics shows each worker's nice value and the scheduler's account of it.
+        let metrics = env.metrics_text();
+        for w in ["tapnet-dp0", "tapnet-dp1"] {
+            assert!(
+                metrics.contains(&format!(
+                    "tapnet_datapath_worker_nice{{worker=\"{w}\"}} 7\n"
+                )),
+                "{metrics}"
+            );
+        }
+        let cpu: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("tapnet_datapath_worker_cpu_seconds_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(
+            cpu > 0.0,
+            "the workers that carried the traffic ran: {metrics}"
+        );
         remove_pair(env);
     });
     let exe = std::env::current_exe().unwrap();
