@@ -21,8 +21,7 @@ pub fn set_thread_nice(nice: i32) -> io::Result<()> {
             format!("nice {nice} is outside -20..=19"),
         ));
     }
-    let tid = nix::unistd::gettid().as_raw();
-    let who = libc::id_t::try_from(tid).map_err(|_| io::Error::other("negative thread id"))?;
+    let who = this_thread()?;
     // SAFETY: plain system call on integers; no memory is passed.
     let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, who, nice) };
     if r == 0 {
@@ -34,8 +33,7 @@ pub fn set_thread_nice(nice: i32) -> io::Result<()> {
 
 /// The calling thread's nice value.
 pub fn thread_nice() -> io::Result<i32> {
-    let tid = nix::unistd::gettid().as_raw();
-    let who = libc::id_t::try_from(tid).map_err(|_| io::Error::other("negative thread id"))?;
+    let who = this_thread()?;
     // getpriority may return -1 legitimately: errno tells an error from nice -1.
     nix::errno::Errno::clear();
     // SAFETY: plain system call on integers; no memory is passed.
@@ -44,6 +42,12 @@ pub fn thread_nice() -> io::Result<i32> {
         return Err(io::Error::last_os_error());
     }
     Ok(r)
+}
+
+/// The calling thread's id, as `setpriority`/`getpriority` take it with `PRIO_PROCESS`.
+fn this_thread() -> io::Result<libc::id_t> {
+    let tid = nix::unistd::gettid().as_raw();
+    libc::id_t::try_from(tid).map_err(|_| io::Error::other("negative thread id"))
 }
 
 #[cfg(test)]

@@ -481,13 +481,13 @@ impl Env {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let first = bin_path(wrapper.unwrap_or("tapnetd"));
+        let program = bin_path(wrapper.unwrap_or("tapnetd"));
         let mut cmd = match &self.netns {
-            None => Command::new(first),
+            None => Command::new(program),
             Some(ns) => {
                 // nsenter execs tapnetd (no fork): the child's pid is the daemon's.
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", ns.display())).arg(first);
+                c.arg(format!("--net={}", ns.display())).arg(program);
                 c
             }
         };

@@ -69,13 +69,7 @@ fn info_reports_machine_and_state() {
         assert_eq!(i["TapnetTapIoPath"], path, "{i}");
         assert_eq!(n(&i, "TapnetTapQueues"), 1, "{i}");
         // No --worker-nice: the workers run at the daemon's nice value (ours).
-        let ours = std::fs::read_to_string("/proc/self/stat").unwrap();
-        let ours: i64 = ours[ours.rfind(')').unwrap() + 2..]
-            .split(' ')
-            .nth(16)
-            .unwrap()
-            .parse()
-            .unwrap();
+        let ours = tapnet_sandbox::sched::thread_nice().unwrap();
         assert_eq!(i["TapnetWorkerNice"], ours, "{i}");
         assert_eq!(i["TapnetGateway"], "inline", "{i}");
         let plugins = strs(&i["Plugins"]["Network"]);

@@ -191,7 +191,7 @@ fn worker_nice_applies_to_the_datapath_workers_only() {
             .filter(|(n, _)| !n.starts_with("tapnet-dp"))
             .collect();
         // The daemon's other threads keep the nice value it was started with (ours).
-        let ours = thread_nices(std::process::id())[0].1;
+        let ours = tapnet_sandbox::sched::thread_nice().unwrap();
         assert!(
             !others.is_empty() && others.iter().all(|(_, v)| *v == ours),
             "{nices:?}"
