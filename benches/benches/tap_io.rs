@@ -168,8 +168,8 @@ fn bench(c: &mut Criterion) {
         for mode in ["rw", "uring"] {
             let (mut tx, mut rx): (Box<dyn FrameIo>, Box<dyn FrameIo>) = match mode {
                 "rw" => (
-                    Box::new(RwTap(Arc::clone(&a))),
-                    Box::new(RwTap(Arc::clone(&b))),
+                    Box::new(RwTap::new(Arc::clone(&a))),
+                    Box::new(RwTap::new(Arc::clone(&b))),
                 ),
                 _ => (
                     Box::new(UringTap::new(Arc::clone(&a), 64).expect("uring a")),

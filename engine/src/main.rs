@@ -63,6 +63,11 @@ struct Args {
     /// call per frame). See docs/benchmarks.md.
     #[arg(long = "tap-io", value_name = "auto|uring|rw", default_value = TapIo::default().as_str(), value_parser = parse_tap_io)]
     tap_io: TapIo,
+    /// Merge consecutive UDP datagrams of one flow into one super-frame per tap write
+    /// (USO; the sandbox's kernel cuts it back into the datagrams): `on` (the default,
+    /// where the kernel takes USO on taps, 6.2+) or `off`. See docs/benchmarks.md.
+    #[arg(long = "tap-udp-merge", value_name = "on|off", default_value = "on", action = clap::ArgAction::Set, value_parser = parse_on_off)]
+    tap_udp_merge: bool,
     /// io_uring reads kept in flight per tap port (1-4096; each owns a 66 KiB buffer).
     #[arg(long = "tap-io-depth", value_name = "N", default_value_t = tapnet_sandbox::uring::DEFAULT_DEPTH as u16,
           value_parser = clap::value_parser!(u16).range(1..=4096))]
@@ -430,6 +435,10 @@ async fn main() -> anyhow::Result<()> {
             TapIoPath::Rw
         }
     };
+    tapnet_sandbox::udp_merge::set_enabled(args.tap_udp_merge);
+    if !args.tap_udp_merge {
+        tracing::info!("UDP datagrams are written to taps one by one (--tap-udp-merge off)");
+    }
     let worker_nice = args.worker_nice;
     if let Some(n) = worker_nice {
         tracing::info!(nice = n, "datapath workers' nice value (--worker-nice)");
@@ -539,6 +548,7 @@ async fn main() -> anyhow::Result<()> {
         tap_io_path: tap_io_path.as_str().to_string(),
         tap_queues: usize::from(args.tap_queues),
         worker_nice: worker_nice_in_effect,
+        tap_udp_merge: args.tap_udp_merge,
         gateway: gateway.as_str().into(),
     });
     let served = api::serve_unix(
@@ -567,4 +577,12 @@ async fn main() -> anyhow::Result<()> {
 /// `--tap-io`'s value.
 fn parse_tap_io(s: &str) -> Result<TapIo, String> {
     s.parse()
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?}: expected on or off")),
+    }
 }

@@ -29,6 +29,9 @@
 //!   how much the containers and everything else kept the worker waiting),
 //!   `tapnet_datapath_worker_schedules` (times put on a CPU) and
 //!   `tapnet_datapath_worker_nice` (gauge; `--worker-nice`);
+//! * tap ports, process-wide: `tapnet_tap_udp_superframes` (UDP super-frames written
+//!   to taps, each a run of datagrams of one flow merged, `--tap-udp-merge`) and
+//!   `tapnet_tap_udp_merged_datagrams` (the datagrams in them);
 //! * daemon: `tapnet_networks`, `tapnet_sandboxes` (gauges),
 //!   `tapnet_api_requests` (`method`, `route` = the matched route template, or
 //!   `unmatched`; `status`) and the histogram `tapnet_api_request_duration_seconds`
@@ -254,6 +257,8 @@ struct Scrape {
     worker_wait: Family<WorkerLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     worker_schedules: Family<WorkerLabels, Counter>,
     worker_nice: Family<WorkerLabels, Gauge>,
+    udp_superframes: Counter,
+    udp_merged: Counter,
 }
 
 fn gauge_of(n: u64) -> i64 {
@@ -478,6 +483,16 @@ impl Scrape {
             "DNS queries answered SERVFAIL (no upstream answered)",
             self.dns_servfail,
         );
+        r.register(
+            "tapnet_tap_udp_superframes",
+            "UDP super-frames written to taps: runs of datagrams of one flow merged (--tap-udp-merge)",
+            self.udp_superframes,
+        );
+        r.register(
+            "tapnet_tap_udp_merged_datagrams",
+            "UDP datagrams written to taps inside super-frames",
+            self.udp_merged,
+        );
         r.register("tapnet_networks", "Networks", self.networks);
         r.register("tapnet_sandboxes", "Sandboxes", self.sandboxes);
         r.register(
@@ -553,6 +568,9 @@ pub async fn render(ctl: &Controller) -> Response {
     let conns = crate::api::connection_counts();
     scrape.api_conns_shed.inc_by(conns.shed);
     scrape.api_conns_refused.inc_by(conns.refused);
+    let merged = tapnet_sandbox::udp_merge::counts();
+    scrape.udp_superframes.inc_by(merged.superframes);
+    scrape.udp_merged.inc_by(merged.datagrams);
     for (name, t) in worker_threads() {
         scrape.worker(&name, &t);
     }

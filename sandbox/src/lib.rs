@@ -22,6 +22,7 @@ pub mod netns;
 pub mod packet;
 pub mod sched;
 pub mod tap;
+pub mod udp_merge;
 pub mod uring;
 
 use std::io;

@@ -70,6 +70,7 @@
 //! fixed buffers cannot do without a copy.
 
 use crate::tap::Tap;
+use crate::udp_merge::UdpMerge;
 use io_uring::{opcode, types, IoUring};
 use std::alloc::Layout;
 use std::collections::VecDeque;
@@ -198,7 +199,7 @@ pub fn open_port(
 ) -> io::Result<(Box<dyn FrameIo>, TapIoPath)> {
     if mode == TapIo::Rw {
         RW_PORTS.fetch_add(1, Ordering::Relaxed);
-        return Ok((Box::new(RwTap(tap)), TapIoPath::Rw));
+        return Ok((Box::new(RwTap::new(tap)), TapIoPath::Rw));
     }
     match UringTap::new(Arc::clone(&tap), depth) {
         Ok(port) => {
@@ -215,27 +216,44 @@ pub fn open_port(
             }
             FALLBACKS.fetch_add(1, Ordering::Relaxed);
             RW_PORTS.fetch_add(1, Ordering::Relaxed);
-            Ok((Box::new(RwTap(tap)), TapIoPath::Rw))
+            Ok((Box::new(RwTap::new(tap)), TapIoPath::Rw))
         }
     }
 }
 
-/// A tap as a switch port, one `read`/`write` system call per frame.
-#[derive(Debug, Clone)]
-pub struct RwTap(pub Arc<Tap>);
+/// A tap as a switch port, one `read`/`write` system call per frame (runs of UDP
+/// datagrams merged, see [`crate::udp_merge`]).
+#[derive(Debug)]
+pub struct RwTap {
+    tap: Arc<Tap>,
+    merge: UdpMerge,
+}
+
+impl RwTap {
+    /// A port over `tap`.
+    pub fn new(tap: Arc<Tap>) -> RwTap {
+        let merge = UdpMerge::for_tap(&tap);
+        RwTap { tap, merge }
+    }
+}
 
 impl AsRawFd for RwTap {
     fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
+        self.tap.as_raw_fd()
     }
 }
 
 impl FrameIo for RwTap {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+        self.tap.read(buf)
     }
     fn send(&mut self, frame: &[u8]) -> io::Result<usize> {
-        self.0.write(frame)
+        self.tap.write(frame)
+    }
+    fn send_batch(&mut self, frames: Frames<'_>) -> Result<(), SendBatchError> {
+        self.merge
+            .send(&self.tap, frames)
+            .unwrap_or_else(|| crate::udp_merge::write_each(&self.tap, frames.iter(), 0))
     }
 }
 
@@ -278,6 +296,8 @@ pub struct UringTap {
     write_res: Vec<Option<i32>>,
     /// Frames written past a failed one, `(address, length, result)`, not yet reported.
     owed: VecDeque<(usize, usize, i32)>,
+    /// Runs of UDP datagrams written as super-frames.
+    merge: UdpMerge,
 }
 
 // SAFETY: `br` points at memory this port owns (allocated in `new`, freed in `drop`) and
@@ -405,7 +425,9 @@ impl UringTap {
             done: VecDeque::with_capacity(entries),
             write_res: Vec::with_capacity(MAX_WRITES),
             owed: VecDeque::with_capacity(MAX_WRITES),
+            merge: UdpMerge::default(),
         };
+        port.merge = UdpMerge::for_tap(&port.tap);
         // SAFETY: `br` is page-aligned, zeroed, `entries` entries long, and stays
         // allocated until `drop`, which unregisters it first (or the ring is closed).
         unsafe {
@@ -768,6 +790,12 @@ impl UringTap {
             base += 1;
         }
         self.owed.clear();
+        if let Some(r) = self.merge.send(&self.tap, frames.after(base)) {
+            return r.map_err(|e| SendBatchError {
+                sent: base + e.sent,
+                error: e.error,
+            });
+        }
         while base < frames.len() {
             let chunk = frames.after(base);
             let count = chunk.len().min(MAX_WRITES);

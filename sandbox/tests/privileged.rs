@@ -1251,3 +1251,91 @@ fn tap_multi_queue_refusals_leave_nothing() {
         assert!(made > 0, "never succeeded");
     });
 }
+
+use tapnet_sandbox::udp_merge;
+use tapnet_sandbox::uring::{open_port, TapIo};
+use tapnet_switch::runtime::{FrameBatch, Frames};
+
+/// A batch holding `frames`.
+fn batch_of(frames: &[Vec<u8>]) -> FrameBatch {
+    let mut b = FrameBatch::new(frames.len(), 2048, frames.len() * 2048);
+    for f in frames {
+        b.spare()[..f.len()].copy_from_slice(f);
+        b.commit(f.len());
+    }
+    b
+}
+
+#[test]
+fn tap_ports_merge_udp_runs_into_super_frames_the_kernel_delivers_whole() {
+    in_ns(
+        "tap_ports_merge_udp_runs_into_super_frames_the_kernel_delivers_whole",
+        |s| {
+            let path = s.path("ns");
+            let ns = Netns::create(&path).expect("create");
+            let tap = std::sync::Arc::new(Tap::create(&ns, &cfg("eth0", 2)).expect("tap"));
+            let uso = tap.offloads() & libc::TUN_F_USO4 != 0;
+            let rx = ns
+                .run(|| std::net::UdpSocket::bind("10.0.0.2:7100"))
+                .expect("run")
+                .expect("bind receiver");
+            rx.set_read_timeout(Some(Duration::from_secs(3)))
+                .expect("timeout");
+            let payload =
+                |k: usize| -> Vec<u8> { (0..100).map(|i| (i * 3 + k * 11) as u8).collect() };
+            for mode in [TapIo::Uring, TapIo::Rw] {
+                let (mut port, _) = open_port(std::sync::Arc::clone(&tap), mode, 4).expect("port");
+                // 20 datagrams of one flow, then one whose checksum is wrong, then 10 more.
+                let mut frames: Vec<Vec<u8>> = (0..20)
+                    .map(|k| udp_frame_to_ns(6100, 7100, &payload(k)))
+                    .collect();
+                let mut bad = udp_frame_to_ns(6100, 7100, &payload(20));
+                let n = bad.len();
+                bad[n - 1] ^= 0xff;
+                frames.push(bad);
+                frames.extend((21..31).map(|k| udp_frame_to_ns(6100, 7100, &payload(k))));
+                let before = udp_merge::counts();
+                port.send_batch(Frames::all(&batch_of(&frames)))
+                    .unwrap_or_else(|e| panic!("{mode:?}: send_batch: {}", e.error));
+                let after = udp_merge::counts();
+                if uso {
+                    // Two super-frames (20 and 10); the corrupt datagram went alone.
+                    assert_eq!(after.superframes - before.superframes, 2, "{mode:?}");
+                    assert_eq!(after.datagrams - before.datagrams, 30, "{mode:?}");
+                } else {
+                    eprintln!("this kernel has no USO for taps: nothing merged");
+                    assert_eq!(after, before, "{mode:?}");
+                }
+                // Every good datagram arrives, whole and in order; the corrupt one is
+                // dropped by the kernel, as it would have been unmerged.
+                let mut buf = [0u8; 2048];
+                for k in (0..31).filter(|&k| k != 20) {
+                    let (got, from) = rx
+                        .recv_from(&mut buf)
+                        .unwrap_or_else(|e| panic!("{mode:?}: datagram {k} not delivered: {e}"));
+                    assert_eq!(&buf[..got], &payload(k)[..], "{mode:?}: datagram {k}");
+                    assert_eq!(from.to_string(), "10.0.0.1:6100", "{mode:?}");
+                }
+                rx.set_nonblocking(true).expect("nonblocking");
+                assert!(
+                    rx.recv_from(&mut buf).is_err(),
+                    "{mode:?}: a datagram too many"
+                );
+                rx.set_nonblocking(false).expect("blocking");
+                // With merging off, ports opened afterwards write the datagrams one by one.
+                udp_merge::set_enabled(false);
+                let (mut plain, _) = open_port(std::sync::Arc::clone(&tap), mode, 4).expect("port");
+                udp_merge::set_enabled(true);
+                let before = udp_merge::counts();
+                plain
+                    .send_batch(Frames::all(&batch_of(&frames[..5])))
+                    .unwrap_or_else(|e| panic!("{mode:?}: send_batch: {}", e.error));
+                assert_eq!(udp_merge::counts(), before, "{mode:?}: merged while off");
+                for k in 0..5 {
+                    let (got, _) = rx.recv_from(&mut buf).expect("unmerged datagram");
+                    assert_eq!(&buf[..got], &payload(k)[..], "{mode:?}: datagram {k}");
+                }
+            }
+        },
+    );
+}

@@ -71,6 +71,7 @@ fn info_reports_machine_and_state() {
         // No --worker-nice: the workers run at the daemon's nice value (ours).
         let ours = tapnet_sandbox::sched::thread_nice().unwrap();
         assert_eq!(i["TapnetWorkerNice"], ours, "{i}");
+        assert_eq!(i["TapnetTapUdpMerge"], "on", "{i}");
         assert_eq!(i["TapnetGateway"], "inline", "{i}");
         let plugins = strs(&i["Plugins"]["Network"]);
         for d in ["bridge", "host", "macvlan", "null", "overlay"] {

@@ -663,6 +663,9 @@ pub struct InfoResponse {
     pub tapnet_tap_queues: u64,
     /// tapnet: the datapath workers' nice value (`--worker-nice`, else the daemon's own).
     pub tapnet_worker_nice: i64,
+    /// tapnet: `on` if runs of UDP datagrams of one flow are written to taps as one
+    /// super-frame each (`--tap-udp-merge`; where the kernel takes USO on taps), `off`.
+    pub tapnet_tap_udp_merge: String,
     /// tapnet: where network gateways run: `inline` (on the switch worker serving the
     /// network, the default), `queue` or `socketpair` (a thread of their own, for
     /// comparisons: `TAPNET_GATEWAY_LINK`).

@@ -8,6 +8,8 @@
 //! * [`gso`]: software segmentation of TCP (TSO4/TSO6) and UDP (USO, UFO) super-frames
 //!   described by a virtio-net header into wire-size frames, written into caller-owned
 //!   buffers, every checksum complete.
+//! * [`uso`]: the reverse of USO: consecutive UDP datagrams of one flow merged into one
+//!   super-frame for a tap (software GRO for UDP).
 //! * [`mac`]: [`MacAddr`], with `aa:bb:cc:dd:ee:ff` formatting and parsing.
 //!
 //! Common contract: every function that reads bytes a peer supplied checks the length
@@ -19,6 +21,7 @@
 pub mod checksum;
 pub mod gso;
 pub mod mac;
+pub mod uso;
 pub mod vnet;
 
 pub use mac::MacAddr;

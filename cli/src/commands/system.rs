@@ -159,12 +159,13 @@ pub fn info_text(i: &InfoResponse) -> String {
     line(
         "Datapath",
         format!(
-            "{} workers at nice {}, tap I/O {} ({}), {} queue(s) per tap, gateways {}",
+            "{} workers at nice {}, tap I/O {} ({}), {} queue(s) per tap, UDP merging {}, gateways {}",
             i.tapnet_datapath_workers,
             i.tapnet_worker_nice,
             i.tapnet_tap_io_path,
             i.tapnet_tap_io,
             i.tapnet_tap_queues,
+            i.tapnet_tap_udp_merge,
             i.tapnet_gateway
         ),
     );
@@ -246,6 +247,7 @@ mod tests {
             tapnet_tap_io: "rw".into(),
             tapnet_tap_io_path: "rw".into(),
             tapnet_tap_queues: 1,
+            tapnet_tap_udp_merge: "on".into(),
             tapnet_gateway: "inline".into(),
             ..InfoResponse::default()
         };
@@ -257,7 +259,7 @@ mod tests {
         assert!(t.contains(" Cluster Store: none\n"), "{t}");
         assert!(
             t.contains(
-                " Datapath: 2 workers at nice 0, tap I/O rw (rw), 1 queue(s) per tap, gateways inline\n"
+                " Datapath: 2 workers at nice 0, tap I/O rw (rw), 1 queue(s) per tap, UDP merging on, gateways inline\n"
             ),
             "{t}"
         );

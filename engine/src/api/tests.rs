@@ -1445,6 +1445,7 @@ fn info_lists_remote_drivers_in_use_and_counts() {
         tap_io_path: "uring".into(),
         tap_queues: 2,
         worker_nice: 7,
+        tap_udp_merge: false,
         gateway: "queue".into(),
     };
     let i = info_body(&store, &daemon);
@@ -1455,9 +1456,10 @@ fn info_lists_remote_drivers_in_use_and_counts() {
             i.tapnet_tap_io_path.as_str(),
             i.tapnet_tap_queues,
             i.tapnet_worker_nice,
+            i.tapnet_tap_udp_merge.as_str(),
             i.tapnet_gateway.as_str()
         ),
-        (3, "auto", "uring", 2, 7, "queue")
+        (3, "auto", "uring", 2, 7, "off", "queue")
     );
     assert_eq!(
         i.plugins.network,
