@@ -519,10 +519,10 @@ fn udp_floods_arrive_whole_merged_into_super_frames_or_not() {
             env.stop_daemon();
             env.start_daemon_with(&["--tap-udp-merge", "off"]);
             assert_eq!(env.get("/info")["TapnetTapUdpMerge"], "off");
-        // The taps lost their carrier with the daemon, and the kernel its neighbour
-        // entries: resolve b again first, or a's kernel would send the flood's first
-        // datagrams (held for the ARP answer) after later ones.
-        assert!(env.ping("a", &ip_b, 1), "a cannot ping b after the restart");
+            // The taps lost their carrier with the daemon, and the kernel its neighbour
+            // entries: resolve b again first, or a's kernel would send the flood's first
+            // datagrams (held for the ARP answer) after later ones.
+            assert!(env.ping("a", &ip_b, 1), "a cannot ping b after the restart");
             udp_flood_accounted(env, &ip_b, 6201, 20_000);
             assert_eq!(counter(env, "tapnet_tap_udp_superframes_total"), 0);
             remove_pair(env);
