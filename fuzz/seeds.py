@@ -332,6 +332,33 @@ def main():
     write(out, "vxlan_gather", "v4-64k", b"\x40" + vni3 + struct.pack("<H", 59750) + tso(False, 250, 1448, 0x18))
     write(out, "vxlan_gather", "v6-too-long", b"\x40" + vni3 + struct.pack("<H", 61680) + tso(True, 100, 65535, 0x10))
 
+    # udp_merge: config byte (bit 0: IPv4 may merge, bit 1: IPv6), then records: a frame
+    # (tag 0), or the previous frame with its tail replaced by the body (tag 1).
+    a4, b4 = ep4(1), ep4(2)
+    a6, b6 = ep6(1), ep6(2)
+
+    def dgram4(payload, sport=5000, ident=1):
+        return eth(ep_mac(2), ep_mac(1), 0x0800, ipv4(a4, b4, 17, udp(a4, b4, sport, 53, payload), ident=ident))
+
+    def dgram6(payload, sport=5000):
+        return eth(ep_mac(2), ep_mac(1), 0x86DD, ipv6(a6, b6, 17, udp(a6, b6, sport, 53, payload)))
+
+    def partial(f, l4):
+        # NEEDS_CSUM at the UDP checksum (the field's value is not looked at).
+        return struct.pack("<BBHHHH", 1, 0, 0, 0, l4, 6) + f
+
+    flood = b"".join(rec(0, vnet(dgram4(bytes([k]) * 64, ident=k))) for k in range(8))
+    write(out, "udp_merge", "v4-flood", b"\x01" + flood)
+    write(out, "udp_merge", "v4-flood-off", b"\x00" + flood)
+    tail = b"".join(rec(1, bytes([k]) * 16) for k in range(70))
+    write(out, "udp_merge", "v4-partial-70", b"\x01" + rec(0, partial(dgram4(b"x" * 64), 34)) + tail)
+    write(out, "udp_merge", "v6-partial", b"\x02" + rec(0, partial(dgram6(b"y" * 100), 54)) + tail[:30])
+    mixed = [dgram4(b"a" * 100), dgram4(b"b" * 100), dgram4(b"c" * 40), dgram4(b"d" * 100, sport=5001),
+             dgram4(b"e" * 100), dgram6(b"f" * 100), dgram6(b"g" * 100), frames(1)[0]]
+    write(out, "udp_merge", "mixed", b"\x03" + b"".join(rec(0, vnet(f)) for f in mixed))
+    big = b"".join(rec(0, vnet(dgram4(bytes([k]) * 1400, ident=k))) for k in range(50))
+    write(out, "udp_merge", "v4-64k", b"\x01" + big)
+
     # api_bodies: selector byte, then the JSON body.
     bodies = {
         0: [
