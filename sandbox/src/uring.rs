@@ -34,6 +34,9 @@
 //!   are kept and given when the caller sends those frames again (same addresses and
 //!   lengths; anything else forgets them), so no frame is written twice. Read
 //!   completions seen meanwhile are kept for the next `recv_batch`.
+//! * Both ports hand a batch to their [`crate::udp_merge::UdpMerge`] first: if runs of
+//!   UDP datagrams of one flow halve its writes, it writes the batch itself, one
+//!   `write` per run (a run as one USO super-frame), with the same error contract.
 //! * Dropping the port cancels the read in flight and waits for its last completion,
 //!   then unregisters the buffer ring, before the buffers are freed (the kernel never
 //!   writes freed memory); if waiting fails they are leaked instead. A deferred ring
@@ -403,6 +406,7 @@ impl UringTap {
         let Some(br) = NonNull::new(raw.cast::<types::BufRingEntry>()) else {
             return Err(io::ErrorKind::OutOfMemory.into());
         };
+        let merge = UdpMerge::for_tap(&tap);
         let mut port = UringTap {
             ring: ManuallyDrop::new(ring),
             defer,
@@ -425,9 +429,8 @@ impl UringTap {
             done: VecDeque::with_capacity(entries),
             write_res: Vec::with_capacity(MAX_WRITES),
             owed: VecDeque::with_capacity(MAX_WRITES),
-            merge: UdpMerge::default(),
+            merge,
         };
-        port.merge = UdpMerge::for_tap(&port.tap);
         // SAFETY: `br` is page-aligned, zeroed, `entries` entries long, and stays
         // allocated until `drop`, which unregisters it first (or the ring is closed).
         unsafe {
