@@ -101,11 +101,6 @@ impl UdpMerge {
         }
     }
 
-    /// The families this port merges.
-    pub fn families(&self) -> Families {
-        self.families
-    }
-
     /// Write `frames` to `tap` with runs merged, if that at least halves the writes
     /// (see the module doc); `None`: nothing was written, the caller writes them.
     pub fn send(&mut self, tap: &Tap, frames: Frames<'_>) -> Option<Result<(), SendBatchError>> {
