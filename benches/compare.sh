@@ -98,8 +98,9 @@ if [ -z "${TAPNET_COMPARE_INNER:-}" ]; then
             wmem_raise
             trap wmem_restore EXIT
         fi
+        . benches/lib/ns_args.sh   # as root: no user namespace (tapnetd keeps CAP_SYS_NICE)
         env TAPNET_COMPARE_INNER=1 TAPNET_COMPARE_OUT="$OUT" PATH="$PATH:/usr/sbin:/sbin" \
-            unshare -Urnm --propagation private bash "$0" "$@"
+            unshare $(bench_ns_args) --propagation private bash "$0" "$@"
         wmem_restore
         commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
         git diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"

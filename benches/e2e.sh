@@ -20,7 +20,8 @@ SECS=${1:-10}
 if [ -z "${TAPNET_E2E_INNER:-}" ]; then
     command -v iperf3 >/dev/null || { echo "iperf3 is needed: apt-get install iperf3" >&2; exit 1; }
     cargo build --release --bins >&2
-    exec env TAPNET_E2E_INNER=1 unshare -Urnm --propagation private bash "$0" "$@"
+    . benches/lib/ns_args.sh   # as root: no user namespace (tapnetd keeps CAP_SYS_NICE)
+    exec env TAPNET_E2E_INNER=1 unshare $(bench_ns_args) --propagation private bash "$0" "$@"
 fi
 
 # Inside the namespace: /run, lo, PY, pids, json (see benches/lib/inner.sh).

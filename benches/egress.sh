@@ -45,7 +45,8 @@ if [ -z "${TAPNET_EGRESS_INNER:-}" ]; then
     . benches/lib/wmem.sh
     wmem_raise
     trap wmem_restore EXIT
-    env TAPNET_EGRESS_INNER=1 unshare -Urnm --propagation private bash "$0" "$@"
+    . benches/lib/ns_args.sh   # as root: no user namespace (tapnetd keeps CAP_SYS_NICE)
+    env TAPNET_EGRESS_INNER=1 unshare $(bench_ns_args) --propagation private bash "$0" "$@"
     exit
 fi
 

@@ -27,7 +27,8 @@ shift 2 || { echo "usage: $0 SECONDS ROUNDS BIN_OR_ENV..." >&2; exit 2; }
 
 if [ -z "${TAPNET_EGRESS_AB_INNER:-}" ]; then
     command -v iperf3 >/dev/null || { echo "iperf3 is needed: apt-get install iperf3" >&2; exit 1; }
-    exec env TAPNET_EGRESS_AB_INNER=1 unshare -Urnm --propagation private bash "$0" "$SECS" "$ROUNDS" "$@"
+    . benches/lib/ns_args.sh   # as root: no user namespace (tapnetd keeps CAP_SYS_NICE)
+    exec env TAPNET_EGRESS_AB_INNER=1 unshare $(bench_ns_args) --propagation private bash "$0" "$SECS" "$ROUNDS" "$@"
 fi
 
 . benches/lib/inner.sh

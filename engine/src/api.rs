@@ -836,6 +836,8 @@ pub struct DaemonInfo {
     pub tap_queues: usize,
     /// The datapath workers' nice value (`--worker-nice`, else the daemon's own).
     pub worker_nice: i32,
+    /// `--worker-nice auto` in effect: `on`, `off` (a fixed value) or `unavailable`.
+    pub worker_nice_auto: String,
     /// `--tap-udp-merge`: runs of UDP datagrams are written to taps as super-frames.
     pub tap_udp_merge: bool,
     /// Where network gateways run (`TapnetGateway`).
@@ -956,6 +958,7 @@ pub fn info_body(store: &Store, daemon: &DaemonInfo) -> InfoResponse {
         tapnet_tap_io_path: daemon.tap_io_path.clone(),
         tapnet_tap_queues: daemon.tap_queues as u64,
         tapnet_worker_nice: i64::from(daemon.worker_nice),
+        tapnet_worker_nice_auto: daemon.worker_nice_auto.clone(),
         tapnet_tap_udp_merge: if daemon.tap_udp_merge { "on" } else { "off" }.into(),
         tapnet_gateway: daemon.gateway.clone(),
     }

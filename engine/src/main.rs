@@ -48,15 +48,16 @@ struct Args {
     /// Datapath worker threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
-    /// Nice value of the datapath worker threads only (-20..19; default: the daemon's
-    /// own). A higher value lets the containers' own threads run first when they and the
-    /// workers compete for the cores: on a 2-core machine whose load is the containers'
-    /// traffic, 10 moved 1.5x the small packets and 1.3x the NAT upload, but with
-    /// CPU-bound work in the same scheduling group it moved less than a third. See
-    /// docs/cli.md.
-    #[arg(long = "worker-nice", value_name = "N", allow_negative_numbers = true,
-          value_parser = clap::value_parser!(i32).range(-20..=19))]
-    worker_nice: Option<i32>,
+    /// Nice value of the datapath worker threads only: `auto` (the default) or -20..19.
+    /// `auto`: the workers run at the daemon's own nice value and step back to 10 above
+    /// it while they are busy and their waits for a core are short (the containers'
+    /// threads, which soon block on the network, then run first: on a 2-core machine
+    /// 1.3-1.5x the small packets and the NAT upload), and return at once when their
+    /// waits grow long (CPU-bound work beside them) or they go idle. It needs the right
+    /// to lower a thread's nice again (root, or RLIMIT_NICE); without it the workers stay
+    /// at the daemon's value. A number: that value, fixed. See docs/cli.md.
+    #[arg(long = "worker-nice", value_name = "auto|N", default_value = "auto", allow_negative_numbers = true, value_parser = parse_worker_nice)]
+    worker_nice: WorkerNice,
     /// How endpoint taps move frames: `auto` (the default: io_uring where the kernel
     /// allows it, else rw; logged once), `uring` (io_uring only: reads kept in flight,
     /// writes batched, ~1.2x the small-packet rate of rw) or `rw` (one read/write system
@@ -439,7 +440,10 @@ async fn main() -> anyhow::Result<()> {
     if !args.tap_udp_merge {
         tracing::info!("UDP datagrams are written to taps one by one (--tap-udp-merge off)");
     }
-    let worker_nice = args.worker_nice;
+    let worker_nice = match args.worker_nice {
+        WorkerNice::Fixed(n) => Some(n),
+        WorkerNice::Auto => None,
+    };
     if let Some(n) = worker_nice {
         tracing::info!(nice = n, "datapath workers' nice value (--worker-nice)");
     }
@@ -448,15 +452,34 @@ async fn main() -> anyhow::Result<()> {
         Some(n) => n,
         None => tapnet_sandbox::sched::thread_nice().unwrap_or(0),
     };
-    let bridge =
-        tokio::task::spawn_blocking(move || BridgeDriver::start_with_nice(workers, worker_nice))
-            .await
-            .context("start datapath")?
-            .context("start datapath")?
-            .with_upstream_dns(upstream)
-            .with_tap_io(tap_io, usize::from(args.tap_io_depth))
-            .with_tap_queues(usize::from(args.tap_queues))
-            .context("--tap-queues")?;
+    let auto_nice = match args.worker_nice {
+        WorkerNice::Fixed(_) => "off",
+        WorkerNice::Auto if tapnet_sandbox::sched::can_restore_nice(worker_nice_in_effect) => {
+            tracing::info!(
+                base = worker_nice_in_effect,
+                "datapath workers' nice value: automatic (--worker-nice auto)"
+            );
+            "on"
+        }
+        WorkerNice::Auto => {
+            tracing::info!(
+                base = worker_nice_in_effect,
+                "datapath workers' nice value: automatic is unavailable (no CAP_SYS_NICE and \
+                 RLIMIT_NICE too low to set it back); the workers keep the daemon's"
+            );
+            "unavailable"
+        }
+    };
+    let bridge = tokio::task::spawn_blocking(move || {
+        BridgeDriver::start_with_nice(workers, worker_nice, auto_nice == "on")
+    })
+    .await
+    .context("start datapath")?
+    .context("start datapath")?
+    .with_upstream_dns(upstream)
+    .with_tap_io(tap_io, usize::from(args.tap_io_depth))
+    .with_tap_queues(usize::from(args.tap_queues))
+    .context("--tap-queues")?;
     tracing::info!(queues = bridge.tap_queues(), "endpoint tap queues");
     let gateway = tapnet_engine::driver::bridge::Placement::current();
     tracing::info!(placement = gateway.describe(), "network gateways");
@@ -548,6 +571,7 @@ async fn main() -> anyhow::Result<()> {
         tap_io_path: tap_io_path.as_str().to_string(),
         tap_queues: usize::from(args.tap_queues),
         worker_nice: worker_nice_in_effect,
+        worker_nice_auto: auto_nice.into(),
         tap_udp_merge: args.tap_udp_merge,
         gateway: gateway.as_str().into(),
     });
@@ -577,6 +601,24 @@ async fn main() -> anyhow::Result<()> {
 /// `--tap-io`'s value.
 fn parse_tap_io(s: &str) -> Result<TapIo, String> {
     s.parse()
+}
+
+/// `--worker-nice`: automatic, or a fixed value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WorkerNice {
+    Auto,
+    Fixed(i32),
+}
+
+fn parse_worker_nice(s: &str) -> Result<WorkerNice, String> {
+    if s == "auto" {
+        return Ok(WorkerNice::Auto);
+    }
+    match s.parse::<i32>() {
+        Ok(n) if tapnet_sandbox::sched::NICE_RANGE.contains(&n) => Ok(WorkerNice::Fixed(n)),
+        Ok(n) => Err(format!("{n} is not in -20..=19")),
+        Err(_) => Err(format!("{s:?}: expected auto or a number in -20..=19")),
+    }
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {

@@ -28,7 +28,9 @@
 //!   `tapnet_datapath_worker_wait_seconds` (time ready to run but waiting for a CPU:
 //!   how much the containers and everything else kept the worker waiting),
 //!   `tapnet_datapath_worker_schedules` (times put on a CPU) and
-//!   `tapnet_datapath_worker_nice` (gauge; `--worker-nice`);
+//!   `tapnet_datapath_worker_nice` (gauge; `--worker-nice`, live under `auto`);
+//!   process-wide `tapnet_datapath_worker_nice_steps` (`step`: `yield`, `back_waits`,
+//!   `back_idle`; the automatic nice's changes, [`tapnet_sandbox::sched::AutoNice`]);
 //! * tap ports, process-wide: `tapnet_tap_udp_superframes` (UDP super-frames written
 //!   to taps, each a run of datagrams of one flow merged, `--tap-udp-merge`) and
 //!   `tapnet_tap_udp_merged_datagrams` (the datagrams in them);
@@ -169,6 +171,13 @@ struct WorkerLabels {
     worker: String,
 }
 
+/// Labels of `tapnet_datapath_worker_nice_steps`: `yield` (stepped back), `back_waits`
+/// (returned: long waits for a core), `back_idle` (returned: idle).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    step: &'static str,
+}
+
 /// What the kernel keeps of one thread's scheduling (`/proc/PID/task/TID/schedstat`:
 /// time on a CPU and time runnable waiting for one, in ns, and times scheduled) and its
 /// nice value (`stat`).
@@ -257,6 +266,7 @@ struct Scrape {
     worker_wait: Family<WorkerLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     worker_schedules: Family<WorkerLabels, Counter>,
     worker_nice: Family<WorkerLabels, Gauge>,
+    nice_steps: Family<StepLabels, Counter>,
     udp_superframes: Counter,
     udp_merged: Counter,
 }
@@ -540,6 +550,11 @@ impl Scrape {
             "Nice value of each datapath worker thread (--worker-nice)",
             self.worker_nice,
         );
+        r.register(
+            "tapnet_datapath_worker_nice_steps",
+            "Steps of the workers' automatic nice (--worker-nice auto), all workers: yield, back_waits, back_idle",
+            self.nice_steps,
+        );
         let api = api_metrics();
         r.register(
             "tapnet_api_requests",
@@ -573,6 +588,17 @@ pub async fn render(ctl: &Controller) -> Response {
     scrape.udp_merged.inc_by(merged.datagrams);
     for (name, t) in worker_threads() {
         scrape.worker(&name, &t);
+    }
+    let (yields, back_waits, back_idle) = tapnet_sandbox::sched::auto_nice_counts();
+    for (step, n) in [
+        ("yield", yields),
+        ("back_waits", back_waits),
+        ("back_idle", back_idle),
+    ] {
+        scrape
+            .nice_steps
+            .get_or_create(&StepLabels { step })
+            .inc_by(n);
     }
     let mut nets: Vec<_> = store.networks.values().collect();
     nets.sort_by(|a, b| a.name.cmp(&b.name));

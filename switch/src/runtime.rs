@@ -11,7 +11,9 @@
 //!   batch (uncontended on a network with one shard); sends happen outside it.
 //!   [`Datapath::start_with`] has each worker thread run a [`WorkerInit`] first (the
 //!   daemon sets the workers' nice value there) and fails, stopping the workers already
-//!   started, if one returns an error.
+//!   started, if one returns an error; [`Datapath::start_with_tick`] also has each worker
+//!   make a [`WorkerTick`] it calls once per loop turn between batches (the daemon's
+//!   automatic nice).
 //! * **Multi-queue ports** ([`NetworkHandle::add_port_queues`]): queue 0 goes to the
 //!   owner, queue k to shard k. The owner holds a queue of every port; a shard reads its
 //!   queues and writes a switched frame to the egress port's queue on the same shard, or,
@@ -696,6 +698,15 @@ struct RelayTo {
 /// ([`Datapath::start_with`]).
 pub type WorkerInit = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
 
+/// A worker's own periodic hook: called on the worker thread with the datapath clock
+/// (milliseconds since start) once per loop turn, between batches; it must return
+/// quickly (the daemon's automatic nice samples the thread's scheduling in it).
+pub type WorkerTick = Box<dyn FnMut(u64) + Send>;
+
+/// Makes a [`WorkerTick`] in each worker thread, after its [`WorkerInit`]
+/// ([`Datapath::start_with_tick`]).
+pub type WorkerTickMaker = Arc<dyn Fn() -> Option<WorkerTick> + Send + Sync>;
+
 /// The control plane's side of one worker.
 struct WorkerHandle {
     tx: Sender<Command>,
@@ -713,6 +724,16 @@ impl Datapath {
     /// nice value). The call returns once every worker ran it; if one fails, the workers
     /// started so far are stopped and its error is returned.
     pub fn start_with(workers: usize, init: Option<WorkerInit>) -> Result<Datapath, Error> {
+        Datapath::start_with_tick(workers, init, None)
+    }
+
+    /// [`Datapath::start_with`], each worker thread then making its own [`WorkerTick`]
+    /// with `tick` and calling it every loop turn.
+    pub fn start_with_tick(
+        workers: usize,
+        init: Option<WorkerInit>,
+        tick: Option<WorkerTickMaker>,
+    ) -> Result<Datapath, Error> {
         let n = match workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -738,8 +759,9 @@ impl Datapath {
                     })?,
                 );
             let (tx, rx) = crossbeam_channel::unbounded();
-            let worker = Worker::new(poll, rx, start);
+            let mut worker = Worker::new(poll, rx, start);
             let init = init.clone();
+            let tick = tick.clone();
             let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
             let thread = std::thread::Builder::new()
                 .name(format!("tapnet-dp{i}"))
@@ -748,6 +770,7 @@ impl Datapath {
                     let ok = ready.is_ok();
                     let _ = ready_tx.send(ready);
                     if ok {
+                        worker.tick = tick.and_then(|make| make());
                         worker.run();
                     }
                 })
@@ -1571,6 +1594,7 @@ struct Worker {
     still_ready: Vec<usize>,
     batch: FrameBatch,
     start: Instant,
+    tick: Option<WorkerTick>,
 }
 
 impl Worker {
@@ -1585,6 +1609,7 @@ impl Worker {
             still_ready: Vec::new(),
             batch: FrameBatch::new(BATCH, RECV_BUF_LEN, BATCH_BUF_LEN),
             start,
+            tick: None,
         }
     }
 
@@ -1630,6 +1655,9 @@ impl Worker {
                     }
                 }
                 last_expire = now;
+            }
+            if let Some(tick) = self.tick.as_mut() {
+                tick(now);
             }
             self.serve_ready(now);
         }

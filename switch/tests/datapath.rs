@@ -766,6 +766,38 @@ fn a_failing_worker_init_fails_the_start_and_stops_the_workers() {
     );
 }
 
+/// `start_with_tick`: each worker makes its own tick on its own thread and calls it with
+/// the datapath clock, also while frames flow.
+#[test]
+fn each_worker_calls_its_own_tick_with_the_clock() {
+    use std::sync::Mutex;
+    type Calls = Arc<Mutex<Vec<(String, u64)>>>;
+    let calls: Calls = Arc::default();
+    let made = Arc::clone(&calls);
+    let maker: tapnet_switch::runtime::WorkerTickMaker = Arc::new(move || {
+        let calls = Arc::clone(&made);
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        let tick = move |now: u64| calls.lock().unwrap().push((name.clone(), now));
+        Some(Box::new(tick) as tapnet_switch::runtime::WorkerTick)
+    });
+    let dp = Datapath::start_with_tick(2, None, Some(maker)).unwrap();
+    let net = dp.add_network(SwitchConfig::default()).unwrap();
+    let a = TestPort::add(&net);
+    let b = TestPort::add(&net);
+    let f = frame(BCAST, mac(0xa), 1);
+    a.send(&f);
+    assert_eq!(b.recv(), f);
+    // Idle workers tick at least once a second (their poll's longest sleep).
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    dp.shutdown();
+    let calls = calls.lock().unwrap().clone();
+    for w in ["tapnet-dp0", "tapnet-dp1"] {
+        let times: Vec<u64> = calls.iter().filter(|(n, _)| n == w).map(|c| c.1).collect();
+        assert!(times.len() >= 2, "{w}: {calls:?}");
+        assert!(times.windows(2).all(|p| p[0] <= p[1]), "{w}: {times:?}");
+    }
+}
+
 /// EACCES (the error a refused nice value gives).
 fn libc_eacces() -> i32 {
     13

@@ -68,9 +68,11 @@ fn info_reports_machine_and_state() {
         };
         assert_eq!(i["TapnetTapIoPath"], path, "{i}");
         assert_eq!(n(&i, "TapnetTapQueues"), 1, "{i}");
-        // No --worker-nice: the workers run at the daemon's nice value (ours).
+        // No --worker-nice: the workers run at the daemon's nice value (ours), `auto`,
+        // which a user namespace's root cannot use (it may not set a nice value back).
         let ours = tapnet_sandbox::sched::thread_nice().unwrap();
         assert_eq!(i["TapnetWorkerNice"], ours, "{i}");
+        assert_eq!(i["TapnetWorkerNiceAuto"], "unavailable", "{i}");
         assert_eq!(i["TapnetTapUdpMerge"], "on", "{i}");
         assert_eq!(i["TapnetGateway"], "inline", "{i}");
         let plugins = strs(&i["Plugins"]["Network"]);

@@ -1,14 +1,18 @@
 //! `tapnetd --tap-io`: endpoint taps on io_uring and on one read/write per frame carry
 //! ping and 1 MiB of TCP (checked byte by byte) between two sandboxes, also after a
 //! daemon restart (taps re-opened); a bad value is refused by name. `--worker-nice` sets
-//! the datapath workers' nice value and nothing else's. A flood of UDP datagrams arrives
+//! the datapath workers' nice value and nothing else's; `--worker-nice auto` (the default)
+//! steps a busy worker back and brings it back when CPU-bound threads starve it. A flood of UDP datagrams arrives
 //! whole and in order, merged into super-frames (`--tap-udp-merge`) or not.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use tapnet_tests::{in_namespace, Env};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tapnet_tests::{in_namespace, in_namespace_as_root, Env};
 
 fn traffic(env: &Env, ip_a: &str, ip_b: &str, port: u16) {
     assert!(env.ping("a", ip_b, 3), "a cannot ping b");
@@ -239,6 +243,194 @@ fn worker_nice_applies_to_the_datapath_workers_only() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("--worker-nice"), "{bad}: {err}");
     }
+}
+
+/// A TCP stream from sandbox `from` to `to_ip:port` in sandbox `to`, sending as fast as
+/// it can until [`Bulk::stop`], which checks that every byte sent arrived.
+struct Bulk {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    sender: std::thread::JoinHandle<()>,
+    receiver: std::thread::JoinHandle<u64>,
+}
+
+impl Bulk {
+    fn start(env: &Env, from: &str, to: &str, to_ip: &str, port: u16) -> Bulk {
+        use std::io::{Read, Write};
+        let listener = env
+            .sandbox_ns(to)
+            .run(move || std::net::TcpListener::bind(("0.0.0.0", port)))
+            .expect("enter the receiver's namespace")
+            .expect("listen");
+        let receiver = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut got = 0u64;
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => return got,
+                    Ok(n) => got += n as u64,
+                    Err(e) => panic!("receive: {e} after {got} bytes"),
+                }
+            }
+        });
+        let addr = format!("{to_ip}:{port}");
+        let mut stream = env
+            .sandbox_ns(from)
+            .run(|| std::net::TcpStream::connect(&addr))
+            .expect("enter the sender's namespace")
+            .unwrap_or_else(|e| panic!("{from} cannot reach {addr}: {e}"));
+        stream
+            .set_write_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let (stop, sent) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let (stop2, sent2) = (stop.clone(), sent.clone());
+        let sender = std::thread::spawn(move || {
+            let chunk = vec![0x5a_u8; 1 << 16];
+            while !stop2.load(Ordering::Relaxed) {
+                stream.write_all(&chunk).expect("send");
+                sent2.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        });
+        Bulk {
+            stop,
+            sent,
+            sender,
+            receiver,
+        }
+    }
+
+    /// Stop sending; every byte sent arrived. Returns the bytes moved.
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.sender.join().expect("sender");
+        let got = self.receiver.join().expect("receiver");
+        let sent = self.sent.load(Ordering::Relaxed);
+        assert_eq!(got, sent, "not every byte sent arrived");
+        got
+    }
+}
+
+/// The nice values of the daemon's datapath workers (`tapnet-dp*`).
+fn worker_nices(pid: u32) -> Vec<i32> {
+    thread_nices(pid)
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("tapnet-dp"))
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// `tapnet_datapath_worker_nice_steps{step}` from `/metrics`.
+fn nice_steps(env: &Env, step: &str) -> u64 {
+    let key = format!("tapnet_datapath_worker_nice_steps_total{{step=\"{step}\"}} ");
+    let text = env.metrics_text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /metrics:\n{text}"))
+}
+
+/// Poll `cond` every 100 ms until it holds or `limit` passes (a liveness bound, not a
+/// speed requirement).
+fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+/// `--worker-nice auto`, the default, as the real root (which may set a thread's nice back
+/// down): a worker busy with a bulk stream steps back to 10 above the daemon's nice, and
+/// CPU-bound threads beside it (one per CPU, in the daemon's scheduling group) make its
+/// waits for a core long enough that it returns to the daemon's value. The step-back
+/// threshold is lifted (`TAPNET_AUTO_NICE_YIELD_BELOW_US`) so that the first half does not
+/// depend on how loaded the test machine is; the return uses the built-in threshold. The
+/// stream's bytes all arrive in both halves.
+#[test]
+fn worker_nice_auto_steps_back_while_busy_and_returns_when_starved() {
+    in_namespace_as_root(
+        "worker_nice_auto_steps_back_while_busy_and_returns_when_starved",
+        |env| {
+            std::env::set_var("TAPNET_AUTO_NICE_YIELD_BELOW_US", "1000000000");
+            std::env::set_var("TAPNET_AUTO_NICE_BUSY_PERMILLE", "50");
+            env.restart_fresh(&["--workers", "1"]);
+            let info = env.get("/info");
+            assert_eq!(info["TapnetWorkerNiceAuto"], "on", "{info}");
+            let base = i32::try_from(info["TapnetWorkerNice"].as_i64().unwrap()).unwrap();
+            assert_eq!(base, tapnet_sandbox::sched::thread_nice().unwrap());
+            let text = env.ok(&["info"]);
+            assert!(
+                text.contains(&format!("1 workers at nice {base} (auto),")),
+                "{text}"
+            );
+            assert!(
+                env.daemon_log().contains("nice value: automatic"),
+                "{}",
+                env.daemon_log()
+            );
+            let pid = env.daemon_pid().expect("daemon pid");
+            let (_, ip_b) = pair_with_traffic(env, "10.86.0.0/24", 5011);
+            assert_eq!(
+                nice_steps(env, "yield"),
+                0,
+                "no step back before the stream"
+            );
+
+            // Busy: the worker steps back.
+            let stepped = base + 10;
+            let flow = Bulk::start(env, "a", "b", &ip_b, 5012);
+            let seen = eventually(Duration::from_secs(30), || {
+                worker_nices(pid) == vec![stepped]
+            });
+            let metrics = env.metrics_text();
+            let moved = flow.stop();
+            assert!(seen, "the busy worker stayed at {:?}", worker_nices(pid));
+            assert!(moved > 0);
+            assert!(nice_steps(env, "yield") >= 1);
+            assert!(
+                metrics.contains(&format!(
+                    "tapnet_datapath_worker_nice{{worker=\"tapnet-dp0\"}} {stepped}\n"
+                )),
+                "{metrics}"
+            );
+
+            // CPU-bound threads in the daemon's scheduling group: it returns to base.
+            let spin = Arc::new(AtomicBool::new(true));
+            let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let hogs: Vec<_> = (0..cpus)
+                .map(|_| {
+                    let spin = spin.clone();
+                    std::thread::spawn(move || {
+                        let mut x = 0u64;
+                        while spin.load(Ordering::Relaxed) {
+                            x = std::hint::black_box(x.wrapping_add(1));
+                        }
+                    })
+                })
+                .collect();
+            let flow = Bulk::start(env, "a", "b", &ip_b, 5013);
+            let back = eventually(Duration::from_secs(30), || {
+                nice_steps(env, "back_waits") >= 1
+            });
+            let nices = worker_nices(pid);
+            spin.store(false, Ordering::Relaxed);
+            for h in hogs {
+                h.join().unwrap();
+            }
+            flow.stop();
+            assert!(back, "the starved worker did not return: {nices:?}");
+            // Held at base after a return for long waits (5 s at first).
+            assert_eq!(nices, vec![base], "right after its return");
+            remove_pair(env);
+        },
+    );
 }
 
 /// `tapnet_datapath_frames_total` of network `net`, by shard, from `/metrics`.

@@ -663,6 +663,12 @@ pub struct InfoResponse {
     pub tapnet_tap_queues: u64,
     /// tapnet: the datapath workers' nice value (`--worker-nice`, else the daemon's own).
     pub tapnet_worker_nice: i64,
+    /// tapnet: `on` if the workers step back to 10 above that value while busy with
+    /// short waits for a core (`--worker-nice auto`, the default), `off` (a fixed
+    /// `--worker-nice`) or `unavailable` (auto asked, but the daemon may not set a
+    /// thread's nice back: no `CAP_SYS_NICE`, `RLIMIT_NICE` too low).
+    #[serde(default)]
+    pub tapnet_worker_nice_auto: String,
     /// tapnet: `on` if runs of UDP datagrams of one flow are written to taps as one
     /// super-frame each (`--tap-udp-merge`; where the kernel takes USO on taps), `off`.
     pub tapnet_tap_udp_merge: String,

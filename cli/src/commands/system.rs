@@ -159,9 +159,14 @@ pub fn info_text(i: &InfoResponse) -> String {
     line(
         "Datapath",
         format!(
-            "{} workers at nice {}, tap I/O {} ({}), {} queue(s) per tap, UDP merging {}, gateways {}",
+            "{} workers at nice {}{}, tap I/O {} ({}), {} queue(s) per tap, UDP merging {}, gateways {}",
             i.tapnet_datapath_workers,
             i.tapnet_worker_nice,
+            match i.tapnet_worker_nice_auto.as_str() {
+                "on" => " (auto)",
+                "unavailable" => " (auto unavailable)",
+                _ => "",
+            },
             i.tapnet_tap_io_path,
             i.tapnet_tap_io,
             i.tapnet_tap_queues,

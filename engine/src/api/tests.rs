@@ -1445,6 +1445,7 @@ fn info_lists_remote_drivers_in_use_and_counts() {
         tap_io_path: "uring".into(),
         tap_queues: 2,
         worker_nice: 7,
+        worker_nice_auto: "off".into(),
         tap_udp_merge: false,
         gateway: "queue".into(),
     };
@@ -1456,10 +1457,11 @@ fn info_lists_remote_drivers_in_use_and_counts() {
             i.tapnet_tap_io_path.as_str(),
             i.tapnet_tap_queues,
             i.tapnet_worker_nice,
+            i.tapnet_worker_nice_auto.as_str(),
             i.tapnet_tap_udp_merge.as_str(),
             i.tapnet_gateway.as_str()
         ),
-        (3, "auto", "uring", 2, 7, "off", "queue")
+        (3, "auto", "uring", 2, 7, "off", "off", "queue")
     );
     assert_eq!(
         i.plugins.network,

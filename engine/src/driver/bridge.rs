@@ -268,14 +268,17 @@ fn describe(
 impl BridgeDriver {
     /// Start the datapath with `workers` threads (0 = one per core) and wrap it.
     pub fn start(workers: usize) -> Result<BridgeDriver> {
-        BridgeDriver::start_with_nice(workers, None)
+        BridgeDriver::start_with_nice(workers, None, false)
     }
 
     /// [`BridgeDriver::start`] with every datapath worker thread at nice value `nice`
     /// (the daemon's other threads keep theirs): `tapnetd --worker-nice`. An error names
     /// the flag and the kernel's refusal (a value below the current one needs
-    /// `CAP_SYS_NICE`).
-    pub fn start_with_nice(workers: usize, nice: Option<i32>) -> Result<BridgeDriver> {
+    /// `CAP_SYS_NICE`). With `auto` each worker also runs the automatic nice of
+    /// `tapnetd --worker-nice auto` ([`tapnet_sandbox::sched::AutoNice`]) around the value
+    /// it starts at; the caller checks first that the workers may set it back
+    /// ([`tapnet_sandbox::sched::can_restore_nice`]).
+    pub fn start_with_nice(workers: usize, nice: Option<i32>, auto: bool) -> Result<BridgeDriver> {
         let init: Option<tapnet_switch::runtime::WorkerInit> = nice.map(|n| {
             let f = move || {
                 tapnet_sandbox::sched::set_thread_nice(n).map_err(|e| {
@@ -289,7 +292,17 @@ impl BridgeDriver {
             };
             std::sync::Arc::new(f) as tapnet_switch::runtime::WorkerInit
         });
-        let datapath = Datapath::start_with(workers, init)
+        let tick: Option<tapnet_switch::runtime::WorkerTickMaker> = auto.then(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let params = tapnet_sandbox::sched::AutoNiceParams::from_env(cpus);
+            let make = move || {
+                let base = tapnet_sandbox::sched::thread_nice().ok()?;
+                let tick = tapnet_sandbox::sched::auto_nice_tick(base, params);
+                Some(Box::new(tick) as tapnet_switch::runtime::WorkerTick)
+            };
+            std::sync::Arc::new(make) as tapnet_switch::runtime::WorkerTickMaker
+        });
+        let datapath = Datapath::start_with_tick(workers, init, tick)
             .map_err(|e| Error::datapath("start datapath", e))?;
         Ok(BridgeDriver::with_datapath(datapath))
     }
