@@ -721,12 +721,7 @@ fn worker_init_runs_on_every_worker_before_it_serves() {
         "ran on each worker, once"
     );
     // The workers serve as usual.
-    let net = dp.add_network(SwitchConfig::default()).unwrap();
-    let a = TestPort::add(&net);
-    let b = TestPort::add(&net);
-    let f = frame(BCAST, mac(0xa), 1);
-    a.send(&f);
-    assert_eq!(b.recv(), f);
+    forwards_a_broadcast(&dp);
     dp.shutdown();
 }
 
@@ -766,6 +761,16 @@ fn a_failing_worker_init_fails_the_start_and_stops_the_workers() {
     );
 }
 
+/// A network on `dp` with two ports forwards a broadcast from one to the other.
+fn forwards_a_broadcast(dp: &Datapath) {
+    let net = dp.add_network(SwitchConfig::default()).unwrap();
+    let a = TestPort::add(&net);
+    let b = TestPort::add(&net);
+    let f = frame(BCAST, mac(0xa), 1);
+    a.send(&f);
+    assert_eq!(b.recv(), f);
+}
+
 /// `start_with_tick`: each worker makes its own tick on its own thread and calls it with
 /// the datapath clock, also while frames flow.
 #[test]
@@ -781,12 +786,7 @@ fn each_worker_calls_its_own_tick_with_the_clock() {
         Some(Box::new(tick) as tapnet_switch::runtime::WorkerTick)
     });
     let dp = Datapath::start_with_tick(2, None, Some(maker)).unwrap();
-    let net = dp.add_network(SwitchConfig::default()).unwrap();
-    let a = TestPort::add(&net);
-    let b = TestPort::add(&net);
-    let f = frame(BCAST, mac(0xa), 1);
-    a.send(&f);
-    assert_eq!(b.recv(), f);
+    forwards_a_broadcast(&dp);
     // Idle workers tick at least once a second (their poll's longest sleep).
     std::thread::sleep(std::time::Duration::from_millis(2100));
     dp.shutdown();
