@@ -12,12 +12,14 @@
 //!   only with threads that soon block, typically the containers whose traffic it
 //!   carries) steps back to `base + 10` so that those threads run first; as soon as its
 //!   waits grow long (CPU-bound work shares its scheduling group: at `base + 10` it would
-//!   be starved) or it goes idle, it returns to `base`. Waits are measured per
+//!   be starved; two windows in a row) or it goes idle, it returns to `base`. Waits are measured per
 //!   scheduling from the kernel's `schedstat` of the thread ([`SchedStat`]), over
 //!   windows of [`AutoNiceParams::window_ms`]; thresholds scale with the scheduler's
-//!   base slice ([`AutoNiceParams::for_cpus`]). After a return for long waits it holds
-//!   `base` for a while, doubling on each return that follows a short step back, so a
-//!   borderline machine cannot make it flap. [`auto_nice_tick`] is the worker's side:
+//!   base slice ([`AutoNiceParams::for_cpus`]); long waits count only when they add up
+//!   to a tenth of the window (a worker woken once from idle may wait long once). After
+//!   a return for long waits it holds `base` for a while (5 s), doubled on each return
+//!   that comes within the current hold of stepping back, so a borderline machine
+//!   cannot make it flap. [`auto_nice_tick`] is the worker's side:
 //!   it reads `/proc/thread-self/schedstat`, asks the controller and sets the nice;
 //!   [`can_restore_nice`] says whether the thread may go back down (it must, or it
 //!   would stay at `base + 10`): real root with `CAP_SYS_NICE`, or an `RLIMIT_NICE`
@@ -116,8 +118,12 @@ pub struct AutoNiceParams {
     pub yield_windows: u32,
     /// Busy: ran at least this share of the window (per mille).
     pub busy_permille: u64,
-    /// Return to `base` when, stepped back, the wait per scheduling exceeds this (µs).
+    /// Return to `base` when, stepped back, the wait per scheduling exceeds this (µs) and
+    /// the waits add up to a tenth of the window or more…
     pub back_above_us: u64,
+    /// …for this many windows in a row (one window of long waits happens to a worker
+    /// that is not starved, when a bulk sender it competes with runs a whole slice).
+    pub back_windows: u32,
     /// Stepped back and idle (not busy) this many windows in a row: return to `base`.
     pub idle_windows: u32,
     /// First hold after a return for long waits (ms); doubles up to `hold_max_ms`.
@@ -142,6 +148,7 @@ impl AutoNiceParams {
             yield_windows: 3,
             busy_permille: 250,
             back_above_us: slice_us / 3,
+            back_windows: 2,
             idle_windows: 10,
             hold_ms: 5_000,
             hold_max_ms: 80_000,
@@ -183,6 +190,7 @@ pub struct AutoNice {
     stepped: bool,
     last: Option<(u64, SchedStat)>,
     calm: u32,
+    starved: u32,
     idle: u32,
     hold_until: u64,
     hold: u64,
@@ -209,6 +217,7 @@ impl AutoNice {
             stepped: false,
             last: None,
             calm: 0,
+            starved: 0,
             idle: 0,
             hold_until: 0,
             hold: params.hold_ms,
@@ -246,13 +255,19 @@ impl AutoNice {
         let busy =
             d.ran_ns.saturating_mul(1000) >= span_ns.saturating_mul(self.params.busy_permille);
         let wait_us = d.waited_ns / d.schedules.max(1) / 1000;
+        // Starved: long waits per scheduling that add up to a tenth of the window at
+        // least (one long wait of a worker woken once from idle is not starvation).
+        let starved =
+            wait_us > self.params.back_above_us && d.waited_ns.saturating_mul(10) >= span_ns;
         if self.stepped {
-            if d.schedules > 0 && wait_us > self.params.back_above_us {
+            self.starved = if starved { self.starved + 1 } else { 0 };
+            if self.starved >= self.params.back_windows {
                 self.stepped = false;
+                self.starved = 0;
                 self.calm = 0;
-                // A return soon after stepping back: the machine is borderline; hold
-                // longer each time. A long step back resets the hold.
-                if now_ms.saturating_sub(self.stepped_at) < self.params.hold_max_ms {
+                // A return within the current hold of stepping back: the machine is
+                // borderline; hold longer each time. A long step back resets the hold.
+                if now_ms.saturating_sub(self.stepped_at) < self.hold {
                     self.hold = (self.hold.saturating_mul(2)).min(self.params.hold_max_ms);
                 } else {
                     self.hold = self.params.hold_ms;
@@ -445,9 +460,9 @@ mod tests {
         assert_eq!(c.nice(), 10);
         // Stepped back, waits stay short: nothing changes.
         assert_eq!(feed(&mut c, &mut t, &mut s, 20, 69, 1000, 25), vec![]);
-        // CPU-bound work arrives: 1.2 ms per scheduling. Back at once, then held.
+        // CPU-bound work arrives: 1.2 ms per scheduling. Back after two windows, held.
         assert_eq!(
-            feed(&mut c, &mut t, &mut s, 1, 11, 50, 1240),
+            feed(&mut c, &mut t, &mut s, 2, 11, 50, 1240),
             vec![NiceStep::BackLongWaits(0)]
         );
         assert_eq!(c.nice(), 0);
@@ -507,9 +522,9 @@ mod tests {
                 yields.push(t);
             }
         }
-        // 60 s: a step back at 0.3 s, then each one window long and followed by a hold
-        // of 10, 20, then 40 s: three steps back in a minute, one window starved each.
-        assert_eq!(yields, vec![300, 10_400, 30_500], "{yields:?}");
+        // 60 s: a step back at 0.3 s, then each two windows long and followed by a hold
+        // of 10, 20, then 40 s: three steps back in a minute, two windows starved each.
+        assert_eq!(yields, vec![300, 10_500, 30_700], "{yields:?}");
     }
 
     #[test]
@@ -549,5 +564,27 @@ mod tests {
         if lim >= 1 {
             assert!(can_restore_nice(19));
         }
+    }
+
+    #[test]
+    fn one_long_wait_after_idle_is_not_starvation() {
+        let mut c = AutoNice::new(0, AutoNiceParams::for_cpus(2));
+        let (mut t, mut s) = (0, SchedStat::default());
+        c.observe(t, s);
+        assert_eq!(
+            feed(&mut c, &mut t, &mut s, 3, 70, 1000, 50),
+            vec![NiceStep::Yield(10)]
+        );
+        // The stream ends: one wake-up that waited 1.6 ms, nothing else.
+        assert_eq!(feed(&mut c, &mut t, &mut s, 1, 0, 1, 1600), vec![]);
+        assert_eq!(c.nice(), 10);
+        // One window of long waits (a bulk sender ran a whole slice): not yet.
+        assert_eq!(feed(&mut c, &mut t, &mut s, 1, 50, 50, 1200), vec![]);
+        assert_eq!(feed(&mut c, &mut t, &mut s, 1, 60, 1000, 60), vec![]);
+        // Starved for real: 50 waits of 1.2 ms in each of two windows.
+        assert_eq!(
+            feed(&mut c, &mut t, &mut s, 2, 10, 50, 1200),
+            vec![NiceStep::BackLongWaits(0)]
+        );
     }
 }
