@@ -11,7 +11,8 @@
 # calls (strace -c -f) during tapnet's UDP run and prints them per frame sent (strace
 # slows the run: its figures are for attribution only).
 #
-# Everything runs inside a private user+net+mount namespace: no host interface is
+# Everything runs inside a private net+mount namespace (+ user namespace unless root,
+# benches/lib/ns_args.sh): no host interface is
 # touched and nothing is left behind. Prints each figure and the tapnet/kernel ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."

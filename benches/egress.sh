@@ -4,7 +4,8 @@
 #
 #   bash benches/egress.sh [SECONDS]    (default 10; needs user namespaces, iperf3, slirp4netns)
 #
-# Everything runs inside a private user+net+mount namespace (its /run is a tmpfs): the
+# Everything runs inside a private net+mount namespace (+ user namespace unless root,
+# benches/lib/ns_args.sh; its /run is a tmpfs): the
 # "host" is that namespace, the outside world is a "wan" namespace behind a veth pair
 # (host wan0 198.18.0.1/24 <-> wan eth0 198.18.0.2/24) running `iperf3 -s`.
 # Single-stream TCP for SECONDS each:

@@ -15,7 +15,7 @@
 # (the wan sends). Per run it prints: Gbit/s received, tapnetd's CPU (user + system, all
 # threads) per Gbit, the sender's TCP retransmissions, the gateway's frames in and out
 # (out ÷ in is the ACKs per super-frame when the sandbox sends), and at the end each
-# build's median. ROUNDS defaults to 3. Needs iperf3; runs in a private user+net+mount
+# build's median. ROUNDS defaults to 3. Needs iperf3; runs in a private (user+)net+mount
 # namespace (no root needed where user namespaces are allowed). Builds nothing: build
 # the binaries first (`cargo build --release --bins`, then copy them aside).
 set -euo pipefail

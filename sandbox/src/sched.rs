@@ -8,11 +8,14 @@
 //!   without `CAP_SYS_NICE` (or `RLIMIT_NICE`) fails with the kernel's `EACCES`/`EPERM`.
 //! * [`thread_nice`] reads the calling thread's nice value back.
 //! * **Automatic nice** ([`AutoNice`], pure: samples and time in, the nice to set out).
-//!   A datapath worker that is busy and whose waits for a core are short (it competes
+//!   A datapath worker that is busy with batches (it ran a quarter of the time, 50 µs or
+//!   more each time it ran: not one packet per wake-up) and whose waits for a core are
+//!   short (it competes
 //!   only with threads that soon block, typically the containers whose traffic it
 //!   carries) steps back to `base + 10` so that those threads run first; as soon as its
 //!   waits grow long (CPU-bound work shares its scheduling group: at `base + 10` it would
-//!   be starved; two windows in a row) or it goes idle, it returns to `base`. Waits are measured per
+//!   be starved; two windows in a row) or it goes idle (or down to one packet per
+//!   wake-up), it returns to `base`. Waits are measured per
 //!   scheduling from the kernel's `schedstat` of the thread ([`SchedStat`]), over
 //!   windows of [`AutoNiceParams::window_ms`]; thresholds scale with the scheduler's
 //!   base slice ([`AutoNiceParams::for_cpus`]); long waits count only when they add up
@@ -118,6 +121,11 @@ pub struct AutoNiceParams {
     pub yield_windows: u32,
     /// Busy: ran at least this share of the window (per mille).
     pub busy_permille: u64,
+    /// Batches: ran at least this long per scheduling on average (µs). A worker that
+    /// wakes for one packet at a time (request/response) has nothing to gain from
+    /// letting others run first, only latency to lose; at half of this, stepped back,
+    /// the window counts as idle.
+    pub min_run_us: u64,
     /// Return to `base` when, stepped back, the wait per scheduling exceeds this (µs) and
     /// the waits add up to a tenth of the window or more…
     pub back_above_us: u64,
@@ -147,6 +155,7 @@ impl AutoNiceParams {
             yield_below_us: slice_us / 10,
             yield_windows: 3,
             busy_permille: 250,
+            min_run_us: 50,
             back_above_us: slice_us / 3,
             back_windows: 2,
             idle_windows: 10,
@@ -157,7 +166,8 @@ impl AutoNiceParams {
 
     /// [`AutoNiceParams::for_cpus`] with overrides from the environment
     /// (`TAPNET_AUTO_NICE_YIELD_BELOW_US`, `TAPNET_AUTO_NICE_BACK_ABOVE_US`,
-    /// `TAPNET_AUTO_NICE_HOLD_MS`, `TAPNET_AUTO_NICE_BUSY_PERMILLE`): tuning and tests.
+    /// `TAPNET_AUTO_NICE_HOLD_MS`, `TAPNET_AUTO_NICE_BUSY_PERMILLE`,
+    /// `TAPNET_AUTO_NICE_MIN_RUN_US`): tuning and tests.
     pub fn from_env(cpus: usize) -> AutoNiceParams {
         let mut p = AutoNiceParams::for_cpus(cpus);
         let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
@@ -166,6 +176,9 @@ impl AutoNiceParams {
         }
         if let Some(v) = var("TAPNET_AUTO_NICE_BACK_ABOVE_US") {
             p.back_above_us = v;
+        }
+        if let Some(v) = var("TAPNET_AUTO_NICE_MIN_RUN_US") {
+            p.min_run_us = v;
         }
         if let Some(v) = var("TAPNET_AUTO_NICE_BUSY_PERMILLE") {
             p.busy_permille = v.min(1000);
@@ -204,7 +217,7 @@ pub enum NiceStep {
     Yield(i32),
     /// Return to `base` (this value): the waits grew long.
     BackLongWaits(i32),
-    /// Return to `base`: the thread went idle.
+    /// Return to `base`: the thread went idle, or down to short runs (no batches).
     BackIdle(i32),
 }
 
@@ -255,6 +268,7 @@ impl AutoNice {
         let busy =
             d.ran_ns.saturating_mul(1000) >= span_ns.saturating_mul(self.params.busy_permille);
         let wait_us = d.waited_ns / d.schedules.max(1) / 1000;
+        let run_us = d.ran_ns / d.schedules.max(1) / 1000;
         // Starved: long waits per scheduling that add up to a tenth of the window at
         // least (one long wait of a worker woken once from idle is not starvation).
         let starved =
@@ -275,7 +289,8 @@ impl AutoNice {
                 self.hold_until = now_ms.saturating_add(self.hold);
                 return Some(NiceStep::BackLongWaits(self.base));
             }
-            self.idle = if busy { 0 } else { self.idle + 1 };
+            let light = run_us < self.params.min_run_us / 2;
+            self.idle = if busy && !light { 0 } else { self.idle + 1 };
             if self.idle >= self.params.idle_windows {
                 self.stepped = false;
                 self.idle = 0;
@@ -284,7 +299,11 @@ impl AutoNice {
             }
             return None;
         }
-        if busy && d.schedules > 0 && wait_us < self.params.yield_below_us {
+        if busy
+            && d.schedules > 0
+            && wait_us < self.params.yield_below_us
+            && run_us >= self.params.min_run_us
+        {
             self.calm += 1;
         } else {
             self.calm = 0;
@@ -585,6 +604,31 @@ mod tests {
         assert_eq!(
             feed(&mut c, &mut t, &mut s, 2, 10, 50, 1200),
             vec![NiceStep::BackLongWaits(0)]
+        );
+    }
+
+    #[test]
+    fn request_response_keeps_its_nice_even_when_busy() {
+        let p = AutoNiceParams::for_cpus(2);
+        let mut c = AutoNice::new(0, p);
+        let (mut t, mut s) = (0, SchedStat::default());
+        c.observe(t, s);
+        // Ping-pong: 46 % busy, 3 µs waits, but 18 µs per run (one packet per wake-up).
+        assert_eq!(feed(&mut c, &mut t, &mut s, 50, 46, 2500, 3), vec![]);
+        assert_eq!(c.nice(), 0);
+        // A bulk stream steps it back (190 µs per run); when it turns into ping-pong
+        // (17 µs per run, still busy) it returns after the idle windows.
+        assert_eq!(
+            feed(&mut c, &mut t, &mut s, 3, 60, 300, 40),
+            vec![NiceStep::Yield(10)]
+        );
+        assert_eq!(
+            feed(&mut c, &mut t, &mut s, p.idle_windows - 1, 46, 2700, 3),
+            vec![]
+        );
+        assert_eq!(
+            feed(&mut c, &mut t, &mut s, 1, 46, 2700, 3),
+            vec![NiceStep::BackIdle(0)]
         );
     }
 }
