@@ -132,7 +132,8 @@ pub struct AutoNiceParams {
     /// …for this many windows in a row (one window of long waits happens to a worker
     /// that is not starved, when a bulk sender it competes with runs a whole slice).
     pub back_windows: u32,
-    /// Stepped back and idle (not busy) this many windows in a row: return to `base`.
+    /// Stepped back and idle (not busy, or runs under half of `min_run_us`) this many
+    /// windows in a row: return to `base`.
     pub idle_windows: u32,
     /// First hold after a return for long waits (ms); doubles up to `hold_max_ms`.
     pub hold_ms: u64,
@@ -158,7 +159,7 @@ impl AutoNiceParams {
             min_run_us: 50,
             back_above_us: slice_us / 3,
             back_windows: 2,
-            idle_windows: 10,
+            idle_windows: 3,
             hold_ms: 5_000,
             hold_max_ms: 80_000,
         }
