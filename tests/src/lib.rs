@@ -672,15 +672,24 @@ impl Server {
 }
 
 impl Env {
+    /// Give this test a private tmpfs over `/run` (inside its own mount namespace) with
+    /// an empty `/run/netns`, once: `ip netns add` then touches nothing on the machine.
+    /// Decided by [`PRIVATE_RUN_MARK`], not by whether `/run/netns` exists: the
+    /// machine's own `/run/netns` (made by any `ip netns add` on it) is visible until
+    /// the tmpfs covers it, and tests sharing it collide.
+    fn private_run(&self) {
+        if !Path::new(PRIVATE_RUN_MARK).exists() {
+            self.host_cmd(&["mount", "-t", "tmpfs", "tapnet-test-run", "/run"]);
+            std::fs::write(PRIVATE_RUN_MARK, b"").unwrap();
+        }
+        std::fs::create_dir_all("/run/netns").unwrap();
+    }
+
     /// Build the wan namespace (idempotence is not needed: once per test). `/run` gets a
     /// private tmpfs first, inside the test's own mount namespace, so `ip netns add`
     /// touches nothing on the machine.
     pub fn wan(&self) -> Wan {
-        // (A test under `in_root_namespace` has a private /run already.)
-        if !Path::new(PRIVATE_RUN_MARK).exists() {
-            self.host_cmd(&["mount", "-t", "tmpfs", "tapnet-test-run", "/run"]);
-        }
-        std::fs::create_dir_all("/run/netns").unwrap();
+        self.private_run();
         self.host_cmd(&["ip", "netns", "add", "wan"]);
         self.host_cmd(&[
             "ip", "link", "add", "wan0", "type", "veth", "peer", "name", "eth0", "netns", "wan",
@@ -1173,10 +1182,7 @@ impl Env {
         remote_cidr: &str,
         extra: &[&str],
     ) -> Env {
-        if !Path::new("/run/netns").exists() {
-            self.host_cmd(&["mount", "-t", "tmpfs", "tapnet-test-run", "/run"]);
-            std::fs::create_dir_all("/run/netns").unwrap();
-        }
+        self.private_run();
         self.host_cmd(&["ip", "netns", "add", name]);
         let local = format!("u-{name}");
         self.host_cmd(&[
@@ -1367,10 +1373,7 @@ impl Env {
     pub fn cluster(&mut self, n: usize, extra: &[&str]) -> Cluster {
         assert!((1..=250).contains(&n), "1..=250 hosts");
         self.stop_daemon();
-        if !Path::new("/run/netns").exists() {
-            self.host_cmd(&["mount", "-t", "tmpfs", "tapnet-test-run", "/run"]);
-            std::fs::create_dir_all("/run/netns").unwrap();
-        }
+        self.private_run();
         self.host_cmd(&["ip", "link", "add", UNDERLAY_BRIDGE, "type", "bridge"]);
         self.host_cmd(&[
             "ip",
