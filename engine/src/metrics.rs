@@ -189,10 +189,11 @@ struct ThreadSched {
     nice: i64,
 }
 
-/// `schedstat`: three numbers.
+/// `schedstat`: three numbers ([`tapnet_sandbox::sched::SchedStat::parse`], which the
+/// workers' automatic nice reads too).
 fn parse_schedstat(text: &str) -> Option<(u64, u64, u64)> {
-    let mut f = text.split_whitespace().map(|w| w.parse::<u64>().ok());
-    Some((f.next()??, f.next()??, f.next()??))
+    let s = tapnet_sandbox::sched::SchedStat::parse(text)?;
+    Some((s.ran_ns, s.waited_ns, s.schedules))
 }
 
 /// The nice value in `stat`: the 19th field, counted after the name in parentheses (which
